@@ -1,0 +1,191 @@
+"""Every call the benchmarks make into autofact lives here, one function per case.
+
+Adapt this module (and only this module) when the library's API moves. If autofact cannot be imported,
+``AVAILABLE`` is False, ``REASON`` says why, and the harness prints "n/a" for the autofact column.
+
+All functions take/return plain NumPy data and floats; timings use ``time.perf_counter`` and, on CUDA,
+synchronise before reading the clock.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_SRC = Path(__file__).resolve().parent.parent / "src"
+
+try:
+    import torch
+
+    try:
+        import autofact
+    except ImportError:  # not installed into the venv: fall back to the source tree
+        if str(_SRC) not in sys.path:
+            sys.path.insert(0, str(_SRC))
+        import autofact
+    from autofact import MatrixFactorization, Ratings, matrix_factorization_bgd
+    from autofact.objective import Objective
+
+    AVAILABLE = True
+    REASON = ""
+except Exception as exc:  # ImportError, AttributeError, anything half-written
+    AVAILABLE = False
+    REASON = f"{type(exc).__name__}: {exc}"
+
+#: Hyper-parameters for the time-to-accuracy runs (ALS). Tune here, not in run.py.
+TTA_PARAMS: dict[str, dict[str, Any]] = {
+    "synthetic": {"rank": 32, "solver": "als", "epochs": 15, "beta": 0.05, "bias": True},
+    "movielens": {"rank": 32, "solver": "als", "epochs": 20, "beta": 0.1, "bias": True},
+}
+#: Scale case: ALS at rank 64 (epochs set by the caller).
+SCALE_PARAMS: dict[str, Any] = {"solver": "als", "beta": 0.05, "bias": True}
+
+
+def version() -> str:
+    return getattr(autofact, "__version__", "?") if AVAILABLE else "n/a"
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _ratings(part: dict, shape) -> Any:
+    return Ratings.from_coo(part["users"], part["items"], part["ratings"], shape=tuple(shape))
+
+
+# ---------------------------------------------------------------------------------------------
+# gradient: one full-batch gradient of the post's loss through autograd
+# ---------------------------------------------------------------------------------------------
+def gradient_case(data: dict, rank: int = 32, beta: float = 0.02, device: str = "cpu",
+                  repeats: int = 5, warmup: int = 1) -> dict:
+    """Best-of-``repeats`` seconds for ``obj.value_and_grad(params)`` after ``warmup`` calls.
+
+    Also returns the loss value and, where the parameter layout can be recognised, ``P`` (m x k) and
+    ``Q`` (k x n) as NumPy so the harness can check the value against the NumPy baseline."""
+    r = _ratings(data["train"], data["shape"])
+    obj = Objective(r, loss="squared", regularization="l2", beta=beta, bias=False, device=device,
+                    dtype=torch.float32)
+    params = obj.init_params(rank=rank, seed=0)
+
+    def clear() -> None:
+        for p in params.values():
+            p.grad = None
+
+    for _ in range(warmup):
+        clear()
+        obj.value_and_grad(params)
+    _sync(device)
+    best = float("inf")
+    value = float("nan")
+    for _ in range(repeats):
+        clear()
+        _sync(device)
+        t0 = time.perf_counter()
+        value = obj.value_and_grad(params)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    out: dict[str, Any] = {"seconds": best, "value": float(value)}
+    out.update(_factors_as_numpy(params, data["shape"], rank))
+    return out
+
+
+def _factors_as_numpy(params: dict, shape, rank: int) -> dict:
+    """Find P (m x k) and Q (k x n) among ``params`` by shape; empty dict if ambiguous."""
+    m, n = shape
+    P = Q = None
+    for t in params.values():
+        a = t.detach().cpu().numpy()
+        if a.shape == (m, rank) and P is None:
+            P = a
+        elif a.shape == (rank, n) and Q is None:
+            Q = a
+        elif a.shape == (n, rank) and Q is None and m != n:
+            Q = a.T
+    return {"P": P, "Q": np.ascontiguousarray(Q)} if P is not None and Q is not None else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# post: the 2016 post's batch gradient descent, 5000 steps
+# ---------------------------------------------------------------------------------------------
+def post_case(R: np.ndarray, P0: np.ndarray, Q0: np.ndarray, steps: int = 5000,
+              alpha: float = 0.0002, beta: float = 0.02, device: str = "cpu") -> dict:
+    """Seconds for ``matrix_factorization_bgd`` (whole call), and the final P, Q as NumPy."""
+    D_masked = np.ma.masked_equal(np.asarray(R, dtype=np.float64), 0)
+    _sync(device)
+    t0 = time.perf_counter()
+    P, Q = matrix_factorization_bgd(D_masked, P0.copy(), Q0.copy(), steps=steps, alpha=alpha,
+                                    beta=beta)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "P": _np(P), "Q": _np(Q)}
+
+
+def _np(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# time to accuracy: ALS until held-out RMSE <= target
+# ---------------------------------------------------------------------------------------------
+def time_to_accuracy(data: dict, target_rmse: float, params: dict[str, Any],
+                     device: str = "cpu") -> dict:
+    """Fit with validation; seconds = cumulative ``history_[k]['time']`` at the first epoch whose
+    ``val_rmse`` <= ``target_rmse`` (None if never reached)."""
+    train = _ratings(data["train"], data["shape"])
+    test = _ratings(data["test"], data["shape"])
+    p = dict(params)
+    model = MatrixFactorization(rank=p.pop("rank"), solver=p.pop("solver"), epochs=p.pop("epochs"),
+                                beta=p.pop("beta"), bias=p.pop("bias"), seed=0, **_dev(device), **p)
+    t0 = time.perf_counter()
+    model.fit(train, validation=test)
+    _sync(device)
+    fit_wall = time.perf_counter() - t0
+    hist = [dict(h) for h in model.history_]
+    reached = next((h for h in hist if h.get("val_rmse") is not None
+                    and h["val_rmse"] <= target_rmse), None)
+    pred = np.asarray(model.predict_indices(data["test"]["users"], data["test"]["items"]))
+    rmse = float(np.sqrt(np.mean((pred - data["test"]["ratings"]) ** 2)))
+    return {
+        "seconds": float(reached["time"]) if reached else None,
+        "epoch": int(reached["epoch"]) if reached else None,
+        "fit_wall_s": fit_wall,
+        "final_rmse": rmse,
+        "best_val_rmse": min((h["val_rmse"] for h in hist if h.get("val_rmse") is not None),
+                             default=None),
+        "history": hist,
+    }
+
+
+def _dev(device: str) -> dict:
+    # CPU is the library default; only pass the argument when it matters
+    return {} if device == "cpu" else {"device": device}
+
+
+# ---------------------------------------------------------------------------------------------
+# scale: seconds per ALS epoch at rank 64 (run inside benchmarks.scale's subprocess)
+# ---------------------------------------------------------------------------------------------
+def scale_case(data: dict, rank: int = 64, epochs: int = 2, device: str = "cpu") -> dict:
+    train = _ratings(data["train"], data["shape"])
+    test = _ratings(data["test"], data["shape"])
+    model = MatrixFactorization(rank=rank, epochs=epochs, seed=0, **SCALE_PARAMS, **_dev(device))
+    t0 = time.perf_counter()
+    model.fit(train, validation=test)
+    _sync(device)
+    wall = time.perf_counter() - t0
+    hist = [dict(h) for h in model.history_]
+    times = [float(h["time"]) for h in hist]
+    per_epoch = np.diff([0.0] + times)
+    return {
+        "fit_wall_s": wall,
+        "sec_per_epoch": float(np.median(per_epoch)) if len(per_epoch) else None,
+        "first_epoch_s": float(per_epoch[0]) if len(per_epoch) else None,
+        "val_rmse": hist[-1].get("val_rmse") if hist else None,
+        "history": hist,
+    }

@@ -1,0 +1,101 @@
+"""Scale case, one shape per process so peak RSS is clean::
+
+    python -m benchmarks.scale --shape ml25m --rank 64 --epochs 2 [--scale 0.01] [--device cpu]
+
+Prints one JSON object. Memory figures (MiB):
+
+* ``rss_before_fit``: resident set after importing torch/autofact and generating the data.
+* ``peak_rss_fit``: the high-water mark *during the fit* - VmHWM after resetting it through
+  ``/proc/self/clear_refs`` once the data exists (the transient memory of the synthetic generator is
+  thereby excluded; the data arrays themselves, torch's runtime and everything autofact allocates are
+  included). Falls back to ``ru_maxrss`` where the reset is not available.
+* ``peak_rss_process``: ``ru_maxrss`` of the whole process, generator included.
+* ``bound``: 1.5 * (bytes of ratings + bytes of float32 factors) + 0.5 GiB; ``within_bound`` compares
+  ``peak_rss_fit`` with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+MiB = 1024 * 1024
+
+
+def _status_kb(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--shape", default="ml25m", choices=["ml1m", "ml25m", "netflix"])
+    ap.add_argument("--scale", type=float, default=1.0, help="shrink users/items/ratings (quick)")
+    ap.add_argument("--rank", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    from benchmarks import autofact_side as af
+    from benchmarks.datasets import nbytes, synthetic_shape
+
+    t0 = time.perf_counter()
+    data = synthetic_shape(args.shape, scale=args.scale, seed=args.seed)
+    gen_s = time.perf_counter() - t0
+    m, n = data["shape"]
+    n_ratings = sum(len(data[p]["ratings"]) for p in ("train", "test"))
+    rating_bytes = nbytes(data)
+    factor_bytes = (m + n) * args.rank * 4
+    bound = 1.5 * (rating_bytes + factor_bytes) + 0.5 * 1024 * MiB
+    out = {
+        "shape": args.shape, "scale": args.scale, "m": m, "n": n, "ratings": n_ratings,
+        "rank": args.rank, "epochs": args.epochs, "device": args.device, "gen_s": gen_s,
+        "rating_bytes": rating_bytes, "factor_bytes": factor_bytes, "bound_mib": bound / MiB,
+        "autofact": af.AVAILABLE, "reason": af.REASON,
+    }  # fmt: skip
+    out["peak_rss_process_gen_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = _status_kb("VmRSS")
+    out["rss_before_fit_mib"] = rss / 1024 if rss else None
+    reset = _reset_hwm()
+    out["hwm_reset"] = reset
+    if af.AVAILABLE:
+        try:
+            res = af.scale_case(data, rank=args.rank, epochs=args.epochs, device=args.device)
+            out.update({k: v for k, v in res.items() if k != "history"})
+            out["history"] = res["history"]
+        except Exception as exc:  # report, don't crash the harness
+            out["error"] = f"{type(exc).__name__}: {exc}"
+    hwm = _status_kb("VmHWM") if reset else None
+    out["peak_rss_process_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_fit_mib"] = hwm / 1024 if hwm else out["peak_rss_process_mib"]
+    out["within_bound"] = out["peak_rss_fit_mib"] <= out["bound_mib"]
+    if args.device.startswith("cuda") and af.AVAILABLE:
+        import torch
+
+        out["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / MiB
+    json.dump(out, sys.stdout, default=float)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,30 @@
+"""autofact: matrix factorization with missing data; state the loss, autograd does the rest.
+
+>>> import autofact
+>>> train = autofact.read("u1.base")
+>>> model = autofact.MatrixFactorization(rank=10, loss="huber").fit(train)
+>>> model.predict([196], [242])
+"""
+
+from . import losses as losses
+from . import regularizers as regularizers
+from .data import Ratings as Ratings
+from .errors import FitError as FitError
+from .errors import UnknownIdError as UnknownIdError
+from .functional import matrix_factorization_bgd as matrix_factorization_bgd
+from .model import MatrixFactorization as MatrixFactorization
+from .reading import read as read
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FitError",
+    "MatrixFactorization",
+    "Ratings",
+    "UnknownIdError",
+    "__version__",
+    "losses",
+    "matrix_factorization_bgd",
+    "read",
+    "regularizers",
+]

@@ -1,0 +1,73 @@
+"""The post's function, as written: ``matrix_factorization_bgd(D, P, Q, steps, alpha, beta)``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import Ratings
+from .objective import Objective
+
+__all__ = ["matrix_factorization_bgd"]
+
+
+def matrix_factorization_bgd(
+    D: Any,
+    P: Any,
+    Q: Any,
+    steps: int = 5000,
+    alpha: float = 0.0002,
+    beta: float = 0.02,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Batch gradient descent on ``sum_observed (D - P@Q)^2 + beta/2 (||P||^2 + ||Q||^2)``.
+
+    ``D`` is an ``m x n`` numpy masked array (masked = missing; a plain ndarray is fully
+    observed), ``P`` is ``m x k`` and ``Q`` is ``k x n``. Each step does ``P -= alpha * dP`` and
+    ``Q -= alpha * dQ`` with the gradient from autograd, in the inputs' dtype (float64 in,
+    float64 out). Returns the new ``(P, Q)`` as numpy arrays shaped like the inputs.
+
+    >>> R = np.ma.masked_equal([[5, 3, 0, 1], [4, 0, 0, 1]], 0).astype(float)
+    >>> P, Q = matrix_factorization_bgd(R, np.random.rand(2, 2), np.random.rand(2, 4))
+    """
+    if not isinstance(D, np.ndarray):
+        raise TypeError(f"D must be a numpy masked array or ndarray, got {type(D).__name__}")
+    P = np.asarray(P)
+    Q = np.asarray(Q)
+    if D.ndim != 2 or P.ndim != 2 or Q.ndim != 2:
+        raise ValueError(
+            f"D, P and Q must be 2-D, got shapes {D.shape}, {P.shape} and {Q.shape}"
+        )
+    m, n = D.shape
+    if P.shape[0] != m:
+        raise ValueError(f"P must have one row per row of D: D is {D.shape}, P is {P.shape}")
+    if Q.shape[1] != n:
+        raise ValueError(f"Q must have one column per column of D: D is {D.shape}, Q is {Q.shape}")
+    if P.shape[1] != Q.shape[0]:
+        raise ValueError(
+            f"the ranks of P and Q disagree: P is {P.shape} (rank {P.shape[1]}) but Q is "
+            f"{Q.shape} (rank {Q.shape[0]}); Q must be {P.shape[1]} x {n}"
+        )
+    if not (isinstance(steps, int | np.integer) and steps >= 0):
+        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    for name, v in (("alpha", alpha), ("beta", beta)):
+        if not (isinstance(v, int | float | np.floating) and np.isfinite(v)):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+    dtype = np.result_type(P.dtype, Q.dtype, np.float32)
+    if dtype not in (np.float32, np.float64):
+        dtype = np.dtype(np.float64)
+    ratings = Ratings.from_masked(D)
+    obj = Objective(
+        ratings, loss="squared", regularization="l2", beta=float(beta), bias=False,
+        device="cpu", dtype=dtype.type,
+    )
+    Pt = torch.tensor(P, dtype=obj.dtype, requires_grad=True)
+    Qt = torch.tensor(Q.T, dtype=obj.dtype, requires_grad=True)  # items x k internally
+    params = {"P": Pt, "Q": Qt}
+    opt = torch.optim.SGD([Pt, Qt], lr=float(alpha))
+    for _ in range(int(steps)):
+        opt.zero_grad(set_to_none=False)
+        obj.value_and_grad(params)
+        opt.step()
+    return Pt.detach().numpy().copy(), Qt.detach().numpy().T.copy()

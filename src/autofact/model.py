@@ -1,0 +1,344 @@
+"""``MatrixFactorization``: the estimator (scikit-learn contract)."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import Ratings, as_ratings
+from .losses import LOSSES, Loss
+from .objective import Objective, resolve_device, resolve_dtype
+from .regularizers import REGULARIZERS, Regularizer
+from .solvers import DEFAULT_EPOCHS, DEFAULT_LR, SOLVERS, fit_params
+
+__all__ = ["MatrixFactorization"]
+
+_REGRESSION_LOSSES = ("squared", "absolute", "huber")
+_CURVED = ("squared", "huber", "logistic", "poisson")
+
+
+class MatrixFactorization:
+    """Low-rank factorization of a ratings matrix with missing entries, fitted by autograd.
+
+    Minimizes, over the observed entries only,
+
+    .. math::
+
+        \\sum_{(u,i) \\in \\Omega} w_{ui}\\, \\ell(\\mu + b_u + b_i + p_u \\cdot q_i,\\ r_{ui})
+        + R(P) + R(Q) + R(b^u) + R(b^i)
+
+    where ``ell`` is ``loss`` (any elementwise torch function), ``R`` the ``regularization``
+    (``'l2'`` is ``beta/2 * ||X||^2``) and the bias terms are present when ``bias=True``. No
+    gradient is written by hand: autograd differentiates ``ell`` and ``R``.
+
+    Parameters
+    ----------
+    rank : number of latent factors ``k``.
+    loss : ``'squared'``, ``'absolute'``, ``'huber'``, ``'logistic'``, ``'poisson'``, a
+        ``'module:function'`` path, or a callable ``loss(pred, target) -> per-entry tensor``.
+    regularization : ``'l2'``, ``'l1'``, ``'none'``, a path, or a callable ``reg(param) -> scalar``.
+    beta : strength of a named regularization.
+    solver : ``'auto'`` (``'als'`` for losses with curvature, else ``'adam'``), ``'als'``,
+        ``'adam'``, ``'sgd'``, ``'lbfgs'`` or ``'gd'``.
+    lr : learning rate (``None``: the solver's default).
+    epochs : passes over the data (``None``: the solver's default).
+    batch_size : mini-batch size for ``'adam'``/``'sgd'`` (``None``: full batch for ``adam``).
+    bias : learn a global mean and user/item biases.
+    nonnegative : project ``P`` and ``Q`` onto ``>= 0`` after every step.
+    init_std : standard deviation of the random initial factors.
+    seed : makes a CPU run repeatable.
+    device : ``'auto'``, ``'cpu'`` or ``'cuda'``.
+    dtype : ``'float32'`` or ``'float64'``.
+    max_memory : bound in bytes on the extra memory of one full-batch step.
+    strict : raise on unknown users/items in :meth:`predict` instead of falling back.
+    verbose : show a progress bar with the loss and validation RMSE.
+
+    Attributes (after :meth:`fit`)
+    ----------
+    user_factors_ (m x k), item_factors_ (n x k), user_bias_, item_bias_, global_mean_,
+    user_ids_, item_ids_, rating_range_, history_ (one dict per epoch: epoch, loss, val_rmse,
+    time), n_epochs_, solver_.
+
+    Examples
+    --------
+    >>> model = MatrixFactorization(rank=10, seed=0).fit(train)
+    >>> model.predict([196], [242])
+    """
+
+    def __init__(
+        self,
+        rank: int = 10,
+        *,
+        loss: str | Loss = "squared",
+        regularization: str | Regularizer | None = "l2",
+        beta: float = 25.0,
+        solver: str = "auto",
+        lr: float | None = None,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        bias: bool = True,
+        nonnegative: bool = False,
+        init_std: float = 0.1,
+        seed: int | None = 0,
+        device: str = "auto",
+        dtype: str = "float32",
+        max_memory: int = 256 * 2**20,
+        strict: bool = False,
+        verbose: bool = False,
+    ) -> None:
+        self.rank = rank
+        self.loss = loss
+        self.regularization = regularization
+        self.beta = beta
+        self.solver = solver
+        self.lr = lr
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.bias = bias
+        self.nonnegative = nonnegative
+        self.init_std = init_std
+        self.seed = seed
+        self.device = device
+        self.dtype = dtype
+        self.max_memory = max_memory
+        self.strict = strict
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ estimator contract
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {n: getattr(self, n) for n in names}
+
+    def set_params(self, **params: Any) -> MatrixFactorization:
+        valid = self.get_params()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(
+                    f"invalid parameter {name!r} for MatrixFactorization; valid ones are "
+                    f"{sorted(valid)}"
+                )
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = type(self)().get_params()
+        changed = {k: v for k, v in self.get_params().items() if v != defaults[k]}
+        args = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+        return f"MatrixFactorization({args})"
+
+    def _validate(self) -> tuple[str, float, int]:
+        if not (isinstance(self.rank, int | np.integer) and not isinstance(self.rank, bool)
+                and self.rank >= 1):
+            raise ValueError(f"rank must be a positive int, got {self.rank!r}")
+        if not (isinstance(self.beta, int | float) and math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
+        solver = self.solver
+        if solver == "auto":
+            solver = "als" if (isinstance(self.loss, str) and self.loss in _CURVED) else "adam"
+            if isinstance(self.loss, str) and ":" in self.loss:
+                solver = "adam"
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be 'auto' or one of {SOLVERS}, got {self.solver!r}")
+        lr = DEFAULT_LR[solver] if self.lr is None else self.lr
+        if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        epochs = DEFAULT_EPOCHS[solver] if self.epochs is None else self.epochs
+        if not (isinstance(epochs, int | np.integer) and epochs >= 1):
+            raise ValueError(f"epochs must be a positive int, got {self.epochs!r}")
+        if self.batch_size is not None and not (
+            isinstance(self.batch_size, int | np.integer) and self.batch_size >= 1
+        ):
+            raise ValueError(f"batch_size must be a positive int or None, got {self.batch_size!r}")
+        if self.batch_size is not None and solver in ("gd", "lbfgs", "als"):
+            raise ValueError(
+                f"batch_size={self.batch_size!r} has no meaning for solver={solver!r}, which is "
+                "full batch; use solver='adam' or 'sgd' for mini-batches, or batch_size=None"
+            )
+        if isinstance(self.regularization, str) and self.regularization not in REGULARIZERS \
+                and ":" not in self.regularization:
+            raise ValueError(
+                f"regularization must be one of {sorted(REGULARIZERS)}, a 'module:function' path "
+                f"or a callable, got {self.regularization!r}"
+            )
+        if isinstance(self.loss, str) and self.loss not in LOSSES and ":" not in self.loss:
+            raise ValueError(
+                f"loss must be one of {sorted(LOSSES)}, a 'module:function' path or a callable, "
+                f"got {self.loss!r}"
+            )
+        if not (isinstance(self.init_std, int | float) and self.init_std >= 0):
+            raise ValueError(f"init_std must be a number >= 0, got {self.init_std!r}")
+        resolve_dtype(self.dtype)
+        resolve_device(self.device)
+        return solver, float(lr), int(epochs)
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, ratings: Any, validation: Any = None) -> MatrixFactorization:
+        """Fit on ``ratings`` (a :class:`Ratings` or any form it is built from).
+
+        ``validation`` (same forms, in the same user/item ids) is scored by RMSE after every
+        epoch into ``history_``.
+        """
+        solver, lr, epochs = self._validate()
+        train = as_ratings(ratings, "ratings")
+        if self.seed is not None:
+            torch.manual_seed(int(self.seed))
+        obj = Objective(
+            train, loss=self.loss, regularization=self.regularization, beta=self.beta,
+            bias=self.bias, device=self.device, dtype=self.dtype, max_memory=self.max_memory,
+        )
+        params = obj.init_params(self.rank, seed=self.seed, init_std=self.init_std)
+        self.user_ids_ = train.user_ids
+        self.item_ids_ = train.item_ids
+        self._train = train
+        self.global_mean_ = obj.mu
+        self.rating_range_ = (float(train.values.min()), float(train.values.max()))
+        self.solver_ = solver
+        self._objective = obj
+        self._params = params
+        val = None
+        if validation is not None:
+            v = as_ratings(validation, "validation")
+            vu = train.user_index(v.user_ids[v.users], strict=False)
+            vi = train.item_index(v.item_ids[v.items], strict=False)
+            val = (vu, vi, v.values)
+        self.history_: list[dict[str, float]] = []
+        bar = _progress(epochs) if self.verbose else None
+
+        def on_epoch(epoch: int, value: float, seconds: float) -> bool:
+            rec: dict[str, float] = {"epoch": epoch, "loss": value, "time": seconds}
+            if val is not None:
+                self._export()
+                pred = self._predict_index(val[0], val[1], warn=False)
+                rec["val_rmse"] = float(np.sqrt(np.mean((pred - val[2]) ** 2)))
+            self.history_.append(rec)
+            if bar is not None:
+                bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k in ("loss", "val_rmse")})
+                bar.update(1)
+            return False
+
+        try:
+            self.n_epochs_ = fit_params(
+                obj, params, solver=solver, epochs=epochs, lr=lr, batch_size=self.batch_size,
+                seed=self.seed, nonnegative=self.nonnegative, on_epoch=on_epoch,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+            self._export()
+        return self
+
+    def _export(self) -> None:
+        p = self._params
+        self.user_factors_ = p["P"].detach().cpu().numpy()
+        self.item_factors_ = p["Q"].detach().cpu().numpy()
+        if self.bias:
+            self.user_bias_ = p["bu"].detach().cpu().numpy()
+            self.item_bias_ = p["bi"].detach().cpu().numpy()
+        else:
+            self.user_bias_ = np.zeros(len(self.user_factors_), self.user_factors_.dtype)
+            self.item_bias_ = np.zeros(len(self.item_factors_), self.item_factors_.dtype)
+
+    # ------------------------------------------------------------------ prediction
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "user_factors_"):
+            raise RuntimeError(
+                "this MatrixFactorization is not fitted yet; call fit(ratings) first"
+            )
+
+    def _clips(self) -> bool:
+        return isinstance(self.loss, str) and self.loss in _REGRESSION_LOSSES
+
+    def predict_indices(self, users: Any, items: Any) -> np.ndarray:
+        """Raw model output for 0-based index arrays (no id lookup, no clipping)."""
+        self._check_fitted()
+        u = np.asarray(users, dtype=np.int64)
+        i = np.asarray(items, dtype=np.int64)
+        P, Q = self.user_factors_, self.item_factors_
+        if u.size and (u.min() < 0 or u.max() >= len(P)):
+            raise ValueError(f"user index out of range 0..{len(P) - 1}")
+        if i.size and (i.min() < 0 or i.max() >= len(Q)):
+            raise ValueError(f"item index out of range 0..{len(Q) - 1}")
+        out = np.einsum("ij,ij->i", P[u], Q[i]).astype(np.float64)
+        out += self.global_mean_ + self.user_bias_[u] + self.item_bias_[i]
+        return out
+
+    def _predict_index(self, u: np.ndarray, i: np.ndarray, *, warn: bool = True) -> np.ndarray:
+        """Predictions for indices where ``-1`` marks an unknown user or item (fallback)."""
+        known = (u >= 0) & (i >= 0)
+        out = np.empty(len(u), dtype=np.float64)
+        if known.any():
+            out[known] = self.predict_indices(u[known], i[known])
+        unknown = ~known
+        if unknown.any():
+            fb = np.full(int(unknown.sum()), self.global_mean_, dtype=np.float64)
+            uu, ii = u[unknown], i[unknown]
+            fb += np.where(uu >= 0, self.user_bias_[np.maximum(uu, 0)], 0.0)
+            fb += np.where(ii >= 0, self.item_bias_[np.maximum(ii, 0)], 0.0)
+            out[unknown] = np.clip(fb, *self.rating_range_)
+            if warn:
+                warnings.warn(
+                    f"{int(unknown.sum())} of {len(u)} pairs have a user or item that is not in "
+                    "the training data; they are predicted from the global mean and the known "
+                    "side's bias (pass strict=True to raise instead)",
+                    UserWarning,
+                    stacklevel=3,
+                )
+        if self._clips():
+            out[known] = np.clip(out[known], *self.rating_range_)
+        return out
+
+    def predict(self, users: Any, items: Any) -> np.ndarray:
+        """Predicted ratings for pairs ``(users[k], items[k])`` given in the user's own ids.
+
+        A pair whose user or item was not in the training data is predicted from the global mean
+        plus the known side's bias, clipped to the training ratings' range, and counted in one
+        warning; with ``strict=True`` it raises :class:`~autofact.UnknownIdError` instead.
+        """
+        self._check_fitted()
+        u = self.user_index(users, strict=self.strict)
+        i = self.item_index(items, strict=self.strict)
+        if len(u) != len(i):
+            raise ValueError(
+                f"users and items must have the same length, got {len(u)} and {len(i)}"
+            )
+        return self._predict_index(u, i)
+
+    def user_index(self, ids: Any, *, strict: bool = True) -> np.ndarray:
+        """0-based indices of user ids (-1 for unknown when ``strict=False``)."""
+        self._check_fitted()
+        return self._ratings_index().user_index(ids, strict=strict)
+
+    def item_index(self, ids: Any, *, strict: bool = True) -> np.ndarray:
+        """0-based indices of item ids (-1 for unknown when ``strict=False``)."""
+        self._check_fitted()
+        return self._ratings_index().item_index(ids, strict=strict)
+
+    def _ratings_index(self) -> Ratings:
+        r = getattr(self, "_train", None)
+        if r is None:  # a loaded model: an id-only stand-in
+            r = Ratings.__new__(Ratings)
+            r.user_ids, r.item_ids = self.user_ids_, self.item_ids_
+            r._user_lookup = r._item_lookup = None
+            self._train = r
+        return r
+
+    def score(self, ratings: Any) -> float:
+        """RMSE on ``ratings`` (user's ids); unknown users/items use the fallback."""
+        self._check_fitted()
+        r = as_ratings(ratings, "ratings")
+        u = self.user_index(r.user_ids[r.users], strict=self.strict)
+        i = self.item_index(r.item_ids[r.items], strict=self.strict)
+        pred = self._predict_index(u, i)
+        return float(np.sqrt(np.mean((pred - r.values) ** 2)))
+
+
+def _progress(total: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="fit", unit="epoch", leave=True)
+

@@ -1,0 +1,310 @@
+"""The training objective, evaluated over the observed entries only, in bounded memory.
+
+.. math::
+
+    J(P, Q, b) = \\sum_{(u,i) \\in \\Omega} w_{ui}\\, \\ell(\\hat r_{ui}, r_{ui})
+                 + R(P) + R(Q) + [R(b^u) + R(b^i)],
+    \\qquad \\hat r_{ui} = \\mu + b^u_u + b^i_i + p_u \\cdot q_i
+
+with ``ell`` the loss (elementwise, any torch code), ``R`` the regularizer and the bias terms only
+when ``bias=True`` (``mu`` is then the weighted mean rating, held fixed). Every derivative of
+``ell`` and ``R`` comes from autograd. The bilinear part ``p_u . q_i`` goes through
+:func:`autofact.sparse.gather_dot` (SDDMM forward, SpMM backward), one row block at a time, so the
+extra memory of a full gradient is bounded by ``max_memory`` whatever the number of ratings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import Ratings
+from .losses import Loss, get_loss
+from .regularizers import Regularizer, get_regularizer
+from .sparse import build_patterns, gather_dot
+
+__all__ = ["Objective", "resolve_device", "resolve_dtype"]
+
+Params = dict[str, torch.Tensor]
+
+# Bytes of temporaries per entry in one block: the prediction, the loss graph's intermediates
+# (a handful of nnz-sized tensors for the built-in losses), their gradients, and index copies.
+_BYTES_PER_ENTRY = 96
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``'auto'`` is CUDA when available, else CPU; anything else must name an available device."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available here; use device='cpu'")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    return dev
+
+
+def resolve_dtype(dtype: Any) -> torch.dtype:
+    table = {"float32": torch.float32, "float64": torch.float64,
+             torch.float32: torch.float32, torch.float64: torch.float64,
+             np.float32: torch.float32, np.float64: torch.float64}
+    try:
+        return table[dtype]
+    except (KeyError, TypeError):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
+
+
+def check_loss(loss: Loss, dtype: torch.dtype) -> None:
+    """Call the loss once on a tiny input; a clear error if it is not elementwise torch code."""
+    pred = torch.tensor([0.5, -0.25, 1.0], dtype=dtype, requires_grad=True)
+    target = torch.tensor([1.0, 0.0, 1.0], dtype=dtype)
+    name = getattr(loss, "__qualname__", repr(loss))
+    try:
+        out = loss(pred, target)
+    except Exception as exc:  # the user's code: report, don't bury
+        raise ValueError(f"loss {name} failed on a test input: {exc!r}") from exc
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(
+            f"loss {name} must return a torch.Tensor with one value per entry, "
+            f"got {type(out).__name__}; write it with torch operations"
+        )
+    if out.shape != pred.shape:
+        raise ValueError(
+            f"loss {name} must be elementwise (one value per entry, shape {tuple(pred.shape)}), "
+            f"got shape {tuple(out.shape)}; do not reduce: the library sums and weights"
+        )
+    if not out.requires_grad:
+        raise ValueError(
+            f"loss {name} is not differentiable in pred (no autograd graph): write it with torch "
+            "operations on pred, not numpy or .item()"
+        )
+
+
+def check_regularizer(reg: Regularizer, dtype: torch.dtype) -> None:
+    x = torch.full((3, 2), 0.5, dtype=dtype, requires_grad=True)
+    name = getattr(reg, "__qualname__", repr(reg))
+    try:
+        out = reg(x)
+    except Exception as exc:
+        raise ValueError(f"regularization {name} failed on a test input: {exc!r}") from exc
+    if not isinstance(out, torch.Tensor) or out.numel() != 1:
+        raise ValueError(
+            f"regularization {name} must return a scalar tensor, got "
+            f"{type(out).__name__}{tuple(getattr(out, 'shape', ()))}"
+        )
+
+
+class Objective:
+    """The objective ``J`` above for one :class:`Ratings`, on one device and dtype.
+
+    >>> obj = Objective(ratings, loss="squared", regularization="l2", beta=0.02)
+    >>> params = obj.init_params(rank=8, seed=0)
+    >>> value = obj.value_and_grad(params)   # fills params[...].grad
+    """
+
+    def __init__(
+        self,
+        ratings: Ratings,
+        *,
+        loss: str | Loss = "squared",
+        regularization: str | Regularizer | None = "l2",
+        beta: float = 0.02,
+        bias: bool = False,
+        device: str | torch.device = "cpu",
+        dtype: Any = torch.float32,
+        max_memory: int = 256 * 2**20,
+        global_mean: float | None = None,
+    ) -> None:
+        if not isinstance(ratings, Ratings):
+            raise TypeError(
+                f"ratings must be an autofact.Ratings, got {type(ratings).__name__}; "
+                "build one with Ratings.from_frame / from_sparse / from_dense / autofact.read"
+            )
+        if not (isinstance(max_memory, int | float) and max_memory >= 2**16):
+            raise ValueError(f"max_memory must be at least 65536 bytes, got {max_memory!r}")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.loss = get_loss(loss)
+        self.reg = get_regularizer(regularization, beta)
+        check_loss(self.loss, self.dtype)
+        check_regularizer(self.reg, self.dtype)
+        self.bias = bool(bias)
+        self.shape = ratings.shape
+        self.nnz = len(ratings)
+        dev, dt = self.device, self.dtype
+        self.users = torch.from_numpy(ratings.users).to(dev)
+        self.items = torch.from_numpy(ratings.items).to(dev)
+        self.values = torch.from_numpy(ratings.values).to(dev, dt)
+        self.weights = None if ratings.weights is None else torch.from_numpy(ratings.weights).to(dev, dt)
+        if global_mean is not None:
+            self.mu = float(global_mean)
+        elif self.bias:
+            w = ratings.weights
+            self.mu = float(np.average(ratings.values, weights=w) if w is not None and w.sum() > 0
+                            else ratings.values.mean())
+        else:
+            self.mu = 0.0
+        self.max_nnz = max(1024, int(max_memory) // _BYTES_PER_ENTRY)
+        self.patterns = build_patterns(self.users, self.items, self.shape, self.max_nnz)
+        self._items_T: list[Any] | None = None
+
+    # ------------------------------------------------------------------ parameters
+    def init_params(
+        self, rank: int, seed: int | None = 0, init_std: float = 0.1
+    ) -> Params:
+        """Leaf tensors ``P (m x k)``, ``Q (n x k)`` and, with bias, ``bu (m)``, ``bi (n)``."""
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        m, n = self.shape
+        P = torch.randn(m, rank, generator=g, dtype=torch.float64) * init_std
+        Q = torch.randn(n, rank, generator=g, dtype=torch.float64) * init_std
+        params = {"P": P, "Q": Q}
+        if self.bias:
+            params["bu"] = torch.zeros(m, dtype=torch.float64)
+            params["bi"] = torch.zeros(n, dtype=torch.float64)
+        return {k: v.to(self.device, self.dtype).requires_grad_() for k, v in params.items()}
+
+    def augmented(self, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[P, bu, 1]`` and ``[Q, 1, bi]``: one dot product then gives ``p.q + bu + bi``."""
+        P, Q = params["P"], params["Q"]
+        if not self.bias:
+            return P, Q
+        one_u = torch.ones(P.shape[0], 1, dtype=P.dtype, device=P.device)
+        one_i = torch.ones(Q.shape[0], 1, dtype=Q.dtype, device=Q.device)
+        return (torch.cat([P, params["bu"][:, None], one_u], 1),
+                torch.cat([Q, one_i, params["bi"][:, None]], 1))
+
+    def regularization(self, params: Params, scale: float = 1.0) -> torch.Tensor:
+        total = sum(self.reg(p) for p in params.values())
+        return total * scale if scale != 1.0 else total  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ per-entry pieces
+    def entry_loss(self, pred: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        out = self.loss(pred, self.values[start:stop])
+        if self.weights is not None:
+            out = out * self.weights[start:stop]
+        return out
+
+    def value_and_grad(self, params: Params) -> float:
+        """``J(params)``; its gradient is accumulated into each ``params[name].grad``."""
+        return float(self._accumulate(params, backward=True))
+
+    def value(self, params: Params) -> float:
+        """``J(params)`` without gradients."""
+        with torch.no_grad():
+            return float(self._accumulate(params, backward=False))
+
+    def data_value(self, params: Params) -> float:
+        """The loss part of ``J`` alone (no regularization)."""
+        with torch.no_grad():
+            Pa, Qa = self.augmented(params)
+            total = torch.zeros((), dtype=self.dtype, device=self.device)
+            for pat in self.patterns:
+                pred = gather_dot(Pa[pat.row0 : pat.row1], Qa, pat) + self.mu
+                total = total + self.entry_loss(pred, pat.start, pat.stop).sum()
+            return float(total)
+
+    def _accumulate(self, params: Params, backward: bool) -> torch.Tensor:
+        with torch.set_grad_enabled(backward):
+            Pa, Qa = self.augmented(params)
+            Pl = Pa.detach().requires_grad_(backward)
+            Ql = Qa.detach().requires_grad_(backward)
+            total = torch.zeros((), dtype=self.dtype, device=self.device)
+            for pat in self.patterns:
+                pred = gather_dot(Pl[pat.row0 : pat.row1], Ql, pat) + self.mu
+                s = self.entry_loss(pred, pat.start, pat.stop).sum()
+                if backward:
+                    s.backward()
+                total = total + s.detach()
+            reg = self.regularization(params)
+            total = total + reg.detach()
+            if backward:
+                roots, grads = [reg], [None]
+                if Pl.grad is not None:
+                    roots += [Pa, Qa]
+                    grads += [Pl.grad, Ql.grad]
+                torch.autograd.backward(roots, grads)  # type: ignore[arg-type]
+            return total
+
+    # ------------------------------------------------------------------ mini-batches
+    def batch_loss(self, params: Params, idx: torch.Tensor) -> torch.Tensor:
+        """Loss over the entries ``idx`` plus the regularizer scaled by ``len(idx)/nnz``.
+
+        Summed over a partition of the entries this is ``J``, so a mini-batch gradient is an
+        unbiased piece of the full one.
+        """
+        u, i = self.users[idx].long(), self.items[idx].long()
+        pred = (params["P"][u] * params["Q"][i]).sum(1) + self.mu
+        if self.bias:
+            pred = pred + params["bu"][u] + params["bi"][i]
+        out = self.loss(pred, self.values[idx])
+        if self.weights is not None:
+            out = out * self.weights[idx]
+        return out.sum() + self.regularization(params, scale=len(idx) / self.nnz)
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, params: Params, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            u, i = users.long(), items.long()
+            pred = (params["P"][u] * params["Q"][i]).sum(1) + self.mu
+            if self.bias:
+                pred = pred + params["bu"][u] + params["bi"][i]
+            return pred
+
+    def entry_derivatives(
+        self, pred: torch.Tensor, start: int, stop: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """First and second derivatives of each entry's weighted loss in its prediction.
+
+        Both from autograd: the loss is elementwise, so its Hessian is diagonal and equals the
+        gradient of ``sum(dl/dpred)``.
+        """
+        with torch.enable_grad():
+            x = pred.detach().requires_grad_()
+            out = self.entry_loss(x, start, stop)
+            (g1,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+            if g1.requires_grad:
+                (g2,) = torch.autograd.grad(g1.sum(), x, allow_unused=True)
+                if g2 is None:
+                    g2 = torch.zeros_like(x)
+            else:
+                g2 = torch.zeros_like(x)
+        return g1.detach(), g2.detach()
+
+    def reg_derivatives(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradient and Hessian diagonal of the regularizer at ``x`` (exact when separable)."""
+        with torch.enable_grad():
+            y = x.detach().requires_grad_()
+            (g1,) = torch.autograd.grad(self.reg(y), y, create_graph=True)
+            if g1.requires_grad:
+                (g2,) = torch.autograd.grad(g1.sum(), y, allow_unused=True)
+                if g2 is None:
+                    g2 = torch.zeros_like(y)
+            else:
+                g2 = torch.zeros_like(y)
+        return g1.detach(), g2.detach()
+
+    def transposed(self) -> Objective:
+        """The same objective with users and items swapped (for alternating solvers)."""
+        if self._items_T is None:
+            order = torch.from_numpy(
+                np.lexsort((self.users.cpu().numpy(), self.items.cpu().numpy()))
+            ).to(self.device)
+            t = object.__new__(Objective)
+            t.__dict__.update(self.__dict__)
+            t.users, t.items = self.items[order], self.users[order]
+            t.values = self.values[order]
+            t.weights = None if self.weights is None else self.weights[order]
+            t.shape = (self.shape[1], self.shape[0])
+            t.patterns = build_patterns(t.users, t.items, t.shape, self.max_nnz)
+            t._items_T = [self]
+            self._items_T = [t]
+        return self._items_T[0]
+
+
+Callback = Callable[[dict[str, Any]], None]

@@ -1,0 +1,256 @@
+"""Training loops: first-order presets over ``torch.optim`` and an alternating Newton solver.
+
+==========  ===============================================================================
+``gd``      the post's fixed-step batch descent: ``X -= lr * dJ/dX`` (``torch.optim.SGD``)
+``adam``    ``torch.optim.Adam``: full batch (``batch_size=None``) or shuffled mini-batches
+``sgd``     ``torch.optim.SGD`` on shuffled mini-batches (Funk-style stochastic descent)
+``lbfgs``   ``torch.optim.LBFGS`` with a strong-Wolfe line search, full batch
+``als``     alternating Newton: one exact Newton step for all user rows, then all item rows
+==========  ===============================================================================
+
+The ``als`` update for user ``u`` (items are symmetric), with ``x_u = [p_u, b_u]`` and
+``y_i = [q_i, 1]``::
+
+    g_u = sum_i  l'(r_hat_ui, r_ui) y_i + R'(x_u)
+    H_u = sum_i  l''(r_hat_ui, r_ui) y_i y_i^T + diag(R''(x_u)) + eps I
+    x_u <- x_u - H_u^{-1} g_u
+
+where ``l'`` and ``l''`` are per-entry derivatives of the user's loss, taken by autograd (the loss
+is elementwise, so its Hessian is diagonal), and ``R'``/``R''`` those of the regularizer (its
+Hessian diagonal, exact for any regularizer that is a sum over entries). For the squared loss and
+L2 this is exactly alternating least squares. ``H_u`` for every user at once is a sparse @ dense
+product: ``vec(H) = C @ Z`` with ``C`` the CSR of ``l''`` and ``Z[i] = vec(y_i y_i^T)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+import torch
+
+from .errors import FitError
+from .objective import Objective, Params
+from .sparse import gather_dot
+
+__all__ = ["SOLVERS", "fit_params"]
+
+SOLVERS = ("gd", "adam", "sgd", "lbfgs", "als")
+DEFAULT_LR = {"gd": 0.0002, "adam": 0.01, "sgd": 0.01, "lbfgs": 1.0, "als": 1.0}
+DEFAULT_EPOCHS = {"gd": 5000, "adam": 200, "sgd": 30, "lbfgs": 100, "als": 15}
+
+EpochHook = Callable[[int, float, float], bool | None]
+
+
+def _snapshot(params: Params) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in params.items()}
+
+
+def _restore(params: Params, snap: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for k, v in params.items():
+            v.copy_(snap[k])
+
+
+def _project(params: Params, nonnegative: bool) -> None:
+    if nonnegative:
+        with torch.no_grad():
+            params["P"].clamp_(min=0)
+            params["Q"].clamp_(min=0)
+
+
+def fit_params(
+    obj: Objective,
+    params: Params,
+    *,
+    solver: str,
+    epochs: int,
+    lr: float,
+    batch_size: int | None,
+    seed: int | None,
+    nonnegative: bool = False,
+    on_epoch: EpochHook | None = None,
+) -> int:
+    """Run ``epochs`` epochs of ``solver`` on ``params`` in place; returns the epochs run.
+
+    ``on_epoch(epoch, objective, seconds)`` is called after each epoch (objective at the start of
+    the epoch for full-batch solvers, summed over batches for mini-batch ones); returning ``True``
+    stops training. A non-finite objective restores the last finite parameters and raises
+    :class:`FitError`.
+    """
+    gen = torch.Generator(device="cpu")
+    if seed is not None:
+        gen.manual_seed(int(seed) + 1)
+    step = _make_step(obj, params, solver, lr, batch_size, gen)
+    good = _snapshot(params)
+    t0 = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        value = step()
+        _project(params, nonnegative)
+        finite = math.isfinite(value) and all(
+            bool(torch.isfinite(p).all()) for p in params.values()
+        )
+        if not finite:
+            _restore(params, good)
+            raise FitError(
+                f"the objective became {value} at epoch {epoch} with solver={solver!r}, lr={lr!r}; "
+                f"the last finite parameters (epoch {epoch - 1}) are kept. "
+                f"Try a smaller learning rate, e.g. lr={lr / 10:g}",
+                epoch=epoch,
+            )
+        good = _snapshot(params)
+        if on_epoch is not None and on_epoch(epoch, value, time.perf_counter() - t0):
+            return epoch
+    return epochs
+
+
+def _make_step(
+    obj: Objective,
+    params: Params,
+    solver: str,
+    lr: float,
+    batch_size: int | None,
+    gen: torch.Generator,
+) -> Callable[[], float]:
+    plist = list(params.values())
+    full = batch_size is None or batch_size >= obj.nnz
+    if solver == "als":
+        return _AlternatingNewton(obj, params)
+    if solver == "lbfgs":
+        opt: torch.optim.Optimizer = torch.optim.LBFGS(
+            plist, lr=lr, max_iter=1, history_size=10, line_search_fn="strong_wolfe"
+        )
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            return torch.tensor(obj.value_and_grad(params))
+
+        def lbfgs_step() -> float:
+            return float(opt.step(closure))  # type: ignore[arg-type]
+
+        return lbfgs_step
+    if solver == "gd":
+        opt = torch.optim.SGD(plist, lr=lr)
+        full = True
+    elif solver == "adam":
+        opt = torch.optim.Adam(plist, lr=lr)
+    elif solver == "sgd":
+        opt = torch.optim.SGD(plist, lr=lr)
+        if full:
+            batch_size = 1024
+            full = obj.nnz <= batch_size
+    else:  # guarded in the model; kept for direct callers
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+
+    if full:
+        def full_step() -> float:
+            opt.zero_grad()
+            value = obj.value_and_grad(params)
+            opt.step()
+            return value
+
+        return full_step
+
+    bs = int(batch_size)  # type: ignore[arg-type]
+
+    def minibatch_epoch() -> float:
+        order = torch.randperm(obj.nnz, generator=gen).to(obj.device)
+        total = 0.0
+        for s in range(0, obj.nnz, bs):
+            opt.zero_grad()
+            loss = obj.batch_loss(params, order[s : s + bs])
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+        return total
+
+    return minibatch_epoch
+
+
+class _AlternatingNewton:
+    """One epoch = a Newton step on every user row, then on every item row (see module doc)."""
+
+    def __init__(self, obj: Objective, params: Params) -> None:
+        self.obj = obj
+        self.objT = obj.transposed()
+        self.params = params
+        self.checked = False
+
+    def __call__(self) -> float:
+        p = self.params
+        value = self.obj.value(p)
+        with torch.no_grad():
+            self._side(self.obj, p["P"], p.get("bu"), p["Q"], p.get("bi"))
+            self._side(self.objT, p["Q"], p.get("bi"), p["P"], p.get("bu"))
+        return value
+
+    def _side(
+        self,
+        obj: Objective,
+        X: torch.Tensor,
+        bx: torch.Tensor | None,
+        Y: torch.Tensor,
+        by: torch.Tensor | None,
+    ) -> None:
+        m, k = X.shape
+        bias = bx is not None
+        K = k + 1 if bias else k
+        dev, dt = X.device, X.dtype
+        if bias:
+            assert by is not None
+            Xa = torch.cat([X, bx[:, None], torch.ones(m, 1, dtype=dt, device=dev)], 1)
+            Ya = torch.cat([Y, torch.ones(Y.shape[0], 1, dtype=dt, device=dev), by[:, None]], 1)
+        else:
+            Xa, Ya = X, Y
+        Yf = Ya[:, :K]
+        iu, ju = torch.triu_indices(K, K, device=dev)
+        grad = torch.zeros(m, K, dtype=dt, device=dev)
+        hess = torch.zeros(m, len(iu), dtype=dt, device=dev)
+        # columns of Z = vec(y y^T) (upper triangle), in slices that keep Z and C @ Z bounded
+        max_cols = max(1, obj.max_nnz * 8 // max(Y.shape[0] + m, 1))
+        for pat in obj.patterns:
+            rows = slice(pat.row0, pat.row1)
+            pred = gather_dot(Xa[rows], Ya, pat) + obj.mu
+            g1, g2 = obj.entry_derivatives(pred, pat.start, pat.stop)
+            if not self.checked:
+                if not bool((g2 != 0).any()):
+                    raise ValueError(
+                        "solver='als' needs a loss with a non-zero second derivative; this loss "
+                        "has none (e.g. 'absolute'): use solver='adam' or 'sgd'"
+                    )
+                self.checked = True
+            grad[rows] += pat.csr(g1) @ Yf
+            C = pat.csr(g2)
+            for c0 in range(0, len(iu), max_cols):
+                a, b = iu[c0 : c0 + max_cols], ju[c0 : c0 + max_cols]
+                hess[rows, c0 : c0 + len(a)] += C @ (Yf[:, a] * Yf[:, b])
+        H = torch.zeros(m, K, K, dtype=dt, device=dev)
+        H[:, iu, ju] = hess
+        H[:, ju, iu] = hess
+        Xv = Xa[:, :K]
+        rg, rh = obj.reg_derivatives(Xv)
+        grad += rg
+        diag = torch.diagonal(H, dim1=1, dim2=2)
+        diag += rh
+        scale = diag.abs().mean(dim=1, keepdim=True).clamp_min(1.0)
+        diag += 1e-6 * scale
+        step = _spd_solve(H, grad)
+        X -= step[:, :k]
+        if bias:
+            bx -= step[:, k]  # type: ignore[operator]
+
+
+def _spd_solve(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Solve ``H x = g`` row-batch-wise; rows whose ``H`` is not positive definite fall back."""
+    L, info = torch.linalg.cholesky_ex(H)
+    x = torch.cholesky_solve(g[:, :, None], L)[:, :, 0]
+    bad = info != 0
+    if bool(bad.any()):
+        # Indefinite curvature (a non-convex loss far from a minimum): a damped step instead.
+        Hb = H[bad]
+        eig_min = torch.linalg.eigvalsh(Hb)[:, 0]
+        shift = (-eig_min).clamp_min(0) + 1e-3 * Hb.diagonal(dim1=1, dim2=2).abs().mean(1) + 1e-6
+        Hb = Hb + shift[:, None, None] * torch.eye(H.shape[1], dtype=H.dtype, device=H.device)
+        x[bad] = torch.linalg.solve(Hb, g[bad])
+    return x
+

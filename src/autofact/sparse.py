@@ -1,0 +1,143 @@
+"""The one structural primitive: predictions on a sparsity pattern, ``pred[r] = <P[u_r], Q[i_r]>``.
+
+Forward is an SDDMM (``torch.sparse.sampled_addmm`` on a CSR pattern); backward is two sparse @
+dense products (SpMM): ``dP = G @ Q`` and ``dQ = G^T @ P`` with ``G`` the CSR of the incoming
+per-entry gradient. Nothing of size ``nnz x k`` is ever built. The loss applied to ``pred`` is
+differentiated by autograd as usual; only this bilinear gather carries its own backward, and the
+test suite checks it with ``torch.autograd.gradcheck`` in float64.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["Pattern", "gather_dot", "build_patterns"]
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta" is not the user's concern
+        return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
+
+
+@dataclass
+class Pattern:
+    """A block of rows ``[row0, row1)`` of a row-sorted sparsity pattern, with its transpose.
+
+    ``crow``/``col`` index the block as a CSR matrix of shape ``(row1 - row0, n_cols)``;
+    ``tcrow``/``trow`` are the same entries as a CSR matrix of the transpose, and ``perm`` maps
+    positions of the transpose to positions of the block (``values_T = values[perm]``).
+    """
+
+    row0: int
+    row1: int
+    start: int  # offset of the block's first entry in the full entry arrays
+    n_cols: int
+    crow: torch.Tensor
+    col: torch.Tensor
+    tcrow: torch.Tensor
+    trow: torch.Tensor
+    perm: torch.Tensor
+
+    @property
+    def nnz(self) -> int:
+        return int(self.col.shape[0])
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.nnz
+
+    def csr(self, values: torch.Tensor) -> Any:
+        return _csr(self.crow, self.col, values, (self.row1 - self.row0, self.n_cols))
+
+    def csr_t(self, values: torch.Tensor) -> Any:
+        return _csr(self.tcrow, self.trow, values[self.perm], (self.n_cols, self.row1 - self.row0))
+
+
+def build_patterns(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    shape: tuple[int, int],
+    max_nnz: int,
+) -> list[Pattern]:
+    """Split a (row, col)-sorted pattern into row blocks of at most ``max_nnz`` entries each.
+
+    A single row with more entries than ``max_nnz`` gets a block of its own.
+    """
+    m, n = shape
+    device = rows.device
+    counts = torch.bincount(rows.long(), minlength=m)
+    crow_full = torch.zeros(m + 1, dtype=torch.int64, device=device)
+    torch.cumsum(counts, 0, out=crow_full[1:])
+    crow_cpu = crow_full.cpu()
+    blocks: list[Pattern] = []
+    r0 = 0
+    while r0 < m:
+        start = int(crow_cpu[r0])
+        # last row r1 such that crow[r1] - start <= max_nnz (at least one row)
+        r1 = int(torch.searchsorted(crow_cpu, start + max_nnz, right=True)) - 1
+        r1 = min(max(r1, r0 + 1), m)
+        stop = int(crow_cpu[r1])
+        idx_dtype = torch.int32 if max(n, m, stop - start) < 2**31 - 1 else torch.int64
+        block_cols = cols[start:stop].to(idx_dtype)
+        block_rows = (rows[start:stop].long() - r0)
+        crow = (crow_full[r0 : r1 + 1] - start).to(idx_dtype)
+        # transpose: sort the block's entries by column (stable, so rows stay sorted within a column)
+        perm = torch.sort(block_cols.long(), stable=True).indices
+        tcounts = torch.bincount(block_cols.long(), minlength=n)
+        tcrow = torch.zeros(n + 1, dtype=torch.int64, device=device)
+        torch.cumsum(tcounts, 0, out=tcrow[1:])
+        blocks.append(
+            Pattern(
+                row0=r0,
+                row1=r1,
+                start=start,
+                n_cols=n,
+                crow=crow,
+                col=block_cols,
+                tcrow=tcrow.to(idx_dtype),
+                trow=block_rows[perm].to(idx_dtype),
+                perm=perm.to(idx_dtype) if device.type == "cpu" else perm,
+            )
+        )
+        r0 = r1
+    return blocks
+
+
+class _GatherDot(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, P: torch.Tensor, Q: torch.Tensor, pattern: Pattern) -> torch.Tensor:
+        ctx.pattern = pattern
+        ctx.save_for_backward(P, Q)
+        ones = torch.ones(pattern.nnz, dtype=P.dtype, device=P.device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = torch.sparse.sampled_addmm(pattern.csr(ones), P, Q.t(), beta=0.0)
+        return out.values()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        P, Q = ctx.saved_tensors
+        pattern: Pattern = ctx.pattern
+        grad = grad.contiguous()
+        dP = dQ = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if ctx.needs_input_grad[0]:
+                dP = pattern.csr(grad) @ Q
+            if ctx.needs_input_grad[1]:
+                dQ = pattern.csr_t(grad) @ P
+        return dP, dQ, None
+
+
+def gather_dot(P: torch.Tensor, Q: torch.Tensor, pattern: Pattern) -> torch.Tensor:
+    """``out[r] = P[row_r] . Q[col_r]`` for the entries of ``pattern`` (rows local to the block).
+
+    ``P`` holds the block's rows (``row1 - row0`` of them), ``Q`` all columns: ``(n_cols, k)``.
+    Differentiable in ``P`` and ``Q``.
+    """
+    return _GatherDot.apply(P, Q, pattern)
