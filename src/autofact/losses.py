@@ -16,7 +16,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["squared", "absolute", "huber", "logistic", "poisson", "get_loss", "LOSSES"]
+__all__ = [
+    "squared", "absolute", "huber", "logistic", "poisson", "get_loss", "loss_spec", "loss_from_spec",
+    "LOSSES",
+]
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -41,6 +44,7 @@ def huber(delta: float = 1.0) -> Loss:
         return torch.where(r <= delta, 0.5 * r**2, delta * (r - 0.5 * delta))
 
     huber_loss.__qualname__ = f"huber(delta={delta!r})"
+    huber_loss.spec = {"name": "huber", "delta": float(delta)}  # type: ignore[attr-defined]
     return huber_loss
 
 
@@ -62,6 +66,37 @@ LOSSES: dict[str, Loss] = {
     "logistic": logistic,
     "poisson": poisson,
 }
+
+
+def loss_spec(loss: str | Loss) -> dict[str, object] | None:
+    """A JSON-able description of a loss (built-in name, factory arguments or import path).
+
+    ``None`` when the loss is a callable that cannot be re-imported (a lambda or closure).
+    """
+    if isinstance(loss, str):
+        return {"name": loss} if loss in LOSSES else {"path": loss}
+    spec = getattr(loss, "spec", None)
+    if isinstance(spec, dict):
+        return dict(spec)
+    for name, fn in LOSSES.items():
+        if fn is loss:
+            return {"name": name}
+    from ._imports import object_path
+
+    path = object_path(loss)
+    return None if path is None else {"path": path}
+
+
+def loss_from_spec(spec: dict[str, object]) -> str | Loss:
+    """The inverse of :func:`loss_spec` (imports a path; never evaluates code)."""
+    if "path" in spec:
+        return str(spec["path"])
+    name = spec.get("name")
+    if name == "huber" and "delta" in spec:
+        return huber(float(spec["delta"]))  # type: ignore[arg-type]
+    if isinstance(name, str) and name in LOSSES:
+        return name
+    raise ValueError(f"unknown loss specification {spec!r}")
 
 
 def get_loss(loss: str | Loss) -> Loss:

@@ -195,6 +195,7 @@ class MatrixFactorization:
         self.user_ids_ = train.user_ids
         self.item_ids_ = train.item_ids
         self._train = train
+        self._seen_cache = None
         self.global_mean_ = obj.mu
         self.rating_range_ = (float(train.values.min()), float(train.values.max()))
         self.solver_ = solver
@@ -326,6 +327,23 @@ class MatrixFactorization:
             r._user_lookup = r._item_lookup = None
             self._train = r
         return r
+
+    def _seen(self) -> Any:
+        """The training pattern as a boolean scipy CSR (users x items): what each user has rated.
+
+        Built lazily from the training data; a loaded model gets it from the saved file.
+        """
+        seen = getattr(self, "_seen_cache", None)
+        if seen is None:
+            import scipy.sparse as sp
+
+            t = self._train
+            m, n = len(self.user_ids_), len(self.item_ids_)
+            indptr = np.zeros(m + 1, dtype=np.int64)
+            np.cumsum(np.bincount(t.users, minlength=m), out=indptr[1:])
+            seen = sp.csr_matrix((np.ones(len(t.users), dtype=bool), t.items, indptr), shape=(m, n))
+            self._seen_cache = seen
+        return seen
 
     def score(self, ratings: Any) -> float:
         """RMSE on ``ratings`` (user's ids); unknown users/items use the fallback."""
