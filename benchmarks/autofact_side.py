@@ -1,10 +1,11 @@
 """Every call the benchmarks make into autofact lives here, one function per case.
 
-Adapt this module (and only this module) when the library's API moves. If autofact cannot be imported,
-``AVAILABLE`` is False, ``REASON`` says why, and the harness prints "n/a" for the autofact column.
+Adapt this module (and only this module) when the library's API moves. If autofact cannot be
+imported, ``AVAILABLE`` is False, ``REASON`` says why, and the harness prints "n/a" for the autofact
+column.
 
-All functions take/return plain NumPy data and floats; timings use ``time.perf_counter`` and, on CUDA,
-synchronise before reading the clock.
+All functions take/return plain NumPy data and floats; timings use ``time.perf_counter``
+and, on CUDA, synchronise before reading the clock.
 """
 
 from __future__ import annotations
@@ -61,15 +62,28 @@ def _ratings(part: dict, shape) -> Any:
 # ---------------------------------------------------------------------------------------------
 # gradient: one full-batch gradient of the post's loss through autograd
 # ---------------------------------------------------------------------------------------------
-def gradient_case(data: dict, rank: int = 32, beta: float = 0.02, device: str = "cpu",
-                  repeats: int = 5, warmup: int = 1) -> dict:
+def gradient_case(
+    data: dict,
+    rank: int = 32,
+    beta: float = 0.02,
+    device: str = "cpu",
+    repeats: int = 5,
+    warmup: int = 1,
+) -> dict:
     """Best-of-``repeats`` seconds for ``obj.value_and_grad(params)`` after ``warmup`` calls.
 
     Also returns the loss value and, where the parameter layout can be recognised, ``P`` (m x k) and
     ``Q`` (k x n) as NumPy so the harness can check the value against the NumPy baseline."""
     r = _ratings(data["train"], data["shape"])
-    obj = Objective(r, loss="squared", regularization="l2", beta=beta, bias=False, device=device,
-                    dtype=torch.float32)
+    obj = Objective(
+        r,
+        loss="squared",
+        regularization="l2",
+        beta=beta,
+        bias=False,
+        device=device,
+        dtype=torch.float32,
+    )
     params = obj.init_params(rank=rank, seed=0)
 
     def clear() -> None:
@@ -112,14 +126,22 @@ def _factors_as_numpy(params: dict, shape, rank: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 # post: the 2016 post's batch gradient descent, 5000 steps
 # ---------------------------------------------------------------------------------------------
-def post_case(R: np.ndarray, P0: np.ndarray, Q0: np.ndarray, steps: int = 5000,
-              alpha: float = 0.0002, beta: float = 0.02, device: str = "cpu") -> dict:
+def post_case(
+    R: np.ndarray,
+    P0: np.ndarray,
+    Q0: np.ndarray,
+    steps: int = 5000,
+    alpha: float = 0.0002,
+    beta: float = 0.02,
+    device: str = "cpu",
+) -> dict:
     """Seconds for ``matrix_factorization_bgd`` (whole call), and the final P, Q as NumPy."""
     D_masked = np.ma.masked_equal(np.asarray(R, dtype=np.float64), 0)
     _sync(device)
     t0 = time.perf_counter()
-    P, Q = matrix_factorization_bgd(D_masked, P0.copy(), Q0.copy(), steps=steps, alpha=alpha,
-                                    beta=beta)
+    P, Q = matrix_factorization_bgd(
+        D_masked, P0.copy(), Q0.copy(), steps=steps, alpha=alpha, beta=beta
+    )
     _sync(device)
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "P": _np(P), "Q": _np(Q)}
@@ -134,22 +156,32 @@ def _np(x: Any) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # time to accuracy: ALS until held-out RMSE <= target
 # ---------------------------------------------------------------------------------------------
-def time_to_accuracy(data: dict, target_rmse: float, params: dict[str, Any],
-                     device: str = "cpu") -> dict:
+def time_to_accuracy(
+    data: dict, target_rmse: float, params: dict[str, Any], device: str = "cpu"
+) -> dict:
     """Fit with validation; seconds = cumulative ``history_[k]['time']`` at the first epoch whose
     ``val_rmse`` <= ``target_rmse`` (None if never reached)."""
     train = _ratings(data["train"], data["shape"])
     test = _ratings(data["test"], data["shape"])
     p = dict(params)
-    model = MatrixFactorization(rank=p.pop("rank"), solver=p.pop("solver"), epochs=p.pop("epochs"),
-                                beta=p.pop("beta"), bias=p.pop("bias"), seed=0, **_dev(device), **p)
+    model = MatrixFactorization(
+        rank=p.pop("rank"),
+        solver=p.pop("solver"),
+        epochs=p.pop("epochs"),
+        beta=p.pop("beta"),
+        bias=p.pop("bias"),
+        seed=0,
+        **_dev(device),
+        **p,
+    )
     t0 = time.perf_counter()
     model.fit(train, validation=test)
     _sync(device)
     fit_wall = time.perf_counter() - t0
     hist = [dict(h) for h in model.history_]
-    reached = next((h for h in hist if h.get("val_rmse") is not None
-                    and h["val_rmse"] <= target_rmse), None)
+    reached = next(
+        (h for h in hist if h.get("val_rmse") is not None and h["val_rmse"] <= target_rmse), None
+    )
     pred = np.asarray(model.predict_indices(data["test"]["users"], data["test"]["items"]))
     rmse = float(np.sqrt(np.mean((pred - data["test"]["ratings"]) ** 2)))
     return {
@@ -157,8 +189,9 @@ def time_to_accuracy(data: dict, target_rmse: float, params: dict[str, Any],
         "epoch": int(reached["epoch"]) if reached else None,
         "fit_wall_s": fit_wall,
         "final_rmse": rmse,
-        "best_val_rmse": min((h["val_rmse"] for h in hist if h.get("val_rmse") is not None),
-                             default=None),
+        "best_val_rmse": min(
+            (h["val_rmse"] for h in hist if h.get("val_rmse") is not None), default=None
+        ),
         "history": hist,
     }
 

@@ -1,10 +1,14 @@
 """Baselines autofact is measured against. Each is a plain function; nothing here imports autofact.
 
-* :func:`numpy_gradient` - the hand-derived full-batch gradient of the post's loss, NumPy + SciPy sparse.
+* :func:`numpy_gradient` - the hand-derived full-batch gradient of the post's loss,
+  NumPy + SciPy sparse.
 * :func:`post_numpy` - the 2016 post's dense batch gradient descent in NumPy.
-* :func:`post_pytensor` - the post's Theano code in PyTensor, run in a subprocess (cold or warm cache).
+* :func:`post_pytensor` - the post's Theano code in PyTensor, run in a subprocess
+  (cold or warm cache).
 * :func:`surprise_svd` - scikit-surprise's SVD (Funk SGD with biases) with its defaults.
-* :func:`libmf_fit` - LIBMF via the ``libmf`` PyPI package, when it is installed (else ``None``).
+* :func:`libmf_fit` - LIBMF via the ``libmf`` PyPI package (0.9.2). NOT used by run.py: that wrapper
+  installs but its models are wrong here (ML-100K u1 *train* RMSE 1.43, worse than the global mean),
+  so it is kept only for manual experiments.
 
 Loss convention everywhere (P is m x k, Q is k x n, E = mask * (R - P Q))::
 
@@ -69,11 +73,12 @@ def numpy_gradient(users, items, ratings, P, Q, beta, pattern: SparsePattern | N
     """Loss and gradient of the post's objective; returns ``(loss, dP, dQ)``.
 
     ``P`` is m x k, ``Q`` is k x n. Pass ``pattern=prepare_numpy_gradient(...)`` to keep the CSR
-    construction out of the timed region; ``users``/``items``/``ratings`` are then ignored in favour of
-    the pattern's sorted copies (same set of observations).
+    construction out of the timed region; ``users``/``items``/``ratings`` are then ignored in favour
+    of the pattern's sorted copies (same set of observations).
 
-    Predictions are a chunked gather + ``einsum`` row-dot; then ``dP = -2 E Q^T + beta P`` is a CSR x
-    dense product and ``dQ^T = -2 E^T P + beta Q^T`` a CSC (free transpose view) x dense product.
+    Predictions are a chunked gather + ``einsum`` row-dot; then ``dP = -2 E Q^T + beta P`` is a
+    CSR x dense product and ``dQ^T = -2 E^T P + beta Q^T`` a CSC (free transpose view) x dense
+    product.
     """
     if pattern is None:
         pattern = prepare_numpy_gradient(users, items, ratings, (P.shape[0], Q.shape[1]), P.dtype)
@@ -173,8 +178,8 @@ def post_pytensor(
 def surprise_svd(train: dict, test: dict, random_state: int = 0, **params: Any) -> dict:
     """Fit ``surprise.SVD(**params)`` (defaults: 100 factors, 20 epochs, biased) on ``train``.
 
-    ``train``/``test`` are ``{"users", "items", "ratings"}`` dicts. Dataset construction is outside the
-    timed region. Returns ``{"fit_s", "rmse", "predict_s", "params"}``.
+    ``train``/``test`` are ``{"users", "items", "ratings"}`` dicts. Dataset construction is outside
+    the timed region. Returns ``{"fit_s", "rmse", "predict_s", "params"}``.
     """
     import pandas as pd
     from surprise import SVD, Dataset, Reader
@@ -228,13 +233,16 @@ def _surprise_predict(algo, trainset, users, items) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # LIBMF (optional)
 # --------------------------------------------------------------------------------------------------
-def libmf_fit(train: dict, test: dict, k: int = 100, epochs: int = 20,
-              threads: int | None = None) -> dict | None:
-    """LIBMF (squared loss + L2, parallel SGD) via the ``libmf`` PyPI package; ``None`` if absent."""
+def libmf_fit(
+    train: dict, test: dict, k: int = 100, epochs: int = 20, threads: int | None = None
+) -> dict | None:
+    """LIBMF (squared loss + L2, parallel SGD) via the ``libmf`` package; ``None`` if absent."""
     try:
+        import contextlib
+        import io
         import warnings
 
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             from libmf import mf  # type: ignore
     except Exception:

@@ -65,7 +65,9 @@ def check_post() -> None:
     assert dp < 1e-8 and dq < 1e-8, (dp, dq)
     l0, l1 = post_loss(R, P0, Q0), post_loss(R, Pn, Qn)
     assert l1 < l0, (l0, l1)
-    print(f"post_numpy == post_pytensor (max |dP|={dp:.1e}, |dQ|={dq:.1e}); loss {l0:.3f} -> {l1:.3f}")
+    print(
+        f"post_numpy == post_pytensor (max |dP|={dp:.1e}, |dQ|={dq:.1e}); loss {l0:.3f} -> {l1:.3f}"
+    )
     print("  reconstruction:\n", np.round(Pn @ Qn, 2))
     print(f"  pytensor cold: {info['seconds']:.2f} s ({info['linker']})")
 
@@ -82,8 +84,10 @@ def check_surprise() -> None:
     res = surprise_svd(d["train"], d["test"])
     base = float(np.sqrt(np.mean((d["test"]["ratings"] - d["train"]["ratings"].mean()) ** 2)))
     assert res["rmse"] < base, (res, base)
-    print(f"surprise SVD on ML-100K u1: RMSE {res['rmse']:.4f} (global mean {base:.4f}), "
-          f"fit {res['fit_s']:.2f} s")
+    print(
+        f"surprise SVD on ML-100K u1: RMSE {res['rmse']:.4f} (global mean {base:.4f}), "
+        f"fit {res['fit_s']:.2f} s"
+    )
 
 
 if __name__ == "__main__":

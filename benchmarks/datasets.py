@@ -11,13 +11,13 @@ Every loader returns the same dict form::
 
 with 0-based user/item indices.
 
-Synthetic cells are sampled as int64 flat ids ``u * n + i`` drawn *with* replacement, de-duplicated by an
-in-place sort and topped up until enough distinct cells exist, then shuffled in place and split into
-train/test, so train and test are disjoint and every (user, item) cell appears at most once. This is
-O(N log N) time and about 2 x 8 x N bytes of transient memory (the int64 ids and the compacted
-copy): ~18 MB for 1.1M cells, ~0.4 GB for the 25M shape, ~1.7 GB for the Netflix shape (100M). It never
-materialises anything of size m x n. Factor products are computed in chunks so the gathered factor rows
-never exceed ``chunk x rank`` floats.
+Synthetic cells are sampled as int64 flat ids ``u * n + i`` drawn *with* replacement, de-duplicated
+by an in-place sort and topped up until enough distinct cells exist, then shuffled in place and
+split into train/test, so train and test are disjoint and every (user, item) cell appears at most
+once. This is O(N log N) time and about 2 x 8 x N bytes of transient memory (the int64 ids and the
+compacted copy): ~18 MB for 1.1M cells, ~0.4 GB for the 25M shape, ~1.7 GB for the Netflix shape
+(100M). It never materialises anything of size m x n. Factor products are computed in chunks so the
+gathered factor rows never exceed ``chunk x rank`` floats.
 
 Real data is read from ``../shared/datasets`` relative to the repository root (``AUTOFACT_DATASETS``
 overrides); it is never copied into the project.
@@ -50,7 +50,7 @@ def datasets_dir() -> Path:
 
 
 def _sorted_unique(x: np.ndarray) -> np.ndarray:
-    """Sorted distinct values of ``x``; sorts ``x`` in place (np.unique is hash-based and slow here)."""
+    """Sorted distinct values of ``x``; sorts ``x`` in place (np.unique is much slower here)."""
     x.sort()
     if x.size == 0:
         return x
@@ -119,9 +119,9 @@ def synthetic_lowrank(
     """Ratings ``clip(mu + p_u . q_i + noise * N(0,1), 1, 5)`` on distinct random cells.
 
     Factor entries are N(0, rank**-1/4) (variance 1/sqrt(rank)), so the signal ``p_u . q_i`` has
-    variance rank * (1/sqrt(rank))**2 = 1, i.e. std ~1 around ``mu`` = 3.5; with noise 0.5 and clipping
-    the ratings spread over 1..5 with std ~1.0. The best achievable test RMSE is about ``noise``
-    (slightly less because of clipping). Fully deterministic in ``seed``.
+    variance rank * (1/sqrt(rank))**2 = 1, i.e. std ~1 around ``mu`` = 3.5; with noise 0.5 and
+    clipping the ratings spread over 1..5 with std ~1.0. The best achievable test RMSE is about
+    ``noise`` (slightly less because of clipping). Fully deterministic in ``seed``.
     """
     rng = np.random.default_rng(seed)
     scale = float(rank) ** -0.25
@@ -148,8 +148,9 @@ def synthetic_lowrank(
     }
 
 
-def synthetic_shape(shape: str, scale: float = 1.0, test_fraction: float = 0.01, rank: int = 10,
-                    seed: int = 0) -> dict[str, Any]:
+def synthetic_shape(
+    shape: str, scale: float = 1.0, test_fraction: float = 0.01, rank: int = 10, seed: int = 0
+) -> dict[str, Any]:
     """A named real-world shape (``ml1m``, ``ml25m``, ``netflix``) filled with synthetic ratings.
 
     ``scale`` < 1 multiplies the number of ratings by ``scale`` and users and items by
@@ -170,7 +171,7 @@ def _read_ml100k_file(path: Path) -> np.ndarray:
 
 
 def movielens_100k(split: int | str = 1) -> dict[str, Any]:
-    """MovieLens 100K canonical split ``u{split}.base`` / ``u{split}.test`` (split 1..5, 'a' or 'b').
+    """MovieLens 100K canonical split ``u{split}.base`` / ``u{split}.test`` (1..5, a, b).
 
     User and item ids are mapped to 0-based indices over the union of base and test ids (sorted, so
     for ML-100K this is simply ``id - 1``); the shape covers both files.

@@ -2,7 +2,7 @@
 
 Run as a subprocess, because PyTensor reads its cache location when it is first imported::
 
-    python -m benchmarks.pytensor_post --cold   # fresh, empty compile cache (temp dir, deleted after)
+    python -m benchmarks.pytensor_post --cold   # fresh, empty cache (temp dir, deleted after)
     python -m benchmarks.pytensor_post --warm   # persistent cache in benchmarks/.cache/pytensor
 
 Prints one JSON object: import, build (graph + T.grad), compile and step seconds; ``seconds`` =
@@ -37,8 +37,9 @@ def _configure_cache(cold: bool) -> str:
         base = str(CACHE_ROOT / "pytensor")
         os.makedirs(base, exist_ok=True)
     flags = os.environ.get("PYTENSOR_FLAGS", "")
-    flags = ",".join(f for f in flags.split(",") if f and not f.startswith(("base_compiledir",
-                                                                          "compiledir")))
+    flags = ",".join(
+        f for f in flags.split(",") if f and not f.startswith(("base_compiledir", "compiledir"))
+    )
     os.environ["PYTENSOR_FLAGS"] = ",".join(filter(None, [flags, f"base_compiledir={base}"]))
     os.environ["NUMBA_CACHE_DIR"] = os.path.join(base, "numba")
     return base
@@ -91,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     t_build = time.perf_counter()
     P = shared(P0, name="P")
     Q = shared(Q0, name="Q")
-    D = T.matrix("D")                                   # the data matrix, 0 = missing
+    D = T.matrix("D")  # the data matrix, 0 = missing
     mask = T.neq(D, 0)
-    E = (D - T.dot(P, Q)) * mask                        # residuals on observed cells only
+    E = (D - T.dot(P, Q)) * mask  # residuals on observed cells only
     cost = T.sum(E**2) + (beta / 2) * (T.sum(P**2) + T.sum(Q**2))
     gP, gQ = T.grad(cost, [P, Q])
     t_compile = time.perf_counter()
@@ -102,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         from pytensor.compile.mode import Mode
 
         mode = Mode(linker="cvm", optimizer="fast_run")
-    train = function(
-        [D], cost, updates=[(P, P - alpha * gP), (Q, Q - alpha * gQ)], mode=mode
-    )
+    train = function([D], cost, updates=[(P, P - alpha * gP), (Q, Q - alpha * gQ)], mode=mode)
     t_steps = time.perf_counter()
     for _ in range(steps):
         c = train(R)

@@ -1,6 +1,7 @@
 """Run the autofact benchmarks and print one comparison table.
 
-    python -m benchmarks.run [--quick] [--cases gradient,post,surprise,movielens,scale] [--device cpu|cuda]
+    python -m benchmarks.run [--quick] [--cases gradient,post,surprise,movielens,scale]
+                             [--device cpu|cuda]
 
 ``--cases netflix`` adds the 100M-rating Netflix-shape scale case (heavy; never in the default set).
 Results go to ``benchmarks/results/<date>_<machine>.{md,json}``.
@@ -34,7 +35,7 @@ ALL_CASES = DEFAULT_CASES + ["netflix"]
 
 
 class Timer:
-    """``with Timer() as t: ...; t.seconds``; ``Timer.best(fn, repeats, warmup)`` -> best seconds."""
+    """``with Timer() as t: ...; t.seconds``; ``Timer.best(fn, repeats, warmup)`` -> best s."""
 
     def __enter__(self) -> Timer:
         self.start = time.perf_counter()
@@ -60,9 +61,16 @@ rows: list[dict[str, Any]] = []
 details: dict[str, Any] = {}
 
 
-def add_row(case: str, autofact_s: float | None, baseline: str, baseline_s: float | None,
-            target: float | str | None = None, peak_mem: str = "", accuracy: str = "",
-            note: str = "") -> None:
+def add_row(
+    case: str,
+    autofact_s: float | None,
+    baseline: str,
+    baseline_s: float | None,
+    target: float | str | None = None,
+    peak_mem: str = "",
+    accuracy: str = "",
+    note: str = "",
+) -> None:
     ratio = (autofact_s / baseline_s) if autofact_s is not None and baseline_s else None
     passed = None
     if ratio is not None and isinstance(target, (int, float)):
@@ -105,17 +113,29 @@ def case_gradient(quick: bool, device: str) -> None:
         Q = (rng.standard_normal((rank, n)) * 0.1).astype(np.float32)
     pat = bl.prepare_numpy_gradient(tr["users"], tr["items"], tr["ratings"], (m, n))
     base_s, (loss, _, _) = Timer.best(
-        lambda: bl.numpy_gradient(None, None, None, P, Q, beta, pattern=pat), repeats=5, warmup=1)
+        lambda: bl.numpy_gradient(None, None, None, P, Q, beta, pattern=pat), repeats=5, warmup=1
+    )
     acc = ""
     af_s = None
     if res and "error" not in res:
         af_s = res["seconds"]
         if "P" in res:
             acc = f"loss rel. diff vs numpy {abs(res['value'] - loss) / abs(loss):.1e}"
-    details["gradient"] = {"ratings": n_train, "rank": rank, "numpy_loss": loss,
-                           "autofact": {k: v for k, v in (res or {}).items() if k not in "PQ"}}
-    add_row(f"gradient {n_train:,} r{rank}", af_s, "numpy+scipy (hand grad)", base_s, 0.3,
-            accuracy=acc, note=_af_na("gradient") or (res or {}).get("error", ""))
+    details["gradient"] = {
+        "ratings": n_train,
+        "rank": rank,
+        "numpy_loss": loss,
+        "autofact": {k: v for k, v in (res or {}).items() if k not in "PQ"},
+    }
+    add_row(
+        f"gradient {n_train:,} r{rank}",
+        af_s,
+        "numpy+scipy (hand grad)",
+        base_s,
+        0.3,
+        accuracy=acc,
+        note=_af_na("gradient") or (res or {}).get("error", ""),
+    )
 
 
 def case_post(quick: bool, device: str) -> None:
@@ -128,8 +148,11 @@ def case_post(quick: bool, device: str) -> None:
         Pn, Qn = bl.post_numpy(R, P0, Q0, steps=steps)
     numpy_s = t.seconds
     pt: dict[str, dict] = {}
-    modes = [("cold", "default")] if quick else [
-        ("cold", "default"), ("cold", "c"), ("warm", "default"), ("warm", "c")]
+    modes = (
+        [("cold", "default")]
+        if quick
+        else [("cold", "default"), ("cold", "c"), ("warm", "default"), ("warm", "c")]
+    )
     for temp, mode in modes:
         try:
             if temp == "warm":  # populate the persistent cache, then time a warm run
@@ -143,17 +166,34 @@ def case_post(quick: bool, device: str) -> None:
     if res and "error" not in res:
         af_s = res["seconds"]
         d = max(np.abs(res["P"] - Pn).max(), np.abs(res["Q"] - Qn).max())
-        acc = f"max |Δ| vs numpy {d:.1e}; loss {bl.post_loss(R, res['P'], res['Q']):.4f}"
+        acc = f"max abs diff vs numpy {d:.1e}; loss {bl.post_loss(R, res['P'], res['Q']):.4f}"
     note = _af_na("post") or (res or {}).get("error", "")
     names = {"default": "numba", "c": "C"}
     for key, info in pt.items():
         temp, mode = key.split("-")
-        add_row("post 5x4 k2, 5000 steps", af_s, f"pytensor {temp} ({names[mode]} backend)",
-                info["seconds"], 0.1 if temp == "cold" else None, accuracy=acc, note=note)
-    add_row("post 5x4 k2, 5000 steps", af_s, "numpy dense (post)", numpy_s, None,
-            accuracy=f"numpy loss {bl.post_loss(R, Pn, Qn):.4f}", note=note)
-    details["post"] = {"numpy_s": numpy_s, "pytensor": pt,
-                       "autofact": {k: v for k, v in (res or {}).items() if k not in "PQ"}}
+        add_row(
+            "post 5x4 k2, 5000 steps",
+            af_s,
+            f"pytensor {temp} ({names[mode]} backend)",
+            info["seconds"],
+            0.1 if temp == "cold" else None,
+            accuracy=acc,
+            note=note,
+        )
+    add_row(
+        "post 5x4 k2, 5000 steps",
+        af_s,
+        "numpy dense (post)",
+        numpy_s,
+        None,
+        accuracy=f"numpy loss {bl.post_loss(R, Pn, Qn):.4f}",
+        note=note,
+    )
+    details["post"] = {
+        "numpy_s": numpy_s,
+        "pytensor": pt,
+        "autofact": {k: v for k, v in (res or {}).items() if k not in "PQ"},
+    }
 
 
 def _tta(case: str, data: dict, target_ratio: float, params: dict, device: str) -> None:
@@ -169,17 +209,16 @@ def _tta(case: str, data: dict, target_ratio: float, params: dict, device: str) 
             note = f"autofact never reached the target in {len(res['history'])} epochs"
         else:
             acc += f" (target hit at epoch {res['epoch']})"
-    add_row(f"time-to-accuracy {data['name']}", af_s, "surprise SVD (defaults)", sres["fit_s"],
-            target_ratio, accuracy=acc, note=note)
-    lm = None
-    try:
-        lm = bl.libmf_fit(data["train"], data["test"])
-    except Exception as exc:
-        details.setdefault("errors", {})[f"libmf {case}"] = str(exc)
-    if lm:
-        add_row(f"time-to-accuracy {data['name']}", af_s, "libmf (k=100, 20 it)", lm["fit_s"],
-                None, accuracy=f"libmf RMSE {lm['rmse']:.4f}", note="info only")
-    details[case] = {"surprise": sres, "libmf": lm, "autofact": res, "params": params}
+    add_row(
+        f"time-to-accuracy {data['name']}",
+        af_s,
+        "surprise SVD (defaults)",
+        sres["fit_s"],
+        target_ratio,
+        accuracy=acc,
+        note=note,
+    )
+    details[case] = {"surprise": sres, "autofact": res, "params": params}
 
 
 def case_surprise(quick: bool, device: str) -> None:
@@ -194,15 +233,32 @@ def case_movielens(quick: bool, device: str) -> None:
     try:
         data = ds.movielens_100k(1)
     except FileNotFoundError as exc:
-        add_row("time-to-accuracy MovieLens 100K u1", None, "surprise SVD (defaults)", None, 0.25,
-                note=str(exc))
+        add_row(
+            "time-to-accuracy MovieLens 100K u1",
+            None,
+            "surprise SVD (defaults)",
+            None,
+            0.25,
+            note=str(exc),
+        )
         return
     _tta("movielens", data, 0.25, af.TTA_PARAMS["movielens"], device)
 
 
 def _scale(name: str, shape: str, quick: bool, device: str, epochs: int, timeout: int) -> None:
-    cmd = [sys.executable, "-m", "benchmarks.scale", "--shape", shape, "--rank", "64",
-           "--epochs", str(epochs), "--device", device]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.scale",
+        "--shape",
+        shape,
+        "--rank",
+        "64",
+        "--epochs",
+        str(epochs),
+        "--device",
+        device,
+    ]
     if quick:
         cmd += ["--scale", "0.01"]
     try:
@@ -210,30 +266,52 @@ def _scale(name: str, shape: str, quick: bool, device: str, epochs: int, timeout
         res = json.loads(proc.stdout.strip().splitlines()[-1])
     except Exception as exc:
         err = getattr(locals().get("proc"), "stderr", "") or ""
-        add_row(f"scale {name}", None, "RSS bound", None, "RSS <= bound",
-                note=f"{type(exc).__name__}: {exc} {err[-300:]}")
+        add_row(
+            f"scale {name}",
+            None,
+            "RSS bound",
+            None,
+            "RSS <= bound",
+            note=f"{type(exc).__name__}: {exc} {err[-300:]}",
+        )
         return
     details[f"scale-{name}"] = res
     label = f"scale {name} {res['m']:,}x{res['n']:,} {res['ratings']:,} r64 (s/epoch)"
-    mem = (f"{res['peak_rss_fit_mib'] / 1024:.2f} GiB fit / bound {res['bound_mib'] / 1024:.2f} GiB"
-           f" ({'ok' if res['within_bound'] else 'OVER'})")
+    mem = (
+        f"{res['peak_rss_fit_mib'] / 1024:.2f} GiB fit / bound {res['bound_mib'] / 1024:.2f} GiB"
+        f" ({'ok' if res['within_bound'] else 'OVER'})"
+    )
     acc = f"val RMSE {res['val_rmse']:.4f}" if res.get("val_rmse") is not None else ""
     note = res.get("error") or ("" if res["autofact"] else f"autofact n/a: {res['reason']}")
-    add_row(label, res.get("sec_per_epoch"), "RSS bound", None, "RSS <= bound",
-            peak_mem=mem if res["autofact"] else "", accuracy=acc, note=note)
+    add_row(
+        label,
+        res.get("sec_per_epoch"),
+        "RSS bound",
+        None,
+        "RSS <= bound",
+        peak_mem=mem if res["autofact"] else "",
+        accuracy=acc,
+        note=note,
+    )
     rows[-1]["pass"] = bool(res["within_bound"]) if res["autofact"] and "error" not in res else None
 
 
 def case_scale(quick: bool, device: str) -> None:
-    _scale("ml25m-shape", "ml25m", quick, device, epochs=2 if quick else 3, timeout=3600)
+    _scale("ml25m-shape", "ml25m", quick, device, epochs=2, timeout=3600)
 
 
 def case_netflix(quick: bool, device: str) -> None:
     _scale("netflix-shape", "netflix", quick, device, epochs=2, timeout=4 * 3600)
 
 
-CASES = {"gradient": case_gradient, "post": case_post, "surprise": case_surprise,
-         "movielens": case_movielens, "scale": case_scale, "netflix": case_netflix}
+CASES = {
+    "gradient": case_gradient,
+    "post": case_post,
+    "surprise": case_surprise,
+    "movielens": case_movielens,
+    "scale": case_scale,
+    "netflix": case_netflix,
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,17 +343,35 @@ def _fmt(x: Any, nd: int = 3) -> str:
     return str(x)
 
 
-COLUMNS = ["case", "autofact (s)", "baseline", "baseline (s)", "ratio", "target ratio", "pass",
-           "peak memory", "accuracy", "note"]
+COLUMNS = [
+    "case",
+    "autofact (s)",
+    "baseline",
+    "baseline (s)",
+    "ratio",
+    "target ratio",
+    "pass",
+    "peak memory",
+    "accuracy",
+    "note",
+]
 
 
 def table(rows: list[dict]) -> str:
     out = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        cells = [r["case"], _fmt(r["autofact_s"]), r["baseline"], _fmt(r["baseline_s"]),
-                 _fmt(r["ratio"]), _fmt(r["target"]) if r["target"] is not None else "",
-                 {True: "yes", False: "NO", None: ""}[r["pass"]], r["peak_mem"], r["accuracy"],
-                 r["note"]]
+        cells = [
+            r["case"],
+            _fmt(r["autofact_s"]),
+            r["baseline"],
+            _fmt(r["baseline_s"]),
+            _fmt(r["ratio"]),
+            _fmt(r["target"]) if r["target"] is not None else "",
+            {True: "yes", False: "NO", None: ""}[r["pass"]],
+            r["peak_mem"],
+            r["accuracy"],
+            r["note"],
+        ]
         out.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
     return "\n".join(out)
 
@@ -283,8 +379,11 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="shrink every case (< 1 minute total)")
-    ap.add_argument("--cases", default=",".join(DEFAULT_CASES),
-                    help=f"comma-separated subset of {','.join(ALL_CASES)}")
+    ap.add_argument(
+        "--cases",
+        default=",".join(DEFAULT_CASES),
+        help=f"comma-separated subset of {','.join(ALL_CASES)}",
+    )
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
@@ -293,8 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"unknown case(s) {bad}; choose from {ALL_CASES}")
     if not af.AVAILABLE:
-        print(f"note: autofact not importable ({af.REASON}); its column will read n/a",
-              file=sys.stderr)
+        print(
+            f"note: autofact not importable ({af.REASON}); its column will read n/a",
+            file=sys.stderr,
+        )
     info = machine_info(args.device)
     t_all = time.perf_counter()
     for c in cases:
@@ -309,21 +410,33 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - t_all
     md = table(rows)
     print(md)
-    print(f"\n{info['device_name']} ({info['cpu_count']} cpus), torch {info['torch']}, "
-          f"numpy {info['numpy']}, scipy {info['scipy']}; total {total:.1f} s"
-          + (" [quick]" if args.quick else ""))
+    print(
+        f"\n{info['device_name']} ({info['cpu_count']} cpus), torch {info['torch']}, "
+        f"numpy {info['numpy']}, scipy {info['scipy']}; total {total:.1f} s"
+        + (" [quick]" if args.quick else "")
+    )
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
         stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H%M")
         dev = "".join(ch if ch.isalnum() else "-" for ch in info["device_name"]).strip("-")[:40]
-        stem = (f"{stamp}_{platform.system().lower()}-{info['machine']}-{info['cpu_count']}cpu-"
-                f"{args.device}-{dev}" + ("_quick" if args.quick else ""))
-        header = (f"# autofact benchmarks {stamp}{' (quick)' if args.quick else ''}\n\n"
-                  + "\n".join(f"- {k}: {v}" for k, v in info.items())
-                  + f"\n- cases: {','.join(cases)}\n- total: {total:.1f} s\n\n")
+        stem = (
+            f"{stamp}_{platform.system().lower()}-{info['machine']}-{info['cpu_count']}cpu-"
+            f"{args.device}-{dev}" + ("_quick" if args.quick else "")
+        )
+        header = (
+            f"# autofact benchmarks {stamp}{' (quick)' if args.quick else ''}\n\n"
+            + "\n".join(f"- {k}: {v}" for k, v in info.items())
+            + f"\n- cases: {','.join(cases)}\n- total: {total:.1f} s\n\n"
+        )
         (RESULTS / f"{stem}.md").write_text(header + md + "\n")
-        payload = {"machine": info, "quick": args.quick, "cases": cases, "total_s": total,
-                   "rows": rows, "details": details}
+        payload = {
+            "machine": info,
+            "quick": args.quick,
+            "cases": cases,
+            "total_s": total,
+            "rows": rows,
+            "details": details,
+        }
         (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=1, default=_json_default))
         print(f"saved {RESULTS / stem}.md/.json", file=sys.stderr)
     return 0

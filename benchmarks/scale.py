@@ -7,11 +7,11 @@ Prints one JSON object. Memory figures (MiB):
 * ``rss_before_fit``: resident set after importing torch/autofact and generating the data.
 * ``peak_rss_fit``: the high-water mark *during the fit* - VmHWM after resetting it through
   ``/proc/self/clear_refs`` once the data exists (the transient memory of the synthetic generator is
-  thereby excluded; the data arrays themselves, torch's runtime and everything autofact allocates are
-  included). Falls back to ``ru_maxrss`` where the reset is not available.
+  thereby excluded; the data arrays themselves, torch's runtime and everything autofact allocates
+  are included). Falls back to ``ru_maxrss`` where the reset is not available.
 * ``peak_rss_process``: ``ru_maxrss`` of the whole process, generator included.
-* ``bound``: 1.5 * (bytes of ratings + bytes of float32 factors) + 0.5 GiB; ``within_bound`` compares
-  ``peak_rss_fit`` with it.
+* ``bound``: 1.5 * (bytes of ratings + bytes of float32 factors) + 0.5 GiB;
+  ``within_bound`` compares ``peak_rss_fit`` with it.
 """
 
 from __future__ import annotations

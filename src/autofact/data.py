@@ -33,13 +33,18 @@ def _as_float(values: Any, name: str) -> np.ndarray:
     return arr
 
 
+def _py(x: Any) -> Any:
+    """A numpy scalar as the Python value, so messages read ``'u42'``, not ``np.str_('u42')``."""
+    return x.item() if isinstance(x, np.generic) else x
+
+
 def _check_finite(values: np.ndarray, name: str, where: Any = None) -> None:
     bad = ~np.isfinite(values)
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
         loc = where(k) if where is not None else f"position {k}"
         raise ValueError(
-            f"{name} must be finite, got {values[k]!r} at {loc}; drop or impute missing ratings "
+            f"{name} must be finite, got {_py(values[k])!r} at {loc}; drop or impute missing ratings "
             "before building Ratings"
         )
 
@@ -131,7 +136,7 @@ class Ratings:
             _check_finite(weights, "weights")
             if (weights < 0).any():
                 k = int(np.flatnonzero(weights < 0)[0])
-                raise ValueError(f"weights must be >= 0, got {weights[k]!r} at position {k}")
+                raise ValueError(f"weights must be >= 0, got {_py(weights[k])!r} at position {k}")
         if timestamps is not None:
             timestamps = np.asarray(timestamps).astype(np.int64, copy=False)
 
@@ -276,7 +281,7 @@ class Ratings:
         iidx, iids = _factorize(df[item], "item")
         vals = _as_float(df[rating].to_numpy(), f"column {rating!r}")
         _check_finite(
-            vals, f"column {rating!r}", lambda k: f"row {df.index[k]!r} (user {df[user].iloc[k]!r})"
+            vals, f"column {rating!r}", lambda k: f"row {_py(df.index[k])!r} (user {_py(df[user].iloc[k])!r})"
         )
         w = None if weight is None else df[weight].to_numpy()
         ts = None if timestamp is None else _timestamps(df[timestamp])
@@ -406,7 +411,7 @@ def _lookup(index: Any, ids: Any, what: str, strict: bool) -> np.ndarray:
     out = np.asarray(index.get_indexer(seq), dtype=np.int64)
     if strict and (out < 0).any():
         k = int(np.flatnonzero(out < 0)[0])
-        raise UnknownIdError(f"{what} {seq[k]!r} is not in the training data")
+        raise UnknownIdError(f"{what} {_py(seq[k])!r} is not in the training data")
     return out
 
 
@@ -447,7 +452,7 @@ def _combine_duplicates(
         u = users[k] if user_ids is None else user_ids[users[k]]
         i = items[k] if item_ids is None else item_ids[items[k]]
         raise ValueError(
-            f"duplicate rating for (user {u!r}, item {i!r}) ({int(dup.sum())} duplicate pair(s) "
+            f"duplicate rating for (user {_py(u)!r}, item {_py(i)!r}) ({int(dup.sum())} duplicate pair(s) "
             "in all); pass duplicates='mean' or duplicates='last' to combine them"
         )
     if how not in ("mean", "last"):

@@ -224,11 +224,15 @@ class Objective:
             reg = self.regularization(params)
             total = total + reg.detach()
             if backward:
-                roots, grads = [reg], [None]
+                roots: list[torch.Tensor] = []
+                grads: list[torch.Tensor | None] = []
+                if reg.requires_grad:
+                    roots, grads = [reg], [None]
                 if Pl.grad is not None:
                     roots += [Pa, Qa]
                     grads += [Pl.grad, Ql.grad]
-                torch.autograd.backward(roots, grads)  # type: ignore[arg-type]
+                if roots:
+                    torch.autograd.backward(roots, grads)  # type: ignore[arg-type]
             return total
 
     # ------------------------------------------------------------------ mini-batches
@@ -280,7 +284,12 @@ class Objective:
         """Gradient and Hessian diagonal of the regularizer at ``x`` (exact when separable)."""
         with torch.enable_grad():
             y = x.detach().requires_grad_()
-            (g1,) = torch.autograd.grad(self.reg(y), y, create_graph=True)
+            out = self.reg(y)
+            if not out.requires_grad:  # a constant regularizer (e.g. 'none')
+                return torch.zeros_like(y), torch.zeros_like(y)
+            (g1,) = torch.autograd.grad(out, y, create_graph=True, allow_unused=True)
+            if g1 is None:
+                return torch.zeros_like(y), torch.zeros_like(y)
             if g1.requires_grad:
                 (g2,) = torch.autograd.grad(g1.sum(), y, allow_unused=True)
                 if g2 is None:

@@ -186,7 +186,7 @@ def _from_columns(
     nonfinite = ~np.isfinite(vals)
     if nonfinite.any():
         k = int(np.flatnonzero(nonfinite)[0])
-        raise ValueError(f"line {k + 1 + header_lines} of {name}: rating {vals[k]!r} is not finite")
+        raise ValueError(f"line {k + 1 + header_lines} of {name}: rating {float(vals[k])!r} is not finite")
     frame = pd.DataFrame({"user": _ids(df[ucol]), "item": _ids(df[icol]), "rating": vals})
     ts = None
     if tcol is not None and tcol not in (ucol, icol, rcol):
