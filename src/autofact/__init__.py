@@ -12,6 +12,7 @@ from .data import Ratings as Ratings
 from .errors import FitError as FitError
 from .errors import UnknownIdError as UnknownIdError
 from .functional import matrix_factorization_bgd as matrix_factorization_bgd
+from .io import load as load
 from .model import MatrixFactorization as MatrixFactorization
 from .reading import read as read
 
@@ -23,6 +24,7 @@ __all__ = [
     "Ratings",
     "UnknownIdError",
     "__version__",
+    "load",
     "losses",
     "matrix_factorization_bgd",
     "read",

@@ -26,7 +26,6 @@ each averaged over the users with at least one relevant item (``nan`` when there
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -63,9 +62,12 @@ def _check_ratings(ratings: Any, name: str = "ratings") -> Ratings:
     return ratings
 
 
+def _is_real(x: Any) -> bool:
+    return isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool)
+
+
 def _check_fraction(test_fraction: Any) -> float:
-    if not (isinstance(test_fraction, numbers.Real) and not isinstance(test_fraction, bool)
-            and 0 < test_fraction < 1):
+    if not (_is_real(test_fraction) and 0 < test_fraction < 1):
         raise ValueError(
             f"test_fraction must be a number strictly between 0 and 1, got {test_fraction!r}"
         )
@@ -73,17 +75,16 @@ def _check_fraction(test_fraction: Any) -> float:
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
-    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not (isinstance(value, int | np.integer) and not isinstance(value, bool)
             and value >= minimum):
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
 
 
 def _rng(seed: Any) -> np.random.Generator:
-    if seed is not None and not (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)
-                                 and seed >= 0):
-        raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
-    return np.random.default_rng(seed)
+    if seed is None:
+        return np.random.default_rng()
+    return np.random.default_rng(_check_int(seed, "seed", 0))
 
 
 def _split(ratings: Ratings, test: np.ndarray, what: str) -> Split:
@@ -216,9 +217,9 @@ def _ranking_pairs(
             f"ranked and relevant must have one entry per user, got {len(ranked)} and "
             f"{len(relevant)}"
         )
-    pairs = []
+    pairs: list[tuple[list[Any], set[Any]]] = []
     for items, rel in zip(ranked, relevant, strict=True):
-        rel_set = rel if isinstance(rel, set | frozenset) else set(rel)
+        rel_set = set(rel)
         if rel_set:
             pairs.append((list(items)[:k], rel_set))
     return k, pairs
@@ -302,7 +303,7 @@ def evaluate(
     if exclude is not None:
         exclude = _check_ratings(exclude, "exclude")
     k = _check_int(k, "k", 1)
-    if not (isinstance(threshold, numbers.Real) and math.isfinite(threshold)):
+    if not (_is_real(threshold) and math.isfinite(threshold)):
         raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     check = getattr(model, "_check_fitted", None)
     if check is None:

@@ -328,6 +328,55 @@ class MatrixFactorization:
             self._train = r
         return r
 
+    # ---- recommendation (recommend.py) ----
+    def recommend(
+        self, user: Any, n: int = 10, *, exclude_seen: bool = True, fallback: bool = False
+    ) -> Any:
+        """Top ``n`` items for a user id or FoldedUser (:func:`autofact.recommend.recommend`)."""
+        from .recommend import recommend
+
+        return recommend(self, user, n, exclude_seen=exclude_seen, fallback=fallback)
+
+    def recommend_batch(
+        self, users: Any, n: int = 10, *, exclude_seen: bool = True, fallback: bool = False
+    ) -> list[Any]:
+        """:meth:`recommend` for many user ids (:func:`autofact.recommend.recommend_batch`)."""
+        from .recommend import recommend_batch
+
+        return recommend_batch(self, users, n, exclude_seen=exclude_seen, fallback=fallback)
+
+    def similar_items(self, item: Any, n: int = 10) -> Any:
+        """Most similar items by factor cosine (:func:`autofact.recommend.similar_items`)."""
+        from .recommend import similar_items
+
+        return similar_items(self, item, n)
+
+    def fold_in(self, ratings: Any, user: Any = None, *, max_iter: int = 50) -> Any:
+        """Fit a new user against the frozen items (:func:`autofact.recommend.fold_in`)."""
+        from .recommend import fold_in
+
+        return fold_in(self, ratings, user, max_iter=max_iter)
+
+    def score_items(self, user: Any, items: Any = None) -> np.ndarray:
+        """Predictions of one user id or FoldedUser (:func:`autofact.recommend.score_items`)."""
+        from .recommend import score_items
+
+        return score_items(self, user, items)
+    # ---- end recommendation ----
+
+    # ---- persistence (io.py) ----
+    def save(self, path: Any) -> Any:
+        """Write the fitted model to one file (``np.savez`` arrays + JSON metadata, no pickle).
+
+        Read it back with :func:`autofact.load`. The loss must be a built-in name or importable
+        (``'module:function'`` or a module-level function); a lambda raises ``ValueError``.
+        """
+        from .io import save
+
+        return save(self, path)
+
+    # ---- end persistence ----
+
     def _seen(self) -> Any:
         """The training pattern as a boolean scipy CSR (users x items): what each user has rated.
 

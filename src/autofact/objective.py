@@ -60,6 +60,14 @@ def resolve_dtype(dtype: Any) -> torch.dtype:
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
 
 
+def _tensor(arr: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``arr``'s memory when it can (a read-only array is copied)."""
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    return torch.from_numpy(arr)
+
+
 def check_loss(loss: Loss, dtype: torch.dtype) -> None:
     """Call the loss once on a tiny input; a clear error if it is not elementwise torch code."""
     pred = torch.tensor([0.5, -0.25, 1.0], dtype=dtype, requires_grad=True)
@@ -138,10 +146,10 @@ class Objective:
         self.shape = ratings.shape
         self.nnz = len(ratings)
         dev, dt = self.device, self.dtype
-        self.users = torch.from_numpy(ratings.users).to(dev)
-        self.items = torch.from_numpy(ratings.items).to(dev)
-        self.values = torch.from_numpy(ratings.values).to(dev, dt)
-        self.weights = None if ratings.weights is None else torch.from_numpy(ratings.weights).to(dev, dt)
+        self.users = _tensor(ratings.users).to(dev)
+        self.items = _tensor(ratings.items).to(dev)
+        self.values = _tensor(ratings.values).to(dev, dt)
+        self.weights = None if ratings.weights is None else _tensor(ratings.weights).to(dev, dt)
         if global_mean is not None:
             self.mu = float(global_mean)
         elif self.bias:

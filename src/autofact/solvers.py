@@ -4,7 +4,8 @@
 ``gd``      the post's fixed-step batch descent: ``X -= lr * dJ/dX`` (``torch.optim.SGD``)
 ``adam``    ``torch.optim.Adam``: full batch (``batch_size=None``) or shuffled mini-batches
 ``sgd``     ``torch.optim.SGD`` on shuffled mini-batches (Funk-style stochastic descent)
-``lbfgs``   ``torch.optim.LBFGS`` with a strong-Wolfe line search, full batch
+``lbfgs``   ``torch.optim.LBFGS`` with a strong-Wolfe line search, full batch; one epoch is
+            one call of up to 10 iterations
 ``als``     alternating Newton: one exact Newton step for all user rows, then all item rows
 ==========  ===============================================================================
 
@@ -37,7 +38,10 @@ __all__ = ["SOLVERS", "fit_params"]
 
 SOLVERS = ("gd", "adam", "sgd", "lbfgs", "als")
 DEFAULT_LR = {"gd": 0.0002, "adam": 0.01, "sgd": 0.01, "lbfgs": 1.0, "als": 1.0}
-DEFAULT_EPOCHS = {"gd": 5000, "adam": 200, "sgd": 30, "lbfgs": 100, "als": 15}
+DEFAULT_EPOCHS = {"gd": 5000, "adam": 200, "sgd": 30, "lbfgs": 20, "als": 15}
+# torch's LBFGS keeps its curvature pairs across calls only when each call runs several
+# iterations (with max_iter=1 it stalls after the first step), so an lbfgs "epoch" is one call.
+LBFGS_ITERS_PER_EPOCH = 10
 
 EpochHook = Callable[[int, float, float], bool | None]
 
@@ -115,10 +119,14 @@ def _make_step(
     plist = list(params.values())
     full = batch_size is None or batch_size >= obj.nnz
     if solver == "als":
-        return _AlternatingNewton(obj, params)
+        from .losses import squared
+
+        quadratic = obj.loss is squared and getattr(obj.reg, "__qualname__", "").startswith(("l2(", "none("))
+        return _AlternatingNewton(obj, params, exact_quadratic=quadratic)
     if solver == "lbfgs":
         opt: torch.optim.Optimizer = torch.optim.LBFGS(
-            plist, lr=lr, max_iter=1, history_size=10, line_search_fn="strong_wolfe"
+            plist, lr=lr, max_iter=LBFGS_ITERS_PER_EPOCH, history_size=10,
+            line_search_fn="strong_wolfe",
         )
 
         def closure() -> torch.Tensor:
@@ -168,13 +176,20 @@ def _make_step(
 
 
 class _AlternatingNewton:
-    """One epoch = a Newton step on every user row, then on every item row (see module doc)."""
+    """One epoch = a Newton step on every user row, then on every item row (see module doc).
 
-    def __init__(self, obj: Objective, params: Params) -> None:
+    Unless the objective is exactly quadratic (squared loss with L2 or no regularization, where
+    the Newton step is the exact minimizer), each row's step is halved until that row's own
+    objective decreases (Armijo backtracking, row by row), so robust or non-quadratic losses
+    such as Huber or Poisson cannot overshoot.
+    """
+
+    def __init__(self, obj: Objective, params: Params, exact_quadratic: bool) -> None:
         self.obj = obj
         self.objT = obj.transposed()
         self.params = params
         self.checked = False
+        self.exact_quadratic = exact_quadratic
 
     def __call__(self) -> float:
         p = self.params
@@ -183,6 +198,27 @@ class _AlternatingNewton:
             self._side(self.obj, p["P"], p.get("bu"), p["Q"], p.get("bi"))
             self._side(self.objT, p["Q"], p.get("bi"), p["P"], p.get("bu"))
         return value
+
+    @staticmethod
+    def _augment(Xv: torch.Tensor, bias: bool) -> torch.Tensor:
+        if not bias:
+            return Xv
+        return torch.cat([Xv, torch.ones(Xv.shape[0], 1, dtype=Xv.dtype, device=Xv.device)], 1)
+
+    def _row_objective(self, obj: Objective, Xv: torch.Tensor, Ya: torch.Tensor, bias: bool
+                       ) -> torch.Tensor:
+        """Each row's share of the objective: its entries' losses plus its regularization."""
+        Xa = self._augment(Xv, bias)
+        out = torch.zeros(Xv.shape[0], dtype=Xv.dtype, device=Xv.device)
+        for pat in obj.patterns:
+            pred = gather_dot(Xa[pat.row0 : pat.row1], Ya, pat) + obj.mu
+            out.index_add_(0, obj.users[pat.start : pat.stop].long(),
+                           obj.entry_loss(pred, pat.start, pat.stop))
+        k = Xv.shape[1] - (1 if bias else 0)
+        out += torch.func.vmap(obj.reg)(Xv[:, :k])
+        if bias:
+            out += torch.func.vmap(obj.reg)(Xv[:, k])
+        return out
 
     def _side(
         self,
@@ -197,11 +233,12 @@ class _AlternatingNewton:
         K = k + 1 if bias else k
         dev, dt = X.device, X.dtype
         if bias:
-            assert by is not None
-            Xa = torch.cat([X, bx[:, None], torch.ones(m, 1, dtype=dt, device=dev)], 1)
+            assert bx is not None and by is not None
+            Xv = torch.cat([X, bx[:, None]], 1)
             Ya = torch.cat([Y, torch.ones(Y.shape[0], 1, dtype=dt, device=dev), by[:, None]], 1)
         else:
-            Xa, Ya = X, Y
+            Xv, Ya = X, Y
+        Xa = self._augment(Xv, bias)
         Yf = Ya[:, :K]
         iu, ju = torch.triu_indices(K, K, device=dev)
         grad = torch.zeros(m, K, dtype=dt, device=dev)
@@ -227,24 +264,43 @@ class _AlternatingNewton:
         H = torch.zeros(m, K, K, dtype=dt, device=dev)
         H[:, iu, ju] = hess
         H[:, ju, iu] = hess
-        Xv = Xa[:, :K]
         rg, rh = obj.reg_derivatives(Xv)
         grad += rg
         diag = torch.diagonal(H, dim1=1, dim2=2)
         diag += rh
         scale = diag.abs().mean(dim=1, keepdim=True).clamp_min(1.0)
         diag += 1e-6 * scale
-        step = _spd_solve(H, grad)
+        step = torch.nan_to_num(_spd_solve(H, grad), nan=0.0, posinf=0.0, neginf=0.0)
+        if not self.exact_quadratic:
+            step = step * self._backtrack(obj, Xv, Ya, bias, step, grad)[:, None]
         X -= step[:, :k]
         if bias:
             bx -= step[:, k]  # type: ignore[operator]
+
+    def _backtrack(self, obj: Objective, Xv: torch.Tensor, Ya: torch.Tensor, bias: bool,
+                   step: torch.Tensor, grad: torch.Tensor, halvings: int = 10) -> torch.Tensor:
+        """Per-row step sizes ``t`` in {1, 1/2, ...} meeting Armijo's condition (0 if none do)."""
+        f0 = self._row_objective(obj, Xv, Ya, bias)
+        slope = (grad * step).sum(1)  # the decrease the linear model promises per unit of t
+        t = torch.ones(Xv.shape[0], dtype=Xv.dtype, device=Xv.device)
+        done = torch.zeros_like(t, dtype=torch.bool)
+        for _ in range(halvings):
+            f1 = self._row_objective(obj, Xv - t[:, None] * step, Ya, bias)
+            ok = torch.isfinite(f1) & (f1 <= f0 - 1e-4 * t * slope.clamp_min(0))
+            done |= ok
+            if bool(done.all()):
+                return t
+            t = torch.where(done, t, t / 2)
+        return torch.where(done, t, torch.zeros_like(t))
 
 
 def _spd_solve(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Solve ``H x = g`` row-batch-wise; rows whose ``H`` is not positive definite fall back."""
     L, info = torch.linalg.cholesky_ex(H)
     x = torch.cholesky_solve(g[:, :, None], L)[:, :, 0]
-    bad = info != 0
+    finite = torch.isfinite(H).flatten(1).all(1) & torch.isfinite(g).all(1)
+    x[~finite] = 0.0
+    bad = (info != 0) & finite
     if bool(bad.any()):
         # Indefinite curvature (a non-convex loss far from a minimum): a damped step instead.
         Hb = H[bad]

@@ -1,0 +1,377 @@
+"""Save and load a fitted :class:`~autofact.MatrixFactorization`: one file, no pickle.
+
+The file is a zip archive written by :func:`numpy.savez` holding plain arrays:
+
+============== ============================================================================
+``meta``        uint8: a UTF-8 JSON document (format name and version, the autofact version,
+                the hyper-parameters, the id maps, ``global_mean_``, ``rating_range_``,
+                ``history_``, ``n_epochs_``, ``solver_``)
+``user_factors`` ``m x k`` float
+``item_factors`` ``n x k`` float
+``user_bias``    ``m`` float
+``item_bias``    ``n`` float
+``seen_indptr``  ``m + 1`` int64: the training pattern (which items each user rated), CSR
+``seen_indices`` int32
+============== ============================================================================
+
+The loss and the regularization are stored by name (``'huber'`` with its ``delta``) or as an
+importable ``'module:function'`` path, never as code; a lambda or closure cannot be saved.
+Writing is atomic (a temporary file in the same folder, flushed, fsynced, then renamed over the
+target), so a failed save leaves any earlier file untouched. Loading reads with
+``allow_pickle=False`` and checks every array's dtype and shape before building the model.
+
+>>> model.save("model.npz")
+>>> same = autofact.load("model.npz")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["save", "load", "FORMAT_NAME", "FORMAT_VERSION"]
+
+FORMAT_NAME = "autofact.MatrixFactorization"
+FORMAT_VERSION = 1
+
+_ARRAYS = (
+    "meta", "user_factors", "item_factors", "user_bias", "item_bias", "seen_indptr",
+    "seen_indices",
+)
+_ID_DTYPE_KINDS = "iubfUO"
+
+
+# ------------------------------------------------------------------------------------ save
+def save(model: Any, path: str | os.PathLike[str]) -> Path:
+    """Write a fitted ``model`` to ``path`` (one file; the name is used as given).
+
+    Raises ``ValueError`` for a loss or regularization that cannot be re-imported and for ids
+    that JSON cannot hold; ``RuntimeError`` when the model is not fitted.
+    """
+    model._check_fitted()
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"path {str(path)!r} is a directory; give a file name such as model.npz")
+    if not target.parent.exists():
+        raise ValueError(
+            f"cannot save to {str(path)!r}: folder {str(target.parent)!r} does not exist; "
+            "create it first"
+        )
+    meta = _metadata(model)
+    seen = model._seen()
+    arrays: dict[str, np.ndarray] = {
+        "meta": np.frombuffer(json.dumps(meta, allow_nan=True).encode("utf-8"), dtype=np.uint8),
+        "user_factors": np.ascontiguousarray(model.user_factors_),
+        "item_factors": np.ascontiguousarray(model.item_factors_),
+        "user_bias": np.ascontiguousarray(model.user_bias_),
+        "item_bias": np.ascontiguousarray(model.item_bias_),
+        "seen_indptr": np.asarray(seen.indptr, dtype=np.int64),
+        "seen_indices": np.asarray(seen.indices, dtype=np.int32),
+    }
+    _atomic_savez(target, arrays)
+    return target
+
+
+def _atomic_savez(target: Path, arrays: dict[str, np.ndarray]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, allow_pickle=False, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # make the rename itself durable (POSIX); not possible on every platform
+    with contextlib.suppress(OSError, AttributeError):
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _metadata(model: Any) -> dict[str, Any]:
+    from . import __version__
+    from ._imports import object_path
+    from .losses import loss_spec
+
+    params = dict(model.get_params())
+    loss = params.pop("loss")
+    spec = loss_spec(loss)
+    if spec is None:
+        raise ValueError(
+            f"cannot save a model whose loss is {_describe(loss)}: a lambda or closure cannot be "
+            "re-imported when the model is loaded; define the loss as a function at module level "
+            "(def my_loss(pred, target): ...) in an importable module and pass it, or its "
+            "'module:function' path, as loss="
+        )
+    reg = params.pop("regularization")
+    if reg is None or isinstance(reg, str):
+        reg_spec: Any = reg
+    else:
+        reg_spec = object_path(reg)
+        if reg_spec is None:
+            raise ValueError(
+                f"cannot save a model whose regularization is {_describe(reg)}: a lambda or "
+                "closure cannot be re-imported when the model is loaded; define it as a function "
+                "at module level in an importable module, or use a built-in name ('l2', 'l1', "
+                "'none') with beta="
+            )
+    for name, value in params.items():
+        params[name] = _json_scalar(value, f"hyper-parameter {name}")
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "autofact_version": __version__,
+        "params": params,
+        "loss": spec,
+        "regularization": reg_spec,
+        "user_ids": _ids_to_json(model.user_ids_, "user"),
+        "item_ids": _ids_to_json(model.item_ids_, "item"),
+        "user_ids_dtype": np.asarray(model.user_ids_).dtype.str,
+        "item_ids_dtype": np.asarray(model.item_ids_).dtype.str,
+        "global_mean": float(model.global_mean_),
+        "rating_range": [float(x) for x in model.rating_range_],
+        "history": [
+            {k: _json_scalar(v, "history") for k, v in rec.items()}
+            for rec in getattr(model, "history_", [])
+        ],
+        "n_epochs": _json_scalar(getattr(model, "n_epochs_", None), "n_epochs_"),
+        "solver": getattr(model, "solver_", None),
+    }
+
+
+def _describe(obj: Any) -> str:
+    return getattr(obj, "__qualname__", None) or repr(obj)
+
+
+def _json_scalar(value: Any, what: str) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    raise ValueError(
+        f"cannot save {what}={value!r} (a {type(value).__name__}): only None, bool, int, float "
+        "and str values can be stored; set it to one of those before saving"
+    )
+
+
+def _ids_to_json(ids: Any, what: str) -> list[Any]:
+    arr = np.asarray(ids)
+    if arr.dtype.kind not in _ID_DTYPE_KINDS:
+        raise ValueError(
+            f"cannot save {what} ids of dtype {arr.dtype}: ids must be ints, floats or strings"
+        )
+    out = arr.tolist()
+    for k, v in enumerate(out):
+        if not isinstance(v, bool | int | float | str):
+            try:
+                out[k] = _json_scalar(v, f"{what} id")
+            except ValueError:
+                raise ValueError(
+                    f"cannot save {what} id {v!r} (a {type(v).__name__}) at index {k}: ids must "
+                    "be ints, floats or strings; map them to strings before fitting"
+                ) from None
+    return out
+
+
+# ------------------------------------------------------------------------------------ load
+def load(path: str | os.PathLike[str]) -> Any:
+    """Read a model written by :meth:`MatrixFactorization.save` (never unpickles anything).
+
+    Raises ``ValueError`` naming the file when it does not exist, is not an autofact model, is
+    truncated, is a pickle, has another format version, or has missing or inconsistent arrays.
+    """
+    p = Path(path)
+    name = str(path)
+    if not p.exists():
+        raise ValueError(f"model file {name!r} does not exist")
+    if p.is_dir():
+        raise ValueError(f"model path {name!r} is a directory; give the model file itself")
+    with open(p, "rb") as fh:
+        head = fh.read(8)
+    if _looks_like_pickle(head):
+        raise ValueError(
+            f"{name} is a Python pickle; autofact refuses to load pickles because they can run "
+            "arbitrary code (nothing in it was executed); save the model with model.save(path) "
+            "and load that file"
+        )
+    if not head.startswith(b"PK"):
+        raise ValueError(
+            f"{name} is not an autofact model (not a zip archive written by model.save) or is "
+            "truncated"
+        )
+    try:
+        with np.load(p, allow_pickle=False) as npz:
+            members = set(npz.files)
+            raw = {a: npz[a] for a in _ARRAYS if a in members}
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
+        raise ValueError(
+            f"{name} is not an autofact model or is truncated ({type(exc).__name__}: {exc})"
+        ) from None
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise ValueError(
+                f"{name} holds pickled (object) arrays; autofact refuses to load pickles because "
+                "they can run arbitrary code (nothing in it was executed)"
+            ) from None
+        raise ValueError(f"{name} is not an autofact model or is truncated ({exc})") from None
+    if any(m.endswith(".pkl") for m in members):
+        raise ValueError(
+            f"{name} holds pickled data (a torch.save or pickle archive); autofact refuses to "
+            "load pickles because they can run arbitrary code (nothing in it was executed); save "
+            "the model with model.save(path) and load that file"
+        )
+    if "meta" not in raw:
+        raise ValueError(
+            f"{name} is not an autofact model: it has no 'meta' array (it holds "
+            f"{sorted(members)!r})"
+        )
+    meta = _read_meta(raw.pop("meta"), name)
+    missing = [a for a in _ARRAYS if a != "meta" and a not in raw]
+    if missing:
+        raise ValueError(f"{name} is damaged or not an autofact model: missing array(s) {missing!r}")
+    arrays = raw
+    return _build(meta, arrays, name)
+
+
+def _looks_like_pickle(head: bytes) -> bool:
+    # protocol 2+ (the default since Python 3.0, and torch.save's) starts with PROTO (0x80) and
+    # the protocol number
+    # (older protocols are refused too, as "not an autofact model": nothing is ever unpickled)
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _read_meta(raw: np.ndarray, name: str) -> dict[str, Any]:
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise ValueError(
+            f"{name} is not an autofact model: 'meta' must be a 1-D uint8 array, got "
+            f"{raw.dtype} with shape {raw.shape}"
+        )
+    try:
+        meta = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{name} is damaged: its metadata is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(
+            f"{name} is not an autofact model: format is {got!r}, expected {FORMAT_NAME!r}"
+        )
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        from . import __version__
+
+        raise ValueError(
+            f"{name} has model format version {version!r} (written by autofact "
+            f"{meta.get('autofact_version', '?')}), but autofact {__version__} reads format "
+            f"version {FORMAT_VERSION}; load it with the autofact version that wrote it, or "
+            "refit and save with this one"
+        )
+    for key in ("params", "loss", "user_ids", "item_ids", "global_mean", "rating_range"):
+        if key not in meta:
+            raise ValueError(f"{name} is damaged: its metadata lacks {key!r}")
+    return meta
+
+
+def _ids_from_json(ids: Any, dtype: Any, what: str, name: str) -> np.ndarray:
+    if not isinstance(ids, list) or not ids:
+        raise ValueError(f"{name} is damaged: {what} ids must be a non-empty list")
+    try:
+        dt = np.dtype(dtype) if isinstance(dtype, str) else None
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind not in _ID_DTYPE_KINDS:
+        raise ValueError(f"{name} is damaged: {what} ids dtype {dtype!r} is not supported")
+    if dt.kind == "O":
+        arr = np.empty(len(ids), dtype=object)
+        arr[:] = ids
+        return arr
+    return np.asarray(ids, dtype=dt)
+
+
+def _expect(arr: np.ndarray, array: str, shape: tuple[int, ...], kinds: str, name: str) -> None:
+    if arr.dtype.kind not in kinds:
+        raise ValueError(
+            f"{name} is damaged: array {array!r} has dtype {arr.dtype}, expected "
+            f"{'a float' if kinds == 'f' else 'an integer'} dtype"
+        )
+    if arr.shape != shape:
+        raise ValueError(
+            f"{name} is damaged: array {array!r} has shape {arr.shape}, expected {shape} "
+            "from the model's id maps and rank"
+        )
+
+
+def _build(meta: dict[str, Any], arrays: dict[str, np.ndarray], name: str) -> Any:
+    import scipy.sparse as sp
+
+    from .losses import loss_from_spec
+    from .model import MatrixFactorization
+
+    user_ids = _ids_from_json(meta["user_ids"], meta.get("user_ids_dtype"), "user", name)
+    item_ids = _ids_from_json(meta["item_ids"], meta.get("item_ids_dtype"), "item", name)
+    m, n = len(user_ids), len(item_ids)
+    P, Q = arrays["user_factors"], arrays["item_factors"]
+    k = P.shape[1] if P.ndim == 2 else -1
+    _expect(P, "user_factors", (m, k), "f", name)
+    _expect(Q, "item_factors", (n, k), "f", name)
+    _expect(arrays["user_bias"], "user_bias", (m,), "f", name)
+    _expect(arrays["item_bias"], "item_bias", (n,), "f", name)
+    indptr, indices = arrays["seen_indptr"], arrays["seen_indices"]
+    _expect(indptr, "seen_indptr", (m + 1,), "iu", name)
+    _expect(indices, "seen_indices", (int(indptr[-1]) if len(indptr) else 0,), "iu", name)
+    if (
+        indptr[0] != 0
+        or (np.diff(indptr) < 0).any()
+        or (len(indices) and (indices.min() < 0 or indices.max() >= n))
+    ):
+        raise ValueError(f"{name} is damaged: the seen-items pattern is not a valid CSR")
+
+    params = dict(meta["params"])
+    valid = MatrixFactorization().get_params()
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"{name} has hyper-parameter(s) {unknown!r} that this autofact version does not know"
+        )
+    if not isinstance(meta["loss"], dict):
+        raise ValueError(f"{name} is damaged: loss specification {meta['loss']!r} is not a dict")
+    params["loss"] = loss_from_spec(meta["loss"])
+    params["regularization"] = meta.get("regularization")
+    if params.get("rank") != k:
+        raise ValueError(
+            f"{name} is damaged: rank is {params.get('rank')!r} but the factors have {k} columns"
+        )
+
+    model = MatrixFactorization(**params)
+    model.user_factors_ = P
+    model.item_factors_ = Q
+    model.user_bias_ = arrays["user_bias"]
+    model.item_bias_ = arrays["item_bias"]
+    model.global_mean_ = float(meta["global_mean"])
+    lo, hi = meta["rating_range"]
+    model.rating_range_ = (float(lo), float(hi))
+    model.user_ids_ = user_ids
+    model.item_ids_ = item_ids
+    model.history_ = list(meta.get("history") or [])
+    model.n_epochs_ = meta.get("n_epochs")
+    model.solver_ = meta.get("solver")
+    model._train = None
+    model._seen_cache = sp.csr_matrix(
+        (np.ones(len(indices), dtype=bool), indices, indptr), shape=(m, n)
+    )
+    return model

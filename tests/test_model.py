@@ -1,0 +1,304 @@
+"""MatrixFactorization: the shared contract over solvers x losses x dtypes, and its errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import autofact
+from autofact import FitError, MatrixFactorization, Ratings
+from autofact.objective import Objective
+
+from .conftest import dataset
+
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                     reason="no CUDA device"))
+
+
+def cauchy(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A user's own loss, importable as 'tests.test_model:cauchy'."""
+    return torch.log1p((target - pred) ** 2)
+
+
+def planted(m=500, n=400, rank=5, density=0.1, noise=0.1, seed=0):
+    """A rank-5 matrix with 10% of entries seen (plus noise) and 2% held out."""
+    rng = np.random.default_rng(seed)
+    P, Q = rng.normal(size=(m, rank)), rng.normal(size=(n, rank))
+    R = P @ Q.T
+    seen = rng.random((m, n)) < density
+    held = (~seen) & (rng.random((m, n)) < 0.02)
+    u, i = np.nonzero(seen)
+    tu, ti = np.nonzero(held)
+    train = Ratings.from_coo(u, i, R[u, i] + noise * rng.normal(size=len(u)), shape=(m, n))
+    test = Ratings.from_coo(tu, ti, R[tu, ti] + noise * rng.normal(size=len(tu)), shape=(m, n))
+    return train, test
+
+
+@pytest.fixture(scope="module")
+def lowrank():
+    return planted()
+
+
+SOLVER_SETTINGS = {
+    "als": dict(epochs=12),
+    "lbfgs": dict(epochs=15),
+    "adam": dict(epochs=250, lr=0.02),
+    "sgd": dict(epochs=30, lr=0.01, batch_size=256),
+    "gd": dict(epochs=700, lr=0.0012, init_std=0.5),
+}
+
+
+@pytest.mark.parametrize("solver", list(SOLVER_SETTINGS))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_recovers_planted_low_rank_matrix(lowrank, solver, dtype, device):
+    if dtype == "float64" and solver in ("adam", "sgd", "gd") and device == "cpu":
+        pytest.skip("float64 is covered by als and lbfgs on the CPU (keeps the suite short)")
+    train, test = lowrank
+    model = MatrixFactorization(rank=5, beta=0.5, solver=solver, dtype=dtype, device=device,
+                                seed=0, **SOLVER_SETTINGS[solver])
+    model.fit(train, validation=test)
+    assert model.score(test) < 0.15
+    assert model.history_[-1]["val_rmse"] == pytest.approx(model.score(test), rel=1e-4)
+    assert model.history_[-1]["val_rmse"] < model.history_[0]["val_rmse"] / 5
+    assert model.user_factors_.dtype == np.dtype(dtype)
+    assert model.n_epochs_ == len(model.history_)
+
+
+@pytest.mark.parametrize("loss", ["huber", "absolute", cauchy, "tests.test_model:cauchy"])
+def test_robust_and_custom_losses_recover_despite_outliers(lowrank, loss):
+    train, test = lowrank
+    rng = np.random.default_rng(1)
+    values = train.values.copy()
+    bad = rng.random(len(values)) < 0.03
+    values[bad] += rng.choice([-20.0, 20.0], bad.sum())
+    dirty = Ratings(train.users, train.items, values, shape=train.shape, _sorted=True)
+    solver = "als" if loss == "huber" else "adam"
+    kw = dict(epochs=12) if solver == "als" else dict(epochs=300, lr=0.02)
+    robust = MatrixFactorization(rank=5, beta=0.5, loss=loss, solver=solver, device="cpu", **kw)
+    robust.fit(dirty)
+    plain = MatrixFactorization(rank=5, beta=0.5, loss="squared", solver=solver, device="cpu", **kw)
+    plain.fit(dirty)
+    assert robust.score(test) < 0.3
+    assert robust.score(test) < plain.score(test) / 2
+
+
+def test_logistic_and_poisson_losses():
+    rng = np.random.default_rng(0)
+    m, n = 200, 150
+    P, Q = rng.normal(size=(m, 3)), rng.normal(size=(n, 3))
+    logits = P @ Q.T
+    u, i = np.nonzero(rng.random((m, n)) < 0.3)
+    tu, ti = np.nonzero(rng.random((m, n)) < 0.05)
+    y = (rng.random(len(u)) < 1 / (1 + np.exp(-logits[u, i]))).astype(float)
+    train = Ratings.from_coo(u, i, y, shape=(m, n))
+    model = MatrixFactorization(rank=3, loss="logistic", beta=1.0, bias=False, device="cpu").fit(train)
+    agree = np.mean((model.predict_indices(tu, ti) > 0) == (logits[tu, ti] > 0))
+    assert agree > 0.8
+    counts = rng.poisson(np.exp(0.5 * logits[u, i]))
+    train = Ratings.from_coo(u, i, counts, shape=(m, n))
+    model = MatrixFactorization(rank=3, loss="poisson", beta=1.0, bias=False, device="cpu").fit(train)
+    corr = np.corrcoef(model.predict_indices(tu, ti), 0.5 * logits[tu, ti])[0, 1]
+    assert corr > 0.8
+
+
+def test_movielens_100k_default_model_reaches_rmse_095(ml100k):
+    train = autofact.read(ml100k / "u1.base")
+    test = autofact.read(ml100k / "u1.test")
+    model = MatrixFactorization(seed=0).fit(train, validation=test)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # u1.test has items absent from u1.base: the fallback
+        rmse = model.score(test)
+    assert rmse <= 0.95
+    assert model.solver_ == "als"
+
+
+# ------------------------------------------------------------------------- invariants
+def test_seed_makes_runs_repeatable(lowrank):
+    train, _ = lowrank
+    kw = dict(rank=4, solver="sgd", epochs=2, batch_size=512, device="cpu")
+    a = MatrixFactorization(seed=3, **kw).fit(train).user_factors_
+    b = MatrixFactorization(seed=3, **kw).fit(train).user_factors_
+    c = MatrixFactorization(seed=4, **kw).fit(train).user_factors_
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [dict(rank=4), dict(beta=5.0), dict(loss="huber"), dict(lr=0.05), dict(epochs=3),
+     dict(init_std=0.3), dict(seed=1), dict(bias=False), dict(regularization="l1"),
+     dict(batch_size=1000), dict(nonnegative=True)],
+)
+def test_every_hyper_parameter_changes_the_result(lowrank, change):
+    train, _ = lowrank
+    base = dict(rank=3, solver="adam", epochs=5, lr=0.01, device="cpu", seed=0, beta=1.0)
+    a = MatrixFactorization(**base).fit(train)
+    b = MatrixFactorization(**{**base, **change}).fit(train)
+    pa = a.predict_indices(train.users[:50], train.items[:50])
+    pb = b.predict_indices(train.users[:50], train.items[:50])
+    assert not np.allclose(pa, pb)
+
+
+def test_more_l2_gives_smaller_norms(lowrank):
+    train, _ = lowrank
+    norms = []
+    for beta in (0.1, 10.0, 100.0):
+        m = MatrixFactorization(rank=5, beta=beta, solver="als", epochs=5, device="cpu").fit(train)
+        norms.append(np.linalg.norm(m.user_factors_) + np.linalg.norm(m.item_factors_))
+    assert norms[0] > norms[1] > norms[2]
+
+
+def test_nonnegative_projection(lowrank):
+    train, _ = lowrank
+    m = MatrixFactorization(rank=5, solver="adam", epochs=20, nonnegative=True, device="cpu")
+    m.fit(train)
+    assert (m.user_factors_ >= 0).all() and (m.item_factors_ >= 0).all()
+
+
+def test_chunked_gradient_equals_one_chunk(lowrank):
+    train, _ = lowrank
+    big = Objective(train, bias=True, dtype=torch.float64)
+    small = Objective(train, bias=True, dtype=torch.float64, max_memory=2**16)
+    assert len(big.patterns) == 1 and len(small.patterns) > 10
+    pa, pb = big.init_params(4, seed=0), small.init_params(4, seed=0)
+    assert big.value_and_grad(pa) == pytest.approx(small.value_and_grad(pb), rel=1e-12)
+    for k in pa:
+        torch.testing.assert_close(pa[k].grad, pb[k].grad, rtol=1e-10, atol=1e-10)
+
+
+def test_minibatches_partition_the_full_gradient(lowrank):
+    train, _ = lowrank
+    obj = Objective(train, bias=True, dtype=torch.float64)
+    full = obj.init_params(4, seed=0)
+    obj.value_and_grad(full)
+    parts = obj.init_params(4, seed=0)
+    order = torch.randperm(obj.nnz)
+    total = 0.0
+    for s in range(0, obj.nnz, 777):
+        loss = obj.batch_loss(parts, order[s : s + 777])
+        loss.backward()
+        total += float(loss.detach())
+    assert total == pytest.approx(obj.value(full), rel=1e-10)
+    for k in full:
+        torch.testing.assert_close(parts[k].grad, full[k].grad, rtol=1e-8, atol=1e-8)
+
+
+def test_weights_multiply_the_loss():
+    r = Ratings.from_coo([0, 1], [0, 1], [1.0, 2.0], weights=[3.0, 0.0])
+    obj = Objective(r, bias=False, regularization="none", dtype=torch.float64)
+    params = obj.init_params(1, seed=0)
+    with torch.no_grad():
+        params["P"].fill_(1.0)
+        params["Q"].fill_(0.5)
+    assert obj.value(params) == pytest.approx(3.0 * 0.25 + 0.0)
+
+
+# ------------------------------------------------------------------------- prediction
+@pytest.fixture(scope="module")
+def small_model():
+    rng = np.random.default_rng(0)
+    u, i = np.nonzero(rng.random((30, 20)) < 0.5)
+    df = {"user": [f"u{x}" for x in u], "item": [f"i{x}" for x in i],
+          "rating": rng.integers(1, 6, len(u)).astype(float)}
+    import pandas as pd
+
+    train = Ratings.from_frame(pd.DataFrame(df))
+    return MatrixFactorization(rank=3, epochs=5, device="cpu").fit(train), train
+
+
+def test_predict_in_user_ids_matches_indices(small_model):
+    model, train = small_model
+    pred = model.predict(["u3", "u7"], ["i2", "i5"])
+    raw = model.predict_indices(model.user_index(["u3", "u7"]), model.item_index(["i2", "i5"]))
+    np.testing.assert_allclose(pred, np.clip(raw, 1, 5))
+    assert model.predict("u3", "i2").shape == (1,)
+
+
+def test_unknown_ids_fall_back_with_one_warning(small_model):
+    model, _ = small_model
+    with pytest.warns(UserWarning, match="2 of 3 pairs have a user or item that is not in the training"):
+        pred = model.predict(["u1", "nobody", "u2"], ["i1", "i1", "nothing"])
+    i1 = model.item_index("i1")[0]
+    u2 = model.user_index("u2")[0]
+    assert pred[1] == pytest.approx(np.clip(model.global_mean_ + model.item_bias_[i1], 1, 5))
+    assert pred[2] == pytest.approx(np.clip(model.global_mean_ + model.user_bias_[u2], 1, 5))
+    strict = MatrixFactorization(**{**model.get_params(), "strict": True})
+    strict.__dict__.update({k: v for k, v in model.__dict__.items() if k.endswith("_") or k.startswith("_")})
+    with pytest.raises(autofact.UnknownIdError, match="user 'nobody' is not in the training data"):
+        strict.predict(["u1", "nobody"], ["i1", "i1"])
+
+
+def test_not_fitted_error():
+    with pytest.raises(RuntimeError, match="not fitted yet; call fit"):
+        MatrixFactorization().predict([1], [1])
+
+
+# ------------------------------------------------------------------------- errors
+def test_non_finite_loss_raises_fit_error_and_keeps_finite_params(lowrank):
+    train, _ = lowrank
+    model = MatrixFactorization(rank=5, solver="gd", lr=1.0, epochs=50, device="cpu")
+    with pytest.raises(FitError, match=r"at epoch \d+ .* Try a smaller learning rate, e\.g\. lr=0\.1") as info:
+        model.fit(train)
+    assert info.value.epoch >= 1
+    assert np.isfinite(model.user_factors_).all() and np.isfinite(model.item_factors_).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(rank=0), "rank must be a positive int, got 0"),
+        (dict(rank=2.5), "rank must be a positive int, got 2.5"),
+        (dict(solver="newton"), "solver must be 'auto' or one of"),
+        (dict(lr=-1.0), "lr must be a positive number, got -1.0"),
+        (dict(epochs=0), "epochs must be a positive int, got 0"),
+        (dict(beta=-1.0), "beta must be a finite number >= 0"),
+        (dict(batch_size=0, solver="adam"), "batch_size must be a positive int or None"),
+        (dict(batch_size=64, solver="als"), "batch_size=64 has no meaning for solver='als'"),
+        (dict(loss="nope"), "loss must be one of"),
+        (dict(regularization="l3"), "regularization must be one of"),
+        (dict(device="tpu"), "device must be 'auto', 'cpu' or 'cuda"),
+        (dict(dtype="int8"), "dtype must be 'float32' or 'float64', got 'int8'"),
+        (dict(loss="tests.test_model:no_such_loss"), "has no attribute 'no_such_loss'"),
+        (dict(loss="no_such_module_xyz:f"), "cannot import module 'no_such_module_xyz'"),
+        (dict(loss=lambda p, t: ((p - t) ** 2).mean()), "must be elementwise"),
+        (dict(loss=lambda p, t: np.abs(p.detach().numpy() - t.numpy())), "must return a torch.Tensor"),
+        (dict(loss=lambda p, t: (p - t).detach() ** 2), "is not differentiable in pred"),
+        (dict(regularization=lambda x: x**2), "must return a scalar tensor"),
+    ],
+)
+def test_bad_hyper_parameters_get_clear_errors(lowrank, kwargs, match):
+    train, _ = lowrank
+    with pytest.raises((ValueError, TypeError), match=match):
+        MatrixFactorization(**kwargs).fit(train)
+
+
+def test_fit_rejects_non_ratings():
+    with pytest.raises(TypeError, match="ratings must be an autofact.Ratings"):
+        MatrixFactorization().fit([1, 2, 3])
+
+
+def test_als_refuses_a_loss_without_curvature(lowrank):
+    train, _ = lowrank
+    with pytest.raises(ValueError, match="solver='als' needs a loss with a non-zero second"):
+        MatrixFactorization(loss="absolute", solver="als", device="cpu").fit(train)
+
+
+def test_get_set_params_and_repr():
+    m = MatrixFactorization(rank=7, loss="huber")
+    assert m.get_params()["rank"] == 7
+    assert m.set_params(rank=8, beta=1.0) is m and m.rank == 8
+    assert repr(m) == "MatrixFactorization(rank=8, loss='huber', beta=1.0)"
+    with pytest.raises(ValueError, match="invalid parameter 'rnak'"):
+        m.set_params(rnak=3)
+    clone = MatrixFactorization(**m.get_params())
+    assert clone.get_params() == m.get_params()
+
+
+def test_fit_accepts_other_forms():
+    D = np.array([[5.0, np.nan, 1.0], [4.0, 2.0, np.nan]])
+    m = MatrixFactorization(rank=1, epochs=2, device="cpu").fit(D)
+    assert m.user_factors_.shape == (2, 1) and m.item_factors_.shape == (3, 1)
