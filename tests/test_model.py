@@ -12,8 +12,6 @@ import autofact
 from autofact import FitError, MatrixFactorization, Ratings
 from autofact.objective import Objective
 
-from .conftest import dataset
-
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                      reason="no CUDA device"))
 
@@ -241,7 +239,8 @@ def test_not_fitted_error():
 def test_non_finite_loss_raises_fit_error_and_keeps_finite_params(lowrank):
     train, _ = lowrank
     model = MatrixFactorization(rank=5, solver="gd", lr=1.0, epochs=50, device="cpu")
-    with pytest.raises(FitError, match=r"at epoch \d+ .* Try a smaller learning rate, e\.g\. lr=0\.1") as info:
+    match = r"at epoch \d+ .* Try a smaller learning rate, e\.g\. lr=0\.1"
+    with pytest.raises(FitError, match=match) as info:
         model.fit(train)
     assert info.value.epoch >= 1
     assert np.isfinite(model.user_factors_).all() and np.isfinite(model.item_factors_).all()

@@ -259,8 +259,7 @@ def test_fold_in_is_the_closed_form_for_squared_l2():
 def test_fold_in_minimizes_the_models_objective(loss, regularization, bias):
     """The gradient of the user's slice of the model's own objective vanishes at the result."""
     r = _planted(m=30, n=20, seed=2)
-    model = _model(r, loss=loss, regularization=regularization, bias=bias, rank=2,
-                   solver="adam", lr=0.05, epochs=10)
+    model = _model(r, loss=loss, regularization=regularization, bias=bias, rank=2, epochs=5)
     ratings = _user_ratings(r, 3)
     folded = model.fold_in(ratings)
     assert folded.factors.shape == (2,)

@@ -6,6 +6,7 @@
 >>> model.predict([196], [242])
 """
 
+from . import evaluation as evaluation
 from . import losses as losses
 from . import regularizers as regularizers
 from .data import Ratings as Ratings
@@ -15,15 +16,20 @@ from .functional import matrix_factorization_bgd as matrix_factorization_bgd
 from .io import load as load
 from .model import MatrixFactorization as MatrixFactorization
 from .reading import read as read
+from .recommend import FoldedUser as FoldedUser
+from .recommend import Recommendations as Recommendations
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FitError",
+    "FoldedUser",
     "MatrixFactorization",
     "Ratings",
+    "Recommendations",
     "UnknownIdError",
     "__version__",
+    "evaluation",
     "load",
     "losses",
     "matrix_factorization_bgd",

@@ -420,9 +420,11 @@ def fit(args: argparse.Namespace) -> ExitStatus:
     start = time.perf_counter()
     model.fit(train, validation=test)
     seconds = time.perf_counter() - start
+    model.set_params(verbose=False)  # a loaded model stays quiet unless asked
     model.save(args.out)
     metrics = evaluate(model, test, k=args.k, threshold=args.threshold) if test is not None \
         else None
+    train_rmse = model.score(train)
     if args.plot is not None:
         _plot_history(model.history_, args.plot, f"autofact fit {Path(args.data).name}")
     summary = {
@@ -433,6 +435,7 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         "epochs": model.n_epochs_,
         "seconds": round(seconds, 3),
         "history": model.history_,
+        "train_rmse": train_rmse,
         "metrics": metrics,
         "plot": None if args.plot is None else str(args.plot),
     }
@@ -446,7 +449,10 @@ def fit(args: argparse.Namespace) -> ExitStatus:
     print(f"saved model to {args.out}")
     if args.plot is not None:
         print(f"wrote learning curve to {args.plot}")
-    if metrics is not None:
+    if metrics is None:
+        print(f"training RMSE {train_rmse:.4f}; for held-out metrics pass --test FILE or "
+              "--test-fraction 0.2")
+    else:
         print()
         print(_metrics_table(metrics))
     return ExitStatus.OK
@@ -637,8 +643,9 @@ def demo(args: argparse.Namespace) -> ExitStatus:
     user = 0
     recs = model.recommend(user, n=5)
     expected = 3.5 + bu[user] + bi[recs.items] + Qt[recs.items] @ Pt[user]
-    print(f"\ntop 5 for user {user} (they rated {int(model._seen()[user].sum())} items):\n")
-    print(_table(("rank", "item", "score", "true mean rating"),
+    print(f"\ntop 5 for user {user} (who rated {int(model._seen()[user].sum())} items), beside "
+          "the noise-free score of the model that generated the data:\n")
+    print(_table(("rank", "item", "score", "planted score"),
                  [[r + 1, int(i), float(s), float(e)] for r, (i, s, e)
                   in enumerate(zip(recs.items, recs.scores, expected, strict=True))],
                  (True, True, True, True)))

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from .data import Ratings
-from .objective import Objective
+from .losses import get_loss
+from .regularizers import get_regularizer
 
 __all__ = ["matrix_factorization_bgd"]
 
@@ -58,16 +59,27 @@ def matrix_factorization_bgd(
     if dtype not in (np.float32, np.float64):
         dtype = np.dtype(np.float64)
     ratings = Ratings.from_masked(D)
-    obj = Objective(
-        ratings, loss="squared", regularization="l2", beta=float(beta), bias=False,
-        device="cpu", dtype=dtype.type,
-    )
-    Pt = torch.tensor(P, dtype=obj.dtype, requires_grad=True)
-    Qt = torch.tensor(Q.T, dtype=obj.dtype, requires_grad=True)  # items x k internally
-    params = {"P": Pt, "Q": Qt}
-    opt = torch.optim.SGD([Pt, Qt], lr=float(alpha))
-    for _ in range(int(steps)):
-        opt.zero_grad(set_to_none=False)
-        obj.value_and_grad(params)
-        opt.step()
-    return Pt.detach().numpy().copy(), Qt.detach().numpy().T.copy()
+    tdtype = torch.float64 if dtype == np.float64 else torch.float32
+    loss = get_loss("squared")
+    reg = get_regularizer("l2", float(beta))
+    # D came in dense, so the dense product P @ Q is allowed here (and for the post's small
+    # matrices it is the fastest route); the loss and regularizer still go through autograd.
+    observed = torch.from_numpy(ratings.users.astype(np.int64) * n + ratings.items)
+    target = torch.from_numpy(ratings.values).to(tdtype)
+    Pt = torch.tensor(P, dtype=tdtype, requires_grad=True)
+    Qt = torch.tensor(Q, dtype=tdtype, requires_grad=True)
+    lr = float(alpha)
+    threads = torch.get_num_threads()
+    if m * n <= 65536:
+        torch.set_num_threads(1)  # tiny ops: thread hand-offs cost more than they save
+    try:
+        for _ in range(int(steps)):
+            pred = (Pt @ Qt).reshape(-1)[observed]
+            J = loss(pred, target).sum() + reg(Pt) + reg(Qt)
+            dP, dQ = torch.autograd.grad(J, (Pt, Qt))
+            with torch.no_grad():  # the post's update: P -= alpha * dP, Q -= alpha * dQ
+                Pt.sub_(dP, alpha=lr)
+                Qt.sub_(dQ, alpha=lr)
+    finally:
+        torch.set_num_threads(threads)
+    return Pt.detach().numpy().copy(), Qt.detach().numpy().copy()

@@ -216,7 +216,8 @@ def load(path: str | os.PathLike[str]) -> Any:
             "truncated"
         )
     try:
-        with np.load(p, allow_pickle=False) as npz:
+        # our own handle: np.load leaks the one it opens when the zip turns out to be bad
+        with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
             members = set(npz.files)
             raw = {a: npz[a] for a in _ARRAYS if a in members}
     except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
@@ -368,9 +369,9 @@ def _build(meta: dict[str, Any], arrays: dict[str, np.ndarray], name: str) -> An
     model.user_ids_ = user_ids
     model.item_ids_ = item_ids
     model.history_ = list(meta.get("history") or [])
-    model.n_epochs_ = meta.get("n_epochs")
-    model.solver_ = meta.get("solver")
-    model._train = None
+    n_epochs = meta.get("n_epochs")
+    model.n_epochs_ = int(n_epochs) if isinstance(n_epochs, int) else len(model.history_)
+    model.solver_ = str(meta.get("solver") or params.get("solver", "auto"))
     model._seen_cache = sp.csr_matrix(
         (np.ones(len(indices), dtype=bool), indices, indptr), shape=(m, n)
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,6 +15,9 @@ from .losses import LOSSES, Loss
 from .objective import Objective, resolve_device, resolve_dtype
 from .regularizers import REGULARIZERS, Regularizer
 from .solvers import DEFAULT_EPOCHS, DEFAULT_LR, SOLVERS, fit_params
+
+if TYPE_CHECKING:
+    from .recommend import FoldedUser, Recommendations, SimilarItems
 
 __all__ = ["MatrixFactorization"]
 
@@ -331,7 +334,7 @@ class MatrixFactorization:
     # ---- recommendation (recommend.py) ----
     def recommend(
         self, user: Any, n: int = 10, *, exclude_seen: bool = True, fallback: bool = False
-    ) -> Any:
+    ) -> Recommendations:
         """Top ``n`` items for a user id or FoldedUser (:func:`autofact.recommend.recommend`)."""
         from .recommend import recommend
 
@@ -339,19 +342,19 @@ class MatrixFactorization:
 
     def recommend_batch(
         self, users: Any, n: int = 10, *, exclude_seen: bool = True, fallback: bool = False
-    ) -> list[Any]:
+    ) -> list[Recommendations]:
         """:meth:`recommend` for many user ids (:func:`autofact.recommend.recommend_batch`)."""
         from .recommend import recommend_batch
 
         return recommend_batch(self, users, n, exclude_seen=exclude_seen, fallback=fallback)
 
-    def similar_items(self, item: Any, n: int = 10) -> Any:
+    def similar_items(self, item: Any, n: int = 10) -> SimilarItems:
         """Most similar items by factor cosine (:func:`autofact.recommend.similar_items`)."""
         from .recommend import similar_items
 
         return similar_items(self, item, n)
 
-    def fold_in(self, ratings: Any, user: Any = None, *, max_iter: int = 50) -> Any:
+    def fold_in(self, ratings: Any, user: Any = None, *, max_iter: int = 50) -> FoldedUser:
         """Fit a new user against the frozen items (:func:`autofact.recommend.fold_in`)."""
         from .recommend import fold_in
 

@@ -1,0 +1,285 @@
+"""Save/load: one npz file, JSON metadata, no pickle; atomic write; strict load."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import autofact
+from autofact import MatrixFactorization, Ratings
+from autofact.io import FORMAT_VERSION
+from autofact.losses import loss_spec
+
+
+def my_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A module-level user loss: saved as its 'module:function' path."""
+    return (target - pred).abs() ** 1.5
+
+
+def _ratings(string_users: bool = True, seed: int = 0) -> Ratings:
+    rng = np.random.default_rng(seed)
+    m, n, k = 40, 25, 3
+    P, Q = rng.normal(size=(m, k)), rng.normal(size=(n, k))
+    users, items = np.nonzero(rng.random((m, n)) < 0.4)
+    values = np.clip(np.rint(3 + (P[users] * Q[items]).sum(1)), 1, 5)
+    frame = pd.DataFrame({
+        "user": [f"u{u:02d}" for u in users] if string_users else users + 100,
+        "item": items * 10,
+        "rating": values,
+    })
+    return Ratings.from_frame(frame)
+
+
+def _all_pairs(model: MatrixFactorization) -> tuple[np.ndarray, np.ndarray]:
+    u = np.repeat(model.user_ids_, len(model.item_ids_))
+    i = np.tile(model.item_ids_, len(model.user_ids_))
+    return u, i
+
+
+@pytest.fixture(scope="module")
+def fitted() -> MatrixFactorization:
+    return MatrixFactorization(rank=3, loss=autofact.losses.huber(2.0), epochs=4, seed=1).fit(
+        _ratings()
+    )
+
+
+def _resave(src: Path, dst: Path, change) -> None:
+    """Copy a saved model's arrays into ``dst`` after ``change(arrays, meta)``."""
+    with np.load(src, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads(arrays["meta"].tobytes())
+    change(arrays, meta)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(dst, **arrays)
+
+
+# ------------------------------------------------------------------------------ round trip
+def test_loaded_model_predicts_recommends_and_folds_in_identically(fitted, tmp_path):
+    path = fitted.save(tmp_path / "model.npz")
+    assert path == tmp_path / "model.npz"
+    assert sorted(os.listdir(tmp_path)) == ["model.npz"]  # one file, no temp left over
+    loaded = autofact.load(path)
+
+    u, i = _all_pairs(fitted)
+    np.testing.assert_array_equal(loaded.predict(u, i), fitted.predict(u, i))
+    for user in fitted.user_ids_[:5]:
+        a, b = fitted.recommend(user, n=7), loaded.recommend(user, n=7)
+        np.testing.assert_array_equal(a.items, b.items)
+        np.testing.assert_array_equal(a.scores, b.scores)
+    new = {fitted.item_ids_[0]: 5.0, fitted.item_ids_[3]: 1.0, fitted.item_ids_[7]: 4.0}
+    fa, fb = fitted.fold_in(new), loaded.fold_in(new)
+    np.testing.assert_array_equal(fa.factors, fb.factors)
+    np.testing.assert_array_equal(
+        fitted.recommend(fa, n=5).items, loaded.recommend(fb, n=5).items
+    )
+    assert (fitted._seen() != loaded._seen()).nnz == 0
+    assert loaded.history_ == fitted.history_
+    assert loaded.n_epochs_ == fitted.n_epochs_ and loaded.solver_ == fitted.solver_
+    assert loaded.rating_range_ == fitted.rating_range_
+    assert loaded.global_mean_ == fitted.global_mean_
+    assert loss_spec(loaded.loss) == {"name": "huber", "delta": 2.0}
+
+
+def test_unknown_ids_fall_back_identically(fitted, tmp_path):
+    loaded = autofact.load(fitted.save(tmp_path / "m.npz"))
+    u, i = ["u00", "nobody"], [0, 99999]
+    with pytest.warns(UserWarning, match="not in the training data"):
+        expected = fitted.predict(u, i)
+    with pytest.warns(UserWarning, match="not in the training data"):
+        np.testing.assert_array_equal(loaded.predict(u, i), expected)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"loss": "squared", "solver": "als"},
+        {"loss": "absolute", "solver": "adam", "lr": 0.05, "batch_size": 64},
+        {"loss": "autofact.losses:absolute", "regularization": "l1", "bias": False},
+        {"loss": my_loss, "dtype": "float64", "nonnegative": True},
+        {"loss": "logistic", "regularization": "none", "solver": "lbfgs"},
+    ],
+    ids=["squared-als", "absolute-adam", "path-l1-nobias", "module-function-f64", "logistic"],
+)
+def test_round_trip_over_losses_and_solvers(params, tmp_path):
+    model = MatrixFactorization(rank=2, epochs=2, seed=3, **params).fit(_ratings(seed=2))
+    loaded = autofact.load(model.save(tmp_path / "m.npz"))
+    u, i = _all_pairs(model)
+    np.testing.assert_array_equal(loaded.predict(u, i), model.predict(u, i))
+    assert loaded.user_factors_.dtype == model.user_factors_.dtype
+    saved, back = model.get_params(), loaded.get_params()
+    assert loss_spec(back.pop("loss")) == loss_spec(saved.pop("loss"))
+    assert back == saved
+
+
+def test_ids_keep_their_types(tmp_path):
+    for string_users in (True, False):
+        model = MatrixFactorization(rank=2, epochs=1).fit(_ratings(string_users=string_users))
+        path = model.save(tmp_path / "m.npz")
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(npz["meta"].tobytes())
+        assert meta["format"] == "autofact.MatrixFactorization"
+        assert meta["format_version"] == FORMAT_VERSION
+        assert meta["autofact_version"] == autofact.__version__
+        assert all(isinstance(x, int) for x in meta["item_ids"])
+        kind = str if string_users else int
+        assert all(isinstance(x, kind) for x in meta["user_ids"])
+        loaded = autofact.load(path)
+        assert loaded.user_ids_.dtype == model.user_ids_.dtype
+        assert loaded.user_ids_.tolist() == model.user_ids_.tolist()
+        assert loaded.item_ids_.dtype == model.item_ids_.dtype
+
+
+def test_save_uses_the_name_as_given_and_overwrites(fitted, tmp_path):
+    target = tmp_path / "model.autofact"
+    fitted.save(target)
+    fitted.save(str(target))  # overwrite in place
+    assert sorted(os.listdir(tmp_path)) == ["model.autofact"]
+    assert zipfile.is_zipfile(target)
+
+
+# ------------------------------------------------------------------------------ save errors
+def test_lambda_loss_is_refused_at_save_time(tmp_path):
+    model = MatrixFactorization(rank=2, epochs=1, loss=lambda p, t: (p - t) ** 2).fit(_ratings())
+    with pytest.raises(ValueError, match="lambda or closure.*module level"):
+        model.save(tmp_path / "m.npz")
+    assert not list(tmp_path.iterdir())
+
+
+def test_closure_regularizer_is_refused_at_save_time(tmp_path):
+    strength = 0.1
+
+    def reg(x: torch.Tensor) -> torch.Tensor:
+        return strength * (x * x).sum()
+
+    model = MatrixFactorization(rank=2, epochs=1, regularization=reg).fit(_ratings())
+    with pytest.raises(ValueError, match="regularization.*module level"):
+        model.save(tmp_path / "m.npz")
+
+
+def test_unfitted_model_cannot_be_saved(tmp_path):
+    with pytest.raises(RuntimeError, match="not fitted"):
+        MatrixFactorization().save(tmp_path / "m.npz")
+
+
+def test_save_into_a_missing_folder_names_it(fitted, tmp_path):
+    with pytest.raises(ValueError, match="folder .*nope.* does not exist"):
+        fitted.save(tmp_path / "nope" / "m.npz")
+
+
+@pytest.mark.parametrize("where", ["write_array", "fsync"])
+def test_failed_save_leaves_the_old_file_intact(fitted, tmp_path, monkeypatch, where):
+    path = fitted.save(tmp_path / "m.npz")
+    before = path.read_bytes()
+    calls = {"n": 0}
+    if where == "write_array":
+        real = np.lib.format.write_array
+
+        def flaky(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 3:  # the third array: the temp file is half written
+                raise OSError("disk full")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(np.lib.format, "write_array", flaky)
+    else:
+        def failing_fsync(fd: int) -> None:
+            raise OSError("I/O error")
+
+        monkeypatch.setattr(os, "fsync", failing_fsync)
+    other = MatrixFactorization(rank=3, epochs=1, seed=9).fit(_ratings(seed=5))
+    with pytest.raises(OSError):
+        other.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["m.npz"]  # the temp file is gone
+    u, i = _all_pairs(fitted)
+    np.testing.assert_array_equal(autofact.load(path).predict(u, i), fitted.predict(u, i))
+
+
+# ------------------------------------------------------------------------------ strict load
+def test_pickle_is_refused_and_never_executed(tmp_path):
+    marker = tmp_path / "PWNED"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(ValueError, match=r"model\.pkl.*pickle.*nothing in it was executed"):
+        autofact.load(path)
+    assert not marker.exists()
+
+
+def test_pickle_inside_a_zip_is_refused(tmp_path):
+    path = tmp_path / "torch_style.pt"
+    with zipfile.ZipFile(path, "w") as zf:  # the layout torch.save writes
+        zf.writestr("archive/data.pkl", pickle.dumps({"a": 1}))
+    with pytest.raises(ValueError, match="pickle.*nothing in it was executed"):
+        autofact.load(path)
+    obj = tmp_path / "objects.npz"
+    np.savez(obj, meta=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="pickle.*nothing in it was executed"):
+        autofact.load(obj)
+
+
+def test_not_a_model_or_truncated(fitted, tmp_path):
+    text = tmp_path / "ratings.csv"
+    text.write_text("1,2,5\n")
+    with pytest.raises(ValueError, match=r"ratings\.csv is not an autofact model.*truncated"):
+        autofact.load(text)
+    full = fitted.save(tmp_path / "m.npz").read_bytes()
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(full[: len(full) // 2])
+    with pytest.raises(ValueError, match=r"cut\.npz is not an autofact model or is truncated"):
+        autofact.load(cut)
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="not an autofact model"):
+        autofact.load(empty)
+    with pytest.raises(ValueError, match="does not exist"):
+        autofact.load(tmp_path / "missing.npz")
+    other = tmp_path / "other.npz"
+    np.savez(other, weights=np.zeros(3))
+    with pytest.raises(ValueError, match="no 'meta' array"):
+        autofact.load(other)
+
+
+def test_other_format_version_names_both(fitted, tmp_path):
+    src = fitted.save(tmp_path / "m.npz")
+
+    def bump(arrays, meta):
+        meta["format_version"] = 99
+
+    _resave(src, tmp_path / "v99.npz", bump)
+    with pytest.raises(ValueError, match=f"version 99 .* reads format version {FORMAT_VERSION}"):
+        autofact.load(tmp_path / "v99.npz")
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda a, m: a.pop("item_bias"), r"missing array\(s\) \['item_bias'\]"),
+        (lambda a, m: a.update(item_factors=a["item_factors"][:-1]), "item_factors.*shape"),
+        (lambda a, m: a.update(user_bias=a["user_bias"][:, None]), "user_bias.*shape"),
+        (lambda a, m: a.update(seen_indices=a["seen_indices"][:-2]), "seen_indices.*shape"),
+        (lambda a, m: a.update(user_factors=a["user_factors"].astype(np.int64)), "dtype"),
+        (lambda a, m: m["params"].update(rank=7), "rank is 7"),
+        (lambda a, m: m.pop("item_ids"), "lacks 'item_ids'"),
+        (lambda a, m: m["params"].update(colour="red"), "colour"),
+    ],
+    ids=["missing", "rows", "ndim", "seen", "dtype", "rank", "meta-key", "unknown-param"],
+)
+def test_damaged_files_are_refused(fitted, tmp_path, change, match):
+    src = fitted.save(tmp_path / "m.npz")
+    _resave(src, tmp_path / "bad.npz", change)
+    with pytest.raises(ValueError, match=match):
+        autofact.load(tmp_path / "bad.npz")
