@@ -86,6 +86,9 @@ def test_loaded_model_predicts_recommends_and_folds_in_identically(fitted, tmp_p
     assert loaded.rating_range_ == fitted.rating_range_
     assert loaded.global_mean_ == fitted.global_mean_
     assert loss_spec(loaded.loss) == {"name": "huber", "delta": 2.0}
+    again = autofact.load(loaded.save(tmp_path / "again.npz"))  # a loaded model saves too
+    np.testing.assert_array_equal(again.predict(u, i), fitted.predict(u, i))
+    assert (again._seen() != fitted._seen()).nnz == 0
 
 
 def test_unknown_ids_fall_back_identically(fitted, tmp_path):

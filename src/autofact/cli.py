@@ -793,9 +793,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
-            # torch's one-time note about wrapping read-only numpy arrays: autofact never writes
-            # through them, so it says nothing a user can act on
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             warnings.showwarning = _show_warning
             parser = build_parser()
             args = parser.parse_args(args_list)

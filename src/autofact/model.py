@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -186,6 +187,7 @@ class MatrixFactorization:
         ``validation`` (same forms, in the same user/item ids) is scored by RMSE after every
         epoch into ``history_``.
         """
+        start = time.perf_counter()
         solver, lr, epochs = self._validate()
         train = as_ratings(ratings, "ratings")
         if self.seed is not None:
@@ -228,7 +230,7 @@ class MatrixFactorization:
         try:
             self.n_epochs_ = fit_params(
                 obj, params, solver=solver, epochs=epochs, lr=lr, batch_size=self.batch_size,
-                seed=self.seed, nonnegative=self.nonnegative, on_epoch=on_epoch,
+                seed=self.seed, nonnegative=self.nonnegative, on_epoch=on_epoch, start_time=start,
             )
         finally:
             if bar is not None:

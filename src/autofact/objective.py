@@ -270,23 +270,24 @@ class Objective:
 
     def entry_derivatives(
         self, pred: torch.Tensor, start: int, stop: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """First and second derivatives of each entry's weighted loss in its prediction.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """First and second derivatives of each entry's weighted loss in its prediction, and the
+        block's summed loss.
 
         Both from autograd: the loss is elementwise, so its Hessian is diagonal and equals the
         gradient of ``sum(dl/dpred)``.
         """
         with torch.enable_grad():
             x = pred.detach().requires_grad_()
-            out = self.entry_loss(x, start, stop)
-            (g1,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+            total = self.entry_loss(x, start, stop).sum()
+            (g1,) = torch.autograd.grad(total, x, create_graph=True)
             if g1.requires_grad:
                 (g2,) = torch.autograd.grad(g1.sum(), x, allow_unused=True)
                 if g2 is None:
                     g2 = torch.zeros_like(x)
             else:
                 g2 = torch.zeros_like(x)
-        return g1.detach(), g2.detach()
+        return g1.detach(), g2.detach(), total.detach()
 
     def reg_derivatives(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradient and Hessian diagonal of the regularizer at ``x`` (exact when separable)."""
@@ -309,9 +310,8 @@ class Objective:
     def transposed(self) -> Objective:
         """The same objective with users and items swapped (for alternating solvers)."""
         if self._items_T is None:
-            order = torch.from_numpy(
-                np.lexsort((self.users.cpu().numpy(), self.items.cpu().numpy()))
-            ).to(self.device)
+            # entries are sorted by (user, item): a stable sort by item gives (item, user) order
+            order = torch.sort(self.items, stable=True).indices
             t = object.__new__(Objective)
             t.__dict__.update(self.__dict__)
             t.users, t.items = self.items[order], self.users[order]

@@ -75,20 +75,22 @@ def fit_params(
     seed: int | None,
     nonnegative: bool = False,
     on_epoch: EpochHook | None = None,
+    start_time: float | None = None,
 ) -> int:
     """Run ``epochs`` epochs of ``solver`` on ``params`` in place; returns the epochs run.
 
-    ``on_epoch(epoch, objective, seconds)`` is called after each epoch (objective at the start of
+    ``on_epoch(epoch, objective, seconds)`` is called after each epoch (seconds since
+    ``start_time``, by default the call's start, so set-up counts) (objective at the start of
     the epoch for full-batch solvers, summed over batches for mini-batch ones); returning ``True``
     stops training. A non-finite objective restores the last finite parameters and raises
     :class:`FitError`.
     """
+    t0 = time.perf_counter() if start_time is None else start_time
     gen = torch.Generator(device="cpu")
     if seed is not None:
         gen.manual_seed(int(seed) + 1)
     step = _make_step(obj, params, solver, lr, batch_size, gen)
     good = _snapshot(params)
-    t0 = time.perf_counter()
     for epoch in range(1, epochs + 1):
         value = step()
         _project(params, nonnegative)
@@ -193,12 +195,13 @@ class _AlternatingNewton:
         self.exact_quadratic = exact_quadratic
 
     def __call__(self) -> float:
+        """One epoch; returns the objective at its start (the loss comes from the first pass)."""
         p = self.params
-        value = self.obj.value(p)
         with torch.no_grad():
-            self._side(self.obj, p["P"], p.get("bu"), p["Q"], p.get("bi"))
+            reg = float(self.obj.regularization(p))
+            loss = self._side(self.obj, p["P"], p.get("bu"), p["Q"], p.get("bi"))
             self._side(self.objT, p["Q"], p.get("bi"), p["P"], p.get("bu"))
-        return value
+        return loss + reg
 
     @staticmethod
     def _augment(Xv: torch.Tensor, bias: bool) -> torch.Tensor:
@@ -228,7 +231,8 @@ class _AlternatingNewton:
         bx: torch.Tensor | None,
         Y: torch.Tensor,
         by: torch.Tensor | None,
-    ) -> None:
+    ) -> float:
+        """Newton step on the rows of ``X`` (and ``bx``); returns the loss before the step."""
         m, k = X.shape
         bias = bx is not None
         K = k + 1 if bias else k
@@ -246,10 +250,12 @@ class _AlternatingNewton:
         hess = torch.zeros(m, len(iu), dtype=dt, device=dev)
         # columns of Z = vec(y y^T) (upper triangle), in slices that keep Z and C @ Z bounded
         max_cols = max(1, obj.max_nnz * 8 // max(Y.shape[0] + m, 1))
+        loss = torch.zeros((), dtype=dt, device=dev)
         for pat in obj.patterns:
             rows = slice(pat.row0, pat.row1)
             pred = gather_dot(Xa[rows], Ya, pat) + obj.mu
-            g1, g2 = obj.entry_derivatives(pred, pat.start, pat.stop)
+            g1, g2, block_loss = obj.entry_derivatives(pred, pat.start, pat.stop)
+            loss += block_loss
             if not self.checked:
                 if not bool((g2 != 0).any()):
                     raise ValueError(
@@ -277,6 +283,7 @@ class _AlternatingNewton:
         X -= step[:, :k]
         if bias:
             bx -= step[:, k]  # type: ignore[operator]
+        return float(loss)
 
     def _backtrack(self, obj: Objective, Xv: torch.Tensor, Ya: torch.Tensor, bias: bool,
                    step: torch.Tensor, grad: torch.Tensor, halvings: int = 10) -> torch.Tensor:

@@ -10,7 +10,7 @@ test suite checks it with ``torch.autograd.gradcheck`` in float64.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -42,6 +42,7 @@ class Pattern:
     tcrow: torch.Tensor
     trow: torch.Tensor
     perm: torch.Tensor
+    _ones: dict[torch.dtype, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def nnz(self) -> int:
@@ -50,6 +51,12 @@ class Pattern:
     @property
     def stop(self) -> int:
         return self.start + self.nnz
+
+    def ones(self, dtype: torch.dtype) -> torch.Tensor:
+        """A cached all-ones value vector (the SDDMM's input pattern carries no values)."""
+        if dtype not in self._ones:
+            self._ones[dtype] = torch.ones(self.nnz, dtype=dtype, device=self.col.device)
+        return self._ones[dtype]
 
     def csr(self, values: torch.Tensor) -> Any:
         return _csr(self.crow, self.col, values, (self.row1 - self.row0, self.n_cols))
@@ -113,7 +120,7 @@ class _GatherDot(torch.autograd.Function):
     def forward(ctx: Any, P: torch.Tensor, Q: torch.Tensor, pattern: Pattern) -> torch.Tensor:
         ctx.pattern = pattern
         ctx.save_for_backward(P, Q)
-        ones = torch.ones(pattern.nnz, dtype=P.dtype, device=P.device)
+        ones = pattern.ones(P.dtype)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = torch.sparse.sampled_addmm(pattern.csr(ones), P, Q.t(), beta=0.0)
