@@ -89,26 +89,42 @@ def fit_params(
     gen = torch.Generator(device="cpu")
     if seed is not None:
         gen.manual_seed(int(seed) + 1)
-    step = _make_step(obj, params, solver, lr, batch_size, gen)
-    good = _snapshot(params)
+    step, checks_first = _make_step(obj, params, solver, lr, batch_size, gen)
+    # Full-batch first-order steps check the objective and gradient before they touch the
+    # parameters, so no copy is needed; the others keep a copy of the last finite parameters.
+    good = None if checks_first else _snapshot(params)
     for epoch in range(1, epochs + 1):
-        value = step()
-        _project(params, nonnegative)
+        try:
+            value = step()
+        except _NonFinite as exc:
+            value = exc.value
+        else:
+            _project(params, nonnegative)
         finite = math.isfinite(value) and all(
             bool(torch.isfinite(p).all()) for p in params.values()
         )
         if not finite:
-            _restore(params, good)
+            if good is not None:
+                _restore(params, good)
             raise FitError(
                 f"the objective became {value} at epoch {epoch} with solver={solver!r}, lr={lr!r}; "
                 f"the last finite parameters (epoch {epoch - 1}) are kept. "
                 f"Try a smaller learning rate, e.g. lr={lr / 10:g}",
                 epoch=epoch,
             )
-        good = _snapshot(params)
+        if good is not None:
+            good = _snapshot(params)
         if on_epoch is not None and on_epoch(epoch, value, time.perf_counter() - t0):
             return epoch
     return epochs
+
+
+class _NonFinite(Exception):
+    """Raised by a step that found a non-finite objective or gradient before updating."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(value)
+        self.value = value
 
 
 def _make_step(
@@ -118,14 +134,16 @@ def _make_step(
     lr: float,
     batch_size: int | None,
     gen: torch.Generator,
-) -> Callable[[], float]:
+) -> tuple[Callable[[], float], bool]:
+    """The epoch function, and whether it checks finiteness before updating the parameters."""
     plist = list(params.values())
     full = batch_size is None or batch_size >= obj.nnz
     if solver == "als":
         from .losses import squared
 
-        quadratic = obj.loss is squared and getattr(obj.reg, "__qualname__", "").startswith(("l2(", "none("))
-        return _AlternatingNewton(obj, params, exact_quadratic=quadratic)
+        reg_name = getattr(obj.reg, "__qualname__", "")
+        quadratic = obj.loss is squared and reg_name.startswith(("l2(", "none("))
+        return _AlternatingNewton(obj, params, exact_quadratic=quadratic), False
     if solver == "lbfgs":
         opt: torch.optim.Optimizer = torch.optim.LBFGS(
             plist, lr=lr, max_iter=LBFGS_ITERS_PER_EPOCH, history_size=10,
@@ -139,7 +157,7 @@ def _make_step(
         def lbfgs_step() -> float:
             return float(opt.step(closure))  # type: ignore[arg-type]
 
-        return lbfgs_step
+        return lbfgs_step, False
     if solver == "gd":
         opt = torch.optim.SGD(plist, lr=lr)
         full = True
@@ -157,10 +175,14 @@ def _make_step(
         def full_step() -> float:
             opt.zero_grad()
             value = obj.value_and_grad(params)
+            if not math.isfinite(value) or not all(
+                bool(torch.isfinite(p.grad).all()) for p in plist if p.grad is not None
+            ):
+                raise _NonFinite(value if not math.isfinite(value) else math.nan)
             opt.step()
             return value
 
-        return full_step
+        return full_step, True
 
     bs = int(batch_size)  # type: ignore[arg-type]
 
@@ -175,7 +197,7 @@ def _make_step(
             total += float(loss.detach())
         return total
 
-    return minibatch_epoch
+    return minibatch_epoch, False
 
 
 class _AlternatingNewton:

@@ -10,12 +10,14 @@ test suite checks it with ``torch.autograd.gradcheck`` in float64.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 __all__ = ["Pattern", "gather_dot", "build_patterns"]
+
+_ONES: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> Any:
@@ -42,7 +44,6 @@ class Pattern:
     tcrow: torch.Tensor
     trow: torch.Tensor
     perm: torch.Tensor
-    _ones: dict[torch.dtype, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def nnz(self) -> int:
@@ -53,10 +54,13 @@ class Pattern:
         return self.start + self.nnz
 
     def ones(self, dtype: torch.dtype) -> torch.Tensor:
-        """A cached all-ones value vector (the SDDMM's input pattern carries no values)."""
-        if dtype not in self._ones:
-            self._ones[dtype] = torch.ones(self.nnz, dtype=dtype, device=self.col.device)
-        return self._ones[dtype]
+        """All-ones values for the SDDMM's input pattern (a slice of one shared buffer)."""
+        key = (dtype, self.col.device)
+        buf = _ONES.get(key)
+        if buf is None or buf.numel() < self.nnz:
+            buf = torch.ones(max(self.nnz, 1024), dtype=dtype, device=self.col.device)
+            _ONES[key] = buf
+        return buf[: self.nnz]
 
     def csr(self, values: torch.Tensor) -> Any:
         return _csr(self.crow, self.col, values, (self.row1 - self.row0, self.n_cols))
