@@ -209,8 +209,11 @@ class MatrixFactorization:
         val = None
         if validation is not None:
             v = as_ratings(validation, "validation")
-            vu = train.user_index(v.user_ids[v.users], strict=False)
-            vi = train.item_index(v.item_ids[v.items], strict=False)
+            if _same_ids(v.user_ids, train.user_ids) and _same_ids(v.item_ids, train.item_ids):
+                vu, vi = v.users.astype(np.int64), v.items.astype(np.int64)
+            else:
+                vu = train.user_index(v.user_ids[v.users], strict=False)
+                vi = train.item_index(v.item_ids[v.items], strict=False)
             val = (vu, vi, v.values)
         self.history_: list[dict[str, float]] = []
         bar = _progress(epochs) if self.verbose else None
@@ -407,6 +410,10 @@ class MatrixFactorization:
         i = self.item_index(r.item_ids[r.items], strict=self.strict)
         pred = self._predict_index(u, i)
         return float(np.sqrt(np.mean((pred - r.values) ** 2)))
+
+
+def _same_ids(a: np.ndarray, b: np.ndarray) -> bool:
+    return a is b or (a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b)))
 
 
 def _progress(total: int) -> Any:

@@ -10,7 +10,7 @@ test suite checks it with ``torch.autograd.gradcheck`` in float64.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,10 +28,11 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tupl
 
 @dataclass
 class Pattern:
-    """A block of rows ``[row0, row1)`` of a row-sorted sparsity pattern, with its transpose.
+    """A block of rows ``[row0, row1)`` of a row-sorted sparsity pattern.
 
-    ``crow``/``col`` index the block as a CSR matrix of shape ``(row1 - row0, n_cols)``;
-    ``tcrow``/``trow`` are the same entries as a CSR matrix of the transpose, and ``perm`` maps
+    ``crow``/``col`` index the block as a CSR matrix of shape ``(row1 - row0, n_cols)``. The
+    transpose (needed only by the backward pass) is built on first use and kept:
+    ``tcrow``/``trow`` are the same entries as a CSR matrix of the transpose and ``perm`` maps
     positions of the transpose to positions of the block (``values_T = values[perm]``).
     """
 
@@ -41,9 +42,9 @@ class Pattern:
     n_cols: int
     crow: torch.Tensor
     col: torch.Tensor
-    tcrow: torch.Tensor
-    trow: torch.Tensor
-    perm: torch.Tensor
+    _transpose: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(
+        default=None, repr=False
+    )
 
     @property
     def nnz(self) -> int:
@@ -62,11 +63,29 @@ class Pattern:
             _ONES[key] = buf
         return buf[: self.nnz]
 
+    def transpose(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(tcrow, trow, perm)`` of the block's transpose, built once."""
+        if self._transpose is None:
+            idx = self.col.dtype
+            dev = self.col.device
+            rows = torch.repeat_interleave(
+                torch.arange(self.row1 - self.row0, device=dev), torch.diff(self.crow.long())
+            )
+            # stable: rows stay sorted within a column
+            perm = torch.sort(self.col.long(), stable=True).indices
+            tcrow = torch.zeros(self.n_cols + 1, dtype=torch.int64, device=dev)
+            torch.cumsum(torch.bincount(self.col.long(), minlength=self.n_cols), 0, out=tcrow[1:])
+            trow = rows[perm].to(idx)
+            del rows
+            self._transpose = (tcrow.to(idx), trow, perm.to(idx) if dev.type == "cpu" else perm)
+        return self._transpose
+
     def csr(self, values: torch.Tensor) -> Any:
         return _csr(self.crow, self.col, values, (self.row1 - self.row0, self.n_cols))
 
     def csr_t(self, values: torch.Tensor) -> Any:
-        return _csr(self.tcrow, self.trow, values[self.perm], (self.n_cols, self.row1 - self.row0))
+        tcrow, trow, perm = self.transpose()
+        return _csr(tcrow, trow, values[perm], (self.n_cols, self.row1 - self.row0))
 
 
 def build_patterns(
@@ -77,13 +96,13 @@ def build_patterns(
 ) -> list[Pattern]:
     """Split a (row, col)-sorted pattern into row blocks of at most ``max_nnz`` entries each.
 
-    A single row with more entries than ``max_nnz`` gets a block of its own.
+    A single row with more entries than ``max_nnz`` gets a block of its own. The blocks' column
+    indices are views of ``cols`` (no copy when ``cols`` is int32).
     """
     m, n = shape
     device = rows.device
-    counts = torch.bincount(rows.long(), minlength=m)
-    crow_full = torch.zeros(m + 1, dtype=torch.int64, device=device)
-    torch.cumsum(counts, 0, out=crow_full[1:])
+    # row pointers by binary search on the sorted rows: no int64 copy of the whole array
+    crow_full = torch.searchsorted(rows, torch.arange(m + 1, dtype=rows.dtype, device=device))
     crow_cpu = crow_full.cpu()
     blocks: list[Pattern] = []
     r0 = 0
@@ -94,25 +113,14 @@ def build_patterns(
         r1 = min(max(r1, r0 + 1), m)
         stop = int(crow_cpu[r1])
         idx_dtype = torch.int32 if max(n, m, stop - start) < 2**31 - 1 else torch.int64
-        block_cols = cols[start:stop].to(idx_dtype)
-        block_rows = (rows[start:stop].long() - r0)
-        crow = (crow_full[r0 : r1 + 1] - start).to(idx_dtype)
-        # transpose: sort the block's entries by column (stable, so rows stay sorted within a column)
-        perm = torch.sort(block_cols.long(), stable=True).indices
-        tcounts = torch.bincount(block_cols.long(), minlength=n)
-        tcrow = torch.zeros(n + 1, dtype=torch.int64, device=device)
-        torch.cumsum(tcounts, 0, out=tcrow[1:])
         blocks.append(
             Pattern(
                 row0=r0,
                 row1=r1,
                 start=start,
                 n_cols=n,
-                crow=crow,
-                col=block_cols,
-                tcrow=tcrow.to(idx_dtype),
-                trow=block_rows[perm].to(idx_dtype),
-                perm=perm.to(idx_dtype) if device.type == "cpu" else perm,
+                crow=(crow_full[r0 : r1 + 1] - start).to(idx_dtype),
+                col=cols[start:stop].to(idx_dtype),
             )
         )
         r0 = r1
