@@ -17,6 +17,7 @@ Prints one JSON object. Memory figures (MiB):
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import sys
@@ -73,13 +74,16 @@ def main(argv: list[str] | None = None) -> int:
         "autofact": af.AVAILABLE, "reason": af.REASON,
     }  # fmt: skip
     out["peak_rss_process_gen_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    prepared = af.scale_prepare(data) if af.AVAILABLE else None
+    del data  # the generator's own (unsorted) arrays: the fit sees only the Ratings
+    gc.collect()
     rss = _status_kb("VmRSS")
     out["rss_before_fit_mib"] = rss / 1024 if rss else None
     reset = _reset_hwm()
     out["hwm_reset"] = reset
-    if af.AVAILABLE:
+    if prepared is not None:
         try:
-            res = af.scale_case(data, rank=args.rank, epochs=args.epochs, device=args.device)
+            res = af.scale_case(*prepared, rank=args.rank, epochs=args.epochs, device=args.device)
             out.update({k: v for k, v in res.items() if k != "history"})
             out["history"] = res["history"]
         except Exception as exc:  # report, don't crash the harness

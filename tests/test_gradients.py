@@ -32,22 +32,31 @@ def _random_ratings(m=7, n=6, density=0.5, seed=0, binary=False, counts=False):
 
 
 @pytest.mark.parametrize("max_nnz", [1, 3, 1000])
-def test_gather_dot_gradcheck(max_nnz):
+@pytest.mark.parametrize("bias", [False, True])
+def test_gather_dot_gradcheck(max_nnz, bias):
     r = _random_ratings()
     pats = build_patterns(
         torch.from_numpy(r.users), torch.from_numpy(r.items), r.shape, max_nnz=max_nnz
     )
     assert sum(p.nnz for p in pats) == len(r)
     torch.manual_seed(0)
-    P = torch.randn(r.shape[0], 3, dtype=torch.float64, requires_grad=True)
-    Q = torch.randn(r.shape[1], 3, dtype=torch.float64, requires_grad=True)
+    m, n = r.shape
+    P = torch.randn(m, 3, dtype=torch.float64, requires_grad=True)
+    Q = torch.randn(n, 3, dtype=torch.float64, requires_grad=True)
+    bu = torch.randn(m, dtype=torch.float64, requires_grad=True)
+    bi = torch.randn(n, dtype=torch.float64, requires_grad=True)
 
-    def f(P, Q):
-        return torch.cat([gather_dot(P[p.row0 : p.row1], Q, p) for p in pats])
+    def f(P, Q, bu, bi):
+        return torch.cat([
+            gather_dot(P[p.row0 : p.row1], Q, p, bu[p.row0 : p.row1] if bias else None,
+                       bi if bias else None)
+            for p in pats
+        ])
 
-    assert torch.autograd.gradcheck(f, (P, Q))
-    expected = (P[torch.from_numpy(r.users).long()] * Q[torch.from_numpy(r.items).long()]).sum(1)
-    torch.testing.assert_close(f(P, Q), expected)
+    assert torch.autograd.gradcheck(f, (P, Q, bu, bi))
+    u, i = torch.from_numpy(r.users).long(), torch.from_numpy(r.items).long()
+    expected = (P[u] * Q[i]).sum(1) + ((bu[u] + bi[i]) if bias else 0.0)
+    torch.testing.assert_close(f(P, Q, bu, bi), expected)
 
 
 LOSSES = ["squared", "absolute", "huber", "logistic", "poisson"]

@@ -177,16 +177,6 @@ class Objective:
             params["bi"] = torch.zeros(n, dtype=torch.float64)
         return {k: v.to(self.device, self.dtype).requires_grad_() for k, v in params.items()}
 
-    def augmented(self, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[P, bu, 1]`` and ``[Q, 1, bi]``: one dot product then gives ``p.q + bu + bi``."""
-        P, Q = params["P"], params["Q"]
-        if not self.bias:
-            return P, Q
-        one_u = torch.ones(P.shape[0], 1, dtype=P.dtype, device=P.device)
-        one_i = torch.ones(Q.shape[0], 1, dtype=Q.dtype, device=Q.device)
-        return (torch.cat([P, params["bu"][:, None], one_u], 1),
-                torch.cat([Q, one_i, params["bi"][:, None]], 1))
-
     def regularization(self, params: Params, scale: float = 1.0) -> torch.Tensor:
         total = sum(self.reg(p) for p in params.values())
         return total * scale if scale != 1.0 else total  # type: ignore[return-value]
@@ -210,38 +200,30 @@ class Objective:
     def data_value(self, params: Params) -> float:
         """The loss part of ``J`` alone (no regularization)."""
         with torch.no_grad():
-            Pa, Qa = self.augmented(params)
             total = torch.zeros((), dtype=self.dtype, device=self.device)
             for pat in self.patterns:
-                pred = gather_dot(Pa[pat.row0 : pat.row1], Qa, pat) + self.mu
-                total = total + self.entry_loss(pred, pat.start, pat.stop).sum()
+                total = total + self.entry_loss(self._block_pred(params, pat), pat.start,
+                                                pat.stop).sum()
             return float(total)
+
+    def _block_pred(self, params: Params, pat: Any) -> torch.Tensor:
+        rows = slice(pat.row0, pat.row1)
+        bu, bi = params.get("bu"), params.get("bi")
+        return gather_dot(params["P"][rows], params["Q"], pat,
+                          None if bu is None else bu[rows], bi) + self.mu
 
     def _accumulate(self, params: Params, backward: bool) -> torch.Tensor:
         with torch.set_grad_enabled(backward):
-            Pa, Qa = self.augmented(params)
-            Pl = Pa.detach().requires_grad_(backward)
-            Ql = Qa.detach().requires_grad_(backward)
             total = torch.zeros((), dtype=self.dtype, device=self.device)
             for pat in self.patterns:
-                pred = gather_dot(Pl[pat.row0 : pat.row1], Ql, pat) + self.mu
-                s = self.entry_loss(pred, pat.start, pat.stop).sum()
+                s = self.entry_loss(self._block_pred(params, pat), pat.start, pat.stop).sum()
                 if backward:
-                    s.backward()
+                    s.backward()  # accumulates into the parameters' .grad, block by block
                 total = total + s.detach()
             reg = self.regularization(params)
-            total = total + reg.detach()
-            if backward:
-                roots: list[torch.Tensor] = []
-                grads: list[torch.Tensor | None] = []
-                if reg.requires_grad:
-                    roots, grads = [reg], [None]
-                if Pl.grad is not None:
-                    roots += [Pa, Qa]
-                    grads += [Pl.grad, Ql.grad]
-                if roots:
-                    torch.autograd.backward(roots, grads)  # type: ignore[arg-type]
-            return total
+            if backward and reg.requires_grad:
+                reg.backward()
+            return total + reg.detach()
 
     # ------------------------------------------------------------------ mini-batches
     def batch_loss(self, params: Params, idx: torch.Tensor) -> torch.Tensor:

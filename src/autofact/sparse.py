@@ -129,34 +129,63 @@ def build_patterns(
 
 class _GatherDot(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, P: torch.Tensor, Q: torch.Tensor, pattern: Pattern) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        P: torch.Tensor,
+        Q: torch.Tensor,
+        bu: torch.Tensor | None,
+        bi: torch.Tensor | None,
+        pattern: Pattern,
+    ) -> torch.Tensor:
         ctx.pattern = pattern
+        ctx.has_bu, ctx.has_bi = bu is not None, bi is not None
         ctx.save_for_backward(P, Q)
-        ones = pattern.ones(P.dtype)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            out = torch.sparse.sampled_addmm(pattern.csr(ones), P, Q.t(), beta=0.0)
-        return out.values()
+            out = torch.sparse.sampled_addmm(
+                pattern.csr(pattern.ones(P.dtype)), P, Q.t(), beta=0.0
+            ).values()
+        if bu is not None:
+            out += torch.repeat_interleave(bu, torch.diff(pattern.crow), output_size=pattern.nnz)
+        if bi is not None:
+            out += bi[pattern.col]
+        return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         P, Q = ctx.saved_tensors
         pattern: Pattern = ctx.pattern
         grad = grad.contiguous()
-        dP = dQ = None
+        dP = dQ = dbu = dbi = None
+        need = ctx.needs_input_grad
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if ctx.needs_input_grad[0]:
-                dP = pattern.csr(grad) @ Q
-            if ctx.needs_input_grad[1]:
-                dQ = pattern.csr_t(grad) @ P
-        return dP, dQ, None
+            if need[0] or need[2]:
+                G = pattern.csr(grad)
+                if need[0]:
+                    dP = G @ Q
+                if need[2]:  # row sums of G
+                    dbu = (G @ torch.ones(Q.shape[0], 1, dtype=grad.dtype, device=grad.device))[:, 0]
+            if need[1] or need[3]:
+                GT = pattern.csr_t(grad)
+                if need[1]:
+                    dQ = GT @ P
+                if need[3]:  # column sums of G
+                    dbi = (GT @ torch.ones(P.shape[0], 1, dtype=grad.dtype, device=grad.device))[:, 0]
+        return dP, dQ, dbu, dbi, None
 
 
-def gather_dot(P: torch.Tensor, Q: torch.Tensor, pattern: Pattern) -> torch.Tensor:
-    """``out[r] = P[row_r] . Q[col_r]`` for the entries of ``pattern`` (rows local to the block).
+def gather_dot(
+    P: torch.Tensor,
+    Q: torch.Tensor,
+    pattern: Pattern,
+    bu: torch.Tensor | None = None,
+    bi: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``out[r] = P[row_r] . Q[col_r] (+ bu[row_r] + bi[col_r])`` for the entries of ``pattern``.
 
-    ``P`` holds the block's rows (``row1 - row0`` of them), ``Q`` all columns: ``(n_cols, k)``.
-    Differentiable in ``P`` and ``Q``.
+    ``P`` (and ``bu``) hold the block's rows (``row1 - row0`` of them), ``Q`` (and ``bi``) all
+    columns. Differentiable in each tensor argument; the bias gradients are the row and column
+    sums of the incoming gradient (two more sparse products, no gathers).
     """
-    return _GatherDot.apply(P, Q, pattern)
+    return _GatherDot.apply(P, Q, bu, bi, pattern)
