@@ -272,7 +272,11 @@ class MatrixFactorization:
             raise ValueError(f"user index out of range 0..{len(P) - 1}")
         if i.size and (i.min() < 0 or i.max() >= len(Q)):
             raise ValueError(f"item index out of range 0..{len(Q) - 1}")
-        out = np.einsum("ij,ij->i", P[u], Q[i]).astype(np.float64)
+        out = np.empty(len(u), dtype=np.float64)
+        step = 1 << 16  # in slices, so the gathered rows stay small whatever the number of pairs
+        for s in range(0, len(u), step):
+            uu, ii = u[s : s + step], i[s : s + step]
+            out[s : s + step] = np.einsum("ij,ij->i", P[uu], Q[ii])
         out += self.global_mean_ + self.user_bias_[u] + self.item_bias_[i]
         return out
 

@@ -159,7 +159,11 @@ class Objective:
         else:
             self.mu = 0.0
         self.max_nnz = max(1024, int(max_memory) // _BYTES_PER_ENTRY)
-        self.patterns = build_patterns(self.users, self.items, self.shape, self.max_nnz)
+        # the backward's transposes keep 4 bytes an entry, or 8 (faster) while that stays within
+        # half of max_memory
+        self.keep_rows = 8 * self.nnz <= int(max_memory) // 2
+        self.patterns = build_patterns(self.users, self.items, self.shape, self.max_nnz,
+                                       keep_rows=self.keep_rows)
         self._items_T: list[Any] | None = None
 
     # ------------------------------------------------------------------ parameters
@@ -300,7 +304,8 @@ class Objective:
             t.values = self.values[order]
             t.weights = None if self.weights is None else self.weights[order]
             t.shape = (self.shape[1], self.shape[0])
-            t.patterns = build_patterns(t.users, t.items, t.shape, self.max_nnz)
+            t.patterns = build_patterns(t.users, t.items, t.shape, self.max_nnz,
+                                        keep_rows=self.keep_rows)
             t._items_T = [self]
             self._items_T = [t]
         return self._items_T[0]

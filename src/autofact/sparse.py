@@ -42,9 +42,9 @@ class Pattern:
     n_cols: int
     crow: torch.Tensor
     col: torch.Tensor
-    _transpose: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(
-        default=None, repr=False
-    )
+    keep_rows: bool = True
+    _transpose: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    _trow: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def nnz(self) -> int:
@@ -64,21 +64,32 @@ class Pattern:
         return buf[: self.nnz]
 
     def transpose(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(tcrow, trow, perm)`` of the block's transpose, built once."""
+        """``(tcrow, trow, perm)`` of the block's transpose.
+
+        ``tcrow`` and ``perm`` are built on first use and kept (4 bytes an entry); ``trow``, the
+        block-local row of each transposed entry, is kept too when ``keep_rows`` (another 4 bytes
+        an entry), else recomputed from ``perm`` at each call (one gather).
+        """
+        if self._trow is not None:
+            assert self._transpose is not None
+            return self._transpose[0], self._trow, self._transpose[1]
+        dev = self.col.device
         if self._transpose is None:
             idx = self.col.dtype
-            dev = self.col.device
-            rows = torch.repeat_interleave(
-                torch.arange(self.row1 - self.row0, device=dev), torch.diff(self.crow.long())
-            )
             # stable: rows stay sorted within a column
             perm = torch.sort(self.col.long(), stable=True).indices
             tcrow = torch.zeros(self.n_cols + 1, dtype=torch.int64, device=dev)
             torch.cumsum(torch.bincount(self.col.long(), minlength=self.n_cols), 0, out=tcrow[1:])
-            trow = rows[perm].to(idx)
-            del rows
-            self._transpose = (tcrow.to(idx), trow, perm.to(idx) if dev.type == "cpu" else perm)
-        return self._transpose
+            self._transpose = (tcrow.to(idx), perm.to(idx) if dev.type == "cpu" else perm)
+        tcrow, perm = self._transpose
+        rows = torch.repeat_interleave(
+            torch.arange(self.row1 - self.row0, dtype=self.col.dtype, device=dev),
+            torch.diff(self.crow), output_size=self.nnz,
+        )
+        trow = rows[perm]
+        if self.keep_rows:
+            self._trow = trow
+        return tcrow, trow, perm
 
     def csr(self, values: torch.Tensor) -> Any:
         return _csr(self.crow, self.col, values, (self.row1 - self.row0, self.n_cols))
@@ -93,11 +104,13 @@ def build_patterns(
     cols: torch.Tensor,
     shape: tuple[int, int],
     max_nnz: int,
+    keep_rows: bool = True,
 ) -> list[Pattern]:
     """Split a (row, col)-sorted pattern into row blocks of at most ``max_nnz`` entries each.
 
     A single row with more entries than ``max_nnz`` gets a block of its own. The blocks' column
-    indices are views of ``cols`` (no copy when ``cols`` is int32).
+    indices are views of ``cols`` (no copy when ``cols`` is int32). ``keep_rows``: see
+    :meth:`Pattern.transpose`.
     """
     m, n = shape
     device = rows.device
@@ -121,6 +134,7 @@ def build_patterns(
                 n_cols=n,
                 crow=(crow_full[r0 : r1 + 1] - start).to(idx_dtype),
                 col=cols[start:stop].to(idx_dtype),
+                keep_rows=keep_rows,
             )
         )
         r0 = r1
