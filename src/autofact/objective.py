@@ -210,24 +210,45 @@ class Objective:
                                                 pat.stop).sum()
             return float(total)
 
-    def _block_pred(self, params: Params, pat: Any) -> torch.Tensor:
-        rows = slice(pat.row0, pat.row1)
+    def _block_pred(self, params: Params, pat: Any, local: bool = False) -> torch.Tensor:
+        """Predictions of one block (``local``: ``P``/``bu`` hold only the block's rows)."""
+        rows = slice(None) if local else slice(pat.row0, pat.row1)
         bu, bi = params.get("bu"), params.get("bi")
         return gather_dot(params["P"][rows], params["Q"], pat,
                           None if bu is None else bu[rows], bi) + self.mu
 
     def _accumulate(self, params: Params, backward: bool) -> torch.Tensor:
-        with torch.set_grad_enabled(backward):
+        if not backward:
             total = torch.zeros((), dtype=self.dtype, device=self.device)
             for pat in self.patterns:
-                s = self.entry_loss(self._block_pred(params, pat), pat.start, pat.stop).sum()
-                if backward:
-                    s.backward()  # accumulates into the parameters' .grad, block by block
-                total = total + s.detach()
+                total += self.entry_loss(self._block_pred(params, pat), pat.start, pat.stop).sum()
+            return total + self.regularization(params)
+        # Each block's rows are a leaf view of their own, so a block's backward writes only its
+        # rows (a slice of the full matrix would get a full-size zero gradient per block); the
+        # column-side tensors are shared leaves whose gradients accumulate over the blocks.
+        grads = {k: torch.zeros_like(v) if v.grad is None else v.grad for k, v in params.items()}
+        cols = {k: params[k].detach().requires_grad_() for k in ("Q", "bi") if k in params}
+        total = torch.zeros((), dtype=self.dtype, device=self.device)
+        with torch.enable_grad():
+            for pat in self.patterns:
+                rows = slice(pat.row0, pat.row1)
+                block = {k: params[k][rows].detach().requires_grad_()
+                         for k in ("P", "bu") if k in params}
+                s = self.entry_loss(self._block_pred({**block, **cols}, pat, local=True),
+                                    pat.start, pat.stop).sum()
+                s.backward()
+                for k, v in block.items():
+                    grads[k][rows] += v.grad  # type: ignore[operator]
+                total += s.detach()
+            for k, v in cols.items():
+                if v.grad is not None:
+                    grads[k] += v.grad
+            for k, v in params.items():
+                v.grad = grads[k]
             reg = self.regularization(params)
-            if backward and reg.requires_grad:
+            if reg.requires_grad:
                 reg.backward()
-            return total + reg.detach()
+        return total + reg.detach()
 
     # ------------------------------------------------------------------ mini-batches
     def batch_loss(self, params: Params, idx: torch.Tensor) -> torch.Tensor:
