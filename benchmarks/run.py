@@ -283,6 +283,11 @@ def _scale(name: str, shape: str, quick: bool, device: str, epochs: int, timeout
     )
     acc = f"val RMSE {res['val_rmse']:.4f}" if res.get("val_rmse") is not None else ""
     note = res.get("error") or ("" if res["autofact"] else f"autofact n/a: {res['reason']}")
+    if res.get("epoch_over_bound") is not None:
+        note = (f"{note} epoch = {res['epoch_over_bound']:.1f}x the bandwidth bound "
+                f"({res['bandwidth_bound_s']:.3f} s at {res['copy_gbps']:.0f} GB/s copy)").strip()
+    if res.get("cuda_peak_mib") is not None:
+        note = f"{note}; GPU peak {res['cuda_peak_mib'] / 1024:.2f} GiB"
     add_row(
         label,
         res.get("sec_per_epoch"),

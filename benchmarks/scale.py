@@ -46,6 +46,40 @@ def _reset_hwm() -> bool:
         return False
 
 
+def copy_bandwidth(device: str, nbytes: int = 512 * MiB, repeats: int = 5) -> float:
+    """Bytes per second of a large on-device copy (each byte read once and written once)."""
+    import torch
+
+    x = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
+    y = torch.empty_like(x)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        y.copy_(x)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    del x, y
+    return 2 * nbytes / best
+
+
+def _bandwidth_bound(device: str, nnz: int, rank: int, factor_bytes: int, sec: float) -> dict:
+    """The epoch's time against what the bytes it must move take at the measured copy bandwidth.
+
+    Byte model of one full-batch epoch (documented in benchmarks/README.md): per rating, three
+    gathers of a ``rank``-float row (the SDDMM's, and one in each SpMM of the backward) and
+    28 bytes of indices, values and per-entry gradients; plus six passes over the factors
+    (read, gradient, optimizer state and update).
+    """
+    bw = copy_bandwidth(device)
+    moved = nnz * (12 * rank + 28) + 6 * factor_bytes
+    bound = moved / bw
+    return {"copy_gbps": bw / 1e9, "bytes_per_epoch_model": moved, "bandwidth_bound_s": bound,
+            "epoch_over_bound": sec / bound}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--shape", default="ml25m", choices=["ml1m", "ml25m", "netflix"])
@@ -88,8 +122,12 @@ def main(argv: list[str] | None = None) -> int:
             out["history"] = res["history"]
         except Exception as exc:  # report, don't crash the harness
             out["error"] = f"{type(exc).__name__}: {exc}"
-    hwm = _status_kb("VmHWM") if reset else None
+    hwm = _status_kb("VmHWM") if reset else None  # before the bandwidth probe's buffers
+    if prepared is not None and "sec_per_epoch" in out:
+        out.update(_bandwidth_bound(args.device, n_ratings, args.rank, factor_bytes,
+                                    out["sec_per_epoch"]))
     out["peak_rss_process_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # (includes the bandwidth probe's 1 GiB of buffers when it ran)
     out["peak_rss_fit_mib"] = hwm / 1024 if hwm else out["peak_rss_process_mib"]
     out["within_bound"] = out["peak_rss_fit_mib"] <= out["bound_mib"]
     if args.device.startswith("cuda") and af.AVAILABLE:
