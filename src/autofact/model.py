@@ -214,16 +214,14 @@ class MatrixFactorization:
             else:
                 vu = train.user_index(v.user_ids[v.users], strict=False)
                 vi = train.item_index(v.item_ids[v.items], strict=False)
-            val = (vu, vi, v.values)
+            val = _Validation(vu, vi, v.values, obj, self.rating_range_, self._clips())
         self.history_: list[dict[str, float]] = []
         bar = _progress(epochs) if self.verbose else None
 
         def on_epoch(epoch: int, value: float, seconds: float) -> bool:
             rec: dict[str, float] = {"epoch": epoch, "loss": value, "time": seconds}
             if val is not None:
-                self._export()
-                pred = self._predict_index(val[0], val[1], warn=False)
-                rec["val_rmse"] = float(np.sqrt(np.mean((pred - val[2]) ** 2)))
+                rec["val_rmse"] = val.rmse(params)
             self.history_.append(rec)
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k in ("loss", "val_rmse")})
@@ -414,6 +412,41 @@ class MatrixFactorization:
         i = self.item_index(r.item_ids[r.items], strict=self.strict)
         pred = self._predict_index(u, i)
         return float(np.sqrt(np.mean((pred - r.values) ** 2)))
+
+
+class _Validation:
+    """Held-out RMSE computed on the training device, with the same fallback and clipping as
+    :meth:`MatrixFactorization.predict` (unknown users/items: global mean + known bias)."""
+
+    def __init__(self, u: np.ndarray, i: np.ndarray, y: np.ndarray, obj: Objective,
+                 rating_range: tuple[float, float], clip_known: bool) -> None:
+        dev = obj.device
+        self.u = torch.tensor(np.asarray(u), dtype=torch.int64, device=dev)
+        self.i = torch.tensor(np.asarray(i), dtype=torch.int64, device=dev)
+        self.y = torch.tensor(np.asarray(y), dtype=torch.float64, device=dev)
+        self.known_u, self.known_i = self.u >= 0, self.i >= 0
+        self.uu, self.ii = self.u.clamp_min(0), self.i.clamp_min(0)
+        self.range, self.clip_known = rating_range, clip_known
+        self.mu = obj.mu
+
+    @torch.no_grad()
+    def rmse(self, params: dict[str, torch.Tensor]) -> float:
+        sq = torch.zeros((), dtype=torch.float64, device=self.y.device)
+        step = 1 << 18
+        bu, bi = params.get("bu"), params.get("bi")
+        for s in range(0, len(self.y), step):
+            sl = slice(s, s + step)
+            u, i, ku, ki = self.uu[sl], self.ii[sl], self.known_u[sl], self.known_i[sl]
+            dot = (params["P"][u] * params["Q"][i]).sum(1).double()
+            b_u = bu[u].double() * ku if bu is not None else 0.0
+            b_i = bi[i].double() * ki if bi is not None else 0.0
+            base = self.mu + b_u + b_i
+            known = ku & ki
+            pred = torch.where(known, base + dot, torch.as_tensor(base).clamp(*self.range))
+            if self.clip_known:
+                pred = pred.clamp(*self.range)
+            sq += ((pred - self.y[sl]) ** 2).sum()
+        return float(torch.sqrt(sq / len(self.y)))
 
 
 def _same_ids(a: np.ndarray, b: np.ndarray) -> bool:
