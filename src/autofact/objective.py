@@ -226,25 +226,31 @@ class Objective:
         # Each block's rows are a leaf view of their own, so a block's backward writes only its
         # rows (a slice of the full matrix would get a full-size zero gradient per block); the
         # column-side tensors are shared leaves whose gradients accumulate over the blocks.
-        grads = {k: torch.zeros_like(v) if v.grad is None else v.grad for k, v in params.items()}
-        cols = {k: params[k].detach().requires_grad_() for k in ("Q", "bi") if k in params}
+        grads: dict[str, torch.Tensor] = {
+            k: torch.zeros_like(v) if v.grad is None else v.grad for k, v in params.items()
+        }
+        cols: dict[str, torch.Tensor] = {
+            k: params[k].detach().requires_grad_() for k in ("Q", "bi") if k in params
+        }
         total = torch.zeros((), dtype=self.dtype, device=self.device)
         with torch.enable_grad():
             for pat in self.patterns:
                 rows = slice(pat.row0, pat.row1)
-                block = {k: params[k][rows].detach().requires_grad_()
-                         for k in ("P", "bu") if k in params}
+                block: dict[str, torch.Tensor] = {
+                    k: params[k][rows].detach().requires_grad_() for k in ("P", "bu") if k in params
+                }
                 s = self.entry_loss(self._block_pred({**block, **cols}, pat, local=True),
                                     pat.start, pat.stop).sum()
                 s.backward()
-                for k, v in block.items():
-                    grads[k][rows] += v.grad  # type: ignore[operator]
+                for name, leaf in block.items():
+                    if leaf.grad is not None:
+                        grads[name][rows] += leaf.grad
                 total += s.detach()
-            for k, v in cols.items():
-                if v.grad is not None:
-                    grads[k] += v.grad
-            for k, v in params.items():
-                v.grad = grads[k]
+            for name, leaf in cols.items():
+                if leaf.grad is not None:
+                    grads[name] += leaf.grad
+            for name, param in params.items():
+                param.grad = grads[name]
             reg = self.regularization(params)
             if reg.requires_grad:
                 reg.backward()

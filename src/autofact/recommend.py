@@ -552,7 +552,8 @@ def _damped_newton(
     value = float(f(x))
     damping = 1e-8
     it = 0
-    for it in range(1, max_iter + 1):
+    while it < max_iter:
+        it += 1
         xg = x.detach().requires_grad_()
         (g,) = torch.autograd.grad(f(xg), xg)
         H = hessian(f, x.detach())
