@@ -158,7 +158,8 @@ class Objective:
                             else ratings.values.mean())
         else:
             self.mu = 0.0
-        self.max_nnz = max(1024, int(max_memory) // _BYTES_PER_ENTRY)
+        self.max_memory = int(max_memory)
+        self.max_nnz = max(1024, self.max_memory // _BYTES_PER_ENTRY)
         # the backward's transposes keep 4 bytes an entry, or 8 (faster) while that stays within
         # half of max_memory
         self.keep_rows = 8 * self.nnz <= int(max_memory) // 2

@@ -33,7 +33,7 @@ import torch
 
 from .errors import FitError
 from .objective import Objective, Params
-from .sparse import gather_dot
+from .sparse import Pattern, build_patterns, gather_dot
 
 __all__ = ["SOLVERS", "fit_params"]
 
@@ -203,15 +203,23 @@ def _make_step(
 class _AlternatingNewton:
     """One epoch = a Newton step on every user row, then on every item row (see module doc).
 
-    Unless the objective is exactly quadratic (squared loss with L2 or no regularization, where
-    the Newton step is the exact minimizer), each row's step is halved until that row's own
-    objective decreases (Armijo backtracking, row by row), so robust or non-quadratic losses
-    such as Huber or Poisson cannot overshoot.
+    Rows are handled in blocks whose Hessians fit in ``max_memory``, so the solver's memory stays
+    bounded at any rank and size. Unless the objective is exactly quadratic (squared loss with L2
+    or no regularization, where the Newton step is the exact minimizer), each row's step is halved
+    until that row's own objective decreases (Armijo backtracking, row by row), so robust or
+    non-quadratic losses such as Huber or Poisson cannot overshoot.
     """
 
     def __init__(self, obj: Objective, params: Params, exact_quadratic: bool) -> None:
+        objT = obj.transposed()
+        K = params["P"].shape[1] + (1 if "bu" in params else 0)
+        # H, its Cholesky factor and the upper-triangle accumulator: about 3 K^2 floats a row
+        max_rows = max(1, obj.max_memory // (3 * 8 * K * K))
+        self.sides = [
+            (o, build_patterns(o.users, o.items, o.shape, o.max_nnz, max_rows=max_rows))
+            for o in (obj, objT)
+        ]
         self.obj = obj
-        self.objT = obj.transposed()
         self.params = params
         self.checked = False
         self.exact_quadratic = exact_quadratic
@@ -219,10 +227,11 @@ class _AlternatingNewton:
     def __call__(self) -> float:
         """One epoch; returns the objective at its start (the loss comes from the first pass)."""
         p = self.params
+        (users, ublocks), (items, iblocks) = self.sides
         with torch.no_grad():
             reg = float(self.obj.regularization(p))
-            loss = self._side(self.obj, p["P"], p.get("bu"), p["Q"], p.get("bi"))
-            self._side(self.objT, p["Q"], p.get("bi"), p["P"], p.get("bu"))
+            loss = self._side(users, ublocks, p["P"], p.get("bu"), p["Q"], p.get("bi"))
+            self._side(items, iblocks, p["Q"], p.get("bi"), p["P"], p.get("bu"))
         return loss + reg
 
     @staticmethod
@@ -231,51 +240,33 @@ class _AlternatingNewton:
             return Xv
         return torch.cat([Xv, torch.ones(Xv.shape[0], 1, dtype=Xv.dtype, device=Xv.device)], 1)
 
-    def _row_objective(self, obj: Objective, Xv: torch.Tensor, Ya: torch.Tensor, bias: bool
-                       ) -> torch.Tensor:
-        """Each row's share of the objective: its entries' losses plus its regularization."""
-        Xa = self._augment(Xv, bias)
-        out = torch.zeros(Xv.shape[0], dtype=Xv.dtype, device=Xv.device)
-        for pat in obj.patterns:
-            pred = gather_dot(Xa[pat.row0 : pat.row1], Ya, pat) + obj.mu
-            out.index_add_(0, obj.users[pat.start : pat.stop].long(),
-                           obj.entry_loss(pred, pat.start, pat.stop))
-        k = Xv.shape[1] - (1 if bias else 0)
-        out += torch.func.vmap(obj.reg)(Xv[:, :k])
-        if bias:
-            out += torch.func.vmap(obj.reg)(Xv[:, k])
-        return out
-
     def _side(
         self,
         obj: Objective,
+        blocks: list[Pattern],
         X: torch.Tensor,
         bx: torch.Tensor | None,
         Y: torch.Tensor,
         by: torch.Tensor | None,
     ) -> float:
         """Newton step on the rows of ``X`` (and ``bx``); returns the loss before the step."""
-        m, k = X.shape
+        k = X.shape[1]
         bias = bx is not None
         K = k + 1 if bias else k
         dev, dt = X.device, X.dtype
         if bias:
             assert bx is not None and by is not None
-            Xv = torch.cat([X, bx[:, None]], 1)
             Ya = torch.cat([Y, torch.ones(Y.shape[0], 1, dtype=dt, device=dev), by[:, None]], 1)
         else:
-            Xv, Ya = X, Y
-        Xa = self._augment(Xv, bias)
+            Ya = Y
         Yf = Ya[:, :K]
         iu, ju = torch.triu_indices(K, K, device=dev)
-        grad = torch.zeros(m, K, dtype=dt, device=dev)
-        hess = torch.zeros(m, len(iu), dtype=dt, device=dev)
-        # columns of Z = vec(y y^T) (upper triangle), in slices that keep Z and C @ Z bounded
-        max_cols = max(1, obj.max_nnz * 8 // max(Y.shape[0] + m, 1))
         loss = torch.zeros((), dtype=dt, device=dev)
-        for pat in obj.patterns:
+        for pat in blocks:
             rows = slice(pat.row0, pat.row1)
-            pred = gather_dot(Xa[rows], Ya, pat) + obj.mu
+            mb = pat.row1 - pat.row0
+            Xv = torch.cat([X[rows], bx[rows, None]], 1) if bias else X[rows]  # type: ignore[index]
+            pred = gather_dot(self._augment(Xv, bias), Ya, pat) + obj.mu
             g1, g2, block_loss = obj.entry_derivatives(pred, pat.start, pat.stop)
             loss += block_loss
             if not self.checked:
@@ -285,37 +276,56 @@ class _AlternatingNewton:
                         "has none (e.g. 'absolute'): use solver='adam' or 'sgd'"
                     )
                 self.checked = True
-            grad[rows] += pat.csr(g1) @ Yf
+            grad = pat.csr(g1) @ Yf
+            # vec(H) = C @ Z with Z[i] = vec(y_i y_i^T) (upper triangle), in column slices that
+            # keep Z and C @ Z within the memory budget
             C = pat.csr(g2)
+            hess = torch.empty(mb, len(iu), dtype=dt, device=dev)
+            max_cols = max(1, obj.max_nnz * 8 // max(Y.shape[0] + mb, 1))
             for c0 in range(0, len(iu), max_cols):
                 a, b = iu[c0 : c0 + max_cols], ju[c0 : c0 + max_cols]
-                hess[rows, c0 : c0 + len(a)] += C @ (Yf[:, a] * Yf[:, b])
-        H = torch.zeros(m, K, K, dtype=dt, device=dev)
-        H[:, iu, ju] = hess
-        H[:, ju, iu] = hess
-        rg, rh = obj.reg_derivatives(Xv)
-        grad += rg
-        diag = torch.diagonal(H, dim1=1, dim2=2)
-        diag += rh
-        scale = diag.abs().mean(dim=1, keepdim=True).clamp_min(1.0)
-        diag += 1e-6 * scale
-        step = torch.nan_to_num(_spd_solve(H, grad), nan=0.0, posinf=0.0, neginf=0.0)
-        if not self.exact_quadratic:
-            step = step * self._backtrack(obj, Xv, Ya, bias, step, grad)[:, None]
-        X -= step[:, :k]
-        if bias:
-            bx -= step[:, k]  # type: ignore[operator]
+                hess[:, c0 : c0 + len(a)] = C @ (Yf[:, a] * Yf[:, b])
+            H = torch.empty(mb, K, K, dtype=dt, device=dev)
+            H[:, iu, ju] = hess
+            H[:, ju, iu] = hess
+            del hess
+            rg, rh = obj.reg_derivatives(Xv)
+            grad += rg
+            diag = torch.diagonal(H, dim1=1, dim2=2)
+            diag += rh
+            diag += 1e-6 * diag.abs().mean(dim=1, keepdim=True).clamp_min(1.0)
+            step = torch.nan_to_num(_spd_solve(H, grad), nan=0.0, posinf=0.0, neginf=0.0)
+            del H
+            if not self.exact_quadratic:
+                step = step * self._backtrack(obj, pat, Xv, Ya, bias, step, grad)[:, None]
+            X[rows] -= step[:, :k]
+            if bias:
+                bx[rows] -= step[:, k]  # type: ignore[index]
         return float(loss)
 
-    def _backtrack(self, obj: Objective, Xv: torch.Tensor, Ya: torch.Tensor, bias: bool,
-                   step: torch.Tensor, grad: torch.Tensor, halvings: int = 10) -> torch.Tensor:
+    def _row_objective(self, obj: Objective, pat: Pattern, Xv: torch.Tensor, Ya: torch.Tensor,
+                       bias: bool) -> torch.Tensor:
+        """Each of the block's rows' share of the objective: its losses and its regularization."""
+        pred = gather_dot(self._augment(Xv, bias), Ya, pat) + obj.mu
+        losses = obj.entry_loss(pred, pat.start, pat.stop)
+        ones = torch.ones(Ya.shape[0], 1, dtype=Xv.dtype, device=Xv.device)
+        out = (pat.csr(losses) @ ones)[:, 0]  # row sums
+        k = Xv.shape[1] - (1 if bias else 0)
+        out = out + torch.func.vmap(obj.reg)(Xv[:, :k])
+        if bias:
+            out = out + torch.func.vmap(obj.reg)(Xv[:, k])
+        return out
+
+    def _backtrack(self, obj: Objective, pat: Pattern, Xv: torch.Tensor, Ya: torch.Tensor,
+                   bias: bool, step: torch.Tensor, grad: torch.Tensor, halvings: int = 10
+                   ) -> torch.Tensor:
         """Per-row step sizes ``t`` in {1, 1/2, ...} meeting Armijo's condition (0 if none do)."""
-        f0 = self._row_objective(obj, Xv, Ya, bias)
+        f0 = self._row_objective(obj, pat, Xv, Ya, bias)
         slope = (grad * step).sum(1)  # the decrease the linear model promises per unit of t
         t = torch.ones(Xv.shape[0], dtype=Xv.dtype, device=Xv.device)
         done = torch.zeros_like(t, dtype=torch.bool)
         for _ in range(halvings):
-            f1 = self._row_objective(obj, Xv - t[:, None] * step, Ya, bias)
+            f1 = self._row_objective(obj, pat, Xv - t[:, None] * step, Ya, bias)
             ok = torch.isfinite(f1) & (f1 <= f0 - 1e-4 * t * slope.clamp_min(0))
             done |= ok
             if bool(done.all()):

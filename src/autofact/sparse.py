@@ -105,12 +105,13 @@ def build_patterns(
     shape: tuple[int, int],
     max_nnz: int,
     keep_rows: bool = True,
+    max_rows: int | None = None,
 ) -> list[Pattern]:
     """Split a (row, col)-sorted pattern into row blocks of at most ``max_nnz`` entries each.
 
     A single row with more entries than ``max_nnz`` gets a block of its own. The blocks' column
     indices are views of ``cols`` (no copy when ``cols`` is int32). ``keep_rows``: see
-    :meth:`Pattern.transpose`.
+    :meth:`Pattern.transpose`. ``max_rows`` also caps the rows of a block.
     """
     m, n = shape
     device = rows.device
@@ -124,6 +125,8 @@ def build_patterns(
         # last row r1 such that crow[r1] - start <= max_nnz (at least one row)
         r1 = int(torch.searchsorted(crow_cpu, start + max_nnz, right=True)) - 1
         r1 = min(max(r1, r0 + 1), m)
+        if max_rows is not None:
+            r1 = min(r1, r0 + max(1, int(max_rows)))
         stop = int(crow_cpu[r1])
         idx_dtype = torch.int32 if max(n, m, stop - start) < 2**31 - 1 else torch.int64
         blocks.append(
