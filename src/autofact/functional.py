@@ -74,12 +74,13 @@ def matrix_factorization_bgd(
         torch.set_num_threads(1)  # tiny ops: thread hand-offs cost more than they save
     try:
         for _ in range(int(steps)):
-            pred = (Pt @ Qt).reshape(-1)[observed]
+            pred = torch.take(Pt @ Qt, observed)
             J = loss(pred, target).sum() + reg(Pt) + reg(Qt)
-            dP, dQ = torch.autograd.grad(J, (Pt, Qt))
+            J.backward()
             with torch.no_grad():  # the post's update: P -= alpha * dP, Q -= alpha * dQ
-                Pt.sub_(dP, alpha=lr)
-                Qt.sub_(dQ, alpha=lr)
+                Pt.sub_(Pt.grad, alpha=lr)  # type: ignore[arg-type]
+                Qt.sub_(Qt.grad, alpha=lr)  # type: ignore[arg-type]
+            Pt.grad = Qt.grad = None
     finally:
         torch.set_num_threads(threads)
     return Pt.detach().numpy().copy(), Qt.detach().numpy().copy()

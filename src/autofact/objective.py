@@ -215,8 +215,8 @@ class Objective:
         """Predictions of one block (``local``: ``P``/``bu`` hold only the block's rows)."""
         rows = slice(None) if local else slice(pat.row0, pat.row1)
         bu, bi = params.get("bu"), params.get("bi")
-        return gather_dot(params["P"][rows], params["Q"], pat,
-                          None if bu is None else bu[rows], bi) + self.mu
+        pred = gather_dot(params["P"][rows], params["Q"], pat, None if bu is None else bu[rows], bi)
+        return pred + self.mu if self.mu else pred
 
     def _accumulate(self, params: Params, backward: bool) -> torch.Tensor:
         if not backward:

@@ -86,7 +86,7 @@ class Pattern:
             torch.arange(self.row1 - self.row0, dtype=self.col.dtype, device=dev),
             torch.diff(self.crow), output_size=self.nnz,
         )
-        trow = rows[perm]
+        trow = torch.index_select(rows, 0, perm)
         if self.keep_rows:
             self._trow = trow
         return tcrow, trow, perm
@@ -96,7 +96,9 @@ class Pattern:
 
     def csr_t(self, values: torch.Tensor) -> Any:
         tcrow, trow, perm = self.transpose()
-        return _csr(tcrow, trow, values[perm], (self.n_cols, self.row1 - self.row0))
+        # index_select: about twice as fast as values[perm] on the CPU
+        return _csr(tcrow, trow, torch.index_select(values, 0, perm),
+                    (self.n_cols, self.row1 - self.row0))
 
 
 def build_patterns(
@@ -165,7 +167,7 @@ class _GatherDot(torch.autograd.Function):
         if bu is not None:
             out += torch.repeat_interleave(bu, torch.diff(pattern.crow), output_size=pattern.nnz)
         if bi is not None:
-            out += bi[pattern.col]
+            out += torch.index_select(bi, 0, pattern.col)
         return out
 
     @staticmethod
