@@ -233,6 +233,8 @@ class Objective:
         cols: dict[str, torch.Tensor] = {
             k: params[k].detach().requires_grad_() for k in ("Q", "bi") if k in params
         }
+        for name, leaf in cols.items():
+            leaf.grad = grads[name]  # blocks accumulate into it in place (no extra copy)
         total = torch.zeros((), dtype=self.dtype, device=self.device)
         with torch.enable_grad():
             for pat in self.patterns:
@@ -248,8 +250,8 @@ class Objective:
                         grads[name][rows] += leaf.grad
                 total += s.detach()
             for name, leaf in cols.items():
-                if leaf.grad is not None:
-                    grads[name] += leaf.grad
+                if leaf.grad is not None and leaf.grad is not grads[name]:
+                    grads[name].copy_(leaf.grad)  # autograd replaced it: it holds the full sum
             for name, param in params.items():
                 param.grad = grads[name]
             reg = self.regularization(params)
