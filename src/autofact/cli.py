@@ -25,7 +25,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, TextIO
@@ -139,41 +139,33 @@ def _directory(text: str) -> Path:
     return p
 
 
-def _loss(text: str) -> str:
-    from .losses import LOSSES
-
-    if text in LOSSES:
+def _name_or_path(text: str, names: Iterable[str], what: str) -> str:
+    """A built-in name, or a 'module:function' path that imports (checked up front)."""
+    if text in names:
         return text
     if ":" in text:
         from ._imports import import_object
 
         try:
-            import_object(text, what="loss")
+            import_object(text, what=what)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
         return text
     raise argparse.ArgumentTypeError(
-        f"must be one of {', '.join(sorted(LOSSES))} or a 'module:function' path, got {text!r}"
+        f"must be one of {', '.join(sorted(names))} or a 'module:function' path, got {text!r}"
     )
+
+
+def _loss(text: str) -> str:
+    from .losses import LOSSES
+
+    return _name_or_path(text, LOSSES, "loss")
 
 
 def _regularization(text: str) -> str:
     from .regularizers import REGULARIZERS
 
-    if text in REGULARIZERS:
-        return text
-    if ":" in text:
-        from ._imports import import_object
-
-        try:
-            import_object(text, what="regularization")
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-        return text
-    raise argparse.ArgumentTypeError(
-        f"must be one of {', '.join(sorted(REGULARIZERS))} or a 'module:function' path, "
-        f"got {text!r}"
-    )
+    return _name_or_path(text, REGULARIZERS, "regularization")
 
 
 def _parse_id(text: str) -> int | str:

@@ -66,8 +66,13 @@ def matrix_factorization_bgd(
     # matrices it is the fastest route); the loss and regularizer still go through autograd.
     observed = torch.from_numpy(ratings.users.astype(np.int64) * n + ratings.items)
     target = torch.from_numpy(ratings.values).to(tdtype)
-    Pt = torch.tensor(P, dtype=tdtype, requires_grad=True)
-    Qt = torch.tensor(Q, dtype=tdtype, requires_grad=True)
+    # P and Q live in one flat parameter vector X (as views), so that the post's penalty
+    # beta/2 (||P||^2 + ||Q||^2) is the L2 regularizer applied once, to X, and one update
+    # X -= alpha * dX does both of the post's updates: fewer small ops for autograd to record.
+    X = torch.cat([torch.tensor(P, dtype=tdtype).reshape(-1),
+                   torch.tensor(Q, dtype=tdtype).reshape(-1)])
+    X.requires_grad_()
+    Pt, Qt = X[: P.size].view(P.shape), X[P.size :].view(Q.shape)
     lr = float(alpha)
     threads = torch.get_num_threads()
     if m * n <= 65536:
@@ -75,12 +80,12 @@ def matrix_factorization_bgd(
     try:
         for _ in range(int(steps)):
             pred = torch.take(Pt @ Qt, observed)
-            J = loss(pred, target).sum() + reg(Pt) + reg(Qt)
+            J = loss(pred, target).sum() + reg(X)
             J.backward()
             with torch.no_grad():  # the post's update: P -= alpha * dP, Q -= alpha * dQ
-                Pt.sub_(Pt.grad, alpha=lr)  # type: ignore[arg-type]
-                Qt.sub_(Qt.grad, alpha=lr)  # type: ignore[arg-type]
-            Pt.grad = Qt.grad = None
+                X.sub_(X.grad, alpha=lr)  # type: ignore[arg-type]
+            X.grad = None
     finally:
         torch.set_num_threads(threads)
+    Pt, Qt = X.detach()[: P.size].view(P.shape), X.detach()[P.size :].view(Q.shape)
     return Pt.detach().numpy().copy(), Qt.detach().numpy().copy()
