@@ -287,7 +287,7 @@ def _scale(name: str, shape: str, quick: bool, device: str, epochs: int, timeout
             note=f"{type(exc).__name__}: {exc} {err[-300:]}",
         )
         return
-    details[f"scale-{name}"] = res
+    details[f"scale-{name}" + ("-" + "-".join(env) if env else "")] = res
     label = f"scale {name} {res['m']:,}x{res['n']:,} {res['ratings']:,} r64 (s/epoch)"
     if env:
         label += " " + " ".join(f"{k}={v}" for k, v in env.items())
