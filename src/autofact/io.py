@@ -141,6 +141,7 @@ def _metadata(model: Any) -> dict[str, Any]:
         "user_ids_dtype": np.asarray(model.user_ids_).dtype.str,
         "item_ids_dtype": np.asarray(model.item_ids_).dtype.str,
         "global_mean": float(model.global_mean_),
+        "fallback_mean": float(getattr(model, "fallback_mean_", model.global_mean_)),
         "rating_range": [float(x) for x in model.rating_range_],
         "history": [
             {k: _json_scalar(v, "history") for k, v in rec.items()}
@@ -364,6 +365,7 @@ def _build(meta: dict[str, Any], arrays: dict[str, np.ndarray], name: str) -> An
     model.user_bias_ = arrays["user_bias"]
     model.item_bias_ = arrays["item_bias"]
     model.global_mean_ = float(meta["global_mean"])
+    model.fallback_mean_ = float(meta.get("fallback_mean", meta["global_mean"]))
     lo, hi = meta["rating_range"]
     model.rating_range_ = (float(lo), float(hi))
     model.user_ids_ = user_ids

@@ -197,15 +197,9 @@ class MatrixFactorization:
             bias=self.bias, device=self.device, dtype=self.dtype, max_memory=self.max_memory,
         )
         params = obj.init_params(self.rank, seed=self.seed, init_std=self.init_std)
-        self.user_ids_ = train.user_ids
-        self.item_ids_ = train.item_ids
-        self._train = train
-        self._seen_cache = None
-        self.global_mean_ = obj.mu
-        self.rating_range_ = (float(train.values.min()), float(train.values.max()))
-        self.solver_ = solver
-        self._objective = obj
-        self._params = params
+        rating_range = (float(train.values.min()), float(train.values.max()))
+        fallback = obj.mu if self.bias else obj._best_constant()
+        clips = _clips_loss(self.loss)
         val = None
         if validation is not None:
             v = as_ratings(validation, "validation")
@@ -214,7 +208,18 @@ class MatrixFactorization:
             else:
                 vu = train.user_index(v.user_ids[v.users], strict=False)
                 vi = train.item_index(v.item_ids[v.items], strict=False)
-            val = _Validation(vu, vi, v.values, obj, self.rating_range_, self._clips())
+            val = _Validation(vu, vi, v.values, obj, fallback, rating_range if clips else None)
+        # all checks passed: only now replace what an earlier fit left
+        self.user_ids_ = train.user_ids
+        self.item_ids_ = train.item_ids
+        self._train = train
+        self._seen_cache = None
+        self.global_mean_ = obj.mu
+        self.fallback_mean_ = fallback
+        self.rating_range_ = rating_range
+        self.solver_ = solver
+        self._objective = obj
+        self._params = params
         self.history_: list[dict[str, float]] = []
         bar = _progress(epochs) if self.verbose else None
 
@@ -258,7 +263,7 @@ class MatrixFactorization:
             )
 
     def _clips(self) -> bool:
-        return isinstance(self.loss, str) and self.loss in _REGRESSION_LOSSES
+        return _clips_loss(self.loss)
 
     def predict_indices(self, users: Any, items: Any) -> np.ndarray:
         """Raw model output for 0-based index arrays (no id lookup, no clipping)."""
@@ -286,11 +291,12 @@ class MatrixFactorization:
             out[known] = self.predict_indices(u[known], i[known])
         unknown = ~known
         if unknown.any():
-            fb = np.full(int(unknown.sum()), self.global_mean_, dtype=np.float64)
+            fb = np.full(int(unknown.sum()), getattr(self, "fallback_mean_", self.global_mean_),
+                         dtype=np.float64)
             uu, ii = u[unknown], i[unknown]
             fb += np.where(uu >= 0, self.user_bias_[np.maximum(uu, 0)], 0.0)
             fb += np.where(ii >= 0, self.item_bias_[np.maximum(ii, 0)], 0.0)
-            out[unknown] = np.clip(fb, *self.rating_range_)
+            out[unknown] = np.clip(fb, *self.rating_range_) if self._clips() else fb
             if warn:
                 warnings.warn(
                     f"{int(unknown.sum())} of {len(u)} pairs have a user or item that is not in "
@@ -419,15 +425,15 @@ class _Validation:
     :meth:`MatrixFactorization.predict` (unknown users/items: global mean + known bias)."""
 
     def __init__(self, u: np.ndarray, i: np.ndarray, y: np.ndarray, obj: Objective,
-                 rating_range: tuple[float, float], clip_known: bool) -> None:
+                 fallback: float, clip: tuple[float, float] | None) -> None:
         dev = obj.device
         self.u = torch.tensor(np.asarray(u), dtype=torch.int64, device=dev)
         self.i = torch.tensor(np.asarray(i), dtype=torch.int64, device=dev)
         self.y = torch.tensor(np.asarray(y), dtype=torch.float64, device=dev)
         self.known_u, self.known_i = self.u >= 0, self.i >= 0
         self.uu, self.ii = self.u.clamp_min(0), self.i.clamp_min(0)
-        self.range, self.clip_known = rating_range, clip_known
-        self.mu = obj.mu
+        self.clip = clip
+        self.mu, self.fallback = obj.mu, fallback
 
     @torch.no_grad()
     def rmse(self, params: dict[str, torch.Tensor]) -> float:
@@ -440,13 +446,24 @@ class _Validation:
             dot = (params["P"][u] * params["Q"][i]).sum(1).double()
             b_u = bu[u].double() * ku if bu is not None else 0.0
             b_i = bi[i].double() * ki if bi is not None else 0.0
-            base = self.mu + b_u + b_i
             known = ku & ki
-            pred = torch.where(known, base + dot, torch.as_tensor(base).clamp(*self.range))
-            if self.clip_known:
-                pred = pred.clamp(*self.range)
+            fb = torch.as_tensor(self.fallback + b_u + b_i, dtype=torch.float64)
+            if self.clip is not None:
+                fb = fb.clamp(*self.clip)
+            pred = torch.where(known, self.mu + b_u + b_i + dot, fb)
+            if self.clip is not None:
+                pred = pred.clamp(*self.clip)
             sq += ((pred - self.y[sl]) ** 2).sum()
         return float(torch.sqrt(sq / len(self.y)))
+
+
+def _clips_loss(loss: Any) -> bool:
+    """Whether predictions are ratings (clipped to the training range): the regression losses,
+    by name or as the library's own functions; a logit or log-rate is never clipped."""
+    from .losses import loss_spec
+
+    spec = loss_spec(loss)
+    return spec is not None and spec.get("name") in _REGRESSION_LOSSES
 
 
 def _same_ids(a: np.ndarray, b: np.ndarray) -> bool:

@@ -7,7 +7,9 @@
     \\qquad \\hat r_{ui} = \\mu + b^u_u + b^i_i + p_u \\cdot q_i
 
 with ``ell`` the loss (elementwise, any torch code), ``R`` the regularizer and the bias terms only
-when ``bias=True`` (``mu`` is then the weighted mean rating, held fixed). Every derivative of
+when ``bias=True`` (``mu`` is then the constant that minimizes the weighted loss, held fixed:
+the mean rating for the squared loss, the logit of the mean for the logistic, the log of the mean
+for Poisson). Every derivative of
 ``ell`` and ``R`` comes from autograd. The bilinear part ``p_u . q_i`` goes through
 :func:`autofact.sparse.gather_dot` (SDDMM forward, SpMM backward), one row block at a time, so the
 extra memory of a full gradient is bounded by ``max_memory`` whatever the number of ratings.
@@ -15,6 +17,7 @@ extra memory of a full gradient is bounded by ``max_memory`` whatever the number
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -153,9 +156,7 @@ class Objective:
         if global_mean is not None:
             self.mu = float(global_mean)
         elif self.bias:
-            w = ratings.weights
-            self.mu = float(np.average(ratings.values, weights=w) if w is not None and w.sum() > 0
-                            else ratings.values.mean())
+            self.mu = self._best_constant()
         else:
             self.mu = 0.0
         self.max_memory = int(max_memory)
@@ -166,6 +167,49 @@ class Objective:
         self.patterns = build_patterns(self.users, self.items, self.shape, self.max_nnz,
                                        keep_rows=self.keep_rows)
         self._items_T: list[Any] | None = None
+
+    def _best_constant(self, iters: int = 50) -> float:
+        """The constant prediction that minimizes the weighted loss: the mean rating for the
+        squared loss, the logit of the mean for the logistic, the log of the mean for Poisson.
+
+        Found by damped Newton steps on the scalar with autograd's derivatives (the loss stays
+        the user's own), starting from the mean rating.
+        """
+        w = self.weights
+        y = self.values.double()
+        mean = float((y * w.double()).sum() / w.double().sum()) if w is not None and float(
+            w.sum()) > 0 else float(y.mean())
+
+        def f(c: torch.Tensor) -> torch.Tensor:
+            out = self.loss(c.to(self.dtype).expand_as(self.values), self.values).double()
+            return (out * w.double()).sum() if w is not None else out.sum()
+
+        c = torch.tensor(mean, dtype=torch.float64, device=self.device)
+        value = float(f(c))
+        if not math.isfinite(value):
+            c = torch.zeros((), dtype=torch.float64, device=self.device)
+            value = float(f(c))
+        damping = 1e-9
+        for _ in range(iters):
+            x = c.detach().requires_grad_()
+            with torch.enable_grad():
+                (g,) = torch.autograd.grad(f(x), x, create_graph=True)
+                (h,) = torch.autograd.grad(g, x) if g.requires_grad else (torch.zeros_like(x),)
+            g, h = float(g.detach()), float(h.detach())
+            while damping < 1e12:
+                step = g / (max(h, 0.0) + damping * (1.0 + abs(h)))
+                trial = c - step
+                new = float(f(trial))
+                if math.isfinite(new) and new <= value:
+                    break
+                damping *= 10.0
+            else:
+                break
+            c, done = trial, value - new <= 1e-12 * (1.0 + abs(value))
+            value, damping = new, max(damping / 10.0, 1e-12)
+            if done:
+                break
+        return float(c) if math.isfinite(float(c)) else mean
 
     # ------------------------------------------------------------------ parameters
     def init_params(
