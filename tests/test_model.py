@@ -301,3 +301,68 @@ def test_fit_accepts_other_forms():
     D = np.array([[5.0, np.nan, 1.0], [4.0, 2.0, np.nan]])
     m = MatrixFactorization(rank=1, epochs=2, device="cpu").fit(D)
     assert m.user_factors_.shape == (2, 1) and m.item_factors_.shape == (3, 1)
+
+
+# ------------------------------------------------------------------------- review regressions
+def test_global_mean_minimizes_the_loss_for_a_log_link():
+    """Poisson counts with a large mean: mu is the log of the mean, not the mean (issue 2)."""
+    rng = np.random.default_rng(0)
+    u, i = np.nonzero(rng.random((60, 50)) < 0.3)
+    r = Ratings.from_coo(u, i, rng.poisson(110.0, len(u)).astype(float), shape=(60, 50))
+    for dtype in ("float32", "float64"):
+        m = MatrixFactorization(rank=2, loss="poisson", dtype=dtype, device="cpu").fit(r)
+        assert m.global_mean_ == pytest.approx(np.log(r.values.mean()), rel=1e-3)
+        assert np.exp(m.predict_indices(u, i)).mean() == pytest.approx(r.values.mean(), rel=0.05)
+
+
+def test_nonnegative_als_keeps_descending():
+    rng = np.random.default_rng(0)
+    W, H = rng.random((120, 4)), rng.random((90, 4))
+    u, i = np.nonzero(rng.random((120, 90)) < 0.3)
+    r = Ratings.from_coo(u, i, (W @ H.T)[u, i], shape=(120, 90))
+    m = MatrixFactorization(rank=4, solver="als", nonnegative=True, beta=0.1, epochs=25,
+                            bias=False, device="cpu").fit(r)
+    losses = [h["loss"] for h in m.history_]
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(losses[1:], losses[2:], strict=False))
+    assert (m.user_factors_ >= 0).all() and (m.item_factors_ >= 0).all()
+    assert m.score(r) < 0.1
+
+
+def test_unknown_pairs_without_bias_fall_back_to_the_mean():
+    rng = np.random.default_rng(0)
+    u, i = np.nonzero(rng.random((30, 20)) < 0.5)
+    r = Ratings.from_coo(u, i, rng.integers(1, 6, len(u)).astype(float), shape=(30, 20))
+    m = MatrixFactorization(rank=2, bias=False, epochs=3, device="cpu").fit(r)
+    with pytest.warns(UserWarning, match="not in the training data"):
+        assert m.predict([999], [0])[0] == pytest.approx(r.values.mean(), rel=1e-6)
+
+
+def test_a_failed_refit_leaves_the_previous_model_intact(lowrank):
+    train, _ = lowrank
+    m = MatrixFactorization(rank=3, epochs=2, device="cpu").fit(train)
+    before = m.predict_indices([0, 1], [0, 1])
+    other = Ratings.from_coo([0, 1], [0, 1], [1.0, 2.0], shape=(2, 2))
+    with pytest.raises(TypeError, match="validation must be an autofact.Ratings"):
+        m.fit(other, validation="bad")
+    assert m.user_ids_ is train.user_ids
+    np.testing.assert_array_equal(m.predict_indices([0, 1], [0, 1]), before)
+
+
+def test_clipping_follows_the_loss_not_its_spelling(tmp_path, lowrank):
+    train, _ = lowrank
+    by_name = MatrixFactorization(rank=2, loss="squared", epochs=2, device="cpu")
+    by_function = MatrixFactorization(rank=2, loss=autofact.losses.squared, epochs=2, device="cpu")
+    assert by_name._clips() and by_function._clips()
+    by_function.fit(train)
+    by_function.save(tmp_path / "m.npz")
+    again = autofact.load(tmp_path / "m.npz")
+    users, items = train.user_ids[train.users[:50]], train.item_ids[train.items[:50]]
+    np.testing.assert_array_equal(again.predict(users, items), by_function.predict(users, items))
+
+
+def test_als_rejects_a_learning_rate_and_lbfgs_a_projection(lowrank):
+    train, _ = lowrank
+    with pytest.raises(ValueError, match="lr=0.1 has no meaning for solver='als'"):
+        MatrixFactorization(solver="als", lr=0.1).fit(train)
+    with pytest.raises(ValueError, match="nonnegative=True does not combine with solver='lbfgs'"):
+        MatrixFactorization(solver="lbfgs", nonnegative=True).fit(train)

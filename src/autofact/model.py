@@ -53,7 +53,8 @@ class MatrixFactorization:
     epochs : passes over the data (``None``: the solver's default).
     batch_size : mini-batch size for ``'adam'``/``'sgd'`` (``None``: full batch for ``adam``).
     bias : learn a global mean and user/item biases.
-    nonnegative : project ``P`` and ``Q`` onto ``>= 0`` after every step.
+    nonnegative : project ``P`` and ``Q`` onto ``>= 0``: after each block of rows for ``als``,
+        after each epoch's step for the first-order solvers (not with ``lbfgs``).
     init_std : standard deviation of the random initial factors.
     seed : makes a CPU run repeatable.
     device : ``'auto'``, ``'cpu'`` or ``'cuda'``.
@@ -158,6 +159,16 @@ class MatrixFactorization:
             isinstance(self.batch_size, int | np.integer) and self.batch_size >= 1
         ):
             raise ValueError(f"batch_size must be a positive int or None, got {self.batch_size!r}")
+        if self.nonnegative and solver == "lbfgs":
+            raise ValueError(
+                "nonnegative=True does not combine with solver='lbfgs' (a projection breaks its "
+                "curvature pairs); use solver='als', 'adam' or 'gd'"
+            )
+        if self.lr is not None and solver == "als":
+            raise ValueError(
+                f"lr={self.lr!r} has no meaning for solver='als' (its Newton steps need no "
+                "learning rate); leave lr=None or pick a first-order solver"
+            )
         if self.batch_size is not None and solver in ("gd", "lbfgs", "als"):
             raise ValueError(
                 f"batch_size={self.batch_size!r} has no meaning for solver={solver!r}, which is "

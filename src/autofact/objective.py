@@ -168,7 +168,7 @@ class Objective:
                                        keep_rows=self.keep_rows)
         self._items_T: list[Any] | None = None
 
-    def _best_constant(self, iters: int = 50) -> float:
+    def _best_constant(self, iters: int = 100) -> float:
         """The constant prediction that minimizes the weighted loss: the mean rating for the
         squared loss, the logit of the mean for the logistic, the log of the mean for Poisson.
 
@@ -184,11 +184,11 @@ class Objective:
             out = self.loss(c.to(self.dtype).expand_as(self.values), self.values).double()
             return (out * w.double()).sum() if w is not None else out.sum()
 
-        c = torch.tensor(mean, dtype=torch.float64, device=self.device)
-        value = float(f(c))
-        if not math.isfinite(value):
-            c = torch.zeros((), dtype=torch.float64, device=self.device)
-            value = float(f(c))
+        # start from the better of the mean and zero (for a log link the mean is far off)
+        starts = [torch.tensor(x, dtype=torch.float64, device=self.device) for x in (mean, 0.0)]
+        values = [float(f(x)) for x in starts]
+        values = [v if math.isfinite(v) else math.inf for v in values]
+        c, value = (starts[0], values[0]) if values[0] <= values[1] else (starts[1], values[1])
         damping = 1e-9
         for _ in range(iters):
             x = c.detach().requires_grad_()

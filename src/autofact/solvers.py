@@ -89,7 +89,7 @@ def fit_params(
     gen = torch.Generator(device="cpu")
     if seed is not None:
         gen.manual_seed(int(seed) + 1)
-    step, checks_first = _make_step(obj, params, solver, lr, batch_size, gen)
+    step, checks_first = _make_step(obj, params, solver, lr, batch_size, gen, nonnegative)
     # Full-batch first-order steps check the objective and gradient before they touch the
     # parameters, so no copy is needed; the others keep a copy of the last finite parameters.
     good = None if checks_first else _snapshot(params)
@@ -106,10 +106,15 @@ def fit_params(
         if not finite:
             if good is not None:
                 _restore(params, good)
+            hint = (
+                "als takes no learning rate: try a larger beta, ratings on a smaller scale, or "
+                "solver='adam'" if solver == "als"
+                else f"Try a smaller learning rate, e.g. lr={lr / 10:g}"
+            )
             raise FitError(
-                f"the objective became {value} at epoch {epoch} with solver={solver!r}, lr={lr!r}; "
-                f"the last finite parameters (epoch {epoch - 1}) are kept. "
-                f"Try a smaller learning rate, e.g. lr={lr / 10:g}",
+                f"the objective became {value} at epoch {epoch} with solver={solver!r}"
+                + ("" if solver == "als" else f", lr={lr!r}")
+                + f"; the last finite parameters (epoch {epoch - 1}) are kept. {hint}",
                 epoch=epoch,
             )
         if good is not None:
@@ -134,6 +139,7 @@ def _make_step(
     lr: float,
     batch_size: int | None,
     gen: torch.Generator,
+    nonnegative: bool = False,
 ) -> tuple[Callable[[], float], bool]:
     """The epoch function, and whether it checks finiteness before updating the parameters."""
     plist = list(params.values())
@@ -143,7 +149,8 @@ def _make_step(
 
         reg_name = getattr(obj.reg, "__qualname__", "")
         quadratic = obj.loss is squared and reg_name.startswith(("l2(", "none("))
-        return _AlternatingNewton(obj, params, exact_quadratic=quadratic), False
+        return _AlternatingNewton(obj, params, exact_quadratic=quadratic,
+                                  nonnegative=nonnegative), False
     if solver == "lbfgs":
         opt: torch.optim.Optimizer = torch.optim.LBFGS(
             plist, lr=lr, max_iter=LBFGS_ITERS_PER_EPOCH, history_size=10,
@@ -220,8 +227,10 @@ class _AlternatingNewton:
     non-quadratic losses such as Huber or Poisson cannot overshoot.
     """
 
-    def __init__(self, obj: Objective, params: Params, exact_quadratic: bool) -> None:
+    def __init__(self, obj: Objective, params: Params, exact_quadratic: bool,
+                 nonnegative: bool = False) -> None:
         objT = obj.transposed()
+        self.nonnegative = nonnegative
         K = params["P"].shape[1] + (1 if "bu" in params else 0)
         # H, its Cholesky factor and the upper-triangle accumulator: about 3 K^2 floats a row
         max_rows = max(1, obj.max_memory // (3 * 8 * K * K))
@@ -309,6 +318,8 @@ class _AlternatingNewton:
             if not self.exact_quadratic:
                 step = step * self._backtrack(obj, pat, Xv, Ya, bias, step, grad)[:, None]
             X[rows] -= step[:, :k]
+            if self.nonnegative:  # project now, so the other side is solved against it
+                X[rows] = X[rows].clamp_min(0)
             if bias:
                 bx[rows] -= step[:, k]  # type: ignore[index]
         return float(loss)
