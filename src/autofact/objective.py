@@ -195,9 +195,9 @@ class Objective:
             with torch.enable_grad():
                 (g,) = torch.autograd.grad(f(x), x, create_graph=True)
                 (h,) = torch.autograd.grad(g, x) if g.requires_grad else (torch.zeros_like(x),)
-            g, h = float(g.detach()), float(h.detach())
+            gv, hv = float(g.detach()), float(h.detach())
             while damping < 1e12:
-                step = g / (max(h, 0.0) + damping * (1.0 + abs(h)))
+                step = gv / (max(hv, 0.0) + damping * (1.0 + abs(hv)))
                 trial = c - step
                 new = float(f(trial))
                 if math.isfinite(new) and new <= value:
