@@ -366,3 +366,27 @@ def test_als_rejects_a_learning_rate_and_lbfgs_a_projection(lowrank):
         MatrixFactorization(solver="als", lr=0.1).fit(train)
     with pytest.raises(ValueError, match="nonnegative=True does not combine with solver='lbfgs'"):
         MatrixFactorization(solver="lbfgs", nonnegative=True).fit(train)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [(dict(bias="no"), "bias must be True or False, got 'no'"),
+     (dict(seed="abc"), "seed must be an int or None, got 'abc'"),
+     (dict(nonnegative=1), "nonnegative must be True or False")],
+)
+def test_flags_and_seed_are_checked(lowrank, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MatrixFactorization(**kwargs).fit(lowrank[0])
+
+
+def test_numpy_scalars_are_accepted_and_index_errors_name_the_index(lowrank):
+    train, _ = lowrank
+    m = MatrixFactorization(rank=2, solver="adam", lr=np.float32(0.01), beta=np.float64(1.0),
+                            epochs=2, device="cpu").fit(train)
+    with pytest.raises(ValueError, match="user index 500 is out of range: expected 0 <= index < 500"):
+        m.predict_indices([500], [0])
+
+
+def test_dense_weights_of_the_wrong_shape():
+    with pytest.raises(ValueError, match=r"weights must have the shape of D \(2, 2\), got \(3,\)"):
+        Ratings.from_dense(np.ones((2, 2)), weights=np.ones(3))

@@ -33,6 +33,16 @@ def _as_float(values: Any, name: str) -> np.ndarray:
     return arr
 
 
+def _dense_weights(weights: Any, shape: tuple[int, ...]) -> np.ndarray:
+    w = np.asarray(weights)
+    if w.shape != tuple(shape):
+        raise ValueError(
+            f"weights must have the shape of D {tuple(shape)}, got {w.shape}; give one weight per "
+            "cell (cells that are missing are ignored)"
+        )
+    return w
+
+
 def _py(x: Any) -> Any:
     """A numpy scalar as the Python value, so messages read ``'u42'``, not ``np.str_('u42')``."""
     return x.item() if isinstance(x, np.generic) else x
@@ -217,7 +227,7 @@ class Ratings:
         rows, cols = np.nonzero(~mask)
         vals = _as_float(data[rows, cols], "D")
         _check_finite(vals, "D", lambda k: f"row {rows[k]}, column {cols[k]} (mask it if missing)")
-        w = None if weights is None else np.asarray(weights)[rows, cols]
+        w = None if weights is None else _dense_weights(weights, D.shape)[rows, cols]
         return cls(rows, cols, vals, shape=D.shape, weights=w, _sorted=True)
 
     @classmethod
@@ -230,7 +240,7 @@ class Ratings:
         rows, cols = np.nonzero(observed)
         vals = D[rows, cols]
         _check_finite(vals, "D", lambda k: f"row {rows[k]}, column {cols[k]}")
-        w = None if weights is None else np.asarray(weights)[rows, cols]
+        w = None if weights is None else _dense_weights(weights, D.shape)[rows, cols]
         return cls(rows, cols, vals, shape=D.shape, weights=w, _sorted=True)
 
     @classmethod

@@ -127,6 +127,12 @@ def _metadata(model: Any) -> dict[str, Any]:
                 "at module level in an importable module, or use a built-in name ('l2', 'l1', "
                 "'none') with beta="
             )
+    if "dtype" in params:  # torch / numpy dtypes that fit accepts, saved by name
+        from .objective import resolve_dtype
+
+        params["dtype"] = str(resolve_dtype(params["dtype"])).replace("torch.", "")
+    if "device" in params and not isinstance(params["device"], str):
+        params["device"] = str(params["device"])
     for name, value in params.items():
         params[name] = _json_scalar(value, f"hyper-parameter {name}")
     return {

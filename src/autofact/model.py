@@ -140,7 +140,15 @@ class MatrixFactorization:
         if not (isinstance(self.rank, int | np.integer) and not isinstance(self.rank, bool)
                 and self.rank >= 1):
             raise ValueError(f"rank must be a positive int, got {self.rank!r}")
-        if not (isinstance(self.beta, int | float) and math.isfinite(self.beta) and self.beta >= 0):
+        for flag in ("bias", "nonnegative", "strict", "verbose"):
+            if not isinstance(getattr(self, flag), bool | np.bool_):
+                raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+        if self.seed is not None and not (
+            isinstance(self.seed, int | np.integer) and not isinstance(self.seed, bool)
+        ):
+            raise ValueError(f"seed must be an int or None, got {self.seed!r}")
+        if not (isinstance(self.beta, int | float | np.floating) and math.isfinite(self.beta)
+                and self.beta >= 0):
             raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
         solver = self.solver
         if solver == "auto":
@@ -150,7 +158,7 @@ class MatrixFactorization:
         if solver not in SOLVERS:
             raise ValueError(f"solver must be 'auto' or one of {SOLVERS}, got {self.solver!r}")
         lr = DEFAULT_LR[solver] if self.lr is None else self.lr
-        if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        if not (isinstance(lr, int | float | np.floating) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         epochs = DEFAULT_EPOCHS[solver] if self.epochs is None else self.epochs
         if not (isinstance(epochs, int | np.integer) and epochs >= 1):
@@ -282,10 +290,13 @@ class MatrixFactorization:
         u = np.asarray(users, dtype=np.int64)
         i = np.asarray(items, dtype=np.int64)
         P, Q = self.user_factors_, self.item_factors_
-        if u.size and (u.min() < 0 or u.max() >= len(P)):
-            raise ValueError(f"user index out of range 0..{len(P) - 1}")
-        if i.size and (i.min() < 0 or i.max() >= len(Q)):
-            raise ValueError(f"item index out of range 0..{len(Q) - 1}")
+        for what, idx, size in (("user", u, len(P)), ("item", i, len(Q))):
+            bad = (idx < 0) | (idx >= size)
+            if bad.any():
+                raise ValueError(
+                    f"{what} index {int(idx[np.flatnonzero(bad)[0]])} is out of range: expected "
+                    f"0 <= index < {size} (use predict() for the user's own ids)"
+                )
         out = np.empty(len(u), dtype=np.float64)
         step = 1 << 16  # in slices, so the gathered rows stay small whatever the number of pairs
         for s in range(0, len(u), step):

@@ -14,7 +14,7 @@ global mean ``mu`` frozen, it solves
     \\min_{p, b} \\sum_{i \\in I} \\ell(\\mu + b + b^i_i + p \\cdot q_i,\\ r_i) + R(p) + R(b)
 
 with the model's own loss ``ell`` and regularizer ``R`` (the user's slice of the training
-objective), by L-BFGS with gradients from autograd. The result, a :class:`FoldedUser`, goes
+objective), by damped Newton steps with gradient and Hessian from autograd. The result, a :class:`FoldedUser`, goes
 wherever a user id goes in :meth:`~autofact.MatrixFactorization.recommend` and
 :meth:`~autofact.MatrixFactorization.score_items`.
 
@@ -135,7 +135,7 @@ class FoldedUser:
 
     ``factors`` (length ``rank``) and ``bias`` play the roles of a row of ``user_factors_`` and
     ``user_bias_``; ``seen`` holds the indices of the items the user rated (left out of their
-    recommendations), ``label`` whatever was passed as ``user``, and ``n_iter`` the L-BFGS
+    recommendations), ``label`` whatever was passed as ``user``, and ``n_iter`` the Newton
     iterations taken.
     """
 
