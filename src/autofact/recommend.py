@@ -14,8 +14,8 @@ global mean ``mu`` frozen, it solves
     \\min_{p, b} \\sum_{i \\in I} \\ell(\\mu + b + b^i_i + p \\cdot q_i,\\ r_i) + R(p) + R(b)
 
 with the model's own loss ``ell`` and regularizer ``R`` (the user's slice of the training
-objective), by damped Newton steps with gradient and Hessian from autograd. The result, a :class:`FoldedUser`, goes
-wherever a user id goes in :meth:`~autofact.MatrixFactorization.recommend` and
+objective), by damped Newton steps with gradient and Hessian from autograd. The result, a
+:class:`FoldedUser`, goes wherever a user id goes in :meth:`~autofact.MatrixFactorization.recommend` and
 :meth:`~autofact.MatrixFactorization.score_items`.
 
 >>> model.recommend(196, n=5)
