@@ -390,3 +390,10 @@ def test_numpy_scalars_are_accepted_and_index_errors_name_the_index(lowrank):
 def test_dense_weights_of_the_wrong_shape():
     with pytest.raises(ValueError, match=r"weights must have the shape of D \(2, 2\), got \(3,\)"):
         Ratings.from_dense(np.ones((2, 2)), weights=np.ones(3))
+
+
+def test_factories_named_by_path_are_called_with_their_defaults(lowrank):
+    train, _ = lowrank
+    m = MatrixFactorization(rank=2, epochs=2, solver="adam", loss="autofact.losses:huber",
+                            regularization="autofact.regularizers:l2", device="cpu").fit(train)
+    assert np.isfinite(m.user_factors_).all()

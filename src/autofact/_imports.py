@@ -41,3 +41,19 @@ def object_path(obj: Any) -> str | None:
     except ValueError:
         return None
     return f"{module}:{qualname}" if found is obj else None
+
+
+def call_if_factory(obj: Any, n_args: int) -> Any:
+    """A factory such as ``huber`` or ``l2`` named by path is called with its defaults: a loss
+    takes two required arguments and a regularizer one, a factory none."""
+    import inspect
+
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return obj
+    required = [
+        p for p in sig.parameters.values()
+        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return obj() if not required and n_args > 0 else obj

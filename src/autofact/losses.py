@@ -107,11 +107,10 @@ def get_loss(loss: str | Loss) -> Loss:
         if loss in LOSSES:
             return LOSSES[loss]
         if ":" in loss:
-            from ._imports import import_object
+            from ._imports import call_if_factory, import_object
 
-            obj = import_object(loss, what="loss")
             # a factory such as huber is called with its defaults
-            return obj
+            return call_if_factory(import_object(loss, what="loss"), 2)  # type: ignore[no-any-return]
     raise ValueError(
         f"loss must be one of {sorted(LOSSES)}, a 'module:function' path, or a callable "
         f"loss(pred, target); got {loss!r}"

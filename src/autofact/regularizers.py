@@ -60,9 +60,10 @@ def get_regularizer(reg: str | Regularizer | None, beta: float) -> Regularizer:
         if reg in REGULARIZERS:
             return REGULARIZERS[reg](beta)
         if ":" in reg:
-            from ._imports import import_object
+            from ._imports import call_if_factory, import_object
 
-            return import_object(reg, what="regularization")
+            # a factory such as l2 is called with its defaults
+            return call_if_factory(import_object(reg, what="regularization"), 1)  # type: ignore[no-any-return]
     elif callable(reg):
         return reg
     raise ValueError(
