@@ -397,3 +397,15 @@ def test_factories_named_by_path_are_called_with_their_defaults(lowrank):
     m = MatrixFactorization(rank=2, epochs=2, solver="adam", loss="autofact.losses:huber",
                             regularization="autofact.regularizers:l2", device="cpu").fit(train)
     assert np.isfinite(m.user_factors_).all()
+
+
+def test_rows_without_training_ratings_are_unknown():
+    """A split keeps the full shape: a user with no training rating is not 'known' (issue 2 §5)."""
+    r = Ratings.from_coo([0, 0, 1, 1], [0, 1, 0, 1], [4.0, 2.0, 5.0, 1.0], shape=(3, 3))
+    m = MatrixFactorization(rank=2, epochs=3, device="cpu").fit(r)
+    assert m.user_index([2], strict=False).tolist() == [-1]
+    assert m.item_index([2], strict=False).tolist() == [-1]
+    with pytest.raises(autofact.UnknownIdError, match="user 2 is not in the training data"):
+        m.user_index([2])
+    with pytest.warns(UserWarning, match="1 of 1 pairs"):
+        m.predict([2], [0])

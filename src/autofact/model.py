@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .data import Ratings, as_ratings
+from .errors import UnknownIdError
 from .losses import LOSSES, Loss
 from .objective import Objective, resolve_device, resolve_dtype
 from .regularizers import REGULARIZERS, Regularizer
@@ -233,6 +234,7 @@ class MatrixFactorization:
         self.item_ids_ = train.item_ids
         self._train = train
         self._seen_cache = None
+        self._counts_cache: tuple[np.ndarray, np.ndarray] | None = None
         self.global_mean_ = obj.mu
         self.fallback_mean_ = fallback
         self.rating_range_ = rating_range
@@ -348,14 +350,45 @@ class MatrixFactorization:
         return self._predict_index(u, i)
 
     def user_index(self, ids: Any, *, strict: bool = True) -> np.ndarray:
-        """0-based indices of user ids (-1 for unknown when ``strict=False``)."""
+        """0-based indices of user ids (-1 for unknown when ``strict=False``).
+
+        A user in the id map with no training rating (possible when the ratings keep a larger
+        shape, as the splits do) is unknown too.
+        """
         self._check_fitted()
-        return self._ratings_index().user_index(ids, strict=strict)
+        return self._known(self._ratings_index().user_index(ids, strict=strict), ids, "user",
+                           strict)
 
     def item_index(self, ids: Any, *, strict: bool = True) -> np.ndarray:
-        """0-based indices of item ids (-1 for unknown when ``strict=False``)."""
+        """0-based indices of item ids (-1 for unknown when ``strict=False``; see user_index)."""
         self._check_fitted()
-        return self._ratings_index().item_index(ids, strict=strict)
+        return self._known(self._ratings_index().item_index(ids, strict=strict), ids, "item",
+                           strict)
+
+    def _counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Training ratings per user and per item (from the seen pattern, so loaded models too)."""
+        counts: tuple[np.ndarray, np.ndarray] | None = getattr(self, "_counts_cache", None)
+        if counts is None:
+            seen = self._seen()
+            counts = (np.diff(seen.indptr),
+                      np.bincount(seen.indices, minlength=seen.shape[1]))
+            self._counts_cache = counts
+        return counts
+
+    def _known(self, idx: np.ndarray, ids: Any, what: str, strict: bool) -> np.ndarray:
+        counts = self._counts()[0 if what == "user" else 1]
+        empty = (idx >= 0) & (counts[np.maximum(idx, 0)] == 0)
+        if empty.any():
+            if strict:
+                k = int(np.flatnonzero(empty)[0])
+                seq = np.atleast_1d(np.asarray(ids, dtype=object))
+                label = seq[k] if len(seq) > k else ids
+                raise UnknownIdError(
+                    f"{what} {label!r} is not in the training data (it is in the id map but has "
+                    "no training rating)"
+                )
+            idx = np.where(empty, -1, idx)
+        return idx
 
     def _ratings_index(self) -> Ratings:
         r = getattr(self, "_train", None)
