@@ -153,14 +153,14 @@ class Objective:
         self.items = _tensor(ratings.items).to(dev)
         self.values = _tensor(ratings.values).to(dev, dt)
         self.weights = None if ratings.weights is None else _tensor(ratings.weights).to(dev, dt)
+        self.max_memory = int(max_memory)
+        self.max_nnz = max(1024, self.max_memory // _BYTES_PER_ENTRY)
         if global_mean is not None:
             self.mu = float(global_mean)
         elif self.bias:
             self.mu = self._best_constant()
         else:
             self.mu = 0.0
-        self.max_memory = int(max_memory)
-        self.max_nnz = max(1024, self.max_memory // _BYTES_PER_ENTRY)
         # the backward's transposes keep 4 bytes an entry, or 8 (faster) while that stays within
         # half of max_memory
         self.keep_rows = 8 * self.nnz <= int(max_memory) // 2
@@ -173,33 +173,49 @@ class Objective:
         squared loss, the logit of the mean for the logistic, the log of the mean for Poisson.
 
         Found by damped Newton steps on the scalar with autograd's derivatives (the loss stays
-        the user's own), starting from the mean rating.
+        the user's own), over the ratings in slices so its memory stays small.
         """
         w = self.weights
-        y = self.values.double()
-        mean = float((y * w.double()).sum() / w.double().sum()) if w is not None and float(
-            w.sum()) > 0 else float(y.mean())
+        y = self.values
+        step = max(1024, self.max_nnz)
+        num = den = 0.0
+        for s in range(0, len(y), step):  # the (weighted) mean, in slices
+            yy = y[s : s + step].double()
+            ww = w[s : s + step].double() if w is not None else torch.ones_like(yy)
+            num, den = num + float((yy * ww).sum()), den + float(ww.sum())
+        mean = num / den if den > 0 else float(y[: min(len(y), step)].double().mean())
 
-        def f(c: torch.Tensor) -> torch.Tensor:
-            out = self.loss(c.to(self.dtype).expand_as(self.values), self.values).double()
-            return (out * w.double()).sum() if w is not None else out.sum()
+        def part(x: torch.Tensor, s: int) -> torch.Tensor:
+            yy = y[s : s + step]
+            out = self.loss(x.to(self.dtype).expand_as(yy), yy).double()
+            return (out * w[s : s + step].double()).sum() if w is not None else out.sum()
+
+        def f(c: float) -> float:
+            x = torch.tensor(c, dtype=torch.float64, device=self.device)
+            with torch.no_grad():
+                return float(sum(float(part(x, s)) for s in range(0, len(y), step)))
+
+        def derivatives(c: float) -> tuple[float, float]:
+            g = h = 0.0
+            for s in range(0, len(y), step):
+                x = torch.tensor(c, dtype=torch.float64, device=self.device, requires_grad=True)
+                with torch.enable_grad():
+                    (d1,) = torch.autograd.grad(part(x, s), x, create_graph=True)
+                    (d2,) = torch.autograd.grad(d1, x) if d1.requires_grad else (torch.zeros(()),)
+                g, h = g + float(d1.detach()), h + float(d2.detach())
+            return g, h
 
         # start from the better of the mean and zero (for a log link the mean is far off)
-        starts = [torch.tensor(x, dtype=torch.float64, device=self.device) for x in (mean, 0.0)]
-        values = [float(f(x)) for x in starts]
-        values = [v if math.isfinite(v) else math.inf for v in values]
-        c, value = (starts[0], values[0]) if values[0] <= values[1] else (starts[1], values[1])
+        starts = [(x, f(x)) for x in (mean, 0.0)]
+        c, value = min(starts, key=lambda t: t[1] if math.isfinite(t[1]) else math.inf)
+        if not math.isfinite(value):
+            return mean
         damping = 1e-9
         for _ in range(iters):
-            x = c.detach().requires_grad_()
-            with torch.enable_grad():
-                (g,) = torch.autograd.grad(f(x), x, create_graph=True)
-                (h,) = torch.autograd.grad(g, x) if g.requires_grad else (torch.zeros_like(x),)
-            gv, hv = float(g.detach()), float(h.detach())
+            gv, hv = derivatives(c)
             while damping < 1e12:
-                step = gv / (max(hv, 0.0) + damping * (1.0 + abs(hv)))
-                trial = c - step
-                new = float(f(trial))
+                trial = c - gv / (max(hv, 0.0) + damping * (1.0 + abs(hv)))
+                new = f(trial)
                 if math.isfinite(new) and new <= value:
                     break
                 damping *= 10.0
@@ -209,7 +225,7 @@ class Objective:
             value, damping = new, max(damping / 10.0, 1e-12)
             if done:
                 break
-        return float(c) if math.isfinite(float(c)) else mean
+        return c if math.isfinite(c) else mean
 
     # ------------------------------------------------------------------ parameters
     def init_params(
