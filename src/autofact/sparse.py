@@ -66,30 +66,37 @@ class Pattern:
     def transpose(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(tcrow, trow, perm)`` of the block's transpose.
 
-        ``tcrow`` and ``perm`` are built on first use and kept (4 bytes an entry); ``trow``, the
-        block-local row of each transposed entry, is kept too when ``keep_rows`` (another 4 bytes
-        an entry), else recomputed from ``perm`` at each call (one gather).
+        ``perm`` is built on first use and kept (4 bytes an entry). With ``keep_rows`` the column
+        pointers ``tcrow`` and ``trow``, the block-local row of each transposed entry, are kept
+        too (another 4 bytes an entry); without, both are recomputed at each call (a count and
+        a gather), which keeps the memory of a large matrix at 4 bytes a rating.
         """
         if self._trow is not None:
             assert self._transpose is not None
             return self._transpose[0], self._trow, self._transpose[1]
         dev = self.col.device
+        idx = self.col.dtype
         if self._transpose is None:
-            idx = self.col.dtype
             # stable: rows stay sorted within a column
             perm = torch.sort(self.col.long(), stable=True).indices
-            tcrow = torch.zeros(self.n_cols + 1, dtype=torch.int64, device=dev)
-            torch.cumsum(torch.bincount(self.col.long(), minlength=self.n_cols), 0, out=tcrow[1:])
-            self._transpose = (tcrow.to(idx), perm.to(idx) if dev.type == "cpu" else perm)
+            self._transpose = (self._tcrow(), perm.to(idx) if dev.type == "cpu" else perm)
         tcrow, perm = self._transpose
         rows = torch.repeat_interleave(
-            torch.arange(self.row1 - self.row0, dtype=self.col.dtype, device=dev),
+            torch.arange(self.row1 - self.row0, dtype=idx, device=dev),
             torch.diff(self.crow), output_size=self.nnz,
         )
         trow = torch.index_select(rows, 0, perm)
         if self.keep_rows:
             self._trow = trow
+        else:
+            self._transpose = (torch.empty(0, dtype=idx, device=dev), perm)
+            tcrow = self._tcrow()
         return tcrow, trow, perm
+
+    def _tcrow(self) -> torch.Tensor:
+        tcrow = torch.zeros(self.n_cols + 1, dtype=torch.int64, device=self.col.device)
+        torch.cumsum(torch.bincount(self.col, minlength=self.n_cols), 0, out=tcrow[1:])
+        return tcrow.to(self.col.dtype)
 
     def csr(self, values: torch.Tensor) -> Any:
         return _csr(self.crow, self.col, values, (self.row1 - self.row0, self.n_cols))
