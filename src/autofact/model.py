@@ -239,7 +239,6 @@ class MatrixFactorization:
         self.fallback_mean_ = fallback
         self.rating_range_ = rating_range
         self.solver_ = solver
-        self._objective = obj
         self._params = params
         self.history_: list[dict[str, float]] = []
         bar = _progress(epochs) if self.verbose else None

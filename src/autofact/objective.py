@@ -17,6 +17,7 @@ extra memory of a full gradient is bounded by ``max_memory`` whatever the number
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._newton import damped_newton
 from .data import Ratings
 from .losses import Loss, get_loss
 from .regularizers import Regularizer, get_regularizer
@@ -166,7 +168,6 @@ class Objective:
         self.keep_rows = 8 * self.nnz <= int(max_memory) // 2
         self.patterns = build_patterns(self.users, self.items, self.shape, self.max_nnz,
                                        keep_rows=self.keep_rows)
-        self._items_T: list[Any] | None = None
 
     def _best_constant(self, iters: int = 100) -> float:
         """The constant prediction that minimizes the weighted loss: the mean rating for the
@@ -198,33 +199,20 @@ class Objective:
         def derivatives(c: float) -> tuple[float, float]:
             g = h = 0.0
             for s in range(0, len(y), step):
-                x = torch.tensor(c, dtype=torch.float64, device=self.device, requires_grad=True)
-                with torch.enable_grad():
-                    (d1,) = torch.autograd.grad(part(x, s), x, create_graph=True)
-                    (d2,) = torch.autograd.grad(d1, x) if d1.requires_grad else (torch.zeros(()),)
-                g, h = g + float(d1.detach()), h + float(d2.detach())
+                x = torch.tensor(c, dtype=torch.float64, device=self.device)
+                d1, d2, _ = _diagonal_derivatives(functools.partial(part, s=s), x)
+                g, h = g + float(d1), h + float(d2)
             return g, h
 
         # start from the better of the mean and zero (for a log link the mean is far off)
         starts = [(x, f(x)) for x in (mean, 0.0)]
-        c, value = min(starts, key=lambda t: t[1] if math.isfinite(t[1]) else math.inf)
-        if not math.isfinite(value):
+        c, start_value = min(starts, key=lambda t: t[1] if math.isfinite(t[1]) else math.inf)
+        if not math.isfinite(start_value):
             return mean
-        damping = 1e-9
-        for _ in range(iters):
-            gv, hv = derivatives(c)
-            while damping < 1e12:
-                trial = c - gv / (max(hv, 0.0) + damping * (1.0 + abs(hv)))
-                new = f(trial)
-                if math.isfinite(new) and new <= value:
-                    break
-                damping *= 10.0
-            else:
-                break
-            c, done = trial, value - new <= 1e-12 * (1.0 + abs(value))
-            value, damping = new, max(damping / 10.0, 1e-12)
-            if done:
-                break
+        x = torch.tensor([c], dtype=torch.float64)
+        damped_newton(lambda z: f(float(z[0])), lambda z: _as_newton(derivatives(float(z[0]))),
+                      x, iters, damping=1e-9, rtol=1e-12)
+        c = float(x[0])
         return c if math.isfinite(c) else mean
 
     # ------------------------------------------------------------------ parameters
@@ -261,15 +249,6 @@ class Objective:
         """``J(params)`` without gradients."""
         with torch.no_grad():
             return float(self._accumulate(params, backward=False))
-
-    def data_value(self, params: Params) -> float:
-        """The loss part of ``J`` alone (no regularization)."""
-        with torch.no_grad():
-            total = torch.zeros((), dtype=self.dtype, device=self.device)
-            for pat in self.patterns:
-                total = total + self.entry_loss(self._block_pred(params, pat), pat.start,
-                                                pat.stop).sum()
-            return float(total)
 
     def _block_pred(self, params: Params, pat: Any, local: bool = False) -> torch.Tensor:
         """Predictions of one block (``local``: ``P``/``bu`` hold only the block's rows)."""
@@ -335,15 +314,6 @@ class Objective:
             out = out * self.weights[idx]
         return out.sum() + self.regularization(params, scale=len(idx) / self.nnz)
 
-    # ------------------------------------------------------------------ prediction
-    def predict(self, params: Params, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            u, i = users.long(), items.long()
-            pred = (params["P"][u] * params["Q"][i]).sum(1) + self.mu
-            if self.bias:
-                pred = pred + params["bu"][u] + params["bi"][i]
-            return pred
-
     def entry_derivatives(
         self, pred: torch.Tensor, start: int, stop: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -353,52 +323,51 @@ class Objective:
         Both from autograd: the loss is elementwise, so its Hessian is diagonal and equals the
         gradient of ``sum(dl/dpred)``.
         """
-        with torch.enable_grad():
-            x = pred.detach().requires_grad_()
-            total = self.entry_loss(x, start, stop).sum()
-            (g1,) = torch.autograd.grad(total, x, create_graph=True)
-            if g1.requires_grad:
-                (g2,) = torch.autograd.grad(g1.sum(), x, allow_unused=True)
-                if g2 is None:
-                    g2 = torch.zeros_like(x)
-            else:
-                g2 = torch.zeros_like(x)
-        return g1.detach(), g2.detach(), total.detach()
+        x = pred.detach()
+        return _diagonal_derivatives(lambda z: self.entry_loss(z, start, stop).sum(), x)
 
     def reg_derivatives(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradient and Hessian diagonal of the regularizer at ``x`` (exact when separable)."""
-        with torch.enable_grad():
-            y = x.detach().requires_grad_()
-            out = self.reg(y)
-            if not out.requires_grad:  # a constant regularizer (e.g. 'none')
-                return torch.zeros_like(y), torch.zeros_like(y)
-            (g1,) = torch.autograd.grad(out, y, create_graph=True, allow_unused=True)
-            if g1 is None:
-                return torch.zeros_like(y), torch.zeros_like(y)
-            if g1.requires_grad:
-                (g2,) = torch.autograd.grad(g1.sum(), y, allow_unused=True)
-                if g2 is None:
-                    g2 = torch.zeros_like(y)
-            else:
-                g2 = torch.zeros_like(y)
-        return g1.detach(), g2.detach()
+        g1, g2, _ = _diagonal_derivatives(self.reg, x.detach())
+        return g1, g2
 
-    def transposed(self) -> Objective:
-        """The same objective with users and items swapped (for alternating solvers)."""
-        if self._items_T is None:
-            # entries are sorted by (user, item): a stable sort by item gives (item, user) order
-            order = torch.sort(self.items, stable=True).indices
-            t = object.__new__(Objective)
-            t.__dict__.update(self.__dict__)
-            t.users, t.items = self.items[order], self.users[order]
-            t.values = self.values[order]
-            t.weights = None if self.weights is None else self.weights[order]
-            t.shape = (self.shape[1], self.shape[0])
-            t.patterns = build_patterns(t.users, t.items, t.shape, self.max_nnz,
-                                        keep_rows=self.keep_rows)
-            t._items_T = [self]
-            self._items_T = [t]
-        return self._items_T[0]
+    def transposed(self, max_rows: int | None = None) -> Objective:
+        """The same objective with users and items swapped (for alternating solvers), its row
+        blocks capped at ``max_rows`` rows."""
+        # entries are sorted by (user, item): a stable sort by item gives (item, user) order
+        order = torch.sort(self.items, stable=True).indices
+        t = object.__new__(Objective)
+        t.__dict__.update(self.__dict__)
+        t.users, t.items = self.items[order], self.users[order]
+        t.values = self.values[order]
+        t.weights = None if self.weights is None else self.weights[order]
+        t.shape = (self.shape[1], self.shape[0])
+        t.patterns = build_patterns(t.users, t.items, t.shape, self.max_nnz,
+                                    keep_rows=self.keep_rows, max_rows=max_rows)
+        return t
 
 
-Callback = Callable[[dict[str, Any]], None]
+def _as_newton(gh: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    g, h = gh
+    return (torch.tensor([g], dtype=torch.float64), torch.tensor([[h]], dtype=torch.float64))
+
+
+def _diagonal_derivatives(
+    f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(df/dx, d2f/dx2 diagonal, f(x))`` by autograd, for an ``f`` that is a sum of
+    elementwise terms (its Hessian is then diagonal and equals the gradient of ``sum(df/dx)``).
+    A term that does not depend on ``x`` gives zeros."""
+    with torch.enable_grad():
+        y = x.requires_grad_()
+        value = f(y)
+        zeros = torch.zeros_like(y)
+        if not value.requires_grad:  # a constant (e.g. the 'none' regularizer)
+            return zeros, zeros.clone(), value.detach()
+        (g1,) = torch.autograd.grad(value, y, create_graph=True, allow_unused=True)
+        if g1 is None:
+            return zeros, zeros.clone(), value.detach()
+        g2 = None
+        if g1.requires_grad:
+            (g2,) = torch.autograd.grad(g1.sum(), y, allow_unused=True)
+    return g1.detach(), zeros if g2 is None else g2.detach(), value.detach()

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ._newton import damped_newton
 from .errors import FitError, UnknownIdError
 from .losses import get_loss
 from .regularizers import get_regularizer
@@ -521,7 +522,8 @@ def fold_in(
         return loss(pred, r).sum() + penalty
 
     with torch.enable_grad():
-        final, n_iter = _damped_newton(objective, x, max_iter)
+        final, n_iter = damped_newton(lambda z: float(objective(z)),
+                                      lambda z: _gradient_and_hessian(objective, z), x, max_iter)
     sol = x.detach().numpy().copy()
     if not (math.isfinite(final) and np.isfinite(sol).all()):
         raise FitError(
@@ -537,42 +539,10 @@ def fold_in(
     )
 
 
-def _damped_newton(
-    f: Any, x: torch.Tensor, max_iter: int
-) -> tuple[float, int]:
-    """Minimize ``f`` over the small vector ``x`` (in place) by Levenberg-damped Newton steps.
 
-    Gradient and Hessian come from autograd; a step is taken only if it lowers ``f``, else the
-    damping grows tenfold (so a loss without curvature, such as the absolute error, still
-    descends). Returns the final value and the iterations used.
-    """
+def _gradient_and_hessian(f: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     from torch.autograd.functional import hessian
 
-    eye = torch.eye(len(x), dtype=x.dtype)
-    value = float(f(x))
-    damping = 1e-8
-    it = 0
-    while it < max_iter:
-        it += 1
-        xg = x.detach().requires_grad_()
-        (g,) = torch.autograd.grad(f(xg), xg)
-        H = hessian(f, x.detach())
-        H = 0.5 * (H + H.T)
-        scale = 1.0 + float(H.diagonal().abs().max())
-        improved = False
-        while damping < 1e12:
-            step = torch.linalg.solve(H + damping * scale * eye, g)
-            new = float(f(x - step))
-            if math.isfinite(new) and new <= value:
-                improved = True
-                break
-            damping *= 10.0
-        if not improved:
-            break
-        x -= step
-        done = value - new <= 1e-13 * (1.0 + abs(value)) or float(step.abs().max()) < 1e-10
-        value = new
-        damping = max(damping / 10.0, 1e-12)
-        if done:
-            break
-    return value, it
+    xg = x.detach().requires_grad_()
+    (g,) = torch.autograd.grad(f(xg), xg)
+    return g, hessian(f, x.detach())

@@ -229,14 +229,14 @@ class _AlternatingNewton:
 
     def __init__(self, obj: Objective, params: Params, exact_quadratic: bool,
                  nonnegative: bool = False) -> None:
-        objT = obj.transposed()
         self.nonnegative = nonnegative
         K = params["P"].shape[1] + (1 if "bu" in params else 0)
         # H, its Cholesky factor and the upper-triangle accumulator: about 3 K^2 floats a row
         max_rows = max(1, obj.max_memory // (3 * 8 * K * K))
+        objT = obj.transposed(max_rows=max_rows)
         self.sides = [
-            (o, build_patterns(o.users, o.items, o.shape, o.max_nnz, max_rows=max_rows))
-            for o in (obj, objT)
+            (obj, build_patterns(obj.users, obj.items, obj.shape, obj.max_nnz, max_rows=max_rows)),
+            (objT, objT.patterns),
         ]
         self.obj = obj
         self.params = params

@@ -43,8 +43,9 @@ class Pattern:
     crow: torch.Tensor
     col: torch.Tensor
     keep_rows: bool = True
-    _transpose: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
-    _trow: torch.Tensor | None = field(default=None, repr=False)
+    _perm: torch.Tensor | None = field(default=None, repr=False)
+    _tcrow: torch.Tensor | None = field(default=None, repr=False)
+    _rows_t: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def nnz(self) -> int:
@@ -71,32 +72,22 @@ class Pattern:
         too (another 4 bytes an entry); without, both are recomputed at each call (a count and
         a gather), which keeps the memory of a large matrix at 4 bytes a rating.
         """
-        if self._trow is not None:
-            assert self._transpose is not None
-            return self._transpose[0], self._trow, self._transpose[1]
-        dev = self.col.device
-        idx = self.col.dtype
-        if self._transpose is None:
+        if self._perm is None:
             # stable: rows stay sorted within a column
             perm = torch.sort(self.col.long(), stable=True).indices
-            self._transpose = (self._tcrow(), perm.to(idx) if dev.type == "cpu" else perm)
-        tcrow, perm = self._transpose
-        rows = torch.repeat_interleave(
-            torch.arange(self.row1 - self.row0, dtype=idx, device=dev),
-            torch.diff(self.crow), output_size=self.nnz,
-        )
-        trow = torch.index_select(rows, 0, perm)
-        if self.keep_rows:
-            self._trow = trow
-        else:
-            self._transpose = (torch.empty(0, dtype=idx, device=dev), perm)
-            tcrow = self._tcrow()
-        return tcrow, trow, perm
-
-    def _tcrow(self) -> torch.Tensor:
+            self._perm = perm.to(self.col.dtype) if self.col.device.type == "cpu" else perm
+        if self._rows_t is not None and self._tcrow is not None:
+            return self._tcrow, self._rows_t, self._perm
         tcrow = torch.zeros(self.n_cols + 1, dtype=torch.int64, device=self.col.device)
         torch.cumsum(torch.bincount(self.col, minlength=self.n_cols), 0, out=tcrow[1:])
-        return tcrow.to(self.col.dtype)
+        rows = torch.repeat_interleave(
+            torch.arange(self.row1 - self.row0, dtype=self.col.dtype, device=self.col.device),
+            torch.diff(self.crow), output_size=self.nnz,
+        )
+        tcrow_i, trow = tcrow.to(self.col.dtype), torch.index_select(rows, 0, self._perm)
+        if self.keep_rows:
+            self._tcrow, self._rows_t = tcrow_i, trow
+        return tcrow_i, trow, self._perm
 
     def csr(self, values: torch.Tensor) -> Any:
         return _csr(self.crow, self.col, values, (self.row1 - self.row0, self.n_cols))
