@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._replay import record_gradient
 from .data import Ratings
 from .losses import get_loss
 from .regularizers import get_regularizer
@@ -68,24 +69,39 @@ def matrix_factorization_bgd(
     target = torch.from_numpy(ratings.values).to(tdtype)
     # P and Q live in one flat parameter vector X (as views), so that the post's penalty
     # beta/2 (||P||^2 + ||Q||^2) is the L2 regularizer applied once, to X, and one update
-    # X -= alpha * dX does both of the post's updates: fewer small ops for autograd to record.
+    # X -= alpha * dX does both of the post's updates.
     X = torch.cat([torch.tensor(P, dtype=tdtype).reshape(-1),
                    torch.tensor(Q, dtype=tdtype).reshape(-1)])
-    X.requires_grad_()
-    Pt, Qt = X[: P.size].view(P.shape), X[P.size :].view(Q.shape)
+    split = P.size
+
+    def objective(X: torch.Tensor) -> torch.Tensor:
+        Pt, Qt = X[:split].view(P.shape), X[split:].view(Q.shape)
+        return loss(torch.take(Pt @ Qt, observed), target).sum() + reg(X)
+
     lr = float(alpha)
+    steps = int(steps)
+    if m * n <= 65536 and steps > 1:
+        # Small matrices: eager autograd's bookkeeping (~100 us a backward) would dominate each
+        # step, so autograd's gradient program is recorded once and replayed in NumPy.
+        gradient = record_gradient(objective, X)
+        if gradient is not None:
+            x = X.numpy().copy()
+            with np.errstate(all="ignore"):  # a diverging run gives inf/nan, as in torch
+                for _ in range(steps):
+                    x -= lr * gradient(x)  # the post's update: P -= alpha * dP, Q -= alpha * dQ
+            return x[:split].reshape(P.shape).copy(), x[split:].reshape(Q.shape).copy()
+    X.requires_grad_()
     threads = torch.get_num_threads()
     if m * n <= 65536:
         torch.set_num_threads(1)  # tiny ops: thread hand-offs cost more than they save
     try:
-        for _ in range(int(steps)):
-            pred = torch.take(Pt @ Qt, observed)
-            J = loss(pred, target).sum() + reg(X)
+        for _ in range(steps):
+            J = objective(X)
             J.backward()
             with torch.no_grad():  # the post's update: P -= alpha * dP, Q -= alpha * dQ
                 X.sub_(X.grad, alpha=lr)  # type: ignore[arg-type]
             X.grad = None
     finally:
         torch.set_num_threads(threads)
-    Pt, Qt = X.detach()[: P.size].view(P.shape), X.detach()[P.size :].view(Q.shape)
-    return Pt.detach().numpy().copy(), Qt.detach().numpy().copy()
+    X = X.detach()
+    return X[:split].view(P.shape).numpy().copy(), X[split:].view(Q.shape).numpy().copy()
