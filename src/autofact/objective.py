@@ -29,7 +29,7 @@ from ._newton import damped_newton
 from .data import Ratings
 from .losses import Loss, get_loss
 from .regularizers import Regularizer, get_regularizer
-from .sparse import build_patterns, gather_dot
+from .sparse import build_patterns, gather_dot, prepare_transposes
 
 __all__ = ["Objective", "resolve_device", "resolve_dtype"]
 
@@ -234,6 +234,31 @@ class Objective:
         total = sum(self.reg(p) for p in params.values())
         return total * scale if scale != 1.0 else total  # type: ignore[return-value]
 
+    def _reg_slices(self, p: torch.Tensor) -> list[slice]:
+        """Row slices of ``p`` for the regularizer: several when it is separable (a sum over
+        entries, as the built-ins declare with ``reg.separable = True``) and ``p`` is large, so
+        that its autograd temporaries stay within ``max_memory`` rather than ~3x ``p``."""
+        per_row = max(1, p[0].numel()) if p.dim() else 1
+        rows = max(1, self.max_nnz // per_row)
+        if not getattr(self.reg, "separable", False) or p.dim() == 0 or p.shape[0] <= rows:
+            return [slice(None)]
+        return [slice(s, s + rows) for s in range(0, p.shape[0], rows)]
+
+    def _regularize_into(self, params: Params, grads: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The regularizer's value; its gradient is added to ``grads`` (by autograd, a slice at a
+        time for a separable regularizer)."""
+        total = torch.zeros((), dtype=self.dtype, device=self.device)
+        for name, p in params.items():
+            for rows in self._reg_slices(p):
+                leaf = p[rows].detach().requires_grad_()
+                with torch.enable_grad():
+                    r = self.reg(leaf)
+                if r.requires_grad:
+                    (g,) = torch.autograd.grad(r, leaf)
+                    grads[name][rows] += g
+                total += r.detach()
+        return total
+
     # ------------------------------------------------------------------ per-entry pieces
     def entry_loss(self, pred: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         out = self.loss(pred, self.values[start:stop])
@@ -250,11 +275,13 @@ class Objective:
         with torch.no_grad():
             return float(self._accumulate(params, backward=False))
 
-    def _block_pred(self, params: Params, pat: Any, local: bool = False) -> torch.Tensor:
-        """Predictions of one block (``local``: ``P``/``bu`` hold only the block's rows)."""
-        rows = slice(None) if local else slice(pat.row0, pat.row1)
+    def _block_pred(self, params: Params, pat: Any,
+                    into: tuple[torch.Tensor | None, ...] | None = None) -> torch.Tensor:
+        """Predictions of one block (``into``: see :func:`gather_dot`)."""
+        rows = slice(pat.row0, pat.row1)
         bu, bi = params.get("bu"), params.get("bi")
-        pred = gather_dot(params["P"][rows], params["Q"], pat, None if bu is None else bu[rows], bi)
+        pred = gather_dot(params["P"][rows], params["Q"], pat, None if bu is None else bu[rows], bi,
+                          into=into)
         return pred + self.mu if self.mu else pred
 
     def _accumulate(self, params: Params, backward: bool) -> torch.Tensor:
@@ -262,41 +289,33 @@ class Objective:
             total = torch.zeros((), dtype=self.dtype, device=self.device)
             for pat in self.patterns:
                 total += self.entry_loss(self._block_pred(params, pat), pat.start, pat.stop).sum()
-            return total + self.regularization(params)
-        # Each block's rows are a leaf view of their own, so a block's backward writes only its
-        # rows (a slice of the full matrix would get a full-size zero gradient per block); the
-        # column-side tensors are shared leaves whose gradients accumulate over the blocks.
+            return total + sum(self.reg(p[rows]) for p in params.values()
+                               for rows in self._reg_slices(p))
+        # Each block's backward adds its gradients straight into the full gradient buffers
+        # (gather_dot's ``into``): its rows' slice for P and bu, the whole of Q and bi. The block
+        # works on detached leaves, so autograd itself allocates no gradient tensors.
+        if "Q" in params and params["Q"].requires_grad:
+            prepare_transposes(self.patterns)
         grads: dict[str, torch.Tensor] = {
             k: torch.zeros_like(v) if v.grad is None else v.grad for k, v in params.items()
         }
-        cols: dict[str, torch.Tensor] = {
-            k: params[k].detach().requires_grad_() for k in ("Q", "bi") if k in params
-        }
-        for name, leaf in cols.items():
-            leaf.grad = grads[name]  # blocks accumulate into it in place (no extra copy)
+        leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
         total = torch.zeros((), dtype=self.dtype, device=self.device)
         with torch.enable_grad():
             for pat in self.patterns:
                 rows = slice(pat.row0, pat.row1)
-                block: dict[str, torch.Tensor] = {
-                    k: params[k][rows].detach().requires_grad_() for k in ("P", "bu") if k in params
-                }
-                s = self.entry_loss(self._block_pred({**block, **cols}, pat, local=True),
-                                    pat.start, pat.stop).sum()
+                into = tuple(
+                    None if k not in grads else grads[k][rows] if k in ("P", "bu") else grads[k]
+                    for k in ("P", "Q", "bu", "bi")
+                )
+                s = self.entry_loss(self._block_pred(leaves, pat, into=into), pat.start,
+                                    pat.stop).sum()
                 s.backward()
-                for name, leaf in block.items():
-                    if leaf.grad is not None:
-                        grads[name][rows] += leaf.grad
                 total += s.detach()
-            for name, leaf in cols.items():
-                if leaf.grad is not None and leaf.grad is not grads[name]:
-                    grads[name].copy_(leaf.grad)  # autograd replaced it: it holds the full sum
-            for name, param in params.items():
-                param.grad = grads[name]
-            reg = self.regularization(params)
-            if reg.requires_grad:
-                reg.backward()
-        return total + reg.detach()
+        reg = self._regularize_into(params, grads)
+        for name, param in params.items():
+            param.grad = grads[name]
+        return total + reg
 
     # ------------------------------------------------------------------ mini-batches
     def batch_loss(self, params: Params, idx: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,10 @@
 ``l2(beta)`` is the post's ``beta/2 * ||X||^2``. Names given to the model are turned into these with
 the model's strength ``beta``; a callable is used as it is (it carries its own strength).
 
+A regularizer that is a sum over its entries may say so with ``reg.separable = True`` (the
+built-ins do): the library then applies it to large parameters a slice of rows at a time, which
+bounds the memory of its autograd temporaries.
+
 >>> import torch
 >>> l2(0.5)(torch.ones(2, 2))
 tensor(1.)
@@ -26,6 +30,7 @@ def l2(beta: float = 0.02) -> Regularizer:
         return 0.5 * beta * (x * x).sum()
 
     l2_reg.__qualname__ = f"l2(beta={beta!r})"
+    l2_reg.separable = True  # type: ignore[attr-defined]
     return l2_reg
 
 
@@ -36,6 +41,7 @@ def l1(beta: float = 0.02) -> Regularizer:
         return beta * x.abs().sum()
 
     l1_reg.__qualname__ = f"l1(beta={beta!r})"
+    l1_reg.separable = True  # type: ignore[attr-defined]
     return l1_reg
 
 
@@ -46,6 +52,7 @@ def none(beta: float = 0.0) -> Regularizer:
         return x.new_zeros(())
 
     no_reg.__qualname__ = "none()"
+    no_reg.separable = True  # type: ignore[attr-defined]
     return no_reg
 
 
