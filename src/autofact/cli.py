@@ -408,10 +408,25 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         "device": args.device, "dtype": args.dtype,
     }
     params = {k: v for k, v in given.items() if v is not None}
-    model = MatrixFactorization(verbose=not args.quiet, **params)
+    shared = int(os.environ.get("WORLD_SIZE", "1")) > 1  # started by torchrun
+    main_process = True
+    if shared:
+        from . import distributed
+
+        distributed.init()
+        main_process = distributed.is_main_process()
+    model = MatrixFactorization(verbose=not args.quiet and main_process, **params)
     start = time.perf_counter()
-    model.fit(train, validation=test)
+    if shared:
+        try:
+            distributed.fit(model, train, validation=test)
+        finally:
+            distributed.shutdown()  # no collective work follows
+    else:
+        model.fit(train, validation=test)
     seconds = time.perf_counter() - start
+    if not main_process:  # every process holds the same model; the first one reports it
+        return ExitStatus.OK
     model.set_params(verbose=False)  # a loaded model stays quiet unless asked
     model.save(args.out)
     metrics = evaluate(model, test, k=args.k, threshold=args.threshold) if test is not None \

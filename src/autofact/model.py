@@ -212,7 +212,9 @@ class MatrixFactorization:
         train = as_ratings(ratings, "ratings")
         if self.seed is not None:
             torch.manual_seed(int(self.seed))
-        obj = Objective(
+        # autofact.distributed.fit swaps in its sharded objective here, for one call
+        make_objective = getattr(self, "_objective_type", Objective)
+        obj = make_objective(
             train, loss=self.loss, regularization=self.regularization, beta=self.beta,
             bias=self.bias, device=self.device, dtype=self.dtype, max_memory=self.max_memory,
         )

@@ -169,6 +169,18 @@ class Objective:
         self.patterns = build_patterns(self.users, self.items, self.shape, self.max_nnz,
                                        keep_rows=self.keep_rows)
 
+    #: Whether this objective adds the regularizer (a sharded objective adds it on one process).
+    _owns_regularizer = True
+
+    def _all_sum(self, tensors: list[torch.Tensor]) -> None:
+        """Sum ``tensors`` in place over every process sharing the objective: a no-op here;
+        :mod:`autofact.distributed` overrides it with an all-reduce."""
+
+    def _all_sum_float(self, x: float) -> float:
+        t = torch.tensor([x], dtype=torch.float64, device=self.device)
+        self._all_sum([t])
+        return float(t[0])
+
     def _best_constant(self, iters: int = 100) -> float:
         """The constant prediction that minimizes the weighted loss: the mean rating for the
         squared loss, the logit of the mean for the logistic, the log of the mean for Poisson.
@@ -184,6 +196,7 @@ class Objective:
             yy = y[s : s + step].double()
             ww = w[s : s + step].double() if w is not None else torch.ones_like(yy)
             num, den = num + float((yy * ww).sum()), den + float(ww.sum())
+        num, den = self._all_sum_float(num), self._all_sum_float(den)
         mean = num / den if den > 0 else float(y[: min(len(y), step)].double().mean())
 
         def part(x: torch.Tensor, s: int) -> torch.Tensor:
@@ -194,7 +207,7 @@ class Objective:
         def f(c: float) -> float:
             x = torch.tensor(c, dtype=torch.float64, device=self.device)
             with torch.no_grad():
-                return float(sum(float(part(x, s)) for s in range(0, len(y), step)))
+                return self._all_sum_float(sum(float(part(x, s)) for s in range(0, len(y), step)))
 
         def derivatives(c: float) -> tuple[float, float]:
             g = h = 0.0
@@ -202,7 +215,9 @@ class Objective:
                 x = torch.tensor(c, dtype=torch.float64, device=self.device)
                 d1, d2, _ = _diagonal_derivatives(functools.partial(part, s=s), x)
                 g, h = g + float(d1), h + float(d2)
-            return g, h
+            gh = torch.tensor([g, h], dtype=torch.float64, device=self.device)
+            self._all_sum([gh])
+            return float(gh[0]), float(gh[1])
 
         # start from the better of the mean and zero (for a log link the mean is far off)
         starts = [(x, f(x)) for x in (mean, 0.0)]
@@ -289,8 +304,11 @@ class Objective:
             total = torch.zeros((), dtype=self.dtype, device=self.device)
             for pat in self.patterns:
                 total += self.entry_loss(self._block_pred(params, pat), pat.start, pat.stop).sum()
-            return total + sum(self.reg(p[rows]) for p in params.values()
-                               for rows in self._reg_slices(p))
+            if self._owns_regularizer:
+                total += sum(self.reg(p[rows]) for p in params.values()
+                             for rows in self._reg_slices(p))
+            self._all_sum([total])
+            return total
         # Each block's backward adds its gradients straight into the full gradient buffers
         # (gather_dot's ``into``): its rows' slice for P and bu, the whole of Q and bi. The block
         # works on detached leaves, so autograd itself allocates no gradient tensors.
@@ -312,10 +330,12 @@ class Objective:
                                     pat.stop).sum()
                 s.backward()
                 total += s.detach()
-        reg = self._regularize_into(params, grads)
+        if self._owns_regularizer:
+            total += self._regularize_into(params, grads)
+        self._all_sum([total, *grads.values()])
         for name, param in params.items():
             param.grad = grads[name]
-        return total + reg
+        return total
 
     # ------------------------------------------------------------------ mini-batches
     def batch_loss(self, params: Params, idx: torch.Tensor) -> torch.Tensor:

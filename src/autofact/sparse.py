@@ -169,10 +169,13 @@ def _product(A: Any, B: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor 
     no result-sized temporary, and on the CPU several times faster for the transposed product."""
     if out is None:
         return A @ B if B.dim() == 2 else torch.mv(A, B)
-    if B.dim() == 2:
-        out.addmm_(A, B)
-    else:
-        out.addmv_(A, B)
+    try:
+        if B.dim() == 2:
+            out.addmm_(A, B)
+        else:
+            out.addmv_(A, B)
+    except (NotImplementedError, RuntimeError):  # a build without the in-place sparse kernel
+        out += A @ B if B.dim() == 2 else torch.mv(A, B)
     return None
 
 

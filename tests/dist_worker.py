@@ -1,0 +1,37 @@
+"""Run by tests/test_distributed.py under torchrun: fit on shared ratings, rank 0 saves the result.
+
+    torchrun --standalone --nproc-per-node 2 tests/dist_worker.py OUT.npz SOLVER
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+import autofact
+from autofact import distributed
+
+
+def planted(seed: int = 0, m: int = 60, n: int = 40, k: int = 3):
+    rng = np.random.default_rng(seed)
+    mask = rng.random((m, n)) < 0.4
+    u, i = np.nonzero(mask)
+    X = rng.normal(size=(m, k)) @ rng.normal(size=(k, n)) + 3
+    return autofact.Ratings.from_coo(u, i, X[u, i], shape=(m, n))
+
+
+def model(solver: str) -> autofact.MatrixFactorization:
+    return autofact.MatrixFactorization(rank=3, solver=solver, epochs=15, seed=0, beta=0.5,
+                                        bias=True, dtype="float64", device="cpu")
+
+
+if __name__ == "__main__":
+    out, solver = sys.argv[1], sys.argv[2]
+    rank, world = distributed.init()
+    fitted = distributed.fit(model(solver), planted())
+    if distributed.is_main_process():
+        np.savez(out, P=fitted.user_factors_, Q=fitted.item_factors_, bu=fitted.user_bias_,
+                 bi=fitted.item_bias_, loss=[h["loss"] for h in fitted.history_], world=world,
+                 mu=fitted.global_mean_)
+    distributed.shutdown()
