@@ -17,9 +17,6 @@ import torch
 
 __all__ = ["Pattern", "gather_dot", "build_patterns", "prepare_transposes"]
 
-_ONES: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
-
-
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "sparse CSR support is in beta" is not the user's concern
@@ -54,15 +51,6 @@ class Pattern:
     @property
     def stop(self) -> int:
         return self.start + self.nnz
-
-    def ones(self, dtype: torch.dtype) -> torch.Tensor:
-        """All-ones values for the SDDMM's input pattern (a slice of one shared buffer)."""
-        key = (dtype, self.col.device)
-        buf = _ONES.get(key)
-        if buf is None or buf.numel() < self.nnz:
-            buf = torch.ones(max(self.nnz, 1024), dtype=dtype, device=self.col.device)
-            _ONES[key] = buf
-        return buf[: self.nnz]
 
     def transpose(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(tcrow, trow, perm)`` of the block's transpose.
@@ -192,11 +180,17 @@ class _GatherDot(torch.autograd.Function):
     ) -> torch.Tensor:
         ctx.pattern, ctx.into = pattern, into
         ctx.save_for_backward(P, Q)
+        # The SDDMM writes into a fresh CSR of the pattern (out= its own input): called with a
+        # separate input it would first copy the input's indices and values. beta=0 still reads
+        # the input (0 * NaN is NaN), hence zeros.
+        out = torch.zeros(pattern.nnz, dtype=P.dtype, device=P.device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            out = torch.sparse.sampled_addmm(
-                pattern.csr(pattern.ones(P.dtype)), P, Q.t(), beta=0.0
-            ).values()
+            S = pattern.csr(out)
+            try:
+                torch.sparse.sampled_addmm(S, P, Q.t(), beta=0.0, out=S)
+            except (NotImplementedError, RuntimeError):  # a build without the in-place form
+                out = torch.sparse.sampled_addmm(S, P, Q.t(), beta=0.0).values()
         if bu is not None:
             out += torch.repeat_interleave(bu, torch.diff(pattern.crow), output_size=pattern.nnz)
         if bi is not None:
