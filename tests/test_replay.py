@@ -110,18 +110,3 @@ def test_bgd_eager_fallback_gives_the_replayed_answer(monkeypatch):
     for a, b, c in zip(replayed, eager, reference, strict=True):
         np.testing.assert_allclose(a, c, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(b, c, rtol=1e-10, atol=1e-12)
-
-
-def test_bgd_replay_does_not_import_torch_compile():
-    """Recording must not pull in torch._dynamo (2 s and 70 MB on first use)."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, numpy as np, autofact\n"
-        "D = np.ma.masked_equal([[5., 3, 0, 1], [4, 0, 0, 1]], 0)\n"
-        "autofact.matrix_factorization_bgd(D, np.ones((2, 2)), np.ones((2, 4)), steps=3)\n"
-        "print(any(m.startswith('torch._dynamo') for m in sys.modules))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"

@@ -42,13 +42,16 @@ def test_descent_is_torch_optim_sgd():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_adam_fit_does_not_import_torch_compile():
-    """torch.optim's step imports torch._dynamo (1.6 s, ~70 MB) on first use; ours does not."""
+def test_first_order_fits_and_the_post_do_not_import_torch_compile():
+    """torch.optim's step and torch.fx's tracer import torch._dynamo (1.6 s, ~70 MB) on first
+    use; the first-order solvers and the post's recorded gradient do not."""
     code = (
         "import sys, numpy as np, autofact\n"
         "r = autofact.Ratings.from_coo([0, 1, 2], [0, 1, 0], [1., 2., 3.], shape=(3, 2))\n"
         "for s in ('adam', 'gd', 'sgd'):\n"
         "    autofact.MatrixFactorization(rank=2, solver=s, epochs=2).fit(r)\n"
+        "D = np.ma.masked_equal([[5., 3, 0, 1], [4, 0, 0, 1]], 0)\n"
+        "autofact.matrix_factorization_bgd(D, np.ones((2, 2)), np.ones((2, 4)), steps=3)\n"
         "print(any(m.startswith('torch._dynamo') for m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
