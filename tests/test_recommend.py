@@ -352,3 +352,26 @@ def test_fold_in_max_iter_error(planted):
     model, _ = planted
     with pytest.raises(ValueError, match="max_iter must be a positive int, got 0"):
         model.fold_in({100: 5.0}, max_iter=0)
+
+
+def test_items_without_training_ratings_are_never_ranked():
+    """An item inside the shape but without a training rating keeps its random initial factors:
+    recommend, recommend_batch, similar_items and fold-in recommendations leave it out, and
+    score_items gives it predict's fallback (regression for a leftover noted in issue 4's stop)."""
+    rng = np.random.default_rng(0)
+    u = np.repeat(np.arange(8), 4)
+    i = np.concatenate([rng.choice(5, 4, replace=False) for _ in range(8)])  # items 5, 6 unrated
+    r = Ratings.from_coo(u, i, rng.uniform(1, 5, len(u)), shape=(8, 7))
+    model = MatrixFactorization(rank=3, seed=0, init_std=3.0, device="cpu").fit(r)
+    unrated = {5, 6}
+    for user in range(8):
+        assert not unrated & set(model.recommend(user, n=7, exclude_seen=False).items.tolist())
+    for recs in model.recommend_batch(list(range(8)), n=7, exclude_seen=False):
+        assert not unrated & set(recs.items.tolist())
+    assert not unrated & set(model.similar_items(0, n=7).items.tolist())
+    folded = model.fold_in({0: 5.0, 1: 1.0})
+    assert not unrated & set(model.recommend(folded, n=7, exclude_seen=False).items.tolist())
+    scores = model.score_items(2)
+    with pytest.warns(UserWarning, match="not in the training data"):
+        fallback = model.predict([2, 2], [5, 6])
+    np.testing.assert_allclose(scores[[5, 6]], fallback)

@@ -212,6 +212,12 @@ def _folded_scores(model: MatrixFactorization, user: FoldedUser) -> np.ndarray:
     return Q @ np.asarray(user.factors, dtype=np.float64) + bi + (model.global_mean_ + user.bias)
 
 
+def _unrated_items(model: MatrixFactorization) -> np.ndarray:
+    """Indices of the items with no training rating (possible when the shape was given larger
+    than the data): their factors are the random start, so they are never ranked."""
+    return np.flatnonzero(model._counts()[1] == 0)
+
+
 def _top_rows(S: np.ndarray, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per row, the indices of the ``n`` largest finite entries, best first (ties: lower index)."""
     n_cols = S.shape[1]
@@ -263,6 +269,7 @@ def top_items(
     for start in range(0, len(users), block):
         u = users[start : start + block]
         S = _user_scores(model, u)
+        S[:, _unrated_items(model)] = -np.inf
         for mask in (seen, extra_csr):
             if mask is not None:
                 coo = mask[u].tocoo()
@@ -302,6 +309,7 @@ def recommend(
     if isinstance(user, FoldedUser):
         _check_folded(model, user)
         S = _folded_scores(model, user)
+        S[_unrated_items(model)] = -np.inf
         if exclude_seen:
             S[user.seen] = -np.inf
         it, sc = _top_rows(S[None, :], n)
@@ -380,6 +388,7 @@ def similar_items(model: MatrixFactorization, item: Any, n: int = 10) -> Similar
     Qn = Q / np.where(norms > 0, norms, 1.0)[:, None]
     S = Qn @ Qn[idx]
     S[idx] = -np.inf
+    S[_unrated_items(model)] = -np.inf
     it, sc = _top_rows(S[None, :], n)
     return SimilarItems(item, model.item_ids_[it[0]], sc[0])
 
@@ -387,7 +396,8 @@ def similar_items(model: MatrixFactorization, item: Any, n: int = 10) -> Similar
 def score_items(model: MatrixFactorization, user: Any, items: Any = None) -> np.ndarray:
     """Predicted ratings of one user id or :class:`FoldedUser` for ``items`` (ids; ``None``: every
     item, in the order of ``model.item_ids_``), clipped like :meth:`predict` for regression
-    losses. Unknown ids raise :class:`~autofact.UnknownIdError`."""
+    losses. Unknown ids raise :class:`~autofact.UnknownIdError`; with ``items=None``, an item
+    without training ratings gets predict's fallback (global mean and the user's bias)."""
     model._check_fitted()
     if isinstance(user, FoldedUser):
         _check_folded(model, user)
@@ -405,7 +415,11 @@ def score_items(model: MatrixFactorization, user: Any, items: Any = None) -> np.
                 "model.fold_in(their_ratings) to score them"
             )
         S = _user_scores(model, np.array([idx]))[0]
-    if items is not None:
+    if items is None:  # items with no training rating: predict's fallback, as for any unknown
+        unrated = _unrated_items(model)
+        bu = user.bias if isinstance(user, FoldedUser) else model.user_bias_[idx]
+        S[unrated] = getattr(model, "fallback_mean_", model.global_mean_) + bu
+    else:
         S = S[model.item_index(items, strict=True)]
     if model._clips():
         S = np.clip(S, *model.rating_range_)
