@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import torch
 
 import autofact
 from autofact import distributed
@@ -26,12 +27,23 @@ def model(solver: str) -> autofact.MatrixFactorization:
                                         bias=True, dtype="float64", device="cpu")
 
 
+def gradient_on_held_grads(objective_type):
+    """The gradient ``value_and_grad`` accumulates onto ``.grad`` tensors that already hold ones."""
+    obj = objective_type(planted(), bias=True, beta=0.5, dtype="float64")
+    params = obj.init_params(3, seed=0)
+    for p in params.values():
+        p.grad = torch.ones_like(p)
+    obj.value_and_grad(params)
+    return {f"grad_{k}": p.grad.numpy() for k, p in params.items()}
+
+
 if __name__ == "__main__":
     out, solver = sys.argv[1], sys.argv[2]
     rank, world = distributed.init()
     fitted = distributed.fit(model(solver), planted())
+    grads = gradient_on_held_grads(distributed._ShardObjective)
     if distributed.is_main_process():
         np.savez(out, P=fitted.user_factors_, Q=fitted.item_factors_, bu=fitted.user_bias_,
                  bi=fitted.item_bias_, loss=[h["loss"] for h in fitted.history_], world=world,
-                 mu=fitted.global_mean_)
+                 mu=fitted.global_mean_, **grads)
     distributed.shutdown()

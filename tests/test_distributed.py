@@ -13,8 +13,9 @@ import torch.distributed as dist
 
 import autofact
 from autofact import distributed
+from autofact.objective import Objective
 
-from .dist_worker import model, planted
+from .dist_worker import gradient_on_held_grads, model, planted
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 
@@ -39,6 +40,9 @@ def test_two_processes_give_the_single_process_fit(tmp_path, solver):
                        ("bu", single.user_bias_), ("bi", single.item_bias_)):
         np.testing.assert_allclose(got[name], want, rtol=1e-7, atol=1e-9, err_msg=name)
     assert got["loss"][-1] < got["loss"][0]  # it trained
+    # value_and_grad adds to what .grad held, once (not once per process)
+    for name, want in gradient_on_held_grads(Objective).items():
+        np.testing.assert_allclose(got[name], want, rtol=1e-10, atol=1e-10, err_msg=name)
 
 
 @pytest.mark.parametrize(
@@ -72,7 +76,8 @@ def test_cli_fit_under_torchrun_saves_the_single_process_model(tmp_path):
     data.write_text("user,item,rating\n" + "".join(
         f"u{u},i{i},{float(v)!r}\n" for u, i, v in zip(r.users, r.items, r.values, strict=True)))
     out = tmp_path / "model.npz"
-    args = ["fit", str(data), "--out", str(out), "--solver", "adam", "--epochs", "5", "--rank", "3",
+    # no --solver: under torchrun the CLI defaults to adam (als is not distributed)
+    args = ["fit", str(data), "--out", str(out), "--epochs", "5", "--rank", "3",
             "--seed", "0", "--dtype", "float64", "--device", "cpu"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(WORKER.parent.parent / "src"), os.environ.get("PYTHONPATH", "")])}

@@ -175,3 +175,24 @@ def test_bgd_bad_arguments():
         autofact.matrix_factorization_bgd(D, np.ones((5, 2)), np.ones((2, 4)), steps=-1)
     with pytest.raises(TypeError, match="D must be a numpy masked array"):
         autofact.matrix_factorization_bgd([[1.0]], np.ones((1, 1)), np.ones((1, 1)))
+
+
+@pytest.mark.parametrize(
+    "reg",
+    [lambda x: (0.3 * (x * x).sum()).reshape(1),  # a one-element vector, not a 0-d scalar
+     lambda x: torch.tensor(0.7, requires_grad=True) * 1.0 + 0 * x.detach().sum()],  # x unused
+    ids=["shape-1", "unused-input"],
+)
+def test_unusual_but_valid_regularizers(reg):
+    """Regression (review of the in-place gradient): both were accepted before and must still be."""
+    r = _random_ratings()
+    obj = Objective(r, regularization=reg, dtype=torch.float64)
+    params = obj.init_params(rank=2, seed=0)
+    value = obj.value_and_grad(params)
+    expected = sum(float(reg(p.detach()).detach()) for p in params.values())
+    with torch.no_grad():
+        pred = (params["P"][torch.from_numpy(r.users).long()]
+                * params["Q"][torch.from_numpy(r.items).long()]).sum(1)
+        loss = float((((pred - torch.from_numpy(r.values)) ** 2) * torch.from_numpy(r.weights)).sum())
+    assert value == pytest.approx(loss + expected, rel=1e-10)
+    assert obj.value(params) == pytest.approx(value, rel=1e-10)

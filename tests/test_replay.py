@@ -110,3 +110,22 @@ def test_bgd_eager_fallback_gives_the_replayed_answer(monkeypatch):
     for a, b, c in zip(replayed, eager, reference, strict=True):
         np.testing.assert_allclose(a, c, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(b, c, rtol=1e-10, atol=1e-12)
+
+
+def _integer_promotion(X):  # NumPy's reciprocal of an int is an int; torch's is a float
+    return (X * ((X > 1).long() + 1).reciprocal()).sum()
+
+
+def _integer_overflow(X):  # torch gives inf; NumPy cannot even form the exponent as an int
+    return (X * (torch.arange(3) ** 1e20)[:1].sum()).sum()
+
+
+@pytest.mark.parametrize("objective", [_integer_promotion, _integer_overflow])
+def test_replay_refuses_numpy_dtype_rules_that_differ_from_torch(objective):
+    """Found in review: checked only by values at two points, such traces were accepted (or
+    raised) although NumPy computes in another dtype."""
+    x = torch.full((4,), -1.0, dtype=torch.float64)
+    program = record_gradient(objective, x)
+    if program is not None:  # if accepted, it must agree with autograd everywhere
+        point = torch.full((4,), 2.0, dtype=torch.float64)
+        np.testing.assert_allclose(program(point.numpy().copy()), _autograd(objective, point))

@@ -7,12 +7,16 @@ of the backward, and turns that trace into a NumPy program (constants folded, de
 Eager autograd spends ~100 microseconds per backward on bookkeeping; on the post's 5x4 matrix a
 whole replayed step costs a few dozen.
 
-The trace is only used when it is provably the same function: every op must be in the table
-below (anything else, including reading a value into Python, which would mean data-dependent
-control flow, returns ``None``), every tensor the program reads must be the input, a constant
-that shares no memory with it, or an op's output, and the program must reproduce autograd's
-gradient at the recorded point and at a second, perturbed point. The caller then falls back to
-eager autograd.
+The trace is only used when it stands for the same function: every op must be in the table
+below (anything else, including ``.item()`` or a Python ``if`` on a tensor, which would mean
+data-dependent control flow, returns ``None``), every tensor the program reads must be the input,
+a constant that shares no memory with it, or an op's output, each step's NumPy result must have
+the dtype and shape torch's had, and the program must reproduce autograd's gradient at the
+recorded point and at a second, perturbed point. The caller then falls back to eager autograd.
+
+What the dispatch mode cannot see is the objective leaving torch (``.numpy()``, ``.tolist()``):
+a value read that way would be frozen into the program. So the objective must be torch ops only;
+the library records only its own objective (the post's, in :mod:`autofact.functional`).
 """
 
 from __future__ import annotations
@@ -226,13 +230,13 @@ class _Unsupported(Exception):
 
 
 def _build(ops: list[tuple[Any, tuple, dict, Any]], x: torch.Tensor,
-           grad: torch.Tensor) -> Callable[[np.ndarray], np.ndarray]:
+           grad: torch.Tensor) -> _Program:
     """The NumPy program ``x -> grad`` for a recorded trace (raises ``_Unsupported``)."""
     values: dict[tuple, Any] = {}  # tensor key -> ("in",) | ("const", array) | ("op", index)
     produced_storage = {x.untyped_storage().data_ptr()}
     values[_key(x)] = ("in",)
     consts: list[np.ndarray] = []
-    program: list[tuple[Callable[..., Any], tuple, dict]] = []  # args refer to slots
+    program: list[tuple[Callable[..., Any], tuple, dict, tuple]] = []  # args refer to slots
 
     def ref(obj: Any) -> Any:
         """A recorded argument as a slot reference, a folded constant, or a plain value."""
@@ -266,12 +270,15 @@ def _build(ops: list[tuple[Any, tuple, dict, Any]], x: torch.Tensor,
         a = [ref(v) for v in args]
         kw = {name: ref(v) for name, v in kwargs.items()
               if name not in ("pin_memory", "layout", "device", "memory_format", "non_blocking")}
+        expect = (_np_dtype(out.dtype), tuple(out.shape))
         if all(r[0] in ("const", "value") for r in [*a, *kw.values()]):
-            value = _NUMPY[func](*[r[1] for r in a], **{n: r[1] for n, r in kw.items()})
-            values[_key(out)] = ("const", np.asarray(value))
+            value = np.asarray(_NUMPY[func](*[r[1] for r in a], **{n: r[1] for n, r in kw.items()}))
+            if (value.dtype, value.shape) != expect:
+                raise _Unsupported(f"{func}: NumPy gives {value.dtype}{value.shape}, torch {expect}")
+            values[_key(out)] = ("const", value)
             continue
         produced_storage.add(out.untyped_storage().data_ptr())
-        program.append((_NUMPY[func], tuple(a), kw))
+        program.append((_NUMPY[func], tuple(a), kw, expect))
         values[_key(out)] = ("op", len(program) - 1)
 
     result = values.get(_key(grad))
@@ -280,9 +287,35 @@ def _build(ops: list[tuple[Any, tuple, dict, Any]], x: torch.Tensor,
     return _compile(program, result[1], grad.dtype, tuple(grad.shape))
 
 
-def _compile(program: list[tuple[Callable[..., Any], tuple, dict]], out: int, dtype: torch.dtype,
-             shape: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
-    """Keep only the ops the output needs, as a closure over a flat list of slots."""
+class _Program:
+    """The replayable gradient: ``program(x)``; ``program.check(x)`` also asserts that every
+    step's NumPy result has the dtype and shape torch's had (NumPy's promotion rules differ from
+    torch's for integers, and dtypes do not depend on values, so one checked run settles it)."""
+
+    def __init__(self, steps: list[tuple[Any, tuple, dict, tuple]], dtype: np.dtype,
+                 shape: tuple[int, ...]) -> None:
+        self.steps, self.dtype, self.shape = steps, dtype, shape
+
+    def __call__(self, x: np.ndarray, check: bool = False) -> np.ndarray:
+        slots: list[Any] = []
+        for fn, args, kw, expect in self.steps:
+            a = [x if k == 0 else slots[v] if k == 1 else v for k, v in args]
+            if kw:
+                out = fn(*a, **{n: x if k == 0 else slots[v] if k == 1 else v
+                                for n, (k, v) in kw.items()})
+            else:
+                out = fn(*a)
+            if check:
+                got = np.asarray(out)
+                if (got.dtype, got.shape) != expect:
+                    raise _Unsupported(f"{fn}: NumPy gives {got.dtype}{got.shape}, torch {expect}")
+            slots.append(out)
+        return np.asarray(slots[-1]).astype(self.dtype, copy=False).reshape(self.shape)
+
+
+def _compile(program: list[tuple[Callable[..., Any], tuple, dict, tuple]], out: int,
+             dtype: torch.dtype, shape: tuple[int, ...]) -> _Program:
+    """Keep only the ops the output needs, over a flat list of slots."""
     needed = {out}
     for i in range(out, -1, -1):
         if i in needed:
@@ -294,7 +327,7 @@ def _compile(program: list[tuple[Callable[..., Any], tuple, dict]], out: int, dt
     # each argument: (kind, payload) with kind 0 = input, 1 = slot, 2 = value
     steps = []
     for i in order:
-        fn, args, kw = program[i]
+        fn, args, kw, expect = program[i]
 
         def conv(r: tuple) -> tuple[int, Any]:
             if r[0] == "in":
@@ -303,27 +336,14 @@ def _compile(program: list[tuple[Callable[..., Any], tuple, dict]], out: int, dt
                 return (1, slot[r[1]])
             return (2, r[1])
 
-        steps.append((fn, tuple(conv(r) for r in args), {n: conv(r) for n, r in kw.items()}))
-    np_dtype = _np_dtype(dtype)
-
-    def run(x: np.ndarray) -> np.ndarray:
-        slots: list[Any] = []
-        for fn, args, kw in steps:
-            a = [x if k == 0 else slots[v] if k == 1 else v for k, v in args]
-            if kw:
-                slots.append(fn(*a, **{n: x if k == 0 else slots[v] if k == 1 else v
-                                       for n, (k, v) in kw.items()}))
-            else:
-                slots.append(fn(*a))
-        g = np.asarray(slots[-1])
-        return g.astype(np_dtype, copy=False).reshape(shape)
-
-    return run
+        steps.append((fn, tuple(conv(r) for r in args), {n: conv(r) for n, r in kw.items()},
+                      expect))
+    return _Program(steps, _np_dtype(dtype), shape)
 
 
 def record_gradient(
     objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
-) -> Callable[[np.ndarray], np.ndarray] | None:
+) -> _Program | None:
     """``x -> d objective / dx`` as a NumPy function, or ``None`` where replay is not safe.
 
     ``objective`` maps a 1-D CPU tensor to a scalar tensor and may close over constant tensors
@@ -347,12 +367,12 @@ def record_gradient(
         with torch.enable_grad():
             (other_grad,) = torch.autograd.grad(objective(other_leaf), other_leaf)
         tol = 1e-10 if x.dtype == torch.float64 else 1e-4
-        for point, expected in ((leaf.detach(), grad), (other, other_grad)):
+        for k, (point, expected) in enumerate(((leaf.detach(), grad), (other, other_grad))):
             with np.errstate(all="ignore"):  # overflow gives inf, as in torch
-                got = program(point.numpy().copy())
+                got = program(point.numpy().copy(), check=k == 0)
             want = expected.numpy()
             if not np.allclose(got, want, rtol=tol, atol=tol * (1 + np.abs(want).max())):
                 return None
-    except (_Unsupported, TypeError, ValueError, IndexError, RuntimeError):
+    except Exception:  # noqa: BLE001 - anything the replay cannot reproduce: eager autograd
         return None
     return program

@@ -20,7 +20,8 @@ step and the result is the single-process fit's, up to the order of floating-poi
 
 The full-batch solvers are supported: ``gd``, ``adam`` and ``lbfgs`` (``batch_size=None``).
 The mean rating and the initial factors are global too (summed and broadcast), and the
-regularizer is added once. ``autofact fit`` does all this itself when started by torchrun.
+regularizer is added once. ``autofact fit`` does all this itself when started by torchrun (its
+solver then defaults to ``adam``).
 """
 
 from __future__ import annotations
@@ -119,19 +120,37 @@ class _ShardObjective(Objective):
         self._reduce_device = torch.device("cuda") if dist.get_backend(group) == "nccl" else None
         super().__init__(shard, **kwargs)
 
+    def _collective(self, t: torch.Tensor, op: Any) -> None:
+        """``op(tensor)`` in place on ``t``, through a CUDA copy when the backend (nccl) cannot
+        take ``t``'s device."""
+        if self._reduce_device is not None and t.device.type != "cuda":
+            moved = t.detach().to(self._reduce_device)
+            op(moved)
+            with torch.no_grad():
+                t.copy_(moved)
+        else:
+            op(t)
+
     def _all_sum(self, tensors: list[torch.Tensor]) -> None:
         for t in tensors:
-            if self._reduce_device is not None and t.device.type != "cuda":
-                moved = t.to(self._reduce_device)
-                dist.all_reduce(moved, group=self.group)
-                t.copy_(moved)
-            else:
-                dist.all_reduce(t, group=self.group)
+            self._collective(t, lambda x: dist.all_reduce(x, group=self.group))
+
+    def value_and_grad(self, params: Params) -> float:
+        # the all-reduce must see this call's gradient alone: what .grad already held would be
+        # summed over the processes too, so it is set aside and added back after
+        held = {k: p.grad for k, p in params.items()}
+        for p in params.values():
+            p.grad = None
+        value = super().value_and_grad(params)
+        for k, p in params.items():
+            old = held[k]
+            if old is not None and p.grad is not None:
+                p.grad = old.add_(p.grad)
+        return value
 
     def init_params(self, rank: int, seed: int | None = 0, init_std: float = 0.1) -> Params:
         params = super().init_params(rank, seed=seed, init_std=init_std)
         src = dist.get_global_rank(self.group, 0) if self.group is not None else 0
-        with torch.no_grad():
-            for p in params.values():  # the same start everywhere, seeded or not
-                dist.broadcast(p, src=src, group=self.group)
+        for p in params.values():  # the same start everywhere, seeded or not
+            self._collective(p, lambda x: dist.broadcast(x, src=src, group=self.group))
         return params

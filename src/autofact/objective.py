@@ -191,13 +191,14 @@ class Objective:
         w = self.weights
         y = self.values
         step = max(1024, self.max_nnz)
-        num = den = 0.0
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # sum wy, sum w, sum y
         for s in range(0, len(y), step):  # the (weighted) mean, in slices
             yy = y[s : s + step].double()
             ww = w[s : s + step].double() if w is not None else torch.ones_like(yy)
-            num, den = num + float((yy * ww).sum()), den + float(ww.sum())
-        num, den = self._all_sum_float(num), self._all_sum_float(den)
-        mean = num / den if den > 0 else float(y[: min(len(y), step)].double().mean())
+            sums += torch.stack([(yy * ww).sum(), ww.sum(), yy.sum()])
+        self._all_sum([sums])
+        num, den, plain = (float(v) for v in sums)
+        mean = num / den if den > 0 else plain / self._all_sum_float(float(len(y)))
 
         def part(x: torch.Tensor, s: int) -> torch.Tensor:
             yy = y[s : s + step]
@@ -269,9 +270,10 @@ class Objective:
                 with torch.enable_grad():
                     r = self.reg(leaf)
                 if r.requires_grad:
-                    (g,) = torch.autograd.grad(r, leaf)
-                    grads[name][rows] += g
-                total += r.detach()
+                    (g,) = torch.autograd.grad(r, leaf, allow_unused=True)
+                    if g is not None:
+                        grads[name][rows] += g
+                total += r.detach().reshape(())
         return total
 
     # ------------------------------------------------------------------ per-entry pieces
@@ -305,8 +307,9 @@ class Objective:
             for pat in self.patterns:
                 total += self.entry_loss(self._block_pred(params, pat), pat.start, pat.stop).sum()
             if self._owns_regularizer:
-                total += sum(self.reg(p[rows]) for p in params.values()
-                             for rows in self._reg_slices(p))
+                for p in params.values():
+                    for rows in self._reg_slices(p):
+                        total += self.reg(p[rows]).reshape(())
             self._all_sum([total])
             return total
         # Each block's backward adds its gradients straight into the full gradient buffers

@@ -261,6 +261,9 @@ class _Adam(_Descent):
             m.lerp_(g, 1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
             step_size, c2 = self.lr / (1 - b1**t), math.sqrt(1 - b2**t)
+            if not (p.is_contiguous() and m.is_contiguous() and v.is_contiguous()):
+                p.addcdiv_(m, (v.sqrt() / c2).add_(self.eps), value=-step_size)
+                continue
             pf, mf, vf = p.view(-1), m.view(-1), v.view(-1)
             for s in range(0, pf.numel(), self.CHUNK):
                 sl = slice(s, s + self.CHUNK)
