@@ -37,11 +37,20 @@ def gradient_on_held_grads(objective_type):
     return {f"grad_{k}": p.grad.numpy() for k, p in params.items()}
 
 
+def mean_with_zero_weights(objective_type):
+    """mu when every weight is 0 (the plain mean of all ratings, the same on every process)."""
+    r = planted()
+    r = autofact.Ratings.from_coo(r.users, r.items, r.values, shape=r.shape,
+                                  weights=np.zeros(len(r)))
+    return objective_type(r, bias=True, dtype="float64").mu
+
+
 if __name__ == "__main__":
     out, solver = sys.argv[1], sys.argv[2]
     rank, world = distributed.init()
     fitted = distributed.fit(model(solver), planted())
     grads = gradient_on_held_grads(distributed._ShardObjective)
+    grads["mu_zero_weights"] = mean_with_zero_weights(distributed._ShardObjective)
     if distributed.is_main_process():
         np.savez(out, P=fitted.user_factors_, Q=fitted.item_factors_, bu=fitted.user_bias_,
                  bi=fitted.item_bias_, loss=[h["loss"] for h in fitted.history_], world=world,

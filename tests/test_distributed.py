@@ -15,7 +15,7 @@ import autofact
 from autofact import distributed
 from autofact.objective import Objective
 
-from .dist_worker import gradient_on_held_grads, model, planted
+from .dist_worker import gradient_on_held_grads, mean_with_zero_weights, model, planted
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 
@@ -43,6 +43,9 @@ def test_two_processes_give_the_single_process_fit(tmp_path, solver):
     # value_and_grad adds to what .grad held, once (not once per process)
     for name, want in gradient_on_held_grads(Objective).items():
         np.testing.assert_allclose(got[name], want, rtol=1e-10, atol=1e-10, err_msg=name)
+    # with every weight 0, mu falls back to the mean of all ratings, not of a process's share
+    assert float(got["mu_zero_weights"]) == pytest.approx(mean_with_zero_weights(Objective),
+                                                         rel=1e-12)
 
 
 @pytest.mark.parametrize(
