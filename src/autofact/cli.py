@@ -409,12 +409,11 @@ def fit(args: argparse.Namespace) -> ExitStatus:
     }
     params = {k: v for k, v in given.items() if v is not None}
     shared = int(os.environ.get("WORLD_SIZE", "1")) > 1  # started by torchrun
-    if shared:
-        params.setdefault("solver", "adam")  # the full-batch solvers are the distributed ones
     main_process = True
     if shared:
         from . import distributed
 
+        params.setdefault("solver", "adam")  # the full-batch solvers are the distributed ones
         distributed.init()
         main_process = distributed.is_main_process()
     model = MatrixFactorization(verbose=not args.quiet and main_process, **params)

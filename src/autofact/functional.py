@@ -80,7 +80,8 @@ def matrix_factorization_bgd(
 
     lr = float(alpha)
     steps = int(steps)
-    if m * n <= 65536 and steps > 1:
+    small = m * n <= 65536
+    if small and steps > 1:
         # Small matrices: eager autograd's bookkeeping (~100 us a backward) would dominate each
         # step, so autograd's gradient program is recorded once and replayed in NumPy.
         gradient = record_gradient(objective, X)
@@ -92,7 +93,7 @@ def matrix_factorization_bgd(
             return x[:split].reshape(P.shape).copy(), x[split:].reshape(Q.shape).copy()
     X.requires_grad_()
     threads = torch.get_num_threads()
-    if m * n <= 65536:
+    if small:
         torch.set_num_threads(1)  # tiny ops: thread hand-offs cost more than they save
     try:
         for _ in range(steps):

@@ -264,12 +264,13 @@ def top_items(
             shape=(len(model.user_ids_), n_items),
         )
     block = max(1, _BLOCK_FLOATS // max(n_items, 1))
+    unrated = _unrated_items(model)
     items: list[np.ndarray] = []
     scores: list[np.ndarray] = []
     for start in range(0, len(users), block):
         u = users[start : start + block]
         S = _user_scores(model, u)
-        S[:, _unrated_items(model)] = -np.inf
+        S[:, unrated] = -np.inf
         for mask in (seen, extra_csr):
             if mask is not None:
                 coo = mask[u].tocoo()

@@ -61,9 +61,8 @@ class Pattern:
         a gather), which keeps the memory of a large matrix at 4 bytes a rating.
         """
         if self._perm is None:
-            # stable: rows stay sorted within a column
-            perm = torch.sort(self.col.long(), stable=True).indices
-            self._perm = perm.to(self.col.dtype) if self.col.device.type == "cpu" else perm
+            prepare_transposes([self])
+        assert self._perm is not None
         if self._rows_t is not None and self._tcrow is not None:
             return self._tcrow, self._rows_t, self._perm
         tcrow = torch.zeros(self.n_cols + 1, dtype=torch.int64, device=self.col.device)
@@ -103,7 +102,7 @@ def prepare_transposes(patterns: list[Pattern]) -> None:
     at = 0
     for p in todo:
         p._perm = buf[at : at + p.nnz]
-        p._perm.copy_(torch.sort(p.col, stable=True).indices)
+        p._perm.copy_(torch.sort(p.col, stable=True).indices)  # stable: rows stay sorted in a column
         at += p.nnz
 
 
@@ -203,25 +202,21 @@ class _GatherDot(torch.autograd.Function):
         pattern: Pattern = ctx.pattern
         into = ctx.into or (None, None, None, None)
         grad = grad.contiguous()
-        dP = dQ = dbu = dbi = None
         need = ctx.needs_input_grad
+        out: list[torch.Tensor | None] = [None, None, None, None]  # dP, dQ, dbu, dbi
+        # rows: dP = G @ Q, dbu = row sums of G; columns: dQ = G^T @ P, dbi = column sums
+        sides = ((0, 2, pattern.csr, Q), (1, 3, pattern.csr_t, P))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if need[0] or need[2]:
-                G = pattern.csr(grad)
-                if need[0]:
-                    dP = _product(G, Q, into[0])
-                if need[2]:  # row sums of G
-                    dbu = _product(G, torch.ones(Q.shape[0], dtype=grad.dtype, device=grad.device),
-                                   into[2])
-            if need[1] or need[3]:
-                GT = pattern.csr_t(grad)
-                if need[1]:
-                    dQ = _product(GT, P, into[1])
-                if need[3]:  # column sums of G
-                    dbi = _product(GT, torch.ones(P.shape[0], dtype=grad.dtype, device=grad.device),
-                                   into[3])
-        return dP, dQ, dbu, dbi, None, None
+            for factor, bias, as_csr, other in sides:
+                if need[factor] or need[bias]:
+                    M = as_csr(grad)
+                    if need[factor]:
+                        out[factor] = _product(M, other, into[factor])
+                    if need[bias]:
+                        ones = torch.ones(other.shape[0], dtype=grad.dtype, device=grad.device)
+                        out[bias] = _product(M, ones, into[bias])
+        return (*out, None, None)
 
 
 def gather_dot(
