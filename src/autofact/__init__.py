@@ -18,6 +18,7 @@ from .model import MatrixFactorization as MatrixFactorization
 from .reading import read as read
 from .recommend import FoldedUser as FoldedUser
 from .recommend import Recommendations as Recommendations
+from .tuning import tune as tune
 
 __version__ = "0.1.0"
 
@@ -35,4 +36,5 @@ __all__ = [
     "matrix_factorization_bgd",
     "read",
     "regularizers",
+    "tune",
 ]

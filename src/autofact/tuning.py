@@ -1,0 +1,263 @@
+"""Hyper-parameter search with Optuna, scored on a validation split carved from the training data.
+
+:func:`tune` draws settings of :class:`~autofact.MatrixFactorization` (rank, regularization and its
+strength, loss, solver) with Optuna's seeded TPE sampler, fits each on ``1 - validation_fraction``
+of the ratings it is given and scores it on the rest. The test data is never seen: pass only
+training ratings. The result prints as a table of the best trials and saves the best settings as
+JSON that ``autofact fit --params FILE`` and :func:`read_params` accept.
+
+>>> result = autofact.tune(train, n_trials=30)
+>>> print(result.table())
+>>> result.save("best.json")
+>>> model = autofact.MatrixFactorization(**autofact.tuning.read_params("best.json")).fit(train)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import as_ratings
+
+__all__ = ["tune", "TuneResult", "read_params", "DEFAULT_SPACE", "PARAMS_FORMAT"]
+
+PARAMS_FORMAT = "autofact.params"
+
+# name -> ("int", low, high) / ("float", low, high): sampled on a log scale; a list: categorical
+DEFAULT_SPACE: dict[str, Any] = {
+    "rank": ("int", 2, 64),
+    "beta": ("float", 0.1, 300.0),
+    "regularization": ["l2", "l1"],
+    "loss": ["squared", "huber"],
+    "solver": ["auto", "lbfgs", "adam"],
+}
+_METRICS = ("rmse", "mae")
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune` found: the best settings, their validation score, and every trial."""
+
+    best_params: dict[str, Any]
+    best_value: float
+    metric: str
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+    def table(self, n: int = 10) -> str:
+        """The ``n`` best finished trials as a plain-text table (best first)."""
+        done = sorted((t for t in self.trials if t["state"] == "complete"),
+                      key=lambda t: t["value"])[:n]
+        names = sorted({k for t in done for k in t["params"]})
+        header = ["trial", self.metric, "seconds", *names]
+        rows = [[str(t["number"]), f"{t['value']:.4f}", f"{t['seconds']:.1f}",
+                 *(_fmt(t["params"].get(k)) for k in names)] for t in done]
+        widths = [max(len(h), *(len(r[c]) for r in rows)) if rows else len(h)
+                  for c, h in enumerate(header)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
+                 "  ".join("-" * w for w in widths)]
+        lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+        failed = sum(t["state"] != "complete" for t in self.trials)
+        if failed:
+            lines.append(f"({failed} of {len(self.trials)} trials did not finish: invalid "
+                         "combination or training diverged)")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": PARAMS_FORMAT, "format_version": 1, "params": dict(self.best_params),
+                "metric": self.metric, "value": self.best_value}
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the best settings as JSON (``autofact fit --params FILE`` reads it)."""
+        target = Path(path)
+        if not target.parent.exists():
+            raise ValueError(
+                f"cannot write {str(path)!r}: folder {str(target.parent)!r} does not exist; "
+                "create it first"
+            )
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, target)
+        return target
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _check_space(space: dict[str, Any]) -> dict[str, Any]:
+    from .model import MatrixFactorization
+
+    valid = MatrixFactorization().get_params()
+    for name, spec in space.items():
+        if name not in valid:
+            raise ValueError(
+                f"search space names {name!r}, which is not a MatrixFactorization parameter; "
+                f"valid ones are {sorted(valid)}"
+            )
+        ok = (isinstance(spec, list) and len(spec) > 0) or (
+            isinstance(spec, tuple) and len(spec) == 3 and spec[0] in ("int", "float")
+            and isinstance(spec[1], int | float) and isinstance(spec[2], int | float)
+            and 0 < spec[1] <= spec[2]
+        )
+        if not ok:
+            raise ValueError(
+                f"search space entry {name}={spec!r} must be a non-empty list of choices or "
+                "('int' | 'float', low, high) with 0 < low <= high (sampled on a log scale)"
+            )
+    return space
+
+
+def tune(
+    ratings: Any,
+    *,
+    n_trials: int = 30,
+    validation_fraction: float = 0.1,
+    metric: str = "rmse",
+    space: dict[str, Any] | None = None,
+    fixed: dict[str, Any] | None = None,
+    seed: int = 0,
+    timeout: float | None = None,
+    show_progress: bool = True,
+) -> TuneResult:
+    """Search :class:`~autofact.MatrixFactorization` settings on a validation split.
+
+    ``ratings`` is the training data (a :class:`~autofact.Ratings` or any form it is built from);
+    ``validation_fraction`` of it is held out by :func:`autofact.evaluation.random_split` with
+    ``seed``, and each trial is fitted on the rest and scored by ``metric`` (``'rmse'`` or
+    ``'mae'``, lower is better) on the held-out part. ``space`` maps parameter names to a list of
+    choices or ``('int' | 'float', low, high)`` (log scale); it defaults to
+    :data:`DEFAULT_SPACE`. ``fixed`` holds parameters every trial shares (e.g. ``{"dtype":
+    "float64"}``). A combination the model refuses (a solver that cannot run that loss) or a fit
+    that diverges counts as a failed trial. ``timeout`` (seconds) stops the search early.
+    """
+    from .evaluation import mae, random_split, rmse
+    from .model import MatrixFactorization
+
+    train_all = as_ratings(ratings, "ratings")
+    if not (isinstance(n_trials, int) and not isinstance(n_trials, bool) and n_trials >= 1):
+        raise ValueError(f"n_trials must be a positive int, got {n_trials!r}")
+    if metric not in _METRICS:
+        raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
+    space = _check_space(dict(DEFAULT_SPACE if space is None else space))
+    fixed = dict(fixed or {})
+    overlap = sorted(set(fixed) & set(space))
+    if overlap:
+        raise ValueError(f"parameters {overlap} are both fixed and searched; drop them from one")
+    MatrixFactorization().set_params(**fixed)  # names checked here, values by each fit
+    if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    train, valid = random_split(train_all, validation_fraction, seed=seed)
+    score = rmse if metric == "rmse" else mae
+    vu, vi = valid.user_ids[valid.users], valid.item_ids[valid.items]
+
+    try:
+        import optuna
+    except ImportError:
+        raise ImportError(
+            "autofact.tune needs Optuna: pip install 'autofact[tune]'"
+        ) from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    trials: list[dict[str, Any]] = []
+
+    def objective(trial: Any) -> float:
+        params = dict(fixed)
+        for name, spec in space.items():
+            if isinstance(spec, list):
+                params[name] = trial.suggest_categorical(name, spec)
+            elif spec[0] == "int":
+                params[name] = trial.suggest_int(name, int(spec[1]), int(spec[2]), log=True)
+            else:
+                params[name] = trial.suggest_float(name, float(spec[1]), float(spec[2]), log=True)
+        params.setdefault("seed", seed)
+        start = time.perf_counter()
+        record: dict[str, Any] = {"number": trial.number, "params": params, "value": math.nan,
+                                  "state": "failed", "seconds": 0.0}
+        trials.append(record)
+        try:
+            with warnings.catch_warnings():
+                # unknown ids in the held-out part and non-converged fits are expected here
+                warnings.simplefilter("ignore")
+                model = MatrixFactorization(**params).fit(train)
+                value = score(model.predict(vu, vi), valid.values)
+        except (ValueError, ArithmeticError, RuntimeError) as exc:
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            record["seconds"] = time.perf_counter() - start
+            raise optuna.TrialPruned(record["error"]) from None
+        record.update(value=float(value), state="complete", seconds=time.perf_counter() - start)
+        if not math.isfinite(value):
+            record["state"] = "failed"
+            raise optuna.TrialPruned("non-finite validation score")
+        return float(value)
+
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    study = optuna.create_study(direction="minimize", sampler=sampler)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
+        study.optimize(objective, n_trials=n_trials, timeout=timeout,
+                       show_progress_bar=show_progress, catch=())
+    done = [t for t in trials if t["state"] == "complete"]
+    if not done:
+        reasons = sorted({t.get("error", "non-finite score") for t in trials})
+        raise ValueError(
+            f"none of the {len(trials)} trials finished ({'; '.join(reasons[:3])}); widen the "
+            "search space or fix the parameters that every trial shares"
+        )
+    best = min(done, key=lambda t: t["value"])
+    return TuneResult(best_params=dict(best["params"]), best_value=best["value"], metric=metric,
+                      trials=trials)
+
+
+def read_params(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The settings in a JSON file written by :meth:`TuneResult.save` (or by hand: a JSON object
+    of ``MatrixFactorization`` parameters, optionally under ``"params"``).
+
+    Only plain values are accepted, and a loss or regularization must be a built-in name: a
+    settings file never names code to import.
+    """
+    from .losses import LOSSES
+    from .model import MatrixFactorization
+    from .regularizers import REGULARIZERS
+
+    p = Path(path)
+    name = str(path)
+    if not p.is_file():
+        raise ValueError(f"params file {name!r} does not exist or is not a file")
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{name} is not a JSON settings file ({exc})") from None
+    if isinstance(doc, dict) and "params" in doc:
+        if doc.get("format", PARAMS_FORMAT) != PARAMS_FORMAT:
+            raise ValueError(f"{name}: format is {doc.get('format')!r}, expected {PARAMS_FORMAT!r}")
+        doc = doc["params"]
+    if not isinstance(doc, dict):
+        raise ValueError(f"{name} must hold a JSON object of parameters, got {type(doc).__name__}")
+    valid = MatrixFactorization().get_params()
+    unknown = sorted(set(doc) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"{name} sets {unknown}, which are not MatrixFactorization parameters; valid ones are "
+            f"{sorted(valid)}"
+        )
+    for key, value in doc.items():
+        if not (value is None or isinstance(value, bool | int | float | str)):
+            raise ValueError(f"{name}: {key}={value!r} must be a number, string, boolean or null")
+    for key, names in (("loss", LOSSES), ("regularization", REGULARIZERS)):
+        value = doc.get(key)
+        if isinstance(value, str) and value not in names:
+            raise ValueError(
+                f"{name}: {key}={value!r} is not a built-in {key} ({sorted(names)}); a settings "
+                f"file never names code to import: pass a custom {key} on the command line "
+                f"(--{key} module:function) or in Python"
+            )
+    return dict(doc)
+
