@@ -3,6 +3,8 @@ it cannot replay faithfully is refused (the caller then runs eager autograd)."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -104,7 +106,7 @@ def test_bgd_eager_fallback_gives_the_replayed_answer(monkeypatch):
     rng = np.random.default_rng(3)
     P, Q = rng.random((5, 2)), rng.random((2, 4))
     replayed = autofact.matrix_factorization_bgd(D, P, Q, steps=300, alpha=0.01)
-    monkeypatch.setattr(functional, "record_gradient", lambda *a: None)
+    monkeypatch.setattr(functional, "_record_gradient", lambda *a: None)
     eager = autofact.matrix_factorization_bgd(D, P, Q, steps=300, alpha=0.01)
     reference = _numpy_bgd(D, P, Q, 300, 0.01, 0.02)
     for a, b, c in zip(replayed, eager, reference, strict=True):
@@ -129,3 +131,52 @@ def test_replay_refuses_numpy_dtype_rules_that_differ_from_torch(objective):
     if program is not None:  # if accepted, it must agree with autograd everywhere
         point = torch.full((4,), 2.0, dtype=torch.float64)
         np.testing.assert_allclose(program(point.numpy().copy()), _autograd(objective, point))
+
+
+def _block_private_torch_module(monkeypatch):
+    """A torch without ``torch.utils._python_dispatch``: importing it raises ImportError."""
+    monkeypatch.setitem(sys.modules, "torch.utils._python_dispatch", None)
+
+
+def _drop_dispatch_mode_class(monkeypatch):
+    """A torch whose private module no longer has ``TorchDispatchMode``."""
+    import torch.utils._python_dispatch as dispatch
+
+    monkeypatch.delattr(dispatch, "TorchDispatchMode")
+
+
+def _drop_an_aten_op(monkeypatch):
+    """A torch whose ``torch.ops.aten`` lacks an op the replay table names (AttributeError)."""
+    namespace = type(torch.ops.aten)
+    real = namespace.__getattr__
+
+    def getattr_(self, name):
+        if name == "softplus_backward":
+            raise AttributeError(name)
+        return real(self, name)
+
+    monkeypatch.delattr(torch.ops.aten, "softplus_backward", raising=False)  # drop the cached op
+    monkeypatch.setattr(namespace, "__getattr__", getattr_)
+
+
+@pytest.mark.parametrize("break_torch", [_block_private_torch_module, _drop_dispatch_mode_class,
+                                         _drop_an_aten_op])
+def test_bgd_without_torch_private_dispatch_falls_back_to_eager_autograd(monkeypatch, break_torch):
+    """issue 8: ``_replay`` rests on a private torch module, so it is imported only when
+    ``matrix_factorization_bgd`` records; where that import fails (a torch that moved or changed
+    it), the function runs eager autograd and returns the replayed answer to 1e-10 (float64)."""
+    D = np.ma.masked_equal(R, 0)
+    rng = np.random.default_rng(5)
+    P, Q = rng.random((5, 2)), rng.random((2, 4))
+    objective, x = _objective("squared", "l2", torch.float64)
+    assert functional._record_gradient(objective, x) is not None  # replay is on with this torch
+    replayed = autofact.matrix_factorization_bgd(D, P, Q, steps=400, alpha=0.01)
+
+    monkeypatch.delitem(sys.modules, "autofact._replay")  # import it afresh, from the broken torch
+    break_torch(monkeypatch)
+    assert functional._record_gradient(objective, x) is None
+    eager = autofact.matrix_factorization_bgd(D, P, Q, steps=400, alpha=0.01)
+    assert "autofact._replay" not in sys.modules  # the replay could not be imported, so it never ran
+    for a, b in zip(replayed, eager, strict=True):
+        assert b.dtype == np.float64
+        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)

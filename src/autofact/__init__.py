@@ -9,6 +9,7 @@
 from . import evaluation as evaluation
 from . import losses as losses
 from . import regularizers as regularizers
+from ._version import __version__ as __version__
 from .data import Ratings as Ratings
 from .errors import FitError as FitError
 from .errors import UnknownIdError as UnknownIdError
@@ -19,8 +20,6 @@ from .reading import read as read
 from .recommend import FoldedUser as FoldedUser
 from .recommend import Recommendations as Recommendations
 from .tuning import tune as tune
-
-__version__ = "0.1.0"
 
 __all__ = [
     "FitError",

@@ -17,6 +17,10 @@ recorded point and at a second, perturbed point. The caller then falls back to e
 What the dispatch mode cannot see is the objective leaving torch (``.numpy()``, ``.tolist()``):
 a value read that way would be frozen into the program. So the objective must be torch ops only;
 the library records only its own objective (the post's, in :mod:`autofact.functional`).
+
+``torch.utils._python_dispatch`` is private to torch and may move between releases, so this
+module is imported only when :func:`autofact.matrix_factorization_bgd` records, never by
+``import autofact``; if importing it fails, that function runs eager autograd instead.
 """
 
 from __future__ import annotations

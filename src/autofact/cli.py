@@ -360,7 +360,9 @@ def _print_json(obj: Any) -> None:
 
 
 def _plot_history(history: list[dict[str, float]], path: Path, title: str) -> None:
-    import matplotlib
+    from ._optional import optional_import
+
+    matplotlib = optional_import("matplotlib", extra="plot", purpose="plotting")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from ._replay import record_gradient
 from .data import Ratings
 from .losses import get_loss
 from .regularizers import get_regularizer
 
+if TYPE_CHECKING:
+    from ._replay import _Program
+
 __all__ = ["matrix_factorization_bgd"]
+
+
+def _record_gradient(objective: Any, X: torch.Tensor) -> _Program | None:
+    """The replayable gradient program of :mod:`autofact._replay`, or ``None``.
+
+    The replay rests on a private torch module (``torch.utils._python_dispatch``), so it is
+    imported here, on first use, and not on the ``import autofact`` path. Where that import fails
+    (a torch release that moved or changed the module) the caller silently runs eager autograd:
+    the replay is only a speed-up, and both routes compute autograd's gradient.
+    """
+    try:
+        from ._replay import record_gradient
+    except (ImportError, AttributeError):
+        return None
+    return record_gradient(objective, X)
 
 
 def matrix_factorization_bgd(
@@ -84,7 +101,7 @@ def matrix_factorization_bgd(
     if small and steps > 1:
         # Small matrices: eager autograd's bookkeeping (~100 us a backward) would dominate each
         # step, so autograd's gradient program is recorded once and replayed in NumPy.
-        gradient = record_gradient(objective, X)
+        gradient = _record_gradient(objective, X)
         if gradient is not None:
             x = X.numpy().copy()
             with np.errstate(all="ignore"):  # a diverging run gives inf/nan, as in torch

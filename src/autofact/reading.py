@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ._optional import optional_import
 from .data import Duplicates, Ratings
 
 __all__ = ["read"]
@@ -85,6 +86,7 @@ def read(
     if format not in ("parquet", "text", "csv", "tsv"):
         raise ValueError(f"format must be 'parquet', 'csv', 'tsv' or 'text', got {format!r}")
     if format == "parquet":
+        optional_import("pyarrow", extra="parquet", purpose="reading Parquet")
         try:
             df = pd.read_parquet(p)
         except Exception as exc:

@@ -1,0 +1,144 @@
+"""Ready to publish (issue 8, item 14): one version source, a license, optional dependencies as
+extras with an error that names the extra, nothing private from torch on the ``import autofact``
+path, and CI that fails when a real-data test is skipped (item 15). The built wheel itself is
+checked by ``.ci/wheel-check`` (a fresh venv, ``autofact demo``)."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import autofact
+from autofact._optional import optional_import
+
+from . import conftest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "autofact"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+EXTRAS = {"pyarrow": "parquet", "matplotlib": "plot"}
+
+
+def test_version_is_the_installed_distributions():
+    assert autofact.__version__ == importlib.metadata.version("autofact")
+    assert "version" in PYPROJECT["project"]["dynamic"] and "version" not in PYPROJECT["project"]
+
+
+def test_version_is_written_once():
+    """issue 8: one version source, ``autofact/_version.py`` (pyproject.toml reads it)."""
+    assigned = [
+        path.relative_to(SRC).as_posix()
+        for path in SRC.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "__version__" for t in node.targets)
+    ]
+    assert assigned == ["_version.py"]
+    dynamic = PYPROJECT["tool"]["setuptools"]["dynamic"]["version"]
+    assert dynamic == {"attr": "autofact._version.__version__"}
+
+
+def test_license_is_mit_and_shipped():
+    assert PYPROJECT["project"]["license"] == "MIT"
+    assert PYPROJECT["project"]["license-files"] == ["LICENSE"]
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License") and "Copyright (c) 2026 the autofact developers" in text
+    classifiers = PYPROJECT["project"]["classifiers"]
+    for version in ("3.11", "3.12", "3.13"):
+        assert f"Programming Language :: Python :: {version}" in classifiers
+    # PEP 639: with a license expression a License classifier is an error for setuptools
+    assert not [c for c in classifiers if c.startswith("License ::")]
+
+
+def _requirement_name(req: str) -> str:
+    return req.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].split("!")[0].strip()
+
+
+def test_optional_dependencies_are_extras_and_torch_is_not_capped():
+    """issue 8: pyarrow and matplotlib are extras; torch has a floor but no ceiling."""
+    core = {_requirement_name(r): r for r in PYPROJECT["project"]["dependencies"]}
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    for module, extra in EXTRAS.items():
+        assert module not in core
+        assert module in {_requirement_name(r) for r in extras[extra]}
+        assert module in {_requirement_name(r) for r in extras["all"]}
+    assert "torch" in core and ">=" in core["torch"] and "<" not in core["torch"]
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """Top-level packages imported at module level (not inside a function) by one file."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_optional_dependencies_are_imported_lazily():
+    offenders = {
+        path.relative_to(SRC).as_posix(): sorted(_top_level_imports(path) & set(EXTRAS))
+        for path in SRC.rglob("*.py")
+        if _top_level_imports(path) & set(EXTRAS)
+    }
+    assert offenders == {}
+
+
+def test_import_autofact_loads_no_private_torch_replay_plotting_or_cli():
+    """issue 8: ``_replay`` (which imports the private ``torch.utils._python_dispatch``) is
+    imported only when ``matrix_factorization_bgd`` records, not by ``import autofact``."""
+    code = (
+        "import sys, autofact\n"
+        "print(sorted(m for m in ('autofact._replay', 'autofact.cli', 'matplotlib') "
+        "if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_optional_import_names_the_extra(monkeypatch):
+    assert optional_import("json", extra="x", purpose="y").__name__ == "json"
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    with pytest.raises(ImportError, match=r"^reading Parquet needs pyarrow: pip install 'autofact\[parquet\]'"):
+        optional_import("pyarrow", extra="parquet", purpose="reading Parquet")
+
+
+def test_reading_parquet_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
+    path = tmp_path / "ratings.parquet"
+    path.write_bytes(b"PAR1" + bytes(64))  # detected as Parquet by its magic bytes
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    with pytest.raises(ImportError, match=r"reading Parquet needs pyarrow: pip install 'autofact\[parquet\]'"):
+        autofact.read(path)
+
+
+def test_plotting_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
+    from autofact import cli
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"plotting needs matplotlib: pip install 'autofact\[plot\]'"):
+        cli._plot_history([{"epoch": 1, "loss": 1.0}], tmp_path / "curve.png", "title")
+    assert not (tmp_path / "curve.png").exists()
+
+
+@pytest.mark.parametrize("ci", ["true", None])
+def test_missing_real_data_fails_under_ci_and_skips_elsewhere(tmp_path, monkeypatch, ci):
+    """issue 8, item 15: under CI a real-data test must run, never be skipped."""
+    monkeypatch.setattr(conftest, "DATASETS", tmp_path / "no-datasets")
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    outcome = pytest.fail.Exception if ci else pytest.skip.Exception
+    with pytest.raises(outcome, match="real data not found at .*no-datasets.*ml-100k"):
+        conftest.dataset("ml-100k")
+    monkeypatch.setattr(conftest, "DATASETS", tmp_path)
+    assert conftest.dataset() == tmp_path  # present: returned, under CI or not
