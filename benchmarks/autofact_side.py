@@ -232,3 +232,27 @@ def scale_case(train: Any, test: Any, rank: int = 64, epochs: int = 2, device: s
         "max_memory_mib": model.max_memory / 2**20,
         "history": hist,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# accuracy with defaults (issue 9): MatrixFactorization() and nothing else
+# ---------------------------------------------------------------------------------------------
+def default_fit(data: dict, device: str = "cpu") -> dict:
+    """``MatrixFactorization(**_dev(device))`` with every other argument at its default, fitted on
+    the train part; RMSE/MAE of ``predict`` on the test part (unknown ids get the model's own
+    fallback), fit seconds, and the solver the defaults chose."""
+    import warnings
+
+    train = _ratings(data["train"], data["shape"])
+    model = MatrixFactorization(**_dev(device))
+    t0 = time.perf_counter()
+    model.fit(train)
+    _sync(device)
+    fit_s = time.perf_counter() - t0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unknown users/items in the test part
+        pred = np.asarray(model.predict(data["test"]["users"], data["test"]["items"]),
+                          dtype=np.float64)
+    err = pred - data["test"]["ratings"].astype(np.float64)
+    return {"fit_s": fit_s, "rmse": float(np.sqrt(np.mean(err**2))),
+            "mae": float(np.mean(np.abs(err))), "solver": str(model.solver_)}

@@ -20,6 +20,8 @@ and a gradient step is ``P -= alpha * dL/dP`` (i.e. the post's ``P += alpha * (2
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -188,7 +190,8 @@ def surprise_svd(train: dict, test: dict, random_state: int = 0, **params: Any) 
         {"user": train["users"].astype(np.int64), "item": train["items"].astype(np.int64),
          "rating": train["ratings"].astype(np.float64)}
     )  # fmt: skip
-    trainset = Dataset.load_from_df(df, Reader(rating_scale=(1, 5))).build_full_trainset()
+    scale = (float(train["ratings"].min()), float(train["ratings"].max()))
+    trainset = Dataset.load_from_df(df, Reader(rating_scale=scale)).build_full_trainset()
     del df
     algo = SVD(random_state=random_state, **params)
     t0 = time.perf_counter()
@@ -197,11 +200,9 @@ def surprise_svd(train: dict, test: dict, random_state: int = 0, **params: Any) 
     t0 = time.perf_counter()
     pred = _surprise_predict(algo, trainset, test["users"], test["items"])
     predict_s = time.perf_counter() - t0
-    err = pred - test["ratings"].astype(np.float64)
-    rmse = float(np.sqrt(np.mean(err**2)))
     return {
         "fit_s": fit_s,
-        "rmse": rmse,
+        **_errors(pred, test),
         "predict_s": predict_s,
         "params": {"n_factors": algo.n_factors, "n_epochs": algo.n_epochs, "biased": algo.biased,
                    "lr_all": algo.lr_bu, "reg_all": algo.reg_bu},
@@ -256,3 +257,103 @@ def libmf_fit(
     pred = np.clip(np.asarray(engine.predict(idx), dtype=np.float64), 1, 5)
     rmse = float(np.sqrt(np.mean((pred - test["ratings"]) ** 2)))
     return {"fit_s": fit_s, "rmse": rmse, "params": {"k": k, "nr_iters": epochs}}
+
+
+# --------------------------------------------------------------------------------------------------
+# the accuracy peers of issue 9: myFM (Bayesian MF), cmfrec (ALS), LIBMF (built from source)
+# --------------------------------------------------------------------------------------------------
+def _errors(pred: np.ndarray, test: dict) -> dict[str, float]:
+    err = np.asarray(pred, dtype=np.float64) - test["ratings"].astype(np.float64)
+    return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
+
+
+def _one_hot(part: dict, shape: tuple[int, int]) -> sp.csr_matrix:
+    n = len(part["users"])
+    rows = np.repeat(np.arange(n), 2)
+    cols = np.column_stack([part["users"], shape[0] + part["items"]]).ravel()
+    return sp.csr_matrix((np.ones(2 * n), (rows, cols)), shape=(n, shape[0] + shape[1]))
+
+
+def myfm_bmf(train: dict, test: dict, shape: tuple[int, int], rank: int = 10,
+             sweeps: int = 200, seed: int = 0) -> dict:
+    """myFM's Gibbs-sampled Bayesian MF (one-hot user + item, rank 10, 200 sweeps, every sample
+    kept), as the baselines README measures it. Returns ``{"fit_s", "rmse", "mae"}``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # myFM imports pkg_resources
+        import myfm
+    X, Xt = _one_hot(train, shape), _one_hot(test, shape)
+    lo, hi = float(train["ratings"].min()), float(train["ratings"].max())
+    fm = myfm.MyFMRegressor(rank=rank, random_seed=seed)
+    t0 = time.perf_counter()
+    with contextlib.redirect_stderr(io.StringIO()):  # its progress bar
+        fm.fit(X, train["ratings"].astype(np.float64), n_iter=sweeps, n_kept_samples=sweeps)
+    fit_s = time.perf_counter() - t0
+    pred = np.clip(fm.predict(Xt), lo, hi)
+    return {"fit_s": fit_s, **_errors(pred, test), "params": {"rank": rank, "sweeps": sweeps}}
+
+
+def cmfrec_als(train: dict, test: dict, k: int = 40, lambda_: float = 10.0) -> dict:
+    """cmfrec's CMF (ALS with user and item biases), k=40, lambda=10 as the README measures it."""
+    import pandas as pd
+    from cmfrec import CMF
+
+    df = pd.DataFrame({"UserId": train["users"], "ItemId": train["items"],
+                       "Rating": train["ratings"].astype(np.float64)})
+    model = CMF(k=k, lambda_=lambda_, user_bias=True, item_bias=True, verbose=False,
+                random_state=0)
+    t0 = time.perf_counter()
+    model.fit(df)
+    fit_s = time.perf_counter() - t0
+    pred = np.asarray(model.predict(user=test["users"], item=test["items"]), dtype=np.float64)
+    lo, hi = float(train["ratings"].min()), float(train["ratings"].max())
+    pred = np.clip(np.where(np.isfinite(pred), pred, float(df["Rating"].mean())), lo, hi)
+    return {"fit_s": fit_s, **_errors(pred, test), "params": {"k": k, "lambda": lambda_}}
+
+
+LIBMF_CACHE = REPO_ROOT / "benchmarks" / ".cache" / "libmf"
+
+
+def libmf_binaries() -> Path | None:
+    """Build ``mf-train``/``mf-predict`` from ``../shared/baselines/libmf`` into a cache folder
+    (the shared copy is read-only); ``None`` when the source or a compiler is missing."""
+    src = (REPO_ROOT / ".." / "shared" / "baselines" / "libmf").resolve()
+    if (LIBMF_CACHE / "mf-train").exists() and (LIBMF_CACHE / "mf-predict").exists():
+        return LIBMF_CACHE
+    if not src.exists():
+        return None
+    LIBMF_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(LIBMF_CACHE, ignore_errors=True)
+    shutil.copytree(src, LIBMF_CACHE)
+    proc = subprocess.run(["make", "-C", str(LIBMF_CACHE)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None
+    return LIBMF_CACHE
+
+
+def libmf_cli(train: dict, test: dict, k: int = 32, iters: int = 20,
+              threads: int = 2) -> dict | None:
+    """LIBMF's own ``mf-train -k K -t ITERS -s THREADS`` on text files (squared loss, its default
+    L2), then ``mf-predict``; fit time is the ``mf-train`` process. ``None`` if it cannot build."""
+    binaries = libmf_binaries()
+    if binaries is None:
+        return None
+    tmp = Path(tempfile.mkdtemp(prefix="libmf-"))
+    try:
+        for name, part in (("train.txt", train), ("test.txt", test)):
+            np.savetxt(tmp / name, np.column_stack([part["users"], part["items"],
+                                                    part["ratings"]]), fmt="%d %d %g")
+        t0 = time.perf_counter()
+        subprocess.run([str(binaries / "mf-train"), "-s", str(threads), "-k", str(k), "-t",
+                        str(iters), "--quiet", str(tmp / "train.txt"), str(tmp / "model")],
+                       check=True, capture_output=True)
+        fit_s = time.perf_counter() - t0
+        subprocess.run([str(binaries / "mf-predict"), str(tmp / "test.txt"), str(tmp / "model"),
+                        str(tmp / "out.txt")], check=True, capture_output=True)
+        pred = np.loadtxt(tmp / "out.txt")
+        lo, hi = float(train["ratings"].min()), float(train["ratings"].max())
+        return {"fit_s": fit_s, **_errors(np.clip(pred, lo, hi), test),
+                "params": {"k": k, "iters": iters, "threads": threads}}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -217,3 +217,45 @@ def quuxlabs_example() -> np.ndarray:
 def nbytes(d: dict[str, Any]) -> int:
     """Bytes held by the train + test rating arrays."""
     return sum(int(a.nbytes) for part in ("train", "test") for a in d[part].values())
+
+
+def _holdout(name: str, users: np.ndarray, items: np.ndarray, ratings: np.ndarray,
+             fraction: float = 0.9, seed: int = 0) -> dict[str, Any]:
+    """The issues' 90/10 split: ``default_rng(seed).permutation`` of the rows, first 90% train;
+    ids mapped to 0-based indices over all rows."""
+    user_ids, u = np.unique(users, return_inverse=True)
+    item_ids, i = np.unique(items, return_inverse=True)
+    order = np.random.default_rng(seed).permutation(len(ratings))
+    cut = int(fraction * len(ratings))
+    tr, te = order[:cut], order[cut:]
+
+    def part(rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {"users": u[rows].astype(np.int32), "items": i[rows].astype(np.int32),
+                "ratings": ratings[rows].astype(np.float32)}
+
+    return {"name": name, "shape": (int(user_ids.size), int(item_ids.size)),
+            "train": part(tr), "test": part(te), "ids": {"users": user_ids, "items": item_ids}}
+
+
+def ml_latest_small() -> dict[str, Any]:
+    """MovieLens latest-small ``ratings.csv``, 90/10 seeded split."""
+    path = datasets_dir() / "ml-latest-small" / "ratings.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; set AUTOFACT_DATASETS")
+    a = np.loadtxt(path, delimiter=",", skiprows=1, usecols=(0, 1, 2))
+    return _holdout("ml-latest-small 90/10", a[:, 0].astype(np.int64), a[:, 1].astype(np.int64),
+                    a[:, 2])
+
+
+def filmtrust() -> dict[str, Any]:
+    """FilmTrust ``ratings.txt``, duplicate pairs keeping the last, then the 90/10 seeded split."""
+    path = datasets_dir() / "filmtrust" / "ratings.txt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; set AUTOFACT_DATASETS")
+    a = np.loadtxt(path, usecols=(0, 1, 2))
+    u, i = a[:, 0].astype(np.int64), a[:, 1].astype(np.int64)
+    key = u * (int(i.max()) + 1) + i
+    # last occurrence of each pair, in file order
+    _, last_rev = np.unique(key[::-1], return_index=True)
+    keep = np.sort(len(key) - 1 - last_rev)
+    return _holdout("filmtrust 90/10", u[keep], i[keep], a[keep, 2])

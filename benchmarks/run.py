@@ -34,7 +34,7 @@ DEFAULT_CASES = ["gradient", "post", "surprise", "movielens", "scale"]
 #: Both sides of the gradient case report their best of this many calls (2-core cloud machines
 #: are noisy; the best is the least disturbed).
 GRADIENT_REPEATS = 20
-ALL_CASES = DEFAULT_CASES + ["netflix"]
+ALL_CASES = DEFAULT_CASES + ["netflix", "accuracy"]
 
 
 class Timer:
@@ -334,6 +334,88 @@ def case_netflix(quick: bool, device: str) -> None:
            timeout=4 * 3600)
 
 
+#: Issue 9's accuracy targets (RMSE, and MAE on ml-100k) for the defaults.
+ACCURACY_TARGETS = {"ml-100k": (0.895, 0.705), "ml-latest-small": (0.848, None),
+                    "filmtrust": (0.765, None)}
+#: Printed after the main table (method x dataset: RMSE, MAE, fit seconds).
+extra_tables: list[str] = []
+
+
+def _accuracy_data(quick: bool) -> list[tuple[str, list[dict]]]:
+    folds = [1] if quick else [1, 2, 3, 4, 5]
+    out: list[tuple[str, list[dict]]] = []
+    for name, load in (("ml-100k", lambda: [ds.movielens_100k(k) for k in folds]),
+                       ("ml-latest-small", lambda: [ds.ml_latest_small()]),
+                       ("filmtrust", lambda: [ds.filmtrust()])):
+        try:
+            out.append((name, load()))
+        except FileNotFoundError as exc:
+            add_row(f"accuracy {name}", None, "", None, note=str(exc))
+    return out
+
+
+def case_accuracy(quick: bool, device: str) -> None:
+    """Defaults against the peers on real data: RMSE, MAE and fit time, every method on the same
+    splits in this process (ml-100k: mean over the canonical folds u1..u5)."""
+    sweeps = 50 if quick else 200
+    methods = {
+        "autofact defaults": lambda d: _try_af("accuracy", af.default_fit, d, device=device),
+        "myFM BMF r10": lambda d: bl.myfm_bmf(d["train"], d["test"], d["shape"], sweeps=sweeps),
+        "cmfrec ALS k40": lambda d: bl.cmfrec_als(d["train"], d["test"]),
+        "Surprise SVD": lambda d: bl.surprise_svd(d["train"], d["test"]),
+        "LIBMF k32": lambda d: bl.libmf_cli(d["train"], d["test"]),
+    }
+    results: dict[str, dict[str, dict]] = {}
+    for name, splits in _accuracy_data(quick):
+        for method, run in methods.items():
+            per: list[dict] = []
+            for d in splits:
+                try:
+                    r = run(d)
+                except ImportError as exc:
+                    r = {"error": f"not installed: {exc}"}
+                except Exception as exc:
+                    r = {"error": f"{type(exc).__name__}: {exc}"}
+                if r is None:
+                    r = {"error": "not available"}
+                per.append(r)
+            ok = [r for r in per if "error" not in r]
+            if len(ok) == len(per):
+                results.setdefault(name, {})[method] = {
+                    k: float(np.mean([r[k] for r in ok])) for k in ("rmse", "mae", "fit_s")
+                } | ({"solver": ok[0]["solver"]} if "solver" in ok[0] else {})
+            else:
+                results.setdefault(name, {})[method] = {"error": per[0].get("error", "failed")}
+        res = results[name]
+        af_r, peer = res.get("autofact defaults", {}), res.get("myFM BMF r10", {})
+        t_rmse, t_mae = ACCURACY_TARGETS[name]
+        acc = note = ""
+        if "rmse" in af_r:
+            ok_rmse = af_r["rmse"] <= t_rmse and (t_mae is None or af_r["mae"] <= t_mae)
+            acc = (f"autofact RMSE {af_r['rmse']:.4f} MAE {af_r['mae']:.4f} "
+                   f"({af_r.get('solver', '?')}); target <= {t_rmse}"
+                   + (f" / MAE <= {t_mae}" if t_mae else "")
+                   + f": {'met' if ok_rmse else 'NOT met'}")
+        else:
+            note = af_r.get("error", "")
+        if "rmse" in peer:
+            acc += f"; myFM {peer['rmse']:.4f} / {peer['mae']:.4f}"
+        add_row(f"accuracy {name}" + (" (5 folds)" if name == "ml-100k" and not quick else ""),
+                af_r.get("fit_s"), "myFM BMF r10, " + str(sweeps) + " sweeps", peer.get("fit_s"),
+                0.25 if name == "ml-100k" else None, accuracy=acc, note=note)
+    lines = ["| method | " + " | ".join(f"{n} RMSE / MAE / fit s" for n in results) + " |",
+             "|---|" + "---|" * len(results)]
+    for method in methods:
+        cells = []
+        for n in results:
+            r = results[n].get(method, {})
+            cells.append(f"{r['rmse']:.4f} / {r['mae']:.4f} / {r['fit_s']:.2f}" if "rmse" in r
+                         else r.get("error", "n/a"))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    extra_tables.append("\n".join(lines))
+    details["accuracy"] = results
+
+
 CASES = {
     "gradient": case_gradient,
     "post": case_post,
@@ -341,6 +423,7 @@ CASES = {
     "movielens": case_movielens,
     "scale": case_scale,
     "netflix": case_netflix,
+    "accuracy": case_accuracy,
 }
 
 
@@ -446,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
             add_row(c, None, "", None, note=f"case failed: {type(exc).__name__}: {exc}")
         print(f"[{c}] {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     total = time.perf_counter() - t_all
-    md = table(rows)
+    md = "\n\n".join([table(rows), *extra_tables])
     print(md)
     print(
         f"\n{info['device_name']} ({info['cpu_count']} cpus), torch {info['torch']}, "
