@@ -247,9 +247,9 @@ class MatrixFactorization:
 
         def on_epoch(epoch: int, value: float, seconds: float) -> bool:
             rec: dict[str, float] = {"epoch": epoch, "loss": value, "time": seconds}
+            self.history_.append(rec)  # first: Ctrl-C from here on keeps this epoch (issue 8)
             if val is not None:
                 rec["val_rmse"] = val.rmse(params)
-            self.history_.append(rec)
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k in ("loss", "val_rmse")})
                 bar.update(1)
@@ -260,6 +260,11 @@ class MatrixFactorization:
                 obj, params, solver=solver, epochs=epochs, lr=lr, batch_size=self.batch_size,
                 seed=self.seed, nonnegative=self.nonnegative, on_epoch=on_epoch, start_time=start,
             )
+        except KeyboardInterrupt:
+            # issue 8: fit_params left the parameters of the last finished epoch; keep a usable
+            # model of that epoch (exported below) and let the interrupt go on
+            self.n_epochs_ = len(self.history_)
+            raise
         finally:
             if bar is not None:
                 bar.close()

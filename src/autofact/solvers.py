@@ -84,7 +84,8 @@ def fit_params(
     ``start_time``, by default the call's start, so set-up counts) (objective at the start of
     the epoch for full-batch solvers, summed over batches for mini-batch ones); returning ``True``
     stops training. A non-finite objective restores the last finite parameters and raises
-    :class:`FitError`.
+    :class:`FitError`; ``KeyboardInterrupt`` restores those of the last finished epoch and is
+    re-raised.
     """
     t0 = time.perf_counter() if start_time is None else start_time
     gen = torch.Generator(device="cpu")
@@ -96,14 +97,23 @@ def fit_params(
     good = None if checks_first else _snapshot(params)
     for epoch in range(1, epochs + 1):
         try:
-            value = step()
-        except _NonFinite as exc:
-            value = exc.value
-        else:
-            _project(params, nonnegative)
-        finite = math.isfinite(value) and all(
-            bool(torch.isfinite(p).all()) for p in params.values()
-        )
+            try:
+                value = step()
+            except _NonFinite as exc:
+                value = exc.value
+            else:
+                _project(params, nonnegative)
+            finite = math.isfinite(value) and all(
+                bool(torch.isfinite(p).all()) for p in params.values()
+            )
+            if finite and good is not None:
+                good = _snapshot(params)
+        except KeyboardInterrupt:
+            # Ctrl-C (issue 8): leave the parameters of the last finished epoch. A full-batch
+            # first-order step computes everything before it updates, so it has no copy.
+            if good is not None:
+                _restore(params, good)
+            raise
         if not finite:
             if good is not None:
                 _restore(params, good)
@@ -118,8 +128,6 @@ def fit_params(
                 + f"; the last finite parameters (epoch {epoch - 1}) are kept. {hint}",
                 epoch=epoch,
             )
-        if good is not None:
-            good = _snapshot(params)
         if on_epoch is not None and on_epoch(epoch, value, time.perf_counter() - t0):
             return epoch
     return epochs
