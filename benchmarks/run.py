@@ -428,6 +428,66 @@ CASES = {
 
 
 # --------------------------------------------------------------------------------------------------
+# contention: every case again beside a busy process (issue 10)
+# --------------------------------------------------------------------------------------------------
+#: Busy processes started for the contended run: one, i.e. one of two cores lost on a 2-core box.
+BUSY_PROCESSES = 1
+
+
+class busy:
+    """``with busy(n):`` runs ``n`` processes spinning in pure Python (one core each), started
+    before and killed after the block, so a case measures what it gets on a shared machine."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> busy:
+        code = "while True:\n    pass\n"
+        self.procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(self.n)]
+        time.sleep(0.2)  # let them reach the loop
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait()
+
+
+def _run_case(c: str, quick: bool, device: str) -> None:
+    try:
+        CASES[c](quick, device)
+    except Exception as exc:
+        details.setdefault("errors", {})[c] = traceback.format_exc()
+        add_row(c, None, "", None, note=f"case failed: {type(exc).__name__}: {exc}")
+
+
+def _merge_contended(start: int, mid: int) -> None:
+    """Fold the contended rows ``rows[mid:]`` into their quiet twins ``rows[start:mid]`` (same
+    case label) as ``c_autofact_s``/``c_baseline_s``/``c_ratio`` and autofact's slowdown; a
+    contended row without a quiet twin stays a row of its own, marked in its label."""
+    quiet = {r["case"]: r for r in rows[start:mid]}
+    extra = rows[mid:]
+    del rows[mid:]
+    for r in extra:
+        twin = quiet.get(r["case"])
+        if twin is None:
+            r["case"] += " [contended]"
+            r["c_autofact_s"], r["c_baseline_s"], r["c_ratio"] = (
+                r.pop("autofact_s"), r.pop("baseline_s"), r.pop("ratio"))
+            r.update(autofact_s=None, baseline_s=None, ratio=None)
+            rows.append(r)
+            continue
+        twin["c_autofact_s"], twin["c_baseline_s"], twin["c_ratio"] = (
+            r["autofact_s"], r["baseline_s"], r["ratio"])
+        if twin["autofact_s"] and r["autofact_s"]:
+            twin["slowdown"] = r["autofact_s"] / twin["autofact_s"]
+        if r.get("note") and r["note"] != twin.get("note"):
+            twin["note"] = (twin.get("note", "") + f" [contended: {r['note']}]").strip()
+
+
+# --------------------------------------------------------------------------------------------------
 def machine_info(device: str) -> dict[str, Any]:
     import torch
 
@@ -470,8 +530,15 @@ COLUMNS = [
 ]
 
 
+#: Contended columns, present when some row was also run beside a busy process.
+CONTENDED_COLUMNS = ["contended autofact (s)", "contended baseline (s)", "contended ratio",
+                     "autofact slowdown (target <= 2)"]
+
+
 def table(rows: list[dict]) -> str:
-    out = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    contended = any("c_autofact_s" in r or "c_baseline_s" in r for r in rows)
+    columns = COLUMNS + (CONTENDED_COLUMNS if contended else [])
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         cells = [
             r["case"],
@@ -485,6 +552,11 @@ def table(rows: list[dict]) -> str:
             r["accuracy"],
             r["note"],
         ]
+        if contended:
+            slow = r.get("slowdown")
+            cells += [_fmt(r.get("c_autofact_s")), _fmt(r.get("c_baseline_s")),
+                      _fmt(r.get("c_ratio")),
+                      "" if slow is None else f"{slow:.2f} ({'ok' if slow <= 2 else 'OVER'})"]
         out.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
     return "\n".join(out)
 
@@ -504,6 +576,11 @@ def main(argv: list[str] | None = None) -> int:
              "(e.g. surprise=0.6205,movielens=0.9513 from a CPU run)",
     )
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument(
+        "--load", default="both", choices=["quiet", "contended", "both"],
+        help="run each case quiet, beside a busy process this script starts and stops itself, "
+             "or both (default; the table then has the contended columns and the slowdown)",
+    )
     args = ap.parse_args(argv)
     for item in filter(None, args.surprise_rmse.split(",")):
         key, _, val = item.partition("=")
@@ -522,11 +599,16 @@ def main(argv: list[str] | None = None) -> int:
     for c in cases:
         t0 = time.perf_counter()
         print(f"[{c}] running...", file=sys.stderr, flush=True)
-        try:
-            CASES[c](args.quick, args.device)
-        except Exception as exc:
-            details.setdefault("errors", {})[c] = traceback.format_exc()
-            add_row(c, None, "", None, note=f"case failed: {type(exc).__name__}: {exc}")
+        start = len(rows)
+        if args.load in ("quiet", "both"):
+            _run_case(c, args.quick, args.device)
+        if args.load in ("contended", "both"):
+            mid = len(rows)
+            print(f"[{c}] again beside {BUSY_PROCESSES} busy process(es)...", file=sys.stderr,
+                  flush=True)
+            with busy(BUSY_PROCESSES):
+                _run_case(c, args.quick, args.device)
+            _merge_contended(start, mid)
         print(f"[{c}] {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     total = time.perf_counter() - t_all
     md = "\n\n".join([table(rows), *extra_tables])
