@@ -1,9 +1,9 @@
 """The ``autofact`` command line, run as a user would: ``python -m autofact`` and the console
 script, on MovieLens 100k (u1.base / u1.test) read from ../shared/datasets.
 
-The happy path runs in subprocesses (one fit shared by the module); the error matrix calls
-``autofact.cli.main`` in-process (the same code, without paying torch's import each time) and
-checks a few of the same errors in a real process too.
+The happy path runs in subprocesses (one fit shared by the module); the error matrix, on
+generated files, is in test_cli_errors.py (in-process); a few errors are checked in a real
+process here.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 
 import autofact
 from autofact import cli
+from autofact.cli.readers import read_titles
 
 from .conftest import dataset
 
@@ -164,75 +165,13 @@ def test_pickle_handed_to_predict_is_refused_and_not_run(tmp_path, capsys):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["fit", "{tmp}/missing.csv", "--out", "{tmp}/m.npz"],
-         "argument DATA: file '{tmp}/missing.csv' does not exist"),
-        (["fit", "{tmp}/bad.csv", "--out", "{tmp}/m.npz"],
-         "line 3 of bad.csv: expected at least 3 fields (user, item, rating), got fewer"),
-        (["fit", "{tmp}/bad.csv", "--rank", "-3", "--out", "{tmp}/m.npz"],
-         "argument --rank: must be a positive int, got '-3'"),
-        (["fit", "{tmp}/bad.csv", "--test-fraction", "1.5", "--out", "{tmp}/m.npz"],
-         "argument --test-fraction: must be a number strictly between 0 and 1"),
-        (["fit", "{tmp}/bad.csv", "--loss", "cubic", "--out", "{tmp}/m.npz"],
-         "argument --loss: must be one of absolute, huber"),
-        (["fit", "{tmp}/bad.csv", "--loss", "nosuchmodule:f", "--out", "{tmp}/m.npz"],
-         "cannot import module 'nosuchmodule'"),
-        (["fit", "{tmp}/bad.csv", "--out", "{tmp}/nodir/m.npz"],
-         "folder '{tmp}/nodir' does not exist"),
-        (["fit", "{tmp}/bad.csv"], "the following arguments are required: --out"),
-        (["predict", "{model}", "--user", "99999", "--item", "1"],
-         "user 99999 is not in the training data"),
-        (["predict", "{model}", "--user", "1", "--item", "abc"],
-         "item 'abc' is not in the training data"),
-        (["predict", "{model}", "--user", "1"], "predict needs both --user and --item"),
-        (["predict", "{model}", "--pairs", "{tmp}/badpairs.csv"],
-         "line 2 of badpairs.csv: expected 2 fields (user, item), got 1"),
-        (["recommend", "{model}", "--user", "99999"],
-         "user 99999 is not in the training data; pass --fallback"),
-        (["recommend", "{model}", "--user", "1", "-n", "0"], "argument -n: must be a positive int"),
-        (["recommend", "{model}", "--ratings", "{tmp}/badratings.csv"],
-         "line 2 of badratings.csv: rating 'five' is not a number"),
-        (["recommend", "{model}"], "one of the arguments --user/-u --ratings is required"),
-        (["evaluate", "{tmp}/bad.csv", "{tmp}/bad.csv"], "bad.csv is not an autofact model"),
-        (["frobnicate"], "argument VERB: invalid choice: 'frobnicate'"),
-    ],
-    ids=["missing-file", "malformed-line", "rank", "test-fraction", "loss-name", "loss-path",
-         "out-folder", "no-out", "unknown-user", "unknown-item", "user-without-item",
-         "malformed-pairs", "recommend-unknown-user", "n-zero", "malformed-ratings",
-         "recommend-no-user", "not-a-model", "unknown-verb"],
-)
-def test_user_errors_are_one_line_with_exit_status_2(argv, message, tmp_path, capsys, fitted):
-    (tmp_path / "bad.csv").write_text("1,2,5\n1,3,4\n2,4\n")
-    (tmp_path / "badpairs.csv").write_text("1,1\n2\n")
-    (tmp_path / "badratings.csv").write_text("50,5\n181,five\n")
-    fill = {"tmp": tmp_path, "model": fitted["model"]}
-    code, out, err = call(capsys, *[a.format(**fill) for a in argv])
-    assert code == cli.ExitStatus.USAGE
-    assert out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("autofact: error: "), err
-    assert message.format(**fill) in lines[0]
-
-
-def test_traceback_only_on_request(tmp_path, capsys):
-    (tmp_path / "bad.csv").write_text("1,2,5\n1,3,x\n")
-    code, _, err = call(capsys, "fit", tmp_path / "bad.csv", "--out", tmp_path / "m.npz")
-    assert code == 2 and "Traceback" not in err
-    code, _, err = call(capsys, "fit", tmp_path / "bad.csv", "--out", tmp_path / "m.npz",
-                        "--traceback")
-    assert code == 2 and "Traceback (most recent call last)" in err
-    assert err.strip().splitlines()[-1] == (
-        "autofact: error: line 2 of bad.csv: rating 'x' is not a number"
-    )
-
-
 def test_ctrl_c_exits_130(monkeypatch, capsys, fitted, ml):
+    from autofact.cli import evaluate as verb
+
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "evaluate", interrupted)
+    monkeypatch.setattr(verb, "evaluate", interrupted)
     code, _, err = call(capsys, "evaluate", fitted["model"], ml / "u1.test")
     assert code == 130 and "interrupted" in err
 
@@ -255,5 +194,5 @@ def test_titles_from_movies_csv_and_string_ids(tmp_path):
     movies = tmp_path / "movies.csv"
     movies.write_text('movieId,title,genres\n1,Toy Story (1995),Animation\n'
                       '2,"Jumanji, The (1995)",Adventure\nab,Text Id,Drama\n')
-    titles = cli._read_titles(movies)
+    titles = read_titles(movies)
     assert titles == {1: "Toy Story (1995)", 2: "Jumanji, The (1995)", "ab": "Text Id"}

@@ -52,6 +52,7 @@ _ID_DTYPE_KINDS = "iubfUO"
 def save(model: Any, path: str | os.PathLike[str]) -> Path:
     """Write a fitted ``model`` to ``path`` (one file; the name is used as given).
 
+    A symbolic link is written through: the link stays, the file it points to gets the model.
     Raises ``ValueError`` for a loss or regularization that cannot be re-imported and for ids
     that JSON cannot hold; ``RuntimeError`` when the model is not fitted.
     """
@@ -59,9 +60,11 @@ def save(model: Any, path: str | os.PathLike[str]) -> Path:
     target = Path(path)
     if target.is_dir():
         raise ValueError(f"path {str(path)!r} is a directory; give a file name such as model.npz")
-    if not target.parent.exists():
+    real = Path(os.path.realpath(target))  # issue 8: replace the link's target, not the link
+    if not real.parent.is_dir():
+        folder = target.parent if real.name == target.name else real.parent
         raise ValueError(
-            f"cannot save to {str(path)!r}: folder {str(target.parent)!r} does not exist; "
+            f"cannot save to {str(path)!r}: folder {str(folder)!r} does not exist; "
             "create it first"
         )
     meta = _metadata(model)
@@ -75,14 +78,37 @@ def save(model: Any, path: str | os.PathLike[str]) -> Path:
         "seen_indptr": np.asarray(seen.indptr, dtype=np.int64),
         "seen_indices": np.asarray(seen.indices, dtype=np.int32),
     }
-    _atomic_savez(target, arrays)
+    _atomic_savez(real, arrays)
     return target
 
 
+def is_model_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` looks like a file :func:`save` wrote: a zip archive holding ``meta.npy``
+    (only the zip's directory is read; nothing is loaded). The CLI replaces only such files."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return "meta.npy" in zf.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+# Temporary files are named ``.NAME.PID.XXXXXXXX.tmp`` beside the target: a save killed
+# before its rename (kill -9, power loss) leaves one, which the next save to NAME removes once
+# the process PID is gone (issue 8). The PID keeps a save running in parallel safe.
+_TMP_RANDOM = "[a-z0-9_]{8}"
+
+
 def _atomic_savez(target: Path, arrays: dict[str, np.ndarray]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    """Write ``arrays`` to a temporary file in ``target``'s folder, flush, fsync, then rename
+    it over ``target`` (which must not be a symbolic link: resolve it first)."""
+    _remove_stale_temporaries(target)
+    fd, tmp = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(fd, "wb") as fh:
+            with contextlib.suppress(AttributeError, OSError):  # mkstemp creates it 0600
+                os.fchmod(fh.fileno(), 0o666 & ~_umask())
             np.savez(fh, allow_pickle=False, **arrays)
             fh.flush()
             os.fsync(fh.fileno())
@@ -98,6 +124,58 @@ def _atomic_savez(target: Path, arrays: dict[str, np.ndarray]) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """Remove the temporary files of earlier saves to ``target`` whose process has ended."""
+    import re
+
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.{_TMP_RANDOM}\.tmp")
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return
+    for name in names:
+        m = pattern.fullmatch(name)
+        if m is None or _process_alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(target.parent / name)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name != "posix":  # os.kill(pid, 0) would end the process on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (threads may be
+    creating files meanwhile); else set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _check_fitted(model: Any) -> None:
+    if getattr(model, "index_", None) is None or not hasattr(model, "user_factors_"):
+        raise RuntimeError(f"this {type(model).__name__} is not fitted yet; call fit(ratings) "
+                           "first")
 
 
 def _metadata(model: Any) -> dict[str, Any]:

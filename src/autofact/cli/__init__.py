@@ -1,0 +1,177 @@
+"""The ``autofact`` command line: ``fit``, ``evaluate``, ``predict``, ``recommend``, ``demo``.
+
+One module per verb (:mod:`.fit`, :mod:`.evaluate`, ...), each with ``register`` (its
+arguments) and one function taking the parsed arguments and returning an :class:`ExitStatus`.
+Argument checks live in the argument types (:mod:`.options`) and, for the files a command
+writes, in :mod:`.paths`, all before any work. Results go to stdout (``--json`` for
+machine-readable output); progress bars, warnings and errors to stderr, as one line
+``autofact: error: ...`` that names the command-line option to change (``--duplicates mean``,
+not the Python keyword). Exit status: 2 for a usage or input error, 1 for a failed run
+(training diverged, a file could not be written, an internal error), 130 for Ctrl-C; a
+traceback appears only with ``--traceback``.
+
+::
+
+    autofact fit u1.base --test u1.test --out model.npz
+    autofact evaluate model.npz u1.test
+    autofact recommend model.npz --user 196 -n 10 --items u.item
+    autofact demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import traceback
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from .common import PROG, ExitStatus, UsageError, say
+
+__all__ = ["main", "build_parser", "cli_words", "ExitStatus", "UsageError"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, no usage dump
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every verb."""
+    from .. import __version__
+    from . import demo, evaluate, fit, predict, recommend
+
+    parser = _Parser(
+        prog=PROG,
+        description="Matrix factorization of ratings with missing entries: fit, evaluate, "
+        "predict, recommend.",
+        epilog="Run 'autofact VERB --help' for a verb's options; 'autofact demo' for a tour.",
+    )
+    parser.add_argument("--version", action="version", version=f"autofact {__version__}")
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="VERB", parser_class=_Parser)
+    for verb in (fit, evaluate, predict, recommend, demo):
+        verb.register(sub)
+    return parser
+
+
+# ------------------------------------------------------------------------------ error messages
+# Python keyword in a library message -> the option of the command line that sets it
+_OPTIONS = {
+    "duplicates": "--duplicates", "sep": "--sep", "encoding": "--encoding",
+    "user": "--user-col", "item": "--item-col", "rating": "--rating-col",
+    "weight": "--weight-col", "timestamp": "--time-col",
+    "lr": "--lr", "beta": "--beta", "solver": "--solver", "rank": "--rank", "epochs": "--epochs",
+    "batch_size": "--batch-size", "loss": "--loss", "regularization": "--reg", "seed": "--seed",
+    "dtype": "--dtype", "device": "--device", "fallback": "--fallback",
+}
+_FLAGS = {("header", "True"): "--header", ("header", "False"): "--no-header",
+          ("bias", "True"): "--bias", ("bias", "False"): "--no-bias"}
+_KEYWORD = re.compile(
+    r"(?<![\w.])(" + "|".join(sorted(_OPTIONS.keys() | {k for k, _ in _FLAGS}, key=len,
+                                     reverse=True))
+    + r")=(?:'([^']*)'|\"([^\"]*)\"|([\w.+:-]*\w))?"
+)
+_LOAD_CALL = re.compile(
+    r"autofact\.load\([^()]*?,\s*(loss|regularization)=([\w.]+)\.(\w+)\)"
+)
+
+
+def cli_words(text: str) -> str:
+    """A library message in command-line words: ``pass duplicates='mean'`` becomes
+    ``pass --duplicates mean``, ``lr=0.001`` becomes ``--lr 0.001``, and
+    ``autofact.load('m.npz', loss=mymod.cauchy)`` becomes ``--loss mymod:cauchy``."""
+    text = _LOAD_CALL.sub(lambda m: f"{_OPTIONS[m.group(1)]} {m.group(2)}:{m.group(3)}", text)
+
+    def option(m: re.Match[str]) -> str:
+        name = m.group(1)
+        value = next((g for g in m.groups()[1:] if g is not None), "")
+        if (name, value) in _FLAGS:
+            return _FLAGS[(name, value)]
+        if name not in _OPTIONS:
+            return m.group(0)
+        return _OPTIONS[name] if not value else f"{_OPTIONS[name]} {value}"
+
+    return _KEYWORD.sub(option, text)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int,
+                  file: Any = None, line: Any = None) -> None:
+    text = str(message).replace(" (pass strict=True to raise instead)", "")
+    say(f"warning: {cli_words(' '.join(text.split()))}")
+
+
+# ------------------------------------------------------------------------------ entry point
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (see :class:`ExitStatus`)."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    show_tb = "--traceback" in args_list
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
+            parser = build_parser()
+            args = parser.parse_args(args_list)
+            if args.command is None:
+                parser.print_help(sys.stderr)
+                return ExitStatus.USAGE
+            return int(args.func(args))
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        say("interrupted")
+        return ExitStatus.INTERRUPTED
+    except BrokenPipeError:  # e.g. `autofact predict ... | head`
+        _silence_stdout()
+        return ExitStatus.OK
+    except Exception as exc:
+        if show_tb:
+            traceback.print_exc()
+        status, message = _describe(exc)
+        say(message)
+        return status
+
+
+def _describe(exc: Exception) -> tuple[ExitStatus, str]:
+    """The exit status and the one line for an error that ended a command."""
+    from ..errors import FitError
+
+    if isinstance(exc, UsageError):
+        return ExitStatus.USAGE, f"error: {_one_line(exc)}"
+    if isinstance(exc, ValueError):  # bad input: a file, an id, a value (library messages)
+        return ExitStatus.USAGE, f"error: {cli_words(_one_line(exc))}"
+    if isinstance(exc, FitError):
+        return ExitStatus.ERROR, f"error: {cli_words(_one_line(exc))}"
+    if isinstance(exc, ImportError) and "pip install" in str(exc):  # a missing extra
+        return ExitStatus.ERROR, f"error: {_one_line(exc)}"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename!r}" if exc.filename else ""
+        return ExitStatus.ERROR, f"error: {exc.strerror}{where}"
+    if isinstance(exc, MemoryError):
+        return ExitStatus.ERROR, "error: out of memory; try a smaller --rank or --batch-size"
+    return ExitStatus.ERROR, (
+        f"internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --traceback for "
+        "the details, and please report it)"
+    )
+
+
+def _silence_stdout() -> None:
+    """Point stdout at devnull so the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

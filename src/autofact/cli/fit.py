@@ -1,0 +1,161 @@
+"""``autofact fit DATA --out MODEL``: fit, save, report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from . import options as o
+from .common import ExitStatus, metrics_table, plot_history, print_json, say
+from .paths import check_distinct, check_output
+
+
+def register(sub: Any) -> None:
+    from ..solvers import SOLVERS
+
+    p = sub.add_parser("fit", help="fit a model and save it",
+                       description="Fit a model on DATA and save it to --out; with a test set, "
+                       "report RMSE, MAE and top-k ranking metrics. Ctrl-C saves the model of "
+                       "the last finished epoch.")
+    p.add_argument("data", metavar="DATA", type=o.existing_file,
+                   help="ratings file: CSV/TSV/Parquet/MovieLens (user, item, rating[, time])")
+    test = p.add_mutually_exclusive_group()
+    test.add_argument("--test", type=o.existing_file, metavar="FILE",
+                      help="held-out ratings: validation RMSE per epoch and final metrics")
+    test.add_argument("--test-fraction", type=o.fraction, metavar="F",
+                      help="hold out this fraction of DATA (seeded by --seed) as the test set")
+    p.add_argument("--out", "-o", type=o.output_path, required=True, metavar="MODEL",
+                   help="where to save the fitted model (e.g. model.npz); an existing file is "
+                   "replaced only if it is an autofact model")
+    hp = p.add_argument_group("model (defaults: those of autofact.MatrixFactorization)")
+    hp.add_argument("--rank", type=o.positive_int, help="number of latent factors (default 10)")
+    hp.add_argument("--loss", type=o.loss,
+                    help="squared, absolute, huber, logistic, poisson, or module:function")
+    hp.add_argument("--reg", type=o.regularization, metavar="REG",
+                    help="regularization: l2, l1, none, or module:function (default l2)")
+    hp.add_argument("--beta", type=o.nonnegative_float, help="regularization strength")
+    hp.add_argument("--solver", choices=("auto",) + tuple(SOLVERS),
+                    help="training algorithm (default auto)")
+    hp.add_argument("--epochs", type=o.positive_int, help="passes over the data")
+    hp.add_argument("--lr", type=o.positive_float, help="learning rate (first-order solvers)")
+    hp.add_argument("--batch-size", type=o.positive_int, help="mini-batch size (adam, sgd)")
+    hp.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None,
+                    help="learn a global mean and user/item biases (default: yes)")
+    hp.add_argument("--seed", type=o.nonnegative_int, help="random seed (default 0)")
+    hp.add_argument("--device", help="auto, cpu or cuda[:N] (default auto)")
+    hp.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
+    o.add_ratings_options(p)
+    p.add_argument("--k", type=o.positive_int, default=10, help="k of the @k metrics (10)")
+    p.add_argument("--threshold", type=o.finite, default=4.0,
+                   help="a test rating >= this is relevant for the @k metrics (4)")
+    p.add_argument("--plot", type=o.output_path, metavar="IMAGE",
+                   help="write the learning curve (loss, validation RMSE) to this .png, .pdf "
+                   "or .svg")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    o.add_common(p)
+    p.set_defaults(func=fit)
+
+
+def fit(args: argparse.Namespace) -> ExitStatus:
+    """Fit a model on DATA, save it to --out, report metrics on a test set if one is given."""
+    inputs = {"DATA": args.data, "--test": args.test}
+    check_output(args.out, "--out", "model", inputs)
+    if args.plot is not None:
+        check_output(args.plot, "--plot", "plot", inputs)
+        check_distinct({"--out": args.out, "--plot": args.plot})
+
+    from ..evaluation import evaluate, random_split
+    from ..model import MatrixFactorization
+
+    train = o.read_ratings(args.data, args)
+    test = None
+    if args.test is not None:
+        test = o.read_ratings(args.test, args)
+    elif args.test_fraction is not None:
+        seed = 0 if args.seed is None else args.seed
+        train, test = random_split(train, args.test_fraction, seed=seed)
+    given = {
+        "rank": args.rank, "loss": args.loss, "regularization": args.reg, "beta": args.beta,
+        "solver": args.solver, "epochs": args.epochs, "lr": args.lr,
+        "batch_size": args.batch_size, "bias": args.bias, "seed": args.seed,
+        "device": args.device, "dtype": args.dtype,
+    }
+    params = {k: v for k, v in given.items() if v is not None}
+    shared = int(os.environ.get("WORLD_SIZE", "1")) > 1  # started by torchrun
+    main_process = True
+    if shared:
+        from .. import distributed
+
+        params.setdefault("solver", "adam")  # the full-batch solvers are the distributed ones
+        distributed.init()
+        main_process = distributed.is_main_process()
+    model = MatrixFactorization(verbose=not args.quiet and main_process, **params)
+    start = time.perf_counter()
+    if shared:
+        try:
+            distributed.fit(model, train, validation=test)
+        finally:
+            distributed.shutdown()  # no collective work follows
+    else:
+        try:
+            model.fit(train, validation=test)
+        except KeyboardInterrupt:
+            return _save_interrupted(model, args.out)
+    seconds = time.perf_counter() - start
+    if not main_process:  # every process holds the same model; the first one reports it
+        return ExitStatus.OK
+    model.set_params(verbose=False)  # a loaded model stays quiet unless asked
+    model.save(args.out)
+    try:
+        metrics = evaluate(model, test, k=args.k, threshold=args.threshold) if test is not None \
+            else None
+        train_rmse = -model.score(train)  # score() is higher-is-better: the negative RMSE
+        if args.plot is not None:
+            plot_history(model.history_, args.plot, f"autofact fit {Path(args.data).name}")
+    except KeyboardInterrupt:
+        say(f"interrupted after the model was saved to {args.out}")
+        return ExitStatus.INTERRUPTED
+    summary = {
+        "model": str(args.out),
+        "train": {"users": train.n_users, "items": train.n_items, "ratings": len(train)},
+        "rank": model.rank,
+        "solver": model.solver_,
+        "epochs": model.n_epochs_,
+        "seconds": round(seconds, 3),
+        "history": model.history_,
+        "train_rmse": train_rmse,
+        "metrics": metrics,
+        "plot": None if args.plot is None else str(args.plot),
+    }
+    if args.json:
+        print_json(summary)
+        return ExitStatus.OK
+    print(
+        f"fitted rank {model.rank} ({model.solver_}, {model.n_epochs_} epochs, {seconds:.1f} s) "
+        f"on {len(train)} ratings ({train.n_users} users x {train.n_items} items)"
+    )
+    print(f"saved model to {args.out}")
+    if args.plot is not None:
+        print(f"wrote learning curve to {args.plot}")
+    if metrics is None:
+        print(f"training RMSE {train_rmse:.4f}; for held-out metrics pass --test FILE or "
+              "--test-fraction 0.2")
+    else:
+        print()
+        print(metrics_table(metrics))
+    return ExitStatus.OK
+
+
+def _save_interrupted(model: Any, out: Path) -> ExitStatus:
+    """Ctrl-C during training (issue 8): save the model of the last finished epoch, if any."""
+    done = int(getattr(model, "n_epochs_", 0) or 0) if hasattr(model, "user_factors_") else 0
+    if done < 1:
+        say(f"interrupted before the first epoch finished; nothing saved to {out}")
+        return ExitStatus.INTERRUPTED
+    model.set_params(verbose=False)
+    model.save(out)
+    say(f"interrupted during epoch {done + 1}; saved the model of epoch {done} to {out}")
+    return ExitStatus.INTERRUPTED

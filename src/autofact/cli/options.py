@@ -1,0 +1,230 @@
+"""Argument types (checked by argparse, before any work) and the options that several verbs
+share: how to read a ratings file, and which loss a loaded model needs."""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import math
+import typing
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .common import UsageError
+
+
+# ------------------------------------------------------------------------------ argument types
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}")
+    return value
+
+
+def finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a number strictly between 0 and 1 (e.g. 0.2), got {text!r}"
+        )
+    return value
+
+
+def existing_file(text: str) -> Path:
+    p = Path(text)
+    if not p.exists():
+        raise argparse.ArgumentTypeError(f"file {text!r} does not exist; check the path")
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file")
+    return p
+
+
+def output_path(text: str) -> Path:
+    """An output path; checked against the inputs and the disk by :mod:`.paths`."""
+    if not text:
+        raise argparse.ArgumentTypeError("must be a file name, got ''")
+    return Path(text)
+
+
+def _name_or_path(text: str, names: Iterable[str], what: str) -> str:
+    """A built-in name, or a 'module:function' path that imports (checked up front)."""
+    if text in names:
+        return text
+    if ":" in text:
+        from .._imports import import_object
+
+        try:
+            import_object(text, what=what)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+    raise argparse.ArgumentTypeError(
+        f"must be one of {', '.join(sorted(names))} or a 'module:function' path, got {text!r}"
+    )
+
+
+def loss(text: str) -> str:
+    from ..losses import LOSSES
+
+    return _name_or_path(text, LOSSES, "loss")
+
+
+def regularization(text: str) -> str:
+    from ..regularizers import REGULARIZERS
+
+    return _name_or_path(text, REGULARIZERS, "regularization")
+
+
+def encoding(text: str) -> str:
+    try:
+        return codecs.lookup(text).name
+    except LookupError:
+        raise argparse.ArgumentTypeError(
+            f"unknown encoding {text!r}; try utf-8, latin-1 or cp1252"
+        ) from None
+
+
+_SEPARATORS = {"\\t": "\t", "tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|",
+               "space": r"\s+", "whitespace": r"\s+"}
+
+
+def separator(text: str) -> str:
+    """A field separator: the character itself, or ``\\t``/``tab``, ``space`` (any run of
+    whitespace), ``comma``, ``semicolon``, ``pipe``."""
+    if not text:
+        raise argparse.ArgumentTypeError(
+            "must not be empty; give the character, or tab, space, comma, semicolon or pipe"
+        )
+    return _SEPARATORS.get(text.lower(), text)
+
+
+# ------------------------------------------------------------------------------ reading ratings
+def duplicate_choices() -> tuple[str, ...]:
+    """What ``autofact.read(duplicates=...)`` accepts."""
+    from ..data import Duplicates
+
+    return tuple(typing.get_args(Duplicates))
+
+
+# option dest -> keyword of autofact.read (only those given are passed)
+READ_KEYWORDS = {
+    "sep": "sep", "encoding": "encoding", "header": "header", "duplicates": "duplicates",
+    "user_col": "user", "item_col": "item", "rating_col": "rating", "weight_col": "weight",
+    "time_col": "timestamp",
+}
+
+
+def add_ratings_options(p: argparse.ArgumentParser) -> None:
+    """The options that say how to read a ratings file (autofact.read's keywords)."""
+    g = p.add_argument_group(
+        "reading ratings files (detected from the content unless given; see autofact.read)"
+    )
+    g.add_argument("--sep", type=separator, metavar="SEP",
+                   help="field separator: the character, or tab, space, comma, semicolon, pipe")
+    g.add_argument("--encoding", type=encoding, metavar="ENC",
+                   help="text encoding of the file (default utf-8), e.g. latin-1")
+    g.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
+                   help="the first line names the columns (default: detected)")
+    g.add_argument("--duplicates", choices=duplicate_choices(),
+                   help="what to do with a (user, item) pair rated more than once "
+                   "(default error)")
+    g.add_argument("--user-col", metavar="NAME", help="name of the user column (with a header)")
+    g.add_argument("--item-col", metavar="NAME", help="name of the item column")
+    g.add_argument("--rating-col", metavar="NAME", help="name of the rating column")
+    g.add_argument("--weight-col", metavar="NAME",
+                   help="name of a column of per-rating loss weights (used only when named)")
+    g.add_argument("--time-col", metavar="NAME", help="name of a timestamp column")
+
+
+def read_ratings(path: Path, args: argparse.Namespace) -> Any:
+    """``autofact.read(path, ...)`` with the reading options given on the command line; every
+    error names the file."""
+    from ..reading import read
+
+    kwargs = {kw: getattr(args, dest) for dest, kw in READ_KEYWORDS.items()
+              if getattr(args, dest, None) is not None}
+    try:
+        return read(path, **kwargs)
+    except UnicodeDecodeError as exc:
+        used = kwargs.get("encoding", "utf-8")
+        raise UsageError(
+            f"{path}: not {used} text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}); pass --encoding latin-1 (or the file's encoding)"
+        ) from None
+    except ValueError as exc:
+        raise name_file(exc, path) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+
+
+def name_file(exc: ValueError, path: Path) -> ValueError:
+    """``exc`` with the file's name in front when its message does not name it already."""
+    text = str(exc)
+    if path.name in text:
+        return exc
+    return ValueError(f"{path}: {text}")
+
+
+def add_function_options(p: argparse.ArgumentParser) -> None:
+    """--loss/--reg for the verbs that load a model: a model trained with a user's function
+    names it but never imports it; the user gives it here when fold-in needs it."""
+    g = p.add_argument_group("a model trained with your own loss or regularization")
+    g.add_argument("--loss", type=loss, metavar="MODULE:FUNCTION",
+                   help="the loss the model was trained with, when it is your own function "
+                   "(the model file names it; it is never imported from the file)")
+    g.add_argument("--reg", type=regularization, metavar="MODULE:FUNCTION",
+                   help="likewise for a regularization of your own")
+
+
+def add_common(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                   help="show the full traceback on errors")

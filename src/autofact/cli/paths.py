@@ -1,0 +1,126 @@
+"""Checks on the files a command writes, run before any work (issue 8: never lose data).
+
+An output may not be one of the command's inputs (compared as resolved real paths, so a
+relative path, a symbolic link or a hard link to the input is caught); its folder must exist;
+and a file already there is replaced only when it is one this kind of output wrote before (a
+model, an image, a predictions CSV) or is empty. A symbolic link is written through.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from .common import UsageError
+
+# what a file must start with to be replaced by a plot of that format
+_IMAGE_MAGIC = {
+    "png": (b"\x89PNG",), "pdf": (b"%PDF",), "svg": (b"<?xml", b"<svg"), "svgz": (b"\x1f\x8b",),
+    "eps": (b"%!PS", b"\xc5\xd0\xd3\xc6"), "ps": (b"%!PS",), "jpg": (b"\xff\xd8",),
+    "jpeg": (b"\xff\xd8",), "tif": (b"II*\0", b"MM\0*"), "tiff": (b"II*\0", b"MM\0*"),
+    "webp": (b"RIFF",),
+}
+PREDICTIONS_HEADER = "user,item,prediction"
+
+
+def plot_formats() -> list[str]:
+    """The file extensions matplotlib can write (png, pdf, svg, ...)."""
+    from .._optional import optional_import
+
+    optional_import("matplotlib", extra="plot", purpose="plotting")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted(f for f in FigureCanvasBase.get_supported_filetypes() if f in _IMAGE_MAGIC)
+
+
+def check_folder(path: Path, option: str) -> None:
+    """``path`` is a folder that exists (demo --out)."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {str(path)!r} is a file; give a folder")
+    if not path.is_dir():
+        raise UsageError(
+            f"{option}: folder {str(path)!r} does not exist; create it first"
+        )
+
+
+def check_output(
+    path: Path,
+    option: str,
+    kind: str,
+    inputs: Mapping[str, Path | None],
+) -> Path:
+    """Refuse ``path`` for ``option`` (an output of ``kind`` 'model', 'plot' or 'csv') when it
+    is a folder, its folder is missing, it is one of ``inputs`` (name -> path), or it holds a
+    file this kind of output did not write. Returns ``path``."""
+    shown = str(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {shown!r} is a directory; give a file name")
+    real = Path(os.path.realpath(path))
+    if not real.parent.is_dir():
+        folder = path.parent if real.name == path.name else real.parent
+        raise UsageError(
+            f"cannot write {option} {shown!r}: folder {str(folder)!r} does not exist; "
+            "create it first"
+        )
+    if kind == "plot":
+        formats = plot_formats()
+        ext = path.suffix.lower().lstrip(".")
+        if ext not in formats:
+            raise UsageError(
+                f"{option} {shown!r}: cannot draw a {('.' + ext) if ext else 'file without an extension'}"
+                f"; give a file name ending in {', '.join('.' + f for f in formats)}"
+            )
+    for name, other in inputs.items():
+        if other is not None and _same_file(real, other):
+            raise UsageError(
+                f"{option} {shown!r} is the input {name} ({str(other)!r}); writing it would "
+                "destroy the input: choose another name"
+            )
+    if real.exists() and real.stat().st_size > 0 and not _replaceable(real, kind, path.suffix):
+        what = {"model": "an autofact model", "plot": f"a {path.suffix.lstrip('.')} image",
+                "csv": f"a predictions file (first line {PREDICTIONS_HEADER})"}[kind]
+        raise UsageError(
+            f"{option} {shown!r} exists and is not {what}; refusing to replace it: remove it "
+            "first or choose another name"
+        )
+    return path
+
+
+def check_distinct(outputs: Mapping[str, Path | None]) -> None:
+    """Two outputs of one command may not be the same file."""
+    seen: dict[str, str] = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        if real in seen:
+            raise UsageError(
+                f"{option} {str(path)!r} is the same file as {seen[real]}; give each its own name"
+            )
+        seen[real] = option
+
+
+def _same_file(real: Path, other: Path) -> bool:
+    if real == Path(os.path.realpath(other)):
+        return True
+    try:
+        return real.exists() and os.path.samefile(real, other)  # hard links
+    except OSError:
+        return False
+
+
+def _replaceable(real: Path, kind: str, suffix: str) -> bool:
+    if kind == "model":
+        from ..io import is_model_file
+
+        return is_model_file(real)
+    try:
+        with open(real, "rb") as fh:
+            head = fh.read(64)
+    except OSError:
+        return False
+    if kind == "plot":
+        magic = _IMAGE_MAGIC.get(suffix.lower().lstrip("."), ())
+        return head.lstrip().startswith(magic) if magic else False
+    return head.startswith(PREDICTIONS_HEADER.encode())
