@@ -258,7 +258,7 @@ def test_evaluate_matches_the_pieces(fitted):
                         "n_users", "n_ratings"}
     pred = model.predict(test.user_ids[test.users], test.item_ids[test.items])
     assert out["rmse"] == pytest.approx(rmse(pred, test.values))
-    assert out["rmse"] == pytest.approx(model.score(test))
+    assert out["rmse"] == pytest.approx(-model.score(test))  # score is -RMSE (issue 8)
     assert out["mae"] == pytest.approx(mae(pred, test.values))
     assert out["n_ratings"] == len(test)
     # the ranking, rebuilt one user at a time through the public recommend()
@@ -276,7 +276,7 @@ def test_evaluate_matches_the_pieces(fitted):
     assert out[f"map@{k}"] == pytest.approx(map_at_k(ranked, relevant, k))
     # a planted low-rank matrix: much better than a random order of the same candidates
     rng = np.random.default_rng(0)
-    seen = model._seen()
+    seen = model.index_.seen
     shuffled = []
     for u in users:
         candidates = np.setdiff1d(np.arange(len(model.item_ids_)), seen[u].indices)

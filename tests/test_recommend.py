@@ -70,7 +70,7 @@ def test_checkerboard_top_recommendation_is_the_held_out_item():
     for u in range(r.n_users):
         top = model.recommend(u, n=5, exclude_seen=False).items
         assert (top % 2 == u % 2).all()
-        assert set(top) & set(model._seen()[u].indices)
+        assert set(top) & set(model.index_.seen[u].indices)
 
 
 def test_similar_items_finds_the_planted_twin(planted):
@@ -94,7 +94,7 @@ def test_similar_items_finds_the_planted_twin(planted):
 # ---------------------------------------------------------------------------- recommend
 def test_recommend_excludes_exactly_the_seen_items(planted):
     model, r = planted
-    seen = model._seen()
+    seen = model.index_.seen
     for u in range(0, r.n_users, 7):
         uid = r.user_ids[u]
         rec = model.recommend(uid, n=r.n_items)
@@ -110,7 +110,7 @@ def test_recommend_excludes_exactly_the_seen_items(planted):
 def test_recommend_is_the_top_of_the_full_ranking(planted):
     model, r = planted
     scores = model.predict_indices(np.full(r.n_items, 3), np.arange(r.n_items))
-    scores[model._seen()[3].indices] = -np.inf
+    scores[model.index_.seen[3].indices] = -np.inf
     expected = model.item_ids_[np.argsort(-scores, kind="stable")[:5]]
     assert model.recommend("u3", n=5).items.tolist() == expected.tolist()
 
@@ -153,7 +153,7 @@ def test_unknown_user_raises_or_falls_back_to_popularity(planted):
 def test_n_larger_than_the_candidates(planted):
     model, r = planted
     rec = model.recommend("u0", n=10_000)
-    assert len(rec) == r.n_items - len(model._seen()[0].indices)
+    assert len(rec) == r.n_items - len(model.index_.seen[0].indices)
 
 
 def test_recommendations_result(planted):

@@ -14,8 +14,8 @@ from .data import Ratings as Ratings
 from .errors import FitError as FitError
 from .errors import UnknownIdError as UnknownIdError
 from .functional import matrix_factorization_bgd as matrix_factorization_bgd
-from .io import load as load
 from .model import MatrixFactorization as MatrixFactorization
+from .model import load as load
 from .reading import read as read
 from .recommend import FoldedUser as FoldedUser
 from .recommend import Recommendations as Recommendations

@@ -57,3 +57,52 @@ def call_if_factory(obj: Any, n_args: int) -> Any:
         if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
     return obj() if not required and n_args > 0 else obj
+
+
+def is_path(text: Any) -> bool:
+    """Whether ``text`` has the form ``'package.module:function'`` (nothing is imported)."""
+    return isinstance(text, str) and bool(_PATH.match(text))
+
+
+class NotLoaded:
+    """Stands in for a loss or regularizer that a model file names by ``'module:function'``.
+
+    Loading a model never imports or calls what its file names (the file may come from anyone).
+    Predictions need only the saved arrays; whatever needs the function itself (fold-in, a
+    refit) calls this stand-in, which raises a ``ValueError`` asking for the function:
+    ``autofact.load(path, loss=mymod.cauchy)``. It saves again under the same path.
+    """
+
+    def __init__(self, path: str, what: str, file: str, link: str = "identity") -> None:
+        self.path = path
+        self.what = what
+        self.file = file
+        self.link = link
+        if what == "loss":
+            self.spec: dict[str, object] = {"path": path}
+            if link != "identity":
+                self.spec["link"] = link
+            if link == "custom":
+                self.inverse_link = self._missing
+            elif link != "identity":
+                from .losses import INVERSE_LINKS
+
+                self.inverse_link = INVERSE_LINKS[link]
+
+    @property
+    def message(self) -> str:
+        module, _, function = self.path.partition(":")
+        return (
+            f"this model was trained with {self.what} {self.path!r}; pass it to load: "
+            f"autofact.load({self.file!r}, {self.what}={module}.{function}) (a model file's "
+            "functions are never imported from the file)"
+        )
+
+    def _missing(self, *args: Any, **kwargs: Any) -> Any:
+        raise ValueError(self.message)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise ValueError(self.message)
+
+    def __repr__(self) -> str:
+        return f"<{self.what} {self.path!r}, not imported>"

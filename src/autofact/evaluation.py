@@ -288,9 +288,9 @@ def evaluate(
     """Error and top-``k`` ranking metrics of a fitted model on ``test``.
 
     ``rmse``/``mae`` compare ``model.predict`` with every test rating (an id the model has not
-    seen gets the model's usual fallback and warning). For the ranking metrics each test user
-    known to the model gets the model's top ``k`` over all items except those it rated in
-    training (and those it has in ``exclude``, e.g. a validation set, when given); its relevant
+    seen gets the model's usual fallback and warning): the RMSE is ``-model.score(test)``. For the
+    ranking metrics each test user known to the model gets the model's top ``k`` over all items
+    except those it rated in training (and those it has in ``exclude``, e.g. a validation set, when given); its relevant
     items are its test items rated ``>= threshold``; users with no relevant item are left out.
 
     Returns ``{'rmse', 'mae', 'precision@k', 'recall@k', 'ndcg@k', 'map@k', 'n_users',
@@ -305,18 +305,21 @@ def evaluate(
     k = _check_int(k, "k", 1)
     if not (_is_real(threshold) and math.isfinite(threshold)):
         raise ValueError(f"threshold must be a finite number, got {threshold!r}")
-    check = getattr(model, "_check_fitted", None)
-    if check is None:
+    if not (hasattr(model, "predict") and hasattr(model, "get_params")):
         raise TypeError(f"model must be a fitted autofact model, got {type(model).__name__}")
-    check()
+    index = getattr(model, "index_", None)
+    if index is None:
+        raise RuntimeError(
+            f"this {type(model).__name__} is not fitted yet; call fit(ratings) first"
+        )
 
     test_users = test.user_ids[test.users]
     test_items = test.item_ids[test.items]
     pred = model.predict(test_users, test_items)
     out: dict[str, float] = {"rmse": rmse(pred, test.values), "mae": mae(pred, test.values)}
 
-    u = model.user_index(test_users, strict=False)
-    i = model.item_index(test_items, strict=False)
+    u = index.user_index(test_users, strict=False)
+    i = index.item_index(test_items, strict=False)
     good = (test.values >= threshold) & (u >= 0) & (i >= 0)
     users = np.unique(u[good])
     ranked: list[list[int]] = []
@@ -324,8 +327,8 @@ def evaluate(
     if len(users):
         extra = None
         if exclude is not None:
-            eu = model.user_index(exclude.user_ids[exclude.users], strict=False)
-            ei = model.item_index(exclude.item_ids[exclude.items], strict=False)
+            eu = index.user_index(exclude.user_ids[exclude.users], strict=False)
+            ei = index.item_index(exclude.item_ids[exclude.items], strict=False)
             keep = (eu >= 0) & (ei >= 0)
             extra = (eu[keep], ei[keep])
         tops, _ = top_items(model, users, k, exclude_seen=True, extra=extra)

@@ -1,11 +1,12 @@
-"""Save and load a fitted :class:`~autofact.MatrixFactorization`: one file, no pickle.
+"""The model file format: one file, arrays plus JSON metadata, no pickle; atomic write,
+strict read.
 
 The file is a zip archive written by :func:`numpy.savez` holding plain arrays:
 
 ============== ============================================================================
 ``meta``        uint8: a UTF-8 JSON document (format name and version, the autofact version,
-                the hyper-parameters, the id maps, ``global_mean_``, ``rating_range_``,
-                ``history_``, ``n_epochs_``, ``solver_``)
+                the hyper-parameters, the id maps, ``global_mean``, ``fallback_mean``,
+                ``rating_range``, ``history``, ``n_epochs``, ``solver``)
 ``user_factors`` ``m x k`` float
 ``item_factors`` ``n x k`` float
 ``user_bias``    ``m`` float
@@ -14,11 +15,14 @@ The file is a zip archive written by :func:`numpy.savez` holding plain arrays:
 ``seen_indices`` int32
 ============== ============================================================================
 
-The loss and the regularization are stored by name (``'huber'`` with its ``delta``) or as an
-importable ``'module:function'`` path, never as code; a lambda or closure cannot be saved.
-Writing is atomic (a temporary file in the same folder, flushed, fsynced, then renamed over the
-target), so a failed save leaves any earlier file untouched. Loading reads with
-``allow_pickle=False`` and checks every array's dtype and shape before building the model.
+The loss and the regularization are stored by name (``'huber'`` with its ``delta``, ``'l2'``
+with the ``beta`` hyper-parameter) or as a ``'module:function'`` path, never as code; a lambda
+or closure cannot be saved. Writing is atomic (a temporary file in the same folder, flushed,
+fsynced, then renamed over the target), so a failed save leaves any earlier file untouched.
+:func:`read` opens with ``allow_pickle=False`` and checks every array's dtype, shape and values
+and the ids before anything is built from them; it never imports or calls what a file names
+(:func:`autofact.load` builds the model, and asks for a user's function when one is needed).
+This module works from the model's public attributes and :class:`~autofact.index.ModelIndex`.
 
 >>> model.save("model.npz")
 >>> same = autofact.load("model.npz")
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -36,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["save", "load", "FORMAT_NAME", "FORMAT_VERSION"]
+__all__ = ["save", "read", "SavedModel", "FORMAT_NAME", "FORMAT_VERSION"]
 
 FORMAT_NAME = "autofact.MatrixFactorization"
 FORMAT_VERSION = 1
@@ -56,7 +61,7 @@ def save(model: Any, path: str | os.PathLike[str]) -> Path:
     Raises ``ValueError`` for a loss or regularization that cannot be re-imported and for ids
     that JSON cannot hold; ``RuntimeError`` when the model is not fitted.
     """
-    model._check_fitted()
+    _check_fitted(model)
     target = Path(path)
     if target.is_dir():
         raise ValueError(f"path {str(path)!r} is a directory; give a file name such as model.npz")
@@ -68,7 +73,7 @@ def save(model: Any, path: str | os.PathLike[str]) -> Path:
             "create it first"
         )
     meta = _metadata(model)
-    seen = model._seen()
+    seen = model.index_.seen
     arrays: dict[str, np.ndarray] = {
         "meta": np.frombuffer(json.dumps(meta, allow_nan=True).encode("utf-8"), dtype=np.uint8),
         "user_factors": np.ascontiguousarray(model.user_factors_),
@@ -180,8 +185,8 @@ def _check_fitted(model: Any) -> None:
 
 def _metadata(model: Any) -> dict[str, Any]:
     from . import __version__
-    from ._imports import object_path
-    from .losses import loss_spec
+    from ._imports import NotLoaded, object_path
+    from .losses import link_label, loss_spec
 
     params = dict(model.get_params())
     loss = params.pop("loss")
@@ -193,9 +198,16 @@ def _metadata(model: Any) -> dict[str, Any]:
             "(def my_loss(pred, target): ...) in an importable module and pass it, or its "
             "'module:function' path, as loss="
         )
+    if "path" in spec:  # the inverse link the model predicts with, by name
+        link = link_label(model.index_.inverse_link)
+        spec.pop("link", None)
+        if link != "identity":
+            spec["link"] = link
     reg = params.pop("regularization")
     if reg is None or isinstance(reg, str):
         reg_spec: Any = reg
+    elif isinstance(reg, NotLoaded):
+        reg_spec = reg.path
     else:
         reg_spec = object_path(reg)
         if reg_spec is None:
@@ -213,6 +225,7 @@ def _metadata(model: Any) -> dict[str, Any]:
         params["device"] = str(params["device"])
     for name, value in params.items():
         params[name] = _json_scalar(value, f"hyper-parameter {name}")
+    index = model.index_
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -220,13 +233,13 @@ def _metadata(model: Any) -> dict[str, Any]:
         "params": params,
         "loss": spec,
         "regularization": reg_spec,
-        "user_ids": _ids_to_json(model.user_ids_, "user"),
-        "item_ids": _ids_to_json(model.item_ids_, "item"),
-        "user_ids_dtype": np.asarray(model.user_ids_).dtype.str,
-        "item_ids_dtype": np.asarray(model.item_ids_).dtype.str,
+        "user_ids": _ids_to_json(index.user_ids, "user"),
+        "item_ids": _ids_to_json(index.item_ids, "item"),
+        "user_ids_dtype": np.asarray(index.user_ids).dtype.str,
+        "item_ids_dtype": np.asarray(index.item_ids).dtype.str,
         "global_mean": float(model.global_mean_),
-        "fallback_mean": float(getattr(model, "fallback_mean_", model.global_mean_)),
-        "rating_range": [float(x) for x in model.rating_range_],
+        "fallback_mean": float(index.fallback),
+        "rating_range": [float(x) for x in index.rating_range],
         "history": [
             {k: _json_scalar(v, "history") for k, v in rec.items()}
             for rec in getattr(model, "history_", [])
@@ -275,11 +288,38 @@ def _ids_to_json(ids: Any, what: str) -> list[Any]:
 
 
 # ------------------------------------------------------------------------------------ load
-def load(path: str | os.PathLike[str]) -> Any:
-    """Read a model written by :meth:`MatrixFactorization.save` (never unpickles anything).
+class SavedModel:
+    """The checked contents of a model file: what :func:`read` returns.
+
+    ``meta`` is the JSON metadata (hyper-parameters under ``'params'``, the loss's and
+    regularization's names under ``'loss'`` and ``'regularization'``, ``global_mean``,
+    ``fallback_mean``, ``rating_range``, ``history``, ``n_epochs``, ``solver``); ``user_ids`` and
+    ``item_ids`` the id maps; ``arrays`` the factors and biases (``user_factors``,
+    ``item_factors``, ``user_bias``, ``item_bias``); ``seen`` the training pattern (boolean CSR).
+    Nothing in it has been imported or called.
+    """
+
+    def __init__(self, name: str, meta: dict[str, Any], user_ids: np.ndarray,
+                 item_ids: np.ndarray, arrays: dict[str, np.ndarray], seen: Any) -> None:
+        self.name = name
+        self.meta = meta
+        self.user_ids = user_ids
+        self.item_ids = item_ids
+        self.arrays = arrays
+        self.seen = seen
+
+    def __repr__(self) -> str:
+        return (f"<SavedModel {self.name!r} ({len(self.user_ids)} users x "
+                f"{len(self.item_ids)} items, rank {self.arrays['user_factors'].shape[1]})>")
+
+
+def read(path: str | os.PathLike[str]) -> SavedModel:
+    """Read and check a file written by :func:`save` (never unpickles, imports or calls anything).
 
     Raises ``ValueError`` naming the file when it does not exist, is not an autofact model, is
-    truncated, is a pickle, has another format version, or has missing or inconsistent arrays.
+    truncated, is a pickle, has another format version, has missing or inconsistent arrays,
+    non-finite factors, biases or means, or duplicate ids. Build the model with
+    :func:`autofact.load`.
     """
     p = Path(path)
     name = str(path)
@@ -331,8 +371,7 @@ def load(path: str | os.PathLike[str]) -> Any:
     missing = [a for a in _ARRAYS if a != "meta" and a not in raw]
     if missing:
         raise ValueError(f"{name} is damaged or not an autofact model: missing array(s) {missing!r}")
-    arrays = raw
-    return _build(meta, arrays, name)
+    return _check(meta, raw, name)
 
 
 def _looks_like_pickle(head: bytes) -> bool:
@@ -370,7 +409,57 @@ def _read_meta(raw: np.ndarray, name: str) -> dict[str, Any]:
     for key in ("params", "loss", "user_ids", "item_ids", "global_mean", "rating_range"):
         if key not in meta:
             raise ValueError(f"{name} is damaged: its metadata lacks {key!r}")
+    if not isinstance(meta["params"], dict):
+        raise ValueError(f"{name} is damaged: its hyper-parameters are not a JSON object")
+    _check_spec(meta["loss"], meta.get("regularization"), name)
+    for key in ("global_mean", "fallback_mean"):
+        value = meta.get(key, 0.0)
+        if not (isinstance(value, int | float) and not isinstance(value, bool)
+                and math.isfinite(value)):
+            raise ValueError(
+                f"{name} is damaged: its metadata {key!r} is {value!r}, expected a finite number"
+            )
+    rr = meta["rating_range"]
+    if not (isinstance(rr, list) and len(rr) == 2
+            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in rr) and rr[0] <= rr[1]):
+        raise ValueError(
+            f"{name} is damaged: its metadata 'rating_range' is {rr!r}, expected [min, max] of "
+            "finite numbers"
+        )
     return meta
+
+
+def _check_spec(loss: Any, reg: Any, name: str) -> None:
+    """The loss and regularization names must be built-in names or well-formed paths (which are
+    kept as text: nothing a file names is imported)."""
+    from ._imports import is_path
+    from .losses import LOSSES, loss_from_spec
+    from .regularizers import REGULARIZERS
+
+    if not isinstance(loss, dict):
+        raise ValueError(f"{name} is damaged: loss specification {loss!r} is not a dict")
+    if "path" in loss:
+        if not is_path(loss["path"]):
+            raise ValueError(
+                f"{name} is damaged: loss path {loss['path']!r} is not of the form "
+                "'module:function'"
+            )
+        if loss.get("link", "identity") not in ("identity", "log", "logit", "custom"):
+            raise ValueError(f"{name} is damaged: loss link {loss.get('link')!r} is not known")
+    else:
+        try:
+            loss_from_spec(loss)
+        except ValueError:
+            raise ValueError(
+                f"{name} names loss {loss!r}, which is not one of the built-in losses "
+                f"{sorted(LOSSES)} nor a 'module:function' path"
+            ) from None
+    if not (reg is None or reg in REGULARIZERS or is_path(reg)):
+        raise ValueError(
+            f"{name} names regularization {reg!r}, which is not one of the built-ins "
+            f"{sorted(REGULARIZERS)} nor a 'module:function' path"
+        )
 
 
 def _ids_from_json(ids: Any, dtype: Any, what: str, name: str) -> np.ndarray:
@@ -385,8 +474,23 @@ def _ids_from_json(ids: Any, dtype: Any, what: str, name: str) -> np.ndarray:
     if dt.kind == "O":
         arr = np.empty(len(ids), dtype=object)
         arr[:] = ids
-        return arr
-    return np.asarray(ids, dtype=dt)
+    else:
+        try:
+            arr = np.asarray(ids, dtype=dt)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(
+                f"{name} is damaged: its {what} ids do not fit their dtype {dtype!r}"
+            ) from None
+    import pandas as pd
+
+    dup = pd.Index(arr).duplicated()
+    if dup.any():
+        k = int(np.flatnonzero(dup)[0])
+        raise ValueError(
+            f"{name} is damaged: {what} id {arr[k]!r} appears more than once in its {what} ids "
+            f"(at positions {int(np.flatnonzero(pd.Index(arr) == arr[k])[0])} and {k})"
+        )
+    return arr
 
 
 def _expect(arr: np.ndarray, array: str, shape: tuple[int, ...], kinds: str, name: str) -> None:
@@ -400,13 +504,17 @@ def _expect(arr: np.ndarray, array: str, shape: tuple[int, ...], kinds: str, nam
             f"{name} is damaged: array {array!r} has shape {arr.shape}, expected {shape} "
             "from the model's id maps and rank"
         )
+    if kinds == "f" and not np.isfinite(arr).all():
+        where = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(
+            f"{name} is damaged: array {array!r} holds non-finite values (first "
+            f"{arr[tuple(where)]!r} at index {tuple(int(x) for x in where)}); refit the model "
+            "or restore the file"
+        )
 
 
-def _build(meta: dict[str, Any], arrays: dict[str, np.ndarray], name: str) -> Any:
+def _check(meta: dict[str, Any], arrays: dict[str, np.ndarray], name: str) -> SavedModel:
     import scipy.sparse as sp
-
-    from .losses import loss_from_spec
-    from .model import MatrixFactorization
 
     user_ids = _ids_from_json(meta["user_ids"], meta.get("user_ids_dtype"), "user", name)
     item_ids = _ids_from_json(meta["item_ids"], meta.get("item_ids_dtype"), "item", name)
@@ -426,39 +534,11 @@ def _build(meta: dict[str, Any], arrays: dict[str, np.ndarray], name: str) -> An
         or (len(indices) and (indices.min() < 0 or indices.max() >= n))
     ):
         raise ValueError(f"{name} is damaged: the seen-items pattern is not a valid CSR")
-
-    params = dict(meta["params"])
-    valid = MatrixFactorization().get_params()
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
+    if meta["params"].get("rank") != k:
         raise ValueError(
-            f"{name} has hyper-parameter(s) {unknown!r} that this autofact version does not know"
+            f"{name} is damaged: rank is {meta['params'].get('rank')!r} but the factors have "
+            f"{k} columns"
         )
-    if not isinstance(meta["loss"], dict):
-        raise ValueError(f"{name} is damaged: loss specification {meta['loss']!r} is not a dict")
-    params["loss"] = loss_from_spec(meta["loss"])
-    params["regularization"] = meta.get("regularization")
-    if params.get("rank") != k:
-        raise ValueError(
-            f"{name} is damaged: rank is {params.get('rank')!r} but the factors have {k} columns"
-        )
-
-    model = MatrixFactorization(**params)
-    model.user_factors_ = P
-    model.item_factors_ = Q
-    model.user_bias_ = arrays["user_bias"]
-    model.item_bias_ = arrays["item_bias"]
-    model.global_mean_ = float(meta["global_mean"])
-    model.fallback_mean_ = float(meta.get("fallback_mean", meta["global_mean"]))
-    lo, hi = meta["rating_range"]
-    model.rating_range_ = (float(lo), float(hi))
-    model.user_ids_ = user_ids
-    model.item_ids_ = item_ids
-    model.history_ = list(meta.get("history") or [])
-    n_epochs = meta.get("n_epochs")
-    model.n_epochs_ = int(n_epochs) if isinstance(n_epochs, int) else len(model.history_)
-    model.solver_ = str(meta.get("solver") or params.get("solver", "auto"))
-    model._seen_cache = sp.csr_matrix(
-        (np.ones(len(indices), dtype=bool), indices, indptr), shape=(m, n)
-    )
-    return model
+    seen = sp.csr_matrix((np.ones(len(indices), dtype=bool), indices, indptr), shape=(m, n))
+    factors = {a: arrays[a] for a in ("user_factors", "item_factors", "user_bias", "item_bias")}
+    return SavedModel(name, meta, user_ids, item_ids, factors, seen)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import time
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -11,20 +12,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ._imports import NotLoaded
 from .data import Ratings, as_ratings
-from .errors import UnknownIdError
-from .losses import LOSSES, Loss
+from .index import ModelIndex
+from .losses import LOSSES, Loss, check_targets, clips_to_range, get_loss, inverse_link
 from .objective import Objective, resolve_device, resolve_dtype
 from .regularizers import REGULARIZERS, Regularizer
-from .solvers import DEFAULT_EPOCHS, DEFAULT_LR, SOLVERS, fit_params
+from .solvers import DEFAULT_EPOCHS, DEFAULT_LR, choose_solver, fit_params
 
 if TYPE_CHECKING:
     from .recommend import FoldedUser, Recommendations, SimilarItems
 
-__all__ = ["MatrixFactorization"]
+__all__ = ["MatrixFactorization", "load"]
 
-_REGRESSION_LOSSES = ("squared", "absolute", "huber")
-_CURVED = ("squared", "huber", "logistic", "poisson")
+_KINDS = ("response", "link")
 
 
 class MatrixFactorization:
@@ -40,6 +41,13 @@ class MatrixFactorization:
     where ``ell`` is ``loss`` (any elementwise torch function), ``R`` the ``regularization``
     (``'l2'`` is ``beta/2 * ||X||^2``) and the bias terms are present when ``bias=True``. No
     gradient is written by hand: autograd differentiates ``ell`` and ``R``.
+
+    The score ``s = mu + b_u + b_i + p_u . q_i`` is on the loss's link scale; :meth:`predict`
+    returns the mean response ``g^{-1}(s)``: the rating for ``squared``/``absolute``/``huber``
+    (clipped to the training range), the rate ``exp(s)`` for ``poisson``, the probability
+    ``sigmoid(s)`` for ``logistic``, and for a user's loss ``s`` itself unless the function
+    declares ``loss.inverse_link`` (see :mod:`autofact.losses`). ``predict(..., kind="link")``
+    gives ``s``.
 
     Parameters
     ----------
@@ -67,8 +75,15 @@ class MatrixFactorization:
     Attributes (after :meth:`fit`)
     ----------
     user_factors_ (m x k), item_factors_ (n x k), user_bias_, item_bias_, global_mean_,
-    user_ids_, item_ids_, rating_range_, history_ (one dict per epoch: epoch, loss, val_rmse,
-    time), n_epochs_, solver_.
+    index_ (:class:`~autofact.index.ModelIndex`: id maps, seen items, counts, clipping range,
+    the unknown-id rule), user_ids_, item_ids_, rating_range_, fallback_mean_ (from
+    ``index_``), history_ (one dict per epoch: epoch, loss, val_rmse, time), n_epochs_, solver_.
+
+    As a scikit-learn estimator: ``fit(X, y)`` takes an ``(n, 2)`` array of (user id, item id)
+    pairs and their ratings ``y``, and :meth:`score` is higher-is-better (the negative RMSE, as
+    scikit-learn's ``'neg_root_mean_squared_error'``), so ``GridSearchCV(MatrixFactorization(),
+    {"rank": [5, 10]})`` picks the most accurate model. ``fit`` never touches torch's global
+    random generator; ``seed`` makes a run repeatable.
 
     Examples
     --------
@@ -151,13 +166,12 @@ class MatrixFactorization:
         if not (isinstance(self.beta, int | float | np.floating) and math.isfinite(self.beta)
                 and self.beta >= 0):
             raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
-        solver = self.solver
-        if solver == "auto":
-            solver = "als" if (isinstance(self.loss, str) and self.loss in _CURVED) else "adam"
-            if isinstance(self.loss, str) and ":" in self.loss:
-                solver = "adam"
-        if solver not in SOLVERS:
-            raise ValueError(f"solver must be 'auto' or one of {SOLVERS}, got {self.solver!r}")
+        # which solver may run this loss and regularizer, and what 'auto' picks (issue 8)
+        solver = choose_solver(
+            self.solver, self.loss, self.regularization, beta=self.beta,
+            dtype=resolve_dtype(self.dtype), batch_size=self.batch_size,
+            nonnegative=self.nonnegative,
+        )
         lr = DEFAULT_LR[solver] if self.lr is None else self.lr
         if not (isinstance(lr, int | float | np.floating) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
@@ -201,45 +215,48 @@ class MatrixFactorization:
         return solver, float(lr), int(epochs)
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, ratings: Any, validation: Any = None) -> MatrixFactorization:
-        """Fit on ``ratings`` (a :class:`Ratings` or any form it is built from).
+    def fit(self, X: Any, y: Any = None, *, validation: Any = None) -> MatrixFactorization:
+        """Fit on ratings: ``X`` a :class:`Ratings` (or any form it is built from: a scipy.sparse
+        matrix, a masked or NaN-dense array, a DataFrame with user/item/rating columns), or ``X``
+        an ``(n, 2)`` array of (user id, item id) pairs with their ratings in ``y`` (the
+        scikit-learn form).
 
-        ``validation`` (same forms, in the same user/item ids) is scored by RMSE after every
-        epoch into ``history_``.
+        ``validation`` (the same forms as ``X``, or a tuple ``(pairs, ratings)``) is scored after
+        every epoch into ``history_`` by the same rule as :meth:`score` (its RMSE).
         """
         start = time.perf_counter()
+        if isinstance(y, Ratings):
+            raise TypeError(
+                "the second argument of fit is y, the ratings of the (user, item) pairs in X; "
+                "pass validation data by name: fit(train, validation=test)"
+            )
         solver, lr, epochs = self._validate()
-        train = as_ratings(ratings, "ratings")
-        if self.seed is not None:
-            torch.manual_seed(int(self.seed))
+        for what in ("loss", "regularization"):
+            if isinstance(getattr(self, what), NotLoaded):
+                raise ValueError(getattr(self, what).message)
+        train = _as_ratings(X, y, "ratings")
+        loss_fn = get_loss(self.loss)
+        check_targets(loss_fn, train.values)
         # autofact.distributed.fit swaps in its sharded objective here, for one call
         make_objective = getattr(self, "_objective_type", Objective)
         obj = make_objective(
-            train, loss=self.loss, regularization=self.regularization, beta=self.beta,
+            train, loss=loss_fn, regularization=self.regularization, beta=self.beta,
             bias=self.bias, device=self.device, dtype=self.dtype, max_memory=self.max_memory,
         )
         params = obj.init_params(self.rank, seed=self.seed, init_std=self.init_std)
-        rating_range = (float(train.values.min()), float(train.values.max()))
         fallback = obj.mu if self.bias else obj._best_constant()
-        clips = _clips_loss(self.loss)
+        # clipped or not by the loss as named (what a saved model knows), not as imported
+        index = ModelIndex.from_ratings(train, fallback=fallback, clip=clips_to_range(self.loss),
+                                        inverse_link=inverse_link(loss_fn))
         val = None
         if validation is not None:
-            v = as_ratings(validation, "validation")
-            if _same_ids(v.user_ids, train.user_ids) and _same_ids(v.item_ids, train.item_ids):
-                vu, vi = v.users.astype(np.int64), v.items.astype(np.int64)
-            else:
-                vu = train.user_index(v.user_ids[v.users], strict=False)
-                vi = train.item_index(v.item_ids[v.items], strict=False)
-            val = _Validation(vu, vi, v.values, obj, fallback, rating_range if clips else None)
+            v = _as_ratings(*(validation if isinstance(validation, tuple) else (validation,)),
+                            name="validation")
+            check_targets(loss_fn, v.values, "validation ratings")
+            val = _Validation(index, v)
         # all checks passed: only now replace what an earlier fit left
-        self.user_ids_ = train.user_ids
-        self.item_ids_ = train.item_ids
-        self._train = train
-        self._seen_cache = None
-        self._counts_cache: tuple[np.ndarray, np.ndarray] | None = None
+        self.index_ = index
         self.global_mean_ = obj.mu
-        self.fallback_mean_ = fallback
-        self.rating_range_ = rating_range
         self.solver_ = solver
         self._params = params
         self.history_: list[dict[str, float]] = []
@@ -249,7 +266,7 @@ class MatrixFactorization:
             rec: dict[str, float] = {"epoch": epoch, "loss": value, "time": seconds}
             self.history_.append(rec)  # first: Ctrl-C from here on keeps this epoch (issue 8)
             if val is not None:
-                rec["val_rmse"] = val.rmse(params)
+                rec["val_rmse"] = val.rmse(params, self.global_mean_)
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k in ("loss", "val_rmse")})
                 bar.update(1)
@@ -284,76 +301,92 @@ class MatrixFactorization:
 
     # ------------------------------------------------------------------ prediction
     def _check_fitted(self) -> None:
-        if not hasattr(self, "user_factors_"):
+        if not hasattr(self, "user_factors_") or not hasattr(self, "index_"):
             raise RuntimeError(
                 "this MatrixFactorization is not fitted yet; call fit(ratings) first"
             )
 
-    def _clips(self) -> bool:
-        return _clips_loss(self.loss)
+    @property
+    def user_ids_(self) -> np.ndarray:
+        """The user ids, in the order of the rows of ``user_factors_`` (``index_.user_ids``)."""
+        return self.index_.user_ids
+
+    @property
+    def item_ids_(self) -> np.ndarray:
+        """The item ids, in the order of the rows of ``item_factors_`` (``index_.item_ids``)."""
+        return self.index_.item_ids
+
+    @property
+    def rating_range_(self) -> tuple[float, float]:
+        """``(min, max)`` of the training ratings (``index_.rating_range``)."""
+        return self.index_.rating_range
+
+    @property
+    def fallback_mean_(self) -> float:
+        """The raw score of a pair whose user and item are both unknown (``index_.fallback``)."""
+        return self.index_.fallback
+
+    def _factors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+        return (self.user_factors_, self.item_factors_, self.user_bias_, self.item_bias_,
+                float(self.global_mean_))
 
     def predict_indices(self, users: Any, items: Any) -> np.ndarray:
-        """Raw model output for 0-based index arrays (no id lookup, no clipping)."""
+        """Raw scores (the link scale) for 0-based index arrays: no id lookup, no fallback, no
+        inverse link, no clipping."""
         self._check_fitted()
         u = np.asarray(users, dtype=np.int64)
         i = np.asarray(items, dtype=np.int64)
-        P, Q = self.user_factors_, self.item_factors_
-        for what, idx, size in (("user", u, len(P)), ("item", i, len(Q))):
+        for what, idx, size in (("user", u, len(self.user_factors_)),
+                                ("item", i, len(self.item_factors_))):
             bad = (idx < 0) | (idx >= size)
             if bad.any():
                 raise ValueError(
                     f"{what} index {int(idx[np.flatnonzero(bad)[0]])} is out of range: expected "
                     f"0 <= index < {size} (use predict() for the user's own ids)"
                 )
-        out = np.empty(len(u), dtype=np.float64)
-        step = 1 << 16  # in slices, so the gathered rows stay small whatever the number of pairs
-        for s in range(0, len(u), step):
-            uu, ii = u[s : s + step], i[s : s + step]
-            out[s : s + step] = np.einsum("ij,ij->i", P[uu], Q[ii])
-        out += self.global_mean_ + self.user_bias_[u] + self.item_bias_[i]
-        return out
+        return self.index_.link_scores(u, i, *self._factors())
 
-    def _predict_index(self, u: np.ndarray, i: np.ndarray, *, warn: bool = True) -> np.ndarray:
-        """Predictions for indices where ``-1`` marks an unknown user or item (fallback)."""
-        known = (u >= 0) & (i >= 0)
-        out = np.empty(len(u), dtype=np.float64)
-        if known.any():
-            out[known] = self.predict_indices(u[known], i[known])
-        unknown = ~known
-        if unknown.any():
-            fb = np.full(int(unknown.sum()), getattr(self, "fallback_mean_", self.global_mean_),
-                         dtype=np.float64)
-            uu, ii = u[unknown], i[unknown]
-            fb += np.where(uu >= 0, self.user_bias_[np.maximum(uu, 0)], 0.0)
-            fb += np.where(ii >= 0, self.item_bias_[np.maximum(ii, 0)], 0.0)
-            out[unknown] = np.clip(fb, *self.rating_range_) if self._clips() else fb
-            if warn:
-                warnings.warn(
-                    f"{int(unknown.sum())} of {len(u)} pairs have a user or item that is not in "
-                    "the training data; they are predicted from the global mean and the known "
-                    "side's bias (pass strict=True to raise instead)",
-                    UserWarning,
-                    stacklevel=3,
-                )
-        if self._clips():
-            out[known] = np.clip(out[known], *self.rating_range_)
-        return out
+    def _scores(self, u: np.ndarray, i: np.ndarray, kind: str = "response",
+                warn: bool = True) -> np.ndarray:
+        """Scores of index pairs, ``-1`` marking an unknown user or item: the index's one rule,
+        then the mean response unless ``kind='link'``."""
+        if kind not in _KINDS:
+            raise ValueError(
+                f"kind must be 'response' (the predicted rating, rate or probability) or 'link' "
+                f"(the raw score), got {kind!r}"
+            )
+        out = self.index_.link_scores(u, i, *self._factors())
+        unknown = int(np.count_nonzero((u < 0) | (i < 0)))
+        if unknown and warn:
+            warnings.warn(
+                f"{unknown} of {len(u)} pairs have a user or item that is not in the training "
+                "data; they are predicted from the global mean and the known side's bias (pass "
+                "strict=True to raise instead)",
+                UserWarning,
+                stacklevel=3,
+            )
+        return out if kind == "link" else self.index_.response(out)
 
-    def predict(self, users: Any, items: Any) -> np.ndarray:
-        """Predicted ratings for pairs ``(users[k], items[k])`` given in the user's own ids.
+    def predict(self, users: Any, items: Any, *, kind: str = "response") -> np.ndarray:
+        """Predictions for pairs ``(users[k], items[k])`` given in the user's own ids.
 
-        A pair whose user or item was not in the training data is predicted from the global mean
-        plus the known side's bias, clipped to the training ratings' range, and counted in one
-        warning; with ``strict=True`` it raises :class:`~autofact.UnknownIdError` instead.
+        ``kind='response'`` (the default) gives the mean response: the rating (clipped to the
+        training ratings' range) for the regression losses, the rate for ``poisson``, the
+        probability for ``logistic`` (see the class docstring); ``kind='link'`` the raw score
+        ``mu + b_u + b_i + p_u . q_i``.
+
+        A pair whose user or item was not in the training data is scored from the global mean
+        plus the known side's bias (:meth:`ModelIndex.link_scores`) and counted in one warning;
+        with ``strict=True`` it raises :class:`~autofact.UnknownIdError` instead.
         """
         self._check_fitted()
-        u = self.user_index(users, strict=self.strict)
-        i = self.item_index(items, strict=self.strict)
+        u = self.index_.user_index(users, strict=self.strict)
+        i = self.index_.item_index(items, strict=self.strict)
         if len(u) != len(i):
             raise ValueError(
                 f"users and items must have the same length, got {len(u)} and {len(i)}"
             )
-        return self._predict_index(u, i)
+        return self._scores(u, i, kind)
 
     def user_index(self, ids: Any, *, strict: bool = True) -> np.ndarray:
         """0-based indices of user ids (-1 for unknown when ``strict=False``).
@@ -362,48 +395,12 @@ class MatrixFactorization:
         shape, as the splits do) is unknown too.
         """
         self._check_fitted()
-        return self._known(self._ratings_index().user_index(ids, strict=strict), ids, "user",
-                           strict)
+        return self.index_.user_index(ids, strict=strict)
 
     def item_index(self, ids: Any, *, strict: bool = True) -> np.ndarray:
         """0-based indices of item ids (-1 for unknown when ``strict=False``; see user_index)."""
         self._check_fitted()
-        return self._known(self._ratings_index().item_index(ids, strict=strict), ids, "item",
-                           strict)
-
-    def _counts(self) -> tuple[np.ndarray, np.ndarray]:
-        """Training ratings per user and per item (from the seen pattern, so loaded models too)."""
-        counts: tuple[np.ndarray, np.ndarray] | None = getattr(self, "_counts_cache", None)
-        if counts is None:
-            seen = self._seen()
-            counts = (np.diff(seen.indptr),
-                      np.bincount(seen.indices, minlength=seen.shape[1]))
-            self._counts_cache = counts
-        return counts
-
-    def _known(self, idx: np.ndarray, ids: Any, what: str, strict: bool) -> np.ndarray:
-        counts = self._counts()[0 if what == "user" else 1]
-        empty = (idx >= 0) & (counts[np.maximum(idx, 0)] == 0)
-        if empty.any():
-            if strict:
-                k = int(np.flatnonzero(empty)[0])
-                seq = np.atleast_1d(np.asarray(ids, dtype=object))
-                label = seq[k] if len(seq) > k else ids
-                raise UnknownIdError(
-                    f"{what} {label!r} is not in the training data (it is in the id map but has "
-                    "no training rating)"
-                )
-            idx = np.where(empty, -1, idx)
-        return idx
-
-    def _ratings_index(self) -> Ratings:
-        r = getattr(self, "_train", None)
-        if r is None:  # a loaded model: an id-only stand-in
-            r = Ratings.__new__(Ratings)
-            r.user_ids, r.item_ids = self.user_ids_, self.item_ids_
-            r._user_lookup = r._item_lookup = None
-            self._train = r
-        return r
+        return self.index_.item_index(ids, strict=strict)
 
     # ---- recommendation (recommend.py) ----
     def recommend(
@@ -452,83 +449,206 @@ class MatrixFactorization:
 
         return save(self, path)
 
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        loss: str | Loss | None = None,
+        regularization: str | Regularizer | None = None,
+    ) -> MatrixFactorization:
+        """Read a model written by :meth:`save`; never unpickles, imports or calls anything the
+        file names.
+
+        Built-in losses and regularizers come back by name (with huber's ``delta`` and the
+        ``beta``). A model trained with a user's function (saved as ``'module:function'``)
+        loads for predict, recommend and similar_items; what needs the function itself
+        (:meth:`fold_in`, a refit) raises a ``ValueError`` asking for it: pass it here,
+        ``load(path, loss=mymod.cauchy)`` (or the path as a string you type,
+        ``loss='mymod:cauchy'``); it must be the one the file names. Raises ``ValueError`` naming
+        the file for a damaged or foreign file (see :func:`autofact.io.read`).
+        """
+        from .io import read
+        from .losses import loss_from_spec
+
+        saved = read(path)
+        meta, name = saved.meta, saved.name
+        params = dict(meta["params"])
+        valid = cls().get_params()
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            raise ValueError(
+                f"{name} has hyper-parameter(s) {unknown!r} that this autofact version does not "
+                "know"
+            )
+        params["loss"] = _saved_function("loss", meta["loss"], loss, name)
+        params["regularization"] = _saved_function("regularization", meta.get("regularization"),
+                                                   regularization, name)
+        model = cls(**params)
+        loss_fn = params["loss"] if isinstance(params["loss"], NotLoaded) \
+            else get_loss(params["loss"])
+        model.index_ = ModelIndex(
+            saved.user_ids, saved.item_ids, saved.seen,
+            rating_range=tuple(meta["rating_range"]),
+            fallback=float(meta.get("fallback_mean", meta["global_mean"])),
+            clip=tuple(meta["rating_range"]) if clips_to_range(loss_from_spec(meta["loss"]))
+            else None,
+            inverse_link=inverse_link(loss_fn),
+        )
+        model.user_factors_ = saved.arrays["user_factors"]
+        model.item_factors_ = saved.arrays["item_factors"]
+        model.user_bias_ = saved.arrays["user_bias"]
+        model.item_bias_ = saved.arrays["item_bias"]
+        model.global_mean_ = float(meta["global_mean"])
+        model.history_ = list(meta.get("history") or [])
+        n_epochs = meta.get("n_epochs")
+        model.n_epochs_ = int(n_epochs) if isinstance(n_epochs, int) else len(model.history_)
+        model.solver_ = str(meta.get("solver") or params.get("solver", "auto"))
+        return model
+
     # ---- end persistence ----
 
-    def _seen(self) -> Any:
-        """The training pattern as a boolean scipy CSR (users x items): what each user has rated.
+    def score(self, X: Any, y: Any = None) -> float:
+        """The negative RMSE on ratings (higher is better, like scikit-learn's
+        ``'neg_root_mean_squared_error'``): ``X`` and ``y`` as in :meth:`fit`.
 
-        Built lazily from the training data; a loaded model gets it from the saved file.
+        Predictions are :meth:`predict`'s (the mean response; unknown users/items get the
+        fallback, with a warning). For the RMSE itself use ``-model.score(test)`` or
+        :func:`autofact.evaluation.evaluate`.
         """
-        seen = getattr(self, "_seen_cache", None)
-        if seen is None:
-            import scipy.sparse as sp
-
-            t = self._train
-            m, n = len(self.user_ids_), len(self.item_ids_)
-            indptr = np.zeros(m + 1, dtype=np.int64)
-            np.cumsum(np.bincount(t.users, minlength=m), out=indptr[1:])
-            seen = sp.csr_matrix((np.ones(len(t.users), dtype=bool), t.items, indptr), shape=(m, n))
-            self._seen_cache = seen
-        return seen
-
-    def score(self, ratings: Any) -> float:
-        """RMSE on ``ratings`` (user's ids); unknown users/items use the fallback."""
         self._check_fitted()
-        r = as_ratings(ratings, "ratings")
-        u = self.user_index(r.user_ids[r.users], strict=self.strict)
-        i = self.item_index(r.item_ids[r.items], strict=self.strict)
-        pred = self._predict_index(u, i)
-        return float(np.sqrt(np.mean((pred - r.values) ** 2)))
+        r = _as_ratings(X, y, "ratings")
+        u = self.index_.user_index(r.user_ids[r.users], strict=self.strict)
+        i = self.index_.item_index(r.item_ids[r.items], strict=self.strict)
+        pred = self._scores(u, i)
+        return -float(np.sqrt(np.mean((pred - r.values) ** 2)))
+
+    def __sklearn_tags__(self) -> Any:
+        """Estimator tags for scikit-learn (imported only when scikit-learn asks)."""
+        from sklearn.utils import Tags, TargetTags
+
+        return Tags(estimator_type="regressor", target_tags=TargetTags(required=False))
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    loss: str | Loss | None = None,
+    regularization: str | Regularizer | None = None,
+) -> MatrixFactorization:
+    """Read a model written by :meth:`MatrixFactorization.save`
+    (:meth:`MatrixFactorization.load`; nothing the file names is imported or called).
+
+    >>> model = autofact.load("model.npz")
+    >>> model = autofact.load("model.npz", loss=mymod.cauchy)   # trained with a user's loss
+    """
+    return MatrixFactorization.load(path, loss=loss, regularization=regularization)
+
+
+def _saved_function(what: str, saved: Any, given: Any, name: str) -> Any:
+    """The loss or regularization of a loaded model: a built-in from its saved name, the user's
+    ``given`` function when it matches the saved one, or a :class:`NotLoaded` stand-in."""
+    from ._imports import object_path
+    from .losses import loss_from_spec, loss_spec
+
+    if what == "loss":
+        saved_fn = loss_from_spec(saved)
+        path = saved.get("path")
+        label = repr(path) if path is not None else repr(saved_fn if isinstance(saved_fn, str)
+                                                         else saved)
+    else:
+        saved_fn = saved
+        path = saved if isinstance(saved, str) and ":" in saved else None
+        label = repr(saved)
+    if given is None:
+        if path is None:
+            return saved_fn
+        return NotLoaded(path, what, name, str(saved.get("link", "identity"))
+                         if what == "loss" else "identity")
+    # the user's own function (or a path they typed): it must be the one the file names
+    if what == "loss":
+        got = loss_spec(given)
+        same = got is not None and {k: v for k, v in got.items() if k != "link"} == \
+            {k: v for k, v in saved.items() if k != "link"}
+    else:
+        got = given if isinstance(given, str) or given is None else object_path(given)
+        same = got == saved
+    if not same:
+        shown = got.get("path", got.get("name")) if isinstance(got, dict) else got
+        raise ValueError(
+            f"{what}={_describe(given)} was passed to load, but {name} was trained with {what} "
+            f"{label}; pass that one (the file's {what} is named {label}, yours "
+            f"{shown!r})"
+        )
+    if isinstance(given, str) and ":" in given:
+        # a path the user typed: import it now (the user's choice, not the file's)
+        from .losses import get_loss
+        from .regularizers import get_regularizer
+
+        (get_loss if what == "loss" else lambda g: get_regularizer(g, 0.0))(given)
+    return given
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, str):
+        return repr(obj)
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    return f"{module}.{qualname}" if module and qualname else repr(obj)
+
+
+def _as_ratings(X: Any, y: Any = None, name: str = "ratings") -> Ratings:
+    """``X`` as Ratings: any form :func:`as_ratings` takes, or, with ``y``, an ``(n, 2)`` array
+    of (user id, item id) pairs rated ``y`` (scikit-learn's ``fit(X, y)``)."""
+    if y is None:
+        if isinstance(X, np.ndarray) and X.ndim == 2 and X.shape[1] == 2 and X.dtype == object:
+            raise ValueError(
+                f"{name} looks like (user, item) pairs but no ratings were given; pass them as "
+                "y: fit(pairs, ratings)"
+            )
+        return as_ratings(X, name)
+    import pandas as pd
+
+    pairs = X.to_numpy() if isinstance(X, pd.DataFrame) else X
+    if isinstance(pairs, list | tuple):
+        pairs = np.asarray(pairs, dtype=object)
+    if not (isinstance(pairs, np.ndarray) and pairs.ndim == 2 and pairs.shape[1] == 2):
+        raise ValueError(
+            f"with ratings y, X must be an (n, 2) array of (user id, item id) pairs, got "
+            f"{type(X).__name__} with shape {np.shape(X)}"
+        )
+    try:
+        values = np.asarray(y, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"y must be numbers (the ratings of X's pairs), got {y!r:.80}") from None
+    if values.shape != (len(pairs),):
+        raise ValueError(
+            f"y must hold one rating per row of X: X has {len(pairs)} rows, y has shape "
+            f"{values.shape}"
+        )
+    frame = pd.DataFrame({"user": pairs[:, 0], "item": pairs[:, 1], "rating": values})
+    return Ratings.from_frame(frame)
 
 
 class _Validation:
-    """Held-out RMSE computed on the training device, with the same fallback and clipping as
-    :meth:`MatrixFactorization.predict` (unknown users/items: global mean + known bias)."""
+    """Held-out RMSE after each epoch, by the one rule of :meth:`MatrixFactorization.predict`
+    (:meth:`ModelIndex.link_scores` and :meth:`ModelIndex.response`)."""
 
-    def __init__(self, u: np.ndarray, i: np.ndarray, y: np.ndarray, obj: Objective,
-                 fallback: float, clip: tuple[float, float] | None) -> None:
-        dev = obj.device
-        self.u = torch.tensor(np.asarray(u), dtype=torch.int64, device=dev)
-        self.i = torch.tensor(np.asarray(i), dtype=torch.int64, device=dev)
-        self.y = torch.tensor(np.asarray(y), dtype=torch.float64, device=dev)
-        self.known_u, self.known_i = self.u >= 0, self.i >= 0
-        self.uu, self.ii = self.u.clamp_min(0), self.i.clamp_min(0)
-        self.clip = clip
-        self.mu, self.fallback = obj.mu, fallback
+    def __init__(self, index: ModelIndex, v: Ratings) -> None:
+        self.index = index
+        self.u = index.user_index(v.user_ids[v.users], strict=False)
+        self.i = index.item_index(v.item_ids[v.items], strict=False)
+        self.y = np.asarray(v.values, dtype=np.float64)
 
     @torch.no_grad()
-    def rmse(self, params: dict[str, torch.Tensor]) -> float:
-        sq = torch.zeros((), dtype=torch.float64, device=self.y.device)
-        step = 1 << 15  # gathered rows stay a few MB whatever the rank
-        bu, bi = params.get("bu"), params.get("bi")
-        for s in range(0, len(self.y), step):
-            sl = slice(s, s + step)
-            u, i, ku, ki = self.uu[sl], self.ii[sl], self.known_u[sl], self.known_i[sl]
-            dot = (params["P"][u] * params["Q"][i]).sum(1).double()
-            b_u = bu[u].double() * ku if bu is not None else 0.0
-            b_i = bi[i].double() * ki if bi is not None else 0.0
-            known = ku & ki
-            fb = torch.as_tensor(self.fallback + b_u + b_i, dtype=torch.float64)
-            if self.clip is not None:
-                fb = fb.clamp(*self.clip)
-            pred = torch.where(known, self.mu + b_u + b_i + dot, fb)
-            if self.clip is not None:
-                pred = pred.clamp(*self.clip)
-            sq += ((pred - self.y[sl]) ** 2).sum()
-        return float(torch.sqrt(sq / len(self.y)))
-
-
-def _clips_loss(loss: Any) -> bool:
-    """Whether predictions are ratings (clipped to the training range): the regression losses,
-    by name or as the library's own functions; a logit or log-rate is never clipped."""
-    from .losses import loss_spec
-
-    spec = loss_spec(loss)
-    return spec is not None and spec.get("name") in _REGRESSION_LOSSES
-
-
-def _same_ids(a: np.ndarray, b: np.ndarray) -> bool:
-    return a is b or (a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b)))
+    def rmse(self, params: dict[str, torch.Tensor], global_mean: float) -> float:
+        P = params["P"].detach().cpu().numpy()
+        Q = params["Q"].detach().cpu().numpy()
+        bu = params["bu"].detach().cpu().numpy() if "bu" in params else np.zeros(len(P), P.dtype)
+        bi = params["bi"].detach().cpu().numpy() if "bi" in params else np.zeros(len(Q), Q.dtype)
+        pred = self.index.response(
+            self.index.link_scores(self.u, self.i, P, Q, bu, bi, float(global_mean))
+        )
+        return float(np.sqrt(np.mean((pred - self.y) ** 2)))
 
 
 def _progress(total: int) -> Any:

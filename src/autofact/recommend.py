@@ -1,9 +1,15 @@
 """Recommendation from a fitted model: top-n items, similar items, and folding in a new user.
 
-The score of item ``i`` for user ``u`` is the model's raw output
-``mu + b_u + b_i + p_u . q_i`` (for all items at once ``P[u] @ Q.T + b^i + mu + b_u``, one matrix
-product per block of users; not clipped, so ties at the top of the rating scale keep their order).
-By default the items a user rated in training are left out.
+Items are ranked by the model's raw score ``mu + b_u + b_i + p_u . q_i`` (for all items at once
+``P[u] @ Q.T + b^i + mu + b_u``, one matrix product per block of users), and the scores reported
+are :meth:`~autofact.MatrixFactorization.predict`'s: the mean response (a rating clipped to the
+training range, a rate, a probability; :meth:`~autofact.index.ModelIndex.response`). The ranking
+is made on the raw scores, so a monotone link or the clipping never reorders it. By default the
+items a user rated in training are left out.
+
+This module works from the model's public attributes: its
+:class:`~autofact.index.ModelIndex` (``index_``: ids, seen items, counts, the unknown-id rule,
+the inverse link and clipping) and its factors.
 
 :func:`fold_in` gives a user who was not in the training data (or new ratings of one who was) a
 factor vector and bias without refitting: with the item factors ``Q``, item biases ``b^i`` and
@@ -30,18 +36,17 @@ import math
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from ._imports import NotLoaded
 from ._newton import damped_newton
 from .errors import FitError, UnknownIdError
+from .index import ModelIndex
 from .losses import get_loss
 from .regularizers import get_regularizer
-
-if TYPE_CHECKING:
-    from .model import MatrixFactorization
 
 __all__ = [
     "Recommendations",
@@ -59,6 +64,30 @@ __all__ = [
 _BLOCK_FLOATS = 2**23
 
 
+class FittedModel(Protocol):
+    """What recommendation reads from a fitted model (all public attributes)."""
+
+    index_: ModelIndex
+    user_factors_: np.ndarray
+    item_factors_: np.ndarray
+    user_bias_: np.ndarray
+    item_bias_: np.ndarray
+    global_mean_: float
+    loss: Any
+    regularization: Any
+    beta: float
+    bias: bool
+
+
+def _index(model: FittedModel) -> ModelIndex:
+    index = getattr(model, "index_", None)
+    if not isinstance(index, ModelIndex) or not hasattr(model, "user_factors_"):
+        raise RuntimeError(
+            f"this {type(model).__name__} is not fitted yet; call fit(ratings) first"
+        )
+    return index
+
+
 def _short(values: np.ndarray, limit: int = 5) -> str:
     shown = ", ".join(repr(v.item() if isinstance(v, np.generic) else v) for v in values[:limit])
     return f"[{shown}{', ...' if len(values) > limit else ''}]"
@@ -73,9 +102,9 @@ class Recommendations:
     """The top items for one user, best first.
 
     ``user`` is the user's id (a :class:`FoldedUser`'s ``label``), ``items`` the item ids,
-    ``scores`` the model's raw scores for them, and ``fallback`` ``None`` or how the list was made
-    without the user's factors (``'popularity'``: the items with the most training ratings,
-    scored by that count).
+    ``scores`` the model's predictions for them (as :meth:`~autofact.MatrixFactorization.predict`:
+    the mean response), and ``fallback`` ``None`` or how the list was made without the user's
+    factors (``'popularity'``: the items with the most training ratings, scored by that count).
     """
 
     user: Any
@@ -170,14 +199,14 @@ def _is_many(x: Any) -> bool:
     )
 
 
-def _check_folded(model: MatrixFactorization, user: FoldedUser) -> None:
+def _check_folded(model: FittedModel, user: FoldedUser) -> None:
     k = model.user_factors_.shape[1]
     if np.shape(user.factors) != (k,):
         raise ValueError(
             f"this FoldedUser has {np.size(user.factors)} factors but the model has rank {k}; "
             "fold the user in with this model (model.fold_in(ratings))"
         )
-    if len(user.seen) and int(np.max(user.seen)) >= len(model.item_ids_):
+    if len(user.seen) and int(np.max(user.seen)) >= model.index_.n_items:
         raise ValueError(
             "this FoldedUser rated item indices beyond this model's items; fold the user in "
             "with this model (model.fold_in(ratings))"
@@ -192,12 +221,12 @@ def _unknown_user(user: Any) -> UnknownIdError:
 
 
 # ---------------------------------------------------------------------------- scoring core
-def _item_side(model: MatrixFactorization) -> tuple[np.ndarray, np.ndarray]:
+def _item_side(model: FittedModel) -> tuple[np.ndarray, np.ndarray]:
     return (np.asarray(model.item_factors_, dtype=np.float64),
             np.asarray(model.item_bias_, dtype=np.float64))
 
 
-def _user_scores(model: MatrixFactorization, users: np.ndarray) -> np.ndarray:
+def _user_scores(model: FittedModel, users: np.ndarray) -> np.ndarray:
     """Raw scores ``(len(users), n_items)`` for user indices: ``P[u] @ Q.T + b^i + mu + b_u``."""
     Q, bi = _item_side(model)
     P = np.asarray(model.user_factors_[users], dtype=np.float64)
@@ -207,15 +236,15 @@ def _user_scores(model: MatrixFactorization, users: np.ndarray) -> np.ndarray:
     return S
 
 
-def _folded_scores(model: MatrixFactorization, user: FoldedUser) -> np.ndarray:
+def _folded_scores(model: FittedModel, user: FoldedUser) -> np.ndarray:
     Q, bi = _item_side(model)
     return Q @ np.asarray(user.factors, dtype=np.float64) + bi + (model.global_mean_ + user.bias)
 
 
-def _unrated_items(model: MatrixFactorization) -> np.ndarray:
+def _unrated_items(model: FittedModel) -> np.ndarray:
     """Indices of the items with no training rating (possible when the shape was given larger
     than the data): their factors are the random start, so they are never ranked."""
-    return np.flatnonzero(model._counts()[1] == 0)
+    return np.flatnonzero(~model.index_.known_items())
 
 
 def _top_rows(S: np.ndarray, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -239,14 +268,15 @@ def _top_rows(S: np.ndarray, n: int) -> tuple[list[np.ndarray], list[np.ndarray]
 
 
 def top_items(
-    model: MatrixFactorization,
+    model: FittedModel,
     users: np.ndarray,
     n: int,
     *,
     exclude_seen: bool = True,
     extra: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Item indices and raw scores of the top ``n`` for each user index in ``users``.
+    """Item indices and raw scores (the link scale) of the top ``n`` for each user index in
+    ``users``.
 
     One matrix product per block of users (at most ``2**23`` scores at once); training items are
     left out when ``exclude_seen``, and so are the ``(user index, item index)`` pairs in ``extra``.
@@ -254,14 +284,15 @@ def top_items(
     """
     import scipy.sparse as sp
 
+    index = _index(model)
     users = np.asarray(users, dtype=np.int64)
-    n_items = len(model.item_ids_)
-    seen = model._seen() if exclude_seen else None
+    n_items = index.n_items
+    seen = index.seen if exclude_seen else None
     extra_csr = None
     if extra is not None and len(extra[0]):
         extra_csr = sp.csr_matrix(
             (np.ones(len(extra[0]), dtype=bool), (extra[0], extra[1])),
-            shape=(len(model.user_ids_), n_items),
+            shape=(index.n_users, n_items),
         )
     block = max(1, _BLOCK_FLOATS // max(n_items, 1))
     unrated = _unrated_items(model)
@@ -281,15 +312,15 @@ def top_items(
     return items, scores
 
 
-def _popular(model: MatrixFactorization, n: int) -> tuple[np.ndarray, np.ndarray]:
-    counts = np.bincount(model._seen().indices, minlength=len(model.item_ids_)).astype(np.float64)
+def _popular(model: FittedModel, n: int) -> tuple[np.ndarray, np.ndarray]:
+    counts = model.index_.item_counts.astype(np.float64)
     it, sc = _top_rows(counts[None, :], n)
     return it[0], sc[0]
 
 
 # ---------------------------------------------------------------------------- public functions
 def recommend(
-    model: MatrixFactorization,
+    model: FittedModel,
     user: Any,
     n: int = 10,
     *,
@@ -303,7 +334,7 @@ def recommend(
     :class:`~autofact.UnknownIdError`, unless ``fallback=True``: then the result is the ``n`` most
     popular items (most training ratings) with ``fallback='popularity'``.
     """
-    model._check_fitted()
+    index = _index(model)
     n = _check_n(n)
     exclude_seen = _check_bool(exclude_seen, "exclude_seen")
     fallback = _check_bool(fallback, "fallback")
@@ -314,24 +345,24 @@ def recommend(
         if exclude_seen:
             S[user.seen] = -np.inf
         it, sc = _top_rows(S[None, :], n)
-        return Recommendations(user.label, model.item_ids_[it[0]], sc[0])
+        return Recommendations(user.label, index.item_ids[it[0]], index.response(sc[0]))
     if _is_many(user):
         raise TypeError(
             f"user must be one user id or a FoldedUser, got a {type(user).__name__}; use "
             "recommend_batch(users) for several users"
         )
-    idx = int(model.user_index(user, strict=False)[0])
+    idx = int(index.user_index(user, strict=False)[0])
     if idx < 0:
         if not fallback:
             raise _unknown_user(user)
         items, counts = _popular(model, n)
-        return Recommendations(user, model.item_ids_[items], counts, fallback="popularity")
+        return Recommendations(user, index.item_ids[items], counts, fallback="popularity")
     its, scs = top_items(model, np.array([idx]), n, exclude_seen=exclude_seen)
-    return Recommendations(user, model.item_ids_[its[0]], scs[0])
+    return Recommendations(user, index.item_ids[its[0]], index.response(scs[0]))
 
 
 def recommend_batch(
-    model: MatrixFactorization,
+    model: FittedModel,
     users: Iterable[Any],
     n: int = 10,
     *,
@@ -340,7 +371,7 @@ def recommend_batch(
 ) -> list[Recommendations]:
     """:func:`recommend` for each of ``users`` (ids), computed a block of users at a time with one
     matrix product per block; the same result as one call per user."""
-    model._check_fitted()
+    index = _index(model)
     n = _check_n(n)
     exclude_seen = _check_bool(exclude_seen, "exclude_seen")
     fallback = _check_bool(fallback, "fallback")
@@ -358,7 +389,7 @@ def recommend_batch(
         raise TypeError(
             "users must be user ids; pass a FoldedUser to recommend(folded_user) one at a time"
         )
-    idx = model.user_index(ids, strict=False)
+    idx = index.user_index(ids, strict=False)
     known = np.flatnonzero(idx >= 0)
     if len(known) < len(idx):
         if not fallback:
@@ -367,21 +398,21 @@ def recommend_batch(
     out: list[Recommendations | None] = [None] * len(idx)
     its, scs = top_items(model, idx[known], n, exclude_seen=exclude_seen)
     for row, j in enumerate(known):
-        out[j] = Recommendations(ids[j], model.item_ids_[its[row]], scs[row])
+        out[j] = Recommendations(ids[j], index.item_ids[its[row]], index.response(scs[row]))
     for j in np.flatnonzero(idx < 0):
-        out[j] = Recommendations(ids[j], model.item_ids_[pop_items], pop_counts.copy(),
+        out[j] = Recommendations(ids[j], index.item_ids[pop_items], pop_counts.copy(),
                                  fallback="popularity")
     return out  # type: ignore[return-value]
 
 
-def similar_items(model: MatrixFactorization, item: Any, n: int = 10) -> SimilarItems:
+def similar_items(model: FittedModel, item: Any, n: int = 10) -> SimilarItems:
     """The ``n`` items whose factor vectors have the highest cosine similarity with ``item``'s
     (the item itself left out; an all-zero factor vector has similarity 0 with everything)."""
-    model._check_fitted()
+    index = _index(model)
     n = _check_n(n)
     if _is_many(item):
         raise TypeError(f"item must be one item id, got a {type(item).__name__}")
-    idx = int(model.item_index(item, strict=False)[0])
+    idx = int(index.item_index(item, strict=False)[0])
     if idx < 0:
         raise UnknownIdError(f"item {_plain(item)!r} is not in the training data")
     Q = np.asarray(model.item_factors_, dtype=np.float64)
@@ -391,40 +422,41 @@ def similar_items(model: MatrixFactorization, item: Any, n: int = 10) -> Similar
     S[idx] = -np.inf
     S[_unrated_items(model)] = -np.inf
     it, sc = _top_rows(S[None, :], n)
-    return SimilarItems(item, model.item_ids_[it[0]], sc[0])
+    return SimilarItems(item, index.item_ids[it[0]], sc[0])
 
 
-def score_items(model: MatrixFactorization, user: Any, items: Any = None) -> np.ndarray:
-    """Predicted ratings of one user id or :class:`FoldedUser` for ``items`` (ids; ``None``: every
-    item, in the order of ``model.item_ids_``), clipped like :meth:`predict` for regression
-    losses. Unknown ids raise :class:`~autofact.UnknownIdError`; with ``items=None``, an item
-    without training ratings gets predict's fallback (global mean and the user's bias)."""
-    model._check_fitted()
+def score_items(model: FittedModel, user: Any, items: Any = None) -> np.ndarray:
+    """Predictions of one user id or :class:`FoldedUser` for ``items`` (ids; ``None``: every
+    item, in the order of ``model.item_ids_``), the same as
+    :meth:`~autofact.MatrixFactorization.predict` (the mean response, clipped for regression
+    losses). Unknown ids raise :class:`~autofact.UnknownIdError`; with ``items=None``, an item
+    without training ratings gets predict's fallback (the index's unknown-id rule)."""
+    index = _index(model)
     if isinstance(user, FoldedUser):
         _check_folded(model, user)
-        S = _folded_scores(model, user)
+        P = np.asarray(user.factors, dtype=np.float64)[None, :]
+        bu = np.array([user.bias], dtype=np.float64)
+        idx = 0
     else:
         if _is_many(user):
             raise TypeError(
                 f"user must be one user id or a FoldedUser, got a {type(user).__name__}; use "
                 "predict(users, items) for pairs"
             )
-        idx = int(model.user_index(user, strict=False)[0])
+        idx = int(index.user_index(user, strict=False)[0])
         if idx < 0:
             raise UnknownIdError(
                 f"user {_plain(user)!r} is not in the training data; use "
                 "model.fold_in(their_ratings) to score them"
             )
-        S = _user_scores(model, np.array([idx]))[0]
-    if items is None:  # items with no training rating: predict's fallback, as for any unknown
-        unrated = _unrated_items(model)
-        bu = user.bias if isinstance(user, FoldedUser) else model.user_bias_[idx]
-        S[unrated] = getattr(model, "fallback_mean_", model.global_mean_) + bu
+        P, bu = model.user_factors_, model.user_bias_
+    if items is None:  # items with no training rating: -1, the fallback of the one rule
+        cols = np.where(index.known_items(), np.arange(index.n_items), -1)
     else:
-        S = S[model.item_index(items, strict=True)]
-    if model._clips():
-        S = np.clip(S, *model.rating_range_)
-    return S
+        cols = index.item_index(items, strict=True)
+    S = index.link_scores(np.full(len(cols), idx), cols, P, model.item_factors_, bu,
+                          model.item_bias_, float(model.global_mean_))
+    return index.response(S)
 
 
 def _parse_ratings(ratings: Any) -> tuple[list[Any], np.ndarray]:
@@ -474,7 +506,7 @@ def _parse_ratings(ratings: Any) -> tuple[list[Any], np.ndarray]:
 
 
 def fold_in(
-    model: MatrixFactorization,
+    model: FittedModel,
     ratings: Any,
     user: Any = None,
     *,
@@ -489,14 +521,17 @@ def fold_in(
     float64 (gradient and Hessian from autograd; at most ``max_iter`` iterations), so it needs
     no optimizer and a first call in a fresh process costs milliseconds.
     """
-    model._check_fitted()
+    index = _index(model)
     if not (isinstance(max_iter, int | np.integer) and not isinstance(max_iter, bool)
             and max_iter >= 1):
         raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
+    for what in (model.loss, model.regularization):
+        if isinstance(what, NotLoaded):  # a loaded model's user function: ask for it
+            raise ValueError(f"fold_in needs the model's {what.what}: {what.message}")
     items, values = _parse_ratings(ratings)
     ids = np.empty(len(items), dtype=object)  # keeps mixed id types apart (110 vs 'new')
     ids[:] = items
-    idx = model.item_index(ids, strict=False)
+    idx = index.item_index(ids, strict=False)
     unknown = idx < 0
     if unknown.all():
         raise ValueError(
@@ -514,7 +549,7 @@ def fold_in(
     idx, values = idx[~unknown], values[~unknown]
     uniq, counts = np.unique(idx, return_counts=True)
     if (counts > 1).any():
-        dup = model.item_ids_[uniq[np.flatnonzero(counts > 1)[0]]]
+        dup = index.item_ids[uniq[np.flatnonzero(counts > 1)[0]]]
         raise ValueError(f"item {_plain(dup)!r} is rated more than once; give each item once")
 
     loss = get_loss(model.loss)

@@ -1,0 +1,205 @@
+"""``ModelIndex``: what turns a fitted model's factors into answers about ids.
+
+One small public object, built by :meth:`MatrixFactorization.fit` from the training ratings,
+saved by :mod:`autofact.io` and read by :mod:`autofact.recommend` and
+:mod:`autofact.evaluation`. It holds
+
+- the id maps (``user_ids``, ``item_ids``) and their lookup (:meth:`user_index`),
+- the training pattern ``seen`` (a boolean scipy CSR, users x items) and the ``user_counts`` /
+  ``item_counts`` derived from it,
+- the ``rating_range`` of the training ratings and ``clip``, the range predictions are clipped to
+  (``None`` for a loss whose predictions are not ratings),
+- the loss's ``inverse_link`` (raw score to mean response; ``None``: the identity),
+- and the one rule for unknown users and items (:meth:`link_scores`): a user or item that is not
+  in the id map, or is in it with no training rating, is *unknown*; a pair with an unknown side is
+  scored ``fallback + (the known side's bias)``, where ``fallback`` is the global mean (a model
+  with biases) or the best constant (one without).
+
+Every score the library reports goes through :meth:`link_scores` and :meth:`response`: predict,
+score, evaluation, the validation history during fit, and recommend.
+
+>>> index = model.index_
+>>> index.user_index(["u1", "nobody"], strict=False)
+array([ 0, -1])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .data import Ratings
+from .errors import UnknownIdError
+
+__all__ = ["ModelIndex"]
+
+# pairs scored at once: the gathered factor rows stay small whatever the number of pairs
+_STEP = 1 << 16
+
+
+def _plain(x: Any) -> Any:
+    return x.item() if isinstance(x, np.generic) else x
+
+
+class ModelIndex:
+    """Id maps, seen items, counts, clipping range, inverse link and the unknown-id rule.
+
+    Parameters
+    ----------
+    user_ids, item_ids : the ids of the factor rows, in order.
+    seen : boolean ``len(user_ids) x len(item_ids)`` CSR of the training ratings.
+    rating_range : ``(min, max)`` of the training ratings.
+    fallback : the score of a pair whose user and item are both unknown (link scale).
+    clip : the range mean-response predictions are clipped to, or ``None``.
+    inverse_link : raw score (a tensor) to mean response, or ``None`` for the identity.
+    """
+
+    def __init__(
+        self,
+        user_ids: np.ndarray,
+        item_ids: np.ndarray,
+        seen: sp.csr_matrix,
+        *,
+        rating_range: tuple[float, float],
+        fallback: float,
+        clip: tuple[float, float] | None = None,
+        inverse_link: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.user_ids = np.asarray(user_ids)
+        self.item_ids = np.asarray(item_ids)
+        shape = (len(self.user_ids), len(self.item_ids))
+        if seen.shape != shape:
+            raise ValueError(f"seen has shape {seen.shape}, expected {shape} from the id maps")
+        self.seen = seen
+        self.user_counts = np.diff(seen.indptr).astype(np.int64)
+        self.item_counts = np.bincount(seen.indices, minlength=shape[1]).astype(np.int64)
+        self.rating_range = (float(rating_range[0]), float(rating_range[1]))
+        self.fallback = float(fallback)
+        self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
+        self.inverse_link = inverse_link
+        self._lookups: dict[str, Any] = {}
+
+    @classmethod
+    def from_ratings(
+        cls,
+        ratings: Ratings,
+        *,
+        fallback: float,
+        clip: bool,
+        inverse_link: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> ModelIndex:
+        """The index of a model fitted on ``ratings``; ``clip``: clip predictions to the
+        ratings' range."""
+        m, n = ratings.shape
+        indptr = np.zeros(m + 1, dtype=np.int64)
+        np.cumsum(np.bincount(ratings.users, minlength=m), out=indptr[1:])
+        order = np.argsort(ratings.users, kind="stable")
+        seen = sp.csr_matrix(
+            (np.ones(len(ratings), dtype=bool), ratings.items[order].astype(np.int32), indptr),
+            shape=(m, n),
+        )
+        seen.sort_indices()
+        rating_range = (float(ratings.values.min()), float(ratings.values.max()))
+        return cls(ratings.user_ids, ratings.item_ids, seen, rating_range=rating_range,
+                   fallback=fallback, clip=rating_range if clip else None,
+                   inverse_link=inverse_link)
+
+    def __repr__(self) -> str:
+        return (f"<ModelIndex ({len(self.user_ids)} users x {len(self.item_ids)} items, "
+                f"{self.seen.nnz} training ratings)>")
+
+    # ------------------------------------------------------------------ ids
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def user_index(self, ids: Any, *, strict: bool = True) -> np.ndarray:
+        """0-based indices of user ids; an unknown user (not in the id map, or in it with no
+        training rating) raises :class:`~autofact.UnknownIdError`, or is ``-1`` when
+        ``strict=False``. A scalar id gives an array of one."""
+        return self._index(ids, "user", strict)
+
+    def item_index(self, ids: Any, *, strict: bool = True) -> np.ndarray:
+        """0-based indices of item ids (``-1`` for unknown when ``strict=False``; see
+        :meth:`user_index`)."""
+        return self._index(ids, "item", strict)
+
+    def _index(self, ids: Any, what: str, strict: bool) -> np.ndarray:
+        lookup = self._lookups.get(what)
+        if lookup is None:
+            import pandas as pd
+
+            lookup = self._lookups[what] = pd.Index(self.user_ids if what == "user"
+                                                     else self.item_ids)
+        scalar = np.ndim(ids) == 0 and not isinstance(ids, list | tuple)
+        seq = np.asarray([ids] if scalar else ids if isinstance(ids, np.ndarray) else list(ids))
+        if seq.ndim != 1:
+            raise ValueError(f"{what} ids must be a scalar or a 1-D sequence, got shape {seq.shape}")
+        out = np.asarray(lookup.get_indexer(seq), dtype=np.int64)
+        counts = self.user_counts if what == "user" else self.item_counts
+        no_rating = (out >= 0) & (counts[np.maximum(out, 0)] == 0)
+        if strict and ((out < 0) | no_rating).any():
+            k = int(np.flatnonzero((out < 0) | no_rating)[0])
+            extra = (" (it is in the id map but has no training rating)" if no_rating[k]
+                     else "")
+            raise UnknownIdError(f"{what} {_plain(seq[k])!r} is not in the training data{extra}")
+        out[no_rating] = -1
+        return out
+
+    def known_items(self) -> np.ndarray:
+        """Boolean mask of the items with at least one training rating."""
+        return self.item_counts > 0
+
+    # ------------------------------------------------------------------ the scoring rule
+    def link_scores(
+        self,
+        users: np.ndarray,
+        items: np.ndarray,
+        user_factors: np.ndarray,
+        item_factors: np.ndarray,
+        user_bias: np.ndarray,
+        item_bias: np.ndarray,
+        global_mean: float,
+    ) -> np.ndarray:
+        """Raw scores (float64) of pairs of indices, ``-1`` marking an unknown user or item.
+
+        Known pairs: ``global_mean + user_bias[u] + item_bias[i] + user_factors[u] .
+        item_factors[i]``; a pair with an unknown side: ``fallback`` plus the known side's
+        bias. This is the library's one rule for unknown ids.
+        """
+        u = np.asarray(users, dtype=np.int64)
+        i = np.asarray(items, dtype=np.int64)
+        if u.shape != i.shape:
+            raise ValueError(
+                f"users and items must have the same length, got {len(u)} and {len(i)}"
+            )
+        ku, ki = u >= 0, i >= 0
+        uu, ii = np.where(ku, u, 0), np.where(ki, i, 0)
+        out = np.empty(len(u), dtype=np.float64)
+        for s in range(0, len(u), _STEP):
+            a, b = uu[s : s + _STEP], ii[s : s + _STEP]
+            out[s : s + _STEP] = np.einsum("ij,ij->i", user_factors[a], item_factors[b])
+        bu = np.where(ku, user_bias[uu], 0.0)
+        bi = np.where(ki, item_bias[ii], 0.0)
+        known = ku & ki
+        out = np.where(known, out + global_mean, self.fallback)
+        out += bu
+        out += bi
+        return out
+
+    def response(self, scores: np.ndarray) -> np.ndarray:
+        """Mean responses from raw scores: the inverse link, then the clipping range."""
+        out = np.asarray(scores, dtype=np.float64)
+        if self.inverse_link is not None:
+            out = self.inverse_link(torch.from_numpy(out)).numpy()
+        if self.clip is not None:
+            out = np.clip(out, *self.clip)
+        return out
