@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "autofact"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 EXTRAS = {"pyarrow": "parquet", "matplotlib": "plot"}
+NEEDS_PYARROW = r"reading Parquet needs pyarrow: pip install 'autofact\[parquet\]'"
 
 
 def test_version_is_the_installed_distributions():
@@ -108,7 +109,7 @@ def test_import_autofact_loads_no_private_torch_replay_plotting_or_cli():
 def test_optional_import_names_the_extra(monkeypatch):
     assert optional_import("json", extra="x", purpose="y").__name__ == "json"
     monkeypatch.setitem(sys.modules, "pyarrow", None)
-    with pytest.raises(ImportError, match=r"^reading Parquet needs pyarrow: pip install 'autofact\[parquet\]'"):
+    with pytest.raises(ImportError, match="^" + NEEDS_PYARROW):
         optional_import("pyarrow", extra="parquet", purpose="reading Parquet")
 
 
@@ -116,17 +117,22 @@ def test_reading_parquet_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
     path = tmp_path / "ratings.parquet"
     path.write_bytes(b"PAR1" + bytes(64))  # detected as Parquet by its magic bytes
     monkeypatch.setitem(sys.modules, "pyarrow", None)
-    with pytest.raises(ImportError, match=r"reading Parquet needs pyarrow: pip install 'autofact\[parquet\]'"):
+    with pytest.raises(ImportError, match=NEEDS_PYARROW):
         autofact.read(path)
 
 
-def test_plotting_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
-    from autofact import cli
+def test_plotting_without_matplotlib_names_the_extra(tmp_path, monkeypatch, capsys):
+    from autofact.cli import main
 
+    data = tmp_path / "ratings.tsv"
+    data.write_text("".join(f"{u}\t{i}\t{1 + (u * i) % 5}\n" for u in range(1, 9) for i in range(1, 7)))
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(ImportError, match=r"plotting needs matplotlib: pip install 'autofact\[plot\]'"):
-        cli._plot_history([{"epoch": 1, "loss": 1.0}], tmp_path / "curve.png", "title")
+    status = main(["fit", str(data), "--out", str(tmp_path / "model.npz"), "--epochs", "1", "--quiet",
+                   "--plot", str(tmp_path / "curve.png")])
+    assert status != 0
+    assert "plotting needs matplotlib: pip install 'autofact[plot]'" in capsys.readouterr().err
     assert not (tmp_path / "curve.png").exists()
+    assert not (tmp_path / "model.npz").exists()  # refused before the fit, nothing saved
 
 
 @pytest.mark.parametrize("ci", ["true", None])
