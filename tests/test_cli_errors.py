@@ -499,3 +499,55 @@ def test_symlink_and_relative_out_are_caught(files, capsys, monkeypatch):
     code, _, err = call(capsys, "fit", "../ratings.csv", "--out", os.path.join("..", "link.csv"))
     assert code == USAGE and "is the input DATA" in err
     assert files["ratings"].read_bytes() == before
+
+
+def my_loss(pred, target):
+    """A user's own loss, typed on the command line as 'tests.test_cli_errors:my_loss'."""
+    return (pred - target) ** 2
+
+
+def test_a_model_with_a_users_loss_asks_for_it_in_cli_words(files, capsys, tmp_path):
+    # issue 8, item 4: loading never imports what a file names; fold-in needs the function,
+    # which the user gives with --loss (the hint says so in command-line words)
+    out = tmp_path / "mine.npz"
+    path = "tests.test_cli_errors:my_loss"
+    code, _, err = call(capsys, "fit", files["ratings"], "--out", out, "--loss", path,
+                        "--solver", "adam", "--epochs", "2", "--quiet")
+    assert code == 0, err
+    mine = tmp_path / "mine.csv"
+    item = autofact.load(out).item_ids_[0]
+    mine.write_text(f"item,rating\n{item},5\n")
+    code, stdout, err = call(capsys, "recommend", out, "--ratings", mine, "-n", "2")
+    assert code == USAGE and stdout == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"--loss {path}" in lines[0], err
+    assert "autofact.load(" not in lines[0]
+    code, stdout, err = call(capsys, "recommend", out, "--ratings", mine, "-n", "2",
+                             "--loss", path)
+    assert code == 0, err
+    assert len(stdout.strip().splitlines()) == 3 + 2  # heading, header, rule, 2 items
+
+
+def test_every_reading_option_is_a_keyword_of_read(files, capsys, monkeypatch):
+    # the options map onto autofact.read's keywords, passed only when given
+    import inspect
+
+    from autofact import reading
+    from autofact.cli import options
+
+    keywords = inspect.signature(autofact.read).parameters
+    assert set(options.READ_KEYWORDS.values()) <= set(keywords)
+    seen: list[dict] = []
+
+    def spy(path, **kwargs):
+        seen.append(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(reading, "read", spy)
+    call(capsys, "fit", files["ratings"], "--out", files["dir"] / "x.npz")
+    call(capsys, "fit", files["ratings"], "--out", files["dir"] / "x.npz", "--sep", "tab",
+         "--encoding", "latin-1", "--no-header", "--duplicates", "mean", "--user-col", "u",
+         "--item-col", "i", "--rating-col", "r", "--weight-col", "w", "--time-col", "t")
+    assert seen == [{}, {"sep": "\t", "encoding": "iso8859-1", "header": False,
+                         "duplicates": "mean", "user": "u", "item": "i", "rating": "r",
+                         "weight": "w", "timestamp": "t"}]
