@@ -292,3 +292,214 @@ def test_damaged_files_are_refused(fitted, tmp_path, change, match):
     _resave(src, tmp_path / "bad.npz", change)
     with pytest.raises(ValueError, match=match):
         autofact.load(tmp_path / "bad.npz")
+
+
+# ------------------------------------------------------------------------------ issue 8
+def _set(arrays, array, where, value):
+    arr = arrays[array].copy()
+    arr[where] = value
+    arrays[array] = arr
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda a, m: _set(a, "user_factors", (3, 1), np.nan),
+         r"array 'user_factors' holds non-finite values \(first nan at index \(3, 1\)\)"),
+        (lambda a, m: _set(a, "item_factors", (0, 0), np.inf), "array 'item_factors' holds non-f"),
+        (lambda a, m: _set(a, "user_bias", 2, -np.inf), "array 'user_bias' holds non-finite"),
+        (lambda a, m: _set(a, "item_bias", 5, np.nan), "array 'item_bias' holds non-finite"),
+        (lambda a, m: m.update(global_mean=float("nan")), "'global_mean' is nan, expected a f"),
+        (lambda a, m: m.update(fallback_mean=float("inf")), "'fallback_mean' is inf"),
+        (lambda a, m: m.update(rating_range=[1.0, float("nan")]), "'rating_range' is"),
+        (lambda a, m: m["user_ids"].__setitem__(1, m["user_ids"][0]),
+         r"user id 'u00' appears more than once in its user ids \(at positions 0 and 1\)"),
+        (lambda a, m: m["item_ids"].__setitem__(4, m["item_ids"][2]),
+         "item id 20 appears more than once"),
+    ],
+    ids=["nan-P", "inf-Q", "inf-bu", "nan-bi", "nan-mean", "inf-fallback", "nan-range",
+         "dup-user", "dup-item"],
+)
+def test_non_finite_values_and_duplicate_ids_are_refused(fitted, tmp_path, change, match):
+    """Edited files with NaN/inf or repeated ids used to load unchecked (issue 8)."""
+    src = fitted.save(tmp_path / "m.npz")
+    _resave(src, tmp_path / "edited.npz", change)
+    with pytest.raises(ValueError, match="edited.npz is damaged: .*" + match):
+        autofact.load(tmp_path / "edited.npz")
+
+
+def _named(src: Path, dst: Path, loss: str | None, reg: str | None = None, link=None) -> Path:
+    """A copy of a saved model whose file names ``loss``/``reg`` as 'module:function'."""
+    def change(arrays, meta):
+        if loss is not None:
+            meta["loss"] = {"path": loss} if link is None else {"path": loss, "link": link}
+        if reg is not None:
+            meta["regularization"] = reg
+
+    _resave(src, dst, change)
+    return dst
+
+
+def _use_everything(model: MatrixFactorization, what: str, path: str, folder: Path) -> None:
+    """Predict, recommend and similar items work; fold-in and a refit ask for the function;
+    the model saves again under the same name."""
+    u, i = _all_pairs(model)
+    assert np.isfinite(model.predict(u[:20], i[:20])).all()
+    user = model.user_ids_[0]
+    assert len(model.recommend(user, n=3)) == 3
+    assert len(model.recommend_batch(list(model.user_ids_[:3]), n=3)) == 3
+    assert len(model.similar_items(model.item_ids_[0], n=3)) == 3
+    assert np.isfinite(model.score_items(user)).all()
+    module, function = path.split(":")
+    asks = (f"this model was trained with {what} '{path}'; pass it to load: "
+            rf"autofact.load\(.*, {what}={module}.{function}\)")
+    with pytest.raises(ValueError, match=asks):
+        model.fold_in({model.item_ids_[0]: 4.0, model.item_ids_[1]: 2.0})
+    with pytest.raises(ValueError, match=asks):
+        model.fit(_ratings(seed=5))
+    again = autofact.load(model.save(folder / "again.npz"))
+    assert repr(getattr(again, what)) == repr(getattr(model, what))
+
+
+@pytest.mark.parametrize("what", ["loss", "regularization"])
+def test_a_file_naming_os_abort_is_never_called(fitted, tmp_path, what):
+    """A model file naming os:abort killed the process on load/fold-in (issue 8)."""
+    src = fitted.save(tmp_path / "m.npz")
+    path = _named(src, tmp_path / "abort.npz", *(("os:abort", None) if what == "loss"
+                                                 else (None, "os:abort")))
+    model = autofact.load(path)
+    assert repr(getattr(model, what)) == f"<{what} 'os:abort', not imported>"
+    _use_everything(model, what, "os:abort", tmp_path)  # the process is still here
+
+
+def test_a_file_naming_mkdtemp_creates_no_folder(fitted, tmp_path, monkeypatch):
+    """A model file naming tempfile:mkdtemp created folders (issue 8)."""
+    import tempfile
+
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    assert tempfile.gettempdir() == str(private)
+    src = fitted.save(tmp_path / "m.npz")
+    path = _named(src, tmp_path / "mk.npz", "tempfile:mkdtemp", "tempfile:mkdtemp")
+    model = autofact.load(path)
+    _use_everything(model, "loss", "tempfile:mkdtemp", tmp_path)
+    assert os.listdir(private) == []
+
+
+def test_a_module_beside_the_file_is_never_imported(fitted, tmp_path, monkeypatch):
+    """A module next to the model file ran when the model was loaded and used (issue 8)."""
+    import sys
+
+    marker = tmp_path / "MARKER"
+    (tmp_path / "beside_model_x8.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "def loss(pred, target):\n    return (target - pred) ** 2\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))  # importable: the test could fail
+    monkeypatch.chdir(tmp_path)
+    src = fitted.save(tmp_path / "m.npz")
+    path = _named(src, tmp_path / "beside.npz", "beside_model_x8:loss", "beside_model_x8:loss")
+    model = autofact.load(path)
+    _use_everything(model, "loss", "beside_model_x8:loss", tmp_path)
+    assert not marker.exists()
+    assert "beside_model_x8" not in sys.modules
+
+
+def test_a_users_loss_is_passed_to_load_and_checked(tmp_path):
+    """The function comes from the user, never from the file; it must be the saved one."""
+    ratings = _ratings(seed=2)
+    model = MatrixFactorization(rank=2, epochs=2, seed=0, loss=my_loss,
+                                regularization="l1", beta=0.5).fit(ratings)
+    path = model.save(tmp_path / "m.npz")
+    plain = autofact.load(path)
+    u, i = _all_pairs(model)
+    np.testing.assert_array_equal(plain.predict(u, i), model.predict(u, i))
+    with pytest.raises(ValueError, match="trained with loss 'tests.test_io:my_loss'"):
+        plain.fold_in({ratings.item_ids[0]: 3.0})
+    new = {ratings.item_ids[0]: 5.0, ratings.item_ids[3]: 1.0}
+    for given in (my_loss, "tests.test_io:my_loss"):  # the function, or a path the user typed
+        loaded = autofact.load(path, loss=given)
+        np.testing.assert_array_equal(loaded.fold_in(new).factors, model.fold_in(new).factors)
+    with pytest.raises(ValueError, match=(
+        r"loss=autofact.losses.squared was passed to load, but .*m.npz was trained with loss "
+        r"'tests.test_io:my_loss'")):
+        autofact.load(path, loss=autofact.losses.squared)
+    with pytest.raises(ValueError, match="regularization='l2' was passed to load, but .* "
+                                         "was trained with regularization 'l1'"):
+        autofact.load(path, regularization="l2")
+    assert autofact.load(path, loss=my_loss, regularization="l1").beta == 0.5
+
+
+def test_builtin_losses_load_by_name_with_their_parameters(tmp_path):
+    ratings = _ratings(seed=2)
+    model = MatrixFactorization(rank=2, epochs=2, loss=autofact.losses.huber(0.5),
+                                regularization="l1", beta=0.3).fit(ratings)
+    loaded = autofact.load(model.save(tmp_path / "m.npz"))
+    assert loaded.loss.spec == {"name": "huber", "delta": 0.5}
+    assert (loaded.regularization, loaded.beta) == ("l1", 0.3)
+    new = {ratings.item_ids[0]: 5.0, ratings.item_ids[3]: 1.0}
+    np.testing.assert_array_equal(loaded.fold_in(new).factors, model.fold_in(new).factors)
+
+
+def sigmoid_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A user's loss on a logit, declaring its inverse link."""
+    return torch.nn.functional.binary_cross_entropy_with_logits(pred, target, reduction="none")
+
+
+sigmoid_loss.inverse_link = torch.sigmoid  # type: ignore[attr-defined]
+
+
+def cubed(x: torch.Tensor) -> torch.Tensor:
+    return x**3
+
+
+def cube_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (target - pred**3) ** 2
+
+
+cube_loss.inverse_link = cubed  # type: ignore[attr-defined]
+
+
+def test_a_users_inverse_link_survives_save_and_load(tmp_path):
+    """A known inverse link is saved by name; another one needs the function (issue 8)."""
+    ratings = _ratings(seed=2)
+    binary = Ratings(ratings.users, ratings.items, (ratings.values >= 4).astype(float),
+                     shape=ratings.shape, user_ids=ratings.user_ids, item_ids=ratings.item_ids)
+    model = MatrixFactorization(rank=2, epochs=2, solver="adam", loss=sigmoid_loss).fit(binary)
+    loaded = autofact.load(model.save(tmp_path / "sig.npz"))
+    u, i = _all_pairs(model)
+    p = loaded.predict(u, i)
+    np.testing.assert_array_equal(p, model.predict(u, i))
+    assert ((p > 0) & (p < 1)).all()
+    cube = MatrixFactorization(rank=2, epochs=2, solver="adam", loss=cube_loss).fit(ratings)
+    blind = autofact.load(cube.save(tmp_path / "cube.npz"))
+    np.testing.assert_array_equal(blind.predict(u, i, kind="link"), cube.predict(u, i, kind="link"))
+    with pytest.raises(ValueError, match="trained with loss 'tests.test_io:cube_loss'; pass it"):
+        blind.predict(u, i)
+    told = autofact.load(tmp_path / "cube.npz", loss=cube_loss)
+    np.testing.assert_array_equal(told.predict(u, i), cube.predict(u, i))
+
+
+def test_io_reads_the_format_without_the_model(tmp_path, fitted):
+    saved = autofact.io.read(fitted.save(tmp_path / "m.npz"))
+    assert saved.meta["loss"] == {"name": "huber", "delta": 2.0}
+    assert saved.arrays["user_factors"].shape == fitted.user_factors_.shape
+    assert (saved.seen != fitted.index_.seen).nnz == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda a, m: m.update(loss={"path": "os.system('x')"}), "loss path .* is not of the form"),
+        (lambda a, m: m.update(loss={"name": "cauchy"}), "names loss .* not one of the built-in"),
+        (lambda a, m: m.update(regularization="l3"), "names regularization 'l3'"),
+        (lambda a, m: m.update(loss={"path": "a:b", "link": "weird"}), "loss link 'weird'"),
+    ],
+    ids=["code", "unknown-name", "unknown-reg", "unknown-link"],
+)
+def test_loss_names_are_checked_not_imported(fitted, tmp_path, change, match):
+    src = fitted.save(tmp_path / "m.npz")
+    _resave(src, tmp_path / "bad.npz", change)
+    with pytest.raises(ValueError, match=match):
+        autofact.load(tmp_path / "bad.npz")

@@ -410,3 +410,165 @@ def test_rows_without_training_ratings_are_unknown():
         m.user_index([2])
     with pytest.warns(UserWarning, match="1 of 1 pairs"):
         m.predict([2], [0])
+
+
+# ------------------------------------------------------------------------- issue 8
+def _with_strangers(seed=0):
+    """Ratings 1-5 split so the validation set holds users and items the training set lacks:
+    new ids, and ids in the id map with no training rating (as the splits leave them)."""
+    rng = np.random.default_rng(seed)
+    m, n = 60, 40
+    P, Q = rng.normal(size=(m, 3)), rng.normal(size=(n, 3))
+    u, i = np.nonzero(rng.random((m, n)) < 0.35)
+    v = np.clip(np.rint(3 + (P[u] * Q[i]).sum(1)), 1, 5)
+    full = Ratings.from_coo(u, i, v, shape=(m, n))
+    held = (rng.random(len(u)) < 0.2) | (u == 7) | (i == 5)  # user 7 and item 5: test only
+    train, test = full.subset(~held), full.subset(held)
+    import pandas as pd
+
+    extra = pd.DataFrame({"user": [7, 1000, 1001, 3], "item": [1, 2, 2000, 2001],
+                          "rating": [4.0, 1.0, 5.0, 2.0]})
+    frame = pd.concat([test.to_frame()[["user", "item", "rating"]], extra], ignore_index=True)
+    return train, Ratings.from_frame(frame)
+
+
+def my_identity_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A user's loss: predictions are its raw scores, never clipped."""
+    return torch.log(torch.cosh(target - pred))
+
+
+@pytest.mark.parametrize("loss", ["squared", my_identity_loss])
+def test_history_validation_rmse_is_score_and_evaluate(loss):
+    """One rule for unknown users and items: history_ said 2.1496 where score() said 2.1395
+    on the same data (issue 8)."""
+    train, valid = _with_strangers()
+    assert train.user_index([7]).tolist() == [7]  # in the id map, with no training rating
+    m = MatrixFactorization(rank=3, epochs=3, beta=0.0, init_std=2.0, loss=loss, seed=0,
+                            solver="adam", lr=0.05, device="cpu").fit(train, validation=valid)
+    with pytest.warns(UserWarning, match="not in the training data"):
+        score = -m.score(valid)
+    with pytest.warns(UserWarning, match="not in the training data"):
+        evaluated = autofact.evaluation.evaluate(m, valid)["rmse"]
+    assert m.history_[-1]["val_rmse"] == pytest.approx(score, abs=1e-6)
+    assert evaluated == pytest.approx(score, abs=1e-6)
+    if loss is my_identity_loss:  # not clipped: some prediction leaves the rating range
+        with pytest.warns(UserWarning):
+            pred = m.predict(valid.user_ids[valid.users], valid.item_ids[valid.items])
+        assert pred.max() > 5 or pred.min() < 1
+
+
+def test_predict_returns_the_mean_response_for_every_loss():
+    """poisson predicted a log-rate, logistic a logit (38.9 on 1-5 stars) (issue 8)."""
+    rng = np.random.default_rng(0)
+    u, i = np.nonzero(rng.random((40, 30)) < 0.5)
+    counts = Ratings.from_coo(u, i, rng.poisson(3.0, len(u)).astype(float), shape=(40, 30))
+    m = MatrixFactorization(rank=2, loss="poisson", epochs=3, device="cpu").fit(counts)
+    link = m.predict(u, i, kind="link")
+    np.testing.assert_allclose(m.predict(u, i), np.exp(link), rtol=1e-12)
+    assert m.predict(u, i).mean() == pytest.approx(3.0, rel=0.2)  # a rate, not a log-rate
+    liked = Ratings.from_coo(u, i, (rng.random(len(u)) < 0.7).astype(float), shape=(40, 30))
+    b = MatrixFactorization(rank=2, loss="logistic", epochs=3, device="cpu").fit(liked)
+    p = b.predict(u, i)
+    np.testing.assert_allclose(p, 1 / (1 + np.exp(-b.predict(u, i, kind="link"))), rtol=1e-12)
+    assert ((p > 0) & (p < 1)).all() and p.mean() == pytest.approx(0.7, abs=0.1)
+    with pytest.raises(ValueError, match="kind must be 'response' .* or 'link' .*, got 'mean'"):
+        b.predict(u, i, kind="mean")
+
+
+def test_logistic_refuses_ratings_that_are_not_binary():
+    stars = Ratings.from_coo([0, 0, 1, 1], [0, 1, 0, 1], [1.0, 3.0, 5.0, 4.0], shape=(2, 2))
+    with pytest.raises(ValueError, match=r"loss='logistic' models 0/1 \(or -1/\+1\) outcomes, "
+                                         r"but the ratings hold the values \{1, 3, 4, 5\}; "
+                                         r"binarize them first \(for example liked = ratings >= 4"):
+        MatrixFactorization(loss="logistic").fit(stars)
+    signs = Ratings.from_coo([0, 0, 1, 1], [0, 1, 0, 1], [-1.0, 1.0, 1.0, -1.0], shape=(2, 2))
+    MatrixFactorization(rank=1, loss="logistic", epochs=1, device="cpu").fit(signs)
+    zero_one = Ratings.from_coo([0, 0, 1, 1], [0, 1, 0, 1], [0.0, 1.0, 1.0, 0.0], shape=(2, 2))
+    with pytest.raises(ValueError, match="validation ratings hold the values"):
+        MatrixFactorization(loss="logistic", epochs=1).fit(zero_one, validation=stars)
+
+
+def logit_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.binary_cross_entropy_with_logits(pred, target, reduction="none")
+
+
+logit_loss.inverse_link = torch.sigmoid  # type: ignore[attr-defined]
+
+
+def test_a_users_loss_may_declare_its_inverse_link():
+    rng = np.random.default_rng(0)
+    u, i = np.nonzero(rng.random((30, 20)) < 0.5)
+    liked = Ratings.from_coo(u, i, (rng.random(len(u)) < 0.3).astype(float), shape=(30, 20))
+    m = MatrixFactorization(rank=2, loss=logit_loss, epochs=3, solver="adam", device="cpu")
+    m.fit(liked)
+    np.testing.assert_allclose(m.predict(u, i),
+                               torch.sigmoid(torch.from_numpy(m.predict(u, i, kind="link"))))
+    logit_loss.inverse_link = "sigmoid"  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(TypeError, match="inverse_link must be a function of a tensor"):
+            m.fit(liked)
+    finally:
+        logit_loss.inverse_link = torch.sigmoid  # type: ignore[attr-defined]
+
+
+def test_fit_leaves_torchs_global_generator_alone(lowrank):
+    """fit called torch.manual_seed (issue 8): seeded runs repeat through local generators."""
+    train, _ = lowrank
+    torch.manual_seed(1234)
+    state = torch.random.get_rng_state()
+    kw = dict(rank=3, solver="sgd", epochs=2, batch_size=512, lr=0.01, device="cpu")
+    a = MatrixFactorization(seed=5, **kw).fit(train)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.rand(3)  # move the global generator: seeded fits must not care
+    b = MatrixFactorization(seed=5, **kw).fit(train)
+    np.testing.assert_array_equal(a.user_factors_, b.user_factors_)
+    np.testing.assert_array_equal(a.item_factors_, b.item_factors_)
+    c = MatrixFactorization(seed=6, **kw).fit(train)
+    assert not np.array_equal(a.user_factors_, c.user_factors_)
+
+
+def test_score_is_higher_is_better():
+    """score() returned the RMSE, so a search would pick the worst model (issue 8)."""
+    train, valid = _with_strangers()
+    good = MatrixFactorization(rank=3, seed=0, device="cpu").fit(train)
+    bad = MatrixFactorization(rank=3, seed=0, epochs=1, beta=1e4, device="cpu").fit(train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert good.score(valid) > bad.score(valid)
+        assert good.score(valid) == pytest.approx(
+            -autofact.evaluation.evaluate(good, valid)["rmse"])
+
+
+def test_fit_takes_id_pairs_and_ratings():
+    pairs = np.array([["a", "x"], ["a", "y"], ["b", "x"], ["c", "y"]], dtype=object)
+    y = np.array([5.0, 1.0, 4.0, 2.0])
+    m = MatrixFactorization(rank=1, epochs=2, device="cpu").fit(pairs, y)
+    assert m.user_ids_.tolist() == ["a", "b", "c"] and m.item_ids_.tolist() == ["x", "y"]
+    assert -m.score(pairs, y) < 2
+    with pytest.raises(ValueError, match=r"y must hold one rating per row of X: X has 4 rows"):
+        m.fit(pairs, y[:3])
+    with pytest.raises(ValueError, match=r"X must be an \(n, 2\) array of \(user id, item id\)"):
+        m.fit(np.zeros((4, 3)), y)
+    with pytest.raises(ValueError, match="looks like .user, item. pairs but no ratings"):
+        m.fit(pairs)
+    with pytest.raises(TypeError, match="pass validation data by name"):
+        m.fit(Ratings.from_coo([0], [0], [1.0]), Ratings.from_coo([0], [0], [1.0]))
+
+
+def test_grid_search_over_the_estimator():
+    """scikit-learn's GridSearchCV fits clones on (user, item) pairs and keeps the best score."""
+    sklearn = pytest.importorskip("sklearn.model_selection")
+    rng = np.random.default_rng(0)
+    m, n = 30, 20
+    P, Q = rng.normal(size=(m, 2)), rng.normal(size=(n, 2))
+    u, i = np.nonzero(rng.random((m, n)) < 0.8)  # dense: every id in every training fold
+    X = np.column_stack([u, i])
+    y = (P[u] * Q[i]).sum(1) + 3
+    search = sklearn.GridSearchCV(
+        MatrixFactorization(rank=2, epochs=5, device="cpu"),
+        {"beta": [0.1, 1e4]}, cv=sklearn.KFold(3, shuffle=True, random_state=0),
+    )
+    search.fit(X, y)
+    assert search.best_params_ == {"beta": 0.1}
+    scores = search.cv_results_["mean_test_score"]
+    assert scores[0] > scores[1] and (scores < 0).all()

@@ -375,3 +375,68 @@ def test_items_without_training_ratings_are_never_ranked():
     with pytest.warns(UserWarning, match="not in the training data"):
         fallback = model.predict([2, 2], [5, 6])
     np.testing.assert_allclose(scores[[5, 6]], fallback)
+
+
+# ---------------------------------------------------------------------------- issue 8
+def test_recommend_scores_are_predictions_and_the_order_is_the_raw_scores():
+    """Recommendations scored 5.19 on a 5-point scale (not clipped); a monotone link or the
+    clipping must not reorder them (issue 8)."""
+    r = _checkerboard()
+    model = _model(r, beta=0.01, epochs=20)
+    raw = model.predict_indices(np.zeros(r.n_items, dtype=int), np.arange(r.n_items))
+    assert raw.max() > 5  # the raw scores do leave the scale here: the test can fail
+    for user in range(4):
+        rec = model.recommend(user, n=r.n_items)
+        np.testing.assert_allclose(rec.scores, model.predict([user] * len(rec), rec.items),
+                                   rtol=1e-12)
+        assert rec.scores.max() <= 5 and rec.scores.min() >= 1
+        link = model.predict([user] * len(rec), rec.items, kind="link")
+        assert (np.diff(link) <= 0).all()  # ranked by the raw score, ties kept in order
+        np.testing.assert_array_equal(model.score_items(user),
+                                      model.predict([user] * r.n_items, r.item_ids))
+        assert model.score_items(user).max() <= 5
+    batch = model.recommend_batch([0, 1], n=5)
+    np.testing.assert_array_equal(batch[0].scores, model.recommend(0, n=5).scores)
+    folded = model.fold_in({1: 5.0, 3: 5.0, 2: 1.0})
+    rec = model.recommend(folded, n=5)
+    assert rec.scores.max() <= 5
+    np.testing.assert_allclose(rec.scores, model.score_items(folded, rec.items), rtol=1e-12)
+
+
+def test_poisson_recommendations_are_rates_in_the_order_of_the_scores():
+    rng = np.random.default_rng(0)
+    u, i = np.nonzero(rng.random((30, 20)) < 0.4)
+    counts = Ratings.from_coo(u, i, rng.poisson(4.0, len(u)).astype(float), shape=(30, 20))
+    model = MatrixFactorization(rank=2, loss="poisson", epochs=4, device="cpu").fit(counts)
+    rec = model.recommend(0, n=10)
+    link = model.predict([0] * len(rec), rec.items, kind="link")
+    np.testing.assert_allclose(rec.scores, np.exp(link), rtol=1e-12)
+    assert (np.diff(rec.scores) <= 0).all()
+
+
+def _imports_and_private_reads(path) -> tuple[set[str], set[str]]:
+    import ast
+
+    tree = ast.parse(path.read_text())
+    imported, private = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            imported.add("." * node.level + (node.module or ""))
+        elif isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names)
+        elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+              and node.value.id == "model" and node.attr.startswith("_")):
+            private.add(node.attr)
+    return imported, private
+
+
+@pytest.mark.parametrize("module", ["recommend.py", "io.py"])
+def test_recommend_and_io_use_only_the_models_public_names(module):
+    """model <-> io <-> recommend imported each other and read model._seen etc. (issue 8)."""
+    from pathlib import Path
+
+    import autofact
+
+    imported, private = _imports_and_private_reads(Path(autofact.__file__).parent / module)
+    assert not {".model", "autofact.model"} & imported
+    assert private == set()

@@ -290,8 +290,9 @@ def evaluate(
     ``rmse``/``mae`` compare ``model.predict`` with every test rating (an id the model has not
     seen gets the model's usual fallback and warning): the RMSE is ``-model.score(test)``. For the
     ranking metrics each test user known to the model gets the model's top ``k`` over all items
-    except those it rated in training (and those it has in ``exclude``, e.g. a validation set, when given); its relevant
-    items are its test items rated ``>= threshold``; users with no relevant item are left out.
+    except those it rated in training (and those it has in ``exclude``, e.g. a validation set,
+    when given); its relevant items are its test items rated ``>= threshold``; users with no
+    relevant item are left out.
 
     Returns ``{'rmse', 'mae', 'precision@k', 'recall@k', 'ndcg@k', 'map@k', 'n_users',
     'n_ratings'}`` with ``k`` written out (``'precision@10'``), ``n_users`` the users ranked and

@@ -172,8 +172,9 @@ class ModelIndex:
         """Raw scores (float64) of pairs of indices, ``-1`` marking an unknown user or item.
 
         Known pairs: ``global_mean + user_bias[u] + item_bias[i] + user_factors[u] .
-        item_factors[i]``; a pair with an unknown side: ``fallback`` plus the known side's
-        bias. This is the library's one rule for unknown ids.
+        item_factors[i]`` (in float64, as recommendation's matrix products); a pair with an
+        unknown side: ``fallback`` plus the known side's bias. This is the library's one rule for
+        unknown ids.
         """
         u = np.asarray(users, dtype=np.int64)
         i = np.asarray(items, dtype=np.int64)
@@ -186,7 +187,8 @@ class ModelIndex:
         out = np.empty(len(u), dtype=np.float64)
         for s in range(0, len(u), _STEP):
             a, b = uu[s : s + _STEP], ii[s : s + _STEP]
-            out[s : s + _STEP] = np.einsum("ij,ij->i", user_factors[a], item_factors[b])
+            out[s : s + _STEP] = np.einsum("ij,ij->i", user_factors[a].astype(np.float64),
+                                           item_factors[b].astype(np.float64))
         bu = np.where(ku, user_bias[uu], 0.0)
         bi = np.where(ki, item_bias[ii], 0.0)
         known = ku & ki

@@ -487,10 +487,14 @@ def _ids_from_json(ids: Any, dtype: Any, what: str, name: str) -> np.ndarray:
     if dup.any():
         k = int(np.flatnonzero(dup)[0])
         raise ValueError(
-            f"{name} is damaged: {what} id {arr[k]!r} appears more than once in its {what} ids "
+            f"{name} is damaged: {what} id {_plain(arr[k])!r} appears more than once in its {what} ids "
             f"(at positions {int(np.flatnonzero(pd.Index(arr) == arr[k])[0])} and {k})"
         )
     return arr
+
+
+def _plain(x: Any) -> Any:
+    return x.item() if isinstance(x, np.generic) else x
 
 
 def _expect(arr: np.ndarray, array: str, shape: tuple[int, ...], kinds: str, name: str) -> None:
@@ -508,7 +512,7 @@ def _expect(arr: np.ndarray, array: str, shape: tuple[int, ...], kinds: str, nam
         where = np.argwhere(~np.isfinite(arr))[0]
         raise ValueError(
             f"{name} is damaged: array {array!r} holds non-finite values (first "
-            f"{arr[tuple(where)]!r} at index {tuple(int(x) for x in where)}); refit the model "
+            f"{float(arr[tuple(where)])!r} at index {tuple(int(x) for x in where)}); refit the model "
             "or restore the file"
         )
 

@@ -250,8 +250,8 @@ class MatrixFactorization:
                                         inverse_link=inverse_link(loss_fn))
         val = None
         if validation is not None:
-            v = _as_ratings(*(validation if isinstance(validation, tuple) else (validation,)),
-                            name="validation")
+            vx, vy = validation if isinstance(validation, tuple) else (validation, None)
+            v = _as_ratings(vx, vy, "validation")
             check_targets(loss_fn, v.values, "validation ratings")
             val = _Validation(index, v)
         # all checks passed: only now replace what an earlier fit left
@@ -566,6 +566,7 @@ def _saved_function(what: str, saved: Any, given: Any, name: str) -> Any:
         return NotLoaded(path, what, name, str(saved.get("link", "identity"))
                          if what == "loss" else "identity")
     # the user's own function (or a path they typed): it must be the one the file names
+    got: Any
     if what == "loss":
         got = loss_spec(given)
         same = got is not None and {k: v for k, v in got.items() if k != "link"} == \
@@ -574,11 +575,9 @@ def _saved_function(what: str, saved: Any, given: Any, name: str) -> Any:
         got = given if isinstance(given, str) or given is None else object_path(given)
         same = got == saved
     if not same:
-        shown = got.get("path", got.get("name")) if isinstance(got, dict) else got
         raise ValueError(
             f"{what}={_describe(given)} was passed to load, but {name} was trained with {what} "
-            f"{label}; pass that one (the file's {what} is named {label}, yours "
-            f"{shown!r})"
+            f"{label}; pass that one, or leave {what} out to load the model for prediction"
         )
     if isinstance(given, str) and ":" in given:
         # a path the user typed: import it now (the user's choice, not the file's)
