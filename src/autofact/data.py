@@ -8,6 +8,7 @@ Nothing here ever builds an ``m x n`` dense matrix.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -269,10 +270,17 @@ class Ratings:
         timestamp: str | None = None,
         duplicates: Duplicates = "error",
     ) -> Ratings:
-        """From a pandas DataFrame with user, item and rating columns (ids of any hashable type).
+        """From a pandas DataFrame with user, item and rating columns.
 
+        Ids keep their column's type and value exactly (``"007"`` and ``"7"`` are two users, and
+        no string is read as missing); a missing id (None/NaN) or an empty string is an error.
         Ids are mapped to 0-based indices in sorted order (order of first appearance when the ids
         cannot be sorted); the maps are kept in ``user_ids`` / ``item_ids``.
+
+        Weights and timestamps are used only when their column is named: ``weight=`` (finite
+        numbers >= 0) and ``timestamp=`` (integer or float seconds since 1970, datetimes, or
+        strings of either; naive times are taken as UTC; kept as whole seconds). A value that
+        cannot be read is an error naming its row.
         """
         import pandas as pd
 
@@ -287,14 +295,20 @@ class Ratings:
                 )
         if len(df) == 0:
             raise ValueError("ratings are empty: the DataFrame has no rows")
-        uidx, uids = _factorize(df[user], "user")
-        iidx, iids = _factorize(df[item], "item")
+
+        def where(k: int) -> str:
+            return f"row {_py(df.index[k])!r}"
+
+        uidx, uids = factorize_ids(df[user], "user", where)
+        iidx, iids = factorize_ids(df[item], "item", where)
         vals = _as_float(df[rating].to_numpy(), f"column {rating!r}")
         _check_finite(
             vals, f"column {rating!r}", lambda k: f"row {_py(df.index[k])!r} (user {_py(df[user].iloc[k])!r})"
         )
-        w = None if weight is None else df[weight].to_numpy()
-        ts = None if timestamp is None else _timestamps(df[timestamp])
+        w = None if weight is None else parse_weights(df[weight], weight, where)
+        ts = None if timestamp is None else parse_timestamps(
+            df[timestamp], timestamp, where, "or leave out timestamp="
+        )
         return cls(
             uidx, iidx, vals, shape=(len(uids), len(iids)), user_ids=uids, item_ids=iids,
             weights=w, timestamps=ts, duplicates=duplicates,
@@ -425,25 +439,158 @@ def _lookup(index: Any, ids: Any, what: str, strict: bool) -> np.ndarray:
     return out
 
 
-def _factorize(col: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+# ------------------------------------------------------------------ columns (shared with reading.py)
+Where = Callable[[int], str]
+"""Says where entry ``k`` of a column came from: ``"line 17 of ratings.csv"``, ``"row 'a'"``."""
+
+
+def factorize_ids(
+    col: Any,
+    what: str,
+    where: Where,
+    *,
+    text: bool = False,
+    missing: Callable[[int], str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, ids)``: int32 codes into ``ids``, the distinct ids in sorted order.
+
+    Nothing is merged, dropped or turned into missing: a missing (None/NaN) or empty id is an
+    error naming ``where(k)`` (or the message ``missing(k)``). With ``text=True`` the ids are the
+    strings read from a text file, and they become int64 only if *every* one is a canonical
+    integer (an optional ``-``, no leading zeros, no ``+`` or spaces, within int64:
+    ``str(int(s)) == s``); otherwise every id stays the string as written, so ``"007"`` and
+    ``"7"`` are two ids. Without it ids keep their type (numbers sort numerically, strings
+    lexicographically, mixed types in order of first appearance).
+    """
     import pandas as pd
 
-    if col.isna().any():
-        k = int(np.flatnonzero(col.isna().to_numpy())[0])
-        raise ValueError(f"{what} id is missing (NaN) in row {col.index[k]!r}")
-    try:
-        codes, uniques = pd.factorize(col, sort=True)
-    except TypeError:  # ids of mixed, unorderable types: keep first-appearance order
-        codes, uniques = pd.factorize(col, sort=False)
-    return codes.astype(_INDEX_DTYPE), np.asarray(uniques)
+    text = text and col.dtype.kind not in "iu"  # ints a reader proved canonical stay ints
+    if text:
+        codes, uniques = pd.factorize(np.asarray(col.to_numpy(), dtype=object), sort=False)
+    else:
+        try:
+            codes, uniques = pd.factorize(col, sort=True)
+        except TypeError:  # ids of mixed, unorderable types: keep first-appearance order
+            codes, uniques = pd.factorize(col, sort=False)
+    ids = np.asarray(uniques)
+    bad = codes < 0  # None / NaN
+    if ids.dtype.kind in "OUS":
+        empty = np.flatnonzero(ids == "")
+        if empty.size:
+            bad = bad | (codes == empty[0])
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            missing(k) if missing is not None
+            else f"{where(k)}: the {what} id is missing ({_py(col.iloc[k])!r}); every rating needs one"
+        )
+    if not text:
+        return codes.astype(_INDEX_DTYPE), ids
+    as_int = _canonical_ints(ids)
+    if as_int is not None:
+        ids = as_int
+    order = np.argsort(ids, kind="stable")
+    rank = np.empty(len(order), dtype=_INDEX_DTYPE)
+    rank[order] = np.arange(len(order), dtype=_INDEX_DTYPE)
+    return rank[codes], ids[order]
 
 
-def _timestamps(col: Any) -> np.ndarray:
+def _canonical_ints(ids: np.ndarray) -> np.ndarray | None:
+    """The string ids as int64 when every one reads ``str(int(id))`` within int64, else None."""
     import pandas as pd
 
+    num = np.asarray(pd.to_numeric(ids, errors="coerce"))  # float/uint64 past int64, NaN if not
+    if num.dtype != np.int64:
+        return None
+    if not np.array_equal(num.astype(str), ids.astype(str)):  # "007", "+7", " 7", "-0"
+        return None
+    return num
+
+
+def parse_weights(col: Any, column: str, where: Where) -> np.ndarray:
+    """A named weight column as float64: every entry a finite number >= 0, else an error."""
+    import pandas as pd
+
+    if col.dtype.kind == "b":
+        raise ValueError(f"weights (column {column!r}) must be numbers, got booleans")
+    num = col if col.dtype.kind in "iuf" else pd.to_numeric(col, errors="coerce")
+    vals = pd.Series(num).to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(vals) | (vals < 0)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        why = (
+            "is negative" if vals[k] < 0 else "is not finite" if np.isinf(vals[k])
+            else "is missing" if pd.isna(col.iloc[k]) else "is not a number"
+        )
+        raise ValueError(
+            f"{where(k)}: weight {_py(col.iloc[k])!r} (column {column!r}) {why}; weights must be "
+            "finite numbers >= 0"
+        )
+    return vals
+
+
+_INT64_LIMIT = 2.0**63
+
+
+def parse_timestamps(col: Any, column: str, where: Where, fix: str) -> np.ndarray:
+    """A named timestamp column as int64 seconds since 1970 (UTC), else an error naming the entry.
+
+    Accepted: integer or float seconds (a fraction of a second is dropped), datetimes
+    (timezone-aware ones converted to UTC, naive ones taken as UTC) and strings of either.
+    ``fix`` ends the error message: how to go on without the column.
+    """
+    import pandas as pd
+
+    def fail(k: int, why: str) -> ValueError:
+        return ValueError(
+            f"{where(k)}: timestamp {_py(col.iloc[k])!r} (column {column!r}) {why}; "
+            f"fix the value, {fix}"
+        )
+
+    missing = col.isna().to_numpy()
+    if missing.any():
+        raise fail(int(np.flatnonzero(missing)[0]), "is missing")
+    kind = col.dtype.kind
     if pd.api.types.is_datetime64_any_dtype(col):
-        return col.astype("int64").to_numpy() // 10**9
-    return np.asarray(col.to_numpy(), dtype=np.int64)
+        when = col
+    elif kind in "iu":
+        arr = col.to_numpy(dtype=np.uint64 if kind == "u" else np.int64)
+        if kind == "u" and arr.max() >= _INT64_LIMIT:
+            raise fail(int(np.argmax(arr)), "is out of range")
+        return np.asarray(arr, dtype=np.int64)
+    elif kind == "f":
+        vals = col.to_numpy(dtype=np.float64)
+        bad = ~(np.abs(vals) < _INT64_LIMIT)  # inf, or past int64
+        if bad.any():
+            raise fail(int(np.flatnonzero(bad)[0]), "is out of range")
+        return np.floor(vals).astype(np.int64)
+    elif kind in "bmc":
+        raise fail(0, f"is not a time (the column holds {col.dtype})")
+    else:  # text: numbers of seconds, or dates; the first entry tells which
+        num = pd.to_numeric(col, errors="coerce")
+        is_num = num.notna().to_numpy()
+        if is_num.all():
+            return parse_timestamps(num, column, where, fix)
+        if is_num[0]:
+            k = int(np.flatnonzero(~is_num)[0])
+            raise fail(k, "is not a number of seconds since 1970, as the column's first entry is")
+        import warnings
+
+        with warnings.catch_warnings():  # "could not infer format": then each string alone
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                when = pd.to_datetime(col, errors="coerce", utc=True)
+            except (TypeError, ValueError, OverflowError):
+                when = pd.Series(pd.NaT, index=col.index, dtype="datetime64[s, UTC]")
+        bad = when.isna().to_numpy()
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            why = "is not a date like the column's first entry" if k else (
+                "is neither a date nor a number of seconds since 1970")
+            raise fail(k, why)
+    if when.dt.tz is not None:
+        when = when.dt.tz_convert("UTC").dt.tz_localize(None)
+    return np.asarray(when.to_numpy().astype("datetime64[s]").astype(np.int64))
 
 
 def _combine_duplicates(
