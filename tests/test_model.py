@@ -572,3 +572,16 @@ def test_grid_search_over_the_estimator():
     assert search.best_params_ == {"beta": 0.1}
     scores = search.cv_results_["mean_test_score"]
     assert scores[0] > scores[1] and (scores < 0).all()
+
+
+def test_the_post_function_leaves_torchs_thread_count_alone(monkeypatch):
+    """matrix_factorization_bgd saved and restored torch.set_num_threads around its loop, racing
+    with other threads (issue 8): it must not touch the process-wide setting at all."""
+    def refuse(n):
+        raise AssertionError(f"torch.set_num_threads({n}) was called")
+
+    monkeypatch.setattr(torch, "set_num_threads", refuse)
+    R = np.ma.masked_equal([[5, 3, 0, 1], [4, 0, 0, 1]], 0).astype(float)
+    rng = np.random.default_rng(0)
+    P, Q = autofact.matrix_factorization_bgd(R, rng.random((2, 2)), rng.random((2, 4)), steps=1)
+    assert P.shape == (2, 2) and Q.shape == (2, 4)

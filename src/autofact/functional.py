@@ -109,17 +109,13 @@ def matrix_factorization_bgd(
                     x -= lr * gradient(x)  # the post's update: P -= alpha * dP, Q -= alpha * dQ
             return x[:split].reshape(P.shape).copy(), x[split:].reshape(Q.shape).copy()
     X.requires_grad_()
-    threads = torch.get_num_threads()
-    if small:
-        torch.set_num_threads(1)  # tiny ops: thread hand-offs cost more than they save
-    try:
-        for _ in range(steps):
-            J = objective(X)
-            J.backward()
-            with torch.no_grad():  # the post's update: P -= alpha * dP, Q -= alpha * dQ
-                X.sub_(X.grad, alpha=lr)  # type: ignore[arg-type]
-            X.grad = None
-    finally:
-        torch.set_num_threads(threads)
+    # torch's thread count is process-wide: it is left as the caller set it (changing it here and
+    # back raced with other threads calling torch; issue 8)
+    for _ in range(steps):
+        J = objective(X)
+        J.backward()
+        with torch.no_grad():  # the post's update: P -= alpha * dP, Q -= alpha * dQ
+            X.sub_(X.grad, alpha=lr)  # type: ignore[arg-type]
+        X.grad = None
     X = X.detach()
     return X[:split].view(P.shape).numpy().copy(), X[split:].view(Q.shape).numpy().copy()
