@@ -551,3 +551,34 @@ def test_every_reading_option_is_a_keyword_of_read(files, capsys, monkeypatch):
     assert seen == [{}, {"sep": "\t", "encoding": "iso8859-1", "header": False,
                          "duplicates": "mean", "user": "u", "item": "i", "rating": "r",
                          "weight": "w", "timestamp": "t"}]
+
+
+def test_a_failed_save_names_out_and_exits_1(files, capsys, monkeypatch, tmp_path):
+    # a disk-full save is a failed run (1), named by --out, not by the temporary file
+    from autofact import io as afio
+
+    def full(target, arrays):
+        raise OSError(28, "No space left on device", str(target.parent / ".m.npz.1.abcdefgh.tmp"))
+
+    monkeypatch.setattr(afio, "_atomic_savez", full)
+    out = tmp_path / "m.npz"
+    code, stdout, err = call(capsys, "fit", files["ratings"], "--out", out, "--epochs", "1", "-q")
+    assert code == ERROR and stdout == ""
+    assert err.strip().splitlines() == [
+        f"autofact: error: cannot write the model to --out (No space left on device): '{out}'"
+    ]
+
+
+def test_demo_runs_without_matplotlib(capsys, monkeypatch, tmp_path):
+    # a bare install (no 'plot' extra) still gets the tour, and is told how to get the curve
+    from autofact.cli import paths
+
+    def missing():
+        raise ImportError("plotting needs matplotlib: pip install 'autofact[plot]'")
+
+    monkeypatch.setattr(paths, "plot_formats", missing)
+    code, out, err = call(capsys, "demo", "--out", tmp_path, "--epochs", "1")
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == (
+        "(drawing the learning curve needs matplotlib: pip install 'autofact[plot]')")
+    assert list(tmp_path.iterdir()) == []

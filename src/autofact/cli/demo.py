@@ -27,9 +27,13 @@ def register(sub: Any) -> None:
     p.set_defaults(func=demo)
 
 
-def _check_out(folder: Path) -> Path:
+def _check_out(folder: Path) -> Path | None:
+    """Where the learning curve goes; None without matplotlib (the tour runs without it)."""
     check_folder(folder, "--out")
-    return check_output(folder / CURVE, "--out", "plot", {})
+    try:
+        return check_output(folder / CURVE, "--out", "plot", {})
+    except ImportError:
+        return None
 
 
 def demo(args: argparse.Namespace) -> ExitStatus:
@@ -98,6 +102,9 @@ def demo(args: argparse.Namespace) -> ExitStatus:
     recs = model.recommend(new, n=5)
     print(f"\na new user who gave 5 stars to items {[i for i, _ in liked]} (folded in, no refit):")
     print("recommended:", ", ".join(str(int(i)) for i in recs.items))
-    plot_history(model.history_, curve, f"autofact demo: {m} x {n}, rank {k}")
-    print(f"\nwrote the learning curve to {curve}")
+    if curve is None:
+        print("\n(drawing the learning curve needs matplotlib: pip install 'autofact[plot]')")
+    else:
+        plot_history(model.history_, curve, f"autofact demo: {m} x {n}, rank {k}")
+        print(f"\nwrote the learning curve to {curve}")
     return ExitStatus.OK

@@ -107,8 +107,7 @@ def fit(args: argparse.Namespace) -> ExitStatus:
     seconds = time.perf_counter() - start
     if not main_process:  # every process holds the same model; the first one reports it
         return ExitStatus.OK
-    model.set_params(verbose=False)  # a loaded model stays quiet unless asked
-    model.save(args.out)
+    _save(model, args.out)
     try:
         metrics = evaluate(model, test, k=args.k, threshold=args.threshold) if test is not None \
             else None
@@ -155,7 +154,15 @@ def _save_interrupted(model: Any, out: Path) -> ExitStatus:
     if done < 1:
         say(f"interrupted before the first epoch finished; nothing saved to {out}")
         return ExitStatus.INTERRUPTED
-    model.set_params(verbose=False)
-    model.save(out)
+    _save(model, out)
     say(f"interrupted during epoch {done + 1}; saved the model of epoch {done} to {out}")
     return ExitStatus.INTERRUPTED
+
+
+def _save(model: Any, out: Path) -> None:
+    model.set_params(verbose=False)  # a loaded model stays quiet unless asked
+    try:
+        model.save(out)
+    except OSError as exc:  # disk full, read-only folder: name --out, not the temporary file
+        raise OSError(exc.errno, f"cannot write the model to --out ({exc.strerror or exc})",
+                      str(out)) from exc
