@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from autofact.solvers import _Adam, _Descent
+from autofact.solvers.first_order import _Adam, _Descent
 
 
 def _run(make, steps=7, seed=0):

@@ -31,7 +31,8 @@ from .losses import Loss, get_loss
 from .regularizers import Regularizer, get_regularizer
 from .sparse import build_patterns, gather_dot, prepare_transposes
 
-__all__ = ["Objective", "resolve_device", "resolve_dtype"]
+__all__ = ["Objective", "check_loss", "check_regularizer", "loss_probe", "resolve_device",
+           "resolve_dtype"]
 
 Params = dict[str, torch.Tensor]
 
@@ -73,11 +74,28 @@ def _tensor(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
+# An 8-entry probe for a loss: targets in {0, 1} (valid for every built-in), predictions off
+# them by assorted amounts, none of them zero (where |r| has its kink).
+_PROBE_TARGET = (1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0)
+_PROBE_OFFSET = (0.3, -0.7, 1.3, -0.2, 0.05, -1.5, 2.5, -0.01)
+
+
+def _loss_name(loss: Loss) -> str:
+    return getattr(loss, "__qualname__", None) or repr(loss)
+
+
 def check_loss(loss: Loss, dtype: torch.dtype) -> None:
-    """Call the loss once on a tiny input; a clear error if it is not elementwise torch code."""
+    """Call the loss on tiny inputs; a clear error if it is not elementwise torch code.
+
+    Elementwise means entry ``j``'s value depends on ``pred[j]`` and ``target[j]`` only: checked
+    on an 8-entry probe, where the Jacobian of the output in ``pred`` (by autograd, float64)
+    must be diagonal. The library sums a loss over blocks and mini-batches of ratings, so a loss
+    that mixes entries (a mean, a sort, a softmax over ``pred``) would give a fit that depends
+    on ``max_memory`` and ``batch_size``.
+    """
     pred = torch.tensor([0.5, -0.25, 1.0], dtype=dtype, requires_grad=True)
     target = torch.tensor([1.0, 0.0, 1.0], dtype=dtype)
-    name = getattr(loss, "__qualname__", repr(loss))
+    name = _loss_name(loss)
     try:
         out = loss(pred, target)
     except Exception as exc:  # the user's code: report, don't bury
@@ -96,6 +114,76 @@ def check_loss(loss: Loss, dtype: torch.dtype) -> None:
         raise ValueError(
             f"loss {name} is not differentiable in pred (no autograd graph): write it with torch "
             "operations on pred, not numpy or .item()"
+        )
+    if not loss_probe(loss, dtype)[0]:
+        raise ValueError(
+            f"loss {name} is not elementwise: an entry's value depends on other entries' "
+            "predictions (its Jacobian on an 8-entry probe is not diagonal). autofact sums a loss "
+            "over blocks and mini-batches of ratings, so the fit would depend on max_memory and "
+            "batch_size; write it per entry, with no mean, sum or sort over pred"
+        )
+
+
+def loss_probe(loss: Loss, dtype: torch.dtype = torch.float64) -> tuple[bool, bool]:
+    """``(elementwise, curved)`` for ``loss`` on the 8-entry probe, by autograd.
+
+    ``elementwise``: the Jacobian of ``loss(pred, target)`` in ``pred`` is diagonal (an
+    off-diagonal NaN, which an elementwise loss can produce as ``0 * inf``, counts as zero).
+    ``curved``: some entry has a non-zero second derivative (``absolute`` has none, so Newton
+    steps are undefined for it). Run in float64, or ``dtype`` if the loss fails in float64.
+    """
+    for dt in dict.fromkeys((torch.float64, dtype)):
+        target = torch.tensor(_PROBE_TARGET, dtype=dt)
+        pred = target + torch.tensor(_PROBE_OFFSET, dtype=dt)
+        try:
+            jac = torch.autograd.functional.jacobian(lambda p, t=target: loss(p, t), pred)
+            _, d2, _ = _diagonal_derivatives(lambda p, t=target: loss(p, t).sum(), pred.clone())
+        except Exception:  # the user's code, in float64: try the fit's own dtype
+            if dt == dtype:
+                raise
+            continue
+        diag = torch.diagonal(jac)
+        off = torch.nan_to_num(jac - torch.diag(diag), nan=0.0)
+        scale = 1.0 + float(torch.nan_to_num(diag, nan=0.0, posinf=0.0, neginf=0.0).abs().max())
+        elementwise = not bool((off.abs() > 1e-10 * scale).any())
+        curved = bool((torch.nan_to_num(d2) != 0).any())
+        return elementwise, curved
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def check_loss_on_block(loss: Loss, target: torch.Tensor, center: float) -> None:
+    """Run the loss on one real block of ratings (``target``, with predictions scattered around
+    ``center`` by the targets' spread): it must give one value per entry, and a gradient that
+    is non-zero on more than 1% of them (a piecewise-constant or detached loss cannot train)."""
+    n = len(target)
+    if n == 0:
+        return
+    name = _loss_name(loss)
+    spread = float(target.double().std()) if n > 1 else 1.0
+    if not (math.isfinite(spread) and spread > 0):
+        spread = 1.0
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(n, generator=gen, dtype=torch.float64)
+    pred = (center + spread * noise).to(target.device, target.dtype).requires_grad_()
+    with torch.enable_grad():
+        try:
+            out = loss(pred, target)
+        except Exception as exc:
+            raise ValueError(f"loss {name} failed on the first block of {n} ratings: "
+                             f"{exc!r}") from exc
+        if not isinstance(out, torch.Tensor) or out.shape != pred.shape:
+            raise ValueError(
+                f"loss {name} must be elementwise (one value per entry): on the first block of "
+                f"{n} ratings it returned shape {tuple(getattr(out, 'shape', ()))}, not ({n},)"
+            )
+        grad = None
+        if out.requires_grad:
+            (grad,) = torch.autograd.grad(out.sum(), pred, allow_unused=True)
+    zero = 1.0 if grad is None else float((torch.nan_to_num(grad) == 0).double().mean())
+    if zero > 0.99:
+        raise ValueError(
+            f"loss {name} has zero gradient on {zero:.0%} of the first block's {n} entries: is it "
+            "piecewise constant (round, floor, sign) or detached? autograd cannot train it"
         )
 
 
@@ -168,6 +256,9 @@ class Objective:
         self.keep_rows = 8 * self.nnz <= int(max_memory) // 2
         self.patterns = build_patterns(self.users, self.items, self.shape, self.max_nnz,
                                        keep_rows=self.keep_rows)
+        if self.patterns:
+            first = self.patterns[0]
+            check_loss_on_block(self.loss, self.values[first.start : first.stop], self.mu)
 
     #: Whether this objective adds the regularizer (a sharded objective adds it on one process).
     _owns_regularizer = True

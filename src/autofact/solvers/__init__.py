@@ -1,0 +1,234 @@
+"""Training loops: first-order updates, ``torch.optim.LBFGS``, and an alternating Newton solver.
+
+==========  ===============================================================================
+``gd``      the post's fixed-step batch descent: ``X -= lr * dJ/dX`` (torch.optim.SGD's rule)
+``adam``    Adam, the update torch.optim.Adam makes: full batch (``batch_size=None``) or
+            shuffled mini-batches
+``sgd``     plain SGD on shuffled mini-batches (Funk-style stochastic descent)
+``lbfgs``   ``torch.optim.LBFGS`` with a strong-Wolfe line search, full batch; one epoch is
+            one call of up to 10 iterations
+``als``     alternating Newton: one exact Newton step for all user rows, then all item rows
+            (only for an elementwise loss with curvature and a smooth separable regularizer)
+==========  ===============================================================================
+
+One module each: :mod:`.first_order` (gd, sgd, adam), :mod:`.lbfgs`, :mod:`.als`; which solver
+may run which loss and regularizer, and what ``solver='auto'`` picks, is :mod:`.contract`.
+
+**Divergence.** :func:`fit_params` stops with :class:`~autofact.FitError` (the epoch, the value,
+and a smaller learning rate to try) when the objective or a gradient turns non-finite, or when
+the objective grows without bound, taken as: ``J - J0 > 1000 * max(|J0|, 1)`` where ``J0`` is the
+objective at the starting parameters. A fit that is merely slow or noisy never comes near that;
+one that diverges passes it within a few epochs. The parameters are then put back to the last
+ones whose objective was seen finite and below that bound: for the full-batch solvers (whose
+epoch value is the objective at the epoch's start) those the failing epoch's predecessor started
+from, for mini-batch epochs those the failing epoch started from. The parameters the last epoch
+leaves are checked the same way (one more pass over the ratings), so a fit never ends diverged.
+Ctrl-C (``KeyboardInterrupt``) puts back the parameters of the last finished epoch and re-raises.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from ..errors import FitError
+from ..objective import Objective, Params
+from ._base import Epoch, NonFinite
+from .als import make_als
+from .contract import SOLVERS, choose_solver
+from .first_order import make_first_order
+from .lbfgs import ITERS_PER_EPOCH, make_lbfgs
+
+__all__ = ["SOLVERS", "DEFAULT_LR", "DEFAULT_EPOCHS", "fit_params", "choose_solver", "GROWTH"]
+
+DEFAULT_LR = {"gd": 0.0002, "adam": 0.01, "sgd": 0.01, "lbfgs": 1.0, "als": 1.0}
+DEFAULT_EPOCHS = {"gd": 5000, "adam": 200, "sgd": 30, "lbfgs": 20, "als": 15}
+LBFGS_ITERS_PER_EPOCH = ITERS_PER_EPOCH
+#: The objective has diverged once ``J - J0 > GROWTH * max(|J0|, 1)`` (``J0``: at the start).
+GROWTH = 1000.0
+
+EpochHook = Callable[[int, float, float], bool | None]
+
+
+def _project(params: Params, nonnegative: bool) -> None:
+    if nonnegative:
+        with torch.no_grad():
+            params["P"].clamp_(min=0)
+            params["Q"].clamp_(min=0)
+
+
+def _make_epoch(obj: Objective, params: Params, solver: str, lr: float, batch_size: int | None,
+                gen: torch.Generator, nonnegative: bool) -> Epoch:
+    if solver == "als":
+        return make_als(obj, params, nonnegative=nonnegative)
+    if solver == "lbfgs":
+        return make_lbfgs(obj, params, lr)
+    if solver in ("gd", "adam", "sgd"):
+        return make_first_order(obj, params, solver, lr, batch_size, gen)
+    raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")  # guarded in the model
+
+
+def _warn_rank(obj: Objective, params: Params, solver: str) -> None:
+    m, n = obj.shape
+    k = params["P"].shape[1]
+    if k <= min(m, n):
+        return
+    cost = (f"; als solves a {k}x{k} system for every row (cost ~ rank^3 per row)"
+            if solver == "als" else "")
+    warnings.warn(
+        f"rank={k} exceeds min(users, items) = min({m}, {n}) = {min(m, n)}: a rank above it adds "
+        f"nothing the model can express and only costs time and memory{cost}; try "
+        f"rank <= {min(m, n)}",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+class _Guard:
+    """Keeps the last verified parameters and applies the divergence rule (module docstring)."""
+
+    def __init__(self, obj: Objective, params: Params, solver: str, lr: float,
+                 at_start: bool) -> None:
+        self.obj, self.params, self.solver, self.lr = obj, params, solver, lr
+        self.at_start = at_start
+        self.trial = {k: v.detach().clone() for k, v in params.items()}  # this epoch's start
+        # full batch: the parameters the previous epoch started from, verified by its value
+        self.good = {k: v.clone() for k, v in self.trial.items()} if at_start else self.trial
+        self.good_epoch = 0
+        self.start: float | None = None
+        if not at_start:  # a mini-batch epoch's value is not J at any one point: measure J0
+            self.start = obj.value(params)
+            if not math.isfinite(self.start):
+                self._fail(1, self.start, self.trial, 0, initial=True)
+
+    def begin(self) -> None:
+        with torch.no_grad():
+            for k, v in self.params.items():
+                self.trial[k].copy_(v)
+
+    def _bad(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return True
+        assert self.start is not None
+        return value - self.start > GROWTH * max(abs(self.start), 1.0)
+
+    def check(self, epoch: int, value: float) -> None:
+        """After ``epoch`` returned ``value``: raise :class:`FitError` (having put back the last
+        verified parameters) if the run has failed."""
+        if self.start is None:
+            self.start = value
+        finite_params = all(bool(torch.isfinite(p).all()) for p in self.params.values())
+        if self.at_start:
+            if self._bad(value):  # the parameters this epoch started from are bad
+                self._fail(epoch, value, self.good, epoch - 2, initial=epoch == 1)
+            if not finite_params:
+                self._fail(epoch, math.nan, self.trial, epoch - 1)
+            self.good, self.trial = self.trial, self.good  # the epoch's start is verified
+        elif self._bad(value) or not finite_params:
+            self._fail(epoch, value if finite_params else math.nan, self.trial, epoch - 1)
+
+    def fail_midway(self, epoch: int, value: float) -> None:
+        """The epoch met ``value`` after its start, which :meth:`check` has just verified."""
+        self._fail(epoch, value, self.good, epoch - 1, midway=True)
+
+    def finish(self, epoch: int) -> None:
+        """Check the parameters the last epoch left (one pass over the ratings)."""
+        value = self.obj.value(self.params)
+        if self._bad(value):
+            self._fail(epoch, value, self.good if self.at_start else self.trial, epoch - 1,
+                       after=True)
+
+    def interrupted(self) -> None:
+        """Ctrl-C inside an epoch: put back where it started (the last finished epoch's end)."""
+        self._restore(self.trial)
+
+    def _restore(self, snap: Params) -> None:
+        with torch.no_grad():
+            for k, v in self.params.items():
+                v.copy_(snap[k])
+
+    def _fail(self, epoch: int, value: float, keep: Params, kept: int,
+              after: bool = False, midway: bool = False, initial: bool = False) -> None:
+        self._restore(keep)
+        kept = max(kept, 0)
+        where = f"after epoch {epoch}" if after else f"at epoch {epoch}"
+        settings = f"solver={self.solver!r}" + ("" if self.solver == "als" else f", lr={self.lr!r}")
+        kept_text = ("the initial parameters are kept" if kept == 0
+                     else f"the parameters after epoch {kept} are kept")
+        if self.solver == "als":
+            hint = ("als takes no learning rate: try a larger beta, ratings on a smaller scale, "
+                    "or solver='lbfgs'")
+        else:
+            hint = f"Try a smaller learning rate, e.g. lr={self.lr / 10:g}"
+        if initial:
+            raise FitError(
+                f"the objective is {value} at the initial parameters, before any step "
+                f"({settings}): the loss or the regularizer is not finite on these ratings at "
+                "the starting factors (a log or division outside its domain?)",
+                epoch=epoch,
+            )
+        if math.isfinite(value):
+            assert self.start is not None
+            what = (f"the objective grew from {self.start:.6g} to {value:.6g} {where} with "
+                    f"{settings}, over {GROWTH:g} times its starting size: the fit diverged")
+        else:
+            what = f"the objective (or its gradient) became {value} {where} with {settings}"
+            if midway:
+                what += " (at a line-search trial point)"
+        raise FitError(f"{what}; {kept_text}. {hint}", epoch=epoch)
+
+
+def fit_params(
+    obj: Objective,
+    params: Params,
+    *,
+    solver: str,
+    epochs: int,
+    lr: float,
+    batch_size: int | None,
+    seed: int | None,
+    nonnegative: bool = False,
+    on_epoch: EpochHook | None = None,
+    start_time: float | None = None,
+) -> int:
+    """Run ``epochs`` epochs of ``solver`` on ``params`` in place; returns the epochs run.
+
+    ``on_epoch(epoch, objective, seconds)`` is called after each epoch (seconds since
+    ``start_time``, by default the call's start, so set-up counts) (objective at the start of
+    the epoch for full-batch solvers, summed over batches for mini-batch ones); returning ``True``
+    stops training. A non-finite or diverging objective puts back the last verified parameters
+    and raises :class:`FitError` (see the module docstring). Warns when the rank exceeds the
+    number of users or items.
+    """
+    t0 = time.perf_counter() if start_time is None else start_time
+    _warn_rank(obj, params, solver)
+    gen = torch.Generator(device="cpu")
+    if seed is not None:
+        gen.manual_seed(int(seed) + 1)
+    step = _make_epoch(obj, params, solver, lr, batch_size, gen, nonnegative)
+    guard = _Guard(obj, params, solver, lr, at_start=step.at_start)
+    epoch = 0
+    try:
+        for epoch in range(1, epochs + 1):
+            guard.begin()
+            try:
+                value = step.run()
+            except NonFinite as exc:
+                if exc.start is not None:  # the epoch's start checked out; a later point did not
+                    guard.check(epoch, exc.start)
+                    guard.fail_midway(epoch, exc.value)
+                value = exc.value
+            else:
+                _project(params, nonnegative)
+            guard.check(epoch, value)
+            if on_epoch is not None and on_epoch(epoch, value, time.perf_counter() - t0):
+                break
+    except KeyboardInterrupt:
+        guard.interrupted()
+        raise
+    guard.finish(epoch)
+    return epoch

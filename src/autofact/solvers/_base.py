@@ -1,0 +1,44 @@
+"""What every solver's epoch function shares: its shape, and how it reports a non-finite value."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..objective import Params
+
+
+@dataclass
+class Epoch:
+    """One solver's epoch function and what its returned value means.
+
+    ``run()`` performs one epoch on the parameters in place and returns an objective value:
+    with ``at_start`` the full objective at the parameters the epoch started from (full-batch
+    solvers: gd, full-batch adam, lbfgs, als), otherwise the sum of the mini-batch objectives
+    met during the epoch (sgd, mini-batch adam).
+    """
+
+    run: Callable[[], float]
+    at_start: bool
+
+
+class NonFinite(Exception):
+    """Raised by an epoch that met a non-finite objective or gradient (before updating, for the
+    full-batch first-order steps). ``start``: the epoch's (finite) objective at its start, when
+    the failure came later in the epoch (an L-BFGS line-search trial)."""
+
+    def __init__(self, value: float, start: float | None = None) -> None:
+        super().__init__(value)
+        self.value = value
+        self.start = start
+
+
+def check_finite(value: float, params: Params) -> None:
+    """Raise :class:`NonFinite` unless ``value`` and every gradient held are finite."""
+    if not math.isfinite(value):
+        raise NonFinite(value)
+    if not all(bool(torch.isfinite(p.grad).all()) for p in params.values() if p.grad is not None):
+        raise NonFinite(math.nan)

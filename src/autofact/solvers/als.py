@@ -1,0 +1,194 @@
+"""``als``: alternating Newton. One epoch is an exact Newton step for every user row, then for
+every item row.
+
+The update for user ``u`` (items are symmetric), with ``x_u = [p_u, b_u]`` and ``y_i = [q_i, 1]``::
+
+    g_u = sum_i  l'(r_hat_ui, r_ui) y_i + R'(x_u)
+    H_u = sum_i  l''(r_hat_ui, r_ui) y_i y_i^T + diag(R''(x_u)) + eps I
+    x_u <- x_u - H_u^{-1} g_u
+
+where ``l'`` and ``l''`` are per-entry derivatives of the user's loss, taken by autograd, and
+``R'``/``R''`` those of the regularizer. This is Newton's method only where its assumptions hold:
+the loss is elementwise (its Hessian is diagonal) and the regularizer is a sum over entries (its
+Hessian diagonal); :mod:`autofact.solvers.contract` refuses ``als`` otherwise. For the squared
+loss and L2 this is exactly alternating least squares. ``H_u`` for every user at once is a
+sparse @ dense product: ``vec(H) = C @ Z`` with ``C`` the CSR of ``l''`` and
+``Z[i] = vec(y_i y_i^T)``. Each row costs ``O(K^3)`` for its solve (``K`` = rank + 1 with biases),
+so the rank, not the number of ratings, bounds how large ``als`` can go.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..objective import Objective, Params
+from ..sparse import Pattern, build_patterns, gather_dot
+from ._base import Epoch
+
+__all__ = ["make_als"]
+
+
+def make_als(obj: Objective, params: Params, nonnegative: bool = False) -> Epoch:
+    """The epoch of ``als`` on ``params``; its value is the objective at the epoch's start."""
+    from ..losses import squared
+
+    reg_name = getattr(obj.reg, "__qualname__", "")
+    quadratic = obj.loss is squared and reg_name.startswith(("l2(", "none("))
+    return Epoch(_AlternatingNewton(obj, params, exact_quadratic=quadratic,
+                                    nonnegative=nonnegative), at_start=True)
+
+
+class _AlternatingNewton:
+    """One epoch = a Newton step on every user row, then on every item row (see module doc).
+
+    Rows are handled in blocks whose Hessians fit in ``max_memory``, so the solver's memory stays
+    bounded at any rank and size. Unless the objective is exactly quadratic (squared loss with L2
+    or no regularization, where the Newton step is the exact minimizer), each row's step is halved
+    until that row's own objective decreases (Armijo backtracking, row by row), so robust or
+    non-quadratic losses such as Huber or Poisson cannot overshoot.
+    """
+
+    def __init__(self, obj: Objective, params: Params, exact_quadratic: bool,
+                 nonnegative: bool = False) -> None:
+        self.nonnegative = nonnegative
+        K = params["P"].shape[1] + (1 if "bu" in params else 0)
+        # H, its Cholesky factor and the upper-triangle accumulator: about 3 K^2 floats a row
+        max_rows = max(1, obj.max_memory // (3 * 8 * K * K))
+        objT = obj.transposed(max_rows=max_rows)
+        self.sides = [
+            (obj, build_patterns(obj.users, obj.items, obj.shape, obj.max_nnz, max_rows=max_rows)),
+            (objT, objT.patterns),
+        ]
+        self.obj = obj
+        self.params = params
+        self.checked = False
+        self.exact_quadratic = exact_quadratic
+
+    def __call__(self) -> float:
+        """One epoch; returns the objective at its start (the loss comes from the first pass)."""
+        p = self.params
+        (users, ublocks), (items, iblocks) = self.sides
+        with torch.no_grad():
+            reg = float(self.obj.regularization(p))
+            loss = self._side(users, ublocks, p["P"], p.get("bu"), p["Q"], p.get("bi"))
+            self._side(items, iblocks, p["Q"], p.get("bi"), p["P"], p.get("bu"))
+        return loss + reg
+
+    @staticmethod
+    def _augment(Xv: torch.Tensor, bias: bool) -> torch.Tensor:
+        if not bias:
+            return Xv
+        return torch.cat([Xv, torch.ones(Xv.shape[0], 1, dtype=Xv.dtype, device=Xv.device)], 1)
+
+    def _side(
+        self,
+        obj: Objective,
+        blocks: list[Pattern],
+        X: torch.Tensor,
+        bx: torch.Tensor | None,
+        Y: torch.Tensor,
+        by: torch.Tensor | None,
+    ) -> float:
+        """Newton step on the rows of ``X`` (and ``bx``); returns the loss before the step."""
+        k = X.shape[1]
+        bias = bx is not None
+        K = k + 1 if bias else k
+        dev, dt = X.device, X.dtype
+        if bias:
+            assert bx is not None and by is not None
+            Ya = torch.cat([Y, torch.ones(Y.shape[0], 1, dtype=dt, device=dev), by[:, None]], 1)
+        else:
+            Ya = Y
+        Yf = Ya[:, :K]
+        iu, ju = torch.triu_indices(K, K, device=dev)
+        loss = torch.zeros((), dtype=dt, device=dev)
+        for pat in blocks:
+            rows = slice(pat.row0, pat.row1)
+            mb = pat.row1 - pat.row0
+            Xv = torch.cat([X[rows], bx[rows, None]], 1) if bias else X[rows]  # type: ignore[index]
+            pred = gather_dot(self._augment(Xv, bias), Ya, pat) + obj.mu
+            g1, g2, block_loss = obj.entry_derivatives(pred, pat.start, pat.stop)
+            loss += block_loss
+            if not self.checked:
+                if not bool((g2 != 0).any()):
+                    raise ValueError(
+                        "solver='als' needs a loss with a non-zero second derivative; this loss "
+                        "has none (e.g. 'absolute'): use solver='adam' or 'sgd'"
+                    )
+                self.checked = True
+            grad = pat.csr(g1) @ Yf
+            # vec(H) = C @ Z with Z[i] = vec(y_i y_i^T) (upper triangle), in column slices that
+            # keep Z and C @ Z within the memory budget
+            C = pat.csr(g2)
+            hess = torch.empty(mb, len(iu), dtype=dt, device=dev)
+            max_cols = max(1, obj.max_nnz * 8 // max(Y.shape[0] + mb, 1))
+            for c0 in range(0, len(iu), max_cols):
+                a, b = iu[c0 : c0 + max_cols], ju[c0 : c0 + max_cols]
+                hess[:, c0 : c0 + len(a)] = C @ (Yf[:, a] * Yf[:, b])
+            H = torch.empty(mb, K, K, dtype=dt, device=dev)
+            H[:, iu, ju] = hess
+            H[:, ju, iu] = hess
+            del hess
+            rg, rh = obj.reg_derivatives(Xv)
+            grad += rg
+            diag = torch.diagonal(H, dim1=1, dim2=2)
+            diag += rh
+            diag += 1e-6 * diag.abs().mean(dim=1, keepdim=True).clamp_min(1.0)
+            step = torch.nan_to_num(_spd_solve(H, grad), nan=0.0, posinf=0.0, neginf=0.0)
+            del H
+            if not self.exact_quadratic:
+                step = step * self._backtrack(obj, pat, Xv, Ya, bias, step, grad)[:, None]
+            X[rows] -= step[:, :k]
+            if self.nonnegative:  # project now, so the other side is solved against it
+                X[rows] = X[rows].clamp_min(0)
+            if bias:
+                bx[rows] -= step[:, k]  # type: ignore[index]
+        return float(loss)
+
+    def _row_objective(self, obj: Objective, pat: Pattern, Xv: torch.Tensor, Ya: torch.Tensor,
+                       bias: bool) -> torch.Tensor:
+        """Each of the block's rows' share of the objective: its losses and its regularization."""
+        pred = gather_dot(self._augment(Xv, bias), Ya, pat) + obj.mu
+        losses = obj.entry_loss(pred, pat.start, pat.stop)
+        ones = torch.ones(Ya.shape[0], 1, dtype=Xv.dtype, device=Xv.device)
+        out = (pat.csr(losses) @ ones)[:, 0]  # row sums
+        k = Xv.shape[1] - (1 if bias else 0)
+        out = out + torch.func.vmap(obj.reg)(Xv[:, :k])
+        if bias:
+            out = out + torch.func.vmap(obj.reg)(Xv[:, k])
+        return out
+
+    def _backtrack(self, obj: Objective, pat: Pattern, Xv: torch.Tensor, Ya: torch.Tensor,
+                   bias: bool, step: torch.Tensor, grad: torch.Tensor, halvings: int = 10
+                   ) -> torch.Tensor:
+        """Per-row step sizes ``t`` in {1, 1/2, ...} meeting Armijo's condition (0 if none do)."""
+        f0 = self._row_objective(obj, pat, Xv, Ya, bias)
+        slope = (grad * step).sum(1)  # the decrease the linear model promises per unit of t
+        t = torch.ones(Xv.shape[0], dtype=Xv.dtype, device=Xv.device)
+        done = torch.zeros_like(t, dtype=torch.bool)
+        for _ in range(halvings):
+            f1 = self._row_objective(obj, pat, Xv - t[:, None] * step, Ya, bias)
+            ok = torch.isfinite(f1) & (f1 <= f0 - 1e-4 * t * slope.clamp_min(0))
+            done |= ok
+            if bool(done.all()):
+                return t
+            t = torch.where(done, t, t / 2)
+        return torch.where(done, t, torch.zeros_like(t))
+
+
+def _spd_solve(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Solve ``H x = g`` row-batch-wise; rows whose ``H`` is not positive definite fall back."""
+    L, info = torch.linalg.cholesky_ex(H)
+    x = torch.cholesky_solve(g[:, :, None], L)[:, :, 0]
+    finite = torch.isfinite(H).flatten(1).all(1) & torch.isfinite(g).all(1)
+    x[~finite] = 0.0
+    bad = (info != 0) & finite
+    if bool(bad.any()):
+        # Indefinite curvature (a non-convex loss far from a minimum): a damped step instead.
+        Hb = H[bad]
+        eig_min = torch.linalg.eigvalsh(Hb)[:, 0]
+        shift = (-eig_min).clamp_min(0) + 1e-3 * Hb.diagonal(dim1=1, dim2=2).abs().mean(1) + 1e-6
+        Hb = Hb + shift[:, None, None] * torch.eye(H.shape[1], dtype=H.dtype, device=H.device)
+        x[bad] = torch.linalg.solve(Hb, g[bad])
+    return x
+
