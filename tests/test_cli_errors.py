@@ -162,6 +162,8 @@ MATRIX = [
     ("out-folder-missing", ["fit", "{ratings}", "--out", "{dir}/nodir/m.npz"], USAGE,
      "cannot write --out '{dir}/nodir/m.npz': folder '{dir}/nodir' does not exist; create it "
      "first"),
+    ("out-empty", ["fit", "{ratings}", "--out", ""], USAGE,
+     "argument --out/-o: must be a file name, got ''"),
     ("out-is-dir", ["fit", "{ratings}", "--out", "{subdir}"], USAGE,
      "--out '{subdir}' is a directory; give a file name"),
     ("plot-extension", ["fit", "{ratings}", "--out", "{dir}/m.npz", "--plot", "{dir}/c.bmp"],
@@ -327,8 +329,10 @@ def test_every_hint_names_an_option_the_cli_accepts(files, capsys):
                     "never imported from the file)"), USAGE,
          "autofact: error: this model was trained with loss 'mymod:cauchy'; pass it to load: "
          "--loss mymod:cauchy (a model file's functions are never imported from the file)"),
+        (MemoryError(), ERROR,
+         "autofact: error: out of memory; try a smaller --rank or --batch-size"),
     ],
-    ids=["internal", "os-error", "missing-extra", "fit-error", "load-hint"],
+    ids=["internal", "os-error", "missing-extra", "fit-error", "load-hint", "memory"],
 )
 def test_runtime_errors_exit_1_and_usage_errors_2(error, status, line, files, capsys, monkeypatch):
     # issue 8: internal errors exited 2 as if they were usage errors
@@ -582,3 +586,60 @@ def test_demo_runs_without_matplotlib(capsys, monkeypatch, tmp_path):
     assert out.strip().splitlines()[-1] == (
         "(drawing the learning curve needs matplotlib: pip install 'autofact[plot]')")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (UnicodeDecodeError("utf-8", b"ab\xe9", 2, 3, "invalid continuation byte"),
+         "{path}: not utf-8 text (byte 0xe9 at offset 2); pass --encoding latin-1 (or the "
+         "file's encoding)"),
+        (PermissionError(13, "Permission denied"), "cannot read '{path}': Permission denied"),
+        (ValueError("no ratings in the file"), "{path}: no ratings in the file"),
+    ],
+    ids=["undecodable", "unreadable", "unnamed"],
+)
+def test_every_reading_error_names_the_file(error, line, files, capsys, monkeypatch):
+    # issue 8: Latin-1 files failed with an error that named no file
+    from autofact import reading
+
+    def failing(path, **kwargs):
+        raise error
+
+    monkeypatch.setattr(reading, "read", failing)
+    code, _, err = call(capsys, "evaluate", files["model"], files["ratings"])
+    assert code == USAGE
+    assert err.strip().splitlines() == ["autofact: error: " + line.format(path=files["ratings"])]
+
+
+def test_an_unreadable_pairs_file_is_named(files, capsys, monkeypatch):
+    from pathlib import Path as P
+
+    real = P.read_bytes
+
+    def denied(self):
+        if self.name == "pairs_header.csv":
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+
+    monkeypatch.setattr(P, "read_bytes", denied)
+    code, _, err = call(capsys, "predict", files["model"], "--pairs", files["pairs_header_csv"])
+    assert code == USAGE
+    assert err.strip().splitlines() == [
+        f"autofact: error: cannot read '{files['pairs_header_csv']}': Permission denied"]
+
+
+def test_ctrl_c_after_the_save_says_the_model_was_saved(files, capsys, monkeypatch, tmp_path):
+    from autofact import evaluation
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "evaluate", interrupted)
+    out = tmp_path / "m.npz"
+    code, _, err = call(capsys, "fit", files["ratings"], "--out", out, "--test-fraction", "0.2",
+                        "--epochs", "1", "-q")
+    assert code == 130
+    assert err.strip().splitlines() == [
+        f"autofact: interrupted after the model was saved to {out}"]
+    assert autofact.load(out).n_epochs_ == 1
