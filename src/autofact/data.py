@@ -578,10 +578,16 @@ def parse_timestamps(col: Any, column: str, where: Where, fix: str) -> np.ndarra
 
         with warnings.catch_warnings():  # "could not infer format": then each string alone
             warnings.simplefilter("ignore", UserWarning)
-            try:
-                when = pd.to_datetime(col, errors="coerce", utc=True)
-            except (TypeError, ValueError, OverflowError):
-                when = pd.Series(pd.NaT, index=col.index, dtype="datetime64[s, UTC]")
+            when = None
+            for form in (None, "ISO8601"):  # the first entry's format, else ISO 8601 entry by entry
+                try:
+                    when = pd.to_datetime(col, errors="coerce", utc=True, format=form)
+                except (TypeError, ValueError, OverflowError):
+                    continue
+                if not when.isna().any():
+                    break
+        if when is None:
+            raise fail(0, "is neither a date nor a number of seconds since 1970")
         bad = when.isna().to_numpy()
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
