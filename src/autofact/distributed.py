@@ -103,7 +103,7 @@ def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
         raise ValueError(f"{len(train)} ratings cannot be shared by {world} processes")
     model._objective_type = lambda r, **kw: _ShardObjective(r, group=group, **kw)  # type: ignore[attr-defined]
     try:
-        return model.fit(train, validation)
+        return model.fit(train, validation=validation)
     finally:
         del model._objective_type  # type: ignore[attr-defined]
 
