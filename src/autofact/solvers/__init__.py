@@ -100,6 +100,7 @@ class _Guard:
         self.good = {k: v.clone() for k, v in self.trial.items()} if at_start else self.trial
         self.good_epoch = 0
         self.start: float | None = None
+        self.running = False
         if not at_start:  # a mini-batch epoch's value is not J at any one point: measure J0
             self.start = obj.value(params)
             if not math.isfinite(self.start):
@@ -109,6 +110,10 @@ class _Guard:
         with torch.no_grad():
             for k, v in self.params.items():
                 self.trial[k].copy_(v)
+        self.running = True  # the parameters are mid-update until the epoch returns
+
+    def ended(self) -> None:
+        self.running = False
 
     def _bad(self, value: float) -> bool:
         if not math.isfinite(value):
@@ -143,8 +148,11 @@ class _Guard:
                        after=True)
 
     def interrupted(self) -> None:
-        """Ctrl-C inside an epoch: put back where it started (the last finished epoch's end)."""
-        self._restore(self.trial)
+        """Ctrl-C: inside an epoch, put back where it started (the last finished epoch's end);
+        between epochs the parameters are already those of the last finished one."""
+        if self.running:
+            self._restore(self.trial)
+            self.running = False
 
     def _restore(self, snap: Params) -> None:
         with torch.no_grad():
@@ -218,12 +226,14 @@ def fit_params(
             try:
                 value = step.run()
             except NonFinite as exc:
+                guard.ended()
                 if exc.start is not None:  # the epoch's start checked out; a later point did not
                     guard.check(epoch, exc.start)
                     guard.fail_midway(epoch, exc.value)
                 value = exc.value
             else:
                 _project(params, nonnegative)
+                guard.ended()
             guard.check(epoch, value)
             if on_epoch is not None and on_epoch(epoch, value, time.perf_counter() - t0):
                 break
