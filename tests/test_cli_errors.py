@@ -643,3 +643,37 @@ def test_ctrl_c_after_the_save_says_the_model_was_saved(files, capsys, monkeypat
     assert err.strip().splitlines() == [
         f"autofact: interrupted after the model was saved to {out}"]
     assert autofact.load(out).n_epochs_ == 1
+
+
+def _numpy_value_error(args):
+    return np.asarray(["not a number"], dtype=float)  # numpy's own ValueError: a defect of ours
+
+
+def _python_type_error(args):
+    return len(None)  # type: ignore[arg-type]
+
+
+def _checked_type_error(args):
+    raise TypeError("loss mymod:f must return a torch.Tensor with one value per entry, got float")
+
+
+@pytest.mark.parametrize(
+    ("verb", "status", "line"),
+    [
+        (_numpy_value_error, ERROR, "autofact: internal error: ValueError: could not convert "
+                                    "string to float: 'not a number' (rerun with --traceback"),
+        (_python_type_error, ERROR, "autofact: internal error: TypeError: object of type "
+                                    "'NoneType' has no len() (rerun with --traceback"),
+        (_checked_type_error, USAGE, "autofact: error: loss mymod:f must return a torch.Tensor"),
+    ],
+    ids=["numpy-value-error", "python-type-error", "checked-type-error"],
+)
+def test_only_checked_errors_are_usage_errors(verb, status, line, files, capsys, monkeypatch):
+    # issue 8: internal errors exited 2 as if they were usage errors
+    from autofact.cli import evaluate
+
+    monkeypatch.setattr(evaluate, "evaluate", verb)
+    code, out, err = call(capsys, "evaluate", files["model"], files["ratings"])
+    assert code == status and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(line), err

@@ -24,6 +24,7 @@ import argparse
 import os
 import re
 import sys
+import sysconfig
 import traceback
 import warnings
 from collections.abc import Sequence
@@ -146,7 +147,9 @@ def _describe(exc: Exception) -> tuple[ExitStatus, str]:
 
     if isinstance(exc, UsageError):
         return ExitStatus.USAGE, f"error: {_one_line(exc)}"
-    if isinstance(exc, ValueError):  # bad input: a file, an id, a value (library messages)
+    if isinstance(exc, ValueError | TypeError) and _checked(exc):
+        # bad input (a file, an id, a value, a user's function) that a check of ours or the
+        # user's own code refused, with a message written for it
         return ExitStatus.USAGE, f"error: {cli_words(_one_line(exc))}"
     if isinstance(exc, FitError):
         return ExitStatus.ERROR, f"error: {cli_words(_one_line(exc))}"
@@ -161,6 +164,28 @@ def _describe(exc: Exception) -> tuple[ExitStatus, str]:
         f"internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --traceback for "
         "the details, and please report it)"
     )
+
+
+def _checked(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised on purpose (a ``raise`` statement) by autofact or by the
+    user's own code, rather than by Python, numpy, pandas or torch on an unforeseen case."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return True
+    last = frames[-1]
+    where = os.path.realpath(last.filename)
+    ours = where.startswith(_PACKAGE + os.sep)
+    if not ours and any(where.startswith(p + os.sep) for p in _LIBRARIES):
+        return False
+    line = (last.line or "").lstrip()
+    return not line or line.startswith("raise")
+
+
+_PACKAGE = os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_LIBRARIES = tuple(
+    os.path.realpath(p) for p in {sysconfig.get_path(k) for k in
+                                  ("stdlib", "platstdlib", "purelib", "platlib")} if p
+)
 
 
 def _silence_stdout() -> None:
