@@ -16,7 +16,9 @@ saved by :mod:`autofact.io` and read by :mod:`autofact.recommend` and
   with biases) or the best constant (one without).
 
 Every score the library reports goes through :meth:`link_scores` and :meth:`response`: predict,
-score, evaluation, the validation history during fit, and recommend.
+score, evaluation, the validation history during fit, and recommend (whose top-n lists rank known
+users over known items with the same formula as one matrix product per block of users, then pass
+the chosen scores through :meth:`response`).
 
 >>> index = model.index_
 >>> index.user_index(["u1", "nobody"], strict=False)
@@ -51,7 +53,8 @@ class ModelIndex:
     Parameters
     ----------
     user_ids, item_ids : the ids of the factor rows, in order.
-    seen : boolean ``len(user_ids) x len(item_ids)`` CSR of the training ratings.
+    seen : boolean ``len(user_ids) x len(item_ids)`` CSR of the training ratings (or a function
+        building it on first use, with ``counts``: the ratings per user and per item).
     rating_range : ``(min, max)`` of the training ratings.
     fallback : the score of a pair whose user and item are both unknown (link scale).
     clip : the range mean-response predictions are clipped to, or ``None``.
@@ -62,21 +65,30 @@ class ModelIndex:
         self,
         user_ids: np.ndarray,
         item_ids: np.ndarray,
-        seen: sp.csr_matrix,
+        seen: sp.csr_matrix | Callable[[], sp.csr_matrix],
         *,
         rating_range: tuple[float, float],
         fallback: float,
         clip: tuple[float, float] | None = None,
         inverse_link: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        counts: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.user_ids = np.asarray(user_ids)
         self.item_ids = np.asarray(item_ids)
         shape = (len(self.user_ids), len(self.item_ids))
-        if seen.shape != shape:
-            raise ValueError(f"seen has shape {seen.shape}, expected {shape} from the id maps")
-        self.seen = seen
-        self.user_counts = np.diff(seen.indptr).astype(np.int64)
-        self.item_counts = np.bincount(seen.indices, minlength=shape[1]).astype(np.int64)
+        self._seen: sp.csr_matrix | None = None
+        self._make_seen: Callable[[], sp.csr_matrix] | None = None
+        if callable(seen):
+            if counts is None:
+                raise ValueError("a seen pattern built on demand needs counts=(users, items)")
+            self._make_seen = seen
+            self.user_counts, self.item_counts = counts
+        else:
+            if seen.shape != shape:
+                raise ValueError(f"seen has shape {seen.shape}, expected {shape} from the id maps")
+            self._seen = seen
+            self.user_counts = np.diff(seen.indptr).astype(np.int64)
+            self.item_counts = np.bincount(seen.indices, minlength=shape[1]).astype(np.int64)
         self.rating_range = (float(rating_range[0]), float(rating_range[1]))
         self.fallback = float(fallback)
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
@@ -95,22 +107,29 @@ class ModelIndex:
         """The index of a model fitted on ``ratings``; ``clip``: clip predictions to the
         ratings' range."""
         m, n = ratings.shape
+        users, items = ratings.users, ratings.items  # sorted by (user, item)
         indptr = np.zeros(m + 1, dtype=np.int64)
-        np.cumsum(np.bincount(ratings.users, minlength=m), out=indptr[1:])
-        order = np.argsort(ratings.users, kind="stable")
-        seen = sp.csr_matrix(
-            (np.ones(len(ratings), dtype=bool), ratings.items[order].astype(np.int32), indptr),
-            shape=(m, n),
-        )
-        seen.sort_indices()
+        np.cumsum(np.bincount(users, minlength=m), out=indptr[1:])
+
+        def make_seen() -> sp.csr_matrix:  # built on first use: recommendation, save
+            return sp.csr_matrix((np.ones(len(items), dtype=bool), items, indptr), shape=(m, n))
+
         rating_range = (float(ratings.values.min()), float(ratings.values.max()))
-        return cls(ratings.user_ids, ratings.item_ids, seen, rating_range=rating_range,
+        counts = (np.diff(indptr), np.bincount(items, minlength=n).astype(np.int64))
+        return cls(ratings.user_ids, ratings.item_ids, make_seen, rating_range=rating_range,
                    fallback=fallback, clip=rating_range if clip else None,
-                   inverse_link=inverse_link)
+                   inverse_link=inverse_link, counts=counts)
+
+    @property
+    def seen(self) -> sp.csr_matrix:
+        """The training pattern: a boolean ``n_users x n_items`` CSR, sorted indices."""
+        if self._seen is None and self._make_seen is not None:
+            self._seen, self._make_seen = self._make_seen(), None
+        return self._seen
 
     def __repr__(self) -> str:
         return (f"<ModelIndex ({len(self.user_ids)} users x {len(self.item_ids)} items, "
-                f"{self.seen.nnz} training ratings)>")
+                f"{int(self.user_counts.sum())} training ratings)>")
 
     # ------------------------------------------------------------------ ids
     @property
