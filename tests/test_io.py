@@ -495,8 +495,13 @@ def test_io_reads_the_format_without_the_model(tmp_path, fitted):
         (lambda a, m: m.update(loss={"name": "cauchy"}), "names loss .* not one of the built-in"),
         (lambda a, m: m.update(regularization="l3"), "names regularization 'l3'"),
         (lambda a, m: m.update(loss={"path": "a:b", "link": "weird"}), "loss link 'weird'"),
+        (lambda a, m: m.update(loss={"name": "huber", "delta": "os:abort"}),
+         "names loss .* not one of the built-in"),
+        (lambda a, m: m.update(params=[1, 2]), "hyper-parameters are not a JSON object"),
+        (lambda a, m: m.update(item_ids=["x"] * len(m["item_ids"])),
+         "item ids do not fit their dtype"),
     ],
-    ids=["code", "unknown-name", "unknown-reg", "unknown-link"],
+    ids=["code", "unknown-name", "unknown-reg", "unknown-link", "delta", "params", "id-dtype"],
 )
 def test_loss_names_are_checked_not_imported(fitted, tmp_path, change, match):
     src = fitted.save(tmp_path / "m.npz")

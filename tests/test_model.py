@@ -549,6 +549,8 @@ def test_fit_takes_id_pairs_and_ratings():
         m.fit(pairs, y[:3])
     with pytest.raises(ValueError, match=r"X must be an \(n, 2\) array of \(user id, item id\)"):
         m.fit(np.zeros((4, 3)), y)
+    with pytest.raises(ValueError, match="y must be numbers .the ratings of X's pairs., got"):
+        m.fit(pairs, ["good", "bad", "ok", "meh"])
     with pytest.raises(ValueError, match="looks like .user, item. pairs but no ratings"):
         m.fit(pairs)
     with pytest.raises(TypeError, match="pass validation data by name"):

@@ -440,3 +440,33 @@ def test_recommend_and_io_use_only_the_models_public_names(module):
     imported, private = _imports_and_private_reads(Path(autofact.__file__).parent / module)
     assert not {".model", "autofact.model"} & imported
     assert private == set()
+
+
+def test_model_index_holds_the_one_rule_for_unknown_ids():
+    """ModelIndex: ids, counts, the fallback for unknown sides, the response (issue 8)."""
+    import scipy.sparse as sp
+
+    from autofact.index import ModelIndex
+
+    seen = sp.csr_matrix(np.array([[1, 1, 0], [0, 1, 0], [0, 0, 0]], dtype=bool))
+    index = ModelIndex(np.array(["a", "b", "c"]), np.array([10, 20, 30]), seen,
+                       rating_range=(1.0, 5.0), fallback=3.0, clip=(1.0, 5.0))
+    assert index.user_counts.tolist() == [2, 1, 0] and index.item_counts.tolist() == [1, 2, 0]
+    assert index.user_index(["a", "c", "zz"], strict=False).tolist() == [0, -1, -1]
+    with pytest.raises(UnknownIdError, match="user 'c' is not in the training data .it is in "
+                                             "the id map but has no training rating."):
+        index.user_index("c")
+    with pytest.raises(UnknownIdError, match="item 99 is not in the training data$"):
+        index.item_index([10, 99])
+    P, Q = np.array([[1.0], [2.0], [0.0]]), np.array([[1.0], [1.0], [0.0]])
+    bu, bi = np.array([0.5, -0.5, 0.0]), np.array([0.25, 0.0, 0.0])
+    s = index.link_scores(np.array([0, 0, -1, -1]), np.array([0, -1, 1, -1]), P, Q, bu, bi, 2.0)
+    assert s.tolist() == [2.0 + 0.5 + 0.25 + 1.0, 3.0 + 0.5, 3.0 + 0.0, 3.0]
+    assert index.response(np.array([7.0, 0.0, 2.5])).tolist() == [5.0, 1.0, 2.5]
+    with pytest.raises(ValueError, match="users and items must have the same length, got 2 and 1"):
+        index.link_scores(np.array([0, 1]), np.array([0]), P, Q, bu, bi, 2.0)
+    with pytest.raises(ValueError, match=r"seen has shape \(3, 3\), expected \(2, 3\)"):
+        ModelIndex(np.array(["a", "b"]), np.array([10, 20, 30]), seen, rating_range=(1, 5),
+                   fallback=3.0)
+    with pytest.raises(ValueError, match="built on demand needs counts"):
+        ModelIndex(np.array(["a"]), np.array([1]), lambda: seen, rating_range=(1, 5), fallback=0)
