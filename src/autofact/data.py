@@ -8,6 +8,7 @@ Nothing here ever builds an ``m x n`` dense matrix.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -466,13 +467,15 @@ def factorize_ids(
 
     text = text and col.dtype.kind not in "iu"  # ints a reader proved canonical stay ints
     if text:
-        codes, uniques = pd.factorize(np.asarray(col.to_numpy(), dtype=object), sort=False)
+        if not isinstance(col.dtype, pd.StringDtype):
+            col = pd.Series(np.asarray(col.to_numpy(), dtype=object))
+        codes, uniques = pd.factorize(col, sort=False)
     else:
         try:
             codes, uniques = pd.factorize(col, sort=True)
         except TypeError:  # ids of mixed, unorderable types: keep first-appearance order
             codes, uniques = pd.factorize(col, sort=False)
-    ids = np.asarray(uniques)
+    ids = np.asarray(uniques, dtype=object) if text else np.asarray(uniques)
     bad = codes < 0  # None / NaN
     if ids.dtype.kind in "OUS":
         empty = np.flatnonzero(ids == "")
@@ -487,18 +490,24 @@ def factorize_ids(
     if not text:
         return codes.astype(_INDEX_DTYPE), ids
     as_int = _canonical_ints(ids)
+    # strings sort by code point; as a numpy unicode array that is a C sort, not a Python one
+    order = np.argsort(ids.astype(str) if as_int is None else as_int, kind="stable")
     if as_int is not None:
         ids = as_int
-    order = np.argsort(ids, kind="stable")
     rank = np.empty(len(order), dtype=_INDEX_DTYPE)
     rank[order] = np.arange(len(order), dtype=_INDEX_DTYPE)
     return rank[codes], ids[order]
+
+
+_CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")
 
 
 def _canonical_ints(ids: np.ndarray) -> np.ndarray | None:
     """The string ids as int64 when every one reads ``str(int(id))`` within int64, else None."""
     import pandas as pd
 
+    if not all(isinstance(s, str) and _CANONICAL_INT.fullmatch(s) for s in ids[:100]):
+        return None
     num = np.asarray(pd.to_numeric(ids, errors="coerce"))  # float/uint64 past int64, NaN if not
     if num.dtype != np.int64:
         return None
