@@ -1,0 +1,571 @@
+"""Ranking: implicit-feedback factorization (the all-unobserved term) and pairwise losses.
+
+Implicit-feedback matrix factorization (Hu, Koren and Volinsky 2008) treats every entry of the
+``m x n`` matrix as an observation: an observed entry ``(u, i)`` is a preference ``1`` held with
+confidence ``c_ui`` (:func:`confidence`: ``1 + alpha * r`` or ``1 + alpha * log(1 + r / eps)``), an
+unobserved one a ``0`` held with weight ``w0``. With scores ``s_ui = p_u . q_i`` the objective is
+
+.. math::
+
+    L(P, Q) = \\sum_{(u,i) \\in \\Omega} c_{ui} (1 - s_{ui})^2
+              + w_0 \\sum_{(u,i) \\notin \\Omega} s_{ui}^2
+              + \\lambda (\\|P\\|^2 + \\|Q\\|^2)
+
+and the sum over the unobserved entries is never formed: it is the sum over *all* entries minus
+the observed ones, and (the Gram trick)
+
+.. math::
+
+    \\sum_{u,i} s_{ui}^2 = \\sum_{u,i} (p_u \\cdot q_i)^2 = \\langle P^T P,\\ Q^T Q \\rangle_F
+
+costs ``O((m + n) k^2)``. :func:`all_unobserved` is that term as a differentiable torch function
+of ``(P, Q)`` (for the gradient solvers, autograd differentiates it) and :func:`implicit_loss` the
+whole data term. :func:`implicit_als` minimizes ``L`` exactly, one side at a time: with
+``G = Q^T Q`` computed once per half-sweep, user ``u``'s row solves
+
+.. math::
+
+    (w_0 G + \\sum_{i \\in \\Omega_u} (c_{ui} - w_0) q_i q_i^T + \\lambda I)\\, p_u
+    = \\sum_{i \\in \\Omega_u} c_{ui} q_i
+
+(the correction runs only over the user's observed items), for a block of users at once (one
+batched Cholesky), and the items likewise against ``P``.
+
+Pairwise ranking losses are plain elementwise torch functions of ``(score_positive,
+score_negative)`` (:func:`bpr`, :func:`warp`); :func:`sample_negatives` draws the negatives
+(uniform or popularity-weighted, never an item the user has) and :func:`fit_pairwise` trains
+``P``, ``Q`` and item biases with any such loss, including a user's own.
+
+>>> P, Q = implicit_als(train, rank=64, alpha=2.0, regularization=10.0, iterations=15)
+>>> P, Q, b = fit_pairwise(train, rank=64, loss=bpr, epochs=30)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import Ratings
+
+__all__ = [
+    "CONFIDENCES",
+    "confidence",
+    "all_unobserved",
+    "implicit_loss",
+    "implicit_als",
+    "bpr",
+    "warp",
+    "PAIRWISE_LOSSES",
+    "sample_negatives",
+    "fit_pairwise",
+    "InteractionMatrix",
+]
+
+#: names accepted by :func:`confidence`
+CONFIDENCES = ("linear", "log", "binary")
+
+PairwiseLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# ---------------------------------------------------------------------------- argument checks
+def _real(value: Any, name: str, minimum: float = 0.0, strict: bool = False) -> float:
+    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    if ok:
+        ok = math.isfinite(value) and (value > minimum if strict else value >= minimum)
+    if not ok:
+        rel = ">" if strict else ">="
+        raise ValueError(f"{name} must be a finite number {rel} {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def _int(value: Any, name: str, minimum: int = 1) -> int:
+    if not (isinstance(value, int | np.integer) and not isinstance(value, bool)
+            and value >= minimum):
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_ratings(ratings: Any) -> Ratings:
+    if not isinstance(ratings, Ratings):
+        raise TypeError(
+            f"ratings must be an autofact.Ratings, got {type(ratings).__name__}; build one with "
+            "Ratings.from_frame / from_sparse / from_dense or autofact.read"
+        )
+    if len(ratings) == 0:
+        raise ValueError("ratings is empty: implicit feedback needs at least one interaction")
+    return ratings
+
+
+# ---------------------------------------------------------------------------- confidence
+def confidence(values: Any, alpha: float = 1.0, scheme: str = "linear",
+               eps: float = 1.0) -> np.ndarray:
+    """Confidence of observed entries from their values ``r``.
+
+    ``'linear'``: ``1 + alpha * r``; ``'log'``: ``1 + alpha * log(1 + r / eps)``; ``'binary'``:
+    ``1 + alpha`` whatever ``r`` is (every interaction counts the same). Values must be ``>= 0``.
+    """
+    alpha = _real(alpha, "alpha")
+    r = np.asarray(values, dtype=np.float64)
+    if scheme not in CONFIDENCES:
+        raise ValueError(f"scheme must be one of {CONFIDENCES}, got {scheme!r}")
+    if r.size and not (np.isfinite(r).all() and r.min() >= 0):
+        raise ValueError(
+            f"confidence needs finite values >= 0 (counts, plays, ratings), got min {r.min()!r}; "
+            "shift the values or use scheme='binary'"
+        )
+    if scheme == "linear":
+        return 1.0 + alpha * r
+    if scheme == "log":
+        eps = _real(eps, "eps", strict=True)
+        return 1.0 + alpha * np.log1p(r / eps)
+    return np.full(r.shape, 1.0 + alpha)
+
+
+# ---------------------------------------------------------------------------- the Gram trick
+def all_unobserved(P: torch.Tensor, Q: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    """``weight * sum over ALL (u, i) of (p_u . q_i)^2``, as ``weight * <P^T P, Q^T Q>_F``.
+
+    ``O((m + n) k^2)`` time and ``O(k^2)`` extra memory: the ``m x n`` score matrix is never
+    formed. Differentiable in ``P`` and ``Q`` (autograd gives the gradient).
+    """
+    return weight * ((P.T @ P) * (Q.T @ Q)).sum()
+
+
+def implicit_loss(P: torch.Tensor, Q: torch.Tensor, users: torch.Tensor, items: torch.Tensor,
+                  conf: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    """The implicit-feedback data term: ``sum_obs c (1 - s)^2 + weight * sum_unobs s^2``.
+
+    Computed as :func:`all_unobserved` (every entry, the Gram trick) plus the correction on the
+    observed entries, ``c (1 - s)^2 - weight * s^2``. Differentiable in ``P`` and ``Q``.
+    """
+    s = (P[users] * Q[items]).sum(1)
+    return all_unobserved(P, Q, weight) + (conf * (1 - s) ** 2 - weight * s**2).sum()
+
+
+# ---------------------------------------------------------------------------- interactions
+@dataclass(frozen=True)
+class InteractionMatrix:
+    """The observed entries as CSR by user and by item (0-based indices), with a confidence.
+
+    Built once per fit from a :class:`Ratings`; ``indptr``/``indices``/``conf`` are the user-side
+    CSR, ``t_*`` the item-side one.
+    """
+
+    shape: tuple[int, int]
+    indptr: np.ndarray
+    indices: np.ndarray
+    conf: np.ndarray
+    t_indptr: np.ndarray
+    t_indices: np.ndarray
+    t_conf: np.ndarray
+
+    @classmethod
+    def build(cls, users: np.ndarray, items: np.ndarray, conf: np.ndarray,
+              shape: tuple[int, int]) -> InteractionMatrix:
+        m, n = shape
+        users = np.asarray(users, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        conf = np.asarray(conf, dtype=np.float64)
+
+        def csr(rows: np.ndarray, cols: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
+            order = np.lexsort((cols, rows))
+            indptr = np.zeros(size + 1, dtype=np.int64)
+            np.cumsum(np.bincount(rows, minlength=size), out=indptr[1:])
+            return indptr, cols[order], conf[order]
+
+        a = csr(users, items, m)
+        b = csr(items, users, n)
+        return cls((m, n), a[0], a[1], a[2], b[0], b[1], b[2])
+
+    @classmethod
+    def from_ratings(cls, ratings: Ratings, conf: np.ndarray) -> InteractionMatrix:
+        return cls.build(ratings.users, ratings.items, conf, ratings.shape)
+
+    @property
+    def nnz(self) -> int:
+        return len(self.indices)
+
+    def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Whether each ``(users[k], items[k])`` is observed (binary search in the user's row)."""
+        n = self.shape[1]
+        keys = np.repeat(np.arange(self.shape[0], dtype=np.int64), np.diff(self.indptr)) * n \
+            + self.indices
+        q = np.asarray(users, dtype=np.int64) * n + np.asarray(items, dtype=np.int64)
+        pos = np.searchsorted(keys, q)
+        pos = np.minimum(pos, len(keys) - 1)
+        return keys[pos] == q
+
+
+# ---------------------------------------------------------------------------- implicit ALS
+@dataclass
+class _Block:
+    rows: torch.Tensor  # (B,) row indices
+    cols: torch.Tensor  # (B, L) column indices, 0 where padded
+    conf: torch.Tensor  # (B, L) confidence, 0 where padded
+    mask: torch.Tensor  # (B, L) 1 where observed, 0 where padded
+
+
+def _blocks(indptr: np.ndarray, indices: np.ndarray, conf: np.ndarray, k: int,
+            dtype: torch.dtype, device: torch.device, max_floats: int) -> list[_Block]:
+    """Rows grouped by length into padded blocks of at most ``max_floats`` gathered floats."""
+    lengths = np.diff(indptr)
+    order = np.argsort(lengths, kind="stable")
+    blocks: list[_Block] = []
+    start = 0
+    m = len(order)
+    sorted_len = np.maximum(lengths[order], 1)
+    cum = np.concatenate(([0], np.cumsum(sorted_len)))
+    while start < m:
+        # rows sorted by length: a block's last row sets its padding, so the block's size (gathered
+        # rows, confidences, and three k x k matrices a row) increases with its last row j
+        count = np.arange(1, m - start + 1)
+        cost = count * (sorted_len[start:] * (k + 2) + 3 * k * k)
+        # and padding at most a quarter more than the rows' own entries
+        waste = count * sorted_len[start:] > 1.25 * (cum[start + 1:] - cum[start]) + 8
+        over = (cost > max_floats) | waste
+        stop = start + max(1, int(np.argmax(over)) if over.any() else len(over))
+        rows = order[start:stop]
+        width = max(int(lengths[rows].max()), 1)
+        pos = indptr[rows][:, None] + np.arange(width)[None, :]
+        mask = np.arange(width)[None, :] < lengths[rows][:, None]
+        pos = np.where(mask, pos, 0)
+        cols = np.where(mask, indices[pos] if len(indices) else 0, 0)
+        c = np.where(mask, conf[pos] if len(conf) else 0.0, 0.0)
+        blocks.append(_Block(
+            rows=torch.as_tensor(rows, device=device),
+            cols=torch.as_tensor(cols, device=device),
+            conf=torch.as_tensor(c, dtype=dtype, device=device),
+            mask=torch.as_tensor(mask, dtype=dtype, device=device),
+        ))
+        start = stop
+    return blocks
+
+
+def _matvec(v: torch.Tensor, G: torch.Tensor, Yg: torch.Tensor, w: torch.Tensor,
+            lam: torch.Tensor) -> torch.Tensor:
+    """``A_u v_u`` for every row of a block without forming ``A_u``: ``O(L k)`` a row."""
+    t = torch.bmm(Yg, v[:, :, None])[:, :, 0] * w  # (B, L)
+    return v @ G + torch.bmm(t[:, None, :], Yg)[:, 0] + lam * v
+
+
+def _solve_side(X: torch.Tensor, Y: torch.Tensor, blocks: list[_Block], reg: torch.Tensor,
+                weight: float, cg_steps: int = 0) -> None:
+    """Update every row of ``X`` against the fixed ``Y`` (in place): the exact least-squares
+    solution (batched Cholesky) when ``cg_steps == 0``, else that many conjugate-gradient steps
+    on the same normal equations, started from the current rows (as implicit's CG solver)."""
+    G = weight * (Y.T @ Y)  # the Gram trick: once per half-sweep
+    for blk in blocks:
+        Yg = Y[blk.cols]  # (B, L, k)
+        w = (blk.conf - weight) * blk.mask  # the observed entries' correction, 0 where padded
+        lam = reg[blk.rows][:, None]
+        b = torch.bmm(blk.conf[:, None, :], Yg)[:, 0]  # sum_i c_ui y_i
+        if cg_steps == 0:
+            A = torch.bmm(Yg.transpose(1, 2), Yg * w[:, :, None])
+            A += G
+            A.diagonal(dim1=1, dim2=2).add_(lam)
+            L, info = torch.linalg.cholesky_ex(A)
+            if bool((info != 0).any()):  # only with regularization 0 and a singular system
+                X[blk.rows] = torch.linalg.lstsq(A, b[:, :, None]).solution[:, :, 0]
+            else:
+                X[blk.rows] = torch.cholesky_solve(b[:, :, None], L)[:, :, 0]
+            continue
+
+        x = X[blk.rows]
+        r = b - _matvec(x, G, Yg, w, lam)
+        p = r.clone()
+        rs = (r * r).sum(1, keepdim=True)
+        for _ in range(cg_steps):
+            Ap = _matvec(p, G, Yg, w, lam)
+            denom = (p * Ap).sum(1, keepdim=True)
+            a = torch.where(denom > 0, rs / denom.clamp_min(1e-30), torch.zeros_like(rs))
+            x = x + a * p
+            r = r - a * Ap
+            rs_new = (r * r).sum(1, keepdim=True)
+            p = r + torch.where(rs > 0, rs_new / rs.clamp_min(1e-30), torch.zeros_like(rs)) * p
+            rs = rs_new
+        X[blk.rows] = x
+
+
+def implicit_als(
+    ratings: Ratings | InteractionMatrix,
+    rank: int = 64,
+    *,
+    alpha: float = 1.0,
+    scheme: str = "linear",
+    eps: float = 1.0,
+    weight: float = 1.0,
+    regularization: float = 0.05,
+    scale_regularization: float = 0.0,
+    iterations: int = 15,
+    init_std: float = 0.01,
+    seed: int | None = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    max_floats: int = 2**24,
+    cg_steps: int = 0,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    callback: Callable[[int, torch.Tensor, torch.Tensor], Any] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Implicit-feedback ALS (Hu, Koren, Volinsky 2008) with the Gram trick; returns ``(P, Q)``.
+
+    Minimizes the objective in the module docstring exactly, one side at a time (each half-sweep
+    is the exact minimizer over that side, so the objective never increases). ``ratings`` gives
+    the observed entries; their values become confidences by :func:`confidence`
+    (``alpha``, ``scheme``, ``eps``), or pass an :class:`InteractionMatrix` with its own.
+    ``weight`` is ``w0``, the weight of every unobserved zero. The regularization of row ``x``
+    is ``regularization * (n_x + weight * n_other) ** scale_regularization`` with ``n_x`` the
+    row's observed count (``scale_regularization=0``: the same ``lambda`` for every row, as in
+    the paper; ``1``: frequency-scaled, Rendle et al. 2021). ``cg_steps=0`` solves each row's
+    normal equations exactly; ``cg_steps=3`` takes three conjugate-gradient steps on them from
+    the current row instead (Takacs et al. 2011, implicit's default: ``O(n_x k)`` a step instead
+    of ``O(n_x k^2)``, not exact). Rows are solved a padded block of
+    at most ``max_floats`` gathered floats at a time, one batched Cholesky per block.
+    """
+    rank = _int(rank, "rank")
+    iterations = _int(iterations, "iterations", 0)
+    regularization = _real(regularization, "regularization")
+    scale_regularization = _real(scale_regularization, "scale_regularization")
+    weight = _real(weight, "weight")
+    init_std = _real(init_std, "init_std")
+    cg_steps = _int(cg_steps, "cg_steps", 0)
+    if isinstance(ratings, InteractionMatrix):
+        R = ratings
+    else:
+        ratings = _check_ratings(ratings)
+        R = InteractionMatrix.from_ratings(ratings, confidence(ratings.values, alpha, scheme, eps))
+    m, n = R.shape
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+    if init is None:
+        P = (torch.randn(m, rank, generator=gen, dtype=torch.float64) * init_std).to(device, dtype)
+        Q = (torch.randn(n, rank, generator=gen, dtype=torch.float64) * init_std).to(device, dtype)
+    else:
+        P, Q = (t.detach().to(device, dtype).clone() for t in init)
+    ublocks = _blocks(R.indptr, R.indices, R.conf, rank, dtype, device, max_floats)
+    iblocks = _blocks(R.t_indptr, R.t_indices, R.t_conf, rank, dtype, device, max_floats)
+
+    def regs(indptr: np.ndarray, n_other: int) -> torch.Tensor:
+        cnt = np.diff(indptr).astype(np.float64)
+        lam = regularization * (cnt + weight * n_other) ** scale_regularization
+        return torch.as_tensor(lam, dtype=dtype, device=device)
+
+    ureg, ireg = regs(R.indptr, n), regs(R.t_indptr, m)
+    with torch.no_grad():
+        for it in range(iterations):
+            _solve_side(P, Q, ublocks, ureg, weight, cg_steps)
+            _solve_side(Q, P, iblocks, ireg, weight, cg_steps)
+            if callback is not None:
+                callback(it, P, Q)
+    return P, Q
+
+
+def implicit_objective(P: torch.Tensor, Q: torch.Tensor, R: InteractionMatrix,
+                       weight: float = 1.0, regularization: float = 0.0) -> float:
+    """The value of the objective :func:`implicit_als` minimizes (constant regularization)."""
+    users = torch.as_tensor(np.repeat(np.arange(R.shape[0]), np.diff(R.indptr)))
+    items = torch.as_tensor(R.indices)
+    conf = torch.as_tensor(R.conf, dtype=P.dtype)
+    with torch.no_grad():
+        value = implicit_loss(P, Q, users, items, conf, weight)
+        value = value + regularization * (P.square().sum() + Q.square().sum())
+    return float(value)
+
+
+# ---------------------------------------------------------------------------- pairwise losses
+def bpr(score_positive: torch.Tensor, score_negative: torch.Tensor) -> torch.Tensor:
+    """Bayesian personalized ranking (Rendle et al. 2009): ``-log sigmoid(s+ - s-)`` per pair.
+
+    ``score_negative`` may carry extra trailing negatives per positive (shape ``(B, K)`` against
+    ``(B,)``): the loss is then per (positive, negative) pair.
+    """
+    if score_negative.dim() > score_positive.dim():
+        score_positive = score_positive[..., None]
+    return -torch.nn.functional.logsigmoid(score_positive - score_negative)
+
+
+def warp(score_positive: torch.Tensor, score_negative: torch.Tensor,
+         margin: float = 1.0) -> torch.Tensor:
+    """WARP-style loss (Weston et al. 2011): the hinge on the hardest of ``K`` sampled negatives,
+    weighted by ``log(1 + estimated rank)``.
+
+    ``score_negative`` is ``(B, K)``; the rank of the positive among all items is estimated from
+    the fraction of sampled negatives within ``margin`` of it (``K`` violations: ranked last
+    among the sample). Returns one loss per positive, shape ``(B,)``; the weight is held constant
+    (no gradient through the rank estimate), as in WARP.
+    """
+    if score_negative.dim() == score_positive.dim():
+        score_negative = score_negative[..., None]
+    gaps = margin - score_positive[..., None] + score_negative
+    violating = (gaps > 0).sum(-1).to(score_positive.dtype)
+    K = score_negative.shape[-1]
+    weight = torch.log1p(violating * (1.0 / K) * 100.0).detach()  # rank estimate on ~100 items
+    hardest = gaps.max(-1).values
+    return weight * torch.relu(hardest)
+
+
+#: built-in pairwise losses by name
+PAIRWISE_LOSSES: dict[str, PairwiseLoss] = {"bpr": bpr, "warp": warp}
+
+
+# ---------------------------------------------------------------------------- negative sampling
+def sample_negatives(R: InteractionMatrix, users: np.ndarray, k: int = 1, *,
+                     sampling: str = "uniform", power: float = 0.75,
+                     rng: np.random.Generator | None = None, max_rounds: int = 100) -> np.ndarray:
+    """``k`` items per user that the user has NOT interacted with, shape ``(len(users), k)``.
+
+    ``sampling='uniform'`` draws among the items with at least one interaction;
+    ``'popularity'`` draws item ``i`` with probability proportional to ``count_i ** power``.
+    Positives are rejected and redrawn (never returned); a user who has every candidate item
+    raises ``ValueError``.
+    """
+    rng = np.random.default_rng() if rng is None else rng
+    k = _int(k, "k")
+    users = np.asarray(users, dtype=np.int64)
+    counts = np.diff(R.t_indptr).astype(np.float64)
+    candidates = np.flatnonzero(counts > 0)
+    if sampling == "uniform":
+        cdf = None
+    elif sampling == "popularity":
+        w = counts[candidates] ** _real(power, "power")
+        cdf = np.cumsum(w / w.sum())
+    else:
+        raise ValueError(f"sampling must be 'uniform' or 'popularity', got {sampling!r}")
+    have = np.diff(R.indptr)[users]
+    if len(users) and int(have.max()) >= len(candidates):
+        full = users[np.flatnonzero(have >= len(candidates))[0]]
+        raise ValueError(
+            f"user index {int(full)} has interacted with every item, so it has no negative to "
+            "sample; drop that user from pairwise training"
+        )
+
+    def draw(size: int) -> np.ndarray:
+        if cdf is None:
+            return candidates[rng.integers(0, len(candidates), size)]
+        pos = np.searchsorted(cdf, rng.random(size) * cdf[-1], side="right")
+        return candidates[np.minimum(pos, len(candidates) - 1)]
+
+    uu = np.repeat(users, k)
+    out = draw(len(uu))
+    bad = np.flatnonzero(R.contains(uu, out))
+    for _ in range(max_rounds):
+        if len(bad) == 0:
+            break
+        out[bad] = draw(len(bad))
+        bad = bad[R.contains(uu[bad], out[bad])]
+    if len(bad):  # a user with almost every item under a skewed draw: take one uniformly
+        for j in bad:
+            row = R.indices[R.indptr[uu[j]]:R.indptr[uu[j] + 1]]
+            free = np.setdiff1d(candidates, row, assume_unique=True)
+            out[j] = free[rng.integers(0, len(free))]
+    return out.reshape(len(users), k)
+
+
+# ---------------------------------------------------------------------------- pairwise training
+def fit_pairwise(
+    ratings: Ratings | InteractionMatrix,
+    rank: int = 64,
+    *,
+    loss: str | PairwiseLoss = "bpr",
+    epochs: int = 30,
+    lr: float = 0.01,
+    regularization: float = 0.01,
+    batch_size: int = 1024,
+    negatives: int = 1,
+    sampling: str = "uniform",
+    init_std: float = 0.1,
+    seed: int | None = 0,
+    dtype: torch.dtype = torch.float32,
+    callback: Callable[[int, float], Any] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Train ``P``, ``Q`` and item biases ``b`` with a pairwise loss; returns ``(P, Q, b)``.
+
+    Scores are ``s_ui = p_u . q_i + b_i``. Each epoch visits every observed ``(u, i)`` once, in
+    random order, with ``negatives`` items per pair drawn by :func:`sample_negatives`, and takes
+    Adam steps on
+
+    .. math::
+
+        \\mathrm{mean}\\ \\ell(s_{ui}, s_{uj}) + \\lambda (\\|p_u\\|^2 + \\|q_i\\|^2
+        + \\|q_j\\|^2 + b_i^2 + b_j^2)
+
+    (the regularization on the rows in the batch, as in BPR's SGD). ``loss`` is ``'bpr'``,
+    ``'warp'`` or any function ``loss(score_positive, score_negative)`` returning per-pair (or
+    per-positive) losses, given ``score_positive`` of shape ``(B,)`` and ``score_negative`` of
+    shape ``(B,)`` (``negatives=1``) or ``(B, negatives)``; autograd differentiates it. The
+    ratings' values are ignored: every
+    observed entry is a positive.
+    """
+    rank = _int(rank, "rank")
+    epochs = _int(epochs, "epochs", 0)
+    batch_size = _int(batch_size, "batch_size")
+    negatives = _int(negatives, "negatives")
+    lr = _real(lr, "lr", strict=True)
+    regularization = _real(regularization, "regularization")
+    if isinstance(loss, str):
+        if loss not in PAIRWISE_LOSSES:
+            raise ValueError(
+                f"loss must be one of {sorted(PAIRWISE_LOSSES)} or a function "
+                f"loss(score_positive, score_negative), got {loss!r}"
+            )
+        loss_fn = PAIRWISE_LOSSES[loss]
+    elif callable(loss):
+        loss_fn = loss
+    else:
+        raise TypeError(f"loss must be a name or a callable, got {type(loss).__name__}")
+    if isinstance(ratings, InteractionMatrix):
+        R = ratings
+    else:
+        ratings = _check_ratings(ratings)
+        R = InteractionMatrix.from_ratings(ratings, np.ones(len(ratings)))
+    m, n = R.shape
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+    P = torch.nn.Embedding(m, rank, sparse=True, dtype=dtype)
+    Q = torch.nn.Embedding(n, rank, sparse=True, dtype=dtype)
+    B = torch.nn.Embedding(n, 1, sparse=True, dtype=dtype)
+    with torch.no_grad():
+        P.weight.copy_(torch.randn(m, rank, generator=gen, dtype=dtype) * init_std)
+        Q.weight.copy_(torch.randn(n, rank, generator=gen, dtype=dtype) * init_std)
+        B.weight.zero_()
+    opt = torch.optim.SparseAdam([P.weight, Q.weight, B.weight], lr=lr)
+    users = np.repeat(np.arange(m, dtype=np.int64), np.diff(R.indptr))
+    items = R.indices.astype(np.int64)
+    for epoch in range(epochs):
+        order = rng.permutation(len(users))
+        total = 0.0
+        for s in range(0, len(order), batch_size):
+            rows = order[s:s + batch_size]
+            u_np = users[rows]
+            j_np = sample_negatives(R, u_np, negatives, sampling=sampling, rng=rng)
+            u = torch.as_tensor(u_np)
+            i = torch.as_tensor(items[rows])
+            j = torch.as_tensor(j_np)
+            pu, qi, qj = P(u), Q(i), Q(j)  # (b, k), (b, k), (b, K, k)
+            bi, bj = B(i)[:, 0], B(j)[..., 0]
+            sp = (pu * qi).sum(-1) + bi
+            sn = (pu[:, None, :] * qj).sum(-1) + bj
+            if negatives == 1:
+                sn = sn[:, 0]
+            per = loss_fn(sp, sn)
+            value = per.mean()
+            penalty = regularization * (pu.square().sum() + qi.square().sum()
+                                        + qj.square().sum() / negatives + bi.square().sum()
+                                        + bj.square().sum() / negatives) / len(rows)
+            opt.zero_grad()
+            (value + penalty).backward()
+            opt.step()
+            total += float(value.detach()) * len(rows)
+        if not math.isfinite(total):
+            from .errors import FitError
+
+            raise FitError(
+                f"the pairwise loss became non-finite in epoch {epoch + 1}; lower lr (now {lr})"
+            )
+        if callback is not None:
+            callback(epoch, total / max(len(users), 1))
+    return P.weight.detach(), Q.weight.detach(), B.weight.detach()[:, 0]

@@ -1,0 +1,272 @@
+"""autofact.ranking (issue 12): the all-unobserved term by the Gram trick, implicit ALS, pairwise
+losses and negative sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from autofact import Ratings
+from autofact.ranking import (
+    InteractionMatrix,
+    all_unobserved,
+    bpr,
+    confidence,
+    fit_pairwise,
+    implicit_als,
+    implicit_loss,
+    implicit_objective,
+    sample_negatives,
+    warp,
+)
+
+
+def _tiny(seed: int = 0, m: int = 6, n: int = 5, density: float = 0.4) -> Ratings:
+    rng = np.random.default_rng(seed)
+    dense = np.where(rng.random((m, n)) < density, rng.integers(1, 6, (m, n)), np.nan)
+    dense[:, 0] = np.where(np.isnan(dense[:, 0]), 3.0, dense[:, 0])  # every user has one item
+    dense[0, :] = np.where(np.isnan(dense[0, :]), 2.0, dense[0, :])  # every item has one user
+    return Ratings.from_dense(dense)
+
+
+def _dense_objective(P: torch.Tensor, Q: torch.Tensor, C: torch.Tensor, observed: torch.Tensor,
+                     w0: float) -> torch.Tensor:
+    """The implicit-feedback data term by its definition, every entry of the matrix formed."""
+    S = P @ Q.T
+    return torch.where(observed, C * (1 - S) ** 2, w0 * S**2).sum()
+
+
+# ---------------------------------------------------------------------------- the Gram trick
+def test_all_unobserved_is_the_dense_sum_and_gradchecks() -> None:
+    g = torch.Generator().manual_seed(0)
+    P = torch.randn(7, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    Q = torch.randn(5, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    dense = 0.3 * ((P @ Q.T) ** 2).sum()
+    assert torch.allclose(all_unobserved(P, Q, 0.3), dense)
+    gp, gq = torch.autograd.grad(all_unobserved(P, Q, 0.3), (P, Q))
+    dp, dq = torch.autograd.grad(dense, (P, Q))
+    assert torch.allclose(gp, dp) and torch.allclose(gq, dq)
+    assert torch.autograd.gradcheck(lambda a, b: all_unobserved(a, b, 0.3), (P, Q))
+
+
+@pytest.mark.parametrize("w0", [1.0, 0.25])
+def test_implicit_loss_matches_the_dense_definition(w0: float) -> None:
+    r = _tiny()
+    conf = confidence(r.values, alpha=2.0)
+    g = torch.Generator().manual_seed(1)
+    P = torch.randn(r.shape[0], 3, dtype=torch.float64, generator=g, requires_grad=True)
+    Q = torch.randn(r.shape[1], 3, dtype=torch.float64, generator=g, requires_grad=True)
+    u, i = torch.as_tensor(r.users.astype(np.int64)), torch.as_tensor(r.items.astype(np.int64))
+    c = torch.as_tensor(conf)
+    C = torch.zeros(r.shape, dtype=torch.float64)
+    C[u, i] = c
+    observed = torch.zeros(r.shape, dtype=torch.bool)
+    observed[u, i] = True
+    ours = implicit_loss(P, Q, u, i, c, w0)
+    ref = _dense_objective(P, Q, C, observed, w0)
+    assert torch.allclose(ours, ref)
+    assert torch.autograd.gradcheck(lambda a, b: implicit_loss(a, b, u, i, c, w0), (P, Q))
+
+
+# ---------------------------------------------------------------------------- implicit ALS
+def _numpy_user_solve(Q: np.ndarray, C_row: np.ndarray, observed_row: np.ndarray, lam: float,
+                      w0: float) -> np.ndarray:
+    """Hu et al.'s normal equations for one user, written densely (n x n confidence matrix)."""
+    c = np.where(observed_row, C_row, w0)
+    p = observed_row.astype(float)
+    Cu = np.diag(c)
+    A = Q.T @ Cu @ Q + lam * np.eye(Q.shape[1])
+    return np.linalg.solve(A, Q.T @ Cu @ p)
+
+
+@pytest.mark.parametrize("w0", [1.0, 0.5])
+def test_one_als_sweep_matches_the_dense_normal_equations(w0: float) -> None:
+    r = _tiny(seed=2)
+    conf = confidence(r.values, alpha=3.0, scheme="log", eps=2.0)
+    R = InteractionMatrix.from_ratings(r, conf)
+    rng = np.random.default_rng(0)
+    P0 = rng.normal(size=(r.shape[0], 3))
+    Q0 = rng.normal(size=(r.shape[1], 3))
+    P1, Q1 = implicit_als(R, 3, weight=w0, regularization=0.7, iterations=1,
+                          init=(torch.as_tensor(P0), torch.as_tensor(Q0)), dtype=torch.float64)
+    C = np.zeros(r.shape)
+    C[r.users, r.items] = conf
+    observed = np.zeros(r.shape, dtype=bool)
+    observed[r.users, r.items] = True
+    P_ref = np.stack([_numpy_user_solve(Q0, C[u], observed[u], 0.7, w0)
+                      for u in range(r.shape[0])])
+    np.testing.assert_allclose(P1.numpy(), P_ref, rtol=1e-9, atol=1e-10)
+    Q_ref = np.stack([_numpy_user_solve(P_ref, C[:, i], observed[:, i], 0.7, w0)
+                      for i in range(r.shape[1])])
+    np.testing.assert_allclose(Q1.numpy(), Q_ref, rtol=1e-9, atol=1e-10)
+
+
+def test_als_never_increases_the_objective_and_cg_gets_close() -> None:
+    r = _tiny(seed=3, m=30, n=20, density=0.3)
+    conf = confidence(r.values, alpha=1.0)
+    R = InteractionMatrix.from_ratings(r, conf)
+    values: list[float] = []
+    implicit_als(R, 4, regularization=0.1, iterations=8, dtype=torch.float64,
+                 callback=lambda it, P, Q: values.append(implicit_objective(P, Q, R, 1.0, 0.1)))
+    assert all(b <= a + 1e-9 for a, b in zip(values, values[1:], strict=False))
+    assert values[-1] < values[0]
+    P, Q = implicit_als(R, 4, regularization=0.1, iterations=8, dtype=torch.float64)
+    Pc, Qc = implicit_als(R, 4, regularization=0.1, iterations=8, dtype=torch.float64,
+                          cg_steps=4)
+    exact, cg = implicit_objective(P, Q, R, 1.0, 0.1), implicit_objective(Pc, Qc, R, 1.0, 0.1)
+    assert abs(cg - exact) < 0.05 * abs(exact)
+
+
+def test_blocks_bound_memory_and_give_the_same_answer() -> None:
+    # issue 12: rows solved a padded block at a time; tiny blocks must give the same factors
+    r = _tiny(seed=4, m=40, n=25, density=0.3)
+    a = implicit_als(r, 3, iterations=3, dtype=torch.float64)
+    b = implicit_als(r, 3, iterations=3, dtype=torch.float64, max_floats=1)
+    assert torch.allclose(a[0], b[0]) and torch.allclose(a[1], b[1])
+
+
+def _checkerboard(n: int = 10) -> Ratings:
+    """Users and items of the same parity interact, except the diagonal, which is held out."""
+    u, i = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    keep = (u % 2 == i % 2) & (u != i)
+    return Ratings(u[keep], i[keep], np.ones(int(keep.sum())), shape=(n, n))
+
+
+def _top_unseen(P: torch.Tensor, Q: torch.Tensor, r: Ratings,
+                b: torch.Tensor | None = None) -> np.ndarray:
+    S = (P @ Q.T).numpy().astype(np.float64)
+    if b is not None:
+        S = S + b.numpy()[None, :]
+    S[r.users, r.items] = -np.inf
+    return S.argmax(1)
+
+
+def test_checkerboard_known_answer_als() -> None:
+    r = _checkerboard()
+    P, Q = implicit_als(r, 2, alpha=1.0, regularization=0.01, iterations=10)
+    assert _top_unseen(P, Q, r).tolist() == list(range(10))
+
+
+@pytest.mark.parametrize(("loss", "rank", "reg"), [("bpr", 4, 0.0), ("warp", 2, 0.05)])
+def test_checkerboard_known_answer_pairwise(loss: str, rank: int, reg: float) -> None:
+    # WARP's hinge stops pulling once every negative is a margin below; it needs the low rank
+    # (and a little shrinkage) to carry the parity structure over to the held-out diagonal
+    r = _checkerboard()
+    P, Q, b = fit_pairwise(r, rank, loss=loss, epochs=60, lr=0.05, batch_size=16, negatives=3,
+                           regularization=reg)
+    assert _top_unseen(P, Q, r, b).tolist() == list(range(10))
+
+
+# ---------------------------------------------------------------------------- pairwise losses
+def test_bpr_gradient_from_autograd() -> None:
+    sp = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64, requires_grad=True)
+    sn = torch.tensor([1.0, 1.0, 0.5], dtype=torch.float64, requires_grad=True)
+    gp, gn = torch.autograd.grad(bpr(sp, sn).sum(), (sp, sn))
+    expected = -torch.sigmoid(-(sp - sn)).detach()
+    assert torch.allclose(gp, expected) and torch.allclose(gn, -expected)
+    assert torch.allclose(bpr(sp, sn), torch.log1p(torch.exp(-(sp - sn))))
+    assert torch.autograd.gradcheck(bpr, (sp, sn))
+
+
+def test_warp_hinges_on_the_hardest_violating_negative() -> None:
+    sp = torch.tensor([3.0, 0.0], requires_grad=True)
+    sn = torch.tensor([[0.0, 1.0, -2.0], [0.5, -0.2, 2.0]])
+    out = warp(sp, sn)
+    assert out.shape == (2,)
+    assert out[0] == 0  # every negative more than the margin below
+    assert out[1] > 0
+    (g,) = torch.autograd.grad(out.sum(), sp)
+    assert g[0] == 0 and g[1] < 0
+
+
+def test_a_users_own_pairwise_loss_trains() -> None:
+    def hinge(score_positive: torch.Tensor, score_negative: torch.Tensor) -> torch.Tensor:
+        return torch.relu(1 - score_positive + score_negative)
+
+    r = _checkerboard()
+    P, Q, b = fit_pairwise(r, 2, loss=hinge, epochs=60, lr=0.05, batch_size=16, negatives=1,
+                           regularization=0.05)
+    assert _top_unseen(P, Q, r, b).tolist() == list(range(10))
+
+
+# ---------------------------------------------------------------------------- negative sampling
+@pytest.mark.parametrize("sampling", ["uniform", "popularity"])
+def test_negative_sampling_never_returns_a_positive(sampling: str) -> None:
+    rng = np.random.default_rng(0)
+    m, n = 20, 12
+    dense = rng.random((m, n)) < 0.8  # most items are positives
+    dense[:, 0] = False  # every user has at least one negative
+    dense[0, 0] = True  # and item 0 has an interaction (a candidate)
+    dense[0, 1] = False
+    u, i = np.nonzero(dense)
+    R = InteractionMatrix.build(u, i, np.ones(len(u)), (m, n))
+    users = np.repeat(np.arange(m), 50)
+    neg = sample_negatives(R, users, 4, sampling=sampling, rng=rng)
+    assert neg.shape == (len(users), 4)
+    assert not dense[users[:, None], neg].any()
+    assert np.isin(neg, np.flatnonzero(dense.any(0))).all()  # only items with interactions
+
+
+def test_popularity_sampling_prefers_popular_items() -> None:
+    u = np.concatenate([np.arange(50), [0, 1]])
+    i = np.concatenate([np.zeros(50, dtype=int), [1, 2]])  # item 0: 50 users, items 1, 2: one
+    R = InteractionMatrix.build(u, i, np.ones(len(u)), (50, 3))
+    neg = sample_negatives(R, np.full(3000, 49), 1, sampling="popularity", power=1.0,
+                           rng=np.random.default_rng(0))
+    assert set(np.unique(neg)) <= {1, 2}
+    neg = sample_negatives(R, np.full(3000, 10), 1, sampling="popularity", power=1.0,
+                           rng=np.random.default_rng(0))
+    assert abs(np.mean(neg == 1) - 0.5) < 0.05  # items 1 and 2 equally popular
+
+
+def test_sampling_errors_name_the_problem() -> None:
+    R = InteractionMatrix.build(np.array([0, 0, 1]), np.array([0, 1, 0]), np.ones(3), (2, 2))
+    with pytest.raises(ValueError, match="user index 0 has interacted with every item"):
+        sample_negatives(R, np.array([0]))
+    with pytest.raises(ValueError, match="sampling must be 'uniform' or 'popularity'"):
+        sample_negatives(R, np.array([1]), sampling="hard")
+    with pytest.raises(ValueError, match="k must be an int >= 1, got 0"):
+        sample_negatives(R, np.array([1]), 0)
+
+
+# ---------------------------------------------------------------------------- arguments
+def test_confidence_schemes() -> None:
+    r = np.array([0.0, 1.0, 4.0])
+    np.testing.assert_allclose(confidence(r, 2.0), 1 + 2 * r)
+    np.testing.assert_allclose(confidence(r, 2.0, "log", eps=0.5), 1 + 2 * np.log1p(r / 0.5))
+    np.testing.assert_allclose(confidence(r, 2.0, "binary"), [3.0, 3.0, 3.0])
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        confidence(r, 1.0, "sqrt")
+    with pytest.raises(ValueError, match="confidence needs finite values >= 0"):
+        confidence(np.array([-1.0]), 1.0)
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 0, got -1"):
+        confidence(r, -1)
+    with pytest.raises(ValueError, match="eps must be a finite number > 0, got 0"):
+        confidence(r, 1.0, "log", eps=0)
+
+
+def test_argument_errors() -> None:
+    r = _checkerboard(4)
+    with pytest.raises(ValueError, match="rank must be an int >= 1, got 0"):
+        implicit_als(r, 0)
+    with pytest.raises(ValueError, match="regularization must be a finite number >= 0"):
+        implicit_als(r, 2, regularization=-1.0)
+    with pytest.raises(TypeError, match="ratings must be an autofact.Ratings, got list"):
+        implicit_als([1, 2], 2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="loss must be one of \\['bpr', 'warp'\\]"):
+        fit_pairwise(r, 2, loss="hinge")
+    with pytest.raises(TypeError, match="loss must be a name or a callable, got int"):
+        fit_pairwise(r, 2, loss=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        fit_pairwise(r, 2, lr=0)
+
+
+def test_pairwise_blowup_raises_fit_error() -> None:
+    from autofact import FitError
+
+    def explode(score_positive: torch.Tensor, score_negative: torch.Tensor) -> torch.Tensor:
+        return score_positive * float("inf")
+
+    with pytest.raises(FitError, match="non-finite in epoch 1; lower lr"):
+        fit_pairwise(_checkerboard(4), 2, loss=explode, epochs=1)
