@@ -330,12 +330,12 @@ def _read_text(p: Path, names: _Names, *, sep: str | None, header: bool | None, 
     # Fast path: let the C parser read the ids as numbers, and keep them only where the bytes
     # show that every id that became an int64 was written canonically; else read ids as text.
     df = None
-    if (engine == "c" or sep == "::") and _ascii_compatible(encoding):
+    if (engine == "c" or (sep == "::" and not header)) and _ascii_compatible(encoding):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", pd.errors.DtypeWarning)
             df = read_all(None)
         if df is not None and not _ids_as_written(
-            [df[key(k) if sep != "::" or header else k] for k in ids],
+            [df[key(k)] for k in ids],
             lambda: _canonical_integers_only(p, bool(header), ":" if sep == "::" else sep),
         ):
             df = None
