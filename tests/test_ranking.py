@@ -270,3 +270,35 @@ def test_pairwise_blowup_raises_fit_error() -> None:
 
     with pytest.raises(FitError, match="non-finite in epoch 1; lower lr"):
         fit_pairwise(_checkerboard(4), 2, loss=explode, epochs=1)
+
+
+# ---------------------------------------------------------------------------- the ranking task
+def test_fold_in_row_is_the_dense_normal_equations() -> None:
+    from autofact.ranking import RANKING_DEFAULTS, fold_in_row
+
+    rng = np.random.default_rng(5)
+    Q = rng.normal(size=(9, 3))
+    items, values = np.array([1, 4, 7]), np.array([5.0, 3.0, 1.0])
+    x = fold_in_row(Q, items, values, beta=2.0)
+    observed = np.zeros(9, dtype=bool)
+    observed[items] = True
+    C = np.zeros(9)
+    C[items] = confidence(values, RANKING_DEFAULTS["alpha"], RANKING_DEFAULTS["scheme"])
+    ref = _numpy_user_solve(Q, C, observed, 2.0, RANKING_DEFAULTS["weight"])
+    np.testing.assert_allclose(x, ref, rtol=1e-10)
+
+
+def test_fit_ranking_reports_a_decreasing_objective_and_checks_its_arguments() -> None:
+    from autofact.ranking import fit_ranking
+
+    r = _tiny(seed=6, m=30, n=20, density=0.3)
+    seen: list[float] = []
+    P, Q, b = fit_ranking(r, 3, epochs=5, dtype=torch.float64,
+                          callback=lambda it, v: seen.append(v))
+    assert b is None and P.shape == (30, 3) and Q.shape == (20, 3)
+    assert len(seen) == 5 and all(y <= x + 1e-9 for x, y in zip(seen, seen[1:], strict=False))
+    with pytest.raises(ValueError, match="lr=0.1 / batch_size=None have no meaning"):
+        fit_ranking(r, 3, lr=0.1)
+    with pytest.warns(UserWarning, match="1 user\\(s\\) interacted with every item"):
+        P, Q, b = fit_ranking(r, 3, loss="bpr", epochs=2)  # user 0 has every item
+    assert b is not None and b.shape == (20,)

@@ -1,0 +1,240 @@
+"""Top-10 recommendation quality (issue 12): autofact's ranking task against implicit's ALS and BPR
+and most-popular, on MovieLens 100K u1 and ml-latest-small 90/10, in one run.
+
+    python -m benchmarks.ranking                  # both data sets, quiet
+    python -m benchmarks.ranking --load both      # and again beside one busy process
+    python -m benchmarks.ranking --validation     # the same table on a validation split carved
+                                                  # from each training set (test data untouched)
+
+Protocol (the issues' own): every method is fitted on the training ratings; for each user with at
+least one test rating >= 4 ("relevant"), its top 10 is taken over every item with a training
+interaction except the user's own training items; precision@10, NDCG@10 and MAP@10 come from
+``autofact.evaluation``'s metric functions for every row, from one top-N routine for every row
+(:func:`top_n`). Fit time is wall-clock seconds of the fit alone, one thread for implicit and torch
+(``--threads``). ``--validation`` replaces the test set by a seeded 10% of the training ratings
+(``default_rng(1)``), the split the defaults were chosen on.
+
+Baselines: implicit (``pip install implicit``) ALS with factors 64, regularization 0.05, 15
+iterations on binary interactions, and BPR with factors 64, 100 iterations (its defaults
+otherwise), as in the issue's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import datasets as D
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+Scores = Callable[[], np.ndarray]
+
+
+def top_n(S: np.ndarray, train: dict[str, np.ndarray], n: int = 10) -> np.ndarray:
+    """Top ``n`` item indices per row of the score matrix ``S``, training items and items without
+    a training interaction never ranked."""
+    S = np.array(S, dtype=np.float64, copy=True)
+    S[train["users"], train["items"]] = -np.inf
+    S[:, np.bincount(train["items"], minlength=S.shape[1]) == 0] = -np.inf
+    idx = np.argpartition(-S, n, axis=1)[:, :n]
+    order = np.argsort(-np.take_along_axis(S, idx, 1), axis=1, kind="stable")
+    return np.take_along_axis(idx, order, 1)
+
+
+def ranking_metrics(S: np.ndarray, train: dict[str, np.ndarray], test: dict[str, np.ndarray],
+                    k: int = 10, threshold: float = 4.0) -> dict[str, float]:
+    from autofact.evaluation import map_at_k, ndcg_at_k, precision_at_k
+
+    top = top_n(S, train, k)
+    rel: dict[int, set[int]] = {}
+    for u, i, r in zip(test["users"], test["items"], test["ratings"], strict=True):
+        if r >= threshold:
+            rel.setdefault(int(u), set()).add(int(i))
+    users = sorted(rel)
+    ranked = [top[u].tolist() for u in users]
+    relevant = [rel[u] for u in users]
+    return {f"precision@{k}": precision_at_k(ranked, relevant, k),
+            f"ndcg@{k}": ndcg_at_k(ranked, relevant, k),
+            f"map@{k}": map_at_k(ranked, relevant, k), "users": len(users)}
+
+
+def validation_split(d: dict[str, Any], fraction: float = 0.1, seed: int = 1) -> dict[str, Any]:
+    """``d`` with its test set replaced by a seeded ``fraction`` of its training ratings."""
+    tr = d["train"]
+    order = np.random.default_rng(seed).permutation(len(tr["ratings"]))
+    cut = int((1 - fraction) * len(order))
+    return {**d, "name": d["name"] + " (validation)",
+            "train": {k: v[order[:cut]] for k, v in tr.items()},
+            "test": {k: v[order[cut:]] for k, v in tr.items()}}
+
+
+# ---------------------------------------------------------------------------- the methods
+def most_popular(d: dict[str, Any]) -> np.ndarray:
+    m, n = d["shape"]
+    pop = np.bincount(d["train"]["items"], minlength=n).astype(np.float64)
+    return np.broadcast_to(pop, (m, n))
+
+
+def _csr(d: dict[str, Any]) -> Any:
+    import scipy.sparse as sp
+
+    tr = d["train"]
+    return sp.csr_matrix((np.ones(len(tr["users"]), np.float32), (tr["users"], tr["items"])),
+                         shape=d["shape"])
+
+
+def implicit_als(d: dict[str, Any], threads: int) -> np.ndarray:
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    model = AlternatingLeastSquares(factors=64, regularization=0.05, iterations=15,
+                                    random_state=0, num_threads=threads)
+    model.fit(_csr(d), show_progress=False)
+    return model.user_factors @ model.item_factors.T
+
+
+def implicit_bpr(d: dict[str, Any], threads: int) -> np.ndarray:
+    from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+    model = BayesianPersonalizedRanking(factors=64, iterations=100, random_state=0,
+                                        num_threads=threads)
+    model.fit(_csr(d), show_progress=False)
+    return model.user_factors @ model.item_factors.T
+
+
+def _ratings(d: dict[str, Any]) -> Any:
+    from autofact import Ratings
+
+    tr = d["train"]
+    return Ratings(tr["users"], tr["items"], tr["ratings"], shape=d["shape"])
+
+
+def autofact_ranking(d: dict[str, Any], threads: int, **params: Any) -> np.ndarray:
+    """``MatrixFactorization(task="ranking")`` with its defaults (or ``params``)."""
+    from autofact import MatrixFactorization
+
+    model = MatrixFactorization(task="ranking", **params).fit(_ratings(d))
+    return model.user_factors_ @ model.item_factors_.T + model.item_bias_[None, :]
+
+
+def autofact_als_core(d: dict[str, Any], threads: int) -> np.ndarray:
+    """``autofact.ranking.implicit_als`` with the ranking task's defaults (before the model
+    wiring: the same solver the model calls)."""
+    from autofact import ranking
+
+    P, Q = ranking.implicit_als(_ratings(d), **ranking.RANKING_DEFAULTS)
+    return (P @ Q.T).numpy()
+
+
+def autofact_bpr(d: dict[str, Any], threads: int) -> np.ndarray:
+    from autofact import ranking
+
+    P, Q, b = ranking.fit_pairwise(_ratings(d), 64, loss="bpr", epochs=30)
+    return (P @ Q.T + b[None, :]).numpy()
+
+
+def _methods(threads: int) -> list[tuple[str, Callable[[dict[str, Any]], np.ndarray]]]:
+    def has_model_task() -> bool:
+        import inspect
+
+        from autofact import MatrixFactorization
+        return "task" in inspect.signature(MatrixFactorization).parameters
+
+    af: Callable[[dict[str, Any]], np.ndarray]
+    if has_model_task():
+        af_name = "autofact MatrixFactorization(task='ranking')"
+        af = lambda d: autofact_ranking(d, threads)  # noqa: E731
+    else:
+        af_name = "autofact ranking.implicit_als (task defaults)"
+        af = lambda d: autofact_als_core(d, threads)  # noqa: E731
+    return [
+        ("most popular unseen", most_popular),
+        ("implicit ALS (64, reg 0.05, 15 it, binary)", lambda d: implicit_als(d, threads)),
+        ("implicit BPR (64, 100 it)", lambda d: implicit_bpr(d, threads)),
+        (af_name, af),
+        ("autofact BPR (fit_pairwise, 64, 30 epochs)", lambda d: autofact_bpr(d, threads)),
+    ]
+
+
+def run(datasets: list[dict[str, Any]], threads: int, label: str = "") -> list[dict[str, Any]]:
+    rows = []
+    for d in datasets:
+        for name, fn in _methods(threads):
+            start = time.perf_counter()
+            try:
+                S = fn(d)
+            except Exception as exc:  # a missing baseline still lets the others run
+                rows.append({"data": d["name"], "method": name, "error": repr(exc)[:200]})
+                print(f"{d['name']:<32} {name:<48} error: {exc!r}"[:200], flush=True)
+                continue
+            seconds = time.perf_counter() - start
+            row = {"data": d["name"], "method": name + label, "fit_s": seconds,
+                   **ranking_metrics(S, d["train"], d["test"])}
+            rows.append(row)
+            print(f"{d['name']:<32} {row['method']:<48} P@10 {row['precision@10']:.3f}  "
+                  f"NDCG@10 {row['ndcg@10']:.3f}  MAP@10 {row['map@10']:.3f}  {seconds:7.2f} s",
+                  flush=True)
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    out = ["| data | method | precision@10 | NDCG@10 | MAP@10 | fit (s) |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['data']} | {r['method']} | error: {r['error']} | | | |")
+            continue
+        out.append(f"| {r['data']} | {r['method']} | {r['precision@10']:.3f} | "
+                   f"{r['ndcg@10']:.3f} | {r['map@10']:.3f} | {r['fit_s']:.2f} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="ml100k,mls", help="comma-separated: ml100k, mls")
+    ap.add_argument("--load", choices=["quiet", "both"], default="quiet")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--validation", action="store_true",
+                    help="score on a validation split of the training data instead of the test")
+    ap.add_argument("--save", action="store_true", help="write the table to benchmarks/results/")
+    args = ap.parse_args(argv)
+    import warnings
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    # implicit checks the BLAS pool at fit time; threadpool_limits below already holds it to
+    # --threads
+    warnings.filterwarnings("ignore", message="OpenBLAS is configured to use")
+
+    torch.set_num_threads(args.threads)
+    loaders = {"ml100k": lambda: D.movielens_100k(1), "mls": D.ml_latest_small}
+    data = [loaders[name]() for name in args.data.split(",")]
+    if args.validation:
+        data = [validation_split(d) for d in data]
+    with threadpool_limits(args.threads):
+        rows = run(data, args.threads)
+        if args.load == "both":
+            from .run import busy
+
+            with busy(1):
+                rows += run(data, args.threads, " [contended]")
+    text = table(rows)
+    print(text)
+    if args.save:
+        RESULTS.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y-%m-%d_%H%M")
+        (RESULTS / f"{stamp}_ranking.md").write_text(text + "\n")
+        (RESULTS / f"{stamp}_ranking.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
