@@ -22,7 +22,7 @@ from . import conftest
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "autofact"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-EXTRAS = {"pyarrow": "parquet", "matplotlib": "plot"}
+EXTRAS = {"pyarrow": "parquet", "matplotlib": "plot", "optuna": "tune"}
 NEEDS_PYARROW = r"reading Parquet needs pyarrow: pip install 'autofact\[parquet\]'"
 
 
@@ -62,7 +62,7 @@ def _requirement_name(req: str) -> str:
 
 
 def test_optional_dependencies_are_extras_and_torch_is_not_capped():
-    """issue 8: pyarrow and matplotlib are extras; torch has a floor but no ceiling."""
+    """issue 8: pyarrow, matplotlib and optuna are extras; torch has a floor but no ceiling."""
     core = {_requirement_name(r): r for r in PYPROJECT["project"]["dependencies"]}
     extras = PYPROJECT["project"]["optional-dependencies"]
     for module, extra in EXTRAS.items():
@@ -97,7 +97,7 @@ def test_import_autofact_loads_no_private_torch_replay_plotting_or_cli():
     imported only when ``matrix_factorization_bgd`` records, not by ``import autofact``."""
     code = (
         "import sys, autofact\n"
-        "print(sorted(m for m in ('autofact._replay', 'autofact.cli', 'matplotlib') "
+        "print(sorted(m for m in ('autofact._replay', 'autofact.cli', 'matplotlib', 'optuna') "
         "if m in sys.modules))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
