@@ -123,3 +123,11 @@ def test_read_params_accepts_a_hand_written_object(tmp_path):
     assert read_params(path) == {"rank": 4, "loss": "huber", "beta": 2.5}
     with pytest.raises(ValueError, match=r"does not exist or is not a file"):
         read_params(tmp_path / "missing.json")
+
+
+def test_missing_optuna_names_the_extra(monkeypatch, ratings):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    with pytest.raises(ImportError, match=r"autofact.tune needs optuna: pip install 'autofact\[tune\]'"):
+        tune(ratings, show_progress=False)

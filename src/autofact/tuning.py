@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._optional import optional_import
 from .data import as_ratings
 
 __all__ = ["tune", "TuneResult", "read_params", "DEFAULT_SPACE", "PARAMS_FORMAT"]
@@ -158,12 +159,7 @@ def tune(
     score = rmse if metric == "rmse" else mae
     vu, vi = valid.user_ids[valid.users], valid.item_ids[valid.items]
 
-    try:
-        import optuna
-    except ImportError:
-        raise ImportError(
-            "autofact.tune needs Optuna: pip install 'autofact[tune]'"
-        ) from None
+    optuna = optional_import("optuna", extra="tune", purpose="autofact.tune")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     trials: list[dict[str, Any]] = []
