@@ -49,9 +49,31 @@ class MatrixFactorization:
     declares ``loss.inverse_link`` (see :mod:`autofact.losses`). ``predict(..., kind="link")``
     gives ``s``.
 
+    With ``task='ranking'`` (issue 12) the model learns which items a user chooses rather than
+    the ratings they give: implicit-feedback matrix factorization (Hu, Koren and Volinsky 2008),
+    every unobserved entry a zero of weight ``w0`` and every observed one a preference ``1`` of
+    confidence ``1 + alpha * r``,
+
+    .. math::
+
+        \\sum_{(u,i) \\in \\Omega} (1 + \\alpha r_{ui}) (1 - p_u \\cdot q_i)^2
+        + w_0 \\sum_{(u,i) \\notin \\Omega} (p_u \\cdot q_i)^2 + \\beta (\\|P\\|^2 + \\|Q\\|^2)
+
+    solved exactly by alternating least squares with the Gram trick (the unobserved sum is never
+    formed; see :mod:`autofact.ranking`), or, with ``loss='bpr'`` or ``'warp'``, a pairwise
+    ranking loss over sampled negatives (Adam, item biases). The values must be ``>= 0``
+    (ratings, counts; binary data is fine). Its :meth:`predict` returns the preference score
+    ``p_u . q_i (+ b_i)``, not a rating: use it to rank, as :meth:`recommend` does.
+
     Parameters
     ----------
     rank : number of latent factors ``k``.
+    task : ``'rating'`` (predict ratings: the default) or ``'ranking'`` (top-N recommendation
+        from implicit feedback; ``loss`` is then ``'squared'``, the implicit-feedback ALS
+        above, or ``'bpr'``/``'warp'``; ``beta`` is ``lambda``; ``epochs`` defaults to 15 ALS
+        sweeps or 30 pairwise epochs; ``bias``, ``regularization`` and ``max_memory`` are not
+        used).
+    alpha : the ranking task's confidence slope, ``c = 1 + alpha * r`` (not used for rating).
     loss : ``'squared'``, ``'absolute'``, ``'huber'``, ``'logistic'``, ``'poisson'``, a
         ``'module:function'`` path, or a callable ``loss(pred, target) -> per-entry tensor``.
     regularization : ``'l2'``, ``'l1'``, ``'none'``, a path, or a callable ``reg(param) -> scalar``.
@@ -71,13 +93,19 @@ class MatrixFactorization:
     max_memory : bound in bytes on the extra memory of one full-batch step.
     strict : raise on unknown users/items in :meth:`predict` instead of falling back.
     verbose : show a progress bar with the loss and validation RMSE.
+    patience : with validation data, stop when the validation RMSE has not improved for this
+        many epochs and keep the best epoch's parameters (``None``: run every epoch, keep the
+        last).
+    validation_fraction : carve this fraction of the training ratings (seeded by ``seed``) as
+        the validation data, and fit on the rest (``None``: validate only on ``validation=``).
 
     Attributes (after :meth:`fit`)
     ----------
     user_factors_ (m x k), item_factors_ (n x k), user_bias_, item_bias_, global_mean_,
     index_ (:class:`~autofact.index.ModelIndex`: id maps, seen items, counts, clipping range,
     the unknown-id rule), user_ids_, item_ids_, rating_range_, fallback_mean_ (from
-    ``index_``), history_ (one dict per epoch: epoch, loss, val_rmse, time), n_epochs_, solver_.
+    ``index_``), history_ (one dict per epoch: epoch, loss, val_rmse, time; the epoch whose
+    parameters were kept has ``kept: True``), n_epochs_, best_epoch_, solver_.
 
     As a scikit-learn estimator: ``fit(X, y)`` takes an ``(n, 2)`` array of (user id, item id)
     pairs and their ratings ``y``, and :meth:`score` is higher-is-better (the negative RMSE, as
@@ -95,6 +123,8 @@ class MatrixFactorization:
         self,
         rank: int = 10,
         *,
+        task: str = "rating",
+        alpha: float = 0.5,
         loss: str | Loss = "squared",
         regularization: str | Regularizer | None = "l2",
         beta: float = 25.0,
@@ -111,8 +141,12 @@ class MatrixFactorization:
         max_memory: int = 256 * 2**20,
         strict: bool = False,
         verbose: bool = False,
+        patience: int | None = 5,
+        validation_fraction: float | None = None,
     ) -> None:
         self.rank = rank
+        self.task = task
+        self.alpha = alpha
         self.loss = loss
         self.regularization = regularization
         self.beta = beta
@@ -129,6 +163,8 @@ class MatrixFactorization:
         self.max_memory = max_memory
         self.strict = strict
         self.verbose = verbose
+        self.patience = patience
+        self.validation_fraction = validation_fraction
 
     # ------------------------------------------------------------------ estimator contract
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -152,7 +188,8 @@ class MatrixFactorization:
         args = ", ".join(f"{k}={v!r}" for k, v in changed.items())
         return f"MatrixFactorization({args})"
 
-    def _validate(self) -> tuple[str, float, int]:
+    def _validate_common(self) -> None:
+        """The checks both tasks share."""
         if not (isinstance(self.rank, int | np.integer) and not isinstance(self.rank, bool)
                 and self.rank >= 1):
             raise ValueError(f"rank must be a positive int, got {self.rank!r}")
@@ -166,6 +203,20 @@ class MatrixFactorization:
         if not (isinstance(self.beta, int | float | np.floating) and math.isfinite(self.beta)
                 and self.beta >= 0):
             raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
+        if self.patience is not None and not (
+            isinstance(self.patience, int | np.integer) and not isinstance(self.patience, bool)
+            and self.patience >= 1
+        ):
+            raise ValueError(f"patience must be a positive int or None, got {self.patience!r}")
+        f = self.validation_fraction
+        if f is not None and not (isinstance(f, int | float | np.floating)
+                                  and not isinstance(f, bool) and 0 < f < 1):
+            raise ValueError(
+                f"validation_fraction must be a number strictly between 0 and 1 or None, got {f!r}"
+            )
+
+    def _validate(self) -> tuple[str, float, int]:
+        self._validate_common()
         # which solver may run this loss and regularizer, and what 'auto' picks (issue 8)
         solver = choose_solver(
             self.solver, self.loss, self.regularization, beta=self.beta,
@@ -230,11 +281,22 @@ class MatrixFactorization:
                 "the second argument of fit is y, the ratings of the (user, item) pairs in X; "
                 "pass validation data by name: fit(train, validation=test)"
             )
+        if self.task != "rating":
+            return self._fit_ranking(X, y, validation, start)
         solver, lr, epochs = self._validate()
         for what in ("loss", "regularization"):
             if isinstance(getattr(self, what), NotLoaded):
                 raise ValueError(getattr(self, what).message)
         train = _as_ratings(X, y, "ratings")
+        if self.validation_fraction is not None:
+            if validation is not None:
+                raise ValueError(
+                    f"validation= and validation_fraction={self.validation_fraction!r} both give "
+                    "validation data; pass one (validation_fraction=None to use validation=)"
+                )
+            from .evaluation import random_split
+
+            train, validation = random_split(train, self.validation_fraction, seed=self.seed)
         loss_fn = get_loss(self.loss)
         check_targets(loss_fn, train.values)
         # autofact.distributed.fit swaps in its sharded objective here, for one call
@@ -259,18 +321,24 @@ class MatrixFactorization:
         self.global_mean_ = obj.mu
         self.solver_ = solver
         self._params = params
-        self.history_: list[dict[str, float]] = []
+        self.history_: list[dict[str, Any]] = []
+        self.best_epoch_: int | None = None
         bar = _progress(epochs) if self.verbose else None
+        stopper = _EarlyStopping(self.patience) if val is not None and self.patience else None
+        best: int | None = None  # the epoch whose parameters are restored at the end
 
         def on_epoch(epoch: int, value: float, seconds: float) -> bool:
-            rec: dict[str, float] = {"epoch": epoch, "loss": value, "time": seconds}
+            rec: dict[str, Any] = {"epoch": epoch, "loss": value, "time": seconds}
             self.history_.append(rec)  # first: Ctrl-C from here on keeps this epoch (issue 8)
+            stop = False
             if val is not None:
                 rec["val_rmse"] = val.rmse(params, self.global_mean_)
+            if stopper is not None:
+                stop = stopper.update(epoch, rec["val_rmse"], params)
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k in ("loss", "val_rmse")})
                 bar.update(1)
-            return False
+            return stop
 
         try:
             self.n_epochs_ = fit_params(
@@ -282,10 +350,86 @@ class MatrixFactorization:
             # model of that epoch (exported below) and let the interrupt go on
             self.n_epochs_ = len(self.history_)
             raise
+        else:
+            if stopper is not None and stopper.best_epoch is not None:
+                best = stopper.best_epoch
+                stopper.restore(params)  # the best validation epoch's parameters (issue 9)
         finally:
             if bar is not None:
                 bar.close()
+            # kept: the best validation epoch, else the last finished one (also after Ctrl-C)
+            if best is None and self.history_:
+                best = int(self.history_[-1]["epoch"])
+            self.best_epoch_ = best
+            for rec in self.history_:
+                if rec["epoch"] == best:
+                    rec["kept"] = True
             self._export()
+        return self
+
+    def _fit_ranking(self, X: Any, y: Any, validation: Any, start: float
+                     ) -> MatrixFactorization:
+        """``fit`` for ``task='ranking'`` (:func:`autofact.ranking.fit_ranking`)."""
+        from .ranking import PAIRWISE_LOSSES, fit_ranking
+
+        if self.task != "ranking":
+            raise ValueError(f"task must be 'rating' or 'ranking', got {self.task!r}")
+        self._validate_common()
+        if not (isinstance(self.alpha, int | float | np.floating) and math.isfinite(self.alpha)
+                and self.alpha >= 0):
+            raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
+        pairwise = isinstance(self.loss, str) and self.loss in PAIRWISE_LOSSES
+        if not (self.loss == "squared" or pairwise):
+            raise ValueError(
+                f"task='ranking' takes loss='squared' (implicit-feedback ALS, the default), "
+                f"'bpr' or 'warp', got loss={_describe(self.loss)}; for a pairwise loss of your "
+                "own call autofact.ranking.fit_pairwise"
+            )
+        solver = "adam" if pairwise else "als"
+        if self.solver not in ("auto", solver):
+            raise ValueError(
+                f"task='ranking' with loss={self.loss!r} is solved by {solver!r}, got "
+                f"solver={self.solver!r}; leave solver='auto'"
+            )
+        if self.regularization != "l2":
+            raise ValueError(
+                f"task='ranking' takes regularization='l2' (strength beta), got "
+                f"{_describe(self.regularization)}"
+            )
+        if self.nonnegative:
+            raise ValueError("nonnegative=True is not available for task='ranking'; leave it False")
+        if self.epochs is not None and not (isinstance(self.epochs, int | np.integer)
+                                            and not isinstance(self.epochs, bool)
+                                            and self.epochs >= 1):
+            raise ValueError(f"epochs must be a positive int or None, got {self.epochs!r}")
+        if validation is not None:
+            raise ValueError(
+                "validation has no meaning for task='ranking' (it is scored by RMSE); score the "
+                "fitted model with autofact.evaluation.evaluate(model, test) instead"
+            )
+        train = _as_ratings(X, y, "ratings")
+        index = ModelIndex.from_ratings(train, fallback=0.0, clip=False)
+        self.history_ = []
+
+        def on_epoch(epoch: int, value: float) -> None:
+            self.history_.append({"epoch": epoch + 1, "loss": value,
+                                  "time": time.perf_counter() - start})
+
+        P, Q, b = fit_ranking(
+            train, int(self.rank), loss=self.loss, alpha=float(self.alpha),
+            beta=float(self.beta), epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+            init_std=float(self.init_std), seed=self.seed, dtype=resolve_dtype(self.dtype),
+            device=resolve_device(self.device), callback=on_epoch,
+        )
+        self.index_ = index
+        self.global_mean_ = 0.0
+        self.solver_ = solver
+        self.n_epochs_ = len(self.history_)
+        self.user_factors_ = P.cpu().numpy()
+        self.item_factors_ = Q.cpu().numpy()
+        self.user_bias_ = np.zeros(len(self.user_factors_), self.user_factors_.dtype)
+        self.item_bias_ = (b.cpu().numpy() if b is not None
+                           else np.zeros(len(self.item_factors_), self.item_factors_.dtype))
         return self
 
     def _export(self) -> None:
@@ -485,15 +629,16 @@ class MatrixFactorization:
         params["regularization"] = _saved_function("regularization", meta.get("regularization"),
                                                    regularization, name)
         model = cls(**params)
-        loss_fn = params["loss"] if isinstance(params["loss"], NotLoaded) \
+        ranking = params.get("task", "rating") == "ranking"  # scores, never clipped (issue 12)
+        loss_fn = params["loss"] if isinstance(params["loss"], NotLoaded) or ranking \
             else get_loss(params["loss"])
         model.index_ = ModelIndex(
             saved.user_ids, saved.item_ids, saved.seen,
             rating_range=tuple(meta["rating_range"]),
             fallback=float(meta.get("fallback_mean", meta["global_mean"])),
-            clip=tuple(meta["rating_range"]) if clips_to_range(loss_from_spec(meta["loss"]))
-            else None,
-            inverse_link=inverse_link(loss_fn),
+            clip=tuple(meta["rating_range"])
+            if clips_to_range(loss_from_spec(meta["loss"])) and not ranking else None,
+            inverse_link=None if ranking else inverse_link(loss_fn),
         )
         model.user_factors_ = saved.arrays["user_factors"]
         model.item_factors_ = saved.arrays["item_factors"]
@@ -503,6 +648,8 @@ class MatrixFactorization:
         model.history_ = list(meta.get("history") or [])
         n_epochs = meta.get("n_epochs")
         model.n_epochs_ = int(n_epochs) if isinstance(n_epochs, int) else len(model.history_)
+        kept = [h.get("epoch") for h in model.history_ if isinstance(h, dict) and h.get("kept")]
+        model.best_epoch_ = int(kept[0]) if kept and isinstance(kept[0], int) else None
         model.solver_ = str(meta.get("solver") or params.get("solver", "auto"))
         return model
 
@@ -648,6 +795,36 @@ class _Validation:
             self.index.link_scores(self.u, self.i, P, Q, bu, bi, float(global_mean))
         )
         return float(np.sqrt(np.mean((pred - self.y) ** 2)))
+
+
+class _EarlyStopping:
+    """Stop when the validation RMSE has not improved for ``patience`` epochs; keep a copy of the
+    best epoch's parameters (one copy of the factors) to restore at the end."""
+
+    def __init__(self, patience: int | None) -> None:
+        self.patience = patience
+        self.best = math.inf
+        self.best_epoch: int | None = None
+        self.snapshot: dict[str, torch.Tensor] | None = None
+
+    def update(self, epoch: int, rmse: float, params: dict[str, torch.Tensor]) -> bool:
+        if rmse < self.best:
+            self.best, self.best_epoch = rmse, epoch
+            with torch.no_grad():
+                if self.snapshot is None:
+                    self.snapshot = {k: v.detach().clone() for k, v in params.items()}
+                else:
+                    for k, v in params.items():
+                        self.snapshot[k].copy_(v)
+            return False
+        return self.patience is not None and epoch - (self.best_epoch or 0) >= self.patience
+
+    def restore(self, params: dict[str, torch.Tensor]) -> None:
+        if self.snapshot is None:
+            return
+        with torch.no_grad():
+            for k, v in params.items():
+                v.copy_(self.snapshot[k])
 
 
 def _progress(total: int) -> Any:
