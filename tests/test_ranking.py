@@ -3,6 +3,8 @@ losses and negative sampling."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -302,3 +304,117 @@ def test_fit_ranking_reports_a_decreasing_objective_and_checks_its_arguments() -
     with pytest.warns(UserWarning, match="1 user\\(s\\) interacted with every item"):
         P, Q, b = fit_ranking(r, 3, loss="bpr", epochs=2)  # user 0 has every item
     assert b is not None and b.shape == (20,)
+
+
+# ---------------------------------------------------------------------------- the model's task
+@pytest.mark.parametrize(("loss", "beta", "epochs"), [("squared", 0.01, None), ("bpr", 0.5, 60)])
+def test_model_ranking_task_checkerboard(loss: str, beta: float, epochs: int | None) -> None:
+    from autofact import MatrixFactorization
+
+    r = _checkerboard()
+    model = MatrixFactorization(rank=2, task="ranking", loss=loss, beta=beta, epochs=epochs)
+    model.fit(r)
+    tops = model.recommend_batch(list(range(10)), 1)
+    assert [int(t.items[0]) for t in tops] == list(range(10))
+    assert model.solver_ == ("als" if loss == "squared" else "adam")
+    assert model.n_epochs_ == (15 if epochs is None else epochs) == len(model.history_)
+
+
+def test_model_ranking_save_load_and_unclipped_scores(tmp_path: Any) -> None:
+    import autofact
+    from autofact import MatrixFactorization
+
+    r = _checkerboard()
+    for loss in ("squared", "warp"):
+        model = MatrixFactorization(rank=2, task="ranking", loss=loss, beta=0.05, alpha=2.0,
+                                    epochs=20).fit(r)
+        # every value is 1, so a clipped "rating" would be 1 everywhere: scores are not clipped
+        s = model.predict([0, 0], [2, 1])
+        assert s[0] > s[1] and s[1] < 0.5
+        path = tmp_path / f"{loss}.npz"
+        model.save(path)
+        back = autofact.load(path)
+        assert (back.task, back.alpha, back.loss) == ("ranking", 2.0, loss)
+        np.testing.assert_array_equal(back.predict([0, 0, 3], [2, 1, 5]),
+                                      model.predict([0, 0, 3], [2, 1, 5]))
+        assert back.recommend(4, 3).items.tolist() == model.recommend(4, 3).items.tolist()
+
+
+def test_model_ranking_fold_in_is_the_exact_user_row() -> None:
+    from autofact import MatrixFactorization
+    from autofact.ranking import RANKING_DEFAULTS
+
+    r = _tiny(seed=7, m=25, n=15, density=0.35)
+    model = MatrixFactorization(rank=3, task="ranking", dtype="float64").fit(r)
+    P = torch.as_tensor(model.user_factors_)
+    Q = torch.as_tensor(model.item_factors_)
+    conf = confidence(r.values, model.alpha, RANKING_DEFAULTS["scheme"])
+    R = InteractionMatrix.from_ratings(r, conf)
+    # one more user half-sweep against the model's items is what fold_in must give
+    P1, _ = implicit_als(R, 3, weight=RANKING_DEFAULTS["weight"], regularization=model.beta,
+                         iterations=1, init=(P, Q), dtype=torch.float64)
+    user = 3
+    rows = r.users == user
+    folded = model.fold_in(dict(zip(r.items[rows].tolist(), r.values[rows].tolist(),
+                                    strict=True)))
+    np.testing.assert_allclose(folded.factors, P1[user].numpy(), rtol=1e-8, atol=1e-10)
+    assert sorted(folded.seen.tolist()) == sorted(r.items[rows].tolist())
+    top = model.recommend(folded, 5).items
+    assert not set(top.tolist()) & set(r.items[rows].tolist())
+
+
+def test_model_ranking_errors() -> None:
+    from autofact import MatrixFactorization
+
+    r = _checkerboard(4)
+    cases = [
+        ({"task": "rank"}, "task must be 'rating' or 'ranking', got 'rank'"),
+        ({"task": "ranking", "loss": "huber"}, "task='ranking' takes loss='squared'"),
+        ({"task": "ranking", "solver": "adam"}, "is solved by 'als', got solver='adam'"),
+        ({"task": "ranking", "regularization": "l1"}, "task='ranking' takes regularization='l2'"),
+        ({"task": "ranking", "nonnegative": True}, "nonnegative=True is not available"),
+        ({"task": "ranking", "alpha": -1.0}, "alpha must be a finite number >= 0, got -1.0"),
+        ({"task": "ranking", "epochs": 0}, "epochs must be a positive int or None, got 0"),
+        ({"task": "ranking", "lr": 0.1}, "have no meaning for the ranking task's implicit ALS"),
+        ({"task": "ranking", "rank": 0}, "rank must be a positive int, got 0"),
+    ]
+    for params, message in cases:
+        with pytest.raises(ValueError, match=message):
+            MatrixFactorization(**params).fit(r)
+    with pytest.raises(ValueError, match="validation has no meaning for task='ranking'"):
+        MatrixFactorization(task="ranking").fit(r, validation=r)
+    bpr_model = MatrixFactorization(rank=2, task="ranking", loss="bpr", epochs=1).fit(r)
+    with pytest.raises(ValueError, match="fold_in for task='ranking' solves the implicit"):
+        bpr_model.fold_in({0: 1.0})
+    with pytest.raises(ValueError, match="confidence needs finite values >= 0"):
+        MatrixFactorization(task="ranking").fit(Ratings.from_dense(np.array([[-1.0, 1.0]])))
+
+
+# ---------------------------------------------------------------------------- the CLI
+def _write_checkerboard(path: Any) -> None:
+    r = _checkerboard()
+    lines = [f"{u},{i},1" for u, i in zip(r.users.tolist(), r.items.tolist(), strict=True)]
+    path.write_text("user,item,rating\n" + "\n".join(lines) + "\n")
+
+
+def test_cli_fit_task_ranking(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import autofact
+    from autofact import cli
+
+    data, out = tmp_path / "cb.csv", tmp_path / "m.npz"
+    _write_checkerboard(data)
+    code = cli.main(["fit", str(data), "--out", str(tmp_path / "c.npz"), "--task", "ranking",
+                     "--loss", "huber", "-q"])
+    assert code == 2 and "task='ranking' takes --loss squared" in capsys.readouterr().err
+    code = cli.main(["fit", str(data), "--out", str(out), "--task", "ranking", "--rank", "2",
+                     "--beta", "0.01", "--alpha", "1", "--json", "-q"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["solver"] == "als" and summary["train_rmse"] is None
+    model = autofact.load(out)
+    assert (model.task, model.alpha, model.beta) == ("ranking", 1.0, 0.01)
+    assert [int(model.recommend(u, 1).items[0]) for u in range(10)] == list(range(10))
+    code = cli.main(["fit", str(data), "--out", str(tmp_path / "b.npz"), "--task", "ranking",
+                     "--loss", "bpr", "--epochs", "2", "-q"])
+    assert code == 0 and autofact.load(tmp_path / "b.npz").loss == "bpr"

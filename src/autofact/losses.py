@@ -106,7 +106,8 @@ def loss_spec(loss: str | Loss) -> dict[str, object] | None:
     ``None`` when the loss is a callable that cannot be re-imported (a lambda or closure).
     """
     if isinstance(loss, str):
-        return {"name": loss} if loss in LOSSES else {"path": loss}
+        # the ranking task's pairwise losses are saved by name too (autofact.ranking, issue 12)
+        return {"name": loss} if loss in LOSSES or loss in _PAIRWISE else {"path": loss}
     spec = getattr(loss, "spec", None)
     if isinstance(spec, dict):
         return dict(spec)
@@ -139,9 +140,14 @@ def loss_from_spec(spec: dict[str, object]) -> str | Loss:
         if not isinstance(delta, int | float) or isinstance(delta, bool):
             raise ValueError(f"unknown loss specification {spec!r}: delta must be a number")
         return huber(float(delta))
-    if isinstance(name, str) and name in LOSSES:
+    if isinstance(name, str) and (name in LOSSES or name in _PAIRWISE):
         return name
     raise ValueError(f"unknown loss specification {spec!r}")
+
+
+#: the ranking task's pairwise loss names (``autofact.ranking.PAIRWISE_LOSSES``), known here only
+#: so that a saved ranking model's loss is read back by name
+_PAIRWISE = ("bpr", "warp")
 
 
 def _function(loss: str | Loss) -> Any:

@@ -551,6 +551,8 @@ def fold_in(
     if (counts > 1).any():
         dup = index.item_ids[uniq[np.flatnonzero(counts > 1)[0]]]
         raise ValueError(f"item {_plain(dup)!r} is rated more than once; give each item once")
+    if getattr(model, "task", "rating") == "ranking":
+        return _fold_in_ranking(model, idx, values, user)
 
     loss = get_loss(model.loss)
     reg = get_regularizer(model.regularization, model.beta)
@@ -588,6 +590,24 @@ def fold_in(
         n_iter=n_iter,
     )
 
+
+
+def _fold_in_ranking(model: FittedModel, idx: np.ndarray, values: np.ndarray,
+                     user: Any) -> FoldedUser:
+    """fold_in for ``task='ranking'`` (issue 12): the exact implicit-ALS row solve against every
+    item (the all-unobserved term included), as the fit's own user half-sweep."""
+    from .ranking import RANKING_DEFAULTS, fold_in_row
+
+    if model.loss != "squared":
+        raise ValueError(
+            f"fold_in for task='ranking' solves the implicit-feedback ALS row; a model trained "
+            f"with loss={model.loss!r} has no such row: refit with the user's interactions, or "
+            "use loss='squared' (the ranking default)"
+        )
+    alpha = float(getattr(model, "alpha", RANKING_DEFAULTS["alpha"]))
+    x = fold_in_row(model.item_factors_, idx, values, alpha=alpha, beta=float(model.beta))
+    return FoldedUser(factors=x, bias=0.0, seen=np.sort(idx).astype(np.int64), label=user,
+                      n_iter=1)
 
 
 def _gradient_and_hessian(f: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,8 +32,14 @@ def register(sub: Any) -> None:
                    "replaced only if it is an autofact model")
     hp = p.add_argument_group("model (defaults: those of autofact.MatrixFactorization)")
     hp.add_argument("--rank", type=o.positive_int, help="number of latent factors (default 10)")
+    hp.add_argument("--task", choices=("rating", "ranking"),
+                    help="rating: predict ratings (default); ranking: top-N recommendation from "
+                    "implicit feedback (implicit-feedback ALS, or --loss bpr/warp)")
+    hp.add_argument("--alpha", type=o.nonnegative_float,
+                    help="--task ranking: confidence 1 + alpha * rating (default 0.5)")
     hp.add_argument("--loss", type=o.loss,
-                    help="squared, absolute, huber, logistic, poisson, or module:function")
+                    help="squared, absolute, huber, logistic, poisson, or module:function; with "
+                    "--task ranking: squared (implicit ALS, default), bpr or warp")
     hp.add_argument("--reg", type=o.regularization, metavar="REG",
                     help="regularization: l2, l1, none, or module:function (default l2)")
     hp.add_argument("--beta", type=o.nonnegative_float, help="regularization strength")
@@ -78,7 +84,8 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         seed = 0 if args.seed is None else args.seed
         train, test = random_split(train, args.test_fraction, seed=seed)
     given = {
-        "rank": args.rank, "loss": args.loss, "regularization": args.reg, "beta": args.beta,
+        "rank": args.rank, "task": args.task, "alpha": args.alpha, "loss": args.loss,
+        "regularization": args.reg, "beta": args.beta,
         "solver": args.solver, "epochs": args.epochs, "lr": args.lr,
         "batch_size": args.batch_size, "bias": args.bias, "seed": args.seed,
         "device": args.device, "dtype": args.dtype,
@@ -101,7 +108,8 @@ def fit(args: argparse.Namespace) -> ExitStatus:
             distributed.shutdown()  # no collective work follows
     else:
         try:
-            model.fit(train, validation=test)
+            # a ranking model has no validation RMSE: its test set is scored by evaluate below
+            model.fit(train, validation=test if model.task == "rating" else None)
         except KeyboardInterrupt:
             return _save_interrupted(model, args.out)
     seconds = time.perf_counter() - start
@@ -111,7 +119,11 @@ def fit(args: argparse.Namespace) -> ExitStatus:
     try:
         metrics = evaluate(model, test, k=args.k, threshold=args.threshold) if test is not None \
             else None
-        train_rmse = -model.score(train)  # score() is higher-is-better: the negative RMSE
+        # score() is higher-is-better: the negative RMSE; a ranking model predicts scores, so
+        # neither its RMSE nor its MAE means anything (issue 12)
+        train_rmse = -model.score(train) if model.task == "rating" else None
+        if metrics is not None and model.task == "ranking":
+            metrics = {k: v for k, v in metrics.items() if k not in ("rmse", "mae")}
         if args.plot is not None:
             plot_history(model.history_, args.plot, f"autofact fit {Path(args.data).name}")
     except KeyboardInterrupt:
@@ -139,7 +151,9 @@ def fit(args: argparse.Namespace) -> ExitStatus:
     print(f"saved model to {args.out}")
     if args.plot is not None:
         print(f"wrote learning curve to {args.plot}")
-    if metrics is None:
+    if metrics is None and train_rmse is None:
+        print("for held-out top-k metrics pass --test FILE or --test-fraction 0.2")
+    elif metrics is None:
         print(f"training RMSE {train_rmse:.4f}; for held-out metrics pass --test FILE or "
               "--test-fraction 0.2")
     else:

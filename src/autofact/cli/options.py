@@ -112,8 +112,10 @@ def _name_or_path(text: str, names: Iterable[str], what: str) -> str:
 
 def loss(text: str) -> str:
     from ..losses import LOSSES
+    from ..ranking import PAIRWISE_LOSSES
 
-    return _name_or_path(text, LOSSES, "loss")
+    # bpr and warp are the ranking task's pairwise losses (--task ranking, issue 12)
+    return _name_or_path(text, [*LOSSES, *PAIRWISE_LOSSES], "loss")
 
 
 def regularization(text: str) -> str:
