@@ -151,6 +151,25 @@ def build_patterns(
     return blocks
 
 
+# What torch says when a build lacks a sparse kernel (a CPU-only or older build, another device):
+# only these send a product to its out-of-place fallback. Anything else, out of memory above
+# all, is a real failure and propagates (issue 8).
+_UNSUPPORTED = ("not implemented", "could not run", "not supported", "unsupported",
+                "does not support", "only supports")
+
+
+def _unsupported(exc: BaseException) -> bool:
+    """Whether ``exc`` says a sparse kernel is missing (never for an out-of-memory error)."""
+    if isinstance(exc, NotImplementedError):
+        return True
+    if isinstance(exc, torch.OutOfMemoryError):
+        return False
+    text = str(exc).lower()
+    if "out of memory" in text or "can't allocate memory" in text:
+        return False
+    return any(phrase in text for phrase in _UNSUPPORTED)
+
+
 def _product(A: Any, B: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor | None:
     """``A @ B`` (``B`` a matrix or a vector), or ``out += A @ B`` in place when ``out`` is given:
     no result-sized temporary, and on the CPU several times faster for the transposed product."""
@@ -161,7 +180,9 @@ def _product(A: Any, B: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor 
             out.addmm_(A, B)
         else:
             out.addmv_(A, B)
-    except (NotImplementedError, RuntimeError):  # a build without the in-place sparse kernel
+    except (NotImplementedError, RuntimeError) as exc:  # a build without the in-place kernel
+        if not _unsupported(exc):
+            raise
         out += A @ B if B.dim() == 2 else torch.mv(A, B)
     return None
 
@@ -188,7 +209,9 @@ class _GatherDot(torch.autograd.Function):
             S = pattern.csr(out)
             try:
                 torch.sparse.sampled_addmm(S, P, Q.t(), beta=0.0, out=S)
-            except (NotImplementedError, RuntimeError):  # a build without the in-place form
+            except (NotImplementedError, RuntimeError) as exc:  # no in-place form in the build
+                if not _unsupported(exc):
+                    raise
                 out = torch.sparse.sampled_addmm(S, P, Q.t(), beta=0.0).values()
         if bu is not None:
             out += torch.repeat_interleave(bu, torch.diff(pattern.crow), output_size=pattern.nnz)
