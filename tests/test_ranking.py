@@ -383,6 +383,8 @@ def test_model_ranking_errors() -> None:
             MatrixFactorization(**params).fit(r)
     with pytest.raises(ValueError, match="validation has no meaning for task='ranking'"):
         MatrixFactorization(task="ranking").fit(r, validation=r)
+    with pytest.raises(ValueError, match="leave validation and validation_fraction unset"):
+        MatrixFactorization(task="ranking", validation_fraction=0.2).fit(r)
     bpr_model = MatrixFactorization(rank=2, task="ranking", loss="bpr", epochs=1).fit(r)
     with pytest.raises(ValueError, match="fold_in for task='ranking' solves the implicit"):
         bpr_model.fold_in({0: 1.0})

@@ -402,10 +402,11 @@ class MatrixFactorization:
                                             and not isinstance(self.epochs, bool)
                                             and self.epochs >= 1):
             raise ValueError(f"epochs must be a positive int or None, got {self.epochs!r}")
-        if validation is not None:
+        if validation is not None or self.validation_fraction is not None:
             raise ValueError(
-                "validation has no meaning for task='ranking' (it is scored by RMSE); score the "
-                "fitted model with autofact.evaluation.evaluate(model, test) instead"
+                "validation has no meaning for task='ranking' (it is scored by RMSE); leave "
+                "validation and validation_fraction unset and score the fitted model with "
+                "autofact.evaluation.evaluate(model, test) instead"
             )
         train = _as_ratings(X, y, "ratings")
         index = ModelIndex.from_ratings(train, fallback=0.0, clip=False)
