@@ -196,3 +196,62 @@ def test_unusual_but_valid_regularizers(reg):
         loss = float((((pred - torch.from_numpy(r.values)) ** 2) * torch.from_numpy(r.weights)).sum())
     assert value == pytest.approx(loss + expected, rel=1e-10)
     assert obj.value(params) == pytest.approx(value, rel=1e-10)
+
+
+# ------------------------------------------------------------------ sparse kernel fallback (issue 8)
+def _fake_kernel(exc):
+    def kernel(*args, **kwargs):
+        if kwargs.get("out") is not None or kernel.in_place:
+            raise exc
+        return kernel.original(*args, **kwargs)
+
+    return kernel
+
+
+@pytest.mark.parametrize("exc,falls_back", [
+    (NotImplementedError("addmm_ for SparseCsrCPU"), True),
+    (RuntimeError("Could not run 'aten::addmm_' with arguments from the 'SparseCsrCUDA' backend"),
+     True),
+    (RuntimeError("addmm: computation on CUDA is not implemented for Strided + SparseCsr"), True),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), False),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"), False),
+    (RuntimeError("CUDA error: an illegal memory access was encountered"), False),
+], ids=["not-implemented", "could-not-run", "not-implemented-msg", "cuda-oom", "cpu-oom",
+        "other"])
+def test_sparse_fallback_catches_only_missing_kernels(monkeypatch, exc, falls_back):
+    # issue 8: the fallback caught every RuntimeError, out-of-memory included
+    from autofact import sparse
+
+    r = _random_ratings()
+    pats = build_patterns(torch.from_numpy(r.users), torch.from_numpy(r.items), r.shape, 1000)
+    m, n = r.shape
+    P = torch.randn(m, 3, dtype=torch.float64, requires_grad=True)
+    Q = torch.randn(n, 3, dtype=torch.float64, requires_grad=True)
+    expected = gather_dot(P, Q, pats[0])
+    expected.sum().backward()
+    dP, dQ = P.grad.clone(), Q.grad.clone()
+    # the forward's in-place SDDMM, and the backward's in-place SpMM
+    sddmm = _fake_kernel(exc)
+    sddmm.original, sddmm.in_place = torch.sparse.sampled_addmm, False
+    monkeypatch.setattr(torch.sparse, "sampled_addmm", sddmm)
+
+    def addmm_(self, *args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(torch.Tensor, "addmm_", addmm_)
+    gP = torch.zeros_like(P)
+    P.grad = Q.grad = None
+    if falls_back:
+        out = gather_dot(P, Q, pats[0], into=(gP, None, None, None))
+        torch.testing.assert_close(out, expected.detach())
+        out.sum().backward()
+        torch.testing.assert_close(gP, dP)
+        torch.testing.assert_close(Q.grad, dQ)
+    else:
+        with pytest.raises(type(exc), match=str(exc)[:20]):
+            gather_dot(P, Q, pats[0])
+        monkeypatch.setattr(torch.sparse, "sampled_addmm", sddmm.original)
+        out = gather_dot(P, Q, pats[0], into=(gP, None, None, None))
+        with pytest.raises(type(exc), match=str(exc)[:20]):
+            out.sum().backward()
+    assert sparse._unsupported(exc) is falls_back

@@ -135,9 +135,12 @@ def loss_probe(loss: Loss, dtype: torch.dtype = torch.float64) -> tuple[bool, bo
     for dt in dict.fromkeys((torch.float64, dtype)):
         target = torch.tensor(_PROBE_TARGET, dtype=dt)
         pred = target + torch.tensor(_PROBE_OFFSET, dtype=dt)
+        def entries(p: torch.Tensor, t: torch.Tensor = target) -> torch.Tensor:
+            return loss(p, t)
+
         try:
-            jac = torch.autograd.functional.jacobian(lambda p, t=target: loss(p, t), pred)
-            _, d2, _ = _diagonal_derivatives(lambda p, t=target: loss(p, t).sum(), pred.clone())
+            jac = torch.autograd.functional.jacobian(entries, pred)
+            _, d2, _ = _diagonal_derivatives(lambda p: entries(p).sum(), pred.clone())
         except Exception:  # the user's code, in float64: try the fit's own dtype
             if dt == dtype:
                 raise
