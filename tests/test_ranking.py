@@ -420,3 +420,53 @@ def test_cli_fit_task_ranking(tmp_path: Any, capsys: pytest.CaptureFixture[str])
     code = cli.main(["fit", str(data), "--out", str(tmp_path / "b.npz"), "--task", "ranking",
                      "--loss", "bpr", "--epochs", "2", "-q"])
     assert code == 0 and autofact.load(tmp_path / "b.npz").loss == "bpr"
+
+
+# ---------------------------------------------------------------------------- partial_fit
+def _ranking_model(seed: int = 8) -> tuple[Any, Ratings]:
+    from autofact import MatrixFactorization
+
+    r = _tiny(seed=seed, m=25, n=15, density=0.35)
+    return MatrixFactorization(rank=3, task="ranking", dtype="float64").fit(r), r
+
+
+def test_partial_fit_new_user_is_its_exact_row(tmp_path: Any) -> None:
+    import autofact
+
+    model, r = _ranking_model()
+    folded = model.fold_in({1: 5.0, 4: 2.0, 9: 4.0})
+    P_before, Q_before = model.user_factors_.copy(), model.item_factors_.copy()
+    model.partial_fit(Ratings(np.array([0, 0, 0]), np.array([0, 1, 2]), [5.0, 2.0, 4.0],
+                              shape=(1, 3), user_ids=np.array([99]),
+                              item_ids=np.array([1, 4, 9])))
+    assert model.user_ids_[-1] == 99 and len(model.user_ids_) == 26
+    np.testing.assert_allclose(model.user_factors_[-1], folded.factors, rtol=1e-10)
+    np.testing.assert_array_equal(model.user_factors_[:-1], P_before)  # nobody else moved
+    np.testing.assert_array_equal(model.item_factors_, Q_before)
+    assert not {1, 4, 9} & set(model.recommend(99, 12).items.tolist())
+    model.save(tmp_path / "m.npz")
+    back = autofact.load(tmp_path / "m.npz")
+    assert back.recommend(99, 5).items.tolist() == model.recommend(99, 5).items.tolist()
+
+
+def test_partial_fit_replaces_a_users_history_and_adds_items() -> None:
+    model, r = _ranking_model()
+    user = r.user_ids[4]
+    before = set(r.items[r.users == 4].tolist())
+    # user 4's complete history is now items 0 and 1 plus a new item 'n1', shared with user 5
+    new = Ratings(np.array([0, 0, 0, 1]), np.array([0, 1, 2, 2]), [4.0, 4.0, 5.0, 3.0],
+                  shape=(2, 3), user_ids=np.array([user, r.user_ids[5]], dtype=object),
+                  item_ids=np.array([0, 1, "n1"], dtype=object))
+    model.partial_fit(new)
+    assert model.item_ids_[-1] == "n1" and model.item_factors_.shape[0] == 16
+    assert np.abs(model.item_factors_[-1]).sum() > 0  # solved, not left at zero
+    seen = set(model.index_.seen[4].indices.tolist())
+    assert seen == {0, 1, 15}
+    recs = set(model.recommend(user, 13).items.tolist())
+    assert not recs & {0, 1, "n1"} and (before - {0, 1}) <= recs  # old items rankable again
+    with pytest.raises(ValueError, match="partial_fit re-solves implicit-feedback ALS rows"):
+        from autofact import MatrixFactorization
+
+        MatrixFactorization(rank=2, epochs=1).fit(r).partial_fit(new)
+    with pytest.raises(ValueError, match="confidence needs finite values >= 0"):
+        model.partial_fit(Ratings.from_dense(np.array([[-1.0]])))

@@ -570,6 +570,88 @@ class MatrixFactorization:
 
         return similar_items(self, item, n)
 
+    def partial_fit(self, X: Any, y: Any = None) -> MatrixFactorization:
+        """Update a ``task='ranking'`` model with new interactions, re-solving only the rows
+        they touch (issue 12); returns ``self``.
+
+        ``X`` (and ``y``, as in :meth:`fit`) holds the **complete** interactions of every user
+        it mentions, as implicit's ``partial_fit_users`` takes them: a known user's training
+        interactions are replaced by these, a new user (or item) id is appended. Each touched
+        user's row is the exact implicit-ALS solve against the item factors (the all-unobserved
+        term included), new items are solved against the users who have them, then the touched
+        users once more against those; every other row stays as it is (so the result is close
+        to, not equal to, a refit). ``user_ids_``, ``item_ids_`` and the seen items follow.
+        """
+        import pandas as pd
+        import scipy.sparse as sp
+
+        from .ranking import confidence, solve_rows
+
+        self._check_fitted()
+        if self.task != "ranking" or self.loss != "squared":
+            raise ValueError(
+                f"partial_fit re-solves implicit-feedback ALS rows, so it needs task='ranking' "
+                f"with loss='squared', got task={self.task!r}, loss={_describe(self.loss)}; "
+                "refit, or fold_in a new user"
+            )
+        new = _as_ratings(X, y, "ratings")
+        confidence(new.values, float(self.alpha))  # values >= 0, before anything changes
+        index = self.index_
+        uid, iid = new.user_ids[new.users], new.item_ids[new.items]
+
+        def rows_of(ids: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            row = np.asarray(pd.Index(known).get_indexer(ids), dtype=np.int64)
+            fresh = np.asarray(pd.unique(ids[row < 0]))
+            row[row < 0] = len(known) + np.asarray(pd.Index(fresh).get_indexer(ids[row < 0]))
+            return row, fresh
+
+        urow, new_users = rows_of(uid, index.user_ids)
+        irow, new_items = rows_of(iid, index.item_ids)
+        m, n = index.n_users + len(new_users), index.n_items + len(new_items)
+        k = self.user_factors_.shape[1]
+        dt = self.user_factors_.dtype
+        P = np.vstack([self.user_factors_, np.zeros((len(new_users), k), dt)])
+        Q = np.vstack([self.item_factors_, np.zeros((len(new_items), k), dt)])
+        opts = {"alpha": float(self.alpha), "beta": float(self.beta)}
+
+        def csr(rows: np.ndarray, cols: np.ndarray, size: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+            touched, local = np.unique(rows, return_inverse=True)
+            order = np.lexsort((cols, local))
+            indptr = np.zeros(len(touched) + 1, dtype=np.int64)
+            np.cumsum(np.bincount(local, minlength=len(touched)), out=indptr[1:])
+            return touched, indptr, cols[order], new.values[order]
+
+        users, u_ptr, u_cols, u_vals = csr(urow, irow, m)
+        P[users] = solve_rows(Q, u_ptr, u_cols, u_vals, **opts)
+        if len(new_items):
+            fresh = irow >= index.n_items
+            items, i_ptr, i_cols, i_vals = csr(irow[fresh], urow[fresh], n)
+            Q[items] = solve_rows(P, i_ptr, i_cols, i_vals, **opts)
+            P[users] = solve_rows(Q, u_ptr, u_cols, u_vals, **opts)
+        old = index.seen.tocoo()
+        keep = ~np.isin(old.row, users)
+        seen = sp.csr_matrix(
+            (np.ones(int(keep.sum()) + len(urow), dtype=bool),
+             (np.concatenate([old.row[keep], urow]), np.concatenate([old.col[keep], irow]))),
+            shape=(m, n))
+        seen.sort_indices()
+        lo, hi = index.rating_range
+
+        def extend(ids: np.ndarray, fresh: np.ndarray) -> np.ndarray:
+            # concatenate promotes ('<U3' and '<U6' give '<U6'); nothing new keeps ids as they are
+            return np.concatenate([ids, fresh]) if len(fresh) else ids
+
+        self.index_ = ModelIndex(
+            extend(index.user_ids, new_users), extend(index.item_ids, new_items), seen,
+            rating_range=(min(lo, float(new.values.min())), max(hi, float(new.values.max()))),
+            fallback=index.fallback,
+        )
+        self.user_factors_, self.item_factors_ = P, Q
+        self.user_bias_ = np.concatenate([self.user_bias_, np.zeros(len(new_users), dt)])
+        self.item_bias_ = np.concatenate([self.item_bias_, np.zeros(len(new_items), dt)])
+        return self
+
     def fold_in(self, ratings: Any, user: Any = None, *, max_iter: int = 50) -> FoldedUser:
         """Fit a new user against the frozen items (:func:`autofact.recommend.fold_in`)."""
         from .recommend import fold_in

@@ -68,6 +68,7 @@ __all__ = [
     "RANKING_DEFAULTS",
     "fit_ranking",
     "fold_in_row",
+    "solve_rows",
 ]
 
 #: names accepted by :func:`confidence`
@@ -663,3 +664,20 @@ def fold_in_row(Q: np.ndarray, items: np.ndarray, values: np.ndarray, *,
     Qo = Q[items]
     A = weight * (Q.T @ Q) + (Qo.T * (c - weight)) @ Qo + beta * np.eye(Q.shape[1])
     return np.linalg.solve(A, Qo.T @ c)
+
+
+def solve_rows(Y: np.ndarray, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, *,
+               alpha: float = RANKING_DEFAULTS["alpha"],
+               beta: float = RANKING_DEFAULTS["regularization"],
+               weight: float = RANKING_DEFAULTS["weight"]) -> np.ndarray:
+    """Exact ALS rows against the frozen ``Y`` for rows given as CSR (``indptr``, ``indices``
+    into ``Y``'s rows, ``values`` the ratings or counts): :func:`fold_in_row` for many rows at
+    once, batched (one Cholesky per padded block, no loop over rows)."""
+    Yt = torch.as_tensor(np.asarray(Y, dtype=np.float64))
+    conf = confidence(values, alpha, RANKING_DEFAULTS["scheme"])
+    blocks = _blocks(np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64),
+                     conf, Yt.shape[1], torch.float64, torch.device("cpu"), 2**22)
+    X = torch.zeros(len(indptr) - 1, Yt.shape[1], dtype=torch.float64)
+    reg = torch.full((len(indptr) - 1,), float(beta), dtype=torch.float64)
+    _solve_side(X, Yt, blocks, reg, float(weight))
+    return X.numpy()
