@@ -190,3 +190,13 @@ def test_built_in_losses_pass_every_check():
     for name in LOSSES:
         Objective(planted(name), loss=name)
     assert autofact.losses.squared(torch.ones(2), torch.zeros(2)).shape == (2,)
+
+
+def test_a_loaded_models_missing_function_is_asked_for():
+    # a model file's function is never imported (issue 8, item 4): refitting asks for it
+    from autofact._imports import NotLoaded
+
+    missing = NotLoaded("mymod:cauchy", "loss", "m.npz")
+    with pytest.raises(ValueError, match=r"pass it to load: autofact.load\('m.npz', "
+                                         r"loss=mymod.cauchy\)"):
+        choose_solver("auto", missing, "l2", beta=1.0)

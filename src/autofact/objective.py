@@ -31,8 +31,8 @@ from .losses import Loss, get_loss
 from .regularizers import Regularizer, get_regularizer
 from .sparse import build_patterns, gather_dot, prepare_transposes
 
-__all__ = ["Objective", "check_loss", "check_regularizer", "loss_probe", "resolve_device",
-           "resolve_dtype"]
+__all__ = ["Objective", "check_loss", "check_regularizer", "diagonal_derivatives", "loss_probe",
+           "resolve_device", "resolve_dtype"]
 
 Params = dict[str, torch.Tensor]
 
@@ -140,7 +140,7 @@ def loss_probe(loss: Loss, dtype: torch.dtype = torch.float64) -> tuple[bool, bo
 
         try:
             jac = torch.autograd.functional.jacobian(entries, pred)
-            _, d2, _ = _diagonal_derivatives(lambda p: entries(p).sum(), pred.clone())
+            _, d2, _ = diagonal_derivatives(lambda p: entries(p).sum(), pred.clone())
         except Exception:  # the user's code, in float64: try the fit's own dtype
             if dt == dtype:
                 raise
@@ -308,7 +308,7 @@ class Objective:
             g = h = 0.0
             for s in range(0, len(y), step):
                 x = torch.tensor(c, dtype=torch.float64, device=self.device)
-                d1, d2, _ = _diagonal_derivatives(functools.partial(part, s=s), x)
+                d1, d2, _ = diagonal_derivatives(functools.partial(part, s=s), x)
                 g, h = g + float(d1), h + float(d2)
             gh = torch.tensor([g, h], dtype=torch.float64, device=self.device)
             self._all_sum([gh])
@@ -460,11 +460,11 @@ class Objective:
         gradient of ``sum(dl/dpred)``.
         """
         x = pred.detach()
-        return _diagonal_derivatives(lambda z: self.entry_loss(z, start, stop).sum(), x)
+        return diagonal_derivatives(lambda z: self.entry_loss(z, start, stop).sum(), x)
 
     def reg_derivatives(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradient and Hessian diagonal of the regularizer at ``x`` (exact when separable)."""
-        g1, g2, _ = _diagonal_derivatives(self.reg, x.detach())
+        g1, g2, _ = diagonal_derivatives(self.reg, x.detach())
         return g1, g2
 
     def transposed(self, max_rows: int | None = None) -> Objective:
@@ -488,7 +488,7 @@ def _as_newton(gh: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
     return (torch.tensor([g], dtype=torch.float64), torch.tensor([[h]], dtype=torch.float64))
 
 
-def _diagonal_derivatives(
+def diagonal_derivatives(
     f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(df/dx, d2f/dx2 diagonal, f(x))`` by autograd, for an ``f`` that is a sum of

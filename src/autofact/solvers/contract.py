@@ -29,8 +29,9 @@ from typing import Any
 
 import torch
 
+from .._imports import NotLoaded
 from ..losses import Loss, get_loss
-from ..objective import _diagonal_derivatives, check_loss, check_regularizer, loss_probe
+from ..objective import check_loss, check_regularizer, diagonal_derivatives, loss_probe
 from ..regularizers import Regularizer, get_regularizer, separability
 
 __all__ = ["Assumptions", "assess", "choose_solver", "SOLVERS"]
@@ -65,7 +66,7 @@ def assess(loss: Loss, reg: Regularizer) -> Assumptions:
     separable, why = separability(reg)
     X = (torch.arange(12, dtype=torch.float64).reshape(4, 3) * 0.37).sin() + 0.1
     try:
-        g1, g2, _ = _diagonal_derivatives(lambda x: reg(x).reshape(()), X)
+        g1, g2, _ = diagonal_derivatives(lambda x: reg(x).reshape(()), X)
     except Exception:  # a probe failure says nothing about kinks; separability has said "no"
         kinked = False
     else:
@@ -93,6 +94,9 @@ def choose_solver(
     """
     if not isinstance(solver, str) or (solver != "auto" and solver not in SOLVERS):
         raise ValueError(f"solver must be 'auto' or one of {SOLVERS}, got {solver!r}")
+    for given in (loss, regularization):
+        if isinstance(given, NotLoaded):  # a loaded model's function, not imported: ask for it
+            raise ValueError(given.message)
     loss_fn = get_loss(loss)
     reg_fn = get_regularizer(regularization, beta)
     check_loss(loss_fn, dtype)
