@@ -98,7 +98,6 @@ class _Guard:
         self.trial = {k: v.detach().clone() for k, v in params.items()}  # this epoch's start
         # full batch: the parameters the previous epoch started from, verified by its value
         self.good = {k: v.clone() for k, v in self.trial.items()} if at_start else self.trial
-        self.good_epoch = 0
         self.start: float | None = None
         self.running = False
         if not at_start:  # a mini-batch epoch's value is not J at any one point: measure J0
@@ -143,6 +142,8 @@ class _Guard:
     def finish(self, epoch: int) -> None:
         """Check the parameters the last epoch left (one pass over the ratings)."""
         value = self.obj.value(self.params)
+        if self.start is None:  # no epoch ran
+            self.start = value
         if self._bad(value):
             self._fail(epoch, value, self.good if self.at_start else self.trial, epoch - 1,
                        after=True)
