@@ -470,3 +470,55 @@ def test_partial_fit_replaces_a_users_history_and_adds_items() -> None:
         MatrixFactorization(rank=2, epochs=1).fit(r).partial_fit(new)
     with pytest.raises(ValueError, match="confidence needs finite values >= 0"):
         model.partial_fit(Ratings.from_dense(np.array([[-1.0]])))
+
+
+def test_cli_recommend_all_writes_every_users_top_n(tmp_path: Any,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # issue 12, item 5: batch top-N to a file, training items filtered, same lists as recommend
+    import csv
+
+    from autofact import cli
+
+    model, r = _ranking_model()
+    path = tmp_path / "m.npz"
+    model.save(path)
+    out = tmp_path / "recs.csv"
+    assert cli.main(["recommend", str(path), "--all", "--out", str(out), "-n", "4"]) == 0
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 * 24  # user 0 has every item: nothing left to recommend
+    for user in (0, 7, 24):
+        mine = [row for row in rows if int(row["user"]) == user]
+        expected = model.recommend(user, 4)
+        assert [int(row["item"]) for row in mine] == expected.items.tolist()
+        np.testing.assert_allclose([float(row["score"]) for row in mine], expected.scores)
+        assert [int(row["rank"]) for row in mine] == list(range(1, len(mine) + 1))
+        assert not {int(row["item"]) for row in mine} & set(r.items[r.users == user].tolist())
+    assert cli.main(["recommend", str(path), "--all", "--out", str(out), "-n", "2"]) == 0  # ours
+    capsys.readouterr()
+    (tmp_path / "notes.csv").write_text("my notes\n")
+    cases = [
+        (["--all", "--out", str(tmp_path / "notes.csv")], "is not a recommendations csv file"),
+        (["--all", "--out", str(tmp_path / "r.txt")], "ending in .csv or .parquet"),
+        (["--user", "0", "--out", str(tmp_path / "r.csv")], "--all and --out go together"),
+        (["--all"], "--all and --out go together"),
+    ]
+    for extra, message in cases:
+        assert cli.main(["recommend", str(path), *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert (tmp_path / "notes.csv").read_text() == "my notes\n"
+
+
+def test_cli_recommend_all_parquet(tmp_path: Any) -> None:
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    from autofact import cli
+
+    model, _ = _ranking_model()
+    model.save(tmp_path / "m.npz")
+    out = tmp_path / "recs.parquet"
+    assert cli.main(["recommend", str(tmp_path / "m.npz"), "--all", "--out", str(out),
+                     "-n", "3"]) == 0
+    frame = pd.read_parquet(out)
+    assert list(frame.columns) == ["user", "rank", "item", "score"] and len(frame) == 3 * 24
+    assert frame[frame.user == 5].item.tolist() == model.recommend(5, 3).items.tolist()

@@ -1,8 +1,11 @@
-"""``autofact recommend MODEL``: top-n items for a user, known or folded in."""
+"""``autofact recommend MODEL``: top-n items for a user, known or folded in, or for every user
+written to a file (``--all --out recs.csv``)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 from typing import Any
 
 from . import options as o
@@ -19,6 +22,11 @@ def register(sub: Any) -> None:
     who.add_argument("--user", "-u", metavar="U", help="user id from the training data")
     who.add_argument("--ratings", type=o.existing_file, metavar="FILE",
                      help="a new user's ratings, item,rating per line (folded in, no refit)")
+    who.add_argument("--all", action="store_true",
+                     help="every user of the training data, written to --out (issue 12)")
+    p.add_argument("--out", "-o", type=o.output_path, metavar="FILE",
+                   help="with --all: write user,rank,item,score rows to this .csv or .parquet "
+                   "(a block of users at a time)")
     p.add_argument("-n", type=o.positive_int, default=10, help="how many items (10)")
     p.add_argument("--items", type=o.existing_file, metavar="FILE",
                    help="titles: MovieLens u.item or movies.csv (or id,title lines)")
@@ -33,6 +41,8 @@ def register(sub: Any) -> None:
 
 def recommend(args: argparse.Namespace) -> ExitStatus:
     """Top-n items for a known user (--user) or a new one described by --ratings."""
+    if args.all or args.out is not None:
+        return _recommend_all(args)
     model = load_model(args.model, args)
     titles = read_titles(args.items) if args.items is not None else None
     if args.ratings is not None:
@@ -81,3 +91,114 @@ def recommend(args: argparse.Namespace) -> ExitStatus:
     right = [True, True, True, False]
     print(table(header, [[r[h] for h in header] for r in rows_out], right[: len(header)]))
     return ExitStatus.OK
+
+
+#: first line of a recommendations CSV written by ``--all`` (what may be replaced)
+RECOMMENDATIONS_HEADER = "user,rank,item,score"
+# users whose top-n lists are computed and written at once (each block: one matrix product of
+# at most 2**23 scores inside top_items, and block * n rows in memory)
+_USERS_PER_BLOCK = 4096
+
+
+def _recommend_all(args: argparse.Namespace) -> ExitStatus:
+    """``--all --out FILE``: the top n of every training user, a block of users at a time."""
+    if not args.all or args.out is None:
+        raise UsageError("--all and --out go together: --all --out recs.csv (or recs.parquet)")
+    out: Path = args.out
+    fmt = out.suffix.lower().lstrip(".")
+    if fmt not in ("csv", "parquet"):
+        raise UsageError(f"--out {str(out)!r}: give a file name ending in .csv or .parquet")
+    _check_recommendations_out(out, fmt, args.model)
+    if args.fallback:
+        raise UsageError("--fallback has no meaning with --all: every user is in the training data")
+    import numpy as np
+
+    from ..recommend import top_items
+
+    model = load_model(args.model, args)
+    index = model.index_
+    users = np.flatnonzero(index.user_counts > 0)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    writer: Any = None
+    fh: Any = None
+    rows = 0
+    try:
+        if fmt == "csv":
+            fh = open(tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115 (closed below)
+            fh.write(RECOMMENDATIONS_HEADER + "\n")
+        for start in range(0, len(users), _USERS_PER_BLOCK):
+            block = users[start:start + _USERS_PER_BLOCK]
+            items, scores = top_items(model, block, args.n, exclude_seen=not args.include_seen)
+            counts = np.array([len(x) for x in items], dtype=np.int64)
+            u = np.repeat(index.user_ids[block], counts)
+            rank = np.concatenate([np.arange(1, c + 1) for c in counts]) if len(counts) else \
+                np.zeros(0, np.int64)
+            it = index.item_ids[np.concatenate(items)] if items else np.zeros(0)
+            sc = index.response(np.concatenate(scores)) if scores else np.zeros(0)
+            if fmt == "csv":
+                import csv
+
+                csv.writer(fh).writerows(zip(u.tolist(), rank.tolist(), it.tolist(),
+                                             sc.tolist(), strict=True))
+            else:
+                writer = _write_parquet_block(writer, tmp, u, rank, it, sc)
+            rows += len(u)
+        if fmt == "csv":
+            fh.close()
+        elif writer is not None:
+            writer.close()
+        else:  # no user at all: an empty table with the columns
+            _write_parquet_block(None, tmp, np.zeros(0, np.int64), np.zeros(0, np.int64),
+                                 np.zeros(0, np.int64), np.zeros(0)).close()
+        os.replace(tmp, out)
+    finally:
+        if fh is not None and not fh.closed:
+            fh.close()
+        if tmp.exists():
+            tmp.unlink()
+    if args.json:
+        print_json({"out": str(out), "users": int(len(users)), "rows": rows, "n": args.n})
+    else:
+        print(f"wrote the top {args.n} of {len(users)} users ({rows} rows) to {out}")
+    return ExitStatus.OK
+
+
+def _write_parquet_block(writer: Any, path: Path, u: Any, rank: Any, it: Any, sc: Any) -> Any:
+    from .._optional import optional_import
+
+    pa = optional_import("pyarrow", extra="parquet", purpose="writing Parquet")
+    pq = optional_import("pyarrow.parquet", extra="parquet", purpose="writing Parquet")
+
+    def column(x: Any) -> Any:
+        try:
+            return pa.array(x)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed id types: written as text
+            return pa.array([str(v) for v in x])
+
+    table = pa.table({"user": column(u), "rank": pa.array(rank, pa.int32()),
+                      "item": column(it), "score": pa.array(sc, pa.float64())})
+    if writer is None:
+        writer = pq.ParquetWriter(str(path), table.schema)
+    writer.write_table(table.cast(writer.schema))
+    return writer
+
+
+def _check_recommendations_out(out: Path, fmt: str, model: Path) -> None:
+    """Refuse a folder, a missing folder, the model itself, or an existing file that is not a
+    recommendations file of this format."""
+    from .paths import check_output
+
+    if out.exists() and out.stat().st_size > 0 and not out.is_dir():
+        with open(out, "rb") as fh:
+            head = fh.read(32)
+        ours = head.startswith(b"PAR1") if fmt == "parquet" else \
+            head.startswith(RECOMMENDATIONS_HEADER.encode())
+        if not ours:
+            raise UsageError(
+                f"--out {str(out)!r} exists and is not a recommendations {fmt} file; refusing to "
+                "replace it: remove it first or choose another name"
+            )
+        if os.path.realpath(out) == os.path.realpath(model):
+            raise UsageError(f"--out {str(out)!r} is the input MODEL; choose another name")
+        return
+    check_output(out, "--out", "csv", {"MODEL": model})
