@@ -522,3 +522,26 @@ def test_cli_recommend_all_parquet(tmp_path: Any) -> None:
     frame = pd.read_parquet(out)
     assert list(frame.columns) == ["user", "rank", "item", "score"] and len(frame) == 3 * 24
     assert frame[frame.user == 5].item.tolist() == model.recommend(5, 3).items.tolist()
+
+
+@pytest.mark.parametrize("scale", [0.0, 1.0])
+def test_short_rows_woodbury_and_long_rows_cholesky_agree_with_dense(scale: float) -> None:
+    # rows with fewer than rank/2 entries go through Woodbury (same lambda for all rows), the
+    # others through a Cholesky; scale_regularization=1 sends every row through the Cholesky
+    r = _tiny(seed=9, m=30, n=40, density=0.15)
+    conf = confidence(r.values, alpha=1.5)
+    R = InteractionMatrix.from_ratings(r, conf)
+    assert np.diff(R.indptr).min() < 4 < np.diff(R.indptr).max()
+    rng = np.random.default_rng(1)
+    P0, Q0 = rng.normal(size=(30, 8)), rng.normal(size=(40, 8))
+    P1, _ = implicit_als(R, 8, weight=0.5, regularization=0.3, scale_regularization=scale,
+                         iterations=1, init=(torch.as_tensor(P0), torch.as_tensor(Q0)),
+                         dtype=torch.float64)
+    C = np.zeros(r.shape)
+    C[r.users, r.items] = conf
+    observed = C > 0
+    counts = observed.sum(1)
+    ref = np.stack([_numpy_user_solve(Q0, C[u], observed[u],
+                                      0.3 * (counts[u] + 0.5 * 40) ** scale, 0.5)
+                    for u in range(30)])
+    np.testing.assert_allclose(P1.numpy(), ref, rtol=1e-8, atol=1e-10)

@@ -29,7 +29,9 @@ whole data term. :func:`implicit_als` minimizes ``L`` exactly, one side at a tim
     = \\sum_{i \\in \\Omega_u} c_{ui} q_i
 
 (the correction runs only over the user's observed items), for a block of users at once (one
-batched Cholesky), and the items likewise against ``P``.
+batched Cholesky; a row with fewer than ``k/2`` entries uses the Woodbury identity against the
+shared ``w_0 G + lambda I`` instead, an ``n_u x n_u`` solve: the same answer, cheaper), and the
+items likewise against ``P``.
 
 Pairwise ranking losses are plain elementwise torch functions of ``(score_positive,
 score_negative)`` (:func:`bpr`, :func:`warp`); :func:`sample_negatives` draws the negatives
@@ -263,12 +265,30 @@ def _solve_side(X: torch.Tensor, Y: torch.Tensor, blocks: list[_Block], reg: tor
     """Update every row of ``X`` against the fixed ``Y`` (in place): the exact least-squares
     solution (batched Cholesky) when ``cg_steps == 0``, else that many conjugate-gradient steps
     on the same normal equations, started from the current rows (as implicit's CG solver)."""
+    k = Y.shape[1]
     G = weight * (Y.T @ Y)  # the Gram trick: once per half-sweep
+    # rows with fewer than k/2 entries: Woodbury against the shared D = G + lambda I (one k x k
+    # inverse a half-sweep, then an L x L solve a row instead of a k x k Cholesky), when every
+    # row has the same lambda and every correction weight c - w0 is >= 0
+    Z = None
+    if cg_steps == 0 and len(reg) and bool(reg.min() == reg.max()) and float(reg[0]) > 0:
+        D = G + float(reg[0]) * torch.eye(k, dtype=Y.dtype, device=Y.device)
+        Z = torch.cholesky_solve(Y.T, torch.linalg.cholesky(D)).T  # rows y_i D^-1
     for blk in blocks:
         Yg = Y[blk.cols]  # (B, L, k)
         w = (blk.conf - weight) * blk.mask  # the observed entries' correction, 0 where padded
         lam = reg[blk.rows][:, None]
         b = torch.bmm(blk.conf[:, None, :], Yg)[:, 0]  # sum_i c_ui y_i
+        if Z is not None and 2 * blk.cols.shape[1] <= k and bool((w >= 0).all()):
+            # (D + Yo^T W Yo)^-1 b = x0 - Zo^T (I + W Yo Zo^T)^-1 W Yo x0, x0 = D^-1 b
+            Zg = Z[blk.cols]  # (B, L, k): rows of Yo D^-1
+            x0 = torch.bmm(blk.conf[:, None, :], Zg)[:, 0]  # D^-1 b (D symmetric)
+            M = torch.bmm(Yg, Zg.transpose(1, 2)) * w[:, :, None]
+            M.diagonal(dim1=1, dim2=2).add_(1.0)
+            rhs = torch.bmm(Yg, x0[:, :, None]) * w[:, :, None]
+            t = torch.linalg.solve(M, rhs)
+            X[blk.rows] = x0 - torch.bmm(Zg.transpose(1, 2), t)[:, :, 0]
+            continue
         if cg_steps == 0:
             A = torch.bmm(Yg.transpose(1, 2), Yg * w[:, :, None])
             A += G
