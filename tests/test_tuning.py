@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -131,3 +132,95 @@ def test_missing_optuna_names_the_extra(monkeypatch, ratings):
     monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
     with pytest.raises(ImportError, match=r"autofact.tune needs optuna: pip install 'autofact\[tune\]'"):
         tune(ratings, show_progress=False)
+
+
+# ---------------------------------------------------------------- the command line (issue 9)
+def _ratings_file(path, ratings):
+    lines = ["user,item,rating"] + [
+        f"{u},{i},{v:.4f}" for u, i, v in zip(ratings.users, ratings.items, ratings.values,
+                                               strict=True)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_cli_tune_writes_settings_that_fit_accepts(tmp_path, capsys, ratings):
+    from autofact import cli
+
+    data = _ratings_file(tmp_path / "r.csv", ratings)
+    best = tmp_path / "best.json"
+    code = cli.main(["tune", str(data), "--trials", "3", "--out", str(best), "--quiet",
+                     "--seed", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.splitlines()[0].split()[:3] == ["trial", "rmse", "seconds"]
+    assert f"wrote the best settings to {best}" in out
+    params = read_params(best)
+    model_path = tmp_path / "m.npz"
+    # options on the command line win over the file
+    code = cli.main(["fit", str(data), "--params", str(best), "--rank", "2", "--out",
+                     str(model_path), "--quiet", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    model = autofact.load(model_path)
+    assert model.rank == 2
+    assert model.beta == pytest.approx(params["beta"])
+    assert model.loss == params["loss"]
+    # a second tune may replace its own settings file
+    assert cli.main(["tune", str(data), "--trials", "2", "--out", str(best), "--quiet"]) == 0
+
+
+def test_cli_fit_validation_fraction_stops_early_and_reports_the_kept_epoch(tmp_path, capsys,
+                                                                            ratings):
+    import json
+
+    from autofact import cli
+
+    # noisy and sparse enough that an unregularized rank-12 model overfits within 150 epochs
+    noisy = planted(m=150, n=120, density=0.25, noise=0.3)
+    data = _ratings_file(tmp_path / "r.csv", noisy)
+    code = cli.main(["fit", str(data), "--out", str(tmp_path / "m.npz"), "--solver", "adam",
+                     "--lr", "0.05", "--reg", "none", "--rank", "12", "--epochs", "150",
+                     "--validation-fraction", "0.15", "--patience", "3", "--quiet", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    summary = json.loads(out)
+    kept = [h["epoch"] for h in summary["history"] if h.get("kept")]
+    assert len(kept) == 1 and summary["epochs"] == kept[0] + 3 < 150
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--trials", "0"], r"argument --trials: must be a positive int, got '0'"),
+        (["--validation-fraction", "2"], r"--validation-fraction: must be a number strictly"),
+        (["--out", "{data}"], r"--out '.*r.csv' is the input DATA"),
+        (["--out", "{notes}"], r"--out '.*notes.json' exists and is not a settings file written"),
+        (["--out", "{missing}"], r"folder '.*nowhere' does not exist; create it first"),
+    ],
+)
+def test_cli_tune_errors(tmp_path, capsys, ratings, args, match):
+    from autofact import cli
+
+    data = _ratings_file(tmp_path / "r.csv", ratings)
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": 1}\n')
+    names = {"data": data, "notes": notes, "missing": tmp_path / "nowhere" / "b.json"}
+    code = cli.main(["tune", str(data), *(a.format(**names) for a in args)])
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert re.search(match, err), err
+    assert notes.read_text() == '{"mine": 1}\n'  # nothing replaced
+
+
+def test_cli_fit_params_refuses_a_file_naming_code(tmp_path, capsys, ratings):
+    from autofact import cli
+
+    data = _ratings_file(tmp_path / "r.csv", ratings)
+    bad = tmp_path / "p.json"
+    bad.write_text('{"loss": "os:abort"}')
+    code = cli.main(["fit", str(data), "--params", str(bad), "--out", str(tmp_path / "m.npz")])
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert "is not a built-in loss" in err and "never names code to import" in err
+    assert not (tmp_path / "m.npz").exists()

@@ -36,12 +36,13 @@ import math
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["save", "read", "SavedModel", "FORMAT_NAME", "FORMAT_VERSION"]
+__all__ = ["save", "read", "atomic_write", "SavedModel", "FORMAT_NAME", "FORMAT_VERSION"]
 
 FORMAT_NAME = "autofact.MatrixFactorization"
 FORMAT_VERSION = 1
@@ -106,6 +107,15 @@ _TMP_RANDOM = "[a-z0-9_]{8}"
 def _atomic_savez(target: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` to a temporary file in ``target``'s folder, flush, fsync, then rename
     it over ``target`` (which must not be a symbolic link: resolve it first)."""
+    atomic_write(target, lambda fh: np.savez(fh, allow_pickle=False, **arrays))
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any]) -> Path:
+    """Call ``write(fh)`` on a temporary file beside ``path``, flush, fsync, then rename it over
+    ``path``: readers see the old file or the new one, never half of one. A symbolic link is
+    written through (the link stays); leftovers of interrupted writes to the same name are
+    removed; the file gets the usual mode (0666 minus the umask). Returns the path written."""
+    target = Path(os.path.realpath(path))
     _remove_stale_temporaries(target)
     fd, tmp = tempfile.mkstemp(
         dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp"
@@ -114,7 +124,7 @@ def _atomic_savez(target: Path, arrays: dict[str, np.ndarray]) -> None:
         with os.fdopen(fd, "wb") as fh:
             with contextlib.suppress(AttributeError, OSError):  # mkstemp creates it 0600
                 os.fchmod(fh.fileno(), 0o666 & ~_umask())
-            np.savez(fh, allow_pickle=False, **arrays)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
@@ -129,6 +139,7 @@ def _atomic_savez(target: Path, arrays: dict[str, np.ndarray]) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    return target
 
 
 def _remove_stale_temporaries(target: Path) -> None:

@@ -74,16 +74,18 @@ class TuneResult:
                 "metric": self.metric, "value": self.best_value}
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the best settings as JSON (``autofact fit --params FILE`` reads it)."""
+        """Write the best settings as JSON (``autofact fit --params FILE`` reads it), atomically,
+        as models are saved."""
+        from .io import atomic_write
+
         target = Path(path)
-        if not target.parent.exists():
+        if not Path(os.path.realpath(target)).parent.is_dir():
             raise ValueError(
                 f"cannot write {str(path)!r}: folder {str(target.parent)!r} does not exist; "
                 "create it first"
             )
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, target)
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        atomic_write(target, lambda fh: fh.write(text.encode("utf-8")))
         return target
 
 

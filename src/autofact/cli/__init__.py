@@ -1,4 +1,5 @@
-"""The ``autofact`` command line: ``fit``, ``evaluate``, ``predict``, ``recommend``, ``demo``.
+"""The ``autofact`` command line: ``fit``, ``evaluate``, ``predict``, ``recommend``, ``tune``,
+``demo``.
 
 One module per verb (:mod:`.fit`, :mod:`.evaluate`, ...), each with ``register`` (its
 arguments) and one function taking the parsed arguments and returning an :class:`ExitStatus`.
@@ -43,19 +44,19 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every verb."""
     from .. import __version__
-    from . import demo, evaluate, fit, predict, recommend
+    from . import demo, evaluate, fit, predict, recommend, tune
 
     parser = _Parser(
         prog=PROG,
         description="Matrix factorization of ratings with missing entries: fit, evaluate, "
-        "predict, recommend.",
+        "predict, recommend, tune.",
         epilog="Run 'autofact VERB --help' for a verb's options; 'autofact demo' for a tour.",
     )
     parser.add_argument("--version", action="version", version=f"autofact {__version__}")
     parser.add_argument("--traceback", action="store_true",
                         help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="VERB", parser_class=_Parser)
-    for verb in (fit, evaluate, predict, recommend, demo):
+    for verb in (fit, evaluate, predict, recommend, tune, demo):
         verb.register(sub)
     return parser
 
@@ -69,8 +70,11 @@ _OPTIONS = {
     "lr": "--lr", "beta": "--beta", "solver": "--solver", "rank": "--rank", "epochs": "--epochs",
     "batch_size": "--batch-size", "loss": "--loss", "regularization": "--reg", "seed": "--seed",
     "dtype": "--dtype", "device": "--device", "fallback": "--fallback",
+    "patience": "--patience", "validation_fraction": "--validation-fraction",
+    "n_trials": "--trials", "metric": "--metric", "timeout": "--timeout",
 }
 _FLAGS = {("header", "True"): "--header", ("header", "False"): "--no-header",
+          ("timestamp", "False"): "--no-time-col",
           ("bias", "True"): "--bias", ("bias", "False"): "--no-bias"}
 _KEYWORD = re.compile(
     r"(?<![\w.])(" + "|".join(sorted(_OPTIONS.keys() | {k for k, _ in _FLAGS}, key=len,

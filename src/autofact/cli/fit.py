@@ -53,6 +53,16 @@ def register(sub: Any) -> None:
     hp.add_argument("--seed", type=o.nonnegative_int, help="random seed (default 0)")
     hp.add_argument("--device", help="auto, cpu or cuda[:N] (default auto)")
     hp.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
+    hp.add_argument("--params", type=o.existing_file, metavar="JSON",
+                    help="settings written by 'autofact tune' (or a JSON object of "
+                    "MatrixFactorization parameters); options given here take precedence")
+    stop = p.add_argument_group("early stopping")
+    stop.add_argument("--validation-fraction", type=o.fraction, metavar="F",
+                      help="hold out this fraction of DATA (seeded by --seed) to stop when its "
+                      "RMSE has not improved for --patience epochs; the best epoch is kept")
+    stop.add_argument("--patience", type=o.positive_int, metavar="N",
+                      help="epochs without a better validation RMSE before stopping (default 5 "
+                      "with --validation-fraction; without it, given --patience stops on --test)")
     o.add_ratings_options(p)
     p.add_argument("--k", type=o.positive_int, default=10, help="k of the @k metrics (10)")
     p.add_argument("--threshold", type=o.finite, default=4.0,
@@ -67,7 +77,7 @@ def register(sub: Any) -> None:
 
 def fit(args: argparse.Namespace) -> ExitStatus:
     """Fit a model on DATA, save it to --out, report metrics on a test set if one is given."""
-    inputs = {"DATA": args.data, "--test": args.test}
+    inputs = {"DATA": args.data, "--test": args.test, "--params": args.params}
     check_output(args.out, "--out", "model", inputs)
     if args.plot is not None:
         check_output(args.plot, "--plot", "plot", inputs)
@@ -90,7 +100,21 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         "batch_size": args.batch_size, "bias": args.bias, "seed": args.seed,
         "device": args.device, "dtype": args.dtype,
     }
-    params = {k: v for k, v in given.items() if v is not None}
+    params: dict[str, Any] = {}
+    if args.params is not None:
+        from ..tuning import read_params
+
+        params.update(read_params(args.params))
+    params.update({k: v for k, v in given.items() if v is not None})
+    # early stopping only on data carved from DATA, or on --test when --patience asks for it
+    # (by default the test set only reports: nothing is chosen on it)
+    if args.validation_fraction is not None:
+        params["validation_fraction"] = args.validation_fraction
+    if args.patience is not None:
+        params["patience"] = args.patience
+    if "patience" not in params and params.get("validation_fraction") is None:
+        params["patience"] = None
+    validation = test if params.get("validation_fraction") is None else None
     shared = int(os.environ.get("WORLD_SIZE", "1")) > 1  # started by torchrun
     main_process = True
     if shared:
@@ -103,13 +127,13 @@ def fit(args: argparse.Namespace) -> ExitStatus:
     start = time.perf_counter()
     if shared:
         try:
-            distributed.fit(model, train, validation=test)
+            distributed.fit(model, train, validation=validation)
         finally:
             distributed.shutdown()  # no collective work follows
     else:
         try:
             # a ranking model has no validation RMSE: its test set is scored by evaluate below
-            model.fit(train, validation=test if model.task == "rating" else None)
+            model.fit(train, validation=validation if model.task == "rating" else None)
         except KeyboardInterrupt:
             return _save_interrupted(model, args.out)
     seconds = time.perf_counter() - start

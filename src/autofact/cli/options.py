@@ -182,7 +182,10 @@ def add_ratings_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rating-col", metavar="NAME", help="name of the rating column")
     g.add_argument("--weight-col", metavar="NAME",
                    help="name of a column of per-rating loss weights (used only when named)")
-    g.add_argument("--time-col", metavar="NAME", help="name of a timestamp column")
+    times = g.add_mutually_exclusive_group()
+    times.add_argument("--time-col", metavar="NAME", help="name of a timestamp column")
+    times.add_argument("--no-time-col", dest="time_col", action="store_const", const=False,
+                       help="ignore timestamps (MovieLens layouts have one; default: used)")
 
 
 def read_ratings(path: Path, args: argparse.Namespace) -> Any:

@@ -3,7 +3,7 @@
 An output may not be one of the command's inputs (compared as resolved real paths, so a
 relative path, a symbolic link or a hard link to the input is caught); its folder must exist;
 and a file already there is replaced only when it is one this kind of output wrote before (a
-model, an image, a predictions CSV) or is empty. A symbolic link is written through.
+model, an image, a predictions CSV, a tuned settings file) or is empty. A symbolic link is written through.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def check_output(
     kind: str,
     inputs: Mapping[str, Path | None],
 ) -> Path:
-    """Refuse ``path`` for ``option`` (an output of ``kind`` 'model', 'plot' or 'csv') when it
+    """Refuse ``path`` for ``option`` (an output of ``kind`` 'model', 'plot', 'csv' or 'params') when it
     is a folder, its folder is missing, it is one of ``inputs`` (name -> path), or it holds a
     file this kind of output did not write. Returns ``path``."""
     shown = str(path)
@@ -79,7 +79,8 @@ def check_output(
             )
     if real.exists() and real.stat().st_size > 0 and not _replaceable(real, kind, path.suffix):
         what = {"model": "an autofact model", "plot": f"a {path.suffix.lstrip('.')} image",
-                "csv": f"a predictions file (first line {PREDICTIONS_HEADER})"}[kind]
+                "csv": f"a predictions file (first line {PREDICTIONS_HEADER})",
+                "params": "a settings file written by autofact tune"}[kind]
         raise UsageError(
             f"{option} {shown!r} exists and is not {what}; refusing to replace it: remove it "
             "first or choose another name"
@@ -120,7 +121,24 @@ def _replaceable(real: Path, kind: str, suffix: str) -> bool:
             head = fh.read(64)
     except OSError:
         return False
+    if kind == "params":
+        from ..tuning import PARAMS_FORMAT
+
+        return head.lstrip().startswith(b"{") and _json_format(real) == PARAMS_FORMAT
     if kind == "plot":
         magic = _IMAGE_MAGIC.get(suffix.lower().lstrip("."), ())
         return head.lstrip().startswith(magic) if magic else False
     return head.startswith(PREDICTIONS_HEADER.encode())
+
+
+def _json_format(path: Path) -> object:
+    """The ``format`` field of a small JSON file, or None when it is not one."""
+    import json
+
+    try:
+        if path.stat().st_size > 1 << 20:
+            return None
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return doc.get("format") if isinstance(doc, dict) else None

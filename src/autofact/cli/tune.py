@@ -1,0 +1,62 @@
+"""``autofact tune DATA --trials N --out best.json``: search settings on a validation split."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from . import options as o
+from .common import ExitStatus, print_json
+from .paths import check_output
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "tune", help="search model settings with Optuna",
+        description="Search rank, regularization, loss and solver with Optuna on a validation "
+        "split carved from DATA (pass training data only), print the best trials and write the "
+        "best settings as JSON for 'autofact fit --params FILE'. Needs autofact[tune].")
+    p.add_argument("data", metavar="DATA", type=o.existing_file,
+                   help="training ratings: CSV/TSV/Parquet/MovieLens (user, item, rating[, time])")
+    p.add_argument("--trials", type=o.positive_int, default=30, help="settings to try (30)")
+    p.add_argument("--out", "-o", type=o.output_path, metavar="JSON",
+                   help="write the best settings here (e.g. best.json)")
+    p.add_argument("--metric", choices=("rmse", "mae"), default="rmse",
+                   help="what the validation split is scored by (rmse)")
+    p.add_argument("--validation-fraction", type=o.fraction, default=0.1, metavar="F",
+                   help="the fraction of DATA held out to score each trial (0.1)")
+    p.add_argument("--timeout", type=o.positive_float, metavar="SECONDS",
+                   help="stop starting new trials after this many seconds")
+    p.add_argument("--seed", type=o.nonnegative_int, default=0,
+                   help="seeds the split, the search and every fit (0)")
+    p.add_argument("--top", type=o.positive_int, default=10, help="trials shown in the table (10)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    o.add_ratings_options(p)
+    o.add_common(p)
+    p.set_defaults(func=tune)
+
+
+def tune(args: argparse.Namespace) -> ExitStatus:
+    """Search settings on DATA and report (and save) the best."""
+    if args.out is not None:
+        check_output(args.out, "--out", "params", {"DATA": args.data})
+    from ..tuning import tune as run_tune
+
+    ratings = o.read_ratings(args.data, args)  # read once, shared by every trial
+    result = run_tune(ratings, n_trials=args.trials, validation_fraction=args.validation_fraction,
+                      metric=args.metric, seed=args.seed, timeout=args.timeout,
+                      show_progress=not args.quiet and not args.json)
+    if args.out is not None:
+        result.save(args.out)
+    if args.json:
+        print_json(result.to_dict() | {"trials": result.trials,
+                                       "out": None if args.out is None else str(args.out)})
+        return ExitStatus.OK
+    print(result.table(n=args.top))
+    print()
+    print(f"best validation {result.metric} {result.best_value:.4f} with "
+          + ", ".join(f"{k}={v}" for k, v in sorted(result.best_params.items())))
+    if args.out is not None:
+        print(f"wrote the best settings to {args.out}; use them with: autofact fit DATA "
+              f"--params {args.out} --out model.npz")
+    return ExitStatus.OK
