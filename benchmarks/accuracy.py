@@ -14,6 +14,7 @@ training ratings' range.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -117,7 +118,8 @@ def run_myfm(d: dict[str, Any], rank: int = 10, sweeps: int = 200, seed: int = 0
     u, i, r = d["train"]
     t0 = time.perf_counter()
     fm = myfm.MyFMRegressor(rank=rank, random_seed=seed)
-    fm.fit(onehot(u, i), r, n_iter=sweeps, n_kept_samples=sweeps)
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet):  # its progress bar
+        fm.fit(onehot(u, i), r, n_iter=sweeps, n_kept_samples=sweeps)
     seconds = time.perf_counter() - t0
     tu, ti, tr = d["test"]
     pred = np.clip(fm.predict(onehot(tu, ti)), r.min(), r.max())
@@ -131,19 +133,19 @@ def main(argv: list[str] | None = None) -> None:
                     default=["ml-100k", "ml-latest-small", "filmtrust"])
     ap.add_argument("--folds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     ap.add_argument("--no-myfm", action="store_true")
-    ap.add_argument("--rank", type=int, default=10)
-    ap.add_argument("--sweeps", type=int, default=200)
-    ap.add_argument("--burn-in", type=int, default=None)
-    ap.add_argument("--keep", type=int, default=16)
-    ap.add_argument("--no-implicit", action="store_true")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rank", type=int)
+    ap.add_argument("--sweeps", type=int)
+    ap.add_argument("--burn-in", type=int)
+    ap.add_argument("--noise", choices=["both", "user", "item", "global"])
+    ap.add_argument("--implicit", action=argparse.BooleanOptionalAction)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (myFM uses one)")
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    kw = {"rank": args.rank, "sweeps": args.sweeps, "burn_in": args.burn_in, "keep": args.keep,
-          "implicit": not args.no_implicit}
-    print(f"autofact gibbs {kw}; torch threads {torch.get_num_threads()}")
+    kw = {key: getattr(args, key) for key in ("rank", "sweeps", "burn_in", "noise", "implicit")
+          if getattr(args, key) is not None}
+    print(f"autofact gibbs, defaults except {kw}; torch threads {torch.get_num_threads()}")
     rows = []
     for name in args.datasets:
         folds = args.folds if name == "ml-100k" else [0]
