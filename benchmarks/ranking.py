@@ -5,6 +5,8 @@ and most-popular, on MovieLens 100K u1 and ml-latest-small 90/10, in one run.
     python -m benchmarks.ranking --load both      # and again beside one busy process
     python -m benchmarks.ranking --validation     # the same table on a validation split carved
                                                   # from each training set (test data untouched)
+    python -m benchmarks.ranking --data "" --epoch 10000000   # seconds per ALS epoch, 10M
+                                                  # generated interactions, vs implicit's
 
 Protocol (the issues' own): every method is fitted on the training ratings; for each user with at
 least one test rating >= 4 ("relevant"), its top 10 is taken over every item with a training
@@ -120,6 +122,7 @@ def autofact_ranking(d: dict[str, Any], threads: int, **params: Any) -> np.ndarr
     """``MatrixFactorization(task="ranking")`` with its defaults (or ``params``)."""
     from autofact import MatrixFactorization
 
+    params.setdefault("rank", 64)  # implicit's factors: the same rank on both sides
     model = MatrixFactorization(task="ranking", **params).fit(_ratings(d))
     return model.user_factors_ @ model.item_factors_.T + model.item_bias_[None, :]
 
@@ -134,10 +137,8 @@ def autofact_als_core(d: dict[str, Any], threads: int) -> np.ndarray:
 
 
 def autofact_bpr(d: dict[str, Any], threads: int) -> np.ndarray:
-    from autofact import ranking
-
-    P, Q, b = ranking.fit_pairwise(_ratings(d), 64, loss="bpr", epochs=30)
-    return (P @ Q.T + b[None, :]).numpy()
+    """``MatrixFactorization(task="ranking", loss="bpr", rank=64)`` (30 epochs of Adam)."""
+    return autofact_ranking(d, threads, loss="bpr")
 
 
 def _methods(threads: int) -> list[tuple[str, Callable[[dict[str, Any]], np.ndarray]]]:
@@ -149,7 +150,7 @@ def _methods(threads: int) -> list[tuple[str, Callable[[dict[str, Any]], np.ndar
 
     af: Callable[[dict[str, Any]], np.ndarray]
     if has_model_task():
-        af_name = "autofact MatrixFactorization(task='ranking')"
+        af_name = "autofact MatrixFactorization(task='ranking', rank=64)"
         af = lambda d: autofact_ranking(d, threads)  # noqa: E731
     else:
         af_name = "autofact ranking.implicit_als (task defaults)"
@@ -159,7 +160,10 @@ def _methods(threads: int) -> list[tuple[str, Callable[[dict[str, Any]], np.ndar
         ("implicit ALS (64, reg 0.05, 15 it, binary)", lambda d: implicit_als(d, threads)),
         ("implicit BPR (64, 100 it)", lambda d: implicit_bpr(d, threads)),
         (af_name, af),
-        ("autofact BPR (fit_pairwise, 64, 30 epochs)", lambda d: autofact_bpr(d, threads)),
+        ("autofact task='ranking', solver='cg' (64)",
+         lambda d: autofact_ranking(d, threads, solver="cg")),
+        ("autofact task='ranking', loss='bpr' (64, 30 epochs)",
+         lambda d: autofact_bpr(d, threads)),
     ]
 
 
@@ -184,10 +188,72 @@ def run(datasets: list[dict[str, Any]], threads: int, label: str = "") -> list[d
     return rows
 
 
+def synthetic_implicit(n_ratings: int, seed: int = 0) -> dict[str, Any]:
+    """``n_ratings`` distinct (user, item) interactions with values 1..5: ``n_ratings / 50``
+    users and ``n_ratings / 200`` items, item popularity Zipf-like (weight ``1 / (rank + 10)``)."""
+    rng = np.random.default_rng(seed)
+    m, n = max(n_ratings // 50, 10), max(n_ratings // 200, 10)
+    w = 1.0 / (np.arange(n) + 10.0)
+    cdf = np.cumsum(w / w.sum())
+    users = rng.integers(0, m, int(n_ratings * 1.1))
+    items = np.minimum(np.searchsorted(cdf, rng.random(len(users))), n - 1)
+    keys = np.unique(users.astype(np.int64) * n + items)[:n_ratings]
+    rng.shuffle(keys)
+    keys = keys[:n_ratings]
+    return {"name": f"synthetic {len(keys) / 1e6:.1f}M interactions", "shape": (m, n),
+            "train": {"users": (keys // n).astype(np.int32), "items": (keys % n).astype(np.int32),
+                      "ratings": rng.integers(1, 6, len(keys)).astype(np.float32)}}
+
+
+def epoch_case(n_ratings: int, threads: int) -> list[dict[str, Any]]:
+    """Seconds per ALS epoch at factors 64: implicit's CPU ALS (conjugate gradient, its default)
+    against autofact's ``ranking.implicit_als``, exact and with 3 CG steps. An epoch is
+    ``(time of 3 sweeps - time of 1 sweep) / 2``, so set-up is not counted on either side."""
+    import torch
+
+    from autofact import ranking
+
+    d = synthetic_implicit(n_ratings)
+    X = _csr(d)
+    R = ranking.InteractionMatrix.from_ratings(_ratings(d), ranking.confidence(
+        d["train"]["ratings"], ranking.RANKING_DEFAULTS["alpha"]))
+
+    def implicit_fit(iters: int) -> float:
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        model = AlternatingLeastSquares(factors=64, regularization=0.05, iterations=iters,
+                                        random_state=0, num_threads=threads)
+        start = time.perf_counter()
+        model.fit(X, show_progress=False)
+        return time.perf_counter() - start
+
+    def autofact_fit(iters: int, cg: int) -> float:
+        start = time.perf_counter()
+        ranking.implicit_als(R, 64, weight=0.5, regularization=25.0, iterations=iters,
+                             cg_steps=cg, dtype=torch.float32)
+        return time.perf_counter() - start
+
+    base = (implicit_fit(3) - implicit_fit(1)) / 2
+    rows = [{"data": d["name"], "method": "implicit ALS epoch (CG, 64)", "epoch_s": base}]
+    for cg, label in ((0, "exact"), (3, "3 CG steps")):
+        sec = (autofact_fit(3, cg) - autofact_fit(1, cg)) / 2
+        rows.append({"data": d["name"], "method": f"autofact implicit_als epoch ({label}, 64)",
+                     "epoch_s": sec, "ratio": sec / base})
+    for r in rows:
+        print(f"{r['data']:<32} {r['method']:<48} {r['epoch_s']:8.2f} s"
+              + (f"  x{r['ratio']:.2f} implicit" if "ratio" in r else ""), flush=True)
+    return rows
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     out = ["| data | method | precision@10 | NDCG@10 | MAP@10 | fit (s) |",
            "|---|---|---|---|---|---|"]
     for r in rows:
+        if "epoch_s" in r:
+            ratio = f" (x{r['ratio']:.2f} implicit's epoch; target <= 2)" if "ratio" in r else ""
+            out.append(f"| {r['data']} | {r['method']} | | | | {r['epoch_s']:.2f} a sweep"
+                       f"{ratio} |")
+            continue
         if "error" in r:
             out.append(f"| {r['data']} | {r['method']} | error: {r['error']} | | | |")
             continue
@@ -204,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--validation", action="store_true",
                     help="score on a validation split of the training data instead of the test")
     ap.add_argument("--save", action="store_true", help="write the table to benchmarks/results/")
+    ap.add_argument("--epoch", type=int, default=0, metavar="N",
+                    help="also time an ALS epoch on N generated interactions (issue 12: "
+                    "10000000; autofact's epoch at most 2x implicit's)")
     args = ap.parse_args(argv)
     import warnings
 
@@ -216,11 +285,13 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     loaders = {"ml100k": lambda: D.movielens_100k(1), "mls": D.ml_latest_small}
-    data = [loaders[name]() for name in args.data.split(",")]
+    data = [loaders[name]() for name in args.data.split(",") if name]
     if args.validation:
         data = [validation_split(d) for d in data]
     with threadpool_limits(args.threads):
-        rows = run(data, args.threads)
+        rows = run(data, args.threads) if data else []
+        if args.epoch:
+            rows += epoch_case(args.epoch, args.threads)
         if args.load == "both":
             from .run import busy
 

@@ -307,16 +307,20 @@ def test_fit_ranking_reports_a_decreasing_objective_and_checks_its_arguments() -
 
 
 # ---------------------------------------------------------------------------- the model's task
-@pytest.mark.parametrize(("loss", "beta", "epochs"), [("squared", 0.01, None), ("bpr", 0.5, 60)])
-def test_model_ranking_task_checkerboard(loss: str, beta: float, epochs: int | None) -> None:
+@pytest.mark.parametrize(("loss", "solver", "beta", "epochs"),
+                         [("squared", "auto", 0.01, None), ("squared", "cg", 0.01, None),
+                          ("bpr", "auto", 0.5, 60)])
+def test_model_ranking_task_checkerboard(loss: str, solver: str, beta: float,
+                                         epochs: int | None) -> None:
     from autofact import MatrixFactorization
 
     r = _checkerboard()
-    model = MatrixFactorization(rank=2, task="ranking", loss=loss, beta=beta, epochs=epochs)
+    model = MatrixFactorization(rank=2, task="ranking", loss=loss, solver=solver, beta=beta,
+                                epochs=epochs)
     model.fit(r)
     tops = model.recommend_batch(list(range(10)), 1)
     assert [int(t.items[0]) for t in tops] == list(range(10))
-    assert model.solver_ == ("als" if loss == "squared" else "adam")
+    assert model.solver_ == {"auto": "als" if loss == "squared" else "adam", "cg": "cg"}[solver]
     assert model.n_epochs_ == (15 if epochs is None else epochs) == len(model.history_)
 
 
@@ -371,6 +375,7 @@ def test_model_ranking_errors() -> None:
         ({"task": "rank"}, "task must be 'rating' or 'ranking', got 'rank'"),
         ({"task": "ranking", "loss": "huber"}, "task='ranking' takes loss='squared'"),
         ({"task": "ranking", "solver": "adam"}, "is solved by 'als', got solver='adam'"),
+        ({"task": "ranking", "loss": "bpr", "solver": "cg"}, "use solver='auto'"),
         ({"task": "ranking", "regularization": "l1"}, "task='ranking' takes regularization='l2'"),
         ({"task": "ranking", "nonnegative": True}, "nonnegative=True is not available"),
         ({"task": "ranking", "alpha": -1.0}, "alpha must be a finite number >= 0, got -1.0"),

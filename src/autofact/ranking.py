@@ -253,25 +253,17 @@ def _blocks(indptr: np.ndarray, indices: np.ndarray, conf: np.ndarray, k: int,
     return blocks
 
 
-def _matvec(v: torch.Tensor, G: torch.Tensor, Yg: torch.Tensor, w: torch.Tensor,
-            lam: torch.Tensor) -> torch.Tensor:
-    """``A_u v_u`` for every row of a block without forming ``A_u``: ``O(L k)`` a row."""
-    t = torch.bmm(Yg, v[:, :, None])[:, :, 0] * w  # (B, L)
-    return v @ G + torch.bmm(t[:, None, :], Yg)[:, 0] + lam * v
-
-
 def _solve_side(X: torch.Tensor, Y: torch.Tensor, blocks: list[_Block], reg: torch.Tensor,
-                weight: float, cg_steps: int = 0) -> None:
-    """Update every row of ``X`` against the fixed ``Y`` (in place): the exact least-squares
-    solution (batched Cholesky) when ``cg_steps == 0``, else that many conjugate-gradient steps
-    on the same normal equations, started from the current rows (as implicit's CG solver)."""
+                weight: float) -> None:
+    """Update every row of ``X`` to its exact least-squares solution against the fixed ``Y``
+    (in place): a batched Cholesky a block, or Woodbury for short rows."""
     k = Y.shape[1]
     G = weight * (Y.T @ Y)  # the Gram trick: once per half-sweep
     # rows with fewer than k/2 entries: Woodbury against the shared D = G + lambda I (one k x k
     # inverse a half-sweep, then an L x L solve a row instead of a k x k Cholesky), when every
     # row has the same lambda and every correction weight c - w0 is >= 0
     Z = None
-    if cg_steps == 0 and len(reg) and bool(reg.min() == reg.max()) and float(reg[0]) > 0:
+    if len(reg) and bool(reg.min() == reg.max()) and float(reg[0]) > 0:
         D = G + float(reg[0]) * torch.eye(k, dtype=Y.dtype, device=Y.device)
         Z = torch.cholesky_solve(Y.T, torch.linalg.cholesky(D)).T  # rows y_i D^-1
     for blk in blocks:
@@ -289,31 +281,62 @@ def _solve_side(X: torch.Tensor, Y: torch.Tensor, blocks: list[_Block], reg: tor
             t = torch.linalg.solve(M, rhs)
             X[blk.rows] = x0 - torch.bmm(Zg.transpose(1, 2), t)[:, :, 0]
             continue
-        if cg_steps == 0:
-            A = torch.bmm(Yg.transpose(1, 2), Yg * w[:, :, None])
-            A += G
-            A.diagonal(dim1=1, dim2=2).add_(lam)
-            L, info = torch.linalg.cholesky_ex(A)
-            if bool((info != 0).any()):  # only with regularization 0 and a singular system
-                X[blk.rows] = torch.linalg.lstsq(A, b[:, :, None]).solution[:, :, 0]
-            else:
-                X[blk.rows] = torch.cholesky_solve(b[:, :, None], L)[:, :, 0]
-            continue
+        A = torch.bmm(Yg.transpose(1, 2), Yg * w[:, :, None])
+        A += G
+        A.diagonal(dim1=1, dim2=2).add_(lam)
+        L, info = torch.linalg.cholesky_ex(A)
+        if bool((info != 0).any()):  # only with regularization 0 and a singular system
+            X[blk.rows] = torch.linalg.lstsq(A, b[:, :, None]).solution[:, :, 0]
+        else:
+            X[blk.rows] = torch.cholesky_solve(b[:, :, None], L)[:, :, 0]
 
-        x = X[blk.rows]
-        r = b - _matvec(x, G, Yg, w, lam)
+
+class _CsrSide:
+    """One side's observed entries as a CSR matrix, for conjugate-gradient sweeps whose products
+    are a sampled dense-dense product (SDDMM) and a sparse-dense one (SpMM):
+    ``A v = w0 G v + C_w (Y v per entry) Y + lambda v``, ``O(nnz k)`` a step."""
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, conf: np.ndarray,
+                 size: tuple[int, int], weight: float, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        self.crow = torch.as_tensor(indptr, device=device)
+        self.col = torch.as_tensor(indices, device=device)
+        self.size = size
+        self.weight = weight
+        c = torch.as_tensor(conf, dtype=dtype, device=device)
+        self.w = c - weight
+        self.C = self._csr(c)
+
+    def _csr(self, values: torch.Tensor) -> torch.Tensor:
+        import warnings as _w
+
+        with _w.catch_warnings():
+            _w.simplefilter("ignore")  # "sparse CSR support is in beta"
+            return torch.sparse_csr_tensor(self.crow, self.col, values, self.size)
+
+    def _matvec(self, V: torch.Tensor, Y: torch.Tensor, G: torch.Tensor,
+                lam: torch.Tensor) -> torch.Tensor:
+        t = torch.sparse.sampled_addmm(self.C, V, Y.T, beta=0.0).values()  # v_x . y per entry
+        return V @ G + self._csr(t * self.w) @ Y + lam * V
+
+    def solve(self, X: torch.Tensor, Y: torch.Tensor, reg: torch.Tensor, steps: int) -> None:
+        G = self.weight * (Y.T @ Y)
+        lam = reg[:, None]
+        b = self.C @ Y
+        x = X.clone()
+        r = b - self._matvec(x, Y, G, lam)
         p = r.clone()
         rs = (r * r).sum(1, keepdim=True)
-        for _ in range(cg_steps):
-            Ap = _matvec(p, G, Yg, w, lam)
+        for _ in range(steps):
+            Ap = self._matvec(p, Y, G, lam)
             denom = (p * Ap).sum(1, keepdim=True)
             a = torch.where(denom > 0, rs / denom.clamp_min(1e-30), torch.zeros_like(rs))
-            x = x + a * p
-            r = r - a * Ap
+            x += a * p
+            r -= a * Ap
             rs_new = (r * r).sum(1, keepdim=True)
             p = r + torch.where(rs > 0, rs_new / rs.clamp_min(1e-30), torch.zeros_like(rs)) * p
             rs = rs_new
-        X[blk.rows] = x
+        X.copy_(x)
 
 
 def implicit_als(
@@ -371,8 +394,13 @@ def implicit_als(
         Q = (torch.randn(n, rank, generator=gen, dtype=torch.float64) * init_std).to(device, dtype)
     else:
         P, Q = (t.detach().to(device, dtype).clone() for t in init)
-    ublocks = _blocks(R.indptr, R.indices, R.conf, rank, dtype, device, max_floats)
-    iblocks = _blocks(R.t_indptr, R.t_indices, R.t_conf, rank, dtype, device, max_floats)
+    sides: list[Any]
+    if cg_steps:  # conjugate gradient on CSR products: nothing gathered per entry
+        sides = [_CsrSide(R.indptr, R.indices, R.conf, (m, n), weight, dtype, device),
+                 _CsrSide(R.t_indptr, R.t_indices, R.t_conf, (n, m), weight, dtype, device)]
+    else:
+        sides = [_blocks(R.indptr, R.indices, R.conf, rank, dtype, device, max_floats),
+                 _blocks(R.t_indptr, R.t_indices, R.t_conf, rank, dtype, device, max_floats)]
 
     def regs(indptr: np.ndarray, n_other: int) -> torch.Tensor:
         cnt = np.diff(indptr).astype(np.float64)
@@ -382,8 +410,11 @@ def implicit_als(
     ureg, ireg = regs(R.indptr, n), regs(R.t_indptr, m)
     with torch.no_grad():
         for it in range(iterations):
-            _solve_side(P, Q, ublocks, ureg, weight, cg_steps)
-            _solve_side(Q, P, iblocks, ireg, weight, cg_steps)
+            for X, Y, side, reg in ((P, Q, sides[0], ureg), (Q, P, sides[1], ireg)):
+                if cg_steps:
+                    side.solve(X, Y, reg, cg_steps)
+                else:
+                    _solve_side(X, Y, side, reg, weight)
             if callback is not None:
                 callback(it, P, Q)
     return P, Q
@@ -631,13 +662,15 @@ def fit_ranking(
     seed: int | None = 0,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    cg_steps: int = 0,
     callback: Callable[[int, float], Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """What ``MatrixFactorization(task='ranking').fit`` runs; returns ``(P, Q, item_bias)``.
 
     ``loss='squared'``: implicit-feedback ALS (:func:`implicit_als`) with confidence
     ``1 + alpha * r``, unobserved weight ``RANKING_DEFAULTS['weight']`` and ``lambda = beta``,
-    ``epochs`` sweeps (15 by default); ``item_bias`` is ``None``. ``'bpr'``, ``'warp'`` or a
+    ``epochs`` sweeps (15 by default), each row solved exactly or by ``cg_steps`` conjugate
+    gradient steps; ``item_bias`` is ``None``. ``'bpr'``, ``'warp'`` or a
     function ``loss(score_positive, score_negative)``: :func:`fit_pairwise` with Adam
     (``lr`` 0.01, ``batch_size`` 1024, ``epochs`` 30 by default) and L2 ``beta`` on the rows of
     each batch, scaled down by the rank (``beta / (100 * rank)``, so the shared default ``beta``
@@ -660,7 +693,8 @@ def fit_ranking(
         P, Q = implicit_als(
             R, rank, weight=w0, regularization=beta,
             iterations=RANKING_DEFAULTS["iterations"] if epochs is None else epochs,
-            init_std=init_std, seed=seed, dtype=dtype, device=device, callback=after,
+            init_std=init_std, seed=seed, dtype=dtype, device=device, cg_steps=cg_steps,
+            callback=after,
         )
         return P, Q, None
     P, Q, b = fit_pairwise(
