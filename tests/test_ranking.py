@@ -550,3 +550,33 @@ def test_short_rows_woodbury_and_long_rows_cholesky_agree_with_dense(scale: floa
                                       0.3 * (counts[u] + 0.5 * 40) ** scale, 0.5)
                     for u in range(30)])
     np.testing.assert_allclose(P1.numpy(), ref, rtol=1e-8, atol=1e-10)
+
+
+def test_gradient_solver_on_the_gram_trick_term_reaches_the_als_objective() -> None:
+    # issue 12: the all-unobserved term is usable by a gradient solver (autograd through
+    # implicit_loss, never densified): L-BFGS on (P, Q) reaches the objective ALS reaches
+    r = _tiny(seed=10, m=12, n=9, density=0.4)
+    conf = confidence(r.values, alpha=1.0)
+    R = InteractionMatrix.from_ratings(r, conf)
+    lam, w0 = 0.5, 0.5
+    P0, Q0 = implicit_als(R, 2, weight=w0, regularization=lam, iterations=200,
+                          dtype=torch.float64)
+    als_value = implicit_objective(P0, Q0, R, w0, lam)
+    g = torch.Generator().manual_seed(0)
+    P = (0.1 * torch.randn(12, 2, generator=g, dtype=torch.float64)).requires_grad_()
+    Q = (0.1 * torch.randn(9, 2, generator=g, dtype=torch.float64)).requires_grad_()
+    u, i = torch.as_tensor(r.users.astype(np.int64)), torch.as_tensor(r.items.astype(np.int64))
+    c = torch.as_tensor(conf)
+    opt = torch.optim.LBFGS([P, Q], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14,
+                            line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        value = implicit_loss(P, Q, u, i, c, w0) + lam * (P.square().sum() + Q.square().sum())
+        value.backward()
+        return value
+
+    for _ in range(5):
+        opt.step(closure)
+    grad_value = implicit_objective(P.detach(), Q.detach(), R, w0, lam)
+    assert abs(grad_value - als_value) < 1e-6 * max(1.0, abs(als_value))
