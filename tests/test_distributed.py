@@ -14,6 +14,7 @@ import torch.distributed as dist
 import autofact
 from autofact import distributed
 from autofact.objective import Objective
+from autofact.sharding import ShardPlan
 
 from .dist_worker import gradient_on_held_grads, mean_with_zero_weights, model, planted
 
@@ -96,3 +97,27 @@ def test_cli_fit_under_torchrun_saves_the_single_process_model(tmp_path):
                                           dtype="float64", device="cpu").fit(autofact.read(data))
     np.testing.assert_allclose(shared.user_factors_, single.user_factors_, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(shared.item_factors_, single.item_factors_, rtol=1e-7, atol=1e-9)
+
+
+class _TwoProcessPlan(ShardPlan):
+    """A stand-in plan that says two processes share the fit (no collectives are called)."""
+
+    world_size = 2
+
+
+def test_objective_built_with_the_one_process_plan_is_the_plain_objective():
+    # issue 11, item 7: the objective takes an explicit plan; None is the one-process identity
+    r = planted()
+    plain = Objective(r, bias=True, beta=0.5, dtype="float64")
+    planned = Objective(r, bias=True, beta=0.5, dtype="float64", plan=ShardPlan())
+    assert plain.plan.world_size == 1 and plain.plan.is_main and plain.plan.owns_regularizer
+    p1, p2 = plain.init_params(3, seed=0), planned.init_params(3, seed=0)
+    assert plain.value_and_grad(p1) == planned.value_and_grad(p2)
+    assert ShardPlan().all_sum_float(2.5) == 2.5
+    assert not hasattr(autofact.MatrixFactorization(), "_objective_type")
+
+
+def test_ranking_task_refuses_a_shared_plan():
+    model = autofact.MatrixFactorization(task="ranking", epochs=1)
+    with pytest.raises(ValueError, match="task='ranking' trains in one process.*2 processes"):
+        model.fit(planted(), plan=_TwoProcessPlan())

@@ -20,35 +20,53 @@ step and the result is the single-process fit's, up to the order of floating-poi
 
 The full-batch solvers are supported: ``gd``, ``adam`` and ``lbfgs`` (``batch_size=None``).
 The mean rating and the initial factors are global too (summed and broadcast), and the
-regularizer is added once. ``autofact fit`` does all this itself when started by torchrun (its
-solver then defaults to ``adam``).
+regularizer is added once. How the sums are taken and which ratings each process holds is a
+:class:`~autofact.sharding.TorchShardPlan`, passed to ``model.fit(..., plan=)``. ``autofact fit``
+does all this itself when started by torchrun (its solver then defaults to ``adam``).
+
+**Faults.** Every collective waits at most ``timeout`` (:func:`init`, default
+:data:`DEFAULT_TIMEOUT` seconds; ``autofact fit --timeout``). A peer that is killed, frozen
+(``kill -STOP``) or cut off makes the others raise :class:`~autofact.sharding.PeerLostError`
+("rank N stopped responding ...") within that time; ``autofact fit`` then exits with status 1.
+A checkpoint (``fit(..., checkpoint=DIR)``) is written atomically by rank 0, so the last one
+stays intact: run the same command again to resume.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from .data import Ratings, as_ratings
-from .model import MatrixFactorization
-from .objective import Objective, Params
+from .data import as_ratings
+from .sharding import TorchShardPlan
 
-__all__ = ["init", "fit", "is_main_process", "shutdown"]
+if TYPE_CHECKING:
+    from .model import MatrixFactorization
+
+__all__ = ["init", "fit", "is_main_process", "shutdown", "DEFAULT_TIMEOUT"]
 
 SOLVERS = ("gd", "adam", "lbfgs")
+#: Seconds a collective waits for the other processes before the fit gives up on them.
+DEFAULT_TIMEOUT = 300.0
+#: Seconds of the timeout kept back to find out which rank stopped answering.
+_DIAGNOSIS = 3.0
 
 
-def init(backend: str | None = None) -> tuple[int, int]:
+def init(backend: str | None = None, timeout: float | None = None) -> tuple[int, int]:
     """Join the process group torchrun describes (its environment variables); returns
     ``(rank, world_size)``. ``backend`` defaults to ``'nccl'`` when CUDA is available, else
     ``'gloo'``; on CUDA each process takes the GPU numbered by its ``LOCAL_RANK``.
-    Calling it again is harmless."""
+    ``timeout``: seconds a collective (a sum, a broadcast) waits for a peer before the fit
+    fails naming it (default :data:`DEFAULT_TIMEOUT`). Calling it again is harmless."""
     if not dist.is_available():
         raise RuntimeError("this PyTorch build has no torch.distributed support")
+    seconds = DEFAULT_TIMEOUT if timeout is None else timeout
+    if not (isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     if not dist.is_initialized():
         missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
                    if v not in os.environ]
@@ -62,7 +80,10 @@ def init(backend: str | None = None) -> tuple[int, int]:
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
+        # the collectives' own limit, less the few seconds the survivors take to find out which
+        # rank is gone (sharding.TorchShardPlan), so that they give up within `timeout`
+        wait = max(seconds - _DIAGNOSIS, seconds / 2)
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=wait))
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -79,10 +100,12 @@ def is_main_process() -> bool:
 
 
 def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
-        group: Any = None) -> MatrixFactorization:
-    """``model.fit(ratings, validation)`` with the work shared by the processes of ``group``
-    (default: all of them). Every process must call it with the same ratings and model
-    settings; every process ends with the same fitted model."""
+        group: Any = None, **fit_kwargs: Any) -> MatrixFactorization:
+    """``model.fit(ratings, validation=validation, plan=TorchShardPlan(group), **fit_kwargs)``:
+    the work shared by the processes of ``group`` (default: all of them). Every process must
+    call it with the same ratings and model settings; every process ends with the same fitted
+    model. ``fit_kwargs``: ``checkpoint=`` and ``checkpoint_every=`` (rank 0 writes; the
+    folder must be one every process can read, to resume)."""
     if model.solver not in SOLVERS:
         raise ValueError(
             f"distributed training runs full-batch gradient solvers: set solver to one of "
@@ -98,59 +121,7 @@ def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
             "script started by torchrun"
         )
     train = as_ratings(ratings, "ratings")
-    world = dist.get_world_size(group)
-    if len(train) < world:
-        raise ValueError(f"{len(train)} ratings cannot be shared by {world} processes")
-    model._objective_type = lambda r, **kw: _ShardObjective(r, group=group, **kw)  # type: ignore[attr-defined]
-    try:
-        return model.fit(train, validation=validation)
-    finally:
-        del model._objective_type  # type: ignore[attr-defined]
-
-
-class _ShardObjective(Objective):
-    """The objective over this process's share of the ratings, summed over the group."""
-
-    def __init__(self, ratings: Ratings, *, group: Any = None, **kwargs: Any) -> None:
-        self.group = group
-        rank, world = dist.get_rank(group), dist.get_world_size(group)
-        n = len(ratings)
-        shard = ratings.subset(np.arange(n * rank // world, n * (rank + 1) // world))
-        self._owns_regularizer = rank == 0
-        self._reduce_device = torch.device("cuda") if dist.get_backend(group) == "nccl" else None
-        super().__init__(shard, **kwargs)
-
-    def _collective(self, t: torch.Tensor, op: Any) -> None:
-        """``op(tensor)`` in place on ``t``, through a CUDA copy when the backend (nccl) cannot
-        take ``t``'s device."""
-        if self._reduce_device is not None and t.device.type != "cuda":
-            moved = t.detach().to(self._reduce_device)
-            op(moved)
-            with torch.no_grad():
-                t.copy_(moved)
-        else:
-            op(t)
-
-    def _all_sum(self, tensors: list[torch.Tensor]) -> None:
-        for t in tensors:
-            self._collective(t, lambda x: dist.all_reduce(x, group=self.group))
-
-    def value_and_grad(self, params: Params) -> float:
-        # the all-reduce must see this call's gradient alone: what .grad already held would be
-        # summed over the processes too, so it is set aside and added back after
-        held = {k: p.grad for k, p in params.items()}
-        for p in params.values():
-            p.grad = None
-        value = super().value_and_grad(params)
-        for k, p in params.items():
-            old = held[k]
-            if old is not None and p.grad is not None:
-                p.grad = old.add_(p.grad)
-        return value
-
-    def init_params(self, rank: int, seed: int | None = 0, init_std: float = 0.1) -> Params:
-        params = super().init_params(rank, seed=seed, init_std=init_std)
-        src = dist.get_global_rank(self.group, 0) if self.group is not None else 0
-        for p in params.values():  # the same start everywhere, seeded or not
-            self._collective(p, lambda x: dist.broadcast(x, src=src, group=self.group))
-        return params
+    plan = TorchShardPlan(group)
+    if len(train) < plan.world_size:
+        raise ValueError(f"{len(train)} ratings cannot be shared by {plan.world_size} processes")
+    return model.fit(train, validation=validation, plan=plan, **fit_kwargs)

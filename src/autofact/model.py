@@ -18,6 +18,7 @@ from .index import ModelIndex
 from .losses import LOSSES, Loss, check_targets, clips_to_range, get_loss, inverse_link
 from .objective import Objective, resolve_device, resolve_dtype
 from .regularizers import REGULARIZERS, Regularizer
+from .sharding import ShardPlan
 from .solvers import DEFAULT_EPOCHS, DEFAULT_LR, choose_solver, fit_params
 
 if TYPE_CHECKING:
@@ -268,7 +269,8 @@ class MatrixFactorization:
         return solver, float(lr), int(epochs)
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X: Any, y: Any = None, *, validation: Any = None) -> MatrixFactorization:
+    def fit(self, X: Any, y: Any = None, *, validation: Any = None,
+            plan: ShardPlan | None = None) -> MatrixFactorization:
         """Fit on ratings: ``X`` a :class:`Ratings` (or any form it is built from: a scipy.sparse
         matrix, a masked or NaN-dense array, a DataFrame with user/item/rating columns), or ``X``
         an ``(n, 2)`` array of (user id, item id) pairs with their ratings in ``y`` (the
@@ -276,6 +278,10 @@ class MatrixFactorization:
 
         ``validation`` (the same forms as ``X``, or a tuple ``(pairs, ratings)``) is scored after
         every epoch into ``history_`` by the same rule as :meth:`score` (its RMSE).
+
+        ``plan`` (:mod:`autofact.sharding`) shares the fit between processes: which ratings this
+        one holds and how sums are taken; ``None`` is one process.
+        :func:`autofact.distributed.fit` passes a :class:`~autofact.sharding.TorchShardPlan`.
         """
         start = time.perf_counter()
         if isinstance(y, Ratings):
@@ -284,6 +290,11 @@ class MatrixFactorization:
                 "pass validation data by name: fit(train, validation=test)"
             )
         if self.task != "rating":
+            if plan is not None and plan.world_size > 1:
+                raise ValueError(
+                    f"task={self.task!r} trains in one process; a plan shared by "
+                    f"{plan.world_size} processes is not supported for it: fit without plan="
+                )
             return self._fit_ranking(X, y, validation, start)
         solver, lr, epochs = self._validate()
         for what in ("loss", "regularization"):
@@ -301,11 +312,10 @@ class MatrixFactorization:
             train, validation = random_split(train, self.validation_fraction, seed=self.seed)
         loss_fn = get_loss(self.loss)
         check_targets(loss_fn, train.values)
-        # autofact.distributed.fit swaps in its sharded objective here, for one call
-        make_objective = getattr(self, "_objective_type", Objective)
-        obj = make_objective(
+        obj = Objective(
             train, loss=loss_fn, regularization=self.regularization, beta=self.beta,
             bias=self.bias, device=self.device, dtype=self.dtype, max_memory=self.max_memory,
+            plan=plan,
         )
         params = obj.init_params(self.rank, seed=self.seed, init_std=self.init_std)
         fallback = obj.mu if self.bias else obj._best_constant()

@@ -29,6 +29,7 @@ from ._newton import damped_newton
 from .data import Ratings
 from .losses import Loss, get_loss
 from .regularizers import Regularizer, get_regularizer
+from .sharding import ShardPlan
 from .sparse import build_patterns, gather_dot, prepare_transposes
 
 __all__ = ["Objective", "check_loss", "check_regularizer", "diagonal_derivatives", "loss_probe",
@@ -207,6 +208,10 @@ def check_regularizer(reg: Regularizer, dtype: torch.dtype) -> None:
 class Objective:
     """The objective ``J`` above for one :class:`Ratings`, on one device and dtype.
 
+    ``plan`` (:mod:`autofact.sharding`) says which of the ratings this process holds and how
+    the sums over processes are taken; ``None`` is one process (every rating, sums the
+    identity). With several processes every value and gradient is the sum over all of them.
+
     >>> obj = Objective(ratings, loss="squared", regularization="l2", beta=0.02)
     >>> params = obj.init_params(rank=8, seed=0)
     >>> value = obj.value_and_grad(params)   # fills params[...].grad
@@ -224,6 +229,7 @@ class Objective:
         dtype: Any = torch.float32,
         max_memory: int = 256 * 2**20,
         global_mean: float | None = None,
+        plan: ShardPlan | None = None,
     ) -> None:
         if not isinstance(ratings, Ratings):
             raise TypeError(
@@ -240,6 +246,10 @@ class Objective:
         check_regularizer(self.reg, self.dtype)
         self.bias = bool(bias)
         self.shape = ratings.shape
+        # which ratings this process holds and how sums over processes are taken
+        # (autofact.sharding; one process: all of them, and the identity)
+        self.plan = ShardPlan() if plan is None else plan
+        ratings = self.plan.share(ratings)
         self.nnz = len(ratings)
         dev, dt = self.device, self.dtype
         self.users = _tensor(ratings.users).to(dev)
@@ -263,18 +273,6 @@ class Objective:
             first = self.patterns[0]
             check_loss_on_block(self.loss, self.values[first.start : first.stop], self.mu)
 
-    #: Whether this objective adds the regularizer (a sharded objective adds it on one process).
-    _owns_regularizer = True
-
-    def _all_sum(self, tensors: list[torch.Tensor]) -> None:
-        """Sum ``tensors`` in place over every process sharing the objective: a no-op here;
-        :mod:`autofact.distributed` overrides it with an all-reduce."""
-
-    def _all_sum_float(self, x: float) -> float:
-        t = torch.tensor([x], dtype=torch.float64, device=self.device)
-        self._all_sum([t])
-        return float(t[0])
-
     def _best_constant(self, iters: int = 100) -> float:
         """The constant prediction that minimizes the weighted loss: the mean rating for the
         squared loss, the logit of the mean for the logistic, the log of the mean for Poisson.
@@ -290,9 +288,9 @@ class Objective:
             yy = y[s : s + step].double()
             ww = w[s : s + step].double() if w is not None else torch.ones_like(yy)
             sums += torch.stack([(yy * ww).sum(), ww.sum(), yy.sum()])
-        self._all_sum([sums])
+        self.plan.all_sum([sums])
         num, den, plain = (float(v) for v in sums)
-        mean = num / den if den > 0 else plain / self._all_sum_float(float(len(y)))
+        mean = num / den if den > 0 else plain / self.plan.all_sum_float(float(len(y)))
 
         def part(x: torch.Tensor, s: int) -> torch.Tensor:
             yy = y[s : s + step]
@@ -302,7 +300,8 @@ class Objective:
         def f(c: float) -> float:
             x = torch.tensor(c, dtype=torch.float64, device=self.device)
             with torch.no_grad():
-                return self._all_sum_float(sum(float(part(x, s)) for s in range(0, len(y), step)))
+                local = sum(float(part(x, s)) for s in range(0, len(y), step))
+                return self.plan.all_sum_float(local)
 
         def derivatives(c: float) -> tuple[float, float]:
             g = h = 0.0
@@ -311,7 +310,7 @@ class Objective:
                 d1, d2, _ = diagonal_derivatives(functools.partial(part, s=s), x)
                 g, h = g + float(d1), h + float(d2)
             gh = torch.tensor([g, h], dtype=torch.float64, device=self.device)
-            self._all_sum([gh])
+            self.plan.all_sum([gh])
             return float(gh[0]), float(gh[1])
 
         # start from the better of the mean and zero (for a log link the mean is far off)
@@ -338,7 +337,9 @@ class Objective:
         if self.bias:
             params["bu"] = torch.zeros(m, dtype=torch.float64)
             params["bi"] = torch.zeros(n, dtype=torch.float64)
-        return {k: v.to(self.device, self.dtype).requires_grad_() for k, v in params.items()}
+        out = {k: v.to(self.device, self.dtype) for k, v in params.items()}
+        self.plan.broadcast(list(out.values()))  # rank 0's start everywhere, seeded or not
+        return {k: v.requires_grad_() for k, v in out.items()}
 
     def regularization(self, params: Params, scale: float = 1.0) -> torch.Tensor:
         total = sum(self.reg(p) for p in params.values())
@@ -400,19 +401,24 @@ class Objective:
             total = torch.zeros((), dtype=self.dtype, device=self.device)
             for pat in self.patterns:
                 total += self.entry_loss(self._block_pred(params, pat), pat.start, pat.stop).sum()
-            if self._owns_regularizer:
+            if self.plan.owns_regularizer:
                 for p in params.values():
                     for rows in self._reg_slices(p):
                         total += self.reg(p[rows]).reshape(())
-            self._all_sum([total])
+            self.plan.all_sum([total])
             return total
         # Each block's backward adds its gradients straight into the full gradient buffers
         # (gather_dot's ``into``): its rows' slice for P and bu, the whole of Q and bi. The block
         # works on detached leaves, so autograd itself allocates no gradient tensors.
         if "Q" in params and params["Q"].requires_grad:
             prepare_transposes(self.patterns)
+        # with several processes the sum must see this call's gradient alone: what .grad held
+        # would be summed over the processes too, so it is added after the sum
+        shared = self.plan.world_size > 1
+        held = {k: v.grad for k, v in params.items()} if shared else {}
         grads: dict[str, torch.Tensor] = {
-            k: torch.zeros_like(v) if v.grad is None else v.grad for k, v in params.items()
+            k: torch.zeros_like(v) if v.grad is None or shared else v.grad
+            for k, v in params.items()
         }
         leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
         total = torch.zeros((), dtype=self.dtype, device=self.device)
@@ -427,11 +433,12 @@ class Objective:
                                     pat.stop).sum()
                 s.backward()
                 total += s.detach()
-        if self._owns_regularizer:
+        if self.plan.owns_regularizer:
             total += self._regularize_into(params, grads)
-        self._all_sum([total, *grads.values()])
+        self.plan.all_sum([total, *grads.values()])
         for name, param in params.items():
-            param.grad = grads[name]
+            old = held.get(name)
+            param.grad = grads[name] if old is None else old.add_(grads[name])
         return total
 
     # ------------------------------------------------------------------ mini-batches

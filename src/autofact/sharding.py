@@ -1,0 +1,206 @@
+"""How the processes that share one fit take their sums, and which ratings each one holds.
+
+An :class:`~autofact.objective.Objective` is built with a plan (``Objective(..., plan=)``,
+``MatrixFactorization.fit(..., plan=)``); it never asks how many processes there are:
+
+=====================  ===========================================================================
+``ShardPlan()``        one process: every sum is the identity, this process holds every rating,
+                       owns the regularizer and starts from its own initial factors
+``TorchShardPlan()``   the processes of a ``torch.distributed`` group (launched by ``torchrun``):
+                       each holds a contiguous ``1/world_size`` share of the ratings (sorted by
+                       user, so the share is a range of users), sums are all-reduces, the
+                       initial factors are rank 0's, and rank 0 alone adds the regularizer
+=====================  ===========================================================================
+
+Both hold a full copy of the factors (data parallel over ratings). A collective that fails (a
+peer killed, frozen past the group's timeout, its connection lost) raises
+:class:`PeerLostError` naming the rank that stopped responding.
+
+>>> plan = ShardPlan()                      # what every single-process fit uses
+>>> plan.all_sum_float(2.5)
+2.5
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import Ratings
+
+__all__ = ["ShardPlan", "TorchShardPlan", "PeerLostError"]
+
+
+class PeerLostError(RuntimeError):
+    """A process sharing the fit stopped responding (killed, frozen past the timeout, or its
+    connection lost). ``ranks``: the ranks that did not answer, when they could be told."""
+
+    def __init__(self, message: str, ranks: Sequence[int] = ()) -> None:
+        super().__init__(message)
+        self.ranks = tuple(ranks)
+
+
+class ShardPlan:
+    """The one-process plan: sums are the identity and this process holds every rating.
+
+    A plan answers four questions for the objective and the training loop:
+
+    - ``share(ratings)``: the ratings this process holds (here: all of them);
+    - ``all_sum(tensors)`` / ``all_sum_float(x)``: a sum over the processes, in place (here:
+      nothing to add);
+    - ``broadcast(tensors)``: make every process start from rank 0's tensors (here: nothing);
+    - ``owns_regularizer`` / ``is_main``: whether this process adds the regularizer, and writes
+      files (checkpoints, the model).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes what the fit writes (checkpoints): rank 0."""
+        return self.rank == 0
+
+    @property
+    def owns_regularizer(self) -> bool:
+        """Whether this process adds the regularizer to its share (exactly one process does)."""
+        return self.rank == 0
+
+    def share(self, ratings: Ratings) -> Ratings:
+        """The ratings this process holds."""
+        return ratings
+
+    def all_sum(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Sum each tensor in place over the processes (a no-op with one process)."""
+
+    def all_sum_float(self, x: float) -> float:
+        """``x`` summed over the processes."""
+        t = torch.tensor([x], dtype=torch.float64)
+        self.all_sum([t])
+        return float(t[0])
+
+    def broadcast(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Overwrite each tensor in place with rank 0's (a no-op with one process)."""
+
+    def agree(self, value: int) -> bool:
+        """Whether every process passed the same ``value``."""
+        return True
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(rank={self.rank}, world_size={self.world_size})"
+
+
+class TorchShardPlan(ShardPlan):
+    """The processes of a ``torch.distributed`` group (default: all of them; the group must be
+    initialized, e.g. by :func:`autofact.distributed.init`).
+
+    Each process holds ratings ``[n*r/w, n*(r+1)/w)`` of the (user, item)-sorted ratings, for
+    rank ``r`` of ``w``. With the nccl backend, CPU tensors are summed through a CUDA copy.
+    A failed collective raises :class:`PeerLostError` naming the rank that stopped answering
+    (found through the rendezvous store when it is reachable; with two processes it is the
+    other one).
+    """
+
+    def __init__(self, group: Any = None) -> None:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError(
+                "no torch.distributed process group: call autofact.distributed.init() first, in a "
+                "script started by torchrun"
+            )
+        self._dist = dist
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+        self._device = torch.device("cuda") if dist.get_backend(group) == "nccl" else None
+        self._src = dist.get_global_rank(group, 0) if group is not None else 0
+        self._calls = 0
+
+    def share(self, ratings: Ratings) -> Ratings:
+        n, r, w = len(ratings), self.rank, self.world_size
+        if n < w:
+            raise ValueError(f"{n} ratings cannot be shared by {w} processes")
+        return ratings.subset(np.arange(n * r // w, n * (r + 1) // w))
+
+    def _collective(self, tensors: Sequence[torch.Tensor],
+                    op: Callable[[torch.Tensor], Any]) -> None:
+        """``op(t)`` in place on each tensor (through a CUDA copy when nccl cannot take its
+        device); a failure becomes :class:`PeerLostError`."""
+        self._calls += 1
+        try:
+            for t in tensors:
+                if self._device is not None and t.device.type != "cuda":
+                    moved = t.detach().to(self._device)
+                    op(moved)
+                    with torch.no_grad():
+                        t.copy_(moved)
+                else:
+                    op(t)
+        except (RuntimeError, ConnectionError) as exc:  # gloo/nccl: DistBackendError, timeouts
+            raise self._lost(exc) from exc
+
+    def all_sum(self, tensors: Sequence[torch.Tensor]) -> None:
+        dist = self._dist
+        self._collective(tensors, lambda x: dist.all_reduce(x, group=self.group))
+
+    def broadcast(self, tensors: Sequence[torch.Tensor]) -> None:
+        dist = self._dist
+        self._collective(tensors, lambda x: dist.broadcast(x, src=self._src, group=self.group))
+
+    def agree(self, value: int) -> bool:
+        t = torch.tensor([value, -value], dtype=torch.float64)
+        dist = self._dist
+        self._collective([t], lambda x: dist.all_reduce(x, op=dist.ReduceOp.MAX,
+                                                        group=self.group))
+        return int(t[0]) == value and int(-t[1]) == value
+
+    # ------------------------------------------------------------------ faults
+    def _lost(self, exc: BaseException) -> PeerLostError:
+        ranks = self._silent_ranks()
+        who = (f"rank {ranks[0]}" if len(ranks) == 1
+               else f"ranks {', '.join(map(str, ranks))}" if ranks else "a peer")
+        detail = " ".join(str(exc).split())[:300]
+        return PeerLostError(
+            f"{who} stopped responding (killed, frozen past the timeout, or its connection "
+            f"lost); rank {self.rank} of {self.world_size} gives up ({type(exc).__name__}: "
+            f"{detail}). The last checkpoint, if any, is intact: run the same command again to "
+            "resume from it",
+            ranks,
+        )
+
+    def _silent_ranks(self, grace: float = 3.0) -> list[int]:
+        """The ranks that do not check in at the rendezvous store within ``grace`` seconds of
+        this failure (every survivor checks in as it fails); with two processes, or when the
+        store is gone, the other processes."""
+        others = [r for r in range(self.world_size) if r != self.rank]
+        if self.world_size <= 2:
+            return others
+        try:
+            import torch.distributed as dist
+
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                  is_master=False, timeout=_seconds(grace))
+            key = f"autofact/alive/{self._calls}"
+            store.set(f"{key}/{self.rank}", "1")
+            deadline = time.monotonic() + grace
+            alive: set[int] = set()
+            while time.monotonic() < deadline:
+                alive = {r for r in others if store.check([f"{key}/{r}"])}
+                if len(alive) == len(others):
+                    break
+                time.sleep(0.1)
+            return [r for r in others if r not in alive]
+        except Exception:  # no store to ask (it lived in the lost process): name no one
+            return []
+
+
+def _seconds(x: float) -> Any:
+    import datetime
+
+    return datetime.timedelta(seconds=x)
