@@ -1,0 +1,220 @@
+"""How many threads autofact's operations get (issue 10).
+
+torch parallelizes each operation over its OpenMP threads and waits for all of them at the end of
+the operation. On a machine where another process competes for the cores, one of those threads is
+often not running, and every operation waits for it: measured on a 2-core machine at load 4-6, an
+elementwise product of 1M floats took 20 ms with one thread and 60 ms with two, and the default
+ALS fit of 1M ratings 3.2 s with one thread and 20-26 s with two. An operation gains from a second
+thread only when its work per thread outweighs that wait (hundreds of millions of multiply-adds).
+So autofact decides the number of threads from things that do not change while a program runs:
+
+1. the cap: ``n_threads=`` when given, else the first of ``AUTOFACT_NUM_THREADS``,
+   ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` that is set, else the usable cores: the CPUs in
+   :func:`os.sched_getaffinity` and the cgroup CPU quota (v2 ``cpu.max``, v1
+   ``cpu.cfs_quota_us / cpu.cfs_period_us``), whichever is smaller;
+2. the size of the operation: one thread per :data:`MIN_WORK_PER_THREAD` multiply-adds, at least
+   one and at most the cap.
+
+Never the momentary load: a seeded fit gives the same factors every time on the same machine (the
+thread count changes the order of floating-point sums, so 1 and 2 threads differ in the last
+digits).
+
+Nothing process-wide is changed behind the user's back: :func:`limit_threads` sets torch's thread
+count (and, through threadpoolctl, the BLAS libraries' count) for the duration of one of
+autofact's calls, and puts back what it found, in the same thread. ``torch.set_num_threads`` is
+process-wide, so two fits running at once in two Python threads each restore what they found and
+may briefly see each other's setting: give each ``n_threads=`` explicitly (the same value) when
+fitting from several threads at once.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ENV_VARS",
+    "MIN_WORK_PER_THREAD",
+    "check_n_threads",
+    "cgroup_cpu_limit",
+    "env_threads",
+    "limit_threads",
+    "max_threads",
+    "threads_for",
+    "usable_cores",
+    "use_threads",
+]
+
+#: Read in this order; the first one set is the cap when ``n_threads`` is not given.
+ENV_VARS = ("AUTOFACT_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+#: Multiply-adds one more thread must have before an operation gets it (2**27, about 0.1 s of
+#: one core's work): below that the wait for a descheduled thread on a shared machine costs more
+#: than the thread saves.
+MIN_WORK_PER_THREAD = 2**27
+
+
+def check_n_threads(n_threads: object, name: str = "n_threads") -> int | None:
+    """``n_threads`` as an int, or ``None``; ``ValueError`` for anything but a positive int."""
+    if n_threads is None:
+        return None
+    if isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral) \
+            or n_threads < 1:
+        raise ValueError(f"{name} must be a positive int or None (the thread policy decides), "
+                         f"got {n_threads!r}")
+    return int(n_threads)
+
+
+def _affinity_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def cgroup_cpu_limit(root: str | Path = "/sys/fs/cgroup",
+                     proc_cgroup: str | Path = "/proc/self/cgroup") -> float | None:
+    """The CPU quota of this process's cgroup in cores (``1.5`` = 150 ms per 100 ms), or
+    ``None`` when there is none (or no cgroup file system). The smallest quota from the
+    process's cgroup up to the root of the mount counts, for cgroup v2 (``cpu.max``) and v1
+    (``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``)."""
+    root = Path(root)
+    limits: list[float] = []
+    for line in (_read(Path(proc_cgroup)) or "").splitlines():
+        # v2: "0::/path"; v1: "4:cpu,cpuacct:/path"
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        controllers, rel = parts[1], parts[2].strip("/")
+        if controllers == "":
+            mounts, name = [root], "cpu.max"
+        elif "cpu" in controllers.split(","):
+            mounts, name = [root / "cpu", root / controllers], "cpu.cfs_quota_us"
+        else:
+            continue
+        for mount in mounts:
+            # the process's cgroup and its ancestors; inside a container the path is often
+            # absent under the container's own mount, whose root is then the cgroup
+            node = mount / rel if rel else mount
+            for d in [node, *node.parents]:
+                limit = _quota(d, name)
+                if limit is not None:
+                    limits.append(limit)
+                if d == mount:
+                    break
+    return min(limits) if limits else None
+
+
+def _quota(d: Path, name: str) -> float | None:
+    text = _read(d / name)
+    if text is None:
+        return None
+    try:
+        if name == "cpu.max":
+            quota, _, period = text.partition(" ")
+            if quota == "max":
+                return None
+            return int(quota) / int(period or "100000")
+        quota_us = int(text)
+        period_us = _read(d / "cpu.cfs_period_us")
+        if quota_us <= 0 or not period_us:
+            return None
+        return quota_us / int(period_us)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by the cgroup quota (rounded up:
+    a quota of 1.5 cores gives 2 threads)."""
+    cores = _affinity_cores()
+    quota = cgroup_cpu_limit()
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return cores
+
+
+def env_threads(environ: Mapping[str, str] | None = None) -> int | None:
+    """The thread count the environment asks for: the first of :data:`ENV_VARS` that is set
+    (OpenMP's ``OMP_NUM_THREADS=4,2`` gives 4), or ``None``. A malformed ``AUTOFACT_NUM_THREADS``
+    is an error; the other two belong to other libraries and are skipped when malformed."""
+    env = os.environ if environ is None else environ
+    for var in ENV_VARS:
+        raw = env.get(var, "").strip()
+        if not raw:
+            continue
+        try:
+            value = int(raw.split(",")[0])
+        except ValueError:
+            value = 0
+        if value >= 1:
+            return value
+        if var == "AUTOFACT_NUM_THREADS":
+            raise ValueError(f"AUTOFACT_NUM_THREADS must be a positive int, got {raw!r}; set it "
+                             "to e.g. 1 or unset it (the cores available decide)")
+    return None
+
+
+def max_threads(n_threads: int | None = None, *, environ: Mapping[str, str] | None = None) -> int:
+    """The cap: ``n_threads`` if given, else the environment (:func:`env_threads`), else
+    :func:`usable_cores`."""
+    n = check_n_threads(n_threads)
+    if n is not None:
+        return n
+    n = env_threads(environ)
+    return n if n is not None else usable_cores()
+
+
+def threads_for(work: float, cap: int) -> int:
+    """Threads for an operation of ``work`` multiply-adds under the cap ``cap``: one per
+    :data:`MIN_WORK_PER_THREAD`, at least 1, at most ``cap``."""
+    return max(1, min(int(cap), int(work // MIN_WORK_PER_THREAD)))
+
+
+@contextmanager
+def limit_threads(n: int) -> Iterator[int]:
+    """Run the block with ``n`` torch intra-op threads (and at most ``n`` BLAS threads, through
+    threadpoolctl), then put back the counts found on entry. Enter and exit in the same thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    blas = _limit_blas(n)
+    try:
+        if n != before:
+            torch.set_num_threads(n)
+        yield n
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+        if blas is not None:
+            blas.restore_original_limits()
+
+
+def _limit_blas(n: int) -> Any:
+    """threadpoolctl's limit on the BLAS libraries loaded now (numpy's, scipy's), or ``None``
+    when none has more than ``n`` threads (nothing to change, nothing to restore)."""
+    from threadpoolctl import ThreadpoolController
+
+    blas = ThreadpoolController().select(user_api="blas")
+    if all(lib.num_threads <= n for lib in blas.lib_controllers):
+        return None
+    return blas.limit(limits=n)
+
+
+@contextmanager
+def use_threads(work: float, n_threads: int | None = None) -> Iterator[int]:
+    """The policy as a context: ``with use_threads(work, n_threads) as n:`` runs the block with
+    ``threads_for(work, max_threads(n_threads))`` threads (see :func:`limit_threads`)."""
+    with limit_threads(threads_for(work, max_threads(n_threads))) as n:
+        yield n
