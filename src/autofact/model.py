@@ -270,7 +270,8 @@ class MatrixFactorization:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X: Any, y: Any = None, *, validation: Any = None,
-            plan: ShardPlan | None = None) -> MatrixFactorization:
+            plan: ShardPlan | None = None, checkpoint: str | os.PathLike[str] | None = None,
+            checkpoint_every: int = 1) -> MatrixFactorization:
         """Fit on ratings: ``X`` a :class:`Ratings` (or any form it is built from: a scipy.sparse
         matrix, a masked or NaN-dense array, a DataFrame with user/item/rating columns), or ``X``
         an ``(n, 2)`` array of (user id, item id) pairs with their ratings in ``y`` (the
@@ -282,6 +283,11 @@ class MatrixFactorization:
         ``plan`` (:mod:`autofact.sharding`) shares the fit between processes: which ratings this
         one holds and how sums are taken; ``None`` is one process.
         :func:`autofact.distributed.fit` passes a :class:`~autofact.sharding.TorchShardPlan`.
+
+        ``checkpoint`` (a folder): write the whole training state there every
+        ``checkpoint_every`` epochs, after the last one and on Ctrl-C, and resume from what an
+        earlier call left there, refusing one written for other data or settings (see
+        :mod:`autofact.checkpoint`). A fit killed and resumed ends as an uninterrupted one.
         """
         start = time.perf_counter()
         if isinstance(y, Ratings):
@@ -294,6 +300,10 @@ class MatrixFactorization:
                 raise ValueError(
                     f"task={self.task!r} trains in one process; a plan shared by "
                     f"{plan.world_size} processes is not supported for it: fit without plan="
+                )
+            if checkpoint is not None:
+                raise ValueError(
+                    f"checkpoint= is not available for task={self.task!r} yet; fit without it"
                 )
             return self._fit_ranking(X, y, validation, start)
         solver, lr, epochs = self._validate()
@@ -328,6 +338,21 @@ class MatrixFactorization:
             v = _as_ratings(vx, vy, "validation")
             check_targets(loss_fn, v.values, "validation ratings")
             val = _Validation(index, v)
+        ckpt = resumed = None
+        if checkpoint is not None:  # issue 11: find (and check) the state to resume from
+            from . import checkpoint as ck
+
+            ckpt = ck.Checkpointer(
+                checkpoint, checkpoint_every, plan=obj.plan, solver=solver,
+                settings=ck.settings_of(self.get_params()),
+                data=ck.data_fingerprint(train, None if val is None else v))
+            resumed = ckpt.resume()
+            if resumed is not None and resumed.epoch > epochs:
+                raise ValueError(
+                    f"checkpoint {str(ckpt.path)!r} is at epoch {resumed.epoch}, beyond "
+                    f"epochs={epochs}; ask for at least {resumed.epoch} epochs to resume, or "
+                    "pass another checkpoint folder to start over"
+                )
         # all checks passed: only now replace what an earlier fit left
         self.index_ = index
         self.global_mean_ = obj.mu
@@ -338,6 +363,22 @@ class MatrixFactorization:
         bar = _progress(epochs) if self.verbose else None
         stopper = _EarlyStopping(self.patience) if val is not None and self.patience else None
         best: int | None = None  # the epoch whose parameters are restored at the end
+        stopped = [resumed is not None and resumed.finished]  # early stopping said stop
+        if resumed is not None:
+            with torch.no_grad():
+                for k, p in params.items():
+                    p.copy_(torch.from_numpy(resumed.params[k]))
+            self.history_ = [{k: v for k, v in h.items() if k != "kept"}
+                             for h in resumed.history]
+            start -= float(self.history_[-1]["time"]) if self.history_ else 0.0
+            if stopper is not None and resumed.best_params is not None:
+                stopper.best, stopper.best_epoch = float(resumed.best or math.inf), \
+                    resumed.best_epoch
+                stopper.snapshot = {k: torch.from_numpy(a).to(params[k]) for k, a in
+                                    resumed.best_params.items()}
+            if bar is not None:
+                bar.update(resumed.epoch)
+
 
         def on_epoch(epoch: int, value: float, seconds: float) -> bool:
             rec: dict[str, Any] = {"epoch": epoch, "loss": value, "time": seconds}
@@ -347,20 +388,41 @@ class MatrixFactorization:
                 rec["val_rmse"] = val.rmse(params, self.global_mean_)
             if stopper is not None:
                 stop = stopper.update(epoch, rec["val_rmse"], params)
+                stopped[0] = stop
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k in ("loss", "val_rmse")})
                 bar.update(1)
             return stop
 
+        def on_state(epoch: int, state: Any, last: bool) -> None:
+            from .checkpoint import snapshot
+
+            assert ckpt is not None
+            has_best = stopper is not None and stopper.snapshot is not None
+            ckpt.epoch_end(snapshot(
+                epoch, state(), params, finished=stopped[0], solver=solver,
+                settings=ckpt.settings, data=ckpt.data, history=[dict(h) for h in self.history_],
+                best=stopper.best if has_best else None,  # type: ignore[union-attr]
+                best_epoch=stopper.best_epoch if has_best else None,  # type: ignore[union-attr]
+                best_params={k: v.cpu().numpy().copy() for k, v in
+                             stopper.snapshot.items()} if has_best else None,  # type: ignore
+            ), last)
+
         try:
             self.n_epochs_ = fit_params(
-                obj, params, solver=solver, epochs=epochs, lr=lr, batch_size=self.batch_size,
-                seed=self.seed, nonnegative=self.nonnegative, on_epoch=on_epoch, start_time=start,
+                obj, params, solver=solver, batch_size=self.batch_size, lr=lr,
+                epochs=resumed.epoch if resumed is not None and stopped[0] else epochs,
+                seed=self.seed, nonnegative=self.nonnegative, on_epoch=on_epoch,
+                start_time=start, on_state=None if ckpt is None else on_state,
+                resume=None if resumed is None else resumed.solver_state(),
             )
         except KeyboardInterrupt:
             # issue 8: fit_params left the parameters of the last finished epoch; keep a usable
-            # model of that epoch (exported below) and let the interrupt go on
+            # model of that epoch (exported below) and let the interrupt go on; issue 11: its
+            # state goes to the checkpoint first
             self.n_epochs_ = len(self.history_)
+            if ckpt is not None:
+                ckpt.interrupted()
             raise
         else:
             if stopper is not None and stopper.best_epoch is not None:

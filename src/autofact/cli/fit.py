@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import options as o
-from .common import ExitStatus, metrics_table, plot_history, print_json, say
+from .common import ExitStatus, UsageError, metrics_table, plot_history, print_json, say
 from .paths import check_distinct, check_output
 
 
@@ -63,6 +63,16 @@ def register(sub: Any) -> None:
     stop.add_argument("--patience", type=o.positive_int, metavar="N",
                       help="epochs without a better validation RMSE before stopping (default 5 "
                       "with --validation-fraction; without it, given --patience stops on --test)")
+    run = p.add_argument_group("checkpoints and faults (issue 11)")
+    run.add_argument("--checkpoint", type=o.output_path, metavar="DIR",
+                     help="write the training state to DIR/checkpoint.npz every "
+                     "--checkpoint-every epochs, at the end and on Ctrl-C; the same command "
+                     "again resumes from it (other data or settings are refused)")
+    run.add_argument("--checkpoint-every", type=o.positive_int, metavar="K",
+                     help="epochs between checkpoints (default 1; needs --checkpoint)")
+    run.add_argument("--timeout", type=o.positive_float, metavar="SECONDS",
+                     help="under torchrun: how long a process waits for a silent peer before "
+                     "the fit stops, naming its rank (default 300)")
     o.add_ratings_options(p)
     p.add_argument("--k", type=o.positive_int, default=10, help="k of the @k metrics (10)")
     p.add_argument("--threshold", type=o.finite, default=4.0,
@@ -83,8 +93,14 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         check_output(args.plot, "--plot", "plot", inputs)
         check_distinct({"--out": args.out, "--plot": args.plot})
 
+    if args.checkpoint_every is not None and args.checkpoint is None:
+        raise UsageError("--checkpoint-every needs --checkpoint DIR (where to write them)")
+    if args.checkpoint is not None and args.checkpoint.exists() and not args.checkpoint.is_dir():
+        raise UsageError(f"--checkpoint {str(args.checkpoint)!r} is a file; give a folder")
+
     from ..evaluation import evaluate, random_split
     from ..model import MatrixFactorization
+    from ..sharding import PeerLostError
 
     train = o.read_ratings(args.data, args)
     test = None
@@ -121,21 +137,27 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         from .. import distributed
 
         params.setdefault("solver", "adam")  # the full-batch solvers are the distributed ones
-        distributed.init()
+        distributed.init(timeout=args.timeout)
         main_process = distributed.is_main_process()
     model = MatrixFactorization(verbose=not args.quiet and main_process, **params)
+    saving: dict[str, Any] = {} if args.checkpoint is None else {
+        "checkpoint": args.checkpoint, "checkpoint_every": args.checkpoint_every or 1}
     start = time.perf_counter()
     if shared:
         try:
-            distributed.fit(model, train, validation=validation)
+            distributed.fit(model, train, validation=validation, **saving)
+        except PeerLostError as exc:  # issue 11: a peer was killed or froze: name it, exit 1
+            where = f" {args.checkpoint} holds the last checkpoint." if saving else ""
+            say(f"error: {exc}.{where}")
+            return ExitStatus.ERROR
         finally:
             distributed.shutdown()  # no collective work follows
     else:
         try:
             # a ranking model has no validation RMSE: its test set is scored by evaluate below
-            model.fit(train, validation=validation if model.task == "rating" else None)
+            model.fit(train, validation=validation if model.task == "rating" else None, **saving)
         except KeyboardInterrupt:
-            return _save_interrupted(model, args.out)
+            return _save_interrupted(model, args.out, args.checkpoint)
     seconds = time.perf_counter() - start
     if not main_process:  # every process holds the same model; the first one reports it
         return ExitStatus.OK
@@ -186,9 +208,13 @@ def fit(args: argparse.Namespace) -> ExitStatus:
     return ExitStatus.OK
 
 
-def _save_interrupted(model: Any, out: Path) -> ExitStatus:
-    """Ctrl-C during training (issue 8): save the model of the last finished epoch, if any."""
+def _save_interrupted(model: Any, out: Path, checkpoint: Path | None = None) -> ExitStatus:
+    """Ctrl-C during training (issue 8): save the model of the last finished epoch, if any
+    (and say where the checkpoint to resume from is, issue 11)."""
     done = int(getattr(model, "n_epochs_", 0) or 0) if hasattr(model, "user_factors_") else 0
+    if checkpoint is not None and done >= 1:
+        say(f"the checkpoint in {checkpoint} holds epoch {done}; run the same command again to "
+            "resume from it")
     if done < 1:
         say(f"interrupted before the first epoch finished; nothing saved to {out}")
         return ExitStatus.INTERRUPTED

@@ -32,6 +32,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -52,6 +53,9 @@ LBFGS_ITERS_PER_EPOCH = ITERS_PER_EPOCH
 GROWTH = 1000.0
 
 EpochHook = Callable[[int, float, float], bool | None]
+#: ``on_state(epoch, state, last)``: after ``on_epoch``; ``state()`` gives the solver's state
+#: (see :func:`fit_params`), ``last`` is whether training stops after this epoch.
+StateHook = Callable[[int, Callable[[], dict[str, Any]], bool], None]
 
 
 def _project(params: Params, nonnegative: bool) -> None:
@@ -92,15 +96,15 @@ class _Guard:
     """Keeps the last verified parameters and applies the divergence rule (module docstring)."""
 
     def __init__(self, obj: Objective, params: Params, solver: str, lr: float,
-                 at_start: bool) -> None:
+                 at_start: bool, start: float | None = None) -> None:
         self.obj, self.params, self.solver, self.lr = obj, params, solver, lr
         self.at_start = at_start
         self.trial = {k: v.detach().clone() for k, v in params.items()}  # this epoch's start
         # full batch: the parameters the previous epoch started from, verified by its value
         self.good = {k: v.clone() for k, v in self.trial.items()} if at_start else self.trial
-        self.start: float | None = None
+        self.start: float | None = start  # J0: given when resuming a checkpointed fit
         self.running = False
-        if not at_start:  # a mini-batch epoch's value is not J at any one point: measure J0
+        if not at_start and start is None:  # a mini-batch epoch's value is no J: measure J0
             self.start = obj.value(params)
             if not math.isfinite(self.start):
                 self._fail(1, self.start, self.trial, 0, initial=True)
@@ -203,6 +207,8 @@ def fit_params(
     nonnegative: bool = False,
     on_epoch: EpochHook | None = None,
     start_time: float | None = None,
+    on_state: StateHook | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> int:
     """Run ``epochs`` epochs of ``solver`` on ``params`` in place; returns the epochs run.
 
@@ -212,6 +218,12 @@ def fit_params(
     stops training. A non-finite or diverging objective puts back the last verified parameters
     and raises :class:`FitError` (see the module docstring). Warns when the rank exceeds the
     number of users or items.
+
+    Checkpoints: ``on_state(epoch, state, last)`` is called after ``on_epoch``; ``state()``
+    returns ``{"epoch", "optimizer" (named tensors: Adam's moments, L-BFGS's history),
+    "generator" (the mini-batch generator's state), "start_value" (the objective the divergence
+    rule measures from)}``, the live tensors. ``resume=`` such a dict (with ``params`` already
+    holding that epoch's values) continues from the epoch after it, as if never stopped.
     """
     t0 = time.perf_counter() if start_time is None else start_time
     _warn_rank(obj, params, solver)
@@ -219,10 +231,21 @@ def fit_params(
     if seed is not None:
         gen.manual_seed(int(seed) + 1)
     step = _make_epoch(obj, params, solver, lr, batch_size, gen, nonnegative)
-    guard = _Guard(obj, params, solver, lr, at_start=step.at_start)
-    epoch = 0
+    first = 1
+    if resume is not None:
+        first = int(resume["epoch"]) + 1
+        step.load_state(resume["optimizer"])
+        gen.set_state(resume["generator"])
+    guard = _Guard(obj, params, solver, lr, at_start=step.at_start,
+                   start=None if resume is None else resume["start_value"])
+
+    def state_now() -> dict[str, Any]:
+        return {"epoch": epoch, "optimizer": step.state(), "generator": gen.get_state(),
+                "start_value": guard.start}
+
+    epoch = first - 1
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(first, epochs + 1):
             guard.begin()
             try:
                 value = step.run()
@@ -236,7 +259,11 @@ def fit_params(
                 _project(params, nonnegative)
                 guard.ended()
             guard.check(epoch, value)
-            if on_epoch is not None and on_epoch(epoch, value, time.perf_counter() - t0):
+            stop = bool(on_epoch is not None
+                        and on_epoch(epoch, value, time.perf_counter() - t0))
+            if on_state is not None:
+                on_state(epoch, state_now, stop or epoch == epochs)
+            if stop:
                 break
     except KeyboardInterrupt:
         guard.interrupted()

@@ -23,6 +23,11 @@ class Epoch:
 
     run: Callable[[], float]
     at_start: bool
+    #: The optimizer's state between epochs as named tensors (Adam's moments and step counts,
+    #: L-BFGS's history), for a checkpoint; ``{}`` for a solver that keeps none (gd, sgd, als).
+    state: Callable[[], dict[str, torch.Tensor]] = dict
+    #: Put back a ``state()`` taken after an earlier epoch (resuming from a checkpoint).
+    load_state: Callable[[dict[str, torch.Tensor]], None] = lambda state: None
 
 
 class NonFinite(Exception):

@@ -13,6 +13,7 @@ ratings, so the batches of one epoch sum to the full objective ``J``.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -60,6 +61,21 @@ class _Adam(_Descent):
         super().__init__(params, lr)
         self.betas, self.eps = betas, eps
         self.state: dict[int, tuple[int, torch.Tensor, torch.Tensor]] = {}
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """``adam.{k}.t``, ``.m``, ``.v`` of each parameter ``k`` that has taken a step."""
+        out: dict[str, torch.Tensor] = {}
+        for k, (t, m, v) in self.state.items():
+            out[f"adam.{k}.t"] = torch.tensor(t, dtype=torch.int64)
+            out[f"adam.{k}.m"], out[f"adam.{k}.v"] = m, v
+        return out
+
+    def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        self.state = {}
+        for k, p in enumerate(self.params):
+            if f"adam.{k}.t" in state:
+                m, v = (state[f"adam.{k}.{x}"].to(p.device, p.dtype).clone() for x in "mv")
+                self.state[k] = (int(state[f"adam.{k}.t"]), m, v)
 
     @torch.no_grad()
     def step(self) -> None:
@@ -110,7 +126,7 @@ def make_first_order(obj: Objective, params: Params, solver: str, lr: float,
             opt.step()
             return value
 
-        return Epoch(full_step, at_start=True)
+        return Epoch(full_step, at_start=True, **_state_of(opt))
 
     bs = int(batch_size)  # type: ignore[arg-type]
 
@@ -125,4 +141,11 @@ def make_first_order(obj: Objective, params: Params, solver: str, lr: float,
             total += float(loss.detach())
         return total
 
-    return Epoch(minibatch_epoch, at_start=False)
+    return Epoch(minibatch_epoch, at_start=False, **_state_of(opt))
+
+
+def _state_of(opt: _Descent) -> dict[str, Any]:
+    """The checkpoint hooks of :class:`Epoch` for ``opt`` (only Adam keeps a state)."""
+    if isinstance(opt, _Adam):
+        return {"state": opt.state_tensors, "load_state": opt.load_state_tensors}
+    return {}

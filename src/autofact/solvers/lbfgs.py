@@ -42,4 +42,40 @@ def make_lbfgs(obj: Objective, params: Params, lr: float) -> Epoch:
         first.clear()
         return float(lbfgs.step(closure))  # type: ignore[arg-type]
 
-    return Epoch(epoch, at_start=True)
+    key = lbfgs.param_groups[0]["params"][0]  # torch keeps LBFGS's state under its first tensor
+
+    def state() -> dict[str, torch.Tensor]:
+        """LBFGS's history as named tensors: a list as one stacked tensor (``name[]``), a number
+        as a 0-d tensor (``name#``); ``al`` is scratch space, refilled before every use."""
+        out: dict[str, torch.Tensor] = {}
+        for name, v in lbfgs.state.get(key, {}).items():
+            if name == "al" or v is None:
+                continue
+            if isinstance(v, list):
+                ref = lbfgs.state[key]["d"]
+                out[f"lbfgs.{name}[]"] = (torch.stack(v) if v else
+                                          ref.new_empty((0, *ref.shape) if name != "ro" else 0))
+            elif isinstance(v, torch.Tensor):
+                out[f"lbfgs.{name}"] = v
+            else:
+                out[f"lbfgs.{name}#"] = torch.tensor(v, dtype=torch.float64
+                                                     if isinstance(v, float) else torch.int64)
+        return out
+
+    def load_state(saved: dict[str, torch.Tensor]) -> None:
+        st: dict[str, object] = {}
+        for name, v in saved.items():
+            if not name.startswith("lbfgs."):
+                continue
+            name = name[len("lbfgs."):]
+            if name.endswith("[]"):
+                st[name[:-2]] = [x.to(key.device).clone() for x in v]
+            elif name.endswith("#"):
+                st[name[:-1]] = v.item()
+            else:
+                st[name] = v.to(key.device).clone()
+        if st:
+            st["al"] = [None] * int(lbfgs.param_groups[0]["history_size"])
+            lbfgs.state[key] = st
+
+    return Epoch(epoch, at_start=True, state=state, load_state=load_state)

@@ -1,0 +1,296 @@
+"""Training checkpoints: save the whole state of a fit every few epochs, and resume from it.
+
+``MatrixFactorization.fit(ratings, checkpoint="ckpt/", checkpoint_every=5)`` (``autofact fit
+DATA --checkpoint ckpt/ --checkpoint-every 5``) writes ``ckpt/checkpoint.npz`` after every 5th
+epoch, after the last one, and when Ctrl-C stops the fit (the state of the last finished epoch).
+The same call again finds it and continues from the epoch after it: a fit killed at any moment
+(even by SIGKILL) and resumed ends where an uninterrupted one would (``als``, ``gd`` and
+full-batch ``adam`` and ``lbfgs`` are deterministic on a CPU: the same factors, to rounding).
+A finished fit's checkpoint gives back the finished model without training.
+
+The file follows the model file's rules (:mod:`autofact.io`): one ``np.savez`` archive, written
+atomically (a temporary file renamed over the old one, so a kill leaves the previous checkpoint
+whole), read with ``allow_pickle=False``; nothing it names is imported or called.
+
+==================  ================================================================================
+``meta``            uint8: a UTF-8 JSON document: ``format`` (``"autofact-checkpoint"``),
+                    ``format_version``, ``autofact_version``, ``epoch`` (the last finished one),
+                    ``finished``, ``solver``, ``settings`` (the hyper-parameters that shape the
+                    fit), ``data`` (a SHA-256 of the training and validation ratings and their
+                    ids), ``history`` (``history_`` so far), ``start_value`` (the objective the
+                    divergence rule measures from), ``best`` and ``best_epoch`` (early stopping)
+``param.NAME``      the parameters after that epoch: ``P``, ``Q`` and, with biases, ``bu``, ``bi``
+``optim.NAME``      the solver's state: Adam's ``adam.K.t/m/v``; L-BFGS's history (``d``,
+                    ``old_dirs[]``, ``ro[]``, ... as torch.optim.LBFGS keeps it); none for gd,
+                    sgd and als
+``generator``       uint8: the state of the generator that shuffles mini-batches
+``best.NAME``       the best validation epoch's parameters (early stopping), when there is one
+==================  ================================================================================
+
+A checkpoint written for other ratings or other settings is refused with a ``ValueError`` that
+names what differs (``epochs`` may grow: the fit then runs on to the new number). With
+:mod:`autofact.distributed` rank 0 writes, and every process reads the same folder to resume, so
+it must be one they all see (a shared file system, or one machine).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._version import __version__
+from .data import Ratings
+from .sharding import ShardPlan
+
+__all__ = ["Checkpointer", "TrainingState", "FILE_NAME", "read", "data_fingerprint"]
+
+FORMAT_NAME = "autofact-checkpoint"
+FORMAT_VERSION = 1
+#: The checkpoint's file name inside the folder given as ``checkpoint=``.
+FILE_NAME = "checkpoint.npz"
+#: Hyper-parameters that do not shape the trajectory, left out of the settings compared on
+#: resume (``epochs`` may grow: the fit then runs on).
+UNCHECKED = ("epochs", "verbose", "strict", "n_threads")
+
+
+@dataclass
+class TrainingState:
+    """Everything a fit needs to go on from the end of ``epoch``."""
+
+    epoch: int
+    finished: bool
+    solver: str
+    settings: dict[str, Any]
+    data: str
+    history: list[dict[str, Any]]
+    start_value: float | None
+    params: dict[str, np.ndarray]
+    optimizer: dict[str, np.ndarray] = field(default_factory=dict)
+    generator: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
+    best: float | None = None
+    best_epoch: int | None = None
+    best_params: dict[str, np.ndarray] | None = None
+
+    def solver_state(self) -> dict[str, Any]:
+        """The form :func:`autofact.solvers.fit_params` takes as ``resume=``."""
+        return {"epoch": self.epoch,
+                "optimizer": {k: torch.from_numpy(v.copy()) for k, v in self.optimizer.items()},
+                "generator": torch.from_numpy(self.generator.copy()),
+                "start_value": self.start_value}
+
+
+def data_fingerprint(*datasets: Ratings | None) -> str:
+    """A SHA-256 (hex) of the ratings, their weights, shape and ids (``None``s count too)."""
+    h = hashlib.sha256()
+    for r in datasets:
+        if r is None:
+            h.update(b"none;")
+            continue
+        h.update(repr(tuple(r.shape)).encode())
+        for arr in (r.users, r.items, r.values, r.weights):
+            if arr is None:
+                h.update(b"-")
+                continue
+            a = np.ascontiguousarray(arr)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+        for ids in (r.user_ids, r.item_ids):
+            h.update("\x1f".join(map(str, np.asarray(ids).tolist())).encode("utf-8", "replace"))
+            h.update(b";")
+    return h.hexdigest()
+
+
+def _json_value(value: Any) -> Any:
+    """A JSON form of a hyper-parameter: built-in values as they are, functions by their
+    import path (or name), anything else by its ``repr``."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, np.integer | np.floating | np.bool_):
+        return value.item()
+    module, name = getattr(value, "__module__", None), getattr(value, "__qualname__", None)
+    if module and name:
+        return f"{module}:{name}"
+    return repr(value)
+
+
+def settings_of(params: dict[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters a resume must match, as JSON values."""
+    return {k: _json_value(v) for k, v in sorted(params.items()) if k not in UNCHECKED}
+
+
+def _arrays(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, np.ndarray]:
+    return {f"{prefix}{k}": t.detach().cpu().numpy().copy() for k, t in tensors.items()}
+
+
+def read(path: str | os.PathLike[str]) -> TrainingState:
+    """Read and check a checkpoint file (never unpickles, imports or calls anything).
+
+    Raises ``ValueError`` naming the file when it is not an autofact checkpoint, is damaged or
+    truncated, or has another format version.
+    """
+    name = str(path)
+    try:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
+            raw = {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as exc:
+        raise ValueError(
+            f"{name} is not an autofact checkpoint or is damaged ({type(exc).__name__}: {exc}); "
+            "delete it to start over"
+        ) from None
+    meta_raw = raw.pop("meta", None)
+    try:
+        meta = json.loads(np.asarray(meta_raw, dtype=np.uint8).tobytes().decode("utf-8"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} is damaged: its metadata is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise ValueError(f"{name} is not an autofact checkpoint (no {FORMAT_NAME!r} metadata)")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{name} is checkpoint format {meta.get('format_version')!r} (autofact "
+            f"{meta.get('autofact_version', '?')}); this autofact {__version__} reads format "
+            f"{FORMAT_VERSION}: resume with that version, or delete the checkpoint to start over"
+        )
+    try:
+        def group(prefix: str) -> dict[str, np.ndarray]:
+            return {k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)}
+
+        params = group("param.")
+        if not params or "P" not in params or "Q" not in params:
+            raise ValueError("it holds no factors")
+        best_params = group("best.") or None
+        return TrainingState(
+            epoch=int(meta["epoch"]), finished=bool(meta["finished"]), solver=str(meta["solver"]),
+            settings=dict(meta["settings"]), data=str(meta["data"]),
+            history=list(meta["history"]), start_value=meta.get("start_value"),
+            params=params, optimizer=group("optim."),
+            generator=np.asarray(raw.get("generator", np.zeros(0, np.uint8)), dtype=np.uint8),
+            best=meta.get("best"), best_epoch=meta.get("best_epoch"), best_params=best_params,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{name} is damaged: {exc}; delete it to start over") from None
+
+
+def write(path: str | os.PathLike[str], state: TrainingState) -> Path:
+    """Write ``state`` to ``path`` atomically (:func:`autofact.io.atomic_write`)."""
+    from .io import atomic_write
+
+    def finite(x: float | None) -> float | None:
+        return x if x is None or math.isfinite(x) else None
+
+    meta = {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+        "autofact_version": __version__, "epoch": state.epoch, "finished": state.finished,
+        "solver": state.solver, "settings": state.settings, "data": state.data,
+        "history": state.history, "start_value": finite(state.start_value),
+        "best": finite(state.best), "best_epoch": state.best_epoch,
+    }
+    arrays: dict[str, np.ndarray] = {
+        "meta": np.frombuffer(json.dumps(meta, allow_nan=True).encode("utf-8"), dtype=np.uint8),
+        "generator": state.generator,
+    }
+    arrays.update({f"param.{k}": v for k, v in state.params.items()})
+    arrays.update({f"optim.{k}": v for k, v in state.optimizer.items()})
+    if state.best_params is not None:
+        arrays.update({f"best.{k}": v for k, v in state.best_params.items()})
+    return atomic_write(path, lambda fh: np.savez(fh, allow_pickle=False, **arrays))
+
+
+class Checkpointer:
+    """Writes a fit's checkpoints into ``folder`` and finds the one to resume from.
+
+    Built by :meth:`MatrixFactorization.fit` from its ``checkpoint=``/``checkpoint_every=``;
+    ``plan.is_main`` decides which process writes.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], every: int, *, plan: ShardPlan,
+                 solver: str, settings: dict[str, Any], data: str) -> None:
+        if not isinstance(folder, str | os.PathLike):
+            raise TypeError(f"checkpoint must be a folder path, got {type(folder).__name__}")
+        if not (isinstance(every, int | np.integer) and not isinstance(every, bool) and every >= 1):
+            raise ValueError(f"checkpoint_every must be a positive int (epochs), got {every!r}")
+        self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ValueError(
+                f"checkpoint={str(folder)!r} is a file; give a folder (it will hold "
+                f"{FILE_NAME})"
+            )
+        self.path = self.folder / FILE_NAME
+        self.every = int(every)
+        self.plan = plan
+        self.solver, self.settings, self.data = solver, settings, data
+        self.pending: TrainingState | None = None  # the last finished epoch's, if not written
+        self.written = 0  # the epoch of the checkpoint on disk
+
+    def resume(self) -> TrainingState | None:
+        """The checkpoint to go on from (``None``: there is none), checked against this fit's
+        data and settings; every process of the plan must find the same one."""
+        state = read(self.path) if self.path.exists() else None
+        if not self.plan.agree(-1 if state is None else state.epoch):
+            raise ValueError(
+                f"the processes found different checkpoints in {str(self.folder)!r} (rank "
+                f"{self.plan.rank}: {'none' if state is None else f'epoch {state.epoch}'}); "
+                "the checkpoint folder must be one every process reads (a shared file system)"
+            )
+        if state is None:
+            return None
+        if state.data != self.data:
+            raise ValueError(
+                f"checkpoint {str(self.path)!r} was written for other ratings (their fingerprint "
+                f"differs: {state.data[:12]} there, {self.data[:12]} now); fit the same data to "
+                "resume, or pass another checkpoint folder (or delete this one) to start over"
+            )
+        diff = [f"{k}={state.settings.get(k)!r} there, {self.settings.get(k)!r} now"
+                for k in sorted(set(state.settings) | set(self.settings))
+                if state.settings.get(k) != self.settings.get(k)]
+        if diff or state.solver != self.solver:
+            if state.solver != self.solver:
+                diff.insert(0, f"solver {state.solver!r} there, {self.solver!r} now")
+            raise ValueError(
+                f"checkpoint {str(self.path)!r} was written with other settings ("
+                + "; ".join(diff) + "); use the same settings to resume, or pass another "
+                "checkpoint folder (or delete this one) to start over"
+            )
+        self.written = state.epoch
+        return state
+
+    def epoch_end(self, state: TrainingState, last: bool) -> None:
+        """After each epoch: write every ``every`` epochs and after the last; otherwise keep the
+        state for Ctrl-C."""
+        if last or state.epoch % self.every == 0:
+            self._write(state)
+        else:
+            self.pending = state
+
+    def interrupted(self) -> bool:
+        """Ctrl-C: write the last finished epoch's state if the file does not hold it yet;
+        whether a checkpoint exists now."""
+        if self.pending is not None and self.pending.epoch > self.written:
+            self._write(self.pending)
+        return self.written > 0
+
+    def _write(self, state: TrainingState) -> None:
+        self.pending = None
+        if self.plan.is_main:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write(self.path, state)
+        self.written = state.epoch
+
+
+def snapshot(epoch: int, solver_state: dict[str, Any], params: dict[str, torch.Tensor],
+             **fields: Any) -> TrainingState:
+    """A :class:`TrainingState` holding copies of ``params`` and ``solver_state``'s tensors
+    (from :func:`autofact.solvers.fit_params`'s ``state()``); ``fields`` fill the rest."""
+    gen = solver_state["generator"]
+    return TrainingState(
+        epoch=epoch, params=_arrays(params, ""), optimizer=_arrays(solver_state["optimizer"], ""),
+        generator=gen.numpy().copy(), start_value=solver_state["start_value"], **fields,
+    )
