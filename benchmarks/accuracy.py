@@ -77,7 +77,7 @@ def run_gibbs(d: dict[str, Any], **kw: Any) -> dict[str, float]:
     if os.environ.get("GIBBS_COPY"):
         from gibbs_copy import gibbs_mf  # a development copy (see --help)
     else:
-        from autofact.gibbs import gibbs_mf
+        from autofact.solvers.gibbs import gibbs_mf
 
     u, i, r = d["train"]
     t0 = time.perf_counter()
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
             if res:
                 rows.append((name, who, *(float(np.mean([x[key] for x in res]))
                                           for key in ("rmse", "mae", "seconds"))))
-    print(f"\n| data | model | RMSE | MAE | fit s |\n|---|---|---|---|---|")
+    print("\n| data | model | RMSE | MAE | fit s |\n|---|---|---|---|---|")
     for name, who, rmse, mae, secs in rows:
         print(f"| {name} | {who} | {rmse:.4f} | {mae:.4f} | {secs:.2f} |")
 

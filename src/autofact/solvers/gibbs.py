@@ -154,7 +154,8 @@ class _Side:
              dense: torch.Tensor) -> torch.Tensor:
         """``(W @ dense)`` for one row block, ``W`` the block's CSR with entries ``data``."""
         r0, r1, a, b, crow = block
-        W = _csr(crow, self.cols_t[a:b], torch.from_numpy(data), (r1 - r0, self.n_cols))
+        values = torch.from_numpy(data).to(dense.dtype)
+        W = _csr(crow, self.cols_t[a:b], values, (r1 - r0, self.n_cols))
         return W @ dense
 
     def matmul(self, dense: np.ndarray, data: Callable[[int, int, np.ndarray], np.ndarray]
@@ -183,17 +184,66 @@ def _hyper(rng: np.random.Generator, x: np.ndarray) -> tuple[np.ndarray, np.ndar
     return mean, lam
 
 
-def conditional(
-    side_G: np.ndarray, side_h: np.ndarray, prior_mean: np.ndarray, prior_prec: np.ndarray,
-    alpha: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Precision and linear term of rows' Gaussian conditionals from their data terms
-    ``G = sum w z z^T`` (rows, K, K) and ``g = sum w t z`` (rows, K): the formula of the module
-    docstring, exposed so tests can check it against a hand-written reference."""
-    K = side_G.shape[1]
-    Lam = alpha * side_G
-    Lam[:, np.arange(K), np.arange(K)] += prior_prec
-    return Lam, alpha * side_h + prior_prec * prior_mean
+def _row_sums(side: _Side, r0: int, r1: int, x: np.ndarray) -> np.ndarray:
+    """Sums of ``x`` (the ratings of rows ``r0:r1``, in order) per row; 0 for empty rows."""
+    a = int(side.indptr[r0])
+    out = np.zeros(r1 - r0)
+    rated = side.counts[r0:r1] > 0
+    if len(x):
+        out[rated] = np.add.reduceat(x, side.indptr[r0:r1][rated] - a)
+    return out
+
+
+class _Terms:
+    """The other side's state as the products need it: ``za = [f, 1]`` and the upper triangle of
+    ``za za^T`` per row (in float32: half the time of the sweep's largest product, and no change
+    in the draws' accuracy at four decimals on the validation splits)."""
+
+    def __init__(self, other: np.ndarray, other_bias: np.ndarray) -> None:
+        k = other.shape[1]
+        K = k + 1
+        self.iu, self.ju = np.triu_indices(K)
+        self.full = np.empty((K, K), dtype=np.int64)  # triangle position of each (a, b)
+        self.full[self.iu, self.ju] = self.full[self.ju, self.iu] = np.arange(len(self.iu))
+        za = np.empty((other.shape[0], K))
+        za[:, :k] = other
+        za[:, k] = 1.0
+        # np.take: fancy column indexing is ten times slower
+        self.Z = torch.from_numpy(
+            (np.take(za, self.iu, axis=1) * np.take(za, self.ju, axis=1)).astype(np.float32))
+        self.za = torch.from_numpy(za)
+        self.bias = other_bias
+
+
+def _block_conditional(
+    side: _Side, blk: tuple[int, int, int, int, torch.Tensor], terms: _Terms,
+    prior_mean: np.ndarray, prior_prec: np.ndarray, alpha: float,
+    tau_row: np.ndarray | None, tau_col: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The Gaussian conditional of the rows of one block (module docstring), as ``(Lam, h)``:
+    precision (rows, K, K) and linear term (rows, K), so the mean is ``Lam^-1 h``. Also returns
+    the data sums ``G`` (upper triangle, rows x K(K+1)/2), ``g`` and ``sum tau_col t^2`` with
+    ``t = r - mu - other bias``, which give each row's residual sum at any ``x``."""
+    r0, r1, a, b, _ = blk
+    mb = r1 - r0
+    K = terms.za.shape[1]
+    cols = side.cols[a:b]
+    t = side.vals[a:b] - np.take(terms.bias, cols)  # float64
+    if tau_col is None:
+        w, wt = np.ones(b - a), t
+    else:
+        w = np.take(tau_col, cols)
+        wt = w * t
+    CZ = side.spmm(blk, w, terms.Z).numpy().astype(np.float64)  # G = sum w z z^T, per row
+    g = side.spmm(blk, wt, terms.za).numpy()  # g = sum w t z
+    tt = _row_sums(side, r0, r1, wt * t)
+    s = np.full((mb, 1), alpha) if tau_row is None else (alpha * tau_row[r0:r1])[:, None]
+    Lam = np.take(CZ * s, terms.full.ravel(), axis=1).reshape(mb, K, K)
+    diag = np.arange(K)
+    Lam[:, diag, diag] += prior_prec
+    h = g * s
+    h += prior_prec * (prior_mean[r0:r1] if prior_mean.ndim == 2 else prior_mean)
+    return Lam, h, CZ, g, tt
 
 
 def _sample_rows(
@@ -218,47 +268,28 @@ def _sample_rows(
     ``sum_j tau_col_j e_j^2`` at the drawn ``x``, from the same sums (``x^T G x - 2 x^T g +
     sum tau t^2``), so no residual is formed rating by rating.
     """
-    k = other.shape[1]
-    K = k + 1
-    iu, ju = np.triu_indices(K)
-    za = np.empty((other.shape[0], K))
-    za[:, :k] = other
-    za[:, k] = 1.0
-    Z = torch.from_numpy(za[:, iu] * za[:, ju])  # vec(z z^T), upper triangle
-    zt = torch.from_numpy(za)
-    sse = np.empty(side.n_rows)
+    terms = _Terms(other, other_bias)
+    K = terms.za.shape[1]
+    twice = np.where(terms.iu == terms.ju, 1.0, 2.0)  # x^T G x over the upper triangle
+    sse = np.zeros(side.n_rows)
     for blk in side.blocks:
-        r0, r1, a, b, _ = blk
-        mb = r1 - r0
-        cols = side.cols[a:b]
-        t = side.vals[a:b] - np.take(other_bias, cols)  # float64
-        if tau_col is None:
-            w, wt = np.ones(b - a), t
-        else:
-            w = np.take(tau_col, cols)
-            wt = w * t
-        G = np.empty((mb, K, K))
-        CZ = side.spmm(blk, w, Z).numpy()
-        G[:, iu, ju] = CZ
-        G[:, ju, iu] = CZ
-        g = side.spmm(blk, wt, zt).numpy()
-        tt = np.bincount(side.rows[a:b] - r0, wt * t, minlength=mb)
-        pm = prior_mean[r0:r1] if prior_mean.ndim == 2 else prior_mean
-        s = np.full(mb, alpha) if tau_row is None else alpha * tau_row[r0:r1]
-        Lam, h = conditional(G * s[:, None, None], g * s[:, None], pm, prior_prec, 1.0)
+        r0, r1 = blk[0], blk[1]
+        Lam, h, CZ, g, tt = _block_conditional(side, blk, terms, prior_mean, prior_prec, alpha,
+                                               tau_row, tau_col)
         L, info = torch.linalg.cholesky_ex(torch.from_numpy(Lam))
         if bool((info != 0).any()):  # cannot happen: Lam >= diag(prior_prec) > 0
             raise np.linalg.LinAlgError("a row's conditional precision is not positive definite")
         # x = L^-T (L^-1 h + eps) is a draw, L^-T L^-1 h the conditional mean
         v = torch.linalg.solve_triangular(L, torch.from_numpy(h)[:, :, None], upper=False)
-        eps = torch.from_numpy(rng.standard_normal((mb, K, 1)))
+        eps = torch.from_numpy(rng.standard_normal((r1 - r0, K, 1)))
         rhs = torch.cat([v + eps, v], 2) if out_mean is not None else v + eps
         x = torch.linalg.solve_triangular(L.mT, rhs, upper=True).numpy()
         xs = x[:, :, 0]
         out[r0:r1] = xs
         if out_mean is not None:
             out_mean[r0:r1] = x[:, :, 1]
-        quad = np.einsum("bk,bkl,bl->b", xs, G, xs) - 2.0 * np.einsum("bk,bk->b", xs, g)
+        quad = (np.take(xs, terms.iu, axis=1) * np.take(xs, terms.ju, axis=1) * twice * CZ).sum(1)
+        quad -= 2.0 * (xs * g).sum(1)
         sse[r0:r1] = np.maximum(quad + tt, 0.0)
     return sse
 
@@ -298,7 +329,8 @@ def _draw_implicit(
     D = Zp.copy()
     rz = (R * Zp).sum(0)
     it = 0
-    for it in range(1, max_iter + 1):
+    while it < max_iter:
+        it += 1
         AD = op(D)
         step = rz / np.maximum((D * AD).sum(0), 1e-300)
         Y += step * D
@@ -341,7 +373,7 @@ def gibbs_mf(
     shape: tuple[int, int] | None = None,
     *,
     rank: int = 10,
-    sweeps: int = 200,
+    sweeps: int = 100,
     burn_in: int | None = None,
     noise: str = "both",
     noise_shape: float = 8.0,
@@ -418,6 +450,7 @@ def gibbs_mf(
     alpha_sum = 0.0
     n_avg = 0
     rmse: list[float] = []
+    pm: np.ndarray
     for sweep in range(1, sweeps + 1):
         if implicit:
             assert Y is not None
@@ -460,7 +493,7 @@ def gibbs_mf(
             hyp_y = _hyper(rng, Y)
         if averaging:
             Pm += mean_u
-            if Ym is not None:
+            if Ym is not None and Y is not None:
                 Ym += Y
             alpha_sum += alpha
             n_avg += 1
@@ -469,7 +502,7 @@ def gibbs_mf(
     if n_avg == 0:  # stopped by the callback during burn-in: the last state
         Pm[:], Qm[:], mPm[:], mQm[:], n_avg = mean_u, Xi, hyp_u[0], hyp_i[0], 1
         alpha_sum = alpha
-        if Ym is not None:
+        if Ym is not None and Y is not None:
             Ym += Y
     for a in (Pm, Qm, mPm, mQm):
         a /= n_avg
