@@ -6,9 +6,11 @@ __all__ = ["FitError", "UnknownIdError"]
 
 
 class FitError(RuntimeError):
-    """Training stopped because the objective became NaN or infinite.
+    """Training stopped because the objective (or a gradient) became NaN or infinite, or grew
+    without bound (``J - J0 > 1000 * max(|J0|, 1)``, ``J0`` the objective at the start).
 
-    The model keeps the last finite parameters; ``epoch`` is where it happened.
+    The model keeps the last parameters whose objective was checked; ``epoch`` is where it
+    happened, and the message suggests a smaller learning rate.
     """
 
     def __init__(self, message: str, *, epoch: int | None = None) -> None:

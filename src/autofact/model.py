@@ -20,6 +20,7 @@ from .objective import Objective, resolve_device, resolve_dtype
 from .regularizers import REGULARIZERS, Regularizer
 from .sharding import ShardPlan
 from .solvers import DEFAULT_EPOCHS, DEFAULT_LR, choose_solver, fit_params
+from .threads import check_n_threads, use_threads
 
 if TYPE_CHECKING:
     from .recommend import FoldedUser, Recommendations, SimilarItems
@@ -81,8 +82,11 @@ class MatrixFactorization:
         ``'module:function'`` path, or a callable ``loss(pred, target) -> per-entry tensor``.
     regularization : ``'l2'``, ``'l1'``, ``'none'``, a path, or a callable ``reg(param) -> scalar``.
     beta : strength of a named regularization.
-    solver : ``'auto'`` (``'als'`` for losses with curvature, else ``'adam'``), ``'als'``,
-        ``'adam'``, ``'sgd'``, ``'lbfgs'`` or ``'gd'``.
+    solver : ``'auto'``, ``'als'``, ``'adam'``, ``'sgd'``, ``'lbfgs'`` or ``'gd'``. ``'auto'``
+        picks ``'adam'`` when ``batch_size`` is set, else ``'als'`` where its assumptions hold
+        (an elementwise loss with curvature, a smooth separable regularizer), else ``'lbfgs'``
+        (``'adam'`` with ``nonnegative=True``); see :mod:`autofact.solvers.contract`. An
+        explicit ``'als'`` outside its assumptions raises a ValueError naming the fix.
     lr : learning rate (``None``: the solver's default).
     epochs : passes over the data (``None``: the solver's default).
     batch_size : mini-batch size for ``'adam'``/``'sgd'`` (``None``: full batch for ``adam``).
@@ -101,6 +105,11 @@ class MatrixFactorization:
         last).
     validation_fraction : carve this fraction of the training ratings (seeded by ``seed``) as
         the validation data, and fit on the rest (``None``: validate only on ``validation=``).
+    n_threads : the most CPU threads an operation of the fit may use (``None``: the environment,
+        ``AUTOFACT_NUM_THREADS``/``OMP_NUM_THREADS``/``MKL_NUM_THREADS``, else the usable cores).
+        Operations too small to gain from threads run on one (see :mod:`autofact.threads`);
+        torch's own thread count is set only during the fit and put back after it. Fitting from
+        several Python threads at once, give each fit ``n_threads``.
 
     Attributes (after :meth:`fit`)
     ----------
@@ -146,6 +155,7 @@ class MatrixFactorization:
         verbose: bool = False,
         patience: int | None = 5,
         validation_fraction: float | None = None,
+        n_threads: int | None = None,
     ) -> None:
         self.rank = rank
         self.task = task
@@ -168,6 +178,7 @@ class MatrixFactorization:
         self.verbose = verbose
         self.patience = patience
         self.validation_fraction = validation_fraction
+        self.n_threads = n_threads
 
     # ------------------------------------------------------------------ estimator contract
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -217,6 +228,7 @@ class MatrixFactorization:
             raise ValueError(
                 f"validation_fraction must be a number strictly between 0 and 1 or None, got {f!r}"
             )
+        check_n_threads(self.n_threads)
 
     def _validate(self) -> tuple[str, float, int]:
         self._validate_common()
@@ -288,7 +300,19 @@ class MatrixFactorization:
         ``checkpoint_every`` epochs, after the last one and on Ctrl-C, and resume from what an
         earlier call left there, refusing one written for other data or settings (see
         :mod:`autofact.checkpoint`). A fit killed and resumed ends as an uninterrupted one.
+
+        Runs with the threads :mod:`autofact.threads` decides (``n_threads``), and puts torch's
+        thread count back afterwards.
         """
+        self._validate_common()  # rank and n_threads, before they size the threads
+        # issue 10: threads by the size of the data; the solver's blocks decide again below
+        with use_threads(_n_entries(X, y) * (self.rank + 1), self.n_threads):
+            return self._fit(X, y, validation=validation, plan=plan, checkpoint=checkpoint,
+                             checkpoint_every=checkpoint_every)
+
+    def _fit(self, X: Any, y: Any, *, validation: Any, plan: ShardPlan | None,
+             checkpoint: str | os.PathLike[str] | None = None, checkpoint_every: int = 1
+             ) -> MatrixFactorization:
         start = time.perf_counter()
         if isinstance(y, Ratings):
             raise TypeError(
@@ -379,7 +403,6 @@ class MatrixFactorization:
             if bar is not None:
                 bar.update(resumed.epoch)
 
-
         def on_epoch(epoch: int, value: float, seconds: float) -> bool:
             rec: dict[str, Any] = {"epoch": epoch, "loss": value, "time": seconds}
             self.history_.append(rec)  # first: Ctrl-C from here on keeps this epoch (issue 8)
@@ -408,14 +431,17 @@ class MatrixFactorization:
                              stopper.snapshot.items()} if has_best else None,  # type: ignore
             ), last)
 
+        # issue 10: threads by the size of one block's operations, set for the fit only
+        work = min(obj.nnz, obj.max_nnz) * (self.rank + 1)
         try:
-            self.n_epochs_ = fit_params(
-                obj, params, solver=solver, batch_size=self.batch_size, lr=lr,
-                epochs=resumed.epoch if resumed is not None and stopped[0] else epochs,
-                seed=self.seed, nonnegative=self.nonnegative, on_epoch=on_epoch,
-                start_time=start, on_state=None if ckpt is None else on_state,
-                resume=None if resumed is None else resumed.solver_state(),
-            )
+            with use_threads(work, self.n_threads):
+                self.n_epochs_ = fit_params(
+                    obj, params, solver=solver, batch_size=self.batch_size, lr=lr,
+                    epochs=resumed.epoch if resumed is not None and stopped[0] else epochs,
+                    seed=self.seed, nonnegative=self.nonnegative, on_epoch=on_epoch,
+                    start_time=start, on_state=None if ckpt is None else on_state,
+                    resume=None if resumed is None else resumed.solver_state(),
+                )
         except KeyboardInterrupt:
             # issue 8: fit_params left the parameters of the last finished epoch; keep a usable
             # model of that epoch (exported below) and let the interrupt go on; issue 11: its
@@ -899,6 +925,21 @@ def _describe(obj: Any) -> str:
         return repr(obj)
     module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
     return f"{module}.{qualname}" if module and qualname else repr(obj)
+
+
+def _n_entries(X: Any, y: Any) -> int:
+    """How many ratings ``fit(X, y)`` was given, before conversion (0 when it cannot tell)."""
+    for obj in (y, X):
+        if obj is None:
+            continue
+        nnz = getattr(obj, "nnz", None)  # scipy.sparse: len() is ambiguous
+        if isinstance(nnz, int | np.integer):
+            return int(nnz)
+        try:
+            return len(obj)
+        except TypeError:
+            continue
+    return 0
 
 
 def _as_ratings(X: Any, y: Any = None, name: str = "ratings") -> Ratings:
