@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,83 @@ def test_ranking_task_refuses_a_shared_plan():
     model = autofact.MatrixFactorization(task="ranking", epochs=1)
     with pytest.raises(ValueError, match="task='ranking' trains in one process.*2 processes"):
         model.fit(planted(), plan=_TwoProcessPlan())
+
+
+def _launch_two(args: list[str], port: int, cwd: Path) -> list[subprocess.Popen]:
+    """Two ranks of ``python -m autofact ARGS`` on 127.0.0.1 (the environment torchrun would
+    set), each in its own session so that a finally can kill all it started."""
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "PYTHONPATH": os.pathsep.join([str(WORKER.parent.parent / "src"),
+                                              os.environ.get("PYTHONPATH", "")])}
+        procs.append(subprocess.Popen([sys.executable, "-m", "autofact", *args], cwd=cwd,
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, start_new_session=True))
+    return procs
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(("signal_name", "victim"), [("SIGSTOP", 1), ("SIGKILL", 0)])
+def test_a_frozen_or_killed_peer_ends_the_others_naming_it(tmp_path, signal_name, victim):
+    # issue 11, item 5: a peer frozen (kill -STOP) or killed makes the other exit 1 within
+    # --timeout, naming the rank, with the last checkpoint intact; then the same command resumes
+    import signal as sig
+
+    r = planted(seed=1)
+    (tmp_path / "r.csv").write_text("user,item,rating\n" + "".join(
+        f"u{u},i{i},{float(v)!r}\n" for u, i, v in zip(r.users, r.items, r.values, strict=True)))
+    args = ["fit", "r.csv", "--out", "m.npz", "--epochs", "400", "--rank", "3", "--solver",
+            "adam", "--seed", "0", "--dtype", "float64", "--device", "cpu", "--quiet",
+            "--checkpoint", "ck", "--checkpoint-every", "1", "--timeout", "5"]
+    ckpt = tmp_path / "ck" / "checkpoint.npz"
+    procs = _launch_two(args, _free_port(), tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not ckpt.exists():
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.01)
+        hit = time.monotonic()
+        os.killpg(procs[victim].pid, getattr(sig, signal_name))
+        survivor = procs[1 - victim]
+        _, err = survivor.communicate(timeout=60)
+        waited = time.monotonic() - hit
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, sig.SIGKILL)
+            p.communicate(timeout=30)
+    assert survivor.returncode == 1, err
+    assert f"error: rank {victim} stopped responding" in err, err
+    assert "please report" not in err and "Traceback" not in err
+    assert waited < 5 + 10, waited  # within --timeout (plus start-up slack on a busy machine)
+    from autofact import checkpoint as ck
+
+    state = ck.read(ckpt)  # intact
+    assert 1 <= state.epoch < 400
+    if victim == 1:  # the same command again resumes and finishes (rank 0 writes the model)
+        procs = _launch_two(args, _free_port(), tmp_path)
+        try:
+            outs = [p.communicate(timeout=300) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, sig.SIGKILL)
+                    p.communicate(timeout=30)
+        assert [p.returncode for p in procs] == [0, 0], outs
+        model = autofact.load(tmp_path / "m.npz")
+        assert [h["epoch"] for h in model.history_] == list(range(1, 401))
+        single = autofact.MatrixFactorization(rank=3, solver="adam", epochs=400, seed=0,
+                                              dtype="float64", device="cpu"
+                                              ).fit(autofact.read(tmp_path / "r.csv"))
+        np.testing.assert_allclose(model.user_factors_, single.user_factors_, rtol=1e-6,
+                                   atol=1e-6)

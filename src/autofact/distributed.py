@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 
 from .data import as_ratings
-from .sharding import TorchShardPlan
+from .sharding import PeerLostError, TorchShardPlan
 
 if TYPE_CHECKING:
     from .model import MatrixFactorization
@@ -83,7 +83,16 @@ def init(backend: str | None = None, timeout: float | None = None) -> tuple[int,
         # the collectives' own limit, less the few seconds the survivors take to find out which
         # rank is gone (sharding.TorchShardPlan), so that they give up within `timeout`
         wait = max(seconds - _DIAGNOSIS, seconds / 2)
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=wait))
+        try:
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=wait))
+        except (RuntimeError, ConnectionError) as exc:  # a peer that never came, or went
+            detail = " ".join(str(exc).split())[:300]
+            raise PeerLostError(
+                f"the {os.environ['WORLD_SIZE']} processes did not all join at "
+                f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} within {wait:g} s "
+                f"(rank {os.environ['RANK']} gave up: {type(exc).__name__}: {detail}); start "
+                "every process, or raise the timeout"
+            ) from exc
     return dist.get_rank(), dist.get_world_size()
 
 

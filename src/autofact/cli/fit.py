@@ -147,8 +147,8 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         try:
             distributed.fit(model, train, validation=validation, **saving)
         except PeerLostError as exc:  # issue 11: a peer was killed or froze: name it, exit 1
-            where = f" {args.checkpoint} holds the last checkpoint." if saving else ""
-            say(f"error: {exc}.{where}")
+            where = f" (checkpoints: {args.checkpoint})" if saving else ""
+            say(f"error: {exc}{where}")
             return ExitStatus.ERROR
         finally:
             distributed.shutdown()  # no collective work follows
