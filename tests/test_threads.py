@@ -1,0 +1,233 @@
+"""The thread policy (issue 10, item 2): how many threads an operation gets, from its size, the
+usable cores (affinity, cgroup quota), ``n_threads=`` and the environment; never the momentary
+load; torch's process-wide thread count put back after every fit."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import autofact
+from autofact import threads
+from autofact.threads import (
+    MIN_WORK_PER_THREAD,
+    cgroup_cpu_limit,
+    check_n_threads,
+    env_threads,
+    limit_threads,
+    max_threads,
+    threads_for,
+    usable_cores,
+)
+
+NO_ENV: dict[str, str] = {}
+
+
+@pytest.fixture
+def torch_threads():
+    """torch's thread count, put back after the test whatever it does."""
+    before = torch.get_num_threads()
+    yield before
+    torch.set_num_threads(before)
+
+
+def _ratings(m: int = 40, n: int = 30, density: float = 0.4, seed: int = 0) -> autofact.Ratings:
+    rng = np.random.default_rng(seed)
+    mask = rng.random((m, n)) < density
+    u, i = np.nonzero(mask)
+    values = rng.integers(1, 6, size=len(u)).astype(np.float32)
+    return autofact.Ratings.from_coo(u, i, values, shape=(m, n))
+
+
+# ------------------------------------------------------------------ cgroup quota
+def _cgroup_v2(tmp_path, cpu_max: str | None, nested: str | None = None):
+    root = tmp_path / "cg"
+    (root / "app" / "job").mkdir(parents=True)
+    if cpu_max is not None:
+        (root / "app" / "cpu.max").write_text(cpu_max + "\n")
+    if nested is not None:
+        (root / "app" / "job" / "cpu.max").write_text(nested + "\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/app/job\n")
+    return root, proc
+
+
+def test_cgroup_v2_quota_in_cores_smallest_on_the_path(tmp_path):
+    root, proc = _cgroup_v2(tmp_path, "150000 100000", nested="300000 100000")
+    assert cgroup_cpu_limit(root, proc) == pytest.approx(1.5)
+
+
+def test_cgroup_v2_max_is_no_quota(tmp_path):
+    root, proc = _cgroup_v2(tmp_path, "max 100000")
+    assert cgroup_cpu_limit(root, proc) is None
+
+
+def test_cgroup_v1_quota_and_no_quota(tmp_path):
+    root = tmp_path / "cg"
+    d = root / "cpu,cpuacct" / "docker" / "abc"
+    d.mkdir(parents=True)
+    (d / "cpu.cfs_quota_us").write_text("50000\n")
+    (d / "cpu.cfs_period_us").write_text("100000\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text("12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n")
+    assert cgroup_cpu_limit(root, proc) == pytest.approx(0.5)
+    (d / "cpu.cfs_quota_us").write_text("-1\n")  # v1's "no quota"
+    assert cgroup_cpu_limit(root, proc) is None
+
+
+def test_no_cgroup_files_is_no_quota(tmp_path):
+    assert cgroup_cpu_limit(tmp_path / "absent", tmp_path / "absent-proc") is None
+
+
+# ------------------------------------------------------------------ usable cores and the cap
+def test_usable_cores_is_affinity_capped_by_the_quota_rounded_up(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: 2.5)
+    assert usable_cores() == 3
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: 0.2)
+    assert usable_cores() == 1
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: None)
+    assert usable_cores() == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: 16.0)
+    assert usable_cores() == 1
+
+
+def test_environment_order_and_openmp_lists():
+    assert env_threads(NO_ENV) is None
+    assert env_threads({"MKL_NUM_THREADS": "3"}) == 3
+    assert env_threads({"MKL_NUM_THREADS": "3", "OMP_NUM_THREADS": "4,2"}) == 4
+    assert env_threads({"OMP_NUM_THREADS": "4", "AUTOFACT_NUM_THREADS": "1"}) == 1
+    # another library's malformed variable is skipped, not an error
+    assert env_threads({"OMP_NUM_THREADS": "lots", "MKL_NUM_THREADS": "2"}) == 2
+
+
+@pytest.mark.parametrize("raw", ["0", "many", "-2"])
+def test_malformed_autofact_num_threads_is_an_error(raw):
+    with pytest.raises(ValueError, match=rf"AUTOFACT_NUM_THREADS must be a positive int, got '{raw}'"):
+        env_threads({"AUTOFACT_NUM_THREADS": raw})
+
+
+def test_cap_n_threads_then_environment_then_cores(monkeypatch):
+    monkeypatch.setattr(threads, "usable_cores", lambda: 6)
+    assert max_threads(None, environ=NO_ENV) == 6
+    assert max_threads(None, environ={"OMP_NUM_THREADS": "2"}) == 2
+    assert max_threads(3, environ={"OMP_NUM_THREADS": "2"}) == 3
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_n_threads_must_be_a_positive_int(bad):
+    with pytest.raises(ValueError, match=r"n_threads must be a positive int or None .*got "):
+        check_n_threads(bad)
+
+
+def test_n_threads_accepts_numpy_ints():
+    assert check_n_threads(np.int64(2)) == 2
+    assert check_n_threads(None) is None
+
+
+def test_size_decides_between_one_thread_and_the_cap():
+    # small operations (per-epoch arrays of (users + items) x K^2, tiny matrices): one thread
+    assert threads_for(16585 * 11, cap=2) == 1
+    assert threads_for(MIN_WORK_PER_THREAD - 1, cap=8) == 1
+    assert threads_for(2 * MIN_WORK_PER_THREAD, cap=8) == 2
+    assert threads_for(100 * MIN_WORK_PER_THREAD, cap=8) == 8
+    assert threads_for(100 * MIN_WORK_PER_THREAD, cap=1) == 1
+
+
+# ------------------------------------------------------------------ applying it
+def test_limit_threads_puts_back_what_it_found_even_on_error(torch_threads):
+    torch.set_num_threads(2)
+    with limit_threads(1) as n:
+        assert n == 1 and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with pytest.raises(RuntimeError, match="boom"), limit_threads(1):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == 2
+
+
+def test_limit_threads_caps_the_blas_and_restores_it():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    blas = threadpoolctl.ThreadpoolController().select(user_api="blas")
+    if not blas.lib_controllers:
+        pytest.skip("no BLAS library loaded")
+    before = [lib.num_threads for lib in blas.lib_controllers]
+    with limit_threads(1):
+        now = threadpoolctl.ThreadpoolController().select(user_api="blas")
+        assert all(lib.num_threads == 1 for lib in now.lib_controllers)
+    after = threadpoolctl.ThreadpoolController().select(user_api="blas")
+    assert [lib.num_threads for lib in after.lib_controllers] == before
+
+
+# ------------------------------------------------------------------ in the model
+def _threads_seen_by_the_loss():
+    seen: list[int] = []
+
+    def loss(pred, target):
+        seen.append(torch.get_num_threads())
+        return (pred - target) ** 2
+
+    return loss, seen
+
+
+@pytest.mark.parametrize("solver", ["als", "adam"])
+def test_fit_runs_small_data_single_threaded_and_restores_torch(torch_threads, solver):
+    # issue 10: a small fit runs with one thread whatever torch's setting; torch's process-wide
+    # thread count is the same after the fit as before
+    torch.set_num_threads(2)
+    loss, seen = _threads_seen_by_the_loss()
+    autofact.MatrixFactorization(rank=3, loss=loss, solver=solver, epochs=2).fit(_ratings())
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == 2
+
+
+def test_fit_uses_the_cap_for_large_work(torch_threads, monkeypatch):
+    torch.set_num_threads(1)
+    monkeypatch.setattr(threads, "MIN_WORK_PER_THREAD", 1)  # every operation "large"
+    loss, seen = _threads_seen_by_the_loss()
+    autofact.MatrixFactorization(rank=3, loss=loss, solver="als", epochs=1,
+                                 n_threads=2).fit(_ratings())
+    assert set(seen) == {2}
+    assert torch.get_num_threads() == 1
+
+
+def test_fit_reads_the_environment(torch_threads, monkeypatch):
+    torch.set_num_threads(2)
+    monkeypatch.setattr(threads, "MIN_WORK_PER_THREAD", 1)
+    monkeypatch.setenv("AUTOFACT_NUM_THREADS", "1")
+    loss, seen = _threads_seen_by_the_loss()
+    autofact.MatrixFactorization(rank=3, loss=loss, solver="als", epochs=1).fit(_ratings())
+    assert set(seen) == {1}
+    assert torch.get_num_threads() == 2
+
+
+def test_ranking_fit_restores_torch_threads(torch_threads):
+    torch.set_num_threads(2)
+    autofact.MatrixFactorization(rank=3, task="ranking", epochs=2).fit(_ratings())
+    assert torch.get_num_threads() == 2
+
+
+def test_seeded_fit_gives_identical_factors_twice(torch_threads):
+    # issue 10: the thread count depends on sizes, cores, quota and settings, never on load
+    data = _ratings(80, 60)
+    a = autofact.MatrixFactorization(rank=4, seed=3).fit(data)
+    torch.set_num_threads(1 if torch_threads > 1 else 2)  # what the user set does not leak in
+    b = autofact.MatrixFactorization(rank=4, seed=3).fit(data)
+    np.testing.assert_array_equal(a.user_factors_, b.user_factors_)
+    np.testing.assert_array_equal(a.item_factors_, b.item_factors_)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.0, "4", False])
+def test_fit_refuses_a_bad_n_threads(bad):
+    model = autofact.MatrixFactorization(n_threads=bad)
+    with pytest.raises(ValueError, match=rf"n_threads must be a positive int or None .*got {bad!r}"):
+        model.fit(_ratings())
+
+
+def test_n_threads_is_a_hyper_parameter():
+    model = autofact.MatrixFactorization(n_threads=1)
+    assert model.get_params()["n_threads"] == 1
+    assert "n_threads=1" in repr(model)
