@@ -148,3 +148,30 @@ def test_missing_real_data_fails_under_ci_and_skips_elsewhere(tmp_path, monkeypa
         conftest.dataset("ml-100k")
     monkeypatch.setattr(conftest, "DATASETS", tmp_path)
     assert conftest.dataset() == tmp_path  # present: returned, under CI or not
+
+
+#: What a fit does not need (issue 10, item 5): loaded only where used. tqdm is imported by torch
+#: itself, so for it the check is that no autofact module imports it at import time.
+LAZY = ("pandas", "scipy", "matplotlib", "threadpoolctl", "tqdm", "pyarrow", "optuna", "sklearn")
+
+
+def test_no_module_imports_what_a_fit_does_not_need_at_import_time():
+    # issue 10 (cold start): a module-level import here would load it on `import autofact`
+    offenders = {
+        path.relative_to(SRC).as_posix(): sorted(_top_level_imports(path) & set(LAZY))
+        for path in SRC.rglob("*.py")
+        if _top_level_imports(path) & set(LAZY)
+    }
+    assert offenders == {}
+
+
+def test_import_autofact_loads_none_of_pandas_scipy_matplotlib_threadpoolctl():
+    # issue 10 (cold start): checked in a fresh process, through sys.modules
+    code = (
+        "import sys, autofact\n"
+        f"print(sorted(m for m in {LAZY!r} if m != 'tqdm' and m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

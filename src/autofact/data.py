@@ -9,11 +9,14 @@ Nothing here ever builds an ``m x n`` dense matrix.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 from .errors import UnknownIdError
 
@@ -251,11 +254,13 @@ class Ratings:
 
         An explicitly stored zero is a rating of 0; absent entries are missing.
         """
-        if not sp.issparse(S):
+        if not _issparse(S):
             raise TypeError(
                 f"S must be a scipy.sparse matrix, got {type(S).__name__}; "
                 "use Ratings.from_dense or Ratings.from_masked for dense arrays"
             )
+        import scipy.sparse as sp
+
         coo = sp.coo_matrix(S)  # keeps explicit zeros and any duplicates
         return cls(coo.row, coo.col, coo.data, shape=coo.shape, duplicates=duplicates)
 
@@ -374,6 +379,8 @@ class Ratings:
 
     def to_csr(self) -> sp.csr_matrix:
         """The ratings as a scipy CSR matrix (entries are the observed values)."""
+        import scipy.sparse as sp
+
         indptr = np.zeros(self.shape[0] + 1, dtype=np.int64)
         np.cumsum(np.bincount(self.users, minlength=self.shape[0]), out=indptr[1:])
         return sp.csr_matrix((self.values, self.items, indptr), shape=self.shape)
@@ -644,12 +651,19 @@ def _combine_duplicates(
     return users[pick], items[pick], vals, w, ts
 
 
+def _issparse(x: Any) -> bool:
+    """Whether ``x`` is a scipy.sparse matrix or array; scipy is imported only when it is
+    (issue 10: ``import autofact`` leaves scipy out; a scipy object means scipy is loaded)."""
+    sparse = sys.modules.get("scipy.sparse")
+    return sparse is not None and bool(sparse.issparse(x))
+
+
 def as_ratings(x: Any, name: str = "ratings") -> Ratings:
     """``x`` as :class:`Ratings`: a Ratings, scipy.sparse matrix, masked array, NaN-dense array,
     or a DataFrame with columns ``user``, ``item``, ``rating``."""
     if isinstance(x, Ratings):
         return x
-    if sp.issparse(x):
+    if _issparse(x):
         return Ratings.from_sparse(x)
     if isinstance(x, np.ma.MaskedArray):
         return Ratings.from_masked(x)

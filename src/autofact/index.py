@@ -28,11 +28,13 @@ array([ 0, -1])
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 import torch
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 from .data import Ratings
 from .errors import UnknownIdError
@@ -112,6 +114,8 @@ class ModelIndex:
         np.cumsum(np.bincount(users, minlength=m), out=indptr[1:])
 
         def make_seen() -> sp.csr_matrix:  # built on first use: recommendation, save
+            import scipy.sparse as sp  # issue 10: not on import autofact
+
             return sp.csr_matrix((np.ones(len(items), dtype=bool), items, indptr), shape=(m, n))
 
         rating_range = (float(ratings.values.min()), float(ratings.values.max()))
