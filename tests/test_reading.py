@@ -369,3 +369,73 @@ def test_every_pass_hint_names_a_keyword_of_read(tmp_path):
     assert set(hints) <= accepted, set(hints) - accepted
     assert {"sep", "header", "user", "item", "rating", "weight", "timestamp", "duplicates",
             "encoding", "format"} <= accepted
+
+
+def _write_parts(folder, rows, n_parts, header="user,item,rating"):
+    folder.mkdir()
+    for k in range(n_parts):
+        (folder / f"part-{k:05d}.csv").write_text(header + "\n" + "\n".join(rows[k::n_parts]) + "\n")
+    (folder / "_SUCCESS").write_text("")  # a marker, not a part
+    (folder / ".part-00000.csv.crc").write_text("x")  # hidden, not a part
+
+
+def test_a_folder_of_part_files_reads_as_their_concatenation(tmp_path):
+    # issue 11, item 1: read(DIR) in one process; the id rule spans the parts ('007' in one
+    # part makes every user id a string, as in one file)
+    rows = [f"{u},{i},{(u * i) % 5 + 1}" for u in range(1, 31) for i in range(0, 20, 3)]
+    rows[100] = "007," + rows[100].split(",", 1)[1]
+    (tmp_path / "all.csv").write_text("user,item,rating\n" + "\n".join(rows) + "\n")
+    _write_parts(tmp_path / "parts", rows, 3)
+    one, parts = autofact.read(tmp_path / "all.csv"), autofact.read(tmp_path / "parts")
+    assert parts.user_ids.dtype == object and "007" in list(parts.user_ids)
+    assert parts.item_ids.dtype.kind == "i"
+    for name in ("users", "items", "values"):
+        np.testing.assert_array_equal(getattr(parts, name), getattr(one, name))
+    assert list(parts.user_ids) == list(one.user_ids)
+    assert list(parts.item_ids) == list(one.item_ids)
+
+
+def test_a_folder_of_parquet_parts_reads(tmp_path):
+    pytest.importorskip("pyarrow")
+    import pandas as pd
+
+    (tmp_path / "p").mkdir()
+    frame = pd.DataFrame({"user": [1, 2, 3, 4], "item": [10, 10, 20, 20],
+                          "rating": [1.0, 2.0, 3.0, 4.0]})
+    frame.iloc[:2].to_parquet(tmp_path / "p" / "part-0.parquet")
+    frame.iloc[2:].to_parquet(tmp_path / "p" / "part-1.parquet")
+    r = autofact.read(tmp_path / "p")
+    assert len(r) == 4 and list(r.user_ids) == [1, 2, 3, 4] and list(r.item_ids) == [10, 20]
+
+
+def test_folder_errors_name_the_folder_or_the_part(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="'.*empty' holds no part files"):
+        autofact.read(tmp_path / "empty")
+    _write_parts(tmp_path / "dup", ["1,1,3", "1,1,4"], 2)
+    with pytest.raises(ValueError, match="duplicate"):
+        autofact.read(tmp_path / "dup")
+    assert autofact.read(tmp_path / "dup", duplicates="last").values.tolist() == [4.0]
+    with pytest.raises(ValueError, match="duplicates='mean' is not available for a folder"):
+        autofact.read(tmp_path / "dup", duplicates="mean")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.csv").write_text("user,item,rating\n1,1,3\n")
+    (tmp_path / "bad" / "b.csv").write_text("user,item,rating\n2,1,x\n")
+    with pytest.raises(ValueError, match="b.csv.*rating 'x' is not a number"):
+        autofact.read(tmp_path / "bad")
+    (tmp_path / "ts").mkdir()
+    (tmp_path / "ts" / "a.csv").write_text("user,item,rating,timestamp\n1,1,3,100\n")
+    (tmp_path / "ts" / "b.csv").write_text("user,item,rating\n2,1,4\n")
+    with pytest.raises(ValueError, match="some part files have timestamps.*'b.csv' lacks"):
+        autofact.read(tmp_path / "ts")
+
+
+def test_cli_fits_a_folder_of_parts(tmp_path, capsys):
+    from autofact.cli import main
+
+    rows = [f"u{u},i{i},{(u * i) % 5 + 1}" for u in range(20) for i in range(0, 12, 2)]
+    _write_parts(tmp_path / "parts", rows, 2)
+    out = tmp_path / "m.npz"
+    assert main(["fit", str(tmp_path / "parts"), "--out", str(out), "--epochs", "2",
+                 "--rank", "2", "--quiet"]) == 0
+    assert autofact.load(out).user_ids_.size == 20

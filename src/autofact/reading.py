@@ -63,7 +63,12 @@ def read(
     duplicates: Duplicates = "error",
     encoding: str = "utf-8",
 ) -> Ratings:
-    """Read a ratings file into :class:`Ratings`.
+    """Read a ratings file, or a folder of part files, into :class:`Ratings`.
+
+    A folder (issue 11) is read part by part, its files in name order (names starting with
+    ``.`` or ``_``, such as Spark's ``_SUCCESS``, are skipped), each by the rules below with
+    the same keywords; the parts must agree on their columns. The id rule spans the parts: ids
+    stay ints only when every part's are, and a pair rated in two parts is a duplicate.
 
     Detected from the content, each overridable: Parquet (``format="parquet"``); the separator
     (``sep=``); a header line (``header=``); the user, item and rating columns by name
@@ -84,7 +89,13 @@ def read(
     >>> ratings = autofact.read("ml-100k/u.data")
     >>> ratings = autofact.read("log.csv", user="customer", item="sku", rating="clicks",
     ...                         timestamp="day", encoding="latin-1")
+    >>> ratings = autofact.read("ratings/")        # ratings/part-00000.parquet, ...
     """
+    if Path(path).is_dir():
+        return _read_parts(
+            Path(path), dict(format=format, sep=sep, header=header, user=user, item=item,
+                             rating=rating, weight=weight, timestamp=timestamp,
+                             encoding=encoding), duplicates)
     p = _existing_file(path)
     for arg, given in (("user", user), ("item", item), ("rating", rating), ("weight", weight)):
         if given is not None and not isinstance(given, str):
@@ -99,6 +110,63 @@ def read(
         table = _read_text(p, names, sep=sep or {"csv": ",", "tsv": "\t"}.get(fmt),
                            header=header, encoding=encoding)
     return _to_ratings(table, duplicates)
+
+
+def part_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The part files of a folder of ratings, in name order (hidden files, ``_``-prefixed
+    markers such as ``_SUCCESS`` and sub-folders left out)."""
+    p = Path(folder)
+    parts = sorted(f for f in p.iterdir()
+                   if f.is_file() and not f.name.startswith((".", "_")))
+    if not parts:
+        raise ValueError(
+            f"folder {str(folder)!r} holds no part files (CSV, TSV or Parquet); give a folder of "
+            "ratings files or a file"
+        )
+    return parts
+
+
+def _read_parts(folder: Path, kwargs: dict[str, Any], duplicates: Duplicates) -> Ratings:
+    """Every part file of ``folder`` read by :func:`read` and joined into one :class:`Ratings`
+    (ids by the one rule over all the parts; see :func:`read`)."""
+    if duplicates == "mean":  # a mean of each part's means would weigh the parts wrongly
+        raise ValueError(
+            f"duplicates='mean' is not available for a folder of part files ({str(folder)!r}); "
+            "pass duplicates='last' (the last part's rating wins) or combine them beforehand"
+        )
+    parts = [(f, read(f, duplicates=duplicates, **kwargs)) for f in part_files(folder)]
+    for what in ("weights", "timestamps"):
+        have = [getattr(r, what) is not None for _, r in parts]
+        if any(have) and not all(have):
+            odd = parts[have.index(not have[0])][0].name if have[0] else parts[0][0].name
+            raise ValueError(
+                f"folder {str(folder)!r}: some part files have {what} and some do not (e.g. "
+                f"{odd!r} {'lacks' if have[0] else 'has'} them); give every part the same "
+                "columns" + (", or pass timestamp=False" if what == "timestamps" else "")
+            )
+
+    def ids(which: str) -> tuple[np.ndarray, np.ndarray]:
+        raw = [getattr(r, f"{which}_ids")[getattr(r, f"{which}s")] for _, r in parts]
+        if not all(np.asarray(a).dtype.kind in "iu" for a in raw):
+            # some part has ids that are not canonical ints: every id stays text, as written
+            raw = [np.asarray([str(x) for x in a], dtype=object) if np.asarray(a).dtype.kind
+                   in "iu" else np.asarray(a, dtype=object) for a in raw]
+            uniq, codes = np.unique(np.concatenate(raw).astype(str), return_inverse=True)
+            return codes.astype(np.int32), np.asarray(uniq.tolist(), dtype=object)
+        uniq, codes = np.unique(np.concatenate(raw), return_inverse=True)
+        return codes.astype(np.int32), uniq
+
+    users, user_ids = ids("user")
+    items, item_ids = ids("item")
+
+    def joined(what: str) -> np.ndarray | None:
+        got = [getattr(r, what) for _, r in parts]
+        return None if got[0] is None else np.concatenate(got)
+
+    return Ratings(users, items, np.concatenate([r.values for _, r in parts]),
+                   shape=(len(user_ids), len(item_ids)), user_ids=user_ids, item_ids=item_ids,
+                   weights=joined("weights"), timestamps=joined("timestamps"),
+                   duplicates=duplicates)
 
 
 # ---------------------------------------------------------------------------------- columns

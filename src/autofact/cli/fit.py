@@ -20,8 +20,9 @@ def register(sub: Any) -> None:
                        description="Fit a model on DATA and save it to --out; with a test set, "
                        "report RMSE, MAE and top-k ranking metrics. Ctrl-C saves the model of "
                        "the last finished epoch.")
-    p.add_argument("data", metavar="DATA", type=o.existing_file,
-                   help="ratings file: CSV/TSV/Parquet/MovieLens (user, item, rating[, time])")
+    p.add_argument("data", metavar="DATA", type=_existing_data,
+                   help="ratings file: CSV/TSV/Parquet/MovieLens (user, item, rating[, time]), "
+                   "or a folder of such part files")
     test = p.add_mutually_exclusive_group()
     test.add_argument("--test", type=o.existing_file, metavar="FILE",
                       help="held-out ratings: validation RMSE per epoch and final metrics")
@@ -206,6 +207,14 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         print()
         print(metrics_table(metrics))
     return ExitStatus.OK
+
+
+def _existing_data(text: str) -> Path:
+    """DATA: a ratings file, or a folder of part files (issue 11)."""
+    p = Path(text)
+    if p.is_dir():
+        return p
+    return o.existing_file(text)
 
 
 def _save_interrupted(model: Any, out: Path, checkpoint: Path | None = None) -> ExitStatus:
