@@ -300,10 +300,19 @@ def main(argv: list[str] | None = None) -> int:
     text = table(rows)
     print(text)
     if args.save:
+        import implicit
+
+        from .run import machine_info
+
+        info = {**machine_info("cpu"), "implicit": implicit.__version__,
+                "threads": args.threads, "command": " ".join(["python -m benchmarks.ranking",
+                                                                *(argv or sys.argv[1:])])}
         RESULTS.mkdir(exist_ok=True)
         stamp = time.strftime("%Y-%m-%d_%H%M")
-        (RESULTS / f"{stamp}_ranking.md").write_text(text + "\n")
-        (RESULTS / f"{stamp}_ranking.json").write_text(json.dumps(rows, indent=1) + "\n")
+        head = "\n".join(f"- {k}: {v}" for k, v in info.items())
+        (RESULTS / f"{stamp}_ranking.md").write_text(f"# Ranking benchmark\n\n{head}\n\n{text}\n")
+        (RESULTS / f"{stamp}_ranking.json").write_text(
+            json.dumps({"machine": info, "rows": rows}, indent=1) + "\n")
     return 0
 
 
