@@ -620,7 +620,9 @@ class MatrixFactorization:
         ``kind='response'`` (the default) gives the mean response: the rating (clipped to the
         training ratings' range) for the regression losses, the rate for ``poisson``, the
         probability for ``logistic`` (see the class docstring); ``kind='link'`` the raw score
-        ``mu + b_u + b_i + p_u . q_i``.
+        ``mu + b_u + b_i + p_u . q_i``. A ``task='ranking'`` model gives its preference score
+        ``p_u . q_i`` (plus ``b_i`` for ``bpr``/``warp``) for both kinds, never clipped: higher
+        means more likely to be chosen, not a rating (an unknown user or item scores 0).
 
         A pair whose user or item was not in the training data is scored from the global mean
         plus the known side's bias (:meth:`ModelIndex.link_scores`) and counted in one warning;
