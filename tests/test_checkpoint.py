@@ -161,6 +161,10 @@ def test_bad_checkpoint_arguments_and_files_are_refused(tmp_path):
     np.savez(tmp_path / ck.FILE_NAME, meta=np.frombuffer(b'{"format": "other"}', np.uint8))
     with pytest.raises(ValueError, match="is not an autofact checkpoint"):
         model().fit(planted(), checkpoint=tmp_path)
+    meta = {"format": ck.FORMAT_NAME, "format_version": ck.FORMAT_VERSION, "epoch": 1}
+    np.savez(tmp_path / ck.FILE_NAME, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    with pytest.raises(ValueError, match="is damaged: it holds no factors"):
+        model().fit(planted(), checkpoint=tmp_path)
     meta = {"format": ck.FORMAT_NAME, "format_version": 99, "autofact_version": "9"}
     np.savez(tmp_path / ck.FILE_NAME, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
     with pytest.raises(ValueError, match="checkpoint format 99"):
@@ -199,3 +203,6 @@ def test_cli_resumes_with_the_same_command(tmp_path, capsys):
     assert main(["fit", str(data), "--out", str(tmp_path / "m.npz"), "--checkpoint-every",
                  "2"]) == 2
     assert "--checkpoint-every needs --checkpoint DIR" in capsys.readouterr().err
+    assert main(["fit", str(data), "--out", str(tmp_path / "m.npz"), "--checkpoint",
+                 str(data)]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err

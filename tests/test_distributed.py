@@ -202,3 +202,44 @@ def test_a_frozen_or_killed_peer_ends_the_others_naming_it(tmp_path, signal_name
                                               ).fit(autofact.read(tmp_path / "r.csv"))
         np.testing.assert_allclose(model.user_factors_, single.user_factors_, rtol=1e-6,
                                    atol=1e-6)
+
+
+def test_torch_plan_without_a_process_group_says_how_to_start_one():
+    from autofact.sharding import TorchShardPlan
+
+    with pytest.raises(RuntimeError, match=r"call autofact.distributed.init\(\) first"):
+        TorchShardPlan()
+
+
+def test_init_refuses_a_bad_timeout():
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds, got 0"):
+        distributed.init(timeout=0)
+
+
+def test_a_peer_that_never_joins_is_reported_within_the_timeout(tmp_path):
+    # issue 11, item 5: rank 0 of 2 alone gives up after the timeout with a named error
+    code = ("from autofact import distributed\n"
+            "from autofact.sharding import PeerLostError\n"
+            "try:\n    distributed.init(timeout=2)\n"
+            "except PeerLostError as exc:\n    print(exc)\n    raise SystemExit(3)\n")
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+           "WORLD_SIZE": "2", "RANK": "0",
+           "PYTHONPATH": os.pathsep.join([str(WORKER.parent.parent / "src"),
+                                          os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "the 2 processes did not all join at 127.0.0.1" in proc.stdout
+
+
+class _DisagreeingPlan(_TwoProcessPlan):
+    """Says the other process found another checkpoint."""
+
+    def agree(self, value: int) -> bool:
+        return False
+
+
+def test_processes_that_find_different_checkpoints_are_refused(tmp_path):
+    model = autofact.MatrixFactorization(rank=2, solver="adam", epochs=1, device="cpu")
+    with pytest.raises(ValueError, match="different checkpoints .*every process reads"):
+        model.fit(planted(), plan=_DisagreeingPlan(), checkpoint=tmp_path)
