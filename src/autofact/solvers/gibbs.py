@@ -64,6 +64,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..threads import use_threads
+
 __all__ = ["GibbsResult", "gibbs_mf", "NOISE_MODELS"]
 
 NOISE_MODELS = ("both", "user", "item", "global")
@@ -350,6 +352,11 @@ def _check(rank: Any, sweeps: Any, burn_in: Any, noise: Any, noise_shape: Any) -
         raise ValueError(f"rank must be a positive int, got {rank!r}")
     if isinstance(sweeps, bool) or not isinstance(sweeps, int | np.integer) or sweeps < 1:
         raise ValueError(f"sweeps must be a positive int, got {sweeps!r}")
+    if noise not in NOISE_MODELS:
+        raise ValueError(f"noise must be one of {NOISE_MODELS}, got {noise!r}")
+    if not (isinstance(noise_shape, int | float) and math.isfinite(noise_shape)
+            and noise_shape > 0):
+        raise ValueError(f"noise_shape must be a positive number, got {noise_shape!r}")
     if burn_in is None:
         return int(sweeps) // 10
     if (isinstance(burn_in, bool) or not isinstance(burn_in, int | np.integer)
@@ -358,11 +365,6 @@ def _check(rank: Any, sweeps: Any, burn_in: Any, noise: Any, noise_shape: Any) -
             f"burn_in must be an int in [0, sweeps) = [0, {sweeps}), got {burn_in!r}; at least "
             "one sweep must be averaged"
         )
-    if noise not in NOISE_MODELS:
-        raise ValueError(f"noise must be one of {NOISE_MODELS}, got {noise!r}")
-    if not (isinstance(noise_shape, int | float) and math.isfinite(noise_shape)
-            and noise_shape > 0):
-        raise ValueError(f"noise_shape must be a positive number, got {noise_shape!r}")
     return int(burn_in)
 
 
@@ -383,6 +385,7 @@ def gibbs_mf(
     cg_tol: float = 1e-6,
     cg_max_iter: int = 100,
     max_nnz: int = 1 << 20,
+    n_threads: int | None = None,
     callback: Callable[[int, float], bool | None] | None = None,
 ) -> GibbsResult:
     """Sample the posterior of Bayesian biased MF (see the module docstring); float64 arithmetic.
@@ -390,7 +393,10 @@ def gibbs_mf(
     Give the training ratings as 0-based COO arrays ``users, items, values`` and ``shape`` =
     ``(n_users, n_items)``, or as one :class:`autofact.Ratings`. ``(user, item)`` pairs must be
     distinct. ``burn_in`` (default ``sweeps // 10``) sweeps are discarded, the rest averaged.
-    ``callback(sweep, train_rmse)`` runs after each sweep; returning ``True`` stops sampling.
+    ``callback(sweep, train_rmse)`` runs after each sweep (``train_rmse``: the root mean of the
+    noise-weighted squared residuals, ``sum tau_u kappa_i e_ui^2 / N``); returning ``True`` stops
+    sampling. ``n_threads`` caps torch's threads (:mod:`autofact.threads`: one per 2**27
+    multiply-adds of the largest product, a row block's Gram product).
 
     >>> res = gibbs_mf([0, 0, 1, 1, 2], [0, 1, 0, 2, 1], [5.0, 3.0, 4.0, 1.0, 2.0], (3, 3),
     ...                rank=2, sweeps=20)
@@ -404,6 +410,18 @@ def gibbs_mf(
     if items is None or values is None or shape is None:
         raise TypeError("gibbs_mf needs users, items, values and shape, or one Ratings")
     burn_in = _check(rank, sweeps, burn_in, noise, noise_shape)
+    K = int(rank) + 1
+    with use_threads(min(len(values), max_nnz) * K * (K + 1) / 2, n_threads):
+        return _gibbs(users, items, values, shape, rank=int(rank), sweeps=int(sweeps),
+                      burn_in=burn_in, noise=noise, noise_shape=float(noise_shape),
+                      implicit=bool(implicit), seed=seed, init_std=init_std, cg_tol=cg_tol,
+                      cg_max_iter=cg_max_iter, max_nnz=max_nnz, callback=callback, t0=t0)
+
+
+def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank: int,
+           sweeps: int, burn_in: int, noise: str, noise_shape: float, implicit: bool,
+           seed: int | None, init_std: float, cg_tol: float, cg_max_iter: int, max_nnz: int,
+           callback: Callable[[int, float], bool | None] | None, t0: float) -> GibbsResult:
     m, n = int(shape[0]), int(shape[1])
     users = np.asarray(users)
     items = np.asarray(items)
