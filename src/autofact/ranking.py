@@ -38,8 +38,16 @@ score_negative)`` (:func:`bpr`, :func:`warp`); :func:`sample_negatives` draws th
 (uniform or popularity-weighted, never an item the user has) and :func:`fit_pairwise` trains
 ``P``, ``Q`` and item biases with any such loss, including a user's own.
 
->>> P, Q = implicit_als(train, rank=64, alpha=2.0, regularization=10.0, iterations=15)
+:func:`implicit_als` with ``cg_steps=3`` takes three conjugate-gradient steps a row instead of
+the exact solve (as implicit does), each step two CSR products (a sampled dense-dense product and
+a sparse-dense one): not exact, much cheaper on large data.
+
+``MatrixFactorization(task="ranking")`` runs :func:`fit_ranking` with :data:`RANKING_DEFAULTS`;
+the functions here are its parts, usable on their own:
+
+>>> P, Q = implicit_als(train, rank=64, alpha=0.5, weight=0.5, regularization=25.0)
 >>> P, Q, b = fit_pairwise(train, rank=64, loss=bpr, epochs=30)
+>>> loss = implicit_loss(P, Q, users, items, conf, weight=0.5)   # autograd-ready
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ __all__ = [
     "all_unobserved",
     "implicit_loss",
     "implicit_als",
+    "implicit_objective",
     "bpr",
     "warp",
     "PAIRWISE_LOSSES",
@@ -75,6 +84,13 @@ __all__ = [
 
 #: names accepted by :func:`confidence`
 CONFIDENCES = ("linear", "log", "binary")
+
+#: the ranking task's defaults for :func:`implicit_als`, chosen on validation splits carved from
+#: the training data of MovieLens 100K u1 and ml-latest-small 90/10 (see benchmarks/ranking.py)
+RANKING_DEFAULTS: dict[str, Any] = {
+    "rank": 64, "alpha": 0.5, "scheme": "linear", "weight": 0.5, "regularization": 25.0,
+    "iterations": 15,
+}
 
 PairwiseLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -343,13 +359,13 @@ def implicit_als(
     ratings: Ratings | InteractionMatrix,
     rank: int = 64,
     *,
-    alpha: float = 1.0,
-    scheme: str = "linear",
+    alpha: float = RANKING_DEFAULTS["alpha"],
+    scheme: str = RANKING_DEFAULTS["scheme"],
     eps: float = 1.0,
-    weight: float = 1.0,
-    regularization: float = 0.05,
+    weight: float = RANKING_DEFAULTS["weight"],
+    regularization: float = RANKING_DEFAULTS["regularization"],
     scale_regularization: float = 0.0,
-    iterations: int = 15,
+    iterations: int = RANKING_DEFAULTS["iterations"],
     init_std: float = 0.01,
     seed: int | None = 0,
     dtype: torch.dtype = torch.float32,
@@ -371,8 +387,10 @@ def implicit_als(
     the paper; ``1``: frequency-scaled, Rendle et al. 2021). ``cg_steps=0`` solves each row's
     normal equations exactly; ``cg_steps=3`` takes three conjugate-gradient steps on them from
     the current row instead (Takacs et al. 2011, implicit's default: ``O(n_x k)`` a step instead
-    of ``O(n_x k^2)``, not exact). Rows are solved a padded block of
-    at most ``max_floats`` gathered floats at a time, one batched Cholesky per block.
+    of ``O(n_x k^2)``, not exact). Exact rows are solved a padded block of at most
+    ``max_floats`` gathered floats at a time, one batched Cholesky per block. The defaults are
+    :data:`RANKING_DEFAULTS` (implicit's own are ``alpha`` on binary data, ``weight=1``,
+    ``regularization=0.05``).
     """
     rank = _int(rank, "rank")
     iterations = _int(iterations, "iterations", 0)
@@ -638,12 +656,6 @@ def fit_pairwise(
 
 
 # ---------------------------------------------------------------------------- the ranking task
-#: the ranking task's defaults for :func:`implicit_als`, chosen on validation splits carved from
-#: the training data of MovieLens 100K u1 and ml-latest-small 90/10 (see benchmarks/ranking.py)
-RANKING_DEFAULTS: dict[str, Any] = {
-    "rank": 64, "alpha": 0.5, "scheme": "linear", "weight": 0.5, "regularization": 25.0,
-    "iterations": 15,
-}
 #: pairwise training defaults used by :func:`fit_ranking` for ``loss='bpr'``/``'warp'``
 PAIRWISE_EPOCHS = 30
 
