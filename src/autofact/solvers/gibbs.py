@@ -44,8 +44,8 @@ averaging the products of all kept samples (0.899 against 0.899 RMSE on ml-100k,
 
 How the posterior is kept: the running means of ``P``, ``Q`` (and ``Y``), of the biases and of
 the column means ``m`` (the prior of an unknown user or item), i.e. one factorization's worth of
-memory, whatever the number of sweeps. The user means are Rao-Blackwellized: the mean of each
-draw's Gaussian conditional is averaged, not the draw.
+memory, whatever the number of sweeps. The means are Rao-Blackwellized: the mean of each draw's
+Gaussian conditional is averaged, not the draw (same expectation, less Monte Carlo noise).
 
 Memory while sampling: per rating, the column index (int32) and the centred rating (float32) in
 both orientations, and one float32 squared residual: 20 bytes; per row the factors and their
@@ -446,7 +446,7 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
     Xi = init_std * rng.standard_normal((n, K))  # [Q, bi]
     Xu[:, k] = 0.0
     Xi[:, k] = 0.0
-    mean_u = np.zeros((m, K))
+    mean_u, mean_i = np.zeros((m, K)), np.zeros((n, K))
     hyp_u = (np.zeros(K), np.ones(K))
     hyp_i = (np.zeros(K), np.ones(K))
     alpha = 1.0
@@ -481,8 +481,7 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
         else:
             pm = hyp_u[0]
         averaging = sweep > burn_in
-        if averaging:  # the item state and priors the user draw is conditioned on
-            Qm += Xi
+        if averaging:  # the priors the user draw is conditioned on
             mQm += hyp_i[0]
             mPm += hyp_u[0]
         sse_u = _sample_rows(rng, u_side, Xi[:, :k], Xi[:, k], pm, hyp_u[1], alpha, tau_u, tau_i,
@@ -501,7 +500,7 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
         if tau_u is not None:
             tau_u = _gamma(rng, noise_shape + u_side.counts / 2, noise_shape + alpha * sse_u / 2)
         sse_i = _sample_rows(rng, i_side, Xu[:, :k], Xu[:, k], hyp_i[0], hyp_i[1], alpha, tau_i,
-                             tau_u, Xi, None)
+                             tau_u, Xi, mean_i)
         hyp_i = _hyper(rng, Xi[cnt_i])
         # ... and kappa_i given those at the items' draw
         if tau_i is not None:
@@ -511,6 +510,7 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
             hyp_y = _hyper(rng, Y)
         if averaging:
             Pm += mean_u
+            Qm += mean_i
             if Ym is not None and Y is not None:
                 Ym += Y
             alpha_sum += alpha
@@ -518,7 +518,7 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
         if callback is not None and callback(sweep, rmse[-1]):
             break
     if n_avg == 0:  # stopped by the callback during burn-in: the last state
-        Pm[:], Qm[:], mPm[:], mQm[:], n_avg = mean_u, Xi, hyp_u[0], hyp_i[0], 1
+        Pm[:], Qm[:], mPm[:], mQm[:], n_avg = mean_u, mean_i, hyp_u[0], hyp_i[0], 1
         alpha_sum = alpha
         if Ym is not None and Y is not None:
             Ym += Y
