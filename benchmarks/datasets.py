@@ -259,3 +259,63 @@ def filmtrust() -> dict[str, Any]:
     _, last_rev = np.unique(key[::-1], return_index=True)
     keep = np.sort(len(key) - 1 - last_rev)
     return _holdout("filmtrust 90/10", u[keep], i[keep], a[keep, 2])
+
+
+def sparse_reviews(
+    m: int = 17_615,
+    n: int = 16_121,
+    total: int = 72_345,
+    exponent: float = 0.8,
+    rank: int = 10,
+    noise: float = 0.5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """A review site's shape (issue 10, item 3): ``m`` users and ``n`` items, ``total`` ratings,
+    every user and every item rated at least once, ratings per user and per item following a
+    power law (the ``r``-th most active has weight ``r**-exponent``), then the 90/10 seeded split.
+
+    Values are ``clip(3.5 + b_u + b_i + p_u . q_i + noise * N(0,1), 1, 5)`` with biases
+    N(0, 0.5^2) and the factors of :func:`synthetic_lowrank`. Fully deterministic in ``seed``.
+    """
+    if total < max(m, n):
+        raise ValueError(f"total={total} ratings cannot cover {m} users and {n} items")
+    rng = np.random.default_rng(seed)
+
+    def power_law(size: int) -> np.ndarray:
+        w = np.arange(1, size + 1, dtype=np.float64) ** -exponent
+        return rng.permutation(w / w.sum())
+
+    # users: one rating each, the rest spread by the power law (none beyond n)
+    u_w = power_law(m)
+    counts = 1 + rng.multinomial(total - m, u_w)
+    while counts.max() > n:  # practically never at these sizes
+        over = counts - n
+        counts = np.minimum(counts, n)
+        counts += rng.multinomial(int(over[over > 0].sum()), u_w)
+    users = rng.permutation(np.repeat(np.arange(m), counts))
+    # items: the first n ratings give every item one, the rest follow the item power law
+    i_w = power_law(n)
+    items = np.empty(total, dtype=np.int64)
+    items[:n] = rng.permutation(n)
+    items[n:] = rng.choice(n, size=total - n, p=i_w)
+    # a user rates an item once: redraw the later of two equal cells (the guaranteed first n
+    # are earlier, so they stay)
+    for _ in range(1000):
+        key = users.astype(np.int64) * n + items
+        _, first = np.unique(key, return_index=True)
+        dup = np.ones(total, dtype=bool)
+        dup[first] = False
+        if not dup.any():
+            break
+        items[dup] = rng.choice(n, size=int(dup.sum()), p=i_w)
+    else:
+        raise RuntimeError("could not draw distinct cells")
+    scale = float(rank) ** -0.25
+    P = (rng.standard_normal((m, rank)) * scale).astype(np.float32)
+    QT = (rng.standard_normal((n, rank)) * scale).astype(np.float32)
+    bu = (0.5 * rng.standard_normal(m)).astype(np.float32)
+    bi = (0.5 * rng.standard_normal(n)).astype(np.float32)
+    signal = np.einsum("ij,ij->i", P[users], QT[items]) + bu[users] + bi[items]
+    ratings = np.clip(3.5 + signal + noise * rng.standard_normal(total), 1.0, 5.0)
+    return _holdout(f"sparse reviews {m:,}x{n:,} ({total:,} ratings)", users, items,
+                    ratings.astype(np.float32), seed=seed)

@@ -416,6 +416,109 @@ def case_accuracy(quick: bool, device: str) -> None:
     details["accuracy"] = results
 
 
+def case_sparse(quick: bool, device: str) -> None:
+    """Issue 10, item 3: a review site's shape (17,615 users x 16,121 items, 72,345 ratings,
+    power-law counts, 90/10). LIBMF k=32 (20 iterations, 2 threads) against autofact's default
+    fit: the time until its held-out RMSE reaches LIBMF's, and the 15 ALS epochs it runs."""
+    data = ds.sparse_reviews()
+    lib = bl.libmf_cli(data["train"], data["test"])
+    label = f"sparse {data['shape'][0]:,}x{data['shape'][1]:,} {len(data['train']['users']):,}"
+    if lib is None:
+        for what in ("default fit to LIBMF's RMSE", "15 ALS epochs (default fit)"):
+            add_row(f"{label} {what}", None, "LIBMF k32", None, 1.0,
+                    note="LIBMF not built (../shared/baselines/libmf and make)")
+        return
+    target = lib["rmse"]
+    params = {"rank": 10, "solver": "als", "epochs": 15, "beta": 25.0, "bias": True,
+              "patience": None}  # MatrixFactorization()'s defaults, validated every epoch
+    tta = _try_af("sparse", af.time_to_accuracy, data, target, params, device=device)
+    fit = _try_af("sparse", af.default_fit, data, device=device)
+    note = _af_na("sparse")
+    acc = f"LIBMF RMSE {target:.4f}"
+    if tta and "error" not in tta:
+        acc += f"; autofact best {tta['best_val_rmse']:.4f}"
+        if tta["seconds"] is None:
+            note = f"autofact never reached LIBMF's RMSE in {len(tta['history'])} epochs"
+        else:
+            acc += f" (reached at epoch {tta['epoch']})"
+    add_row(f"{label} default fit to LIBMF's RMSE", (tta or {}).get("seconds"), "LIBMF k32",
+            lib["fit_s"], 1.0, accuracy=acc, note=note or (tta or {}).get("error", ""))
+    acc = ""
+    if fit and "error" not in fit:
+        acc = f"autofact RMSE {fit['rmse']:.4f} ({fit['solver']}); LIBMF {target:.4f}"
+    add_row(f"{label} 15 ALS epochs (default fit)", (fit or {}).get("fit_s"), "LIBMF k32",
+            lib["fit_s"], 1.0, accuracy=acc, note=_af_na("sparse") or (fit or {}).get("error", ""))
+    details.setdefault("sparse", []).append({"libmf": lib, "autofact_tta": tta,
+                                             "autofact_fit": fit})
+
+
+def case_coldstart(quick: bool, device: str) -> None:
+    """Issue 10, item 5: ``autofact fit FILE --solver als --epochs 15`` end to end in a new
+    process on 1M ratings (0.1M with --quick) against LIBMF's ``mf-train -k 32 -t 20 -s 2`` on
+    the same file, wall time and peak RSS of each process; the note gives a fresh process's
+    ``import autofact`` and ``import torch`` alone."""
+    import shutil
+    import tempfile
+
+    n = 100_000 if quick else 1_000_000
+    data = ds.synthetic_lowrank(n_train=n, n_test=1000) if not quick else ds.synthetic_lowrank(
+        m=3000, n=1800, n_train=n, n_test=1000)
+    tmp = Path(tempfile.mkdtemp(prefix="coldstart-"))
+
+    def run(cmd: list[str]) -> tuple[float, float | None]:
+        """Wall seconds and peak RSS (MiB) of one child process. The RSS comes from GNU time
+        (``/usr/bin/time -f %M``): a child forked from this process would report this process's
+        RSS as its own peak."""
+        gnu_time = shutil.which("time")
+        wrap = [gnu_time, "-f", "%M", "-o", str(tmp / "rss.txt")] if gnu_time else []
+        with open(tmp / "stderr.txt", "w+b") as err:
+            t0 = time.perf_counter()
+            proc = subprocess.run([*wrap, *cmd],
+                                  cwd=tmp, stdout=subprocess.DEVNULL, stderr=err, check=False)
+            seconds = time.perf_counter() - t0
+            err.seek(0)
+            if proc.returncode != 0:
+                tail = err.read().decode(errors="replace")[-300:]
+                raise RuntimeError(f"{cmd[0]} exited {proc.returncode}: {tail}")
+        rss = int((tmp / "rss.txt").read_text().split()[-1]) / 1024 if gnu_time else None
+        return seconds, rss
+
+    try:
+        tr = data["train"]
+        np.savetxt(tmp / "ratings.tsv", np.column_stack([tr["users"], tr["items"], tr["ratings"]]),
+                   fmt="%d\t%d\t%.4g")
+        autofact_cli = [sys.executable, "-m", "autofact", "fit", "ratings.tsv", "--solver", "als",
+                        "--epochs", "15", "--out", "model.npz", "--quiet"]
+        af_s = af_mem = lib_s = lib_mem = None
+        note = _af_na("coldstart")
+        if af.AVAILABLE:
+            try:
+                af_s, af_mem = run(autofact_cli)
+            except Exception as exc:
+                note = f"{type(exc).__name__}: {exc}"
+        binaries = bl.libmf_binaries()
+        if binaries is not None:
+            lib_s, lib_mem = run([str(binaries / "mf-train"), "-s", "2", "-k", "32", "-t", "20",
+                                  "--quiet", "ratings.tsv", "libmf.model"])
+        else:
+            note = (note + " LIBMF not built").strip()
+        imports = {}
+        for what in ("torch", "autofact"):
+            imports[what], _ = run([sys.executable, "-c", f"import {what}"])
+        bare, _ = run([sys.executable, "-c", "pass"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    mem = (f"{af_mem:.0f} MiB vs {lib_mem:.0f} MiB" if af_mem is not None and lib_mem is not None
+           else "")
+    note = (f"{note} new process: python {bare:.2f} s, import torch {imports['torch']:.2f} s, "
+            f"import autofact {imports['autofact']:.2f} s").strip()
+    add_row(f"cold start: autofact fit {n:,} ratings --solver als --epochs 15", af_s,
+            "LIBMF mf-train k32 t20 s2", lib_s, 3.0, peak_mem=mem, note=note)
+    details.setdefault("coldstart", []).append({"autofact_s": af_s, "autofact_rss_mib": af_mem,
+                                                "libmf_s": lib_s, "libmf_rss_mib": lib_mem,
+                                                "imports_s": imports, "python_s": bare})
+
+
 CASES = {
     "gradient": case_gradient,
     "post": case_post,
@@ -424,6 +527,8 @@ CASES = {
     "scale": case_scale,
     "netflix": case_netflix,
     "accuracy": case_accuracy,
+    "sparse": case_sparse,
+    "coldstart": case_coldstart,
 }
 
 
