@@ -80,6 +80,7 @@ class ModelIndex:
         shape = (len(self.user_ids), len(self.item_ids))
         self._seen: sp.csr_matrix | None = None
         self._make_seen: Callable[[], sp.csr_matrix] | None = None
+        self._pattern: tuple[np.ndarray, np.ndarray] | None = None  # (indptr, indices)
         if callable(seen):
             if counts is None:
                 raise ValueError("a seen pattern built on demand needs counts=(users, items)")
@@ -120,9 +121,18 @@ class ModelIndex:
 
         rating_range = (float(ratings.values.min()), float(ratings.values.max()))
         counts = (np.diff(indptr), np.bincount(items, minlength=n).astype(np.int64))
-        return cls(ratings.user_ids, ratings.item_ids, make_seen, rating_range=rating_range,
-                   fallback=fallback, clip=rating_range if clip else None,
-                   inverse_link=inverse_link, counts=counts)
+        index = cls(ratings.user_ids, ratings.item_ids, make_seen, rating_range=rating_range,
+                    fallback=fallback, clip=rating_range if clip else None,
+                    inverse_link=inverse_link, counts=counts)
+        index._pattern = (indptr, items)
+        return index
+
+    def seen_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The training pattern's CSR arrays ``(indptr, indices)``, without building the scipy
+        matrix when it is not built yet (saving a model needs no scipy: issue 10, cold start)."""
+        if self._seen is None and self._pattern is not None:
+            return self._pattern
+        return self.seen.indptr, self.seen.indices
 
     @property
     def seen(self) -> sp.csr_matrix:

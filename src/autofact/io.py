@@ -74,15 +74,15 @@ def save(model: Any, path: str | os.PathLike[str]) -> Path:
             "create it first"
         )
     meta = _metadata(model)
-    seen = model.index_.seen
+    indptr, indices = model.index_.seen_arrays()  # no scipy needed (issue 10)
     arrays: dict[str, np.ndarray] = {
         "meta": np.frombuffer(json.dumps(meta, allow_nan=True).encode("utf-8"), dtype=np.uint8),
         "user_factors": np.ascontiguousarray(model.user_factors_),
         "item_factors": np.ascontiguousarray(model.item_factors_),
         "user_bias": np.ascontiguousarray(model.user_bias_),
         "item_bias": np.ascontiguousarray(model.item_bias_),
-        "seen_indptr": np.asarray(seen.indptr, dtype=np.int64),
-        "seen_indices": np.asarray(seen.indices, dtype=np.int32),
+        "seen_indptr": np.asarray(indptr, dtype=np.int64),
+        "seen_indices": np.asarray(indices, dtype=np.int32),
     }
     _atomic_savez(real, arrays)
     return target
