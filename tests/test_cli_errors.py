@@ -86,8 +86,9 @@ MATRIX = [
     # --- inputs that do not exist or cannot be read
     ("missing-data", ["fit", "{dir}/missing.csv", "--out", "{dir}/m.npz"], USAGE,
      "argument DATA: file '{dir}/missing.csv' does not exist; check the path"),
+    # issue 11: DATA may be a folder of part files; an empty one names what it lacks
     ("data-is-dir", ["fit", "{subdir}", "--out", "{dir}/m.npz"], USAGE,
-     "argument DATA: '{subdir}' is a directory; give a file"),
+     "folder '{subdir}' holds no part files (CSV, TSV or Parquet)"),
     ("empty-data", ["fit", "{empty_csv}", "--out", "{dir}/m.npz"], USAGE,
      "empty.csv: the file is empty"),
     ("short-line", ["fit", "{short_csv}", "--out", "{dir}/m.npz"], USAGE,
