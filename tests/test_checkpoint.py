@@ -206,3 +206,28 @@ def test_cli_resumes_with_the_same_command(tmp_path, capsys):
     assert main(["fit", str(data), "--out", str(tmp_path / "m.npz"), "--checkpoint",
                  str(data)]) == 2
     assert "is a file; give a folder" in capsys.readouterr().err
+
+
+def test_cli_ctrl_c_says_where_to_resume_from(tmp_path, capsys, monkeypatch):
+    # issue 11: Ctrl-C inside epoch 3 (checkpoints every 5 epochs): epoch 2 is written first
+    r = planted(seed=1)
+    data = tmp_path / "ratings.csv"
+    data.write_text("user,item,rating\n" + "".join(
+        f"u{u},i{i},{float(v)!r}\n" for u, i, v in zip(r.users, r.items, r.values, strict=True)))
+    calls = {"n": 0}
+    original = Objective.value_and_grad
+
+    def interrupting(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Objective, "value_and_grad", interrupting)
+    folder = tmp_path / "ckpt"
+    assert main(["fit", str(data), "--out", str(tmp_path / "m.npz"), "--solver", "adam",
+                 "--epochs", "9", "--quiet", "--checkpoint", str(folder),
+                 "--checkpoint-every", "5"]) == 130
+    err = capsys.readouterr().err
+    assert f"the checkpoint in {folder} holds epoch 2; run the same command again" in err
+    assert ck.read(folder / ck.FILE_NAME).epoch == 2
