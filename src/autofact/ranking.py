@@ -685,8 +685,9 @@ def fit_ranking(
     gradient steps; ``item_bias`` is ``None``. ``'bpr'``, ``'warp'`` or a
     function ``loss(score_positive, score_negative)``: :func:`fit_pairwise` with Adam
     (``lr`` 0.01, ``batch_size`` 1024, ``epochs`` 30 by default) and L2 ``beta`` on the rows of
-    each batch, scaled down by the rank (``beta / (100 * rank)``, so the shared default ``beta``
-    is a light penalty there).
+    each batch, ``beta / 2500`` (the shared default ``beta=25`` gives 0.01, the best of
+    0.001, 0.004, 0.01 and 0.03 over the validation splits of MovieLens 100K u1 and
+    ml-latest-small, by NDCG@10).
     """
     if isinstance(loss, str) and loss == "squared":
         if lr is not None or batch_size is not None:
@@ -712,7 +713,7 @@ def fit_ranking(
     P, Q, b = fit_pairwise(
         ratings, rank, loss=loss, epochs=PAIRWISE_EPOCHS if epochs is None else epochs,
         lr=0.01 if lr is None else lr, batch_size=1024 if batch_size is None else batch_size,
-        regularization=beta / (100.0 * rank), init_std=max(init_std, 0.1), seed=seed,
+        regularization=beta / 2500.0, init_std=max(init_std, 0.1), seed=seed,
         dtype=dtype, callback=callback,
     )
     return P, Q, b
