@@ -6,8 +6,12 @@
           batch unless ``batch_size`` says otherwise)
 ``adam``  torch.optim.Adam's update, full batch (``batch_size=None``) or shuffled mini-batches
 
-A mini-batch's objective is its ratings' loss plus the regularizer scaled by its share of the
-ratings, so the batches of one epoch sum to the full objective ``J``.
+A mini-batch's objective is its ratings' loss plus each row's regularizer weighted by that row's
+share of its ratings in the batch, so the batches of one epoch sum to the full objective ``J``;
+a step gathers, regularizes and updates only the rows its ratings touch, so it costs
+O(batch x rank), not O((users + items) x rank) (issue 10; Adam then updates its moments for
+those rows only, as ``torch.optim.SparseAdam`` does). A regularizer that is not a sum over rows
+falls back to the whole regularizer scaled by the batch's share of the ratings, on every row.
 """
 
 from __future__ import annotations
@@ -41,6 +45,14 @@ class _Descent:
             if p.grad is not None:
                 p.add_(p.grad, alpha=-self.lr)
 
+    @torch.no_grad()
+    def step_rows(self, touched: list[tuple[int, torch.Tensor, torch.Tensor]]) -> None:
+        """The update on the rows ``rows`` of parameter ``k`` only, from their leaf's gradient,
+        for each ``(k, rows, leaf)``."""
+        for k, rows, leaf in touched:
+            if leaf.grad is not None:
+                self.params[k].index_add_(0, rows, leaf.grad, alpha=-self.lr)
+
 
 class _Adam(_Descent):
     """Adam as torch.optim.Adam computes it with its defaults (betas 0.9 and 0.999, eps 1e-8)::
@@ -61,6 +73,25 @@ class _Adam(_Descent):
         super().__init__(params, lr)
         self.betas, self.eps = betas, eps
         self.state: dict[int, tuple[int, torch.Tensor, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def step_rows(self, touched: list[tuple[int, torch.Tensor, torch.Tensor]]) -> None:
+        """Adam on the touched rows only (lazy, as ``torch.optim.SparseAdam``): their moments
+        and values move; ``t`` counts the steps that touched the parameter."""
+        b1, b2 = self.betas
+        for k, rows, leaf in touched:
+            g, p = leaf.grad, self.params[k]
+            if g is None:
+                continue
+            t, m, v = self.state.get(k) or (0, torch.zeros_like(p), torch.zeros_like(p))
+            t += 1
+            self.state[k] = (t, m, v)
+            mr = m.index_select(0, rows).lerp_(g, 1 - b1)
+            vr = v.index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)
+            m.index_copy_(0, rows, mr)
+            v.index_copy_(0, rows, vr)
+            step_size, c2 = self.lr / (1 - b1**t), math.sqrt(1 - b2**t)
+            p.index_add_(0, rows, mr / (vr.sqrt() / c2).add_(self.eps), alpha=-step_size)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """``adam.{k}.t``, ``.m``, ``.v`` of each parameter ``k`` that has taken a step."""
@@ -129,6 +160,21 @@ def make_first_order(obj: Objective, params: Params, solver: str, lr: float,
         return Epoch(full_step, at_start=True, **_state_of(opt))
 
     bs = int(batch_size)  # type: ignore[arg-type]
+    if _RowBatches.applies(obj, params):
+        rows = _RowBatches(obj, params)
+        names = list(params)
+
+        def row_epoch() -> float:
+            order = torch.randperm(obj.nnz, generator=gen).to(obj.device)
+            total = rows.idle
+            for s in range(0, obj.nnz, bs):
+                loss, touched = rows.loss(params, order[s : s + bs])
+                loss.backward()
+                opt.step_rows([(names.index(name), r, leaf) for name, r, leaf in touched])
+                total += float(loss.detach())
+            return total
+
+        return Epoch(row_epoch, at_start=False, **_state_of(opt))
 
     def minibatch_epoch() -> float:
         order = torch.randperm(obj.nnz, generator=gen).to(obj.device)
@@ -149,3 +195,59 @@ def _state_of(opt: _Descent) -> dict[str, Any]:
     if isinstance(opt, _Adam):
         return {"state": opt.state_tensors, "load_state": opt.load_state_tensors}
     return {}
+
+
+class _RowBatches:
+    """Mini-batches at O(batch x rank) a step (issue 10, item 6): each step gathers the rows its
+    ratings touch as leaves, regularizes only those rows, and updates only them.
+
+    Row ``u``'s regularizer enters a batch weighted by its share of ``u``'s ratings in that
+    batch, ``n_u(batch) / n_u``, so over an epoch (a partition of the ratings) the weights of
+    every rated row sum to 1 and the batches sum to the full objective ``J``. A row with no
+    rating is never in a batch and never moves; its constant share of ``J`` is added to the
+    epoch's value. Only for a separable regularizer (a sum over entries, hence over rows).
+    """
+
+    @staticmethod
+    def applies(obj: Objective, params: Params) -> bool:
+        """One process, the usual parameters, and a regularizer that is a sum over entries."""
+        from ..regularizers import separability
+
+        return (getattr(obj.plan, "world_size", 1) == 1
+                and set(params) <= {"P", "Q", "bu", "bi"} and separability(obj.reg)[0])
+
+    def __init__(self, obj: Objective, params: Params) -> None:
+        self.obj = obj
+        self.side = {"P": obj.users, "bu": obj.users, "Q": obj.items, "bi": obj.items}
+        self.row_reg = torch.func.vmap(obj.reg)
+        self.inv_counts: dict[str, torch.Tensor] = {}
+        idle = 0.0
+        with torch.no_grad():
+            for name, p in params.items():
+                counts = torch.bincount(self.side[name].long(), minlength=p.shape[0])
+                self.inv_counts[name] = 1.0 / counts.clamp_min(1).to(p.dtype)
+                if bool((counts == 0).any()):
+                    idle += float(self.row_reg(p[counts == 0]).sum())
+        self.idle = idle
+
+    def loss(self, params: Params, idx: torch.Tensor
+             ) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor, torch.Tensor]]]:
+        """The batch's objective and, per parameter, (name, the rows touched, their leaf)."""
+        obj = self.obj
+        u, i = obj.users[idx].long(), obj.items[idx].long()
+        ru, iu = torch.unique(u, return_inverse=True)
+        ri, ii = torch.unique(i, return_inverse=True)
+        where = {"P": (ru, iu), "bu": (ru, iu), "Q": (ri, ii), "bi": (ri, ii)}
+        leaves = {name: p[where[name][0]].detach().requires_grad_() for name, p in params.items()}
+        pred = (leaves["P"][iu] * leaves["Q"][ii]).sum(1) + obj.mu
+        if "bu" in leaves:
+            pred = pred + leaves["bu"][iu] + leaves["bi"][ii]
+        out = obj.loss(pred, obj.values[idx])
+        if obj.weights is not None:
+            out = out * obj.weights[idx]
+        total = out.sum()
+        for name, leaf in leaves.items():
+            rows, inverse = where[name]
+            share = torch.bincount(inverse, minlength=len(rows)).to(leaf.dtype)
+            total = total + (self.row_reg(leaf) * share * self.inv_counts[name][rows]).sum()
+        return total, [(name, where[name][0], leaf) for name, leaf in leaves.items()]
