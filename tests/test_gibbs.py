@@ -177,15 +177,19 @@ def test_unknown_users_and_items_get_the_prior_mean() -> None:
 def test_callback_sees_each_sweep_and_can_stop() -> None:
     (u, i, r), _ = planted(m=20, n=15)
     seen: list[tuple[int, float]] = []
+    snapshots: list[GibbsResult] = []
 
-    def cb(sweep: int, rmse: float) -> bool:
+    def cb(sweep: int, rmse: float, means) -> bool:
         seen.append((sweep, rmse))
+        snapshots.append(means())
         return sweep == 3
 
     res = gibbs_mf(u, i, r, (20, 15), rank=2, sweeps=50, burn_in=10, seed=0, callback=cb)
     assert [s for s, _ in seen] == [1, 2, 3]
     assert isinstance(res, GibbsResult) and len(res.rmse_train) == 3
     assert np.all(np.isfinite(res.P))
+    np.testing.assert_array_equal(snapshots[-1].P, res.P)  # stopped in burn-in: the last means
+    assert not np.array_equal(snapshots[0].P, snapshots[1].P)
 
 
 @pytest.mark.parametrize(
@@ -218,3 +222,87 @@ def test_ml100k_u1_accuracy(ml100k) -> None:  # issue 9: the default beats myFM'
     pred = np.clip(res.predict(test[:, 0] - 1, test[:, 1] - 1), 1, 5)
     rmse = float(np.sqrt(np.mean((pred - test[:, 2]) ** 2)))
     assert rmse < 0.908, rmse
+
+
+# ------------------------------------------------------------------ the model's default (issue 9)
+def _planted_ratings(seed: int = 2) -> tuple[Ratings, tuple[np.ndarray, ...]]:
+    (u, i, r), test = planted(m=40, n=30, seed=seed)
+    return Ratings.from_coo(u, i, r, shape=(40, 30)), test
+
+
+def test_default_model_is_the_sampler_and_does_everything_a_model_does(tmp_path) -> None:
+    from autofact import MatrixFactorization, load
+
+    train, (tu, ti, tr) = _planted_ratings()
+    model = MatrixFactorization(rank=3, epochs=40, seed=0).fit(train)
+    assert model.solver_ == "gibbs" and model.n_epochs_ == 40
+    assert np.sqrt(np.mean((model.predict(tu, ti) - tr) ** 2)) < 0.35
+    # the posterior means are the factors: predict is mu + b_u + b_i + p_u . q_i, clipped
+    raw = (model.global_mean_ + model.user_bias_[tu] + model.item_bias_[ti]
+           + np.einsum("bk,bk->b", model.user_factors_[tu], model.item_factors_[ti]))
+    np.testing.assert_allclose(model.predict(tu, ti), np.clip(raw, *model.rating_range_),
+                               atol=1e-5)
+    assert len(model.recommend(0, n=5).items) == 5
+    assert len(model.similar_items(0, n=3).items) == 3
+    folded = model.fold_in({0: 5.0, 1: 1.0, 2: 4.0})
+    assert np.all(np.isfinite(model.score_items(folded)))
+    path = model.save(tmp_path / "gibbs")
+    again = load(path)
+    assert again.solver_ == "gibbs"
+    np.testing.assert_array_equal(again.predict(tu, ti), model.predict(tu, ti))
+
+
+def test_default_model_validation_history_and_seed() -> None:
+    from autofact import MatrixFactorization
+
+    train, (tu, ti, tr) = _planted_ratings()
+    val = Ratings.from_coo(tu, ti, tr, shape=(40, 30))
+    a = MatrixFactorization(rank=3, epochs=30, seed=1).fit(train, validation=val)
+    b = MatrixFactorization(rank=3, epochs=30, seed=1).fit(train)
+    np.testing.assert_array_equal(a.user_factors_, b.user_factors_)
+    assert [h["epoch"] for h in a.history_] == list(range(1, 31))
+    assert all("val_rmse" in h for h in a.history_) and a.history_[-1]["kept"]
+    assert a.history_[-1]["val_rmse"] < a.history_[0]["val_rmse"]
+
+
+def test_auto_falls_back_where_the_sampler_does_not_apply() -> None:
+    from autofact import MatrixFactorization
+
+    train, _ = _planted_ratings()
+    weighted = Ratings.from_coo(train.users, train.items, train.values, shape=train.shape,
+                                weights=np.ones(train.nnz))
+    kw = dict(rank=2, epochs=3, device="cpu")
+    assert MatrixFactorization(**kw).fit(weighted).solver_ == "als"
+    assert MatrixFactorization(bias=False, **kw).fit(train).solver_ == "als"
+    assert MatrixFactorization(loss="huber", **kw).fit(train).solver_ == "als"
+    assert MatrixFactorization(regularization="l1", **kw).fit(train).solver_ == "lbfgs"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"loss": "huber"}, "solver='gibbs' samples the squared loss with 'l2'"),
+        ({"regularization": "l1"}, "solver='gibbs' samples the squared loss with 'l2'"),
+        ({"lr": 0.1}, r"lr=0.1 has no meaning for solver='gibbs'"),
+        ({"bias": False}, "solver='gibbs' samples a model with biases"),
+        ({"batch_size": 64}, "batch_size=64 has no meaning for solver='gibbs'"),
+    ],
+)
+def test_explicit_gibbs_refuses_what_it_cannot_sample(kwargs: dict, match: str) -> None:
+    from autofact import MatrixFactorization
+
+    train, _ = _planted_ratings()
+    with pytest.raises(ValueError, match=match):
+        MatrixFactorization(rank=2, epochs=2, solver="gibbs", **kwargs).fit(train)
+
+
+def test_explicit_gibbs_refuses_weights_and_checkpoints(tmp_path) -> None:
+    from autofact import MatrixFactorization
+
+    train, _ = _planted_ratings()
+    weighted = Ratings.from_coo(train.users, train.items, train.values, shape=train.shape,
+                                weights=np.ones(train.nnz))
+    with pytest.raises(ValueError, match="solver='gibbs' samples unweighted ratings"):
+        MatrixFactorization(rank=2, epochs=2, solver="gibbs").fit(weighted)
+    with pytest.raises(ValueError, match="solver='gibbs' runs in one process and keeps no"):
+        MatrixFactorization(rank=2, epochs=2, solver="gibbs").fit(train, checkpoint=tmp_path)

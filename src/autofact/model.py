@@ -101,8 +101,9 @@ class MatrixFactorization:
     strict : raise on unknown users/items in :meth:`predict` instead of falling back.
     verbose : show a progress bar with the loss and validation RMSE.
     patience : with validation data, stop when the validation RMSE has not improved for this
-        many epochs and keep the best epoch's parameters (``None``: run every epoch, keep the
-        last).
+        many epochs and keep the best epoch's parameters. ``'auto'`` (the default) is
+        ``max(5, epochs // 10)``: 5 for ALS's 15 epochs, 20 for Adam's 200, whose validation
+        error can stall for a while before it falls. ``None``: run every epoch, keep the last.
     validation_fraction : carve this fraction of the training ratings (seeded by ``seed``) as
         the validation data, and fit on the rest (``None``: validate only on ``validation=``).
     n_threads : the most CPU threads an operation of the fit may use (``None``: the environment,
@@ -153,7 +154,7 @@ class MatrixFactorization:
         max_memory: int = 256 * 2**20,
         strict: bool = False,
         verbose: bool = False,
-        patience: int | None = 5,
+        patience: int | str | None = "auto",
         validation_fraction: float | None = None,
         n_threads: int | None = None,
     ) -> None:
@@ -217,11 +218,13 @@ class MatrixFactorization:
         if not (isinstance(self.beta, int | float | np.floating) and math.isfinite(self.beta)
                 and self.beta >= 0):
             raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
-        if self.patience is not None and not (
+        if self.patience is not None and self.patience != "auto" and not (
             isinstance(self.patience, int | np.integer) and not isinstance(self.patience, bool)
             and self.patience >= 1
         ):
-            raise ValueError(f"patience must be a positive int or None, got {self.patience!r}")
+            raise ValueError(
+                f"patience must be a positive int, 'auto' or None, got {self.patience!r}"
+            )
         f = self.validation_fraction
         if f is not None and not (isinstance(f, int | float | np.floating)
                                   and not isinstance(f, bool) and 0 < f < 1):
@@ -230,13 +233,14 @@ class MatrixFactorization:
             )
         check_n_threads(self.n_threads)
 
-    def _validate(self) -> tuple[str, float, int]:
+    def _validate(self, sampler: bool = True) -> tuple[str, float, int]:
         self._validate_common()
-        # which solver may run this loss and regularizer, and what 'auto' picks (issue 8)
+        # which solver may run this loss and regularizer, and what 'auto' picks (issue 8);
+        # sampler: whether the Gibbs sampler may run on this data and these settings (issue 9)
         solver = choose_solver(
             self.solver, self.loss, self.regularization, beta=self.beta,
             dtype=resolve_dtype(self.dtype), batch_size=self.batch_size,
-            nonnegative=self.nonnegative,
+            nonnegative=self.nonnegative, sampler=sampler,
         )
         lr = DEFAULT_LR[solver] if self.lr is None else self.lr
         if not (isinstance(lr, int | float | np.floating) and math.isfinite(lr) and lr > 0):
@@ -253,12 +257,17 @@ class MatrixFactorization:
                 "nonnegative=True does not combine with solver='lbfgs' (a projection breaks its "
                 "curvature pairs); use solver='als', 'adam' or 'gd'"
             )
-        if self.lr is not None and solver == "als":
+        if self.lr is not None and solver in ("als", "gibbs"):
             raise ValueError(
-                f"lr={self.lr!r} has no meaning for solver='als' (its Newton steps need no "
+                f"lr={self.lr!r} has no meaning for solver={solver!r} (its steps need no "
                 "learning rate); leave lr=None or pick a first-order solver"
             )
-        if self.batch_size is not None and solver in ("gd", "lbfgs", "als"):
+        if solver == "gibbs" and (not self.bias or self.nonnegative):
+            raise ValueError(
+                f"solver='gibbs' samples a model with biases and real-valued factors; got "
+                f"bias={self.bias!r}, nonnegative={self.nonnegative!r}: use solver='als'"
+            )
+        if self.batch_size is not None and solver in ("gd", "lbfgs", "als", "gibbs"):
             raise ValueError(
                 f"batch_size={self.batch_size!r} has no meaning for solver={solver!r}, which is "
                 "full batch; use solver='adam' or 'sgd' for mini-batches, or batch_size=None"
@@ -330,7 +339,14 @@ class MatrixFactorization:
                     f"checkpoint= is not available for task={self.task!r} yet; fit without it"
                 )
             return self._fit_ranking(X, y, validation, start)
-        solver, lr, epochs = self._validate()
+        shared = plan is not None and plan.world_size > 1
+        solver, lr, epochs = self._validate(
+            sampler=bool(self.bias) and not self.nonnegative and not shared and checkpoint is None)
+        if solver == "gibbs" and (shared or checkpoint is not None):
+            raise ValueError(
+                "solver='gibbs' runs in one process and keeps no checkpoint yet; fit without "
+                "plan=/checkpoint=, or use solver='als'"
+            )
         for what in ("loss", "regularization"):
             if isinstance(getattr(self, what), NotLoaded):
                 raise ValueError(getattr(self, what).message)
@@ -346,6 +362,15 @@ class MatrixFactorization:
             train, validation = random_split(train, self.validation_fraction, seed=self.seed)
         loss_fn = get_loss(self.loss)
         check_targets(loss_fn, train.values)
+        if solver == "gibbs" and train.weights is not None:
+            if self.solver == "gibbs":
+                raise ValueError(
+                    "solver='gibbs' samples unweighted ratings; these ratings have weights: "
+                    "use solver='als' (or drop the weights)"
+                )
+            solver, lr, epochs = self._validate(sampler=False)  # auto: the next choice
+        if solver == "gibbs":
+            return self._fit_gibbs(train, validation, epochs, loss_fn, start)
         obj = Objective(
             train, loss=loss_fn, regularization=self.regularization, beta=self.beta,
             bias=self.bias, device=self.device, dtype=self.dtype, max_memory=self.max_memory,
@@ -385,7 +410,7 @@ class MatrixFactorization:
         self.history_: list[dict[str, Any]] = []
         self.best_epoch_: int | None = None
         bar = _progress(epochs) if self.verbose else None
-        stopper = _EarlyStopping(self.patience) if val is not None and self.patience else None
+        stopper = self._early_stopping(epochs) if val is not None else None
         best: int | None = None  # the epoch whose parameters are restored at the end
         stopped = [resumed is not None and resumed.finished]  # early stopping said stop
         if resumed is not None:
@@ -465,6 +490,74 @@ class MatrixFactorization:
                 if rec["epoch"] == best:
                     rec["kept"] = True
             self._export()
+        return self
+
+    def _early_stopping(self, epochs: int) -> _EarlyStopping | None:
+        """The early-stopping rule for a fit of ``epochs`` epochs (``None``: never stop)."""
+        if self.patience is None:
+            return None
+        patience = max(5, epochs // 10) if self.patience == "auto" else int(self.patience)
+        return _EarlyStopping(patience)
+
+    def _fit_gibbs(self, train: Ratings, validation: Any, sweeps: int, loss_fn: Loss,
+                   start: float) -> MatrixFactorization:
+        """``fit`` for ``solver='gibbs'`` (issue 9): Bayesian MF by Gibbs sampling
+        (:mod:`autofact.solvers.gibbs`); the posterior means become the factors and biases, so
+        everything a fitted model does works as for any other solver. ``beta`` is not used: the
+        regularization strength is sampled. With validation data each sweep's record holds the
+        validation RMSE of the running posterior means, and ``patience`` stops sampling when it
+        has not improved for that many sweeps (the running means are kept: they average every
+        sweep after burn-in)."""
+        from .solvers.gibbs import gibbs_mf
+
+        mu = float(np.mean(train.values, dtype=np.float64))
+        index = ModelIndex.from_ratings(train, fallback=mu, clip=clips_to_range(self.loss),
+                                        inverse_link=inverse_link(loss_fn))
+        val = None
+        if validation is not None:
+            vx, vy = validation if isinstance(validation, tuple) else (validation, None)
+            v = _as_ratings(vx, vy, "validation")
+            check_targets(loss_fn, v.values, "validation ratings")
+            val = _Validation(index, v)
+        dtype, device = resolve_dtype(self.dtype), resolve_device(self.device)
+        history: list[dict[str, Any]] = []
+        stopper = self._early_stopping(sweeps) if val is not None else None
+        bar = _progress(sweeps) if self.verbose else None
+
+        def params_of(res: Any) -> dict[str, torch.Tensor]:
+            return {k: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
+                    for k, a in (("P", res.P), ("Q", res.Q), ("bu", res.bu), ("bi", res.bi))}
+
+        def on_sweep(sweep: int, rmse: float, means: Any = None) -> bool:
+            rec: dict[str, Any] = {"epoch": sweep, "loss": rmse,
+                                   "time": time.perf_counter() - start}
+            history.append(rec)
+            stop = False
+            if val is not None and means is not None:
+                rec["val_rmse"] = val.rmse(params_of(means()), mu)
+                if stopper is not None:
+                    stop = stopper.update(sweep, rec["val_rmse"], {})
+            if bar is not None:
+                bar.update(1)
+            return stop
+
+        try:
+            res = gibbs_mf(train, rank=int(self.rank), sweeps=sweeps, seed=self.seed,
+                           init_std=float(self.init_std), n_threads=self.n_threads,
+                           callback=on_sweep)
+        finally:
+            if bar is not None:
+                bar.close()
+        self.index_ = index
+        self.global_mean_ = res.mu
+        self.solver_ = "gibbs"
+        self._params = params_of(res)
+        self.history_ = history
+        self.n_epochs_ = len(history)
+        self.best_epoch_ = len(history)
+        if history:
+            history[-1]["kept"] = True
+        self._export()
         return self
 
     def _fit_ranking(self, X: Any, y: Any, validation: Any, start: float

@@ -46,8 +46,9 @@ from .lbfgs import ITERS_PER_EPOCH, make_lbfgs
 
 __all__ = ["SOLVERS", "DEFAULT_LR", "DEFAULT_EPOCHS", "fit_params", "choose_solver", "GROWTH"]
 
-DEFAULT_LR = {"gd": 0.0002, "adam": 0.01, "sgd": 0.01, "lbfgs": 1.0, "als": 1.0}
-DEFAULT_EPOCHS = {"gd": 5000, "adam": 200, "sgd": 30, "lbfgs": 20, "als": 15}
+DEFAULT_LR = {"gd": 0.0002, "adam": 0.01, "sgd": 0.01, "lbfgs": 1.0, "als": 1.0, "gibbs": 1.0}
+#: ``gibbs``: sweeps of the sampler (:mod:`.gibbs`), the first tenth discarded as burn-in
+DEFAULT_EPOCHS = {"gd": 5000, "adam": 200, "sgd": 30, "lbfgs": 20, "als": 15, "gibbs": 100}
 LBFGS_ITERS_PER_EPOCH = ITERS_PER_EPOCH
 #: The objective has diverged once ``J - J0 > GROWTH * max(|J0|, 1)`` (``J0``: at the start).
 GROWTH = 1000.0

@@ -36,7 +36,7 @@ from ..regularizers import Regularizer, get_regularizer, separability
 
 __all__ = ["Assumptions", "assess", "choose_solver", "SOLVERS"]
 
-SOLVERS = ("gd", "adam", "sgd", "lbfgs", "als")
+SOLVERS = ("gd", "adam", "sgd", "lbfgs", "als", "gibbs")
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ def choose_solver(
     dtype: torch.dtype = torch.float32,
     batch_size: int | None = None,
     nonnegative: bool = False,
+    sampler: bool = True,
 ) -> str:
     """The solver to run: ``solver`` itself, checked, or the one ``'auto'`` stands for.
 
@@ -91,6 +92,11 @@ def choose_solver(
     refuses a loss that is not elementwise, and :func:`~autofact.objective.check_regularizer`).
     Raises ``ValueError`` for an unknown solver name and for ``'als'`` where Newton's
     assumptions fail (see the module docstring).
+
+    ``'gibbs'`` (issue 9: Bayesian MF by Gibbs sampling, :mod:`autofact.solvers.gibbs`) is exact
+    for the squared loss with ``l2`` only, the Gaussian likelihood and prior it samples; ``auto``
+    picks it there unless ``sampler`` is False (the caller's data or settings rule it out: weights,
+    no biases, a shared plan, checkpoints) or mini-batches or ``nonnegative`` are asked for.
     """
     if not isinstance(solver, str) or (solver != "auto" and solver not in SOLVERS):
         raise ValueError(f"solver must be 'auto' or one of {SOLVERS}, got {solver!r}")
@@ -101,6 +107,17 @@ def choose_solver(
     reg_fn = get_regularizer(regularization, beta)
     check_loss(loss_fn, dtype)
     check_regularizer(reg_fn, dtype)
+    gaussian = _name(loss_fn) == "squared" and _name(reg_fn).startswith("l2(")
+    if solver == "gibbs":
+        if not gaussian:
+            raise ValueError(
+                f"solver='gibbs' samples the squared loss with 'l2' regularization (a Gaussian "
+                f"likelihood and prior); got loss {_name(loss_fn)} with regularization "
+                f"{_name(reg_fn)}: use solver='als', 'lbfgs' or 'adam' for it"
+            )
+        return solver
+    if solver == "auto" and gaussian and sampler and batch_size is None and not nonnegative:
+        return "gibbs"
     facts = assess(loss_fn, reg_fn)
     if solver == "als":
         _check_newton(facts)

@@ -386,17 +386,18 @@ def gibbs_mf(
     cg_max_iter: int = 100,
     max_nnz: int = 1 << 20,
     n_threads: int | None = None,
-    callback: Callable[[int, float], bool | None] | None = None,
+    callback: Callable[[int, float, Callable[[], GibbsResult]], bool | None] | None = None,
 ) -> GibbsResult:
     """Sample the posterior of Bayesian biased MF (see the module docstring); float64 arithmetic.
 
     Give the training ratings as 0-based COO arrays ``users, items, values`` and ``shape`` =
     ``(n_users, n_items)``, or as one :class:`autofact.Ratings`. ``(user, item)`` pairs must be
     distinct. ``burn_in`` (default ``sweeps // 10``) sweeps are discarded, the rest averaged.
-    ``callback(sweep, train_rmse)`` runs after each sweep (``train_rmse``: the root mean of the
-    noise-weighted squared residuals, ``sum tau_u kappa_i e_ui^2 / N``); returning ``True`` stops
-    sampling. ``n_threads`` caps torch's threads (:mod:`autofact.threads`: one per 2**27
-    multiply-adds of the largest product, a row block's Gram product).
+    ``callback(sweep, train_rmse, means)`` runs after each sweep (``train_rmse``: the root mean
+    of the noise-weighted squared residuals, ``sum tau_u kappa_i e_ui^2 / N``; ``means()``: the
+    posterior means so far, as the result); returning ``True`` stops sampling. ``n_threads``
+    caps torch's threads (:mod:`autofact.threads`: one per 2**27 multiply-adds of the largest
+    product, a row block's Gram product).
 
     >>> res = gibbs_mf([0, 0, 1, 1, 2], [0, 1, 0, 2, 1], [5.0, 3.0, 4.0, 1.0, 2.0], (3, 3),
     ...                rank=2, sweeps=20)
@@ -421,7 +422,8 @@ def gibbs_mf(
 def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank: int,
            sweeps: int, burn_in: int, noise: str, noise_shape: float, implicit: bool,
            seed: int | None, init_std: float, cg_tol: float, cg_max_iter: int, max_nnz: int,
-           callback: Callable[[int, float], bool | None] | None, t0: float) -> GibbsResult:
+           callback: Callable[[int, float, Callable[[], GibbsResult]], bool | None] | None,
+           t0: float) -> GibbsResult:
     m, n = int(shape[0]), int(shape[1])
     users = np.asarray(users)
     items = np.asarray(items)
@@ -468,6 +470,21 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
     alpha_sum = 0.0
     n_avg = 0
     rmse: list[float] = []
+    def means() -> GibbsResult:
+        """The posterior means so far (before any sweep is averaged: the last conditional
+        means)."""
+        if n_avg == 0:
+            P, Q, mP, mQ, Ya, c, al = mean_u, mean_i, hyp_u[0], hyp_i[0], Y, 1, alpha
+        else:
+            P, Q, mP, mQ, Ya, c, al = Pm, Qm, mPm, mQm, Ym, n_avg, alpha_sum
+        return GibbsResult(
+            mu=mu, P=P[:, :k] / c, Q=Q[:, :k] / c, Y=None if Ya is None else Ya / c,
+            bu=P[:, k] / c, bi=Q[:, k] / c, prior_P=mP[:k] / c, prior_Q=mQ[:k] / c,
+            prior_bu=float(mP[k] / c), prior_bi=float(mQ[k] / c), alpha=al / c,
+            n_user_ratings=u_side.counts, n_item_ratings=i_side.counts, rmse_train=list(rmse),
+            seconds=time.perf_counter() - t0,
+        )
+
     pm: np.ndarray
     for sweep in range(1, sweeps + 1):
         if implicit:
@@ -515,19 +532,6 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
                 Ym += Y
             alpha_sum += alpha
             n_avg += 1
-        if callback is not None and callback(sweep, rmse[-1]):
+        if callback is not None and callback(sweep, rmse[-1], means):
             break
-    if n_avg == 0:  # stopped by the callback during burn-in: the last state
-        Pm[:], Qm[:], mPm[:], mQm[:], n_avg = mean_u, mean_i, hyp_u[0], hyp_i[0], 1
-        alpha_sum = alpha
-        if Ym is not None and Y is not None:
-            Ym += Y
-    for a in (Pm, Qm, mPm, mQm):
-        a /= n_avg
-    return GibbsResult(
-        mu=mu, P=Pm[:, :k].copy(), Q=Qm[:, :k].copy(), Y=None if Ym is None else Ym / n_avg,
-        bu=Pm[:, k].copy(), bi=Qm[:, k].copy(), prior_P=mPm[:k], prior_Q=mQm[:k],
-        prior_bu=float(mPm[k]), prior_bi=float(mQm[k]), alpha=alpha_sum / n_avg,
-        n_user_ratings=u_side.counts, n_item_ratings=i_side.counts, rmse_train=rmse,
-        seconds=time.perf_counter() - t0,
-    )
+    return means()
