@@ -538,6 +538,7 @@ class MatrixFactorization:
                 if stopper is not None:
                     stop = stopper.update(sweep, rec["val_rmse"], {})
             if bar is not None:
+                bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k in ("loss", "val_rmse")})
                 bar.update(1)
             return stop
 
