@@ -56,6 +56,10 @@ def log_penalty(X: torch.Tensor) -> torch.Tensor:
 def test_auto_picks_newton_only_where_its_assumptions_hold(loss, reg):
     # issue 8: every built-in loss x regularizer and a user's norm regularizer
     expected = "als" if (loss, reg) in NEWTON_READY else "lbfgs"
+    if (loss, reg) == ("squared", "l2"):  # issue 9: the Gibbs sampler, unless ruled out
+        assert choose_solver("auto", loss, reg, beta=1.0) == "gibbs"
+        assert choose_solver("auto", loss, reg, beta=1.0, sampler=False) == expected
+        return
     assert choose_solver("auto", loss, reg, beta=1.0) == expected
     if expected == "lbfgs":  # and an explicit als is refused, naming the fix
         with pytest.raises(ValueError, match=r"^solver='als' needs .*use solver='lbfgs' or "):
@@ -72,8 +76,10 @@ def test_where_auto_picks_newton_it_reaches_the_minimum_lbfgs_finds(loss, reg):
     # (Elsewhere auto picks L-BFGS itself. Without regularization the logistic and Poisson
     # losses have no minimum on a finite sample: the factors grow for ever under any solver.)
     r = planted(loss)
+    # (squared with l2: auto samples instead (issue 9); the Newton choice is as 'auto' without it)
+    solver = "als" if (loss, reg) == ("squared", "l2") else "auto"
     model = MatrixFactorization(rank=1, loss=loss, regularization=reg, beta=1.0, epochs=100,
-                                dtype="float64", device="cpu", seed=0).fit(r)
+                                dtype="float64", device="cpu", seed=0, solver=solver).fit(r)
     assert model.solver_ == "als"
     obj = Objective(r, loss=loss, regularization=reg, beta=1.0, bias=True, dtype=torch.float64)
     params = {k: torch.tensor(v, dtype=torch.float64).requires_grad_() for k, v in (
