@@ -81,14 +81,20 @@ class MatrixFactorization:
     loss : ``'squared'``, ``'absolute'``, ``'huber'``, ``'logistic'``, ``'poisson'``, a
         ``'module:function'`` path, or a callable ``loss(pred, target) -> per-entry tensor``.
     regularization : ``'l2'``, ``'l1'``, ``'none'``, a path, or a callable ``reg(param) -> scalar``.
-    beta : strength of a named regularization.
-    solver : ``'auto'``, ``'als'``, ``'adam'``, ``'sgd'``, ``'lbfgs'`` or ``'gd'``. ``'auto'``
-        picks ``'adam'`` when ``batch_size`` is set, else ``'als'`` where its assumptions hold
-        (an elementwise loss with curvature, a smooth separable regularizer), else ``'lbfgs'``
-        (``'adam'`` with ``nonnegative=True``); see :mod:`autofact.solvers.contract`. An
-        explicit ``'als'`` outside its assumptions raises a ValueError naming the fix.
+    beta : strength of a named regularization (not used by ``'gibbs'``, which samples it).
+    solver : ``'auto'``, ``'gibbs'``, ``'als'``, ``'adam'``, ``'sgd'``, ``'lbfgs'`` or ``'gd'``.
+        ``'auto'`` picks ``'gibbs'`` for the squared loss with ``'l2'`` (the default model:
+        Bayesian MF by Gibbs sampling with sampled regularization and per-user/per-item noise,
+        the posterior means kept as the factors; see :mod:`autofact.solvers.gibbs`) unless the
+        ratings have weights, ``bias=False``, ``nonnegative=True``, ``batch_size`` is set, or the
+        fit is shared or checkpointed; otherwise ``'adam'`` when ``batch_size`` is set, else
+        ``'als'`` where its assumptions hold (an elementwise loss with curvature, a smooth
+        separable regularizer), else ``'lbfgs'`` (``'adam'`` with ``nonnegative=True``); see
+        :mod:`autofact.solvers.contract`. An explicit ``'als'`` or ``'gibbs'`` outside its
+        assumptions raises a ValueError naming the fix.
     lr : learning rate (``None``: the solver's default).
-    epochs : passes over the data (``None``: the solver's default).
+    epochs : passes over the data (``None``: the solver's default; for ``'gibbs'`` the sweeps,
+        100, the first tenth discarded as burn-in).
     batch_size : mini-batch size for ``'adam'``/``'sgd'`` (``None``: full batch for ``adam``).
     bias : learn a global mean and user/item biases.
     nonnegative : project ``P`` and ``Q`` onto ``>= 0``: after each block of rows for ``als``,
