@@ -4,6 +4,7 @@ written to a file (``--all --out recs.csv``)."""
 from __future__ import annotations
 
 import argparse
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -113,19 +114,22 @@ def _recommend_all(args: argparse.Namespace) -> ExitStatus:
         raise UsageError("--fallback has no meaning with --all: every user is in the training data")
     import numpy as np
 
+    from ..io import atomic_write
     from ..recommend import top_items
 
     model = load_model(args.model, args)
     index = model.index_
     users = np.flatnonzero(index.user_counts > 0)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    writer: Any = None
-    fh: Any = None
     rows = 0
-    try:
-        if fmt == "csv":
-            fh = open(tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115 (closed below)
-            fh.write(RECOMMENDATIONS_HEADER + "\n")
+
+    def write(fh: Any) -> None:
+        # issue 8: through io.atomic_write, as model saves: a symbolic link is written through,
+        # leftovers of a killed run are removed, the file gets 0666 minus the umask
+        nonlocal rows
+        text = io.TextIOWrapper(fh, encoding="utf-8", newline="") if fmt == "csv" else None
+        writer: Any = None
+        if text is not None:
+            text.write(RECOMMENDATIONS_HEADER + "\n")
         for start in range(0, len(users), _USERS_PER_BLOCK):
             block = users[start:start + _USERS_PER_BLOCK]
             items, scores = top_items(model, block, args.n, exclude_seen=not args.include_seen)
@@ -135,27 +139,24 @@ def _recommend_all(args: argparse.Namespace) -> ExitStatus:
                 np.zeros(0, np.int64)
             it = index.item_ids[np.concatenate(items)] if items else np.zeros(0)
             sc = index.response(np.concatenate(scores)) if scores else np.zeros(0)
-            if fmt == "csv":
+            if text is not None:
                 import csv
 
-                csv.writer(fh).writerows(zip(u.tolist(), rank.tolist(), it.tolist(),
-                                             sc.tolist(), strict=True))
+                csv.writer(text).writerows(zip(u.tolist(), rank.tolist(), it.tolist(),
+                                               sc.tolist(), strict=True))
             else:
-                writer = _write_parquet_block(writer, tmp, u, rank, it, sc)
+                writer = _write_parquet_block(writer, fh, u, rank, it, sc)
             rows += len(u)
-        if fmt == "csv":
-            fh.close()
+        if text is not None:
+            text.flush()
+            text.detach()  # atomic_write flushes, syncs and closes fh itself
         elif writer is not None:
             writer.close()
         else:  # no user at all: an empty table with the columns
-            _write_parquet_block(None, tmp, np.zeros(0, np.int64), np.zeros(0, np.int64),
+            _write_parquet_block(None, fh, np.zeros(0, np.int64), np.zeros(0, np.int64),
                                  np.zeros(0, np.int64), np.zeros(0)).close()
-        os.replace(tmp, out)
-    finally:
-        if fh is not None and not fh.closed:
-            fh.close()
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_write(out, write)
     if args.json:
         print_json({"out": str(out), "users": int(len(users)), "rows": rows, "n": args.n})
     else:
@@ -163,7 +164,7 @@ def _recommend_all(args: argparse.Namespace) -> ExitStatus:
     return ExitStatus.OK
 
 
-def _write_parquet_block(writer: Any, path: Path, u: Any, rank: Any, it: Any, sc: Any) -> Any:
+def _write_parquet_block(writer: Any, sink: Any, u: Any, rank: Any, it: Any, sc: Any) -> Any:
     from .._optional import optional_import
 
     pa = optional_import("pyarrow", extra="parquet", purpose="writing Parquet")
@@ -178,27 +179,44 @@ def _write_parquet_block(writer: Any, path: Path, u: Any, rank: Any, it: Any, sc
     table = pa.table({"user": column(u), "rank": pa.array(rank, pa.int32()),
                       "item": column(it), "score": pa.array(sc, pa.float64())})
     if writer is None:
-        writer = pq.ParquetWriter(str(path), table.schema)
+        writer = pq.ParquetWriter(sink, table.schema)
     writer.write_table(table.cast(writer.schema))
     return writer
 
 
 def _check_recommendations_out(out: Path, fmt: str, model: Path) -> None:
     """Refuse a folder, a missing folder, the model itself, or an existing file that is not a
-    recommendations file of this format."""
+    recommendations file of this format (a Parquet file only with exactly the columns --all
+    writes: a user's Parquet ratings are never replaced; issue 8)."""
     from .paths import check_output
 
     if out.exists() and out.stat().st_size > 0 and not out.is_dir():
-        with open(out, "rb") as fh:
-            head = fh.read(32)
-        ours = head.startswith(b"PAR1") if fmt == "parquet" else \
-            head.startswith(RECOMMENDATIONS_HEADER.encode())
-        if not ours:
-            raise UsageError(
-                f"--out {str(out)!r} exists and is not a recommendations {fmt} file; refusing to "
-                "replace it: remove it first or choose another name"
-            )
-        if os.path.realpath(out) == os.path.realpath(model):
+        if os.path.realpath(out) == os.path.realpath(model) or os.path.samefile(out, model):
             raise UsageError(f"--out {str(out)!r} is the input MODEL; choose another name")
+        if not _is_recommendations_file(out, fmt):
+            raise UsageError(
+                f"--out {str(out)!r} exists and is not a recommendations {fmt} file (columns "
+                f"{RECOMMENDATIONS_HEADER}); refusing to replace it: remove it first or choose "
+                "another name"
+            )
         return
     check_output(out, "--out", "csv", {"MODEL": model})
+
+
+def _is_recommendations_file(path: Path, fmt: str) -> bool:
+    """Whether ``path`` is a file ``--all`` wrote: a CSV starting with its header line, or a
+    Parquet file whose columns are exactly user, rank, item, score."""
+    with open(path, "rb") as fh:
+        head = fh.read(len(RECOMMENDATIONS_HEADER))
+    if fmt == "csv":
+        return head == RECOMMENDATIONS_HEADER.encode()
+    if not head.startswith(b"PAR1"):
+        return False
+    from .._optional import optional_import
+
+    pq = optional_import("pyarrow.parquet", extra="parquet", purpose="writing Parquet")
+    try:
+        names = pq.read_schema(str(path)).names
+    except Exception:  # noqa: BLE001 - damaged or foreign: not ours, never replaced
+        return False
+    return bool(names == RECOMMENDATIONS_HEADER.split(","))
