@@ -81,3 +81,63 @@ def test_recommend_all_refuses_a_hard_link_to_the_model(model_file, tmp_path, ca
     assert cli.main(["recommend", str(model_file), "--all", "--out", str(alias)]) == 2
     assert "is the input MODEL" in capsys.readouterr().err
     assert model_file.read_bytes() == before
+
+
+# ------------------------------------------------------------------ Ctrl-C under the sampler
+def _interrupt_in_sweep(monkeypatch: pytest.MonkeyPatch, sweep: int) -> None:
+    """Raise KeyboardInterrupt inside the user draw of sweep ``sweep`` (two draws a sweep)."""
+    import autofact.solvers.gibbs as gibbs
+
+    original = gibbs._sample_rows
+    calls = {"n": 0}
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2 * sweep - 1:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(gibbs, "_sample_rows", interrupting)
+
+
+def test_ctrl_c_under_gibbs_keeps_the_last_finished_sweep(monkeypatch):
+    # issue 8, item 3: with solver='gibbs' (what 'auto' picks for the default squared loss with
+    # l2) Ctrl-C left no model at all, and the CLI said "interrupted before the first epoch
+    # finished; nothing saved" after hundreds of sweeps
+    from autofact.solvers.gibbs import gibbs_mf
+
+    r = _ratings()
+    model = MatrixFactorization(rank=2, solver="gibbs", epochs=10, seed=3)
+    _interrupt_in_sweep(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(r)
+    assert model.n_epochs_ == len(model.history_) == 3
+    assert model.history_[-1]["kept"] is True
+    monkeypatch.undo()
+    # the posterior means after sweep 3 of the same run
+    expected = gibbs_mf(r, rank=2, sweeps=10, seed=3, init_std=0.1,
+                        callback=lambda sweep, rmse, means: sweep == 3)
+    np.testing.assert_allclose(model.user_factors_, expected.P, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(model.item_bias_, expected.bi, rtol=1e-6, atol=1e-6)
+    assert np.isfinite(model.predict(r.user_ids[r.users[:5]], r.item_ids[r.items[:5]])).all()
+
+
+def test_cli_ctrl_c_under_gibbs_saves_the_last_finished_sweep(monkeypatch, tmp_path, capsys):
+    # issue 8, item 3, for the default solver of the command line
+    import autofact
+
+    r = _ratings()
+    data = tmp_path / "r.csv"
+    data.write_text("".join(f"{u},{i},{v}\n" for u, i, v in zip(r.users, r.items, r.values,
+                                                                 strict=True)))
+    out = tmp_path / "m.npz"
+    _interrupt_in_sweep(monkeypatch, 5)
+    code = cli.main(["fit", str(data), "--out", str(out), "--rank", "2", "--epochs", "20",
+                     "--quiet"])
+    err = capsys.readouterr().err
+    assert code == cli.ExitStatus.INTERRUPTED == 130
+    assert err.strip().splitlines()[-1] == (
+        f"autofact: interrupted during epoch 5; saved the model of epoch 4 to {out}"
+    )
+    saved = autofact.load(out)
+    assert saved.solver_ == "gibbs" and saved.n_epochs_ == len(saved.history_) == 4

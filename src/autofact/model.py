@@ -534,13 +534,18 @@ class MatrixFactorization:
             return {k: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
                     for k, a in (("P", res.P), ("Q", res.Q), ("bu", res.bu), ("bi", res.bi))}
 
+        # issue 8: the posterior means after the last finished sweep, kept for Ctrl-C
+        last: list[Any] = [0, None]
+
         def on_sweep(sweep: int, rmse: float, means: Any = None) -> bool:
+            now = means() if means is not None else None
+            last[:] = [sweep, now]
             rec: dict[str, Any] = {"epoch": sweep, "loss": rmse,
                                    "time": time.perf_counter() - start}
             history.append(rec)
             stop = False
-            if val is not None and means is not None:
-                rec["val_rmse"] = val.rmse(params_of(means()), mu)
+            if val is not None and now is not None:
+                rec["val_rmse"] = val.rmse(params_of(now), mu)
                 if stopper is not None:
                     stop = stopper.update(sweep, rec["val_rmse"], {})
             if bar is not None:
@@ -548,23 +553,32 @@ class MatrixFactorization:
                 bar.update(1)
             return stop
 
+        def keep(res: Any, done: int) -> None:
+            self.index_ = index
+            self.global_mean_ = res.mu
+            self.solver_ = "gibbs"
+            self._params = params_of(res)
+            self.history_ = [h for h in history if h["epoch"] <= done]
+            self.n_epochs_ = len(self.history_)
+            self.best_epoch_ = len(self.history_)
+            if self.history_:
+                self.history_[-1]["kept"] = True
+            self._export()
+
         try:
             res = gibbs_mf(train, rank=int(self.rank), sweeps=sweeps, seed=self.seed,
                            init_std=float(self.init_std), n_threads=self.n_threads,
                            callback=on_sweep)
+        except KeyboardInterrupt:
+            # issue 8: Ctrl-C keeps a usable model, the posterior means of the last finished
+            # sweep (as the other solvers keep their last finished epoch), and goes on
+            if last[1] is not None:
+                keep(last[1], int(last[0]))
+            raise
         finally:
             if bar is not None:
                 bar.close()
-        self.index_ = index
-        self.global_mean_ = res.mu
-        self.solver_ = "gibbs"
-        self._params = params_of(res)
-        self.history_ = history
-        self.n_epochs_ = len(history)
-        self.best_epoch_ = len(history)
-        if history:
-            history[-1]["kept"] = True
-        self._export()
+        keep(res, len(history))
         return self
 
     def _fit_ranking(self, X: Any, y: Any, validation: Any, start: float
