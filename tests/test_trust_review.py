@@ -141,3 +141,32 @@ def test_cli_ctrl_c_under_gibbs_saves_the_last_finished_sweep(monkeypatch, tmp_p
     )
     saved = autofact.load(out)
     assert saved.solver_ == "gibbs" and saved.n_epochs_ == len(saved.history_) == 4
+
+
+# ------------------------------------------------------------------ exit status and messages
+@pytest.mark.parametrize("message", [
+    "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+    "you tried to allocate 754400000000 bytes. Error code 12 (Cannot allocate memory)",
+    "CUDA out of memory. Tried to allocate 2.00 GiB",
+])
+def test_torch_out_of_memory_is_not_an_internal_error(message, model_file, tmp_path, capsys,
+                                                      monkeypatch):
+    # issue 8: `autofact fit --rank 100000000 --solver adam` said "internal error: RuntimeError:
+    # ... DefaultCPUAllocator ... please report it"; torch reports memory as a RuntimeError
+    import torch
+
+    from autofact.cli import evaluate as verb
+
+    error = torch.OutOfMemoryError(message) if message.startswith("CUDA") else RuntimeError(message)
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(verb, "evaluate", fail)
+    data = tmp_path / "r.csv"
+    data.write_text("0,0,3\n")
+    code = cli.main(["evaluate", str(model_file), str(data)])
+    assert code == cli.ExitStatus.ERROR
+    assert capsys.readouterr().err.strip() == (
+        "autofact: error: out of memory; try a smaller --rank or --batch-size"
+    )

@@ -72,6 +72,7 @@ _OPTIONS = {
     "dtype": "--dtype", "device": "--device", "fallback": "--fallback",
     "patience": "--patience", "validation_fraction": "--validation-fraction",
     "n_trials": "--trials", "metric": "--metric", "timeout": "--timeout",
+    "task": "--task", "alpha": "--alpha",
 }
 _FLAGS = {("header", "True"): "--header", ("header", "False"): "--no-header",
           ("timestamp", "False"): "--no-time-col",
@@ -162,12 +163,22 @@ def _describe(exc: Exception) -> tuple[ExitStatus, str]:
     if isinstance(exc, OSError) and exc.strerror:
         where = f": {exc.filename!r}" if exc.filename else ""
         return ExitStatus.ERROR, f"error: {exc.strerror}{where}"
-    if isinstance(exc, MemoryError):
+    if isinstance(exc, MemoryError) or _out_of_memory(exc):
         return ExitStatus.ERROR, "error: out of memory; try a smaller --rank or --batch-size"
     return ExitStatus.ERROR, (
         f"internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --traceback for "
         "the details, and please report it)"
     )
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """torch's allocators report running out of memory as a RuntimeError (CPU: "can't allocate
+    memory"; CUDA: ``torch.OutOfMemoryError``), not as Python's MemoryError."""
+    if not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc)
+    return (type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in text
+            or "out of memory" in text.lower())
 
 
 def _checked(exc: BaseException) -> bool:
