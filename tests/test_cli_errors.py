@@ -228,7 +228,7 @@ MATRIX = [
     ("recommend-n", ["recommend", "{model}", "--user", "1", "-n", "0"], USAGE,
      "argument -n: must be a positive int"),
     ("recommend-nobody", ["recommend", "{model}"], USAGE,
-     "one of the arguments --user/-u --ratings is required"),
+     "one of the arguments --user/-u --ratings --all is required"),
     ("recommend-rating-word", ["recommend", "{model}", "--ratings", "{ratings_word_csv}"], USAGE,
      "line 2 of {ratings_word_csv}: rating 'five' is not a number"),
     ("recommend-no-rating-column", ["recommend", "{model}", "--ratings",

@@ -414,7 +414,7 @@ def test_cli_fit_task_ranking(tmp_path: Any, capsys: pytest.CaptureFixture[str])
     _write_checkerboard(data)
     code = cli.main(["fit", str(data), "--out", str(tmp_path / "c.npz"), "--task", "ranking",
                      "--loss", "huber", "-q"])
-    assert code == 2 and "task='ranking' takes --loss squared" in capsys.readouterr().err
+    assert code == 2 and "--task ranking takes --loss squared" in capsys.readouterr().err
     code = cli.main(["fit", str(data), "--out", str(out), "--task", "ranking", "--rank", "2",
                      "--beta", "0.01", "--alpha", "1", "--json", "-q"])
     summary = json.loads(capsys.readouterr().out)

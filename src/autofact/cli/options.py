@@ -114,8 +114,9 @@ def loss(text: str) -> str:
     from ..losses import LOSSES
     from ..ranking import PAIRWISE_LOSSES
 
-    # bpr and warp are the ranking task's pairwise losses (--task ranking, issue 12)
-    return _name_or_path(text, [*LOSSES, *PAIRWISE_LOSSES], "loss")
+    if text in PAIRWISE_LOSSES:  # the ranking task's pairwise losses (--task ranking, issue 12)
+        return text
+    return _name_or_path(text, LOSSES, "loss")
 
 
 def regularization(text: str) -> str:
