@@ -170,3 +170,18 @@ def test_torch_out_of_memory_is_not_an_internal_error(message, model_file, tmp_p
     assert capsys.readouterr().err.strip() == (
         "autofact: error: out of memory; try a smaller --rank or --batch-size"
     )
+
+
+# ------------------------------------------------------------------ a user's loss
+def test_a_loss_that_is_nan_everywhere_is_not_blamed_on_round_or_detach():
+    # issue 8, item 7 (an error naming the cause): a NaN gradient counted as zero, so a loss
+    # that is nan everywhere was reported as "zero gradient ... piecewise constant or detached"
+    import torch
+
+    def nan_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (pred - target) ** 2 * float("nan")
+
+    for solver in ("auto", "lbfgs", "adam"):
+        with pytest.raises(ValueError, match=r"^loss .*nan_loss has a non-finite gradient \(nan "
+                                             r"or inf\) on 100% of the first block's \d+ entries"):
+            MatrixFactorization(rank=2, loss=nan_loss, solver=solver, epochs=2).fit(_ratings())

@@ -183,6 +183,15 @@ def check_loss_on_block(loss: Loss, target: torch.Tensor, center: float) -> None
         grad = None
         if out.requires_grad:
             (grad,) = torch.autograd.grad(out.sum(), pred, allow_unused=True)
+    if grad is not None:
+        # issue 8: a NaN gradient was counted as zero and blamed on round/detach
+        bad = float((~torch.isfinite(grad)).double().mean())
+        if bad > 0.99:
+            raise ValueError(
+                f"loss {name} has a non-finite gradient (nan or inf) on {bad:.0%} of the first "
+                f"block's {n} entries, at predictions around {center:.4g}: check it for a nan "
+                "constant, or a log, sqrt or division that is undefined there"
+            )
     zero = 1.0 if grad is None else float((torch.nan_to_num(grad) == 0).double().mean())
     if zero > 0.99:
         raise ValueError(
