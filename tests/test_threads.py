@@ -231,3 +231,23 @@ def test_n_threads_is_a_hyper_parameter():
     model = autofact.MatrixFactorization(n_threads=1)
     assert model.get_params()["n_threads"] == 1
     assert "n_threads=1" in repr(model)
+
+
+def test_a_nested_entry_point_keeps_the_decision_already_made(torch_threads, monkeypatch):
+    # issue 10: Objective-level calls inside a fit must not re-decide (nor pay threadpoolctl)
+    from autofact.threads import inside_limit, use_threads
+
+    torch.set_num_threads(2)
+    monkeypatch.setattr(threads, "MIN_WORK_PER_THREAD", 1)
+    assert not inside_limit()
+    with limit_threads(1):
+        assert inside_limit()
+        with use_threads(10**12, unless_decided=True) as n:
+            assert n == 1 and torch.get_num_threads() == 1
+        with use_threads(10**12, 2) as n:  # an explicit decision still applies
+            assert n == 2 and torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 1
+    assert not inside_limit()
+    with use_threads(10**12, 2, unless_decided=True) as n:  # outside any limit: decides
+        assert n == 2 and inside_limit()
+    assert torch.get_num_threads() == 2 and not inside_limit()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +44,7 @@ __all__ = [
     "check_n_threads",
     "cgroup_cpu_limit",
     "env_threads",
+    "inside_limit",
     "limit_threads",
     "max_threads",
     "threads_for",
@@ -182,6 +184,14 @@ def threads_for(work: float, cap: int) -> int:
     return max(1, min(int(cap), int(work // MIN_WORK_PER_THREAD)))
 
 
+_ACTIVE = threading.local()  # .depth: how many limit_threads blocks this thread is inside
+
+
+def inside_limit() -> bool:
+    """Whether this thread runs inside :func:`limit_threads` (a fit has already decided)."""
+    return getattr(_ACTIVE, "depth", 0) > 0
+
+
 @contextmanager
 def limit_threads(n: int) -> Iterator[int]:
     """Run the block with ``n`` torch intra-op threads (and at most ``n`` BLAS threads, through
@@ -190,11 +200,13 @@ def limit_threads(n: int) -> Iterator[int]:
 
     before = torch.get_num_threads()
     blas = _limit_blas(n)
+    _ACTIVE.depth = getattr(_ACTIVE, "depth", 0) + 1
     try:
         if n != before:
             torch.set_num_threads(n)
         yield n
     finally:
+        _ACTIVE.depth -= 1
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
         if blas is not None:
@@ -213,8 +225,18 @@ def _limit_blas(n: int) -> Any:
 
 
 @contextmanager
-def use_threads(work: float, n_threads: int | None = None) -> Iterator[int]:
+def use_threads(work: float, n_threads: int | None = None, *,
+                unless_decided: bool = False) -> Iterator[int]:
     """The policy as a context: ``with use_threads(work, n_threads) as n:`` runs the block with
-    ``threads_for(work, max_threads(n_threads))`` threads (see :func:`limit_threads`)."""
+    ``threads_for(work, max_threads(n_threads))`` threads (see :func:`limit_threads`).
+
+    ``unless_decided=True`` changes nothing inside another autofact thread limit (an entry point
+    such as ``Objective.value_and_grad`` that a fit also calls: the fit has decided, and the
+    nested call costs nothing)."""
+    if unless_decided and inside_limit():
+        import torch
+
+        yield torch.get_num_threads()
+        return
     with limit_threads(threads_for(work, max_threads(n_threads))) as n:
         yield n
