@@ -145,14 +145,23 @@ class _Side:
     """The ratings seen from one side (rows = users, or rows = items) as CSR, in row blocks of at
     most ``max_nnz`` ratings (a single row may exceed it)."""
 
-    def __init__(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int,
-                 n_cols: int, max_nnz: int) -> None:
-        self.counts = np.bincount(rows, minlength=n_rows)
-        self.rows = rows  # int32, sorted
-        self.indptr = np.zeros(n_rows + 1, dtype=np.int64)
-        np.cumsum(self.counts, out=self.indptr[1:])
-        self.cols = cols  # int32, grouped by row
-        self.vals = vals  # float32, centred
+    def __init__(self, rows: np.ndarray | None, cols: np.ndarray, vals: np.ndarray, n_rows: int,
+                 n_cols: int, max_nnz: int, indptr: np.ndarray | None = None,
+                 offset: float = 0.0) -> None:
+        """``rows`` (sorted) or ``indptr``; ``cols`` (int32) grouped by row; ``vals`` the ratings
+        (float32), whose mean ``offset`` is taken off where they are used."""
+        if indptr is None:
+            assert rows is not None
+            self.counts = np.bincount(rows, minlength=n_rows)
+            self.indptr = np.zeros(n_rows + 1, dtype=np.int64)
+            np.cumsum(self.counts, out=self.indptr[1:])
+        else:
+            self.indptr = indptr.astype(np.int64)
+            self.counts = np.diff(self.indptr)
+        self.rows = rows  # int32 row of each rating, or None (then built a block at a time)
+        self.cols = cols
+        self.vals = vals
+        self.offset = offset
         self.n_rows, self.n_cols = n_rows, n_cols
         self.blocks: list[tuple[int, int, int, int, torch.Tensor]] = []
         r0 = 0
@@ -180,8 +189,25 @@ class _Side:
         dt = torch.from_numpy(np.ascontiguousarray(dense))
         for blk in self.blocks:
             r0, r1, a, b, _ = blk
-            out[r0:r1] = self.spmm(blk, data(a, b, self.rows[a:b]), dt).numpy()
+            out[r0:r1] = self.spmm(blk, data(a, b, self.row_index(r0, r1, a, b)), dt).numpy()
         return out
+
+    def row_index(self, r0: int, r1: int, a: int, b: int) -> np.ndarray:
+        """The row of each of the ratings ``a:b`` (those of rows ``r0:r1``)."""
+        if self.rows is not None:
+            return self.rows[a:b]
+        return np.repeat(np.arange(r0, r1, dtype=np.int32), self.counts[r0:r1])
+
+    def transpose(self, max_nnz: int) -> _Side:
+        """The same ratings seen from the columns (a counting sort: no per-rating permutation)."""
+        import scipy.sparse as sp  # only here: import autofact does not load scipy
+
+        small = len(self.cols) < 2**31 - 1  # int32 indices all through: no int64 copies
+        ptr = self.indptr.astype(np.int32) if small else self.indptr
+        A = sp.csr_matrix((self.vals, self.cols, ptr), shape=(self.n_rows, self.n_cols),
+                          copy=False).tocsc()
+        return _Side(None, A.indices.astype(np.int32, copy=False), A.data, self.n_cols,
+                     self.n_rows, max_nnz, indptr=A.indptr, offset=self.offset)
 
 
 def _gamma(rng: np.random.Generator, shape: Any, rate: Any) -> Any:
@@ -223,9 +249,11 @@ class _Terms:
         za = np.empty((other.shape[0], K))
         za[:, :k] = other
         za[:, k] = 1.0
-        # np.take: fancy column indexing is ten times slower
-        self.Z = torch.from_numpy(
-            (np.take(za, self.iu, axis=1) * np.take(za, self.ju, axis=1)).astype(np.float32))
+        # np.take: fancy column indexing is ten times slower; float32 before the products
+        z32 = za.astype(np.float32)
+        Z = np.take(z32, self.iu, axis=1)
+        Z *= np.take(z32, self.ju, axis=1)
+        self.Z = torch.from_numpy(Z)
         self.za = torch.from_numpy(za)
         self.bias = other_bias
 
@@ -243,7 +271,7 @@ def _block_conditional(
     mb = r1 - r0
     K = terms.za.shape[1]
     cols = side.cols[a:b]
-    t = side.vals[a:b] - np.take(terms.bias, cols)  # float64
+    t = side.vals[a:b] - (np.take(terms.bias, cols) + side.offset)  # float64
     if tau_col is None:
         w, wt = np.ones(b - a), t
     else:
@@ -446,16 +474,14 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
         raise ValueError("gibbs_mf needs at least one rating, got none")
     rng = np.random.default_rng(seed)
     mu = float(vals.mean(dtype=np.float64))
-    # users' view: sorted by (user, item) (a Ratings already is: no copy then)
-    if nnz > 1 and not bool(np.all(np.diff(users) >= 0)):
+    # users' view: sorted by user (a Ratings already is: its arrays are used as they are)
+    if nnz > 1 and not bool(np.all(users[1:] >= users[:-1])):
         o = np.lexsort((items, users))
         users, items, vals = users[o], items[o], vals[o]
         del o
     u_side = _Side(users.astype(np.int32, copy=False), items.astype(np.int32, copy=False),
-                   (vals - mu).astype(np.float32), m, n, max_nnz)
-    o = np.argsort(items, kind="stable")
-    i_side = _Side(u_side.cols[o], u_side.rows[o], u_side.vals[o], n, m, max_nnz)
-    del o
+                   vals.astype(np.float32, copy=False), m, n, max_nnz, offset=mu)
+    i_side = u_side.transpose(max_nnz)
     k, K = int(rank), int(rank) + 1
     Xu = init_std * rng.standard_normal((m, K))  # [P, bu]
     Xi = init_std * rng.standard_normal((n, K))  # [Q, bi]
@@ -472,7 +498,8 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
     Y = Ym = None
     if implicit:
         scale = np.maximum(u_side.counts, 1).astype(np.float64) ** -0.5
-        diag = np.bincount(i_side.rows, np.take(scale * scale, i_side.cols), minlength=n)
+        diag = np.bincount(u_side.cols, np.take(scale * scale, u_side.row_index(0, m, 0, nnz)),
+                           minlength=n)
         Y = init_std * rng.standard_normal((n, k))
         Ym = np.zeros((n, k))
         hyp_y = (np.zeros(k), np.ones(k))
