@@ -76,8 +76,8 @@ def test_validation_fraction_is_carved_from_the_training_data(data):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"patience": 0}, r"patience must be a positive int or None, got 0"),
-        ({"patience": 2.5}, r"patience must be a positive int or None, got 2.5"),
+        ({"patience": 0}, r"patience must be a positive int, 'auto' or None, got 0"),
+        ({"patience": 2.5}, r"patience must be a positive int, 'auto' or None, got 2.5"),
         ({"validation_fraction": 1.0},
          r"validation_fraction must be a number strictly between 0 and 1 or None, got 1.0"),
         ({"validation_fraction": "0.1"},
@@ -104,3 +104,13 @@ def test_the_kept_epoch_survives_save_and_load(tmp_path, data):
     assert same.best_epoch_ == model.best_epoch_
     assert same.history_ == model.history_
     assert (same.patience, same.validation_fraction) == (3, None)
+
+
+def test_auto_patience_is_a_tenth_of_the_epochs_at_least_five(data):
+    train, valid = data
+    # 150 epochs: patience 15 (Adam's validation error may stall before it falls)
+    model = overfitting_model().fit(train, validation=valid)
+    assert model.patience == "auto"
+    assert model.n_epochs_ == model.best_epoch_ + 15 < 150
+    short = overfitting_model(epochs=40).fit(train, validation=valid)
+    assert short.n_epochs_ in (40, short.best_epoch_ + 5)
