@@ -185,3 +185,26 @@ def test_a_loss_that_is_nan_everywhere_is_not_blamed_on_round_or_detach():
         with pytest.raises(ValueError, match=r"^loss .*nan_loss has a non-finite gradient \(nan "
                                              r"or inf\) on 100% of the first block's \d+ entries"):
             MatrixFactorization(rank=2, loss=nan_loss, solver=solver, epochs=2).fit(_ratings())
+
+
+# ------------------------------------------------------------------ beta is never ignored
+def test_a_beta_the_user_sets_is_never_silently_ignored(tmp_path, capsys):
+    # issue 8 (never silently wrong): once solver='auto' sampled with Gibbs for squared + l2,
+    # MatrixFactorization(beta=1000) and `autofact fit --beta 1000` gave exactly the model of
+    # beta=0.01, without a word (the sampler draws its own strength)
+    r = _ratings()
+    default = MatrixFactorization(rank=2, epochs=3, seed=0).fit(r)
+    assert default.solver_ == "gibbs"  # issue 9's default model, beta left alone
+    weak = MatrixFactorization(rank=2, epochs=3, seed=0, beta=0.01).fit(r)
+    strong = MatrixFactorization(rank=2, epochs=3, seed=0, beta=1000.0).fit(r)
+    assert weak.solver_ == strong.solver_ == "als"
+    assert np.abs(strong.user_factors_).max() < np.abs(weak.user_factors_).max()
+    data = tmp_path / "r.csv"
+    data.write_text("".join(f"{u},{i},{v}\n" for u, i, v in zip(r.users, r.items, r.values,
+                                                                 strict=True)))
+    assert cli.main(["fit", str(data), "--out", str(tmp_path / "m.npz"), "--rank", "2",
+                     "--beta", "1000", "--epochs", "2", "--quiet"]) == 0
+    capsys.readouterr()
+    import autofact
+
+    assert autofact.load(tmp_path / "m.npz").solver_ == "als"

@@ -81,13 +81,15 @@ class MatrixFactorization:
     loss : ``'squared'``, ``'absolute'``, ``'huber'``, ``'logistic'``, ``'poisson'``, a
         ``'module:function'`` path, or a callable ``loss(pred, target) -> per-entry tensor``.
     regularization : ``'l2'``, ``'l1'``, ``'none'``, a path, or a callable ``reg(param) -> scalar``.
-    beta : strength of a named regularization (not used by ``'gibbs'``, which samples it).
+    beta : strength of a named regularization (not used by ``'gibbs'``, which samples it; so
+        ``'auto'`` does not pick ``'gibbs'`` when ``beta`` is set to other than its default).
     solver : ``'auto'``, ``'gibbs'``, ``'als'``, ``'adam'``, ``'sgd'``, ``'lbfgs'`` or ``'gd'``.
         ``'auto'`` picks ``'gibbs'`` for the squared loss with ``'l2'`` (the default model:
         Bayesian MF by Gibbs sampling with sampled regularization and per-user/per-item noise,
         the posterior means kept as the factors; see :mod:`autofact.solvers.gibbs`) unless the
-        ratings have weights, ``bias=False``, ``nonnegative=True``, ``batch_size`` is set, or the
-        fit is shared or checkpointed; otherwise ``'adam'`` when ``batch_size`` is set, else
+        ratings have weights, ``beta`` is not the default, ``bias=False``, ``nonnegative=True``,
+        ``batch_size`` is set, or the fit is shared or checkpointed; otherwise ``'adam'`` when
+        ``batch_size`` is set, else
         ``'als'`` where its assumptions hold (an elementwise loss with curvature, a smooth
         separable regularizer), else ``'lbfgs'`` (``'adam'`` with ``nonnegative=True``); see
         :mod:`autofact.solvers.contract`. An explicit ``'als'`` or ``'gibbs'`` outside its
@@ -346,8 +348,13 @@ class MatrixFactorization:
                 )
             return self._fit_ranking(X, y, validation, start)
         shared = plan is not None and plan.world_size > 1
+        # issue 8 (never silently wrong): the sampler draws the regularization strength itself,
+        # so 'auto' samples only while beta is left at its default; a beta the user set is
+        # honoured (by ALS), never ignored without a word
+        beta_default = inspect.signature(type(self).__init__).parameters["beta"].default
         solver, lr, epochs = self._validate(
-            sampler=bool(self.bias) and not self.nonnegative and not shared and checkpoint is None)
+            sampler=bool(self.bias) and not self.nonnegative and not shared and checkpoint is None
+            and self.beta == beta_default)
         if solver == "gibbs" and (shared or checkpoint is not None):
             raise ValueError(
                 "solver='gibbs' runs in one process and keeps no checkpoint yet; fit without "
