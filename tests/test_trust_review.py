@@ -208,3 +208,17 @@ def test_a_beta_the_user_sets_is_never_silently_ignored(tmp_path, capsys):
     import autofact
 
     assert autofact.load(tmp_path / "m.npz").solver_ == "als"
+
+
+def test_the_sampler_warns_when_rank_exceeds_the_item_count():
+    # issue 8 (smaller one): no warning when rank exceeds the item count; solver='gibbs', the
+    # default for squared + l2, skipped the check the other solvers make
+    rng = np.random.default_rng(0)
+    mask = rng.random((12, 9)) < 0.8
+    u, i = np.nonzero(mask)
+    r = Ratings.from_coo(u, i, rng.integers(1, 6, len(u)).astype(float), shape=(12, 9))
+    match = r"rank=10 exceeds min\(users, items\) = min\(12, 9\) = 9: .*try rank <= 9"
+    with pytest.warns(UserWarning, match=match):
+        model = MatrixFactorization(rank=10, epochs=2, seed=0).fit(r)
+    assert model.solver_ == "gibbs"
+    MatrixFactorization(rank=9, epochs=2, seed=0).fit(r)  # at the count: no warning (errors)

@@ -523,6 +523,16 @@ class MatrixFactorization:
         sweep after burn-in)."""
         from .solvers.gibbs import gibbs_mf
 
+        m, n = train.shape
+        if self.rank > min(m, n):  # issue 8: as for the other solvers
+            warnings.warn(
+                f"rank={self.rank} exceeds min(users, items) = min({m}, {n}) = {min(m, n)}: a "
+                "rank above it adds nothing the model can express and only costs time and "
+                f"memory; gibbs draws a {self.rank}x{self.rank} system for every row (cost ~ "
+                f"rank^3 per row); try rank <= {min(m, n)}",
+                UserWarning,
+                stacklevel=3,
+            )
         mu = float(np.mean(train.values, dtype=np.float64))
         index = ModelIndex.from_ratings(train, fallback=mu, clip=clips_to_range(self.loss),
                                         inverse_link=inverse_link(loss_fn))
