@@ -222,3 +222,29 @@ def test_the_sampler_warns_when_rank_exceeds_the_item_count():
         model = MatrixFactorization(rank=10, epochs=2, seed=0).fit(r)
     assert model.solver_ == "gibbs"
     MatrixFactorization(rank=9, epochs=2, seed=0).fit(r)  # at the count: no warning (errors)
+
+
+# ------------------------------------------------------------------ reading
+def test_a_first_line_with_numeric_ids_and_a_bad_rating_is_not_a_header(tmp_path, capsys):
+    # issue 8 (never silently wrong): "1,2,x" was taken for a header line named '1', '2', 'x',
+    # so its rating vanished without a word
+    import autofact
+
+    path = tmp_path / "r.csv"
+    path.write_text("\n1,2,x\n3,4,5\n")
+    with pytest.raises(ValueError, match=r"^line 2 of r\.csv: rating 'x' is not a number \(its user "
+                                         r"and item fields are numbers, so it is not taken for a "
+                                         r"header line\); fix the line, or pass header=True"):
+        autofact.read(path)
+    assert len(autofact.read(path, header=True)) == 1  # the user says it is a header
+    assert len(autofact.read(_write(tmp_path / "h.csv", "user,item,rating\n1,2,3\n"))) == 1
+    assert len(autofact.read(_write(tmp_path / "s.csv", "ann,tea,x\nbob,tea,4\n"))) == 1
+    code = cli.main(["fit", str(path), "--out", str(tmp_path / "m.npz")])
+    assert code == cli.ExitStatus.USAGE
+    assert capsys.readouterr().err.strip().endswith("fix the line, or pass --header if it is a "
+                                                    "header")
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

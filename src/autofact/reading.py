@@ -339,7 +339,17 @@ def _read_text(p: Path, names: _Names, *, sep: str | None, header: bool | None, 
     fields = _split(first.strip(), sep)
     if header is None:
         # ids may be strings: call it a header only when the rating field is not a number
-        header = len(fields) >= 3 and not _is_number(fields[2].strip().strip('"'))
+        rating = fields[2].strip().strip('"') if len(fields) >= 3 else ""
+        header = len(fields) >= 3 and not _is_number(rating)
+        if header and all(_is_number(f.strip().strip('"')) for f in fields[:2]):
+            # issue 8: "1,2,x" was taken for a header (columns '1', '2', 'x') and its rating
+            # silently dropped; a header does not name its columns with numbers
+            number = next(k for k, ln in enumerate(text_head.splitlines(), 1) if ln.strip())
+            raise ValueError(
+                f"line {number} of {p.name}: rating {rating!r} is not a number (its user and item "
+                "fields are numbers, so it is not taken for a header line); fix the line, or "
+                "pass header=True if it is a header"
+            )
     engine = "python" if len(sep) > 1 and sep != r"\s+" else "c"
     common: dict[str, Any] = dict(
         sep=sep, engine=engine, skip_blank_lines=True, comment=None, on_bad_lines="error",
