@@ -390,7 +390,7 @@ class MatrixFactorization:
             plan=plan,
         )
         params = obj.init_params(self.rank, seed=self.seed, init_std=self.init_std)
-        fallback = obj.mu if self.bias else obj._best_constant()
+        fallback = obj.mu if self.bias else obj.best_constant()
         # clipped or not by the loss as named (what a saved model knows), not as imported
         index = ModelIndex.from_ratings(train, fallback=fallback, clip=clips_to_range(self.loss),
                                         inverse_link=inverse_link(loss_fn))

@@ -270,7 +270,7 @@ class Objective:
         if global_mean is not None:
             self.mu = float(global_mean)
         elif self.bias:
-            self.mu = self._best_constant()
+            self.mu = self.best_constant()
         else:
             self.mu = 0.0
         # the backward's transposes keep 4 bytes an entry, or 8 (faster) while that stays within
@@ -282,7 +282,7 @@ class Objective:
             first = self.patterns[0]
             check_loss_on_block(self.loss, self.values[first.start : first.stop], self.mu)
 
-    def _best_constant(self, iters: int = 100) -> float:
+    def best_constant(self, iters: int = 100) -> float:
         """The constant prediction that minimizes the weighted loss: the mean rating for the
         squared loss, the logit of the mean for the logistic, the log of the mean for Poisson.
 
