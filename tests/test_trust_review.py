@@ -277,3 +277,77 @@ def test_no_module_reads_another_modules_private_names():
     foreign = [f"{p.relative_to(root)}:{line}: {text}" for p, line, text in reads
                if p not in defined[text.rsplit(".", 1)[1]] and not text.startswith("aten.")]
     assert foreign == []
+
+
+# ------------------------------------------------------------------ every message has a test
+def _fitted() -> MatrixFactorization:
+    return MatrixFactorization(rank=2, solver="als", epochs=1, seed=0).fit(_ratings())
+
+
+def _error_cases():
+    from autofact._imports import import_object
+    from autofact.evaluation import rmse
+    from autofact.functional import matrix_factorization_bgd
+    from autofact.losses import huber, loss_from_spec
+    from autofact.objective import Objective
+
+    r = _ratings()
+    coo = Ratings.from_coo
+    return [
+        (lambda: coo([0, 1], [0, 1], ["a", "b"], shape=(2, 2)),
+         r"^values must be numeric, got values of dtype <U1$"),
+        (lambda: coo([[0, 1]], [[0, 1]], [[1.0, 2.0]], shape=(2, 2)),
+         r"^users, items and values must be 1-D arrays, got shapes \(1, 2\), \(1, 2\), \(1, 2\)$"),
+        (lambda: coo([0, 1], [0, 1], [1.0, 2.0], shape=(2, 2), weights=[1.0]),
+         r"^weights must have one entry per rating \(2\), got shape \(1,\)$"),
+        (lambda: coo([], [], [], shape=(2, 2)),
+         r"^ratings are empty: at least one observed rating is needed$"),
+        (lambda: coo([], [], []), r"^ratings are empty: at least one observed rating is needed$"),
+        (lambda: coo([0], [0], [1.0], shape=(0, 2)), r"^shape must be positive, got \(0, 2\)$"),
+        (lambda: coo([0.0], [0], [1.0], shape=(1, 1)),
+         r"^users must be integer indices, got dtype float64$"),
+        (lambda: Ratings(np.array([0]), np.array([0]), np.array([1.0]), shape=(1, 1),
+                         user_ids=["a", "b"]),
+         r"^user_ids/item_ids must have 1/1 entries to match shape \(1, 1\), got 2/1$"),
+        (lambda: Ratings.from_frame(__import__("pandas").DataFrame(
+            {"user": [], "item": [], "rating": []})),
+         r"^ratings are empty: the DataFrame has no rows$"),
+        (lambda: r.subset(np.array([True, False])),
+         rf"^a boolean index must have one entry per rating \({len(r)}\), got shape \(2,\)$"),
+        (lambda: r.user_index(np.zeros((2, 2), dtype=int)),
+         r"^user ids must be a scalar or a 1-D sequence, got shape \(2, 2\)$"),
+        (lambda: huber(0.0), r"^delta must be > 0, got 0\.0$"),
+        (lambda: loss_from_spec({"name": "huber", "delta": "x"}),
+         r"^unknown loss specification \{'name': 'huber', 'delta': 'x'\}: delta must be a number$"),
+        (lambda: loss_from_spec({"name": "nope"}), r"^unknown loss specification \{'name': 'nope'\}$"),
+        (lambda: import_object("not a path", what="loss"),
+         r"^loss path must look like 'package\.module:function', got 'not a path'$"),
+        (lambda: import_object("math:pi", what="loss"), r"^loss 'math:pi' is not callable$"),
+        (lambda: Objective(r, max_memory=100),
+         r"^max_memory must be at least 65536 bytes, got 100$"),
+        (lambda: rmse([], []), r"^pred and target are empty: at least one pair is needed$"),
+        (lambda: matrix_factorization_bgd(np.ones(3), np.ones((3, 1)), np.ones((3, 1))),
+         r"^D, P and Q must be 2-D, got shapes \(3,\), \(3, 1\) and \(3, 1\)$"),
+        (lambda: _fitted().recommend([0, 1]),
+         r"^user must be one user id or a FoldedUser, got a list; use recommend_batch\(users\)"),
+        (lambda: _fitted().index_.user_index(np.zeros((1, 1), dtype=int)),
+         r"^user ids must be a scalar or a 1-D sequence, got shape \(1, 1\)$"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_error_cases())))
+def test_library_error_messages(case):
+    # issue 8, item 15: every error message has a pytest.raises(..., match=...); these had none
+    make, match = _error_cases()[case]
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
+
+
+def test_a_model_with_unsavable_settings_says_which(tmp_path):
+    # issue 8, item 15: the io save messages
+    model = _fitted()
+    model.init_std = [0.1]  # not a plain value
+    with pytest.raises(ValueError, match=r"^cannot save hyper-parameter init_std=\[0\.1\] \(a list\): "
+                                         r"only None, "
+                                         r"bool, int, float and str values can be stored"):
+        model.save(tmp_path / "m.npz")
