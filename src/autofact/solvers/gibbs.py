@@ -251,8 +251,9 @@ class _Terms:
         za[:, k] = 1.0
         # np.take: fancy column indexing is ten times slower; float32 before the products
         z32 = za.astype(np.float32)
-        Z = np.take(z32, self.iu, axis=1)
-        Z *= np.take(z32, self.ju, axis=1)
+        Z = np.take(z32, self.ju, axis=1)
+        for a in range(K):  # the triangle's row a: columns b >= a, times z_a (no temporary)
+            Z[:, self.full[a, a] : self.full[a, K - 1] + 1] *= z32[:, a : a + 1]
         self.Z = torch.from_numpy(Z)
         self.za = torch.from_numpy(za)
         self.bias = other_bias
@@ -425,7 +426,7 @@ def gibbs_mf(
     init_std: float = 0.1,
     cg_tol: float = 1e-6,
     cg_max_iter: int = 100,
-    max_nnz: int = 1 << 20,
+    max_nnz: int = 1 << 19,
     n_threads: int | None = None,
     callback: Callable[[int, float, Callable[[], GibbsResult]], bool | None] | None = None,
 ) -> GibbsResult:
