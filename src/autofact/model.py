@@ -534,10 +534,18 @@ class MatrixFactorization:
                 stacklevel=3,
             )
         mu = float(np.mean(train.values, dtype=np.float64))
-        index = ModelIndex.from_ratings(train, fallback=mu, clip=clips_to_range(self.loss),
-                                        inverse_link=inverse_link(loss_fn))
+
+        def make_index() -> ModelIndex:
+            return ModelIndex.from_ratings(train, fallback=mu, clip=clips_to_range(self.loss),
+                                           inverse_link=inverse_link(loss_fn))
+
+        # the index (its seen-items CSR: 4 bytes a rating) is built after sampling unless
+        # validation needs it, so it does not coexist with the sampler's two views of the data
+        built: list[ModelIndex | None] = [make_index() if validation is not None else None]
         val = None
         if validation is not None:
+            index = built[0]
+            assert index is not None
             vx, vy = validation if isinstance(validation, tuple) else (validation, None)
             v = _as_ratings(vx, vy, "validation")
             check_targets(loss_fn, v.values, "validation ratings")
@@ -571,6 +579,8 @@ class MatrixFactorization:
             return stop
 
         def keep(res: Any, done: int) -> None:
+            index = built[0] if built[0] is not None else make_index()
+            built[0] = index
             self.index_ = index
             self.global_mean_ = res.mu
             self.solver_ = "gibbs"
