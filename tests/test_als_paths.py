@@ -3,6 +3,8 @@ the upper triangle mirrored on long ones; both give the same fit."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -36,3 +38,54 @@ def test_a_non_finite_hessian_row_gets_no_step():
     x = als._spd_solve(H, g)
     assert torch.equal(x[2], torch.zeros(3))
     torch.testing.assert_close(x[[0, 1, 3]], torch.ones(3, 3))
+
+
+def _data(seed: int = 0) -> autofact.Ratings:
+    rng = np.random.default_rng(seed)
+    dense = rng.integers(1, 6, size=(50, 35)).astype(float)
+    dense[rng.random(dense.shape) < 0.5] = np.nan
+    return autofact.Ratings.from_dense(dense)
+
+
+@pytest.mark.parametrize("loss", ["squared", "huber"])
+def test_row_blocks_on_two_workers_give_the_factors_of_one(monkeypatch, loss):
+    # issue 10: threads over whole row blocks; the cut depends on sizes only, so 1 and 2 workers
+    # give identical factors, and the cut itself changes nothing beyond rounding
+    from autofact import threads
+
+    data = _data()
+    whole = autofact.MatrixFactorization(rank=3, solver="als", loss=loss, epochs=4, seed=0,
+                                         dtype="float64").fit(data)
+    monkeypatch.setattr(threads, "MIN_WORK_PER_WORKER", 1)  # every side worth splitting
+    seen = []
+    real = als._AlternatingNewton._block
+
+    def spy(self, *args, **kwargs):
+        import threading
+
+        seen.append(threading.current_thread().name)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(als._AlternatingNewton, "_block", spy)
+    fits = {}
+    for n in (1, 2):
+        seen.clear()
+        fits[n] = autofact.MatrixFactorization(rank=3, solver="als", loss=loss, epochs=4,
+                                               seed=0, dtype="float64", n_threads=n).fit(data)
+        workers = {name for name in seen if name != "MainThread"}
+        # one pool a side, of n workers (named ..._0, ..._1); one worker: the caller's thread
+        assert {name.rsplit("_", 1)[-1] for name in workers} == ({"0", "1"} if n == 2 else set())
+        per_side = [math.ceil(r / math.ceil(r / als.COARSE_BLOCKS)) for r in (50, 35)]
+        assert len(seen) == 4 * sum(per_side)  # epochs x blocks of both sides
+    np.testing.assert_array_equal(fits[1].user_factors_, fits[2].user_factors_)
+    np.testing.assert_array_equal(fits[1].item_factors_, fits[2].item_factors_)
+    np.testing.assert_allclose(fits[1].user_factors_, whole.user_factors_, rtol=1e-9, atol=1e-12)
+
+
+def test_an_error_in_a_worker_reaches_the_caller(monkeypatch):
+    from autofact import threads
+
+    monkeypatch.setattr(threads, "MIN_WORK_PER_WORKER", 1)
+    with pytest.raises(ValueError, match="needs a loss with a non-zero second derivative"):
+        autofact.MatrixFactorization(rank=3, solver="als", loss="absolute", epochs=2,
+                                     n_threads=2).fit(_data())

@@ -41,6 +41,7 @@ from typing import Any
 __all__ = [
     "ENV_VARS",
     "MIN_WORK_PER_THREAD",
+    "MIN_WORK_PER_WORKER",
     "check_n_threads",
     "cgroup_cpu_limit",
     "env_threads",
@@ -49,6 +50,7 @@ __all__ = [
     "max_threads",
     "threads_for",
     "usable_cores",
+    "workers_for",
     "use_threads",
 ]
 
@@ -58,6 +60,9 @@ ENV_VARS = ("AUTOFACT_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 #: one core's work): below that the wait for a descheduled thread on a shared machine costs more
 #: than the thread saves.
 MIN_WORK_PER_THREAD = 2**27
+#: Multiply-adds a worker of a coarse split (whole row blocks, see :func:`workers_for`) must have:
+#: a descheduled worker delays only the end of its own block, so much less than an operation.
+MIN_WORK_PER_WORKER = 2**24
 
 
 def check_n_threads(n_threads: object, name: str = "n_threads") -> int | None:
@@ -238,5 +243,20 @@ def use_threads(work: float, n_threads: int | None = None, *,
 
         yield torch.get_num_threads()
         return
-    with limit_threads(threads_for(work, max_threads(n_threads))) as n:
-        yield n
+    cap = max_threads(n_threads)
+    caps = getattr(_ACTIVE, "caps", [])
+    _ACTIVE.caps = [*caps, cap]
+    try:
+        with limit_threads(threads_for(work, cap)) as n:
+            yield n
+    finally:
+        _ACTIVE.caps = caps
+
+
+def workers_for(work: float) -> int:
+    """Workers for a coarse split of ``work`` multiply-adds into independent blocks, each block
+    run on one thread: one per :data:`MIN_WORK_PER_WORKER`, at most the cap of the enclosing
+    :func:`use_threads` (else :func:`max_threads`). Sizes and settings only, never the load."""
+    caps = getattr(_ACTIVE, "caps", [])
+    cap = caps[-1] if caps else max_threads()
+    return max(1, min(cap, int(work // MIN_WORK_PER_WORKER)))

@@ -19,14 +19,23 @@ so the rank, not the number of ratings, bounds how large ``als`` can go.
 
 from __future__ import annotations
 
+import math
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
+from .. import threads
 from ..objective import Objective, Params
 from ..sparse import Pattern, build_patterns, gather_dot
 from ._base import Epoch
 
 __all__ = ["make_als"]
 
+#: Enough work for several workers (:func:`autofact.threads.workers_for`): each side is cut into
+#: this many row blocks, each a worker's task and each within 1/this of the memory budget, so at
+#: most this many run at once. The cut depends on the sizes only, so the factors do not depend
+#: on how many workers run it.
+COARSE_BLOCKS = 8
 #: Blocks with at most this many ratings per row (of either side) build the Hessians from all
 #: ``K^2`` products; denser ones from the upper triangle, then mirrored (issue 10).
 SHORT_ROWS = 16
@@ -58,9 +67,19 @@ class _AlternatingNewton:
         K = params["P"].shape[1] + (1 if "bu" in params else 0)
         # H, its Cholesky factor and the upper-triangle accumulator: about 3 K^2 floats a row
         max_rows = max(1, obj.max_memory // (3 * 8 * K * K))
-        objT = obj.transposed(max_rows=max_rows)
+        # issue 10: threads over whole row blocks rather than inside each operation, where a
+        # descheduled thread on a busy machine stalls every operation; one thread a block
+        work = obj.nnz * K * K
+        self.workers = 1
+        row_caps = [max_rows, max_rows]
+        if work >= 2 * threads.MIN_WORK_PER_WORKER and getattr(obj.plan, "world_size", 1) == 1:
+            self.workers = min(COARSE_BLOCKS, threads.workers_for(work))
+            row_caps = [max(1, min(max_rows // COARSE_BLOCKS, math.ceil(rows / COARSE_BLOCKS)))
+                        for rows in obj.shape]
+        objT = obj.transposed(max_rows=row_caps[1])
         self.sides = [
-            (obj, build_patterns(obj.users, obj.items, obj.shape, obj.max_nnz, max_rows=max_rows)),
+            (obj, build_patterns(obj.users, obj.items, obj.shape, obj.max_nnz,
+                                 max_rows=row_caps[0])),
             (objT, objT.patterns),
         ]
         self.obj = obj
@@ -105,55 +124,74 @@ class _AlternatingNewton:
             Ya = Y
         Yf = Ya[:, :K]
         iu, ju = torch.triu_indices(K, K, device=dev)
+
+        def block(pat: Pattern) -> torch.Tensor:
+            """The Newton step on one block's rows; its loss before the step."""
+            with torch.no_grad():  # grad mode is per thread
+                return self._block(obj, pat, X, bx, Ya, Yf, iu, ju, k, K)
+
+        if self.workers > 1 and len(blocks) > 1:
+            with ThreadPoolExecutor(min(self.workers, len(blocks))) as pool:
+                losses = list(pool.map(block, blocks))  # in block order: same sum
+        else:
+            losses = [block(pat) for pat in blocks]
         loss = torch.zeros((), dtype=dt, device=dev)
-        for pat in blocks:
-            rows = slice(pat.row0, pat.row1)
-            mb = pat.row1 - pat.row0
-            Xv = torch.cat([X[rows], bx[rows, None]], 1) if bias else X[rows]  # type: ignore[index]
-            pred = gather_dot(self._augment(Xv, bias), Ya, pat) + obj.mu
-            g1, g2, block_loss = obj.entry_derivatives(pred, pat.start, pat.stop)
+        for block_loss in losses:
             loss += block_loss
-            if not self.checked:
-                if not bool((g2 != 0).any()):
-                    raise ValueError(
-                        "solver='als' needs a loss with a non-zero second derivative; this loss "
-                        "has none (e.g. 'absolute'): use solver='adam' or 'sgd'"
-                    )
-                self.checked = True
-            grad = pat.csr(g1) @ Yf
-            # vec(H) = C @ Z with Z[i] = vec(y_i y_i^T) (upper triangle), in column slices that
-            # keep Z and C @ Z within the memory budget
-            C = pat.csr(g2)
-            max_cols = max(1, obj.max_nnz * 8 // max(Y.shape[0] + mb, 1))
-            if max_cols >= K * K and pat.nnz <= SHORT_ROWS * (Y.shape[0] + mb):
-                # short rows (sparse data): all K^2 columns at once, twice the products of the
-                # upper triangle but no column gathers or scatters, which cost more there than
-                # the products (issue 10: 1.6x faster on a review site's shape)
-                H = (C @ (Yf[:, :, None] * Yf[:, None, :]).reshape(-1, K * K)).view(mb, K, K)
-            else:
-                hess = torch.empty(mb, len(iu), dtype=dt, device=dev)
-                for c0 in range(0, len(iu), max_cols):
-                    a, b = iu[c0 : c0 + max_cols], ju[c0 : c0 + max_cols]
-                    hess[:, c0 : c0 + len(a)] = C @ (Yf[:, a] * Yf[:, b])
-                H = torch.empty(mb, K, K, dtype=dt, device=dev)
-                H[:, iu, ju] = hess
-                H[:, ju, iu] = hess
-                del hess
-            rg, rh = obj.reg_derivatives(Xv)
-            grad += rg
-            diag = torch.diagonal(H, dim1=1, dim2=2)
-            diag += rh
-            diag += 1e-6 * diag.abs().mean(dim=1, keepdim=True).clamp_min(1.0)
-            step = torch.nan_to_num(_spd_solve(H, grad), nan=0.0, posinf=0.0, neginf=0.0)
-            del H
-            if not self.exact_quadratic:
-                step = step * self._backtrack(obj, pat, Xv, Ya, bias, step, grad)[:, None]
-            X[rows] -= step[:, :k]
-            if self.nonnegative:  # project now, so the other side is solved against it
-                X[rows] = X[rows].clamp_min(0)
-            if bias:
-                bx[rows] -= step[:, k]  # type: ignore[index]
         return float(loss)
+
+    def _block(self, obj: Objective, pat: Pattern, X: torch.Tensor, bx: torch.Tensor | None,
+               Ya: torch.Tensor, Yf: torch.Tensor, iu: torch.Tensor, ju: torch.Tensor, k: int,
+               K: int) -> torch.Tensor:
+        """Newton step on the rows of one block (see :meth:`_side`); its loss before it."""
+        bias = bx is not None
+        dev, dt = X.device, X.dtype
+        rows = slice(pat.row0, pat.row1)
+        mb = pat.row1 - pat.row0
+        Xv = torch.cat([X[rows], bx[rows, None]], 1) if bias else X[rows]  # type: ignore[index]
+        pred = gather_dot(self._augment(Xv, bias), Ya, pat) + obj.mu
+        g1, g2, block_loss = obj.entry_derivatives(pred, pat.start, pat.stop)
+        if not self.checked:
+            if not bool((g2 != 0).any()):
+                raise ValueError(
+                    "solver='als' needs a loss with a non-zero second derivative; this loss "
+                    "has none (e.g. 'absolute'): use solver='adam' or 'sgd'"
+                )
+            self.checked = True
+        grad = pat.csr(g1) @ Yf
+        # vec(H) = C @ Z with Z[i] = vec(y_i y_i^T) (upper triangle), in column slices that
+        # keep Z and C @ Z within the memory budget
+        C = pat.csr(g2)
+        max_cols = max(1, obj.max_nnz * 8 // max(Ya.shape[0] + mb, 1))
+        if max_cols >= K * K and pat.nnz <= SHORT_ROWS * (Ya.shape[0] + mb):
+            # short rows (sparse data): all K^2 columns at once, twice the products of the
+            # upper triangle but no column gathers or scatters, which cost more there than
+            # the products (issue 10: 1.6x faster on a review site's shape)
+            H = (C @ (Yf[:, :, None] * Yf[:, None, :]).reshape(-1, K * K)).view(mb, K, K)
+        else:
+            hess = torch.empty(mb, len(iu), dtype=dt, device=dev)
+            for c0 in range(0, len(iu), max_cols):
+                a, b = iu[c0 : c0 + max_cols], ju[c0 : c0 + max_cols]
+                hess[:, c0 : c0 + len(a)] = C @ (Yf[:, a] * Yf[:, b])
+            H = torch.empty(mb, K, K, dtype=dt, device=dev)
+            H[:, iu, ju] = hess
+            H[:, ju, iu] = hess
+            del hess
+        rg, rh = obj.reg_derivatives(Xv)
+        grad += rg
+        diag = torch.diagonal(H, dim1=1, dim2=2)
+        diag += rh
+        diag += 1e-6 * diag.abs().mean(dim=1, keepdim=True).clamp_min(1.0)
+        step = torch.nan_to_num(_spd_solve(H, grad), nan=0.0, posinf=0.0, neginf=0.0)
+        del H
+        if not self.exact_quadratic:
+            step = step * self._backtrack(obj, pat, Xv, Ya, bias, step, grad)[:, None]
+        X[rows] -= step[:, :k]
+        if self.nonnegative:  # project now, so the other side is solved against it
+            X[rows] = X[rows].clamp_min(0)
+        if bias:
+            bx[rows] -= step[:, k]  # type: ignore[index]
+        return block_loss
 
     def _row_objective(self, obj: Objective, pat: Pattern, Xv: torch.Tensor, Ya: torch.Tensor,
                        bias: bool) -> torch.Tensor:
