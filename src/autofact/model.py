@@ -114,9 +114,10 @@ class MatrixFactorization:
         error can stall for a while before it falls. ``None``: run every epoch, keep the last.
     validation_fraction : carve this fraction of the training ratings (seeded by ``seed``) as
         the validation data, and fit on the rest (``None``: validate only on ``validation=``).
-    n_threads : the most CPU threads an operation of the fit may use (``None``: the environment,
+    n_threads : the most CPU threads the fit may use (``None``: the environment,
         ``AUTOFACT_NUM_THREADS``/``OMP_NUM_THREADS``/``MKL_NUM_THREADS``, else the usable cores).
-        Operations too small to gain from threads run on one (see :mod:`autofact.threads`);
+        ALS runs large sides as row blocks on that many threads; operations too small to gain
+        from threads run on one (see :mod:`autofact.threads`); ALS factors do not depend on it;
         torch's own thread count is set only during the fit and put back after it. Fitting from
         several Python threads at once, give each fit ``n_threads``.
 

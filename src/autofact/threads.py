@@ -13,7 +13,12 @@ So autofact decides the number of threads from things that do not change while a
    :func:`os.sched_getaffinity` and the cgroup CPU quota (v2 ``cpu.max``, v1
    ``cpu.cfs_quota_us / cpu.cfs_period_us``), whichever is smaller;
 2. the size of the operation: one thread per :data:`MIN_WORK_PER_THREAD` multiply-adds, at least
-   one and at most the cap.
+   one and at most the cap. At autofact's default sizes that is one thread per operation;
+3. coarse parallelism instead, where the work splits into independent blocks (the ALS solver's
+   row blocks): :func:`workers_for` gives one worker per :data:`MIN_WORK_PER_WORKER`, at most
+   the cap, each worker running whole blocks on one thread, so a descheduled worker delays only
+   the end of its own block. The cut into blocks depends on the sizes only, so the factors are
+   the same whatever the number of workers.
 
 Never the momentary load: a seeded fit gives the same factors every time on the same machine (the
 thread count changes the order of floating-point sums, so 1 and 2 threads differ in the last
