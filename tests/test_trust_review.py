@@ -6,6 +6,7 @@ API), on generated data."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -351,3 +352,64 @@ def test_a_model_with_unsavable_settings_says_which(tmp_path):
                                          r"only None, "
                                          r"bool, int, float and str values can be stored"):
         model.save(tmp_path / "m.npz")
+
+
+# ------------------------------------------------------------------ edited model files
+def _edit(src: Path, dst: Path, change) -> Path:
+    import json
+
+    arrays = dict(np.load(src, allow_pickle=False))
+    meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
+    change(arrays, meta)
+    if change is not _bad_json:
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    np.savez(dst, **arrays)
+    return dst
+
+
+def _bad_json(arrays, meta):
+    arrays["meta"] = np.frombuffer(b"{not json", dtype=np.uint8)
+
+
+def _string_model(tmp_path: Path) -> Path:
+    r = _ratings()
+    named = Ratings(r.users, r.items, r.values, shape=r.shape,
+                    user_ids=np.array([f"u{k}" for k in range(r.shape[0])]),
+                    item_ids=np.array([f"i{k}" for k in range(r.shape[1])]))
+    path = tmp_path / "named.npz"
+    MatrixFactorization(rank=2, solver="als", epochs=1, seed=0).fit(named).save(path)
+    return path
+
+
+def test_an_edited_id_width_allocates_no_more_than_the_ids_need(tmp_path):
+    # issue 8: an edited user_ids_dtype of '<U536870911' (2 GB an id) made load allocate 60 GB
+    # (and the CLI blamed --rank); the width is capped at the longest id, values unchanged
+    import autofact
+
+    src = _string_model(tmp_path)
+    wide = _edit(src, tmp_path / "wide.npz",
+                 lambda a, m: m.update(user_ids_dtype="<U536870911", item_ids_dtype="<U536870911"))
+    model = autofact.load(wide)
+    assert model.user_ids_.dtype.itemsize <= 4 * 3 and model.item_ids_.dtype.itemsize <= 4 * 3
+    original = autofact.load(src)
+    np.testing.assert_array_equal(model.user_ids_, original.user_ids_)
+    np.testing.assert_array_equal(model.predict(["u1"], ["i2"]), original.predict(["u1"], ["i2"]))
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    (_bad_json, r"is damaged: its metadata is not valid JSON"),
+    (lambda a, m: m.update(loss="squared"),
+     r"is damaged: loss specification 'squared' is not a dict"),
+    (lambda a, m: m.update(loss={"path": "mod:fn", "link": "sqrt"}),
+     r"is damaged: loss link 'sqrt' is not known"),
+    (lambda a, m: m.update(user_ids_dtype="V8"), r"is damaged: user ids dtype 'V8' is not supported"),
+    (lambda a, m: a.update(seen_indices=np.full_like(a["seen_indices"], 10**6)),
+     r"is damaged: the seen-items pattern is not a valid CSR"),
+], ids=["json", "loss-spec", "link", "id-dtype", "csr"])
+def test_edited_model_files_are_refused_with_the_reason(tmp_path, change, match):
+    # issue 8 (smaller one: edited model files load unchecked), item 15: each message tested
+    import autofact
+
+    bad = _edit(_string_model(tmp_path), tmp_path / "bad.npz", change)
+    with pytest.raises(ValueError, match=r"^" + re.escape(str(bad)) + " " + match):
+        autofact.load(bad)

@@ -482,6 +482,12 @@ def _ids_from_json(ids: Any, dtype: Any, what: str, name: str) -> np.ndarray:
         dt = None
     if dt is None or dt.kind not in _ID_DTYPE_KINDS:
         raise ValueError(f"{name} is damaged: {what} ids dtype {dtype!r} is not supported")
+    if dt.kind == "U":
+        # issue 8: the width is the file's word; an edited '<U40000000' made numpy allocate
+        # 4e7 characters an id (or fail as "out of memory"): never more than the longest id
+        longest = max(1, max(len(v) if isinstance(v, str) else len(str(v)) for v in ids))
+        if dt.itemsize > 4 * longest:
+            dt = np.dtype(f"U{longest}")
     if dt.kind == "O":
         arr = np.empty(len(ids), dtype=object)
         arr[:] = ids
