@@ -413,3 +413,37 @@ def test_edited_model_files_are_refused_with_the_reason(tmp_path, change, match)
     bad = _edit(_string_model(tmp_path), tmp_path / "bad.npz", change)
     with pytest.raises(ValueError, match=r"^" + re.escape(str(bad)) + " " + match):
         autofact.load(bad)
+
+
+def test_no_output_is_written_into_an_input_folder_of_parts(tmp_path, capsys):
+    # issue 8 (never lose data / an output is never an input): `fit parts --out parts/m.npz`
+    # wrote the model among the part files, and the next `fit parts` failed on it
+    import autofact
+
+    r = _ratings()
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    rows = [f"{u},{i},{v}\n" for u, i, v in zip(r.users, r.items, r.values, strict=True)]
+    (parts / "a.csv").write_text("".join(rows[:100]))
+    (parts / "b.csv").write_text("".join(rows[100:]))
+    ok = str(tmp_path / "ok.npz")
+    cases = [("--out", parts / "m.npz", ["--out", str(parts / "m.npz")])]
+    try:
+        import matplotlib  # noqa: F401
+
+        cases.append(("--plot", parts / "c.png", ["--out", ok, "--plot", str(parts / "c.png")]))
+    except ImportError:
+        pass
+    for option, path, extra in cases:
+        assert cli.main(["fit", str(parts), "--rank", "2", "-q", *extra]) == cli.ExitStatus.USAGE
+        assert capsys.readouterr().err.strip() == (
+            f"autofact: error: {option} {str(path)!r} is inside the input folder DATA "
+            f"({str(parts)!r}), whose files are all read as ratings: choose a file outside it"
+        )
+    assert sorted(p.name for p in parts.iterdir()) == ["a.csv", "b.csv"]
+    sub = parts / "models"  # a sub-folder is not read: allowed
+    sub.mkdir()
+    assert cli.main(["fit", str(parts), "--out", str(sub / "m.npz"), "--rank", "2",
+                     "--epochs", "1", "-q"]) == 0
+    capsys.readouterr()
+    assert len(autofact.read(parts)) == len(r)

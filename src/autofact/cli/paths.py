@@ -77,6 +77,14 @@ def check_output(
                 f"{option} {shown!r} is the input {name} ({str(other)!r}); writing it would "
                 "destroy the input: choose another name"
             )
+        if (other is not None and other.is_dir() and not real.name.startswith((".", "_"))
+                and real.parent == Path(os.path.realpath(other))):
+            # issue 8: every file of a folder of parts is read as ratings (autofact.read): one
+            # written into it would make the next read of the folder fail
+            raise UsageError(
+                f"{option} {shown!r} is inside the input folder {name} ({str(other)!r}), whose "
+                "files are all read as ratings: choose a file outside it"
+            )
     if real.exists() and real.stat().st_size > 0 and not _replaceable(real, kind, path.suffix):
         what = {"model": "an autofact model", "plot": f"a {path.suffix.lstrip('.')} image",
                 "csv": f"a predictions file (first line {PREDICTIONS_HEADER})",
