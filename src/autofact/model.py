@@ -524,16 +524,6 @@ class MatrixFactorization:
         sweep after burn-in)."""
         from .solvers.gibbs import gibbs_mf
 
-        m, n = train.shape
-        if self.rank > min(m, n):  # issue 8: as for the other solvers
-            warnings.warn(
-                f"rank={self.rank} exceeds min(users, items) = min({m}, {n}) = {min(m, n)}: a "
-                "rank above it adds nothing the model can express and only costs time and "
-                f"memory; gibbs draws a {self.rank}x{self.rank} system for every row (cost ~ "
-                f"rank^3 per row); try rank <= {min(m, n)}",
-                UserWarning,
-                stacklevel=3,
-            )
         mu = float(np.mean(train.values, dtype=np.float64))
 
         def make_index() -> ModelIndex:
@@ -551,6 +541,17 @@ class MatrixFactorization:
             v = _as_ratings(vx, vy, "validation")
             check_targets(loss_fn, v.values, "validation ratings")
             val = _Validation(index, v)
+        # (after the validation data is checked, as in the other solvers' fit)
+        m, n = train.shape
+        if self.rank > min(m, n):  # issue 8: as for the other solvers
+            warnings.warn(
+                f"rank={self.rank} exceeds min(users, items) = min({m}, {n}) = {min(m, n)}: a "
+                "rank above it adds nothing the model can express and only costs time and "
+                f"memory; gibbs draws a {self.rank}x{self.rank} system for every row (cost ~ "
+                f"rank^3 per row); try rank <= {min(m, n)}",
+                UserWarning,
+                stacklevel=3,
+            )
         dtype, device = resolve_dtype(self.dtype), resolve_device(self.device)
         history: list[dict[str, Any]] = []
         stopper = self._early_stopping(sweeps) if val is not None else None
