@@ -251,3 +251,18 @@ def test_a_nested_entry_point_keeps_the_decision_already_made(torch_threads, mon
     with use_threads(10**12, 2, unless_decided=True) as n:  # outside any limit: decides
         assert n == 2 and inside_limit()
     assert torch.get_num_threads() == 2 and not inside_limit()
+
+
+def test_objective_called_directly_follows_the_policy(torch_threads):
+    # issue 10: the gradient benchmark calls Objective.value_and_grad outside any fit; it too
+    # runs small work on one thread and puts torch's count back
+    from autofact.objective import Objective
+
+    torch.set_num_threads(2)
+    loss, seen = _threads_seen_by_the_loss()
+    obj = Objective(_ratings(), loss=loss, regularization="l2", beta=0.1)
+    params = obj.init_params(3)
+    obj.value_and_grad(params)
+    obj.value(params)
+    assert seen and set(seen[-2:]) == {1}
+    assert torch.get_num_threads() == 2

@@ -31,6 +31,7 @@ from .losses import Loss, get_loss
 from .regularizers import Regularizer, get_regularizer
 from .sharding import ShardPlan
 from .sparse import build_patterns, gather_dot, prepare_transposes
+from .threads import use_threads
 
 __all__ = ["Objective", "check_loss", "check_regularizer", "diagonal_derivatives", "loss_probe",
            "resolve_device", "resolve_dtype"]
@@ -389,12 +390,19 @@ class Objective:
 
     def value_and_grad(self, params: Params) -> float:
         """``J(params)``; its gradient is accumulated into each ``params[name].grad``."""
-        return float(self._accumulate(params, backward=True))
+        with use_threads(self._work(params), unless_decided=True):  # issue 10
+            return float(self._accumulate(params, backward=True))
 
     def value(self, params: Params) -> float:
         """``J(params)`` without gradients."""
-        with torch.no_grad():
+        with torch.no_grad(), use_threads(self._work(params), unless_decided=True):
             return float(self._accumulate(params, backward=False))
+
+    def _work(self, params: Params) -> int:
+        """Multiply-adds of one block's operations, for the thread policy when called outside a
+        fit (inside one the fit has decided: :func:`autofact.threads.use_threads`)."""
+        k = params["P"].shape[-1] if "P" in params else 1
+        return min(self.nnz, self.max_nnz) * (k + 1)
 
     def _block_pred(self, params: Params, pat: Any,
                     into: tuple[torch.Tensor | None, ...] | None = None) -> torch.Tensor:
