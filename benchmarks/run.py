@@ -34,7 +34,7 @@ DEFAULT_CASES = ["gradient", "post", "surprise", "movielens", "scale"]
 #: Both sides of the gradient case report their best of this many calls (2-core cloud machines
 #: are noisy; the best is the least disturbed).
 GRADIENT_REPEATS = 20
-ALL_CASES = DEFAULT_CASES + ["netflix", "accuracy"]
+ALL_CASES = DEFAULT_CASES + ["netflix", "accuracy", "sparse", "coldstart"]
 
 
 class Timer:
