@@ -447,3 +447,29 @@ def test_no_output_is_written_into_an_input_folder_of_parts(tmp_path, capsys):
                      "--epochs", "1", "-q"]) == 0
     capsys.readouterr()
     assert len(autofact.read(parts)) == len(r)
+
+
+def test_the_model_never_replaces_the_checkpoint_nor_joins_the_parts(tmp_path, capsys):
+    # issue 8 (never lose data): `fit DATA --checkpoint ck --out ck/checkpoint.npz` saved the
+    # model over the training state (the next run refused the folder), and `--checkpoint parts`
+    # put checkpoint.npz among the part files of DATA
+    r = _ratings()
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "a.csv").write_text("".join(f"{u},{i},{v}\n" for u, i, v in
+                                         zip(r.users, r.items, r.values, strict=True)))
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    args = ["fit", str(parts), "--rank", "2", "--solver", "adam", "--epochs", "2", "-q"]
+    assert cli.main([*args, "--checkpoint", str(ck), "--out", str(ck / "checkpoint.npz")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"autofact: error: --checkpoint {str(ck / 'checkpoint.npz')!r} is the same file as --out;"
+        " give each its own name"
+    )
+    assert cli.main([*args, "--checkpoint", str(parts), "--out", str(tmp_path / "m.npz")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"autofact: error: --checkpoint {str(parts)!r} is the input folder DATA, whose files are "
+        "all read as ratings: give another folder for checkpoint.npz"
+    )
+    assert sorted(p.name for p in parts.iterdir()) == ["a.csv"]
+    assert not any(ck.iterdir())

@@ -98,6 +98,18 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         raise UsageError("--checkpoint-every needs --checkpoint DIR (where to write them)")
     if args.checkpoint is not None and args.checkpoint.exists() and not args.checkpoint.is_dir():
         raise UsageError(f"--checkpoint {str(args.checkpoint)!r} is a file; give a folder")
+    if args.checkpoint is not None:  # issue 8: the model never replaces the checkpoint, ...
+        from ..checkpoint import FILE_NAME
+
+        check_distinct({"--out": args.out, "--plot": args.plot,
+                        "--checkpoint": args.checkpoint / FILE_NAME})
+        for name, other in inputs.items():  # ... nor does a checkpoint join a folder of parts
+            if other is not None and other.is_dir() and os.path.realpath(other) == \
+                    os.path.realpath(args.checkpoint):
+                raise UsageError(
+                    f"--checkpoint {str(args.checkpoint)!r} is the input folder {name}, whose "
+                    f"files are all read as ratings: give another folder for {FILE_NAME}"
+                )
 
     from ..evaluation import evaluate, random_split
     from ..model import MatrixFactorization
