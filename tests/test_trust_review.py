@@ -473,3 +473,30 @@ def test_the_model_never_replaces_the_checkpoint_nor_joins_the_parts(tmp_path, c
     )
     assert sorted(p.name for p in parts.iterdir()) == ["a.csv"]
     assert not any(ck.iterdir())
+
+
+def test_predict_out_is_written_atomically_through_a_link(model_file, tmp_path, capsys,
+                                                          monkeypatch):
+    # issue 8: predict --out opened the file for writing at once, so a failure (Ctrl-C, a full
+    # disk) midway left a truncated file in place of the earlier predictions
+    import csv
+
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("0,1\n2,3\n")
+    real = tmp_path / "keep" / "p.csv"
+    real.parent.mkdir()
+    link = tmp_path / "p.csv"
+    link.symlink_to(real)
+    assert cli.main(["predict", str(model_file), "--pairs", str(pairs), "--out", str(link)]) == 0
+    first = real.read_text()
+    assert first.startswith("user,item,prediction\n0,1,") and link.is_symlink()
+
+    def interrupted(self, row):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(csv, "writer", lambda *a, **k: type("W", (), {
+        "writerow": interrupted})())
+    assert cli.main(["predict", str(model_file), "--pairs", str(pairs), "--out", str(link)]) == 130
+    capsys.readouterr()
+    assert real.read_text() == first  # the earlier predictions, whole
+    assert [p.name for p in real.parent.iterdir()] == ["p.csv"]  # no temporary left

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 from typing import Any, TextIO
 
@@ -70,13 +71,26 @@ def predict(args: argparse.Namespace) -> ExitStatus:
         print_json([{"user": a, "item": b, "prediction": float(p)}
                     for a, b, p in zip(users, items, pred, strict=True)])
         return ExitStatus.OK
-    out: TextIO
-    with (open(args.out, "w", newline="", encoding="utf-8") if args.out is not None
-          else Unclosed(sys.stdout)) as out:
+    def write(out: TextIO) -> None:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(PREDICTIONS_HEADER.split(","))
         for a, b, p in zip(users, items, pred, strict=True):
             writer.writerow([a, b, repr(float(p))])
-    if args.out is not None:
-        print(f"wrote {len(pred)} predictions to {args.out}", file=sys.stderr)
+
+    if args.out is None:
+        with Unclosed(sys.stdout) as stdout:
+            write(stdout)
+        return ExitStatus.OK
+
+    def write_file(fh: Any) -> None:
+        text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
+        write(text)
+        text.flush()
+        text.detach()  # atomic_write syncs and closes fh
+
+    from ..io import atomic_write
+
+    # issue 8: as model saves, an interrupted write leaves the earlier file whole
+    atomic_write(args.out, write_file)
+    print(f"wrote {len(pred)} predictions to {args.out}", file=sys.stderr)
     return ExitStatus.OK
