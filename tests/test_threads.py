@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import autofact
-from autofact import threads
+from autofact import MatrixFactorization, Ratings, threads
 from autofact.threads import (
     MIN_WORK_PER_THREAD,
     cgroup_cpu_limit,
@@ -266,3 +266,57 @@ def test_objective_called_directly_follows_the_policy(torch_threads):
     obj.value(params)
     assert seen and set(seen[-2:]) == {1}
     assert torch.get_num_threads() == 2
+
+
+def test_concurrent_limits_never_leave_another_count_behind():
+    """Issue 8, item 11: no racy save/restore of torch's process-wide thread count. Limits
+    entered and left in any order from several Python threads share the smallest request and
+    put back the count found before the first one when the last one ends."""
+    import random
+    import threading
+
+    import torch
+
+    from autofact.threads import limit_threads
+
+    before = torch.get_num_threads()
+    errors: list[str] = []
+    start = threading.Barrier(4)
+
+    def worker(n: int, seed: int) -> None:
+        rng = random.Random(seed)
+        start.wait()
+        for _ in range(200):
+            with limit_threads(n):
+                seen = torch.get_num_threads()
+                if seen > n:
+                    errors.append(f"asked for {n}, ran with {seen}")
+                if rng.random() < 0.5:
+                    threading.Event().wait(rng.random() / 5000)
+
+    threads = [threading.Thread(target=worker, args=(n, k)) for k, n in enumerate((1, 2, 1, 3))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert torch.get_num_threads() == before
+
+
+def test_two_fits_at_once_in_two_threads_leave_torch_as_it_was():
+    import threading
+
+    import torch
+
+    before = torch.get_num_threads()
+    rng = np.random.default_rng(0)
+    u, i = np.nonzero(rng.random((60, 50)) < 0.3)
+    data = Ratings.from_coo(u, i, rng.normal(size=len(u)), shape=(60, 50))
+    models = [MatrixFactorization(rank=3, solver="als", n_threads=n) for n in (1, 2)]
+    threads = [threading.Thread(target=m.fit, args=(data,)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(hasattr(m, "user_factors_") for m in models)
+    assert torch.get_num_threads() == before

@@ -25,15 +25,17 @@ thread count changes the order of floating-point sums, so 1 and 2 threads differ
 digits).
 
 Nothing process-wide is changed behind the user's back: :func:`limit_threads` sets torch's thread
-count (and, through threadpoolctl, the BLAS libraries' count) for the duration of one of
-autofact's calls, and puts back what it found, in the same thread. ``torch.set_num_threads`` is
-process-wide, so two fits running at once in two Python threads each restore what they found and
-may briefly see each other's setting: give each ``n_threads=`` explicitly (the same value) when
-fitting from several threads at once.
+count (and, through threadpoolctl, the BLAS libraries' count) for the duration of autofact's
+calls and puts back what it found. ``torch.set_num_threads`` is process-wide, so limits active at
+once in several Python threads are coordinated under one lock: the smallest of the threads'
+innermost requests is in effect,
+and the counts found before the first come back when the last ends (never a count another call
+saw in passing).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import os
@@ -202,30 +204,80 @@ def inside_limit() -> bool:
     return getattr(_ACTIVE, "depth", 0) > 0
 
 
+# Every active limit in any thread, and what torch and the BLAS had before the first of them:
+# the counts in effect are the smallest active request, and the original counts come back when
+# the last active limit ends, whichever thread ends it (issue 8, item 11: no racy save/restore).
+_LOCK = threading.Lock()
+_REQUESTS: dict[int, tuple[int, int]] = {}  # token -> (thread id, threads asked for)
+_ORIGINAL: dict[str, Any] = {}
+_TOKENS = itertools.count()
+
+
 @contextmanager
 def limit_threads(n: int) -> Iterator[int]:
-    """Run the block with ``n`` torch intra-op threads (and at most ``n`` BLAS threads, through
-    threadpoolctl), then put back the counts found on entry. Enter and exit in the same thread."""
-    import torch
+    """Run the block with at most ``n`` torch intra-op threads (and BLAS threads, through
+    threadpoolctl); when no other autofact call is active any more, put back the counts found
+    before the first one.
 
-    before = torch.get_num_threads()
-    blas = _limit_blas(n)
+    torch's and the BLAS thread counts are process-wide. Limits active at once in several Python
+    threads share one setting, the smallest of their requests, and the counts found before the
+    first of them come back when the last one ends, so concurrent fits never leave the process
+    with another count than it had (each fit may then run some operations with fewer threads
+    than it asked for). Within one thread the innermost limit decides."""
+    token = next(_TOKENS)
+    with _LOCK:
+        if not _REQUESTS:
+            import torch
+
+            _ORIGINAL["torch"] = torch.get_num_threads()
+            _ORIGINAL["blas"] = None
+        _REQUESTS[token] = (threading.get_ident(), n)
+        _apply()
     _ACTIVE.depth = getattr(_ACTIVE, "depth", 0) + 1
     try:
-        if n != before:
-            torch.set_num_threads(n)
         yield n
     finally:
         _ACTIVE.depth -= 1
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
-        if blas is not None:
-            blas.restore_original_limits()
+        with _LOCK:
+            del _REQUESTS[token]
+            if _REQUESTS:
+                _apply()
+            else:
+                _restore()
+
+
+def _apply() -> None:
+    """Set torch and the BLAS to the smallest of the threads' innermost requests (the lock is
+    held): within one thread the innermost limit decides; across threads the smallest wins."""
+    import torch
+
+    innermost: dict[int, int] = {}
+    for token in sorted(_REQUESTS):
+        thread, asked = _REQUESTS[token]
+        innermost[thread] = asked
+    target = min(innermost.values())
+    if torch.get_num_threads() != target:
+        torch.set_num_threads(target)
+    limiter = _limit_blas(target)
+    if limiter is not None and _ORIGINAL.get("blas") is None:
+        _ORIGINAL["blas"] = limiter  # remembers the counts before autofact's first limit
+
+
+def _restore() -> None:
+    """Put back the counts found before the first active limit (the lock is held)."""
+    import torch
+
+    before = _ORIGINAL.pop("torch")
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+    blas = _ORIGINAL.pop("blas", None)
+    if blas is not None:
+        blas.restore_original_limits()
 
 
 def _limit_blas(n: int) -> Any:
     """threadpoolctl's limit on the BLAS libraries loaded now (numpy's, scipy's), or ``None``
-    when none has more than ``n`` threads (nothing to change, nothing to restore)."""
+    when none has more than ``n`` threads (nothing to change)."""
     from threadpoolctl import ThreadpoolController
 
     blas = ThreadpoolController().select(user_api="blas")

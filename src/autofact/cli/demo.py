@@ -39,13 +39,13 @@ def _check_out(folder: Path) -> Path | None:
 def demo(args: argparse.Namespace) -> ExitStatus:
     """A tour without downloads: the post's 5x4 example, then a synthetic 3000 x 2000 problem."""
     import numpy as np
-    import torch
 
     from ..data import Ratings
     from ..evaluation import evaluate as evaluate_model
     from ..evaluation import random_split
     from ..functional import matrix_factorization_bgd
     from ..model import MatrixFactorization
+    from ..threads import limit_threads
 
     curve = _check_out(args.out)
     np.set_printoptions(precision=2, suppress=True)
@@ -55,13 +55,9 @@ def demo(args: argparse.Namespace) -> ExitStatus:
     print(R)
     rng = np.random.default_rng(args.seed)
     P0, Q0 = rng.random((5, 2)), rng.random((2, 4))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a 5x4 problem: threads would cost more than they save
-    try:
+    with limit_threads(1):  # a 5x4 problem: threads would cost more than they save
         P, Q = matrix_factorization_bgd(np.ma.masked_equal(R, 0), P0, Q0, steps=5000,
                                         alpha=0.0002, beta=0.02)
-    finally:
-        torch.set_num_threads(threads)
     print("\nreconstructed P @ Q (the zeros are now predictions):\n")
     print(P @ Q)
 
