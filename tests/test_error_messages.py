@@ -200,3 +200,146 @@ def test_read_params_with_another_format(tmp_path):
     with pytest.raises(ValueError, match=r"params\.json: format is 'other\.params', expected "
                                          r"'autofact\.params'"):
         read_params(path)
+
+
+# --- data.py ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("build", [lambda: Ratings.from_dense(np.ones(4)),
+                                   lambda: Ratings.from_masked(np.ma.masked_invalid(np.ones(4)))],
+                         ids=["dense", "masked"])
+def test_ratings_from_a_matrix_that_is_not_2d(build):
+    with pytest.raises(ValueError, match=r"D must be 2-D \(users x items\), got shape \(4,\)"):
+        build()
+
+
+@pytest.mark.parametrize(("weight", "why"), [(-1.0, "is negative"), (np.inf, "is not finite"),
+                                             ("heavy", "is not a number")])
+def test_from_frame_names_the_bad_weight(weight, why):
+    import pandas as pd
+
+    df = pd.DataFrame({"user": [1, 2], "item": [1, 2], "rating": [3.0, 4.0],
+                       "w": [1.0, weight]})
+    with pytest.raises(ValueError, match=rf"row 1: weight .* \(column 'w'\) {why}; weights must "
+                                         r"be finite numbers >= 0"):
+        Ratings.from_frame(df, weight="w")
+
+
+def test_from_frame_text_timestamps_that_start_as_numbers():
+    import pandas as pd
+
+    df = pd.DataFrame({"user": [1, 2], "item": [1, 2], "rating": [3.0, 4.0],
+                       "t": ["1700000000", "yesterday"]})
+    with pytest.raises(ValueError, match=r"timestamp 'yesterday' \(column 't'\) is not a number "
+                                         r"of seconds since 1970, as the column's first entry is"):
+        Ratings.from_frame(df, timestamp="t")
+
+
+def test_from_frame_unsigned_timestamps_out_of_range():
+    import pandas as pd
+
+    df = pd.DataFrame({"user": [1, 2], "item": [1, 2], "rating": [3.0, 4.0],
+                       "t": np.array([1, 2**63], dtype=np.uint64)})
+    with pytest.raises(ValueError, match=r"timestamp 9223372036854775808 \(column 't'\) is out "
+                                         r"of range"):
+        Ratings.from_frame(df, timestamp="t")
+
+
+# --- reading.py ------------------------------------------------------------------------------
+
+def test_read_with_an_unknown_format(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("1,2,3\n")
+    with pytest.raises(ValueError, match=r"format must be 'parquet', 'csv', 'tsv' or 'text', "
+                                         r"got 'xlsx'"):
+        autofact.read(path, format="xlsx")
+
+
+def test_read_a_text_file_as_parquet(tmp_path):
+    pytest.importorskip("pyarrow")
+    path = tmp_path / "r.parquet"
+    path.write_text("1,2,3\n")
+    with pytest.raises(ValueError, match=r"r\.parquet: cannot read as Parquet: "):
+        autofact.read(path, format="parquet")
+
+
+def test_read_text_that_pandas_cannot_parse(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text('user,item,rating\n1,2,"3\n')  # a quote never closed
+    with pytest.raises(ValueError, match=r"r\.csv: cannot parse: "):
+        autofact.read(path)
+
+
+# --- recommend.py ----------------------------------------------------------------------------
+
+def als(ratings: Ratings, rank: int = 2) -> MatrixFactorization:
+    return MatrixFactorization(rank=rank, solver="als", epochs=2, seed=0).fit(ratings)
+
+
+def test_a_folded_user_from_a_model_with_more_items():
+    folded = als(tiny(6, 5)).fold_in({4: 5.0})
+    with pytest.raises(ValueError, match=r"this FoldedUser rated item indices beyond this "
+                                         r"model's items; fold the user in with this model"):
+        als(tiny(6, 3)).recommend(folded)
+
+
+def test_recommend_batch_refuses_folded_users():
+    model = als(tiny())
+    with pytest.raises(TypeError, match=r"users must be user ids; pass a FoldedUser to "
+                                        r"recommend\(folded_user\) one at a time"):
+        model.recommend_batch([0, model.fold_in({1: 4.0})])
+
+
+def squared_loss(pred, target):
+    """A user loss at module level, so that a saved model can name it."""
+    return (pred - target) ** 2
+
+
+def test_fold_in_and_refit_of_a_model_loaded_without_its_loss(tmp_path):
+    path = tmp_path / "custom.npz"
+    MatrixFactorization(rank=2, solver="adam", lr=0.05, epochs=2, seed=0,
+                        loss=squared_loss).fit(tiny()).save(path)
+    model = autofact.load(path)
+    with pytest.raises(ValueError, match=r"fold_in needs the model's loss: this model was "
+                                         r"trained with loss '.*squared_loss'; pass it to load"):
+        model.fold_in({1: 4.0})
+    with pytest.raises(ValueError, match=r"this model was trained with loss '.*squared_loss'; "
+                                         r"pass it to load"):
+        model.fit(tiny())
+
+
+# --- io.py / objective.py / solvers ----------------------------------------------------------
+
+def test_model_file_whose_rank_disagrees_with_its_factors(tmp_path):
+    path = tmp_path / "model.npz"
+    als(tiny()).save(path)
+
+    def change(arrays):
+        meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
+        meta["params"]["rank"] = 3
+        arrays["meta"] = json_bytes(meta)
+
+    rewrite_npz(path, change)
+    with pytest.raises(ValueError, match=r"model\.npz is damaged: rank is 3 but the factors have "
+                                         r"2 columns"):
+        autofact.load(path)
+
+
+def test_a_loss_that_fails_on_the_probe_input():
+    def broken(pred, target):
+        raise ZeroDivisionError("no")
+
+    model = MatrixFactorization(rank=2, solver="adam", lr=0.05, epochs=1, loss=broken)
+    with pytest.raises(ValueError, match=r"loss .*broken failed on a test input: "
+                                         r"ZeroDivisionError\('no'\)"):
+        model.fit(tiny())
+
+
+def test_cuda_device_without_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    model = MatrixFactorization(rank=2, solver="adam", lr=0.05, epochs=1, device="cuda")
+    with pytest.raises(ValueError, match=r"device='cuda' but CUDA is not available here; use "
+                                         r"device='cpu'"):
+        model.fit(tiny())
