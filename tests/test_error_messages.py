@@ -343,3 +343,60 @@ def test_cuda_device_without_cuda():
     with pytest.raises(ValueError, match=r"device='cuda' but CUDA is not available here; use "
                                          r"device='cpu'"):
         model.fit(tiny())
+
+
+def test_a_loss_that_reduces_is_refused():
+    model = MatrixFactorization(rank=2, solver="adam", lr=0.05, epochs=1,
+                                loss=lambda p, t: ((p - t) ** 2).sum())
+    with pytest.raises(ValueError, match=r"must be elementwise \(one value per entry, shape "
+                                         r"\(3,\)\), got shape \(\); do not reduce"):
+        model.fit(tiny())
+
+
+def test_load_a_folder(tmp_path):
+    with pytest.raises(ValueError, match=r"model path '.*' is a directory; give the model file "
+                                         r"itself"):
+        autofact.load(tmp_path)
+
+
+def test_model_file_naming_an_unknown_built_in_loss(tmp_path):
+    path = tmp_path / "model.npz"
+    als(tiny()).save(path)
+
+    def change(arrays):
+        meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
+        meta["loss"] = {"name": "nope"}
+        arrays["meta"] = json_bytes(meta)
+
+    rewrite_npz(path, change)
+    with pytest.raises(ValueError, match=r"model\.npz names loss \{'name': 'nope'\}, which is not "
+                                         r"one of the built-in losses \[.*\] nor a "
+                                         r"'module:function' path"):
+        autofact.load(path)
+
+
+# --- evaluation.py / reading.py / recommend.py, continued -------------------------------------
+
+def test_random_split_that_keeps_nothing_for_training():
+    from autofact.evaluation import random_split
+
+    with pytest.raises(ValueError, match=r"random_split\(test_fraction=0\.99\) puts every rating "
+                                         r"in the test set; use a smaller test_fraction"):
+        random_split(tiny(), test_fraction=0.99)
+
+
+# reading.py's "path ... is a directory; give the ratings file itself" cannot be reached: read()
+# takes a folder as a folder of parts before it checks the path (see the report).
+
+
+def test_read_with_a_column_that_is_not_a_name(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("user,item,rating\n1,2,3\n")
+    with pytest.raises(TypeError, match=r"user must be a column name \(str\) or None, got 0"):
+        autofact.read(path, user=0)
+
+
+def test_fold_in_with_a_rating_that_is_not_a_pair():
+    with pytest.raises(ValueError, match=r"ratings\[1\] must be an \(item, rating\) pair, got "
+                                         r"\(2, 4\.0, 1\); pass a dict item -> rating"):
+        als(tiny()).fold_in([(1, 5.0), (2, 4.0, 1)])
