@@ -92,6 +92,31 @@ def test_distributed_init_outside_torchrun_names_the_missing_variables(monkeypat
         distributed.init()
 
 
+def test_distributed_init_when_the_peers_never_come(monkeypatch):
+    # rank 1 of 2 finds no rendezvous at MASTER_PORT (nothing listens there) and gives up after
+    # the timeout less the diagnosis time (0.5 s here); no process group is formed
+    import socket
+
+    import torch.distributed as dist
+
+    from autofact import distributed
+    from autofact.sharding import PeerLostError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    with pytest.raises(PeerLostError, match=rf"the 2 processes did not all join at "
+                                            rf"127\.0\.0\.1:{port} within 0\.5 s \(rank 1 gave "
+                                            r"up: .*\); start every process, or raise the "
+                                            r"timeout"):
+        distributed.init(backend="gloo", timeout=1)
+    assert not dist.is_initialized()
+
+
 def test_distributed_fit_without_a_process_group():
     from autofact import distributed
 
