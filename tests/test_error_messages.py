@@ -134,6 +134,18 @@ def test_distributed_fit_refuses_mini_batches():
         distributed.fit(model, tiny())
 
 
+def test_distributed_fit_with_fewer_ratings_than_processes(monkeypatch):
+    # the check needs only the plan's world size: a stand-in plan, no process group
+    from types import SimpleNamespace
+
+    from autofact import distributed
+
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed, "TorchShardPlan", lambda group: SimpleNamespace(world_size=64))
+    with pytest.raises(ValueError, match=r"^30 ratings cannot be shared by 64 processes$"):
+        distributed.fit(MatrixFactorization(solver="adam", lr=0.01), tiny())
+
+
 def test_torch_shard_plan_without_a_process_group():
     from autofact.sharding import TorchShardPlan
 
