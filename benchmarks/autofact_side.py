@@ -237,14 +237,13 @@ def scale_case(train: Any, test: Any, rank: int = 64, epochs: int = 2, device: s
 # ---------------------------------------------------------------------------------------------
 # accuracy with defaults (issue 9): MatrixFactorization() and nothing else
 # ---------------------------------------------------------------------------------------------
-def default_fit(data: dict, device: str = "cpu") -> dict:
-    """``MatrixFactorization(**_dev(device))`` with every other argument at its default, fitted on
-    the train part; RMSE/MAE of ``predict`` on the test part (unknown ids get the model's own
-    fallback), fit seconds, and the solver the defaults chose."""
+def _fit_and_score(data: dict, params: dict[str, Any], device: str) -> dict:
+    """``MatrixFactorization(**params)`` fitted on the train part: fit seconds, RMSE and MAE of
+    ``predict`` on the test part (unknown ids get the model's own fallback), solver and epochs."""
     import warnings
 
     train = _ratings(data["train"], data["shape"])
-    model = MatrixFactorization(**_dev(device))
+    model = MatrixFactorization(**params, **_dev(device))
     t0 = time.perf_counter()
     model.fit(train)
     _sync(device)
@@ -255,27 +254,18 @@ def default_fit(data: dict, device: str = "cpu") -> dict:
                           dtype=np.float64)
     err = pred - data["test"]["ratings"].astype(np.float64)
     return {"fit_s": fit_s, "rmse": float(np.sqrt(np.mean(err**2))),
-            "mae": float(np.mean(np.abs(err))), "solver": str(model.solver_)}
+            "mae": float(np.mean(np.abs(err))), "solver": str(model.solver_),
+            "epochs": int(model.n_epochs_)}
+
+
+def default_fit(data: dict, device: str = "cpu") -> dict:
+    """``MatrixFactorization()`` with every argument at its default (issue 9's accuracy case)."""
+    return _fit_and_score(data, {}, device)
 
 
 # ---------------------------------------------------------------------------------------------
 # sparse (issue 10): a fixed number of ALS epochs, defaults otherwise
 # ---------------------------------------------------------------------------------------------
 def als_fit(data: dict, epochs: int = 15, device: str = "cpu") -> dict:
-    """``MatrixFactorization(solver='als', epochs=epochs)``, every other argument at its default,
-    fitted on the train part: fit seconds and test RMSE (unknown ids get the model's fallback)."""
-    import warnings
-
-    train = _ratings(data["train"], data["shape"])
-    model = MatrixFactorization(solver="als", epochs=epochs, **_dev(device))
-    t0 = time.perf_counter()
-    model.fit(train)
-    _sync(device)
-    fit_s = time.perf_counter() - t0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # unknown users/items in the test part
-        pred = np.asarray(model.predict(data["test"]["users"], data["test"]["items"]),
-                          dtype=np.float64)
-    err = pred - data["test"]["ratings"].astype(np.float64)
-    return {"fit_s": fit_s, "rmse": float(np.sqrt(np.mean(err**2))), "solver": "als",
-            "epochs": int(model.n_epochs_)}
+    """``MatrixFactorization(solver='als', epochs=epochs)``, every other argument at its default."""
+    return _fit_and_score(data, {"solver": "als", "epochs": epochs}, device)

@@ -62,8 +62,9 @@ def register(sub: Any) -> None:
                       help="hold out this fraction of DATA (seeded by --seed) to stop when its "
                       "RMSE has not improved for --patience epochs; the best epoch is kept")
     stop.add_argument("--patience", type=o.positive_int, metavar="N",
-                      help="epochs without a better validation RMSE before stopping (default 5 "
-                      "with --validation-fraction; without it, given --patience stops on --test)")
+                      help="epochs without a better validation RMSE before stopping (default "
+                      "max(5, epochs / 10) with --validation-fraction; without it, a given "
+                      "--patience stops on --test)")
     run = p.add_argument_group("checkpoints and faults (issue 11)")
     run.add_argument("--checkpoint", type=o.output_path, metavar="DIR",
                      help="write the training state to DIR/checkpoint.npz every "

@@ -7,7 +7,7 @@ import argparse
 import codecs
 import math
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,66 +15,30 @@ from .common import UsageError
 
 
 # ------------------------------------------------------------------------------ argument types
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}")
-    return value
+def _number(parse: Callable[[str], Any], ok: Callable[[Any], bool],
+            expected: str) -> Callable[[str], Any]:
+    """An argparse type: ``parse(text)``, refused with ``must be EXPECTED, got 'TEXT'`` when it
+    does not parse or fails ``ok``."""
+
+    def check(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
+        return value
+
+    return check
 
 
-def nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}")
-    return value
-
-
-def finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
-def nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value
-
-
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(
-            f"must be a number strictly between 0 and 1 (e.g. 0.2), got {text!r}"
-        )
-    return value
+positive_int = _number(int, lambda v: v >= 1, "a positive int")
+nonnegative_int = _number(int, lambda v: v >= 0, "an int >= 0")
+finite = _number(float, math.isfinite, "a finite number")
+positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+nonnegative_float = _number(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
+fraction = _number(float, lambda v: 0 < v < 1,
+                   "a number strictly between 0 and 1 (e.g. 0.2)")
 
 
 def existing_file(text: str) -> Path:
