@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -36,3 +37,20 @@ def dataset(*parts: str) -> Path:
 def ml100k() -> Path:
     """The ml-100k folder."""
     return dataset("ml-100k")
+
+
+def interrupt_at_call(monkeypatch: pytest.MonkeyPatch, owner: object, name: str,
+                      n: int) -> SimpleNamespace:
+    """Patch ``owner.name`` so that its ``n``-th call raises ``KeyboardInterrupt`` (as Ctrl-C
+    would, deterministically); the other calls go through. Returns ``.original`` and
+    ``.calls`` (the calls so far)."""
+    state = SimpleNamespace(original=getattr(owner, name), calls=0)
+
+    def interrupting(*args: object, **kwargs: object) -> object:
+        state.calls += 1
+        if state.calls == n:
+            raise KeyboardInterrupt
+        return state.original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, interrupting)
+    return state

@@ -20,6 +20,7 @@ from autofact.cli import main
 from autofact.objective import Objective
 
 from .checkpoint_worker import settings
+from .conftest import interrupt_at_call
 from .dist_worker import planted
 
 WORKER = Path(__file__).with_name("checkpoint_worker.py")
@@ -114,16 +115,7 @@ def test_early_stopping_state_is_resumed(tmp_path):
 
 def test_ctrl_c_writes_the_last_finished_epoch_first(tmp_path, monkeypatch):
     # issue 11: Ctrl-C inside epoch 4 with checkpoint_every=10 still leaves epoch 3 on disk
-    calls = {"n": 0}
-    original = Objective.value_and_grad
-
-    def interrupting(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Objective, "value_and_grad", interrupting)
+    original = interrupt_at_call(monkeypatch, Objective, "value_and_grad", 4).original
     with pytest.raises(KeyboardInterrupt):
         model("adam", 8).fit(planted(), checkpoint=tmp_path, checkpoint_every=10)
     monkeypatch.setattr(Objective, "value_and_grad", original)
@@ -214,16 +206,7 @@ def test_cli_ctrl_c_says_where_to_resume_from(tmp_path, capsys, monkeypatch):
     data = tmp_path / "ratings.csv"
     data.write_text("user,item,rating\n" + "".join(
         f"u{u},i{i},{float(v)!r}\n" for u, i, v in zip(r.users, r.items, r.values, strict=True)))
-    calls = {"n": 0}
-    original = Objective.value_and_grad
-
-    def interrupting(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Objective, "value_and_grad", interrupting)
+    interrupt_at_call(monkeypatch, Objective, "value_and_grad", 3)
     folder = tmp_path / "ckpt"
     assert main(["fit", str(data), "--out", str(tmp_path / "m.npz"), "--solver", "adam",
                  "--epochs", "9", "--quiet", "--checkpoint", str(folder),

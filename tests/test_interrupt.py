@@ -23,6 +23,8 @@ import autofact
 import autofact.solvers as solvers
 from autofact.objective import Objective
 
+from .conftest import interrupt_at_call
+
 
 def ratings(n_users: int = 40, n_items: int = 30, n: int = 500, seed: int = 0) -> autofact.Ratings:
     rng = np.random.default_rng(seed)
@@ -52,32 +54,15 @@ def test_interrupted_fit_keeps_the_last_finished_epoch(solver, batch_size, where
                     lr=None if solver in ("als", "lbfgs") else 0.01)
     references = {e: autofact.MatrixFactorization(epochs=e, **settings).fit(data)
                   for e in (2, 3)}
-    calls = {"n": 0}
     if where == "gradient":  # inside epoch 3, before its update
-        original = Objective.value_and_grad
-
-        def interrupting(self, *args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == 3:
-                raise KeyboardInterrupt
-            return original(self, *args, **kwargs)
-
-        monkeypatch.setattr(Objective, "value_and_grad", interrupting)
+        patched = interrupt_at_call(monkeypatch, Objective, "value_and_grad", 3)
     else:  # epoch 3 has updated the parameters, and is not finished
-        project = solvers._project
-
-        def interrupting(*args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == 3:
-                raise KeyboardInterrupt
-            return project(*args, **kwargs)
-
-        monkeypatch.setattr(solvers, "_project", interrupting)
+        patched = interrupt_at_call(monkeypatch, solvers, "_project", 3)
     model = autofact.MatrixFactorization(epochs=10, **settings)
     with pytest.raises(KeyboardInterrupt):
         model.fit(data)
     monkeypatch.undo()
-    assert calls["n"] == 3
+    assert patched.calls == 3
     assert model.n_epochs_ == len(model.history_) == 2
     assert [h["epoch"] for h in model.history_] == [1, 2]
     ref = references[model.n_epochs_]
@@ -107,16 +92,7 @@ def test_cli_saves_the_last_finished_epoch_on_ctrl_c(monkeypatch, tmp_path, caps
     r = ratings()
     data.write_text("".join(f"{u},{i},{v}\n" for u, i, v in zip(r.users, r.items, r.values,
                                                                  strict=True)))
-    project = solvers._project
-    calls = {"n": 0}
-
-    def interrupting(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return project(*args, **kwargs)
-
-    monkeypatch.setattr(solvers, "_project", interrupting)
+    interrupt_at_call(monkeypatch, solvers, "_project", 4)
     out = tmp_path / "m.npz"
     code = cli.main(["fit", str(data), "--out", str(out), "--solver", "als", "--epochs", "10",
                      "--quiet"])

@@ -14,6 +14,8 @@ import pytest
 
 from autofact import MatrixFactorization, Ratings, cli
 
+from .conftest import interrupt_at_call
+
 
 def _ratings(m: int = 30, n: int = 20, seed: int = 0) -> Ratings:
     rng = np.random.default_rng(seed)
@@ -89,16 +91,7 @@ def _interrupt_in_sweep(monkeypatch: pytest.MonkeyPatch, sweep: int) -> None:
     """Raise KeyboardInterrupt inside the user draw of sweep ``sweep`` (two draws a sweep)."""
     import autofact.solvers.gibbs as gibbs
 
-    original = gibbs._sample_rows
-    calls = {"n": 0}
-
-    def interrupting(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2 * sweep - 1:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(gibbs, "_sample_rows", interrupting)
+    interrupt_at_call(monkeypatch, gibbs, "_sample_rows", 2 * sweep - 1)
 
 
 def test_ctrl_c_under_gibbs_keeps_the_last_finished_sweep(monkeypatch):
