@@ -48,7 +48,7 @@ def _dense_weights(weights: Any, shape: tuple[int, ...]) -> np.ndarray:
     return w
 
 
-def _py(x: Any) -> Any:
+def py_scalar(x: Any) -> Any:
     """A numpy scalar as the Python value, so messages read ``'u42'``, not ``np.str_('u42')``."""
     return x.item() if isinstance(x, np.generic) else x
 
@@ -59,7 +59,7 @@ def _check_finite(values: np.ndarray, name: str, where: Any = None) -> None:
         k = int(np.flatnonzero(bad)[0])
         loc = where(k) if where is not None else f"position {k}"
         raise ValueError(
-            f"{name} must be finite, got {_py(values[k])!r} at {loc}; drop or impute missing ratings "
+            f"{name} must be finite, got {py_scalar(values[k])!r} at {loc}; drop or impute missing ratings "
             "before building Ratings"
         )
 
@@ -151,7 +151,7 @@ class Ratings:
             _check_finite(weights, "weights")
             if (weights < 0).any():
                 k = int(np.flatnonzero(weights < 0)[0])
-                raise ValueError(f"weights must be >= 0, got {_py(weights[k])!r} at position {k}")
+                raise ValueError(f"weights must be >= 0, got {py_scalar(weights[k])!r} at position {k}")
         if timestamps is not None:
             timestamps = np.asarray(timestamps).astype(np.int64, copy=False)
 
@@ -303,13 +303,14 @@ class Ratings:
             raise ValueError("ratings are empty: the DataFrame has no rows")
 
         def where(k: int) -> str:
-            return f"row {_py(df.index[k])!r}"
+            return f"row {py_scalar(df.index[k])!r}"
 
         uidx, uids = factorize_ids(df[user], "user", where)
         iidx, iids = factorize_ids(df[item], "item", where)
         vals = _as_float(df[rating].to_numpy(), f"column {rating!r}")
         _check_finite(
-            vals, f"column {rating!r}", lambda k: f"row {_py(df.index[k])!r} (user {_py(df[user].iloc[k])!r})"
+            vals, f"column {rating!r}",
+            lambda k: f"row {py_scalar(df.index[k])!r} (user {py_scalar(df[user].iloc[k])!r})",
         )
         w = None if weight is None else parse_weights(df[weight], weight, where)
         ts = None if timestamp is None else parse_timestamps(
@@ -443,7 +444,7 @@ def _lookup(index: Any, ids: Any, what: str, strict: bool) -> np.ndarray:
     out = np.asarray(index.get_indexer(seq), dtype=np.int64)
     if strict and (out < 0).any():
         k = int(np.flatnonzero(out < 0)[0])
-        raise UnknownIdError(f"{what} {_py(seq[k])!r} is not in the training data")
+        raise UnknownIdError(f"{what} {py_scalar(seq[k])!r} is not in the training data")
     return out
 
 
@@ -492,7 +493,7 @@ def factorize_ids(
         k = int(np.flatnonzero(bad)[0])
         raise ValueError(
             missing(k) if missing is not None
-            else f"{where(k)}: the {what} id is missing ({_py(col.iloc[k])!r}); every rating needs one"
+            else f"{where(k)}: the {what} id is missing ({py_scalar(col.iloc[k])!r}); every rating needs one"
         )
     if not text:
         return codes.astype(_INDEX_DTYPE), ids
@@ -539,7 +540,7 @@ def parse_weights(col: Any, column: str, where: Where) -> np.ndarray:
             else "is missing" if pd.isna(col.iloc[k]) else "is not a number"
         )
         raise ValueError(
-            f"{where(k)}: weight {_py(col.iloc[k])!r} (column {column!r}) {why}; weights must be "
+            f"{where(k)}: weight {py_scalar(col.iloc[k])!r} (column {column!r}) {why}; weights must be "
             "finite numbers >= 0"
         )
     return vals
@@ -559,7 +560,7 @@ def parse_timestamps(col: Any, column: str, where: Where, fix: str) -> np.ndarra
 
     def fail(k: int, why: str) -> ValueError:
         return ValueError(
-            f"{where(k)}: timestamp {_py(col.iloc[k])!r} (column {column!r}) {why}; "
+            f"{where(k)}: timestamp {py_scalar(col.iloc[k])!r} (column {column!r}) {why}; "
             f"fix the value, {fix}"
         )
 
@@ -631,8 +632,9 @@ def _combine_duplicates(
         u = users[k] if user_ids is None else user_ids[users[k]]
         i = items[k] if item_ids is None else item_ids[items[k]]
         raise ValueError(
-            f"duplicate rating for (user {_py(u)!r}, item {_py(i)!r}) ({int(dup.sum())} duplicate pair(s) "
-            "in all); pass duplicates='mean' or duplicates='last' to combine them"
+            f"duplicate rating for (user {py_scalar(u)!r}, item {py_scalar(i)!r}) "
+            f"({int(dup.sum())} duplicate pair(s) in all); pass duplicates='mean' or "
+            "duplicates='last' to combine them"
         )
     if how not in ("mean", "last"):
         raise ValueError(f"duplicates must be 'error', 'mean' or 'last', got {how!r}")

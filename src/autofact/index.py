@@ -36,17 +36,13 @@ import torch
 if TYPE_CHECKING:
     import scipy.sparse as sp
 
-from .data import Ratings
+from .data import Ratings, py_scalar
 from .errors import UnknownIdError
 
 __all__ = ["ModelIndex"]
 
 # pairs scored at once: the gathered factor rows stay small whatever the number of pairs
 _STEP = 1 << 16
-
-
-def _plain(x: Any) -> Any:
-    return x.item() if isinstance(x, np.generic) else x
 
 
 class ModelIndex:
@@ -183,7 +179,7 @@ class ModelIndex:
             k = int(np.flatnonzero((out < 0) | no_rating)[0])
             extra = (" (it is in the id map but has no training rating)" if no_rating[k]
                      else "")
-            raise UnknownIdError(f"{what} {_plain(seq[k])!r} is not in the training data{extra}")
+            raise UnknownIdError(f"{what} {py_scalar(seq[k])!r} is not in the training data{extra}")
         out[no_rating] = -1
         return out
 

@@ -42,6 +42,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from .data import py_scalar
+
 __all__ = ["save", "read", "atomic_write", "SavedModel", "FORMAT_NAME", "FORMAT_VERSION"]
 
 FORMAT_NAME = "autofact.MatrixFactorization"
@@ -504,14 +506,10 @@ def _ids_from_json(ids: Any, dtype: Any, what: str, name: str) -> np.ndarray:
     if dup.any():
         k = int(np.flatnonzero(dup)[0])
         raise ValueError(
-            f"{name} is damaged: {what} id {_plain(arr[k])!r} appears more than once in its {what} ids "
+            f"{name} is damaged: {what} id {py_scalar(arr[k])!r} appears more than once in its {what} ids "
             f"(at positions {int(np.flatnonzero(pd.Index(arr) == arr[k])[0])} and {k})"
         )
     return arr
-
-
-def _plain(x: Any) -> Any:
-    return x.item() if isinstance(x, np.generic) else x
 
 
 def _expect(arr: np.ndarray, array: str, shape: tuple[int, ...], kinds: str, name: str) -> None:

@@ -43,6 +43,7 @@ import torch
 
 from ._imports import NotLoaded
 from ._newton import damped_newton
+from .data import py_scalar
 from .errors import FitError, UnknownIdError
 from .index import ModelIndex
 from .losses import get_loss
@@ -93,10 +94,6 @@ def _short(values: np.ndarray, limit: int = 5) -> str:
     return f"[{shown}{', ...' if len(values) > limit else ''}]"
 
 
-def _plain(x: Any) -> Any:
-    return x.item() if isinstance(x, np.generic) else x
-
-
 @dataclass(frozen=True, eq=False, repr=False)
 class Recommendations:
     """The top items for one user, best first.
@@ -117,7 +114,7 @@ class Recommendations:
 
     def __repr__(self) -> str:
         fb = f", fallback={self.fallback!r}" if self.fallback else ""
-        return (f"<Recommendations for user {_plain(self.user)!r}: {len(self)} items "
+        return (f"<Recommendations for user {py_scalar(self.user)!r}: {len(self)} items "
                 f"{_short(self.items)}{fb}>")
 
     def to_frame(self) -> Any:
@@ -144,7 +141,7 @@ class SimilarItems:
         return len(self.items)
 
     def __repr__(self) -> str:
-        return (f"<SimilarItems to item {_plain(self.item)!r}: {len(self)} items "
+        return (f"<SimilarItems to item {py_scalar(self.item)!r}: {len(self)} items "
                 f"{_short(self.items)}>")
 
     def to_frame(self) -> Any:
@@ -176,7 +173,7 @@ class FoldedUser:
     n_iter: int = field(default=0)
 
     def __repr__(self) -> str:
-        return (f"<FoldedUser {_plain(self.label)!r} ({len(self.factors)} factors, "
+        return (f"<FoldedUser {py_scalar(self.label)!r} ({len(self.factors)} factors, "
                 f"{len(self.seen)} rated items)>")
 
 
@@ -215,7 +212,7 @@ def _check_folded(model: FittedModel, user: FoldedUser) -> None:
 
 def _unknown_user(user: Any) -> UnknownIdError:
     return UnknownIdError(
-        f"user {_plain(user)!r} is not in the training data; pass fallback=True for the most "
+        f"user {py_scalar(user)!r} is not in the training data; pass fallback=True for the most "
         "popular items, or model.fold_in(their_ratings) to score them"
     )
 
@@ -414,7 +411,7 @@ def similar_items(model: FittedModel, item: Any, n: int = 10) -> SimilarItems:
         raise TypeError(f"item must be one item id, got a {type(item).__name__}")
     idx = int(index.item_index(item, strict=False)[0])
     if idx < 0:
-        raise UnknownIdError(f"item {_plain(item)!r} is not in the training data")
+        raise UnknownIdError(f"item {py_scalar(item)!r} is not in the training data")
     Q = np.asarray(model.item_factors_, dtype=np.float64)
     norms = np.linalg.norm(Q, axis=1)
     Qn = Q / np.where(norms > 0, norms, 1.0)[:, None]
@@ -446,7 +443,7 @@ def score_items(model: FittedModel, user: Any, items: Any = None) -> np.ndarray:
         idx = int(index.user_index(user, strict=False)[0])
         if idx < 0:
             raise UnknownIdError(
-                f"user {_plain(user)!r} is not in the training data; use "
+                f"user {py_scalar(user)!r} is not in the training data; use "
                 "model.fold_in(their_ratings) to score them"
             )
         P, bu = model.user_factors_, model.user_bias_
@@ -501,7 +498,7 @@ def _parse_ratings(ratings: Any) -> tuple[list[Any], np.ndarray]:
     bad = ~np.isfinite(values)
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"the rating of item {_plain(items[k])!r} must be finite, got {vals[k]!r}")
+        raise ValueError(f"the rating of item {py_scalar(items[k])!r} must be finite, got {vals[k]!r}")
     return items, values
 
 
@@ -536,10 +533,10 @@ def fold_in(
     if unknown.all():
         raise ValueError(
             f"none of the {len(items)} rated items is in the training data (first: "
-            f"{_plain(items[0])!r}); fold_in needs ratings of items the model knows"
+            f"{py_scalar(items[0])!r}); fold_in needs ratings of items the model knows"
         )
     if unknown.any():
-        first = _plain(items[int(np.flatnonzero(unknown)[0])])
+        first = py_scalar(items[int(np.flatnonzero(unknown)[0])])
         warnings.warn(
             f"{int(unknown.sum())} of {len(items)} rated items are not in the training data "
             f"(first: {first!r}); they are ignored",
@@ -550,7 +547,7 @@ def fold_in(
     uniq, counts = np.unique(idx, return_counts=True)
     if (counts > 1).any():
         dup = index.item_ids[uniq[np.flatnonzero(counts > 1)[0]]]
-        raise ValueError(f"item {_plain(dup)!r} is rated more than once; give each item once")
+        raise ValueError(f"item {py_scalar(dup)!r} is rated more than once; give each item once")
     if getattr(model, "task", "rating") == "ranking":
         return _fold_in_ranking(model, idx, values, user)
 
