@@ -96,10 +96,20 @@ def init(backend: str | None = None, timeout: float | None = None) -> tuple[int,
     return dist.get_rank(), dist.get_world_size()
 
 
-def shutdown() -> None:
+def shutdown(*, wait: bool = True) -> None:
     """Leave the process group (each process, when it is done with collective work). Exiting
-    without it can abort a gloo process ("terminate called without an active exception")."""
+    without it can abort a gloo process ("terminate called without an active exception").
+
+    ``wait=True`` first waits at a barrier until every process is here, so none tears the group
+    down while another still talks to it (that too can abort a gloo process); a barrier that
+    fails (a peer gone: it ends within the group's timeout) is ignored. After a failure, pass
+    ``wait=False`` to leave at once."""
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            try:
+                dist.barrier()
+            except Exception:  # a peer is gone: leave anyway, the error was or will be reported
+                pass
         dist.destroy_process_group()
 
 

@@ -161,11 +161,14 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         try:
             distributed.fit(model, train, validation=validation, **saving)
         except PeerLostError as exc:  # issue 11: a peer was killed or froze: name it, exit 1
+            distributed.shutdown(wait=False)
             where = f" (checkpoints: {args.checkpoint})" if saving else ""
             say(f"error: {exc}{where}")
             return ExitStatus.ERROR
-        finally:
-            distributed.shutdown()  # no collective work follows
+        except BaseException:
+            distributed.shutdown(wait=False)
+            raise
+        distributed.shutdown()  # every process is done with collective work: leave together
     else:
         try:
             # a ranking model has no validation RMSE: its test set is scored by evaluate below
