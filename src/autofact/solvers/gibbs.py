@@ -78,6 +78,7 @@ import numpy as np
 import torch
 
 from ..threads import use_threads
+from .priors import normal_gamma as _hyper
 
 __all__ = ["GibbsResult", "gibbs_mf", "NOISE_MODELS"]
 
@@ -212,17 +213,6 @@ class _Side:
 
 def _gamma(rng: np.random.Generator, shape: Any, rate: Any) -> Any:
     return rng.gamma(shape, 1.0 / np.asarray(rate, dtype=np.float64))
-
-
-def _hyper(rng: np.random.Generator, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Draw (mean, precision) of each column of ``x`` (rows x cols) from the Normal-Gamma
-    posterior under libFM's prior ``lambda ~ Gamma(1, 1)``, ``m | lambda ~ N(0, 1/lambda)``."""
-    n = x.shape[0]
-    mbar = x.sum(0) / (n + _GAMMA0)
-    ss = (x * x).sum(0) - (n + _GAMMA0) * mbar * mbar  # sum (x - mbar)^2 + gamma0 mbar^2
-    lam = _gamma(rng, _A0 + (n + 1) / 2, _B0 + np.maximum(ss, 0.0) / 2)
-    mean = mbar + rng.standard_normal(x.shape[1]) / np.sqrt((n + _GAMMA0) * lam)
-    return mean, lam
 
 
 def _row_sums(side: _Side, r0: int, r1: int, x: np.ndarray) -> np.ndarray:

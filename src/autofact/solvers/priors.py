@@ -1,0 +1,31 @@
+"""The Normal-Gamma hyper-prior on the columns of a factor block, shared by the samplers.
+
+libFM's prior (Rendle, "Factorization Machines with libFM", TIST 2012) on the mean ``m`` and
+precision ``lambda`` of each column of a block ``x`` (rows x cols)::
+
+    lambda ~ Gamma(1, rate=1),      m | lambda ~ N(0, 1 / (gamma0 lambda)),   gamma0 = 1
+
+Given the rows, each column's ``(m, lambda)`` is drawn from its exact Normal-Gamma posterior, so
+the regularization strength of :mod:`.gibbs` and :mod:`.laplace` is sampled, not tuned.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["normal_gamma"]
+
+# libFM's hyper-prior constants: alpha_lambda = beta_lambda = 1, gamma_0 = 1, mu_0 = 0
+_A0, _B0, _GAMMA0 = 1.0, 1.0, 1.0
+
+
+def normal_gamma(rng: np.random.Generator, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Draw (mean, precision) of each column of ``x`` (rows x cols) from the Normal-Gamma
+    posterior under libFM's prior ``lambda ~ Gamma(1, 1)``, ``m | lambda ~ N(0, 1/lambda)``."""
+    n = x.shape[0]
+    mbar = x.sum(0) / (n + _GAMMA0)
+    ss = (x * x).sum(0) - (n + _GAMMA0) * mbar * mbar  # sum (x - mbar)^2 + gamma0 mbar^2
+    rate = _B0 + np.maximum(ss, 0.0) / 2
+    lam = rng.gamma(_A0 + (n + 1) / 2, 1.0 / np.asarray(rate, dtype=np.float64))
+    mean = mbar + rng.standard_normal(x.shape[1]) / np.sqrt((n + _GAMMA0) * lam)
+    return mean, lam
