@@ -250,8 +250,8 @@ def test_non_finite_loss_raises_fit_error_and_keeps_finite_params(lowrank):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(rank=0), "rank must be a positive int, got 0"),
-        (dict(rank=2.5), "rank must be a positive int, got 2.5"),
+        (dict(rank=0), "rank must be a positive int or 'auto', got 0"),
+        (dict(rank=2.5), "rank must be a positive int or 'auto', got 2.5"),
         (dict(solver="newton"), "solver must be 'auto' or one of"),
         (dict(lr=-1.0), "lr must be a positive number, got -1.0"),
         (dict(epochs=0), "epochs must be a positive int, got 0"),

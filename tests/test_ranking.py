@@ -381,7 +381,7 @@ def test_model_ranking_errors() -> None:
         ({"task": "ranking", "alpha": -1.0}, "alpha must be a finite number >= 0, got -1.0"),
         ({"task": "ranking", "epochs": 0}, "epochs must be a positive int or None, got 0"),
         ({"task": "ranking", "lr": 0.1}, "have no meaning for the ranking task's implicit ALS"),
-        ({"task": "ranking", "rank": 0}, "rank must be a positive int, got 0"),
+        ({"task": "ranking", "rank": 0}, "rank must be a positive int or 'auto', got 0"),
     ]
     for params, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -580,3 +580,52 @@ def test_gradient_solver_on_the_gram_trick_term_reaches_the_als_objective() -> N
         opt.step(closure)
     grad_value = implicit_objective(P.detach(), Q.detach(), R, w0, lam)
     assert abs(grad_value - als_value) < 1e-6 * max(1.0, abs(als_value))
+
+
+# ---------------------------------------------------------------------------- defaults by task
+def test_rank_auto_is_the_tasks_own(tmp_path: Any) -> None:
+    # issue 12: rank='auto' (the default) is 64 for the ranking task, 10 for rating; the saved
+    # model keeps 'auto' and loads with the factors it had
+    import autofact
+    from autofact import MatrixFactorization
+    from autofact.model import RANK_DEFAULTS
+
+    assert RANK_DEFAULTS == {"rating": 10, "ranking": 64}
+    rng = np.random.default_rng(0)
+    u, i = np.nonzero(rng.random((80, 70)) < 0.3)
+    r = Ratings(u, i, rng.integers(1, 6, len(u)).astype(float), shape=(80, 70))
+    ranking = MatrixFactorization(task="ranking", epochs=2).fit(r)
+    rating = MatrixFactorization(epochs=2, seed=0).fit(r)
+    assert MatrixFactorization().rank == "auto"
+    assert (ranking.rank_, ranking.user_factors_.shape[1]) == (64, 64)
+    assert (rating.rank_, rating.item_factors_.shape[1]) == (10, 10)
+    assert MatrixFactorization(rank=5, task="ranking", epochs=1).fit(r).rank_ == 5
+    ranking.save(tmp_path / "m.npz")
+    back = autofact.load(tmp_path / "m.npz")
+    assert (back.rank, back.rank_) == ("auto", 64)
+    with pytest.raises(ValueError, match="rank must be a positive int or 'auto', got 'big'"):
+        MatrixFactorization(rank="big").fit(r)
+
+
+def test_evaluate_a_ranking_model_has_no_rmse(tmp_path: Any,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # issue 12: a ranking model predicts a preference score, not a rating: evaluate (and the
+    # CLI's evaluate) report the top-k metrics only
+    import json
+
+    from autofact import MatrixFactorization, cli
+    from autofact.evaluation import evaluate
+
+    r = _checkerboard()
+    model = MatrixFactorization(rank=2, task="ranking", beta=0.01).fit(r)
+    test = Ratings(np.arange(10), np.arange(10), np.full(10, 5.0), shape=(10, 10))
+    metrics = evaluate(model, test)
+    assert "rmse" not in metrics and "mae" not in metrics
+    assert metrics["precision@10"] == pytest.approx(0.1)  # the one test item is the top item
+    path = tmp_path / "m.npz"
+    model.save(path)
+    data = tmp_path / "test.csv"
+    data.write_text("user,item,rating\n" + "".join(f"{k},{k},5\n" for k in range(10)))
+    assert cli.main(["evaluate", str(path), str(data), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "rmse" not in out and out["ndcg@10"] == pytest.approx(1.0)

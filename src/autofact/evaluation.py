@@ -296,7 +296,8 @@ def evaluate(
 
     Returns ``{'rmse', 'mae', 'precision@k', 'recall@k', 'ndcg@k', 'map@k', 'n_users',
     'n_ratings'}`` with ``k`` written out (``'precision@10'``), ``n_users`` the users ranked and
-    ``n_ratings`` the test ratings scored.
+    ``n_ratings`` the test ratings scored. A ``task='ranking'`` model predicts a preference
+    score, not a rating, so its result has no ``'rmse'`` and ``'mae'`` (issue 12).
     """
     from .recommend import top_items
 
@@ -316,8 +317,10 @@ def evaluate(
 
     test_users = test.user_ids[test.users]
     test_items = test.item_ids[test.items]
-    pred = model.predict(test_users, test_items)
-    out: dict[str, float] = {"rmse": rmse(pred, test.values), "mae": mae(pred, test.values)}
+    out: dict[str, float] = {}
+    if getattr(model, "task", "rating") != "ranking":  # a preference score is not a rating
+        pred = model.predict(test_users, test_items)
+        out.update(rmse=rmse(pred, test.values), mae=mae(pred, test.values))
 
     u = index.user_index(test_users, strict=False)
     i = index.item_index(test_items, strict=False)

@@ -553,7 +553,12 @@ def _check(meta: dict[str, Any], arrays: dict[str, np.ndarray], name: str) -> Sa
         or (len(indices) and (indices.min() < 0 or indices.max() >= n))
     ):
         raise ValueError(f"{name} is damaged: the seen-items pattern is not a valid CSR")
-    if meta["params"].get("rank") != k:
+    rank = meta["params"].get("rank")
+    if rank == "auto":  # the task's own number of factors (issue 12)
+        from .model import RANK_DEFAULTS
+
+        rank = RANK_DEFAULTS.get(meta["params"].get("task", "rating"))
+    if rank != k:
         raise ValueError(
             f"{name} is damaged: rank is {meta['params'].get('rank')!r} but the factors have "
             f"{k} columns"

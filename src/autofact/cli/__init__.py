@@ -22,6 +22,7 @@ traceback appears only with ``--traceback``.
 from __future__ import annotations
 
 import argparse
+import dis
 import os
 import re
 import sys
@@ -184,18 +185,23 @@ def _out_of_memory(exc: BaseException) -> bool:
 def _checked(exc: BaseException) -> bool:
     """Whether ``exc`` was raised on purpose (a ``raise`` statement) by autofact or by the
     user's own code, rather than by Python, numpy, pandas or torch on an unforeseen case."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
+    tb = exc.__traceback__
+    if tb is None:
         return True
-    last = frames[-1]
-    where = os.path.realpath(last.filename)
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    where = os.path.realpath(code.co_filename)
     ours = where.startswith(_PACKAGE + os.sep)
     if not ours and any(where.startswith(p + os.sep) for p in _LIBRARIES):
         return False
-    line = (last.line or "").lstrip()
-    return not line or line.startswith("raise")
+    # the instruction that raised, from the running code itself (never the source file, which
+    # may have changed on disk since it was imported): a `raise` statement is RAISE_VARARGS
+    lasti = tb.tb_lasti
+    return 0 <= lasti < len(code.co_code) and code.co_code[lasti] == _RAISE
 
 
+_RAISE = dis.opmap["RAISE_VARARGS"]
 _PACKAGE = os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _LIBRARIES = tuple(
     os.path.realpath(p) for p in {sysconfig.get_path(k) for k in
