@@ -234,6 +234,24 @@ def scale_case(train: Any, test: Any, rank: int = 64, epochs: int = 2, device: s
     }
 
 
+def scale_fit(train: Any, test: Any, params: dict[str, Any], device: str = "cpu") -> dict:
+    """``MatrixFactorization(**params)`` on the scale case's Ratings (issue 9, item 4: the
+    default fit, ``{}``, against ``{'solver': 'als', 'epochs': 15}``): fit wall seconds, test
+    RMSE, the solver, the sweeps or epochs run, why a sampled fit stopped, the rank."""
+    model = MatrixFactorization(**params, **_dev(device))
+    t0 = time.perf_counter()
+    model.fit(train)
+    _sync(device)
+    wall = time.perf_counter() - t0
+    pred = np.asarray(model.predict_indices(test.users, test.items), dtype=np.float64)
+    last = dict(model.history_[-1]) if model.history_ else {}
+    return {"fit_wall_s": wall, "test_rmse": float(np.sqrt(np.mean((pred - test.values) ** 2))),
+            "solver": str(model.solver_), "epochs_run": int(model.n_epochs_),
+            "stopped": last.get("stopped"), "gain": last.get("gain"),
+            "fit_rank": int(model.user_factors_.shape[1]),
+            "history": [dict(h) for h in model.history_]}
+
+
 # ---------------------------------------------------------------------------------------------
 # accuracy with defaults (issue 9): MatrixFactorization() and nothing else
 # ---------------------------------------------------------------------------------------------

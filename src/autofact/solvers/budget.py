@@ -1,0 +1,86 @@
+"""The sampler's sweep budget (issue 9): stop a Gibbs chain when more sweeps would not pay.
+
+The model's predictions are the running means of the kept sweeps (:mod:`.gibbs`). Those means
+carry a Monte Carlo error that shrinks as sweeps are added; once it is small against the noise
+in the ratings, more sweeps cost time and change nothing a user would see. After each kept sweep
+``n``, on a fixed sample ``S`` of training pairs, compare the predictions of the mean of all
+``n`` kept sweeps with those of the mean of the first ``n // 2``::
+
+    D_n^2 = mean_{(u,i) in S} (pred_n(u,i) - pred_{n//2}(u,i))^2
+    gain_n = D_n^2 / (2 sigma^2)
+
+For independent sweeps ``D_n^2`` is the Monte Carlo variance of ``pred_n`` (the difference of the
+two means is half the difference of two independent means of ``n // 2`` sweeps), and a
+prediction error with that variance, independent of the noise ``sigma`` (the chain's residual
+RMSE, that sweep's ``loss``), raises the RMSE by the factor ``sqrt(1 + D^2 / sigma^2) ~ 1 +
+gain``: ``gain`` is the fraction of the RMSE that averaging forever would still remove. A chain
+that is still drifting (burn-in not over, a slow mode still moving) makes the two means differ
+more, so it keeps sampling. The rule stops when ``gain <= tol`` for ``patience`` kept sweeps in a
+row and at least ``min_kept`` sweeps are kept. It needs no held-out data: every training rating
+is in the chain, and a user's fit learns from all of them.
+
+Measured (``benchmarks/results``): on validation splits of ml-100k, ml-latest-small and filmtrust
+``gain`` stays at 0.002-0.005 up to 100 sweeps (the chain mixes slowly there and the validation
+RMSE still improves by 0.002-0.004 from sweep 50 to 100), so those fits run the full 100 sweeps,
+as before; on a 5M-rating synthetic matrix of the ML-25M shape it falls to ``1e-3`` by sweep
+~28, where the test RMSE is within 0.0005 (0.1 %) of sweep 40's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["SweepBudget"]
+
+
+class SweepBudget:
+    """Decide after each sweep of a Gibbs chain whether to stop (module docstring).
+
+    ``users``, ``items``: the training pairs, of which ``sample`` (seeded by ``seed``) are
+    scored; ``burn_in``: the chain's discarded sweeps; ``max_sweeps``: the chain's length.
+
+    >>> b = SweepBudget(np.arange(4), np.arange(4), burn_in=0, max_sweeps=10, min_kept=2,
+    ...                 patience=1)
+    >>> b.update(1, lambda u, i: np.ones(len(u)), 1.0) is None
+    True
+    >>> b.update(2, lambda u, i: np.ones(len(u)), 1.0)
+    'converged: more sweeps would lower the RMSE by an estimated 0 % (<= 0.1 %) for 1 sweep'
+    """
+
+    def __init__(self, users: Any, items: Any, *, burn_in: int, max_sweeps: int,
+                 min_kept: int = 10, tol: float = 1e-3, patience: int = 3,
+                 sample: int = 10_000, seed: int | None = 0) -> None:
+        users, items = np.asarray(users), np.asarray(items)
+        pick = np.random.default_rng(seed).permutation(len(users))[:sample]
+        pick.sort()  # gathers in memory order
+        self.users, self.items = users[pick], items[pick]
+        self.burn_in, self.max_sweeps = int(burn_in), int(max_sweeps)
+        self.min_kept = min(int(min_kept), self.max_sweeps - self.burn_in)
+        self.tol, self.patience = float(tol), int(patience)
+        self.kept: list[np.ndarray] = []  # the sample's predictions after each kept sweep
+        self.run = 0  # kept sweeps in a row with gain <= tol
+        self.gain: float | None = None
+
+    def update(self, sweep: int, predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
+               sigma: float) -> str | None:
+        """Record sweep ``sweep`` (``predict``: the running means' predictions for index
+        pairs; ``sigma``: the sweep's residual RMSE); return why to stop, or ``None``."""
+        self.gain = None
+        if sweep <= self.burn_in:
+            return None
+        self.kept.append(np.asarray(predict(self.users, self.items), dtype=np.float32))
+        n = len(self.kept)
+        if n >= 2:
+            diff = self.kept[-1].astype(np.float64) - self.kept[n // 2 - 1]
+            d2 = float(np.mean(diff * diff)) if diff.size else 0.0
+            self.gain = d2 / (2.0 * sigma * sigma) if sigma > 0 else math.inf
+            self.run = self.run + 1 if self.gain <= self.tol else 0
+        if n >= self.min_kept and self.run >= self.patience:
+            return (f"converged: more sweeps would lower the RMSE by an estimated "
+                    f"{100 * self.gain:.2g} % (<= {100 * self.tol:.2g} %) for {self.run} "
+                    f"sweep{'s' if self.run > 1 else ''}")
+        return None
