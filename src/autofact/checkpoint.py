@@ -226,7 +226,8 @@ class Checkpointer:
         self.path = self.folder / FILE_NAME
         self.every = int(every)
         self.plan = plan
-        self.solver, self.settings, self.data = solver, settings, data
+        # rank-local ratings (issue 11): one fingerprint of every process's
+        self.solver, self.settings, self.data = solver, settings, plan.digest(data)
         self.pending: TrainingState | None = None  # the last finished epoch's, if not written
         self.written = 0  # the epoch of the checkpoint on disk
 

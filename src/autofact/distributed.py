@@ -1,9 +1,9 @@
 """Training across processes and machines with ``torch.distributed`` (launched by ``torchrun``).
 
-Data parallel over ratings: every process reads the same ratings, keeps its own contiguous share
-of them (``1/world_size``), and holds a full copy of the factors. Each full-batch step sums the
-objective and its gradient over the processes (one all-reduce), so every process takes the same
-step and the result is the single-process fit's, up to the order of floating-point sums::
+Data parallel over ratings: each process holds its own share of the ratings and a full copy of
+the factors. Each full-batch step sums the objective and its gradient over the processes (one
+all-reduce), so every process takes the same step and the result is the single-process fit's,
+up to the order of floating-point sums::
 
     # train.py -- torchrun --nproc-per-node 4 train.py   (add --nnodes/--rdzv-endpoint for
     # several machines; gloo on CPUs, nccl on GPUs)
@@ -11,12 +11,24 @@ step and the result is the single-process fit's, up to the order of floating-poi
     from autofact import distributed
 
     distributed.init()
-    ratings = autofact.read("ratings.csv")
+    ratings = distributed.read_local("ratings/")      # this process's part files only
     model = autofact.MatrixFactorization(solver="adam", epochs=100, seed=0)
-    distributed.fit(model, ratings)
+    distributed.fit(model, ratings, local=True)
     if distributed.is_main_process():
         model.save("model.npz")
     distributed.shutdown()
+
+**Rank-local data** (issue 11). :func:`read_local` reads only this process's share: from a
+folder of part files, the parts assigned to its rank (:func:`assign_parts`: by size, so equal
+parts go round robin, part ``k`` to rank ``k mod world_size``); from one file (or with
+``split="users"``), the ratings of the users whose id hashes to its rank (:func:`user_owner`),
+so every rating of a user lands on one process. The id maps are then agreed by exchanging the
+distinct ids (never the ratings): every process ends with the same user and item maps, the
+sorted union, which is what ``autofact.read`` of the whole data gives. ``fit(..., local=True)``
+keeps what each process was given; the ratings per user and item and their range are summed
+over the processes, and rank 0 gathers the training pattern (8 bytes a rating) after the fit,
+for the model it saves. Alternatively every process reads all the ratings
+(``autofact.read``) and ``fit`` keeps a contiguous ``1/world_size`` of them.
 
 The full-batch solvers are supported: ``gd``, ``adam`` and ``lbfgs`` (``batch_size=None``).
 The mean rating and the initial factors are global too (summed and broadcast), and the
@@ -36,18 +48,23 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import TYPE_CHECKING, Any
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
-from .data import as_ratings
-from .sharding import PeerLostError, TorchShardPlan
+from .data import Ratings, as_ratings
+from .sharding import PeerLostError, ShardPlan, TorchShardPlan
 
 if TYPE_CHECKING:
     from .model import MatrixFactorization
 
-__all__ = ["init", "fit", "is_main_process", "shutdown", "DEFAULT_TIMEOUT"]
+__all__ = ["init", "fit", "read_local", "assign_parts", "user_owner", "is_main_process",
+           "shutdown", "DEFAULT_TIMEOUT"]
 
 SOLVERS = ("gd", "adam", "lbfgs")
 #: Seconds a collective waits for the other processes before the fit gives up on them.
@@ -119,12 +136,18 @@ def is_main_process() -> bool:
 
 
 def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
-        group: Any = None, **fit_kwargs: Any) -> MatrixFactorization:
-    """``model.fit(ratings, validation=validation, plan=TorchShardPlan(group), **fit_kwargs)``:
-    the work shared by the processes of ``group`` (default: all of them). Every process must
-    call it with the same ratings and model settings; every process ends with the same fitted
-    model. ``fit_kwargs``: ``checkpoint=`` and ``checkpoint_every=`` (rank 0 writes; the
-    folder must be one every process can read, to resume)."""
+        group: Any = None, *, local: bool = False, **fit_kwargs: Any) -> MatrixFactorization:
+    """``model.fit(ratings, validation=validation, plan=TorchShardPlan(group, local=local),
+    **fit_kwargs)``: the work shared by the processes of ``group`` (default: all of them).
+
+    ``local=False``: every process passes the same ratings (``autofact.read``) and keeps a
+    contiguous ``1/world_size`` of them. ``local=True``: each passes its own, from
+    :func:`read_local` (the same id maps everywhere), and keeps them all; ``validation`` is then
+    the same on every process (``validation_fraction`` is refused: each process would hold out
+    another share). Every process ends with the same factors; with ``local=True`` the model of
+    rank 0 (the one to save) holds every user's seen items, the others only their own users'.
+    ``fit_kwargs``: ``checkpoint=`` and ``checkpoint_every=`` (rank 0 writes; the folder must be
+    one every process can read, to resume)."""
     if model.solver not in SOLVERS:
         raise ValueError(
             f"distributed training runs full-batch gradient solvers: set solver to one of "
@@ -134,13 +157,249 @@ def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
         raise ValueError(
             f"distributed training is full batch: set batch_size=None, got {model.batch_size!r}"
         )
+    if local and model.validation_fraction is not None:
+        raise ValueError(
+            f"validation_fraction={model.validation_fraction!r} would hold out another share on "
+            "each process of rank-local ratings (local=True); set validation_fraction=None and "
+            "pass validation= (the same ratings on every process)"
+        )
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError(
             "no torch.distributed process group: call autofact.distributed.init() first, in a "
             "script started by torchrun"
         )
     train = as_ratings(ratings, "ratings")
-    plan = TorchShardPlan(group)
-    if len(train) < plan.world_size:
-        raise ValueError(f"{len(train)} ratings cannot be shared by {plan.world_size} processes")
-    return model.fit(train, validation=validation, plan=plan, **fit_kwargs)
+    plan = TorchShardPlan(group, local=local)
+    if local:
+        if not (plan.agree(train.shape[0]) and plan.agree(train.shape[1])):
+            raise ValueError(
+                f"the processes' ratings have different id maps (rank {plan.rank}: "
+                f"{train.shape[0]} users x {train.shape[1]} items); read them with "
+                "autofact.distributed.read_local, which agrees on the id maps"
+            )
+    else:
+        if not plan.agree(_summary(train)):
+            raise ValueError(
+                f"the processes were given different ratings (rank {plan.rank}: {len(train)}); "
+                "with local=False every process passes all of them; for each process's own "
+                "ratings (autofact.distributed.read_local) pass local=True"
+            )
+        if len(train) < plan.world_size:
+            raise ValueError(
+                f"{len(train)} ratings cannot be shared by {plan.world_size} processes")
+    model.fit(train, validation=validation, plan=plan, **fit_kwargs)
+    if local:  # rank 0's model gets every process's training pattern (for the file it saves)
+        key = torch.from_numpy(train.users.astype(np.int64) * train.shape[1] + train.items)
+        parts = plan.gather(key)
+        if parts is not None:
+            keys = np.sort(np.concatenate([t.numpy() for t in parts]))
+            del parts
+            model.index_ = model.index_.with_pattern(keys // train.shape[1],
+                                                     keys % train.shape[1])
+    return model
+
+
+def _summary(r: Ratings) -> int:
+    """A checksum of ratings (their count, shape and sums): processes given the same ratings
+    agree on it."""
+    text = (f"{len(r)};{r.shape};{int(r.users.sum(dtype=np.int64))};"
+            f"{int(r.items.sum(dtype=np.int64))};{float(r.values.sum()).hex()}")
+    return zlib.crc32(text.encode())
+
+
+# ---------------------------------------------------------------------------- rank-local data
+def assign_parts(files: Sequence[str | os.PathLike[str]], world_size: int) -> list[list[Path]]:
+    """Which part files each of ``world_size`` processes reads: the largest first, each to the
+    process with the fewest bytes so far (ties: the lowest rank), each process's in name order.
+    Parts of equal size go round robin: part ``k`` (in name order) to rank ``k mod world_size``.
+
+    >>> assign_parts(["p0", "p1", "p2"], 2)          # three parts of equal size
+    [[PosixPath('p0'), PosixPath('p2')], [PosixPath('p1')]]
+    """
+    paths = [Path(f) for f in files]
+    if not (isinstance(world_size, int) and world_size >= 1):
+        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    sizes = [p.stat().st_size if p.exists() else 0 for p in paths]
+    load = [0] * world_size
+    out: list[list[int]] = [[] for _ in range(world_size)]
+    for k in sorted(range(len(paths)), key=lambda k: (-sizes[k], k)):
+        r = min(range(world_size), key=lambda r: (load[r], r))
+        out[r].append(k)
+        load[r] += sizes[k]
+    return [[paths[k] for k in sorted(ks)] for ks in out]
+
+
+def user_owner(ids: Any, world_size: int) -> np.ndarray:
+    """The rank that holds each user's ratings under ``read_local(..., split="users")``: a hash
+    of the id as written (SipHash with a fixed key, so every process and every run agrees; an
+    int id hashes as its decimal text, as it reads in a file), modulo ``world_size``."""
+    import pandas as pd
+
+    if not (isinstance(world_size, int) and world_size >= 1):
+        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    text = np.asarray(ids).astype(str).astype(object)
+    return (pd.util.hash_array(text) % np.uint64(world_size)).astype(np.int64)
+
+
+def read_local(path: str | os.PathLike[str], *,
+               split: Literal["auto", "parts", "users"] = "auto", group: Any = None,
+               **read_kwargs: Any) -> Ratings:
+    """This process's share of the ratings at ``path``, with the id maps every process agrees
+    on. Every process of ``group`` (default: all) must call it, with the same arguments.
+
+    ``split``: ``"parts"`` (the default for a folder): the part files :func:`assign_parts` gives
+    this rank; ``"users"`` (the default for one file): the ratings of the users
+    :func:`user_owner` gives this rank, so all of a user's ratings are on one process (every
+    process then reads every part, one at a time, keeping its users' ratings; from one file it
+    reads the whole file first). ``read_kwargs``: those of :func:`autofact.read`.
+
+    The returned :class:`~autofact.Ratings` has the shape and id maps of all the ratings (the
+    sorted union of the distinct ids, agreed by exchanging them: the maps of
+    ``autofact.read(path)``) and holds this process's ratings only; pass it to
+    :func:`fit` with ``local=True``. A file that cannot be read, or a process left with no
+    ratings, stops every process with a ``ValueError``. With ``split="parts"`` a (user, item)
+    pair rated in parts read by two processes is not found to be a duplicate; ``"users"``
+    keeps the one-process rule.
+
+    >>> ratings = distributed.read_local("ratings/")            # part files: ratings/part-*.parquet
+    >>> ratings = distributed.read_local("ratings.csv")         # one file, users hashed to ranks
+    """
+    from .reading import part_files, read, read_parts
+
+    if split not in ("auto", "parts", "users"):
+        raise ValueError(f"split must be 'auto', 'parts' or 'users', got {split!r}")
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            "no torch.distributed process group: call autofact.distributed.init() first, in a "
+            "script started by torchrun"
+        )
+    p = Path(path)
+    folder = p.is_dir()
+    mode = ("parts" if folder else "users") if split == "auto" else split
+    if mode == "parts" and not folder:
+        raise ValueError(
+            f"split='parts' needs a folder of part files, got the file {str(path)!r}; pass "
+            "split='users' (each process keeps the users that hash to it)"
+        )
+    plan = TorchShardPlan(group, local=True)
+    rank, world = plan.rank, plan.world_size
+    error: BaseException | None = None
+    local: Ratings | None = None
+    try:
+        if not p.exists():
+            raise ValueError(f"path {str(path)!r} does not exist")
+        files = part_files(p) if folder else [p]
+        listing = ";".join(f"{f.name}:{f.stat().st_size}" for f in files)
+    except (ValueError, OSError) as exc:
+        error, files, listing = exc, [], "?"
+    # every process must see the same parts (a shared file system, or the same copy)
+    if not plan.agree(zlib.crc32(listing.encode())):
+        raise ValueError(
+            f"the processes see different files at {str(path)!r} (rank {rank}: "
+            f"{len(files)} part files); every process must see the same folder (a shared file "
+            "system, or the same copy on every machine)"
+        )
+    if error is None and mode == "parts" and len(files) < world:
+        error = ValueError(
+            f"folder {str(path)!r} holds {len(files)} part files for {world} processes; write "
+            "at least one part per process, or pass split='users'"
+        )
+    if error is None:
+        try:
+            if mode == "parts":
+                local = read_parts(assign_parts(files, world)[rank], **read_kwargs)
+            else:
+                def mine(ids: np.ndarray) -> np.ndarray:
+                    return user_owner(ids, world) == rank
+
+                if folder:
+                    try:
+                        local = read_parts(files, keep_users=mine, **read_kwargs)
+                    except ValueError as exc:
+                        if not str(exc).startswith("no ratings were kept"):
+                            raise
+                else:
+                    whole = read(p, **read_kwargs)
+                    kept = mine(whole.user_ids)[whole.users]
+                    local = whole.subset(kept) if kept.any() else None
+                    del whole
+        except Exception as exc:  # stop every process, not only this one (they would wait)
+            error = exc
+    status = torch.zeros(2, world, dtype=torch.int64)
+    status[0, rank] = error is not None
+    status[1, rank] = local is None
+    plan.all_sum([status])
+    if status[0].any():
+        if error is not None:
+            raise error
+        failed = [int(r) for r in torch.nonzero(status[0]).flatten()]
+        raise ValueError(
+            f"rank {', '.join(map(str, failed))} could not read {str(path)!r} (its error is "
+            f"on its own output); rank {rank} stops too"
+        )
+    if status[1].any():
+        empty = [int(r) for r in torch.nonzero(status[1]).flatten()]
+        raise ValueError(
+            f"rank {', '.join(map(str, empty))} of {world} holds no ratings of {str(path)!r} "
+            "(fewer users than processes hash to every rank); use fewer processes"
+        )
+    assert local is not None
+    for what in ("weights", "timestamps"):
+        flags = torch.zeros(world, dtype=torch.int64)
+        flags[rank] = getattr(local, what) is not None
+        plan.all_sum([flags])
+        if 0 < int(flags.sum()) < world:
+            raise ValueError(
+                f"{str(path)!r}: some processes' part files have {what} and some do not (rank "
+                f"{rank}: {'has' if flags[rank] else 'lacks'} them); give every part the same "
+                "columns" + (", or pass timestamp=False" if what == "timestamps" else "")
+            )
+    users, user_ids = _agreed_codes(plan, local.users, local.user_ids)
+    items, item_ids = _agreed_codes(plan, local.items, local.item_ids)
+    return Ratings(users, items, local.values, shape=(len(user_ids), len(item_ids)),
+                   user_ids=user_ids, item_ids=item_ids, weights=local.weights,
+                   timestamps=local.timestamps)
+
+
+def _agreed_codes(plan: ShardPlan, codes: np.ndarray, ids: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``codes`` into this process's ``ids`` as codes into the map every process agrees on:
+    the sorted union of every process's distinct ids (ints only when every process's are,
+    else every id as text), exchanged rank by rank and merged as they come."""
+    present = np.unique(codes)
+    mine = np.asarray(ids)[present]
+    flags = torch.zeros(1, dtype=torch.int64)
+    flags[0] = mine.dtype.kind not in "iu"
+    plan.all_sum([flags])
+    text = bool(flags[0])
+    if text:
+        mine = mine.astype(str)  # an int id as text is its canonical decimal form
+        merged: np.ndarray = np.zeros(0, dtype=str)
+        for packed in plan.each_rank(_pack_text(mine)):
+            merged = np.union1d(merged, _unpack_text(packed))
+    else:
+        mine = mine.astype(np.int64)
+        merged = np.zeros(0, dtype=np.int64)
+        for part in plan.each_rank(torch.from_numpy(mine)):
+            merged = np.union1d(merged, part.numpy())
+    lut = np.zeros(len(ids), dtype=np.int32)
+    lut[present] = np.searchsorted(merged, mine)
+    out = np.asarray(merged.tolist(), dtype=object) if text else merged
+    return lut[codes], out
+
+
+def _pack_text(ids: np.ndarray) -> torch.Tensor:
+    """Strings as one uint8 tensor: their count, their UTF-8 lengths (int64), then the bytes."""
+    raw = [s.encode("utf-8") for s in ids.tolist()]
+    head = np.asarray([len(raw), *map(len, raw)], dtype=np.int64).tobytes()
+    return torch.frombuffer(bytearray(head + b"".join(raw)), dtype=torch.uint8)
+
+
+def _unpack_text(packed: torch.Tensor) -> np.ndarray:
+    buf = packed.numpy().tobytes()
+    n = int(np.frombuffer(buf[:8], dtype=np.int64)[0])
+    lengths = np.frombuffer(buf[8 : 8 * (n + 1)], dtype=np.int64)
+    ends = 8 * (n + 1) + np.cumsum(lengths)
+    starts = ends - lengths
+    return np.asarray([buf[a:b].decode("utf-8") for a, b in zip(starts, ends, strict=True)],
+                      dtype=str)

@@ -36,6 +36,8 @@ import torch
 if TYPE_CHECKING:
     import scipy.sparse as sp
 
+    from .sharding import ShardPlan
+
 from .data import Ratings, py_scalar
 from .errors import UnknownIdError
 
@@ -102,9 +104,13 @@ class ModelIndex:
         fallback: float,
         clip: bool,
         inverse_link: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        plan: ShardPlan | None = None,
     ) -> ModelIndex:
         """The index of a model fitted on ``ratings``; ``clip``: clip predictions to the
-        ratings' range."""
+        ratings' range. ``plan`` (issue 11): when each process holds only its own ratings
+        (``plan.local``), the counts and the rating range are taken over every process (the same
+        on each), and ``seen`` holds this process's ratings (:meth:`with_pattern` completes
+        it)."""
         m, n = ratings.shape
         users, items = ratings.users, ratings.items  # sorted by (user, item)
         indptr = np.zeros(m + 1, dtype=np.int64)
@@ -117,11 +123,42 @@ class ModelIndex:
 
         rating_range = (float(ratings.values.min()), float(ratings.values.max()))
         counts = (np.diff(indptr), np.bincount(items, minlength=n).astype(np.int64))
+        if plan is not None and plan.local:
+            totals = [torch.from_numpy(counts[0].copy()), torch.from_numpy(counts[1].copy())]
+            plan.all_sum(totals)
+            counts = (totals[0].numpy(), totals[1].numpy())
+            ends = torch.tensor([-rating_range[0], rating_range[1]], dtype=torch.float64)
+            plan.all_max([ends])
+            rating_range = (-float(ends[0]), float(ends[1]))
         index = cls(ratings.user_ids, ratings.item_ids, make_seen, rating_range=rating_range,
                     fallback=fallback, clip=rating_range if clip else None,
                     inverse_link=inverse_link, counts=counts)
         index._pattern = (indptr, items)
         return index
+
+    def with_pattern(self, users: np.ndarray, items: np.ndarray) -> ModelIndex:
+        """This index with the training pattern of the pairs ``(users[k], items[k])``, sorted by
+        (user, item) (every process's, gathered after a fit on rank-local ratings: issue 11);
+        they must give the index's counts."""
+        m, n = self.n_users, self.n_items
+        indptr = np.zeros(m + 1, dtype=np.int64)
+        np.cumsum(np.bincount(users, minlength=m), out=indptr[1:])
+        cols = np.asarray(items, dtype=np.int32)
+        if not (np.array_equal(np.diff(indptr), self.user_counts)
+                and np.array_equal(np.bincount(cols, minlength=n), self.item_counts)):
+            raise ValueError("the pattern's ratings per user and item differ from the index's")
+
+        def make_seen() -> sp.csr_matrix:
+            import scipy.sparse as sp
+
+            return sp.csr_matrix((np.ones(len(cols), dtype=bool), cols, indptr), shape=(m, n))
+
+        out = type(self)(self.user_ids, self.item_ids, make_seen,
+                         rating_range=self.rating_range, fallback=self.fallback, clip=self.clip,
+                         inverse_link=self.inverse_link,
+                         counts=(self.user_counts, self.item_counts))
+        out._pattern = (indptr, cols)
+        return out
 
     def seen_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The training pattern's CSR arrays ``(indptr, indices)``, without building the scipy

@@ -394,7 +394,7 @@ class MatrixFactorization:
         fallback = obj.mu if self.bias else obj.best_constant()
         # clipped or not by the loss as named (what a saved model knows), not as imported
         index = ModelIndex.from_ratings(train, fallback=fallback, clip=clips_to_range(self.loss),
-                                        inverse_link=inverse_link(loss_fn))
+                                        inverse_link=inverse_link(loss_fn), plan=obj.plan)
         val = None
         if validation is not None:
             vx, vy = validation if isinstance(validation, tuple) else (validation, None)

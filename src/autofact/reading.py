@@ -30,7 +30,7 @@ import csv
 import os
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +40,7 @@ import numpy as np
 from ._optional import optional_import
 from .data import Duplicates, Ratings, factorize_ids, parse_timestamps, parse_weights
 
-__all__ = ["read"]
+__all__ = ["read", "read_parts", "part_files"]
 
 _USER_COLS = ("user", "userid", "user_id", "userId", "uid", "u")
 _ITEM_COLS = ("item", "itemid", "item_id", "itemId", "movieid", "movie_id", "movieId", "iid", "i")
@@ -126,15 +126,52 @@ def part_files(folder: str | os.PathLike[str]) -> list[Path]:
     return parts
 
 
-def _read_parts(folder: Path, kwargs: dict[str, Any], duplicates: Duplicates) -> Ratings:
-    """Every part file of ``folder`` read by :func:`read` and joined into one :class:`Ratings`
-    (ids by the one rule over all the parts; see :func:`read`)."""
+def read_parts(
+    files: Sequence[str | os.PathLike[str]],
+    *,
+    keep_users: Callable[[np.ndarray], np.ndarray] | None = None,
+    duplicates: Duplicates = "error",
+    **kwargs: Any,
+) -> Ratings:
+    """Part files read one by one by :func:`read` (its keywords) and joined into one
+    :class:`Ratings`, by the rules of a folder: the parts agree on their columns, the id rule
+    spans them, and a pair rated in two parts is a duplicate.
+
+    ``keep_users`` (issue 11): given one part's distinct user ids, a boolean mask of the users
+    whose ratings are kept; each part is filtered as soon as it is read, so memory holds one
+    part and what was kept (:func:`autofact.distributed.read_local` keeps its own users).
+
+    >>> ratings = read_parts(["ratings/part-00000.parquet", "ratings/part-00003.parquet"])
+    """
+    paths = [Path(f) for f in files]
+    if not paths:
+        raise ValueError("files is empty: give at least one part file")
+    return _read_parts(paths[0].parent, kwargs, duplicates, paths, keep_users)
+
+
+def _read_parts(folder: Path, kwargs: dict[str, Any], duplicates: Duplicates,
+                files: list[Path] | None = None,
+                keep_users: Callable[[np.ndarray], np.ndarray] | None = None) -> Ratings:
+    """Every part file of ``folder`` (or ``files`` of it) read by :func:`read` and joined into
+    one :class:`Ratings` (ids by the one rule over all the parts; see :func:`read`)."""
     if duplicates == "mean":  # a mean of each part's means would weigh the parts wrongly
         raise ValueError(
             f"duplicates='mean' is not available for a folder of part files ({str(folder)!r}); "
             "pass duplicates='last' (the last part's rating wins) or combine them beforehand"
         )
-    parts = [(f, read(f, duplicates=duplicates, **kwargs)) for f in part_files(folder)]
+    parts = []
+    for f in part_files(folder) if files is None else files:
+        r = read(f, duplicates=duplicates, **kwargs)
+        if keep_users is not None:
+            kept = np.asarray(keep_users(r.user_ids), dtype=bool)[r.users]
+            if not kept.any():
+                continue
+            r = r.subset(kept)
+        parts.append((f, r))
+    if not parts:
+        raise ValueError(
+            f"no ratings were kept from the {len(files or [])} part files of {str(folder)!r}"
+        )
     for what in ("weights", "timestamps"):
         have = [getattr(r, what) is not None for _, r in parts]
         if any(have) and not all(have):

@@ -12,6 +12,11 @@ An :class:`~autofact.objective.Objective` is built with a plan (``Objective(...,
                        initial factors are rank 0's, and rank 0 alone adds the regularizer
 =====================  ===========================================================================
 
+``TorchShardPlan(local=True)`` (issue 11): each process was given only its own ratings (by
+:func:`autofact.distributed.read_local`, with the id maps every process agrees on) and holds
+them all; what is counted from the ratings (ratings per user and item, their range, the
+checkpoint's data fingerprint) is then taken over the processes.
+
 Both hold a full copy of the factors (data parallel over ratings). A collective that fails (a
 peer killed, frozen past the group's timeout, its connection lost) raises
 :class:`PeerLostError` naming the rank that stopped responding.
@@ -23,9 +28,11 @@ peer killed, frozen past the group's timeout, its connection lost) raises
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -60,6 +67,9 @@ class ShardPlan:
 
     rank: int = 0
     world_size: int = 1
+    #: Whether each process was given only its own ratings (and holds all it was given), so
+    #: that what is counted from them must be summed over the processes.
+    local: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -87,12 +97,34 @@ class ShardPlan:
     def broadcast(self, tensors: Sequence[torch.Tensor]) -> None:
         """Overwrite each tensor in place with rank 0's (a no-op with one process)."""
 
+    def all_max(self, tensors: Sequence[torch.Tensor]) -> None:
+        """The elementwise maximum of each tensor over the processes, in place (a no-op with one
+        process)."""
+
+    def each_rank(self, tensor: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Every process's ``tensor`` (1-D, of its own length; the same dtype everywhere), in
+        rank order, on every process: one broadcast from each rank, so that a caller merging
+        them as they come holds one at a time (here: this process's)."""
+        yield tensor
+
+    def gather(self, tensor: torch.Tensor) -> list[torch.Tensor] | None:
+        """Every process's ``tensor`` (1-D, of its own length) in rank order on rank 0, ``None``
+        on the others (here: ``[tensor]``)."""
+        return [tensor]
+
+    def digest(self, hexdigest: str) -> str:
+        """One fingerprint of the data of every process from this process's ``hexdigest``: the
+        same on every process (here, and whenever every process was given all the ratings:
+        ``hexdigest`` itself)."""
+        return hexdigest
+
     def agree(self, value: int) -> bool:
         """Whether every process passed the same ``value``."""
         return True
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(rank={self.rank}, world_size={self.world_size})"
+        local = ", local=True" if self.local else ""
+        return f"{type(self).__name__}(rank={self.rank}, world_size={self.world_size}{local})"
 
 
 class TorchShardPlan(ShardPlan):
@@ -100,13 +132,15 @@ class TorchShardPlan(ShardPlan):
     initialized, e.g. by :func:`autofact.distributed.init`).
 
     Each process holds ratings ``[n*r/w, n*(r+1)/w)`` of the (user, item)-sorted ratings, for
-    rank ``r`` of ``w``. With the nccl backend, CPU tensors are summed through a CUDA copy.
+    rank ``r`` of ``w``; with ``local=True`` each was given only its own ratings (by
+    :func:`autofact.distributed.read_local`: the same id maps everywhere) and holds them all.
+    With the nccl backend, CPU tensors are summed through a CUDA copy.
     A failed collective raises :class:`PeerLostError` naming the rank that stopped answering
     (found through the rendezvous store when it is reachable; with two processes it is the
     other one).
     """
 
-    def __init__(self, group: Any = None) -> None:
+    def __init__(self, group: Any = None, *, local: bool = False) -> None:
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
@@ -121,8 +155,11 @@ class TorchShardPlan(ShardPlan):
         self._device = torch.device("cuda") if dist.get_backend(group) == "nccl" else None
         self._src = dist.get_global_rank(group, 0) if group is not None else 0
         self._calls = 0
+        self.local = bool(local)
 
     def share(self, ratings: Ratings) -> Ratings:
+        if self.local:
+            return ratings
         n, r, w = len(ratings), self.rank, self.world_size
         return ratings.subset(np.arange(n * r // w, n * (r + 1) // w))
 
@@ -150,6 +187,56 @@ class TorchShardPlan(ShardPlan):
     def broadcast(self, tensors: Sequence[torch.Tensor]) -> None:
         dist = self._dist
         self._collective(tensors, lambda x: dist.broadcast(x, src=self._src, group=self.group))
+
+    def all_max(self, tensors: Sequence[torch.Tensor]) -> None:
+        dist = self._dist
+        self._collective(tensors, lambda x: dist.all_reduce(x, op=dist.ReduceOp.MAX,
+                                                            group=self.group))
+
+    def _global(self, r: int) -> int:
+        """The global rank of rank ``r`` of the group."""
+        return r if self.group is None else int(self._dist.get_global_rank(self.group, r))
+
+    def _lengths(self, tensor: torch.Tensor) -> list[int]:
+        n = torch.zeros(self.world_size, dtype=torch.int64)
+        n[self.rank] = tensor.numel()
+        self.all_sum([n])
+        return [int(x) for x in n]
+
+    def each_rank(self, tensor: torch.Tensor) -> Iterator[torch.Tensor]:
+        dist = self._dist
+        for r, n in enumerate(self._lengths(tensor)):
+            buf = tensor.reshape(-1) if r == self.rank else torch.empty(n, dtype=tensor.dtype)
+            if n:  # nothing to send from a process with an empty tensor
+                src = self._global(r)
+                self._collective([buf], functools.partial(dist.broadcast, src=src, group=self.group))
+            yield buf
+
+    def gather(self, tensor: torch.Tensor) -> list[torch.Tensor] | None:
+        dist = self._dist
+        lengths = self._lengths(tensor)
+        if self.rank != 0:
+            if lengths[self.rank]:
+                self._collective([tensor.reshape(-1)],
+                                 lambda x: dist.send(x, dst=self._src, group=self.group))
+            return None
+        out = []
+        for r, n in enumerate(lengths):
+            buf = tensor.reshape(-1) if r == 0 else torch.empty(n, dtype=tensor.dtype)
+            if r and n:
+                src = self._global(r)
+                self._collective([buf], functools.partial(dist.recv, src=src, group=self.group))
+            out.append(buf)
+        return out
+
+    def digest(self, hexdigest: str) -> str:
+        if not self.local:  # every process was given all the ratings: one fingerprint already
+            return hexdigest
+        h = hashlib.sha256()
+        for part in self.each_rank(torch.frombuffer(bytearray(hexdigest.encode()),
+                                                    dtype=torch.uint8)):
+            h.update(part.numpy().tobytes() + b";")
+        return h.hexdigest()
 
     def agree(self, value: int) -> bool:
         t = torch.tensor([value, -value], dtype=torch.float64)

@@ -116,7 +116,28 @@ def fit(args: argparse.Namespace) -> ExitStatus:
     from ..model import MatrixFactorization
     from ..sharding import PeerLostError
 
-    train = o.read_ratings(args.data, args)
+    shared = int(os.environ.get("WORLD_SIZE", "1")) > 1  # started by torchrun
+    main_process = True
+    if shared:  # issue 11: each process reads its own share of DATA
+        from .. import distributed
+
+        for flag, value in (("--test-fraction", args.test_fraction),
+                            ("--validation-fraction", args.validation_fraction)):
+            if value is not None:
+                raise UsageError(
+                    f"{flag} is not available under torchrun: each process reads only its own "
+                    "share of DATA, so it would hold out another share; split the data "
+                    "beforehand and pass --test FILE"
+                )
+        distributed.init(timeout=args.timeout)
+        main_process = distributed.is_main_process()
+        try:
+            train = o.read_ratings(args.data, args, reader=distributed.read_local)
+        except BaseException:
+            distributed.shutdown(wait=False)
+            raise
+    else:
+        train = o.read_ratings(args.data, args)
     test = None
     if args.test is not None:
         test = o.read_ratings(args.test, args)
@@ -145,21 +166,17 @@ def fit(args: argparse.Namespace) -> ExitStatus:
     if "patience" not in params and params.get("validation_fraction") is None:
         params["patience"] = None
     validation = test if params.get("validation_fraction") is None else None
-    shared = int(os.environ.get("WORLD_SIZE", "1")) > 1  # started by torchrun
-    main_process = True
     if shared:
-        from .. import distributed
-
         params.setdefault("solver", "adam")  # the full-batch solvers are the distributed ones
-        distributed.init(timeout=args.timeout)
-        main_process = distributed.is_main_process()
     model = MatrixFactorization(verbose=not args.quiet and main_process, **params)
     saving: dict[str, Any] = {} if args.checkpoint is None else {
         "checkpoint": args.checkpoint, "checkpoint_every": args.checkpoint_every or 1}
     start = time.perf_counter()
     if shared:
         try:
-            distributed.fit(model, train, validation=validation, **saving)
+            distributed.fit(model, train, validation=validation, local=True, **saving)
+            seconds = time.perf_counter() - start
+            n_train, train_rmse = _shared_totals(model, train)  # over every process's share
         except PeerLostError as exc:  # issue 11: a peer was killed or froze: name it, exit 1
             distributed.shutdown(wait=False)
             where = f" (checkpoints: {args.checkpoint})" if saving else ""
@@ -175,7 +192,8 @@ def fit(args: argparse.Namespace) -> ExitStatus:
             model.fit(train, validation=validation if model.task == "rating" else None, **saving)
         except KeyboardInterrupt:
             return _save_interrupted(model, args.out, args.checkpoint)
-    seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        n_train = len(train)
     if not main_process:  # every process holds the same model; the first one reports it
         return ExitStatus.OK
     _save(model, args.out)
@@ -184,7 +202,8 @@ def fit(args: argparse.Namespace) -> ExitStatus:
             else None
         # score() is higher-is-better: the negative RMSE; a ranking model predicts scores, so
         # neither its RMSE nor its MAE means anything (issue 12)
-        train_rmse = -model.score(train) if model.task == "rating" else None
+        if not shared:
+            train_rmse = -model.score(train) if model.task == "rating" else None
         if metrics is not None and model.task == "ranking":
             metrics = {k: v for k, v in metrics.items() if k not in ("rmse", "mae")}
         if args.plot is not None:
@@ -194,7 +213,7 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         return ExitStatus.INTERRUPTED
     summary = {
         "model": str(args.out),
-        "train": {"users": train.n_users, "items": train.n_items, "ratings": len(train)},
+        "train": {"users": train.n_users, "items": train.n_items, "ratings": n_train},
         "rank": model.rank,
         "solver": model.solver_,
         "epochs": model.n_epochs_,
@@ -209,7 +228,7 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         return ExitStatus.OK
     print(
         f"fitted rank {model.rank} ({model.solver_}, {model.n_epochs_} epochs, {seconds:.1f} s) "
-        f"on {len(train)} ratings ({train.n_users} users x {train.n_items} items)"
+        f"on {n_train} ratings ({train.n_users} users x {train.n_items} items)"
     )
     print(f"saved model to {args.out}")
     if args.plot is not None:
@@ -223,6 +242,24 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         print()
         print(metrics_table(metrics))
     return ExitStatus.OK
+
+
+def _shared_totals(model: Any, train: Any) -> tuple[int, float | None]:
+    """Under torchrun (issue 11): the number of training ratings and the training RMSE over
+    every process's share (each process calls it, on its own share)."""
+    import numpy as np
+    import torch
+
+    from ..sharding import TorchShardPlan
+
+    sse = 0.0
+    if model.task == "rating":  # score()'s rule: the RMSE of predict
+        pred = model.predict(train.user_ids[train.users], train.item_ids[train.items])
+        sse = float(np.sum((pred - train.values) ** 2))
+    totals = torch.tensor([sse, float(len(train))], dtype=torch.float64)
+    TorchShardPlan().all_sum([totals])
+    n = int(totals[1])
+    return n, (float(np.sqrt(totals[0] / n)) if model.task == "rating" else None)
 
 
 def _existing_data(text: str) -> Path:

@@ -153,15 +153,16 @@ def add_ratings_options(p: argparse.ArgumentParser) -> None:
                        help="ignore timestamps (MovieLens layouts have one; default: used)")
 
 
-def read_ratings(path: Path, args: argparse.Namespace) -> Any:
-    """``autofact.read(path, ...)`` with the reading options given on the command line; every
-    error names the file."""
+def read_ratings(path: Path, args: argparse.Namespace, reader: Any = None) -> Any:
+    """``autofact.read(path, ...)`` (or ``reader(path, ...)``: issue 11, each process's share
+    under torchrun) with the reading options given on the command line; every error names the
+    file."""
     from ..reading import read
 
     kwargs = {kw: getattr(args, dest) for dest, kw in READ_KEYWORDS.items()
               if getattr(args, dest, None) is not None}
     try:
-        return read(path, **kwargs)
+        return (read if reader is None else reader)(path, **kwargs)
     except UnicodeDecodeError as exc:
         used = kwargs.get("encoding", "utf-8")
         raise UsageError(
