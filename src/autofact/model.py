@@ -16,7 +16,7 @@ from ._imports import NotLoaded
 from .data import Ratings, as_ratings
 from .index import ModelIndex
 from .losses import LOSSES, Loss, check_targets, clips_to_range, get_loss, inverse_link
-from .objective import Objective, resolve_device, resolve_dtype
+from .objective import Objective, check_unobserved_weight, resolve_device, resolve_dtype
 from .regularizers import REGULARIZERS, Regularizer
 from .sharding import ShardPlan
 from .solvers import DEFAULT_EPOCHS, DEFAULT_LR, choose_solver, fit_params
@@ -83,6 +83,13 @@ class MatrixFactorization:
     regularization : ``'l2'``, ``'l1'``, ``'none'``, a path, or a callable ``reg(param) -> scalar``.
     beta : strength of a named regularization (not used by ``'gibbs'``, which samples it; so
         ``'auto'`` does not pick ``'gibbs'`` when ``beta`` is set to other than its default).
+    unobserved_weight : ``w0 >= 0`` (issue 12). ``0`` (the default): the rating objective above.
+        ``w0 > 0`` adds implicit feedback's all-unobserved term ``w0 * sum over the unrated
+        (u, i) of (p_u . q_i)^2`` (never formed: the Gram trick, see :mod:`autofact.objective`),
+        so the factors also learn which items a user chose to rate, for better top-N
+        recommendations at some cost in RMSE. On the interaction part only: the unrated
+        pair's prediction falls back to ``mu + b_u + b_i``, not to 0. ``'auto'`` then picks
+        ``'als'`` (exact for the term) rather than ``'gibbs'``, which does not carry it.
     solver : ``'auto'``, ``'gibbs'``, ``'als'``, ``'adam'``, ``'sgd'``, ``'lbfgs'`` or ``'gd'``.
         ``'auto'`` picks ``'gibbs'`` for the squared loss with ``'l2'`` (the default model:
         Bayesian MF by Gibbs sampling with sampled regularization and per-user/per-item noise,
@@ -150,6 +157,7 @@ class MatrixFactorization:
         loss: str | Loss = "squared",
         regularization: str | Regularizer | None = "l2",
         beta: float = 25.0,
+        unobserved_weight: float = 0.0,
         solver: str = "auto",
         lr: float | None = None,
         epochs: int | None = None,
@@ -173,6 +181,7 @@ class MatrixFactorization:
         self.loss = loss
         self.regularization = regularization
         self.beta = beta
+        self.unobserved_weight = unobserved_weight
         self.solver = solver
         self.lr = lr
         self.epochs = epochs
@@ -250,6 +259,7 @@ class MatrixFactorization:
             self.solver, self.loss, self.regularization, beta=self.beta,
             dtype=resolve_dtype(self.dtype), batch_size=self.batch_size,
             nonnegative=self.nonnegative, sampler=sampler,
+            unobserved_weight=check_unobserved_weight(self.unobserved_weight),
         )
         lr = DEFAULT_LR[solver] if self.lr is None else self.lr
         if not (isinstance(lr, int | float | np.floating) and math.isfinite(lr) and lr > 0):
@@ -388,7 +398,7 @@ class MatrixFactorization:
         obj = Objective(
             train, loss=loss_fn, regularization=self.regularization, beta=self.beta,
             bias=self.bias, device=self.device, dtype=self.dtype, max_memory=self.max_memory,
-            plan=plan,
+            plan=plan, unobserved_weight=self.unobserved_weight,
         )
         params = obj.init_params(self.rank, seed=self.seed, init_std=self.init_std)
         fallback = obj.mu if self.bias else obj.best_constant()
@@ -642,6 +652,12 @@ class MatrixFactorization:
             )
         if self.nonnegative:
             raise ValueError("nonnegative=True is not available for task='ranking'; leave it False")
+        if self.unobserved_weight != 0:
+            raise ValueError(
+                f"unobserved_weight={self.unobserved_weight!r} is for task='rating' (a rating "
+                "model that also learns from the unrated entries); task='ranking' has that term "
+                "built in (weight 0.5): leave unobserved_weight=0"
+            )
         if self.epochs is not None and not (isinstance(self.epochs, int | np.integer)
                                             and not isinstance(self.epochs, bool)
                                             and self.epochs >= 1):

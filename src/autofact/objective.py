@@ -9,8 +9,17 @@
 with ``ell`` the loss (elementwise, any torch code), ``R`` the regularizer and the bias terms only
 when ``bias=True`` (``mu`` is then the constant that minimizes the weighted loss, held fixed:
 the mean rating for the squared loss, the logit of the mean for the logistic, the log of the mean
-for Poisson). Every derivative of
-``ell`` and ``R`` comes from autograd. The bilinear part ``p_u . q_i`` goes through
+for Poisson). With ``unobserved_weight = w0 > 0`` (issue 12) the objective also carries
+implicit feedback's all-unobserved term (Hu, Koren and Volinsky 2008) on the interaction part,
+
+.. math::
+
+    + \\; w_0 \\sum_{(u,i) \\notin \\Omega} (p_u \\cdot q_i)^2
+    = w_0 \\big(\\langle P^T P, Q^T Q \\rangle_F - \\sum_{(u,i) \\in \\Omega} (p_u \\cdot q_i)^2\\big)
+
+(the Gram trick of :func:`autofact.ranking.all_unobserved`: the ``m x n`` matrix is never formed),
+so that the factors also learn which items a user did not choose. Every derivative of
+``ell``, ``R`` and the unobserved term comes from autograd. The bilinear part ``p_u . q_i`` goes through
 :func:`autofact.sparse.gather_dot` (SDDMM forward, SpMM backward), one row block at a time, so the
 extra memory of a full gradient is bounded by ``max_memory`` whatever the number of ratings.
 """
@@ -28,13 +37,14 @@ import torch
 from ._newton import damped_newton
 from .data import Ratings
 from .losses import Loss, get_loss
+from .ranking import all_unobserved
 from .regularizers import Regularizer, get_regularizer
 from .sharding import ShardPlan
 from .sparse import build_patterns, gather_dot, prepare_transposes
 from .threads import use_threads
 
-__all__ = ["Objective", "check_loss", "check_regularizer", "diagonal_derivatives", "loss_probe",
-           "resolve_device", "resolve_dtype"]
+__all__ = ["Objective", "check_loss", "check_regularizer", "check_unobserved_weight",
+           "diagonal_derivatives", "loss_probe", "resolve_device", "resolve_dtype"]
 
 Params = dict[str, torch.Tensor]
 
@@ -201,6 +211,18 @@ def check_loss_on_block(loss: Loss, target: torch.Tensor, center: float) -> None
         )
 
 
+def check_unobserved_weight(value: Any) -> float:
+    """``unobserved_weight`` as a float: a finite number ``>= 0`` (``0``: no unobserved term)."""
+    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_)
+    if not (ok and math.isfinite(value) and value >= 0):
+        raise ValueError(
+            f"unobserved_weight must be a finite number >= 0 (0: rating loss only; e.g. 0.05 to "
+            f"also learn from which items were not rated), got {value!r}"
+        )
+    return float(value)
+
+
 def check_regularizer(reg: Regularizer, dtype: torch.dtype) -> None:
     x = torch.full((3, 2), 0.5, dtype=dtype, requires_grad=True)
     name = getattr(reg, "__qualname__", repr(reg))
@@ -222,6 +244,16 @@ class Objective:
     the sums over processes are taken; ``None`` is one process (every rating, sums the
     identity). With several processes every value and gradient is the sum over all of them.
 
+    ``unobserved_weight`` (``w0 >= 0``, issue 12) adds ``w0 * sum over the unobserved (u, i) of
+    (p_u . q_i)^2`` (module docstring): on the interaction part only, not on the full prediction
+    ``mu + b_u + b_i + p_u . q_i``, because an unrated pair is no rating of 0: pulling its whole
+    prediction to 0 would drag ``mu`` and the biases off the rating scale, while pulling
+    ``p_u . q_i`` to 0 says only that the user's taste does not single the item out, so an unrated
+    item's prediction falls back to its baseline ``mu + b_u + b_i``. It is added once, by the
+    process that adds the regularizer, as ``w0 <P^T P, Q^T Q>`` (``O((m + n) k^2)``), and each
+    observed entry carries the correction ``-w0 (p_u . q_i)^2``, unweighted (``w0`` is the
+    weight of every unobserved entry, whatever the observed entries' weights).
+
     >>> obj = Objective(ratings, loss="squared", regularization="l2", beta=0.02)
     >>> params = obj.init_params(rank=8, seed=0)
     >>> value = obj.value_and_grad(params)   # fills params[...].grad
@@ -240,6 +272,7 @@ class Objective:
         max_memory: int = 256 * 2**20,
         global_mean: float | None = None,
         plan: ShardPlan | None = None,
+        unobserved_weight: float = 0.0,
     ) -> None:
         if not isinstance(ratings, Ratings):
             raise TypeError(
@@ -255,6 +288,7 @@ class Objective:
         check_loss(self.loss, self.dtype)
         check_regularizer(self.reg, self.dtype)
         self.bias = bool(bias)
+        self.unobserved_weight = check_unobserved_weight(unobserved_weight)
         self.shape = ratings.shape
         # which ratings this process holds and how sums over processes are taken
         # (autofact.sharding; one process: all of them, and the identity)
@@ -413,15 +447,48 @@ class Objective:
                           into=into)
         return pred + self.mu if self.mu else pred
 
+    def _block_terms(self, params: Params, pat: Any,
+                     into: tuple[torch.Tensor | None, ...] | None = None) -> torch.Tensor:
+        """One block's per-entry share of ``J``: the weighted loss, and with the unobserved term
+        the correction ``-w0 (p_u . q_i)^2`` (``into``: see :func:`gather_dot`; with the term
+        the biases' gradients go to their leaves' ``.grad`` instead)."""
+        w0 = self.unobserved_weight
+        if not w0:
+            return self.entry_loss(self._block_pred(params, pat, into=into), pat.start, pat.stop)
+        rows = slice(pat.row0, pat.row1)
+        s = gather_dot(params["P"][rows], params["Q"], pat,
+                       into=None if into is None else (into[0], into[1], None, None))
+        pred = s + self.mu if self.mu else s
+        bu, bi = params.get("bu"), params.get("bi")
+        if bu is not None:
+            pred = pred + torch.repeat_interleave(bu[rows], torch.diff(pat.crow),
+                                                  output_size=pat.nnz)
+        if bi is not None:
+            pred = pred + torch.index_select(bi, 0, pat.col)
+        return self.entry_loss(pred, pat.start, pat.stop) - w0 * s * s
+
+    def _unobserved_into(self, params: Params, grads: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``w0 <P^T P, Q^T Q>``; its gradient (by autograd) is added to ``grads``."""
+        P = params["P"].detach().requires_grad_()
+        Q = params["Q"].detach().requires_grad_()
+        with torch.enable_grad():
+            value = all_unobserved(P, Q, self.unobserved_weight)
+            gP, gQ = torch.autograd.grad(value, (P, Q))
+        grads["P"] += gP
+        grads["Q"] += gQ
+        return value.detach()
+
     def _accumulate(self, params: Params, backward: bool) -> torch.Tensor:
         if not backward:
             total = torch.zeros((), dtype=self.dtype, device=self.device)
             for pat in self.patterns:
-                total += self.entry_loss(self._block_pred(params, pat), pat.start, pat.stop).sum()
+                total += self._block_terms(params, pat).sum()
             if self.plan.owns_regularizer:
                 for p in params.values():
                     for rows in self._reg_slices(p):
                         total += self.reg(p[rows]).reshape(())
+                if self.unobserved_weight:
+                    total += all_unobserved(params["P"], params["Q"], self.unobserved_weight)
             self.plan.all_sum([total])
             return total
         # Each block's backward adds its gradients straight into the full gradient buffers
@@ -446,12 +513,18 @@ class Objective:
                     None if k not in grads else grads[k][rows] if k in ("P", "bu") else grads[k]
                     for k in ("P", "Q", "bu", "bi")
                 )
-                s = self.entry_loss(self._block_pred(leaves, pat, into=into), pat.start,
-                                    pat.stop).sum()
+                s = self._block_terms(leaves, pat, into=into).sum()
                 s.backward()
                 total += s.detach()
+        if self.unobserved_weight:  # the biases' gradients, from their leaves (_block_terms)
+            for k in ("bu", "bi"):
+                held_grad = leaves[k].grad if k in leaves else None
+                if held_grad is not None:
+                    grads[k] += held_grad
         if self.plan.owns_regularizer:
             total += self._regularize_into(params, grads)
+            if self.unobserved_weight:
+                total += self._unobserved_into(params, grads)
         self.plan.all_sum([total, *grads.values()])
         for name, param in params.items():
             old = held.get(name)
@@ -463,16 +536,24 @@ class Objective:
         """Loss over the entries ``idx`` plus the regularizer scaled by ``len(idx)/nnz``.
 
         Summed over a partition of the entries this is ``J``, so a mini-batch gradient is an
-        unbiased piece of the full one.
+        unbiased piece of the full one. With the unobserved term, the batch's entries carry
+        their correction ``-w0 (p_u . q_i)^2`` and ``w0 <P^T P, Q^T Q>`` (every row's factors:
+        ``O((m + n) k^2)`` a batch) enters scaled like the regularizer.
         """
         u, i = self.users[idx].long(), self.items[idx].long()
-        pred = (params["P"][u] * params["Q"][i]).sum(1) + self.mu
+        inner = (params["P"][u] * params["Q"][i]).sum(1)
+        pred = inner + self.mu
         if self.bias:
             pred = pred + params["bu"][u] + params["bi"][i]
         out = self.loss(pred, self.values[idx])
         if self.weights is not None:
             out = out * self.weights[idx]
-        return out.sum() + self.regularization(params, scale=len(idx) / self.nnz)
+        total = out.sum() + self.regularization(params, scale=len(idx) / self.nnz)
+        if self.unobserved_weight:
+            w0 = self.unobserved_weight
+            total = total - w0 * (inner * inner).sum() \
+                + all_unobserved(params["P"], params["Q"], w0) * (len(idx) / self.nnz)
+        return total
 
     def entry_derivatives(
         self, pred: torch.Tensor, start: int, stop: int

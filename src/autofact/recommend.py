@@ -514,7 +514,8 @@ def fold_in(
     ``ratings``: a dict ``item id -> rating``, a sequence of ``(item id, rating)`` pairs, or a
     DataFrame with ``item`` and ``rating`` columns. Items the model does not know are ignored
     (with one warning); if none is known this raises ``ValueError``. ``user`` is a label kept on
-    the result. Minimizes the objective in the module docstring by damped Newton steps in
+    the result. Minimizes the objective in the module docstring (with the fit's unobserved term
+    against every item when the model has ``unobserved_weight > 0``) by damped Newton steps in
     float64 (gradient and Hessian from autograd; at most ``max_iter`` iterations), so it needs
     no optimizer and a first call in a fresh process costs milliseconds.
     """
@@ -560,11 +561,20 @@ def fold_in(
     r = torch.from_numpy(values).to(f64)
     k = Q.shape[1]
     x = torch.zeros(k + int(bool(model.bias)), dtype=f64)
+    # issue 12: the fit's unobserved term, w0 (p^T G p - sum over the rated items (q_i . p)^2)
+    w0 = float(getattr(model, "unobserved_weight", 0.0) or 0.0)
+    G = None
+    if w0:
+        Qall = np.asarray(model.item_factors_, dtype=np.float64)
+        G = torch.from_numpy(Qall.T @ Qall)
 
     def objective(x: torch.Tensor) -> torch.Tensor:
         p = x[:k]
-        pred = Q @ p + offset
+        inner = Q @ p
+        pred = inner + offset
         penalty = reg(p)
+        if G is not None:
+            penalty = penalty + w0 * (p @ G @ p - (inner * inner).sum())
         if model.bias:
             pred = pred + x[k]
             penalty = penalty + reg(x[k:])

@@ -44,6 +44,9 @@ def register(sub: Any) -> None:
     hp.add_argument("--reg", type=o.regularization, metavar="REG",
                     help="regularization: l2, l1, none, or module:function (default l2)")
     hp.add_argument("--beta", type=o.nonnegative_float, help="regularization strength")
+    hp.add_argument("--unobserved-weight", type=o.nonnegative_float, metavar="W",
+                    help="--task rating: also push p_u . q_i of every unrated pair towards 0 with "
+                    "this weight (implicit feedback's term; better top-N, some RMSE; default 0)")
     hp.add_argument("--solver", choices=("auto",) + tuple(SOLVERS),
                     help="training algorithm (default auto)")
     hp.add_argument("--epochs", type=o.positive_int, help="passes over the data")
@@ -147,6 +150,7 @@ def fit(args: argparse.Namespace) -> ExitStatus:
     given = {
         "rank": args.rank, "task": args.task, "alpha": args.alpha, "loss": args.loss,
         "regularization": args.reg, "beta": args.beta,
+        "unobserved_weight": args.unobserved_weight,
         "solver": args.solver, "epochs": args.epochs, "lr": args.lr,
         "batch_size": args.batch_size, "bias": args.bias, "seed": args.seed,
         "device": args.device, "dtype": args.dtype,

@@ -15,6 +15,17 @@ loss and L2 this is exactly alternating least squares. ``H_u`` for every user at
 sparse @ dense product: ``vec(H) = C @ Z`` with ``C`` the CSR of ``l''`` and
 ``Z[i] = vec(y_i y_i^T)``. Each row costs ``O(K^3)`` for its solve (``K`` = rank + 1 with biases),
 so the rank, not the number of ratings, bounds how large ``als`` can go.
+
+With the unobserved term (``Objective(unobserved_weight=w0)``, issue 12: ``w0`` times the sum of
+``(p_u . q_i)^2`` over the entries user ``u`` did not rate) the step stays exact, with the Gram
+trick: ``G = Q^T Q`` once per half-sweep, and on the factor part of ``x_u``::
+
+    g_u += 2 w0 (G p_u - sum_i (p_u . q_i) q_i)        H_u += 2 w0 (G - sum_i q_i q_i^T)
+
+(sums over the user's rated items). The correction rides on the per-entry derivatives
+(``l' - 2 w0 s``, ``l'' - 2 w0``) through the same sparse products, and the bias coordinate,
+which the term does not touch, gets back what that added to it. The term is quadratic in
+``p_u``: for the squared loss with L2 each step is still the exact row minimizer.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import torch
 
 from .. import threads
 from ..objective import Objective, Params
+from ..ranking import all_unobserved
 from ..sparse import Pattern, build_patterns, gather_dot
 from ._base import Epoch
 
@@ -90,12 +102,24 @@ class _AlternatingNewton:
     def __call__(self) -> float:
         """One epoch; returns the objective at its start (the loss comes from the first pass)."""
         p = self.params
-        (users, ublocks), (items, iblocks) = self.sides
+        w0 = self.obj.unobserved_weight
         with torch.no_grad():
             reg = float(self.obj.regularization(p))
-            loss = self._side(users, ublocks, p["P"], p.get("bu"), p["Q"], p.get("bi"))
-            self._side(items, iblocks, p["Q"], p.get("bi"), p["P"], p.get("bu"))
+            if w0:  # the Gram part of the unobserved term (the observed part: in the loss)
+                reg += float(all_unobserved(p["P"], p["Q"], w0))
+        loss = self.half_sweep(0)
+        self.half_sweep(1)
         return loss + reg
+
+    def half_sweep(self, side: int) -> float:
+        """The Newton step on every user row (``side=0``) or every item row (``1``); returns
+        the loss before it (with the unobserved term: less its observed entries' share)."""
+        p = self.params
+        obj, blocks = self.sides[side]
+        X, bx, Y, by = (p["P"], p.get("bu"), p["Q"], p.get("bi")) if side == 0 else \
+            (p["Q"], p.get("bi"), p["P"], p.get("bu"))
+        with torch.no_grad():
+            return self._side(obj, blocks, X, bx, Y, by)
 
     @staticmethod
     def _augment(Xv: torch.Tensor, bias: bool) -> torch.Tensor:
@@ -124,11 +148,13 @@ class _AlternatingNewton:
             Ya = Y
         Yf = Ya[:, :K]
         iu, ju = torch.triu_indices(K, K, device=dev)
+        w0 = obj.unobserved_weight
+        Gw = w0 * (Y.T @ Y) if w0 else None  # the Gram trick: once per half-sweep
 
         def block(pat: Pattern) -> torch.Tensor:
             """The Newton step on one block's rows; its loss before the step."""
             with torch.no_grad():  # grad mode is per thread
-                return self._block(obj, pat, X, bx, Ya, Yf, iu, ju, k, K)
+                return self._block(obj, pat, X, bx, Ya, Yf, iu, ju, k, K, Y, Gw)
 
         if self.workers > 1 and len(blocks) > 1:
             with ThreadPoolExecutor(min(self.workers, len(blocks))) as pool:
@@ -142,8 +168,9 @@ class _AlternatingNewton:
 
     def _block(self, obj: Objective, pat: Pattern, X: torch.Tensor, bx: torch.Tensor | None,
                Ya: torch.Tensor, Yf: torch.Tensor, iu: torch.Tensor, ju: torch.Tensor, k: int,
-               K: int) -> torch.Tensor:
-        """Newton step on the rows of one block (see :meth:`_side`); its loss before it."""
+               K: int, Y: torch.Tensor, Gw: torch.Tensor | None = None) -> torch.Tensor:
+        """Newton step on the rows of one block (see :meth:`_side`); its loss before it.
+        ``Gw``: ``w0 Y^T Y`` with the unobserved term (``Y`` the other side's factors)."""
         bias = bx is not None
         dev, dt = X.device, X.dtype
         rows = slice(pat.row0, pat.row1)
@@ -158,6 +185,12 @@ class _AlternatingNewton:
                     "has none (e.g. 'absolute'): use solver='adam' or 'sgd'"
                 )
             self.checked = True
+        if Gw is not None:  # the unobserved term's observed part, on the per-entry derivatives
+            w0 = obj.unobserved_weight
+            s = gather_dot(X[rows], Y, pat)
+            g1 = g1 - 2 * w0 * s
+            g2 = g2 - 2 * w0
+            block_loss = block_loss - w0 * (s * s).sum()
         grad = pat.csr(g1) @ Yf
         # vec(H) = C @ Z with Z[i] = vec(y_i y_i^T) (upper triangle), in column slices that
         # keep Z and C @ Z within the memory budget
@@ -177,6 +210,17 @@ class _AlternatingNewton:
             H[:, iu, ju] = hess
             H[:, ju, iu] = hess
             del hess
+        if Gw is not None:
+            w0 = obj.unobserved_weight
+            if bias:  # the term leaves the bias coordinate alone: undo what the fold added
+                ones = torch.ones(Y.shape[0], 1, dtype=dt, device=dev)
+                grad[:, k] += 2 * w0 * (pat.csr(s) @ ones)[:, 0]
+                qsum = 2 * w0 * (pat.csr(torch.ones_like(s)) @ Y)  # sum of the rated q_i
+                H[:, k, :k] += qsum
+                H[:, :k, k] += qsum
+                H[:, k, k] += 2 * w0 * torch.diff(pat.crow).to(dt)
+            grad[:, :k] += 2 * (X[rows] @ Gw)
+            H[:, :k, :k] += 2 * Gw
         rg, rh = obj.reg_derivatives(Xv)
         grad += rg
         diag = torch.diagonal(H, dim1=1, dim2=2)
@@ -185,7 +229,7 @@ class _AlternatingNewton:
         step = torch.nan_to_num(_spd_solve(H, grad), nan=0.0, posinf=0.0, neginf=0.0)
         del H
         if not self.exact_quadratic:
-            step = step * self._backtrack(obj, pat, Xv, Ya, bias, step, grad)[:, None]
+            step = step * self._backtrack(obj, pat, Xv, Ya, bias, step, grad, Y, Gw)[:, None]
         X[rows] -= step[:, :k]
         if self.nonnegative:  # project now, so the other side is solved against it
             X[rows] = X[rows].clamp_min(0)
@@ -194,28 +238,36 @@ class _AlternatingNewton:
         return block_loss
 
     def _row_objective(self, obj: Objective, pat: Pattern, Xv: torch.Tensor, Ya: torch.Tensor,
-                       bias: bool) -> torch.Tensor:
-        """Each of the block's rows' share of the objective: its losses and its regularization."""
+                       bias: bool, Y: torch.Tensor | None = None,
+                       Gw: torch.Tensor | None = None) -> torch.Tensor:
+        """Each of the block's rows' share of the objective: its losses and its regularization
+        (and with ``Gw``, its unobserved term ``x^T Gw x - w0 sum_i (x . y_i)^2``)."""
         pred = gather_dot(self._augment(Xv, bias), Ya, pat) + obj.mu
         losses = obj.entry_loss(pred, pat.start, pat.stop)
+        k = Xv.shape[1] - (1 if bias else 0)
+        if Gw is not None and Y is not None:
+            s = gather_dot(Xv[:, :k].contiguous(), Y, pat)
+            losses = losses - obj.unobserved_weight * s * s
         ones = torch.ones(Ya.shape[0], 1, dtype=Xv.dtype, device=Xv.device)
         out = (pat.csr(losses) @ ones)[:, 0]  # row sums
-        k = Xv.shape[1] - (1 if bias else 0)
+        if Gw is not None:
+            out = out + ((Xv[:, :k] @ Gw) * Xv[:, :k]).sum(1)
         out = out + torch.func.vmap(obj.reg)(Xv[:, :k])
         if bias:
             out = out + torch.func.vmap(obj.reg)(Xv[:, k])
         return out
 
     def _backtrack(self, obj: Objective, pat: Pattern, Xv: torch.Tensor, Ya: torch.Tensor,
-                   bias: bool, step: torch.Tensor, grad: torch.Tensor, halvings: int = 10
-                   ) -> torch.Tensor:
+                   bias: bool, step: torch.Tensor, grad: torch.Tensor,
+                   Y: torch.Tensor | None = None, Gw: torch.Tensor | None = None,
+                   halvings: int = 10) -> torch.Tensor:
         """Per-row step sizes ``t`` in {1, 1/2, ...} meeting Armijo's condition (0 if none do)."""
-        f0 = self._row_objective(obj, pat, Xv, Ya, bias)
+        f0 = self._row_objective(obj, pat, Xv, Ya, bias, Y, Gw)
         slope = (grad * step).sum(1)  # the decrease the linear model promises per unit of t
         t = torch.ones(Xv.shape[0], dtype=Xv.dtype, device=Xv.device)
         done = torch.zeros_like(t, dtype=torch.bool)
         for _ in range(halvings):
-            f1 = self._row_objective(obj, pat, Xv - t[:, None] * step, Ya, bias)
+            f1 = self._row_objective(obj, pat, Xv - t[:, None] * step, Ya, bias, Y, Gw)
             ok = torch.isfinite(f1) & (f1 <= f0 - 1e-4 * t * slope.clamp_min(0))
             done |= ok
             if bool(done.all()):

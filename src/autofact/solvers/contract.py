@@ -20,6 +20,10 @@ problems (every built-in loss x ``l2``/``l1``/``none``), ``lbfgs`` at its defaul
 closer to the optimum than ``adam`` at its defaults on all but one non-smooth case (absolute with
 ``l1``), and ``als`` with ``l1`` stopped 6-7% above it (huber, logistic, poisson). An explicit
 ``solver='als'`` whose assumptions fail raises a ``ValueError`` naming the fix.
+
+The unobserved term (``unobserved_weight > 0``, issue 12) is exact in ``als`` (the Gram trick in
+each row's Newton system) and differentiated by autograd for the others; the sampler does not
+carry it, so ``auto`` does not pick ``gibbs`` then, and an explicit ``gibbs`` is refused.
 """
 
 from __future__ import annotations
@@ -85,6 +89,7 @@ def choose_solver(
     batch_size: int | None = None,
     nonnegative: bool = False,
     sampler: bool = True,
+    unobserved_weight: float = 0.0,
 ) -> str:
     """The solver to run: ``solver`` itself, checked, or the one ``'auto'`` stands for.
 
@@ -115,8 +120,15 @@ def choose_solver(
                 f"likelihood and prior); got loss {_name(loss_fn)} with regularization "
                 f"{_name(reg_fn)}: use solver='als', 'lbfgs' or 'adam' for it"
             )
+        if unobserved_weight:
+            raise ValueError(
+                f"solver='gibbs' does not sample the unobserved term; got "
+                f"unobserved_weight={unobserved_weight!r}: use solver='als' (exact for it) or "
+                "'auto', or unobserved_weight=0"
+            )
         return solver
-    if solver == "auto" and gaussian and sampler and batch_size is None and not nonnegative:
+    if solver == "auto" and gaussian and sampler and batch_size is None and not nonnegative \
+            and not unobserved_weight:
         return "gibbs"
     facts = assess(loss_fn, reg_fn)
     if solver == "als":

@@ -211,13 +211,14 @@ class _RowBatches:
 
     @staticmethod
     def applies(obj: Objective, params: Params) -> bool:
-        """One process, the usual parameters, and a regularizer that is a sum over entries whose
-        value on single entries adds up to its value on a matrix."""
+        """One process, the usual parameters, no unobserved term (issue 12), and a regularizer
+        that is a sum over entries whose value on single entries adds up to its value on a
+        matrix."""
         from ..regularizers import separability
 
-        if not (getattr(obj.plan, "world_size", 1) == 1
+        if not (getattr(obj.plan, "world_size", 1) == 1 and not obj.unobserved_weight
                 and set(params) <= {"P", "Q", "bu", "bi"} and separability(obj.reg)[0]):
-            return False
+            return False  # the unobserved term couples every row: Objective.batch_loss has it
         x = (torch.arange(12, dtype=torch.float64).reshape(3, 4) * 0.37).sin()
         try:
             each = torch.func.vmap(obj.reg)(x.reshape(-1)).sum()
