@@ -307,52 +307,179 @@ def _solve_side(X: torch.Tensor, Y: torch.Tensor, blocks: list[_Block], reg: tor
             X[blk.rows] = torch.cholesky_solve(b[:, :, None], L)[:, :, 0]
 
 
-class _CsrSide:
-    """One side's observed entries as a CSR matrix, for conjugate-gradient sweeps whose products
-    are a sampled dense-dense product (SDDMM) and a sparse-dense one (SpMM):
-    ``A v = w0 G v + C_w (Y v per entry) Y + lambda v``, ``O(nnz k)`` a step."""
+def _csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
+                size: tuple[int, int]) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow, col, values, size)
 
-    def __init__(self, indptr: np.ndarray, indices: np.ndarray, conf: np.ndarray,
-                 size: tuple[int, int], weight: float, dtype: torch.dtype,
-                 device: torch.device) -> None:
+
+def _matvecs() -> tuple[Callable[..., None], Callable[..., None]] | None:
+    """scipy's kernels behind ``csr @ dense`` and ``csc @ dense`` (``Y += A X``, into a given
+    array: no fresh output to zero each product), or ``None`` where this scipy lacks them."""
+    try:
+        from scipy.sparse import _sparsetools
+    except ImportError:  # pragma: no cover - every scipy >= 1.8 has it
+        return None
+    fns = getattr(_sparsetools, "csr_matvecs", None), getattr(_sparsetools, "csc_matvecs", None)
+    return None if None in fns else fns  # type: ignore[return-value]
+
+
+class _CsrSide:
+    """One side's observed entries, for conjugate-gradient sweeps on its rows' normal equations
+    ``A x = b``, ``A = w0 G + lambda I + sum_i (c_i - w0) y_i y_i^T``, ``b = sum_i c_i y_i``.
+
+    ``A v`` for every row at once is a sampled dense-dense product (SDDMM: ``v . y_i`` for each
+    observed entry, torch's ``sampled_addmm``) and a sparse-dense one (SpMM: ``sum_i (c_i - w0)
+    (v . y_i) y_i`` a row), ``O(nnz k)`` each, plus ``v (w0 G + lambda I)``. On the CPU
+    (``host``) both sides keep the user-major layout: the item side's SDDMM reads the rows of
+    ``P`` in order and its SpMM is the transposed product (scipy's CSC kernel, scattering into
+    the item rows), so the large factor matrix is streamed rather than gathered at random; the
+    SpMMs are scipy's, added into preallocated buffers, over ``torch.get_num_threads()`` chunks
+    of entries in threads (scipy releases the GIL). Elsewhere (CUDA) each side has its own CSR
+    and the products are torch's.
+    """
+
+    def __init__(self, R: InteractionMatrix, items: bool, weight: float, dtype: torch.dtype,
+                 device: torch.device, host: bool | None = None) -> None:
+        m, n = R.shape
+        self.weight = weight
+        self.host = device.type == "cpu" if host is None else host
+        # transposed: the entries are stored by user while this side's rows are the items
+        self.transposed = items and self.host
+        if items and not self.host:
+            indptr, indices, conf, size = R.t_indptr, R.t_indices, R.t_conf, (n, m)
+        else:
+            indptr, indices, conf, size = R.indptr, R.indices, R.conf, (m, n)
+        self.size = size
+        self.c = torch.as_tensor(conf, dtype=dtype, device=device)
+        self.w = self.c - weight  # the observed entries' correction weights
         self.crow = torch.as_tensor(indptr, device=device)
         self.col = torch.as_tensor(indices, device=device)
-        self.size = size
-        self.weight = weight
-        c = torch.as_tensor(conf, dtype=dtype, device=device)
-        self.w = c - weight
-        self.C = self._csr(c)
+        self.t = torch.empty_like(self.c)  # SDDMM output, reused
+        self.pattern = _csr_tensor(self.crow, self.col, self.c, size)
+        self.out = _csr_tensor(self.crow, self.col, self.t, size)
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.pool: Any = None
+        self.parts: list[tuple[int, int, int, int, np.ndarray, np.ndarray, Any]] = []
+        if not self.host:
+            return
+        import scipy.sparse as sp
 
-    def _csr(self, values: torch.Tensor) -> torch.Tensor:
-        import warnings as _w
+        self.kernels = _matvecs()
+        itype = np.int32 if max(len(indices), *size) < 2**31 else np.int64
+        ptr = np.asarray(indptr, dtype=np.int64)
+        ind = np.asarray(indices, dtype=itype)
+        chunks = max(1, min(torch.get_num_threads(), size[0]))
+        # row ranges of the storage with about the same number of entries each
+        cuts = np.searchsorted(ptr, np.linspace(0, ptr[-1], chunks + 1)[1:-1])
+        bounds = [0, *sorted({int(b) for b in cuts} - {0, size[0]}), size[0]]
+        for r0, r1 in zip(bounds[:-1], bounds[1:], strict=True):
+            e0, e1 = int(ptr[r0]), int(ptr[r1])
+            lptr = (ptr[r0:r1 + 1] - e0).astype(itype)
+            mat = sp.csr_matrix((self.c.numpy()[e0:e1], ind[e0:e1], lptr), shape=(r1 - r0, size[1]))
+            self.parts.append((r0, r1, e0, e1, lptr, ind[e0:e1], mat.T if self.transposed else mat))
+        if len(self.parts) > 1:
+            from concurrent.futures import ThreadPoolExecutor
 
-        with _w.catch_warnings():
-            _w.simplefilter("ignore")  # "sparse CSR support is in beta"
-            return torch.sparse_csr_tensor(self.crow, self.col, values, self.size)
+            self.pool = ThreadPoolExecutor(len(self.parts))
 
-    def _matvec(self, V: torch.Tensor, Y: torch.Tensor, G: torch.Tensor,
-                lam: torch.Tensor) -> torch.Tensor:
-        t = torch.sparse.sampled_addmm(self.C, V, Y.T, beta=0.0).values()  # v_x . y per entry
-        return V @ G + self._csr(t * self.w) @ Y + lam * V
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def sddmm(self, V: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+        """``v_x . y_j`` for every observed entry ``(x, j)`` of this side, in storage order (one
+        buffer, overwritten by the next call)."""
+        A, B = (Y, V) if self.transposed else (V, Y)
+        torch.sparse.sampled_addmm(self.pattern, A, B.T, beta=0.0, out=self.out)
+        return self.t
+
+    def spmm_add(self, values: torch.Tensor, Y: torch.Tensor, out: torch.Tensor) -> None:
+        """``out[x] += sum_j values_xj y_j`` for every row ``x`` of this side (in place)."""
+        if not self.host:
+            out.addmm_(_csr_tensor(self.crow, self.col, values, self.size), Y)
+            return
+        vals, Yn, On = values.numpy(), Y.numpy(), out.numpy()
+        k = Yn.shape[1]
+        scratch = [On] + [np.zeros_like(On) for _ in self.parts[1:]] if self.transposed else []
+
+        def part(j: int) -> None:
+            r0, r1, e0, e1, lptr, lind, mat = self.parts[j]
+            if self.transposed:  # items x (users r0:r1), scattering into every item row
+                X, dst = Yn[r0:r1], scratch[j]
+            else:
+                X, dst = Yn, On[r0:r1]
+            if self.kernels is None or not (dst.flags.c_contiguous and X.flags.c_contiguous):
+                mat.data = vals[e0:e1]
+                dst += mat @ X
+            else:
+                rows, cols = (self.size[1], r1 - r0) if self.transposed else (r1 - r0, self.size[1])
+                fn = self.kernels[1] if self.transposed else self.kernels[0]
+                fn(rows, cols, k, lptr, lind, vals[e0:e1], X.ravel(), dst.ravel())
+
+        if self.pool is None:
+            part(0)
+        else:
+            list(self.pool.map(part, range(len(self.parts))))
+        for extra in scratch[1:]:
+            On += extra
+
+    def _buffer(self, name: str, like: torch.Tensor, cols: int | None = None) -> torch.Tensor:
+        shape = (like.shape[0], like.shape[1] if cols is None else cols)
+        buf = self.buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype:
+            buf = self.buffers[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return buf
 
     def solve(self, X: torch.Tensor, Y: torch.Tensor, reg: torch.Tensor, steps: int) -> None:
+        """``steps`` conjugate-gradient steps on every row of ``X`` from its current value (in
+        place), as implicit's ``least_squares_cg``: ``steps + 1`` SDDMMs and ``steps`` SpMMs.
+
+        The right-hand side is folded into the first residual, ``r = sum_i (c_i - (c_i - w0)
+        x . y_i) y_i - (w0 G + lambda I) x`` (one SpMM for ``b - A x``), and the last step needs
+        only ``p . A p = p (w0 G + lambda I) p + sum_i (c_i - w0) (p . y_i)^2`` (no SpMM).
+        """
         G = self.weight * (Y.T @ Y)
-        lam = reg[:, None]
-        b = self.C @ Y
-        x = X.clone()
-        r = b - self._matvec(x, Y, G, lam)
-        p = r.clone()
-        rs = (r * r).sum(1, keepdim=True)
-        for _ in range(steps):
-            Ap = self._matvec(p, Y, G, lam)
-            denom = (p * Ap).sum(1, keepdim=True)
-            a = torch.where(denom > 0, rs / denom.clamp_min(1e-30), torch.zeros_like(rs))
-            x += a * p
-            r -= a * Ap
-            rs_new = (r * r).sum(1, keepdim=True)
-            p = r + torch.where(rs > 0, rs_new / rs.clamp_min(1e-30), torch.zeros_like(rs)) * p
+        lam: torch.Tensor | None = reg[:, None]
+        if len(reg) and bool(reg.min() == reg.max()):  # one lambda: folded into G
+            G.diagonal().add_(reg[0])
+            lam = None
+        r, p, Ap = (self._buffer(name, X) for name in ("r", "p", "Ap"))
+        t = self.sddmm(X, Y)
+        torch.addcmul(self.c, self.w, t, value=-1.0, out=t)  # c - (c - w0) x . y
+        torch.mm(X, G, out=r).neg_()
+        if lam is not None:
+            r.addcmul_(lam, X, value=-1.0)
+        self.spmm_add(t, Y, r)  # r = b - A x
+        p.copy_(r)
+        rs = torch.einsum("ij,ij->i", r, r)[:, None]
+        for step in range(steps):
+            t = self.sddmm(p, Y)
+            torch.mm(p, G, out=Ap)
+            if lam is not None:
+                Ap.addcmul_(lam, p)
+            last = step + 1 == steps
+            if last:  # x moves, r is not needed again: p . A p without the SpMM
+                pAp = torch.einsum("ij,ij->i", p, Ap)[:, None]
+                s = self._buffer("s", X, 1).zero_()
+                self.spmm_add(t.square_().mul_(self.w), self._ones(Y), s)
+                pAp += s
+            else:
+                self.spmm_add(t.mul_(self.w), Y, Ap)
+                pAp = torch.einsum("ij,ij->i", p, Ap)[:, None]
+            a = torch.where(pAp > 0, rs / pAp.clamp_min(1e-30), torch.zeros_like(rs))
+            X.addcmul_(a, p)
+            if last:
+                break
+            r.addcmul_(a, Ap, value=-1.0)
+            rs_new = torch.einsum("ij,ij->i", r, r)[:, None]
+            beta = torch.where(rs > 0, rs_new / rs.clamp_min(1e-30), torch.zeros_like(rs))
+            torch.addcmul(r, beta, p, out=p)  # p = r + beta p
             rs = rs_new
-        X.copy_(x)
+
+    def _ones(self, Y: torch.Tensor) -> torch.Tensor:
+        return self._buffer("ones", Y, 1).fill_(1.0)
 
 
 def implicit_als(
@@ -414,8 +541,7 @@ def implicit_als(
         P, Q = (t.detach().to(device, dtype).clone() for t in init)
     sides: list[Any]
     if cg_steps:  # conjugate gradient on CSR products: nothing gathered per entry
-        sides = [_CsrSide(R.indptr, R.indices, R.conf, (m, n), weight, dtype, device),
-                 _CsrSide(R.t_indptr, R.t_indices, R.t_conf, (n, m), weight, dtype, device)]
+        sides = [_CsrSide(R, False, weight, dtype, device), _CsrSide(R, True, weight, dtype, device)]
     else:
         sides = [_blocks(R.indptr, R.indices, R.conf, rank, dtype, device, max_floats),
                  _blocks(R.t_indptr, R.t_indices, R.t_conf, rank, dtype, device, max_floats)]
@@ -426,15 +552,20 @@ def implicit_als(
         return torch.as_tensor(lam, dtype=dtype, device=device)
 
     ureg, ireg = regs(R.indptr, n), regs(R.t_indptr, m)
-    with torch.no_grad():
-        for it in range(iterations):
-            for X, Y, side, reg in ((P, Q, sides[0], ureg), (Q, P, sides[1], ireg)):
-                if cg_steps:
-                    side.solve(X, Y, reg, cg_steps)
-                else:
-                    _solve_side(X, Y, side, reg, weight)
-            if callback is not None:
-                callback(it, P, Q)
+    try:
+        with torch.no_grad():
+            for it in range(iterations):
+                for X, Y, side, reg in ((P, Q, sides[0], ureg), (Q, P, sides[1], ireg)):
+                    if cg_steps:
+                        side.solve(X, Y, reg, cg_steps)
+                    else:
+                        _solve_side(X, Y, side, reg, weight)
+                if callback is not None:
+                    callback(it, P, Q)
+    finally:
+        if cg_steps:
+            for side in sides:
+                side.close()
     return P, Q
 
 
