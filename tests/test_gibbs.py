@@ -138,10 +138,10 @@ def test_implicit_draw_is_the_exact_gaussian() -> None:
     m, n, k = 3, 3, 2000  # the columns are independent draws when their priors are equal
     vals = np.zeros(len(u), dtype=np.float32)
     us = gibbs._Side(u, i, vals, m, n, 1 << 20)
-    o = np.argsort(i, kind="stable")
-    its = gibbs._Side(i[o], u[o], vals[o], n, m, 1 << 20)
+    its = us.transpose(1 << 20)
+    design = gibbs._Design(us, its)
     scale = np.bincount(u, minlength=m).astype(float) ** -0.5
-    diag = np.bincount(its.rows, scale[its.cols] ** 2, minlength=n)
+    np.testing.assert_allclose(design.diag, np.bincount(i, scale[u] ** 2, minlength=n))
     X = np.zeros((m, n))
     X[u, i] = scale[u]
     resid = np.array([0.5, -1.0, 2.0])
@@ -151,9 +151,11 @@ def test_implicit_draw_is_the_exact_gaussian() -> None:
     mean = cov @ (lamY * mY + lamP * X.T @ resid)
     rng = np.random.default_rng(0)
     Y = np.zeros((n, k))
-    its_used = gibbs._draw_implicit(rng, us, its, scale, np.repeat(resid[:, None], k, 1),
-                                    np.full(k, lamP), np.full(k, mY), np.full(k, lamY), Y, diag,
+    XY = np.zeros((m, k))  # X @ Y, kept up to date by the draw
+    its_used = gibbs._draw_implicit(rng, design, np.repeat(resid[:, None], k, 1),
+                                    np.full(k, lamP), np.full(k, mY), np.full(k, lamY), Y, XY,
                                     1e-10, 20)
+    np.testing.assert_allclose(XY, X @ Y, atol=1e-10)
     assert its_used <= n + 2  # CG on an n x n system
     se = np.sqrt(np.diag(cov) / k)
     assert np.all(np.abs(Y.mean(1) - mean) < 5 * se)

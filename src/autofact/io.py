@@ -13,6 +13,9 @@ The file is a zip archive written by :func:`numpy.savez` holding plain arrays:
 ``item_bias``    ``n`` float
 ``seen_indptr``  ``m + 1`` int64: the training pattern (which items each user rated), CSR
 ``seen_indices`` int32
+``implicit_factors`` ``n x k`` float, only for a model fitted with ``implicit=True``: the items'
+                implicit factors ``y_j`` (the metadata's ``implicit_factors`` says whether it is
+                there)
 ============== ============================================================================
 
 The loss and the regularization are stored by name (``'huber'`` with its ``delta``, ``'l2'``
@@ -53,6 +56,7 @@ _ARRAYS = (
     "meta", "user_factors", "item_factors", "user_bias", "item_bias", "seen_indptr",
     "seen_indices",
 )
+_OPTIONAL_ARRAYS = ("implicit_factors",)
 _ID_DTYPE_KINDS = "iubfUO"
 
 
@@ -86,6 +90,9 @@ def save(model: Any, path: str | os.PathLike[str]) -> Path:
         "seen_indptr": np.asarray(indptr, dtype=np.int64),
         "seen_indices": np.asarray(indices, dtype=np.int32),
     }
+    implicit = getattr(model, "implicit_factors_", None)
+    if implicit is not None:
+        arrays["implicit_factors"] = np.ascontiguousarray(implicit)
     _atomic_savez(real, arrays)
     return target
 
@@ -259,6 +266,7 @@ def _metadata(model: Any) -> dict[str, Any]:
         ],
         "n_epochs": _json_scalar(getattr(model, "n_epochs_", None), "n_epochs_"),
         "solver": getattr(model, "solver_", None),
+        "implicit_factors": getattr(model, "implicit_factors_", None) is not None,
     }
 
 
@@ -308,7 +316,8 @@ class SavedModel:
     regularization's names under ``'loss'`` and ``'regularization'``, ``global_mean``,
     ``fallback_mean``, ``rating_range``, ``history``, ``n_epochs``, ``solver``); ``user_ids`` and
     ``item_ids`` the id maps; ``arrays`` the factors and biases (``user_factors``,
-    ``item_factors``, ``user_bias``, ``item_bias``); ``seen`` the training pattern (boolean CSR).
+    ``item_factors``, ``user_bias``, ``item_bias``, and ``implicit_factors`` when the model has
+    them); ``seen`` the training pattern (boolean CSR).
     Nothing in it has been imported or called.
     """
 
@@ -357,7 +366,7 @@ def read(path: str | os.PathLike[str]) -> SavedModel:
         # our own handle: np.load leaks the one it opens when the zip turns out to be bad
         with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
             members = set(npz.files)
-            raw = {a: npz[a] for a in _ARRAYS if a in members}
+            raw = {a: npz[a] for a in _ARRAYS + _OPTIONAL_ARRAYS if a in members}
     except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
         raise ValueError(
             f"{name} is not an autofact model or is truncated ({type(exc).__name__}: {exc})"
@@ -565,4 +574,14 @@ def _check(meta: dict[str, Any], arrays: dict[str, np.ndarray], name: str) -> Sa
         )
     seen = sp.csr_matrix((np.ones(len(indices), dtype=bool), indices, indptr), shape=(m, n))
     factors = {a: arrays[a] for a in ("user_factors", "item_factors", "user_bias", "item_bias")}
+    has_y = bool(meta.get("implicit_factors", False))
+    if has_y != ("implicit_factors" in arrays):
+        raise ValueError(
+            f"{name} is damaged: its metadata says implicit_factors is "
+            f"{'present' if has_y else 'absent'}, but the array is "
+            f"{'missing' if has_y else 'there'}"
+        )
+    if has_y:
+        _expect(arrays["implicit_factors"], "implicit_factors", (n, k), "f", name)
+        factors["implicit_factors"] = arrays["implicit_factors"]
     return SavedModel(name, meta, user_ids, item_ids, factors, seen)

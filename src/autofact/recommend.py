@@ -561,6 +561,12 @@ def fold_in(
     r = torch.from_numpy(values).to(f64)
     k = Q.shape[1]
     x = torch.zeros(k + int(bool(model.bias)), dtype=f64)
+    # issue 9: with SVD++'s implicit term the user's factor is the free part x[:k] plus the
+    # normalized sum of the implicit factors y_j of the items they rated (the free part is
+    # regularized, as in the fit)
+    Y = getattr(model, "implicit_factors_", None)
+    base = torch.zeros(k, dtype=f64) if Y is None else torch.from_numpy(
+        np.asarray(Y[idx], dtype=np.float64).sum(0) / math.sqrt(len(idx)))
     # issue 12: the fit's unobserved term, w0 (p^T G p - sum over the rated items (q_i . p)^2)
     w0 = float(getattr(model, "unobserved_weight", 0.0) or 0.0)
     G = None
@@ -569,10 +575,10 @@ def fold_in(
         G = torch.from_numpy(Qall.T @ Qall)
 
     def objective(x: torch.Tensor) -> torch.Tensor:
-        p = x[:k]
+        p = x[:k] + base
         inner = Q @ p
         pred = inner + offset
-        penalty = reg(p)
+        penalty = reg(x[:k])
         if G is not None:
             penalty = penalty + w0 * (p @ G @ p - (inner * inner).sum())
         if model.bias:
@@ -590,7 +596,7 @@ def fold_in(
             "against the model's loss"
         )
     return FoldedUser(
-        factors=sol[:k],
+        factors=sol[:k] + base.numpy(),
         bias=float(sol[k]) if model.bias else 0.0,
         seen=np.sort(idx).astype(np.int64),
         label=user,

@@ -54,6 +54,9 @@ def register(sub: Any) -> None:
     hp.add_argument("--batch-size", type=o.positive_int, help="mini-batch size (adam, sgd)")
     hp.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None,
                     help="learn a global mean and user/item biases (default: yes)")
+    hp.add_argument("--implicit", action=argparse.BooleanOptionalAction, default=None,
+                    help="SVD++'s implicit term: each user's factor also learns from which "
+                    "items they rated (the Gibbs sampler only; default: no)")
     hp.add_argument("--seed", type=o.nonnegative_int, help="random seed (default 0)")
     hp.add_argument("--device", help="auto, cpu or cuda[:N] (default auto)")
     hp.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
@@ -152,7 +155,8 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         "regularization": args.reg, "beta": args.beta,
         "unobserved_weight": args.unobserved_weight,
         "solver": args.solver, "epochs": args.epochs, "lr": args.lr,
-        "batch_size": args.batch_size, "bias": args.bias, "seed": args.seed,
+        "batch_size": args.batch_size, "bias": args.bias, "implicit": args.implicit,
+        "seed": args.seed,
         "device": args.device, "dtype": args.dtype,
     }
     params: dict[str, Any] = {}

@@ -1,0 +1,157 @@
+"""SVD++'s implicit term in the model (issue 9, item 3): ``MatrixFactorization(implicit=True)``
+fitted by the Gibbs sampler, its ``implicit_factors_`` saved and loaded, used by predict and by
+fold-in; refused, with the fix named, where it cannot be learned."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+import autofact
+from autofact import MatrixFactorization, Ratings, cli
+from autofact.solvers.gibbs import gibbs_mf
+
+
+def planted(m: int = 40, n: int = 30, rank: int = 3, frac: float = 0.5, seed: int = 0
+            ) -> tuple[Ratings, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """A rank-``rank`` matrix with biases and noise 0.1; ``frac`` of the cells train."""
+    rng = np.random.default_rng(seed)
+    P, Q = rng.normal(size=(m, rank)), rng.normal(size=(n, rank))
+    R = 3.0 + 0.5 * rng.normal(size=(m, 1)) + 0.5 * rng.normal(size=(1, n)) + P @ Q.T
+    R += 0.1 * rng.normal(size=R.shape)
+    u, i = np.divmod(np.arange(m * n), n)
+    train = rng.random(m * n) < frac
+    flat = R.ravel()
+    return (Ratings.from_coo(u[train], i[train], flat[train], shape=(m, n)),
+            (u[~train], i[~train], flat[~train]))
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[MatrixFactorization, Ratings, tuple[np.ndarray, ...]]:
+    train, test = planted()
+    return MatrixFactorization(rank=3, implicit=True, epochs=30, seed=0).fit(train), train, test
+
+
+def test_the_model_holds_the_samplers_factors_and_predicts_with_them(fitted) -> None:
+    model, train, (tu, ti, tr) = fitted
+    assert model.solver_ == "gibbs"
+    # the model is the sampler's result: same chain (seed, sweeps, burn-in), factors as float32
+    res = gibbs_mf(train, rank=3, sweeps=30, burn_in=3, seed=0, implicit=True)
+    assert res.Y is not None
+    np.testing.assert_allclose(model.implicit_factors_, res.Y, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.user_factors_, res.P, rtol=1e-5, atol=1e-6)
+    pred = model.predict(train.user_ids[tu], train.item_ids[ti])
+    np.testing.assert_allclose(pred, np.clip(res.predict(tu, ti), *model.rating_range_),
+                               rtol=1e-5, atol=1e-5)
+    assert np.sqrt(np.mean((pred - tr) ** 2)) < 0.4  # the ratings' spread is ~2, noise 0.1
+    # the implicit part is in the users' factors: they differ from a fit without it
+    plain = MatrixFactorization(rank=3, epochs=30, seed=0).fit(train)
+    assert plain.implicit_factors_ is None
+    assert not np.allclose(plain.user_factors_, model.user_factors_, atol=1e-3)
+
+
+def test_save_and_load_keep_the_implicit_factors(fitted, tmp_path) -> None:
+    model, train, (tu, ti, _) = fitted
+    path = model.save(tmp_path / "m.npz")
+    same = autofact.load(path)
+    assert same.implicit is True
+    np.testing.assert_array_equal(same.implicit_factors_, model.implicit_factors_)
+    users, items = train.user_ids[tu], train.item_ids[ti]
+    np.testing.assert_array_equal(same.predict(users, items), model.predict(users, items))
+    ratings = {int(train.item_ids[j]): 4.0 for j in (0, 3, 7)}
+    np.testing.assert_array_equal(same.fold_in(ratings).factors, model.fold_in(ratings).factors)
+    # a model without the term saves none, and loads with None
+    plain = MatrixFactorization(rank=3, epochs=5).fit(train)
+    assert autofact.load(plain.save(tmp_path / "p.npz")).implicit_factors_ is None
+
+
+def test_fold_in_centres_the_new_user_on_their_items_implicit_factors(fitted) -> None:
+    model, _, _ = fitted
+    Y, Q = model.implicit_factors_.astype(np.float64), model.item_factors_.astype(np.float64)
+    rated = np.array([1, 4, 9, 16])
+    base = Y[rated].sum(0) / np.sqrt(len(rated))
+    # ratings that the implicit part alone explains exactly: the fold-in's optimum is the
+    # free part 0 (no loss, no penalty), so the factor is the normalized sum of the y_j
+    r = model.global_mean_ + model.item_bias_[rated] + Q[rated] @ base
+    folded = model.fold_in(dict(zip(model.item_ids_[rated].tolist(), r.tolist(), strict=True)))
+    np.testing.assert_allclose(folded.factors, base, atol=1e-6)
+    assert abs(folded.bias) < 1e-6
+    # without the implicit factors the same ratings give another factor
+    model_without = MatrixFactorization(rank=3)
+    model_without.__dict__.update(model.__dict__)
+    model_without.implicit_factors_ = None
+    other = model_without.fold_in(dict(zip(model.item_ids_[rated].tolist(), r.tolist(),
+                                           strict=True)))
+    assert np.abs(other.factors - base).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"implicit": "yes"}, "implicit must be True or False, got 'yes'"),
+        ({"implicit": True, "solver": "als"},
+         r"implicit=True .* Gibbs sampler only, but this fit runs solver='als'; use "
+         r"solver='gibbs'"),
+        ({"implicit": True, "beta": 1.0},  # auto does not sample a beta the user set
+         r"implicit=True .* runs solver='als'"),
+        # another loss: refused by the solver 'auto' picks for it (ALS, or the Laplace sampler)
+        ({"implicit": True, "loss": "huber"},
+         r"implicit=True .* use (solver='gibbs'|loss='squared')"),
+        ({"implicit": True, "task": "ranking"}, r"implicit=True .* is for task='rating'"),
+    ],
+)
+def test_implicit_is_refused_where_it_cannot_be_learned(kwargs: dict, match: str) -> None:
+    train, _ = planted(m=10, n=8)
+    with pytest.raises(ValueError, match=match):
+        MatrixFactorization(rank=2, epochs=2, **kwargs).fit(train)
+
+
+def _rewrite(src, dst, drop: str | None = None, meta_update: dict | None = None,
+             replace: dict | None = None) -> None:
+    """Copy the model file ``src`` to ``dst`` with one array dropped or replaced, or the
+    metadata changed (a damaged file)."""
+    with np.load(src, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files if k != drop}
+    if meta_update:
+        meta = json.loads(arrays["meta"].tobytes().decode())
+        meta.update(meta_update)
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    arrays.update(replace or {})
+    np.savez(dst, **arrays)
+
+
+def test_a_damaged_implicit_array_is_refused(fitted, tmp_path) -> None:
+    model, _, _ = fitted
+    path = model.save(tmp_path / "m.npz")
+    assert "implicit_factors.npy" in zipfile.ZipFile(path).namelist()
+    _rewrite(path, tmp_path / "a.npz", drop="implicit_factors")
+    with pytest.raises(ValueError, match="implicit_factors is present, but the array is missing"):
+        autofact.load(tmp_path / "a.npz")
+    _rewrite(path, tmp_path / "b.npz", meta_update={"implicit_factors": False})
+    with pytest.raises(ValueError, match="implicit_factors is absent, but the array is there"):
+        autofact.load(tmp_path / "b.npz")
+    _rewrite(path, tmp_path / "c.npz",
+             replace={"implicit_factors": model.implicit_factors_[:, :2].copy()})
+    with pytest.raises(ValueError, match=r"array 'implicit_factors' has shape \(30, 2\)"):
+        autofact.load(tmp_path / "c.npz")
+
+
+def test_cli_fit_implicit(tmp_path, capsys) -> None:
+    train, _ = planted(m=20, n=15)
+    data = tmp_path / "r.csv"
+    rows = [f"{u},{i},{r}" for u, i, r in zip(train.user_ids[train.users],
+                                                  train.item_ids[train.items], train.values,
+                                                  strict=True)]
+    data.write_text("user,item,rating\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "m.npz"
+    assert cli.main(["fit", str(data), "--out", str(out), "--implicit", "--epochs", "5",
+                     "--quiet"]) == 0
+    capsys.readouterr()
+    model = autofact.load(out)
+    assert model.implicit is True and model.implicit_factors_.shape == (15, 10)
+    assert cli.main(["fit", str(data), "--out", str(out), "--no-implicit", "--epochs", "5",
+                     "--quiet"]) == 0
+    assert autofact.load(out).implicit_factors_ is None
