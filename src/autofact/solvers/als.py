@@ -175,7 +175,9 @@ class _AlternatingNewton:
         dev, dt = X.device, X.dtype
         rows = slice(pat.row0, pat.row1)
         mb = pat.row1 - pat.row0
-        Xv = torch.cat([X[rows], bx[rows, None]], 1) if bias else X[rows]  # type: ignore[index]
+        # a copy, never a view of X: other workers update X's rows in place meanwhile, which
+        # would bump the version autograd checks in reg_derivatives
+        Xv = torch.cat([X[rows], bx[rows, None]], 1) if bias else X[rows].clone()  # type: ignore[index]
         pred = gather_dot(self._augment(Xv, bias), Ya, pat) + obj.mu
         g1, g2, block_loss = obj.entry_derivatives(pred, pat.start, pat.stop)
         if not self.checked:
