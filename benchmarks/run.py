@@ -3,7 +3,8 @@
     python -m benchmarks.run [--quick] [--cases gradient,post,surprise,movielens,scale]
                              [--device cpu|cuda]
 
-``--cases netflix`` adds the 100M-rating Netflix-shape scale case (heavy; never in the default set).
+``--cases netflix`` adds the 100M-rating Netflix-shape scale case (heavy; never in the default set);
+``--cases budget`` the default fit at the 25M shape against 15 ALS epochs (issue 9; ~10 minutes).
 Results go to ``benchmarks/results/<date>_<machine>.{md,json}``.
 """
 
@@ -34,7 +35,7 @@ DEFAULT_CASES = ["gradient", "post", "surprise", "movielens", "scale"]
 #: Both sides of the gradient case report their best of this many calls (2-core cloud machines
 #: are noisy; the best is the least disturbed).
 GRADIENT_REPEATS = 20
-ALL_CASES = DEFAULT_CASES + ["netflix", "accuracy", "sparse", "coldstart"]
+ALL_CASES = DEFAULT_CASES + ["netflix", "accuracy", "sparse", "coldstart", "budget"]
 
 
 class Timer:
@@ -329,6 +330,45 @@ def case_scale(quick: bool, device: str) -> None:
                env={"MALLOC_MMAP_THRESHOLD_": "65536"})
 
 
+def _scale_fit(shape: str, fit: str, quick: bool, device: str, timeout: int) -> dict:
+    """One ``benchmarks.scale --fit`` process (its JSON), or ``{"error": ...}``."""
+    cmd = [sys.executable, "-m", "benchmarks.scale", "--shape", shape, "--fit", fit,
+           "--device", device] + (["--scale", "0.01"] if quick else [])
+    try:
+        proc = subprocess.run(cmd, cwd=HERE.parent, capture_output=True, text=True,
+                              timeout=timeout)
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except Exception as exc:
+        err = getattr(locals().get("proc"), "stderr", "") or ""
+        return {"error": f"{type(exc).__name__}: {exc} {err[-300:]}"}
+
+
+def case_budget(quick: bool, device: str) -> None:
+    """Issue 9, items 2 and 4: ``MatrixFactorization()`` (the Gibbs sampler with its sweep
+    budget) at the ML-25M shape against ``MatrixFactorization(solver='als', epochs=15)``, each in
+    its own process (ALS first): fit wall time (target ratio <= 3), CPU seconds, test RMSE, and
+    the default fit's peak RSS against the scale case's bound at the rank it fits."""
+    als = _scale_fit("ml25m", "als", quick, device, timeout=3600)
+    dflt = _scale_fit("ml25m", "default", quick, device, timeout=3600)
+    details.setdefault("budget", []).append({"als": als, "default": dflt})
+    bad = dflt.get("error") or als.get("error")
+    shape = f"{dflt['m']:,}x{dflt['n']:,} {dflt['ratings']:,}" if "m" in dflt else ""
+    label = f"scale ml25m-shape {shape} default fit vs 15 ALS epochs".replace("  ", " ")
+    if bad:
+        add_row(label, dflt.get("fit_wall_s"), "autofact ALS 15 epochs", als.get("fit_wall_s"),
+                3.0, note=str(bad))
+        return
+    mem = (f"{dflt['peak_rss_fit_mib'] / 1024:.2f} GiB fit / bound {dflt['bound_mib'] / 1024:.2f}"
+           f" GiB ({'ok' if dflt['within_bound'] else 'OVER'})")
+    acc = (f"test RMSE {dflt['test_rmse']:.4f} ({dflt['epochs_run']} sweeps) vs ALS "
+           f"{als['test_rmse']:.4f}")
+    note = (f"CPU s {dflt['fit_cpu_s']:.0f} vs {als['fit_cpu_s']:.0f} "
+            f"(x{dflt['fit_cpu_s'] / als['fit_cpu_s']:.2f}); stopped: {dflt['stopped']}")
+    add_row(label, dflt["fit_wall_s"], "autofact ALS 15 epochs", als["fit_wall_s"], 3.0,
+            peak_mem=mem, accuracy=acc, note=note)
+    rows[-1]["pass"] = bool(rows[-1]["pass"]) and bool(dflt["within_bound"])
+
+
 def case_netflix(quick: bool, device: str) -> None:
     _scale("netflix-shape", "netflix", quick, device, epochs=8 if device == "cuda" else 2,
            timeout=4 * 3600)
@@ -530,6 +570,7 @@ CASES = {
     "accuracy": case_accuracy,
     "sparse": case_sparse,
     "coldstart": case_coldstart,
+    "budget": case_budget,
 }
 
 

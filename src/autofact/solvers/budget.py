@@ -3,8 +3,9 @@
 The model's predictions are the running means of the kept sweeps (:mod:`.gibbs`). Those means
 carry a Monte Carlo error that shrinks as sweeps are added; once it is small against the noise
 in the ratings, more sweeps cost time and change nothing a user would see. After each kept sweep
-``n``, on a fixed sample ``S`` of training pairs, compare the predictions of the mean of all
-``n`` kept sweeps with those of the mean of the first ``n // 2``::
+``n``, on a fixed sample ``S`` of 2000 training pairs (0.2 ms a sweep, ~2 % of an ml-100k fit),
+compare the predictions of the mean of all ``n`` kept sweeps with those of the mean of the first
+``n // 2``::
 
     D_n^2 = mean_{(u,i) in S} (pred_n(u,i) - pred_{n//2}(u,i))^2
     gain_n = D_n^2 / (2 sigma^2)
@@ -53,7 +54,7 @@ class SweepBudget:
 
     def __init__(self, users: Any, items: Any, *, burn_in: int, max_sweeps: int,
                  min_kept: int = 10, tol: float = 1e-3, patience: int = 3,
-                 sample: int = 10_000, seed: int | None = 0) -> None:
+                 sample: int = 2000, seed: int | None = 0) -> None:
         users, items = np.asarray(users), np.asarray(items)
         pick = np.random.default_rng(seed).permutation(len(users))[:sample]
         pick.sort()  # gathers in memory order
@@ -74,13 +75,15 @@ class SweepBudget:
             return None
         self.kept.append(np.asarray(predict(self.users, self.items), dtype=np.float32))
         n = len(self.kept)
-        if n >= 2:
-            diff = self.kept[-1].astype(np.float64) - self.kept[n // 2 - 1]
-            d2 = float(np.mean(diff * diff)) if diff.size else 0.0
-            self.gain = d2 / (2.0 * sigma * sigma) if sigma > 0 else math.inf
-            self.run = self.run + 1 if self.gain <= self.tol else 0
+        if n < 2:
+            return None
+        diff = self.kept[-1].astype(np.float64) - self.kept[n // 2 - 1]
+        d2 = float(np.mean(diff * diff)) if diff.size else 0.0
+        gain = d2 / (2.0 * sigma * sigma) if sigma > 0 else math.inf
+        self.gain = gain
+        self.run = self.run + 1 if gain <= self.tol else 0
         if n >= self.min_kept and self.run >= self.patience:
             return (f"converged: more sweeps would lower the RMSE by an estimated "
-                    f"{100 * self.gain:.2g} % (<= {100 * self.tol:.2g} %) for {self.run} "
+                    f"{100 * gain:.2g} % (<= {100 * self.tol:.2g} %) for {self.run} "
                     f"sweep{'s' if self.run > 1 else ''}")
         return None
