@@ -62,6 +62,7 @@ import numpy as np
 import torch
 
 from .data import Ratings
+from .threads import MIN_WORK_PER_WORKER
 
 __all__ = [
     "CONFIDENCES",
@@ -336,12 +337,13 @@ class _CsrSide:
     ``P`` in order and its SpMM is the transposed product (scipy's CSC kernel, scattering into
     the item rows), so the large factor matrix is streamed rather than gathered at random; the
     SpMMs are scipy's, added into preallocated buffers, over ``torch.get_num_threads()`` chunks
-    of entries in threads (scipy releases the GIL). Elsewhere (CUDA) each side has its own CSR
+    of entries in threads (scipy releases the GIL; a chunk has at least
+    :data:`~autofact.threads.MIN_WORK_PER_WORKER` multiply-adds). Elsewhere (CUDA) each side has its own CSR
     and the products are torch's.
     """
 
-    def __init__(self, R: InteractionMatrix, items: bool, weight: float, dtype: torch.dtype,
-                 device: torch.device, host: bool | None = None) -> None:
+    def __init__(self, R: InteractionMatrix, items: bool, rank: int, weight: float,
+                 dtype: torch.dtype, device: torch.device, host: bool | None = None) -> None:
         m, n = R.shape
         self.weight = weight
         self.host = device.type == "cpu" if host is None else host
@@ -370,7 +372,9 @@ class _CsrSide:
         itype = np.int32 if max(len(indices), *size) < 2**31 else np.int64
         ptr = np.asarray(indptr, dtype=np.int64)
         ind = np.asarray(indices, dtype=itype)
-        chunks = max(1, min(torch.get_num_threads(), size[0]))
+        # chunks: torch's thread count, one per MIN_WORK_PER_WORKER multiply-adds at most
+        chunks = max(1, min(torch.get_num_threads(), size[0],
+                            len(indices) * rank // MIN_WORK_PER_WORKER))
         # row ranges of the storage with about the same number of entries each
         cuts = np.searchsorted(ptr, np.linspace(0, ptr[-1], chunks + 1)[1:-1])
         bounds = [0, *sorted({int(b) for b in cuts} - {0, size[0]}), size[0]]
@@ -541,7 +545,7 @@ def implicit_als(
         P, Q = (t.detach().to(device, dtype).clone() for t in init)
     sides: list[Any]
     if cg_steps:  # conjugate gradient on CSR products: nothing gathered per entry
-        sides = [_CsrSide(R, False, weight, dtype, device), _CsrSide(R, True, weight, dtype, device)]
+        sides = [_CsrSide(R, items, rank, weight, dtype, device) for items in (False, True)]
     else:
         sides = [_blocks(R.indptr, R.indices, R.conf, rank, dtype, device, max_floats),
                  _blocks(R.t_indptr, R.t_indices, R.t_conf, rank, dtype, device, max_floats)]
