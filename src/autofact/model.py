@@ -549,7 +549,10 @@ class MatrixFactorization:
         regularization strength is sampled. With validation data each sweep's record holds the
         validation RMSE of the running posterior means, and ``patience`` stops sampling when it
         has not improved for that many sweeps (the running means are kept: they average every
-        sweep after burn-in)."""
+        sweep after burn-in). With ``epochs=None`` the squared loss's chain also stops once more
+        sweeps would not change its predictions (:mod:`autofact.solvers.budget`); the last
+        record of ``history_`` says why it stopped (``'stopped'``)."""
+        from .solvers.budget import SweepBudget
         from .solvers.gibbs import gibbs_mf
 
         mu = float(np.mean(train.values, dtype=np.float64))
@@ -584,6 +587,10 @@ class MatrixFactorization:
         history: list[dict[str, Any]] = []
         stopper = self._early_stopping(sweeps) if val is not None else None
         bar = _progress(sweeps) if self.verbose else None
+        # issue 9, item 4: the default sweep count adapts to the data (large data: far fewer)
+        burn_in = sweeps // 10
+        budget = (SweepBudget(train.users, train.items, burn_in=burn_in, max_sweeps=sweeps,
+                              seed=self.seed) if self.epochs is None else None)
 
         def params_of(res: Any) -> dict[str, torch.Tensor]:
             return {k: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
@@ -601,14 +608,24 @@ class MatrixFactorization:
             stop = False
             if val is not None and now is not None:
                 rec["val_rmse"] = val.rmse(params_of(now), mu)
-                if stopper is not None:
-                    stop = stopper.update(sweep, rec["val_rmse"], {})
+                if stopper is not None and stopper.update(sweep, rec["val_rmse"], {}):
+                    stop = True
+                    p = stopper.patience
+                    rec["stopped"] = (f"the validation RMSE has not improved for {p} "
+                                      f"sweep{'' if p == 1 else 's'}")
+            if budget is not None and now is not None:
+                why = budget.update(sweep, now.predict, rmse)
+                if budget.gain is not None:
+                    rec["gain"] = budget.gain
+                if why is not None and not stop:
+                    stop = True
+                    rec["stopped"] = why
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k in ("loss", "val_rmse")})
                 bar.update(1)
             return stop
 
-        def keep(res: Any, done: int) -> None:
+        def keep(res: Any, done: int, why: str) -> None:
             index = built[0] if built[0] is not None else make_index()
             built[0] = index
             self.index_ = index
@@ -620,13 +637,15 @@ class MatrixFactorization:
             self.best_epoch_ = len(self.history_)
             if self.history_:
                 self.history_[-1]["kept"] = True
+                self.history_[-1].setdefault("stopped", why)
             self._export()
             y = getattr(res, "Y", None)  # gibbs_mf with implicit=True only
             self.implicit_factors_: np.ndarray | None = None if y is None else np.asarray(
                 y, dtype=np.float64 if dtype == torch.float64 else np.float32)
 
         try:
-            res = gibbs_mf(train, rank=int(self.rank), sweeps=sweeps, seed=self.seed,
+            res = gibbs_mf(train, rank=int(self.rank), sweeps=sweeps, burn_in=burn_in,
+                           seed=self.seed,
                            implicit=bool(self.implicit),
                            init_std=float(self.init_std), n_threads=self.n_threads,
                            callback=on_sweep)
@@ -634,12 +653,13 @@ class MatrixFactorization:
             # issue 8: Ctrl-C keeps a usable model, the posterior means of the last finished
             # sweep (as the other solvers keep their last finished epoch), and goes on
             if last[1] is not None:
-                keep(last[1], int(last[0]))
+                keep(last[1], int(last[0]), "interrupted (Ctrl-C)")
             raise
         finally:
             if bar is not None:
                 bar.close()
-        keep(res, len(history))
+        keep(res, len(history), f"all {sweeps} sweeps" + (
+            " (the most epochs=None runs; the chain had not settled)" if budget is not None else ""))
         return self
 
     def _fit_ranking(self, X: Any, y: Any, validation: Any, start: float
