@@ -136,15 +136,14 @@ class ModelIndex:
         index._pattern = (indptr, items)
         return index
 
-    def with_pattern(self, users: np.ndarray, items: np.ndarray) -> ModelIndex:
-        """This index with the training pattern of the pairs ``(users[k], items[k])``, sorted by
-        (user, item) (every process's, gathered after a fit on rank-local ratings: issue 11);
-        they must give the index's counts."""
+    def with_pattern(self, indptr: np.ndarray, indices: np.ndarray) -> ModelIndex:
+        """This index with the training pattern ``(indptr, indices)`` (CSR arrays, sorted
+        indices: every process's, gathered after a fit on rank-local ratings: issue 11); it must
+        give the index's counts."""
         m, n = self.n_users, self.n_items
-        indptr = np.zeros(m + 1, dtype=np.int64)
-        np.cumsum(np.bincount(users, minlength=m), out=indptr[1:])
-        cols = np.asarray(items, dtype=np.int32)
-        if not (np.array_equal(np.diff(indptr), self.user_counts)
+        indptr = np.asarray(indptr, dtype=np.int64)
+        cols = np.asarray(indices, dtype=np.int32)
+        if not (indptr.shape == (m + 1,) and np.array_equal(np.diff(indptr), self.user_counts)
                 and np.array_equal(np.bincount(cols, minlength=n), self.item_counts)):
             raise ValueError("the pattern's ratings per user and item differ from the index's")
 

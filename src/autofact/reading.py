@@ -183,15 +183,30 @@ def _read_parts(folder: Path, kwargs: dict[str, Any], duplicates: Duplicates,
             )
 
     def ids(which: str) -> tuple[np.ndarray, np.ndarray]:
-        raw = [getattr(r, f"{which}_ids")[getattr(r, f"{which}s")] for _, r in parts]
-        if not all(np.asarray(a).dtype.kind in "iu" for a in raw):
-            # some part has ids that are not canonical ints: every id stays text, as written
-            raw = [np.asarray([str(x) for x in a], dtype=object) if np.asarray(a).dtype.kind
-                   in "iu" else np.asarray(a, dtype=object) for a in raw]
-            uniq, codes = np.unique(np.concatenate(raw).astype(str), return_inverse=True)
-            return codes.astype(np.int32), np.asarray(uniq.tolist(), dtype=object)
-        uniq, codes = np.unique(np.concatenate(raw), return_inverse=True)
-        return codes.astype(np.int32), uniq
+        """Codes into the sorted union of the parts' rated ids (issue 11: merged from each
+        part's distinct ids, so no sort over all the ratings)."""
+        maps, rated = [], []
+        for _, r in parts:
+            codes, full = getattr(r, f"{which}s"), np.asarray(getattr(r, f"{which}_ids"))
+            present = np.flatnonzero(np.bincount(codes, minlength=len(full)))
+            maps.append(full[present])
+            rated.append(present)
+        text = not all(m.dtype.kind in "iu" for m in maps)
+        if text:  # some part has ids that are not canonical ints: every id stays text, as written
+            maps = [np.asarray([str(x) for x in m] if m.dtype.kind in "iu" else m, dtype=object
+                               ).astype(str) for m in maps]
+        uniq = maps[0]
+        for m in maps[1:]:
+            uniq = np.union1d(uniq, m)
+        out = np.empty(sum(len(r) for _, r in parts), dtype=np.int32)
+        at = 0
+        for (_, r), m, present in zip(parts, maps, rated, strict=True):
+            lut = np.zeros(len(getattr(r, f"{which}_ids")), dtype=np.int32)
+            lut[present] = np.searchsorted(uniq, m)
+            codes = getattr(r, f"{which}s")
+            out[at : at + len(codes)] = lut[codes]
+            at += len(codes)
+        return out, np.asarray(uniq.tolist(), dtype=object) if text else uniq
 
     users, user_ids = ids("user")
     items, item_ids = ids("item")
@@ -200,9 +215,11 @@ def _read_parts(folder: Path, kwargs: dict[str, Any], duplicates: Duplicates,
         got = [getattr(r, what) for _, r in parts]
         return None if got[0] is None else np.concatenate(got)
 
-    return Ratings(users, items, np.concatenate([r.values for _, r in parts]),
-                   shape=(len(user_ids), len(item_ids)), user_ids=user_ids, item_ids=item_ids,
-                   weights=joined("weights"), timestamps=joined("timestamps"),
+    values, weights, timestamps = joined("values"), joined("weights"), joined("timestamps")
+    parts.clear()  # the parts' arrays go before the joined ones are sorted (issue 11: memory)
+    assert values is not None
+    return Ratings(users, items, values, shape=(len(user_ids), len(item_ids)),
+                   user_ids=user_ids, item_ids=item_ids, weights=weights, timestamps=timestamps,
                    duplicates=duplicates)
 
 

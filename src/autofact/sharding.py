@@ -107,10 +107,10 @@ class ShardPlan:
         them as they come holds one at a time (here: this process's)."""
         yield tensor
 
-    def gather(self, tensor: torch.Tensor) -> list[torch.Tensor] | None:
-        """Every process's ``tensor`` (1-D, of its own length) in rank order on rank 0, ``None``
-        on the others (here: ``[tensor]``)."""
-        return [tensor]
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        """Every process's ``tensor`` (1-D, of its own length), joined in rank order, on rank 0
+        (received in place into one buffer); ``None`` on the others (here: ``tensor``)."""
+        return tensor
 
     def digest(self, hexdigest: str) -> str:
         """One fingerprint of the data of every process from this process's ``hexdigest``: the
@@ -212,7 +212,7 @@ class TorchShardPlan(ShardPlan):
                 self._collective([buf], functools.partial(dist.broadcast, src=src, group=self.group))
             yield buf
 
-    def gather(self, tensor: torch.Tensor) -> list[torch.Tensor] | None:
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor | None:
         dist = self._dist
         lengths = self._lengths(tensor)
         if self.rank != 0:
@@ -220,13 +220,16 @@ class TorchShardPlan(ShardPlan):
                 self._collective([tensor.reshape(-1)],
                                  lambda x: dist.send(x, dst=self._src, group=self.group))
             return None
-        out = []
+        out = torch.empty(sum(lengths), dtype=tensor.dtype)
+        at = 0
         for r, n in enumerate(lengths):
-            buf = tensor.reshape(-1) if r == 0 else torch.empty(n, dtype=tensor.dtype)
-            if r and n:
+            buf = out[at : at + n]
+            at += n
+            if r == 0:
+                buf.copy_(tensor.reshape(-1))
+            elif n:
                 src = self._global(r)
                 self._collective([buf], functools.partial(dist.recv, src=src, group=self.group))
-            out.append(buf)
         return out
 
     def digest(self, hexdigest: str) -> str:
