@@ -1,0 +1,235 @@
+"""Rank-local data under torchrun (issue 11, item 3): per-process peak RSS and seconds per epoch
+with 1, 2 and 4 processes reading their own Parquet part files::
+
+    python -m benchmarks.shards --ratings 5e6                  # 1/2/4 processes, rank 32, 3 epochs
+    python -m benchmarks.shards --ratings 25e6 --worlds 1,2,4  # the issue's case (ML-25M shape)
+
+The data: ``datasets.synthetic_lowrank`` at the ML-25M density (162,541 x 59,047 x 25M shrunk by
+``--ratings / 25M``: users and items by its square root), written once to ``--data`` (default
+``/tmp/autofact-shards-<ratings>``) as ``--parts`` Parquet files, a user's ratings all in one part
+(part ``user mod parts``: users partitioned, as the issue lays the data out), int64 ids, float64
+ratings. Each world size runs ``torchrun --standalone --nproc-per-node W`` on this module's
+worker: ``distributed.init`` (gloo), ``distributed.read_local(DATA)`` (each rank reads
+``parts / W`` files), then full-batch Adam (``SCALE_PARAMS``, ``max_memory`` 64 MiB) for
+``--epochs`` epochs through ``distributed.fit(..., local=True)``; rank 0 gathers the training
+pattern at the end (part of the fit's peak).
+
+Per process (MiB): ``base`` = VmRSS after ``import torch, autofact, pandas, pyarrow.parquet``
+and joining the group (the baseline: the libraries, whatever the data); ``read peak`` = VmHWM
+after reading (pandas' frames included); ``fit peak`` = VmHWM during the fit (reset after
+reading: ``/proc/self/clear_refs``); ``peak`` = ``ru_maxrss``. The bound is the issue's:
+``1.5 x (its ratings + user factors + item factors + optimizer state) + base`` with its ratings
+at 16 bytes (int32 user, int32 item, float64 value), factors and biases in float32, and Adam's
+state as 3 copies of the parameters (gradient, first and second moments).
+Two bounds: ``bound held`` counts the user factors each process holds today (all users': the
+factors are replicated, data parallel), ``bound own`` only its own users' (the issue's, for a
+solver that keeps user rows where they live). ``allreduce`` times one all-reduce of a tensor the
+size of the gradient (what one epoch of full-batch Adam sends), after the fit.
+
+Writes ``benchmarks/results/<date>_shards.md`` and ``.json``; every process runs under ``nice``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MiB = 1024 * 1024
+ROOT = Path(__file__).resolve().parents[1]
+ML25M = (162_541, 59_047, 25_000_095)
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def _reset_hwm() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def write_parts(folder: Path, n_ratings: int, n_parts: int, seed: int = 0) -> dict:
+    """The synthetic set as ``n_parts`` Parquet files (a user's ratings in part ``user mod
+    n_parts``); returns its shape."""
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks.datasets import synthetic_lowrank
+
+    scale = n_ratings / ML25M[2]
+    m, n = max(int(ML25M[0] * scale**0.5), 10), max(int(ML25M[1] * scale**0.5), 10)
+    d = synthetic_lowrank(m=m, n=n, n_train=n_ratings, n_test=0, seed=seed)["train"]
+    folder.mkdir(parents=True, exist_ok=True)
+    part = d["users"] % n_parts
+    order = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[order], np.arange(n_parts + 1))
+    for k in range(n_parts):
+        rows = order[bounds[k] : bounds[k + 1]]
+        pd.DataFrame({"user": d["users"][rows].astype(np.int64),
+                      "item": d["items"][rows].astype(np.int64),
+                      "rating": d["ratings"][rows].astype(np.float64)}
+                     ).to_parquet(folder / f"part-{k:05d}.parquet", index=False)
+    meta = {"users": m, "items": n, "ratings": int(len(d["users"])), "parts": n_parts}
+    (folder / "_META.json").write_text(json.dumps(meta))
+    return meta
+
+
+def worker(data: str, out: str, rank_k: int, epochs: int) -> None:
+    """One process of a world: read its share, fit, report its memory and times."""
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    import autofact
+    from autofact import distributed
+    from benchmarks.autofact_side import SCALE_PARAMS
+
+    rank, world = distributed.init(timeout=3600)
+    import pandas  # noqa: F401  (the readers' libraries belong to the baseline: a constant)
+    import pyarrow.parquet  # noqa: F401
+
+    base = _status_kb("VmRSS") / 1024
+    t0 = time.perf_counter()
+    local = distributed.read_local(data)
+    read_s = time.perf_counter() - t0
+    gc.collect()
+    read_peak = _status_kb("VmHWM") / 1024
+    after_read = _status_kb("VmRSS") / 1024
+    _reset_hwm()
+    m, n = local.shape
+    model = autofact.MatrixFactorization(rank=rank_k, epochs=epochs, seed=0, verbose=False,
+                                         max_memory=64 * MiB, device="cpu", dtype="float32",
+                                         **SCALE_PARAMS)
+    t0 = time.perf_counter()
+    distributed.fit(model, local, local=True)
+    fit_s = time.perf_counter() - t0
+    fit_peak = _status_kb("VmHWM") / 1024
+    times = [float(h["time"]) for h in model.history_]
+    per_epoch = np.diff([0.0, *times])
+    grad = torch.zeros((m + n) * (rank_k + 1), dtype=torch.float32)
+    dist.barrier()  # rank 0 may still be building the gathered pattern
+    t0 = time.perf_counter()
+    dist.all_reduce(grad)
+    allreduce_s = time.perf_counter() - t0
+    own_users = int(len(np.unique(local.users)))
+    report = {
+        "world": world, "rank": rank, "ratings": len(local), "users": m, "items": n,
+        "own_users": own_users, "rank_k": rank_k, "epochs": epochs,
+        "base_mib": base, "read_peak_mib": read_peak, "after_read_mib": after_read,
+        "fit_peak_mib": fit_peak,
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "read_s": read_s, "fit_s": fit_s, "epoch_s": [float(x) for x in per_epoch],
+        "sec_per_epoch": float(statistics.median(per_epoch[1:])) if len(per_epoch) > 1
+        else float(per_epoch[0]),
+        "allreduce_s": allreduce_s, "threads": torch.get_num_threads(),
+        "final_loss": float(model.history_[-1]["loss"]),
+    }
+    Path(out, f"rank{rank}.json").write_text(json.dumps(report))
+    distributed.shutdown()
+
+
+def bounds(r: dict) -> tuple[float, float]:
+    """The issue's bound (MiB) with the user factors held today (all), and with its own users'."""
+    k1 = r["rank_k"] + 1
+    ratings = 16 * r["ratings"]
+    items = 4 * r["items"] * k1
+
+    def bound(users: int) -> float:
+        params = 4 * users * k1 + items
+        return (1.5 * (ratings + params + 3 * params)) / MiB + r["base_mib"]
+
+    return bound(r["users"]), bound(r["own_users"])
+
+
+def run_world(data: Path, world: int, rank_k: int, epochs: int, timeout: float) -> list[dict]:
+    out = data.parent / f"{data.name}-w{world}"
+    out.mkdir(exist_ok=True)
+    for f in out.glob("rank*.json"):
+        f.unlink()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    cmd = ["nice", "-n", "10", sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc-per-node", str(world), "-m", "benchmarks.shards", "--worker", str(data),
+           str(out), str(rank_k), str(epochs)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"world {world} failed ({proc.returncode}): {proc.stderr[-3000:]}")
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| processes | rank | ratings held | base | read peak | fit peak | peak | bound held "
+            "| peak / bound held | bound own | s / epoch | all-reduce s |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        held, own = bounds(r)
+        lines.append(
+            f"| {r['world']} | {r['rank']} | {r['ratings']:,} | {r['base_mib']:.0f} | "
+            f"{r['read_peak_mib']:.0f} | {r['fit_peak_mib']:.0f} | {r['peak_mib']:.0f} | "
+            f"{held:.0f} | {r['peak_mib'] / held:.2f} | {own:.0f} | {r['sec_per_epoch']:.2f} | "
+            f"{r['allreduce_s']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--worker":
+        worker(argv[1], argv[2], int(argv[3]), int(argv[4]))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ratings", type=float, default=5e6)
+    ap.add_argument("--parts", type=int, default=8)
+    ap.add_argument("--worlds", default="1,2,4")
+    ap.add_argument("--rank", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--data", type=Path, default=None)
+    ap.add_argument("--timeout", type=float, default=7200)
+    args = ap.parse_args(argv)
+    n_ratings = int(args.ratings)
+    data = args.data or Path(f"/tmp/autofact-shards-{n_ratings}")
+    meta_file = data / "_META.json"
+    if meta_file.exists():
+        meta = json.loads(meta_file.read_text())
+    else:
+        t0 = time.perf_counter()
+        meta = write_parts(data, n_ratings, args.parts)
+        print(f"wrote {meta} to {data} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    load = os.getloadavg()
+    rows: list[dict] = []
+    for world in (int(w) for w in args.worlds.split(",")):
+        got = run_world(data, world, args.rank, args.epochs, args.timeout)
+        rows.extend(got)
+        print("\n".join(table(got).splitlines()[-world:]), file=sys.stderr)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d_%H%M")
+    header = (f"# Rank-local data: per-process memory and epoch time (issue 11)\n\n"
+              f"`python -m benchmarks.shards --ratings {args.ratings:g} --worlds {args.worlds} "
+              f"--rank {args.rank} --epochs {args.epochs}` on {platform.platform()}, "
+              f"{os.cpu_count()} CPUs, load average before {load[0]:.1f} / {load[1]:.1f} / "
+              f"{load[2]:.1f}; data {meta}. MiB; bounds as in `benchmarks/shards.py`.\n\n")
+    text = header + table(rows) + "\n"
+    print(text)
+    results = ROOT / "benchmarks" / "results"
+    (results / f"{stamp}_shards_{n_ratings}.md").write_text(text)
+    (results / f"{stamp}_shards_{n_ratings}.json").write_text(
+        json.dumps({"meta": meta, "load": load, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
