@@ -4,8 +4,9 @@
         [--folds 1 2 3 4 5] [--no-myfm] [--api model|sampler]
         [--rank K --sweeps N --burn-in B --noise both|user|item|global --implicit]
 
-autofact is ``MatrixFactorization()`` at its defaults (the Gibbs sampler ``auto`` picks), or with
-``--api sampler`` or any sampler option :func:`autofact.solvers.gibbs.gibbs_mf` itself.
+autofact is ``MatrixFactorization()`` at its defaults (the Gibbs sampler ``auto`` picks; with
+``--implicit`` alone, ``MatrixFactorization(implicit=True)``), or with ``--api sampler`` or any
+other sampler option :func:`autofact.solvers.gibbs.gibbs_mf` itself.
 
 Splits (as issue 9 fixes them): ml-100k is the canonical ``u1..u5`` 5-fold split; ml-latest-small
 and filmtrust are 90/10 splits of the rating rows by ``numpy.random.default_rng(0).permutation``
@@ -82,14 +83,14 @@ def run_gibbs(d: dict[str, Any], api: str = "model", **kw: Any) -> dict[str, flo
     the id index and the model's unknown-id rule included), or the sampler's own function."""
     u, i, r = d["train"]
     tu, ti, tr = d["test"]
-    if api == "model" and not kw:
+    if api == "model" and set(kw) <= {"implicit"}:  # a model option: through the model
         import warnings
 
         from autofact import MatrixFactorization, Ratings
 
         train = Ratings.from_coo(u, i, r, shape=d["shape"])
         t0 = time.perf_counter()
-        model = MatrixFactorization().fit(train)
+        model = MatrixFactorization(**kw).fit(train)
         seconds = time.perf_counter() - t0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # test ids absent from training: the fallback
@@ -167,7 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     kw = {key: getattr(args, key) for key in ("rank", "sweeps", "burn_in", "noise", "implicit")
           if getattr(args, key) is not None}
-    what = "MatrixFactorization()" if args.api == "model" and not kw else f"gibbs_mf(**{kw})"
+    model_path = args.api == "model" and set(kw) <= {"implicit"}
+    what = (f"MatrixFactorization({', '.join(f'{k}={v!r}' for k, v in kw.items())})"
+            if model_path else f"gibbs_mf(**{kw})")
     print(f"autofact: {what}; torch threads {torch.get_num_threads()}")
     rows = []
     for name in args.datasets:

@@ -1,6 +1,7 @@
 """SVD++'s implicit term in the model (issue 9, item 3): ``MatrixFactorization(implicit=True)``
-fitted by the Gibbs sampler, its ``implicit_factors_`` saved and loaded, used by predict and by
-fold-in; refused, with the fix named, where it cannot be learned."""
+fitted by the Gibbs sampler or the full-batch gradient solvers, its ``implicit_factors_`` saved
+and loaded, used by predict and by fold-in; refused, with the fix named, where it cannot be
+learned."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 
 import autofact
 from autofact import MatrixFactorization, Ratings, cli
+from autofact.objective import Objective
+from autofact.sharding import ShardPlan
 from autofact.solvers.gibbs import gibbs_mf
 
 
@@ -93,13 +97,14 @@ def test_fold_in_centres_the_new_user_on_their_items_implicit_factors(fitted) ->
     [
         ({"implicit": "yes"}, "implicit must be True or False, got 'yes'"),
         ({"implicit": True, "solver": "als"},
-         r"implicit=True .* Gibbs sampler only, but this fit runs solver='als'; use "
-         r"solver='gibbs'"),
-        ({"implicit": True, "beta": 1.0},  # auto does not sample a beta the user set
-         r"implicit=True .* runs solver='als'"),
-        # another loss: refused by the solver 'auto' picks for it (ALS, or the Laplace sampler)
-        ({"implicit": True, "loss": "huber"},
-         r"implicit=True .* use (solver='gibbs'|loss='squared')"),
+         r"implicit=True does not combine with solver='als'.* use solver='gibbs' .*'lbfgs'"),
+        ({"implicit": True, "solver": "adam", "batch_size": 8},
+         r"implicit=True trains on full batches .* got solver='adam' with batch_size=8; use "
+         r"batch_size=None"),
+        ({"implicit": True, "solver": "sgd"}, r"implicit=True trains on full batches"),
+        ({"implicit": True, "loss": "huber", "solver": "gibbs"},
+         r"(implicit=True is sampled for the squared loss only|solver='gibbs' samples the "
+         r"squared loss)"),
         ({"implicit": True, "task": "ranking"}, r"implicit=True .* is for task='rating'"),
     ],
 )
@@ -107,6 +112,70 @@ def test_implicit_is_refused_where_it_cannot_be_learned(kwargs: dict, match: str
     train, _ = planted(m=10, n=8)
     with pytest.raises(ValueError, match=match):
         MatrixFactorization(rank=2, epochs=2, **kwargs).fit(train)
+
+
+# ---------------------------------------------------------------- the gradient solvers
+def test_objective_gradient_is_the_svdpp_formula_by_autograd() -> None:
+    # issue 9: J with the implicit term, written out densely, differentiated by autograd, in
+    # float64; the library's blocked value and gradient must equal it
+    train, _ = planted(m=12, n=9, rank=2)
+    obj = Objective(train, loss="squared", regularization="l2", beta=0.3, bias=True,
+                    dtype="float64", implicit=True)
+    params = obj.init_params(2, seed=1, init_std=0.5)
+    assert set(params) == {"P", "Q", "bu", "bi", "Y"}
+    value = obj.value_and_grad(params)
+    leaf = {k: p.detach().clone().requires_grad_() for k, p in params.items()}
+    u, i = torch.from_numpy(train.users).long(), torch.from_numpy(train.items).long()
+    counts = torch.bincount(u, minlength=12).double()
+    X = torch.zeros(12, 9, dtype=torch.float64)
+    X[u, i] = counts[u].rsqrt()
+    P_eff = leaf["P"] + X @ leaf["Y"]  # p_u + |N(u)|^-1/2 sum_{j in N(u)} y_j
+    pred = obj.mu + leaf["bu"][u] + leaf["bi"][i] + (P_eff[u] * leaf["Q"][i]).sum(1)
+    J = ((pred - torch.from_numpy(train.values)) ** 2).sum() \
+        + sum(0.15 * (p * p).sum() for p in leaf.values())
+    J.backward()
+    assert value == pytest.approx(float(J.detach()), rel=1e-12)
+    for k in leaf:
+        torch.testing.assert_close(params[k].grad, leaf[k].grad, rtol=1e-10, atol=1e-10)
+    assert obj.value(params) == pytest.approx(value, rel=1e-12)
+    torch.testing.assert_close(obj.effective(params)["P"], P_eff.detach())
+    with pytest.raises(ValueError, match="implicit=True trains on full batches"):
+        obj.batch_loss(params, torch.arange(4))
+
+
+def test_objective_refuses_the_implicit_term_on_a_shared_plan() -> None:
+    class TwoProcesses(ShardPlan):
+        world_size = 2
+
+    train, _ = planted(m=10, n=8)
+    with pytest.raises(ValueError, match="implicit=True needs every rating of a user in one "
+                       "process; this plan shares the ratings between 2 processes"):
+        Objective(train, implicit=True, plan=TwoProcesses())
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "adam", "gd"])
+def test_gradient_solvers_learn_the_implicit_term(solver: str, tmp_path) -> None:
+    train, _ = planted(seed=3)
+    kw = {"rank": 3, "solver": solver, "beta": 0.5, "dtype": "float64", "seed": 0}
+    model = MatrixFactorization(implicit=True, **kw).fit(train, validation=train)
+    plain = MatrixFactorization(**kw).fit(train)
+    assert model.solver_ == solver and model.implicit_factors_.shape == (30, 3)
+    # the exported user factors are the effective ones, P + X Y: the validation RMSE recorded
+    # for the kept epoch (from Objective.effective) is the fitted model's own
+    kept = [h for h in model.history_ if h.get("kept")]
+    assert kept[0]["val_rmse"] == pytest.approx(-model.score(train), rel=1e-9)
+    # Y changes the fit (the same start otherwise), and the model saves, loads and folds in
+    assert not np.allclose(model.user_factors_, plain.user_factors_, atol=1e-4)
+    same = autofact.load(model.save(tmp_path / "m.npz"))
+    np.testing.assert_array_equal(same.implicit_factors_, model.implicit_factors_)
+    ratings = {int(train.item_ids[j]): 4.0 for j in (0, 3, 7)}
+    np.testing.assert_array_equal(same.fold_in(ratings).factors, model.fold_in(ratings).factors)
+
+
+def test_auto_trains_the_implicit_term_by_lbfgs_where_it_would_pick_als() -> None:
+    train, _ = planted(m=12, n=9)
+    model = MatrixFactorization(rank=2, implicit=True, loss="huber", epochs=3).fit(train)
+    assert model.solver_ == "lbfgs" and model.implicit_factors_ is not None
 
 
 def _rewrite(src, dst, drop: str | None = None, meta_update: dict | None = None,

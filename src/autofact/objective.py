@@ -273,6 +273,7 @@ class Objective:
         global_mean: float | None = None,
         plan: ShardPlan | None = None,
         unobserved_weight: float = 0.0,
+        implicit: bool = False,
     ) -> None:
         if not isinstance(ratings, Ratings):
             raise TypeError(
@@ -289,6 +290,7 @@ class Objective:
         check_regularizer(self.reg, self.dtype)
         self.bias = bool(bias)
         self.unobserved_weight = check_unobserved_weight(unobserved_weight)
+        self.implicit = bool(implicit)
         self.shape = ratings.shape
         # which ratings this process holds and how sums over processes are taken
         # (autofact.sharding; one process: all of them, and the identity)
@@ -313,6 +315,15 @@ class Objective:
         self.keep_rows = 8 * self.nnz <= int(max_memory) // 2
         self.patterns = build_patterns(self.users, self.items, self.shape, self.max_nnz,
                                        keep_rows=self.keep_rows)
+        self.design: torch.Tensor | None = None
+        if self.implicit:
+            if self.plan.world_size > 1:
+                raise ValueError(
+                    f"implicit=True needs every rating of a user in one process; this plan "
+                    f"shares the ratings between {self.plan.world_size} processes: fit in one "
+                    "process, or implicit=False"
+                )
+            self.design = self._implicit_design()
         if self.patterns:
             first = self.patterns[0]
             check_loss_on_block(self.loss, self.values[first.start : first.stop], self.mu)
@@ -372,7 +383,8 @@ class Objective:
     def init_params(
         self, rank: int, seed: int | None = 0, init_std: float = 0.1
     ) -> Params:
-        """Leaf tensors ``P (m x k)``, ``Q (n x k)`` and, with bias, ``bu (m)``, ``bi (n)``."""
+        """Leaf tensors ``P (m x k)``, ``Q (n x k)`` and, with bias, ``bu (m)``, ``bi (n)``;
+        with ``implicit=True`` also ``Y (n x k)``, the items' implicit factors."""
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         m, n = self.shape
         P = torch.randn(m, rank, generator=g, dtype=torch.float64) * init_std
@@ -381,6 +393,8 @@ class Objective:
         if self.bias:
             params["bu"] = torch.zeros(m, dtype=torch.float64)
             params["bi"] = torch.zeros(n, dtype=torch.float64)
+        if self.implicit:
+            params["Y"] = torch.randn(n, rank, generator=g, dtype=torch.float64) * init_std
         out = {k: v.to(self.device, self.dtype) for k, v in params.items()}
         self.plan.broadcast(list(out.values()))  # rank 0's start everywhere, seeded or not
         return {k: v.requires_grad_() for k, v in out.items()}
@@ -478,13 +492,70 @@ class Objective:
         grads["Q"] += gQ
         return value.detach()
 
-    def _accumulate(self, params: Params, backward: bool) -> torch.Tensor:
+    # ------------------------------------------------------------------ the implicit term
+    def _implicit_design(self) -> torch.Tensor:
+        """``X`` (m x n, torch CSR): the user-item indicator with row ``u`` scaled by
+        ``|N(u)|^-1/2``, so that ``X @ Y`` is each user's implicit part."""
+        import warnings
+
+        m, n = self.shape
+        users = self.users.long()
+        counts = torch.bincount(users, minlength=m)
+        crow = torch.zeros(m + 1, dtype=torch.int64, device=self.device)
+        crow[1:] = torch.cumsum(counts, 0)
+        values = counts.clamp(min=1).to(self.dtype).rsqrt()[users]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+            return torch.sparse_csr_tensor(crow, self.items.long(), values, size=(m, n),
+                                           check_invariants=False)
+
+    def effective(self, params: Params) -> Params:
+        """The parameters as the predictions use them: with ``implicit=True`` the user factors
+        are ``P + X Y`` (SVD++: ``p_u + |N(u)|^-1/2 sum_{j in N(u)} y_j``) and ``Y`` is dropped;
+        otherwise ``params`` itself. Detached."""
+        if self.design is None or "Y" not in params:
+            return params
+        with torch.no_grad():
+            P = params["P"].detach() + self.design @ params["Y"].detach()
+        return {"P": P, **{k: v.detach() for k, v in params.items() if k not in ("P", "Y")}}
+
+    def _accumulate_implicit(self, params: Params, backward: bool) -> torch.Tensor:
+        """``J`` (and with ``backward`` its gradient) with the implicit term: the loss (and the
+        unobserved term) see the effective user factors ``P + X Y`` (:meth:`effective`), the
+        regularizer ``P`` and ``Y`` themselves; the gradient reaches ``P`` and ``Y`` from the
+        effective factors' by autograd through ``P + X Y``."""
+        P, Y = params["P"], params["Y"]
+        eff = {k: (v if k == "P" else params[k]) for k, v in self.effective(params).items()}
+        eff["P"].requires_grad_(backward)
+        total = self._accumulate(eff, backward, regularize=False)
+        if not backward:
+            for p in params.values():
+                for rows in self._reg_slices(p):
+                    total += self.reg(p[rows]).reshape(())
+            return total
+        grad_eff = eff["P"].grad
+        assert grad_eff is not None and self.design is not None
+        leaf_P, leaf_Y = P.detach().requires_grad_(), Y.detach().requires_grad_()
+        with torch.enable_grad():
+            gP, gY = torch.autograd.grad(leaf_P + self.design @ leaf_Y, (leaf_P, leaf_Y),
+                                         grad_eff)
+        grads = {"P": gP, "Y": gY}
+        grads.update({k: v.grad for k, v in params.items() if k not in grads})  # type: ignore
+        total += self._regularize_into(params, grads)
+        P.grad = gP if P.grad is None else P.grad.add_(gP)
+        Y.grad = gY if Y.grad is None else Y.grad.add_(gY)
+        return total
+
+    def _accumulate(self, params: Params, backward: bool, regularize: bool = True
+                    ) -> torch.Tensor:
+        if self.design is not None and "Y" in params:
+            return self._accumulate_implicit(params, backward)
         if not backward:
             total = torch.zeros((), dtype=self.dtype, device=self.device)
             for pat in self.patterns:
                 total += self._block_terms(params, pat).sum()
             if self.plan.owns_regularizer:
-                for p in params.values():
+                for p in params.values() if regularize else ():
                     for rows in self._reg_slices(p):
                         total += self.reg(p[rows]).reshape(())
                 if self.unobserved_weight:
@@ -522,7 +593,8 @@ class Objective:
                 if held_grad is not None:
                     grads[k] += held_grad
         if self.plan.owns_regularizer:
-            total += self._regularize_into(params, grads)
+            if regularize:
+                total += self._regularize_into(params, grads)
             if self.unobserved_weight:
                 total += self._unobserved_into(params, grads)
         self.plan.all_sum([total, *grads.values()])
@@ -540,6 +612,11 @@ class Objective:
         their correction ``-w0 (p_u . q_i)^2`` and ``w0 <P^T P, Q^T Q>`` (every row's factors:
         ``O((m + n) k^2)`` a batch) enters scaled like the regularizer.
         """
+        if self.implicit:
+            raise ValueError(
+                "implicit=True trains on full batches (each user's factor sums over all of their "
+                "items); use batch_size=None with solver 'adam', 'gd' or 'lbfgs'"
+            )
         u, i = self.users[idx].long(), self.items[idx].long()
         inner = (params["P"][u] * params["Q"][i]).sum(1)
         pred = inner + self.mu

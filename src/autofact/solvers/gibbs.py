@@ -31,16 +31,23 @@ conditional, with ``z_i = [q_i, 1]`` and ``w_ui = tau_u kappa_i``, is Gaussian::
 
 ``Lambda_u`` for all users at once is one sparse @ dense product (``vec Lambda = W @ vec(z z^T)``),
 the Cholesky factors are batched, and nothing loops over rows in Python. ``Y`` given the user
-factors is a Bayesian linear regression per column, drawn exactly up to the tolerance of a
-conjugate-gradient solve of a perturbed system (Papandreou & Yuille, 2010).
+factors is a Bayesian linear regression per column, drawn by solving a perturbed system
+(Papandreou & Yuille, 2010) with conjugate gradients warm-started at the previous draw: exact
+when the solve is (``cg_tol``), but by default the solve stops after ``cg_max_iter=3``
+iterations, which makes the ``Y`` draw approximate. Measured on the validation splits below
+(ml-100k u1, seed 0): 3 iterations a sweep gave 0.8921 RMSE, a solve to ``1e-6`` (~40 iterations
+a sweep) 0.8928, 1e-2 (14) 0.8928, 2 iterations 0.8918 but 0.8309 against 0.8246 on
+ml-latest-small, 1 iteration 0.8946; the ``Y`` draw then costs ~8 sparse products a sweep
+(``X @ Y`` is carried along, not recomputed).
 
-**Exact:** every draw is from the model's exact conditional (``Y``'s up to ``cg_tol``), so the
-chain targets the exact posterior. **Approximate:** the chain is finite (``sweeps``, the first
-``burn_in`` discarded), and predictions use the posterior means of the factors and biases,
-``E[b_u] + E[c_i] + E[p_u] . E[q_i]``, rather than the posterior mean of the product: this drops
-the posterior covariance of ``p_u`` and ``q_i``. On the validation splits it predicts as well as
-averaging the products of all kept samples (0.899 against 0.899 RMSE on ml-100k, 0.777 against
-0.778 on filmtrust) and better than averaging any bounded number of them (16 samples: 0.903).
+**Exact:** every other draw is from the model's exact conditional, so with an exact ``Y`` solve
+(or ``implicit=False``) the chain targets the exact posterior. **Approximate:** the chain is
+finite (``sweeps``, the first ``burn_in`` discarded), and predictions use the posterior means
+of the factors and biases, ``E[b_u] + E[c_i] + E[p_u] . E[q_i]``, rather than the posterior mean
+of the product: this drops the posterior covariance of ``p_u`` and ``q_i``. On the validation
+splits it predicts as well as averaging the products of all kept samples (0.899 against 0.899
+RMSE on ml-100k, 0.777 against 0.778 on filmtrust) and better than averaging any bounded number
+of them (16 samples: 0.903).
 
 How the posterior is kept: the running means of ``P``, ``Q`` (and ``Y``), of the biases and of
 the column means ``m`` (the prior of an unknown user or item), i.e. one factorization's worth of
@@ -55,8 +62,13 @@ running means; temporaries bounded by ``max_nnz`` ratings at a time.
 Defaults, chosen on validation splits carved from the training data (10% of ml-100k u1.base and
 u3.base, of the ml-latest-small and filmtrust 90% training parts): 100 sweeps (200 gave 0.0007
 lower mean RMSE, within the 0.001-0.003 chain-to-chain spread, at twice the time), burn-in a
-tenth, per-user and per-item noise (``noise_shape`` 8: 4 to 16 within 0.0004), ``implicit=False``
-(the implicit term lowered the mean validation RMSE by 0.001 at twice the time). Normal-Wishart
+tenth, per-user and per-item noise (``noise_shape`` 8: 4 to 16 within 0.0004), ``implicit=False``:
+the implicit term (3 CG iterations) changed the validation RMSE by -0.0018 / -0.0022 on ml-100k
+u1 / u3, +0.0005 on ml-latest-small and -0.0001 on filmtrust (mean of seeds 0 and 1; mean
+-0.0009) at 1.4-1.9x the sampling time, and with its sweeps cut to 75 to pay for that time, by
+-0.0008 / -0.0012 / +0.0028 / +0.0012 (mean +0.0005); the default fit's time budget on ml-100k
+(issue 9: a quarter of myFM's) leaves no room for it (``benchmarks/gibbs_validation.py``,
+``benchmarks/results/2026-11-28_2230_implicit_validation.md``). Normal-Wishart
 hyper-priors (BPMF's full prior precision) measured a tie on average (better on MovieLens, worse
 on filmtrust) and are not offered.
 
