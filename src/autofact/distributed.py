@@ -194,22 +194,41 @@ def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
 
 
 def _gather_pattern(model: MatrixFactorization, train: Ratings, plan: ShardPlan) -> None:
-    """Every process's (user, item) pairs onto rank 0, as one int64 key a rating (12 bytes a
-    rating there, with the CSR indices), into rank 0's ``model.index_``."""
+    """Every process's (user, item) pairs onto rank 0, into rank 0's ``model.index_``: each
+    process sends one int64 key a rating; rank 0 receives them one process at a time and
+    places each user's items straight into the CSR indices (4 bytes a rating of all the
+    ratings, plus one process's keys: issue 11, memory), sorting within a row only for users
+    whose ratings came from several processes."""
     m, n = train.shape
     key = torch.from_numpy(train.users.astype(np.int64) * n + train.items)
-    gathered = plan.gather(key)
+    counts = model.index_.user_counts
+    indptr = np.zeros(m + 1, dtype=np.int64)
+    indices = np.empty(0, dtype=np.int32)
+    if plan.is_main:
+        np.cumsum(counts, out=indptr[1:])
+        indices = np.empty(int(indptr[-1]), dtype=np.int32)
+        fill = indptr[:-1].copy()  # where each user's next item goes
+        sources = np.zeros(m, dtype=np.int32)  # processes that sent ratings of each user
+    for part in plan.gather_each(key):
+        keys = part.numpy()  # sorted: a process's ratings are sorted by (user, item)
+        users = keys // n
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+        runs = np.diff(np.r_[starts, len(users)])
+        first = users[starts]
+        indices[np.repeat(fill[first] - starts, runs) + np.arange(len(users))] = keys % n
+        fill[first] += runs
+        sources[first] += 1
+        del keys, users, part
     del key
-    if gathered is None:
+    if not plan.is_main:
         return
-    keys = gathered.numpy()
-    keys.sort()  # in place
-    indptr = np.searchsorted(keys, np.arange(m + 1, dtype=np.int64) * n)
-    indices = np.empty(len(keys), dtype=np.int32)
-    step = 1 << 22
-    for s in range(0, len(keys), step):
-        indices[s : s + step] = keys[s : s + step] % n
-    del gathered, keys
+    mixed = np.flatnonzero(sources > 1)  # parts not split by user: sort those rows' items
+    if len(mixed):
+        rows = np.repeat(mixed, counts[mixed])
+        at = np.repeat(indptr[mixed] - np.r_[0, np.cumsum(counts[mixed])[:-1]],
+                       counts[mixed]) + np.arange(len(rows))
+        order = np.lexsort((indices[at], rows))
+        indices[at] = indices[at][order]
     model.index_ = model.index_.with_pattern(indptr, indices)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
@@ -100,7 +101,10 @@ class MatrixFactorization:
         ``'als'`` where its assumptions hold (an elementwise loss with curvature, a smooth
         separable regularizer), else ``'lbfgs'`` (``'adam'`` with ``nonnegative=True``); see
         :mod:`autofact.solvers.contract`. An explicit ``'als'`` or ``'gibbs'`` outside its
-        assumptions raises a ValueError naming the fix.
+        assumptions raises a ValueError naming the fix. An explicit ``'gibbs'`` with ``'l2'``
+        and another loss with a second derivative (``'huber'``, ``'logistic'``, ``'poisson'``,
+        a user's) samples the loss as a likelihood by Metropolis-Hastings with Laplace
+        proposals (:mod:`autofact.solvers.laplace`, issue 9).
     lr : learning rate (``None``: the solver's default).
     epochs : passes over the data (``None``: the solver's default; for ``'gibbs'`` the sweeps,
         100, the first tenth discarded as burn-in).
@@ -566,8 +570,14 @@ class MatrixFactorization:
         record of ``history_`` says why it stopped (``'stopped'``)."""
         from .solvers.budget import SweepBudget
         from .solvers.gibbs import gibbs_mf
+        from .solvers.laplace import best_constant, laplace_mf
 
-        mu = float(np.mean(train.values, dtype=np.float64))
+        # issue 9: the squared loss is sampled exactly (gibbs), any other twice-differentiable
+        # loss by Metropolis-Hastings with Laplace proposals (autofact.solvers.laplace)
+        exact = loss_fn is LOSSES["squared"]
+        sample: Any = gibbs_mf if exact else functools.partial(laplace_mf, loss=loss_fn)
+        mu = (float(np.mean(train.values, dtype=np.float64)) if exact
+              else best_constant(loss_fn, train.values))
 
         def make_index() -> ModelIndex:
             return ModelIndex.from_ratings(train, fallback=mu, clip=clips_to_range(self.loss),
@@ -657,11 +667,11 @@ class MatrixFactorization:
             self._export()
 
         try:
-            res = gibbs_mf(train, rank=int(self.rank), sweeps=sweeps, burn_in=burn_in,
-                           seed=self.seed,
-                           implicit=bool(self.implicit),
-                           init_std=float(self.init_std), n_threads=self.n_threads,
-                           callback=on_sweep)
+            res = sample(train, rank=int(self.rank), sweeps=sweeps, burn_in=burn_in,
+                         seed=self.seed,
+                         implicit=bool(self.implicit),
+                         init_std=float(self.init_std), n_threads=self.n_threads,
+                         callback=on_sweep)
         except KeyboardInterrupt:
             # issue 8: Ctrl-C keeps a usable model, the posterior means of the last finished
             # sweep (as the other solvers keep their last finished epoch), and goes on

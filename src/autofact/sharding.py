@@ -107,10 +107,12 @@ class ShardPlan:
         them as they come holds one at a time (here: this process's)."""
         yield tensor
 
-    def gather(self, tensor: torch.Tensor) -> torch.Tensor | None:
-        """Every process's ``tensor`` (1-D, of its own length), joined in rank order, on rank 0
-        (received in place into one buffer); ``None`` on the others (here: ``tensor``)."""
-        return tensor
+    def gather_each(self, tensor: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Every process's ``tensor`` (1-D, of its own length) on rank 0, one at a time in rank
+        order, each received when the caller asks for the next (so rank 0 holds one at a
+        time); the other processes send theirs and yield nothing. Every process must run the
+        iteration to its end (here: ``tensor``)."""
+        yield tensor
 
     def digest(self, hexdigest: str) -> str:
         """One fingerprint of the data of every process from this process's ``hexdigest``: the
@@ -212,25 +214,24 @@ class TorchShardPlan(ShardPlan):
                 self._collective([buf], functools.partial(dist.broadcast, src=src, group=self.group))
             yield buf
 
-    def gather(self, tensor: torch.Tensor) -> torch.Tensor | None:
+    def gather_each(self, tensor: torch.Tensor) -> Iterator[torch.Tensor]:
         dist = self._dist
         lengths = self._lengths(tensor)
         if self.rank != 0:
             if lengths[self.rank]:
                 self._collective([tensor.reshape(-1)],
                                  lambda x: dist.send(x, dst=self._src, group=self.group))
-            return None
-        out = torch.empty(sum(lengths), dtype=tensor.dtype)
-        at = 0
+            return
         for r, n in enumerate(lengths):
-            buf = out[at : at + n]
-            at += n
             if r == 0:
-                buf.copy_(tensor.reshape(-1))
-            elif n:
+                yield tensor.reshape(-1)
+                continue
+            buf = torch.empty(n, dtype=tensor.dtype)
+            if n:
                 src = self._global(r)
                 self._collective([buf], functools.partial(dist.recv, src=src, group=self.group))
-        return out
+            yield buf
+            del buf
 
     def digest(self, hexdigest: str) -> str:
         if not self.local:  # every process was given all the ratings: one fingerprint already

@@ -99,7 +99,13 @@ def choose_solver(
     assumptions fail (see the module docstring).
 
     ``'gibbs'`` (issue 9: Bayesian MF by Gibbs sampling, :mod:`autofact.solvers.gibbs`) is exact
-    for the squared loss with ``l2`` only, the Gaussian likelihood and prior it samples; ``auto``
+    for the squared loss with ``l2``, the Gaussian likelihood and prior it samples; with ``l2`` and
+    any other elementwise loss with finite, not all zero, second derivatives it runs the
+    Laplace-MH sampler (:mod:`autofact.solvers.laplace`; the loss as the negative
+    log-likelihood). ``auto`` picks the sampler for the squared loss with ``l2`` only (for huber
+    and logistic on ml-100k validation splits the Laplace-MH sampler was more accurate than
+    ``als`` but 10-30x slower; for Poisson less accurate: ``benchmarks/laplace_validation.py``),
+    and there unless
     picks it there unless ``sampler`` is False (the caller's data or settings rule it out: weights,
     no biases, a shared plan, checkpoints) or mini-batches or ``nonnegative`` are asked for.
     """
@@ -114,12 +120,17 @@ def choose_solver(
     check_regularizer(reg_fn, dtype)
     gaussian = _name(loss_fn) == "squared" and _name(reg_fn).startswith("l2(")
     if solver == "gibbs":
-        if not gaussian:
+        if not _name(reg_fn).startswith("l2("):
             raise ValueError(
                 f"solver='gibbs' samples the squared loss with 'l2' regularization (a Gaussian "
-                f"likelihood and prior); got loss {_name(loss_fn)} with regularization "
-                f"{_name(reg_fn)}: use solver='als', 'lbfgs' or 'adam' for it"
+                f"likelihood and prior), and other twice-differentiable losses with 'l2' by "
+                f"Laplace-MH; got loss {_name(loss_fn)} with regularization {_name(reg_fn)}: "
+                "use solver='als', 'lbfgs' or 'adam' for it"
             )
+        if not gaussian:  # issue 9: the Laplace-MH sampler (autofact.solvers.laplace)
+            from .laplace import check_sampler_loss
+
+            check_sampler_loss(loss_fn)
         if unobserved_weight:
             raise ValueError(
                 f"solver='gibbs' does not sample the unobserved term; got "
