@@ -199,13 +199,14 @@ def _log_det_half(L: torch.Tensor) -> torch.Tensor:
 
 def _mh_side(loss: Loss, side: _Side, X: torch.Tensor, other: torch.Tensor, mu: float,
              hyp: tuple[np.ndarray, np.ndarray], gen: torch.Generator, out_mean: torch.Tensor,
-             sweep: int, what: str) -> tuple[int, float, float]:
+             sweep: int, what: str, greedy: bool = False) -> tuple[int, float, int]:
     """One MH step with the Laplace proposal for every row of ``X`` (n_rows, K) = ``[f, b]``,
     in place, given ``other`` (n_cols, K) = ``[f, b]`` of the other side. Writes the
     Rao-Blackwellized mean ``a x' + (1 - a) x`` of each row into ``out_mean``. Returns the rows
     with ratings whose proposal was accepted, the summed loss at the new state and the number of
     rows with ratings (a row without any samples its prior exactly: always accepted, not
-    counted)."""
+    counted). ``greedy``: the warm start's step instead, the proposal's mean (a Newton step)
+    taken where it raises the log posterior."""
     K = X.shape[1]
     k = K - 1
     za = torch.cat([other[:, :k], torch.ones(other.shape[0], 1, dtype=X.dtype)], 1)
@@ -215,6 +216,9 @@ def _mh_side(loss: Loss, side: _Side, X: torch.Tensor, other: torch.Tensor, mu: 
     m = torch.from_numpy(hyp[0])
     lam = torch.from_numpy(hyp[1])
     rated = torch.from_numpy(side.counts > 0)
+    # every row's randomness drawn at once: the chain does not depend on the row blocks
+    eps_all = torch.randn(side.n_rows, K, 1, dtype=X.dtype, generator=gen)
+    u_all = torch.rand(side.n_rows, dtype=X.dtype, generator=gen)
     accepted = 0
     total_loss = 0.0
     for blk in side.blocks:
@@ -223,13 +227,22 @@ def _mh_side(loss: Loss, side: _Side, X: torch.Tensor, other: torch.Tensor, mu: 
         cur = _evaluate(loss, side, blk, x, za, zz, (iu, ju), offset, m, lam)
         if not bool(cur.ok.all()):
             bad = int((~cur.ok).nonzero()[0, 0]) + r0
+            where = f"sweep {sweep}" if sweep else "the warm start"
             raise FitError(
-                f"sweep {sweep}: the loss or its derivatives are not finite at the current "
+                f"{where}: the loss or its derivatives are not finite at the current "
                 f"state of {what} {bad} (a score out of the loss's domain, or an overflow); "
                 "check the loss on these ratings, or use a MAP solver such as solver='lbfgs'",
                 epoch=sweep,
             )
-        eps = torch.randn(r1 - r0, K, 1, dtype=X.dtype, generator=gen)
+        if greedy:
+            new = _evaluate(loss, side, blk, cur.mean, za, zz, (iu, ju), offset, m, lam)
+            take = new.ok & (new.logpost >= cur.logpost)
+            X[r0:r1] = torch.where(take[:, None], cur.mean, x)
+            out_mean[r0:r1] = X[r0:r1]
+            accepted += int(take[rated[r0:r1]].sum())
+            total_loss += float(torch.where(take, new.loss, cur.loss).sum())
+            continue
+        eps = eps_all[r0:r1]
         prop = cur.mean + torch.linalg.solve_triangular(cur.L.mT, eps, upper=True)[:, :, 0]
         log_fwd = -0.5 * (eps[:, :, 0] ** 2).sum(1) + _log_det_half(cur.L)
         new = _evaluate(loss, side, blk, prop, za, zz, (iu, ju), offset, m, lam)
@@ -238,8 +251,7 @@ def _mh_side(loss: Loss, side: _Side, X: torch.Tensor, other: torch.Tensor, mu: 
         log_ratio = new.logpost - cur.logpost + log_rev - log_fwd
         log_ratio = torch.where(new.ok & torch.isfinite(log_ratio), log_ratio, -math.inf)
         a = torch.exp(log_ratio.clamp(max=0.0))
-        u = torch.rand(r1 - r0, dtype=X.dtype, generator=gen)
-        take = u < a
+        take = u_all[r0:r1] < a
         # E[next | x, x'] = a x' + (1 - a) x, plus mean - x' (zero mean under q(. | x)): for
         # a = 1 the conditional mean of the proposal, as Gibbs sampling's Rao-Blackwellized mean
         out_mean[r0:r1] = cur.mean - (1 - a[:, None]) * (prop - x)
@@ -249,10 +261,11 @@ def _mh_side(loss: Loss, side: _Side, X: torch.Tensor, other: torch.Tensor, mu: 
     return accepted, total_loss, int(rated.sum())
 
 
-def best_constant(loss: Loss, values: Any) -> float:
+def best_constant(loss: str | Loss, values: Any) -> float:
     """The constant score ``c`` minimizing ``sum_r loss(c, r)``: the mean for the squared loss,
     the logit of the mean for the logistic, the log of the mean for Poisson (damped Newton steps
     on autograd's derivatives, from the better of the mean and 0)."""
+    loss = get_loss(loss)
     t = torch.as_tensor(np.asarray(values, dtype=np.float64))
 
     def value(c: torch.Tensor) -> float:
@@ -307,7 +320,8 @@ def check_sampler_loss(loss: Loss) -> None:
             f"loss with a non-zero second derivative; loss {name} has none on a probe (as "
             "'absolute'): use solver='lbfgs' or 'adam' for it"
         )
-    pred = torch.linspace(-2.0, 2.0, 8, dtype=torch.float64)
+    # scores on both sides of 0/1 targets, and equal to them (where |r|^1.5 has no curvature)
+    pred = torch.tensor([-2.0, -0.5, 0.0, 1.0, 0.5, 0.25, 2.0, 3.0], dtype=torch.float64)
     target = torch.tensor([0.0, 1.0] * 4, dtype=torch.float64)
     _, g2, _ = diagonal_derivatives(lambda s: loss(s, target).sum(), pred)
     if not bool(torch.isfinite(g2).all()):
@@ -331,6 +345,7 @@ def laplace_mf(
     burn_in: int | None = None,
     seed: int | None = 0,
     init_std: float = 0.1,
+    warm_start: int = 5,
     max_nnz: int = 1 << 18,
     n_threads: int | None = None,
     implicit: bool = False,
@@ -389,12 +404,12 @@ def laplace_mf(
     with use_threads(min(len(vals), max_nnz) * K * (K + 1) / 2, n_threads):
         return _sample(loss_fn, users, items, vals, (m, n), rank=int(rank), sweeps=int(sweeps),
                        burn_in=burn_in, seed=seed, init_std=float(init_std), max_nnz=max_nnz,
-                       callback=callback, t0=t0)
+                       warm_start=warm_start, callback=callback, t0=t0)
 
 
 def _sample(loss: Loss, users: np.ndarray, items: np.ndarray, vals: np.ndarray,
             shape: tuple[int, int], *, rank: int, sweeps: int, burn_in: int, seed: int | None,
-            init_std: float, max_nnz: int,
+            init_std: float, max_nnz: int, warm_start: int,
             callback: Callable[[int, float, Callable[[], LaplaceResult]], bool | None] | None,
             t0: float) -> LaplaceResult:
     m, n = shape
@@ -436,6 +451,9 @@ def _sample(loss: Loss, users: np.ndarray, items: np.ndarray, vals: np.ndarray,
         )
 
     with torch.no_grad():
+        for _ in range(warm_start):  # Newton steps to a mode under the initial prior
+            _mh_side(loss, u_side, Xu, Xi, mu, hyp_u, gen, mean_u, 0, "user", greedy=True)
+            _mh_side(loss, i_side, Xi, Xu, mu, hyp_i, gen, mean_i, 0, "item", greedy=True)
         for sweep in range(1, sweeps + 1):
             averaging = sweep > burn_in
             if averaging:  # the priors the draws below are conditioned on
