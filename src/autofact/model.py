@@ -30,6 +30,14 @@ __all__ = ["MatrixFactorization", "load"]
 
 _KINDS = ("response", "link")
 
+#: the number of factors ``rank='auto'`` gives each task. Rating: 10 (every rating default was
+#: chosen at 10; the Gibbs sampler averages over the posterior, so more factors cost time but
+#: not accuracy). Ranking: 64, implicit's and the ranking benchmark's rank: on validation splits
+#: carved from ml-100k u1 and ml-latest-small training data (benchmarks/ranking.py's
+#: ``validation_split``), NDCG@10 went 0.218 / 0.237 / 0.238 / 0.238 on ml-100k and 0.151 /
+#: 0.179 / 0.185 / 0.189 on ml-latest-small at rank 10 / 32 / 64 / 128 (issue 12).
+RANK_DEFAULTS: dict[str, int] = {"rating": 10, "ranking": 64}
+
 
 class MatrixFactorization:
     """Low-rank factorization of a ratings matrix with missing entries, fitted by autograd.
@@ -70,7 +78,9 @@ class MatrixFactorization:
 
     Parameters
     ----------
-    rank : number of latent factors ``k``.
+    rank : number of latent factors ``k``, or ``'auto'`` (the default): the task's own, 10 for
+        ``task='rating'`` and 64 for ``task='ranking'`` (chosen on validation splits carved from
+        training data; see :data:`RANK_DEFAULTS`). ``rank_`` holds the number used.
     task : ``'rating'`` (predict ratings: the default) or ``'ranking'`` (top-N recommendation
         from implicit feedback; ``loss`` is then ``'squared'``, the implicit-feedback ALS
         above (``solver='als'``: each row solved exactly; ``'cg'``: three conjugate-gradient
@@ -168,7 +178,7 @@ class MatrixFactorization:
 
     def __init__(
         self,
-        rank: int = 10,
+        rank: int | str = "auto",
         *,
         task: str = "rating",
         alpha: float = 0.5,
@@ -241,11 +251,17 @@ class MatrixFactorization:
         args = ", ".join(f"{k}={v!r}" for k, v in changed.items())
         return f"MatrixFactorization({args})"
 
+    def _resolved_rank(self) -> int:
+        """``rank`` as a number: ``'auto'`` is the task's own (:data:`RANK_DEFAULTS`)."""
+        if self.rank == "auto":
+            return RANK_DEFAULTS.get(self.task, RANK_DEFAULTS["rating"])
+        return int(self.rank)
+
     def _validate_common(self) -> None:
         """The checks both tasks share."""
-        if not (isinstance(self.rank, int | np.integer) and not isinstance(self.rank, bool)
-                and self.rank >= 1):
-            raise ValueError(f"rank must be a positive int, got {self.rank!r}")
+        if not (self.rank == "auto" or (isinstance(self.rank, int | np.integer)
+                                        and not isinstance(self.rank, bool) and self.rank >= 1)):
+            raise ValueError(f"rank must be a positive int or 'auto', got {self.rank!r}")
         for flag in ("bias", "implicit", "nonnegative", "strict", "verbose"):
             if not isinstance(getattr(self, flag), bool | np.bool_):
                 raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
@@ -368,7 +384,7 @@ class MatrixFactorization:
         """
         self._validate_common()  # rank and n_threads, before they size the threads
         # issue 10: threads by the size of the data; the solver's blocks decide again below
-        with use_threads(_n_entries(X, y) * (self.rank + 1), self.n_threads):
+        with use_threads(_n_entries(X, y) * (self._resolved_rank() + 1), self.n_threads):
             return self._fit(X, y, validation=validation, plan=plan, checkpoint=checkpoint,
                              checkpoint_every=checkpoint_every)
 
@@ -434,7 +450,7 @@ class MatrixFactorization:
             bias=self.bias, device=self.device, dtype=self.dtype, max_memory=self.max_memory,
             plan=plan, unobserved_weight=self.unobserved_weight, implicit=bool(self.implicit),
         )
-        params = obj.init_params(self.rank, seed=self.seed, init_std=self.init_std)
+        params = obj.init_params(self._resolved_rank(), seed=self.seed, init_std=self.init_std)
         fallback = obj.mu if self.bias else obj.best_constant()
         # clipped or not by the loss as named (what a saved model knows), not as imported
         index = ModelIndex.from_ratings(train, fallback=fallback, clip=clips_to_range(self.loss),
@@ -515,7 +531,7 @@ class MatrixFactorization:
             ), last)
 
         # issue 10: threads by the size of one block's operations, set for the fit only
-        work = min(obj.nnz, obj.max_nnz) * (self.rank + 1)
+        work = min(obj.nnz, obj.max_nnz) * (self._resolved_rank() + 1)
         try:
             with use_threads(work, self.n_threads):
                 self.n_epochs_ = fit_params(
@@ -596,11 +612,12 @@ class MatrixFactorization:
             val = _Validation(index, v)
         # (after the validation data is checked, as in the other solvers' fit)
         m, n = train.shape
-        if self.rank > min(m, n):  # issue 8: as for the other solvers
+        k = self._resolved_rank()
+        if k > min(m, n):  # issue 8: as for the other solvers
             warnings.warn(
-                f"rank={self.rank} exceeds min(users, items) = min({m}, {n}) = {min(m, n)}: a "
+                f"rank={k} exceeds min(users, items) = min({m}, {n}) = {min(m, n)}: a "
                 "rank above it adds nothing the model can express and only costs time and "
-                f"memory; gibbs draws a {self.rank}x{self.rank} system for every row (cost ~ "
+                f"memory; gibbs draws a {k}x{k} system for every row (cost ~ "
                 f"rank^3 per row); try rank <= {min(m, n)}",
                 UserWarning,
                 stacklevel=3,
@@ -667,7 +684,7 @@ class MatrixFactorization:
             self._export()
 
         try:
-            res = sample(train, rank=int(self.rank), sweeps=sweeps, burn_in=burn_in,
+            res = sample(train, rank=self._resolved_rank(), sweeps=sweeps, burn_in=burn_in,
                          seed=self.seed,
                          implicit=bool(self.implicit),
                          init_std=float(self.init_std), n_threads=self.n_threads,
@@ -747,7 +764,7 @@ class MatrixFactorization:
                                   "time": time.perf_counter() - start})
 
         P, Q, b = fit_ranking(
-            train, int(self.rank), loss=self.loss, alpha=float(self.alpha),
+            train, self._resolved_rank(), loss=self.loss, alpha=float(self.alpha),
             beta=float(self.beta), epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
             init_std=float(self.init_std), seed=self.seed, dtype=resolve_dtype(self.dtype),
             device=resolve_device(self.device), cg_steps=3 if solver == "cg" else 0,
@@ -787,6 +804,12 @@ class MatrixFactorization:
             raise RuntimeError(
                 "this MatrixFactorization is not fitted yet; call fit(ratings) first"
             )
+
+    @property
+    def rank_(self) -> int:
+        """The number of latent factors of the fitted model (``rank``, ``'auto'`` resolved)."""
+        self._check_fitted()
+        return int(self.user_factors_.shape[1])
 
     @property
     def user_ids_(self) -> np.ndarray:

@@ -32,7 +32,8 @@ def register(sub: Any) -> None:
                    help="where to save the fitted model (e.g. model.npz); an existing file is "
                    "replaced only if it is an autofact model")
     hp = p.add_argument_group("model (defaults: those of autofact.MatrixFactorization)")
-    hp.add_argument("--rank", type=o.positive_int, help="number of latent factors (default 10)")
+    hp.add_argument("--rank", type=o.positive_int,
+                    help="number of latent factors (default: 10, or 64 with --task ranking)")
     hp.add_argument("--task", choices=("rating", "ranking"),
                     help="rating: predict ratings (default); ranking: top-N recommendation from "
                     "implicit feedback (implicit-feedback ALS, or --loss bpr/warp)")
@@ -212,8 +213,6 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         # neither its RMSE nor its MAE means anything (issue 12)
         if not shared:
             train_rmse = -model.score(train) if model.task == "rating" else None
-        if metrics is not None and model.task == "ranking":
-            metrics = {k: v for k, v in metrics.items() if k not in ("rmse", "mae")}
         if args.plot is not None:
             plot_history(model.history_, args.plot, f"autofact fit {Path(args.data).name}")
     except KeyboardInterrupt:
@@ -222,7 +221,7 @@ def fit(args: argparse.Namespace) -> ExitStatus:
     summary = {
         "model": str(args.out),
         "train": {"users": train.n_users, "items": train.n_items, "ratings": n_train},
-        "rank": model.rank,
+        "rank": model.rank_,
         "solver": model.solver_,
         "epochs": model.n_epochs_,
         "seconds": round(seconds, 3),
