@@ -24,6 +24,7 @@ otherwise), as in the issue's table.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -188,9 +189,11 @@ def run(datasets: list[dict[str, Any]], threads: int, label: str = "") -> list[d
     return rows
 
 
+@functools.lru_cache(maxsize=1)
 def synthetic_implicit(n_ratings: int, seed: int = 0) -> dict[str, Any]:
     """``n_ratings`` distinct (user, item) interactions with values 1..5: ``n_ratings / 50``
-    users and ``n_ratings / 200`` items, item popularity Zipf-like (weight ``1 / (rank + 10)``)."""
+    users and ``n_ratings / 200`` items, item popularity Zipf-like (weight ``1 / (rank + 10)``).
+    Cached: the quiet and the contended epoch case share one set."""
     rng = np.random.default_rng(seed)
     m, n = max(n_ratings // 50, 10), max(n_ratings // 200, 10)
     w = 1.0 / (np.arange(n) + 10.0)
@@ -205,10 +208,23 @@ def synthetic_implicit(n_ratings: int, seed: int = 0) -> dict[str, Any]:
                       "ratings": rng.integers(1, 6, len(keys)).astype(np.float32)}}
 
 
-def epoch_case(n_ratings: int, threads: int) -> list[dict[str, Any]]:
-    """Seconds per ALS epoch at factors 64: implicit's CPU ALS (conjugate gradient, its default)
-    against autofact's ``ranking.implicit_als``, exact and with 3 CG steps. An epoch is
-    ``(time of 3 sweeps - time of 1 sweep) / 2``, so set-up is not counted on either side."""
+#: fits of each method in the epoch case, interleaved (implicit, autofact CG, implicit, ...),
+#: and sweeps a fit; the exact solver is fitted once (its epoch is ~15x longer)
+EPOCH_ROUNDS, EPOCH_SWEEPS = 2, 3
+
+
+def epoch_case(n_ratings: int, threads: int, label: str = "") -> list[dict[str, Any]]:
+    """Seconds per ALS epoch (both sides once) at factors 64: implicit's CPU ALS (conjugate
+    gradient, 3 steps, its default) against autofact's ``ranking.implicit_als`` with 3 CG steps
+    (``solver='cg'``) and exact.
+
+    An epoch is the wall time between the ends of two consecutive sweeps of one fit (implicit's
+    own per-iteration time from its callback; the time between ``implicit_als``'s callbacks),
+    so set-up is counted on neither side; the first sweep of each fit is left out (autofact's
+    includes building its CSR matrices). :data:`EPOCH_ROUNDS` fits of :data:`EPOCH_SWEEPS`
+    sweeps each for implicit and autofact CG, alternating, then one exact fit of 2 sweeps; the
+    table gives each method's median epoch and its ratio to implicit's median (noise on a
+    shared machine moves both in the same minutes)."""
     import torch
 
     from autofact import ranking
@@ -218,30 +234,42 @@ def epoch_case(n_ratings: int, threads: int) -> list[dict[str, Any]]:
     R = ranking.InteractionMatrix.from_ratings(_ratings(d), ranking.confidence(
         d["train"]["ratings"], ranking.RANKING_DEFAULTS["alpha"]))
 
-    def implicit_fit(iters: int) -> float:
+    def implicit_epochs(sweeps: int) -> list[float]:
         from implicit.cpu.als import AlternatingLeastSquares
 
-        model = AlternatingLeastSquares(factors=64, regularization=0.05, iterations=iters,
+        times: list[float] = []
+        model = AlternatingLeastSquares(factors=64, regularization=0.05, iterations=sweeps,
                                         random_state=0, num_threads=threads)
-        start = time.perf_counter()
-        model.fit(X, show_progress=False)
-        return time.perf_counter() - start
+        model.fit(X, show_progress=False, callback=lambda it, elapsed, loss: times.append(elapsed))
+        return times[1:]
 
-    def autofact_fit(iters: int, cg: int) -> float:
-        start = time.perf_counter()
-        ranking.implicit_als(R, 64, weight=0.5, regularization=25.0, iterations=iters,
-                             cg_steps=cg, dtype=torch.float32)
-        return time.perf_counter() - start
+    def autofact_epochs(sweeps: int, cg: int) -> list[float]:
+        ends: list[float] = []
+        ranking.implicit_als(R, 64, weight=0.5, regularization=25.0, iterations=sweeps,
+                             cg_steps=cg, dtype=torch.float32,
+                             callback=lambda it, P, Q: ends.append(time.perf_counter()))
+        return list(np.diff(ends))
 
-    base = (implicit_fit(3) - implicit_fit(1)) / 2
-    rows = [{"data": d["name"], "method": "implicit ALS epoch (CG, 64)", "epoch_s": base}]
-    for cg, label in ((0, "exact"), (3, "3 CG steps")):
-        sec = (autofact_fit(3, cg) - autofact_fit(1, cg)) / 2
-        rows.append({"data": d["name"], "method": f"autofact implicit_als epoch ({label}, 64)",
-                     "epoch_s": sec, "ratio": sec / base})
-    for r in rows:
-        print(f"{r['data']:<32} {r['method']:<48} {r['epoch_s']:8.2f} s"
-              + (f"  x{r['ratio']:.2f} implicit" if "ratio" in r else ""), flush=True)
+    epochs: dict[str, list[float]] = {"implicit": [], "cg": [], "exact": []}
+    for _ in range(EPOCH_ROUNDS):
+        epochs["implicit"] += implicit_epochs(EPOCH_SWEEPS)
+        epochs["cg"] += autofact_epochs(EPOCH_SWEEPS, 3)
+    epochs["exact"] += autofact_epochs(2, 0)
+    base = float(np.median(epochs["implicit"]))
+    names = {"implicit": "implicit ALS epoch (CG, 64)",
+             "cg": "autofact implicit_als epoch (3 CG steps, 64)",
+             "exact": "autofact implicit_als epoch (exact, 64)"}
+    rows: list[dict[str, Any]] = []
+    for key in ("implicit", "cg", "exact"):
+        sec = float(np.median(epochs[key]))
+        row = {"data": d["name"], "method": names[key] + label, "epoch_s": sec,
+               "epochs_s": [round(float(e), 3) for e in epochs[key]], "threads": threads}
+        if key != "implicit":
+            row["ratio"] = sec / base
+        rows.append(row)
+        print(f"{row['data']:<32} {row['method']:<58} {sec:8.2f} s"
+              + (f"  x{row['ratio']:.2f} implicit" if "ratio" in row else "")
+              + f"   epochs {row['epochs_s']}", flush=True)
     return rows
 
 
@@ -297,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
 
             with busy(1):
                 rows += run(data, args.threads, " [contended]")
+                if args.epoch:
+                    rows += epoch_case(args.epoch, args.threads, " [contended]")
     text = table(rows)
     print(text)
     if args.save:
