@@ -57,7 +57,7 @@ def register(sub: Any) -> None:
                     help="learn a global mean and user/item biases (default: yes)")
     hp.add_argument("--implicit", action=argparse.BooleanOptionalAction, default=None,
                     help="SVD++'s implicit term: each user's factor also learns from which "
-                    "items they rated (the Gibbs sampler only; default: no)")
+                    "items they rated (solvers gibbs, lbfgs, adam, gd; default: no)")
     hp.add_argument("--seed", type=o.nonnegative_int, help="random seed (default 0)")
     hp.add_argument("--device", help="auto, cpu or cuda[:N] (default auto)")
     hp.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
