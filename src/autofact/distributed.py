@@ -71,6 +71,8 @@ SOLVERS = ("gd", "adam", "lbfgs")
 DEFAULT_TIMEOUT = 300.0
 #: Seconds of the timeout kept back to find out which rank stopped answering.
 _DIAGNOSIS = 3.0
+#: Keys rank 0 places at a time when it gathers the training pattern (bounds its temporaries).
+_GATHER_STEP = 1 << 20
 
 
 def init(backend: str | None = None, timeout: float | None = None) -> tuple[int, int]:
@@ -209,16 +211,21 @@ def _gather_pattern(model: MatrixFactorization, train: Ratings, plan: ShardPlan)
         indices = np.empty(int(indptr[-1]), dtype=np.int32)
         fill = indptr[:-1].copy()  # where each user's next item goes
         sources = np.zeros(m, dtype=np.int32)  # processes that sent ratings of each user
+    step = _GATHER_STEP  # keys placed a slice at a time: the temporaries stay small
     for part in plan.gather_each(key):
         keys = part.numpy()  # sorted: a process's ratings are sorted by (user, item)
-        users = keys // n
-        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-        runs = np.diff(np.r_[starts, len(users)])
-        first = users[starts]
-        indices[np.repeat(fill[first] - starts, runs) + np.arange(len(users))] = keys % n
-        fill[first] += runs
-        sources[first] += 1
-        del keys, users, part
+        touched = np.zeros(m, dtype=bool)
+        for s in range(0, len(keys), step):
+            chunk = keys[s : s + step]
+            users = chunk // n
+            starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+            runs = np.diff(np.r_[starts, len(users)])
+            first = users[starts]
+            indices[np.repeat(fill[first] - starts, runs) + np.arange(len(users))] = chunk % n
+            fill[first] += runs
+            touched[first] = True
+        sources += touched
+        del keys, part
     del key
     if not plan.is_main:
         return
