@@ -51,6 +51,18 @@ under the proposal), i.e. ``x_hat - (1 - a)(x' - x)``. Where every proposal is a
 squared loss) that is the conditional mean, as :mod:`.gibbs` averages; the plain states have the
 same expectation and more Monte Carlo noise.
 
+The chain starts from ``warm_start`` (5) Newton steps per side under the initial prior
+(``m = 0``, ``lambda = 1``), each taken where it raises the log posterior: started near zero
+the factors' scale and their sampled precision ``lambda`` can stay small together for hundreds
+of sweeps (on planted Poisson data held-out deviance 0.80 after 100 sweeps from near zero, 0.64
+from the warm start, where a chain started at a MAP solution reached 0.62). The warm start moves
+only where the chain begins, not what it targets. Measured on 10% validation splits carved
+from ml-100k ``u1.base`` and ``u3.base`` (rank 10, 100 sweeps, ``benchmarks/laplace_validation.py``):
+huber RMSE 0.934 / 0.942 against ``als``'s 0.957 / 0.969 at its default ``beta``; liked (rating
+>= 4) by logistic: log loss 0.570 / 0.544 against 0.604 / 0.596 (0.553 / 0.532 without the warm
+start, which helps huber by 0.01 RMSE instead); acceptance 0.91 (huber) and 0.65-0.72
+(logistic); 20-40x ``als``'s time on a busy 2-core machine.
+
 Memory while sampling: the ratings in both orientations (indices int64, values float64: 48 bytes
 a rating) and temporaries bounded by ``max_nnz`` ratings at a time (the per-entry derivatives and
 each row's ``K x K`` system, ``K`` = rank + 1). Each sweep evaluates the loss and its two
@@ -184,8 +196,9 @@ def _evaluate(loss: Loss, side: _Side, blk: tuple[int, int, torch.Tensor, torch.
     g += lam * d
     H.diagonal(dim1=1, dim2=2).add_(lam)
     ok = torch.isfinite(row_loss) & torch.isfinite(g).all(1) & torch.isfinite(H).flatten(1).all(1)
-    H[~ok] = torch.diag(lam)  # a placeholder the step never uses: those rows are rejected
-    g[~ok] = 0.0
+    if not bool(ok.all()):
+        H[~ok] = torch.diag(lam)  # a placeholder the step never uses: those rows are rejected
+        g[~ok] = 0.0
     L, info = torch.linalg.cholesky_ex(H)
     ok &= info == 0
     mean = x - torch.cholesky_solve(g[:, :, None], L)[:, :, 0]
