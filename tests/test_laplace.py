@@ -223,6 +223,12 @@ def test_model_gibbs_samples_logistic_and_keeps_a_usable_model(tmp_path) -> None
     model.save(path)
     loaded = autofact.load(path)
     np.testing.assert_allclose(loaded.predict(train.user_ids[tu], train.item_ids[ti]), pred)
+    # recommend, similar items and fold-in work as for any fitted model
+    assert len(model.recommend(train.user_ids[0], n=3)) == 3
+    assert len(model.similar_items(train.item_ids[0], n=3)) == 3
+    liked = {train.item_ids[j]: 1.0 for j in range(5)} | {train.item_ids[j]: 0.0 for j in (5, 6)}
+    scores = model.score_items(model.fold_in(liked, user="new"))
+    assert scores.shape == (train.shape[1],) and ((scores > 0) & (scores < 1)).all()
 
 
 def test_contract_routes_gibbs_to_the_sampler_for_curved_losses_with_l2() -> None:
