@@ -102,6 +102,8 @@ def test_fold_in_centres_the_new_user_on_their_items_implicit_factors(fitted) ->
          r"implicit=True trains on full batches .* got solver='adam' with batch_size=8; use "
          r"batch_size=None"),
         ({"implicit": True, "solver": "sgd"}, r"implicit=True trains on full batches"),
+        ({"implicit": True, "nonnegative": True, "solver": "adam"},
+         r"implicit=True does not combine with nonnegative=True"),
         ({"implicit": True, "loss": "huber", "solver": "gibbs"},
          r"(implicit=True is sampled for the squared loss only|solver='gibbs' samples the "
          r"squared loss)"),

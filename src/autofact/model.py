@@ -320,6 +320,11 @@ class MatrixFactorization:
                 "the y_j of all their items, which ALS's row-by-row Newton steps do not carry; "
                 "use solver='gibbs' (the squared loss with 'l2'), 'lbfgs', 'adam' or 'gd'"
             )
+        if self.implicit and self.nonnegative:
+            raise ValueError(
+                "implicit=True does not combine with nonnegative=True: the users' factors "
+                "p_u + |N(u)|^-1/2 sum y_j would not stay >= 0; use one of them"
+            )
         if self.implicit and (solver == "sgd" or self.batch_size is not None):
             raise ValueError(
                 f"implicit=True trains on full batches (a user's implicit part sums over all "
