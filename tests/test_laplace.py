@@ -267,6 +267,7 @@ def _power_15(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         ({"sweeps": 0}, ValueError, r"sweeps must be a positive int, got 0"),
         ({"sweeps": 5, "burn_in": 5}, ValueError, r"burn_in must be an int in \[0, sweeps\) = "
                                                    r"\[0, 5\), got 5"),
+        ({"warm_start": -1}, ValueError, r"warm_start must be an int >= 0 \(0: none\), got -1"),
         ({"implicit": True}, ValueError, r"implicit=True .* is sampled for the squared loss only"),
         ({"loss": "absolute"}, ValueError, r"needs a loss with a non-zero second derivative"),
         ({"loss": _power_15}, ValueError, r"needs finite second derivatives; loss _power_15"),

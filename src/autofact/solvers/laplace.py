@@ -371,7 +371,8 @@ def laplace_mf(
     ``(n_users, n_items)``, or as one :class:`autofact.Ratings`. ``(user, item)`` pairs must be
     distinct. ``loss``: a built-in name, a ``'module:function'`` path or a callable
     ``loss(pred, target) -> per-entry tensor``, elementwise and with a second derivative.
-    ``burn_in`` (default ``sweeps // 10``) sweeps are discarded, the rest averaged.
+    ``burn_in`` (default ``sweeps // 10``) sweeps are discarded, the rest averaged; before them
+    ``warm_start`` Newton steps per side move the start towards a mode (module docstring).
     ``callback(sweep, mean_loss, means)`` runs after each sweep (``mean_loss``: the training loss
     per rating at the sampled state; ``means()``: the posterior means so far, as the result);
     returning ``True`` stops sampling. ``implicit=True`` is refused (the implicit term is
@@ -386,6 +387,9 @@ def laplace_mf(
     if items is None or values is None or shape is None:
         raise TypeError("laplace_mf needs users, items, values and shape, or one Ratings")
     burn_in = _check(rank, sweeps, burn_in)
+    if (isinstance(warm_start, bool) or not isinstance(warm_start, int | np.integer)
+            or warm_start < 0):
+        raise ValueError(f"warm_start must be an int >= 0 (0: none), got {warm_start!r}")
     if implicit:
         raise ValueError(
             "implicit=True (SVD++'s implicit term) is sampled for the squared loss only "
