@@ -26,7 +26,7 @@ so every rating of a user lands on one process. The id maps are then agreed by e
 distinct ids (never the ratings): every process ends with the same user and item maps, the
 sorted union, which is what ``autofact.read`` of the whole data gives. ``fit(..., local=True)``
 keeps what each process was given; the ratings per user and item and their range are summed
-over the processes, and rank 0 gathers the training pattern (8 bytes a rating) after the fit,
+over the processes, and rank 0 gathers the training pattern (4 bytes a rating) after the fit,
 for the model it saves. Alternatively every process reads all the ratings
 (``autofact.read``) and ``fit`` keeps a contiguous ``1/world_size`` of them.
 
@@ -34,14 +34,18 @@ The full-batch solvers are supported: ``gd``, ``adam`` and ``lbfgs`` (``batch_si
 The mean rating and the initial factors are global too (summed and broadcast), and the
 regularizer is added once. How the sums are taken and which ratings each process holds is a
 :class:`~autofact.sharding.TorchShardPlan`, passed to ``model.fit(..., plan=)``. ``autofact fit``
-does all this itself when started by torchrun (its solver then defaults to ``adam``).
+does all this itself when started by torchrun (each process reads its share of DATA with
+:func:`read_local`; the solver then defaults to ``adam``). Communication and memory per epoch,
+and what 1B ratings need: ``docs/scaling.md``.
 
 **Faults.** Every collective waits at most ``timeout`` (:func:`init`, default
 :data:`DEFAULT_TIMEOUT` seconds; ``autofact fit --timeout``). A peer that is killed, frozen
 (``kill -STOP``) or cut off makes the others raise :class:`~autofact.sharding.PeerLostError`
 ("rank N stopped responding ...") within that time; ``autofact fit`` then exits with status 1.
 A checkpoint (``fit(..., checkpoint=DIR)``) is written atomically by rank 0, so the last one
-stays intact: run the same command again to resume.
+stays intact: run the same command again to resume (with rank-local data: the same processes
+and parts, since the data fingerprint is taken over each one's share). An error one process
+meets while reading its share stops every process with a ``ValueError`` naming it.
 """
 
 from __future__ import annotations
