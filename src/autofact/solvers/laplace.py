@@ -195,7 +195,7 @@ def _evaluate(loss: Loss, side: _Side, blk: tuple[int, int, torch.Tensor, torch.
     d = x - m
     g += lam * d
     H.diagonal(dim1=1, dim2=2).add_(lam)
-    ok = torch.isfinite(row_loss) & torch.isfinite(g).all(1) & torch.isfinite(H).flatten(1).all(1)
+    ok = torch.isfinite(row_loss) & torch.isfinite(g).all(1) & torch.isfinite(hu).all(1)
     if not bool(ok.all()):
         H[~ok] = torch.diag(lam)  # a placeholder the step never uses: those rows are rejected
         g[~ok] = 0.0
