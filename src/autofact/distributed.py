@@ -175,8 +175,8 @@ def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
             "script started by torchrun"
         )
     train = as_ratings(ratings, "ratings")
-    plan = TorchShardPlan(group, local=local)
     if local:
+        plan = TorchShardPlan(group, local=True)
         if not (plan.agree(train.shape[0]) and plan.agree(train.shape[1])):
             raise ValueError(
                 f"the processes' ratings have different id maps (rank {plan.rank}: "
@@ -184,15 +184,16 @@ def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
                 "autofact.distributed.read_local, which agrees on the id maps"
             )
     else:
+        plan = TorchShardPlan(group)
+        if len(train) < plan.world_size:
+            raise ValueError(
+                f"{len(train)} ratings cannot be shared by {plan.world_size} processes")
         if not plan.agree(_summary(train)):
             raise ValueError(
                 f"the processes were given different ratings (rank {plan.rank}: {len(train)}); "
                 "with local=False every process passes all of them; for each process's own "
                 "ratings (autofact.distributed.read_local) pass local=True"
             )
-        if len(train) < plan.world_size:
-            raise ValueError(
-                f"{len(train)} ratings cannot be shared by {plan.world_size} processes")
     model.fit(train, validation=validation, plan=plan, **fit_kwargs)
     if local:  # rank 0's model gets every process's training pattern (for the file it saves)
         _gather_pattern(model, train, plan)
