@@ -514,8 +514,8 @@ def fold_in(
     ``ratings``: a dict ``item id -> rating``, a sequence of ``(item id, rating)`` pairs, or a
     DataFrame with ``item`` and ``rating`` columns. Items the model does not know are ignored
     (with one warning); if none is known this raises ``ValueError``. ``user`` is a label kept on
-    the result. Minimizes the objective in the module docstring (with the fit's unobserved term
-    against every item when the model has ``unobserved_weight > 0``) by damped Newton steps in
+    the result. Minimizes the objective in the module docstring (with the fit's unobserved term,
+    over every item, when the model has ``unobserved_weight > 0``) by damped Newton steps in
     float64 (gradient and Hessian from autograd; at most ``max_iter`` iterations), so it needs
     no optimizer and a first call in a fresh process costs milliseconds.
     """
@@ -567,23 +567,24 @@ def fold_in(
     Y = getattr(model, "implicit_factors_", None)
     base = torch.zeros(k, dtype=f64) if Y is None else torch.from_numpy(
         np.asarray(Y[idx], dtype=np.float64).sum(0) / math.sqrt(len(idx)))
-    # issue 12: the fit's unobserved term, w0 (p^T G p - sum over the rated items (q_i . p)^2)
+    # issue 12: the fit's unobserved term, w0 times the sum over the items the user did not
+    # rate of their prediction squared (every item's prediction, less the rated ones')
     w0 = float(getattr(model, "unobserved_weight", 0.0) or 0.0)
-    G = None
     if w0:
-        Qall = np.asarray(model.item_factors_, dtype=np.float64)
-        G = torch.from_numpy(Qall.T @ Qall)
+        Qall = torch.from_numpy(np.asarray(model.item_factors_, dtype=np.float64))
+        offset_all = torch.from_numpy(np.asarray(model.item_bias_, dtype=np.float64)
+                                      + model.global_mean_)
 
     def objective(x: torch.Tensor) -> torch.Tensor:
         p = x[:k] + base
-        inner = Q @ p
-        pred = inner + offset
+        pred = Q @ p + offset
         penalty = reg(x[:k])
-        if G is not None:
-            penalty = penalty + w0 * (p @ G @ p - (inner * inner).sum())
         if model.bias:
             pred = pred + x[k]
             penalty = penalty + reg(x[k:])
+        if w0:
+            every = Qall @ p + offset_all + (x[k] if model.bias else 0.0)
+            penalty = penalty + w0 * ((every * every).sum() - (pred * pred).sum())
         return loss(pred, r).sum() + penalty
 
     with torch.enable_grad():

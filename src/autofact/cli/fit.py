@@ -46,8 +46,8 @@ def register(sub: Any) -> None:
                     help="regularization: l2, l1, none, or module:function (default l2)")
     hp.add_argument("--beta", type=o.nonnegative_float, help="regularization strength")
     hp.add_argument("--unobserved-weight", type=o.nonnegative_float, metavar="W",
-                    help="--task rating: also push p_u . q_i of every unrated pair towards 0 with "
-                    "this weight (implicit feedback's term; better top-N, some RMSE; default 0)")
+                    help="--task rating: count every unrated pair as a rating of 0 with this "
+                    "weight (implicit feedback's term: better top-N, worse RMSE; default 0)")
     hp.add_argument("--solver", choices=("auto",) + tuple(SOLVERS),
                     help="training algorithm (default auto)")
     hp.add_argument("--epochs", type=o.positive_int, help="passes over the data")

@@ -16,16 +16,17 @@ sparse @ dense product: ``vec(H) = C @ Z`` with ``C`` the CSR of ``l''`` and
 ``Z[i] = vec(y_i y_i^T)``. Each row costs ``O(K^3)`` for its solve (``K`` = rank + 1 with biases),
 so the rank, not the number of ratings, bounds how large ``als`` can go.
 
-With the unobserved term (``Objective(unobserved_weight=w0)``, issue 12: ``w0`` times the sum of
-``(p_u . q_i)^2`` over the entries user ``u`` did not rate) the step stays exact, with the Gram
-trick: ``G = Q^T Q`` once per half-sweep, and on the factor part of ``x_u``::
+With the unobserved term (``Objective(unobserved_weight=w0)``, issue 12: every pair ``u`` did not
+rate counts as a rating of 0 with weight ``w0``) the step stays exact, by the Gram trick: with
+``y_i`` as above, ``o_i = mu + b^i_i`` the rest of the prediction, ``G = sum_i y_i y_i^T`` and
+``h = sum_i o_i y_i`` over ALL items, once per half-sweep::
 
-    g_u += 2 w0 (G p_u - sum_i (p_u . q_i) q_i)        H_u += 2 w0 (G - sum_i q_i q_i^T)
+    g_u += 2 w0 (G x_u + h - sum_i r_hat_ui y_i)        H_u += 2 w0 (G - sum_i y_i y_i^T)
 
-(sums over the user's rated items). The correction rides on the per-entry derivatives
-(``l' - 2 w0 s``, ``l'' - 2 w0``) through the same sparse products, and the bias coordinate,
-which the term does not touch, gets back what that added to it. The term is quadratic in
-``p_u``: for the squared loss with L2 each step is still the exact row minimizer.
+(the sums with ``r_hat`` over the user's rated items). The rated items' part rides on the
+per-entry derivatives (``l' - 2 w0 r_hat``, ``l'' - 2 w0``) through the same sparse products. The
+term is quadratic in ``x_u``: for the squared loss with L2 each step is still the exact row
+minimizer.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ import torch
 
 from .. import threads
 from ..objective import Objective, Params
-from ..ranking import all_unobserved
 from ..sparse import Pattern, build_patterns, gather_dot
 from ._base import Epoch
 
@@ -102,11 +102,10 @@ class _AlternatingNewton:
     def __call__(self) -> float:
         """One epoch; returns the objective at its start (the loss comes from the first pass)."""
         p = self.params
-        w0 = self.obj.unobserved_weight
         with torch.no_grad():
             reg = float(self.obj.regularization(p))
-            if w0:  # the Gram part of the unobserved term (the observed part: in the loss)
-                reg += float(all_unobserved(p["P"], p["Q"], w0))
+            if self.obj.unobserved_weight:  # the sum over all pairs (the rated: in the loss)
+                reg += float(self.obj.unobserved_total(p))
         loss = self.half_sweep(0)
         self.half_sweep(1)
         return loss + reg
@@ -148,13 +147,17 @@ class _AlternatingNewton:
             Ya = Y
         Yf = Ya[:, :K]
         iu, ju = torch.triu_indices(K, K, device=dev)
-        w0 = obj.unobserved_weight
-        Gw = w0 * (Y.T @ Y) if w0 else None  # the Gram trick: once per half-sweep
+        term = None
+        if obj.unobserved_weight:  # the Gram trick: G and h once per half-sweep
+            w0 = obj.unobserved_weight
+            o = by + obj.mu if by is not None else torch.full((Y.shape[0],), obj.mu, dtype=dt,
+                                                               device=dev)
+            term = (w0 * (Yf.T @ Yf), w0 * (Yf.T @ o))
 
         def block(pat: Pattern) -> torch.Tensor:
             """The Newton step on one block's rows; its loss before the step."""
             with torch.no_grad():  # grad mode is per thread
-                return self._block(obj, pat, X, bx, Ya, Yf, iu, ju, k, K, Y, Gw)
+                return self._block(obj, pat, X, bx, Ya, Yf, iu, ju, k, K, term)
 
         if self.workers > 1 and len(blocks) > 1:
             with ThreadPoolExecutor(min(self.workers, len(blocks))) as pool:
@@ -168,9 +171,9 @@ class _AlternatingNewton:
 
     def _block(self, obj: Objective, pat: Pattern, X: torch.Tensor, bx: torch.Tensor | None,
                Ya: torch.Tensor, Yf: torch.Tensor, iu: torch.Tensor, ju: torch.Tensor, k: int,
-               K: int, Y: torch.Tensor, Gw: torch.Tensor | None = None) -> torch.Tensor:
+               K: int, term: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Newton step on the rows of one block (see :meth:`_side`); its loss before it.
-        ``Gw``: ``w0 Y^T Y`` with the unobserved term (``Y`` the other side's factors)."""
+        ``term``: ``(w0 G, w0 h)`` with the unobserved term (module docstring)."""
         bias = bx is not None
         dev, dt = X.device, X.dtype
         rows = slice(pat.row0, pat.row1)
@@ -187,12 +190,11 @@ class _AlternatingNewton:
                     "has none (e.g. 'absolute'): use solver='adam' or 'sgd'"
                 )
             self.checked = True
-        if Gw is not None:  # the unobserved term's observed part, on the per-entry derivatives
+        if term is not None:  # the unobserved term's rated part, on the per-entry derivatives
             w0 = obj.unobserved_weight
-            s = gather_dot(X[rows], Y, pat)
-            g1 = g1 - 2 * w0 * s
+            g1 = g1 - 2 * w0 * pred
             g2 = g2 - 2 * w0
-            block_loss = block_loss - w0 * (s * s).sum()
+            block_loss = block_loss - w0 * (pred * pred).sum()
         grad = pat.csr(g1) @ Yf
         # vec(H) = C @ Z with Z[i] = vec(y_i y_i^T) (upper triangle), in column slices that
         # keep Z and C @ Z within the memory budget
@@ -212,17 +214,10 @@ class _AlternatingNewton:
             H[:, iu, ju] = hess
             H[:, ju, iu] = hess
             del hess
-        if Gw is not None:
-            w0 = obj.unobserved_weight
-            if bias:  # the term leaves the bias coordinate alone: undo what the fold added
-                ones = torch.ones(Y.shape[0], 1, dtype=dt, device=dev)
-                grad[:, k] += 2 * w0 * (pat.csr(s) @ ones)[:, 0]
-                qsum = 2 * w0 * (pat.csr(torch.ones_like(s)) @ Y)  # sum of the rated q_i
-                H[:, k, :k] += qsum
-                H[:, :k, k] += qsum
-                H[:, k, k] += 2 * w0 * torch.diff(pat.crow).to(dt)
-            grad[:, :k] += 2 * (X[rows] @ Gw)
-            H[:, :k, :k] += 2 * Gw
+        if term is not None:  # and its sum over every item
+            Gw, hw = term
+            grad += 2 * (Xv @ Gw + hw)
+            H += 2 * Gw
         rg, rh = obj.reg_derivatives(Xv)
         grad += rg
         diag = torch.diagonal(H, dim1=1, dim2=2)
@@ -231,7 +226,7 @@ class _AlternatingNewton:
         step = torch.nan_to_num(_spd_solve(H, grad), nan=0.0, posinf=0.0, neginf=0.0)
         del H
         if not self.exact_quadratic:
-            step = step * self._backtrack(obj, pat, Xv, Ya, bias, step, grad, Y, Gw)[:, None]
+            step = step * self._backtrack(obj, pat, Xv, Ya, bias, step, grad, term)[:, None]
         X[rows] -= step[:, :k]
         if self.nonnegative:  # project now, so the other side is solved against it
             X[rows] = X[rows].clamp_min(0)
@@ -240,20 +235,21 @@ class _AlternatingNewton:
         return block_loss
 
     def _row_objective(self, obj: Objective, pat: Pattern, Xv: torch.Tensor, Ya: torch.Tensor,
-                       bias: bool, Y: torch.Tensor | None = None,
-                       Gw: torch.Tensor | None = None) -> torch.Tensor:
+                       bias: bool, term: tuple[torch.Tensor, torch.Tensor] | None = None
+                       ) -> torch.Tensor:
         """Each of the block's rows' share of the objective: its losses and its regularization
-        (and with ``Gw``, its unobserved term ``x^T Gw x - w0 sum_i (x . y_i)^2``)."""
+        (and with ``term``, its unobserved term less a constant: ``x^T (w0 G) x + 2 x . (w0 h)
+        - w0 sum_i r_hat_ui^2`` over its rated items)."""
         pred = gather_dot(self._augment(Xv, bias), Ya, pat) + obj.mu
         losses = obj.entry_loss(pred, pat.start, pat.stop)
         k = Xv.shape[1] - (1 if bias else 0)
-        if Gw is not None and Y is not None:
-            s = gather_dot(Xv[:, :k].contiguous(), Y, pat)
-            losses = losses - obj.unobserved_weight * s * s
+        if term is not None:
+            losses = losses - obj.unobserved_weight * pred * pred
         ones = torch.ones(Ya.shape[0], 1, dtype=Xv.dtype, device=Xv.device)
         out = (pat.csr(losses) @ ones)[:, 0]  # row sums
-        if Gw is not None:
-            out = out + ((Xv[:, :k] @ Gw) * Xv[:, :k]).sum(1)
+        if term is not None:
+            Gw, hw = term
+            out = out + ((Xv @ Gw) * Xv).sum(1) + 2 * (Xv @ hw)
         out = out + torch.func.vmap(obj.reg)(Xv[:, :k])
         if bias:
             out = out + torch.func.vmap(obj.reg)(Xv[:, k])
@@ -261,15 +257,15 @@ class _AlternatingNewton:
 
     def _backtrack(self, obj: Objective, pat: Pattern, Xv: torch.Tensor, Ya: torch.Tensor,
                    bias: bool, step: torch.Tensor, grad: torch.Tensor,
-                   Y: torch.Tensor | None = None, Gw: torch.Tensor | None = None,
+                   term: tuple[torch.Tensor, torch.Tensor] | None = None,
                    halvings: int = 10) -> torch.Tensor:
         """Per-row step sizes ``t`` in {1, 1/2, ...} meeting Armijo's condition (0 if none do)."""
-        f0 = self._row_objective(obj, pat, Xv, Ya, bias, Y, Gw)
+        f0 = self._row_objective(obj, pat, Xv, Ya, bias, term)
         slope = (grad * step).sum(1)  # the decrease the linear model promises per unit of t
         t = torch.ones(Xv.shape[0], dtype=Xv.dtype, device=Xv.device)
         done = torch.zeros_like(t, dtype=torch.bool)
         for _ in range(halvings):
-            f1 = self._row_objective(obj, pat, Xv - t[:, None] * step, Ya, bias, Y, Gw)
+            f1 = self._row_objective(obj, pat, Xv - t[:, None] * step, Ya, bias, term)
             ok = torch.isfinite(f1) & (f1 <= f0 - 1e-4 * t * slope.clamp_min(0))
             done |= ok
             if bool(done.all()):
