@@ -202,38 +202,47 @@ def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
 
 def _gather_pattern(model: MatrixFactorization, train: Ratings, plan: ShardPlan) -> None:
     """Every process's (user, item) pairs onto rank 0, into rank 0's ``model.index_``: each
-    process sends one int64 key a rating; rank 0 receives them one process at a time and
-    places each user's items straight into the CSR indices (4 bytes a rating of all the
-    ratings, plus one process's keys: issue 11, memory), sorting within a row only for users
-    whose ratings came from several processes."""
+    other process sends one int64 key a rating, in pieces; rank 0 places its own pairs and then
+    each piece it receives straight into the CSR indices (it holds 4 bytes a rating of all the
+    ratings and one piece: issue 11, memory), and sorts within a row only the users whose
+    ratings came from several processes."""
     m, n = train.shape
-    key = torch.from_numpy(train.users.astype(np.int64) * n + train.items)
+    step = _GATHER_STEP
+    main = plan.is_main
+    send = torch.empty(0, dtype=torch.int64) if main else torch.from_numpy(
+        train.users.astype(np.int64) * n + train.items)
     counts = model.index_.user_counts
     indptr = np.zeros(m + 1, dtype=np.int64)
-    indices = np.empty(0, dtype=np.int32)
-    if plan.is_main:
-        np.cumsum(counts, out=indptr[1:])
-        indices = np.empty(int(indptr[-1]), dtype=np.int32)
-        fill = indptr[:-1].copy()  # where each user's next item goes
-        sources = np.zeros(m, dtype=np.int32)  # processes that sent ratings of each user
-    step = _GATHER_STEP  # keys placed a slice at a time: the temporaries stay small
-    for part in plan.gather_each(key):
-        keys = part.numpy()  # sorted: a process's ratings are sorted by (user, item)
-        touched = np.zeros(m, dtype=bool)
-        for s in range(0, len(keys), step):
-            chunk = keys[s : s + step]
-            users = chunk // n
-            starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-            runs = np.diff(np.r_[starts, len(users)])
-            first = users[starts]
-            indices[np.repeat(fill[first] - starts, runs) + np.arange(len(users))] = chunk % n
-            fill[first] += runs
-            touched[first] = True
-        sources += touched
-        del keys, part
-    del key
-    if not plan.is_main:
+    np.cumsum(counts, out=indptr[1:])
+    indices = np.empty(int(indptr[-1]) if main else 0, dtype=np.int32)
+    fill = indptr[:-1].copy()  # where each user's next item goes
+    sources = np.zeros(m if main else 0, dtype=np.int32)  # processes that sent each user
+    touched = np.zeros(m if main else 0, dtype=bool)
+
+    def place(users: np.ndarray, items: np.ndarray) -> None:
+        """A piece of one process's pairs, sorted by (user, item), into ``indices``."""
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+        runs = np.diff(np.r_[starts, len(users)])
+        first = users[starts]
+        indices[np.repeat(fill[first] - starts, runs) + np.arange(len(users))] = items
+        fill[first] += runs
+        touched[first] = True
+
+    if main:  # its own pairs, from its ratings
+        for s in range(0, len(train), step):
+            place(train.users[s : s + step], train.items[s : s + step])
+    current = 0
+    for r, piece in plan.gather_each(send, step):
+        if r != current:
+            sources += touched
+            touched[:] = False
+            current = r
+        keys = piece.numpy()
+        place(keys // n, keys % n)
+    del send
+    if not main:
         return
+    sources += touched
     mixed = np.flatnonzero(sources > 1)  # parts not split by user: sort those rows' items
     if len(mixed):
         rows = np.repeat(mixed, counts[mixed])

@@ -107,12 +107,15 @@ class ShardPlan:
         them as they come holds one at a time (here: this process's)."""
         yield tensor
 
-    def gather_each(self, tensor: torch.Tensor) -> Iterator[torch.Tensor]:
-        """Every process's ``tensor`` (1-D, of its own length) on rank 0, one at a time in rank
-        order, each received when the caller asks for the next (so rank 0 holds one at a
-        time); the other processes send theirs and yield nothing. Every process must run the
-        iteration to its end (here: ``tensor``)."""
-        yield tensor
+    def gather_each(self, tensor: torch.Tensor, piece: int = 1 << 20
+                    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Every process's ``tensor`` (1-D, of its own length) on rank 0, as ``(rank, piece)``
+        pairs in rank order, pieces of at most ``piece`` elements each received when the caller
+        asks for the next (so rank 0 holds one piece at a time); the other processes send
+        theirs and yield nothing. Every process must run the iteration to its end."""
+        flat = tensor.reshape(-1)
+        for s in range(0, flat.numel(), piece):
+            yield 0, flat[s : s + piece]
 
     def digest(self, hexdigest: str) -> str:
         """One fingerprint of the data of every process from this process's ``hexdigest``: the
@@ -214,24 +217,25 @@ class TorchShardPlan(ShardPlan):
                 self._collective([buf], functools.partial(dist.broadcast, src=src, group=self.group))
             yield buf
 
-    def gather_each(self, tensor: torch.Tensor) -> Iterator[torch.Tensor]:
+    def gather_each(self, tensor: torch.Tensor, piece: int = 1 << 20
+                    ) -> Iterator[tuple[int, torch.Tensor]]:
         dist = self._dist
         lengths = self._lengths(tensor)
+        flat = tensor.reshape(-1)
         if self.rank != 0:
-            if lengths[self.rank]:
-                self._collective([tensor.reshape(-1)],
+            for s in range(0, lengths[self.rank], piece):
+                self._collective([flat[s : s + piece]],
                                  lambda x: dist.send(x, dst=self._src, group=self.group))
             return
         for r, n in enumerate(lengths):
-            if r == 0:
-                yield tensor.reshape(-1)
-                continue
-            buf = torch.empty(n, dtype=tensor.dtype)
-            if n:
-                src = self._global(r)
+            src = self._global(r)
+            for s in range(0, n, piece):
+                if r == 0:
+                    yield 0, flat[s : s + piece]
+                    continue
+                buf = torch.empty(min(piece, n - s), dtype=tensor.dtype)
                 self._collective([buf], functools.partial(dist.recv, src=src, group=self.group))
-            yield buf
-            del buf
+                yield r, buf
 
     def digest(self, hexdigest: str) -> str:
         if not self.local:  # every process was given all the ratings: one fingerprint already
