@@ -347,7 +347,7 @@ def case_budget(quick: bool, device: str) -> None:
     """Issue 9, items 2 and 4: ``MatrixFactorization()`` (the Gibbs sampler with its sweep
     budget) at the ML-25M shape against ``MatrixFactorization(solver='als', epochs=15)``, each in
     its own process (ALS first): fit wall time (target ratio <= 3), CPU seconds, test RMSE, and
-    the default fit's peak RSS against the scale case's bound at the rank it fits."""
+    the default fit's peak RSS against the scale case's bound (rank 64 factors, as ``scale``)."""
     als = _scale_fit("ml25m", "als", quick, device, timeout=3600)
     dflt = _scale_fit("ml25m", "default", quick, device, timeout=3600)
     details.setdefault("budget", []).append({"als": als, "default": dflt})
@@ -358,8 +358,9 @@ def case_budget(quick: bool, device: str) -> None:
         add_row(label, dflt.get("fit_wall_s"), "autofact ALS 15 epochs", als.get("fit_wall_s"),
                 3.0, note=str(bad))
         return
-    mem = (f"{dflt['peak_rss_fit_mib'] / 1024:.2f} GiB fit / bound {dflt['bound_mib'] / 1024:.2f}"
-           f" GiB ({'ok' if dflt['within_bound'] else 'OVER'})")
+    mem = (f"{dflt['peak_rss_fit_mib']:.0f} MiB fit / bound {dflt['bound_mib']:.0f} MiB "
+           f"({'ok' if dflt['within_bound'] else 'OVER'}; {dflt['bound_fit_rank_mib']:.0f} MiB "
+           f"at the fitted rank {dflt['fit_rank']}); ALS {als['peak_rss_fit_mib']:.0f} MiB")
     acc = (f"test RMSE {dflt['test_rmse']:.4f} ({dflt['epochs_run']} sweeps) vs ALS "
            f"{als['test_rmse']:.4f}")
     note = (f"CPU s {dflt['fit_cpu_s']:.0f} vs {als['fit_cpu_s']:.0f} "
