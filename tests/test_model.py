@@ -223,8 +223,14 @@ def test_unknown_ids_fall_back_with_one_warning(small_model):
         pred = model.predict(["u1", "nobody", "u2"], ["i1", "i1", "nothing"])
     i1 = model.item_index("i1")[0]
     u2 = model.user_index("u2")[0]
-    assert pred[1] == pytest.approx(np.clip(model.global_mean_ + model.item_bias_[i1], 1, 5))
-    assert pred[2] == pytest.approx(np.clip(model.global_mean_ + model.user_bias_[u2], 1, 5))
+    # issue 9: the unknown side is the average known user / item (the known side's mean score)
+    P, Q = model.user_factors_.astype(float), model.item_factors_.astype(float)
+    bu, bi = model.user_bias_.astype(float), model.item_bias_.astype(float)
+    ku, ki = model.index_.user_counts > 0, model.index_.item_counts > 0
+    avg_user = model.global_mean_ + bu[ku].mean() + bi[i1] + P[ku].mean(0) @ Q[i1]
+    avg_item = model.global_mean_ + bu[u2] + bi[ki].mean() + P[u2] @ Q[ki].mean(0)
+    assert pred[1] == pytest.approx(np.clip(avg_user, 1, 5))
+    assert pred[2] == pytest.approx(np.clip(avg_item, 1, 5))
     strict = MatrixFactorization(**{**model.get_params(), "strict": True})
     strict.__dict__.update({k: v for k, v in model.__dict__.items() if k.endswith("_") or k.startswith("_")})
     with pytest.raises(autofact.UnknownIdError, match="user 'nobody' is not in the training data"):
@@ -335,7 +341,11 @@ def test_unknown_pairs_without_bias_fall_back_to_the_mean():
     r = Ratings.from_coo(u, i, rng.integers(1, 6, len(u)).astype(float), shape=(30, 20))
     m = MatrixFactorization(rank=2, bias=False, epochs=3, device="cpu").fit(r)
     with pytest.warns(UserWarning, match="not in the training data"):
-        assert m.predict([999], [0])[0] == pytest.approx(r.values.mean(), rel=1e-6)
+        assert m.predict([999], [998])[0] == pytest.approx(r.values.mean(), rel=1e-6)
+    # issue 9: one unknown side is the average known user: their mean score for item 0
+    with pytest.warns(UserWarning, match="not in the training data"):
+        expected = m.user_factors_.astype(float).mean(0) @ m.item_factors_[0].astype(float)
+        assert m.predict([999], [0])[0] == pytest.approx(np.clip(expected, 1, 5), rel=1e-6)
 
 
 def test_a_failed_refit_leaves_the_previous_model_intact(lowrank):

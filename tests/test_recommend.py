@@ -461,7 +461,10 @@ def test_model_index_holds_the_one_rule_for_unknown_ids():
     P, Q = np.array([[1.0], [2.0], [0.0]]), np.array([[1.0], [1.0], [0.0]])
     bu, bi = np.array([0.5, -0.5, 0.0]), np.array([0.25, 0.0, 0.0])
     s = index.link_scores(np.array([0, 0, -1, -1]), np.array([0, -1, 1, -1]), P, Q, bu, bi, 2.0)
-    assert s.tolist() == [2.0 + 0.5 + 0.25 + 1.0, 3.0 + 0.5, 3.0 + 0.0, 3.0]
+    # issue 9: one unknown side is the average known item (items 0, 1) or user (users 0, 1):
+    # the known side's mean score; both unknown: the fallback
+    assert s.tolist() == [2.0 + 0.5 + 0.25 + 1.0, 2.0 + 0.5 + 0.125 + 1.0 * 1.0,
+                          2.0 + 0.0 + 0.0 + 1.5 * 1.0, 3.0]
     assert index.response(np.array([7.0, 0.0, 2.5])).tolist() == [5.0, 1.0, 2.5]
     with pytest.raises(ValueError, match="users and items must have the same length, got 2 and 1"):
         index.link_scores(np.array([0, 1]), np.array([0]), P, Q, bu, bi, 2.0)

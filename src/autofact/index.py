@@ -11,9 +11,16 @@ saved by :mod:`autofact.io` and read by :mod:`autofact.recommend` and
   (``None`` for a loss whose predictions are not ratings),
 - the loss's ``inverse_link`` (raw score to mean response; ``None``: the identity),
 - and the one rule for unknown users and items (:meth:`link_scores`): a user or item that is not
-  in the id map, or is in it with no training rating, is *unknown*; a pair with an unknown side is
-  scored ``fallback + (the known side's bias)``, where ``fallback`` is the global mean (a model
-  with biases) or the best constant (one without).
+  in the id map, or is in it with no training rating, is *unknown*. A pair with one unknown side
+  is scored as the average item (or user): the known user's mean score over the known items,
+  ``global_mean + b_u + mean(b^i) + p_u . mean(Q)`` (the score is linear in the item's factor and
+  bias, so this is the average of that user's scores), and likewise for an unknown user; a pair
+  with both sides unknown gets ``fallback``, the global mean (a model with biases) or the best
+  constant (one without). Issue 9: on validation splits carved from training data (10% of
+  ml-100k u1/u3.base, ml-latest-small and filmtrust 90% parts) it lowered the default model's
+  RMSE by 0.0004-0.0019 against the earlier ``fallback + (the known side's bias)``, and left
+  ALS's equal or lower (by up to 0.0001); for the sampler it is its own prior's prediction (the
+  items' prior mean is the mean of their factors).
 
 Every score the library reports goes through :meth:`link_scores` and :meth:`response`: predict,
 score, evaluation, the validation history during fit, and recommend (whose top-n lists rank known
@@ -237,9 +244,10 @@ class ModelIndex:
         """Raw scores (float64) of pairs of indices, ``-1`` marking an unknown user or item.
 
         Known pairs: ``global_mean + user_bias[u] + item_bias[i] + user_factors[u] .
-        item_factors[i]`` (in float64, as recommendation's matrix products); a pair with an
-        unknown side: ``fallback`` plus the known side's bias. This is the library's one rule for
-        unknown ids.
+        item_factors[i]`` (in float64, as recommendation's matrix products); a pair with one
+        unknown side: the same with the unknown side's factors and bias replaced by their means
+        over the known users or items (the known side's average score); both unknown:
+        ``fallback``. This is the library's one rule for unknown ids (module docstring).
         """
         u = np.asarray(users, dtype=np.int64)
         i = np.asarray(items, dtype=np.int64)
@@ -254,12 +262,23 @@ class ModelIndex:
             a, b = uu[s : s + _STEP], ii[s : s + _STEP]
             out[s : s + _STEP] = np.einsum("ij,ij->i", user_factors[a].astype(np.float64),
                                            item_factors[b].astype(np.float64))
-        bu = np.where(ku, user_bias[uu], 0.0)
-        bi = np.where(ki, item_bias[ii], 0.0)
-        known = ku & ki
-        out = np.where(known, out + global_mean, self.fallback)
-        out += bu
-        out += bi
+        out += global_mean
+        out += user_bias[uu]
+        out += item_bias[ii]
+        # one side unknown: that side is the average known user or item (issue 9)
+        for unknown, known_rows, factors, bias, other, other_rows, other_bias in (
+            (~ku & ki, self.user_counts > 0, user_factors, user_bias, item_factors, ii,
+             item_bias),
+            (ku & ~ki, self.item_counts > 0, item_factors, item_bias, user_factors, uu,
+             user_bias),
+        ):
+            if unknown.any():
+                mean_f = np.asarray(factors, dtype=np.float64)[known_rows].mean(0)
+                mean_b = float(np.asarray(bias, dtype=np.float64)[known_rows].mean())
+                rows = other_rows[unknown]
+                out[unknown] = (global_mean + mean_b + other_bias[rows]
+                                + np.asarray(other[rows], dtype=np.float64) @ mean_f)
+        out[~ku & ~ki] = self.fallback
         return out
 
     def response(self, scores: np.ndarray) -> np.ndarray:

@@ -873,8 +873,9 @@ class MatrixFactorization:
         if unknown and warn:
             warnings.warn(
                 f"{unknown} of {len(u)} pairs have a user or item that is not in the training "
-                "data; they are predicted from the global mean and the known side's bias (pass "
-                "strict=True to raise instead)",
+                "data; they are predicted as the average known item (or user) for the known "
+                "side, and from the global mean when both are unknown (pass strict=True to raise "
+                "instead)",
                 UserWarning,
                 stacklevel=3,
             )
@@ -888,11 +889,13 @@ class MatrixFactorization:
         probability for ``logistic`` (see the class docstring); ``kind='link'`` the raw score
         ``mu + b_u + b_i + p_u . q_i``. A ``task='ranking'`` model gives its preference score
         ``p_u . q_i`` (plus ``b_i`` for ``bpr``/``warp``) for both kinds, never clipped: higher
-        means more likely to be chosen, not a rating (an unknown user or item scores 0).
+        means more likely to be chosen, not a rating.
 
-        A pair whose user or item was not in the training data is scored from the global mean
-        plus the known side's bias (:meth:`ModelIndex.link_scores`) and counted in one warning;
-        with ``strict=True`` it raises :class:`~autofact.UnknownIdError` instead.
+        A pair whose user (or item) was not in the training data is scored as the average known
+        user (item): the known side's mean score, ``mu + b_i + mean(b^u) + mean(P) . q_i``; a pair
+        with neither known gets the global mean (:meth:`ModelIndex.link_scores`, the library's
+        one rule). They are counted in one warning; with ``strict=True`` it raises
+        :class:`~autofact.UnknownIdError` instead.
         """
         self._check_fitted()
         u = self.index_.user_index(users, strict=self.strict)
