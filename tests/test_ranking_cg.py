@@ -72,11 +72,15 @@ def test_every_cg_route_takes_textbook_cg_steps(route: str, items: bool, per_row
     if route == "scipy chunks":  # three chunks of entries, whatever the sizes
         monkeypatch.setattr(ranking, "MIN_WORK_PER_WORKER", 1)
         torch.set_num_threads(3)
+    host = route != "torch"
     try:
-        side = _CsrSide(R, items, k, w0, torch.float64, torch.device("cpu"),
-                        host=route != "torch")
+        user = _CsrSide(R, False, k, w0, torch.float64, torch.device("cpu"), host=host)
+        side = _CsrSide(R, True, k, w0, torch.float64, torch.device("cpu"), host=host,
+                        like=user) if items else user
     finally:
         torch.set_num_threads(threads)
+    # on the CPU the item side shares the user side's storage (one copy of the entries)
+    assert (side.col is user.col) == (host or not items)
     if route == "scipy chunks":
         assert len(side.parts) == 3 and side.pool is not None
     if route == "scipy public":  # a scipy without the private kernels: its public product
