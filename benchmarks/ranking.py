@@ -211,9 +211,9 @@ def synthetic_implicit(n_ratings: int, seed: int = 0) -> dict[str, Any]:
                       "ratings": rng.integers(1, 6, len(keys)).astype(np.float32)}}
 
 
-#: fits of each method in the epoch case, interleaved (implicit, autofact CG, implicit, ...),
-#: and sweeps a fit; the exact solver is fitted once (its epoch is ~15x longer)
-EPOCH_ROUNDS, EPOCH_SWEEPS = 2, 3
+#: rounds of the epoch case (a round: one implicit fit, then one autofact CG fit) and sweeps a
+#: fit; the exact solver is fitted once after them (its epoch is several times longer)
+EPOCH_ROUNDS, EPOCH_SWEEPS = 3, 3
 
 
 def epoch_case(n_ratings: int, threads: int, label: str = "") -> list[dict[str, Any]]:
@@ -224,10 +224,12 @@ def epoch_case(n_ratings: int, threads: int, label: str = "") -> list[dict[str, 
     An epoch is the wall time between the ends of two consecutive sweeps of one fit (implicit's
     own per-iteration time from its callback; the time between ``implicit_als``'s callbacks),
     so set-up is counted on neither side; the first sweep of each fit is left out (autofact's
-    includes building its CSR matrices). :data:`EPOCH_ROUNDS` fits of :data:`EPOCH_SWEEPS`
-    sweeps each for implicit and autofact CG, alternating, then one exact fit of 2 sweeps; the
-    table gives each method's median epoch and its ratio to implicit's median (noise on a
-    shared machine moves both in the same minutes)."""
+    includes building its CSR matrices). :data:`EPOCH_ROUNDS` rounds of one implicit fit and
+    one autofact CG fit of :data:`EPOCH_SWEEPS` sweeps each, then one exact fit of 2 sweeps.
+    The CG ratio is the median over rounds of the round's ratio (median epoch of the CG fit over
+    the median epoch of the implicit fit just before it: on a shared machine the load moves
+    between minutes, and a round's two fits share theirs); the exact ratio is against implicit's
+    median epoch over all rounds."""
     import torch
 
     from autofact import ranking
@@ -251,28 +253,32 @@ def epoch_case(n_ratings: int, threads: int, label: str = "") -> list[dict[str, 
         ranking.implicit_als(R, 64, weight=0.5, regularization=25.0, iterations=sweeps,
                              cg_steps=cg, dtype=torch.float32,
                              callback=lambda it, P, Q: ends.append(time.perf_counter()))
-        return list(np.diff(ends))
+        return [float(e) for e in np.diff(ends)]
 
-    epochs: dict[str, list[float]] = {"implicit": [], "cg": [], "exact": []}
-    for _ in range(EPOCH_ROUNDS):
-        epochs["implicit"] += implicit_epochs(EPOCH_SWEEPS)
-        epochs["cg"] += autofact_epochs(EPOCH_SWEEPS, 3)
-    epochs["exact"] += autofact_epochs(2, 0)
-    base = float(np.median(epochs["implicit"]))
-    names = {"implicit": "implicit ALS epoch (CG, 64)",
-             "cg": "autofact implicit_als epoch (3 CG steps, 64)",
-             "exact": "autofact implicit_als epoch (exact, 64)"}
-    rows: list[dict[str, Any]] = []
-    for key in ("implicit", "cg", "exact"):
-        sec = float(np.median(epochs[key]))
-        row = {"data": d["name"], "method": names[key] + label, "epoch_s": sec,
-               "epochs_s": [round(float(e), 3) for e in epochs[key]], "threads": threads}
-        if key != "implicit":
-            row["ratio"] = sec / base
-        rows.append(row)
-        print(f"{row['data']:<32} {row['method']:<58} {sec:8.2f} s"
+    rounds = [(implicit_epochs(EPOCH_SWEEPS), autofact_epochs(EPOCH_SWEEPS, 3))
+              for _ in range(EPOCH_ROUNDS)]
+    exact = autofact_epochs(2, 0)
+    base_all = [e for imp, _ in rounds for e in imp]
+    base = float(np.median(base_all))
+    ratios = [float(np.median(cg) / np.median(imp)) for imp, cg in rounds]
+    rows: list[dict[str, Any]] = [
+        {"data": d["name"], "method": "implicit ALS epoch (CG, 64)" + label, "epoch_s": base,
+         "epochs_s": base_all},
+        {"data": d["name"], "method": "autofact implicit_als epoch (3 CG steps, 64)" + label,
+         "epoch_s": float(np.median([e for _, cg in rounds for e in cg])),
+         "epochs_s": [e for _, cg in rounds for e in cg], "ratio": float(np.median(ratios)),
+         "round_ratios": ratios},
+        {"data": d["name"], "method": "autofact implicit_als epoch (exact, 64)" + label,
+         "epoch_s": float(np.median(exact)), "epochs_s": exact,
+         "ratio": float(np.median(exact)) / base},
+    ]
+    for row in rows:
+        row["threads"] = threads
+        print(f"{row['data']:<32} {row['method']:<58} {row['epoch_s']:8.2f} s"
               + (f"  x{row['ratio']:.2f} implicit" if "ratio" in row else "")
-              + f"   epochs {row['epochs_s']}", flush=True)
+              + f"   epochs {[round(e, 2) for e in row['epochs_s']]}"
+              + (f"  round ratios {[round(r, 2) for r in ratios]}" if "round_ratios" in row
+                 else ""), flush=True)
     return rows
 
 
