@@ -1,7 +1,7 @@
 """Should ``solver='auto'`` pick the Laplace-MH sampler for huber, logistic and poisson? (issue 9)
 
     .venv/bin/python -m benchmarks.laplace_validation [--cases huber logistic poisson]
-        [--splits 1 3] [--sweeps 100] [--betas 25]
+        [--splits 1 3] [--sweeps 100] [--betas 25] [--n-threads 1]
 
 Validation splits carved from training data only: 10% of ml-100k ``u{k}.base``
 (``numpy.random.default_rng(1).permutation``), the rest trains; no test split is touched.
@@ -10,7 +10,8 @@ Each case fits ``MatrixFactorization(loss=...)`` with ``solver='auto'`` (today's
 default ``beta`` and any others given by ``--betas``) and with ``solver='gibbs'`` (the sampler),
 interleaved on the same split, and prints fit seconds and held-out metrics: RMSE and MAE of the
 predicted response (rating, rate or probability), and for logistic also the log loss and the
-accuracy at 0.5.
+accuracy at 0.5. ``--n-threads 1`` runs both with one thread (fairer time ratios on a shared
+machine).
 """
 
 from __future__ import annotations
@@ -69,16 +70,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--splits", nargs="+", type=int, default=[1])
     ap.add_argument("--sweeps", type=int, default=100)
     ap.add_argument("--betas", nargs="*", type=float, default=[])
+    ap.add_argument("--n-threads", type=int, default=None)
     args = ap.parse_args(argv)
     for case in args.cases:
         for k in args.splits:
             d = carve(load("ml-100k", k))
+            common = {"n_threads": args.n_threads}
             configs: list[tuple[str, dict[str, Any]]] = [("auto", {})]
             configs += [(f"auto beta={b:g}", {"beta": b}) for b in args.betas]
             configs.append((f"gibbs {args.sweeps} sweeps",
                             {"solver": "gibbs", "epochs": args.sweeps}))
             for label, kw in configs:
-                res = fit_and_score(d, case, **kw)
+                res = fit_and_score(d, case, **common, **kw)
                 shown = "  ".join(f"{key} {v:.4f}" if isinstance(v, float) else f"{key} {v}"
                                   for key, v in res.items())
                 print(f"{case:8s} {d['name']:18s} {label:22s} {shown}", flush=True)
