@@ -177,6 +177,11 @@ def test_errors_stop_every_process_with_a_message(tmp_path):
             g["few"]
         assert "pass local=True" in g["not_local"]
         assert "split='parts' needs a folder of part files" in g["file_parts"]
+        assert "nothing-here' does not exist" in g["missing"]
+        assert "of 2 holds no ratings of" in g["empty"] and "use fewer processes" in g["empty"]
+        assert "the processes see different files at" in g["different"]
+        assert "some processes' part files have timestamps and some do not" in g["stamps"]
+        assert "the processes' ratings have different id maps" in g["maps"]
 
 
 def test_cli_fit_of_a_folder_under_torchrun_reads_shares(tmp_path):
@@ -267,6 +272,17 @@ def test_read_local_needs_a_process_group_and_a_known_split(tmp_path):
         distributed.read_local(tmp_path)
 
 
+def test_with_pattern_refuses_a_pattern_of_other_counts():
+    from autofact.index import ModelIndex
+
+    r = planted(seed=6)
+    index = ModelIndex.from_ratings(r, fallback=3.0, clip=False)
+    indptr, indices = index.seen_arrays()
+    np.testing.assert_array_equal(index.with_pattern(indptr, indices).seen_arrays()[1], indices)
+    with pytest.raises(ValueError, match="the pattern's ratings per user and item differ"):
+        index.with_pattern(indptr, np.zeros_like(indices))
+
+
 def test_local_fit_refuses_a_validation_fraction():
     m = autofact.MatrixFactorization(solver="adam", validation_fraction=0.1)
     with pytest.raises(ValueError, match="validation_fraction=0.1 would hold out another share"):
@@ -328,6 +344,20 @@ def _worker(mode: str, data: str, out: str) -> None:
     local = distributed.read_local(good)
     error("not_local", lambda: distributed.fit(model(), local))
     error("file_parts", lambda: distributed.read_local(one / "part-0.csv", split="parts"))
+    error("missing", lambda: distributed.read_local(Path(good) / "nothing-here"))
+    # one user in one file: the rank its id does not hash to holds nothing
+    error("empty", lambda: distributed.read_local(one / "part-0.csv"))
+    # each process sees another folder
+    error("different", lambda: distributed.read_local(good if rank == 0 else bad))
+    stamps = Path(good) / "stamps"
+    stamps.mkdir(exist_ok=True)
+    if rank == 0:  # equal sizes: part-0 (with timestamps) to rank 0, part-1 (without) to rank 1
+        (stamps / "part-0.csv").write_text("user,item,rating,timestamp\nu1,i1,4,1000000\n")
+        (stamps / "part-1.csv").write_text("user,item,rating,extra_col\nu2,i2,3,xxxxxxx\n")
+    TorchShardPlan().all_sum_float(0.0)
+    error("stamps", lambda: distributed.read_local(stamps))
+    mine = planted(seed=3) if rank == 0 else planted(seed=3, m=51)
+    error("maps", lambda: distributed.fit(model(), mine, local=True))
     (folder / f"errors{rank}.json").write_text(json.dumps(found))
     distributed.shutdown()
 

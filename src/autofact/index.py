@@ -150,8 +150,11 @@ class ModelIndex:
         m, n = self.n_users, self.n_items
         indptr = np.asarray(indptr, dtype=np.int64)
         cols = np.asarray(indices, dtype=np.int32)
+        per_item = np.zeros(n, dtype=np.int64)
+        for s in range(0, len(cols), 1 << 22):  # bincount copies to int64: a slice at a time
+            per_item += np.bincount(cols[s : s + (1 << 22)], minlength=n)
         if not (indptr.shape == (m + 1,) and np.array_equal(np.diff(indptr), self.user_counts)
-                and np.array_equal(np.bincount(cols, minlength=n), self.item_counts)):
+                and np.array_equal(per_item, self.item_counts)):
             raise ValueError("the pattern's ratings per user and item differ from the index's")
 
         def make_seen() -> sp.csr_matrix:
