@@ -60,8 +60,9 @@ only where the chain begins, not what it targets. Measured on 10% validation spl
 from ml-100k ``u1.base`` and ``u3.base`` (rank 10, 100 sweeps, ``benchmarks/laplace_validation.py``):
 huber RMSE 0.934 / 0.942 against ``als``'s 0.957 / 0.969 at its default ``beta``; liked (rating
 >= 4) by logistic: log loss 0.570 / 0.544 against 0.604 / 0.596 (0.553 / 0.532 without the warm
-start, which helps huber by 0.01 RMSE instead); acceptance 0.91 (huber) and 0.65-0.72
-(logistic); 6.5-12x ``als``'s time (one thread each, interleaved, on a busy 2-core machine).
+start, which helps huber by 0.01 RMSE instead); acceptance 0.91 (huber) and 0.58-0.72
+(logistic); 5-26x ``als``'s time (one thread each, interleaved, on a busy 2-core machine;
+``benchmarks/results/2026-11-28_2315_laplace_validation.md``).
 
 Memory while sampling: the ratings in both orientations (indices int64, values float64: 48 bytes
 a rating) and temporaries bounded by ``max_nnz`` ratings at a time (the per-entry derivatives and
