@@ -564,7 +564,7 @@ def _check(meta: dict[str, Any], arrays: dict[str, np.ndarray], name: str) -> Sa
         raise ValueError(f"{name} is damaged: the seen-items pattern is not a valid CSR")
     rank = meta["params"].get("rank")
     if rank == "auto":  # the task's own number of factors (issue 12)
-        from .model import RANK_DEFAULTS
+        from .solvers import RANK_DEFAULTS
 
         rank = RANK_DEFAULTS.get(meta["params"].get("task", "rating"))
     if rank != k:

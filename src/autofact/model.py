@@ -20,7 +20,7 @@ from .losses import LOSSES, Loss, check_targets, clips_to_range, get_loss, inver
 from .objective import Objective, check_unobserved_weight, resolve_device, resolve_dtype
 from .regularizers import REGULARIZERS, Regularizer
 from .sharding import ShardPlan
-from .solvers import DEFAULT_EPOCHS, DEFAULT_LR, choose_solver, fit_params
+from .solvers import DEFAULT_EPOCHS, DEFAULT_LR, RANK_DEFAULTS, choose_solver, fit_params
 from .threads import check_n_threads, use_threads
 
 if TYPE_CHECKING:
@@ -29,14 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["MatrixFactorization", "load"]
 
 _KINDS = ("response", "link")
-
-#: the number of factors ``rank='auto'`` gives each task. Rating: 10 (every rating default was
-#: chosen at 10; the Gibbs sampler averages over the posterior, so more factors cost time but
-#: not accuracy). Ranking: 64, implicit's and the ranking benchmark's rank: on validation splits
-#: carved from ml-100k u1 and ml-latest-small training data (benchmarks/ranking.py's
-#: ``validation_split``), NDCG@10 went 0.218 / 0.237 / 0.238 / 0.238 on ml-100k and 0.151 /
-#: 0.179 / 0.185 / 0.189 on ml-latest-small at rank 10 / 32 / 64 / 128 (issue 12).
-RANK_DEFAULTS: dict[str, int] = {"rating": 10, "ranking": 64}
 
 
 class MatrixFactorization:
