@@ -79,8 +79,10 @@ def rmse(model: MatrixFactorization, test: tuple[np.ndarray, ...]) -> float:
     return float(np.sqrt(np.mean((model.predict(tu, ti) - tr) ** 2)))
 
 
-def test_the_default_stops_a_planted_problem_early_at_no_cost_in_accuracy() -> None:
+def test_the_default_stops_a_planted_problem_early_at_no_cost_in_accuracy(tmp_path) -> None:
     # issue 9, item 4: on a planted low-rank problem the chain settles well before 100 sweeps
+    from autofact import load
+
     train, test = _planted()
     auto = MatrixFactorization(rank=3, seed=0).fit(train)
     assert auto.solver_ == "gibbs"
@@ -90,6 +92,7 @@ def test_the_default_stops_a_planted_problem_early_at_no_cost_in_accuracy() -> N
     assert last["gain"] <= 1e-3 and last["epoch"] == auto.n_epochs_
     assert all("gain" not in h for h in auto.history_[:11])  # burn-in 10, then one kept sweep
     assert all("stopped" not in h for h in auto.history_[:-1])
+    assert load(auto.save(tmp_path / "m")).history_ == auto.history_  # the reason is saved
     full = MatrixFactorization(rank=3, seed=0, epochs=100).fit(train)
     assert full.n_epochs_ == 100 and full.history_[-1]["stopped"] == "all 100 sweeps"
     assert "gain" not in full.history_[-1]  # epochs given: no budget
