@@ -58,7 +58,7 @@ of sweeps (on planted Poisson data held-out deviance 0.80 after 100 sweeps from 
 from the warm start, where a chain started at a MAP solution reached 0.62). The warm start moves
 only where the chain begins, not what it targets. Measured on 10% validation splits carved
 from ml-100k ``u1.base`` and ``u3.base`` (rank 10, 100 sweeps, ``benchmarks/laplace_validation.py``):
-huber RMSE 0.934 / 0.942 against ``als``'s 0.957 / 0.969 at its default ``beta``; liked (rating
+huber RMSE 0.934 / 0.941 against ``als``'s 0.957 / 0.969 at its default ``beta``; liked (rating
 >= 4) by logistic: log loss 0.570 / 0.544 against 0.604 / 0.596 (0.553 / 0.532 without the warm
 start, which helps huber by 0.01 RMSE instead); acceptance 0.91 (huber) and 0.58-0.72
 (logistic); 5-26x ``als``'s time (one thread each, interleaved, on a busy 2-core machine;
