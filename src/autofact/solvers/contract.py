@@ -105,8 +105,7 @@ def choose_solver(
     log-likelihood). ``auto`` picks the sampler for the squared loss with ``l2`` only (for huber
     and logistic on ml-100k validation splits the Laplace-MH sampler was more accurate than
     ``als`` but 5-26x slower; for Poisson less accurate: ``benchmarks/laplace_validation.py``),
-    and there unless
-    picks it there unless ``sampler`` is False (the caller's data or settings rule it out: weights,
+    and there unless ``sampler`` is False (the caller's data or settings rule it out: weights,
     no biases, a shared plan, checkpoints) or mini-batches or ``nonnegative`` are asked for.
     """
     if not isinstance(solver, str) or (solver != "auto" and solver not in SOLVERS):
