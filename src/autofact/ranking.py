@@ -41,8 +41,9 @@ score_negative)`` (:func:`bpr`, :func:`warp`); :func:`sample_negatives` draws th
 :func:`implicit_als` with ``cg_steps=3`` takes three conjugate-gradient steps a row instead of
 the exact solve (as implicit does), each step two CSR products (a sampled dense-dense product and
 a sparse-dense one, the last step only the first): not exact, much cheaper on large data (on
-10M generated interactions at rank 64, an epoch about as long as implicit's; exact about 3x;
-the same NDCG@10 as exact on MovieLens 100K u1 and ml-latest-small, benchmarks/ranking.py).
+10M generated interactions at rank 64, one thread, an epoch 0.8-1.1x implicit's CPU ALS epoch,
+exact 3-7x; the same NDCG@10 as exact on MovieLens 100K u1 and ml-latest-small; see
+benchmarks/ranking.py).
 
 ``MatrixFactorization(task="ranking")`` runs :func:`fit_ranking` with :data:`RANKING_DEFAULTS`;
 the functions here are its parts, usable on their own:
