@@ -14,7 +14,12 @@ Hessian diagonal); :mod:`autofact.solvers.contract` refuses ``als`` otherwise. F
 loss and L2 this is exactly alternating least squares. ``H_u`` for every user at once is a
 sparse @ dense product: ``vec(H) = C @ Z`` with ``C`` the CSR of ``l''`` and
 ``Z[i] = vec(y_i y_i^T)``. Each row costs ``O(K^3)`` for its solve (``K`` = rank + 1 with biases),
-so the rank, not the number of ratings, bounds how large ``als`` can go.
+so the rank, not the number of ratings, bounds how large ``als`` can go. A row with ``n <= 4``
+ratings (most rows of sparse data), a positive ``l''`` on each and a positive regularizer
+curvature ``D`` solves the same system by Woodbury's identity instead, ``n x n`` rather than
+``K x K`` and without forming ``H_u``: ``H_u = D + Y^T W Y`` (issue 10)::
+
+    H_u^{-1} g_u = D^{-1} (g_u - Y^T z),    (W^{-1} + Y D^{-1} Y^T) z = Y D^{-1} g_u
 
 With the unobserved term (``Objective(unobserved_weight=w0)``, issue 12: every pair ``u`` did not
 rate counts as a rating of 0 with weight ``w0``) the step stays exact, by the Gram trick: with
@@ -33,12 +38,14 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .. import threads
 from ..objective import Objective, Params
-from ..sparse import Pattern, build_patterns, gather_dot
+from ..sparse import Pattern, _csr, build_patterns, gather_dot
 from ._base import Epoch
 
 __all__ = ["make_als"]
@@ -51,6 +58,9 @@ COARSE_BLOCKS = 8
 #: Blocks with at most this many ratings per row (of either side) build the Hessians from all
 #: ``K^2`` products; denser ones from the upper triangle, then mirrored (issue 10).
 SHORT_ROWS = 16
+#: Rows with at most this many ratings solve their step through Woodbury's identity, an
+#: ``n x n`` system instead of the ``K x K`` one (issue 10; see :func:`_woodbury_solve`).
+WOODBURY_ROWS = 4
 
 
 def make_als(obj: Objective, params: Params, nonnegative: bool = False) -> Epoch:
@@ -98,6 +108,7 @@ class _AlternatingNewton:
         self.params = params
         self.checked = False
         self.exact_quadratic = exact_quadratic
+        self._splits: dict[int, _Split | None] = {}  # id(pattern) -> its short/long rows
 
     def __call__(self) -> float:
         """One epoch; returns the objective at its start (the loss comes from the first pass)."""
@@ -196,11 +207,46 @@ class _AlternatingNewton:
             g2 = g2 - 2 * w0
             block_loss = block_loss - w0 * (pred * pred).sum()
         grad = pat.csr(g1) @ Yf
+        rg, rh = obj.reg_derivatives(Xv)
+        grad += rg
+        split = self._split(pat, K) if term is None else None
+        if split is not None and bool((g2 > 0).all()) and bool((rh > 0).all()):
+            # issue 10: rows with few ratings (most rows of sparse data) by Woodbury's identity,
+            # only the others through their K x K Hessians
+            step = torch.empty_like(grad)
+            s_rows, s_ent, s_valid = split.short, split.short_entries, split.short_valid
+            step[s_rows] = _woodbury_solve(Yf[pat.col[s_ent]], g2[s_ent], s_valid,
+                                           rh[s_rows], grad[s_rows])
+            if split.long.numel():
+                step[split.long] = self._newton_step(
+                    obj, split.csr_long(g2), len(split.long), Ya, Yf, iu, ju, K,
+                    rh[split.long], grad[split.long], dt, dev)
+        else:
+            step = self._newton_step(obj, pat.csr(g2), mb, Ya, Yf, iu, ju, K, rh, grad, dt,
+                                     dev, term=term, Xv=Xv)
+        if not self.exact_quadratic:
+            step = step * self._backtrack(obj, pat, Xv, Ya, bias, step, grad, term)[:, None]
+        X[rows] -= step[:, :k]
+        if self.nonnegative:  # project now, so the other side is solved against it
+            X[rows] = X[rows].clamp_min(0)
+        if bias:
+            bx[rows] -= step[:, k]  # type: ignore[index]
+        return block_loss
+
+    @staticmethod
+    def _newton_step(obj: Objective, C: torch.Tensor, mb: int, Ya: torch.Tensor,
+                     Yf: torch.Tensor, iu: torch.Tensor, ju: torch.Tensor, K: int,
+                     rh: torch.Tensor, grad: torch.Tensor, dt: torch.dtype, dev: torch.device,
+                     term: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     Xv: torch.Tensor | None = None) -> torch.Tensor:
+        """``H^{-1} grad`` for ``mb`` rows, ``H`` built from the CSR ``C`` of ``l''`` (and
+        ``rh``, the regularizer's Hessian diagonal, and with ``term`` the unobserved term).
+        Adds the unobserved term's gradient part to ``grad`` in place."""
         # vec(H) = C @ Z with Z[i] = vec(y_i y_i^T) (upper triangle), in column slices that
         # keep Z and C @ Z within the memory budget
-        C = pat.csr(g2)
+        nnz = C._nnz()
         max_cols = max(1, obj.max_nnz * 8 // max(Ya.shape[0] + mb, 1))
-        if max_cols >= K * K and pat.nnz <= SHORT_ROWS * (Ya.shape[0] + mb):
+        if max_cols >= K * K and nnz <= SHORT_ROWS * (Ya.shape[0] + mb):
             # short rows (sparse data): all K^2 columns at once, twice the products of the
             # upper triangle but no column gathers or scatters, which cost more there than
             # the products (issue 10: 1.6x faster on a review site's shape)
@@ -215,24 +261,25 @@ class _AlternatingNewton:
             H[:, ju, iu] = hess
             del hess
         if term is not None:  # and its sum over every item
+            assert Xv is not None
             Gw, hw = term
             grad += 2 * (Xv @ Gw + hw)
             H += 2 * Gw
-        rg, rh = obj.reg_derivatives(Xv)
-        grad += rg
         diag = torch.diagonal(H, dim1=1, dim2=2)
         diag += rh
         diag += 1e-6 * diag.abs().mean(dim=1, keepdim=True).clamp_min(1.0)
-        step = torch.nan_to_num(_spd_solve(H, grad), nan=0.0, posinf=0.0, neginf=0.0)
-        del H
-        if not self.exact_quadratic:
-            step = step * self._backtrack(obj, pat, Xv, Ya, bias, step, grad, term)[:, None]
-        X[rows] -= step[:, :k]
-        if self.nonnegative:  # project now, so the other side is solved against it
-            X[rows] = X[rows].clamp_min(0)
-        if bias:
-            bx[rows] -= step[:, k]  # type: ignore[index]
-        return block_loss
+        step = _spd_solve(H, grad)
+        if not bool(torch.isfinite(step.sum())):  # one reduction in the usual case
+            step = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
+        return step
+
+    def _split(self, pat: Pattern, K: int) -> _Split | None:
+        """The block's rows with at most :data:`WOODBURY_ROWS` ratings and the others (built
+        once per block); ``None`` when too few rows are short to gain from it."""
+        key = id(pat)
+        if key not in self._splits:
+            self._splits[key] = _Split.of(pat) if WOODBURY_ROWS < K else None
+        return self._splits[key]
 
     def _row_objective(self, obj: Objective, pat: Pattern, Xv: torch.Tensor, Ya: torch.Tensor,
                        bias: bool, term: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -274,11 +321,106 @@ class _AlternatingNewton:
         return torch.where(done, t, torch.zeros_like(t))
 
 
+@dataclass
+class _Split:
+    """A block's rows with at most :data:`WOODBURY_ROWS` ratings (``short``; their entries'
+    positions in the block, padded, with ``short_valid`` marking the real ones) and the others
+    (``long``, with the CSR of their entries alone)."""
+
+    short: torch.Tensor
+    short_entries: torch.Tensor
+    short_valid: torch.Tensor
+    long: torch.Tensor
+    long_entries: torch.Tensor
+    long_crow: torch.Tensor
+    long_col: torch.Tensor
+    n_cols: int
+
+    @classmethod
+    def of(cls, pat: Pattern) -> _Split | None:
+        """The split of ``pat``; ``None`` when fewer than a quarter of its rows are short."""
+        crow = pat.crow.long()
+        counts = crow[1:] - crow[:-1]
+        is_short = counts <= WOODBURY_ROWS
+        n_short = int(is_short.sum())
+        if n_short * 4 < len(counts) or pat.nnz == 0:
+            return None
+        short = torch.nonzero(is_short)[:, 0]
+        long = torch.nonzero(~is_short)[:, 0]
+        offsets = torch.arange(WOODBURY_ROWS, device=crow.device)
+        valid = offsets[None, :] < counts[short, None]
+        entries = torch.where(valid, crow[short, None] + offsets[None, :], 0)
+        row_of = torch.repeat_interleave(torch.arange(len(counts), device=crow.device), counts)
+        long_entries = torch.nonzero(~is_short[row_of])[:, 0]
+        long_crow = torch.zeros(len(long) + 1, dtype=pat.crow.dtype, device=crow.device)
+        torch.cumsum(counts[long], 0, out=long_crow[1:])
+        return cls(short, entries, valid, long, long_entries, long_crow,
+                   pat.col[long_entries], pat.n_cols)
+
+    def csr_long(self, values: torch.Tensor) -> Any:
+        """The CSR of the long rows' entries of ``values`` (one value per entry of the block)."""
+        return _csr(self.long_crow, self.long_col, values[self.long_entries],
+                    (len(self.long), self.n_cols))
+
+
+def _woodbury_solve(Y: torch.Tensor, w: torch.Tensor, valid: torch.Tensor, rh: torch.Tensor,
+                    g: torch.Tensor) -> torch.Tensor:
+    """``H^{-1} g`` for rows whose ``H = D + Y^T diag(w) Y`` has few ratings (issue 10).
+
+    ``Y``: ``(rows, n, K)``, each row's ``y_i`` (``n`` = :data:`WOODBURY_ROWS`, padded where
+    ``valid`` is false), ``w > 0`` their ``l''``, ``D = diag(rh + eps)`` with ``rh > 0`` and the
+    same ``eps`` as the ``K x K`` path. Woodbury's identity gives the same step as the ``K x K``
+    solve from an ``n x n`` one::
+
+        H^{-1} g = D^{-1} (g - Y^T z),    (diag(1/w) + Y D^{-1} Y^T) z = Y D^{-1} g
+
+    (a padded ``y`` is 0 with ``1/w = 1``: its ``z`` is 0)."""
+    w = torch.where(valid, w, 1.0)
+    Y = Y * valid[:, :, None]
+    diag_h = (Y * Y * w[:, :, None]).sum(1) + rh  # the diagonal of H before eps
+    d = rh + 1e-6 * diag_h.abs().mean(dim=1, keepdim=True).clamp_min(1.0)
+    Yd = Y / d[:, None, :]
+    M = Yd @ Y.transpose(1, 2)
+    M.diagonal(dim1=1, dim2=2).add_(1.0 / w)
+    z = _small_spd_solve(M, (Yd * g[:, None, :]).sum(2))
+    return (g - (Y * z[:, :, None]).sum(1)) / d
+
+
+def _small_spd_solve(M: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``M^{-1} b`` for a batch of small positive definite ``M`` (``(rows, n, n)``), by a
+    Cholesky factorization written over the batch: ``n^2`` vector operations, no per-matrix
+    call (which costs more than the arithmetic at ``n <= 4``)."""
+    n = M.shape[1]
+    A = M.permute(1, 2, 0)  # A[i, j] is a vector over the batch
+    L: list[list[torch.Tensor]] = [[] for _ in range(n)]
+    for j in range(n):
+        for i in range(j, n):
+            v = A[i, j]
+            for m in range(j):
+                v = v - L[i][m] * L[j][m]
+            L[i].append(v.sqrt() if i == j else v / L[j][j])
+    y: list[torch.Tensor] = []
+    for i in range(n):
+        v = b[:, i]
+        for m in range(i):
+            v = v - L[i][m] * y[m]
+        y.append(v / L[i][i])
+    x: list[torch.Tensor] = [y[0]] * n
+    for i in reversed(range(n)):
+        v = y[i]
+        for m in range(i + 1, n):
+            v = v - L[m][i] * x[m]
+        x[i] = v / L[i][i]
+    return torch.stack(x, 1)
+
+
 def _spd_solve(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Solve ``H x = g`` row-batch-wise; rows whose ``H`` is not positive definite fall back."""
     L, info = torch.linalg.cholesky_ex(H)
     x = torch.cholesky_solve(g[:, :, None], L)[:, :, 0]
-    if bool(torch.isfinite(H).all()) and bool(torch.isfinite(g).all()):
+    # a finite sum means every entry is finite (an inf or nan would make it inf or nan): one
+    # reduction instead of an elementwise test of the K^2 entries of every row (issue 10)
+    if bool(torch.isfinite(H.sum() + g.sum())):
         finite = torch.ones(len(H), dtype=torch.bool, device=H.device)  # the usual case, at once
     else:
         finite = torch.isfinite(H).flatten(1).all(1) & torch.isfinite(g).all(1)

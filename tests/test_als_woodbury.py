@@ -1,0 +1,70 @@
+"""Rows with few ratings solve their ALS step by Woodbury's identity (issue 10): an n x n system
+instead of the K x K one, the same step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import autofact
+from autofact.solvers import als
+
+
+def _sparse(seed: int = 0) -> autofact.Ratings:
+    # most rows and columns with 1-4 ratings, a few with many (like a review site)
+    rng = np.random.default_rng(seed)
+    m, n = 120, 90
+    users = np.concatenate([np.repeat(np.arange(m), rng.integers(1, 5, m)),
+                            np.zeros(40, dtype=int)])
+    items = np.concatenate([rng.integers(0, n, len(users) - 40), rng.permutation(n)[:40]])
+    items[: n] = np.arange(n)  # every item rated
+    pairs = np.unique(np.column_stack([users, items]), axis=0)
+    values = rng.integers(1, 6, len(pairs)).astype(float)
+    return autofact.Ratings(pairs[:, 0], pairs[:, 1], values, shape=(m, n))
+
+
+@pytest.mark.parametrize("loss", ["squared", "huber", "poisson"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_woodbury_rows_give_the_fit_of_the_k_by_k_solve(monkeypatch, loss, bias):
+    # issue 10: the same factors through the n x n system as through the K x K one
+    data = _sparse()
+    calls = []
+    solve = als._woodbury_solve
+    monkeypatch.setattr(als, "_woodbury_solve", lambda *a: calls.append(1) or solve(*a))
+    fits = []
+    for rows in (als.WOODBURY_ROWS, 10**9):  # Woodbury on short rows, then never
+        monkeypatch.setattr(als, "WOODBURY_ROWS", rows)
+        fits.append(autofact.MatrixFactorization(rank=5, solver="als", loss=loss, epochs=4,
+                                                 bias=bias, dtype="float64", seed=0).fit(data))
+    if loss != "huber":  # huber's l'' is 0 on its linear part: those blocks use K x K
+        assert calls, "the Woodbury path was never taken"
+    for attr in ("user_factors_", "item_factors_"):
+        np.testing.assert_allclose(getattr(fits[0], attr), getattr(fits[1], attr), rtol=1e-9,
+                                   atol=1e-11)
+
+
+def test_woodbury_solve_matches_a_dense_solve():
+    # issue 10: padded entries and rows without ratings included
+    gen = torch.Generator().manual_seed(0)
+    rows, n, K = 50, als.WOODBURY_ROWS, 7
+    Y = torch.randn(rows, n, K, generator=gen, dtype=torch.float64)
+    w = torch.rand(rows, n, generator=gen, dtype=torch.float64) + 0.5
+    valid = torch.arange(n)[None, :] < torch.randint(0, n + 1, (rows,), generator=gen)[:, None]
+    rh = torch.rand(rows, K, generator=gen, dtype=torch.float64) + 0.1
+    g = torch.randn(rows, K, generator=gen, dtype=torch.float64)
+    Yv = Y * valid[:, :, None]
+    H = Yv.transpose(1, 2) @ (Yv * w[:, :, None]) + torch.diag_embed(rh)
+    eps = 1e-6 * H.diagonal(dim1=1, dim2=2).abs().mean(1).clamp_min(1.0)
+    H = H + eps[:, None, None] * torch.eye(K, dtype=torch.float64)
+    Y[~valid] = 1e3  # padded entries must not count
+    x = als._woodbury_solve(Y, w.masked_fill(~valid, -7.0), valid, rh, g)
+    torch.testing.assert_close(x, torch.linalg.solve(H, g), rtol=1e-9, atol=1e-12)
+
+
+def test_small_spd_solve_matches_a_dense_solve():
+    gen = torch.Generator().manual_seed(1)
+    A = torch.randn(30, 4, 6, generator=gen, dtype=torch.float64)
+    M = A @ A.transpose(1, 2) + 0.1 * torch.eye(4, dtype=torch.float64)
+    b = torch.randn(30, 4, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(als._small_spd_solve(M, b), torch.linalg.solve(M, b))
