@@ -67,4 +67,6 @@ def test_small_spd_solve_matches_a_dense_solve():
     A = torch.randn(30, 4, 6, generator=gen, dtype=torch.float64)
     M = A @ A.transpose(1, 2) + 0.1 * torch.eye(4, dtype=torch.float64)
     b = torch.randn(30, 4, generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(als._small_spd_solve(M, b), torch.linalg.solve(M, b))
+    lower = [[M[:, i, j] for j in range(i + 1)] for i in range(4)]
+    x = torch.stack(als._small_spd_solve(lower, list(b.T)), 1)
+    torch.testing.assert_close(x, torch.linalg.solve(M, b))

@@ -374,44 +374,52 @@ def _woodbury_solve(Y: torch.Tensor, w: torch.Tensor, valid: torch.Tensor, rh: t
 
         H^{-1} g = D^{-1} (g - Y^T z),    (diag(1/w) + Y D^{-1} Y^T) z = Y D^{-1} g
 
-    (a padded ``y`` is 0 with ``1/w = 1``: its ``z`` is 0)."""
+    (a padded ``y`` is 0 with ``1/w = 1``: its ``z`` is 0). Written over the ``n`` slots, each
+    operation a ``(rows, K)`` or ``(rows,)`` vector one: no per-row or per-matrix calls."""
+    n = Y.shape[1]
     w = torch.where(valid, w, 1.0)
-    Y = Y * valid[:, :, None]
-    diag_h = (Y * Y * w[:, :, None]).sum(1) + rh  # the diagonal of H before eps
+    Ys = [torch.where(valid[:, a, None], Y[:, a], 0.0) for a in range(n)]
+    diag_h = rh.clone()  # the diagonal of H before eps
+    for a in range(n):
+        diag_h += Ys[a] * Ys[a] * w[:, a, None]
     d = rh + 1e-6 * diag_h.abs().mean(dim=1, keepdim=True).clamp_min(1.0)
-    Yd = Y / d[:, None, :]
-    M = Yd @ Y.transpose(1, 2)
-    M.diagonal(dim1=1, dim2=2).add_(1.0 / w)
-    z = _small_spd_solve(M, (Yd * g[:, None, :]).sum(2))
-    return (g - (Y * z[:, :, None]).sum(1)) / d
+    Yd = [y / d for y in Ys]
+    M = [[(Yd[a] * Ys[b]).sum(1) for b in range(a + 1)] for a in range(n)]  # lower triangle
+    for a in range(n):
+        M[a][a] = M[a][a] + 1.0 / w[:, a]
+    z = _small_spd_solve(M, [(y * g).sum(1) for y in Yd])
+    out = g.clone()
+    for a in range(n):
+        out -= Ys[a] * z[a][:, None]
+    return out / d
 
 
-def _small_spd_solve(M: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``M^{-1} b`` for a batch of small positive definite ``M`` (``(rows, n, n)``), by a
-    Cholesky factorization written over the batch: ``n^2`` vector operations, no per-matrix
-    call (which costs more than the arithmetic at ``n <= 4``)."""
-    n = M.shape[1]
-    A = M.permute(1, 2, 0)  # A[i, j] is a vector over the batch
+def _small_spd_solve(M: list[list[torch.Tensor]], b: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``M^{-1} b`` for a batch of small positive definite ``n x n`` systems, given as the lower
+    triangle ``M[i][j]`` (``j <= i``) and ``b[i]``, each a vector over the batch: a Cholesky
+    factorization written over the batch, ``n^2`` vector operations and no per-matrix call
+    (which costs more than the arithmetic at ``n <= 4``)."""
+    n = len(b)
     L: list[list[torch.Tensor]] = [[] for _ in range(n)]
     for j in range(n):
         for i in range(j, n):
-            v = A[i, j]
+            v = M[i][j]
             for m in range(j):
                 v = v - L[i][m] * L[j][m]
             L[i].append(v.sqrt() if i == j else v / L[j][j])
     y: list[torch.Tensor] = []
     for i in range(n):
-        v = b[:, i]
+        v = b[i]
         for m in range(i):
             v = v - L[i][m] * y[m]
         y.append(v / L[i][i])
-    x: list[torch.Tensor] = [y[0]] * n
+    x: list[torch.Tensor] = list(y)
     for i in reversed(range(n)):
         v = y[i]
         for m in range(i + 1, n):
             v = v - L[m][i] * x[m]
         x[i] = v / L[i][i]
-    return torch.stack(x, 1)
+    return x
 
 
 def _spd_solve(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
