@@ -252,14 +252,18 @@ class _AlternatingNewton:
             # the products (issue 10: 1.6x faster on a review site's shape)
             H = (C @ (Yf[:, :, None] * Yf[:, None, :]).reshape(-1, K * K)).view(mb, K, K)
         else:
+            # index_select and index_copy_ rather than Yf[:, a] and H[:, iu, ju] = ...: the
+            # same values, 2-5x faster on the CPU (issue 10)
             hess = torch.empty(mb, len(iu), dtype=dt, device=dev)
             for c0 in range(0, len(iu), max_cols):
                 a, b = iu[c0 : c0 + max_cols], ju[c0 : c0 + max_cols]
-                hess[:, c0 : c0 + len(a)] = C @ (Yf[:, a] * Yf[:, b])
+                hess[:, c0 : c0 + len(a)] = C @ (torch.index_select(Yf, 1, a)
+                                                 * torch.index_select(Yf, 1, b))
             H = torch.empty(mb, K, K, dtype=dt, device=dev)
-            H[:, iu, ju] = hess
-            H[:, ju, iu] = hess
-            del hess
+            flat = H.view(mb, K * K)
+            flat.index_copy_(1, iu * K + ju, hess)
+            flat.index_copy_(1, ju * K + iu, hess)
+            del hess, flat
         if term is not None:  # and its sum over every item
             assert Xv is not None
             Gw, hw = term
