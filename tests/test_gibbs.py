@@ -77,6 +77,13 @@ def _state(seed: int = 0) -> dict:
     }
 
 
+def _lam_h(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(Lam, h)`` per row, (rows, K, K) and (rows, K), from the augmented upper triangle."""
+    K = M.shape[0] - 1
+    U = np.triu(np.moveaxis(M[:K, :K], 2, 0))
+    return U + np.triu(U, 1).transpose(0, 2, 1), M[:K, K].T.copy()
+
+
 def test_row_conditional_matches_hand_derived_normal_equations() -> None:
     # each user's block [p_u, b_u] given the items: precision diag(lam) + alpha tau_u
     # sum_i kappa_i z_i z_i^T and linear term lam * m + alpha tau_u sum_i kappa_i t_ui z_i,
@@ -84,8 +91,8 @@ def test_row_conditional_matches_hand_derived_normal_equations() -> None:
     s = _state()
     side, k = s["side"], s["k"]
     terms = gibbs._Terms(s["Q"], s["c"])
-    Lam, h, _, _, _ = gibbs._block_conditional(side, side.blocks[0], terms, s["pm"], s["lam"],
-                                               s["alpha"], s["tau_u"], s["tau_i"])
+    Lam, h = _lam_h(gibbs._block_conditional(side, side.blocks[0], terms, s["pm"], s["lam"],
+                                             s["alpha"], s["tau_u"], s["tau_i"])[0])
     for row in range(s["m"]):
         mask = s["u"] == row
         z = np.hstack([s["Q"][s["i"][mask]], np.ones((mask.sum(), 1))])
@@ -128,6 +135,47 @@ def test_row_draws_have_the_conditional_mean_and_covariance() -> None:
     # the residual sums returned come from the normal equations: check them directly
     e = t[None, :] - X[:, :k] @ s["Q"][items].T - X[:, k:]
     np.testing.assert_allclose(sse, (kap * e**2).sum(1), rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("tau", [True, False])
+def test_row_draws_equal_lapack_with_the_same_random_numbers(tau: bool) -> None:
+    # issue 9: the draws are K vectorized Cholesky steps over all rows, not batched LAPACK; with
+    # the same random numbers they equal x = L^-T (L^-1 h + eps) from LAPACK to rounding, in
+    # every row block (max_nnz=40), with an empty row, the mean and the residual sums included
+    rng = np.random.default_rng(3)
+    m, n, k = 40, 30, 4
+    K = k + 1
+    keep = rng.random((m, n)) < 0.4
+    keep[7] = False  # a user without ratings: its draw is from the prior, its residual sum 0
+    u, i = np.nonzero(keep)
+    vals = rng.normal(3.0, 1.0, len(u)).astype(np.float32)
+    side = gibbs._Side(u.astype(np.int32), i.astype(np.int32), vals, m, n, max_nnz=40,
+                       offset=3.0)
+    assert len(side.blocks) > 3
+    Q, c = rng.normal(size=(n, k)), rng.normal(size=n)
+    tau_u = rng.gamma(3.0, 1 / 3, m) if tau else None
+    tau_i = rng.gamma(3.0, 1 / 3, n) if tau else None
+    pm, lam, alpha = rng.normal(size=(m, K)), rng.gamma(2.0, 1.0, K), 1.3
+    X, mean = np.empty((m, K)), np.empty((m, K))
+    sse = gibbs._sample_rows(np.random.default_rng(9), side, Q, c, pm, lam, alpha, tau_u, tau_i,
+                             X, mean)
+    terms = gibbs._Terms(Q, c)
+    draws = np.random.default_rng(9)
+    for blk in side.blocks:
+        r0, r1 = blk[0], blk[1]
+        M, _, CZ, g, tt = gibbs._block_conditional(side, blk, terms, pm, lam, alpha, tau_u, tau_i)
+        Lam, h = _lam_h(M)
+        L = torch.linalg.cholesky(torch.from_numpy(Lam))
+        v = torch.linalg.solve_triangular(L, torch.from_numpy(h)[:, :, None], upper=False)
+        eps = torch.from_numpy(draws.standard_normal((r1 - r0, K, 1)))
+        x = torch.linalg.solve_triangular(L.mT, torch.cat([v + eps, v], 2), upper=True).numpy()
+        np.testing.assert_allclose(X[r0:r1], x[:, :, 0], rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(mean[r0:r1], x[:, :, 1], rtol=1e-10, atol=1e-10)
+        G = CZ.astype(np.float64)[:, terms.full]  # (rows, K, K)
+        xs = x[:, :, 0]
+        ref = np.einsum("ra,rab,rb->r", xs, G, xs) - 2 * (xs * g).sum(1) + tt
+        np.testing.assert_allclose(sse[r0:r1], ref, rtol=1e-10, atol=1e-9)
+    assert sse[7] == 0.0
 
 
 def test_implicit_draw_is_the_exact_gaussian() -> None:
