@@ -8,7 +8,7 @@ import pytest
 
 from autofact import MatrixFactorization
 from autofact.data import Ratings
-from autofact.solvers import gibbs
+from autofact.solvers import DEFAULT_EPOCHS, gibbs
 from autofact.solvers.budget import SweepBudget
 
 from .conftest import interrupt_at_call
@@ -126,6 +126,7 @@ def test_ml100k_keeps_every_sweep(ml100k) -> None:
     train = Ratings.from_coo(base[:, 0] - 1, base[:, 1] - 1, base[:, 2].astype(float),
                              shape=(943, 1682))
     model = MatrixFactorization(seed=0).fit(train)
-    assert model.n_epochs_ == 100
-    assert model.history_[-1]["stopped"].startswith("all 100 sweeps (the most epochs=None runs")
+    most = DEFAULT_EPOCHS["gibbs"]  # 130 since issue 9's faster sweep
+    assert model.n_epochs_ == most
+    assert model.history_[-1]["stopped"].startswith(f"all {most} sweeps (the most epochs=None")
     assert model.history_[-1]["gain"] > 1e-3
