@@ -125,3 +125,22 @@ def test_a_cg_sweep_lowers_the_objective_from_any_start() -> None:
                  callback=lambda it, P, Q: values.append(
                      ranking.implicit_objective(P, Q, R, 0.5, 0.5)))
     assert all(b < a for a, b in zip(values, values[1:], strict=False))
+
+
+def test_implicit_objective_is_the_objective_by_its_definition() -> None:
+    # issue 12, item 6: the per-epoch objective (the ranking task's history) takes the observed
+    # scores from a sampled product instead of gathering nnz x k rows; its value must be the
+    # definition's, every entry of the matrix formed
+    R = _problem(seed=5)
+    m, n = R.shape
+    rng = np.random.default_rng(6)
+    P, Q = torch.tensor(rng.normal(size=(m, 3))), torch.tensor(rng.normal(size=(n, 3)))
+    w0, lam = 0.4, 0.3
+    C = np.zeros((m, n))
+    C[np.repeat(np.arange(m), np.diff(R.indptr)), R.indices] = R.conf
+    observed = np.zeros((m, n), dtype=bool)
+    observed[np.repeat(np.arange(m), np.diff(R.indptr)), R.indices] = True
+    S = (P @ Q.T).numpy()
+    expected = (np.where(observed, C * (1 - S) ** 2, w0 * S**2).sum()
+                + lam * (P.square().sum() + Q.square().sum()).item())
+    assert ranking.implicit_objective(P, Q, R, w0, lam) == pytest.approx(expected, rel=1e-12)
