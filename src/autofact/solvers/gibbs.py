@@ -64,9 +64,11 @@ centred rating (float32) in both orientations: 12 to 24 bytes; per row the curre
 running means; temporaries bounded by ``max_nnz`` ratings at a time.
 
 Defaults, chosen on validation splits carved from the training data (10% of ml-100k u1.base and
-u3.base, of the ml-latest-small and filmtrust 90% training parts): 100 sweeps (200 gave 0.0007
-lower mean RMSE, within the 0.001-0.003 chain-to-chain spread, at twice the time), burn-in a
-tenth, per-user and per-item noise (``noise_shape`` 8: 4 to 16 within 0.0004), ``implicit=False``:
+u3.base, of the ml-latest-small and filmtrust 90% training parts): 130 sweeps (issue 9: against
+100, 0.0005 lower mean RMSE, lower in 11 of 12 split and chain-seed pairs; 150 and 200 gave only
+0.0001 and 0.0003 more at 1.15x and 1.5x the time;
+``benchmarks/results/2026-11-28_2340_gibbs_sweeps.md``), burn-in a tenth, per-user and per-item
+noise (``noise_shape`` 8: 4 to 16 within 0.0004), ``implicit=False``:
 the implicit term (3 CG iterations) changed the validation RMSE by -0.0018 / -0.0022 on ml-100k
 u1 / u3, +0.0005 on ml-latest-small and -0.0001 on filmtrust (mean of seeds 0 and 1; mean
 -0.0009) at 1.4-1.9x the sampling time, and with its sweeps cut to 75 to pay for that time, by
@@ -499,7 +501,7 @@ def gibbs_mf(
     shape: tuple[int, int] | None = None,
     *,
     rank: int = 10,
-    sweeps: int = 100,
+    sweeps: int = 130,
     burn_in: int | None = None,
     noise: str = "both",
     noise_shape: float = 8.0,
