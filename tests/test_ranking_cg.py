@@ -144,3 +144,16 @@ def test_implicit_objective_is_the_objective_by_its_definition() -> None:
     expected = (np.where(observed, C * (1 - S) ** 2, w0 * S**2).sum()
                 + lam * (P.square().sum() + Q.square().sum()).item())
     assert ranking.implicit_objective(P, Q, R, w0, lam) == pytest.approx(expected, rel=1e-12)
+
+
+def test_cg_takes_int32_index_arrays() -> None:
+    # issue 12, item 6: an InteractionMatrix built by hand with int32 indices (scipy's own
+    # index type, here beside int64 indptr: torch's CSR wants one type for both) gives the same
+    # CG sweeps and objective as the int64 one
+    R = _problem(seed=7)
+    R32 = InteractionMatrix(R.shape, R.indptr, R.indices.astype(np.int32), R.conf,
+                            R.t_indptr.astype(np.int32), R.t_indices, R.t_conf)
+    a = implicit_als(R, 3, iterations=2, cg_steps=2, dtype=torch.float64)
+    b = implicit_als(R32, 3, iterations=2, cg_steps=2, dtype=torch.float64)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert ranking.implicit_objective(*b, R32) == ranking.implicit_objective(*a, R)

@@ -383,8 +383,8 @@ class _CsrSide:
         self.size = size
         self.c = torch.as_tensor(conf, dtype=dtype, device=device)
         self.w = self.c - weight  # the observed entries' correction weights
-        self.crow = torch.as_tensor(indptr, device=device)
-        self.col = torch.as_tensor(indices, device=device)
+        self.crow = torch.as_tensor(np.asarray(indptr, dtype=np.int64), device=device)
+        self.col = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=device)
         self.t = torch.empty_like(self.c)
         self.pattern = _csr_tensor(self.crow, self.col, self.c, size)
         self.out = _csr_tensor(self.crow, self.col, self.t, size)
