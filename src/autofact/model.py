@@ -115,7 +115,7 @@ class MatrixFactorization:
         proposals (:mod:`autofact.solvers.laplace`, issue 9).
     lr : learning rate (``None``: the solver's default).
     epochs : passes over the data (``None``: the solver's default; for ``'gibbs'`` the sweeps:
-        at most 100, the first tenth discarded as burn-in, and fewer when the chain settles, i.e.
+        at most 130, the first tenth discarded as burn-in, and fewer when the chain settles, i.e.
         when more sweeps would lower the RMSE by under 0.1 % (:mod:`autofact.solvers.budget`;
         on large data 20-30 sweeps); a number runs exactly that many sweeps).
     batch_size : mini-batch size for ``'adam'``/``'sgd'`` (``None``: full batch for ``adam``).
