@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ import torch
 
 from .. import threads
 from ..objective import Objective, Params
-from ..sparse import Pattern, _csr, build_patterns, gather_dot
+from ..sparse import Pattern, build_patterns, gather_dot
 from ._base import Epoch
 
 __all__ = ["make_als"]
@@ -225,11 +226,12 @@ class _AlternatingNewton:
                                            rh[s_rows], grad[s_rows])
             if split.long.numel():
                 step[split.long] = self._newton_step(
-                    obj, split.csr_long(g2), len(split.long), Ya, products, K,
+                    obj, split.csr_long(g2), len(split.long), len(split.long_entries), Ya,
+                    products, K,
                     rh[split.long], grad[split.long], dt, dev)
         else:
-            step = self._newton_step(obj, pat.csr(g2), mb, Ya, products, K, rh, grad, dt,
-                                     dev, term=term, Xv=Xv)
+            step = self._newton_step(obj, pat.csr(g2), mb, pat.nnz, Ya, products, K, rh, grad,
+                                     dt, dev, term=term, Xv=Xv)
         if not self.exact_quadratic:
             step = step * self._backtrack(obj, pat, Xv, Ya, bias, step, grad, term)[:, None]
         X[rows] -= step[:, :k]
@@ -240,17 +242,16 @@ class _AlternatingNewton:
         return block_loss
 
     @staticmethod
-    def _newton_step(obj: Objective, C: torch.Tensor, mb: int, Ya: torch.Tensor,
+    def _newton_step(obj: Objective, C: torch.Tensor, mb: int, nnz: int, Ya: torch.Tensor,
                      products: _Products, K: int,
                      rh: torch.Tensor, grad: torch.Tensor, dt: torch.dtype, dev: torch.device,
                      term: tuple[torch.Tensor, torch.Tensor] | None = None,
                      Xv: torch.Tensor | None = None) -> torch.Tensor:
-        """``H^{-1} grad`` for ``mb`` rows, ``H`` built from the CSR ``C`` of ``l''`` (and
-        ``rh``, the regularizer's Hessian diagonal, and with ``term`` the unobserved term).
-        Adds the unobserved term's gradient part to ``grad`` in place."""
+        """``H^{-1} grad`` for ``mb`` rows, ``H`` built from the CSR ``C`` of ``l''`` (``nnz``
+        entries), ``rh`` (the regularizer's Hessian diagonal) and with ``term`` the unobserved
+        term, whose gradient part it adds to ``grad`` in place."""
         # vec(H) = C @ Z with Z[i] = vec(y_i y_i^T) (upper triangle), in column slices that
         # keep Z and C @ Z within the memory budget
-        nnz = C._nnz()
         max_cols = max(1, obj.max_nnz * 8 // max(Ya.shape[0] + mb, 1))
         if max_cols >= K * K and nnz <= SHORT_ROWS * (Ya.shape[0] + mb):
             # short rows (sparse data): all K^2 columns at once, twice the products of the
@@ -402,8 +403,12 @@ class _Split:
 
     def csr_long(self, values: torch.Tensor) -> Any:
         """The CSR of the long rows' entries of ``values`` (one value per entry of the block)."""
-        return _csr(self.long_crow, self.long_col, values[self.long_entries],
-                    (len(self.long), self.n_cols))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+            return torch.sparse_csr_tensor(self.long_crow, self.long_col,
+                                           values[self.long_entries],
+                                           size=(len(self.long), self.n_cols),
+                                           check_invariants=False)
 
 
 def _woodbury_solve(Y: torch.Tensor, w: torch.Tensor, valid: torch.Tensor, rh: torch.Tensor,
