@@ -158,8 +158,11 @@ class Ratings:
         users = users.astype(_INDEX_DTYPE, copy=False)
         items = items.astype(_INDEX_DTYPE, copy=False)
         if not _sorted:
-            order = np.lexsort((items, users))  # stable: equal keys keep input order
-            if not np.array_equal(order, np.arange(len(order))):
+            # one int64 key (user-major), sorted stably: equal pairs keep their input order;
+            # the same order as np.lexsort((items, users)) in about half the time (issue 10)
+            key = users.astype(np.int64) * max(n, 1) + items
+            if len(key) > 1 and not bool((key[1:] >= key[:-1]).all()):
+                order = np.argsort(key, kind="stable")
                 users, items, values = users[order], items[order], values[order]
                 weights = None if weights is None else weights[order]
                 timestamps = None if timestamps is None else timestamps[order]
