@@ -105,8 +105,8 @@ def test_fold_in_centres_the_new_user_on_their_items_implicit_factors(fitted) ->
         ({"implicit": True, "nonnegative": True, "solver": "adam"},
          r"implicit=True does not combine with nonnegative=True"),
         ({"implicit": True, "loss": "huber", "solver": "gibbs"},
-         r"(implicit=True is sampled for the squared loss only|solver='gibbs' samples the "
-         r"squared loss)"),
+         r"implicit=True \(SVD\+\+'s implicit term\) is sampled for the squared loss only "
+         r"\(autofact.solvers.gibbs\); use implicit=False"),
         ({"implicit": True, "task": "ranking"}, r"implicit=True .* is for task='rating'"),
     ],
 )

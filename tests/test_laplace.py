@@ -231,6 +231,18 @@ def test_model_gibbs_samples_logistic_and_keeps_a_usable_model(tmp_path) -> None
     assert scores.shape == (train.shape[1],) and ((scores > 0) & (scores < 1)).all()
 
 
+def test_model_laplace_default_sweeps_are_the_samplers_own() -> None:
+    """issue 9: the squared loss's default chain is longer (DEFAULT_EPOCHS['gibbs']) than the
+    Laplace sampler's, whose defaults were validated at DEFAULT_SWEEPS; epochs=None keeps them."""
+    from autofact.solvers import DEFAULT_EPOCHS
+    from autofact.solvers.laplace import DEFAULT_SWEEPS
+
+    assert DEFAULT_SWEEPS != DEFAULT_EPOCHS["gibbs"]
+    train, _ = planted_counts("logistic", m=12, n=10, density=0.6)
+    model = MatrixFactorization(loss="logistic", rank=2, solver="gibbs", seed=0).fit(train)
+    assert model.n_epochs_ == len(model.history_) == DEFAULT_SWEEPS
+
+
 def test_contract_routes_gibbs_to_the_sampler_for_curved_losses_with_l2() -> None:
     for loss in ("huber", "logistic", "poisson", cauchy):
         assert choose_solver("gibbs", loss, "l2", beta=1.0) == "gibbs"

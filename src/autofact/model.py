@@ -117,7 +117,8 @@ class MatrixFactorization:
     epochs : passes over the data (``None``: the solver's default; for ``'gibbs'`` the sweeps:
         at most 130, the first tenth discarded as burn-in, and fewer when the chain settles, i.e.
         when more sweeps would lower the RMSE by under 0.1 % (:mod:`autofact.solvers.budget`;
-        on large data 20-30 sweeps); a number runs exactly that many sweeps).
+        on large data 20-30 sweeps); 100 for a loss sampled by Laplace-MH; a number runs exactly
+        that many sweeps).
     batch_size : mini-batch size for ``'adam'``/``'sgd'`` (``None``: full batch for ``adam``).
     bias : learn a global mean and user/item biases.
     implicit : add SVD++'s implicit-feedback term (Koren, KDD 2008): each user's factor is
@@ -591,12 +592,15 @@ class MatrixFactorization:
         record of ``history_`` says why it stopped (``'stopped'``)."""
         from .solvers.budget import SweepBudget
         from .solvers.gibbs import gibbs_mf
+        from .solvers.laplace import DEFAULT_SWEEPS as LAPLACE_SWEEPS
         from .solvers.laplace import best_constant, laplace_mf
 
         # issue 9: the squared loss is sampled exactly (gibbs), any other twice-differentiable
         # loss by Metropolis-Hastings with Laplace proposals (autofact.solvers.laplace)
         exact = loss_fn is LOSSES["squared"]
         sample: Any = gibbs_mf if exact else functools.partial(laplace_mf, loss=loss_fn)
+        if not exact and self.epochs is None:  # the sampler's own default, as validated
+            sweeps = LAPLACE_SWEEPS
         mu = (float(np.mean(train.values, dtype=np.float64)) if exact
               else best_constant(loss_fn, train.values))
 

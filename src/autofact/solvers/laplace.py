@@ -97,7 +97,7 @@ from ..threads import use_threads
 from .gibbs import GibbsResult
 from .priors import normal_gamma
 
-__all__ = ["LaplaceResult", "laplace_mf", "best_constant", "check_sampler_loss"]
+__all__ = ["LaplaceResult", "laplace_mf", "best_constant", "check_sampler_loss", "DEFAULT_SWEEPS"]
 
 
 @dataclass
@@ -347,6 +347,11 @@ def check_sampler_loss(loss: Loss) -> None:
         )
 
 
+#: sweeps of :func:`laplace_mf` by default (and of ``MatrixFactorization(solver='gibbs')`` with
+#: a loss other than squared and ``epochs=None``): the number its validation runs used
+DEFAULT_SWEEPS = 100
+
+
 def laplace_mf(
     users: Any,
     items: Any = None,
@@ -355,7 +360,7 @@ def laplace_mf(
     *,
     loss: str | Loss = "squared",
     rank: int = 10,
-    sweeps: int = 100,
+    sweeps: int = DEFAULT_SWEEPS,
     burn_in: int | None = None,
     seed: int | None = 0,
     init_std: float = 0.1,
