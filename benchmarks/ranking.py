@@ -126,7 +126,6 @@ def autofact_ranking(d: dict[str, Any], threads: int, **params: Any) -> np.ndarr
     """``MatrixFactorization(task="ranking")`` with its defaults (or ``params``)."""
     from autofact import MatrixFactorization
 
-    params.setdefault("rank", 64)  # implicit's factors: the same rank on both sides
     model = MatrixFactorization(task="ranking", **params).fit(_ratings(d))
     return model.user_factors_ @ model.item_factors_.T + model.item_bias_[None, :]
 
@@ -141,7 +140,7 @@ def autofact_als_core(d: dict[str, Any], threads: int) -> np.ndarray:
 
 
 def autofact_bpr(d: dict[str, Any], threads: int) -> np.ndarray:
-    """``MatrixFactorization(task="ranking", loss="bpr", rank=64)`` (30 epochs of Adam)."""
+    """``MatrixFactorization(task="ranking", loss="bpr")`` (rank 64, 30 epochs of Adam)."""
     return autofact_ranking(d, threads, loss="bpr")
 
 
@@ -154,7 +153,7 @@ def _methods(threads: int) -> list[tuple[str, Callable[[dict[str, Any]], np.ndar
 
     af: Callable[[dict[str, Any]], np.ndarray]
     if has_model_task():
-        af_name = "autofact MatrixFactorization(task='ranking', rank=64)"
+        af_name = "autofact MatrixFactorization(task='ranking') (rank 64, CG)"
         af = lambda d: autofact_ranking(d, threads)  # noqa: E731
     else:
         af_name = "autofact ranking.implicit_als (task defaults)"
@@ -164,8 +163,8 @@ def _methods(threads: int) -> list[tuple[str, Callable[[dict[str, Any]], np.ndar
         ("implicit ALS (64, reg 0.05, 15 it, binary)", lambda d: implicit_als(d, threads)),
         ("implicit BPR (64, 100 it)", lambda d: implicit_bpr(d, threads)),
         (af_name, af),
-        ("autofact task='ranking', solver='cg' (64)",
-         lambda d: autofact_ranking(d, threads, solver="cg")),
+        ("autofact task='ranking', solver='als' (exact, 64)",
+         lambda d: autofact_ranking(d, threads, solver="als")),
         ("autofact task='ranking', loss='bpr' (64, 30 epochs)",
          lambda d: autofact_bpr(d, threads)),
     ]

@@ -309,6 +309,7 @@ def test_fit_ranking_reports_a_decreasing_objective_and_checks_its_arguments() -
 # ---------------------------------------------------------------------------- the model's task
 @pytest.mark.parametrize(("loss", "solver", "beta", "epochs"),
                          [("squared", "auto", 0.01, None), ("squared", "cg", 0.01, None),
+                          ("squared", "als", 0.01, None),
                           ("bpr", "auto", 0.5, 60)])
 def test_model_ranking_task_checkerboard(loss: str, solver: str, beta: float,
                                          epochs: int | None) -> None:
@@ -320,7 +321,8 @@ def test_model_ranking_task_checkerboard(loss: str, solver: str, beta: float,
     model.fit(r)
     tops = model.recommend_batch(list(range(10)), 1)
     assert [int(t.items[0]) for t in tops] == list(range(10))
-    assert model.solver_ == {"auto": "als" if loss == "squared" else "adam", "cg": "cg"}[solver]
+    assert model.solver_ == {"auto": "cg" if loss == "squared" else "adam", "cg": "cg",
+                             "als": "als"}[solver]
     assert model.n_epochs_ == (15 if epochs is None else epochs) == len(model.history_)
 
 
@@ -374,7 +376,8 @@ def test_model_ranking_errors() -> None:
     cases = [
         ({"task": "rank"}, "task must be 'rating' or 'ranking', got 'rank'"),
         ({"task": "ranking", "loss": "huber"}, "task='ranking' takes loss='squared'"),
-        ({"task": "ranking", "solver": "adam"}, "is solved by 'als', got solver='adam'"),
+        ({"task": "ranking", "solver": "adam"},
+         r"is solved by 'cg', got solver='adam'; use solver='auto'/'cg' or 'als' \(exact\)"),
         ({"task": "ranking", "loss": "bpr", "solver": "cg"}, "use solver='auto'"),
         ({"task": "ranking", "regularization": "l1"}, "task='ranking' takes regularization='l2'"),
         ({"task": "ranking", "nonnegative": True}, "nonnegative=True is not available"),
@@ -418,7 +421,7 @@ def test_cli_fit_task_ranking(tmp_path: Any, capsys: pytest.CaptureFixture[str])
     code = cli.main(["fit", str(data), "--out", str(out), "--task", "ranking", "--rank", "2",
                      "--beta", "0.01", "--alpha", "1", "--json", "-q"])
     summary = json.loads(capsys.readouterr().out)
-    assert code == 0 and summary["solver"] == "als" and summary["train_rmse"] is None
+    assert code == 0 and summary["solver"] == "cg" and summary["train_rmse"] is None
     model = autofact.load(out)
     assert (model.task, model.alpha, model.beta) == ("ranking", 1.0, 0.01)
     assert [int(model.recommend(u, 1).items[0]) for u in range(10)] == list(range(10))
