@@ -24,16 +24,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.accuracy import load
-
-
-def carve(d: dict[str, Any], fraction: float = 0.1, seed: int = 1) -> dict[str, Any]:
-    """``d``'s training part split in two: ``fraction`` for validation, the rest to train."""
-    u, i, r = d["train"]
-    perm = np.random.default_rng(seed).permutation(len(r))
-    cut = int(round((1 - fraction) * len(r)))
-    tr, va = np.sort(perm[:cut]), np.sort(perm[cut:])
-    return {"name": d["name"] + " (val)", "shape": d["shape"],
-            "train": (u[tr], i[tr], r[tr]), "test": (u[va], i[va], r[va])}
+from benchmarks.gibbs_validation import carve
 
 
 def targets(case: str, r: np.ndarray) -> np.ndarray:

@@ -97,6 +97,7 @@ import numpy as np
 import torch
 
 from ..threads import use_threads
+from .priors import check_chain
 from .priors import normal_gamma as _hyper
 
 __all__ = ["GibbsResult", "gibbs_mf", "NOISE_MODELS"]
@@ -474,24 +475,13 @@ def _draw_implicit(
 
 
 def _check(rank: Any, sweeps: Any, burn_in: Any, noise: Any, noise_shape: Any) -> int:
-    if isinstance(rank, bool) or not isinstance(rank, int | np.integer) or rank < 1:
-        raise ValueError(f"rank must be a positive int, got {rank!r}")
-    if isinstance(sweeps, bool) or not isinstance(sweeps, int | np.integer) or sweeps < 1:
-        raise ValueError(f"sweeps must be a positive int, got {sweeps!r}")
+    burn_in = check_chain(rank, sweeps, burn_in)
     if noise not in NOISE_MODELS:
         raise ValueError(f"noise must be one of {NOISE_MODELS}, got {noise!r}")
     if not (isinstance(noise_shape, int | float) and math.isfinite(noise_shape)
             and noise_shape > 0):
         raise ValueError(f"noise_shape must be a positive number, got {noise_shape!r}")
-    if burn_in is None:
-        return int(sweeps) // 10
-    if (isinstance(burn_in, bool) or not isinstance(burn_in, int | np.integer)
-            or not 0 <= burn_in < sweeps):
-        raise ValueError(
-            f"burn_in must be an int in [0, sweeps) = [0, {sweeps}), got {burn_in!r}; at least "
-            "one sweep must be averaged"
-        )
-    return int(burn_in)
+    return burn_in
 
 
 def gibbs_mf(

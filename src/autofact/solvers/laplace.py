@@ -95,7 +95,7 @@ from ..losses import Loss, check_targets, get_loss
 from ..objective import check_loss, diagonal_derivatives, loss_probe
 from ..threads import use_threads
 from .gibbs import GibbsResult
-from .priors import normal_gamma
+from .priors import check_chain, normal_gamma
 
 __all__ = ["LaplaceResult", "laplace_mf", "best_constant", "check_sampler_loss", "DEFAULT_SWEEPS"]
 
@@ -302,22 +302,6 @@ def best_constant(loss: str | Loss, values: Any) -> float:
     return c if math.isfinite(c) else mean
 
 
-def _check(rank: Any, sweeps: Any, burn_in: Any) -> int:
-    if isinstance(rank, bool) or not isinstance(rank, int | np.integer) or rank < 1:
-        raise ValueError(f"rank must be a positive int, got {rank!r}")
-    if isinstance(sweeps, bool) or not isinstance(sweeps, int | np.integer) or sweeps < 1:
-        raise ValueError(f"sweeps must be a positive int, got {sweeps!r}")
-    if burn_in is None:
-        return int(sweeps) // 10
-    if (isinstance(burn_in, bool) or not isinstance(burn_in, int | np.integer)
-            or not 0 <= burn_in < sweeps):
-        raise ValueError(
-            f"burn_in must be an int in [0, sweeps) = [0, {sweeps}), got {burn_in!r}; at least "
-            "one sweep must be averaged"
-        )
-    return int(burn_in)
-
-
 def _loss_name(loss: Loss) -> str:
     return getattr(loss, "__qualname__", None) or repr(loss)
 
@@ -392,7 +376,7 @@ def laplace_mf(
         users, items, values, shape = r.users, r.items, r.values, r.shape
     if items is None or values is None or shape is None:
         raise TypeError("laplace_mf needs users, items, values and shape, or one Ratings")
-    burn_in = _check(rank, sweeps, burn_in)
+    burn_in = check_chain(rank, sweeps, burn_in)
     if (isinstance(warm_start, bool) or not isinstance(warm_start, int | np.integer)
             or warm_start < 0):
         raise ValueError(f"warm_start must be an int >= 0 (0: none), got {warm_start!r}")

@@ -11,9 +11,11 @@ the regularization strength of :mod:`.gibbs` and :mod:`.laplace` is sampled, not
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-__all__ = ["normal_gamma"]
+__all__ = ["normal_gamma", "check_chain"]
 
 # libFM's hyper-prior constants: alpha_lambda = beta_lambda = 1, gamma_0 = 1, mu_0 = 0
 _A0, _B0, _GAMMA0 = 1.0, 1.0, 1.0
@@ -29,3 +31,21 @@ def normal_gamma(rng: np.random.Generator, x: np.ndarray) -> tuple[np.ndarray, n
     lam = rng.gamma(_A0 + (n + 1) / 2, 1.0 / np.asarray(rate, dtype=np.float64))
     mean = mbar + rng.standard_normal(x.shape[1]) / np.sqrt((n + _GAMMA0) * lam)
     return mean, lam
+
+
+def check_chain(rank: Any, sweeps: Any, burn_in: Any) -> int:
+    """Check a sampler's ``rank``, ``sweeps`` and ``burn_in`` (``None``: a tenth of the sweeps);
+    returns the burn-in. Shared by the Gibbs and the Laplace-MH samplers."""
+    if isinstance(rank, bool) or not isinstance(rank, int | np.integer) or rank < 1:
+        raise ValueError(f"rank must be a positive int, got {rank!r}")
+    if isinstance(sweeps, bool) or not isinstance(sweeps, int | np.integer) or sweeps < 1:
+        raise ValueError(f"sweeps must be a positive int, got {sweeps!r}")
+    if burn_in is None:
+        return int(sweeps) // 10
+    if (isinstance(burn_in, bool) or not isinstance(burn_in, int | np.integer)
+            or not 0 <= burn_in < sweeps):
+        raise ValueError(
+            f"burn_in must be an int in [0, sweeps) = [0, {sweeps}), got {burn_in!r}; at least "
+            "one sweep must be averaged"
+        )
+    return int(burn_in)
