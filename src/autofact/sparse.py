@@ -15,12 +15,19 @@ from typing import Any
 
 import torch
 
-__all__ = ["Pattern", "gather_dot", "build_patterns", "prepare_transposes"]
+__all__ = ["Pattern", "gather_dot", "build_patterns", "prepare_transposes", "csr_tensor"]
 
-def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> Any:
+
+def csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
+               size: tuple[int, int]) -> Any:
+    """A torch CSR tensor, its invariants unchecked (the callers build them sorted) and torch's
+    beta warning silenced."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "sparse CSR support is in beta" is not the user's concern
         return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
+
+
+_csr = csr_tensor
 
 
 @dataclass

@@ -88,7 +88,6 @@ from __future__ import annotations
 import functools
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +95,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..sparse import csr_tensor as _csr
 from ..threads import use_threads
 from .priors import check_chain
 from .priors import normal_gamma as _hyper
@@ -155,13 +155,6 @@ class GibbsResult:
         bu = np.where(ku, self.bu[u], self.prior_bu)
         bi = np.where(ki, self.bi[i], self.prior_bi)
         return self.mu + bu + bi + np.einsum("bk,bk->b", Pu, Qi)
-
-
-def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tuple[int, int]
-         ) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "sparse CSR support is in beta" is not the user's concern
-        return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
 
 
 class _Side:

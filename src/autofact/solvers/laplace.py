@@ -81,7 +81,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +92,7 @@ from .._newton import damped_newton
 from ..errors import FitError
 from ..losses import Loss, check_targets, get_loss
 from ..objective import check_loss, diagonal_derivatives, loss_probe
+from ..sparse import csr_tensor as _csr
 from ..threads import use_threads
 from .gibbs import GibbsResult
 from .priors import check_chain, normal_gamma
@@ -118,13 +118,6 @@ class LaplaceResult(GibbsResult):
         if not self.acceptance:
             return float("nan")
         return float(np.mean(self.acceptance))
-
-
-def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tuple[int, int]
-         ) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "sparse CSR support is in beta" is not the user's concern
-        return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
 
 
 class _Side:
