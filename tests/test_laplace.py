@@ -178,6 +178,16 @@ def test_best_constant_is_the_loss_minimizer() -> None:
     assert best_constant("squared", y) == pytest.approx(0.75)
 
 
+def test_best_constant_of_read_only_values_does_not_warn() -> None:
+    # issue 9: a Ratings built by from_frame holds read-only float64 arrays; torch.as_tensor on
+    # them warned "The given NumPy array is not writable" in the middle of a logistic Laplace-MH fit
+    y = np.array([0.0, 1.0, 1.0, 1.0])
+    y.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert best_constant(logistic, y) == pytest.approx(np.log(3.0), abs=1e-8)
+
+
 def test_same_seed_same_chain_whatever_the_row_blocks() -> None:
     train, _ = planted_counts("poisson", m=30, n=20, density=0.5)
     a = laplace_mf(train, loss="poisson", rank=2, sweeps=5, seed=3)

@@ -273,7 +273,7 @@ def best_constant(loss: str | Loss, values: Any) -> float:
     the logit of the mean for the logistic, the log of the mean for Poisson (damped Newton steps
     on autograd's derivatives, from the better of the mean and 0)."""
     loss = get_loss(loss)
-    t = torch.as_tensor(np.asarray(values, dtype=np.float64))
+    t = torch.tensor(np.asarray(values, dtype=np.float64))  # a copy: values may be read-only
 
     def value(c: torch.Tensor) -> float:
         with torch.no_grad():
