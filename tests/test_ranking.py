@@ -430,6 +430,18 @@ def test_cli_fit_task_ranking(tmp_path: Any, capsys: pytest.CaptureFixture[str])
     assert code == 0 and autofact.load(tmp_path / "b.npz").loss == "bpr"
 
 
+def test_cli_fit_prints_the_resolved_rank(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    # issue 12: with rank="auto" the summary line said "fitted rank auto"; it names rank_
+    from autofact import cli
+
+    data = tmp_path / "cb.csv"
+    _write_checkerboard(data)
+    code = cli.main(["fit", str(data), "--out", str(tmp_path / "m.npz"), "--solver", "als",
+                     "--epochs", "1", "-q"])
+    out = capsys.readouterr().out
+    assert code == 0 and "fitted rank 10 (als, 1 epochs" in out, out
+
+
 # ---------------------------------------------------------------------------- partial_fit
 def _ranking_model(seed: int = 8) -> tuple[Any, Ratings]:
     from autofact import MatrixFactorization

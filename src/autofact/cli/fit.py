@@ -234,7 +234,7 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         print_json(summary)
         return ExitStatus.OK
     print(
-        f"fitted rank {model.rank} ({model.solver_}, {model.n_epochs_} epochs, {seconds:.1f} s) "
+        f"fitted rank {model.rank_} ({model.solver_}, {model.n_epochs_} epochs, {seconds:.1f} s) "
         f"on {n_train} ratings ({train.n_users} users x {train.n_items} items)"
     )
     print(f"saved model to {args.out}")
