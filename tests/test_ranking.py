@@ -440,6 +440,13 @@ def test_cli_fit_prints_the_resolved_rank(tmp_path: Any, capsys: pytest.CaptureF
                      "--epochs", "1", "-q"])
     out = capsys.readouterr().out
     assert code == 0 and "fitted rank 10 (als, 1 epochs" in out, out
+    code = cli.main(["fit", str(data), "--out", str(tmp_path / "m.npz"), "--rank", "auto",
+                     "--solver", "als", "--epochs", "1", "-q"])
+    out = capsys.readouterr().out
+    assert code == 0 and "fitted rank 10 (als, 1 epochs" in out, out  # --rank auto, as rank="auto"
+    code = cli.main(["fit", str(data), "--out", str(tmp_path / "m.npz"), "--rank", "big", "-q"])
+    assert code == 2 and "argument --rank: must be a positive int, got 'big'" in \
+        capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- partial_fit

@@ -32,8 +32,9 @@ def register(sub: Any) -> None:
                    help="where to save the fitted model (e.g. model.npz); an existing file is "
                    "replaced only if it is an autofact model")
     hp = p.add_argument_group("model (defaults: those of autofact.MatrixFactorization)")
-    hp.add_argument("--rank", type=o.positive_int,
-                    help="number of latent factors (default: 10, or 64 with --task ranking)")
+    hp.add_argument("--rank", type=o.rank,
+                    help="number of latent factors, or auto (default: 10, or 64 with --task "
+                    "ranking)")
     hp.add_argument("--task", choices=("rating", "ranking"),
                     help="rating: predict ratings (default); ranking: top-N recommendation from "
                     "implicit feedback (implicit-feedback ALS, or --loss bpr/warp)")

@@ -34,6 +34,8 @@ def _number(parse: Callable[[str], Any], ok: Callable[[Any], bool],
 
 positive_int = _number(int, lambda v: v >= 1, "a positive int")
 nonnegative_int = _number(int, lambda v: v >= 0, "an int >= 0")
+rank = _number(lambda t: t if t == "auto" else int(t), lambda v: v == "auto" or v >= 1,
+               "a positive int")  # --rank: also 'auto', as MatrixFactorization(rank=...) (issue 12)
 finite = _number(float, math.isfinite, "a finite number")
 positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
 nonnegative_float = _number(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
