@@ -195,6 +195,9 @@ def test_cli_fit_of_a_folder_under_torchrun_reads_shares(tmp_path):
                     "--rank", "3", "--seed", "0", "--dtype", "float64", "--device", "cpu",
                     "--quiet", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # issue 12 review: np.sqrt of the summed torch tensor printed NumPy 2's __array_wrap__
+    # deprecation as "autofact: warning: ..." on every process
+    assert "autofact: warning" not in proc.stderr, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     assert summary["train"]["ratings"] == len(whole)
     single = autofact.MatrixFactorization(rank=3, solver="adam", epochs=5, seed=0,

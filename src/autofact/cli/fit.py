@@ -267,7 +267,8 @@ def _shared_totals(model: Any, train: Any) -> tuple[int, float | None]:
     totals = torch.tensor([sse, float(len(train))], dtype=torch.float64)
     TorchShardPlan().all_sum([totals])
     n = int(totals[1])
-    return n, (float(np.sqrt(totals[0] / n)) if model.task == "rating" else None)
+    # float() first: np.sqrt of a torch tensor warned (NumPy 2's __array_wrap__ deprecation)
+    return n, (float(np.sqrt(float(totals[0]) / n)) if model.task == "rating" else None)
 
 
 def _existing_data(text: str) -> Path:
