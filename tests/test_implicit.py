@@ -104,6 +104,10 @@ def test_fold_in_centres_the_new_user_on_their_items_implicit_factors(fitted) ->
         ({"implicit": True, "solver": "sgd"}, r"implicit=True trains on full batches"),
         ({"implicit": True, "nonnegative": True, "solver": "adam"},
          r"implicit=True does not combine with nonnegative=True"),
+        # issue 9 review: with solver='auto' (which picks lbfgs for implicit=True) this said
+        # "nonnegative=True does not combine with solver='lbfgs' ...; use solver='als'"
+        ({"implicit": True, "nonnegative": True},
+         r"implicit=True does not combine with nonnegative=True: .* use one of them"),
         ({"implicit": True, "loss": "huber", "solver": "gibbs"},
          r"implicit=True \(SVD\+\+'s implicit term\) is sampled for the squared loss only "
          r"\(autofact.solvers.gibbs\); use implicit=False"),

@@ -311,6 +311,12 @@ class MatrixFactorization:
             isinstance(self.batch_size, int | np.integer) and self.batch_size >= 1
         ):
             raise ValueError(f"batch_size must be a positive int or None, got {self.batch_size!r}")
+        # first: with implicit=True 'auto' picks lbfgs, whose refusal below would suggest als
+        if self.implicit and self.nonnegative:
+            raise ValueError(
+                "implicit=True does not combine with nonnegative=True: the users' factors "
+                "p_u + |N(u)|^-1/2 sum y_j would not stay >= 0; use one of them"
+            )
         if self.nonnegative and solver == "lbfgs":
             raise ValueError(
                 "nonnegative=True does not combine with solver='lbfgs' (a projection breaks its "
@@ -321,11 +327,6 @@ class MatrixFactorization:
                 "implicit=True does not combine with solver='als': a user's implicit part sums "
                 "the y_j of all their items, which ALS's row-by-row Newton steps do not carry; "
                 "use solver='gibbs' (the squared loss with 'l2'), 'lbfgs', 'adam' or 'gd'"
-            )
-        if self.implicit and self.nonnegative:
-            raise ValueError(
-                "implicit=True does not combine with nonnegative=True: the users' factors "
-                "p_u + |N(u)|^-1/2 sum y_j would not stay >= 0; use one of them"
             )
         if self.implicit and (solver == "sgd" or self.batch_size is not None):
             raise ValueError(
