@@ -230,3 +230,9 @@ def test_cli_fit_implicit(tmp_path, capsys) -> None:
     assert cli.main(["fit", str(data), "--out", str(out), "--no-implicit", "--epochs", "5",
                      "--quiet"]) == 0
     assert autofact.load(out).implicit_factors_ is None
+    # issue 9 review: the library's refusals in command-line words (--implicit, not implicit=True)
+    capsys.readouterr()
+    assert cli.main(["fit", str(data), "--out", str(out), "--implicit", "--loss", "huber",
+                     "--solver", "gibbs", "--quiet"]) == 2
+    assert "error: --implicit (SVD++'s implicit term) is sampled for the squared loss only " \
+        "(autofact.solvers.gibbs); use --no-implicit with this loss" in capsys.readouterr().err

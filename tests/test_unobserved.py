@@ -255,6 +255,13 @@ def test_cli_fit_unobserved_weight(tmp_path):
     assert bad.returncode == 2
     assert "--unobserved-weight: must be a number >= 0, got '-1'" in bad.stderr
     assert not Path(tmp_path / "x.npz").exists()
+    # issue 12 review: the library's refusal in command-line words, not unobserved_weight=0.1
+    bad = subprocess.run(cmd[:-6] + ["--task", "ranking", "--unobserved-weight", "0.1", "--out",
+                                     str(tmp_path / "x.npz")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2
+    assert "error: --unobserved-weight 0.1 is for --task rating" in bad.stderr
+    assert "leave --unobserved-weight 0" in bad.stderr
 
 
 def test_als_row_block_does_not_share_the_factors_version_counter():

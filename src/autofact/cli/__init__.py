@@ -73,11 +73,12 @@ _OPTIONS = {
     "dtype": "--dtype", "device": "--device", "fallback": "--fallback",
     "patience": "--patience", "validation_fraction": "--validation-fraction",
     "n_trials": "--trials", "metric": "--metric", "timeout": "--timeout",
-    "task": "--task", "alpha": "--alpha",
+    "task": "--task", "alpha": "--alpha", "unobserved_weight": "--unobserved-weight",
 }
 _FLAGS = {("header", "True"): "--header", ("header", "False"): "--no-header",
           ("timestamp", "False"): "--no-time-col",
-          ("bias", "True"): "--bias", ("bias", "False"): "--no-bias"}
+          ("bias", "True"): "--bias", ("bias", "False"): "--no-bias",
+          ("implicit", "True"): "--implicit", ("implicit", "False"): "--no-implicit"}
 _KEYWORD = re.compile(
     r"(?<![\w.])(" + "|".join(sorted(_OPTIONS.keys() | {k for k, _ in _FLAGS}, key=len,
                                      reverse=True))
