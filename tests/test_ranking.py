@@ -396,7 +396,9 @@ def test_model_ranking_errors() -> None:
     bpr_model = MatrixFactorization(rank=2, task="ranking", loss="bpr", epochs=1).fit(r)
     with pytest.raises(ValueError, match="fold_in for task='ranking' solves the implicit"):
         bpr_model.fold_in({0: 1.0})
-    with pytest.raises(ValueError, match="confidence needs finite values >= 0"):
+    # issue 12 review: the value as a plain float (was "np.float64(-1.0)"), a fix the model takes
+    with pytest.raises(ValueError, match=r"confidence needs finite values >= 0 \(counts, plays, "
+                       r"ratings\), got min -1.0; shift the values, set every interaction to 1"):
         MatrixFactorization(task="ranking").fit(Ratings.from_dense(np.array([[-1.0, 1.0]])))
 
 

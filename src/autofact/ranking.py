@@ -142,8 +142,9 @@ def confidence(values: Any, alpha: float = 1.0, scheme: str = "linear",
         raise ValueError(f"scheme must be one of {CONFIDENCES}, got {scheme!r}")
     if r.size and not (np.isfinite(r).all() and r.min() >= 0):
         raise ValueError(
-            f"confidence needs finite values >= 0 (counts, plays, ratings), got min {r.min()!r}; "
-            "shift the values or use scheme='binary'"
+            f"confidence needs finite values >= 0 (counts, plays, ratings), got min "
+            f"{float(r.min())!r}; shift the values, set every interaction to 1, or (calling "
+            "confidence) use scheme='binary'"
         )
     if scheme == "linear":
         return 1.0 + alpha * r
