@@ -451,6 +451,22 @@ def test_cli_fit_prints_the_resolved_rank(tmp_path: Any, capsys: pytest.CaptureF
         capsys.readouterr().err
 
 
+def test_cli_solver_cg_is_the_ranking_tasks(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    # issue 12 review: the refusal of --task ranking --solver gibbs says "use --solver auto/'cg'",
+    # but argparse refused --solver cg; and cg for the rating task names the task it is for
+    import json
+
+    from autofact import cli
+
+    data = tmp_path / "cb.csv"
+    _write_checkerboard(data)
+    code = cli.main(["fit", str(data), "--out", str(tmp_path / "m.npz"), "--task", "ranking",
+                     "--rank", "2", "--solver", "cg", "--epochs", "1", "--json", "-q"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["solver"] == "cg"
+    code = cli.main(["fit", str(data), "--out", str(tmp_path / "m.npz"), "--solver", "cg", "-q"])
+    assert code == 2 and "got 'cg'; 'cg' is for --task ranking" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------- partial_fit
 def _ranking_model(seed: int = 8) -> tuple[Any, Ratings]:
     from autofact import MatrixFactorization

@@ -49,8 +49,9 @@ def register(sub: Any) -> None:
     hp.add_argument("--unobserved-weight", type=o.nonnegative_float, metavar="W",
                     help="--task rating: count every unrated pair as a rating of 0 with this "
                     "weight (implicit feedback's term: better top-N, worse RMSE; default 0)")
-    hp.add_argument("--solver", choices=("auto",) + tuple(SOLVERS),
-                    help="training algorithm (default auto)")
+    hp.add_argument("--solver", choices=("auto",) + tuple(SOLVERS) + ("cg",),
+                    help="training algorithm (default auto; cg: --task ranking's default, three "
+                    "conjugate-gradient steps a row)")
     hp.add_argument("--epochs", type=o.positive_int, help="passes over the data")
     hp.add_argument("--lr", type=o.positive_float, help="learning rate (first-order solvers)")
     hp.add_argument("--batch-size", type=o.positive_int, help="mini-batch size (adam, sgd)")

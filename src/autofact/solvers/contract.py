@@ -109,7 +109,8 @@ def choose_solver(
     no biases, a shared plan, checkpoints) or mini-batches or ``nonnegative`` are asked for.
     """
     if not isinstance(solver, str) or (solver != "auto" and solver not in SOLVERS):
-        raise ValueError(f"solver must be 'auto' or one of {SOLVERS}, got {solver!r}")
+        raise ValueError(f"solver must be 'auto' or one of {SOLVERS}, got {solver!r}"
+                         + ("; 'cg' is for task='ranking'" if solver == "cg" else ""))
     for given in (loss, regularization):
         if isinstance(given, NotLoaded):  # a loaded model's function, not imported: ask for it
             raise ValueError(given.message)
