@@ -43,7 +43,7 @@ from .losses import Loss, get_loss
 from .ranking import all_unobserved
 from .regularizers import Regularizer, get_regularizer
 from .sharding import ShardPlan
-from .sparse import build_patterns, gather_dot, prepare_transposes
+from .sparse import build_patterns, csr_tensor, gather_dot, prepare_transposes
 from .threads import use_threads
 
 __all__ = ["Objective", "check_loss", "check_regularizer", "check_unobserved_weight",
@@ -500,7 +500,6 @@ class Objective:
     def _implicit_design(self) -> torch.Tensor:
         """``X`` (m x n, torch CSR): the user-item indicator with row ``u`` scaled by
         ``|N(u)|^-1/2``, so that ``X @ Y`` is each user's implicit part."""
-        import warnings
 
         m, n = self.shape
         users = self.users.long()
@@ -508,10 +507,7 @@ class Objective:
         crow = torch.zeros(m + 1, dtype=torch.int64, device=self.device)
         crow[1:] = torch.cumsum(counts, 0)
         values = counts.clamp(min=1).to(self.dtype).rsqrt()[users]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-            return torch.sparse_csr_tensor(crow, self.items.long(), values, size=(m, n),
-                                           check_invariants=False)
+        return csr_tensor(crow, self.items.long(), values, (m, n))
 
     def effective(self, params: Params) -> Params:
         """The parameters as the predictions use them: with ``implicit=True`` the user factors

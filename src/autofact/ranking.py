@@ -65,6 +65,7 @@ import numpy as np
 import torch
 
 from .data import Ratings
+from .sparse import csr_tensor as _csr_tensor
 from .threads import MIN_WORK_PER_WORKER
 
 __all__ = [
@@ -310,13 +311,6 @@ def _solve_side(X: torch.Tensor, Y: torch.Tensor, blocks: list[_Block], reg: tor
             X[blk.rows] = torch.linalg.lstsq(A, b[:, :, None]).solution[:, :, 0]
         else:
             X[blk.rows] = torch.cholesky_solve(b[:, :, None], L)[:, :, 0]
-
-
-def _csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
-                size: tuple[int, int]) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-        return torch.sparse_csr_tensor(crow, col, values, size)
 
 
 def _matvecs() -> tuple[Callable[..., None], Callable[..., None]] | None:

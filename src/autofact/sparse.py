@@ -27,8 +27,6 @@ def csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
         return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
 
 
-_csr = csr_tensor
-
 
 @dataclass
 class Pattern:
@@ -84,12 +82,12 @@ class Pattern:
         return tcrow_i, trow, self._perm
 
     def csr(self, values: torch.Tensor) -> Any:
-        return _csr(self.crow, self.col, values, (self.row1 - self.row0, self.n_cols))
+        return csr_tensor(self.crow, self.col, values, (self.row1 - self.row0, self.n_cols))
 
     def csr_t(self, values: torch.Tensor) -> Any:
         tcrow, trow, perm = self.transpose()
         # index_select: about twice as fast as values[perm] on the CPU
-        return _csr(tcrow, trow, torch.index_select(values, 0, perm),
+        return csr_tensor(tcrow, trow, torch.index_select(values, 0, perm),
                     (self.n_cols, self.row1 - self.row0))
 
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 import threading
-import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ import torch
 
 from .. import threads
 from ..objective import Objective, Params
-from ..sparse import Pattern, build_patterns, gather_dot
+from ..sparse import Pattern, build_patterns, csr_tensor, gather_dot
 from ._base import Epoch
 
 __all__ = ["make_als"]
@@ -403,12 +402,8 @@ class _Split:
 
     def csr_long(self, values: torch.Tensor) -> Any:
         """The CSR of the long rows' entries of ``values`` (one value per entry of the block)."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-            return torch.sparse_csr_tensor(self.long_crow, self.long_col,
-                                           values[self.long_entries],
-                                           size=(len(self.long), self.n_cols),
-                                           check_invariants=False)
+        return csr_tensor(self.long_crow, self.long_col, values[self.long_entries],
+                          (len(self.long), self.n_cols))
 
 
 def _woodbury_solve(Y: torch.Tensor, w: torch.Tensor, valid: torch.Tensor, rh: torch.Tensor,

@@ -97,7 +97,7 @@ import torch
 
 from ..sparse import csr_tensor as _csr
 from ..threads import use_threads
-from .priors import check_chain
+from .priors import check_chain, coo_arguments
 from .priors import normal_gamma as _hyper
 
 __all__ = ["GibbsResult", "gibbs_mf", "NOISE_MODELS"]
@@ -514,11 +514,7 @@ def gibbs_mf(
     (2,)
     """
     t0 = time.perf_counter()
-    if items is None and hasattr(users, "users"):  # a Ratings
-        r = users
-        users, items, values, shape = r.users, r.items, r.values, r.shape
-    if items is None or values is None or shape is None:
-        raise TypeError("gibbs_mf needs users, items, values and shape, or one Ratings")
+    users, items, values, shape = coo_arguments(users, items, values, shape, "gibbs_mf")
     burn_in = _check(rank, sweeps, burn_in, noise, noise_shape)
     K = int(rank) + 1
     with use_threads(min(len(values), max_nnz) * K * (K + 1) / 2, n_threads):

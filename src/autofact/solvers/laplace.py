@@ -95,7 +95,7 @@ from ..objective import check_loss, diagonal_derivatives, loss_probe
 from ..sparse import csr_tensor as _csr
 from ..threads import use_threads
 from .gibbs import GibbsResult
-from .priors import check_chain, normal_gamma
+from .priors import check_chain, coo_arguments, normal_gamma
 
 __all__ = ["LaplaceResult", "laplace_mf", "best_constant", "check_sampler_loss", "DEFAULT_SWEEPS"]
 
@@ -364,11 +364,7 @@ def laplace_mf(
     state.
     """
     t0 = time.perf_counter()
-    if items is None and hasattr(users, "users"):  # a Ratings
-        r = users
-        users, items, values, shape = r.users, r.items, r.values, r.shape
-    if items is None or values is None or shape is None:
-        raise TypeError("laplace_mf needs users, items, values and shape, or one Ratings")
+    users, items, values, shape = coo_arguments(users, items, values, shape, "laplace_mf")
     burn_in = check_chain(rank, sweeps, burn_in)
     if (isinstance(warm_start, bool) or not isinstance(warm_start, int | np.integer)
             or warm_start < 0):

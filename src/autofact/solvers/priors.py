@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["normal_gamma", "check_chain"]
+__all__ = ["normal_gamma", "check_chain", "coo_arguments"]
 
 # libFM's hyper-prior constants: alpha_lambda = beta_lambda = 1, gamma_0 = 1, mu_0 = 0
 _A0, _B0, _GAMMA0 = 1.0, 1.0, 1.0
@@ -49,3 +49,14 @@ def check_chain(rank: Any, sweeps: Any, burn_in: Any) -> int:
             "one sweep must be averaged"
         )
     return int(burn_in)
+
+
+def coo_arguments(users: Any, items: Any, values: Any, shape: Any, name: str) -> tuple[Any, ...]:
+    """A sampler's ratings as ``(users, items, values, shape)``: given as those four, or as one
+    :class:`autofact.Ratings` in ``users``. ``name`` is the sampler's, for the error."""
+    if items is None and hasattr(users, "users"):  # a Ratings
+        r = users
+        users, items, values, shape = r.users, r.items, r.values, r.shape
+    if items is None or values is None or shape is None:
+        raise TypeError(f"{name} needs users, items, values and shape, or one Ratings")
+    return users, items, values, shape
