@@ -32,6 +32,16 @@ def json_bytes(obj: object) -> np.ndarray:
     return np.frombuffer(json.dumps(obj).encode("utf-8"), dtype=np.uint8)
 
 
+def set_saved_param(path: Path, name: str, value: object) -> None:
+    """Rewrite the saved model at ``path`` with hyper-parameter ``name`` set to ``value``."""
+    def change(arrays):
+        meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
+        meta["params"][name] = value
+        arrays["meta"] = json_bytes(meta)
+
+    rewrite_npz(path, change)
+
+
 # --- checkpoint.py ---------------------------------------------------------------------------
 
 def adam(epochs: int = 2) -> MatrixFactorization:
@@ -187,13 +197,7 @@ def test_validation_and_validation_fraction_together():
 def test_load_refuses_unknown_hyper_parameters(tmp_path):
     path = tmp_path / "model.npz"
     MatrixFactorization(rank=2, solver="als", epochs=1, seed=0).fit(tiny()).save(path)
-
-    def change(arrays):
-        meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
-        meta["params"]["warp_speed"] = 9
-        arrays["meta"] = json_bytes(meta)
-
-    rewrite_npz(path, change)
+    set_saved_param(path, "warp_speed", 9)
     with pytest.raises(ValueError, match=r"model\.npz has hyper-parameter\(s\) \['warp_speed'\] "
                                          r"that this autofact version does not know"):
         autofact.load(path)
@@ -349,13 +353,7 @@ def test_fold_in_and_refit_of_a_model_loaded_without_its_loss(tmp_path):
 def test_model_file_whose_rank_disagrees_with_its_factors(tmp_path):
     path = tmp_path / "model.npz"
     als(tiny()).save(path)
-
-    def change(arrays):
-        meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
-        meta["params"]["rank"] = 3
-        arrays["meta"] = json_bytes(meta)
-
-    rewrite_npz(path, change)
+    set_saved_param(path, "rank", 3)
     with pytest.raises(ValueError, match=r"model\.npz is damaged: rank is 3 but the factors have "
                                          r"2 columns"):
         autofact.load(path)
