@@ -7,8 +7,9 @@ An :class:`~autofact.objective.Objective` is built with a plan (``Objective(...,
 ``ShardPlan()``        one process: every sum is the identity, this process holds every rating,
                        owns the regularizer and starts from its own initial factors
 ``TorchShardPlan()``   the processes of a ``torch.distributed`` group (launched by ``torchrun``):
-                       each holds a contiguous ``1/world_size`` share of the ratings (sorted by
-                       user, so the share is a range of users), sums are all-reduces, the
+                       each holds about ``1/world_size`` of the ratings (sorted by user, cut at
+                       the user boundary nearest each ``1/world_size`` mark: :func:`user_cuts`,
+                       so every rating of a user is on one process), sums are all-reduces, the
                        initial factors are rank 0's, and rank 0 alone adds the regularizer
 =====================  ===========================================================================
 
@@ -17,7 +18,18 @@ An :class:`~autofact.objective.Objective` is built with a plan (``Objective(...,
 them all; what is counted from the ratings (ratings per user and item, their range, the
 checkpoint's data fingerprint) is then taken over the processes.
 
-Both hold a full copy of the factors (data parallel over ratings). A collective that fails (a
+The gradient solvers hold a full copy of the factors on every process (data parallel over
+ratings). A solver that partitions the rows instead (``als``, issue 11: each process solves the
+users whose ratings it holds and never sends them while training) asks the plan three things:
+
+- ``owned_rows(rows, n)``: which of ``n`` rows this process owns: those its ratings touch (and,
+  on rank 0, those no process's ratings touch); a row touched by several processes is refused;
+- ``all_sum(tensors)``: the sum over the processes, for what every process needs whole (the
+  item side's normal equations);
+- ``gather_rows(tensors, owned)``: every process's owned rows onto every process, once, after
+  the fit (so every process's model holds the full factors).
+
+One process owns every row and gathers nothing. A collective that fails (a
 peer killed, frozen past the group's timeout, its connection lost) raises
 :class:`PeerLostError` naming the rank that stopped responding.
 
@@ -40,7 +52,7 @@ import torch
 
 from .data import Ratings
 
-__all__ = ["ShardPlan", "TorchShardPlan", "PeerLostError"]
+__all__ = ["ShardPlan", "TorchShardPlan", "PeerLostError", "user_cuts"]
 
 
 class PeerLostError(RuntimeError):
@@ -50,6 +62,46 @@ class PeerLostError(RuntimeError):
     def __init__(self, message: str, ranks: Sequence[int] = ()) -> None:
         super().__init__(message)
         self.ranks = tuple(ranks)
+
+
+def user_cuts(users: np.ndarray, world_size: int) -> np.ndarray:
+    """Where a user-sorted array of ratings is cut into ``world_size`` shares, every user's
+    ratings in one share: ``world_size + 1`` offsets, share ``r`` being ``[cuts[r],
+    cuts[r+1])``. Each cut is the user boundary nearest to ``len(users) * r // world_size`` (the
+    earlier one on a tie), so the shares are as even as whole users allow, and the same on every
+    process and every run.
+
+    >>> user_cuts(np.array([0, 0, 0, 1, 2, 2]), 2)    # the mark at 3 is a boundary already
+    array([0, 3, 6])
+    >>> user_cuts(np.array([0, 0, 1, 1, 1, 2]), 2)    # mark 3 is inside user 1: 2 is nearer
+    array([0, 2, 6])
+
+    Raises ``ValueError`` when some share would hold no ratings (too few users, or one user
+    with most of the ratings, for this many processes).
+    """
+    users = np.asarray(users)
+    n, w = len(users), int(world_size)
+    if w < 1:
+        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    if n > 1 and bool(np.any(users[1:] < users[:-1])):
+        raise ValueError("user_cuts needs the ratings sorted by user (as Ratings holds them)")
+    cuts = np.zeros(w + 1, dtype=np.int64)
+    for r in range(1, w + 1):
+        c = n * r // w
+        if 0 < c < n and users[c - 1] == users[c]:  # inside a user's run: to its nearer end
+            lo = int(np.searchsorted(users, users[c], side="left"))
+            hi = int(np.searchsorted(users, users[c], side="right"))
+            c = lo if c - lo <= hi - c else hi
+        cuts[r] = c
+    empty = [r for r in range(w) if cuts[r + 1] <= cuts[r]]
+    if empty:
+        n_users = len(np.unique(users))
+        raise ValueError(
+            f"{n} ratings of {n_users} users cannot be shared by {w} processes with every "
+            f"user's ratings on one process (rank {empty[0]} would hold none): use fewer "
+            "processes"
+        )
+    return cuts
 
 
 class ShardPlan:
@@ -84,6 +136,19 @@ class ShardPlan:
     def share(self, ratings: Ratings) -> Ratings:
         """The ratings this process holds."""
         return ratings
+
+    def owned_rows(self, rows: torch.Tensor, n: int) -> torch.Tensor:
+        """Which of ``n`` rows this process owns, as a boolean mask of length ``n``: the rows
+        its ratings touch (``rows``: the row index of each rating it holds) and, on rank 0,
+        the rows no process's ratings touch. Every row is owned by exactly one process (here:
+        this one, all of them). Raises ``ValueError`` when a row's ratings are on several
+        processes (ratings not split by user)."""
+        return torch.ones(n, dtype=torch.bool, device=rows.device)
+
+    def gather_rows(self, tensors: Sequence[torch.Tensor], owned: torch.Tensor) -> None:
+        """Overwrite, in place on every process, each tensor's rows with those of the process
+        that owns them (``owned``: this process's :meth:`owned_rows` mask; the tensors' first
+        dimension is the rows). A no-op with one process, which owns every row."""
 
     def all_sum(self, tensors: Sequence[torch.Tensor]) -> None:
         """Sum each tensor in place over the processes (a no-op with one process)."""
@@ -136,8 +201,9 @@ class TorchShardPlan(ShardPlan):
     """The processes of a ``torch.distributed`` group (default: all of them; the group must be
     initialized, e.g. by :func:`autofact.distributed.init`).
 
-    Each process holds ratings ``[n*r/w, n*(r+1)/w)`` of the (user, item)-sorted ratings, for
-    rank ``r`` of ``w``; with ``local=True`` each was given only its own ratings (by
+    Each process holds ratings ``[cuts[r], cuts[r+1])`` of the (user, item)-sorted ratings, for
+    rank ``r`` of ``w``, the cuts at the user boundaries nearest ``n*r/w`` (:func:`user_cuts`);
+    with ``local=True`` each was given only its own ratings (by
     :func:`autofact.distributed.read_local`: the same id maps everywhere) and holds them all.
     With the nccl backend, CPU tensors are summed through a CUDA copy.
     A failed collective raises :class:`PeerLostError` naming the rank that stopped answering
@@ -165,8 +231,37 @@ class TorchShardPlan(ShardPlan):
     def share(self, ratings: Ratings) -> Ratings:
         if self.local:
             return ratings
-        n, r, w = len(ratings), self.rank, self.world_size
-        return ratings.subset(np.arange(n * r // w, n * (r + 1) // w))
+        cuts = user_cuts(ratings.users, self.world_size)
+        return ratings.subset(np.arange(cuts[self.rank], cuts[self.rank + 1]))
+
+    def owned_rows(self, rows: torch.Tensor, n: int) -> torch.Tensor:
+        held = torch.zeros(n, dtype=torch.int32)
+        if rows.numel():
+            held[rows.detach().cpu().long()] = 1
+        holders = held.clone()
+        self.all_sum([holders])  # how many processes hold ratings of each row: 4 n bytes
+        several = torch.nonzero(holders > 1).flatten()
+        if len(several):
+            raise ValueError(
+                f"{len(several)} users have ratings on several processes (the first: user "
+                f"index {int(several[0])}); this solver needs every rating of a user on one "
+                "process: read with autofact.distributed.read_local(split='users') (users "
+                "hashed to processes), or pass every process all the ratings (local=False)"
+            )
+        owned = (held > 0) | ((holders == 0) & self.is_main)
+        return owned.to(rows.device)
+
+    def gather_rows(self, tensors: Sequence[torch.Tensor], owned: torch.Tensor) -> None:
+        # each process broadcasts the indices of its rows (8 bytes a row), then each tensor's
+        # rows: every process receives the m rows once, one process's at a time
+        index = torch.nonzero(owned.cpu()).flatten()
+        where = list(self.each_rank(index))
+        with torch.no_grad():
+            for t in tensors:
+                mine = t.detach().cpu()[index].reshape(-1)
+                for r, rows in enumerate(self.each_rank(mine)):
+                    if r != self.rank and len(where[r]):
+                        t[where[r].to(t.device)] = rows.view(-1, *t.shape[1:]).to(t.device)
 
     def _collective(self, tensors: Sequence[torch.Tensor],
                     op: Callable[[torch.Tensor], Any]) -> None:
