@@ -160,32 +160,36 @@ def _np(x: Any) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # time to accuracy: ALS until held-out RMSE <= target
 # ---------------------------------------------------------------------------------------------
+#: ``MatrixFactorization()`` as a user fits it, for the time-to-accuracy cases on real data
+#: (issue 10, item 4). ``patience`` only acts on validation data, which a user's default fit does
+#: not have; it is off here so that the validation RMSE recorded every sweep (to read the time to
+#: a target from ``history_``) changes nothing about the fit.
+DEFAULT_FIT_PARAMS: dict[str, Any] = {"patience": None}
+
+
+def reached_at(history: list[dict], target_rmse: float) -> dict | None:
+    """The first record of ``history`` whose ``val_rmse`` <= ``target_rmse`` (None if none):
+    its ``time`` is the seconds since ``fit`` was called, set-up included."""
+    return next((h for h in history
+                 if h.get("val_rmse") is not None and h["val_rmse"] <= target_rmse), None)
+
+
 def time_to_accuracy(
     data: dict, target_rmse: float, params: dict[str, Any], device: str = "cpu"
 ) -> dict:
-    """Fit with validation; seconds = cumulative ``history_[k]['time']`` at the first epoch whose
-    ``val_rmse`` <= ``target_rmse`` (None if never reached)."""
+    """Fit ``MatrixFactorization(**params)`` (seed 0 unless given) with the test part as
+    validation; seconds = ``history_[k]['time']`` at the first epoch whose ``val_rmse`` <=
+    ``target_rmse`` (None if never reached). The history is returned, so further targets can be
+    read from the same fit with :func:`reached_at`."""
     train = _ratings(data["train"], data["shape"])
     test = _ratings(data["test"], data["shape"])
-    p = dict(params)
-    model = MatrixFactorization(
-        rank=p.pop("rank"),
-        solver=p.pop("solver"),
-        epochs=p.pop("epochs"),
-        beta=p.pop("beta"),
-        bias=p.pop("bias"),
-        seed=0,
-        **_dev(device),
-        **p,
-    )
+    model = MatrixFactorization(**{"seed": 0, **params}, **_dev(device))
     t0 = time.perf_counter()
     model.fit(train, validation=test)
     _sync(device)
     fit_wall = time.perf_counter() - t0
     hist = [dict(h) for h in model.history_]
-    reached = next(
-        (h for h in hist if h.get("val_rmse") is not None and h["val_rmse"] <= target_rmse), None
-    )
+    reached = reached_at(hist, target_rmse)
     pred = np.asarray(model.predict_indices(data["test"]["users"], data["test"]["items"]))
     rmse = float(np.sqrt(np.mean((pred - data["test"]["ratings"]) ** 2)))
     return {
@@ -196,6 +200,9 @@ def time_to_accuracy(
         "best_val_rmse": min(
             (h["val_rmse"] for h in hist if h.get("val_rmse") is not None), default=None
         ),
+        "solver": str(model.solver_),
+        "epochs_run": len(hist),
+        "stopped": hist[-1].get("stopped") if hist else None,
         "history": hist,
     }
 
@@ -289,3 +296,26 @@ def default_fit(data: dict, device: str = "cpu") -> dict:
 def als_fit(data: dict, epochs: int = 15, device: str = "cpu") -> dict:
     """``MatrixFactorization(solver='als', epochs=epochs)``, every other argument at its default."""
     return _fit_and_score(data, {"solver": "als", "epochs": epochs}, device)
+
+
+# ---------------------------------------------------------------------------------------------
+# mini-batch epochs (issue 10, item 6): seconds per epoch as users + items grow
+# ---------------------------------------------------------------------------------------------
+def epoch_seconds(data: dict, params: dict[str, Any], epochs: int = 6,
+                  device: str = "cpu") -> dict:
+    """``MatrixFactorization(**params, epochs=epochs, patience=None)`` without validation data:
+    the seconds of each epoch (differences of ``history_[k]['time']``), their median over the
+    epochs after the first (which carries the set-up), the solver and the test RMSE."""
+    train = _ratings(data["train"], data["shape"])
+    model = MatrixFactorization(**{"seed": 0, **params}, epochs=epochs, patience=None,
+                                **_dev(device))
+    t0 = time.perf_counter()
+    model.fit(train)
+    _sync(device)
+    wall = time.perf_counter() - t0
+    per_epoch = np.diff([0.0] + [float(h["time"]) for h in model.history_])
+    pred = np.asarray(model.predict_indices(data["test"]["users"], data["test"]["items"]),
+                      dtype=np.float64)
+    return {"sec_per_epoch": float(np.median(per_epoch[1:] if len(per_epoch) > 1 else per_epoch)),
+            "epochs_s": per_epoch.tolist(), "fit_wall_s": wall, "solver": str(model.solver_),
+            "test_rmse": float(np.sqrt(np.mean((pred - data["test"]["ratings"]) ** 2)))}

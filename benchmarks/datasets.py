@@ -165,6 +165,16 @@ def synthetic_shape(
     return synthetic_lowrank(m=m, n=n, n_train=total - n_test, n_test=n_test, rank=rank, seed=seed)
 
 
+def movielens_like(total: int = 10_000_000, test_fraction: float = 0.1, rank: int = 10,
+                   seed: int = 0) -> dict[str, Any]:
+    """``total`` synthetic ratings at the ML-25M shape's density (users and items scaled by
+    ``sqrt(total / 25M)``, as :func:`synthetic_shape` does), split ``1 - test_fraction`` /
+    ``test_fraction`` (issue 10, item 4: 10M ratings -> 102,799 x 37,344, 9M train / 1M test).
+    Seeded; the train and test cells are disjoint."""
+    return synthetic_shape("ml25m", scale=total / SHAPES["ml25m"][2],
+                           test_fraction=test_fraction, rank=rank, seed=seed)
+
+
 def _read_ml100k_file(path: Path) -> np.ndarray:
     # user \t item \t rating \t timestamp
     return np.loadtxt(path, dtype=np.int64, delimiter="\t", usecols=(0, 1, 2))
