@@ -52,8 +52,7 @@ def test_two_processes_give_the_single_process_fit(tmp_path, solver):
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"solver": "als"}, "full-batch gradient solvers.*got solver='als'"),
-     ({"solver": "auto"}, "set solver to one of"),
+    [({"solver": "sgd"}, "the full-batch solvers: set solver to one of .*got solver='sgd'"),
      ({"solver": "adam", "batch_size": 64}, "set batch_size=None, got 64")],
 )
 def test_unsupported_settings_are_refused(kwargs, match):
@@ -81,9 +80,10 @@ def test_cli_fit_under_torchrun_saves_the_single_process_model(tmp_path):
     data.write_text("user,item,rating\n" + "".join(
         f"u{u},i{i},{float(v)!r}\n" for u, i, v in zip(r.users, r.items, r.values, strict=True)))
     out = tmp_path / "model.npz"
-    # no --solver: under torchrun the CLI defaults to adam (als is not distributed)
-    args = ["fit", str(data), "--out", str(out), "--epochs", "5", "--rank", "3",
-            "--seed", "0", "--dtype", "float64", "--device", "cpu"]
+    # issue 11: sharded ALS through the CLI (users partitioned; with no --solver the CLI now
+    # leaves 'auto' to pick what one process would, no longer adam)
+    args = ["fit", str(data), "--out", str(out), "--epochs", "5", "--rank", "3", "--solver",
+            "als", "--seed", "0", "--dtype", "float64", "--device", "cpu"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(WORKER.parent.parent / "src"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
@@ -94,7 +94,8 @@ def test_cli_fit_under_torchrun_saves_the_single_process_model(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("saved model to") == 1, proc.stdout  # one process reports and saves
     shared = autofact.load(out)
-    single = autofact.MatrixFactorization(rank=3, solver="adam", epochs=5, seed=0,
+    assert shared.solver_ == "als"
+    single = autofact.MatrixFactorization(rank=3, solver="als", epochs=5, seed=0,
                                           dtype="float64", device="cpu").fit(autofact.read(data))
     np.testing.assert_allclose(shared.user_factors_, single.user_factors_, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(shared.item_factors_, single.item_factors_, rtol=1e-7, atol=1e-9)

@@ -30,13 +30,20 @@ over the processes, and rank 0 gathers the training pattern (4 bytes a rating) a
 for the model it saves. Alternatively every process reads all the ratings
 (``autofact.read``) and ``fit`` keeps a contiguous ``1/world_size`` of them.
 
-The full-batch solvers are supported: ``gd``, ``adam`` and ``lbfgs`` (``batch_size=None``).
-The mean rating and the initial factors are global too (summed and broadcast), and the
-regularizer is added once. How the sums are taken and which ratings each process holds is a
+The full-batch solvers are supported: ``gd``, ``adam`` and ``lbfgs`` (``batch_size=None``),
+and ``als`` (issue 11), which ``solver='auto'`` picks under a shared plan where one process would
+pick ``als`` or the sampler. ``als`` partitions the users instead of copying them: every rating of
+a user must be on one process (``local=False`` cuts the ratings at user boundaries;
+:func:`read_local` with ``split="users"``), each process solves its own users and never sends
+them while training, the items' normal equations are summed over the processes, and the user
+rows are gathered onto every process once, after the fit (:mod:`autofact.solvers.als`). The mean
+rating and the initial factors are global too (summed and broadcast), and the regularizer is
+added once. How the sums are taken and which ratings each process holds is a
 :class:`~autofact.sharding.TorchShardPlan`, passed to ``model.fit(..., plan=)``. ``autofact fit``
 does all this itself when started by torchrun (each process reads its share of DATA with
-:func:`read_local`; the solver then defaults to ``adam``). Communication and memory per epoch,
-and what 1B ratings need: ``docs/scaling.md``.
+:func:`read_local`, by user; the solver defaults to ``auto`` as in one process, which is ``als``
+there, or ``adam`` with ``--checkpoint``, which shared ``als`` does not write yet).
+Communication and memory per epoch, and what 1B ratings need: ``docs/scaling.md``.
 
 **Faults.** Every collective waits at most ``timeout`` (:func:`init`, default
 :data:`DEFAULT_TIMEOUT` seconds; ``autofact fit --timeout``). A peer that is killed, frozen
@@ -70,7 +77,9 @@ if TYPE_CHECKING:
 __all__ = ["init", "fit", "read_local", "assign_parts", "user_owner", "is_main_process",
            "shutdown", "DEFAULT_TIMEOUT"]
 
-SOLVERS = ("gd", "adam", "lbfgs")
+#: What ``fit`` runs shared: the full-batch gradient solvers, ``als`` (users partitioned), and
+#: ``auto`` (``als`` where one process would pick ``als`` or the sampler).
+SOLVERS = ("auto", "als", "gd", "adam", "lbfgs")
 #: Seconds a collective waits for the other processes before the fit gives up on them.
 DEFAULT_TIMEOUT = 300.0
 #: Seconds of the timeout kept back to find out which rank stopped answering.
@@ -146,9 +155,10 @@ def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
     """``model.fit(ratings, validation=validation, plan=TorchShardPlan(group, local=local),
     **fit_kwargs)``: the work shared by the processes of ``group`` (default: all of them).
 
-    ``local=False``: every process passes the same ratings (``autofact.read``) and keeps a
-    contiguous ``1/world_size`` of them. ``local=True``: each passes its own, from
-    :func:`read_local` (the same id maps everywhere), and keeps them all; ``validation`` is then
+    ``local=False``: every process passes the same ratings (``autofact.read``) and keeps about
+    ``1/world_size`` of them, cut at user boundaries (:func:`~autofact.sharding.user_cuts`).
+    ``local=True``: each passes its own, from :func:`read_local` (the same id maps everywhere),
+    and keeps them all; ``validation`` is then
     the same on every process (``validation_fraction`` is refused: each process would hold out
     another share). Every process ends with the same factors; with ``local=True`` the model of
     rank 0 (the one to save) holds every user's seen items, the others only their own users'.
@@ -156,7 +166,7 @@ def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
     one every process can read, to resume)."""
     if model.solver not in SOLVERS:
         raise ValueError(
-            f"distributed training runs full-batch gradient solvers: set solver to one of "
+            f"distributed training runs the full-batch solvers: set solver to one of "
             f"{SOLVERS}, got solver={model.solver!r}"
         )
     if model.batch_size is not None:

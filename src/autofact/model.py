@@ -15,6 +15,7 @@ import torch
 
 from ._imports import NotLoaded
 from .data import Ratings, as_ratings
+from .errors import FitError
 from .index import ModelIndex
 from .losses import LOSSES, Loss, check_targets, clips_to_range, get_loss, inverse_link
 from .objective import Objective, check_unobserved_weight, resolve_device, resolve_dtype
@@ -429,6 +430,13 @@ class MatrixFactorization:
                 "solver='gibbs' runs in one process and keeps no checkpoint yet; fit without "
                 "plan=/checkpoint=, or use solver='als'"
             )
+        if solver == "als" and shared and checkpoint is not None:
+            assert plan is not None
+            raise ValueError(
+                f"solver='als' shared by {plan.world_size} processes keeps no checkpoint yet "
+                "(each process holds only its own users' rows while it trains); fit without "
+                "checkpoint=, or pass solver='adam' or 'lbfgs' to checkpoint"
+            )
         for what in ("loss", "regularization"):
             if isinstance(getattr(self, what), NotLoaded):
                 raise ValueError(getattr(self, what).message)
@@ -459,6 +467,10 @@ class MatrixFactorization:
             plan=plan, unobserved_weight=self.unobserved_weight, implicit=bool(self.implicit),
         )
         params = obj.init_params(self._resolved_rank(), seed=self.seed, init_std=self.init_std)
+        # issue 11: shared ALS partitions the users; each process's user rows are current on
+        # it alone until they are gathered after the fit
+        owned = obj.plan.owned_rows(obj.users, obj.shape[0]) \
+            if shared and solver == "als" else None
         fallback = obj.mu if self.bias else obj.best_constant()
         # clipped or not by the loss as named (what a saved model knows), not as imported
         index = ModelIndex.from_ratings(train, fallback=fallback, clip=clips_to_range(self.loss),
@@ -468,7 +480,7 @@ class MatrixFactorization:
             vx, vy = validation if isinstance(validation, tuple) else (validation, None)
             v = _as_ratings(vx, vy, "validation")
             check_targets(loss_fn, v.values, "validation ratings")
-            val = _Validation(index, v)
+            val = _Validation(index, v, owned, obj.plan)
         ckpt = resumed = None
         if checkpoint is not None:  # issue 11: find (and check) the state to resume from
             from . import checkpoint as ck
@@ -557,10 +569,16 @@ class MatrixFactorization:
             if ckpt is not None:
                 ckpt.interrupted()
             raise
+        except FitError:
+            if owned is not None:  # every process raises it (from the summed objective)
+                obj.plan.gather_rows([params[k] for k in ("P", "bu") if k in params], owned)
+            raise
         else:
             if stopper is not None and stopper.best_epoch is not None:
                 best = stopper.best_epoch
                 stopper.restore(params)  # the best validation epoch's parameters (issue 9)
+            if owned is not None:  # every process's users' rows onto every process, once
+                obj.plan.gather_rows([params[k] for k in ("P", "bu") if k in params], owned)
         finally:
             if bar is not None:
                 bar.close()
@@ -1257,22 +1275,43 @@ class _Validation:
     """Held-out RMSE after each epoch, by the one rule of :meth:`MatrixFactorization.predict`
     (:meth:`ModelIndex.link_scores` and :meth:`ModelIndex.response`)."""
 
-    def __init__(self, index: ModelIndex, v: Ratings) -> None:
+    def __init__(self, index: ModelIndex, v: Ratings, owned: torch.Tensor | None = None,
+                 plan: ShardPlan | None = None) -> None:
         self.index = index
         self.u = index.user_index(v.user_ids[v.users], strict=False)
         self.i = index.item_index(v.item_ids[v.items], strict=False)
         self.y = np.asarray(v.values, dtype=np.float64)
+        self.plan = plan
+        self.keep: np.ndarray | None = None
+        if owned is not None and plan is not None:
+            # issue 11 (shared ALS): each process scores the pairs of the users it owns (rank 0
+            # those of unknown users) and the squared errors are summed over the processes, so
+            # every process gets the same RMSE and makes the same early-stopping decision
+            mine = owned.cpu().numpy()
+            self.keep = np.where(self.u >= 0, mine[np.maximum(self.u, 0)], plan.is_main)
 
     @torch.no_grad()
     def rmse(self, params: dict[str, torch.Tensor], global_mean: float) -> float:
+        if self.keep is None:
+            return float(np.sqrt(np.mean(self._errors(params, global_mean, self.u, self.i))))
+        assert self.plan is not None
+        sse = float(np.sum(self._errors(params, global_mean, self.u[self.keep],
+                                        self.i[self.keep], self.y[self.keep])))
+        total = torch.tensor([sse], dtype=torch.float64)
+        self.plan.all_sum([total])
+        return float(np.sqrt(float(total[0]) / len(self.y)))
+
+    def _errors(self, params: dict[str, torch.Tensor], global_mean: float, u: np.ndarray,
+                i: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """The squared errors of the pairs ``(u, i)`` (targets ``y``, default all)."""
         P = params["P"].detach().cpu().numpy()
         Q = params["Q"].detach().cpu().numpy()
         bu = params["bu"].detach().cpu().numpy() if "bu" in params else np.zeros(len(P), P.dtype)
         bi = params["bi"].detach().cpu().numpy() if "bi" in params else np.zeros(len(Q), Q.dtype)
         pred = self.index.response(
-            self.index.link_scores(self.u, self.i, P, Q, bu, bi, float(global_mean))
+            self.index.link_scores(u, i, P, Q, bu, bi, float(global_mean))
         )
-        return float(np.sqrt(np.mean((pred - self.y) ** 2)))
+        return (pred - (self.y if y is None else y)) ** 2
 
 
 class _EarlyStopping:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 from pathlib import Path
@@ -140,8 +141,13 @@ def fit(args: argparse.Namespace) -> ExitStatus:
                 )
         distributed.init(timeout=args.timeout)
         main_process = distributed.is_main_process()
+        # issue 11: als (what auto picks here) needs every rating of a user on one process: a
+        # folder of parts is then read by user (each process reads every part, keeps its users)
+        by_user = args.checkpoint is None and args.solver in (None, "auto", "als", "gibbs")
+        reader = functools.partial(distributed.read_local, split="users") if by_user \
+            else distributed.read_local
         try:
-            train = o.read_ratings(args.data, args, reader=distributed.read_local)
+            train = o.read_ratings(args.data, args, reader=reader)
         except BaseException:
             distributed.shutdown(wait=False)
             raise
@@ -177,8 +183,10 @@ def fit(args: argparse.Namespace) -> ExitStatus:
     if "patience" not in params and params.get("validation_fraction") is None:
         params["patience"] = None
     validation = test if params.get("validation_fraction") is None else None
-    if shared:
-        params.setdefault("solver", "adam")  # the full-batch solvers are the distributed ones
+    if shared and args.checkpoint is not None:
+        # issue 11: 'auto' picks what one process would (als, shared), but a shared als
+        # writes no checkpoint yet: checkpointed runs default to adam
+        params.setdefault("solver", "adam")
     model = MatrixFactorization(verbose=not args.quiet and main_process, **params)
     saving: dict[str, Any] = {} if args.checkpoint is None else {
         "checkpoint": args.checkpoint, "checkpoint_every": args.checkpoint_every or 1}

@@ -106,8 +106,10 @@ class _Guard:
     """Keeps the last verified parameters and applies the divergence rule (module docstring)."""
 
     def __init__(self, obj: Objective, params: Params, solver: str, lr: float,
-                 at_start: bool, start: float | None = None) -> None:
+                 at_start: bool, start: float | None = None,
+                 value: Callable[[], float] | None = None) -> None:
         self.obj, self.params, self.solver, self.lr = obj, params, solver, lr
+        self.value = value  # the objective now (None: obj.value(params))
         self.at_start = at_start
         self.trial = {k: v.detach().clone() for k, v in params.items()}  # this epoch's start
         # full batch: the parameters the previous epoch started from, verified by its value
@@ -155,7 +157,7 @@ class _Guard:
 
     def finish(self, epoch: int) -> None:
         """Check the parameters the last epoch left (one pass over the ratings)."""
-        value = self.obj.value(self.params)
+        value = self.obj.value(self.params) if self.value is None else self.value()
         if self.start is None:  # no epoch ran
             self.start = value
         if self._bad(value):
@@ -247,7 +249,7 @@ def fit_params(
         step.load_state(resume["optimizer"])
         gen.set_state(resume["generator"])
     guard = _Guard(obj, params, solver, lr, at_start=step.at_start,
-                   start=None if resume is None else resume["start_value"])
+                   start=None if resume is None else resume["start_value"], value=step.value)
 
     def state_now() -> dict[str, Any]:
         return {"epoch": epoch, "optimizer": step.state(), "generator": gen.get_state(),

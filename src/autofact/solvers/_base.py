@@ -28,6 +28,10 @@ class Epoch:
     state: Callable[[], dict[str, torch.Tensor]] = dict
     #: Put back a ``state()`` taken after an earlier epoch (resuming from a checkpoint).
     load_state: Callable[[dict[str, torch.Tensor]], None] = lambda state: None
+    #: The objective at the parameters now, when the solver knows it better than
+    #: ``Objective.value`` (a solver whose processes each hold only their own users' rows:
+    #: sharded ``als``); ``None``: ``Objective.value``.
+    value: Callable[[], float] | None = None
 
 
 class NonFinite(Exception):

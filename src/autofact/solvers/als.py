@@ -32,10 +32,29 @@ rate counts as a rating of 0 with weight ``w0``) the step stays exact, by the Gr
 per-entry derivatives (``l' - 2 w0 r_hat``, ``l'' - 2 w0``) through the same sparse products. The
 term is quadratic in ``x_u``: for the squared loss with L2 each step is still the exact row
 minimizer.
+
+**Sharded** (issue 11, an objective built with a plan shared by ``w`` processes,
+:mod:`autofact.sharding`): users are partitioned, every rating of a user on one process
+(``plan.owned_rows``). The user half-step is local: each process solves the users it owns, on a
+compact table of their rows, and sends nothing. The item half-step sums each item's ``g_i`` and
+the upper triangle of ``H_i`` (the data part, from each process's ratings: the same per-entry
+derivatives and ``C @ Z`` products) over the processes with ``plan.all_sum``, in row ranges of
+items that are the same on every process (each within ``max_memory``); rank 0 adds the
+regularizer's derivatives once, solves, and broadcasts the steps, so every process holds the same
+item rows bit for bit. The Armijo backtracking of a non-quadratic loss sums each item row's
+objective over the processes (the regularizer counted by rank 0), so every process takes the
+same step and leaves the loop on the same halving. Woodbury's split is not used for items
+there (an item's ratings are spread over processes). The epoch's value is the one-process value:
+the losses summed over processes, the users' regularization over their owners, the items' once.
+Per epoch each process sends ``2 (w-1)/w n (K(K+1)/2 + K) f`` bytes (the all-reduce) and
+receives rank 0's ``n K f`` steps; after the fit the plan gathers the user rows once
+(``plan.gather_rows``, done by the model). The unobserved term is not sharded (refused).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import threading
 from collections.abc import Callable
@@ -71,8 +90,8 @@ def make_als(obj: Objective, params: Params, nonnegative: bool = False) -> Epoch
 
     reg_name = getattr(obj.reg, "__qualname__", "")
     quadratic = obj.loss is squared and reg_name.startswith(("l2(", "none("))
-    return Epoch(_AlternatingNewton(obj, params, exact_quadratic=quadratic,
-                                    nonnegative=nonnegative), at_start=True)
+    run = _AlternatingNewton(obj, params, exact_quadratic=quadratic, nonnegative=nonnegative)
+    return Epoch(run, at_start=True, value=run.value if run.shared else None)
 
 
 class _AlternatingNewton:
@@ -91,6 +110,15 @@ class _AlternatingNewton:
         K = params["P"].shape[1] + (1 if "bu" in params else 0)
         # H, its Cholesky factor and the upper-triangle accumulator: about 3 K^2 floats a row
         max_rows = max(1, obj.max_memory // (3 * 8 * K * K))
+        self.shared = obj.plan.world_size > 1
+        self.obj = obj
+        self.params = params
+        self.checked = False
+        self.exact_quadratic = exact_quadratic
+        self._splits: dict[int, _Split | None] = {}  # id(pattern) -> its short/long rows
+        if self.shared:
+            self._init_shared(max_rows)
+            return
         # issue 10: threads over whole row blocks rather than inside each operation, where a
         # descheduled thread on a busy machine stalls every operation; one thread a block
         work = obj.nnz * K * K
@@ -106,15 +134,64 @@ class _AlternatingNewton:
                                  max_rows=row_caps[0])),
             (objT, objT.patterns),
         ]
-        self.obj = obj
-        self.params = params
-        self.checked = False
-        self.exact_quadratic = exact_quadratic
-        self._splits: dict[int, _Split | None] = {}  # id(pattern) -> its short/long rows
+
+    def _init_shared(self, max_rows: int) -> None:
+        """The sharded layout (module docstring): this process's users as a compact table, its
+        ratings by item in row ranges of items that every process cuts alike."""
+        obj = self.obj
+        if obj.unobserved_weight:
+            raise ValueError(
+                f"solver='als' shared by {obj.plan.world_size} processes does not carry the "
+                f"unobserved term yet (unobserved_weight={obj.unobserved_weight!r}); fit in one "
+                "process, or use solver='lbfgs' or 'adam' for it, or unobserved_weight=0"
+            )
+        self.workers = 1  # each process is one worker; the machine's cores are the processes'
+        self.checked = True  # the contract's probe checked the curvature (no per-process test)
+        m, n = obj.shape
+        dev = obj.users.device
+        self.owned = obj.plan.owned_rows(obj.users, m)
+        self.own = torch.nonzero(self.owned).flatten().to(dev)
+        lut = torch.full((m,), -1, dtype=torch.int64, device=dev)
+        lut[self.own] = torch.arange(len(self.own), device=dev)
+        users = lut[obj.users.long()].to(obj.users.dtype)  # sorted still: the map is monotone
+        compact = copy.copy(obj)  # the same ratings, users numbered 0..m_r-1
+        compact.users, compact.shape = users, (len(self.own), n)
+        self.sides = [(obj, build_patterns(users, obj.items, compact.shape, obj.max_nnz,
+                                           max_rows=max_rows))]
+        self.objT = compact.transposed(max_rows=max_rows)
+        self.ranges = _aligned_patterns(self.objT.users, self.objT.items, self.objT.shape,
+                                        obj.max_nnz, max_rows)
+
+    def value(self) -> float:
+        """The objective at the parameters now, summed over the processes (sharded only: each
+        process's users' rows are current on their owner alone)."""
+        p, obj = self.params, self.obj
+        with torch.no_grad():
+            X = p["P"][self.own]
+            bias = "bu" in p
+            if bias:
+                X = torch.cat([X, p["bu"][self.own, None]], 1)
+            Ya = self._augment(p["Q"], bias)
+            if bias:
+                Ya = torch.cat([Ya, p["bi"][:, None]], 1)
+            total = torch.zeros((), dtype=torch.float64, device=X.device)
+            for pat in self.sides[0][1]:
+                rows = slice(pat.row0, pat.row1)
+                total += self._row_objective(obj, pat, X[rows], Ya, bias).double().sum()
+            if obj.plan.owns_regularizer:
+                total += self._item_regularization().double()
+        return obj.plan.all_sum_float(float(total))
+
+    def _item_regularization(self) -> torch.Tensor:
+        p = self.params
+        total = self.obj.reg(p["Q"]).reshape(())
+        return total + self.obj.reg(p["bi"]).reshape(()) if "bi" in p else total
 
     def __call__(self) -> float:
         """One epoch; returns the objective at its start (the loss comes from the first pass)."""
         p = self.params
+        if self.shared:
+            return self._shared_epoch()
         with torch.no_grad():
             reg = float(self.obj.regularization(p))
             if self.obj.unobserved_weight:  # the sum over all pairs (the rated: in the loss)
@@ -123,15 +200,140 @@ class _AlternatingNewton:
         self.half_sweep(1)
         return loss + reg
 
+    def _shared_epoch(self) -> float:
+        """One epoch shared by the processes; its value summed over them (module docstring)."""
+        p, own = self.params, self.own
+        with torch.no_grad():
+            reg = self.obj.reg(p["P"][own]).reshape(()).double()
+            if "bu" in p:
+                reg += self.obj.reg(p["bu"][own]).reshape(()).double()
+            if self.obj.plan.owns_regularizer:
+                reg += self._item_regularization().double()
+        loss = self.half_sweep(0)
+        total = torch.tensor([loss, float(reg)], dtype=torch.float64)
+        self.obj.plan.all_sum([total])  # the losses and the users' regularization: summed
+        self.half_sweep(1)
+        return float(total[0] + total[1])
+
     def half_sweep(self, side: int) -> float:
         """The Newton step on every user row (``side=0``) or every item row (``1``); returns
         the loss before it (with the unobserved term: less its observed entries' share)."""
         p = self.params
+        if self.shared:  # the user rows this process owns, as a compact table
+            with torch.no_grad():
+                own = self.own
+                P, bu = p["P"][own], p["bu"][own] if "bu" in p else None
+                if side == 1:
+                    self._shared_items(P, bu)
+                    return 0.0
+                obj, blocks = self.sides[0]
+                loss = self._side(obj, blocks, P, bu, p["Q"], p.get("bi"))
+                p["P"][own] = P
+                if bu is not None:
+                    p["bu"][own] = bu
+                return loss
         obj, blocks = self.sides[side]
         X, bx, Y, by = (p["P"], p.get("bu"), p["Q"], p.get("bi")) if side == 0 else \
             (p["Q"], p.get("bi"), p["P"], p.get("bu"))
         with torch.no_grad():
             return self._side(obj, blocks, X, bx, Y, by)
+
+    def _shared_items(self, Y: torch.Tensor, by: torch.Tensor | None) -> None:
+        """The item half-step shared by the processes (module docstring), against this
+        process's users' rows ``Y`` (and ``by``), range by range of items."""
+        p, obj, plan = self.params, self.objT, self.obj.plan
+        X, bx = p["Q"], p.get("bi")
+        k = X.shape[1]
+        bias = bx is not None
+        K = k + 1 if bias else k
+        dev, dt = X.device, X.dtype
+        Ya = torch.cat([Y, torch.ones(Y.shape[0], 1, dtype=dt, device=dev), by[:, None]], 1) \
+            if by is not None else Y
+        Yf = Ya[:, :K]
+        iu, ju = torch.triu_indices(K, K, device=dev)
+        products = _Products(Yf, iu, ju)
+        for a, b, pats in self.ranges:
+            mb = b - a
+            Xv = torch.cat([X[a:b], bx[a:b, None]], 1) if bx is not None else X[a:b].clone()
+            grad = torch.zeros(mb, K, dtype=dt, device=dev)
+            upper = torch.zeros(mb, len(iu), dtype=dt, device=dev)
+            for pat in pats:
+                if pat.nnz == 0:
+                    continue
+                r = slice(pat.row0 - a, pat.row1 - a)
+                pred = gather_dot(self._augment(Xv[r], bias), Ya, pat) + obj.mu
+                g1, g2, _ = obj.entry_derivatives(pred, pat.start, pat.stop)
+                grad[r] += pat.csr(g1) @ Yf
+                C = pat.csr(g2)
+                cols = max(1, obj.max_nnz * 8 // max(Ya.shape[0] + pat.row1 - pat.row0, 1))
+                for c0 in range(0, len(iu), cols):
+                    c1 = min(c0 + cols, len(iu))
+                    upper[r, c0:c1] += C @ products.upper(c0, c1)
+            plan.all_sum([grad, upper])  # every process's ratings of these items
+            step = torch.empty(mb, K, dtype=dt, device=dev)
+            if plan.is_main:  # the regularizer once, and one solve, for every process
+                rg, rh = obj.reg_derivatives(Xv)
+                grad += rg
+                H = torch.empty(mb, K, K, dtype=dt, device=dev)
+                flat = H.view(mb, K * K)
+                flat.index_copy_(1, iu * K + ju, upper)
+                flat.index_copy_(1, ju * K + iu, upper)
+                diag = torch.diagonal(H, dim1=1, dim2=2)
+                diag += rh
+                diag += 1e-6 * diag.abs().mean(dim=1, keepdim=True).clamp_min(1.0)
+                step = _spd_solve(H, grad)
+                del H, flat
+                if not bool(torch.isfinite(step.sum())):
+                    step = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
+            plan.broadcast([step])  # the same step on every process, bit for bit
+            if not self.exact_quadratic:
+                slope = (grad * step).sum(1) if plan.is_main else torch.zeros(mb, dtype=dt,
+                                                                               device=dev)
+                step = step * self._shared_backtrack(obj, pats, a, Xv, Ya, bias, step,
+                                                     slope)[:, None]
+            X[a:b] -= step[:, :k]
+            if self.nonnegative:
+                X[a:b] = X[a:b].clamp_min(0)
+            if bx is not None:
+                bx[a:b] -= step[:, k]
+
+    def _shared_backtrack(self, obj: Objective, pats: list[Pattern], a: int, Xv: torch.Tensor,
+                          Ya: torch.Tensor, bias: bool, step: torch.Tensor,
+                          slope: torch.Tensor, halvings: int = 10) -> torch.Tensor:
+        """:meth:`_backtrack` for a range of item rows shared by the processes: each row's
+        objective summed over them (its regularization counted by rank 0), so every process
+        finds the same step sizes and leaves the loop on the same halving. ``slope``: rank 0's
+        ``grad . step`` (zeros elsewhere)."""
+        plan = obj.plan
+        k = Xv.shape[1] - (1 if bias else 0)
+        ones = torch.ones(Ya.shape[0], 1, dtype=Xv.dtype, device=Xv.device)
+
+        def local(Xt: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(Xt.shape[0], dtype=Xt.dtype, device=Xt.device)
+            for pat in pats:
+                if pat.nnz == 0:
+                    continue
+                r = slice(pat.row0 - a, pat.row1 - a)
+                pred = gather_dot(self._augment(Xt[r], bias), Ya, pat) + obj.mu
+                out[r] += (pat.csr(obj.entry_loss(pred, pat.start, pat.stop)) @ ones)[:, 0]
+            if plan.owns_regularizer:
+                out += self._row_regularization(obj, Xt, k, bias)
+            return out
+
+        first = torch.stack([local(Xv), slope])
+        plan.all_sum([first])
+        f0, slope = first[0], first[1]
+        t = torch.ones(Xv.shape[0], dtype=Xv.dtype, device=Xv.device)
+        done = torch.zeros_like(t, dtype=torch.bool)
+        for _ in range(halvings):
+            f1 = local(Xv - t[:, None] * step)
+            plan.all_sum([f1])
+            ok = torch.isfinite(f1) & (f1 <= f0 - 1e-4 * t * slope.clamp_min(0))
+            done |= ok
+            if bool(done.all()):
+                return t
+            t = torch.where(done, t, t / 2)
+        return torch.where(done, t, torch.zeros_like(t))
 
     @staticmethod
     def _augment(Xv: torch.Tensor, bias: bool) -> torch.Tensor:
@@ -307,7 +509,13 @@ class _AlternatingNewton:
         if term is not None:
             Gw, hw = term
             out = out + ((Xv @ Gw) * Xv).sum(1) + 2 * (Xv @ hw)
-        out = out + torch.func.vmap(obj.reg)(Xv[:, :k])
+        return out + self._row_regularization(obj, Xv, k, bias)
+
+    @staticmethod
+    def _row_regularization(obj: Objective, Xv: torch.Tensor, k: int, bias: bool
+                            ) -> torch.Tensor:
+        """Each row's regularization (its factors, and its bias in column ``k``)."""
+        out = torch.func.vmap(obj.reg)(Xv[:, :k])
         if bias:
             out = out + torch.func.vmap(obj.reg)(Xv[:, k])
         return out
@@ -329,6 +537,25 @@ class _AlternatingNewton:
                 return t
             t = torch.where(done, t, t / 2)
         return torch.where(done, t, torch.zeros_like(t))
+
+
+def _aligned_patterns(rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int],
+                      max_nnz: int, span: int) -> list[tuple[int, int, list[Pattern]]]:
+    """A row-sorted pattern cut into row ranges ``[a, b)`` of ``span`` rows (the same on every
+    process, whatever its ratings), each with its row blocks of at most ``max_nnz`` entries
+    (this process's own cut): ``(a, b, blocks)``, the blocks' rows and entries numbered as in
+    the whole pattern."""
+    n, m = shape
+    crow = torch.searchsorted(rows, torch.arange(n + 1, dtype=rows.dtype,
+                                                 device=rows.device)).cpu()
+    out = []
+    for a in range(0, n, span):
+        b = min(n, a + span)
+        s, e = int(crow[a]), int(crow[b])
+        blocks = build_patterns(rows[s:e] - a, cols[s:e], (b - a, m), max_nnz, keep_rows=False)
+        out.append((a, b, [dataclasses.replace(p, row0=p.row0 + a, row1=p.row1 + a,
+                                               start=p.start + s) for p in blocks]))
+    return out
 
 
 class _Products:
