@@ -355,5 +355,5 @@ def test_explicit_gibbs_refuses_weights_and_checkpoints(tmp_path) -> None:
                                 weights=np.ones(train.nnz))
     with pytest.raises(ValueError, match="solver='gibbs' samples unweighted ratings"):
         MatrixFactorization(rank=2, epochs=2, solver="gibbs").fit(weighted)
-    with pytest.raises(ValueError, match="solver='gibbs' runs in one process and keeps no"):
+    with pytest.raises(ValueError, match="solver='gibbs' keeps no checkpoint yet"):
         MatrixFactorization(rank=2, epochs=2, solver="gibbs").fit(train, checkpoint=tmp_path)

@@ -106,7 +106,8 @@ class MatrixFactorization:
         Bayesian MF by Gibbs sampling with sampled regularization and per-user/per-item noise,
         the posterior means kept as the factors; see :mod:`autofact.solvers.gibbs`) unless the
         ratings have weights, ``beta`` is not the default, ``bias=False``, ``nonnegative=True``,
-        ``batch_size`` is set, or the fit is shared or checkpointed; otherwise ``'adam'`` when
+        ``batch_size`` is set, or the fit is checkpointed (a fit shared by processes samples
+        too: the chain sharded by user, issue 11); otherwise ``'adam'`` when
         ``batch_size`` is set, else
         ``'als'`` where its assumptions hold (an elementwise loss with curvature, a smooth
         separable regularizer), else ``'lbfgs'`` (``'adam'`` with ``nonnegative=True``); see
@@ -423,12 +424,12 @@ class MatrixFactorization:
         # honoured (by ALS), never ignored without a word
         beta_default = inspect.signature(type(self).__init__).parameters["beta"].default
         solver, lr, epochs = self._validate(
-            sampler=bool(self.bias) and not self.nonnegative and not shared and checkpoint is None
+            sampler=bool(self.bias) and not self.nonnegative and checkpoint is None
             and self.beta == beta_default)
-        if solver == "gibbs" and (shared or checkpoint is not None):
+        if solver == "gibbs" and checkpoint is not None:
             raise ValueError(
-                "solver='gibbs' runs in one process and keeps no checkpoint yet; fit without "
-                "plan=/checkpoint=, or use solver='als'"
+                "solver='gibbs' keeps no checkpoint yet; fit without checkpoint=, or use "
+                "solver='als'"
             )
         if solver == "als" and shared and checkpoint is not None:
             assert plan is not None
@@ -460,7 +461,8 @@ class MatrixFactorization:
                 )
             solver, lr, epochs = self._validate(sampler=False)  # auto: the next choice
         if solver == "gibbs":
-            return self._fit_gibbs(train, validation, epochs, loss_fn, start)
+            return self._fit_gibbs(train, validation, epochs, loss_fn, start,
+                                   plan if shared else None)
         obj = Objective(
             train, loss=loss_fn, regularization=self.regularization, beta=self.beta,
             bias=self.bias, device=self.device, dtype=self.dtype, max_memory=self.max_memory,
@@ -600,7 +602,7 @@ class MatrixFactorization:
         return _EarlyStopping(patience)
 
     def _fit_gibbs(self, train: Ratings, validation: Any, sweeps: int, loss_fn: Loss,
-                   start: float) -> MatrixFactorization:
+                   start: float, plan: ShardPlan | None = None) -> MatrixFactorization:
         """``fit`` for ``solver='gibbs'`` (issue 9): Bayesian MF by Gibbs sampling
         (:mod:`autofact.solvers.gibbs`); the posterior means become the factors and biases, so
         everything a fitted model does works as for any other solver. ``beta`` is not used: the
@@ -609,7 +611,12 @@ class MatrixFactorization:
         has not improved for that many sweeps (the running means are kept: they average every
         sweep after burn-in). With ``epochs=None`` the squared loss's chain also stops once more
         sweeps would not change its predictions (:mod:`autofact.solvers.budget`); the last
-        record of ``history_`` says why it stopped (``'stopped'``)."""
+        record of ``history_`` says why it stopped (``'stopped'``).
+
+        ``plan`` (shared by several processes, issue 11): the chain is sharded by user
+        (:func:`~autofact.solvers.gibbs.gibbs_mf`), the budget's ``D^2`` and the validation
+        RMSE are taken over every process (validation gathers every user's running means each
+        sweep), and every process ends with the whole model and the same ``history_``."""
         from .solvers.budget import SweepBudget
         from .solvers.gibbs import gibbs_mf
         from .solvers.laplace import DEFAULT_SWEEPS as LAPLACE_SWEEPS
@@ -618,15 +625,33 @@ class MatrixFactorization:
         # issue 9: the squared loss is sampled exactly (gibbs), any other twice-differentiable
         # loss by Metropolis-Hastings with Laplace proposals (autofact.solvers.laplace)
         exact = loss_fn is LOSSES["squared"]
+        if plan is not None:  # issue 11: the sharded chain is the squared loss's, explicit only
+            if not exact:
+                raise ValueError(
+                    f"solver='gibbs' with loss={self.loss!r} samples by Laplace-MH, which runs "
+                    f"in one process; got a plan shared by {plan.world_size} processes: use "
+                    "loss='squared', or solver='als'"
+                )
+            if self.implicit:
+                raise ValueError(
+                    f"solver='gibbs' with implicit=True samples in one process (its Y draw "
+                    f"sums over every user); got a plan shared by {plan.world_size} "
+                    "processes: fit without plan=, or with implicit=False"
+                )
         sample: Any = gibbs_mf if exact else functools.partial(laplace_mf, loss=loss_fn)
         if not exact and self.epochs is None:  # the sampler's own default, as validated
             sweeps = LAPLACE_SWEEPS
-        mu = (float(np.mean(train.values, dtype=np.float64)) if exact
-              else best_constant(loss_fn, train.values))
+        if plan is not None and plan.local:  # each process holds its own ratings
+            n_all = plan.all_sum_float(float(len(train)))
+            mu = plan.all_sum_float(float(np.sum(train.values, dtype=np.float64))) / n_all
+        else:
+            mu = (float(np.mean(train.values, dtype=np.float64)) if exact
+                  else best_constant(loss_fn, train.values))
+        mine = train if plan is None else plan.share(train)  # every rating of its users
 
         def make_index() -> ModelIndex:
             return ModelIndex.from_ratings(train, fallback=mu, clip=clips_to_range(self.loss),
-                                           inverse_link=inverse_link(loss_fn))
+                                           inverse_link=inverse_link(loss_fn), plan=plan)
 
         # the index (its seen-items CSR: 4 bytes a rating) is built after sampling unless
         # validation needs it, so it does not coexist with the sampler's two views of the data
@@ -657,8 +682,17 @@ class MatrixFactorization:
         bar = _progress(sweeps) if self.verbose else None
         # issue 9, item 4: the default sweep count adapts to the data (large data: far fewer)
         burn_in = sweeps // 10
-        budget = (SweepBudget(train.users, train.items, burn_in=burn_in, max_sweeps=sweeps,
-                              seed=self.seed) if exact and self.epochs is None else None)
+        budget = None
+        if exact and self.epochs is None:
+            held = sample_size = None
+            if plan is not None and plan.local:  # its share of the 2000 pairs, from its ratings
+                sample_size = max(1, round(2000 * len(train) / n_all))
+            elif plan is not None:  # the one-process sample, scored where each user is held
+                held = np.zeros(m, dtype=bool)
+                held[mine.users] = True
+            budget = SweepBudget(train.users, train.items, burn_in=burn_in, max_sweeps=sweeps,
+                                 seed=self.seed, plan=plan, held=held,
+                                 **({} if sample_size is None else {"sample": sample_size}))
 
         def params_of(res: Any) -> dict[str, torch.Tensor]:
             return {k: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
@@ -675,7 +709,8 @@ class MatrixFactorization:
             history.append(rec)
             stop = False
             if val is not None and now is not None:
-                rec["val_rmse"] = val.rmse(params_of(now), mu)
+                whole = now if plan is None else means(True)  # every user's rows
+                rec["val_rmse"] = val.rmse(params_of(whole), mu)
                 if stopper is not None and stopper.update(sweep, rec["val_rmse"], {}):
                     stop = True
                     p = stopper.patience
@@ -713,15 +748,16 @@ class MatrixFactorization:
             self._export()
 
         try:
-            res = sample(train, rank=self._resolved_rank(), sweeps=sweeps, burn_in=burn_in,
+            res = sample(mine, rank=self._resolved_rank(), sweeps=sweeps, burn_in=burn_in,
                          seed=self.seed,
                          implicit=bool(self.implicit),
                          init_std=float(self.init_std), n_threads=self.n_threads,
-                         callback=on_sweep)
+                         callback=on_sweep, **({} if plan is None else {"plan": plan}))
         except KeyboardInterrupt:
             # issue 8: Ctrl-C keeps a usable model, the posterior means of the last finished
-            # sweep (as the other solvers keep their last finished epoch), and goes on
-            if last[1] is not None:
+            # sweep (as the other solvers keep their last finished epoch), and goes on; a
+            # shared chain's hold only this process's users: none is kept
+            if last[1] is not None and plan is None:
                 keep(last[1], int(last[0]), "interrupted (Ctrl-C)")
             raise
         finally:

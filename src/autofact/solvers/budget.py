@@ -32,9 +32,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from ..sharding import ShardPlan
 
 __all__ = ["SweepBudget"]
 
@@ -44,6 +48,11 @@ class SweepBudget:
 
     ``users``, ``items``: the training pairs, of which ``sample`` (seeded by ``seed``) are
     scored; ``burn_in``: the chain's discarded sweeps; ``max_sweeps``: the chain's length.
+
+    Processes that share a chain (``plan``, issue 11) each score the sampled pairs of the users
+    they hold (``held``: a mask over the users, ``None``: all of those sampled from ``users``)
+    and sum ``D^2``'s terms over the processes, so every process stops at the same sweep: given
+    every process all the pairs and its ``held`` users, the sweep one process would stop at.
 
     >>> b = SweepBudget(np.arange(4), np.arange(4), burn_in=0, max_sweeps=10, min_kept=2,
     ...                 patience=1)
@@ -55,11 +64,15 @@ class SweepBudget:
 
     def __init__(self, users: Any, items: Any, *, burn_in: int, max_sweeps: int,
                  min_kept: int = 10, tol: float = 1e-3, patience: int = 3,
-                 sample: int = 2000, seed: int | None = 0) -> None:
+                 sample: int = 2000, seed: int | None = 0, plan: ShardPlan | None = None,
+                 held: np.ndarray | None = None) -> None:
         users, items = np.asarray(users), np.asarray(items)
         pick = np.random.default_rng(seed).permutation(len(users))[:sample]
         pick.sort()  # gathers in memory order
+        if held is not None:
+            pick = pick[np.asarray(held)[users[pick]]]
         self.users, self.items = users[pick], items[pick]
+        self.plan = plan
         self.burn_in, self.max_sweeps = int(burn_in), int(max_sweeps)
         self.min_kept = min(int(min_kept), self.max_sweeps - self.burn_in)
         self.tol, self.patience = float(tol), int(patience)
@@ -79,7 +92,13 @@ class SweepBudget:
         if n < 2:
             return None
         diff = self.kept[-1].astype(np.float64) - self.kept[n // 2 - 1]
-        d2 = float(np.mean(diff * diff)) if diff.size else 0.0
+        if self.plan is not None and self.plan.world_size > 1:
+            terms = torch.tensor([float(np.sum(diff * diff)), float(diff.size)],
+                                 dtype=torch.float64)
+            self.plan.all_sum([terms])
+            d2 = float(terms[0] / terms[1]) if terms[1] > 0 else 0.0
+        else:
+            d2 = float(np.mean(diff * diff)) if diff.size else 0.0
         gain = d2 / (2.0 * sigma * sigma) if sigma > 0 else math.inf
         self.gain = gain
         self.run = self.run + 1 if gain <= self.tol else 0

@@ -90,15 +90,18 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..sparse import csr_tensor as _csr
 from ..threads import use_threads
-from .priors import check_chain, coo_arguments
+from .priors import check_chain, coo_arguments, normal_gamma_sums
 from .priors import normal_gamma as _hyper
+
+if TYPE_CHECKING:
+    from ..sharding import ShardPlan
 
 __all__ = ["GibbsResult", "gibbs_mf", "NOISE_MODELS"]
 
@@ -163,9 +166,11 @@ class _Side:
 
     def __init__(self, rows: np.ndarray | None, cols: np.ndarray, vals: np.ndarray, n_rows: int,
                  n_cols: int, max_nnz: int, indptr: np.ndarray | None = None,
-                 offset: float = 0.0) -> None:
+                 offset: float = 0.0, total: np.ndarray | None = None) -> None:
         """``rows`` (sorted) or ``indptr``; ``cols`` (int32) grouped by row; ``vals`` the ratings
-        (float32), whose mean ``offset`` is taken off where they are used."""
+        (float32), whose mean ``offset`` is taken off where they are used. ``total``: each row's
+        ratings over every process sharing the chain (``None``: these are all of them); the
+        row blocks are cut by it, so that every process cuts the same blocks."""
         if indptr is None:
             assert rows is not None
             self.counts = np.bincount(rows, minlength=n_rows)
@@ -174,6 +179,8 @@ class _Side:
         else:
             self.indptr = indptr.astype(np.int64)
             self.counts = np.diff(self.indptr)
+        self.total = self.counts if total is None else total
+        cut = self.indptr if total is None else np.r_[0, np.cumsum(total)]
         self.rows = rows  # int32 row of each rating, or None (then built a block at a time)
         self.cols = cols
         self.vals = vals
@@ -182,7 +189,7 @@ class _Side:
         self.blocks: list[tuple[int, int, int, int, torch.Tensor]] = []
         r0 = 0
         while r0 < n_rows:
-            r1 = int(np.searchsorted(self.indptr, self.indptr[r0] + max_nnz, side="right")) - 1
+            r1 = int(np.searchsorted(cut, cut[r0] + max_nnz, side="right")) - 1
             r1 = min(max(r1, r0 + 1), n_rows)
             a, b = int(self.indptr[r0]), int(self.indptr[r1])
             crow = torch.from_numpy((self.indptr[r0 : r1 + 1] - a).astype(np.int32))
@@ -214,8 +221,9 @@ class _Side:
             return self.rows[a:b]
         return np.repeat(np.arange(r0, r1, dtype=np.int32), self.counts[r0:r1])
 
-    def transpose(self, max_nnz: int) -> _Side:
-        """The same ratings seen from the columns (a counting sort: no per-rating permutation)."""
+    def transpose(self, max_nnz: int, total: np.ndarray | None = None) -> _Side:
+        """The same ratings seen from the columns (a counting sort: no per-rating permutation);
+        ``total`` as in the constructor, for the columns."""
         import scipy.sparse as sp  # only here: import autofact does not load scipy
 
         small = len(self.cols) < 2**31 - 1  # int32 indices all through: no int64 copies
@@ -223,7 +231,7 @@ class _Side:
         A = sp.csr_matrix((self.vals, self.cols, ptr), shape=(self.n_rows, self.n_cols),
                           copy=False).tocsc()
         return _Side(None, A.indices.astype(np.int32, copy=False), A.data, self.n_cols,
-                     self.n_rows, max_nnz, indptr=A.indptr, offset=self.offset)
+                     self.n_rows, max_nnz, indptr=A.indptr, offset=self.offset, total=total)
 
 
 def _gamma(rng: np.random.Generator, shape: Any, rate: Any) -> Any:
@@ -275,13 +283,16 @@ def _block_conditional(
     side: _Side, blk: tuple[int, int, int, int, torch.Tensor], terms: _Terms,
     prior_mean: np.ndarray, prior_prec: np.ndarray, alpha: float,
     tau_row: np.ndarray | None, tau_col: np.ndarray | None,
+    reduce: Callable[[list[np.ndarray]], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The Gaussian conditional of the rows of one block (module docstring) as one augmented
     matrix ``M`` (K+1, K+1, rows), rows last: ``M[:K, :K]`` holds the upper triangle of the
     precision ``Lam``, ``M[:K, K]`` the linear term ``h`` (the mean is ``Lam^-1 h``); the lower
     triangle is not filled. Also returns the row scale ``s = alpha tau_row`` and the data sums
     ``G`` (upper triangle, rows x K(K+1)/2, float32), ``g`` (rows, K) and ``sum tau_col t^2`` with
-    ``t = r - mu - other bias``, which give each row's residual sum at any ``x``."""
+    ``t = r - mu - other bias``, which give each row's residual sum at any ``x``. ``reduce``
+    sums the data sums over the processes that share the chain, in place (each holds some of
+    every row's ratings: the item side of a sharded chain)."""
     r0, r1, a, b, _ = blk
     mb = r1 - r0
     K = terms.za.shape[1]
@@ -295,6 +306,8 @@ def _block_conditional(
     CZ = side.spmm(blk, w, terms.Z).numpy()  # G = sum w z z^T, per row (float32)
     g = side.spmm(blk, wt, terms.za).numpy()  # g = sum w t z
     tt = _row_sums(side, r0, r1, wt * t)
+    if reduce is not None:
+        reduce([CZ, g, tt])
     s = np.full(mb, alpha) if tau_row is None else alpha * tau_row[r0:r1]
     M = np.empty((K + 1, K + 1, mb))
     GT = np.empty((CZ.shape[1], mb))
@@ -353,7 +366,7 @@ def _cholesky_draw(M: np.ndarray, eps: np.ndarray, mean: bool) -> tuple[np.ndarr
 
 
 def _sample_rows(
-    rng: np.random.Generator,
+    noise: np.random.Generator | Callable[[int, int], np.ndarray],
     side: _Side,
     other: np.ndarray,
     other_bias: np.ndarray,
@@ -364,13 +377,17 @@ def _sample_rows(
     tau_col: np.ndarray | None,
     out: np.ndarray,
     out_mean: np.ndarray | None,
+    reduce: Callable[[list[np.ndarray]], None] | None = None,
 ) -> np.ndarray:
     """Draw every row block ``x = [f, b]`` of one side from its Gaussian conditional, in place.
 
     ``other`` (n_cols, k) and ``other_bias`` (n_cols,) are the other side's factors and biases;
     ``tau_row``/``tau_col`` the per-row and per-column noise precisions relative to ``alpha``
     (``None``: 1); ``prior_mean`` (n_rows, K) or (K,), ``prior_prec`` (K,). Writes the draw into
-    ``out`` (n_rows, K) and, if given, the conditional mean into ``out_mean``. Returns each row's
+    ``out`` (n_rows, K) and, if given, the conditional mean into ``out_mean``. ``noise``: a
+    generator drawn a block at a time, or ``noise(r0, r1)``, the standard normals of rows
+    ``r0:r1`` (rows x K), asked for block by block in order;
+    ``reduce`` as in :func:`_block_conditional`. Returns each row's
     ``sum_j tau_col_j e_j^2`` at the drawn ``x``, from the same sums, so no residual is formed
     rating by rating: with ``s = alpha tau_row``, ``Lam = diag(lam) + s G`` and ``h = s g +
     lam m``, ``x^T G x - 2 x^T g + sum tau t^2`` is ``(|L^T x|^2 - x^T diag(lam) x - 2 x^T (h -
@@ -382,10 +399,11 @@ def _sample_rows(
     for blk in side.blocks:
         r0, r1 = blk[0], blk[1]
         M, s, _, _, tt = _block_conditional(side, blk, terms, prior_mean, prior_prec, alpha,
-                                            tau_row, tau_col)
+                                            tau_row, tau_col, reduce)
         h = M[:K, K].copy()
         # eps drawn row by row (rows x K), as before the rows-last layout: same seeded draws
-        eps = rng.standard_normal((r1 - r0, K)).T
+        eps = (noise.standard_normal((r1 - r0, K)) if isinstance(noise, np.random.Generator)
+               else noise(r0, r1)).T
         x, ve = _cholesky_draw(M, eps, out_mean is not None)
         xs = x[:, 0]
         out[r0:r1] = xs.T
@@ -396,7 +414,7 @@ def _sample_rows(
         q -= 2.0 * (xs * h).sum(0)
         q /= s
         q += tt
-        q[side.counts[r0:r1] == 0] = 0.0
+        q[side.total[r0:r1] == 0] = 0.0
         sse[r0:r1] = np.maximum(q, 0.0)
     return sse
 
@@ -495,7 +513,8 @@ def gibbs_mf(
     cg_max_iter: int = 3,
     max_nnz: int = 1 << 19,
     n_threads: int | None = None,
-    callback: Callable[[int, float, Callable[[], GibbsResult]], bool | None] | None = None,
+    callback: Callable[[int, float, Callable[..., GibbsResult]], bool | None] | None = None,
+    plan: ShardPlan | None = None,
 ) -> GibbsResult:
     """Sample the posterior of Bayesian biased MF (see the module docstring); float64 arithmetic.
 
@@ -508,6 +527,16 @@ def gibbs_mf(
     caps torch's threads (:mod:`autofact.threads`: one per 2**27 multiply-adds of the largest
     product, a row block's Gram product).
 
+    ``plan`` (:mod:`autofact.sharding`, issue 11): the processes that share the chain. Each
+    passes its own ratings (every rating of a user on one process: ``plan.share`` of all the
+    ratings, or ``read_local(split='users')``) and the shape of all of them; each draws its
+    users' rows, the item rows' normal equations are summed over the processes, and every
+    process draws the same item rows and hyper-parameters from the same random stream: the
+    chain is the one-process chain up to the order of floating-point sums. ``means()`` in the
+    callback then holds this process's users' rows only (the others are 0), ``means(True)``
+    every user's (a collective: every process must call it); the returned result holds every
+    user's, on every process. ``implicit=True`` runs in one process.
+
     >>> res = gibbs_mf([0, 0, 1, 1, 2], [0, 1, 0, 2, 1], [5.0, 3.0, 4.0, 1.0, 2.0], (3, 3),
     ...                rank=2, sweeps=20)
     >>> res.predict([0, 2], [2, 0]).shape
@@ -516,49 +545,121 @@ def gibbs_mf(
     t0 = time.perf_counter()
     users, items, values, shape = coo_arguments(users, items, values, shape, "gibbs_mf")
     burn_in = _check(rank, sweeps, burn_in, noise, noise_shape)
+    if plan is not None and plan.world_size == 1:
+        plan = None
+    if plan is not None and implicit:
+        raise ValueError(
+            f"implicit=True samples in one process (its Y draw sums over every user); got a plan "
+            f"shared by {plan.world_size} processes: fit without plan=, or with implicit=False"
+        )
     K = int(rank) + 1
     with use_threads(min(len(values), max_nnz) * K * (K + 1) / 2, n_threads):
         return _gibbs(users, items, values, shape, rank=int(rank), sweeps=int(sweeps),
                       burn_in=burn_in, noise=noise, noise_shape=float(noise_shape),
                       implicit=bool(implicit), seed=seed, init_std=init_std, cg_tol=cg_tol,
-                      cg_max_iter=cg_max_iter, max_nnz=max_nnz, callback=callback, t0=t0)
+                      cg_max_iter=cg_max_iter, max_nnz=max_nnz, callback=callback, t0=t0,
+                      plan=plan)
+
+
+# Rows of the per-sweep draws of every user a sharing process makes at a time (bounds the
+# temporaries to this many rows while it keeps its own users' part).
+_DRAW_ROWS = 1 << 16
+
+
+def _normals_of(rng: np.random.Generator, n_rows: int, K: int, own: np.ndarray | None
+                ) -> np.ndarray:
+    """Standard normals for ``n_rows`` rows (rows x K) from ``rng``, kept for rows ``own``
+    (sorted; ``None``: all). Every process draws every row, so the stream stays the same on
+    all of them (and the one-process chain's, which draws the same numbers a block at a
+    time)."""
+    if own is None:
+        return rng.standard_normal((n_rows, K))
+    out = np.empty((len(own), K))
+    for r0 in range(0, n_rows, _DRAW_ROWS):
+        r1 = min(r0 + _DRAW_ROWS, n_rows)
+        a, b = np.searchsorted(own, [r0, r1])
+        z = rng.standard_normal((r1 - r0, K))
+        out[a:b] = z[own[a:b] - r0]
+    return out
+
+
+def _gammas_of(rng: np.random.Generator, shape: np.ndarray, rate: np.ndarray,
+               own: np.ndarray | None) -> np.ndarray:
+    """``Gamma(shape, rate)`` draws, ``shape`` given for every row and ``rate`` for rows
+    ``own`` (``None``: all), as :func:`_normals_of` (``numpy``'s gamma is the standard gamma
+    times the scale, so the stream does not depend on the rates)."""
+    if own is None:
+        return _gamma(rng, shape, rate)
+    out = np.empty(len(own))
+    for r0 in range(0, len(shape), _DRAW_ROWS):
+        r1 = min(r0 + _DRAW_ROWS, len(shape))
+        a, b = np.searchsorted(own, [r0, r1])
+        z = rng.standard_gamma(shape[r0:r1])
+        out[a:b] = z[own[a:b] - r0]
+    return out * (1.0 / np.asarray(rate, dtype=np.float64))
 
 
 def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank: int,
            sweeps: int, burn_in: int, noise: str, noise_shape: float, implicit: bool,
            seed: int | None, init_std: float, cg_tol: float, cg_max_iter: int, max_nnz: int,
-           callback: Callable[[int, float, Callable[[], GibbsResult]], bool | None] | None,
-           t0: float) -> GibbsResult:
+           callback: Callable[[int, float, Callable[..., GibbsResult]], bool | None] | None,
+           t0: float, plan: ShardPlan | None = None) -> GibbsResult:
     m, n = int(shape[0]), int(shape[1])
     users = np.asarray(users)
     items = np.asarray(items)
     vals = np.asarray(values)
-    nnz = len(vals)
-    if nnz == 0:
-        raise ValueError("gibbs_mf needs at least one rating, got none")
     rng = np.random.default_rng(seed)
-    mu = float(vals.mean(dtype=np.float64))
     # users' view: sorted by user (a Ratings already is: its arrays are used as they are)
-    if nnz > 1 and not bool(np.all(users[1:] >= users[:-1])):
+    if len(vals) > 1 and not bool(np.all(users[1:] >= users[:-1])):
         o = np.lexsort((items, users))
         users, items, vals = users[o], items[o], vals[o]
         del o
+    own: np.ndarray | None = None  # the users this process draws (None: all)
+    owned = np.ones(0, dtype=bool)  # the same as a mask of every user
+    total_u = total_i = None  # ratings per user and item over the processes (None: these)
+    reduce: Callable[[list[np.ndarray]], None] | None = None
+    if plan is None:
+        nnz = len(vals)
+        mu = float(vals.mean(dtype=np.float64)) if nnz else 0.0
+    else:
+        sharing = plan
+
+        def reduce(arrays: list[np.ndarray]) -> None:
+            sharing.all_sum([torch.from_numpy(a) for a in arrays])
+
+        # issue 11: the users whose ratings this process holds (rank 0 also those no process
+        # holds, drawn from their prior as in one process); refuses a user split over processes
+        owned = plan.owned_rows(torch.from_numpy(users.astype(np.int64)), m).numpy()
+        own = np.flatnonzero(owned)
+        counts = torch.from_numpy(np.concatenate([np.bincount(users, minlength=m),
+                                                  np.bincount(items, minlength=n)]))
+        sums = torch.tensor([float(vals.sum(dtype=np.float64)), float(len(vals))],
+                            dtype=torch.float64)
+        plan.all_sum([counts, sums])
+        total_u, total_i = counts[:m].numpy(), counts[m:].numpy()
+        nnz = int(sums[1])
+        mu = float(sums[0]) / max(nnz, 1)
+        users = np.searchsorted(own, users)  # this process's users as rows 0..len(own)-1
+    if nnz == 0:
+        raise ValueError("gibbs_mf needs at least one rating, got none")
+    m_own = m if own is None else len(own)
     u_side = _Side(users.astype(np.int32, copy=False), items.astype(np.int32, copy=False),
-                   vals.astype(np.float32, copy=False), m, n, max_nnz, offset=mu)
-    i_side = u_side.transpose(max_nnz)
+                   vals.astype(np.float32, copy=False), m_own, n, max_nnz, offset=mu)
+    i_side = u_side.transpose(max_nnz, total=total_i)
     k, K = int(rank), int(rank) + 1
-    Xu = init_std * rng.standard_normal((m, K))  # [P, bu]
+    Xu = init_std * _normals_of(rng, m, K, own)  # [P, bu]
     Xi = init_std * rng.standard_normal((n, K))  # [Q, bi]
     Xu[:, k] = 0.0
     Xi[:, k] = 0.0
-    mean_u, mean_i = np.zeros((m, K)), np.zeros((n, K))
+    mean_u, mean_i = np.zeros((m_own, K)), np.zeros((n, K))
     hyp_u = (np.zeros(K), np.ones(K))
     hyp_i = (np.zeros(K), np.ones(K))
     alpha = 1.0
     by_u, by_i = noise in ("both", "user"), noise in ("both", "item")
-    tau_u = np.ones(m) if by_u else None
+    tau_u = np.ones(m_own) if by_u else None
     tau_i = np.ones(n) if by_i else None
-    cnt_u, cnt_i = u_side.counts > 0, i_side.counts > 0
+    n_user = u_side.counts if total_u is None else total_u
+    cnt_u, cnt_i = u_side.counts > 0, i_side.total > 0
     Y = Ym = None
     if implicit:
         design = _Design(u_side, i_side)
@@ -567,24 +668,32 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
         hyp_y = (np.zeros(k), np.ones(k))
         implicit_mean = design.times(Y)  # X @ Y, kept up to date by the Y draw
     # running sums for the posterior means
-    Pm, Qm = np.zeros((m, K)), np.zeros((n, K))
+    Pm, Qm = np.zeros((m_own, K)), np.zeros((n, K))
     mPm, mQm = np.zeros(K), np.zeros(K)
     alpha_sum = 0.0
     n_avg = 0
     rmse: list[float] = []
     cg_iters: list[int] = []  # the Y draw's CG iterations, per sweep
-    def means() -> GibbsResult:
+    def means(whole: bool = False) -> GibbsResult:
         """The posterior means so far (before any sweep is averaged: the last conditional
-        means)."""
+        means). Sharing a chain: this process's users' rows (the others 0), or with ``whole``
+        every user's (gathered from the other processes: each of them must ask too)."""
         if n_avg == 0:
             P, Q, mP, mQ, Ya, c, al = mean_u, mean_i, hyp_u[0], hyp_i[0], Y, 1, alpha
         else:
             P, Q, mP, mQ, Ya, c, al = Pm, Qm, mPm, mQm, Ym, n_avg, alpha_sum
+        if own is not None:
+            full = np.zeros((m, K))
+            full[own] = P
+            if whole:
+                assert plan is not None
+                plan.gather_rows([torch.from_numpy(full)], torch.from_numpy(owned))
+            P = full
         return GibbsResult(
             mu=mu, P=P[:, :k] / c, Q=Q[:, :k] / c, Y=None if Ya is None else Ya / c,
             bu=P[:, k] / c, bi=Q[:, k] / c, prior_P=mP[:k] / c, prior_Q=mQ[:k] / c,
             prior_bu=float(mP[k] / c), prior_bi=float(mQ[k] / c), alpha=al / c,
-            n_user_ratings=u_side.counts, n_item_ratings=i_side.counts, rmse_train=list(rmse),
+            n_user_ratings=n_user, n_item_ratings=i_side.total, rmse_train=list(rmse),
             seconds=time.perf_counter() - t0, cg_iterations=list(cg_iters),
         )
 
@@ -604,27 +713,33 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
         if averaging:  # the priors the user draw is conditioned on
             mQm += hyp_i[0]
             mPm += hyp_u[0]
-        sse_u = _sample_rows(rng, u_side, Xi[:, :k], Xi[:, k], pm, hyp_u[1], alpha, tau_u, tau_i,
-                             Xu, mean_u)
+        # sharing the chain: every user's noise, so that every process's stream stays the same
+        user_noise = rng if own is None else functools.partial(
+            _rows_of, _normals_of(rng, m, K, own))
+        sse_u = _sample_rows(user_noise, u_side, Xi[:, :k], Xi[:, k], pm, hyp_u[1], alpha, tau_u,
+                             tau_i, Xu, mean_u)
         # hyper-parameters from rated rows only (unrated rows are draws from the prior)
         if implicit:
             off = Xu[cnt_u].copy()
             off[:, :k] -= implicit_mean[cnt_u]
             hyp_u = _hyper(rng, off)
         else:
-            hyp_u = _hyper(rng, Xu[cnt_u])
+            hyp_u = _hyper_rows(rng, Xu[cnt_u], reduce)
         # the noise: alpha and tau_u given the residuals at the users' draw, ...
         sse = float(sse_u.sum() if tau_u is None else np.dot(tau_u, sse_u))
+        if plan is not None:
+            sse = plan.all_sum_float(sse)
         rmse.append(math.sqrt(sse / nnz))
         alpha = float(_gamma(rng, _A0 + nnz / 2, _B0 + sse / 2))
         if tau_u is not None:
-            tau_u = _gamma(rng, noise_shape + u_side.counts / 2, noise_shape + alpha * sse_u / 2)
-        sse_i = _sample_rows(rng, i_side, Xu[:, :k], Xu[:, k], hyp_i[0], hyp_i[1], alpha, tau_i,
-                             tau_u, Xi, mean_i)
+            tau_u = _gammas_of(rng, noise_shape + n_user / 2, noise_shape + alpha * sse_u / 2,
+                               own)
+        sse_i = _sample_rows(rng, i_side, Xu[:, :k], Xu[:, k], hyp_i[0], hyp_i[1], alpha,
+                             tau_i, tau_u, Xi, mean_i, reduce)
         hyp_i = _hyper(rng, Xi[cnt_i])
         # ... and kappa_i given those at the items' draw
         if tau_i is not None:
-            tau_i = _gamma(rng, noise_shape + i_side.counts / 2, noise_shape + alpha * sse_i / 2)
+            tau_i = _gamma(rng, noise_shape + i_side.total / 2, noise_shape + alpha * sse_i / 2)
         if implicit:
             assert Y is not None
             hyp_y = _hyper(rng, Y)
@@ -637,4 +752,22 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
             n_avg += 1
         if callback is not None and callback(sweep, rmse[-1], means):
             break
-    return means()
+    return means(whole=True)
+
+
+def _rows_of(a: np.ndarray, r0: int, r1: int) -> np.ndarray:
+    return a[r0:r1]
+
+
+def _hyper_rows(rng: np.random.Generator, x: np.ndarray,
+                reduce: Callable[[list[np.ndarray]], None] | None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`.priors.normal_gamma` of the rows ``x``, which the processes sharing the chain
+    (``reduce``: their sum) hold between them: from their summed column sums."""
+    if reduce is None:
+        return _hyper(rng, x)
+    stats = np.concatenate([[float(x.shape[0])], x.sum(0), (x * x).sum(0)])
+    reduce([stats])
+    K = x.shape[1]
+    return normal_gamma_sums(rng, int(round(stats[0])), stats[1 : K + 1], stats[K + 1 :])
+

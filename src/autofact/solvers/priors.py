@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["normal_gamma", "check_chain", "coo_arguments"]
+__all__ = ["normal_gamma", "normal_gamma_sums", "check_chain", "coo_arguments"]
 
 # libFM's hyper-prior constants: alpha_lambda = beta_lambda = 1, gamma_0 = 1, mu_0 = 0
 _A0, _B0, _GAMMA0 = 1.0, 1.0, 1.0
@@ -24,12 +24,18 @@ _A0, _B0, _GAMMA0 = 1.0, 1.0, 1.0
 def normal_gamma(rng: np.random.Generator, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Draw (mean, precision) of each column of ``x`` (rows x cols) from the Normal-Gamma
     posterior under libFM's prior ``lambda ~ Gamma(1, 1)``, ``m | lambda ~ N(0, 1/lambda)``."""
-    n = x.shape[0]
-    mbar = x.sum(0) / (n + _GAMMA0)
-    ss = (x * x).sum(0) - (n + _GAMMA0) * mbar * mbar  # sum (x - mbar)^2 + gamma0 mbar^2
+    return normal_gamma_sums(rng, x.shape[0], x.sum(0), (x * x).sum(0))
+
+
+def normal_gamma_sums(rng: np.random.Generator, n: int, total: np.ndarray, squares: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`normal_gamma` from the column sums ``total`` and ``squares`` (of ``x`` and
+    ``x * x``) of ``n`` rows: what processes that each hold some rows sum (issue 11)."""
+    mbar = total / (n + _GAMMA0)
+    ss = squares - (n + _GAMMA0) * mbar * mbar  # sum (x - mbar)^2 + gamma0 mbar^2
     rate = _B0 + np.maximum(ss, 0.0) / 2
     lam = rng.gamma(_A0 + (n + 1) / 2, 1.0 / np.asarray(rate, dtype=np.float64))
-    mean = mbar + rng.standard_normal(x.shape[1]) / np.sqrt((n + _GAMMA0) * lam)
+    mean = mbar + rng.standard_normal(len(total)) / np.sqrt((n + _GAMMA0) * lam)
     return mean, lam
 
 

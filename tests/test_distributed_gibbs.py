@@ -1,0 +1,115 @@
+"""The Bayesian sampler sharded by user over gloo processes (issue 11, item 2): the one-process
+chain, up to the order of floating-point sums."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import autofact
+from autofact.sharding import ShardPlan
+from autofact.solvers.gibbs import gibbs_mf
+
+from .dist_gibbs_worker import cases, model, planted, record
+
+WORKER = Path(__file__).with_name("dist_gibbs_worker.py")
+
+
+def _launch(tmp_path: Path, world: int, names: tuple[str, ...] = ()) -> list[dict]:
+    """Run the worker on ``world`` gloo processes (loopback, bounded time, every process
+    ended); every rank's results."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(WORKER.parent.parent / "src"), os.environ.get("PYTHONPATH", "")])}
+    prefix = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+         str(world), str(WORKER), str(prefix), *names],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:  # timed out: end torchrun and the workers it started
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-3000:]
+    return [dict(np.load(f"{prefix}.{r}.npz")) for r in range(world)]
+
+
+def _check_against_one_process(got: list[dict], names) -> None:
+    data = planted()
+    for name in names:
+        want = record(model(**cases()[name]["kw"]).fit(data))
+        for key in ("P", "Q", "bu", "bi"):  # the posterior means, float32 as saved
+            a = got[0][f"{name}.{key}"]
+            scale = float(np.abs(want[key]).max())
+            np.testing.assert_allclose(a, want[key], rtol=1e-4, atol=1e-4 * scale,
+                                       err_msg=f"{name}.{key}")
+        np.testing.assert_allclose(got[0][f"{name}.pred"], want["pred"], rtol=1e-4)
+        np.testing.assert_allclose(got[0][f"{name}.loss"], want["loss"], rtol=1e-5)
+        np.testing.assert_allclose(got[0][f"{name}.val"], want["val"], rtol=1e-5)
+        np.testing.assert_allclose(got[0][f"{name}.gain"], want["gain"], rtol=1e-4)
+        assert str(got[0][f"{name}.stopped"]) == str(want["stopped"]), name
+        assert str(got[0][f"{name}.solver"]) == "gibbs", name
+        # every process holds the same whole model and the same history
+        for other in got[1:]:
+            for key in ("P", "Q", "bu", "bi", "loss", "gain", "val"):
+                np.testing.assert_array_equal(other[f"{name}.{key}"], got[0][f"{name}.{key}"])
+            assert str(other[f"{name}.stopped"]) == str(got[0][f"{name}.stopped"])
+
+
+def test_two_processes_sample_the_one_process_chain(tmp_path):
+    # issue 11: fixed sweeps, the sweep budget (solver='auto' picks the sampler under a shared
+    # plan too), validation, and rank-local users all give the one-process model
+    got = _launch(tmp_path, 2)
+    assert int(got[0]["world"]) == 2
+    _check_against_one_process(got, list(cases()))
+    # the budget stopped the chain early, at the sweep one process stops at
+    assert len(got[0]["budget.loss"]) < 130
+    assert str(got[0]["budget.stopped"]).startswith("converged")
+    for r in got:  # a user whose ratings are on both processes is refused, on each
+        assert "users have ratings on several processes" in str(r["split_user_error"])
+
+
+@pytest.mark.slow
+def test_four_processes_sample_the_one_process_chain(tmp_path):
+    got = _launch(tmp_path, 4, ("fixed", "local"))
+    assert int(got[0]["world"]) == 4
+    _check_against_one_process(got, ["fixed", "local"])
+
+
+class _TwoProcesses(ShardPlan):
+    """A plan that says two processes share the fit, for refusals made before any sum."""
+
+    world_size = 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"implicit": True}, r"implicit=True samples in one process .* shared by 2 processes"),
+     ({"implicit": True, "solver": "auto"}, "implicit=True samples in one process"),
+     ({"loss": "huber"}, r"loss='huber' samples by Laplace-MH, which runs in one process")],
+)
+def test_shared_sampler_refuses_what_runs_in_one_process(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        model(**kwargs).fit(planted(), plan=_TwoProcesses())
+
+
+def test_shared_sampler_function_refuses_implicit():
+    r = planted()
+    with pytest.raises(ValueError, match=r"implicit=True samples in one process .* plan="):
+        gibbs_mf(r, rank=2, sweeps=2, implicit=True, plan=_TwoProcesses())
+
+
+def test_shared_sampler_still_keeps_no_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="solver='gibbs' keeps no checkpoint yet"):
+        model().fit(planted(), plan=_TwoProcesses(), checkpoint=tmp_path)
+    # solver='auto' does not pick the sampler for a checkpointed fit
+    assert autofact.MatrixFactorization(rank=2, epochs=1).fit(
+        planted(), checkpoint=tmp_path).solver_ != "gibbs"
