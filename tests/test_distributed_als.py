@@ -42,9 +42,14 @@ def planted(seed: int = 0, m: int = 160, n: int = 60, k: int = 3
 
 
 def model(loss: str = "squared", **kw) -> autofact.MatrixFactorization:
-    return autofact.MatrixFactorization(rank=4, solver="als", loss=loss, epochs=10, seed=0,
-                                        beta=0.1, bias=True, dtype="float32", device="cpu",
-                                        patience=3, **kw)
+    settings = {"rank": 4, "solver": "als", "loss": loss, "epochs": 10, "seed": 0, "beta": 0.1,
+                "bias": True, "dtype": "float32", "device": "cpu", "patience": 3, **kw}
+    return autofact.MatrixFactorization(**settings)
+
+
+#: Rank 20 in the smallest workspace: item ranges of 6 rows (65536 bytes // (24 x 21^2)), so
+#: the item half-step's sums run over 10 ranges every process cuts alike
+SMALL = {"rank": 20, "max_memory": 65536, "epochs": 3}
 
 
 def factors(m: autofact.MatrixFactorization) -> dict[str, np.ndarray]:
@@ -124,11 +129,13 @@ def test_two_processes_give_the_one_process_fit(tmp_path):
     train, val = planted()
     squared = model().fit(train, validation=val)
     huber = model("huber").fit(train, validation=val)
+    small = model(**SMALL).fit(train, validation=val)
     ranks = [dict(np.load(tmp_path / f"rank{r}.npz", allow_pickle=False)) for r in (0, 1)]
     for got in ranks:  # every process ends with the whole model
         assert_same_fit(got, squared)
         assert_same_fit(got, squared, prefix="local_")
         assert_same_fit(got, huber, prefix="huber_")
+        assert_same_fit(got, small, prefix="small_")
     for name in NAMES:  # and the same one, bit for bit
         np.testing.assert_array_equal(ranks[0][name], ranks[1][name])
     assert squared.history_[-1]["loss"] < squared.history_[0]["loss"]  # it trained
@@ -184,6 +191,8 @@ def _worker(mode: str, out: Path) -> None:
         share = TorchShardPlan().share(train)
         saved["share_users"], saved["share_n"] = np.unique(share.users), np.array(len(share))
         huber = distributed.fit(model("huber"), train, validation=val)
+        small = distributed.fit(model(**SMALL), train, validation=val)
+        saved.update({f"small_{k}": v for k, v in {**factors(small), **_history(small)}.items()})
         saved.update({f"huber_{k}": v for k, v in {**factors(huber), **_history(huber)}.items()})
         # local=True: users hashed to processes, as read_local(split="users") does
         mine = train.subset(train.users % world == rank)

@@ -39,15 +39,16 @@ minimizer.
 compact table of their rows, and sends nothing. The item half-step sums each item's ``g_i`` and
 the upper triangle of ``H_i`` (the data part, from each process's ratings: the same per-entry
 derivatives and ``C @ Z`` products) over the processes with ``plan.all_sum``, in row ranges of
-items that are the same on every process (each within ``max_memory``); rank 0 adds the
-regularizer's derivatives once, solves, and broadcasts the steps, so every process holds the same
-item rows bit for bit. The Armijo backtracking of a non-quadratic loss sums each item row's
+items that are the same on every process (each within ``max_memory``); each process then solves
+a ``1/w`` slice of the range's rows (adding the regularizer's derivatives there, once) and sends
+its steps to the others (``plan.each_rank``), so every process holds the same item rows bit for
+bit, each row solved once. The Armijo backtracking of a non-quadratic loss sums each item row's
 objective over the processes (the regularizer counted by rank 0), so every process takes the
 same step and leaves the loop on the same halving. Woodbury's split is not used for items
 there (an item's ratings are spread over processes). The epoch's value is the one-process value:
 the losses summed over processes, the users' regularization over their owners, the items' once.
-Per epoch each process sends ``2 (w-1)/w n (K(K+1)/2 + K) f`` bytes (the all-reduce) and
-receives rank 0's ``n K f`` steps; after the fit the plan gathers the user rows once
+Per epoch each process sends ``2 (w-1)/w n (K(K+1)/2 + K) f`` bytes (the all-reduce) and its
+``n K f / w`` steps (receiving ``n K f``); after the fit the plan gathers the user rows once
 (``plan.gather_rows``, done by the model). The unobserved term is not sharded (refused).
 """
 
@@ -270,25 +271,31 @@ class _AlternatingNewton:
                     c1 = min(c0 + cols, len(iu))
                     upper[r, c0:c1] += C @ products.upper(c0, c1)
             plan.all_sum([grad, upper])  # every process's ratings of these items
+            # each process solves its slice of the range's rows (the regularizer's derivatives
+            # added there, once) and sends its steps to the others: every process then holds
+            # the same steps, bit for bit, each solved once
+            w, me = plan.world_size, plan.rank
+            s0, s1 = mb * me // w, mb * (me + 1) // w
+            mine = slice(s0, s1)
+            rg, rh = obj.reg_derivatives(Xv[mine])
+            g = grad[mine] + rg
+            H = torch.empty(s1 - s0, K, K, dtype=dt, device=dev)
+            flat = H.view(s1 - s0, K * K)
+            flat.index_copy_(1, iu * K + ju, upper[mine])
+            flat.index_copy_(1, ju * K + iu, upper[mine])
+            diag = torch.diagonal(H, dim1=1, dim2=2)
+            diag += rh
+            diag += 1e-6 * diag.abs().mean(dim=1, keepdim=True).clamp_min(1.0)
+            part = _spd_solve(H, g) if s1 > s0 else torch.zeros(0, K, dtype=dt, device=dev)
+            del H, flat
+            if not bool(torch.isfinite(part.sum())):
+                part = torch.nan_to_num(part, nan=0.0, posinf=0.0, neginf=0.0)
             step = torch.empty(mb, K, dtype=dt, device=dev)
-            if plan.is_main:  # the regularizer once, and one solve, for every process
-                rg, rh = obj.reg_derivatives(Xv)
-                grad += rg
-                H = torch.empty(mb, K, K, dtype=dt, device=dev)
-                flat = H.view(mb, K * K)
-                flat.index_copy_(1, iu * K + ju, upper)
-                flat.index_copy_(1, ju * K + iu, upper)
-                diag = torch.diagonal(H, dim1=1, dim2=2)
-                diag += rh
-                diag += 1e-6 * diag.abs().mean(dim=1, keepdim=True).clamp_min(1.0)
-                step = _spd_solve(H, grad)
-                del H, flat
-                if not bool(torch.isfinite(step.sum())):
-                    step = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
-            plan.broadcast([step])  # the same step on every process, bit for bit
+            for q, piece in enumerate(plan.each_rank(part.reshape(-1))):
+                step[mb * q // w : mb * (q + 1) // w] = piece.view(-1, K).to(dev)
             if not self.exact_quadratic:
-                slope = (grad * step).sum(1) if plan.is_main else torch.zeros(mb, dtype=dt,
-                                                                               device=dev)
+                slope = torch.zeros(mb, dtype=dt, device=dev)  # summed: each row from its solver
+                slope[mine] = (g * part).sum(1)
                 step = step * self._shared_backtrack(obj, pats, a, Xv, Ya, bias, step,
                                                      slope)[:, None]
             X[a:b] -= step[:, :k]
@@ -302,8 +309,8 @@ class _AlternatingNewton:
                           slope: torch.Tensor, halvings: int = 10) -> torch.Tensor:
         """:meth:`_backtrack` for a range of item rows shared by the processes: each row's
         objective summed over them (its regularization counted by rank 0), so every process
-        finds the same step sizes and leaves the loop on the same halving. ``slope``: rank 0's
-        ``grad . step`` (zeros elsewhere)."""
+        finds the same step sizes and leaves the loop on the same halving. ``slope``: this
+        process's rows' ``grad . step`` (those it solved; zeros elsewhere)."""
         plan = obj.plan
         k = Xv.shape[1] - (1 if bias else 0)
         ones = torch.ones(Ya.shape[0], 1, dtype=Xv.dtype, device=Xv.device)
