@@ -3,6 +3,7 @@ chain, up to the order of floating-point sums."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import autofact
 from autofact.sharding import ShardPlan
 from autofact.solvers.gibbs import gibbs_mf
 
-from .dist_gibbs_worker import cases, model, planted, record
+from .dist_gibbs_worker import RATED, cases, model, planted, record
 
 WORKER = Path(__file__).with_name("dist_gibbs_worker.py")
 
@@ -75,6 +76,16 @@ def test_two_processes_sample_the_one_process_chain(tmp_path):
     assert str(got[0]["budget.stopped"]).startswith("converged")
     for r in got:  # a user whose ratings are on both processes is refused, on each
         assert "users have ratings on several processes" in str(r["split_user_error"])
+    # distributed.fit(solver='gibbs', local=True): rank 0's saved model is the one-process one
+    saved = autofact.load(tmp_path / "out.model.npz")
+    single = model().fit(planted())
+    assert saved.solver_ == "gibbs"
+    users, items = single.user_ids_[RATED], single.item_ids_[:9]
+    np.testing.assert_allclose(saved.predict(users, items), single.predict(users, items),
+                               rtol=1e-4)
+    for a, b in zip(saved.recommend_batch(users, n=5), single.recommend_batch(users, n=5),
+                    strict=True):  # the seen items rank 0 gathered are excluded
+        np.testing.assert_array_equal(a.items, b.items)
 
 
 @pytest.mark.slow
@@ -105,6 +116,19 @@ def test_shared_sampler_function_refuses_implicit():
     r = planted()
     with pytest.raises(ValueError, match=r"implicit=True samples in one process .* plan="):
         gibbs_mf(r, rank=2, sweeps=2, implicit=True, plan=_TwoProcesses())
+
+
+def test_running_means_of_a_process_predict_its_users_only():
+    # issue 11: a sharing process's running means hold its own users' rows (GibbsResult.rows);
+    # the others are predicted from the prior, as unknown users are
+    r = planted()
+    whole = gibbs_mf(r, rank=2, sweeps=3)
+    held = np.array([0, 2, 3])
+    part = dataclasses.replace(whole, P=whole.P[held], bu=whole.bu[held], rows=held)
+    users, items = np.array([0, 1, 2, 3, -1]), np.array([0, 1, 2, 3, 4])
+    got, want = part.predict(users, items), whole.predict(users, items)
+    np.testing.assert_array_equal(got[[0, 2, 3, 4]], want[[0, 2, 3, 4]])
+    assert got[1] == whole.predict([-1], [1])[0] != want[1]
 
 
 def test_shared_sampler_still_keeps_no_checkpoint(tmp_path):

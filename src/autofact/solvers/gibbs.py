@@ -78,6 +78,15 @@ u1 / u3, +0.0005 on ml-latest-small and -0.0001 on filmtrust (mean of seeds 0 an
 hyper-priors (BPMF's full prior precision) measured a tie on average (better on MovieLens, worse
 on filmtrust) and are not offered.
 
+Sharded (issue 11, ``plan=``): processes that each hold every rating of their users run one
+chain. The user draw is local; the hyper-parameters' column sums, the residual sum and, per item
+row block, the data sums of the item conditionals (``G``, ``g``, ``sum tau t^2``: ``2 (K+1)(K+4)``
+bytes an item) are all-reduced; every process then draws the same item rows and hyper-parameters
+from the same random stream, in which it draws every user's noise and keeps its own users'
+part. The chain is the one-process chain up to the order of floating-point sums (and the
+one-process chain is unchanged by this: the same stream, drawn a block at a time). Cost and
+limits: ``docs/scaling.md``.
+
 Only the squared loss with Gaussian priors is sampled here: the Laplace proposal with a
 Metropolis-Hastings correction for other losses that issue 9 asks for is not implemented, and
 :mod:`.contract` routes other losses to the other solvers.
@@ -123,6 +132,8 @@ class GibbsResult:
     (``1 / sqrt(alpha)`` is the typical error). ``n_user_ratings``, ``n_item_ratings``: training
     counts. ``rmse_train``: each sweep's training RMSE; ``seconds``: the sampling time;
     ``cg_iterations``: each sweep's conjugate-gradient iterations of the ``Y`` draw (implicit).
+    ``rows``: the users whose rows ``P`` and ``bu`` hold, in order (``None``: every user): a
+    process's own users, in the running means of a chain shared by processes (issue 11).
     """
 
     mu: float
@@ -141,16 +152,22 @@ class GibbsResult:
     rmse_train: list[float] = field(default_factory=list)
     seconds: float = 0.0
     cg_iterations: list[int] = field(default_factory=list)
+    rows: np.ndarray | None = None
 
     def predict(self, users: Any, items: Any) -> np.ndarray:
         """Predictions for 0-based index pairs; an index out of range (e.g. ``-1``) or of a row
-        without training ratings is an unknown user/item and gets its block's prior mean."""
+        without training ratings is an unknown user/item and gets its block's prior mean (so
+        does a user not in ``rows``)."""
         users = np.asarray(users, dtype=np.int64)
         items = np.asarray(items, dtype=np.int64)
-        ku = (users >= 0) & (users < self.P.shape[0])
+        ku = (users >= 0) & (users < len(self.n_user_ratings))
         ki = (items >= 0) & (items < self.Q.shape[0])
         ku[ku] = self.n_user_ratings[users[ku]] > 0
         ki[ki] = self.n_item_ratings[items[ki]] > 0
+        if self.rows is not None:  # the users' positions among the rows held
+            pos = np.minimum(np.searchsorted(self.rows, users), max(len(self.rows) - 1, 0))
+            ku &= (self.rows[pos] == users) if len(self.rows) else False
+            users = pos
         u = np.where(ku, users, 0)
         i = np.where(ki, items, 0)
         Pu = np.where(ku[:, None], self.P[u], self.prior_P)
@@ -533,7 +550,7 @@ def gibbs_mf(
     users' rows, the item rows' normal equations are summed over the processes, and every
     process draws the same item rows and hyper-parameters from the same random stream: the
     chain is the one-process chain up to the order of floating-point sums. ``means()`` in the
-    callback then holds this process's users' rows only (the others are 0), ``means(True)``
+    callback then holds this process's users' rows only (``rows``), ``means(True)``
     every user's (a collective: every process must call it); the returned result holds every
     user's, on every process. ``implicit=True`` runs in one process.
 
@@ -676,25 +693,25 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
     cg_iters: list[int] = []  # the Y draw's CG iterations, per sweep
     def means(whole: bool = False) -> GibbsResult:
         """The posterior means so far (before any sweep is averaged: the last conditional
-        means). Sharing a chain: this process's users' rows (the others 0), or with ``whole``
+        means). Sharing a chain: this process's users' rows (``rows``), or with ``whole``
         every user's (gathered from the other processes: each of them must ask too)."""
         if n_avg == 0:
             P, Q, mP, mQ, Ya, c, al = mean_u, mean_i, hyp_u[0], hyp_i[0], Y, 1, alpha
         else:
             P, Q, mP, mQ, Ya, c, al = Pm, Qm, mPm, mQm, Ym, n_avg, alpha_sum
-        if own is not None:
+        rows = own
+        if own is not None and whole:
             full = np.zeros((m, K))
             full[own] = P
-            if whole:
-                assert plan is not None
-                plan.gather_rows([torch.from_numpy(full)], torch.from_numpy(owned))
-            P = full
+            assert plan is not None
+            plan.gather_rows([torch.from_numpy(full)], torch.from_numpy(owned))
+            P, rows = full, None
         return GibbsResult(
             mu=mu, P=P[:, :k] / c, Q=Q[:, :k] / c, Y=None if Ya is None else Ya / c,
             bu=P[:, k] / c, bi=Q[:, k] / c, prior_P=mP[:k] / c, prior_Q=mQ[:k] / c,
             prior_bu=float(mP[k] / c), prior_bi=float(mQ[k] / c), alpha=al / c,
             n_user_ratings=n_user, n_item_ratings=i_side.total, rmse_train=list(rmse),
-            seconds=time.perf_counter() - t0, cg_iterations=list(cg_iters),
+            seconds=time.perf_counter() - t0, cg_iterations=list(cg_iters), rows=rows,
         )
 
     pm: np.ndarray
