@@ -31,8 +31,9 @@ for the model it saves. Alternatively every process reads all the ratings
 (``autofact.read``) and ``fit`` keeps a contiguous ``1/world_size`` of them.
 
 The full-batch solvers are supported: ``gd``, ``adam`` and ``lbfgs`` (``batch_size=None``),
-and ``als`` (issue 11), which ``solver='auto'`` picks under a shared plan where one process would
-pick ``als`` or the sampler. ``als`` partitions the users instead of copying them: every rating of
+and ``als`` and ``gibbs`` (issue 11); ``solver='auto'`` picks what one process would (the
+sampler for the default model: :func:`autofact.solvers.gibbs.gibbs_mf`, sharded by user as
+``als`` is). ``als`` partitions the users instead of copying them: every rating of
 a user must be on one process (``local=False`` cuts the ratings at user boundaries;
 :func:`read_local` with ``split="users"``), each process solves its own users and never sends
 them while training, the items' normal equations are summed over the processes, and the user
@@ -41,8 +42,8 @@ rating and the initial factors are global too (summed and broadcast), and the re
 added once. How the sums are taken and which ratings each process holds is a
 :class:`~autofact.sharding.TorchShardPlan`, passed to ``model.fit(..., plan=)``. ``autofact fit``
 does all this itself when started by torchrun (each process reads its share of DATA with
-:func:`read_local`, by user; the solver defaults to ``auto`` as in one process, which is ``als``
-there, or ``adam`` with ``--checkpoint``, which shared ``als`` does not write yet).
+:func:`read_local`, by user; the solver defaults to ``auto`` as in one process, or ``adam``
+with ``--checkpoint``, which shared ``als`` and ``gibbs`` do not write yet).
 Communication and memory per epoch, and what 1B ratings need: ``docs/scaling.md``.
 
 **Faults.** Every collective waits at most ``timeout`` (:func:`init`, default
@@ -77,9 +78,9 @@ if TYPE_CHECKING:
 __all__ = ["init", "fit", "read_local", "assign_parts", "user_owner", "is_main_process",
            "shutdown", "DEFAULT_TIMEOUT"]
 
-#: What ``fit`` runs shared: the full-batch gradient solvers, ``als`` (users partitioned), and
-#: ``auto`` (``als`` where one process would pick ``als`` or the sampler).
-SOLVERS = ("auto", "als", "gd", "adam", "lbfgs")
+#: What ``fit`` runs shared: the full-batch gradient solvers, ``als`` and ``gibbs`` (users
+#: partitioned), and ``auto`` (what one process would pick).
+SOLVERS = ("auto", "als", "gibbs", "gd", "adam", "lbfgs")
 #: Seconds a collective waits for the other processes before the fit gives up on them.
 DEFAULT_TIMEOUT = 300.0
 #: Seconds of the timeout kept back to find out which rank stopped answering.
