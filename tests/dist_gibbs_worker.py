@@ -4,12 +4,15 @@
 
 Each process writes ``OUT_PREFIX.RANK.npz``: the fits of :func:`cases` (those named, or all),
 every process's whole model and history, to compare with one process and with each other; and
-the error of a fit whose users' ratings are split over the processes.
+the error of a fit whose users' ratings are split over the processes. With ``OUT_PREFIX.csv``
+present, ``autofact fit`` of it (no ``--solver``: the default model) saves
+``OUT_PREFIX.cli.npz``.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -89,4 +92,11 @@ if __name__ == "__main__":
     except ValueError as exc:
         out["split_user_error"] = np.array(str(exc))
     np.savez(f"{prefix}.{rank}.npz", **out)
+    if Path(f"{prefix}.csv").exists():  # last: autofact fit leaves the process group itself
+        from autofact.cli import main
+
+        code = main(["fit", f"{prefix}.csv", "--out", f"{prefix}.cli.npz", "--rank", "3",
+                     "--seed", "0", "--quiet"])
+        if code:
+            raise SystemExit(code)
     distributed.shutdown()

@@ -68,6 +68,10 @@ def _check_against_one_process(got: list[dict], names) -> None:
 def test_two_processes_sample_the_one_process_chain(tmp_path):
     # issue 11: fixed sweeps, the sweep budget (solver='auto' picks the sampler under a shared
     # plan too), validation, and rank-local users all give the one-process model
+    data = planted()
+    (tmp_path / "out.csv").write_text("user,item,rating\n" + "".join(
+        f"u{u},i{i},{float(v)!r}\n" for u, i, v in zip(data.users, data.items, data.values,
+                                                       strict=True)))
     got = _launch(tmp_path, 2)
     assert int(got[0]["world"]) == 2
     _check_against_one_process(got, list(cases()))
@@ -86,6 +90,14 @@ def test_two_processes_sample_the_one_process_chain(tmp_path):
     for a, b in zip(saved.recommend_batch(users, n=5), single.recommend_batch(users, n=5),
                     strict=True):  # the seen items rank 0 gathered are excluded
         np.testing.assert_array_equal(a.items, b.items)
+    # autofact fit under torchrun with no --solver: the default model, sampled by user shares
+    # (each process reads its users of the file), as one process fits it
+    cli = autofact.load(tmp_path / "out.cli.npz")
+    one = autofact.MatrixFactorization(rank=3, seed=0).fit(autofact.read(tmp_path / "out.csv"))
+    assert cli.solver_ == one.solver_ == "gibbs"
+    assert cli.n_epochs_ == one.n_epochs_ < 130  # the budget stopped both at the same sweep
+    users, items = one.user_ids_[RATED], one.item_ids_[:9]
+    np.testing.assert_allclose(cli.predict(users, items), one.predict(users, items), rtol=1e-4)
 
 
 @pytest.mark.slow
