@@ -255,3 +255,38 @@ def test_sparse_fallback_catches_only_missing_kernels(monkeypatch, exc, falls_ba
         with pytest.raises(type(exc), match=str(exc)[:20]):
             out.sum().backward()
     assert sparse._unsupported(exc) is falls_back
+
+
+# ------------------------------------------------------------------ coarse workers (issue 10)
+@pytest.mark.parametrize("bias", [False, True])
+def test_workers_give_the_one_worker_gradient_and_repeat_exactly(monkeypatch, bias):
+    # issue 10: the full-batch gradient's row blocks are shared out to workers (Python threads);
+    # the blocks, and so the sums, must not change with the load: the same numbers every call
+    from autofact import threads
+
+    r = _random_ratings(m=40, n=30, density=0.4, seed=3)
+    obj = Objective(r, loss="huber", bias=bias, beta=0.1, dtype=torch.float64)
+    obj.patterns = build_patterns(obj.users, obj.items, obj.shape, 37)
+    assert len(obj.patterns) > 4
+    monkeypatch.setenv("AUTOFACT_NUM_THREADS", "1")
+    one = obj.init_params(rank=3, seed=0, init_std=0.5)
+    assert len(obj._runs(one, backward=True)) == 1
+    v1 = obj.value_and_grad(one)
+    monkeypatch.setenv("AUTOFACT_NUM_THREADS", "3")
+    monkeypatch.setattr(threads, "MIN_WORK_PER_WORKER", 1)
+    with threads.use_threads(1):
+        runs = obj._runs(one, backward=True)
+    assert len(runs) == 3 and [id(p) for run in runs for p in run] == list(map(id, obj.patterns))
+    results = []
+    for _ in range(3):
+        params = obj.init_params(rank=3, seed=0, init_std=0.5)
+        with threads.use_threads(1):  # what a fit decides: one thread an operation
+            value = obj.value_and_grad(params)
+            assert obj.value(params) == pytest.approx(value, rel=1e-12)
+        results.append((value, {k: v.grad.clone() for k, v in params.items()}))
+    assert v1 == pytest.approx(results[0][0], rel=1e-12)
+    for k in one:
+        torch.testing.assert_close(results[0][1][k], one[k].grad, rtol=1e-12, atol=1e-12)
+        for _, grads in results[1:]:
+            assert torch.equal(grads[k], results[0][1][k])  # bit for bit, call after call
+    assert all(value == results[0][0] for value, _ in results)

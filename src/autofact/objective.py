@@ -32,11 +32,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 
+from ._memory import release_freed_memory
 from ._newton import damped_newton
 from .data import Ratings
 from .losses import Loss, get_loss
@@ -44,7 +46,7 @@ from .ranking import all_unobserved
 from .regularizers import Regularizer, get_regularizer
 from .sharding import ShardPlan
 from .sparse import build_patterns, csr_tensor, gather_dot, prepare_transposes
-from .threads import use_threads
+from .threads import use_threads, workers_for
 
 __all__ = ["Objective", "check_loss", "check_regularizer", "check_unobserved_weight",
            "diagonal_derivatives", "loss_probe", "resolve_device", "resolve_dtype"]
@@ -54,6 +56,11 @@ Params = dict[str, torch.Tensor]
 # Bytes of temporaries per entry in one block: the prediction, the loss graph's intermediates
 # (a handful of nnz-sized tensors for the built-in losses), their gradients, and index copies.
 _BYTES_PER_ENTRY = 96
+#: Entries in one block on the CPU at most (issue 10): the block's per-entry temporaries (the
+#: prediction, the loss's intermediates and their gradients) then stay in the cache between one
+#: operation and the next, and the blocks are what coarse workers share out
+#: (:meth:`Objective._runs`).
+_CPU_BLOCK_NNZ = 2**18
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -317,7 +324,7 @@ class Objective:
         # the backward's transposes keep 4 bytes an entry, or 8 (faster) while that stays within
         # half of max_memory
         self.keep_rows = 8 * self.nnz <= int(max_memory) // 2
-        self.patterns = build_patterns(self.users, self.items, self.shape, self.max_nnz,
+        self.patterns = build_patterns(self.users, self.items, self.shape, self._block_nnz(),
                                        keep_rows=self.keep_rows)
         self.design: torch.Tensor | None = None
         if self.implicit:
@@ -331,6 +338,9 @@ class Objective:
         if self.patterns:
             first = self.patterns[0]
             check_loss_on_block(self.loss, self.values[first.start : first.stop], self.mu)
+        # the best constant's and the checks' temporaries, freed but kept by the heap: ~60 MB
+        # at any number of ratings (issue 11, memory per process)
+        release_freed_memory()
 
     def best_constant(self, iters: int = 100) -> float:
         """The constant prediction that minimizes the weighted loss: the mean rating for the
@@ -450,11 +460,16 @@ class Objective:
         with torch.no_grad(), use_threads(self._work(params), unless_decided=True):
             return float(self._accumulate(params, backward=False))
 
+    def _block_nnz(self) -> int:
+        """Entries in one block of :attr:`patterns` at most: ``max_memory``'s share, and on the
+        CPU :data:`_CPU_BLOCK_NNZ` (cache-sized blocks; issue 10)."""
+        return self.max_nnz if self.device.type != "cpu" else min(self.max_nnz, _CPU_BLOCK_NNZ)
+
     def _work(self, params: Params) -> int:
         """Multiply-adds of one block's operations, for the thread policy when called outside a
         fit (inside one the fit has decided: :func:`autofact.threads.use_threads`)."""
         k = params["P"].shape[-1] if "P" in params else 1
-        return min(self.nnz, self.max_nnz) * (k + 1)
+        return min(self.nnz, self._block_nnz()) * (k + 1)
 
     def _block_pred(self, params: Params, pat: Any,
                     into: tuple[torch.Tensor | None, ...] | None = None) -> torch.Tensor:
@@ -550,10 +565,9 @@ class Objective:
                     ) -> torch.Tensor:
         if self.design is not None and "Y" in params:
             return self._accumulate_implicit(params, backward)
+        runs = self._runs(params, backward)
         if not backward:
-            total = torch.zeros((), dtype=self.dtype, device=self.device)
-            for pat in self.patterns:
-                total += self._block_terms(params, pat).sum()
+            total = self._sum_runs(len(runs), lambda j: self._run_value(params, runs[j]))
             if self.plan.owns_regularizer:
                 for p in params.values() if regularize else ():
                     for rows in self._reg_slices(p):
@@ -576,17 +590,15 @@ class Objective:
             for k, v in params.items()
         }
         leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
-        total = torch.zeros((), dtype=self.dtype, device=self.device)
-        with torch.enable_grad():
-            for pat in self.patterns:
-                rows = slice(pat.row0, pat.row1)
-                into = tuple(
-                    None if k not in grads else grads[k][rows] if k in ("P", "bu") else grads[k]
-                    for k in ("P", "Q", "bu", "bi")
-                )
-                s = self._block_terms(leaves, pat, into=into).sum()
-                s.backward()
-                total += s.detach()
+        # the column sides (Q, bi) are summed by every block: each further worker adds into a
+        # buffer of its own, added to the first in worker order (the same sum every call)
+        columns = [grads] + [{k: torch.zeros_like(grads[k]) for k in ("Q", "bi") if k in grads}
+                             for _ in runs[1:]]
+        total = self._sum_runs(
+            len(runs), lambda j: self._run_backward(leaves, runs[j], grads, columns[j]))
+        for extra in columns[1:]:
+            for k, g in extra.items():
+                grads[k] += g
         if self.plan.owns_regularizer:
             if regularize:
                 total += self._regularize_into(params, grads)
@@ -596,6 +608,71 @@ class Objective:
         for name, param in params.items():
             old = held.get(name)
             param.grad = grads[name] if old is None else old.add_(grads[name])
+        return total
+
+    def _runs(self, params: Params, backward: bool) -> list[list[Any]]:
+        """The blocks, cut into consecutive runs of about equal entries, one run per worker.
+
+        Issue 10: a block's operations run on one thread each, and several workers (Python
+        threads; torch releases the GIL) take whole runs of blocks, rather than torch's threads
+        splitting every operation (on a busy machine a descheduled thread stalls each of them).
+        :func:`~autofact.threads.workers_for` decides from the work's size (``k`` multiply-adds
+        an entry for the predictions, with ``backward`` another ``2 k`` for the two sparse
+        products) and the thread cap, never from the load; only on the CPU, and only where
+        torch's operations themselves run on one thread (no oversubscription). The blocks are
+        the same whatever the number of workers; each further worker's column gradients take
+        another ``n x k`` buffer, so their count also stays within half of ``max_memory``.
+        """
+        blocks = self.patterns
+        n = 1
+        if self.device.type == "cpu" and len(blocks) > 1 and torch.get_num_threads() == 1:
+            k = params["P"].shape[-1] if "P" in params else 1
+            n = min(len(blocks), workers_for(self.nnz * k * (3 if backward else 1)))
+            per_worker = sum(v.numel() * v.element_size() for name, v in params.items()
+                             if name in ("Q", "bi"))
+            n = max(1, min(n, 1 + (self.max_memory // 2) // max(1, per_worker)))
+        if n == 1:
+            return [list(blocks)]
+        ends = torch.tensor([p.stop for p in blocks], dtype=torch.float64)
+        cuts = torch.searchsorted(ends, torch.arange(1, n, dtype=torch.float64) * (self.nnz / n))
+        bounds = [0, *sorted({int(c) + 1 for c in cuts} - {0, len(blocks)}), len(blocks)]
+        return [list(blocks[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    @staticmethod
+    def _sum_runs(n: int, work: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        """``work(j)`` for ``j < n``: ``j = 0`` on this thread, each other in a thread of its
+        own; the values summed in order of ``j``."""
+        if n == 1:
+            return work(0)
+        with ThreadPoolExecutor(n - 1) as pool:
+            others = pool.map(work, range(1, n))
+            values = [work(0), *others]
+        total = values[0]
+        for v in values[1:]:
+            total += v
+        return total
+
+    def _run_value(self, params: Params, run: list[Any]) -> torch.Tensor:
+        """The loss terms of a run of blocks."""
+        total = torch.zeros((), dtype=self.dtype, device=self.device)
+        with torch.no_grad():  # grad mode is per thread
+            for pat in run:
+                total += self._block_terms(params, pat).sum()
+        return total
+
+    def _run_backward(self, leaves: Params, run: list[Any], grads: dict[str, torch.Tensor],
+                      columns: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss terms of a run of blocks; their gradients are added to ``grads`` (the row
+        sides, P and bu) and ``columns`` (Q and bi)."""
+        total = torch.zeros((), dtype=self.dtype, device=self.device)
+        with torch.enable_grad():
+            for pat in run:
+                rows = slice(pat.row0, pat.row1)
+                into = (grads["P"][rows] if "P" in grads else None, columns.get("Q"),
+                        grads["bu"][rows] if "bu" in grads else None, columns.get("bi"))
+                s = self._block_terms(leaves, pat, into=into).sum()
+                s.backward()
+                total += s.detach()
         return total
 
     # ------------------------------------------------------------------ mini-batches
