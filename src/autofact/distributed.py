@@ -28,7 +28,8 @@ sorted union, which is what ``autofact.read`` of the whole data gives. ``fit(...
 keeps what each process was given; the ratings per user and item and their range are summed
 over the processes, and rank 0 gathers the training pattern (4 bytes a rating) after the fit,
 for the model it saves. Alternatively every process reads all the ratings
-(``autofact.read``) and ``fit`` keeps a contiguous ``1/world_size`` of them.
+(``autofact.read``) and ``fit`` keeps about ``1/world_size`` of them, cut at user boundaries
+(:func:`~autofact.sharding.user_cuts`: every rating of a user on one process).
 
 The full-batch solvers are supported: ``gd``, ``adam`` and ``lbfgs`` (``batch_size=None``),
 and ``als`` and ``gibbs`` (issue 11); ``solver='auto'`` picks what one process would (the
