@@ -632,7 +632,7 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
         users, items, vals = users[o], items[o], vals[o]
         del o
     own: np.ndarray | None = None  # the users this process draws (None: all)
-    owned = np.ones(0, dtype=bool)  # the same as a mask of every user
+    owned = np.ones(0, dtype=bool)  # sharing: its mask over every user
     total_u = total_i = None  # ratings per user and item over the processes (None: these)
     reduce: Callable[[list[np.ndarray]], None] | None = None
     if plan is None:
