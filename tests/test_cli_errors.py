@@ -548,7 +548,11 @@ def test_every_reading_option_is_a_keyword_of_read(files, capsys, monkeypatch):
         seen.append(kwargs)
         raise ValueError("stop here")
 
+    # issue 10: fit starts DATA's reading before importing torch (read_in_background, which
+    # takes read's keywords: both go through one _prepare)
+    assert inspect.signature(reading._prepare).parameters.keys() == keywords.keys()
     monkeypatch.setattr(reading, "read", spy)
+    monkeypatch.setattr(reading, "read_in_background", spy)
     call(capsys, "fit", files["ratings"], "--out", files["dir"] / "x.npz")
     call(capsys, "fit", files["ratings"], "--out", files["dir"] / "x.npz", "--sep", "tab",
          "--encoding", "latin-1", "--no-header", "--duplicates", "mean", "--user-col", "u",

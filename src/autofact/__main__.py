@@ -1,5 +1,5 @@
 """``python -m autofact``: the same as the ``autofact`` command."""
 
-from .cli import main
+from .cli import run
 
-raise SystemExit(main())
+run()

@@ -29,6 +29,7 @@ import codecs
 import csv
 import os
 import re
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -90,12 +91,39 @@ def read(
     >>> ratings = autofact.read("log.csv", user="customer", item="sku", rating="clicks",
     ...                         timestamp="day", encoding="latin-1")
     >>> ratings = autofact.read("ratings/")        # ratings/part-00000.parquet, ...
+
+    A plain text file (numbers, or ids without spaces or quotes, in UTF-8, no weight column)
+    is parsed by pyarrow when it is installed, without pandas (issue 10: a cold start); any
+    line it does not take as plain goes to the general reader, so the result, and every error,
+    are the same.
     """
+    return _prepare(path, format=format, sep=sep, header=header, user=user, item=item,
+                    rating=rating, weight=weight, timestamp=timestamp, duplicates=duplicates,
+                    encoding=encoding)()
+
+
+def _prepare(
+    path: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    sep: str | None = None,
+    header: bool | None = None,
+    user: str | None = None,
+    item: str | None = None,
+    rating: str | None = None,
+    weight: str | None = None,
+    timestamp: str | Literal[False] | None = None,
+    duplicates: Duplicates = "error",
+    encoding: str = "utf-8",
+) -> _Job:
+    """:func:`read`'s checks of its arguments and of the file's layout (raised here), and the
+    job that reads the rest."""
     if Path(path).is_dir():
-        return _read_parts(
-            Path(path), dict(format=format, sep=sep, header=header, user=user, item=item,
-                             rating=rating, weight=weight, timestamp=timestamp,
-                             encoding=encoding), duplicates)
+        folder = Path(path)
+        return _Job(lambda: _read_parts(
+            folder, dict(format=format, sep=sep, header=header, user=user, item=item,
+                         rating=rating, weight=weight, timestamp=timestamp,
+                         encoding=encoding), duplicates))
     p = _existing_file(path)
     for arg, given in (("user", user), ("item", item), ("rating", rating), ("weight", weight)):
         if given is not None and not isinstance(given, str):
@@ -105,11 +133,62 @@ def read(
     names = _Names(user, item, rating, weight, timestamp)
     fmt = _format(p, format)
     if fmt == "parquet":
-        table = _read_parquet(p, names)
-    else:
-        table = _read_text(p, names, sep=sep or {"csv": ",", "tsv": "\t"}.get(fmt),
-                           header=header, encoding=encoding)
-    return _to_ratings(table, duplicates)
+        return _Job(lambda: _to_ratings(_read_parquet(p, names), duplicates))
+    sep, header = _text_layout(p, sep=sep or {"csv": ",", "tsv": "\t"}.get(fmt), header=header,
+                               encoding=encoding)
+    return _Job(
+        lambda: _to_ratings(_read_text(p, names, sep=sep, header=header, encoding=encoding),
+                            duplicates),
+        quick=_plain_reader(p, names, sep, header, encoding, duplicates),
+    )
+
+
+def read_in_background(path: str | os.PathLike[str], **kwargs: Any) -> Callable[[], Ratings]:
+    """Start :func:`read` (same arguments) and return the function that waits for its
+    :class:`Ratings` (or raises its error).
+
+    Issue 10 (cold start): a plain file of numbers (see :func:`read`'s fast path) is parsed on
+    a background thread, in C++ that releases the GIL, while the caller goes on (the command
+    line imports torch meanwhile). Everything that may import a module or raise a
+    usage error (the arguments, the file's layout, its columns) runs here first, in the
+    caller's thread; any other file is read, as by :func:`read`, when the function is called.
+    """
+    job = _prepare(path, **kwargs)
+    if job.quick is None:
+        return job
+    got: dict[str, Any] = {}
+
+    def parse() -> None:
+        try:
+            got["ratings"] = job.quick() if job.quick is not None else None
+        except BaseException as exc:  # raised to the caller by wait()
+            got["error"] = exc
+
+    thread = threading.Thread(target=parse, name="autofact-read", daemon=True)
+    thread.start()
+
+    def wait() -> Ratings:
+        thread.join()
+        if "error" in got:
+            raise got.pop("error")
+        ratings = got.pop("ratings", None)
+        return ratings if ratings is not None else job.slow()
+
+    return wait
+
+
+@dataclass
+class _Job:
+    """How one file is read: ``quick`` (the fast path: None when it does not apply, or when it
+    returns None: it met something only ``slow`` reads or reports) runs first; it imports
+    nothing and warns of nothing, so that it may run on another thread."""
+
+    slow: Callable[[], Ratings]
+    quick: Callable[[], Ratings | None] | None = None
+
+    def __call__(self) -> Ratings:
+        ratings = self.quick() if self.quick is not None else None
+        return ratings if ratings is not None else self.slow()
 
 
 def part_files(folder: str | os.PathLike[str]) -> list[Path]:
@@ -168,6 +247,7 @@ def _read_parts(folder: Path, kwargs: dict[str, Any], duplicates: Duplicates,
                 continue
             r = r.subset(kept)
         parts.append((f, r))
+        release_freed_memory()  # what reading the part freed, before the next part (issue 11)
     if not parts:
         raise ValueError(
             f"no ratings were kept from the {len(files or [])} part files of {str(folder)!r}"
@@ -369,9 +449,9 @@ def _split(line: str, sep: str) -> list[str]:
     return re.split(sep, line) if sep != "::" else line.split("::")
 
 
-def _read_text(p: Path, names: _Names, *, sep: str | None, header: bool | None, encoding: str) -> _Table:
-    import pandas as pd
-
+def _text_layout(p: Path, *, sep: str | None, header: bool | None, encoding: str
+                 ) -> tuple[str, bool]:
+    """The separator and whether there is a header line, from the first line unless given."""
     try:
         codecs.lookup(encoding)
     except LookupError:
@@ -404,6 +484,13 @@ def _read_text(p: Path, names: _Names, *, sep: str | None, header: bool | None, 
                 "fields are numbers, so it is not taken for a header line); fix the line, or "
                 "pass header=True if it is a header"
             )
+    return sep, bool(header)
+
+
+def _read_text(p: Path, names: _Names, *, sep: str, header: bool, encoding: str) -> _Table:
+    """The general reader (pandas), for a layout :func:`_text_layout` found."""
+    import pandas as pd
+
     engine = "python" if len(sep) > 1 and sep != r"\s+" else "c"
     common: dict[str, Any] = dict(
         sep=sep, engine=engine, skip_blank_lines=True, comment=None, on_bad_lines="error",
@@ -518,6 +605,137 @@ def _read_double_colon(
     df = df.iloc[:, ::2]
     df.columns = range(n)
     return df
+
+
+# ---------------------------------------------------------------------------------- fast path
+_PLAIN_FIELD = re.compile(r'[^\s"]+')  # a first-line field the fast path takes as plain
+
+
+def _plain_reader(p: Path, names: _Names, sep: str, header: bool, encoding: str,
+                  duplicates: Duplicates) -> Callable[[], Ratings | None] | None:
+    """The fast path (issue 10, cold start): a function parsing the file with pyarrow (its
+    C++ reader, which releases the GIL), or None when the file is not plain.
+
+    Plain: UTF-8, a one-character separator, a first line of fields without spaces or quotes
+    (3 or 4 fields without a header line; distinct names with one), no weight column. The
+    function returns None for whatever the general reader would read otherwise or report: a
+    quote, a NUL byte, a lone carriage return, an empty field, a row of another length, a
+    rating that is not a finite number, a timestamp that is not an integer. So the Ratings are
+    those of the general reader: ids by the same rule (int64 when every id of the column is
+    a canonical integer, else the strings as written, sorted the same way), ratings parsed to
+    the nearest float as pandas does, the same duplicate handling. Here, in the caller's
+    thread: pyarrow's import and the checks of the columns (their errors); the function
+    itself imports nothing."""
+    if (len(sep) != 1 or sep in '"\r\n' or names.weight is not None
+            or codecs.lookup(encoding).name != "utf-8"):
+        return None
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+    except ImportError:
+        return None
+    with open(p, "rb") as fh:
+        head = fh.read(65536)
+    line, newline, _ = head.partition(b"\n")
+    if not newline and len(head) == 65536:
+        return None  # a first line this long is no plain file
+    try:
+        fields = line.removesuffix(b"\r").decode("utf-8").split(sep)
+    except UnicodeDecodeError:
+        return None
+    if head.startswith(codecs.BOM_UTF8) or not all(_PLAIN_FIELD.fullmatch(f) for f in fields):
+        return None
+    if header:
+        columns = fields
+        if len(set(columns)) != len(columns):
+            return None  # pandas renames a repeated name
+    elif 3 <= len(fields) <= 4:
+        columns = list(_HEADERLESS[: len(fields)])
+    else:
+        return None  # the general reader says what it expected
+    choice = _choose(columns, names, p.name, headerless=not header)
+    ids = pa.dictionary(pa.int32(), pa.string())
+    types = {choice.user: ids, choice.item: ids, choice.rating: pa.float64()}
+    if choice.timestamp is not None:
+        types[choice.timestamp] = pa.int64()
+    read_options = pacsv.ReadOptions(column_names=columns, skip_rows=int(header))
+    parse_options = pacsv.ParseOptions(delimiter=sep, quote_char=False, double_quote=False,
+                                       escape_char=False, ignore_empty_lines=True)
+    convert_options = pacsv.ConvertOptions(
+        column_types=types, include_columns=list(types), null_values=[], true_values=[],
+        false_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False)
+
+    def parse() -> Ratings | None:
+        data = p.read_bytes()
+        if b'"' in data or b"\0" in data or data.count(b"\r") != data.count(b"\r\n"):
+            return None
+        try:
+            table = pacsv.read_csv(pa.BufferReader(data), read_options=read_options,
+                                   parse_options=parse_options, convert_options=convert_options)
+        except (pa.ArrowException, ValueError):  # a row pandas reads otherwise, or reports
+            return None
+        del data
+        if table.num_rows == 0:
+            return None
+        user_codes = _plain_ids(table.column(choice.user))
+        item_codes = _plain_ids(table.column(choice.item))
+        values = _plain_array(table.column(choice.rating).chunks, np.float64)
+        stamps = None if choice.timestamp is None else _plain_array(
+            table.column(choice.timestamp).chunks, np.int64)
+        del table
+        if user_codes is None or item_codes is None or values is None or (
+                choice.timestamp is not None and stamps is None):
+            return None
+        # pandas reads "-0" in a column of integers as 0.0: leave a negative zero to it
+        if not np.isfinite(values).all() or np.signbit(values[values == 0]).any():
+            return None
+        (users, user_ids), (items, item_ids) = user_codes, item_codes
+        return Ratings(users, items, values, shape=(len(user_ids), len(item_ids)),
+                       user_ids=user_ids, item_ids=item_ids, timestamps=stamps,
+                       duplicates=duplicates)
+
+    return parse
+
+
+def _plain_array(chunks: list[Any], dtype: Any) -> np.ndarray | None:
+    """Arrow arrays joined into one numpy array, from their data buffers (arrow's own
+    ``to_numpy`` imports pandas); None if one holds a null (none is expected: no field is read
+    as one)."""
+    if any(c.null_count for c in chunks):
+        return None
+    size = np.dtype(dtype).itemsize
+    parts = [np.frombuffer(c.buffers()[1], dtype=dtype, count=len(c), offset=c.offset * size)
+             for c in chunks if len(c)]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+
+
+def _plain_ids(column: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(codes, ids)`` of a dictionary-encoded id column, as :func:`factorize_ids` gives them
+    for the same strings: int64 ids when every id is a canonical integer (``str(int(s)) ==
+    s``, within int64), else the strings; sorted; int32 codes. None for an empty id (the
+    general reader reports it)."""
+    column = column.unify_dictionaries()
+    if column.num_chunks == 0:
+        return None
+    words = np.asarray(column.chunk(0).dictionary.to_pylist(), dtype=str)
+    codes = _plain_array([chunk.indices for chunk in column.chunks], np.int32)
+    if codes is None or len(words) == 0 or (words == "").any() or \
+            np.bincount(codes, minlength=len(words)).min() == 0:
+        return None
+    try:
+        numbers = words.astype(np.int64)
+        canonical = bool(np.array_equal(numbers.astype(str), words))
+    except (ValueError, OverflowError, TypeError):
+        canonical = False
+    if canonical:
+        order = np.argsort(numbers, kind="stable")
+        ids = numbers[order]
+    else:  # as the general reader: the strings as written, sorted by code point
+        order = np.argsort(words, kind="stable")
+        ids = np.asarray(words.tolist(), dtype=object)[order]
+    rank = np.empty(len(order), dtype=np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    return rank[codes], ids
 
 
 def _ascii_compatible(encoding: str) -> bool:

@@ -13,10 +13,12 @@ from . import options as o
 from .common import ExitStatus, UsageError, metrics_table, plot_history, print_json, say
 from .paths import check_distinct, check_output
 
+#: --solver's choices: 'auto', autofact.solvers.SOLVERS and the ranking task's 'cg', written
+#: out so that parsing the command line imports no torch (issue 10; a test holds them equal)
+SOLVER_CHOICES = ("auto", "gd", "adam", "sgd", "lbfgs", "als", "gibbs", "cg")
+
 
 def register(sub: Any) -> None:
-    from ..solvers import SOLVERS
-
     p = sub.add_parser("fit", help="fit a model and save it",
                        description="Fit a model on DATA and save it to --out; with a test set, "
                        "report RMSE, MAE and top-k ranking metrics. Ctrl-C saves the model of "
@@ -50,7 +52,7 @@ def register(sub: Any) -> None:
     hp.add_argument("--unobserved-weight", type=o.nonnegative_float, metavar="W",
                     help="--task rating: count every unrated pair as a rating of 0 with this "
                     "weight (implicit feedback's term: better top-N, worse RMSE; default 0)")
-    hp.add_argument("--solver", choices=("auto",) + tuple(SOLVERS) + ("cg",),
+    hp.add_argument("--solver", choices=SOLVER_CHOICES,
                     help="training algorithm (default auto; cg: --task ranking's default, three "
                     "conjugate-gradient steps a row)")
     hp.add_argument("--epochs", type=o.positive_int, help="passes over the data")
@@ -122,11 +124,15 @@ def fit(args: argparse.Namespace) -> ExitStatus:
                     f"files are all read as ratings: give another folder for {FILE_NAME}"
                 )
 
+    shared = int(os.environ.get("WORLD_SIZE", "1")) > 1  # started by torchrun
+    # issue 10 (cold start): a plain DATA file is parsed on another thread (pyarrow, without
+    # the GIL) while torch is imported below
+    pending = None if shared else o.read_later(args.data, args)
+
     from ..evaluation import evaluate, random_split
     from ..model import MatrixFactorization
     from ..sharding import PeerLostError
 
-    shared = int(os.environ.get("WORLD_SIZE", "1")) > 1  # started by torchrun
     main_process = True
     if shared:  # issue 11: each process reads its own share of DATA
         from .. import distributed
@@ -152,7 +158,8 @@ def fit(args: argparse.Namespace) -> ExitStatus:
             distributed.shutdown(wait=False)
             raise
     else:
-        train = o.read_ratings(args.data, args)
+        assert pending is not None
+        train = pending()
     test = None
     if args.test is not None:
         test = o.read_ratings(args.test, args)
@@ -222,7 +229,7 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         # score() is higher-is-better: the negative RMSE; a ranking model predicts scores, so
         # neither its RMSE nor its MAE means anything (issue 12)
         if not shared:
-            train_rmse = -model.score(train) if model.task == "rating" else None
+            train_rmse = _training_rmse(model, train) if model.task == "rating" else None
         if args.plot is not None:
             plot_history(model.history_, args.plot, f"autofact fit {Path(args.data).name}")
     except KeyboardInterrupt:
@@ -259,6 +266,21 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         print()
         print(metrics_table(metrics))
     return ExitStatus.OK
+
+
+def _training_rmse(model: Any, train: Any) -> float:
+    """``-model.score(train)``: the RMSE of predict on the training ratings. When the model was
+    fitted on these very ratings (its index holds their id maps and every one of them), their
+    indices are the model's own, so no id is looked up (issue 10, cold start: the lookup costs
+    a pandas import); the same predictions, the same number."""
+    import numpy as np
+
+    index = model.index_
+    if not (index.user_ids is train.user_ids and index.item_ids is train.item_ids
+            and int(index.user_counts.sum()) == len(train)):
+        return float(-model.score(train))
+    pred = index.response(model.predict_indices(train.users, train.items))
+    return float(np.sqrt(np.mean((pred - train.values) ** 2)))
 
 
 def _shared_totals(model: Any, train: Any) -> tuple[int, float | None]:

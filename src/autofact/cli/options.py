@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
 import math
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,12 +162,38 @@ def read_ratings(path: Path, args: argparse.Namespace, reader: Any = None) -> An
     file."""
     from ..reading import read
 
-    kwargs = {kw: getattr(args, dest) for dest, kw in READ_KEYWORDS.items()
-              if getattr(args, dest, None) is not None}
+    with _file_errors(path, args):
+        return (read if reader is None else reader)(path, **_read_keywords(args))
+
+
+def read_later(path: Path, args: argparse.Namespace) -> Callable[[], Any]:
+    """:func:`read_ratings` started now, parsing on another thread when the file is plain
+    (issue 10, cold start: the caller imports torch meanwhile); the function returned waits
+    for the ratings. Errors name the file, whether raised now or by the function."""
+    from ..reading import read_in_background
+
+    with _file_errors(path, args):
+        wait = read_in_background(path, **_read_keywords(args))
+
+    def ratings() -> Any:
+        with _file_errors(path, args):
+            return wait()
+
+    return ratings
+
+
+def _read_keywords(args: argparse.Namespace) -> dict[str, Any]:
+    return {kw: getattr(args, dest) for dest, kw in READ_KEYWORDS.items()
+            if getattr(args, dest, None) is not None}
+
+
+@contextlib.contextmanager
+def _file_errors(path: Path, args: argparse.Namespace) -> Iterator[None]:
+    """A reading error as the command line says it: naming the file (and --encoding)."""
     try:
-        return (read if reader is None else reader)(path, **kwargs)
+        yield
     except UnicodeDecodeError as exc:
-        used = kwargs.get("encoding", "utf-8")
+        used = getattr(args, "encoding", None) or "utf-8"
         raise UsageError(
             f"{path}: not {used} text (byte 0x{exc.object[exc.start]:02x} at offset "
             f"{exc.start}); pass --encoding latin-1 (or the file's encoding)"
