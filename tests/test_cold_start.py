@@ -16,6 +16,8 @@ import autofact
 from autofact import reading
 from autofact.cli import fit as fit_verb
 
+from .conftest import dataset
+
 pytest.importorskip("pyarrow")
 
 
@@ -143,6 +145,17 @@ def test_what_is_not_plain_goes_to_the_general_reader(tmp_path, name, text, kwar
 def test_either_reader_gives_the_same(tmp_path, name, text, kwargs):
     path = _file(tmp_path, text)
     assert _outcome(autofact.read, path, **kwargs) == _outcome(_general, path, **kwargs)
+
+
+@pytest.mark.parametrize("parts", [("ml-100k", "u.data"), ("ml-100k", "u1.base"),
+                                   ("ml-latest-small", "ratings.csv"),
+                                   ("filmtrust", "ratings.txt")], ids="/".join)
+def test_real_files_read_the_same_by_either_reader(parts):
+    path = dataset(*parts)
+    job = reading._prepare(path)
+    if parts[0] != "filmtrust":  # space-separated: the general reader's
+        assert job.quick is not None and job.quick() is not None
+    assert _outcome(autofact.read, path) == _outcome(_general, path)
 
 
 def test_read_in_background_gives_reads_ratings_and_errors(tmp_path):

@@ -17,6 +17,11 @@ The rules, in one place (each overridable by a keyword of :func:`read`):
   The one default is MovieLens's: the 4th field of a headerless line, or a column called
   ``timestamp``, is the timestamp; ``timestamp=False`` reads without one. Timestamps are seconds
   since 1970 or dates (naive ones taken as UTC), kept as whole seconds.
+- **Two readers, one result.** A plain text file (UTF-8, a one-character separator, no quotes,
+  no weight column) is parsed by pyarrow's C++ reader when pyarrow is installed (no pandas: a
+  fast cold start, issue 10); whatever it does not take as plain (a quote, an empty field, a row
+  of another length, a rating that is not a finite number...) sends the file to the general
+  reader (pandas), which reads or reports it. Both give the same Ratings.
 - **Errors** name the file, the line and the value: a rating that is not a finite number, a
   weight that is not a finite number >= 0, a timestamp that cannot be read, bytes that are not
   valid in ``encoding=`` (default ``"utf-8"``), duplicate (user, item) pairs
@@ -87,15 +92,15 @@ def read(
     the file and the line. Duplicate (user, item) pairs are an error unless
     ``duplicates="mean"`` or ``"last"``.
 
+    A plain text file (UTF-8, no quotes, no weight column: MovieLens ``u.data`` and
+    ``ratings.csv``) is parsed by pyarrow when it is installed, without pandas (issue 10: a cold
+    start); a file with anything it does not take as plain goes to the general reader, so the
+    Ratings, and every error, are the same.
+
     >>> ratings = autofact.read("ml-100k/u.data")
     >>> ratings = autofact.read("log.csv", user="customer", item="sku", rating="clicks",
     ...                         timestamp="day", encoding="latin-1")
     >>> ratings = autofact.read("ratings/")        # ratings/part-00000.parquet, ...
-
-    A plain text file (numbers, or ids without spaces or quotes, in UTF-8, no weight column)
-    is parsed by pyarrow when it is installed, without pandas (issue 10: a cold start); any
-    line it does not take as plain goes to the general reader, so the result, and every error,
-    are the same.
     """
     return _prepare(path, format=format, sep=sep, header=header, user=user, item=item,
                     rating=rating, weight=weight, timestamp=timestamp, duplicates=duplicates,
