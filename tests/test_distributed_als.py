@@ -159,13 +159,17 @@ def test_two_processes_give_the_one_process_fit(tmp_path):
 
 
 def test_four_processes_give_the_one_process_fit(tmp_path):
-    # issue 11, item 2: four processes (two of them on a 2-core machine: slow, still exact)
+    # issue 11, item 2: four processes (on a 2-core machine: slow, still exact); nonnegative
+    # projects each process's users and the shared item rows alike
     proc = torchrun(4, "four", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-4000:]
     train, val = planted()
     single = model().fit(train, validation=val)
     got = dict(np.load(tmp_path / "rank3.npz", allow_pickle=False))
     assert_same_fit(got, single)
+    nonneg = model(nonnegative=True).fit(train, validation=val)
+    assert_same_fit(got, nonneg, prefix="nonneg_")
+    assert float(got["nonneg_P"].min()) >= 0 and float(got["nonneg_Q"].min()) >= 0
 
 
 # ---------------------------------------------------------------------------- the worker
@@ -185,6 +189,10 @@ def _worker(mode: str, out: Path) -> None:
     saved: dict[str, np.ndarray] = {}
     fitted = distributed.fit(model(), train, validation=val)  # local=False: cut by user
     saved.update(factors(fitted), **_history(fitted))
+    if mode == "four":
+        nonneg = distributed.fit(model(nonnegative=True), train, validation=val)
+        saved.update({f"nonneg_{k}": v for k, v in {**factors(nonneg),
+                                                     **_history(nonneg)}.items()})
     if mode == "two":
         if rank == 0:
             fitted.save(out / "model.npz")
