@@ -23,8 +23,9 @@ where the sum over all ``m x n`` pairs is never formed: with ``a_u = mu + b^u_u`
 + n |a|^2 + 2 (1^T a)(1^T b) + m |b|^2`` (the Gram trick, ``O((m + n) k^2)``), so that the items a
 user rated score above those they did not. Every derivative of ``ell``, ``R`` and the unobserved
 term comes from autograd. The bilinear part ``p_u . q_i`` goes through
-:func:`autofact.sparse.gather_dot` (SDDMM forward, SpMM backward), one row block at a time, so the
-extra memory of a full gradient is bounded by ``max_memory`` whatever the number of ratings.
+:func:`autofact.sparse.gather_dot` (SDDMM forward, SpMM backward), one row block at a time (on
+the CPU cache-sized blocks, shared out to coarse workers: :meth:`Objective._runs`), so the extra
+memory of a full gradient is bounded by ``max_memory`` whatever the number of ratings.
 """
 
 from __future__ import annotations
@@ -620,14 +621,17 @@ class Objective:
         an entry for the predictions, with ``backward`` another ``2 k`` for the two sparse
         products) and the thread cap, never from the load; only on the CPU, and only where
         torch's operations themselves run on one thread (no oversubscription). The blocks are
-        the same whatever the number of workers; each further worker's column gradients take
-        another ``n x k`` buffer, so their count also stays within half of ``max_memory``.
+        the same whatever the number of workers. Memory bounds the count too: the blocks in
+        flight at once hold at most ``max_memory``'s share of entries, and each further worker's
+        column gradients (another ``n x k`` buffer) stay within half of ``max_memory``.
         """
         blocks = self.patterns
         n = 1
         if self.device.type == "cpu" and len(blocks) > 1 and torch.get_num_threads() == 1:
             k = params["P"].shape[-1] if "P" in params else 1
             n = min(len(blocks), workers_for(self.nnz * k * (3 if backward else 1)))
+            # blocks at once stay within max_memory's share, further column buffers within half
+            n = min(n, self.max_nnz // max(p.nnz for p in blocks))
             per_worker = sum(v.numel() * v.element_size() for name, v in params.items()
                              if name in ("Q", "bi"))
             n = max(1, min(n, 1 + (self.max_memory // 2) // max(1, per_worker)))
