@@ -70,6 +70,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ._memory import release_freed_memory
 from .data import Ratings, as_ratings
 from .sharding import PeerLostError, ShardPlan, TorchShardPlan
 
@@ -88,6 +89,8 @@ DEFAULT_TIMEOUT = 300.0
 _DIAGNOSIS = 3.0
 #: Keys rank 0 places at a time when it gathers the training pattern (bounds its temporaries).
 _GATHER_STEP = 1 << 20
+#: Codes rewritten at a time when the id maps are agreed (bounds the temporaries).
+_REMAP_STEP = 1 << 20
 
 
 def init(backend: str | None = None, timeout: float | None = None) -> tuple[int, int]:
@@ -420,37 +423,26 @@ def read_local(path: str | os.PathLike[str], *,
                 f"{rank}: {'has' if flags[rank] else 'lacks'} them); give every part the same "
                 "columns" + (", or pass timestamp=False" if what == "timestamps" else "")
             )
-    users, user_ids = _agreed_codes(plan, local.users, local.user_ids)
-    items, item_ids = _agreed_codes(plan, local.items, local.item_ids)
+    # the codes are rewritten in place (issue 11: no second copy of the ratings); maps that
+    # keep the order (the usual case: the agreed map is a sorted superset) keep them sorted
+    users, user_ids, user_order = _agreed_codes(plan, local.users, local.user_ids)
+    items, item_ids, item_order = _agreed_codes(plan, local.items, local.item_ids)
     out = Ratings(users, items, local.values, shape=(len(user_ids), len(item_ids)),
                   user_ids=user_ids, item_ids=item_ids, weights=local.weights,
-                  timestamps=local.timestamps)
+                  timestamps=local.timestamps, _sorted=user_order and item_order)
     del local, users, items
-    _release_freed_memory()
+    release_freed_memory()  # reading's freed heap and pyarrow's pool (issue 11)
     return out
 
 
-def _release_freed_memory() -> None:
-    """Give the heap's freed pages back to the system (glibc's ``malloc_trim``): reading frees
-    several times the ratings' size in blocks glibc would otherwise keep (issue 11, measured:
-    ~90 MB at 5M ratings). A no-op elsewhere."""
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (musl): nothing to do
-        pass
-
-
 def _agreed_codes(plan: ShardPlan, codes: np.ndarray, ids: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  ) -> tuple[np.ndarray, np.ndarray, bool]:
     """``codes`` into this process's ``ids`` as codes into the map every process agrees on:
     the sorted union of every process's distinct ids (ints only when every process's are,
-    else every id as text), exchanged rank by rank and merged as they come."""
-    present = np.unique(codes)
+    else every id as text), exchanged rank by rank and merged as they come. The codes are
+    rewritten in place, a slice at a time (a read-only array is copied first); the flag says
+    whether the new map keeps the old codes' order (then sorted codes stay sorted)."""
+    present = _present(codes, len(ids))
     mine = np.asarray(ids)[present]
     flags = torch.zeros(1, dtype=torch.int64)
     flags[0] = mine.dtype.kind not in "iu"
@@ -468,8 +460,21 @@ def _agreed_codes(plan: ShardPlan, codes: np.ndarray, ids: np.ndarray
             merged = np.union1d(merged, part.numpy())
     lut = np.zeros(len(ids), dtype=np.int32)
     lut[present] = np.searchsorted(merged, mine)
-    out = np.asarray(merged.tolist(), dtype=object) if text else merged
-    return lut[codes], out
+    kept_order = bool((np.diff(lut[present]) > 0).all())
+    out = codes if codes.flags.writeable and codes.dtype == np.int32 else codes.astype(np.int32)
+    for s in range(0, len(out), _REMAP_STEP):
+        out[s : s + _REMAP_STEP] = lut[out[s : s + _REMAP_STEP]]
+    text_ids = np.asarray(merged.tolist(), dtype=object) if text else merged
+    return out, text_ids, kept_order
+
+
+def _present(codes: np.ndarray, size: int) -> np.ndarray:
+    """The distinct values of ``codes`` (ints in ``[0, size)``), sorted; counted a slice at a
+    time (``np.bincount`` copies its input to int64; ``np.unique`` sorts a copy)."""
+    seen = np.zeros(size, dtype=bool)
+    for s in range(0, len(codes), _REMAP_STEP):
+        seen[codes[s : s + _REMAP_STEP]] = True
+    return np.flatnonzero(seen)
 
 
 def _pack_text(ids: np.ndarray) -> torch.Tensor:

@@ -1,0 +1,145 @@
+"""Memory per process (issue 11, item 3), checked deterministically: the bytes an objective
+holds per rating (from its tensors' storages, not from RSS), and the peak of numpy memory
+while part files are joined (tracemalloc counts every numpy allocation). The RSS of the
+whole read-and-fit, with 1, 2 and 4 processes, is measured by ``benchmarks/shards.py``."""
+
+from __future__ import annotations
+
+import dataclasses
+import tracemalloc
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import autofact
+from autofact import reading
+from autofact.objective import Objective
+
+
+def planted(n_ratings: int, m: int = 2_000, n: int = 500, seed: int = 0) -> autofact.Ratings:
+    rng = np.random.default_rng(seed)
+    keys = np.unique(rng.integers(0, m * n, n_ratings))
+    return autofact.Ratings(keys // n, keys % n, rng.normal(3.0, 1.0, len(keys)), shape=(m, n),
+                            _sorted=True)
+
+
+def _storages(x: Any, seen: set[int], out: dict[int, int]) -> None:
+    """The tensor storages reachable from ``x`` (attributes, containers, dataclasses)."""
+    if id(x) in seen:
+        return
+    seen.add(id(x))
+    if isinstance(x, torch.Tensor):
+        if x.layout == torch.strided:
+            s = x.untyped_storage()
+            out[s.data_ptr()] = s.nbytes()
+        else:  # a sparse tensor: its index and value tensors
+            parts = (x.crow_indices(), x.col_indices(), x.values()) if x.layout == \
+                torch.sparse_csr else (x._indices(), x._values())
+            for t in parts:
+                _storages(t, seen, out)
+        return
+    if isinstance(x, dict):
+        for v in x.values():
+            _storages(v, seen, out)
+    elif isinstance(x, list | tuple):
+        for v in x:
+            _storages(v, seen, out)
+    elif dataclasses.is_dataclass(x) and not isinstance(x, type):
+        for v in vars(x).values():
+            _storages(v, seen, out)
+
+
+def held_bytes(obj: Objective, ratings: autofact.Ratings) -> int:
+    """Bytes of the tensors ``obj`` holds, less those that share the ratings' own arrays."""
+    out: dict[int, int] = {}
+    _storages(list(vars(obj).values()), set(), out)
+    shared = {a.ctypes.data for a in (ratings.users, ratings.items, ratings.values)}
+    return sum(nbytes for ptr, nbytes in out.items() if ptr not in shared)
+
+
+@pytest.mark.parametrize("dtype, most", [("float32", 8), ("float64", 4)])
+def test_an_objective_holds_at_most_8_bytes_a_rating_beside_its_ratings(dtype, most):
+    # issue 11, item 3: the codes are the ratings' own (int32, shared, not copied); a float32
+    # fit adds its values (4 bytes) and the backward's transposes 4 more; float64 shares the
+    # values too. A copy of the codes (or int64 codes) would add 8 bytes a rating or more.
+    r = planted(200_000)
+    obj = Objective(r, bias=True, dtype=dtype, max_memory=2**20)  # keep_rows off: 4 bytes
+    params = obj.init_params(8, seed=0)
+    obj.value_and_grad(params)  # builds the transposes
+    extra = held_bytes(obj, r) - 8 * (r.shape[0] + 1)  # row pointers are per user, not rating
+    assert extra <= most * len(r), extra / len(r)
+    assert extra >= (most - 4) * len(r)  # the count is not vacuous: the values (f32) are seen
+
+
+def test_an_objective_keeps_the_faster_transposes_only_within_half_its_max_memory():
+    # issue 11: keep_rows (8 bytes a rating for the backward's transposes instead of 4) only
+    # when they fit in max_memory / 2, so the per-rating cost stays bounded
+    r = planted(200_000)
+    big = Objective(r, dtype="float64", max_memory=2**23)
+    big.value_and_grad(big.init_params(4, seed=0))
+    assert big.keep_rows and held_bytes(big, r) - 8 * (r.shape[0] + 1) <= 8 * len(r) + 2**16
+    assert held_bytes(big, r) <= 2**23 // 2 + 8 * (r.shape[0] + 1) + 2**16
+
+
+def _parts(r: autofact.Ratings, n_parts: int) -> list[autofact.Ratings | None]:
+    """``r`` cut into parts by user (user mod n_parts), each with its own codes, as read()
+    gives a part: sorted, int32 codes into that part's own distinct ids."""
+    out: list[autofact.Ratings | None] = []
+    for k in range(n_parts):
+        keep = r.users % n_parts == k
+        u_ids, u = np.unique(r.users[keep], return_inverse=True)
+        i_ids, i = np.unique(r.items[keep], return_inverse=True)
+        out.append(autofact.Ratings(u, i, r.values[keep], shape=(len(u_ids), len(i_ids)),
+                                    user_ids=u_ids, item_ids=i_ids, _sorted=True))
+    return out
+
+
+def test_joining_parts_holds_no_sorted_copy_of_the_ratings():
+    # issue 11, item 3: joining the parts placed each part's columns straight into the joined
+    # arrays and dropped them, instead of concatenating every part and then sorting (a second
+    # copy, an int64 key and an int64 order: ~56 bytes a rating beside the parts' 16). Counted
+    # by tracemalloc (every numpy allocation), so the figure does not depend on the allocator.
+    r = planted(400_000, m=4_000, n=1_000)
+    tracemalloc.start()
+    try:
+        parts = _parts(r, 8)
+        users, user_ids = reading._merged_ids(parts, "user")
+        items, item_ids = reading._merged_ids(parts, "item")
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        joined = reading._join(parts, users, items, user_ids, item_ids, "error")
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert joined.equals(r)
+    # beyond the parts' 16 bytes a rating (in `before`, dropped as they are placed): the
+    # joined columns less the parts' columns already dropped, one part's places and the final
+    # checks; the old join (a concatenated copy, then an int64 key, an int64 order and the
+    # sorted copy) grew by ~40 bytes a rating
+    assert peak <= 10 * len(r), peak / len(r)
+
+
+def test_a_folder_joins_to_what_one_file_of_its_parts_reads(tmp_path):
+    # issue 11: the column-by-column join keeps read()'s rules: users rated in several parts
+    # (their items sorted), timestamps and weights carried, a pair in two parts a duplicate
+    # ('last': the later part's rating)
+    rng = np.random.default_rng(3)
+    rows = [(int(u), int(i), float(rng.integers(1, 11)) / 2, 1_000 + j, float(rng.random()))
+            for j, (u, i) in enumerate(zip(rng.integers(0, 40, 600), rng.integers(0, 50, 600),
+                                           strict=True))]
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    lines = []
+    for k in range(3):
+        part = ["user,item,rating,timestamp,w"] + [",".join(map(str, x)) for x in rows[k::3]]
+        (folder / f"part-{k}.csv").write_text("\n".join(part) + "\n")
+        lines += part[1:]
+    (tmp_path / "all.csv").write_text("user,item,rating,timestamp,w\n" + "\n".join(lines) + "\n")
+    folder_ratings = autofact.read(folder, weight="w", duplicates="last")
+    one = autofact.read(tmp_path / "all.csv", weight="w", duplicates="last")
+    assert folder_ratings.equals(one)
+    assert len(one) < len(rows)  # some pairs were rated twice (the test covers duplicates)
+    with pytest.raises(ValueError, match="duplicate rating for"):
+        autofact.read(folder, weight="w")
