@@ -277,6 +277,15 @@ def test_workers_give_the_one_worker_gradient_and_repeat_exactly(monkeypatch, bi
     with threads.use_threads(1):
         runs = obj._runs(one, backward=True)
     assert len(runs) == 3 and [id(p) for run in runs for p in run] == list(map(id, obj.patterns))
+    # the blocks in flight at once stay within max_memory: where one block takes all of it,
+    # one worker
+    big = _random_ratings(m=60, n=50, density=0.5, seed=4)
+    small = Objective(big, bias=bias, dtype=torch.float64, max_memory=2**16)
+    assert len(small.patterns) == 2 and len(big) > small.max_nnz
+    with threads.use_threads(1):
+        assert len(small._runs(small.init_params(rank=3), backward=True)) == 1
+        small.patterns = build_patterns(small.users, small.items, small.shape, 500)
+        assert len(small._runs(small.init_params(rank=3), backward=True)) == 2
     results = []
     for _ in range(3):
         params = obj.init_params(rank=3, seed=0, init_std=0.5)
