@@ -186,14 +186,15 @@ def test_errors_stop_every_process_with_a_message(tmp_path):
 
 def test_cli_fit_of_a_folder_under_torchrun_reads_shares(tmp_path):
     # issue 11, item 1: autofact fit DIR under torchrun reads each process's parts; the model
-    # is the one-process model, and the report counts every process's ratings
+    # is the one-process model, and the report counts every process's ratings. --solver adam:
+    # the default ('auto': the sampler or als, users partitioned) reads the parts by user
     whole = planted(seed=4)
     data = tmp_path / "ratings"
     write_parts(data, whole, 4)
     out = tmp_path / "m.npz"
     proc = torchrun("-m", "autofact", "fit", str(data), "--out", str(out), "--epochs", "5",
-                    "--rank", "3", "--seed", "0", "--dtype", "float64", "--device", "cpu",
-                    "--quiet", "--json")
+                    "--rank", "3", "--solver", "adam", "--seed", "0", "--dtype", "float64",
+                    "--device", "cpu", "--quiet", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     # issue 12 review: np.sqrt of the summed torch tensor printed NumPy 2's __array_wrap__
     # deprecation as "autofact: warning: ..." on every process
