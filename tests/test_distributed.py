@@ -76,12 +76,16 @@ def test_init_outside_torchrun_names_the_launcher(monkeypatch):
 
 def test_cli_fit_under_torchrun_saves_the_single_process_model(tmp_path):
     r = planted(seed=1)
-    data = tmp_path / "ratings.csv"
-    data.write_text("user,item,rating\n" + "".join(
-        f"u{u},i{i},{float(v)!r}\n" for u, i, v in zip(r.users, r.items, r.values, strict=True)))
+    data = tmp_path / "ratings"  # three part files, each user's ratings spread over them
+    data.mkdir()
+    order = np.random.default_rng(0).permutation(len(r))
+    for k, rows in enumerate(np.array_split(order, 3)):
+        (data / f"part-{k}.csv").write_text("user,item,rating\n" + "".join(
+            f"u{u},i{i},{float(v)!r}\n"
+            for u, i, v in zip(r.users[rows], r.items[rows], r.values[rows], strict=True)))
     out = tmp_path / "model.npz"
-    # issue 11: sharded ALS through the CLI (users partitioned; with no --solver the CLI now
-    # leaves 'auto' to pick what one process would, no longer adam)
+    # issue 11: sharded ALS through the CLI (users partitioned, so the parts are read by user:
+    # split by part, each user's ratings would be on both processes and ALS would refuse)
     args = ["fit", str(data), "--out", str(out), "--epochs", "5", "--rank", "3", "--solver",
             "als", "--seed", "0", "--dtype", "float64", "--device", "cpu"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
