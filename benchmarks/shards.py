@@ -3,6 +3,7 @@ with 1, 2 and 4 processes reading their own Parquet part files::
 
     python -m benchmarks.shards --ratings 5e6                  # 1/2/4 processes, rank 32, 3 epochs
     python -m benchmarks.shards --ratings 25e6 --worlds 1,2,4  # the issue's case (ML-25M shape)
+    python -m benchmarks.shards --ratings 25e6 --solvers adam,als   # both solvers, side by side
 
 The data: ``datasets.synthetic_lowrank`` at the ML-25M density (162,541 x 59,047 x 25M shrunk by
 ``--ratings / 25M``: users and items by its square root), written once to ``--data`` (default
@@ -10,23 +11,32 @@ The data: ``datasets.synthetic_lowrank`` at the ML-25M density (162,541 x 59,047
 (part ``user mod parts``: users partitioned, as the issue lays the data out), int64 ids, float64
 ratings. Each world size runs ``torchrun --standalone --nproc-per-node W`` on this module's
 worker: ``distributed.init`` (gloo), ``distributed.read_local(DATA)`` (each rank reads
-``parts / W`` files), then full-batch Adam (``SCALE_PARAMS``, ``max_memory`` 64 MiB) for
-``--epochs`` epochs through ``distributed.fit(..., local=True)``; rank 0 gathers the training
-pattern at the end (part of the fit's peak).
+``parts / W`` files), then ``--epochs`` epochs through ``distributed.fit(..., local=True)`` of
+each solver of ``--solvers``: ``adam`` (full batch, ``SCALE_PARAMS``: every process holds every
+factor and Adam's state) or ``als`` (sharded: each process solves its own users; the item
+half-step's normal equations summed over the processes), ``max_memory`` 64 MiB, float32;
+rank 0 gathers the training pattern at the end (part of the fit's peak).
 
 Per process (MiB): ``base`` = VmRSS after ``import torch, autofact, pandas, pyarrow.parquet``
 and joining the group (the baseline: the libraries, whatever the data); ``read peak`` = VmHWM
 after reading (pandas' frames included); ``fit peak`` = VmHWM during the fit (reset after
 reading: ``/proc/self/clear_refs``); ``peak`` = the larger of the two (and of ``ru_maxrss``).
 The bound is the issue's: ``1.5 x (its ratings + user factors + item factors + optimizer state)
-+ base`` with its ratings at 16 bytes (int32 user, int32 item, float64 value), factors and
-biases in float32, and Adam's state as 3 copies of the parameters (gradient, first and second
-moments). Two bounds: ``bound held`` counts the user factors each process holds today (all
-users': the factors are replicated, data parallel), ``bound own`` only its own users' (the
-issue's, for a solver that keeps user rows where they live). ``allreduce`` times one all-reduce
-of a tensor the size of the gradient (what one epoch of full-batch Adam sends), after the fit.
++ base``. **A rating is 16 bytes**, as :class:`autofact.Ratings` holds it (int32 user code, int32
+item code, float64 value: what ``read_local`` returns, whatever the fit's dtype; the codes are
+int32 because the ids of one process's share fit); factors and biases are float32; Adam's state
+is 3 copies of the parameters (gradient, first and second moments), ALS's none (its Hessian
+blocks are workspace, like the objective's blocks). Two bounds: ``bound held`` counts the user
+factors each process holds (all users': Adam's factors are replicated, and sharded ALS gathers
+every user's rows at the end), ``bound own`` only its own users' (the issue's, for a solver that
+keeps user rows where they live). ``B/rating`` = (fit peak - base - factors - state) / ratings
+held: what a held rating costs during the fit, workspace and allocator slack included (the
+bound allows 24 on this budget, 1.5 x 16, plus half of the factors and state). ``allreduce``
+times one all-reduce of a tensor the size of the gradient (what one epoch of full-batch Adam
+sends), after the fit.
 
-Writes ``benchmarks/results/<date>_shards.md`` and ``.json``; every process runs under ``nice``.
+Writes ``benchmarks/results/<date>_shards_<ratings>.md`` and ``.json``; every process runs
+under ``nice``.
 """
 
 from __future__ import annotations
@@ -88,7 +98,13 @@ def write_parts(folder: Path, n_ratings: int, n_parts: int, seed: int = 0) -> di
     return meta
 
 
-def worker(data: str, out: str, rank_k: int, epochs: int) -> None:
+#: Each solver's settings (beside rank, epochs, seed, max_memory, float32 on the CPU).
+SOLVER_PARAMS = {"als": {"solver": "als", "beta": 25.0, "bias": True}}
+#: Copies of the parameters a solver keeps as optimizer state (for the bound).
+STATE_COPIES = {"adam": 3, "als": 0}
+
+
+def worker(data: str, out: str, rank_k: int, epochs: int, solver: str = "adam") -> None:
     """One process of a world: read its share, fit, report its memory and times."""
     import numpy as np
     import torch
@@ -111,9 +127,10 @@ def worker(data: str, out: str, rank_k: int, epochs: int) -> None:
     after_read = _status_kb("VmRSS") / 1024
     _reset_hwm()
     m, n = local.shape
+    params = SOLVER_PARAMS.get(solver, SCALE_PARAMS)
     model = autofact.MatrixFactorization(rank=rank_k, epochs=epochs, seed=0, verbose=False,
                                          max_memory=64 * MiB, device="cpu", dtype="float32",
-                                         **SCALE_PARAMS)
+                                         **params)
     t0 = time.perf_counter()
     distributed.fit(model, local, local=True)
     fit_s = time.perf_counter() - t0
@@ -127,7 +144,7 @@ def worker(data: str, out: str, rank_k: int, epochs: int) -> None:
     allreduce_s = time.perf_counter() - t0
     own_users = int(len(np.unique(local.users)))
     report = {
-        "world": world, "rank": rank, "ratings": len(local), "users": m, "items": n,
+        "solver": solver, "world": world, "rank": rank, "ratings": len(local), "users": m, "items": n,
         "own_users": own_users, "rank_k": rank_k, "epochs": epochs,
         "base_mib": base, "read_peak_mib": read_peak, "after_read_mib": after_read,
         "fit_peak_mib": fit_peak,
@@ -142,21 +159,34 @@ def worker(data: str, out: str, rank_k: int, epochs: int) -> None:
     distributed.shutdown()
 
 
+def _state(r: dict) -> int:
+    return STATE_COPIES[r.get("solver", "adam")]
+
+
 def bounds(r: dict) -> tuple[float, float]:
-    """The issue's bound (MiB) with the user factors held today (all), and with its own users'."""
+    """The issue's bound (MiB) with the user factors held (all), and with its own users'."""
     k1 = r["rank_k"] + 1
     ratings = 16 * r["ratings"]
     items = 4 * r["items"] * k1
 
     def bound(users: int) -> float:
         params = 4 * users * k1 + items
-        return (1.5 * (ratings + params + 3 * params)) / MiB + r["base_mib"]
+        return (1.5 * (ratings + params * (1 + _state(r)))) / MiB + r["base_mib"]
 
     return bound(r["users"]), bound(r["own_users"])
 
 
-def run_world(data: Path, world: int, rank_k: int, epochs: int, timeout: float) -> list[dict]:
-    out = data.parent / f"{data.name}-w{world}"
+def per_rating(r: dict) -> float:
+    """Bytes a held rating costs during the fit: the fit's peak less the baseline, the factors
+    (all users' and items') and the optimizer state, over the ratings held."""
+    params = 4 * (r["users"] + r["items"]) * (r["rank_k"] + 1)
+    return (r["fit_peak_mib"] * MiB - r["base_mib"] * MiB - params * (1 + _state(r))) \
+        / r["ratings"]
+
+
+def run_world(data: Path, world: int, rank_k: int, epochs: int, timeout: float,
+              solver: str = "adam") -> list[dict]:
+    out = data.parent / f"{data.name}-w{world}-{solver}"
     out.mkdir(exist_ok=True)
     for f in out.glob("rank*.json"):
         f.unlink()
@@ -164,7 +194,7 @@ def run_world(data: Path, world: int, rank_k: int, epochs: int, timeout: float) 
                                                         os.environ.get("PYTHONPATH", "")])}
     cmd = ["nice", "-n", "10", sys.executable, "-m", "torch.distributed.run", "--standalone",
            "--nproc-per-node", str(world), "-m", "benchmarks.shards", "--worker", str(data),
-           str(out), str(rank_k), str(epochs)]
+           str(out), str(rank_k), str(epochs), solver]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
     if proc.returncode != 0:
@@ -173,31 +203,33 @@ def run_world(data: Path, world: int, rank_k: int, epochs: int, timeout: float) 
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| processes | rank | ratings held | base | read peak | fit peak | peak | bound held "
-            "| peak / bound held | bound own | s / epoch | all-reduce s |")
-    lines = [head, "|" + "---|" * 12]
+    head = ("| solver | processes | rank | ratings held | base | read peak | fit peak | peak "
+            "| bound held | peak / bound held | bound own | B/rating (fit) | s / epoch "
+            "| all-reduce s |")
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         held, own = bounds(r)
         # resetting VmHWM after reading resets ru_maxrss too: the process's peak is the larger
         peak = max(r["peak_mib"], r["read_peak_mib"], r["fit_peak_mib"])
         lines.append(
-            f"| {r['world']} | {r['rank']} | {r['ratings']:,} | {r['base_mib']:.0f} | "
-            f"{r['read_peak_mib']:.0f} | {r['fit_peak_mib']:.0f} | {peak:.0f} | "
-            f"{held:.0f} | {peak / held:.2f} | {own:.0f} | {r['sec_per_epoch']:.2f} | "
-            f"{r['allreduce_s']:.3f} |")
+            f"| {r.get('solver', 'adam')} | {r['world']} | {r['rank']} | {r['ratings']:,} | "
+            f"{r['base_mib']:.0f} | {r['read_peak_mib']:.0f} | {r['fit_peak_mib']:.0f} | "
+            f"{peak:.0f} | {held:.0f} | {peak / held:.2f} | {own:.0f} | {per_rating(r):.1f} | "
+            f"{r['sec_per_epoch']:.2f} | {r['allreduce_s']:.3f} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--worker":
-        worker(argv[1], argv[2], int(argv[3]), int(argv[4]))
+        worker(argv[1], argv[2], int(argv[3]), int(argv[4]), *argv[5:6])
         return 0
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ratings", type=float, default=5e6)
     ap.add_argument("--parts", type=int, default=8)
     ap.add_argument("--worlds", default="1,2,4")
+    ap.add_argument("--solvers", default="adam", help="comma-separated: adam, als")
     ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--data", type=Path, default=None)
@@ -214,22 +246,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {meta} to {data} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     load = os.getloadavg()
     rows: list[dict] = []
-    for world in (int(w) for w in args.worlds.split(",")):
-        got = run_world(data, world, args.rank, args.epochs, args.timeout)
-        rows.extend(got)
-        print("\n".join(table(got).splitlines()[-world:]), file=sys.stderr)
+    solvers = args.solvers.split(",")
+    for solver in solvers:
+        if solver not in STATE_COPIES:
+            ap.error(f"--solvers: {solver!r} is not one of {sorted(STATE_COPIES)}")
+    for solver in solvers:
+        for world in (int(w) for w in args.worlds.split(",")):
+            got = run_world(data, world, args.rank, args.epochs, args.timeout, solver)
+            rows.extend(got)
+            print("\n".join(table(got).splitlines()[-world:]), file=sys.stderr)
+    after = os.getloadavg()
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d_%H%M")
     header = (f"# Rank-local data: per-process memory and epoch time (issue 11)\n\n"
               f"`python -m benchmarks.shards --ratings {args.ratings:g} --worlds {args.worlds} "
-              f"--rank {args.rank} --epochs {args.epochs}` on {platform.platform()}, "
-              f"{os.cpu_count()} CPUs, load average before {load[0]:.1f} / {load[1]:.1f} / "
-              f"{load[2]:.1f}; data {meta}. MiB; bounds as in `benchmarks/shards.py`.\n\n")
+              f"--rank {args.rank} --epochs {args.epochs} --solvers {args.solvers}` on "
+              f"{platform.platform()}, {os.cpu_count()} CPUs, load average before "
+              f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, after {after[0]:.1f} / "
+              f"{after[1]:.1f} / {after[2]:.1f}; data {meta}. MiB; bounds and B/rating as in "
+              "`benchmarks/shards.py`.\n\n")
     text = header + table(rows) + "\n"
     print(text)
     results = ROOT / "benchmarks" / "results"
     (results / f"{stamp}_shards_{n_ratings}.md").write_text(text)
     (results / f"{stamp}_shards_{n_ratings}.json").write_text(
-        json.dumps({"meta": meta, "load": load, "rows": rows}, indent=1))
+        json.dumps({"meta": meta, "load": load, "load_after": after, "rows": rows},
+                   indent=1))
     return 0
 
 
