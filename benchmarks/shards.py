@@ -22,16 +22,17 @@ and joining the group (the baseline: the libraries, whatever the data); ``read p
 after reading (pandas' frames included); ``fit peak`` = VmHWM during the fit (reset after
 reading: ``/proc/self/clear_refs``); ``peak`` = the larger of the two (and of ``ru_maxrss``).
 The bound is the issue's: ``1.5 x (its ratings + user factors + item factors + optimizer state)
-+ base``. **A rating is 16 bytes**, as :class:`autofact.Ratings` holds it (int32 user code, int32
-item code, float64 value: what ``read_local`` returns, whatever the fit's dtype; the codes are
-int32 because the ids of one process's share fit); factors and biases are float32; Adam's state
++ base``. **A rating is what the process's** :class:`autofact.Ratings` **holds**: an int32 user
+code, an int32 item code and the value, float32 by default (``--values``: ``read_local(DATA,
+dtype="float32")``, the fit's own dtype, which the objective then shares instead of copying):
+12 bytes, or 16 with ``--values float64`` (what ``autofact.read`` gives); factors and biases are float32; Adam's state
 is 3 copies of the parameters (gradient, first and second moments), ALS's none (its Hessian
 blocks are workspace, like the objective's blocks). Two bounds: ``bound held`` counts the user
 factors each process holds (all users': Adam's factors are replicated, and sharded ALS gathers
 every user's rows at the end), ``bound own`` only its own users' (the issue's, for a solver that
 keeps user rows where they live). ``B/rating`` = (fit peak - base - factors - state) / ratings
 held: what a held rating costs during the fit, workspace and allocator slack included (the
-bound allows 24 on this budget, 1.5 x 16, plus half of the factors and state). ``allreduce``
+bound allows 1.5 x 12 = 18 on this budget, plus half of the factors and state). ``allreduce``
 times one all-reduce of a tensor the size of the gradient (what one epoch of full-batch Adam
 sends), after the fit.
 
@@ -104,7 +105,8 @@ SOLVER_PARAMS = {"als": {"solver": "als", "beta": 25.0, "bias": True}}
 STATE_COPIES = {"adam": 3, "als": 0}
 
 
-def worker(data: str, out: str, rank_k: int, epochs: int, solver: str = "adam") -> None:
+def worker(data: str, out: str, rank_k: int, epochs: int, solver: str = "adam",
+           values: str = "float32") -> None:
     """One process of a world: read its share, fit, report its memory and times."""
     import numpy as np
     import torch
@@ -120,7 +122,7 @@ def worker(data: str, out: str, rank_k: int, epochs: int, solver: str = "adam") 
 
     base = _status_kb("VmRSS") / 1024
     t0 = time.perf_counter()
-    local = distributed.read_local(data)
+    local = distributed.read_local(data, dtype=values)
     read_s = time.perf_counter() - t0
     gc.collect()
     read_peak = _status_kb("VmHWM") / 1024
@@ -144,7 +146,8 @@ def worker(data: str, out: str, rank_k: int, epochs: int, solver: str = "adam") 
     allreduce_s = time.perf_counter() - t0
     own_users = int(len(np.unique(local.users)))
     report = {
-        "solver": solver, "world": world, "rank": rank, "ratings": len(local), "users": m, "items": n,
+        "solver": solver, "world": world, "rank": rank, "ratings": len(local),
+        "rating_bytes": 8 + local.values.itemsize, "users": m, "items": n,
         "own_users": own_users, "rank_k": rank_k, "epochs": epochs,
         "base_mib": base, "read_peak_mib": read_peak, "after_read_mib": after_read,
         "fit_peak_mib": fit_peak,
@@ -166,7 +169,7 @@ def _state(r: dict) -> int:
 def bounds(r: dict) -> tuple[float, float]:
     """The issue's bound (MiB) with the user factors held (all), and with its own users'."""
     k1 = r["rank_k"] + 1
-    ratings = 16 * r["ratings"]
+    ratings = r.get("rating_bytes", 16) * r["ratings"]
     items = 4 * r["items"] * k1
 
     def bound(users: int) -> float:
@@ -185,7 +188,7 @@ def per_rating(r: dict) -> float:
 
 
 def run_world(data: Path, world: int, rank_k: int, epochs: int, timeout: float,
-              solver: str = "adam") -> list[dict]:
+              solver: str = "adam", values: str = "float32") -> list[dict]:
     out = data.parent / f"{data.name}-w{world}-{solver}"
     out.mkdir(exist_ok=True)
     for f in out.glob("rank*.json"):
@@ -194,7 +197,7 @@ def run_world(data: Path, world: int, rank_k: int, epochs: int, timeout: float,
                                                         os.environ.get("PYTHONPATH", "")])}
     cmd = ["nice", "-n", "10", sys.executable, "-m", "torch.distributed.run", "--standalone",
            "--nproc-per-node", str(world), "-m", "benchmarks.shards", "--worker", str(data),
-           str(out), str(rank_k), str(epochs), solver]
+           str(out), str(rank_k), str(epochs), solver, values]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
     if proc.returncode != 0:
@@ -222,7 +225,7 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--worker":
-        worker(argv[1], argv[2], int(argv[3]), int(argv[4]), *argv[5:6])
+        worker(argv[1], argv[2], int(argv[3]), int(argv[4]), *argv[5:7])
         return 0
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -230,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parts", type=int, default=8)
     ap.add_argument("--worlds", default="1,2,4")
     ap.add_argument("--solvers", default="adam", help="comma-separated: adam, als")
+    ap.add_argument("--values", default="float32", choices=("float32", "float64"),
+                    help="read_local(dtype=): the values as the Ratings hold them")
     ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--data", type=Path, default=None)
@@ -252,14 +257,16 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--solvers: {solver!r} is not one of {sorted(STATE_COPIES)}")
     for solver in solvers:
         for world in (int(w) for w in args.worlds.split(",")):
-            got = run_world(data, world, args.rank, args.epochs, args.timeout, solver)
+            got = run_world(data, world, args.rank, args.epochs, args.timeout, solver,
+                            args.values)
             rows.extend(got)
             print("\n".join(table(got).splitlines()[-world:]), file=sys.stderr)
     after = os.getloadavg()
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d_%H%M")
     header = (f"# Rank-local data: per-process memory and epoch time (issue 11)\n\n"
               f"`python -m benchmarks.shards --ratings {args.ratings:g} --worlds {args.worlds} "
-              f"--rank {args.rank} --epochs {args.epochs} --solvers {args.solvers}` on "
+              f"--rank {args.rank} --epochs {args.epochs} --solvers {args.solvers} "
+              f"--values {args.values}` on "
               f"{platform.platform()}, {os.cpu_count()} CPUs, load average before "
               f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, after {after[0]:.1f} / "
               f"{after[1]:.1f} / {after[2]:.1f}; data {meta}. MiB; bounds and B/rating as in "

@@ -143,3 +143,34 @@ def test_a_folder_joins_to_what_one_file_of_its_parts_reads(tmp_path):
     assert len(one) < len(rows)  # some pairs were rated twice (the test covers duplicates)
     with pytest.raises(ValueError, match="duplicate rating for"):
         autofact.read(folder, weight="w")
+
+
+def test_parts_read_with_float32_values_and_a_float32_fit_shares_them(tmp_path):
+    # issue 11, item 3: read_parts(dtype='float32') keeps a rating in 12 bytes (int32 codes,
+    # float32 value); a float32 objective then shares the values instead of copying them
+    r = planted(200_000)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    frame = r.to_frame()
+    for k in range(3):
+        frame.iloc[k::3].to_csv(folder / f"part-{k}.csv", index=False, float_format="%.17g")
+    files = sorted(folder.iterdir())
+    wide = reading.read_parts(files)
+    narrow = reading.read_parts(files, dtype="float32")
+    assert wide.values.dtype == np.float64 and narrow.values.dtype == np.float32
+    np.testing.assert_array_equal(narrow.values, wide.values.astype(np.float32))
+    np.testing.assert_array_equal(narrow.users, wide.users)
+    obj = Objective(narrow, dtype="float32", max_memory=2**20)
+    obj.value_and_grad(obj.init_params(4, seed=0))
+    extra = held_bytes(obj, narrow) - 8 * (narrow.shape[0] + 1)
+    assert extra <= 4 * len(narrow), extra / len(narrow)  # the transposes' 4 bytes only
+
+
+@pytest.mark.parametrize("bad", ["int8", "float16", 3])
+def test_a_values_dtype_other_than_float32_or_float64_is_refused(tmp_path, bad):
+    from autofact import distributed
+
+    with pytest.raises(ValueError, match=r"dtype must be 'float32' or 'float64' .*got"):
+        reading.read_parts([tmp_path / "x.csv"], dtype=bad)
+    with pytest.raises(ValueError, match=r"dtype must be 'float32' or 'float64' .*got"):
+        distributed.read_local(tmp_path, dtype=bad)

@@ -312,7 +312,7 @@ def user_owner(ids: Any, world_size: int) -> np.ndarray:
 
 def read_local(path: str | os.PathLike[str], *,
                split: Literal["auto", "parts", "users"] = "auto", group: Any = None,
-               **read_kwargs: Any) -> Ratings:
+               dtype: Any = None, **read_kwargs: Any) -> Ratings:
     """This process's share of the ratings at ``path``, with the id maps every process agrees
     on. Every process of ``group`` (default: all) must call it, with the same arguments.
 
@@ -321,6 +321,9 @@ def read_local(path: str | os.PathLike[str], *,
     :func:`user_owner` gives this rank, so all of a user's ratings are on one process (every
     process then reads every part, one at a time, keeping its users' ratings; from one file it
     reads the whole file first). ``read_kwargs``: those of :func:`autofact.read`.
+    ``dtype="float32"`` keeps the values in 4 bytes a rating instead of 8: what a float32 fit
+    (the default) uses, so it shares them instead of copying them (issue 11: 12 bytes a rating
+    held instead of 16, and no copy of 4 in the objective).
 
     The returned :class:`~autofact.Ratings` has the shape and id maps of all the ratings (the
     sorted union of the distinct ids, agreed by exchanging them: the maps of
@@ -333,8 +336,9 @@ def read_local(path: str | os.PathLike[str], *,
     >>> ratings = distributed.read_local("ratings/")            # part files: ratings/part-*.parquet
     >>> ratings = distributed.read_local("ratings.csv")         # one file, users hashed to ranks
     """
-    from .reading import part_files, read, read_parts
+    from .reading import part_files, read, read_parts, values_dtype
 
+    kind = values_dtype(dtype)
     if split not in ("auto", "parts", "users"):
         raise ValueError(f"split must be 'auto', 'parts' or 'users', got {split!r}")
     if not (dist.is_available() and dist.is_initialized()):
@@ -376,14 +380,16 @@ def read_local(path: str | os.PathLike[str], *,
     if error is None:
         try:
             if mode == "parts":
-                local = read_parts(assign_parts(files, world)[rank], **read_kwargs)
+                local = read_parts(assign_parts(files, world)[rank], dtype=kind,
+                                   **read_kwargs)
             else:
                 def mine(ids: np.ndarray) -> np.ndarray:
                     return user_owner(ids, world) == rank
 
                 if folder:
                     try:
-                        local = read_parts(files, keep_users=mine, **read_kwargs)
+                        local = read_parts(files, keep_users=mine, dtype=kind,
+                                           **read_kwargs)
                     except ValueError as exc:
                         if not str(exc).startswith("no ratings were kept"):
                             raise
@@ -427,10 +433,11 @@ def read_local(path: str | os.PathLike[str], *,
     # keep the order (the usual case: the agreed map is a sorted superset) keep them sorted
     users, user_ids, user_order = _agreed_codes(plan, local.users, local.user_ids)
     items, item_ids, item_order = _agreed_codes(plan, local.items, local.item_ids)
-    out = Ratings(users, items, local.values, shape=(len(user_ids), len(item_ids)),
+    values = local.values.astype(kind, copy=False)  # a file read whole is read as float64
+    out = Ratings(users, items, values, shape=(len(user_ids), len(item_ids)),
                   user_ids=user_ids, item_ids=item_ids, weights=local.weights,
                   timestamps=local.timestamps, _sorted=user_order and item_order)
-    del local, users, items
+    del local, users, items, values
     release_freed_memory()  # reading's freed heap and pyarrow's pool (issue 11)
     return out
 

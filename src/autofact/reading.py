@@ -216,6 +216,7 @@ def read_parts(
     *,
     keep_users: Callable[[np.ndarray], np.ndarray] | None = None,
     duplicates: Duplicates = "error",
+    dtype: Any = None,
     **kwargs: Any,
 ) -> Ratings:
     """Part files read one by one by :func:`read` (its keywords) and joined into one
@@ -226,17 +227,38 @@ def read_parts(
     whose ratings are kept; each part is filtered as soon as it is read, so memory holds one
     part and what was kept (:func:`autofact.distributed.read_local` keeps its own users).
 
+    ``dtype`` (issue 11): ``"float32"`` keeps the values in 4 bytes instead of 8 (what a
+    float32 fit uses: it then shares them rather than copying them); None or ``"float64"``: 8.
+
     >>> ratings = read_parts(["ratings/part-00000.parquet", "ratings/part-00003.parquet"])
     """
     paths = [Path(f) for f in files]
     if not paths:
         raise ValueError("files is empty: give at least one part file")
-    return _read_parts(paths[0].parent, kwargs, duplicates, paths, keep_users)
+    return _read_parts(paths[0].parent, kwargs, duplicates, paths, keep_users,
+                       values_dtype(dtype))
+
+
+def values_dtype(dtype: Any) -> np.dtype[Any]:
+    """The dtype of the values of ratings read with ``dtype=`` (None: float64)."""
+    if dtype is None:
+        return np.dtype(np.float64)
+    try:
+        got = np.dtype(dtype)
+    except TypeError:
+        got = np.dtype(np.int8)  # refused below (np.dtype compares None equal to float64)
+    if got.kind != "f" or got.itemsize not in (4, 8):
+        raise ValueError(
+            f"dtype must be 'float32' or 'float64' (the ratings' values), got {dtype!r}; "
+            "'float32' halves their memory and is what a float32 fit uses"
+        )
+    return got
 
 
 def _read_parts(folder: Path, kwargs: dict[str, Any], duplicates: Duplicates,
                 files: list[Path] | None = None,
-                keep_users: Callable[[np.ndarray], np.ndarray] | None = None) -> Ratings:
+                keep_users: Callable[[np.ndarray], np.ndarray] | None = None,
+                dtype: np.dtype[Any] | None = None) -> Ratings:
     """Every part file of ``folder`` (or ``files`` of it) read by :func:`read` and joined into
     one :class:`Ratings` (ids by the one rule over all the parts; see :func:`read`)."""
     if duplicates == "mean":  # a mean of each part's means would weigh the parts wrongly
@@ -272,7 +294,7 @@ def _read_parts(folder: Path, kwargs: dict[str, Any], duplicates: Duplicates,
     parts.clear()
     users, user_ids = _merged_ids(held, "user")
     items, item_ids = _merged_ids(held, "item")
-    out = _join(held, users, items, user_ids, item_ids, duplicates)
+    out = _join(held, users, items, user_ids, item_ids, duplicates, dtype)
     release_freed_memory()  # the parts' and the Parquet reader's freed memory (issue 11)
     return out
 
@@ -306,7 +328,7 @@ def _merged_ids(parts: list[Ratings | None], which: str) -> tuple[list[np.ndarra
 
 def _join(parts: list[Ratings | None], user_luts: list[np.ndarray],
           item_luts: list[np.ndarray], user_ids: np.ndarray, item_ids: np.ndarray,
-          duplicates: Duplicates) -> Ratings:
+          duplicates: Duplicates, dtype: np.dtype[Any] | None = None) -> Ratings:
     """The parts as one :class:`Ratings` sorted by (user, item), with no sort over all the
     ratings (issue 11: memory). Each part is sorted by user and item already and its maps are
     increasing, so its ratings go straight to their places (a user's from the ratings per user
@@ -314,7 +336,7 @@ def _join(parts: list[Ratings | None], user_luts: list[np.ndarray],
     placed, so the memory holds the parts' columns not yet placed and the joined ones (at most
     20 bytes a rating beside the 16 of the result, never a sorted copy). The users rated in
     several parts get their ratings sorted by item afterwards (stable: a pair rated in two parts
-    keeps the parts' order, for ``duplicates='last'``)."""
+    keeps the parts' order, for ``duplicates='last'``). ``dtype``: the values' (None: as read)."""
     m = len(user_ids)
     first = parts[0]
     assert first is not None
@@ -360,8 +382,9 @@ def _join(parts: list[Ratings | None], user_luts: list[np.ndarray],
     total = int(indptr[-1])
     out: dict[str, np.ndarray] = {}
     for what, held in columns.items():  # values first: the largest goes first
-        dtype = np.int32 if what == "items" else held[0].dtype  # type: ignore[union-attr]
-        joined = out[what] = np.empty(total, dtype=dtype)
+        kind = np.int32 if what == "items" else dtype if what == "values" and dtype is not None \
+            else held[0].dtype  # type: ignore[union-attr]
+        joined = out[what] = np.empty(total, dtype=kind)
         for k in range(len(held)):
             col = held[k]
             assert col is not None
