@@ -17,24 +17,23 @@ factor and Adam's state) or ``als`` (sharded: each process solves its own users;
 half-step's normal equations summed over the processes), ``max_memory`` 64 MiB, float32;
 rank 0 gathers the training pattern at the end (part of the fit's peak).
 
-Per process (MiB): ``base`` = VmRSS after ``import torch, autofact, pandas, pyarrow.parquet``
-and joining the group (the baseline: the libraries, whatever the data); ``read peak`` = VmHWM
-after reading (pandas' frames included); ``fit peak`` = VmHWM during the fit (reset after
-reading: ``/proc/self/clear_refs``); ``peak`` = the larger of the two (and of ``ru_maxrss``).
-The bound is the issue's: ``1.5 x (its ratings + user factors + item factors + optimizer state)
-+ base``. **A rating is what the process's** :class:`autofact.Ratings` **holds**: an int32 user
-code, an int32 item code and the value, float32 by default (``--values``: ``read_local(DATA,
-dtype="float32")``, the fit's own dtype, which the objective then shares instead of copying):
-12 bytes, or 16 with ``--values float64`` (what ``autofact.read`` gives); factors and biases are float32; Adam's state
-is 3 copies of the parameters (gradient, first and second moments), ALS's none (its Hessian
-blocks are workspace, like the objective's blocks). Two bounds: ``bound held`` counts the user
-factors each process holds (all users': Adam's factors are replicated, and sharded ALS gathers
-every user's rows at the end), ``bound own`` only its own users' (the issue's, for a solver that
-keeps user rows where they live). ``B/rating`` = (fit peak - base - factors - state) / ratings
-held: what a held rating costs during the fit, workspace and allocator slack included (the
-bound allows 1.5 x 12 = 18 on this budget, plus half of the factors and state). ``allreduce``
-times one all-reduce of a tensor the size of the gradient (what one epoch of full-batch Adam
-sends), after the fit.
+Per process (MiB): ``base`` = VmRSS after ``import torch, autofact, pandas, pyarrow.parquet`` and
+joining the group (the baseline: the libraries, whatever the data); ``read peak`` = VmHWM after
+reading (pandas' frames included); ``fit peak`` = VmHWM during the fit (reset after reading:
+``/proc/self/clear_refs``); ``peak`` = the larger of the two (and of ``ru_maxrss``). The bound is
+the issue's: ``1.5 x (its ratings + user factors + item factors + optimizer state) + base``. **A
+rating is what the process's** :class:`autofact.Ratings` **holds**: an int32 user code, an int32
+item code and the value, float32 by default (``--values``: ``read_local(DATA, dtype="float32")``,
+the fit's own dtype, which the objective then shares instead of copying): 12 bytes, or 16 with
+``--values float64`` (what ``autofact.read`` gives); factors and biases are float32; Adam's state
+is 3 copies of the parameters (gradient, first and second moments), ALS's none (its Hessian blocks
+are workspace, like the objective's blocks). Two bounds: ``bound held`` counts the user factors
+each process holds (all users': Adam's factors are replicated, and sharded ALS gathers every user's
+rows at the end), ``bound own`` only its own users' (the issue's, for a solver that keeps user rows
+where they live). ``B/rating`` = (fit peak - base - factors - state) / ratings held: what a held
+rating costs during the fit, workspace and allocator slack included (the bound allows 1.5 x 12 = 18
+on this budget, plus half of the factors and state). ``allreduce`` times one all-reduce of a tensor
+the size of the gradient (what one epoch of full-batch Adam sends), after the fit.
 
 Writes ``benchmarks/results/<date>_shards_<ratings>.md`` and ``.json``; every process runs
 under ``nice``.
