@@ -68,7 +68,7 @@ import torch
 from .. import threads
 from ..objective import Objective, Params
 from ..sparse import Pattern, build_patterns, csr_tensor, gather_dot
-from ._base import Epoch
+from ._base import Epoch, NonFinite
 
 __all__ = ["make_als"]
 
@@ -211,10 +211,15 @@ class _AlternatingNewton:
             if self.obj.plan.owns_regularizer:
                 reg += self._item_regularization().double()
         loss = self.half_sweep(0)
-        total = torch.tensor([loss, float(reg)], dtype=torch.float64)
+        with torch.no_grad():  # a user row gone non-finite: every process must stop alike
+            bad = sum(int((~torch.isfinite(p[k][own])).sum()) for k in ("P", "bu") if k in p)
+        total = torch.tensor([loss, float(reg), float(bad)], dtype=torch.float64)
         self.obj.plan.all_sum([total])  # the losses and the users' regularization: summed
+        start = float(total[0] + total[1])
+        if total[2] > 0:  # (item rows are the same on every process: so is their check)
+            raise NonFinite(math.nan, start=start)
         self.half_sweep(1)
-        return float(total[0] + total[1])
+        return start
 
     def half_sweep(self, side: int) -> float:
         """The Newton step on every user row (``side=0``) or every item row (``1``); returns
