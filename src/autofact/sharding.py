@@ -19,17 +19,20 @@ them all; what is counted from the ratings (ratings per user and item, their ran
 checkpoint's data fingerprint) is then taken over the processes.
 
 The gradient solvers hold a full copy of the factors on every process (data parallel over
-ratings). A solver that partitions the rows instead (``als``, issue 11: each process solves the
-users whose ratings it holds and never sends them while training) asks the plan three things:
+ratings). A solver that partitions the rows instead (``als`` and ``gibbs``, issue 11: each
+process solves or draws the users whose ratings it holds and never sends them while training)
+asks the plan three things:
 
 - ``owned_rows(rows, n)``: which of ``n`` rows this process owns: those its ratings touch (and,
   on rank 0, those no process's ratings touch); a row touched by several processes is refused;
 - ``all_sum(tensors)``: the sum over the processes, for what every process needs whole (the
   item side's normal equations);
 - ``gather_rows(tensors, owned)``: every process's owned rows onto every process, once, after
-  the fit (so every process's model holds the full factors).
+  the fit (so every process's model holds the full factors);
 
-One process owns every row and gathers nothing. A collective that fails (a
+and, to share what each process computed of a summed system (each solves a slice of the item
+rows, every process then holds the same rows bit for bit), ``each_rank(tensor)``. One process
+owns every row and gathers nothing. A collective that fails (a
 peer killed, frozen past the group's timeout, its connection lost) raises
 :class:`PeerLostError` naming the rank that stopped responding.
 
