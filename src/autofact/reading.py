@@ -166,7 +166,8 @@ def read_in_background(path: str | os.PathLike[str], **kwargs: Any) -> Callable[
 
     def parse() -> None:
         try:
-            got["ratings"] = job.quick() if job.quick is not None else None
+            # one thread: the caller keeps the other core (torch's import, for the CLI)
+            got["ratings"] = job.quick(False) if job.quick is not None else None
         except BaseException as exc:  # raised to the caller by wait()
             got["error"] = exc
 
@@ -190,10 +191,10 @@ class _Job:
     nothing and warns of nothing, so that it may run on another thread."""
 
     slow: Callable[[], Ratings]
-    quick: Callable[[], Ratings | None] | None = None
+    quick: Callable[[bool], Ratings | None] | None = None
 
     def __call__(self) -> Ratings:
-        ratings = self.quick() if self.quick is not None else None
+        ratings = self.quick(True) if self.quick is not None else None
         return ratings if ratings is not None else self.slow()
 
 
@@ -274,6 +275,8 @@ def _read_parts(folder: Path, kwargs: dict[str, Any], duplicates: Duplicates,
             if not kept.any():
                 continue
             r = r.subset(kept)
+        if dtype is not None and r.values.dtype != dtype:  # held until joined: hold it narrow
+            r.values = r.values.astype(dtype)
         parts.append((f, r))
         release_freed_memory()  # what reading the part freed, before the next part (issue 11)
     if not parts:
@@ -717,7 +720,7 @@ _PLAIN_FIELD = re.compile(r'[^\s"]+')  # a first-line field the fast path takes 
 
 
 def _plain_reader(p: Path, names: _Names, sep: str, header: bool, encoding: str,
-                  duplicates: Duplicates) -> Callable[[], Ratings | None] | None:
+                  duplicates: Duplicates) -> Callable[[bool], Ratings | None] | None:
     """The fast path (issue 10, cold start): a function parsing the file with pyarrow (its
     C++ reader, which releases the GIL), or None when the file is not plain.
 
@@ -730,7 +733,7 @@ def _plain_reader(p: Path, names: _Names, sep: str, header: bool, encoding: str,
     a canonical integer, else the strings as written, sorted the same way), ratings parsed to
     the nearest float as pandas does, the same duplicate handling. Here, in the caller's
     thread: pyarrow's import and the checks of the columns (their errors); the function
-    itself imports nothing."""
+    itself imports nothing (its argument: whether pyarrow may use its pool of threads)."""
     if (len(sep) != 1 or sep in '"\r\n' or names.weight is not None
             or codecs.lookup(encoding).name != "utf-8"):
         return None
@@ -763,18 +766,19 @@ def _plain_reader(p: Path, names: _Names, sep: str, header: bool, encoding: str,
     types = {choice.user: ids, choice.item: ids, choice.rating: pa.float64()}
     if choice.timestamp is not None:
         types[choice.timestamp] = pa.int64()
-    read_options = pacsv.ReadOptions(column_names=columns, skip_rows=int(header))
     parse_options = pacsv.ParseOptions(delimiter=sep, quote_char=False, double_quote=False,
                                        escape_char=False, ignore_empty_lines=True)
     convert_options = pacsv.ConvertOptions(
         column_types=types, include_columns=list(types), null_values=[], true_values=[],
         false_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False)
 
-    def parse() -> Ratings | None:
+    def parse(threads: bool = True) -> Ratings | None:
         data = p.read_bytes()
         if b'"' in data or b"\0" in data or data.count(b"\r") != data.count(b"\r\n"):
             return None
         try:
+            read_options = pacsv.ReadOptions(column_names=columns, skip_rows=int(header),
+                                             use_threads=threads)
             table = pacsv.read_csv(pa.BufferReader(data), read_options=read_options,
                                    parse_options=parse_options, convert_options=convert_options)
         except (pa.ArrowException, ValueError):  # a row pandas reads otherwise, or reports
