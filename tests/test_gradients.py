@@ -259,37 +259,29 @@ def test_sparse_fallback_catches_only_missing_kernels(monkeypatch, exc, falls_ba
 
 # ------------------------------------------------------------------ coarse workers (issue 10)
 @pytest.mark.parametrize("bias", [False, True])
-def test_workers_give_the_one_worker_gradient_and_repeat_exactly(monkeypatch, bias):
-    # issue 10: the full-batch gradient's row blocks are shared out to workers (Python threads);
-    # the blocks, and so the sums, must not change with the load: the same numbers every call
+def test_workers_give_the_same_gradient_whoever_takes_which_run(monkeypatch, bias):
+    # issue 10: the full-batch gradient's row blocks are shared out to workers (Python threads)
+    # that take the next run of blocks not yet taken; the runs, and so the sums, depend on the
+    # sizes only: the same numbers bit for bit, call after call and for 2 or 3 workers
     from autofact import threads
 
     r = _random_ratings(m=40, n=30, density=0.4, seed=3)
     obj = Objective(r, loss="huber", bias=bias, beta=0.1, dtype=torch.float64)
     obj.patterns = build_patterns(obj.users, obj.items, obj.shape, 37)
-    assert len(obj.patterns) > 4
+    assert len(obj.patterns) > 8
     monkeypatch.setenv("AUTOFACT_NUM_THREADS", "1")
     one = obj.init_params(rank=3, seed=0, init_std=0.5)
-    assert len(obj._runs(one, backward=True)) == 1
+    assert obj._runs(one, backward=True)[1] == 1
     v1 = obj.value_and_grad(one)
-    monkeypatch.setenv("AUTOFACT_NUM_THREADS", "3")
     monkeypatch.setattr(threads, "MIN_WORK_PER_WORKER", 1)
-    with threads.use_threads(1):
-        runs = obj._runs(one, backward=True)
-    assert len(runs) == 3 and [id(p) for run in runs for p in run] == list(map(id, obj.patterns))
-    # the blocks in flight at once stay within max_memory: where one block takes all of it,
-    # one worker
-    big = _random_ratings(m=60, n=50, density=0.5, seed=4)
-    small = Objective(big, bias=bias, dtype=torch.float64, max_memory=2**16)
-    assert len(small.patterns) == 2 and len(big) > small.max_nnz
-    with threads.use_threads(1):
-        assert len(small._runs(small.init_params(rank=3), backward=True)) == 1
-        small.patterns = build_patterns(small.users, small.items, small.shape, 500)
-        assert len(small._runs(small.init_params(rank=3), backward=True)) == 2
     results = []
-    for _ in range(3):
+    for cap in ("3", "2", "3", "2"):
+        monkeypatch.setenv("AUTOFACT_NUM_THREADS", cap)
         params = obj.init_params(rank=3, seed=0, init_std=0.5)
         with threads.use_threads(1):  # what a fit decides: one thread an operation
+            runs, workers = obj._runs(params, backward=True)
+            assert workers == int(cap) and len(runs) == 8
+            assert [id(p) for run in runs for p in run] == list(map(id, obj.patterns))
             value = obj.value_and_grad(params)
             assert obj.value(params) == pytest.approx(value, rel=1e-12)
         results.append((value, {k: v.grad.clone() for k, v in params.items()}))
@@ -297,5 +289,33 @@ def test_workers_give_the_one_worker_gradient_and_repeat_exactly(monkeypatch, bi
     for k in one:
         torch.testing.assert_close(results[0][1][k], one[k].grad, rtol=1e-12, atol=1e-12)
         for _, grads in results[1:]:
-            assert torch.equal(grads[k], results[0][1][k])  # bit for bit, call after call
+            assert torch.equal(grads[k], results[0][1][k])
     assert all(value == results[0][0] for value, _ in results)
+
+
+def test_workers_memory_bound_and_errors(monkeypatch):
+    # issue 10: the blocks in flight at once stay within max_memory (where one block takes
+    # all of it: one worker), and an error in any worker's run reaches the caller
+    from autofact import threads
+
+    monkeypatch.setenv("AUTOFACT_NUM_THREADS", "2")
+    monkeypatch.setattr(threads, "MIN_WORK_PER_WORKER", 1)
+    r = _random_ratings(m=60, n=50, density=0.5, seed=4)
+    obj = Objective(r, dtype=torch.float64, max_memory=2**16)
+    assert len(obj.patterns) == 2 and len(r) > obj.max_nnz
+    params = obj.init_params(rank=3)
+    with threads.use_threads(1):
+        assert obj._runs(params, backward=True)[1] == 1
+        obj.patterns = build_patterns(obj.users, obj.items, obj.shape, 100)
+        assert obj._runs(params, backward=True)[1] == 2
+        calls = []
+
+        def flaky(pred, target):
+            calls.append(1)
+            if len(calls) == 5:
+                raise RuntimeError("the fifth block's loss failed")
+            return (pred - target) ** 2
+
+        obj.loss = flaky
+        with pytest.raises(RuntimeError, match="the fifth block's loss failed"):
+            obj.value_and_grad(params)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -62,6 +63,10 @@ _BYTES_PER_ENTRY = 96
 #: operation and the next, and the blocks are what coarse workers share out
 #: (:meth:`Objective._runs`).
 _CPU_BLOCK_NNZ = 2**18
+#: Runs of blocks that several workers share out at most (:meth:`Objective._runs`): enough that
+#: a descheduled worker's share is taken over by the others, few enough that the runs' column
+#: gradient buffers stay small.
+_RUNS = 8
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -566,9 +571,10 @@ class Objective:
                     ) -> torch.Tensor:
         if self.design is not None and "Y" in params:
             return self._accumulate_implicit(params, backward)
-        runs = self._runs(params, backward)
+        runs, workers = self._runs(params, backward)
         if not backward:
-            total = self._sum_runs(len(runs), lambda j: self._run_value(params, runs[j]))
+            total = self._sum_runs(len(runs), workers,
+                                   lambda j: self._run_value(params, runs[j]))
             if self.plan.owns_regularizer:
                 for p in params.values() if regularize else ():
                     for rows in self._reg_slices(p):
@@ -591,12 +597,12 @@ class Objective:
             for k, v in params.items()
         }
         leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
-        # the column sides (Q, bi) are summed by every block: each further worker adds into a
-        # buffer of its own, added to the first in worker order (the same sum every call)
+        # the column sides (Q, bi) are summed by every block: each further run adds into a
+        # buffer of its own, added to the first in run order (the same sum every call)
         columns = [grads] + [{k: torch.zeros_like(grads[k]) for k in ("Q", "bi") if k in grads}
                              for _ in runs[1:]]
         total = self._sum_runs(
-            len(runs), lambda j: self._run_backward(leaves, runs[j], grads, columns[j]))
+            len(runs), workers, lambda j: self._run_backward(leaves, runs[j], grads, columns[j]))
         for extra in columns[1:]:
             for k, g in extra.items():
                 grads[k] += g
@@ -611,48 +617,78 @@ class Objective:
             param.grad = grads[name] if old is None else old.add_(grads[name])
         return total
 
-    def _runs(self, params: Params, backward: bool) -> list[list[Any]]:
-        """The blocks, cut into consecutive runs of about equal entries, one run per worker.
+    def _runs(self, params: Params, backward: bool) -> tuple[list[list[Any]], int]:
+        """``(runs, workers)``: the blocks cut into consecutive runs of about equal entries, and
+        how many workers (Python threads; torch releases the GIL) share them out.
 
-        Issue 10: a block's operations run on one thread each, and several workers (Python
-        threads; torch releases the GIL) take whole runs of blocks, rather than torch's threads
-        splitting every operation (on a busy machine a descheduled thread stalls each of them).
-        :func:`~autofact.threads.workers_for` decides from the work's size (``k`` multiply-adds
-        an entry for the predictions, with ``backward`` another ``2 k`` for the two sparse
-        products) and the thread cap, never from the load; only on the CPU, and only where
-        torch's operations themselves run on one thread (no oversubscription). The blocks are
-        the same whatever the number of workers. Memory bounds the count too: the blocks in
-        flight at once hold at most ``max_memory``'s share of entries, and each further worker's
-        column gradients (another ``n x k`` buffer) stay within half of ``max_memory``.
+        Issue 10: a block's operations run on one thread each and the workers take whole runs,
+        rather than torch's threads splitting every operation (on a busy machine a descheduled
+        thread stalls each of them). A worker takes the next run not yet taken, so a worker
+        that the machine deschedules delays only the run it holds; each run sums its column
+        gradients (Q, bi) into a buffer of its own, added up in run order, so the numbers never
+        depend on which worker took which run. :func:`~autofact.threads.workers_for` decides
+        the workers from the work's size (``k`` multiply-adds an entry for the predictions,
+        with ``backward`` another ``2 k`` for the two sparse products) and the thread cap, never
+        from the load; only on the CPU and where torch's operations themselves run on one
+        thread (no oversubscription). With several workers there are up to :data:`_RUNS` runs
+        (one block at least each): the sizes alone decide them. Memory bounds both counts: the
+        blocks in flight at once hold at most ``max_memory``'s share of entries, and the
+        further runs' column buffers (``n x k`` each) stay within half of ``max_memory``.
         """
         blocks = self.patterns
-        n = 1
+        n_runs = workers = 1
         if self.device.type == "cpu" and len(blocks) > 1 and torch.get_num_threads() == 1:
             k = params["P"].shape[-1] if "P" in params else 1
-            n = min(len(blocks), workers_for(self.nnz * k * (3 if backward else 1)))
-            # blocks at once stay within max_memory's share, further column buffers within half
-            n = min(n, self.max_nnz // max(p.nnz for p in blocks))
-            per_worker = sum(v.numel() * v.element_size() for name, v in params.items()
-                             if name in ("Q", "bi"))
-            n = max(1, min(n, 1 + (self.max_memory // 2) // max(1, per_worker)))
-        if n == 1:
-            return [list(blocks)]
+            workers = min(len(blocks), workers_for(self.nnz * k * (3 if backward else 1)),
+                          self.max_nnz // max(p.nnz for p in blocks))
+            if workers > 1:
+                column_bytes = sum(v.numel() * v.element_size() for name, v in params.items()
+                                   if name in ("Q", "bi")) if backward else 0
+                n_runs = min(len(blocks), max(_RUNS, workers),
+                             1 + (self.max_memory // 2) // max(1, column_bytes))
+                workers = min(workers, n_runs)
+        if n_runs == 1:
+            return [list(blocks)], 1
         ends = torch.tensor([p.stop for p in blocks], dtype=torch.float64)
-        cuts = torch.searchsorted(ends, torch.arange(1, n, dtype=torch.float64) * (self.nnz / n))
+        marks = torch.arange(1, n_runs, dtype=torch.float64) * (self.nnz / n_runs)
+        cuts = torch.searchsorted(ends, marks)
         bounds = [0, *sorted({int(c) + 1 for c in cuts} - {0, len(blocks)}), len(blocks)]
-        return [list(blocks[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        return [list(blocks[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)], workers
 
     @staticmethod
-    def _sum_runs(n: int, work: Callable[[int], torch.Tensor]) -> torch.Tensor:
-        """``work(j)`` for ``j < n``: ``j = 0`` on this thread, each other in a thread of its
-        own; the values summed in order of ``j``."""
-        if n == 1:
-            return work(0)
-        with ThreadPoolExecutor(n - 1) as pool:
-            others = pool.map(work, range(1, n))
-            values = [work(0), *others]
-        total = values[0]
-        for v in values[1:]:
+    def _sum_runs(n: int, workers: int, work: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        """``work(j)`` for ``j < n``, by ``workers`` threads (this one and ``workers - 1``
+        more), each taking the next ``j`` not yet taken; the values summed in order of ``j``."""
+        values: list[torch.Tensor | None] = [None] * n
+        if workers == 1:
+            values = [work(j) for j in range(n)]
+        else:
+            lock, taken, failed = threading.Lock(), [0], threading.Event()
+
+            def worker() -> None:
+                while not failed.is_set():
+                    with lock:
+                        j = taken[0]
+                        taken[0] += 1
+                    if j >= n:
+                        return
+                    try:
+                        values[j] = work(j)
+                    except BaseException:
+                        failed.set()  # the others stop at their next run
+                        raise
+
+            with ThreadPoolExecutor(workers - 1) as pool:
+                others = [pool.submit(worker) for _ in range(workers - 1)]
+                try:
+                    worker()
+                finally:
+                    for future in others:
+                        future.result()  # re-raises a worker's error
+        done = [v for v in values if v is not None]
+        assert len(done) == n  # every run ran (or its error was raised above)
+        total = done[0]
+        for v in done[1:]:
             total += v
         return total
 
