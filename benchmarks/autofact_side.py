@@ -305,17 +305,20 @@ def epoch_seconds(data: dict, params: dict[str, Any], epochs: int = 6,
                   device: str = "cpu") -> dict:
     """``MatrixFactorization(**params, epochs=epochs, patience=None)`` without validation data:
     the seconds of each epoch (differences of ``history_[k]['time']``), their median over the
-    epochs after the first (which carries the set-up), the solver and the test RMSE."""
+    epochs after the first (which carries the set-up), the solver and the test RMSE; and the
+    process's CPU seconds for the whole fit over ``epochs`` (all threads, set-up included: on a
+    loaded machine steadier than wall time)."""
     train = _ratings(data["train"], data["shape"])
     model = MatrixFactorization(**{"seed": 0, **params}, epochs=epochs, patience=None,
                                 **_dev(device))
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     model.fit(train)
     _sync(device)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     per_epoch = np.diff([0.0] + [float(h["time"]) for h in model.history_])
     pred = np.asarray(model.predict_indices(data["test"]["users"], data["test"]["items"]),
                       dtype=np.float64)
     return {"sec_per_epoch": float(np.median(per_epoch[1:] if len(per_epoch) > 1 else per_epoch)),
-            "epochs_s": per_epoch.tolist(), "fit_wall_s": wall, "solver": str(model.solver_),
+            "epochs_s": per_epoch.tolist(), "fit_wall_s": wall, "fit_cpu_s": cpu,
+            "cpu_s_per_epoch": cpu / max(len(per_epoch), 1), "solver": str(model.solver_),
             "test_rmse": float(np.sqrt(np.mean((pred - data["test"]["ratings"]) ** 2)))}

@@ -699,8 +699,10 @@ def case_minibatch(quick: bool, device: str) -> None:
         done = [r for r in got if r is not None]
         secs = [r["sec_per_epoch"] for r in done]
         rmses = [r["test_rmse"] for r in done]
+        cpus = [r["cpu_s_per_epoch"] for r in done]
         acc = (f"s/epoch {' / '.join(f'{x:.3f}' for x in secs)} at users+items {sizes}; "
-               f"test RMSE {' / '.join(f'{x:.3f}' for x in rmses)}")
+               f"CPU s/epoch (whole fit / 6) {' / '.join(f'{x:.3f}' for x in cpus)} "
+               f"(x{cpus[-1] / cpus[0]:.2f}); test RMSE {' / '.join(f'{x:.3f}' for x in rmses)}")
         add_row(label, secs[-1], f"same at {2 * MINIBATCH_SIDES[0]:,} users+items", secs[0],
                 target, accuracy=acc, note=f"solver {done[-1]['solver']}")
     details.setdefault("minibatch", []).append({"ratings": n, "sides": MINIBATCH_SIDES,
