@@ -319,3 +319,42 @@ def test_workers_memory_bound_and_errors(monkeypatch):
         obj.loss = flaky
         with pytest.raises(RuntimeError, match="the fifth block's loss failed"):
             obj.value_and_grad(params)
+
+
+def test_worker_threads_are_kept_between_calls_and_end_with_the_objective(monkeypatch):
+    # issue 10: starting threads at every gradient cost more than they saved on a busy machine;
+    # the threads are the objective's own, kept between its calls and ended when it goes away
+    import gc
+    import threading
+    import time
+
+    from autofact import threads
+
+    monkeypatch.setenv("AUTOFACT_NUM_THREADS", "2")
+    monkeypatch.setattr(threads, "MIN_WORK_PER_WORKER", 1)
+    r = _random_ratings(m=40, n=30, density=0.4, seed=3)
+    obj = Objective(r, dtype=torch.float64)
+    obj.patterns = build_patterns(obj.users, obj.items, obj.shape, 37)
+    params = obj.init_params(rank=3)
+    with threads.use_threads(1):
+        obj.value_and_grad(params)
+        pool = obj._workers[0]
+        obj.value_and_grad(params)
+        assert obj._workers[0] is pool
+        flipped = obj.transposed()  # a copy of the objective's attributes: its own threads
+        flipped.patterns = build_patterns(flipped.users, flipped.items, flipped.shape, 37)
+        flipped.value_and_grad(flipped.init_params(rank=3))
+        assert flipped._workers[0] is not pool
+        obj.value_and_grad(params)  # still served by its own
+        assert obj._workers[0] is pool
+
+    def ours():
+        return [t for t in threading.enumerate() if t.name.startswith("autofact-gradient")]
+
+    assert ours()
+    del obj, flipped, pool
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while ours() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not ours()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -67,6 +68,7 @@ _CPU_BLOCK_NNZ = 2**18
 #: a descheduled worker's share is taken over by the others, few enough that the runs' column
 #: gradient buffers stay small.
 _RUNS = 8
+_POOL_LOCK = threading.Lock()  # creates an objective's worker threads once (:meth:`Objective._pool`)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -655,10 +657,11 @@ class Objective:
         bounds = [0, *sorted({int(c) + 1 for c in cuts} - {0, len(blocks)}), len(blocks)]
         return [list(blocks[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)], workers
 
-    @staticmethod
-    def _sum_runs(n: int, workers: int, work: Callable[[int], torch.Tensor]) -> torch.Tensor:
-        """``work(j)`` for ``j < n``, by ``workers`` threads (this one and ``workers - 1``
-        more), each taking the next ``j`` not yet taken; the values summed in order of ``j``."""
+    def _sum_runs(self, n: int, workers: int, work: Callable[[int], torch.Tensor]
+                  ) -> torch.Tensor:
+        """``work(j)`` for ``j < n``, by ``workers`` threads (this one and ``workers - 1`` of
+        :meth:`_pool`), each taking the next ``j`` not yet taken; the values summed in order
+        of ``j``."""
         values: list[torch.Tensor | None] = [None] * n
         if workers == 1:
             values = [work(j) for j in range(n)]
@@ -678,12 +681,13 @@ class Objective:
                         failed.set()  # the others stop at their next run
                         raise
 
-            with ThreadPoolExecutor(workers - 1) as pool:
-                others = [pool.submit(worker) for _ in range(workers - 1)]
-                try:
-                    worker()
-                finally:
-                    for future in others:
+            others = [self._pool(workers - 1).submit(worker) for _ in range(workers - 1)]
+            try:
+                worker()
+            finally:
+                for future in others:
+                    # one still queued (the pool busy with another call) has nothing left to do
+                    if not future.cancel():
                         future.result()  # re-raises a worker's error
         done = [v for v in values if v is not None]
         assert len(done) == n  # every run ran (or its error was raised above)
@@ -691,6 +695,21 @@ class Objective:
         for v in done[1:]:
             total += v
         return total
+
+    def _pool(self, size: int) -> ThreadPoolExecutor:
+        """This objective's worker threads (at least ``size``), kept between calls: starting
+        threads at each call costs more than the calls' parallel share on a busy machine. Shut
+        down when the objective is collected; idle meanwhile."""
+        with _POOL_LOCK:
+            # keyed by the owner: a copy of this objective's __dict__ (transposed()) makes its own
+            pool, have, owner = self.__dict__.get("_workers", (None, 0, None))
+            if pool is None or have < size or owner != id(self):
+                if pool is not None and owner == id(self):
+                    pool.shutdown(wait=False)
+                pool = ThreadPoolExecutor(size, thread_name_prefix="autofact-gradient")
+                weakref.finalize(self, pool.shutdown, wait=False)
+                self.__dict__["_workers"] = (pool, size, id(self))
+            return pool
 
     def _run_value(self, params: Params, run: list[Any]) -> torch.Tensor:
         """The loss terms of a run of blocks."""
