@@ -123,19 +123,22 @@ def test_shared_als_refuses_a_checkpoint(tmp_path):
 
 def test_two_processes_give_the_one_process_fit(tmp_path):
     # issue 11, item 2: squared (exact steps) and huber (backtracking summed over processes),
-    # ratings cut at user boundaries (local=False) and hashed by user (local=True)
+    # ratings cut at user boundaries (local=False) and hashed by user (local=True), the
+    # unobserved term (its Gram sums over every process's users)
     proc = torchrun(2, "two", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-4000:]
     train, val = planted()
     squared = model().fit(train, validation=val)
     huber = model("huber").fit(train, validation=val)
     small = model(**SMALL).fit(train, validation=val)
+    unobs = model("huber", unobserved_weight=0.05).fit(train, validation=val)
     ranks = [dict(np.load(tmp_path / f"rank{r}.npz", allow_pickle=False)) for r in (0, 1)]
     for got in ranks:  # every process ends with the whole model
         assert_same_fit(got, squared)
         assert_same_fit(got, squared, prefix="local_")
         assert_same_fit(got, huber, prefix="huber_")
         assert_same_fit(got, small, prefix="small_")
+        assert_same_fit(got, unobs, prefix="unobs_")  # the Gram terms summed over users
     for name in NAMES:  # and the same one, bit for bit
         np.testing.assert_array_equal(ranks[0][name], ranks[1][name])
     assert squared.history_[-1]["loss"] < squared.history_[0]["loss"]  # it trained
@@ -155,8 +158,6 @@ def test_two_processes_give_the_one_process_fit(tmp_path):
         {k: v for k, v in json.loads(str(ranks[1]["errors"])).items() if k != "nan"}
     assert "users have ratings on several processes" in errors["split"]
     assert "read_local(split='users')" in errors["split"]
-    assert "does not carry the unobserved term yet (unobserved_weight=0.05)" in \
-        errors["unobserved"]
     for got in ranks:  # a NaN on one process stopped both, each keeping epoch 1's factors
         assert "became nan at epoch 2 with solver='als'" in json.loads(str(got["errors"]))["nan"]
         assert bool(got["nan_finite"])
@@ -216,10 +217,8 @@ def _worker(mode: str, out: Path) -> None:
                             local=True)
         except ValueError as exc:
             errors["split"] = str(exc)
-        try:
-            distributed.fit(model(unobserved_weight=0.05), train)
-        except ValueError as exc:
-            errors["unobserved"] = str(exc)
+        unobs = distributed.fit(model("huber", unobserved_weight=0.05), train, validation=val)
+        saved.update({f"unobs_{k}": v for k, v in {**factors(unobs), **_history(unobs)}.items()})
         # a user row of rank 1 turns NaN in epoch 2: both processes stop with FitError (none
         # waits for the other), keeping epoch 1's parameters, gathered
         from autofact.solvers import als

@@ -49,7 +49,9 @@ there (an item's ratings are spread over processes). The epoch's value is the on
 the losses summed over processes, the users' regularization over their owners, the items' once.
 Per epoch each process sends ``2 (w-1)/w n (K(K+1)/2 + K) f`` bytes (the all-reduce) and its
 ``n K f / w`` steps (receiving ``n K f``); after the fit the plan gathers the user rows once
-(``plan.gather_rows``, done by the model). The unobserved term is not sharded (refused).
+(``plan.gather_rows``, done by the model). With the unobserved term, the items' ``G`` and
+``h`` sum each process's users' (``K^2 + K`` floats a half-sweep), and the epoch's value its
+users' Gram sums (``k^2 + 2k + 2``).
 """
 
 from __future__ import annotations
@@ -140,12 +142,6 @@ class _AlternatingNewton:
         """The sharded layout (module docstring): this process's users as a compact table, its
         ratings by item in row ranges of items that every process cuts alike."""
         obj = self.obj
-        if obj.unobserved_weight:
-            raise ValueError(
-                f"solver='als' shared by {obj.plan.world_size} processes does not carry the "
-                f"unobserved term yet (unobserved_weight={obj.unobserved_weight!r}); fit in one "
-                "process, or use solver='lbfgs' or 'adam' for it, or unobserved_weight=0"
-            )
         self.workers = 1  # each process is one worker; the machine's cores are the processes'
         self.checked = True  # the contract's probe checked the curvature (no per-process test)
         m, n = obj.shape
@@ -181,7 +177,28 @@ class _AlternatingNewton:
                 total += self._row_objective(obj, pat, X[rows], Ya, bias).double().sum()
             if obj.plan.owns_regularizer:
                 total += self._item_regularization().double()
-        return obj.plan.all_sum_float(float(total))
+            unobserved = self._unobserved_total() if obj.unobserved_weight else 0.0
+        return obj.plan.all_sum_float(float(total)) + unobserved
+
+    def _unobserved_total(self) -> float:
+        """``w0`` times the sum of ``r_hat_ui^2`` over ALL pairs (:meth:`Objective.unobserved_total`'s
+        Gram trick, in float64), the users' sums taken over the processes: ``P^T P``,
+        ``a^T P``, ``1^T P``, ``|a|^2`` and ``1^T a`` of each process's users (``a = mu + b^u``),
+        ``k^2 + 2 k + 2`` floats all-reduced."""
+        p, obj, f64 = self.params, self.obj, torch.float64
+        P = p["P"][self.own].to(f64)
+        a = p["bu"][self.own].to(f64) + obj.mu if "bu" in p else P.new_full((len(P),), obj.mu)
+        k = P.shape[1]
+        sums = torch.cat([(P.T @ P).reshape(-1), a @ P, P.sum(0), (a * a).sum()[None],
+                          a.sum()[None]])
+        obj.plan.all_sum([sums])
+        PtP, aP, P1 = sums[: k * k].view(k, k), sums[k * k : k * k + k], sums[k * k + k : -2]
+        Q = p["Q"].to(f64)
+        m, n = obj.shape
+        b = p["bi"].to(f64) if "bi" in p else Q.new_zeros(n)
+        total = ((PtP * (Q.T @ Q)).sum() + 2 * (aP @ Q.sum(0) + P1 @ (b @ Q))
+                 + n * sums[-2] + 2 * sums[-1] * b.sum() + m * (b * b).sum())
+        return float(obj.unobserved_weight * total)
 
     def _item_regularization(self) -> torch.Tensor:
         p = self.params
@@ -210,12 +227,14 @@ class _AlternatingNewton:
                 reg += self.obj.reg(p["bu"][own]).reshape(()).double()
             if self.obj.plan.owns_regularizer:
                 reg += self._item_regularization().double()
+        # the sum over all pairs (the rated: in the loss), the same on every process
+        unobserved = self._unobserved_total() if self.obj.unobserved_weight else 0.0
         loss = self.half_sweep(0)
         with torch.no_grad():  # a user row gone non-finite: every process must stop alike
             bad = sum(int((~torch.isfinite(p[k][own])).sum()) for k in ("P", "bu") if k in p)
         total = torch.tensor([loss, float(reg), float(bad)], dtype=torch.float64)
         self.obj.plan.all_sum([total])  # the losses and the users' regularization: summed
-        start = float(total[0] + total[1])
+        start = float(total[0] + total[1]) + unobserved
         if total[2] > 0:  # (item rows are the same on every process: so is their check)
             raise NonFinite(math.nan, start=start)
         self.half_sweep(1)
@@ -258,6 +277,14 @@ class _AlternatingNewton:
         Yf = Ya[:, :K]
         iu, ju = torch.triu_indices(K, K, device=dev)
         products = _Products(Yf, iu, ju)
+        w0 = obj.unobserved_weight
+        term = None
+        if w0:  # the Gram trick's G and h over every user: each process's users', summed
+            o = by + obj.mu if by is not None else torch.full((Y.shape[0],), obj.mu, dtype=dt,
+                                                               device=dev)
+            gram = torch.cat([(Yf.T @ Yf).reshape(-1), Yf.T @ o])
+            plan.all_sum([gram])
+            term = (w0 * gram[: K * K].view(K, K), w0 * gram[K * K :])
         for a, b, pats in self.ranges:
             mb = b - a
             Xv = torch.cat([X[a:b], bx[a:b, None]], 1) if bx is not None else X[a:b].clone()
@@ -269,6 +296,9 @@ class _AlternatingNewton:
                 r = slice(pat.row0 - a, pat.row1 - a)
                 pred = gather_dot(self._augment(Xv[r], bias), Ya, pat) + obj.mu
                 g1, g2, _ = obj.entry_derivatives(pred, pat.start, pat.stop)
+                if term is not None:  # the unobserved term's rated part (module docstring)
+                    g1 = g1 - 2 * w0 * pred
+                    g2 = g2 - 2 * w0
                 grad[r] += pat.csr(g1) @ Yf
                 C = pat.csr(g2)
                 cols = max(1, obj.max_nnz * 8 // max(Ya.shape[0] + pat.row1 - pat.row0, 1))
@@ -288,6 +318,9 @@ class _AlternatingNewton:
             flat = H.view(s1 - s0, K * K)
             flat.index_copy_(1, iu * K + ju, upper[mine])
             flat.index_copy_(1, ju * K + iu, upper[mine])
+            if term is not None:  # and its sum over every user
+                g += 2 * (Xv[mine] @ term[0] + term[1])
+                H += 2 * term[0]
             diag = torch.diagonal(H, dim1=1, dim2=2)
             diag += rh
             diag += 1e-6 * diag.abs().mean(dim=1, keepdim=True).clamp_min(1.0)
@@ -302,7 +335,7 @@ class _AlternatingNewton:
                 slope = torch.zeros(mb, dtype=dt, device=dev)  # summed: each row from its solver
                 slope[mine] = (g * part).sum(1)
                 step = step * self._shared_backtrack(obj, pats, a, Xv, Ya, bias, step,
-                                                     slope)[:, None]
+                                                     slope, term)[:, None]
             X[a:b] -= step[:, :k]
             if self.nonnegative:
                 X[a:b] = X[a:b].clamp_min(0)
@@ -311,7 +344,9 @@ class _AlternatingNewton:
 
     def _shared_backtrack(self, obj: Objective, pats: list[Pattern], a: int, Xv: torch.Tensor,
                           Ya: torch.Tensor, bias: bool, step: torch.Tensor,
-                          slope: torch.Tensor, halvings: int = 10) -> torch.Tensor:
+                          slope: torch.Tensor,
+                          term: tuple[torch.Tensor, torch.Tensor] | None = None,
+                          halvings: int = 10) -> torch.Tensor:
         """:meth:`_backtrack` for a range of item rows shared by the processes: each row's
         objective summed over them (its regularization counted by rank 0), so every process
         finds the same step sizes and leaves the loop on the same halving. ``slope``: this
@@ -327,9 +362,14 @@ class _AlternatingNewton:
                     continue
                 r = slice(pat.row0 - a, pat.row1 - a)
                 pred = gather_dot(self._augment(Xt[r], bias), Ya, pat) + obj.mu
-                out[r] += (pat.csr(obj.entry_loss(pred, pat.start, pat.stop)) @ ones)[:, 0]
+                losses = obj.entry_loss(pred, pat.start, pat.stop)
+                if term is not None:
+                    losses = losses - obj.unobserved_weight * pred * pred
+                out[r] += (pat.csr(losses) @ ones)[:, 0]
             if plan.owns_regularizer:
                 out += self._row_regularization(obj, Xt, k, bias)
+                if term is not None:
+                    out += ((Xt @ term[0]) * Xt).sum(1) + 2 * (Xt @ term[1])
             return out
 
         first = torch.stack([local(Xv), slope])
