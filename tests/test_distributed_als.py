@@ -129,9 +129,9 @@ def test_two_processes_give_the_one_process_fit(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     train, val = planted()
     squared = model().fit(train, validation=val)
-    huber = model("huber").fit(train, validation=val)
+    huber = model("huber", epochs=6).fit(train, validation=val)
     small = model(**SMALL).fit(train, validation=val)
-    unobs = model("huber", unobserved_weight=0.05).fit(train, validation=val)
+    unobs = model("huber", epochs=6, unobserved_weight=0.05).fit(train, validation=val)
     ranks = [dict(np.load(tmp_path / f"rank{r}.npz", allow_pickle=False)) for r in (0, 1)]
     for got in ranks:  # every process ends with the whole model
         assert_same_fit(got, squared)
@@ -203,7 +203,7 @@ def _worker(mode: str, out: Path) -> None:
             fitted.save(out / "model.npz")
         share = TorchShardPlan().share(train)
         saved["share_users"], saved["share_n"] = np.unique(share.users), np.array(len(share))
-        huber = distributed.fit(model("huber"), train, validation=val)
+        huber = distributed.fit(model("huber", epochs=6), train, validation=val)
         small = distributed.fit(model(**SMALL), train, validation=val)
         saved.update({f"small_{k}": v for k, v in {**factors(small), **_history(small)}.items()})
         saved.update({f"huber_{k}": v for k, v in {**factors(huber), **_history(huber)}.items()})
@@ -217,7 +217,8 @@ def _worker(mode: str, out: Path) -> None:
                             local=True)
         except ValueError as exc:
             errors["split"] = str(exc)
-        unobs = distributed.fit(model("huber", unobserved_weight=0.05), train, validation=val)
+        unobs = distributed.fit(model("huber", epochs=6, unobserved_weight=0.05), train,
+                                validation=val)
         saved.update({f"unobs_{k}": v for k, v in {**factors(unobs), **_history(unobs)}.items()})
         # a user row of rank 1 turns NaN in epoch 2: both processes stop with FitError (none
         # waits for the other), keeping epoch 1's parameters, gathered
