@@ -158,6 +158,9 @@ def test_two_processes_give_the_one_process_fit(tmp_path):
         {k: v for k, v in json.loads(str(ranks[1]["errors"])).items() if k != "nan"}
     assert "users have ratings on several processes" in errors["split"]
     assert "read_local(split='users')" in errors["split"]
+    # in float64: the epochs' values and the objective after them, as one process has them
+    for got in ranks:
+        np.testing.assert_allclose(got["two_epochs"], two_epochs(train), rtol=1e-10)
     for got in ranks:  # a NaN on one process stopped both, each keeping epoch 1's factors
         assert "became nan at epoch 2 with solver='als'" in json.loads(str(got["errors"]))["nan"]
         assert bool(got["nan_finite"])
@@ -178,6 +181,21 @@ def test_four_processes_give_the_one_process_fit(tmp_path):
 
 
 # ---------------------------------------------------------------------------- the worker
+def two_epochs(train: autofact.Ratings, plan=None) -> np.ndarray:
+    """Two epochs of ALS on the objective itself (float64, huber, the unobserved term): each
+    epoch's value and the objective after them (the sharded epoch's own ``value``, which the
+    divergence guard checks last; one process: ``Objective.value``)."""
+    from autofact.objective import Objective
+    from autofact.solvers.als import make_als
+
+    obj = Objective(train, loss="huber", bias=True, beta=0.1, dtype="float64", plan=plan,
+                    unobserved_weight=0.05)
+    params = obj.init_params(4, seed=0)
+    epoch = make_als(obj, params)
+    values = [epoch.run(), epoch.run()]
+    return np.array([*values, obj.value(params) if epoch.value is None else epoch.value()])
+
+
 def _history(m: autofact.MatrixFactorization) -> dict[str, np.ndarray]:
     return {"loss": np.array([h["loss"] for h in m.history_]),
             "val": np.array([h["val_rmse"] for h in m.history_])}
@@ -199,6 +217,7 @@ def _worker(mode: str, out: Path) -> None:
         saved.update({f"nonneg_{k}": v for k, v in {**factors(nonneg),
                                                      **_history(nonneg)}.items()})
     if mode == "two":
+        saved["two_epochs"] = two_epochs(train, TorchShardPlan())
         if rank == 0:
             fitted.save(out / "model.npz")
         share = TorchShardPlan().share(train)

@@ -172,9 +172,13 @@ class _AlternatingNewton:
             if bias:
                 Ya = torch.cat([Ya, p["bi"][:, None]], 1)
             total = torch.zeros((), dtype=torch.float64, device=X.device)
+            K = X.shape[1]
+            # with the unobserved term, its rated entries' correction -w0 r_hat^2 (a zero Gram
+            # term: the all-pairs sum is added below)
+            term = (X.new_zeros(K, K), X.new_zeros(K)) if obj.unobserved_weight else None
             for pat in self.sides[0][1]:
                 rows = slice(pat.row0, pat.row1)
-                total += self._row_objective(obj, pat, X[rows], Ya, bias).double().sum()
+                total += self._row_objective(obj, pat, X[rows], Ya, bias, term).double().sum()
             if obj.plan.owns_regularizer:
                 total += self._item_regularization().double()
             unobserved = self._unobserved_total() if obj.unobserved_weight else 0.0
