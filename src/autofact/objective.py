@@ -273,6 +273,11 @@ class Objective:
     in float64), and each observed entry carries the correction ``-w0 r_hat_ui^2``, unweighted
     (``w0`` is the weight of every unobserved entry, whatever the observed entries' weights).
 
+    On the CPU a large objective's blocks are shared out to worker threads (issue 10,
+    :meth:`_runs`; as many as :func:`autofact.threads.workers_for` allows): the loss is then
+    called from several threads at once, each time on a block of its own, and the value and
+    gradient are the same whichever thread took which block.
+
     >>> obj = Objective(ratings, loss="squared", regularization="l2", beta=0.02)
     >>> params = obj.init_params(rank=8, seed=0)
     >>> value = obj.value_and_grad(params)   # fills params[...].grad
