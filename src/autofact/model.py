@@ -469,10 +469,29 @@ class MatrixFactorization:
             plan=plan, unobserved_weight=self.unobserved_weight, implicit=bool(self.implicit),
         )
         params = obj.init_params(self._resolved_rank(), seed=self.seed, init_std=self.init_std)
-        # issue 11: shared ALS partitions the users; each process's user rows are current on
-        # it alone until they are gathered after the fit
+        # issue 11: shared ALS partitions the users: each process keeps only its users' rows
+        # (and biases) while it trains, gathered onto every process after the fit
         owned = obj.plan.owned_rows(obj.users, obj.shape[0]) \
             if shared and solver == "als" else None
+        gathered = [owned is None]
+        if owned is not None:
+            own_idx = torch.nonzero(owned).flatten()
+            for k in ("P", "bu"):
+                if k in params:
+                    params[k] = params[k].detach()[own_idx].requires_grad_()
+
+        def gather() -> None:
+            """Every process's users' rows into the whole tables, on every process."""
+            assert owned is not None
+            whole = {}
+            for k in ("P", "bu"):
+                if k in params:
+                    t = params[k].detach()
+                    whole[k] = t.new_zeros((obj.shape[0], *t.shape[1:]))
+                    whole[k][own_idx] = t
+            obj.plan.gather_rows(list(whole.values()), owned)
+            params.update({k: t.requires_grad_() for k, t in whole.items()})
+            gathered[0] = True
         fallback = obj.mu if self.bias else obj.best_constant()
         # clipped or not by the loss as named (what a saved model knows), not as imported
         index = ModelIndex.from_ratings(train, fallback=fallback, clip=clips_to_range(self.loss),
@@ -573,14 +592,14 @@ class MatrixFactorization:
             raise
         except FitError:
             if owned is not None:  # every process raises it (from the summed objective)
-                obj.plan.gather_rows([params[k] for k in ("P", "bu") if k in params], owned)
+                gather()
             raise
         else:
             if stopper is not None and stopper.best_epoch is not None:
                 best = stopper.best_epoch
                 stopper.restore(params)  # the best validation epoch's parameters (issue 9)
             if owned is not None:  # every process's users' rows onto every process, once
-                obj.plan.gather_rows([params[k] for k in ("P", "bu") if k in params], owned)
+                gather()
         finally:
             if bar is not None:
                 bar.close()
@@ -591,7 +610,11 @@ class MatrixFactorization:
             for rec in self.history_:
                 if rec["epoch"] == best:
                     rec["kept"] = True
-            self._export(obj.effective(params))
+            if gathered[0]:
+                self._export(obj.effective(params))
+            else:  # a shared ALS stopped before its users' rows were gathered: no model
+                for name in ("user_factors_", "item_factors_", "user_bias_", "item_bias_"):
+                    self.__dict__.pop(name, None)
         return self
 
     def _early_stopping(self, epochs: int) -> _EarlyStopping | None:
@@ -1318,36 +1341,62 @@ class _Validation:
         self.i = index.item_index(v.item_ids[v.items], strict=False)
         self.y = np.asarray(v.values, dtype=np.float64)
         self.plan = plan
-        self.keep: np.ndarray | None = None
-        if owned is not None and plan is not None:
-            # issue 11 (shared ALS): each process scores the pairs of the users it owns (rank 0
-            # those of unknown users) and the squared errors are summed over the processes, so
-            # every process gets the same RMSE and makes the same early-stopping decision
+        self.shared = owned is not None and plan is not None
+        if self.shared:
+            # issue 11 (shared ALS, each process holding only its users' rows, in order): each
+            # process scores the pairs of the users it owns; rank 0 those of unknown users,
+            # from the mean known user taken over the processes; the squared errors are summed
+            # over the processes, so every one gets the same RMSE and stops alike
+            assert owned is not None and plan is not None
             mine = owned.cpu().numpy()
-            self.keep = np.where(self.u >= 0, mine[np.maximum(self.u, 0)], plan.is_main)
+            known = self.u >= 0
+            keep = known & mine[np.maximum(self.u, 0)]
+            self.own_pairs = (np.cumsum(mine)[self.u[keep]] - 1, self.i[keep], self.y[keep])
+            self.own_known = (index.user_counts > 0)[mine]  # over this process's rows
+            cold = ~known if plan.is_main else np.zeros(len(self.u), dtype=bool)
+            self.cold_pairs = (self.i[cold], self.y[cold])
+            self.any_cold = bool((~known).any())  # the same on every process
 
     @torch.no_grad()
     def rmse(self, params: dict[str, torch.Tensor], global_mean: float) -> float:
-        if self.keep is None:
-            return float(np.sqrt(np.mean(self._errors(params, global_mean, self.u, self.i))))
+        P, Q, bu, bi = (self._array(params, k) for k in ("P", "Q", "bu", "bi"))
+        if not self.shared:
+            return float(np.sqrt(np.mean(self._errors(self.u, self.i, self.y, P, Q, bu, bi,
+                                                      global_mean))))
         assert self.plan is not None
-        sse = float(np.sum(self._errors(params, global_mean, self.u[self.keep],
-                                        self.i[self.keep], self.y[self.keep])))
+        sse = float(np.sum(self._errors(*self.own_pairs, P, Q, bu, bi, global_mean)))
+        if self.any_cold:  # the mean known user: its sums over every process's users
+            k = P.shape[1]
+            sums = torch.zeros(k + 2, dtype=torch.float64)
+            sums[:k] = torch.from_numpy(P[self.own_known].astype(np.float64).sum(0))
+            sums[k] = float(bu[self.own_known].astype(np.float64).sum())
+            sums[k + 1] = float(self.own_known.sum())
+            self.plan.all_sum([sums])
+            mean = (sums / sums[k + 1]).numpy()
+            items, y = self.cold_pairs
+            # the one rule for an unknown user (ModelIndex.link_scores): the mean known user
+            users = np.where(items >= 0, 0, -1)
+            sse += float(np.sum(self._errors(users, items, y, mean[None, :k], Q,
+                                             mean[k : k + 1], bi, global_mean)))
         total = torch.tensor([sse], dtype=torch.float64)
         self.plan.all_sum([total])
         return float(np.sqrt(float(total[0]) / len(self.y)))
 
-    def _errors(self, params: dict[str, torch.Tensor], global_mean: float, u: np.ndarray,
-                i: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
-        """The squared errors of the pairs ``(u, i)`` (targets ``y``, default all)."""
-        P = params["P"].detach().cpu().numpy()
-        Q = params["Q"].detach().cpu().numpy()
-        bu = params["bu"].detach().cpu().numpy() if "bu" in params else np.zeros(len(P), P.dtype)
-        bi = params["bi"].detach().cpu().numpy() if "bi" in params else np.zeros(len(Q), Q.dtype)
+    @staticmethod
+    def _array(params: dict[str, torch.Tensor], name: str) -> np.ndarray:
+        if name in params:
+            return params[name].detach().cpu().numpy()
+        rows = params["P" if name == "bu" else "Q"]
+        return np.zeros(len(rows), rows.detach().cpu().numpy().dtype)
+
+    def _errors(self, u: np.ndarray, i: np.ndarray, y: np.ndarray, P: np.ndarray,
+                Q: np.ndarray, bu: np.ndarray, bi: np.ndarray, global_mean: float
+                ) -> np.ndarray:
+        """The squared errors of the pairs ``(u, i)`` with targets ``y``."""
         pred = self.index.response(
             self.index.link_scores(u, i, P, Q, bu, bi, float(global_mean))
         )
-        return (pred - (self.y if y is None else y)) ** 2
+        return (pred - y) ** 2
 
 
 class _EarlyStopping:

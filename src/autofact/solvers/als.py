@@ -148,6 +148,9 @@ class _AlternatingNewton:
         dev = obj.users.device
         self.owned = obj.plan.owned_rows(obj.users, m)
         self.own = torch.nonzero(self.owned).flatten().to(dev)
+        # params["P"] (and "bu") hold either every user's rows or only this process's, in
+        # order (MatrixFactorization.fit passes those: a process's memory is its users')
+        self.compact = self.params["P"].shape[0] != m
         lut = torch.full((m,), -1, dtype=torch.int64, device=dev)
         lut[self.own] = torch.arange(len(self.own), device=dev)
         users = lut[obj.users.long()].to(obj.users.dtype)  # sorted still: the map is monotone
@@ -164,10 +167,10 @@ class _AlternatingNewton:
         process's users' rows are current on their owner alone)."""
         p, obj = self.params, self.obj
         with torch.no_grad():
-            X = p["P"][self.own]
-            bias = "bu" in p
-            if bias:
-                X = torch.cat([X, p["bu"][self.own, None]], 1)
+            X, bu = self._users()
+            bias = bu is not None
+            if bu is not None:
+                X = torch.cat([X, bu[:, None]], 1)
             Ya = self._augment(p["Q"], bias)
             if bias:
                 Ya = torch.cat([Ya, p["bi"][:, None]], 1)
@@ -190,8 +193,9 @@ class _AlternatingNewton:
         ``a^T P``, ``1^T P``, ``|a|^2`` and ``1^T a`` of each process's users (``a = mu + b^u``),
         ``k^2 + 2 k + 2`` floats all-reduced."""
         p, obj, f64 = self.params, self.obj, torch.float64
-        P = p["P"][self.own].to(f64)
-        a = p["bu"][self.own].to(f64) + obj.mu if "bu" in p else P.new_full((len(P),), obj.mu)
+        Pr, bu = self._users()
+        P = Pr.to(f64)
+        a = bu.to(f64) + obj.mu if bu is not None else P.new_full((len(P),), obj.mu)
         k = P.shape[1]
         sums = torch.cat([(P.T @ P).reshape(-1), a @ P, P.sum(0), (a * a).sum()[None],
                           a.sum()[None]])
@@ -203,6 +207,14 @@ class _AlternatingNewton:
         total = ((PtP * (Q.T @ Q)).sum() + 2 * (aP @ Q.sum(0) + P1 @ (b @ Q))
                  + n * sums[-2] + 2 * sums[-1] * b.sum() + m * (b * b).sum())
         return float(obj.unobserved_weight * total)
+
+    def _users(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This process's users' rows of ``P`` and ``bu`` (a copy when the parameters hold
+        every user's)."""
+        p = self.params
+        if self.compact:
+            return p["P"], p.get("bu")
+        return p["P"][self.own], p["bu"][self.own] if "bu" in p else None
 
     def _item_regularization(self) -> torch.Tensor:
         p = self.params
@@ -224,18 +236,18 @@ class _AlternatingNewton:
 
     def _shared_epoch(self) -> float:
         """One epoch shared by the processes; its value summed over them (module docstring)."""
-        p, own = self.params, self.own
         with torch.no_grad():
-            reg = self.obj.reg(p["P"][own]).reshape(()).double()
-            if "bu" in p:
-                reg += self.obj.reg(p["bu"][own]).reshape(()).double()
+            P, bu = self._users()
+            reg = self.obj.reg(P).reshape(()).double()
+            if bu is not None:
+                reg += self.obj.reg(bu).reshape(()).double()
             if self.obj.plan.owns_regularizer:
                 reg += self._item_regularization().double()
         # the sum over all pairs (the rated: in the loss), the same on every process
         unobserved = self._unobserved_total() if self.obj.unobserved_weight else 0.0
         loss = self.half_sweep(0)
         with torch.no_grad():  # a user row gone non-finite: every process must stop alike
-            bad = sum(int((~torch.isfinite(p[k][own])).sum()) for k in ("P", "bu") if k in p)
+            bad = sum(int((~torch.isfinite(t)).sum()) for t in self._users() if t is not None)
         total = torch.tensor([loss, float(reg), float(bad)], dtype=torch.float64)
         self.obj.plan.all_sum([total])  # the losses and the users' regularization: summed
         start = float(total[0] + total[1]) + unobserved
@@ -250,16 +262,16 @@ class _AlternatingNewton:
         p = self.params
         if self.shared:  # the user rows this process owns, as a compact table
             with torch.no_grad():
-                own = self.own
-                P, bu = p["P"][own], p["bu"][own] if "bu" in p else None
+                P, bu = self._users()
                 if side == 1:
                     self._shared_items(P, bu)
                     return 0.0
                 obj, blocks = self.sides[0]
                 loss = self._side(obj, blocks, P, bu, p["Q"], p.get("bi"))
-                p["P"][own] = P
-                if bu is not None:
-                    p["bu"][own] = bu
+                if not self.compact:  # a copy of them: put back
+                    p["P"][self.own] = P
+                    if bu is not None:
+                        p["bu"][self.own] = bu
                 return loss
         obj, blocks = self.sides[side]
         X, bx, Y, by = (p["P"], p.get("bu"), p["Q"], p.get("bi")) if side == 0 else \
