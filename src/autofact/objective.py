@@ -786,13 +786,16 @@ class Objective:
     def transposed(self, max_rows: int | None = None) -> Objective:
         """The same objective with users and items swapped (for alternating solvers), its row
         blocks capped at ``max_rows`` rows."""
-        # entries are sorted by (user, item): a stable sort by item gives (item, user) order
-        order = torch.sort(self.items, stable=True).indices
+        # entries are sorted by (user, item): a stable sort by item gives (item, user) order;
+        # the sorted items are the new rows as they are (issue 11: no gather of them, and only
+        # the int64 order beside the 12 bytes a rating kept)
+        rows, order = torch.sort(self.items, stable=True)
         t = object.__new__(Objective)
         t.__dict__.update(self.__dict__)
-        t.users, t.items = self.items[order], self.users[order]
-        t.values = self.values[order]
-        t.weights = None if self.weights is None else self.weights[order]
+        t.users, t.items = rows, torch.index_select(self.users, 0, order)
+        t.values = torch.index_select(self.values, 0, order)
+        t.weights = None if self.weights is None else torch.index_select(self.weights, 0, order)
+        del order
         t.shape = (self.shape[1], self.shape[0])
         t.patterns = build_patterns(t.users, t.items, t.shape, self.max_nnz,
                                     keep_rows=self.keep_rows, max_rows=max_rows)
