@@ -4,6 +4,7 @@ with 1, 2 and 4 processes reading their own Parquet part files::
     python -m benchmarks.shards --ratings 5e6                  # 1/2/4 processes, rank 32, 3 epochs
     python -m benchmarks.shards --ratings 25e6 --worlds 1,2,4  # the case (ML-25M shape)
     python -m benchmarks.shards --ratings 25e6 --solvers adam,als   # both solvers, side by side
+    MALLOC_MMAP_THRESHOLD_=131072 python -m benchmarks.shards ...   # glibc returns freed blocks
 
 The data: ``datasets.synthetic_lowrank`` at the ML-25M density (162,541 x 59,047 x 25M shrunk by
 ``--ratings / 25M``: users and items by its square root), written once to ``--data`` (default
@@ -140,6 +141,8 @@ def worker(data: str, out: str, rank_k: int, epochs: int, solver: str = "adam",
     distributed.fit(model, local, local=True)
     fit_s = time.perf_counter() - t0
     fit_peak = _status_kb("VmHWM") / 1024
+    # the process's own peak, before this worker's bookkeeping below allocates anything
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     times = [float(h["time"]) for h in model.history_]
     per_epoch = np.diff([0.0, *times])
     grad = torch.zeros((m + n) * (rank_k + 1), dtype=torch.float32)
@@ -147,14 +150,16 @@ def worker(data: str, out: str, rank_k: int, epochs: int, solver: str = "adam",
     t0 = time.perf_counter()
     dist.all_reduce(grad)
     allreduce_s = time.perf_counter() - t0
-    own_users = int(len(np.unique(local.users)))
+    seen = np.zeros(m, dtype=bool)
+    seen[local.users] = True
+    own_users = int(seen.sum())
     report = {
         "solver": solver, "world": world, "rank": rank, "ratings": len(local),
         "rating_bytes": 8 + local.values.itemsize, "users": m, "items": n,
         "own_users": own_users, "rank_k": rank_k, "epochs": epochs,
-        "base_mib": base, "warm_base_mib": warm, "read_peak_mib": read_peak, "after_read_mib": after_read,
-        "fit_peak_mib": fit_peak,
-        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "base_mib": base, "warm_base_mib": warm, "read_peak_mib": read_peak,
+        "after_read_mib": after_read, "fit_peak_mib": fit_peak, "peak_mib": peak,
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
         "read_s": read_s, "fit_s": fit_s, "epoch_s": [float(x) for x in per_epoch],
         "sec_per_epoch": float(statistics.median(per_epoch[1:])) if len(per_epoch) > 1
         else float(per_epoch[0]),
@@ -302,8 +307,9 @@ def main(argv: list[str] | None = None) -> int:
               f"--values {args.values}` on "
               f"{platform.platform()}, {os.cpu_count()} CPUs, load average before "
               f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, after {after[0]:.1f} / "
-              f"{after[1]:.1f} / {after[2]:.1f}; data {meta}. MiB; bounds and B/rating as in "
-              "`benchmarks/shards.py`.\n\n")
+              f"{after[1]:.1f} / {after[2]:.1f}; data {meta}; MALLOC_MMAP_THRESHOLD_="
+              f"{os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}. MiB; bounds and B/rating "
+              "as in `benchmarks/shards.py`.\n\n")
     text = header + table(rows) + "\n"
     print(text)
     results = ROOT / "benchmarks" / "results"
