@@ -59,7 +59,7 @@ def test_row_blocks_on_two_workers_give_the_factors_of_one(monkeypatch, loss):
                                          dtype="float64").fit(data)
     monkeypatch.setattr(threads, "MIN_WORK_PER_WORKER", 1)  # every side worth splitting
     seen = []
-    real = als._AlternatingNewton._block
+    real = als._AlternatingNewton._finish
 
     def spy(self, *args, **kwargs):
         import threading
@@ -67,7 +67,7 @@ def test_row_blocks_on_two_workers_give_the_factors_of_one(monkeypatch, loss):
         seen.append(threading.current_thread().name)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(als._AlternatingNewton, "_block", spy)
+    monkeypatch.setattr(als._AlternatingNewton, "_finish", spy)
     fits = {}
     for n in (1, 2):
         seen.clear()
@@ -91,3 +91,42 @@ def test_an_error_in_a_worker_reaches_the_caller(monkeypatch):
     with pytest.raises(ValueError, match="needs a loss with a non-zero second derivative"):
         autofact.MatrixFactorization(rank=3, solver="als", loss="absolute", epochs=2,
                                      n_threads=2).fit(_data())
+
+
+@pytest.mark.parametrize("loss", ["squared", "huber"])
+def test_z_in_column_slices_shared_by_a_group_of_blocks_gives_the_fit_of_z_whole(monkeypatch,
+                                                                                 loss):
+    # issue 10: where Z (n_other x K(K+1)/2) does not fit in half of max_memory, its column
+    # slices are computed once for a group of consecutive blocks and accumulated into each
+    # block's upper triangles; the fit is the one of Z computed whole
+    from autofact import threads
+
+    rng = np.random.default_rng(1)
+    m, n = 600, 450
+    counts = np.minimum(rng.geometric(0.3, size=m), 40)  # most users short, some long
+    users = np.repeat(np.arange(m), counts)
+    items = np.concatenate([rng.choice(n, size=c, replace=False) for c in counts])
+    data = autofact.Ratings.from_coo(users, items, rng.integers(1, 6, size=len(users)),
+                                     shape=(m, n))
+    monkeypatch.setattr(threads, "MIN_WORK_PER_WORKER", 1)  # blocks cut for 2 workers
+    groups = []
+    real = als._groups
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        groups.append(out)
+        return out
+
+    monkeypatch.setattr(als, "_groups", spy)
+    fits = {}
+    for max_memory in (2**16, 2**26):
+        fits[max_memory] = autofact.MatrixFactorization(
+            rank=3, solver="als", loss=loss, epochs=4, seed=0, dtype="float64",
+            max_memory=max_memory, n_threads=2).fit(data)
+        if max_memory == 2**16:
+            # both sides in groups (n_other x 10 x 8 bytes > 2**15), some of several blocks
+            assert len(groups) == 2 * 4 and max(len(g) for gs in groups for g in gs) > 1
+    assert len(groups) == 2 * 4  # Z whole: no groups
+    for name in ("user_factors_", "item_factors_", "user_bias_", "item_bias_"):
+        np.testing.assert_allclose(getattr(fits[2**16], name), getattr(fits[2**26], name),
+                                   rtol=1e-9, atol=1e-12)

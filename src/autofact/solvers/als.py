@@ -132,15 +132,14 @@ class _AlternatingNewton:
         self.workers = 1
         if work >= 2 * threads.MIN_WORK_PER_WORKER and getattr(obj.plan, "world_size", 1) == 1:
             self.workers = min(COARSE_BLOCKS, threads.workers_for(work))
-        # each side's blocks: the rows whose workspace fits a worker's share of what Z leaves
-        # of the budget, and BLOCKS_PER_WORKER blocks a worker (module docstring, "Memory")
+        # each side's blocks: the rows whose workspace (H, its Cholesky factor, the upper
+        # triangle's C @ Z: 3 K^2 floats a row) fits a worker's share of half of max_memory,
+        # and BLOCKS_PER_WORKER blocks a worker (see _side for the other half)
         item = obj.values.element_size()
         row_caps = []
         for side in (0, 1):
-            rows, other = obj.shape[side], obj.shape[1 - side]
-            budget = obj.max_memory // 2 if _z_fits(other, K, item, obj.max_memory) \
-                else obj.max_memory
-            cap = max(1, budget // (self.workers * 3 * item * K * K))
+            rows = obj.shape[side]
+            cap = max(1, obj.max_memory // 2 // (self.workers * 3 * item * K * K))
             if self.workers > 1:
                 cap = min(cap, math.ceil(rows / (self.workers * BLOCKS_PER_WORKER)))
             row_caps.append(cap)
@@ -169,11 +168,9 @@ class _AlternatingNewton:
         users = lut[obj.users.long()].to(obj.users.dtype)  # sorted still: the map is monotone
         compact = copy.copy(obj)  # the same ratings, users numbered 0..m_r-1
         compact.users, compact.shape = users, (len(self.own), n)
-        item = obj.values.element_size()
-        K = self.params["P"].shape[1] + (1 if "bu" in self.params else 0)
-        user_rows = max(1, max_rows // 2) if _z_fits(n, K, item, obj.max_memory) else max_rows
+        # the user blocks' workspace in half of max_memory, Z's in the other (see _side)
         self.sides = [(obj, build_patterns(users, obj.items, compact.shape, obj.max_nnz,
-                                           max_rows=user_rows))]
+                                           max_rows=max(1, max_rows // 2)))]
         self.objT = compact.transposed(max_rows=max_rows)
         self.ranges = _aligned_patterns(self.objT.users, self.objT.items, self.objT.shape,
                                         obj.max_nnz, max_rows)
@@ -453,23 +450,61 @@ class _AlternatingNewton:
                                                                device=dev)
             term = (w0 * (Yf.T @ Yf), w0 * (Yf.T @ o))
 
-        # the y_i y_i^T, shared by the blocks: all of Z's upper triangle, computed once (by the
-        # first block that needs it) when it fits in half of max_memory (issue 10)
-        products = _Products(Yf, iu, ju,
-                             whole=_z_fits(Yf.shape[0], K, Yf.element_size(), obj.max_memory))
+        # the y_i y_i^T, shared by the blocks (issue 10). Memory: each block's workspace is in
+        # its worker's share of half of max_memory (see __init__). Z's upper triangle
+        # (n_other x K(K+1)/2) whole when it fits in the other half: computed once, by the
+        # first block that needs it. Otherwise in groups of consecutive blocks, each group's
+        # upper triangles of C @ Z (at most a quarter of max_memory) accumulated over Z's
+        # column slices (an eighth), each slice computed once a group and used by all its
+        # blocks, the blocks' l'' kept meanwhile (an eighth).
+        n_other, item = Yf.shape[0], Yf.element_size()
+        products = _Products(Yf, iu, ju, whole=_z_fits(n_other, K, item, obj.max_memory))
+        pool = ThreadPoolExecutor(min(self.workers, len(blocks))) \
+            if self.workers > 1 and len(blocks) > 1 else None
 
-        def block(pat: Pattern) -> torch.Tensor:
-            """The Newton step on one block's rows; its loss before the step."""
-            with torch.no_grad():  # grad mode is per thread
-                return self._block(obj, pat, X, bx, Ya, Yf, iu, ju, k, K, term, products)
+        def each(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+            """``fn`` on each item, on the workers; the results in the items' order."""
+            def run(x: Any) -> Any:
+                with torch.no_grad():  # grad mode is per thread
+                    return fn(x)
+            return list(pool.map(run, items)) if pool is not None else [run(x) for x in items]
 
-        if self.workers > 1 and len(blocks) > 1:
-            with ThreadPoolExecutor(min(self.workers, len(blocks))) as pool:
-                losses = list(pool.map(block, blocks))  # in block order: same sum
-        else:
-            losses = [block(pat) for pat in blocks]
+        def prepare(pat: Pattern) -> _Prep:
+            return self._prepare(obj, pat, X, bx, Ya, Yf, K, term)
+
+        def finish(job: tuple[Pattern, _Prep, torch.Tensor | None]) -> torch.Tensor:
+            pat, prep, hess = job
+            return self._finish(obj, pat, prep, X, bx, Ya, Yf, k, K, term, products, hess)
+
+        def fill(job: tuple[torch.Tensor, Any, int, int, torch.Tensor]) -> None:
+            h, C, c0, c1, Zs = job  # a block's columns c0:c1 of C @ Z
+            h[:, c0:c1] = C @ Zs
+
+        try:
+            if products.whole:
+                losses = each(lambda pat: finish((pat, prepare(pat), None)), blocks)
+            else:
+                T = len(iu)
+                width = max(1, obj.max_memory // 8 // (n_other * item))
+                losses = []
+                for group in _groups(blocks, T * item, 2 * item, obj.max_memory):
+                    preps = each(prepare, group)
+                    # the rows each block solves through K x K systems, their upper triangles
+                    hess = [None if p.C is None else
+                            torch.empty(p.kk_rows, T, dtype=dt, device=dev) for p in preps]
+                    todo = [i for i, h in enumerate(hess) if h is not None]
+                    for c0 in range(0, T if todo else 0, width):
+                        c1 = min(c0 + width, T)
+                        Zs = products.upper(c0, c1)
+                        each(fill, [(hess[i], preps[i].C, c0, c1, Zs) for i in todo])
+                        del Zs
+                    losses += each(finish, list(zip(group, preps, hess, strict=True)))
+                    del preps, hess
+        finally:
+            if pool is not None:
+                pool.shutdown()
         loss = torch.zeros((), dtype=dt, device=dev)
-        for block_loss in losses:
+        for block_loss in losses:  # in block order: the same sum whichever worker ran which
             loss += block_loss
         return float(loss)
 
@@ -479,11 +514,17 @@ class _AlternatingNewton:
                products: _Products | None = None) -> torch.Tensor:
         """Newton step on the rows of one block (see :meth:`_side`); its loss before it.
         ``term``: ``(w0 G, w0 h)`` with the unobserved term (module docstring)."""
-        bias = bx is not None
-        dev, dt = X.device, X.dtype
         products = products if products is not None else _Products(Yf, iu, ju)
+        prep = self._prepare(obj, pat, X, bx, Ya, Yf, K, term)
+        return self._finish(obj, pat, prep, X, bx, Ya, Yf, k, K, term, products)
+
+    def _prepare(self, obj: Objective, pat: Pattern, X: torch.Tensor, bx: torch.Tensor | None,
+                 Ya: torch.Tensor, Yf: torch.Tensor, K: int,
+                 term: tuple[torch.Tensor, torch.Tensor] | None) -> _Prep:
+        """A block's derivatives, gradient and the CSR of ``l''`` its ``K x K`` systems need
+        (:meth:`_block`'s first half)."""
+        bias = bx is not None
         rows = slice(pat.row0, pat.row1)
-        mb = pat.row1 - pat.row0
         # a copy, never a view of X: other workers update X's rows in place meanwhile, which
         # would bump the version autograd checks in reg_derivatives
         Xv = torch.cat([X[rows], bx[rows, None]], 1) if bias else X[rows].clone()  # type: ignore[index]
@@ -501,6 +542,7 @@ class _AlternatingNewton:
             g1 = g1 - 2 * w0 * pred
             g2 = g2 - 2 * w0
             block_loss = block_loss - w0 * (pred * pred).sum()
+        del pred
         grad = pat.csr(g1) @ Yf
         rg, rh = obj.reg_derivatives(Xv)
         grad += rg
@@ -508,18 +550,35 @@ class _AlternatingNewton:
         if split is not None and bool((g2 > 0).all()) and bool((rh > 0).all()):
             # issue 10: rows with few ratings (most rows of sparse data) by Woodbury's identity,
             # only the others through their K x K Hessians
+            C = split.csr_long(g2) if split.long.numel() else None
+            return _Prep(Xv, g2, block_loss, grad, rh, split, C, len(split.long),
+                         len(split.long_entries))
+        return _Prep(Xv, g2, block_loss, grad, rh, None, pat.csr(g2), pat.row1 - pat.row0,
+                     pat.nnz)
+
+    def _finish(self, obj: Objective, pat: Pattern, prep: _Prep, X: torch.Tensor,
+                bx: torch.Tensor | None, Ya: torch.Tensor, Yf: torch.Tensor, k: int, K: int,
+                term: tuple[torch.Tensor, torch.Tensor] | None, products: _Products,
+                hess: torch.Tensor | None = None) -> torch.Tensor:
+        """A block's steps, from :meth:`_prepare`'s ``prep`` (and ``hess``, its ``K x K`` rows'
+        upper triangles when computed already): solved, backtracked, applied to ``X`` and
+        ``bx``; the block's loss before them."""
+        bias = bx is not None
+        dev, dt = X.device, X.dtype
+        rows = slice(pat.row0, pat.row1)
+        Xv, g2, grad, rh, split = prep.Xv, prep.g2, prep.grad, prep.rh, prep.split
+        if split is not None:
             step = torch.empty_like(grad)
             s_rows, s_ent, s_valid = split.short, split.short_entries, split.short_valid
             step[s_rows] = _woodbury_solve(Yf[pat.col[s_ent]], g2[s_ent], s_valid,
                                            rh[s_rows], grad[s_rows])
-            if split.long.numel():
+            if prep.C is not None:
                 step[split.long] = self._newton_step(
-                    obj, split.csr_long(g2), len(split.long), len(split.long_entries), Ya,
-                    products, K,
-                    rh[split.long], grad[split.long], dt, dev)
+                    obj, prep.C, prep.kk_rows, prep.kk_nnz, Ya, products, K,
+                    rh[split.long], grad[split.long], dt, dev, hess=hess)
         else:
-            step = self._newton_step(obj, pat.csr(g2), mb, pat.nnz, Ya, products, K, rh, grad,
-                                     dt, dev, term=term, Xv=Xv)
+            step = self._newton_step(obj, prep.C, prep.kk_rows, prep.kk_nnz, Ya, products, K,
+                                     rh, grad, dt, dev, term=term, Xv=Xv, hess=hess)
         if not self.exact_quadratic:
             step = step * self._backtrack(obj, pat, Xv, Ya, bias, step, grad, term)[:, None]
         X[rows] -= step[:, :k]
@@ -527,17 +586,19 @@ class _AlternatingNewton:
             X[rows] = X[rows].clamp_min(0)
         if bias:
             bx[rows] -= step[:, k]  # type: ignore[index]
-        return block_loss
+        return prep.loss
 
     @staticmethod
     def _newton_step(obj: Objective, C: torch.Tensor, mb: int, nnz: int, Ya: torch.Tensor,
                      products: _Products, K: int,
                      rh: torch.Tensor, grad: torch.Tensor, dt: torch.dtype, dev: torch.device,
                      term: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     Xv: torch.Tensor | None = None) -> torch.Tensor:
+                     Xv: torch.Tensor | None = None,
+                     hess: torch.Tensor | None = None) -> torch.Tensor:
         """``H^{-1} grad`` for ``mb`` rows, ``H`` built from the CSR ``C`` of ``l''`` (``nnz``
         entries), ``rh`` (the regularizer's Hessian diagonal) and with ``term`` the unobserved
-        term, whose gradient part it adds to ``grad`` in place."""
+        term, whose gradient part it adds to ``grad`` in place. ``hess``: ``C @ Z``'s upper
+        triangle when computed already (:meth:`_side`'s groups)."""
         # vec(H) = C @ Z with Z[i] = vec(y_i y_i^T) (upper triangle): Z whole, computed once a
         # half-sweep, when it fits in half of max_memory (C @ Z, the block's rows, is in the
         # block's share of the other half); else in column slices that keep Z and C @ Z within
@@ -546,7 +607,7 @@ class _AlternatingNewton:
         if products.whole:
             max_cols = K * K if _z_fits(Ya.shape[0], K, Ya.element_size(), obj.max_memory,
                                         columns=K * K) else len(products.iu)
-        if max_cols >= K * K and nnz <= SHORT_ROWS * (Ya.shape[0] + mb):
+        if hess is None and max_cols >= K * K and nnz <= SHORT_ROWS * (Ya.shape[0] + mb):
             # short rows (sparse data): all K^2 columns at once, twice the products of the
             # upper triangle but no column gathers or scatters, which cost more there than
             # the products (issue 10: 1.6x faster on a review site's shape)
@@ -555,10 +616,11 @@ class _AlternatingNewton:
             # index_select and index_copy_ rather than Yf[:, a] and H[:, iu, ju] = ...: the
             # same values, 2-5x faster on the CPU (issue 10)
             iu, ju = products.iu, products.ju
-            hess = torch.empty(mb, len(iu), dtype=dt, device=dev)
-            for c0 in range(0, len(iu), max_cols):
-                c1 = min(c0 + max_cols, len(iu))
-                hess[:, c0:c1] = C @ products.upper(c0, c1)
+            if hess is None:
+                hess = torch.empty(mb, len(iu), dtype=dt, device=dev)
+                for c0 in range(0, len(iu), max_cols):
+                    c1 = min(c0 + max_cols, len(iu))
+                    hess[:, c0:c1] = C @ products.upper(c0, c1)
             H = torch.empty(mb, K, K, dtype=dt, device=dev)
             flat = H.view(mb, K * K)
             flat.index_copy_(1, iu * K + ju, hess)
@@ -705,6 +767,44 @@ class _Products:
             torch.mul(Yf[:, a : a + 1], Yf[:, a:], out=Z[:, c : c + K - a])
             c += K - a
         return Z
+
+
+@dataclass
+class _Prep:
+    """A block between :meth:`_AlternatingNewton._prepare` and ``_finish``: its rows (``Xv``),
+    per-entry ``l''`` (``g2``), loss, gradient, the regularizer's curvature ``rh``, the Woodbury
+    split it takes (``None``: every row by its ``K x K`` system) and the CSR ``C`` of ``l''``
+    of the ``kk_rows`` rows (``kk_nnz`` entries) that take the ``K x K`` system (``None``:
+    none)."""
+
+    Xv: torch.Tensor
+    g2: torch.Tensor
+    loss: torch.Tensor
+    grad: torch.Tensor
+    rh: torch.Tensor
+    split: _Split | None
+    C: Any
+    kk_rows: int
+    kk_nnz: int
+
+
+def _groups(blocks: list[Pattern], row_bytes: int, entry_bytes: int, max_memory: int
+            ) -> list[list[Pattern]]:
+    """Consecutive blocks whose rows' accumulated upper triangles (``row_bytes`` a row) stay
+    within a quarter of ``max_memory`` and their entries' ``l''`` (``entry_bytes`` an entry)
+    within an eighth; at least one block a group."""
+    out: list[list[Pattern]] = []
+    rows = entries = 0
+    for pat in blocks:
+        mb = pat.row1 - pat.row0
+        if out and (rows + mb) * row_bytes <= max_memory // 4 \
+                and (entries + pat.nnz) * entry_bytes <= max_memory // 8:
+            out[-1].append(pat)
+            rows, entries = rows + mb, entries + pat.nnz
+        else:
+            out.append([pat])
+            rows, entries = mb, pat.nnz
+    return out
 
 
 @dataclass
