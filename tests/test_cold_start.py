@@ -45,12 +45,10 @@ def _outcome(read: object, path: Path, **kwargs: object) -> object:
 PLAIN = [
     ("tsv", "1\t10\t4.5\n2\t10\t3\n1\t11\t5\n", {}),
     ("u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n22\t377\t1\t878887116\n", {}),
-    ("u.data without time", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n",
-     {"timestamp": False}),
     ("ratings.csv", "userId,movieId,rating,timestamp\n1,31,2.5,1260759144\n1,1029,3.0,1260759179"
      "\n2,10,4,835355493\n", {}),
-    ("named columns", "a,b,c,d,note\n7,1,2,4.5,Comedy|Drama\n8,1,3,2,x\n",
-     {"user": "b", "item": "a", "rating": "d"}),
+    ("named columns", "a,b,c,d\n7,1,2,4.5\n8,1,3,2\n",
+     {"user": "b", "item": "a", "rating": "d", "timestamp": "c"}),
     ("string ids", "u1,i1,5\nu2,i1,3\nu10,i2,1\n", {}),
     ("ids as written", "007\t1\t5\n7\t1\t4\n0007\t1\t3\n", {}),
     ("-0 is not 0", "-0,1,5\n0,1,4\n", {}),
@@ -97,19 +95,27 @@ OTHER = [
     ("repeated header name", "user,item,rating,rating\n1,2,3,4\n", {}),
     ("header only", "user,item,rating\n", {}),
     ("nul", "1,2,3\n2,2\x004\n", {}),
+    ("nul in an id", "1,2,3\n2\x00,2,4\n", {}),
+    ("a column not read", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n",
+     {"timestamp": False}),
+    ("a column not named", "a,b,c,d,note\n7,1,2,4.5,Comedy|Drama\n8,1,3,2,x\n",
+     {"user": "b", "item": "a", "rating": "d"}),
 ]
 
-# either reader may take these (a space around a number): the same outcome all the same
+# either reader may take these (a space around a number, carriage returns): the same outcome
 EITHER = [
+    ("a later lone cr", "1,2,3\n2,3,4\r3,3,5\r\n", {}),
+    ("latin-1 in an id", b"1,2,3\n\xe9,2,4\n", {}),
+    ("latin-1 in a rating", b"1,2,3\n2,2,4\xe9\n", {}),
     ("a later space in a rating", "1,2,3\n2,2, 4\n", {}),
     ("a later space in a time", "1\t2\t3\t881250949\n2\t2\t4\t 881250949\n", {}),
     ("a later tab in a csv", "1,2,3\n2,2\t,4\n", {}),
 ]
 
 
-def _file(tmp_path: Path, text: str) -> Path:
+def _file(tmp_path: Path, text: str | bytes) -> Path:
     path = tmp_path / "ratings.txt"
-    path.write_bytes(text.encode("utf-8"))
+    path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
     return path
 
 

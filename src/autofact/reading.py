@@ -725,10 +725,12 @@ def _plain_reader(p: Path, names: _Names, sep: str, header: bool, encoding: str,
     C++ reader, which releases the GIL), or None when the file is not plain.
 
     Plain: UTF-8, a one-character separator, a first line of fields without spaces or quotes
-    (3 or 4 fields without a header line; distinct names with one), no weight column. The
-    function returns None for whatever the general reader would read otherwise or report: a
-    quote, a NUL byte, a lone carriage return, an empty field, a row of another length, a
-    rating that is not a finite number, a timestamp that is not an integer. So the Ratings are
+    (3 or 4 fields without a header line; distinct names with one), every column read (no
+    weight column, none ignored: the general reader checks their bytes). The function returns
+    None for whatever the general reader would read otherwise or report: a quote or a NUL in an
+    id, an empty field, a row of another length, bytes that are not UTF-8, a rating that is not
+    a finite number, a timestamp that is not an integer. It reads the file itself (pyarrow
+    streams it: no copy of the file in memory). So the Ratings are
     those of the general reader: ids by the same rule (int64 when every id of the column is
     a canonical integer, else the strings as written, sorted the same way), ratings parsed to
     the nearest float as pandas does, the same duplicate handling. Here, in the caller's
@@ -762,6 +764,9 @@ def _plain_reader(p: Path, names: _Names, sep: str, header: bool, encoding: str,
     else:
         return None  # the general reader says what it expected
     choice = _choose(columns, names, p.name, headerless=not header)
+    used = [choice.user, choice.item, choice.rating, choice.timestamp]
+    if any(c not in used for c in columns):
+        return None
     ids = pa.dictionary(pa.int32(), pa.string())
     types = {choice.user: ids, choice.item: ids, choice.rating: pa.float64()}
     if choice.timestamp is not None:
@@ -769,21 +774,17 @@ def _plain_reader(p: Path, names: _Names, sep: str, header: bool, encoding: str,
     parse_options = pacsv.ParseOptions(delimiter=sep, quote_char=False, double_quote=False,
                                        escape_char=False, ignore_empty_lines=True)
     convert_options = pacsv.ConvertOptions(
-        column_types=types, include_columns=list(types), null_values=[], true_values=[],
-        false_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False)
+        column_types=types, null_values=[], true_values=[], false_values=[],
+        strings_can_be_null=False, quoted_strings_can_be_null=False)
 
     def parse(threads: bool = True) -> Ratings | None:
-        data = p.read_bytes()
-        if b'"' in data or b"\0" in data or data.count(b"\r") != data.count(b"\r\n"):
-            return None
         try:
             read_options = pacsv.ReadOptions(column_names=columns, skip_rows=int(header),
                                              use_threads=threads)
-            table = pacsv.read_csv(pa.BufferReader(data), read_options=read_options,
+            table = pacsv.read_csv(str(p), read_options=read_options,
                                    parse_options=parse_options, convert_options=convert_options)
         except (pa.ArrowException, ValueError):  # a row pandas reads otherwise, or reports
             return None
-        del data
         if table.num_rows == 0:
             return None
         user_codes = _plain_ids(table.column(choice.user))
@@ -821,16 +822,17 @@ def _plain_array(chunks: list[Any], dtype: Any) -> np.ndarray | None:
 def _plain_ids(column: Any) -> tuple[np.ndarray, np.ndarray] | None:
     """``(codes, ids)`` of a dictionary-encoded id column, as :func:`factorize_ids` gives them
     for the same strings: int64 ids when every id is a canonical integer (``str(int(s)) ==
-    s``, within int64), else the strings; sorted; int32 codes. None for an empty id (the
-    general reader reports it)."""
+    s``, within int64), else the strings; sorted; int32 codes. None for an empty id, or one
+    with a quote or a NUL (the general reader reads or reports them)."""
     column = column.unify_dictionaries()
     if column.num_chunks == 0:
         return None
-    words = np.asarray(column.chunk(0).dictionary.to_pylist(), dtype=str)
+    text = column.chunk(0).dictionary.to_pylist()
     codes = _plain_array([chunk.indices for chunk in column.chunks], np.int32)
-    if codes is None or len(words) == 0 or (words == "").any() or \
-            np.bincount(codes, minlength=len(words)).min() == 0:
+    if codes is None or not text or any(not s or '"' in s or "\0" in s for s in text) or \
+            np.bincount(codes, minlength=len(text)).min() == 0:
         return None
+    words = np.asarray(text, dtype=str)
     try:
         numbers = words.astype(np.int64)
         canonical = bool(np.array_equal(numbers.astype(str), words))
@@ -841,7 +843,7 @@ def _plain_ids(column: Any) -> tuple[np.ndarray, np.ndarray] | None:
         ids = numbers[order]
     else:  # as the general reader: the strings as written, sorted by code point
         order = np.argsort(words, kind="stable")
-        ids = np.asarray(words.tolist(), dtype=object)[order]
+        ids = np.asarray(text, dtype=object)[order]
     rank = np.empty(len(order), dtype=np.int32)
     rank[order] = np.arange(len(order), dtype=np.int32)
     return rank[codes], ids
