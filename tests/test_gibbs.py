@@ -242,6 +242,32 @@ def test_callback_sees_each_sweep_and_can_stop() -> None:
     assert not np.array_equal(snapshots[0].P, snapshots[1].P)
 
 
+def test_burn_in_means_are_provisional_and_the_kept_mean_unchanged() -> None:
+    # issue 10, item 4: during burn-in the callback's means average the sweeps since the last
+    # restart (each sweep up to burn_in // 2, and a sweep whose training RMSE fell by > 2 %),
+    # which is the kept mean of a chain with that burn-in: the chain does not depend on burn_in
+    (u, i, r), _ = planted(m=40, n=30, seed=3)
+    snaps: list[GibbsResult] = []
+
+    def cb(sweep: int, rmse: float, means) -> None:
+        snaps.append(means())
+
+    res = gibbs_mf(u, i, r, (40, 30), rank=2, sweeps=30, burn_in=20, seed=0, callback=cb)
+    train = res.rmse_train
+    start = max([10] + [s for s in range(11, 21) if train[s - 1] < 0.98 * train[s - 2]])
+    assert start < 20  # some sweep of the burn-in is averaged with others
+    for s in (start + 1, 20):
+        ref = gibbs_mf(u, i, r, (40, 30), rank=2, sweeps=s, burn_in=start - 1, seed=0)
+        for name in ("P", "Q", "bu", "bi", "prior_P", "prior_Q"):
+            np.testing.assert_array_equal(getattr(snaps[s - 1], name), getattr(ref, name))
+        assert snaps[s - 1].alpha == ref.alpha
+    # the result averages the kept sweeps only, as the chain of the same length and burn-in
+    short = gibbs_mf(u, i, r, (40, 30), rank=2, sweeps=30, burn_in=20, seed=0)
+    np.testing.assert_array_equal(res.P, short.P)
+    assert not np.allclose(res.P, snaps[19].P)  # not the burn-in's provisional mean
+    kept = gibbs_mf(u, i, r, (40, 30), rank=2, sweeps=30, burn_in=start - 1, seed=0)
+    assert not np.allclose(res.P, kept.P)
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
