@@ -166,7 +166,11 @@ def test_two_processes_give_the_one_process_fit(tmp_path):
     for got in ranks:
         np.testing.assert_allclose(got["two_epochs"], two_epochs(train), rtol=1e-10)
     for got in ranks:  # a NaN on one process stopped both, each keeping epoch 1's factors
-        assert "became nan at epoch 2 with solver='als'" in json.loads(str(got["errors"]))["nan"]
+        message = json.loads(str(got["errors"]))["nan"]
+        assert "became nan at epoch 2 with solver='als'" in message
+        # in als's terms, not a line search's (issue 10)
+        assert "(in the epoch's user half-step: a user row's Newton step became non-finite, " \
+            "so no item row was updated); the parameters after epoch 1 are kept" in message
         assert bool(got["nan_finite"])
 
 

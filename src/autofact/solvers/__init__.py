@@ -136,9 +136,10 @@ class _Guard:
         assert self.start is not None
         return value - self.start > GROWTH * max(abs(self.start), 1.0)
 
-    def check(self, epoch: int, value: float) -> None:
+    def check(self, epoch: int, value: float, midway: bool = False) -> None:
         """After ``epoch`` returned ``value``: raise :class:`FitError` (having put back the last
-        verified parameters) if the run has failed."""
+        verified parameters) if the run has failed. ``midway``: ``value`` is the epoch's start
+        and the parameters are where a later point of the epoch failed (the message says so)."""
         if self.start is None:
             self.start = value
         finite_params = all(bool(torch.isfinite(p).all()) for p in self.params.values())
@@ -146,7 +147,7 @@ class _Guard:
             if self._bad(value):  # the parameters this epoch started from are bad
                 self._fail(epoch, value, self.good, epoch - 2, initial=epoch == 1)
             if not finite_params:
-                self._fail(epoch, math.nan, self.trial, epoch - 1)
+                self._fail(epoch, math.nan, self.trial, epoch - 1, midway=midway)
             self.good, self.trial = self.trial, self.good  # the epoch's start is verified
         elif self._bad(value) or not finite_params:
             self._fail(epoch, value if finite_params else math.nan, self.trial, epoch - 1)
@@ -202,7 +203,10 @@ class _Guard:
                     f"{settings}, over {GROWTH:g} times its starting size: the fit diverged")
         else:
             what = f"the objective (or its gradient) became {value} {where} with {settings}"
-            if midway:
+            if midway and self.solver == "als":  # sharded als, after its users' half-step
+                what += (" (in the epoch's user half-step: a user row's Newton step became "
+                         "non-finite, so no item row was updated)")
+            elif midway:
                 what += " (at a line-search trial point)"
         raise FitError(f"{what}; {kept_text}. {hint}", epoch=epoch)
 
@@ -264,7 +268,7 @@ def fit_params(
             except NonFinite as exc:
                 guard.ended()
                 if exc.start is not None:  # the epoch's start checked out; a later point did not
-                    guard.check(epoch, exc.start)
+                    guard.check(epoch, exc.start, midway=True)
                     guard.fail_midway(epoch, exc.value)
                 value = exc.value
             else:
