@@ -275,12 +275,25 @@ def _restore() -> None:
         blas.restore_original_limits()
 
 
+_BLAS: dict[str, Any] = {}  # threadpoolctl's BLAS controller, and len(sys.modules) then
+
+
 def _limit_blas(n: int) -> Any:
     """threadpoolctl's limit on the BLAS libraries loaded now (numpy's, scipy's), or ``None``
-    when none has more than ``n`` threads (nothing to change)."""
+    when none has more than ``n`` threads (nothing to change).
+
+    threadpoolctl finds the libraries by reading ``/proc/self/maps`` (0.6 ms, 2-3 ms on a busy
+    machine: a tenth of a 1M-rating gradient, issue 10), so the controller is kept and made
+    again only once a module was imported since (a BLAS library arrives with an import: numpy,
+    scipy, ...). Called with ``_LOCK`` held."""
+    import sys
+
     from threadpoolctl import ThreadpoolController
 
-    blas = ThreadpoolController().select(user_api="blas")
+    if _BLAS.get("modules") != len(sys.modules):
+        _BLAS["blas"] = ThreadpoolController().select(user_api="blas")
+        _BLAS["modules"] = len(sys.modules)
+    blas = _BLAS["blas"]
     if all(lib.num_threads <= n for lib in blas.lib_controllers):
         return None
     return blas.limit(limits=n)
