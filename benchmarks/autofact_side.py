@@ -73,11 +73,16 @@ def gradient_case(
     device: str = "cpu",
     repeats: int = 5,
     warmup: int = 1,
+    baseline: Any = None,
 ) -> dict:
     """Best-of-``repeats`` seconds for ``obj.value_and_grad(params)`` after ``warmup`` calls.
 
-    Also returns the loss value and, where the parameter layout can be recognised, ``P`` (m x k) and
-    ``Q`` (k x n) as NumPy so the harness can check the value against the NumPy baseline."""
+    ``baseline`` (a no-argument callable) is timed between autofact's calls, one call of each in
+    turn, so that a change of the machine's load hits both sides alike (issue 10: timed one side
+    after the other, the ratio swung 0.35-0.93 from run to run on a shared machine); its
+    best-of-``repeats`` seconds come back as ``baseline_seconds``. Also returns the loss value
+    and, where the parameter layout can be recognised, ``P`` (m x k) and ``Q`` (k x n) as NumPy
+    so the harness can check the value against the NumPy baseline."""
     r = _ratings(data["train"], data["shape"])
     obj = Objective(
         r,
@@ -98,8 +103,10 @@ def gradient_case(
         clear()
         obj.value_and_grad(params)
     _sync(device)
-    best = float("inf")
+    best = base_best = float("inf")
     value = float("nan")
+    if baseline is not None:
+        baseline()  # its warm-up
     for _ in range(repeats):
         clear()
         _sync(device)
@@ -107,7 +114,13 @@ def gradient_case(
         value = obj.value_and_grad(params)
         _sync(device)
         best = min(best, time.perf_counter() - t0)
+        if baseline is not None:
+            t0 = time.perf_counter()
+            baseline()
+            base_best = min(base_best, time.perf_counter() - t0)
     out: dict[str, Any] = {"seconds": best, "value": float(value)}
+    if baseline is not None:
+        out["baseline_seconds"] = base_best
     out.update(_factors_as_numpy(params, data["shape"], rank))
     return out
 
