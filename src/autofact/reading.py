@@ -526,6 +526,7 @@ def _read_parquet(p: Path, names: _Names) -> _Table:
         df = pd.read_parquet(p)
     except Exception as exc:
         raise ValueError(f"{p.name}: cannot read as Parquet: {exc}") from exc
+    release_freed_memory()  # pyarrow's pool keeps the table it converted (issue 11)
     df.columns = [str(c) for c in df.columns]
     choice = _choose(list(df.columns), names, p.name, headerless=False)
     return _Table(df, choice, p.name, lambda k: f"row {k + 1} of {p.name}", text=False)
@@ -975,6 +976,7 @@ def _to_ratings(t: _Table, duplicates: Duplicates) -> Ratings:
     ts = None if c.timestamp is None else parse_timestamps(
         df[c.timestamp], c.timestamp, t.where, _NO_TIMESTAMP_FIX
     )
+    t.frame = df = col = None  # issue 11: the frame goes before the ratings are sorted
     return Ratings(
         uidx, iidx, vals, shape=(len(uids), len(iids)), user_ids=uids, item_ids=iids,
         weights=w, timestamps=ts, duplicates=duplicates,
