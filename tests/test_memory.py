@@ -174,3 +174,18 @@ def test_a_values_dtype_other_than_float32_or_float64_is_refused(tmp_path, bad):
         reading.read_parts([tmp_path / "x.csv"], dtype=bad)
     with pytest.raises(ValueError, match=r"dtype must be 'float32' or 'float64' .*got"):
         distributed.read_local(tmp_path, dtype=bad)
+
+
+def test_an_objective_without_max_memory_scales_its_workspace_with_its_share():
+    # issue 11, item 3: max_memory=None gives 4 bytes a held rating, within [32, 256] MiB, so a
+    # process holding a quarter of the ratings has a quarter of the workspace (above the floor)
+    from autofact.objective import default_max_memory
+
+    assert default_max_memory(25_000_000) == 100_000_000
+    assert default_max_memory(6_250_000) == 32 * 2**20  # the floor
+    assert default_max_memory(10**9) == 256 * 2**20  # the cap
+    r = planted(50_000)
+    assert Objective(r).max_memory == 32 * 2**20
+    assert Objective(r, max_memory=2**20).max_memory == 2**20
+    with pytest.raises(ValueError, match="max_memory must be at least 65536 bytes, got 100"):
+        Objective(r, max_memory=100)

@@ -52,7 +52,8 @@ from .sparse import build_patterns, csr_tensor, gather_dot, prepare_transposes
 from .threads import use_threads, workers_for
 
 __all__ = ["Objective", "check_loss", "check_regularizer", "check_unobserved_weight",
-           "diagonal_derivatives", "loss_probe", "resolve_device", "resolve_dtype"]
+           "default_max_memory", "diagonal_derivatives", "loss_probe", "resolve_device",
+           "resolve_dtype"]
 
 Params = dict[str, torch.Tensor]
 
@@ -69,6 +70,20 @@ _CPU_BLOCK_NNZ = 2**18
 #: gradient buffers stay small.
 _RUNS = 8
 _POOL_LOCK = threading.Lock()  # creates an objective's worker threads once (:meth:`Objective._pool`)
+
+
+#: The workspace of an objective built with ``max_memory=None``: 4 bytes a rating it holds
+#: (a third of a float32 rating's 12), at least 32 MiB and at most 256 MiB (issue 11: each
+#: process's workspace follows its share, so the per-process memory falls with it).
+_MEMORY_PER_RATING = 4
+_MEMORY_FLOOR = 32 * 2**20
+_MEMORY_CAP = 256 * 2**20
+
+
+def default_max_memory(nnz: int) -> int:
+    """``max_memory`` for an objective over ``nnz`` ratings when none is given: 4 bytes a
+    rating, within [32 MiB, 256 MiB] (issue 11: proportional to this process's share)."""
+    return int(min(_MEMORY_CAP, max(_MEMORY_FLOOR, _MEMORY_PER_RATING * int(nnz))))
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -258,6 +273,10 @@ def check_regularizer(reg: Regularizer, dtype: torch.dtype) -> None:
 class Objective:
     """The objective ``J`` above for one :class:`Ratings`, on one device and dtype.
 
+    ``max_memory`` bounds the workspace of one evaluation (bytes); ``None`` (the default) scales
+    it with the ratings this process holds (:func:`default_max_memory`: 4 bytes a rating,
+    within 32-256 MiB; issue 11).
+
     ``plan`` (:mod:`autofact.sharding`) says which of the ratings this process holds and how
     the sums over processes are taken; ``None`` is one process (every rating, sums the
     identity). With several processes every value and gradient is the sum over all of them.
@@ -293,7 +312,7 @@ class Objective:
         bias: bool = False,
         device: str | torch.device = "cpu",
         dtype: Any = torch.float32,
-        max_memory: int = 256 * 2**20,
+        max_memory: int | None = None,
         global_mean: float | None = None,
         plan: ShardPlan | None = None,
         unobserved_weight: float = 0.0,
@@ -304,7 +323,9 @@ class Objective:
                 f"ratings must be an autofact.Ratings, got {type(ratings).__name__}; "
                 "build one with Ratings.from_frame / from_sparse / from_dense / autofact.read"
             )
-        if not (isinstance(max_memory, int | float) and max_memory >= 2**16):
+        if not (max_memory is None or (isinstance(max_memory, int | float)
+                                       and not isinstance(max_memory, bool)
+                                       and max_memory >= 2**16)):
             raise ValueError(f"max_memory must be at least 65536 bytes, got {max_memory!r}")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
@@ -326,7 +347,7 @@ class Objective:
         self.items = _tensor(ratings.items).to(dev)
         self.values = _tensor(ratings.values).to(dev, dt)
         self.weights = None if ratings.weights is None else _tensor(ratings.weights).to(dev, dt)
-        self.max_memory = int(max_memory)
+        self.max_memory = default_max_memory(self.nnz) if max_memory is None else int(max_memory)
         self.max_nnz = max(1024, self.max_memory // _BYTES_PER_ENTRY)
         if global_mean is not None:
             self.mu = float(global_mean)
@@ -336,7 +357,7 @@ class Objective:
             self.mu = 0.0
         # the backward's transposes keep 4 bytes an entry, or 8 (faster) while that stays within
         # half of max_memory
-        self.keep_rows = 8 * self.nnz <= int(max_memory) // 2
+        self.keep_rows = 8 * self.nnz <= self.max_memory // 2
         self.patterns = build_patterns(self.users, self.items, self.shape, self._block_nnz(),
                                        keep_rows=self.keep_rows)
         self.design: torch.Tensor | None = None
