@@ -127,6 +127,31 @@ def test_z_in_column_slices_shared_by_a_group_of_blocks_gives_the_fit_of_z_whole
             # both sides in groups (n_other x 10 x 8 bytes > 2**15), some of several blocks
             assert len(groups) == 2 * 4 and max(len(g) for gs in groups for g in gs) > 1
     assert len(groups) == 2 * 4  # Z whole: no groups
+    # Z whole in column slices of 8 columns (the cache-sized slices, made small): the same fit
+    monkeypatch.setattr(als, "Z_SLICE_BYTES", 1)
+    sliced = autofact.MatrixFactorization(rank=3, solver="als", loss=loss, epochs=4, seed=0,
+                                          dtype="float64", max_memory=2**26,
+                                          n_threads=2).fit(data)
     for name in ("user_factors_", "item_factors_", "user_bias_", "item_bias_"):
         np.testing.assert_allclose(getattr(fits[2**16], name), getattr(fits[2**26], name),
                                    rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(getattr(sliced, name), getattr(fits[2**26], name),
+                                   rtol=1e-12, atol=1e-14)
+
+
+def test_z_whole_in_cache_sized_column_slices_gives_the_same_fit(monkeypatch):
+    # issue 10: Z whole is used in contiguous column slices (Z_SLICE_BYTES) so that C @ Z's
+    # gathers stay in cache; each entry of C @ Z is the same sum whatever the slices, and the
+    # fit is the one of the all-K^2 products (the short rows' path)
+    fits = []
+    for short_rows, slice_bytes in ((10**9, als.Z_SLICE_BYTES), (0, als.Z_SLICE_BYTES), (0, 1)):
+        # all K^2 at once; the upper triangle in one slice; in slices of 8 of its 10 columns
+        monkeypatch.setattr(als, "SHORT_ROWS", short_rows)
+        monkeypatch.setattr(als, "Z_SLICE_BYTES", slice_bytes)
+        fits.append(autofact.MatrixFactorization(rank=3, solver="als", loss="huber", epochs=4,
+                                                 seed=0, dtype="float64").fit(_data()))
+    for name in ("user_factors_", "item_factors_", "user_bias_", "item_bias_"):
+        np.testing.assert_allclose(getattr(fits[1], name), getattr(fits[0], name), rtol=1e-10,
+                                   atol=1e-12)
+        np.testing.assert_allclose(getattr(fits[2], name), getattr(fits[1], name), rtol=1e-12,
+                                   atol=1e-14)
