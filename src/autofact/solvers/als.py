@@ -324,6 +324,7 @@ class _AlternatingNewton:
             Xv = torch.cat([X[a:b], bx[a:b, None]], 1) if bx is not None else X[a:b].clone()
             grad = torch.zeros(mb, K, dtype=dt, device=dev)
             upper = torch.zeros(mb, len(iu), dtype=dt, device=dev)
+            curv = []  # each block's rows and CSR of l'' (the range's l'': 4-8 bytes a rating)
             for pat in pats:
                 if pat.nnz == 0:
                     continue
@@ -334,11 +335,18 @@ class _AlternatingNewton:
                     g1 = g1 - 2 * w0 * pred
                     g2 = g2 - 2 * w0
                 grad[r] += pat.csr(g1) @ Yf
-                C = pat.csr(g2)
-                cols = max(1, obj.max_nnz * 8 // max(Ya.shape[0] + pat.row1 - pat.row0, 1))
-                for c0 in range(0, len(iu), cols):
-                    c1 = min(c0 + cols, len(iu))
-                    upper[r, c0:c1] += C @ products.upper(c0, c1)
+                curv.append((r, pat.csr(g2)))
+            # each column slice of Z computed once for the range's blocks (issue 10): cache-
+            # sized where Z fits in half of max_memory, else within the budget's slices
+            cols = max(1, min(obj.max_nnz * 8 // max(Ya.shape[0] + mb, 1),
+                              Z_SLICE_BYTES // max(1, Ya.shape[0] * Ya.element_size())))
+            for c0 in range(0, len(iu) if curv else 0, cols):
+                c1 = min(c0 + cols, len(iu))
+                Zs = products.upper(c0, c1)
+                for r, C in curv:
+                    upper[r, c0:c1] += C @ Zs
+                del Zs
+            del curv
             plan.all_sum([grad, upper])  # every process's ratings of these items
             # each process solves its slice of the range's rows (the regularizer's derivatives
             # added there, once) and sends its steps to the others: every process then holds
