@@ -47,7 +47,7 @@ from ._memory import release_freed_memory
 from ._optional import optional_import
 from .data import Duplicates, Ratings, factorize_ids, parse_timestamps, parse_weights
 
-__all__ = ["read", "read_parts", "part_files"]
+__all__ = ["read", "read_in_background", "read_parts", "part_files"]
 
 _USER_COLS = ("user", "userid", "user_id", "userId", "uid", "u")
 _ITEM_COLS = ("item", "itemid", "item_id", "itemId", "movieid", "movie_id", "movieId", "iid", "i")
@@ -153,11 +153,15 @@ def read_in_background(path: str | os.PathLike[str], **kwargs: Any) -> Callable[
     """Start :func:`read` (same arguments) and return the function that waits for its
     :class:`Ratings` (or raises its error).
 
-    Issue 10 (cold start): a plain file of numbers (see :func:`read`'s fast path) is parsed on
-    a background thread, in C++ that releases the GIL, while the caller goes on (the command
-    line imports torch meanwhile). Everything that may import a module or raise a
-    usage error (the arguments, the file's layout, its columns) runs here first, in the
-    caller's thread; any other file is read, as by :func:`read`, when the function is called.
+    Issue 10 (cold start): a plain file (see :func:`read`) is parsed on a background thread,
+    by pyarrow's C++ reader, which releases the GIL, while the caller goes on (``autofact fit``
+    imports torch meanwhile). What may import a module or raise a usage error (the arguments,
+    the file's layout, its columns) runs here first, in the caller's thread; a file that is
+    not plain, or that the fast path hands over, is read when the function is called.
+
+    >>> wait = read_in_background("u.data")
+    >>> import torch                                 # meanwhile, u.data is parsed
+    >>> ratings = wait()
     """
     job = _prepare(path, **kwargs)
     if job.quick is None:
