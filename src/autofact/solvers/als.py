@@ -21,6 +21,21 @@ curvature ``D`` solves the same system by Woodbury's identity instead, ``n x n``
 
     H_u^{-1} g_u = D^{-1} (g_u - Y^T z),    (W^{-1} + Y D^{-1} Y^T) z = Y D^{-1} g_u
 
+**Memory and blocks** (issue 10; ``f`` bytes a float, ``T = K (K + 1) / 2``, ``M`` =
+``max_memory``). Each side's rows are cut into blocks of at most ``M / 2 / (w 3 K^2 f)`` rows
+(and ``max_nnz`` entries) for ``w`` worker threads (:func:`autofact.threads.workers_for`: by
+sizes and cores, never the load), and into :data:`BLOCKS_PER_WORKER` blocks a worker when
+``w > 1``: the ``w`` blocks in flight hold their ``H``, its Cholesky factor and ``C @ Z``'s
+rows within ``M / 2``. ``Z``'s upper triangle (``n_other x T``) is computed once a half-sweep and
+shared by the blocks when it fits in the other ``M / 2``. Otherwise consecutive blocks go in
+groups: each column slice of ``Z`` (within ``M / 8``) is computed once a group and multiplied
+by each block's ``C``, accumulating the group's upper triangles (within ``M / 4``) while its
+``l''`` is kept (within ``M / 8``); then its blocks solve. Either way ``Z`` is used in
+contiguous column slices of about :data:`Z_SLICE_BYTES`, so the rows of ``Z`` the sparse product
+gathers stay in cache. Each row is solved on its own, so the cut changes the factors by
+rounding at most (Woodbury's split is chosen by block), and the epoch's loss only in the order
+of its sum.
+
 With the unobserved term (``Objective(unobserved_weight=w0)``, issue 12: every pair ``u`` did not
 rate counts as a rating of 0 with weight ``w0``) the step stays exact, by the Gram trick: with
 ``y_i`` as above, ``o_i = mu + b^i_i`` the rest of the prediction, ``G = sum_i y_i y_i^T`` and
