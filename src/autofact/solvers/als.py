@@ -31,8 +31,8 @@ shared by the blocks when it fits in the other ``M / 2``. Otherwise consecutive 
 groups: each column slice of ``Z`` (within ``M / 8``) is computed once a group and multiplied
 by each block's ``C``, accumulating the group's upper triangles (within ``M / 4``) while its
 ``l''`` is kept (within ``M / 8``); then its blocks solve. Either way ``Z`` is used in
-contiguous column slices of about :data:`Z_SLICE_BYTES`, so the rows of ``Z`` the sparse product
-gathers stay in cache. Each row is solved on its own, so the cut changes the factors by
+contiguous column slices of about :data:`Z_SLICE_BYTES` on the CPU, so the rows of ``Z`` the
+sparse product gathers stay in cache. Each row is solved on its own, so the cut changes the factors by
 rounding at most (Woodbury's split is chosen by block), and the epoch's loss only in the order
 of its sum.
 
@@ -109,6 +109,12 @@ WOODBURY_ROWS = 4
 #: ratings, 6,040 x 561 floats, 2.5-4x faster than one product with all columns). The cut is
 #: by sizes only, and each entry of ``C @ Z`` is the same sum whatever the slices.
 Z_SLICE_BYTES = 2 * 2**20
+
+
+def _slice_bytes(device: torch.device) -> int:
+    """:data:`Z_SLICE_BYTES` on the CPU; on an accelerator no cap (one product per slice the
+    budget allows: fewer kernel launches)."""
+    return Z_SLICE_BYTES if device.type == "cpu" else 2**62
 
 
 def make_als(obj: Objective, params: Params, nonnegative: bool = False) -> Epoch:
@@ -354,7 +360,7 @@ class _AlternatingNewton:
             # each column slice of Z computed once for the range's blocks (issue 10): cache-
             # sized where Z fits in half of max_memory, else within the budget's slices
             cols = max(1, min(obj.max_nnz * 8 // max(Ya.shape[0] + mb, 1),
-                              Z_SLICE_BYTES // max(1, Ya.shape[0] * Ya.element_size())))
+                              _slice_bytes(dev) // max(1, Ya.shape[0] * Ya.element_size())))
             for c0 in range(0, len(iu) if curv else 0, cols):
                 c1 = min(c0 + cols, len(iu))
                 Zs = products.upper(c0, c1)
@@ -513,7 +519,7 @@ class _AlternatingNewton:
                 losses = each(lambda pat: finish((pat, prepare(pat), None)), blocks)
             else:
                 T = len(iu)
-                width = max(1, min(obj.max_memory // 8, Z_SLICE_BYTES) // (n_other * item))
+                width = max(1, min(obj.max_memory // 8, _slice_bytes(dev)) // (n_other * item))
                 losses = []
                 for group in _groups(blocks, T * item, 2 * item, obj.max_memory):
                     preps = each(prepare, group)
@@ -795,7 +801,8 @@ class _Products:
         with self._lock:
             if self._slices is None:
                 Yf, T = self.Yf, len(self.iu)
-                width = max(8, Z_SLICE_BYTES // max(1, Yf.shape[0] * Yf.element_size()))
+                width = max(8, _slice_bytes(Yf.device)
+                            // max(1, Yf.shape[0] * Yf.element_size()))
                 out = []
                 for c0 in range(0, T, width):
                     c1 = min(c0 + width, T)
