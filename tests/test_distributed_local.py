@@ -293,6 +293,29 @@ def test_local_fit_refuses_a_validation_fraction():
         distributed.fit(m, planted(), local=True)
 
 
+def test_one_process_local_fit_keeps_its_own_pattern_without_a_gather(tmp_path, monkeypatch):
+    # issue 11 (memory): one process's index already holds the whole training pattern, so
+    # distributed.fit(local=True) skips the gather; the model is the plain fit's
+    import torch.distributed as dist
+
+    def no_gather(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the pattern was gathered with one process")
+
+    monkeypatch.setattr(distributed, "_gather_pattern", no_gather)
+    r = planted(seed=7)
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1),
+                            rank=0, world_size=1)
+    try:
+        shared = distributed.fit(model(), r, local=True)
+    finally:
+        dist.destroy_process_group()
+    single = model().fit(r)
+    for got, want in zip(shared.index_.seen_arrays(), single.index_.seen_arrays(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(shared.index_.user_counts, single.index_.user_counts)
+    np.testing.assert_allclose(shared.user_factors_, single.user_factors_, rtol=1e-7, atol=1e-9)
+
+
 # ------------------------------------------------------------------ the worker
 def _worker(mode: str, data: str, out: str) -> None:
     rank, world = distributed.init(timeout=60)

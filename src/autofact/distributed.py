@@ -210,7 +210,10 @@ def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
                 "ratings (autofact.distributed.read_local) pass local=True"
             )
     model.fit(train, validation=validation, plan=plan, **fit_kwargs)
-    if local:  # rank 0's model gets every process's training pattern (for the file it saves)
+    # issue 11: the fit's freed workspace back to the system before the gather's arrays
+    release_freed_memory()
+    if local and plan.world_size > 1:  # rank 0's model gets every process's training pattern
+        # (for the file it saves); one process's index already holds it (from_ratings)
         _gather_pattern(model, train, plan)
     return model
 
