@@ -189,9 +189,12 @@ class _AlternatingNewton:
         # params["P"] (and "bu") hold either every user's rows or only this process's, in
         # order (MatrixFactorization.fit passes those: a process's memory is its users')
         self.compact = self.params["P"].shape[0] != m
-        lut = torch.full((m,), -1, dtype=torch.int64, device=dev)
-        lut[self.own] = torch.arange(len(self.own), device=dev)
-        users = lut[obj.users.long()].to(obj.users.dtype)  # sorted still: the map is monotone
+        # issue 11 (memory): the map in the ratings' index dtype, looked up with index_select
+        # (an int32 index as it is): 4 bytes a rating, where lut[users.long()] made two int64
+        # copies (16 bytes a rating) on the way
+        lut = torch.full((m,), -1, dtype=obj.users.dtype, device=dev)
+        lut[self.own] = torch.arange(len(self.own), dtype=obj.users.dtype, device=dev)
+        users = torch.index_select(lut, 0, obj.users)  # sorted still: the map is monotone
         compact = copy.copy(obj)  # the same ratings, users numbered 0..m_r-1
         compact.users, compact.shape = users, (len(self.own), n)
         # the user blocks' workspace in half of max_memory, Z's in the other (see _side)
