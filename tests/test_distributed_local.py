@@ -287,6 +287,36 @@ def test_with_pattern_refuses_a_pattern_of_other_counts():
         index.with_pattern(indptr, np.zeros_like(indices))
 
 
+@pytest.mark.parametrize(("flags", "values"), [
+    ([], "float32"), (["--dtype", "float32"], "float32"), (["--dtype", "float64"], None),
+    (["--params", "P"], None)])
+def test_cli_under_torchrun_reads_float32_values_for_a_float32_fit(tmp_path, monkeypatch, flags,
+                                                                   values):
+    # issue 11 (memory): the CLI under torchrun reads the values in float32 when the fit is
+    # float32 (the default, or --dtype float32; a --params file's dtype counts too), so the fit
+    # shares them; a float64 fit reads them as before
+    from autofact.cli import main
+
+    (tmp_path / "P").write_text(json.dumps({"dtype": "float64"}))
+    data = tmp_path / "r.csv"
+    data.write_text("user,item,rating\nu1,i1,4\nu2,i2,3\n")
+    calls: list[dict] = []
+
+    def spy(path, **kw):  # type: ignore[no-untyped-def]
+        calls.append(kw)
+        raise ValueError("read stopped by the test")
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed, "init", lambda timeout=None: (0, 2))
+    monkeypatch.setattr(distributed, "is_main_process", lambda: True)
+    monkeypatch.setattr(distributed, "shutdown", lambda wait=True: None)
+    monkeypatch.setattr(distributed, "read_local", spy)
+    args = ["fit", str(data), "--out", str(tmp_path / "m.npz"), *flags]
+    assert main([a if a != "P" else str(tmp_path / "P") for a in args]) != 0
+    assert len(calls) == 1 and calls[0]["dtype"] == values
+    assert calls[0]["split"] == "users"  # 'auto' solver: every rating of a user on one process
+
+
 def test_local_fit_refuses_a_validation_fraction():
     m = autofact.MatrixFactorization(solver="adam", validation_fraction=0.1)
     with pytest.raises(ValueError, match="validation_fraction=0.1 would hold out another share"):
