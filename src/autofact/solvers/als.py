@@ -440,18 +440,13 @@ class _AlternatingNewton:
 
         first = torch.stack([local(Xv), slope])
         plan.all_sum([first])
-        f0, slope = first[0], first[1]
-        t = torch.ones(Xv.shape[0], dtype=Xv.dtype, device=Xv.device)
-        done = torch.zeros_like(t, dtype=torch.bool)
-        for _ in range(halvings):
-            f1 = local(Xv - t[:, None] * step)
+
+        def summed(Xt: torch.Tensor) -> torch.Tensor:
+            f1 = local(Xt)
             plan.all_sum([f1])
-            ok = torch.isfinite(f1) & (f1 <= f0 - 1e-4 * t * slope.clamp_min(0))
-            done |= ok
-            if bool(done.all()):
-                return t
-            t = torch.where(done, t, t / 2)
-        return torch.where(done, t, torch.zeros_like(t))
+            return f1
+
+        return _armijo(summed, first[0], first[1], Xv, step, halvings)
 
     @staticmethod
     def _augment(Xv: torch.Tensor, bias: bool) -> torch.Tensor:
@@ -722,16 +717,26 @@ class _AlternatingNewton:
         """Per-row step sizes ``t`` in {1, 1/2, ...} meeting Armijo's condition (0 if none do)."""
         f0 = self._row_objective(obj, pat, Xv, Ya, bias, term)
         slope = (grad * step).sum(1)  # the decrease the linear model promises per unit of t
-        t = torch.ones(Xv.shape[0], dtype=Xv.dtype, device=Xv.device)
-        done = torch.zeros_like(t, dtype=torch.bool)
-        for _ in range(halvings):
-            f1 = self._row_objective(obj, pat, Xv - t[:, None] * step, Ya, bias, term)
-            ok = torch.isfinite(f1) & (f1 <= f0 - 1e-4 * t * slope.clamp_min(0))
-            done |= ok
-            if bool(done.all()):
-                return t
-            t = torch.where(done, t, t / 2)
-        return torch.where(done, t, torch.zeros_like(t))
+        return _armijo(lambda Xt: self._row_objective(obj, pat, Xt, Ya, bias, term), f0, slope,
+                       Xv, step, halvings)
+
+
+def _armijo(objective: Callable[[torch.Tensor], torch.Tensor], f0: torch.Tensor,
+            slope: torch.Tensor, Xv: torch.Tensor, step: torch.Tensor, halvings: int
+            ) -> torch.Tensor:
+    """Per-row step sizes ``t`` in {1, 1/2, ...} meeting Armijo's condition (0 if none do):
+    ``objective(X)`` gives each row's objective at ``X``, ``f0`` at ``Xv``, and ``slope`` the
+    decrease the linear model promises per unit of ``t`` (``grad . step``)."""
+    t = torch.ones(Xv.shape[0], dtype=Xv.dtype, device=Xv.device)
+    done = torch.zeros_like(t, dtype=torch.bool)
+    for _ in range(halvings):
+        f1 = objective(Xv - t[:, None] * step)
+        ok = torch.isfinite(f1) & (f1 <= f0 - 1e-4 * t * slope.clamp_min(0))
+        done |= ok
+        if bool(done.all()):
+            return t
+        t = torch.where(done, t, t / 2)
+    return torch.where(done, t, torch.zeros_like(t))
 
 
 def _aligned_patterns(rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int],
