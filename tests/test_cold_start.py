@@ -89,6 +89,10 @@ OTHER = [
     ("weights", "u,i,r,w\n1,2,3,0.5\n2,2,4,1\n", {"weight": "w"}),
     ("latin-1", "1,2,3\n2,2,4\n", {"encoding": "latin-1"}),
     ("float time", "1\t2\t3\t1.5\n2\t2\t4\t2.5\n", {}),
+    # issue 10: arrow's integer parser reads "0x10" as 16 (and "0x8000000000000000" wraps to a
+    # negative time); the general reader refuses both
+    ("hex time", "1\t2\t3\t100\n2\t2\t4\t0x10\n", {}),
+    ("hex time past int64", "userId,movieId,rating,timestamp\n1,2,3,0X8000000000000000\n", {}),
     ("dates", "user,item,rating,timestamp\n1,2,3,2020-01-01\n", {}),
     ("whitespace", "1 2 3\n2 2 4\n", {}),
     ("double colon", "1::2::3\n2::2::4\n", {}),

@@ -734,8 +734,8 @@ def _plain_reader(p: Path, names: _Names, sep: str, header: bool, encoding: str,
     weight column, none ignored: the general reader checks their bytes). The function returns
     None for whatever the general reader would read otherwise or report: a quote or a NUL in an
     id, an empty field, a row of another length, bytes that are not UTF-8, a rating that is not
-    a finite number, a timestamp that is not an integer. It reads the file itself (pyarrow
-    streams it: no copy of the file in memory). So the Ratings are
+    a finite number, a timestamp that is not an integer (or is written ``0x...``). It reads the
+    file itself (pyarrow streams it: no copy of the file in memory). So the Ratings are
     those of the general reader: ids by the same rule (int64 when every id of the column is
     a canonical integer, else the strings as written, sorted the same way), ratings parsed to
     the nearest float as pandas does, the same duplicate handling. Here, in the caller's
@@ -792,6 +792,8 @@ def _plain_reader(p: Path, names: _Names, sep: str, header: bool, encoding: str,
             return None
         if table.num_rows == 0:
             return None
+        if choice.timestamp is not None and _hex_written(p):
+            return None  # arrow reads "0x10" as the integer 16; the general reader refuses it
         user_codes = _plain_ids(table.column(choice.user))
         item_codes = _plain_ids(table.column(choice.item))
         values = _plain_array(table.column(choice.rating).chunks, np.float64)
@@ -810,6 +812,18 @@ def _plain_reader(p: Path, names: _Names, sep: str, header: bool, encoding: str,
                        duplicates=duplicates)
 
     return parse
+
+
+def _hex_written(p: Path) -> bool:
+    """Whether ``0x`` or ``0X`` occurs in the file: arrow's integer parser takes it for a
+    hexadecimal number (issue 10). Conservative: a True only sends the file to the general
+    reader."""
+    with open(p, "rb") as fh:
+        while chunk := fh.read(1 << 24):
+            chunk += fh.readline()  # whole lines: no "0x" spans two chunks
+            if b"0x" in chunk or b"0X" in chunk:
+                return True
+    return False
 
 
 def _plain_array(chunks: list[Any], dtype: Any) -> np.ndarray | None:
