@@ -289,3 +289,18 @@ def test_the_program_exits_with_mains_status_its_output_and_atexit_functions(tmp
     assert bad.returncode == 2
     assert "file '" in bad.stderr and "does not exist" in bad.stderr
     assert bad.stdout == "atexit ran\n"
+
+
+@pytest.mark.parametrize("closed", ["stdout", "stderr"])
+def test_the_program_exits_cleanly_with_a_closed_stream(tmp_path, closed):
+    # issue 10: started with stdout (or stderr) closed (`autofact fit ... >&-`), Python sets
+    # sys.stdout to None; run()'s flush before os._exit raised AttributeError (status 1, a
+    # traceback) after the model was saved. Python's own exit ignores a None stream.
+    data = tmp_path / "ratings.tsv"
+    data.write_text("".join(f"{u}\t{i}\t{1 + (u * i) % 5}\n" for u in range(1, 10)
+                            for i in range(1, 8)))
+    proc = _program(tmp_path, "fit", str(data), "--out", "m.npz", "--solver", "als", "--epochs",
+                    "1", "--rank", "2", "--quiet", prelude=f"sys.{closed} = None")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (tmp_path / "m.npz").exists()

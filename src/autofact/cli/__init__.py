@@ -165,8 +165,9 @@ def run() -> NoReturn:
         raise SystemExit(status)
     atexit._run_exitfuncs()
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # None: started with the stream closed (`>&-`)
+                stream.flush()
     except (OSError, ValueError):  # a closed pipe: let Python deal with it as usual
         raise SystemExit(status) from None
     os._exit(status)
