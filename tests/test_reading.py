@@ -81,6 +81,10 @@ def test_no_id_string_becomes_missing(tmp_path):
     "content,match",
     [
         ("1,2,5\n,2,3\n", r"line 2 of r.csv: the user id is empty"),
+        # issue 10 review: the line was stripped before it was split, so a tab file's empty
+        # first field vanished and the message blamed the item: "user id '2' is not a number"
+        ("1\t2\t5\n\t2\t3\n", r"line 2 of r.csv: the user id is empty"),
+        ("1\t2\t5\t7\n\t\t3\t8\n", r"line 2 of r.csv: the user id is empty"),
         ("1,2,5\n\n3,,3\n", r"line 3 of r.csv: the item id is empty"),
         ("user,item,rating\n1,2,5\n2,,4\n", r"line 3 of r.csv: the item id is empty"),
         ("1,2,5\n2\n",

@@ -683,7 +683,8 @@ def _read_text(p: Path, names: _Names, *, sep: str, header: bool, encoding: str)
     def explain_gap(k: int, column: str, what: str) -> str:
         """Why row ``k`` of ``column`` is empty: a short line, or an empty field."""
         line, text = locate(k)
-        got = _split(text.strip(), sep)
+        # a separator that is not whitespace: strip nothing (a tab file's empty first field)
+        got = _split(text.strip() if sep == r"\s+" else text, sep)
         position = columns.index(column)
         if len(got) <= position:
             need = (
