@@ -822,7 +822,8 @@ def _hex_written(p: Path) -> bool:
     with open(p, "rb") as fh:
         while chunk := fh.read(1 << 24):
             chunk += fh.readline()  # whole lines: no "0x" spans two chunks
-            if b"0x" in chunk or b"0X" in chunk:
+            # a one-byte search first: memchr's speed (a two-byte one is ~20x slower)
+            if (b"x" in chunk or b"X" in chunk) and (b"0x" in chunk or b"0X" in chunk):
                 return True
     return False
 
