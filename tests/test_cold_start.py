@@ -37,7 +37,8 @@ def _outcome(read: object, path: Path, **kwargs: object) -> object:
     arrays = {}
     for name in ("users", "items", "values", "weights", "timestamps", "user_ids", "item_ids"):
         a = getattr(r, name)
-        arrays[name] = None if a is None else (a.dtype.str, a.tolist())
+        # issue 10: writeable too (the general reader gave pandas's read-only columns)
+        arrays[name] = None if a is None else (a.dtype.str, a.flags.writeable, a.tolist())
     return r.shape, arrays
 
 

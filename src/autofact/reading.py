@@ -997,10 +997,24 @@ def _to_ratings(t: _Table, duplicates: Duplicates) -> Ratings:
         df[c.timestamp], c.timestamp, t.where, _NO_TIMESTAMP_FIX
     )
     t.frame = df = col = None  # issue 11: the frame goes before the ratings are sorted
+    # pandas hands out its columns read-only; the frame is gone, so they are the Ratings' own:
+    # writeable, as those of the fast path (issue 10) and of a file that needed a sort
+    vals = _writeable(vals)
+    w, ts = (None if a is None else _writeable(a) for a in (w, ts))
     return Ratings(
         uidx, iidx, vals, shape=(len(uids), len(iids)), user_ids=uids, item_ids=iids,
         weights=w, timestamps=ts, duplicates=duplicates,
     )
+
+
+def _writeable(a: np.ndarray) -> np.ndarray:
+    """``a``, writeable: its flag set back where its memory allows it, else a copy."""
+    if not a.flags.writeable:
+        try:
+            a.flags.writeable = True
+        except ValueError:
+            a = a.copy()
+    return a
 
 
 def _empty(col: Any) -> np.ndarray:
