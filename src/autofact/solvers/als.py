@@ -156,7 +156,7 @@ class _AlternatingNewton:
         # descheduled thread on a busy machine stalls every operation; one thread a block
         work = obj.nnz * K * K
         self.workers = 1
-        if work >= 2 * threads.MIN_WORK_PER_WORKER and getattr(obj.plan, "world_size", 1) == 1:
+        if work >= 2 * threads.MIN_WORK_PER_WORKER:  # one process (shared: returned above)
             self.workers = min(COARSE_BLOCKS, threads.workers_for(work))
         # each side's blocks: the rows whose workspace (H, its Cholesky factor, the upper
         # triangle's C @ Z: 3 K^2 floats a row) fits a worker's share of half of max_memory,
@@ -540,21 +540,11 @@ class _AlternatingNewton:
             loss += block_loss
         return float(loss)
 
-    def _block(self, obj: Objective, pat: Pattern, X: torch.Tensor, bx: torch.Tensor | None,
-               Ya: torch.Tensor, Yf: torch.Tensor, iu: torch.Tensor, ju: torch.Tensor, k: int,
-               K: int, term: tuple[torch.Tensor, torch.Tensor] | None = None,
-               products: _Products | None = None) -> torch.Tensor:
-        """Newton step on the rows of one block (see :meth:`_side`); its loss before it.
-        ``term``: ``(w0 G, w0 h)`` with the unobserved term (module docstring)."""
-        products = products if products is not None else _Products(Yf, iu, ju)
-        prep = self._prepare(obj, pat, X, bx, Ya, Yf, K, term)
-        return self._finish(obj, pat, prep, X, bx, Ya, Yf, k, K, term, products)
-
     def _prepare(self, obj: Objective, pat: Pattern, X: torch.Tensor, bx: torch.Tensor | None,
                  Ya: torch.Tensor, Yf: torch.Tensor, K: int,
                  term: tuple[torch.Tensor, torch.Tensor] | None) -> _Prep:
         """A block's derivatives, gradient and the CSR of ``l''`` its ``K x K`` systems need
-        (:meth:`_block`'s first half)."""
+        (the first half of a block's Newton step; :meth:`_finish` the second)."""
         bias = bx is not None
         rows = slice(pat.row0, pat.row1)
         # a copy, never a view of X: other workers update X's rows in place meanwhile, which
