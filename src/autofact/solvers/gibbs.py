@@ -615,6 +615,18 @@ _SETTLED = 0.98
 _DRAW_ROWS = 1 << 16
 
 
+def _own_part(draw: Callable[[int, int], np.ndarray], n_rows: int, own: np.ndarray,
+              width: tuple[int, ...]) -> np.ndarray:
+    """Rows ``own`` (sorted) of the draws for rows ``0:n_rows``, drawn ``draw(r0, r1)`` (rows
+    ``r0:r1``, each ``width`` wide) ``_DRAW_ROWS`` rows at a time, in order."""
+    out = np.empty((len(own), *width))
+    for r0 in range(0, n_rows, _DRAW_ROWS):
+        r1 = min(r0 + _DRAW_ROWS, n_rows)
+        a, b = np.searchsorted(own, [r0, r1])
+        out[a:b] = draw(r0, r1)[own[a:b] - r0]
+    return out
+
+
 def _normals_of(rng: np.random.Generator, n_rows: int, K: int, own: np.ndarray | None
                 ) -> np.ndarray:
     """Standard normals for ``n_rows`` rows (rows x K) from ``rng``, kept for rows ``own``
@@ -623,13 +635,7 @@ def _normals_of(rng: np.random.Generator, n_rows: int, K: int, own: np.ndarray |
     time)."""
     if own is None:
         return rng.standard_normal((n_rows, K))
-    out = np.empty((len(own), K))
-    for r0 in range(0, n_rows, _DRAW_ROWS):
-        r1 = min(r0 + _DRAW_ROWS, n_rows)
-        a, b = np.searchsorted(own, [r0, r1])
-        z = rng.standard_normal((r1 - r0, K))
-        out[a:b] = z[own[a:b] - r0]
-    return out
+    return _own_part(lambda r0, r1: rng.standard_normal((r1 - r0, K)), n_rows, own, (K,))
 
 
 def _gammas_of(rng: np.random.Generator, shape: np.ndarray, rate: np.ndarray,
@@ -639,13 +645,8 @@ def _gammas_of(rng: np.random.Generator, shape: np.ndarray, rate: np.ndarray,
     times the scale, so the stream does not depend on the rates)."""
     if own is None:
         return _gamma(rng, shape, rate)
-    out = np.empty(len(own))
-    for r0 in range(0, len(shape), _DRAW_ROWS):
-        r1 = min(r0 + _DRAW_ROWS, len(shape))
-        a, b = np.searchsorted(own, [r0, r1])
-        z = rng.standard_gamma(shape[r0:r1])
-        out[a:b] = z[own[a:b] - r0]
-    return out * (1.0 / np.asarray(rate, dtype=np.float64))
+    z = _own_part(lambda r0, r1: rng.standard_gamma(shape[r0:r1]), len(shape), own, ())
+    return z * (1.0 / np.asarray(rate, dtype=np.float64))
 
 
 def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank: int,
