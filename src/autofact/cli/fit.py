@@ -133,6 +133,13 @@ def fit(args: argparse.Namespace) -> ExitStatus:
     from ..model import MatrixFactorization
     from ..sharding import PeerLostError
 
+    @functools.cache
+    def file_params() -> dict[str, Any]:
+        """--params' settings, read once (the reading under torchrun needs its dtype)."""
+        from ..tuning import read_params
+
+        return {} if args.params is None else read_params(args.params)
+
     main_process = True
     if shared:  # issue 11: each process reads its own share of DATA
         from .. import distributed
@@ -147,16 +154,15 @@ def fit(args: argparse.Namespace) -> ExitStatus:
                 )
         distributed.init(timeout=args.timeout)
         main_process = distributed.is_main_process()
-        # issue 11: als (what auto picks here) needs every rating of a user on one process: a
-        # folder of parts is then read by user (each process reads every part, keeps its users)
+        # issue 11: als and the sampler (what auto picks here, as in one process) need every
+        # rating of a user on one process: a folder of parts is then read by user (each
+        # process reads every part, keeps its users)
         by_user = args.checkpoint is None and args.solver in (None, "auto", "als", "gibbs")
         # issue 11 (memory): a float32 fit (the default) shares float32 values read as such:
         # 12 bytes a rating held instead of 16, and no float32 copy in the objective
         fit_dtype = args.dtype
         if fit_dtype is None and args.params is not None:
-            from ..tuning import read_params
-
-            fit_dtype = read_params(args.params).get("dtype")
+            fit_dtype = file_params().get("dtype")
         values = "float32" if fit_dtype in (None, "float32") else None
         reader = functools.partial(distributed.read_local, dtype=values,
                                    split="users" if by_user else "auto")
@@ -185,9 +191,7 @@ def fit(args: argparse.Namespace) -> ExitStatus:
     }
     params: dict[str, Any] = {}
     if args.params is not None:
-        from ..tuning import read_params
-
-        params.update(read_params(args.params))
+        params.update(file_params())
     params.update({k: v for k, v in given.items() if v is not None})
     # early stopping only on data carved from DATA, or on --test when --patience asks for it
     # (by default the test set only reports: nothing is chosen on it)
@@ -199,8 +203,8 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         params["patience"] = None
     validation = test if params.get("validation_fraction") is None else None
     if shared and args.checkpoint is not None:
-        # issue 11: 'auto' picks what one process would (als, shared), but a shared als
-        # writes no checkpoint yet: checkpointed runs default to adam
+        # issue 11: 'auto' picks what one process would (the sampler or als, shared), but
+        # neither writes a checkpoint yet: checkpointed runs default to adam
         params.setdefault("solver", "adam")
     model = MatrixFactorization(verbose=not args.quiet and main_process, **params)
     saving: dict[str, Any] = {} if args.checkpoint is None else {
