@@ -92,13 +92,10 @@ class SweepBudget:
         if n < 2:
             return None
         diff = self.kept[-1].astype(np.float64) - self.kept[n // 2 - 1]
-        if self.plan is not None and self.plan.world_size > 1:
-            terms = torch.tensor([float(np.sum(diff * diff)), float(diff.size)],
-                                 dtype=torch.float64)
-            self.plan.all_sum([terms])
-            d2 = float(terms[0] / terms[1]) if terms[1] > 0 else 0.0
-        else:
-            d2 = float(np.mean(diff * diff)) if diff.size else 0.0
+        terms = np.array([np.sum(diff * diff), diff.size], dtype=np.float64)
+        if self.plan is not None:  # summed over the processes, in place (one: a no-op)
+            self.plan.all_sum([torch.from_numpy(terms)])
+        d2 = float(terms[0] / terms[1]) if terms[1] > 0 else 0.0
         gain = d2 / (2.0 * sigma * sigma) if sigma > 0 else math.inf
         self.gain = gain
         self.run = self.run + 1 if gain <= self.tol else 0
