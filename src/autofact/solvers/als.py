@@ -408,7 +408,6 @@ class _AlternatingNewton:
         process's rows' ``grad . step`` (those it solved; zeros elsewhere)."""
         plan = obj.plan
         k = Xv.shape[1] - (1 if bias else 0)
-        ones = torch.ones(Ya.shape[0], 1, dtype=Xv.dtype, device=Xv.device)
 
         def local(Xt: torch.Tensor) -> torch.Tensor:
             out = torch.zeros(Xt.shape[0], dtype=Xt.dtype, device=Xt.device)
@@ -416,11 +415,7 @@ class _AlternatingNewton:
                 if pat.nnz == 0:
                     continue
                 r = slice(pat.row0 - a, pat.row1 - a)
-                pred = gather_dot(self._augment(Xt[r], bias), Ya, pat) + obj.mu
-                losses = obj.entry_loss(pred, pat.start, pat.stop)
-                if term is not None:
-                    losses = losses - obj.unobserved_weight * pred * pred
-                out[r] += (pat.csr(losses) @ ones)[:, 0]
+                out[r] += self._row_losses(obj, pat, Xt[r], Ya, bias, term)
             if plan.owns_regularizer:
                 out += self._row_regularization(obj, Xt, k, bias)
                 if term is not None:
@@ -654,17 +649,24 @@ class _AlternatingNewton:
         """Each of the block's rows' share of the objective: its losses and its regularization
         (and with ``term``, its unobserved term less a constant: ``x^T (w0 G) x + 2 x . (w0 h)
         - w0 sum_i r_hat_ui^2`` over its rated items)."""
-        pred = gather_dot(self._augment(Xv, bias), Ya, pat) + obj.mu
-        losses = obj.entry_loss(pred, pat.start, pat.stop)
         k = Xv.shape[1] - (1 if bias else 0)
-        if term is not None:
-            losses = losses - obj.unobserved_weight * pred * pred
-        ones = torch.ones(Ya.shape[0], 1, dtype=Xv.dtype, device=Xv.device)
-        out = (pat.csr(losses) @ ones)[:, 0]  # row sums
+        out = self._row_losses(obj, pat, Xv, Ya, bias, term)
         if term is not None:
             Gw, hw = term
             out = out + ((Xv @ Gw) * Xv).sum(1) + 2 * (Xv @ hw)
         return out + self._row_regularization(obj, Xv, k, bias)
+
+    def _row_losses(self, obj: Objective, pat: Pattern, Xv: torch.Tensor, Ya: torch.Tensor,
+                    bias: bool, term: tuple[torch.Tensor, torch.Tensor] | None = None
+                    ) -> torch.Tensor:
+        """Each of the block's rows' sum of its losses (with ``term``, less ``w0 r_hat^2`` on
+        each of its rated items)."""
+        pred = gather_dot(self._augment(Xv, bias), Ya, pat) + obj.mu
+        losses = obj.entry_loss(pred, pat.start, pat.stop)
+        if term is not None:
+            losses = losses - obj.unobserved_weight * pred * pred
+        ones = torch.ones(Ya.shape[0], 1, dtype=Xv.dtype, device=Xv.device)
+        return (pat.csr(losses) @ ones)[:, 0]  # row sums
 
     @staticmethod
     def _row_regularization(obj: Objective, Xv: torch.Tensor, k: int, bias: bool
