@@ -138,7 +138,7 @@ from .priors import normal_gamma as _hyper
 if TYPE_CHECKING:
     from ..sharding import ShardPlan
 
-__all__ = ["GibbsResult", "gibbs_mf", "NOISE_MODELS"]
+__all__ = ["ChainState", "GibbsResult", "gibbs_mf", "NOISE_MODELS"]
 
 NOISE_MODELS = ("both", "user", "item", "global")
 # libFM's hyper-prior constants: alpha_lambda = beta_lambda = 1, gamma_0 = 1, mu_0 = 0, and a
@@ -201,6 +201,26 @@ class GibbsResult:
         bu = np.where(ku, self.bu[u], self.prior_bu)
         bi = np.where(ki, self.bi[i], self.prior_bi)
         return self.mu + bu + bi + np.einsum("bk,bk->b", Pu, Qi)
+
+
+@dataclass
+class ChainState:
+    """A chain after sweep ``sweep``: everything it needs to go on bit for bit (issue 11:
+    checkpoints; :func:`gibbs_mf`'s ``on_state`` and ``resume``). Copies, never the live arrays.
+
+    ``rows``: per user, in order (a chain shared by processes: this process's users' rows):
+    the current draw ``P`` (m, k) and ``bu`` (m,), the running sums ``sum`` (m, k+1) of the
+    conditional means, ``tau`` (per-user noise), ``implicit_mean`` (``X @ Y``). ``arrays``: the
+    items' ``Q``, ``bi``, ``sum``, ``tau``, the hyper-parameters ``hyp_u.mean``/``.prec`` (and
+    ``hyp_i``, ``hyp_y``), the prior sums ``prior_u.sum``/``prior_i.sum``, ``Y`` and ``Y.sum``.
+    ``values``: JSON values: ``alpha``, ``alpha_sum``, ``n_avg``, ``rmse``, ``cg_iterations``
+    and ``rng``, the generator's ``bit_generator.state`` (the same on every sharing process).
+    """
+
+    sweep: int
+    rows: dict[str, np.ndarray]
+    arrays: dict[str, np.ndarray]
+    values: dict[str, Any]
 
 
 class _Side:
@@ -558,6 +578,8 @@ def gibbs_mf(
     n_threads: int | None = None,
     callback: Callable[[int, float, Callable[..., GibbsResult]], bool | None] | None = None,
     plan: ShardPlan | None = None,
+    on_state: Callable[[int, Callable[[], ChainState], bool], None] | None = None,
+    resume: ChainState | None = None,
 ) -> GibbsResult:
     """Sample the posterior of Bayesian biased MF (see the module docstring); float64 arithmetic.
 
@@ -582,6 +604,11 @@ def gibbs_mf(
     every user's (a collective: every process must call it); the returned result holds every
     user's, on every process. ``implicit=True`` runs in one process.
 
+    Checkpoints (issue 11): ``on_state(sweep, state, last)`` runs after ``callback``;
+    ``state()`` gives the :class:`ChainState` after that sweep, ``last`` is whether sampling
+    stops after it. ``resume=`` such a state (rows: this process's users') goes on from the
+    sweep after it with the same draws as a chain never stopped (given the same arguments).
+
     >>> res = gibbs_mf([0, 0, 1, 1, 2], [0, 1, 0, 2, 1], [5.0, 3.0, 4.0, 1.0, 2.0], (3, 3),
     ...                rank=2, sweeps=20)
     >>> res.predict([0, 2], [2, 0]).shape
@@ -603,7 +630,7 @@ def gibbs_mf(
                       burn_in=burn_in, noise=noise, noise_shape=float(noise_shape),
                       implicit=bool(implicit), seed=seed, init_std=init_std, cg_tol=cg_tol,
                       cg_max_iter=cg_max_iter, max_nnz=max_nnz, callback=callback, t0=t0,
-                      plan=plan)
+                      plan=plan, on_state=on_state, resume=resume)
 
 
 # A burn-in sweep whose training RMSE is below this fraction of the previous sweep's restarts the
@@ -653,7 +680,9 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
            sweeps: int, burn_in: int, noise: str, noise_shape: float, implicit: bool,
            seed: int | None, init_std: float, cg_tol: float, cg_max_iter: int, max_nnz: int,
            callback: Callable[[int, float, Callable[..., GibbsResult]], bool | None] | None,
-           t0: float, plan: ShardPlan | None = None) -> GibbsResult:
+           t0: float, plan: ShardPlan | None = None,
+           on_state: Callable[[int, Callable[[], ChainState], bool], None] | None = None,
+           resume: ChainState | None = None) -> GibbsResult:
     m, n = int(shape[0]), int(shape[1])
     users = np.asarray(users)
     items = np.asarray(items)
@@ -724,6 +753,46 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
     n_avg = 0
     rmse: list[float] = []
     cg_iters: list[int] = []  # the Y draw's CG iterations, per sweep
+    start = 0
+    if resume is not None:  # issue 11: a checkpoint's chain, into the arrays just set up
+        start, rows, arrays, values = resume.sweep, resume.rows, resume.arrays, resume.values
+        Xu[:, :k], Xu[:, k], Pm[...] = rows["P"], rows["bu"], rows["sum"]
+        Xi[:, :k], Xi[:, k], Qm[...] = arrays["Q"], arrays["bi"], arrays["sum"]
+        mPm[...], mQm[...] = arrays["prior_u.sum"], arrays["prior_i.sum"]
+        hyp_u = (arrays["hyp_u.mean"].copy(), arrays["hyp_u.prec"].copy())
+        hyp_i = (arrays["hyp_i.mean"].copy(), arrays["hyp_i.prec"].copy())
+        tau_u = None if tau_u is None else rows["tau"].astype(np.float64)
+        tau_i = None if tau_i is None else arrays["tau"].astype(np.float64)
+        if implicit:
+            assert Y is not None and Ym is not None
+            Y[...], Ym[...], implicit_mean[...] = arrays["Y"], arrays["Y.sum"], \
+                rows["implicit_mean"]
+            hyp_y = (arrays["hyp_y.mean"].copy(), arrays["hyp_y.prec"].copy())
+        alpha, alpha_sum, n_avg = float(values["alpha"]), float(values["alpha_sum"]), \
+            int(values["n_avg"])
+        rmse[:], cg_iters[:] = map(float, values["rmse"]), map(int, values["cg_iterations"])
+        rng.bit_generator.state = values["rng"]
+
+    def chain_state(done: int) -> ChainState:
+        """The chain after sweep ``done`` (copies)."""
+        rows = {"P": Xu[:, :k].copy(), "bu": Xu[:, k].copy(), "sum": Pm.copy()}
+        arrays = {"Q": Xi[:, :k].copy(), "bi": Xi[:, k].copy(), "sum": Qm.copy(),
+                  "prior_u.sum": mPm.copy(), "prior_i.sum": mQm.copy(),
+                  "hyp_u.mean": hyp_u[0].copy(), "hyp_u.prec": hyp_u[1].copy(),
+                  "hyp_i.mean": hyp_i[0].copy(), "hyp_i.prec": hyp_i[1].copy()}
+        if tau_u is not None:
+            rows["tau"] = np.array(tau_u, dtype=np.float64)
+        if tau_i is not None:
+            arrays["tau"] = np.array(tau_i, dtype=np.float64)
+        if implicit:
+            assert Y is not None and Ym is not None
+            rows["implicit_mean"] = implicit_mean.copy()
+            arrays.update({"Y": Y.copy(), "Y.sum": Ym.copy(), "hyp_y.mean": hyp_y[0].copy(),
+                           "hyp_y.prec": hyp_y[1].copy()})
+        values = {"alpha": alpha, "alpha_sum": alpha_sum, "n_avg": n_avg, "rmse": list(rmse),
+                  "cg_iterations": list(cg_iters), "rng": rng.bit_generator.state}
+        return ChainState(done, rows, arrays, values)
+
     def means(whole: bool = False) -> GibbsResult:
         """The posterior means so far: of the kept sweeps, or during burn-in the provisional
         mean (module docstring). Sharing a chain: this process's users' rows (``rows``), or with ``whole``
@@ -748,7 +817,7 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
         )
 
     pm: np.ndarray
-    for sweep in range(1, sweeps + 1):
+    for sweep in range(start + 1, sweeps + 1):
         if implicit:
             assert Y is not None
             cg_iters.append(_draw_implicit(rng, design, Xu[:, :k] - hyp_u[0][:k], hyp_u[1][:k],
@@ -806,7 +875,10 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
             Ym += Y
         alpha_sum += alpha
         n_avg += 1
-        if callback is not None and callback(sweep, rmse[-1], means):
+        stop = bool(callback is not None and callback(sweep, rmse[-1], means))
+        if on_state is not None:
+            on_state(sweep, functools.partial(chain_state, sweep), stop or sweep == sweeps)
+        if stop:
             break
     return means(whole=True)
 
