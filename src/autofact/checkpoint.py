@@ -40,6 +40,7 @@ import json
 import math
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,7 @@ class TrainingState:
     best: float | None = None
     best_epoch: int | None = None
     best_params: dict[str, np.ndarray] | None = None
+    chain: dict[str, Any] | None = None
 
     def solver_state(self) -> dict[str, Any]:
         """The form :func:`autofact.solvers.fit_params` takes as ``resume=``."""
@@ -127,8 +129,10 @@ def settings_of(params: dict[str, Any]) -> dict[str, Any]:
     return {k: _json_value(v) for k, v in sorted(params.items()) if k not in UNCHECKED}
 
 
-def _arrays(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, np.ndarray]:
-    return {f"{prefix}{k}": t.detach().cpu().numpy().copy() for k, t in tensors.items()}
+def _arrays(tensors: dict[str, Any], prefix: str) -> dict[str, np.ndarray]:
+    """Copies of tensors (or arrays) as arrays."""
+    return {f"{prefix}{k}": (t.detach().cpu().numpy() if isinstance(t, torch.Tensor)
+                             else np.asarray(t)).copy() for k, t in tensors.items()}
 
 
 def read(path: str | os.PathLike[str]) -> TrainingState:
@@ -174,6 +178,7 @@ def read(path: str | os.PathLike[str]) -> TrainingState:
             params=params, optimizer=group("optim."),
             generator=np.asarray(raw.get("generator", np.zeros(0, np.uint8)), dtype=np.uint8),
             best=meta.get("best"), best_epoch=meta.get("best_epoch"), best_params=best_params,
+            chain=meta.get("chain"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{name} is damaged: {exc}; delete it to start over") from None
@@ -193,6 +198,8 @@ def write(path: str | os.PathLike[str], state: TrainingState) -> Path:
         "history": state.history, "start_value": finite(state.start_value),
         "best": finite(state.best), "best_epoch": state.best_epoch,
     }
+    if state.chain is not None:
+        meta["chain"] = state.chain
     arrays: dict[str, np.ndarray] = {
         "meta": np.frombuffer(json.dumps(meta, allow_nan=True).encode("utf-8"), dtype=np.uint8),
         "generator": state.generator,
@@ -263,13 +270,20 @@ class Checkpointer:
         self.written = state.epoch
         return state
 
-    def epoch_end(self, state: TrainingState, last: bool) -> None:
+    def epoch_end(self, state: TrainingState | Callable[[], TrainingState], last: bool, *,
+                  epoch: int | None = None, collective: bool = False) -> None:
         """After each epoch: write every ``every`` epochs and after the last; otherwise keep the
-        state for Ctrl-C."""
-        if last or state.epoch % self.every == 0:
-            self._write(state)
-        else:
-            self.pending = state
+        state for Ctrl-C. ``state`` may be a function that makes it (then ``epoch`` says which
+        epoch ended), called only when needed; with ``collective`` it takes part in a
+        collective (gathers the rows each process holds), so every process calls it on the
+        same epochs: only when writing, and no state is kept for Ctrl-C."""
+        done = state.epoch if isinstance(state, TrainingState) else epoch
+        if done is None:
+            raise TypeError("epoch_end needs epoch= when given a function that makes the state")
+        if last or done % self.every == 0:
+            self._write(state if isinstance(state, TrainingState) else state())
+        elif not collective:
+            self.pending = state if isinstance(state, TrainingState) else state()
 
     def interrupted(self) -> bool:
         """Ctrl-C: write the last finished epoch's state if the file does not hold it yet;
@@ -286,7 +300,48 @@ class Checkpointer:
         self.written = state.epoch
 
 
-def snapshot(epoch: int, solver_state: dict[str, Any], params: dict[str, torch.Tensor],
+def gather_to_main(plan: ShardPlan, tables: dict[str, np.ndarray], own: np.ndarray | None,
+                   n: int) -> dict[str, np.ndarray]:
+    """The whole ``n``-row tables on the main process (the one that writes), from each
+    process's ``tables``, its rows ``own`` (sorted indices; ``None``: every row, nothing to
+    gather) in order; the other processes send theirs and get ``{}``. A collective: every
+    process calls it with the same names (:meth:`ShardPlan.gather_each`: rank 0 holds one
+    process's rows at a time besides the whole tables)."""
+    if own is None:
+        return tables
+    index = _collect(plan, torch.from_numpy(np.asarray(own, dtype=np.int64)))
+    out: dict[str, np.ndarray] = {}
+    for name, table in tables.items():
+        rows = torch.from_numpy(np.ascontiguousarray(table))
+        whole = np.zeros((n, *table.shape[1:]), dtype=table.dtype) if plan.is_main else None
+        for r, flat in enumerate(_collect(plan, rows, each=True)):
+            if whole is not None and flat is not None:
+                whole[index[r]] = flat.reshape(-1, *table.shape[1:])
+        if whole is not None:
+            out[name] = whole
+    return out
+
+
+def _collect(plan: ShardPlan, tensor: torch.Tensor, each: bool = False) -> list[Any]:
+    """Every process's ``tensor`` (flattened) on the main process, in rank order (``each``: as
+    an iterator that assembles one process's at a time); ``[]`` elsewhere."""
+    def by_rank() -> Any:
+        held: list[np.ndarray] = []
+        at = 0
+        for r, piece in plan.gather_each(tensor):
+            while r > at:
+                yield np.concatenate(held) if held else np.zeros(0, tensor.numpy().dtype)
+                held, at = [], at + 1
+            held.append(piece.numpy().copy())
+        if plan.is_main:
+            while at < plan.world_size:
+                yield np.concatenate(held) if held else np.zeros(0, tensor.numpy().dtype)
+                held, at = [], at + 1
+
+    return by_rank() if each else list(by_rank())
+
+
+def snapshot(epoch: int, solver_state: dict[str, Any], params: dict[str, Any],
              **fields: Any) -> TrainingState:
     """A :class:`TrainingState` holding copies of ``params`` and ``solver_state``'s tensors
     (from :func:`autofact.solvers.fit_params`'s ``state()``); ``fields`` fill the rest."""

@@ -423,21 +423,9 @@ class MatrixFactorization:
         # so 'auto' samples only while beta is left at its default; a beta the user set is
         # honoured (by ALS), never ignored without a word
         beta_default = inspect.signature(type(self).__init__).parameters["beta"].default
+        # issue 11: a checkpointed fit is the same model as one without (every solver writes one)
         solver, lr, epochs = self._validate(
-            sampler=bool(self.bias) and not self.nonnegative and checkpoint is None
-            and self.beta == beta_default)
-        if solver == "gibbs" and checkpoint is not None:
-            raise ValueError(
-                "solver='gibbs' keeps no checkpoint yet; fit without checkpoint=, or use "
-                "solver='als'"
-            )
-        if solver == "als" and shared and checkpoint is not None:
-            assert plan is not None
-            raise ValueError(
-                f"solver='als' shared by {plan.world_size} processes keeps no checkpoint yet "
-                "(each process holds only its own users' rows while it trains); fit without "
-                "checkpoint=, or pass solver='adam' or 'lbfgs' to checkpoint"
-            )
+            sampler=bool(self.bias) and not self.nonnegative and self.beta == beta_default)
         for what in ("loss", "regularization"):
             if isinstance(getattr(self, what), NotLoaded):
                 raise ValueError(getattr(self, what).message)
@@ -462,7 +450,7 @@ class MatrixFactorization:
             solver, lr, epochs = self._validate(sampler=False)  # auto: the next choice
         if solver == "gibbs":
             return self._fit_gibbs(train, validation, epochs, loss_fn, start,
-                                   plan if shared else None)
+                                   plan if shared else None, checkpoint, checkpoint_every)
         obj = Objective(
             train, loss=loss_fn, regularization=self.regularization, beta=self.beta,
             bias=self.bias, device=self.device, dtype=self.dtype, max_memory=self.max_memory,
@@ -528,17 +516,23 @@ class MatrixFactorization:
         stopper = self._early_stopping(epochs) if val is not None else None
         best: int | None = None  # the epoch whose parameters are restored at the end
         stopped = [resumed is not None and resumed.finished]  # early stopping said stop
+        def own_rows(name: str, table: np.ndarray) -> torch.Tensor:
+            """A checkpoint's whole table as this process holds it (shared ALS: its users' rows
+            of ``P`` and ``bu``)."""
+            t = torch.from_numpy(table)
+            return t[own_idx.cpu()] if owned is not None and name in ("P", "bu") else t
+
         if resumed is not None:
             with torch.no_grad():
                 for k, p in params.items():
-                    p.copy_(torch.from_numpy(resumed.params[k]))
+                    p.copy_(own_rows(k, resumed.params[k]))
             self.history_ = [{k: v for k, v in h.items() if k != "kept"}
                              for h in resumed.history]
             start -= float(self.history_[-1]["time"]) if self.history_ else 0.0
             if stopper is not None and resumed.best_params is not None:
                 stopper.best, stopper.best_epoch = float(resumed.best or math.inf), \
                     resumed.best_epoch
-                stopper.snapshot = {k: torch.from_numpy(a).to(params[k]) for k, a in
+                stopper.snapshot = {k: own_rows(k, a).to(params[k]) for k, a in
                                     resumed.best_params.items()}
             if bar is not None:
                 bar.update(resumed.epoch)
@@ -558,18 +552,31 @@ class MatrixFactorization:
             return stop
 
         def on_state(epoch: int, state: Any, last: bool) -> None:
-            from .checkpoint import snapshot
+            from .checkpoint import gather_to_main, snapshot
 
             assert ckpt is not None
             has_best = stopper is not None and stopper.snapshot is not None
-            ckpt.epoch_end(snapshot(
-                epoch, state(), params, finished=stopped[0], solver=solver,
-                settings=ckpt.settings, data=ckpt.data, history=[dict(h) for h in self.history_],
-                best=stopper.best if has_best else None,  # type: ignore[union-attr]
-                best_epoch=stopper.best_epoch if has_best else None,  # type: ignore[union-attr]
-                best_params={k: v.cpu().numpy().copy() for k, v in
-                             stopper.snapshot.items()} if has_best else None,  # type: ignore
-            ), last)
+            rows = None if owned is None else own_idx.cpu().numpy()
+
+            def whole(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+                """The tables as one process holds them: a shared ALS's users' rows of ``P``
+                and ``bu`` gathered from every process onto the one that writes (issue 11)."""
+                arrays = {k: v.detach().cpu().numpy().copy() for k, v in tensors.items()}
+                mine: dict[str, np.ndarray] = {
+                    k: arrays.pop(k) for k in ("P", "bu") if k in arrays and owned is not None}
+                return {**arrays, **gather_to_main(obj.plan, mine, rows, obj.shape[0])}
+
+            def make() -> Any:
+                return snapshot(
+                    epoch, state(), whole(params), finished=stopped[0], solver=solver,
+                    settings=ckpt.settings, data=ckpt.data,
+                    history=[dict(h) for h in self.history_],
+                    best=stopper.best if has_best else None,  # type: ignore[union-attr]
+                    best_epoch=stopper.best_epoch if has_best else None,  # type: ignore
+                    best_params=whole(stopper.snapshot) if has_best else None,  # type: ignore
+                )
+
+            ckpt.epoch_end(make, last, epoch=epoch, collective=owned is not None)
 
         # issue 10: threads by the size of one block's operations, set for the fit only
         work = min(obj.nnz, obj.max_nnz) * (self._resolved_rank() + 1)
@@ -625,7 +632,9 @@ class MatrixFactorization:
         return _EarlyStopping(patience)
 
     def _fit_gibbs(self, train: Ratings, validation: Any, sweeps: int, loss_fn: Loss,
-                   start: float, plan: ShardPlan | None = None) -> MatrixFactorization:
+                   start: float, plan: ShardPlan | None = None,
+                   checkpoint: str | os.PathLike[str] | None = None, checkpoint_every: int = 1
+                   ) -> MatrixFactorization:
         """``fit`` for ``solver='gibbs'`` (issue 9): Bayesian MF by Gibbs sampling
         (:mod:`autofact.solvers.gibbs`); the posterior means become the factors and biases, so
         everything a fitted model does works as for any other solver. ``beta`` is not used: the
@@ -639,7 +648,11 @@ class MatrixFactorization:
         ``plan`` (shared by several processes, issue 11): the chain is sharded by user
         (:func:`~autofact.solvers.gibbs.gibbs_mf`), the budget's ``D^2`` and the validation
         RMSE are taken over every process (validation gathers every user's running means each
-        sweep), and every process ends with the whole model and the same ``history_``."""
+        sweep), and every process ends with the whole model and the same ``history_``.
+
+        ``checkpoint`` (issue 11): the chain's whole state after every ``checkpoint_every``
+        sweeps, the last one and Ctrl-C (one process), resumed to the same draws
+        (:class:`_ChainCheckpoint`)."""
         from .solvers.budget import SweepBudget
         from .solvers.gibbs import gibbs_mf
         from .solvers.laplace import DEFAULT_SWEEPS as LAPLACE_SWEEPS
@@ -648,6 +661,12 @@ class MatrixFactorization:
         # issue 9: the squared loss is sampled exactly (gibbs), any other twice-differentiable
         # loss by Metropolis-Hastings with Laplace proposals (autofact.solvers.laplace)
         exact = loss_fn is LOSSES["squared"]
+        if checkpoint is not None and not exact:
+            raise ValueError(
+                f"solver='gibbs' with loss={self.loss!r} samples by Laplace-MH, which keeps no "
+                "checkpoint yet; fit without checkpoint=, or use loss='squared' (the exact "
+                "sampler) or solver='als'"
+            )
         if plan is not None:  # issue 11: the sharded chain is the squared loss's, explicit only
             if not exact:
                 raise ValueError(
@@ -717,6 +736,26 @@ class MatrixFactorization:
                                  seed=self.seed, plan=plan, held=held,
                                  **({} if sample_size is None else {"sample": sample_size}))
 
+        chain = resumed = None
+        if checkpoint is not None:  # issue 11: find (and check) the chain to go on from
+            from . import checkpoint as ck
+
+            chain = _ChainCheckpoint(
+                ck.Checkpointer(checkpoint, checkpoint_every, plan=plan or ShardPlan(),
+                                solver="gibbs", settings=ck.settings_of(self.get_params()),
+                                data=ck.data_fingerprint(train, None if val is None else v)),
+                plan, mine, m, sweeps, burn_in, budget, stopper)
+            resumed = chain.resume()
+            if resumed is not None:
+                history[:] = [{k: v for k, v in h.items() if k != "kept"}
+                              for h in chain.history]
+                start -= float(history[-1]["time"]) if history else 0.0
+                if bar is not None:
+                    bar.update(resumed.sweep)
+        # a finished chain's checkpoint: its posterior means, no sweep drawn
+        finished = chain is not None and chain.finished and resumed is not None
+        length = resumed.sweep if finished and resumed is not None else sweeps
+
         def params_of(res: Any) -> dict[str, torch.Tensor]:
             return {k: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
                     for k, a in (("P", res.P), ("Q", res.Q), ("bu", res.bu), ("bi", res.bi))}
@@ -770,16 +809,22 @@ class MatrixFactorization:
                 self.history_[-1].setdefault("stopped", why)
             self._export()
 
+        saving: dict[str, Any] = {} if chain is None else {
+            "on_state": functools.partial(chain.on_state, history), "resume": resumed}
         try:
-            res = sample(mine, rank=self._resolved_rank(), sweeps=sweeps, burn_in=burn_in,
-                         seed=self.seed,
+            res = sample(mine, rank=self._resolved_rank(), sweeps=length,
+                         burn_in=min(burn_in, length - 1), seed=self.seed,
                          implicit=bool(self.implicit),
                          init_std=float(self.init_std), n_threads=self.n_threads,
-                         callback=on_sweep, **({} if plan is None else {"plan": plan}))
+                         callback=on_sweep, **({} if plan is None else {"plan": plan}),
+                         **saving)
         except KeyboardInterrupt:
             # issue 8: Ctrl-C keeps a usable model, the posterior means of the last finished
             # sweep (as the other solvers keep their last finished epoch), and goes on; a
-            # shared chain's hold only this process's users: none is kept
+            # shared chain's hold only this process's users: none is kept; issue 11: the
+            # last finished sweep's chain goes to the checkpoint first (one process)
+            if chain is not None:
+                chain.checkpointer.interrupted()
             if last[1] is not None and plan is None:
                 keep(last[1], int(last[0]), "interrupted (Ctrl-C)")
             raise
@@ -1427,6 +1472,128 @@ class _EarlyStopping:
         with torch.no_grad():
             for k, v in params.items():
                 v.copy_(self.snapshot[k])
+
+
+class _ChainCheckpoint:
+    """A Gibbs chain's checkpoints (issue 11, item 4): what :func:`~autofact.solvers.gibbs.gibbs_mf`
+    hands ``on_state`` (a :class:`~autofact.solvers.gibbs.ChainState`), with the sweep budget's
+    kept predictions, the early stopping's best and the history, as one
+    :class:`~autofact.checkpoint.TrainingState`, and back.
+
+    In the file: ``param.P``/``bu``/``Q``/``bi`` the current draw, ``optim.rows.NAME`` the
+    chain's other per-user arrays and ``optim.chain.NAME`` the rest, ``optim.budget.kept`` the
+    budget's predictions of its sample after each kept sweep (pairs x sweeps), and the JSON
+    ``chain``: the chain's numbers and its generator's state (``values``), ``sweeps``,
+    ``burn_in``, ``processes``, ``budget`` and ``stopper``. A chain shared by processes
+    (``plan``) gathers its users' rows (and the budget's pairs, in rank order) onto rank 0,
+    which writes, and each process takes its own back on resume; every process holds the same
+    generator state (one stream drawn alike), so rank 0's is the chain's.
+    """
+
+    def __init__(self, checkpointer: Any, plan: ShardPlan | None, mine: Ratings, m: int,
+                 sweeps: int, burn_in: int, budget: Any, stopper: _EarlyStopping | None
+                 ) -> None:
+        self.checkpointer, self.plan, self.m = checkpointer, plan, m
+        self.sweeps, self.burn_in, self.budget, self.stopper = sweeps, burn_in, budget, stopper
+        self.world = 1 if plan is None else plan.world_size
+        self.own: np.ndarray | None = None  # this process's users (None: every user)
+        self.pairs: tuple[int, int] = (0, 0 if budget is None else len(budget.users))
+        self.finished = False
+        self.history: list[dict[str, Any]] = []
+        if plan is not None:  # as the sampler finds them (gibbs_mf)
+            users = torch.from_numpy(np.asarray(mine.users, dtype=np.int64))
+            self.own = np.flatnonzero(plan.owned_rows(users, m).numpy())
+            if budget is not None:  # where this process's sampled pairs go among all
+                sizes = torch.zeros(plan.world_size, dtype=torch.int64)
+                sizes[plan.rank] = len(budget.users)
+                plan.all_sum([sizes])
+                self.pairs = (int(sizes[: plan.rank].sum()), int(sizes.sum()))
+
+    def on_state(self, history: list[dict[str, Any]], sweep: int, state: Any, last: bool
+                 ) -> None:
+        """``gibbs_mf``'s ``on_state``: write (or keep for Ctrl-C) the state after ``sweep``."""
+        self.checkpointer.epoch_end(functools.partial(self._state, history, sweep, state, last),
+                                    last, epoch=sweep, collective=self.plan is not None)
+
+    def _state(self, history: list[dict[str, Any]], sweep: int, make: Any, last: bool) -> Any:
+        from .checkpoint import TrainingState, gather_to_main
+
+        chain = make()
+        plan = self.plan or ShardPlan()
+        rows = gather_to_main(plan, chain.rows, self.own, self.m)
+        arrays = dict(chain.arrays)
+        params = {k: a.pop(k) for a, names in ((rows, ("P", "bu")), (arrays, ("Q", "bi")))
+                  for k in names if k in a}
+        optimizer = {**{f"rows.{k}": a for k, a in rows.items()},
+                     **{f"chain.{k}": a for k, a in arrays.items()}}
+        budget = stopper = None
+        if self.budget is not None:
+            b = self.budget
+            mine = (np.stack(b.kept, axis=1) if b.kept
+                    else np.zeros((len(b.users), 0), dtype=np.float32))
+            first, total = self.pairs
+            optimizer.update({f"budget.{k}": a for k, a in gather_to_main(
+                plan, {"kept": mine}, None if self.plan is None else
+                np.arange(first, first + len(b.users)), total).items()})
+            budget = {"run": b.run, "gain": b.gain}
+        if self.stopper is not None:
+            stopper = {"best": self.stopper.best, "best_epoch": self.stopper.best_epoch}
+        return TrainingState(
+            epoch=sweep, finished=last, solver="gibbs", settings=self.checkpointer.settings,
+            data=self.checkpointer.data, history=[dict(h) for h in history], start_value=None,
+            params=params, optimizer=optimizer,
+            chain={"values": chain.values, "sweeps": self.sweeps, "burn_in": self.burn_in,
+                   "processes": self.world, "budget": budget, "stopper": stopper})
+
+    def resume(self) -> Any:
+        """The :class:`~autofact.solvers.gibbs.ChainState` to go on from (``None``: none),
+        with the budget, the early stopping and ``history`` set as they were then."""
+        from .solvers.gibbs import ChainState
+
+        ckpt = self.checkpointer
+        state = ckpt.resume()
+        if state is None:
+            return None
+        where = str(ckpt.path)
+        meta = state.chain or {}
+        if meta.get("sweeps") != self.sweeps:
+            raise ValueError(
+                f"checkpoint {where!r} holds a chain of {meta.get('sweeps')!r} sweeps (burn-in "
+                f"{meta.get('burn_in')!r}), got epochs={self.sweeps} now: the burn-in is a "
+                f"tenth of the sweeps, so the chain cannot grow; ask for {meta.get('sweeps')!r} "
+                "to resume, or pass another checkpoint folder (or delete this one) to start over"
+            )
+        if meta.get("processes") != self.world:
+            raise ValueError(
+                f"checkpoint {where!r} was written by {meta.get('processes')!r} process(es) "
+                f"sharing the chain, got {self.world} now; resume with "
+                f"{meta.get('processes')!r}, or pass another checkpoint folder (or delete this "
+                "one) to start over"
+            )
+        own = slice(None) if self.own is None else self.own
+        try:
+            rows = {"P": state.params["P"][own], "bu": state.params["bu"][own],
+                    **{k[5:]: a[own] for k, a in state.optimizer.items()
+                       if k.startswith("rows.")}}
+            arrays = {"Q": state.params["Q"], "bi": state.params["bi"],
+                      **{k[6:]: a for k, a in state.optimizer.items()
+                         if k.startswith("chain.")}}
+            if self.budget is not None:
+                first, _ = self.pairs
+                kept = state.optimizer["budget.kept"][first : first + len(self.budget.users)]
+                self.budget.kept = [np.ascontiguousarray(kept[:, j])
+                                    for j in range(kept.shape[1])]
+                self.budget.run, self.budget.gain = int(meta["budget"]["run"]), \
+                    meta["budget"]["gain"]
+            if self.stopper is not None:
+                self.stopper.best = float(meta["stopper"]["best"])
+                self.stopper.best_epoch = meta["stopper"]["best_epoch"]
+            resumed = ChainState(state.epoch, rows, arrays, dict(meta["values"]))
+        except (KeyError, TypeError, IndexError) as exc:
+            raise ValueError(f"{where} is damaged: its chain lacks {exc}; delete it to start "
+                             "over") from None
+        self.finished, self.history = state.finished, state.history
+        return resumed
 
 
 def _progress(total: int) -> Any:

@@ -156,8 +156,8 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         main_process = distributed.is_main_process()
         # issue 11: als and the sampler (what auto picks here, as in one process) need every
         # rating of a user on one process: a folder of parts is then read by user (each
-        # process reads every part, keeps its users)
-        by_user = args.checkpoint is None and args.solver in (None, "auto", "als", "gibbs")
+        # process reads every part, keeps its users); checkpointed or not (issue 11)
+        by_user = args.solver in (None, "auto", "als", "gibbs")
         # issue 11 (memory): a float32 fit (the default) shares float32 values read as such:
         # 12 bytes a rating held instead of 16, and no float32 copy in the objective
         fit_dtype = args.dtype
@@ -202,10 +202,6 @@ def fit(args: argparse.Namespace) -> ExitStatus:
     if "patience" not in params and params.get("validation_fraction") is None:
         params["patience"] = None
     validation = test if params.get("validation_fraction") is None else None
-    if shared and args.checkpoint is not None:
-        # issue 11: 'auto' picks what one process would (the sampler or als, shared), but
-        # neither writes a checkpoint yet: checkpointed runs default to adam
-        params.setdefault("solver", "adam")
     model = MatrixFactorization(verbose=not args.quiet and main_process, **params)
     saving: dict[str, Any] = {} if args.checkpoint is None else {
         "checkpoint": args.checkpoint, "checkpoint_every": args.checkpoint_every or 1}
