@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 import autofact
 from autofact.solvers import als
@@ -155,3 +156,118 @@ def test_z_whole_in_cache_sized_column_slices_gives_the_same_fit(monkeypatch):
                                    atol=1e-12)
         np.testing.assert_allclose(getattr(fits[2], name), getattr(fits[1], name), rtol=1e-12,
                                    atol=1e-14)
+
+
+# ------------------------------------------------------- second derivatives kept (issue 10)
+def _kept(monkeypatch) -> list:
+    """Every ``_Curvatures`` the fits below build, to look into what they kept."""
+    made = []
+    real = als._Curvatures.__init__
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(als._Curvatures, "__init__", spy)
+    return made
+
+
+def _weighted() -> autofact.Ratings:
+    data = _data()
+    weights = np.random.default_rng(3).uniform(0.5, 2.0, size=len(data))
+    return autofact.Ratings.from_coo(data.users, data.items, data.values, shape=data.shape,
+                                     weights=weights)
+
+
+def _fit_both(monkeypatch, data, **kw) -> list:
+    fits = []
+    for keep in (True, False):
+        monkeypatch.setattr(als, "CACHE_CURVATURE", keep)
+        fits.append(autofact.MatrixFactorization(rank=4, solver="als", epochs=5, seed=0,
+                                                 dtype="float64", **kw).fit(data))
+    return fits
+
+
+def _assert_same(a, b) -> None:
+    for name in ("user_factors_", "item_factors_", "user_bias_", "item_bias_"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=0, atol=1e-12,
+                                   err_msg=name)
+    np.testing.assert_allclose([h["loss"] for h in a.history_],
+                               [h["loss"] for h in b.history_], rtol=1e-13)
+
+
+@pytest.mark.parametrize("case", ["squared", "weighted", "unobserved", "two workers"])
+def test_kept_second_derivatives_give_the_factors_computed_each_epoch(monkeypatch, case):
+    # issue 10: the squared loss's l'' (2, or 2 w with weights) and L2's curvature do not
+    # depend on the rows, which autograd's own operations show: kept from the first epoch,
+    # the fit is the one that computes them every epoch
+    from autofact import threads
+
+    made = _kept(monkeypatch)
+    data = _weighted() if case == "weighted" else _data()
+    kw = {"unobserved_weight": 0.05} if case == "unobserved" else {}
+    if case == "two workers":
+        monkeypatch.setattr(threads, "MIN_WORK_PER_WORKER", 1)
+        kw["n_threads"] = 2
+    on, off = _fit_both(monkeypatch, data, **kw)
+    _assert_same(on, off)
+    kept = made[0].kept
+    loss_kept = [v for k, v in kept.items() if k[0] == "loss"]
+    assert loss_kept and all(
+        isinstance(v, torch.Tensor) if case == "weighted" else v == 2.0 for v in loss_kept)
+    assert [v for k, v in kept.items() if k[0] == "reg"] and \
+        all(isinstance(v, float) for k, v in kept.items() if k[0] == "reg")
+    assert made[1].kept == {}  # forced off: nothing kept
+
+
+def _asymmetric(pred, target):
+    """Curvature 4 above the target and 1 below: its third derivative is 0 everywhere, yet
+    l'' depends on the prediction (through the comparison only)."""
+    r = pred - target
+    return torch.where(r > 0, 2.0 * r * r, 0.5 * r * r)
+
+
+@pytest.mark.parametrize("loss", [_asymmetric, "huber", "logistic"])
+def test_a_curvature_that_depends_on_the_prediction_is_computed_every_epoch(monkeypatch, loss):
+    # issue 10: kept only where no data flows from the prediction to l''; a comparison with it
+    # (huber, the asymmetric loss) or a smooth function of it (logistic) keeps nothing
+    made = _kept(monkeypatch)
+    data = _data()
+    if loss == "logistic":
+        data = autofact.Ratings.from_coo(data.users, data.items,
+                                         np.where(data.values > 3, 1.0, -1.0), shape=data.shape)
+    on, off = _fit_both(monkeypatch, data, loss=loss, beta=0.1)
+    _assert_same(on, off)
+    assert [v for k, v in made[0].kept.items() if k[0] == "loss"] and \
+        all(v is None for k, v in made[0].kept.items() if k[0] == "loss")
+    # the test has teeth: l'' kept from the first epoch (as if it were fixed) changes the fit
+    monkeypatch.setattr(als, "CACHE_CURVATURE", True)
+    monkeypatch.setattr(als, "_follows", lambda run, source: (run(), True))
+    wrong = autofact.MatrixFactorization(rank=4, solver="als", epochs=5, seed=0, beta=0.1,
+                                         dtype="float64", loss=loss).fit(data)
+    scale = float(np.abs(off.user_factors_).max())
+    assert float(np.abs(wrong.user_factors_ - off.user_factors_).max()) > 1e-3 * scale
+
+
+def _second(f, x):
+    from autofact.objective import diagonal_derivatives
+
+    return diagonal_derivatives(lambda z: f(z).sum(), x)
+
+
+@pytest.mark.parametrize(("f", "fixed"), [
+    (lambda z: (3.0 - z) ** 2, True),
+    (lambda z: 0.7 * (z - 1.0) ** 2 + z, True),
+    (lambda z: torch.where(z > 0, z * z, 2 * z * z), False),  # a comparison
+    (lambda z: z**3, False),
+    (lambda z: (z - 1.0) ** 2 * (2.0 if float(z.detach().sum()) > 0 else 1.0), False),  # a branch
+    (lambda z: (z - torch.rand_like(z)) ** 2 * torch.rand(()), False),  # random
+])
+def test_follows_sees_data_flow_from_the_prediction_to_the_second_derivative(f, fixed):
+    x = torch.linspace(-1.0, 1.0, 7, dtype=torch.float64)
+    (g1, g2, value), free = als._follows(lambda: _second(f, x), x)
+    assert free is fixed
+    want = _second(f, x)
+    if fixed:
+        torch.testing.assert_close(g2, want[1], rtol=0, atol=0)
+        torch.testing.assert_close(g1, want[0], rtol=0, atol=0)

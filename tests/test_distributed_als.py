@@ -165,6 +165,9 @@ def test_two_processes_give_the_one_process_fit(tmp_path):
     # in float64: the epochs' values and the objective after them, as one process has them
     for got in ranks:
         np.testing.assert_allclose(got["two_epochs"], two_epochs(train), rtol=1e-10)
+    for got in ranks:  # issue 10: l'' and L2's curvature kept from the first epoch (sharded)
+        np.testing.assert_allclose(got["kept_on"], got["kept_off"], rtol=0, atol=1e-12)
+        assert bool(got["kept_any"])
     for got in ranks:  # a NaN on one process stopped both, each keeping epoch 1's factors
         message = json.loads(str(got["errors"]))["nan"]
         assert "became nan at epoch 2 with solver='als'" in message
@@ -204,6 +207,33 @@ def two_epochs(train: autofact.Ratings, plan=None) -> np.ndarray:
     return np.array([*values, obj.value(params) if epoch.value is None else epoch.value()])
 
 
+def kept_and_computed(train: autofact.Ratings, plan) -> dict[str, np.ndarray]:
+    """Three sharded epochs (float64, squared loss, the unobserved term) with the second
+    derivatives kept from the first epoch and computed every epoch (issue 10): the
+    parameters of each, and whether anything was kept."""
+    from autofact.objective import Objective
+    from autofact.solvers import als
+    from autofact.solvers.als import make_als
+
+    out: dict[str, np.ndarray] = {}
+    for keep in (True, False):
+        als.CACHE_CURVATURE = keep
+        try:
+            obj = Objective(train, loss="squared", bias=True, beta=0.1, dtype="float64",
+                            plan=plan, unobserved_weight=0.05)
+            params = obj.init_params(4, seed=0)
+            epoch = make_als(obj, params)
+            for _ in range(3):
+                epoch.run()
+        finally:
+            als.CACHE_CURVATURE = True
+        out["kept_on" if keep else "kept_off"] = np.concatenate(
+            [params[name].detach().numpy().ravel() for name in ("Q", "bi")])
+        if keep:
+            out["kept_any"] = np.array(any(v is not None for v in epoch.run.curv.kept.values()))
+    return out
+
+
 def _history(m: autofact.MatrixFactorization) -> dict[str, np.ndarray]:
     return {"loss": np.array([h["loss"] for h in m.history_]),
             "val": np.array([h["val_rmse"] for h in m.history_])}
@@ -226,6 +256,7 @@ def _worker(mode: str, out: Path) -> None:
                                                      **_history(nonneg)}.items()})
     if mode == "two":
         saved["two_epochs"] = two_epochs(train, TorchShardPlan())
+        saved.update(kept_and_computed(train, TorchShardPlan()))
         if rank == 0:
             fitted.save(out / "model.npz")
         share = TorchShardPlan().share(train)

@@ -21,6 +21,16 @@ curvature ``D`` solves the same system by Woodbury's identity instead, ``n x n``
 
     H_u^{-1} g_u = D^{-1} (g_u - Y^T z),    (W^{-1} + Y D^{-1} Y^T) z = Y D^{-1} g_u
 
+**Second derivatives kept** (issue 10). ``l''`` and ``R''`` come from autograd; on a block's
+first epoch their computation runs under a dispatch mode that follows data flow
+(:func:`_follows`, autograd's derivative operations included). Where nothing flows from the
+prediction (the rows) to the second derivative, and no value computed from it is read out to
+Python on the way, it is a function of the targets, weights and constants (the squared loss's
+``2 w``, L2's ``2 lambda``) and is kept: one number when the same for every entry, else the
+block's values within an eighth of ``max_memory``; later epochs take only the first derivative
+from autograd. Otherwise (Huber, logistic, Poisson) it is computed every epoch. The factors are
+the same either way (:data:`CACHE_CURVATURE` turns it off).
+
 **Memory and blocks** (issue 10; ``f`` bytes a float, ``T = K (K + 1) / 2``, ``M`` =
 ``max_memory``). Each side's rows are cut into blocks of at most ``M / 2 / (w 3 K^2 f)`` rows
 (and ``max_nnz`` entries) for ``w`` worker threads (:func:`autofact.threads.workers_for`: by
@@ -111,6 +121,13 @@ WOODBURY_ROWS = 4
 Z_SLICE_BYTES = 2 * 2**20
 
 
+#: issue 10: a block's per-entry ``l''`` (and a block's regularizer curvature) is kept from the
+#: first epoch when autograd's own computation of it shows no data flow from the prediction
+#: (:func:`_derivatives`): a function of the targets, weights and constants, the same every
+#: epoch. ``False`` recomputes it every epoch (the tests compare both).
+CACHE_CURVATURE = True
+
+
 def _slice_bytes(device: torch.device) -> int:
     """:data:`Z_SLICE_BYTES` on the CPU; on an accelerator no cap (one product per slice the
     budget allows: fewer kernel launches)."""
@@ -149,6 +166,9 @@ class _AlternatingNewton:
         self.checked = False
         self.exact_quadratic = exact_quadratic
         self._splits: dict[int, _Split | None] = {}  # id(pattern) -> its short/long rows
+        # the second derivatives kept from the first epoch where fixed, per-entry values
+        # within an eighth of max_memory (issue 10)
+        self.curv = _Curvatures(CACHE_CURVATURE, obj.max_memory // 8)
         if self.shared:
             self._init_shared(max_rows)
             return
@@ -354,7 +374,7 @@ class _AlternatingNewton:
                     continue
                 r = slice(pat.row0 - a, pat.row1 - a)
                 pred = gather_dot(self._augment(Xv[r], bias), Ya, pat) + obj.mu
-                g1, g2, _ = obj.entry_derivatives(pred, pat.start, pat.stop)
+                g1, g2, _ = self.curv.entry(obj, pat, pred)
                 if term is not None:  # the unobserved term's rated part (module docstring)
                     g1 = g1 - 2 * w0 * pred
                     g2 = g2 - 2 * w0
@@ -378,7 +398,7 @@ class _AlternatingNewton:
             w, me = plan.world_size, plan.rank
             s0, s1 = mb * me // w, mb * (me + 1) // w
             mine = slice(s0, s1)
-            rg, rh = obj.reg_derivatives(Xv[mine])
+            rg, rh = self.curv.reg(obj, (a, b), Xv[mine])
             g = grad[mine] + rg
             # with term: its sum over every user (g gets its gradient part in place)
             part = _damped_solve(_mirror_upper(upper[mine], iu, ju, K), g, rh, term, Xv[mine]) \
@@ -535,7 +555,7 @@ class _AlternatingNewton:
         # would bump the version autograd checks in reg_derivatives
         Xv = torch.cat([X[rows], bx[rows, None]], 1) if bias else X[rows].clone()  # type: ignore[index]
         pred = gather_dot(self._augment(Xv, bias), Ya, pat) + obj.mu
-        g1, g2, block_loss = obj.entry_derivatives(pred, pat.start, pat.stop)
+        g1, g2, block_loss = self.curv.entry(obj, pat, pred)
         if not self.checked:
             if not bool((g2 != 0).any()):
                 raise ValueError(
@@ -550,7 +570,7 @@ class _AlternatingNewton:
             block_loss = block_loss - w0 * (pred * pred).sum()
         del pred
         grad = pat.csr(g1) @ Yf
-        rg, rh = obj.reg_derivatives(Xv)
+        rg, rh = self.curv.reg(obj, id(pat), Xv)
         grad += rg
         split = self._split(pat, K) if term is None else None
         if split is not None and bool((g2 > 0).all()) and bool((rh > 0).all()):
@@ -994,3 +1014,189 @@ def _spd_solve(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         x[bad] = torch.linalg.solve(Hb, g[bad])
     return x
 
+
+
+#: Operations whose result depends on no tensor's values (shapes, dtypes and scalars only).
+_VALUE_FREE = frozenset({
+    "ones_like", "zeros_like", "empty_like", "full_like", "new_ones", "new_zeros", "new_empty",
+    "new_full", "new_empty_strided", "scalar_tensor", "_efficientzerotensor", "zeros", "ones",
+    "empty", "full", "empty_strided", "arange",
+})
+#: Random operations: their results change from call to call, so they count as data that flows.
+_RANDOM = ("rand", "normal", "bernoulli", "uniform", "multinomial", "poisson", "exponential",
+           "cauchy", "geometric", "dropout")
+#: Operations whose result's shape depends on the values.
+_SHAPE_FROM_VALUES = frozenset({"nonzero", "nonzero_static", "masked_select", "_unique",
+                                "_unique2", "unique_dim", "unique_consecutive"})
+_FLOW_MODE: Any = None
+
+
+def _storage(t: torch.Tensor) -> int:
+    try:
+        return int(t.untyped_storage().data_ptr()) or id(t)
+    except (RuntimeError, NotImplementedError):  # a tensor without storage (a zero tensor)
+        return id(t)
+
+
+def _flow_mode() -> Any:
+    """The dispatch mode that follows data flow (:func:`_follows`), built on first use: it
+    rests on torch's private ``torch.utils._python_dispatch``, imported only then (``None``
+    where it is missing: then nothing is kept)."""
+    global _FLOW_MODE
+    if _FLOW_MODE is not None:
+        return _FLOW_MODE or None
+    try:
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_leaves
+    except ImportError:  # pragma: no cover - a torch without it
+        _FLOW_MODE = False
+        return None
+
+    class Flow(TorchDispatchMode):  # type: ignore[misc]
+        """Runs each aten operation as usual (autograd's backward included) and marks the
+        storage of every result computed from a marked tensor."""
+
+        @classmethod
+        def _should_skip_dynamo(cls) -> bool:  # eager only (see autofact._replay._Recorder)
+            return False
+
+        def __init__(self, source: torch.Tensor) -> None:
+            super().__init__()
+            self.marked: set[int] = set()
+            self.kept: list[torch.Tensor] = []  # alive, so no marked storage is reused
+            self.read_out = False  # a marked value reached Python (a branch, a shape)
+            self.mark(source)
+
+        def mark(self, t: torch.Tensor) -> None:
+            self.marked.add(_storage(t))
+            self.kept.append(t)
+
+        def reaches(self, t: torch.Tensor) -> bool:
+            return _storage(t) in self.marked
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            name = func.overloadpacket.__name__
+            flows = any(self.reaches(t) for t in tree_leaves((args, kwargs))
+                        if isinstance(t, torch.Tensor))
+            if any(word in name for word in _RANDOM):
+                flows = True
+            elif name in _VALUE_FREE or (func is torch.ops.aten.pow.Tensor_Scalar
+                                         and not isinstance(args[1], torch.Tensor)
+                                         and args[1] == 0):  # x ** 0 is 1 for every x
+                flows = False
+            if flows:
+                results = tree_leaves(out)
+                if name in _SHAPE_FROM_VALUES or any(
+                        r is not None and not isinstance(r, torch.Tensor) for r in results):
+                    self.read_out = True  # item(), a bool, a shape: a branch we cannot see
+                for r in results:
+                    if isinstance(r, torch.Tensor):
+                        self.mark(r)
+                for a, spec in zip(args, func._schema.arguments, strict=False):
+                    if isinstance(a, torch.Tensor) and spec.alias_info is not None \
+                            and spec.alias_info.is_write:
+                        self.mark(a)  # written in place from marked data
+            return out
+
+    _FLOW_MODE = Flow
+    return Flow
+
+
+def _follows(run: Callable[[], tuple[torch.Tensor, ...]], source: torch.Tensor
+             ) -> tuple[tuple[torch.Tensor, ...], bool]:
+    """``run()``'s result and whether its second element (a second derivative) is free of
+    ``source``: no data flows from ``source`` to it through any operation ``run`` executes,
+    autograd's own derivative operations included, and no value computed from ``source`` was
+    read out to Python (a branch) on the way. ``x ** 0`` counts as free of ``x`` (it is 1),
+    so the squared loss's ``l'' = 2 w`` is found free of the prediction, Huber's (``0`` or
+    ``w`` by a comparison with it) and the logistic loss's are not."""
+    mode = _flow_mode()
+    if mode is None:  # pragma: no cover - a torch without the dispatch mode
+        return run(), False
+    flow = mode(source)
+    with flow:
+        out = run()
+    return out, not flow.read_out and not flow.reaches(out[1])
+
+
+def _first_derivative(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(df/dx, f(x))`` by autograd: :func:`autofact.objective.diagonal_derivatives` without
+    the second derivative (the first by the same operations: the same values)."""
+    with torch.enable_grad():
+        y = x.detach().requires_grad_()
+        value = f(y)
+        if not value.requires_grad:
+            return torch.zeros_like(y), value.detach()
+        (g1,) = torch.autograd.grad(value, y, allow_unused=True)
+    return (torch.zeros_like(y) if g1 is None else g1.detach()), value.detach()
+
+
+_UNSEEN = object()
+
+
+class _Curvatures:
+    """Each block's second derivatives, kept from the first epoch where they are fixed (issue
+    10): a block's per-entry ``l''`` and its rows' regularizer curvature, by autograd as ever;
+    on a block's first call the computation runs under :func:`_follows`, and when no data
+    flows from the prediction (the rows) to the second derivative it is a function of the
+    targets, weights and constants alone, the same every epoch: later epochs take only the
+    first derivative from autograd and reuse it. Kept as one number where it is the same for
+    every entry (the squared loss without weights: 2), else as the block's values within
+    ``budget`` bytes in all (past that, computed every epoch). Where the second derivative
+    depends on the prediction (Huber, logistic, Poisson) it is computed every epoch, as when
+    ``enabled`` is false."""
+
+    def __init__(self, enabled: bool, budget: int) -> None:
+        self.enabled = enabled
+        self.budget = budget
+        self.kept: dict[tuple[str, Any], Any] = {}  # float | tensor | None (computed each epoch)
+        self._lock = threading.Lock()
+
+    def entry(self, obj: Objective, pat: Pattern, pred: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`Objective.entry_derivatives` of ``pat``'s entries at ``pred``."""
+        def first() -> tuple[torch.Tensor, torch.Tensor]:
+            return _first_derivative(lambda z: obj.entry_loss(z, pat.start, pat.stop).sum(),
+                                     pred)
+        return self._get(("loss", id(pat)),
+                         lambda: obj.entry_derivatives(pred, pat.start, pat.stop), first, pred)
+
+    def reg(self, obj: Objective, key: Any, Xv: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`Objective.reg_derivatives` at the block ``key``'s rows ``Xv``."""
+        g1, g2, _ = self._get(("reg", key), lambda: (*obj.reg_derivatives(Xv), Xv),
+                              lambda: (_first_derivative(obj.reg, Xv)[0], Xv), Xv)
+        return g1, g2
+
+    def _get(self, key: tuple[str, Any], full: Callable[[], tuple[torch.Tensor, ...]],
+             first: Callable[[], tuple[torch.Tensor, torch.Tensor]], source: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        kept = self.kept.get(key, _UNSEEN) if self.enabled else None
+        if kept is None:
+            g1, g2, value = full()
+            return g1, g2, value
+        if kept is _UNSEEN:
+            (g1, g2, value), fixed = _follows(full, source)
+            self._keep(key, g2 if fixed else None)
+            return g1, g2, value
+        g1, value = first()
+        return g1, (torch.full_like(g1, kept) if isinstance(kept, float) else kept), value
+
+    def _keep(self, key: tuple[str, Any], g2: torch.Tensor | None) -> None:
+        kept: Any = None
+        if g2 is not None and g2.numel() > 0:
+            first = g2.reshape(-1)[0]
+            if bool((g2 == first).all()):
+                kept = float(first)  # exact: a float holds any float32 or float64
+            elif g2.numel() * g2.element_size() <= self.budget:
+                kept = g2
+        with self._lock:
+            if isinstance(kept, torch.Tensor):
+                if kept.numel() * kept.element_size() > self.budget:
+                    kept = None
+                else:
+                    self.budget -= kept.numel() * kept.element_size()
+            self.kept[key] = kept
