@@ -316,7 +316,7 @@ def gather_to_main(plan: ShardPlan, tables: dict[str, np.ndarray], own: np.ndarr
         whole = np.zeros((n, *table.shape[1:]), dtype=table.dtype) if plan.is_main else None
         for r, flat in enumerate(_collect(plan, rows, each=True)):
             if whole is not None and flat is not None:
-                whole[index[r]] = flat.reshape(-1, *table.shape[1:])
+                whole[index[r]] = flat.reshape(len(index[r]), *table.shape[1:])
         if whole is not None:
             out[name] = whole
     return out

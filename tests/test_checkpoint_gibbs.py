@@ -1,0 +1,167 @@
+"""Checkpoint and resume of the default model, the Bayesian sampler (issue 11, item 4): a chain
+stopped after sweep k and resumed draws what the uninterrupted chain draws, so the fit ends with
+the same posterior means, predictions and history."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import autofact
+from autofact import checkpoint as ck
+from autofact.cli import main
+from autofact.sharding import ShardPlan
+from autofact.solvers import gibbs
+
+from .conftest import interrupt_at_call
+from .dist_gibbs_worker import RATED, planted
+
+WORKER = Path(__file__).with_name("checkpoint_worker.py")
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def model(**kw) -> autofact.MatrixFactorization:
+    """The default model (solver 'auto', sweeps by the budget) at rank 3."""
+    return autofact.MatrixFactorization(rank=3, seed=0, **kw)
+
+
+def assert_same_fit(got: autofact.MatrixFactorization, want: autofact.MatrixFactorization
+                    ) -> None:
+    """The posterior means, predictions and history (all but the times) to 1e-6."""
+    for name in ("user_factors_", "item_factors_", "user_bias_", "item_bias_"):
+        np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-6,
+                                   atol=1e-6, err_msg=name)
+    users, items = want.user_ids_[RATED], want.item_ids_[:9]
+    np.testing.assert_allclose(got.predict(users, items), want.predict(users, items),
+                               rtol=1e-6, atol=1e-6)
+    def untimed(m: autofact.MatrixFactorization) -> list[dict]:
+        return [{k: v for k, v in h.items() if k != "time"} for h in m.history_]
+
+    assert untimed(got) == untimed(want)
+    assert got.n_epochs_ == want.n_epochs_ and got.solver_ == want.solver_ == "gibbs"
+
+
+@pytest.mark.parametrize(
+    ("kw", "sweep"),
+    [({}, 30),  # the default: the sweep budget stops the chain (at 51); resumed after burn-in
+     ({}, 6),  # resumed during burn-in (the provisional mean's restarts)
+     ({"epochs": 24, "validation_fraction": 0.2, "patience": 3}, 10),  # early stopping's best
+     ({"epochs": 16, "implicit": True}, 9)],  # SVD++'s Y, its running mean and X @ Y
+)
+def test_a_chain_stopped_by_ctrl_c_resumes_to_the_uninterrupted_fit(tmp_path, monkeypatch, kw,
+                                                                    sweep):
+    # issue 11, item 4: the default model checkpoints (issue 8: 'auto' picks the sampler as
+    # without checkpoint=); Ctrl-C inside sweep k+1 (checkpoints every 7) writes sweep k first
+    r = planted()
+    want = model(**kw).fit(r)
+    calls = interrupt_at_call(monkeypatch, gibbs, "_sample_rows", 2 * sweep + 1)
+    with pytest.raises(KeyboardInterrupt):
+        model(**kw).fit(r, checkpoint=tmp_path, checkpoint_every=7)
+    monkeypatch.setattr(gibbs, "_sample_rows", calls.original)
+    state = ck.read(tmp_path / ck.FILE_NAME)
+    assert state.epoch == sweep and state.solver == "gibbs" and not state.finished
+    got = model(**kw).fit(r, checkpoint=tmp_path, checkpoint_every=7)
+    assert_same_fit(got, want)
+    state = ck.read(tmp_path / ck.FILE_NAME)
+    assert state.finished and state.epoch == want.n_epochs_
+
+
+def test_a_finished_chain_gives_back_the_model_without_sampling(tmp_path, monkeypatch):
+    r = planted()
+    first = model().fit(r, checkpoint=tmp_path, checkpoint_every=10)
+    assert first.n_epochs_ < 130  # the budget stopped it, and the stop was written
+    monkeypatch.setattr(gibbs, "_sample_rows", lambda *a, **k: pytest.fail("sampled again"))
+    assert_same_fit(model().fit(r, checkpoint=tmp_path), first)
+
+
+def test_the_chain_state_is_npz_and_json_with_the_generator_state(tmp_path):
+    model(epochs=5).fit(planted(), checkpoint=tmp_path)
+    with np.load(tmp_path / ck.FILE_NAME, allow_pickle=False) as npz:
+        names = set(npz.files)
+        meta = json.loads(npz["meta"].tobytes())
+        assert all(npz[n].dtype != object for n in names)
+    assert {"param.P", "param.bu", "param.Q", "param.bi", "optim.rows.sum", "optim.rows.tau",
+            "optim.chain.sum", "optim.chain.tau", "optim.chain.hyp_u.prec"} <= names
+    chain = meta["chain"]
+    assert chain["sweeps"] == 5 and chain["burn_in"] == 0 and chain["processes"] == 1
+    rng = chain["values"]["rng"]  # bit_generator.state, as JSON
+    assert rng["bit_generator"] == "PCG64" and isinstance(rng["state"]["state"], int)
+    assert len(chain["values"]["rmse"]) == 5 and chain["values"]["n_avg"] == 5
+
+
+class _TwoProcesses(ShardPlan):
+    """Says two processes share the fit (every sum the identity: one process's chain)."""
+
+    world_size = 2
+
+
+def test_a_chain_from_other_data_or_settings_is_refused(tmp_path):
+    # issue 11, item 4: each with the message that names what differs and the fix
+    r = planted()
+    model(epochs=6).fit(r, checkpoint=tmp_path)
+    with pytest.raises(ValueError, match="written for other ratings .*fingerprint differs"):
+        model(epochs=6).fit(planted(seed=1), checkpoint=tmp_path)
+    with pytest.raises(ValueError, match="other settings .*rank=3 there, 4 now"):
+        autofact.MatrixFactorization(rank=4, seed=0, epochs=6).fit(r, checkpoint=tmp_path)
+    with pytest.raises(ValueError, match="solver 'gibbs' there, 'als' now"):
+        model(epochs=6, solver="als").fit(r, checkpoint=tmp_path)
+    with pytest.raises(ValueError, match=r"holds a chain of 6 sweeps \(burn-in 0\), got "
+                                         "epochs=12 now: .*ask for 6 to resume"):
+        model(epochs=12).fit(r, checkpoint=tmp_path)
+    with pytest.raises(ValueError, match=r"written by 1 process\(es\) sharing the chain, got 2 "
+                                         "now; resume with 1"):
+        model(epochs=6).fit(r, checkpoint=tmp_path, plan=_TwoProcesses())
+    with pytest.raises(ValueError, match="loss='huber' samples by Laplace-MH, which keeps no "
+                                         "checkpoint yet"):
+        model(epochs=6, solver="gibbs", loss="huber").fit(r, checkpoint=tmp_path / "other")
+
+
+def test_cli_default_fit_killed_by_sigkill_resumes_to_the_uninterrupted_model(tmp_path):
+    # issue 11, item 4: `autofact fit DATA --checkpoint DIR` with the default solver, killed
+    # mid-fit (each write pauses before its rename: the kill often lands mid-write), then the
+    # same command again: the model file predicts as an uninterrupted run's
+    r = planted()
+    data = tmp_path / "ratings.csv"
+    data.write_text("user,item,rating\n" + "".join(
+        f"u{u},i{i},{float(v)!r}\n" for u, i, v in zip(r.users, r.items, r.values, strict=True)))
+    folder, out = tmp_path / "ckpt", tmp_path / "m.npz"
+    args = ["fit", str(data), "--out", str(out), "--rank", "3", "--quiet", "--checkpoint",
+            str(folder)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, str(WORKER), "cli", "0.1", *args], env=env,
+                            start_new_session=True, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (folder / ck.FILE_NAME).exists():
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.02)
+        time.sleep(0.3)  # into the next sweeps' writes
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL and not out.exists()
+    state = ck.read(folder / ck.FILE_NAME)
+    assert state.solver == "gibbs" and 1 <= state.epoch and not state.finished
+    done = subprocess.run([sys.executable, "-m", "autofact", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = autofact.load(out)
+    assert main([*args[:3], str(tmp_path / "whole.npz"), *args[4:-2]]) == 0  # uninterrupted
+    whole = autofact.load(tmp_path / "whole.npz")
+    assert resumed.solver_ == whole.solver_ == "gibbs"
+    assert resumed.n_epochs_ == whole.n_epochs_
+    users, items = whole.user_ids_[RATED], whole.item_ids_[:9]
+    np.testing.assert_allclose(resumed.predict(users, items), whole.predict(users, items),
+                               rtol=1e-6, atol=1e-6)
