@@ -109,18 +109,8 @@ def test_one_process_plan_owns_every_row_and_gathers_nothing():
     np.testing.assert_array_equal(t.numpy(), np.arange(6.0).reshape(3, 2))
 
 
-class _TwoProcessPlan(ShardPlan):
-    """A stand-in plan that says two processes share the fit (no collectives are called)."""
-
-    world_size = 2
-
-
-def test_shared_als_refuses_a_checkpoint(tmp_path):
-    # issue 11: a shared ALS holds each user's rows on its owner alone; no checkpoint yet
-    train, _ = planted()
-    with pytest.raises(ValueError, match="solver='als' shared by 2 processes keeps no "
-                                         "checkpoint yet.*solver='adam' or 'lbfgs'"):
-        model().fit(train, plan=_TwoProcessPlan(), checkpoint=tmp_path)
+# issue 11, item 4: a shared ALS checkpoints (its users' rows gathered onto rank 0) and resumes
+# to the uninterrupted fit: tests/test_distributed_checkpoint.py
 
 
 def test_two_processes_give_the_one_process_fit(tmp_path):

@@ -143,9 +143,15 @@ def test_running_means_of_a_process_predict_its_users_only():
     assert got[1] == whole.predict([-1], [1])[0] != want[1]
 
 
-def test_shared_sampler_still_keeps_no_checkpoint(tmp_path):
-    with pytest.raises(ValueError, match="solver='gibbs' keeps no checkpoint yet"):
-        model().fit(planted(), plan=_TwoProcesses(), checkpoint=tmp_path)
-    # solver='auto' does not pick the sampler for a checkpointed fit
+def test_the_sampler_checkpoints_shared_or_not(tmp_path):
+    # issue 11, item 4 (issue 8: a checkpointed default fit is the same model): 'auto' picks
+    # the sampler with checkpoint= too, and a shared chain writes its whole tables (the
+    # resume on 2 processes: tests/test_distributed_checkpoint.py)
+    from autofact import checkpoint as ck
+
     assert autofact.MatrixFactorization(rank=2, epochs=1).fit(
-        planted(), checkpoint=tmp_path).solver_ != "gibbs"
+        planted(), checkpoint=tmp_path / "one").solver_ == "gibbs"
+    model(epochs=2).fit(planted(), plan=_TwoProcesses(), checkpoint=tmp_path / "two")
+    state = ck.read(tmp_path / "two" / ck.FILE_NAME)
+    assert state.solver == "gibbs" and state.chain is not None
+    assert state.chain["processes"] == 2 and state.params["P"].shape == (200, 3)

@@ -373,7 +373,7 @@ def test_explicit_gibbs_refuses_what_it_cannot_sample(kwargs: dict, match: str) 
         MatrixFactorization(rank=2, epochs=2, solver="gibbs", **kwargs).fit(train)
 
 
-def test_explicit_gibbs_refuses_weights_and_checkpoints(tmp_path) -> None:
+def test_explicit_gibbs_refuses_weights() -> None:
     from autofact import MatrixFactorization
 
     train, _ = _planted_ratings()
@@ -381,5 +381,4 @@ def test_explicit_gibbs_refuses_weights_and_checkpoints(tmp_path) -> None:
                                 weights=np.ones(train.nnz))
     with pytest.raises(ValueError, match="solver='gibbs' samples unweighted ratings"):
         MatrixFactorization(rank=2, epochs=2, solver="gibbs").fit(weighted)
-    with pytest.raises(ValueError, match="solver='gibbs' keeps no checkpoint yet"):
-        MatrixFactorization(rank=2, epochs=2, solver="gibbs").fit(train, checkpoint=tmp_path)
+    # (it checkpoints since issue 11, item 4: tests/test_checkpoint_gibbs.py)
