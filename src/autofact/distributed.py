@@ -43,8 +43,8 @@ rating and the initial factors are global too (summed and broadcast), and the re
 added once. How the sums are taken and which ratings each process holds is a
 :class:`~autofact.sharding.TorchShardPlan`, passed to ``model.fit(..., plan=)``. ``autofact fit``
 does all this itself when started by torchrun (each process reads its share of DATA with
-:func:`read_local`, by user; the solver defaults to ``auto`` as in one process, or ``adam``
-with ``--checkpoint``, which shared ``als`` and ``gibbs`` do not write yet).
+:func:`read_local`, by user; the solver defaults to ``auto`` as in one process, with
+``--checkpoint`` too).
 Communication and memory per epoch, and what 1B ratings need: ``docs/scaling.md``.
 
 **Faults.** Every collective waits at most ``timeout`` (:func:`init`, default
@@ -53,8 +53,13 @@ Communication and memory per epoch, and what 1B ratings need: ``docs/scaling.md`
 ("rank N stopped responding ...") within that time; ``autofact fit`` then exits with status 1.
 A checkpoint (``fit(..., checkpoint=DIR)``) is written atomically by rank 0, so the last one
 stays intact: run the same command again to resume (with rank-local data: the same processes
-and parts, since the data fingerprint is taken over each one's share). An error one process
-meets while reading its share stops every process with a ``ValueError`` naming it.
+and parts, since the data fingerprint is taken over each one's share; the sampler: the same
+number of processes). Shared ``als`` and ``gibbs`` gather every process's users' rows onto rank
+0 for each write (``m (k+1)`` values, and the chain's running sums), and each process takes its
+own back on resume; Ctrl-C there leaves the last checkpoint written (a gather cannot be
+trusted after an interrupt), where the full-copy solvers write the last finished epoch first.
+An error one process meets while reading its share stops every process with a ``ValueError``
+naming it.
 """
 
 from __future__ import annotations

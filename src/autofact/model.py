@@ -105,9 +105,9 @@ class MatrixFactorization:
         ``'auto'`` picks ``'gibbs'`` for the squared loss with ``'l2'`` (the default model:
         Bayesian MF by Gibbs sampling with sampled regularization and per-user/per-item noise,
         the posterior means kept as the factors; see :mod:`autofact.solvers.gibbs`) unless the
-        ratings have weights, ``beta`` is not the default, ``bias=False``, ``nonnegative=True``,
-        ``batch_size`` is set, or the fit is checkpointed (a fit shared by processes samples
-        too: the chain sharded by user, issue 11); otherwise ``'adam'`` when
+        ratings have weights, ``beta`` is not the default, ``bias=False``, ``nonnegative=True``
+        or ``batch_size`` is set (a fit shared by processes samples too: the chain sharded by
+        user; so does a checkpointed fit, issue 11); otherwise ``'adam'`` when
         ``batch_size`` is set, else
         ``'als'`` where its assumptions hold (an elementwise loss with curvature, a smooth
         separable regularizer), else ``'lbfgs'`` (``'adam'`` with ``nonnegative=True``); see
