@@ -2,11 +2,13 @@
 
 ``MatrixFactorization.fit(ratings, checkpoint="ckpt/", checkpoint_every=5)`` (``autofact fit
 DATA --checkpoint ckpt/ --checkpoint-every 5``) writes ``ckpt/checkpoint.npz`` after every 5th
-epoch, after the last one, and when Ctrl-C stops the fit (the state of the last finished epoch).
-The same call again finds it and continues from the epoch after it: a fit killed at any moment
-(even by SIGKILL) and resumed ends where an uninterrupted one would (``als``, ``gd`` and
-full-batch ``adam`` and ``lbfgs`` are deterministic on a CPU: the same factors, to rounding).
-A finished fit's checkpoint gives back the finished model without training.
+epoch (a sampler's sweep), after the last one, and when Ctrl-C stops the fit (the state of the
+last finished epoch). The same call again finds it and continues from the epoch after it: a fit
+killed at any moment (even by SIGKILL) and resumed ends where an uninterrupted one would (the
+sampler, ``als``, ``gd`` and full-batch ``adam`` and ``lbfgs`` are deterministic on a CPU: the
+same factors, to rounding; the sampler draws the same numbers). A finished fit's checkpoint
+gives back the finished model without training. Every solver of ``task='rating'`` writes one,
+so ``solver='auto'`` picks the same model with or without ``checkpoint=`` (issue 8).
 
 The file follows the model file's rules (:mod:`autofact.io`): one ``np.savez`` archive, written
 atomically (a temporary file renamed over the old one, so a kill leaves the previous checkpoint
@@ -18,19 +20,39 @@ whole), read with ``allow_pickle=False``; nothing it names is imported or called
                     ``finished``, ``solver``, ``settings`` (the hyper-parameters that shape the
                     fit), ``data`` (a SHA-256 of the training and validation ratings and their
                     ids), ``history`` (``history_`` so far), ``start_value`` (the objective the
-                    divergence rule measures from), ``best`` and ``best_epoch`` (early stopping)
-``param.NAME``      the parameters after that epoch: ``P``, ``Q`` and, with biases, ``bu``, ``bi``
+                    divergence rule measures from), ``best`` and ``best_epoch`` (early stopping);
+                    for ``gibbs``, ``chain``: its numbers (``values``: ``alpha``, the running
+                    sums' ``alpha_sum`` and count ``n_avg``, each sweep's ``rmse``, the ``Y``
+                    draw's ``cg_iterations``, and ``rng``, the numpy generator's
+                    ``bit_generator.state``), ``sweeps`` and ``burn_in`` (the chain's length,
+                    which a resume must keep), ``processes``, the sweep budget's ``run`` and
+                    ``gain``, early stopping's ``best`` and ``best_epoch``
+``param.NAME``      the parameters after that epoch: ``P``, ``Q`` and, with biases, ``bu``, ``bi``;
+                    for ``gibbs`` the chain's current draw (the model's factors are the running
+                    means)
 ``optim.NAME``      the solver's state: Adam's ``adam.K.t/m/v``; L-BFGS's history (``d``,
                     ``old_dirs[]``, ``ro[]``, ... as torch.optim.LBFGS keeps it); none for gd,
-                    sgd and als
+                    sgd and als; for ``gibbs`` (:class:`~autofact.solvers.gibbs.ChainState`) the
+                    per-user ``rows.sum`` (running sums of the users' conditional means, bias
+                    last), ``rows.tau`` (noise precisions) and ``rows.implicit_mean``, the rest as
+                    ``chain.NAME`` (the items' ``sum`` and ``tau``, the hyper-parameters
+                    ``hyp_u.mean``/``.prec``, ``hyp_i``, ``hyp_y``, ``prior_u.sum``,
+                    ``prior_i.sum``, ``Y``, ``Y.sum``), and ``budget.kept``: the sweep budget's
+                    predictions of its sampled pairs after each kept sweep (pairs x sweeps)
 ``generator``       uint8: the state of the generator that shuffles mini-batches
 ``best.NAME``       the best validation epoch's parameters (early stopping), when there is one
 ==================  ================================================================================
 
 A checkpoint written for other ratings or other settings is refused with a ``ValueError`` that
-names what differs (``epochs`` may grow: the fit then runs on to the new number). With
-:mod:`autofact.distributed` rank 0 writes, and every process reads the same folder to resume, so
-it must be one they all see (a shared file system, or one machine).
+names what differs (``epochs`` may grow: the fit then runs on to the new number; not a
+sampler's, whose burn-in is a tenth of its sweeps). With :mod:`autofact.distributed` rank 0
+writes, and every process reads the same folder to resume, so it must be one they all see (a
+shared file system, or one machine). Solvers that partition the users (shared ``als`` and
+``gibbs``: each process holds only its users' rows) gather those rows onto rank 0 for each write
+(:func:`gather_to_main`; the budget's pairs too, in rank order), and each process takes its own
+back on resume; the sampler's generator is one stream every process draws alike, so rank 0's
+state is every process's. Their Ctrl-C writes nothing more (a gather is a collective, which an
+interrupt may have cut): the last checkpoint written stands.
 """
 
 from __future__ import annotations
