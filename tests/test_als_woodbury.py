@@ -44,22 +44,36 @@ def test_woodbury_rows_give_the_fit_of_the_k_by_k_solve(monkeypatch, loss, bias)
                                    atol=1e-11)
 
 
-def test_woodbury_solve_matches_a_dense_solve():
-    # issue 10: padded entries and rows without ratings included
-    gen = torch.Generator().manual_seed(0)
-    rows, n, K = 50, als.WOODBURY_ROWS, 7
+@pytest.mark.parametrize("n", range(als.WOODBURY_ROWS + 1))
+def test_woodbury_solve_matches_a_dense_solve(n):
+    # issue 10: rows with n ratings each (none included), laid out across the rows
+    gen = torch.Generator().manual_seed(n)
+    rows, K = 50, 7
     Y = torch.randn(rows, n, K, generator=gen, dtype=torch.float64)
     w = torch.rand(rows, n, generator=gen, dtype=torch.float64) + 0.5
-    valid = torch.arange(n)[None, :] < torch.randint(0, n + 1, (rows,), generator=gen)[:, None]
     rh = torch.rand(rows, K, generator=gen, dtype=torch.float64) + 0.1
     g = torch.randn(rows, K, generator=gen, dtype=torch.float64)
-    Yv = Y * valid[:, :, None]
-    H = Yv.transpose(1, 2) @ (Yv * w[:, :, None]) + torch.diag_embed(rh)
+    H = Y.transpose(1, 2) @ (Y * w[:, :, None]) + torch.diag_embed(rh)
     eps = 1e-6 * H.diagonal(dim1=1, dim2=2).abs().mean(1).clamp_min(1.0)
     H = H + eps[:, None, None] * torch.eye(K, dtype=torch.float64)
-    Y[~valid] = 1e3  # padded entries must not count
-    x = als._woodbury_solve(Y, w.masked_fill(~valid, -7.0), valid, rh, g)
-    torch.testing.assert_close(x, torch.linalg.solve(H, g), rtol=1e-9, atol=1e-12)
+    x = als._woodbury_solve(Y.permute(2, 1, 0), w.T, rh.T, g.T)
+    torch.testing.assert_close(x.T, torch.linalg.solve(H, g), rtol=1e-9, atol=1e-12)
+
+
+def test_split_buckets_rows_by_their_count_of_ratings():
+    # issue 10: each short row in the bucket of its count, its entries slot by slot
+    from autofact.sparse import build_patterns
+
+    users = torch.tensor([0, 0, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3, 5], dtype=torch.int32)
+    items = torch.tensor([0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3, 4, 4], dtype=torch.int32)
+    (pat,) = build_patterns(users, items, (6, 5), 100)
+    split = als._Split.of(pat)
+    got = {n: (rows.tolist(), entries.tolist(), cols.tolist())
+           for n, rows, entries, cols in split.buckets}
+    assert got == {0: ([4], [], []), 1: ([5], [12], [4]),
+                   2: ([0, 1], [0, 2, 1, 3], [0, 2, 1, 3]),  # slot 0 of each row, then slot 1
+                   3: ([2], [4, 5, 6], [0, 1, 2])}
+    assert split.long.tolist() == [3] and split.long_entries.tolist() == [7, 8, 9, 10, 11]
 
 
 def test_small_spd_solve_matches_a_dense_solve():

@@ -594,14 +594,21 @@ class _AlternatingNewton:
         rows = slice(pat.row0, pat.row1)
         Xv, g2, grad, rh, split = prep.Xv, prep.g2, prep.grad, prep.rh, prep.split
         if split is not None:
-            step = torch.empty_like(grad)
-            s_rows, s_ent, s_valid = split.short, split.short_entries, split.short_valid
-            step[s_rows] = _woodbury_solve(Yf[pat.col[s_ent]], g2[s_ent], s_valid,
-                                           rh[s_rows], grad[s_rows])
+            # the short rows by Woodbury's identity, by their count of ratings, laid out
+            # across the rows (index_select and index_copy_: 3-4x faster than indexing)
+            stepT = torch.empty(K, len(grad), dtype=dt, device=dev)
+            gT, rhT, YT = grad.T.contiguous(), rh.T.contiguous(), products.transposed()
+            for n, rws, ents, cols in split.buckets:
+                stepT.index_copy_(1, rws, _woodbury_solve(
+                    YT.index_select(1, cols).view(K, n, len(rws)),
+                    g2.index_select(0, ents).view(n, len(rws)),
+                    rhT.index_select(1, rws), gT.index_select(1, rws)))
+            step = stepT.T.contiguous()
             if prep.C is not None:
-                step[split.long] = self._newton_step(
+                step.index_copy_(0, split.long, self._newton_step(
                     obj, prep.C, prep.kk_rows, prep.kk_nnz, Ya, products, K,
-                    rh[split.long], grad[split.long], dt, dev, hess=hess)
+                    rh.index_select(0, split.long), grad.index_select(0, split.long), dt, dev,
+                    hess=hess))
         else:
             step = self._newton_step(obj, prep.C, prep.kk_rows, prep.kk_nnz, Ya, products, K,
                                      rh, grad, dt, dev, term=term, Xv=Xv, hess=hess)
@@ -774,6 +781,10 @@ class _Products:
                 self._kept[key] = make()
             return self._kept[key]
 
+    def transposed(self) -> torch.Tensor:
+        """``Yf^T``, contiguous (``K x n_other``: Woodbury's rows gather its columns)."""
+        return self._once("transposed", lambda: self.Yf.T.contiguous())
+
     def all(self) -> torch.Tensor:
         """All ``K^2`` columns."""
         Yf = self.Yf
@@ -860,13 +871,12 @@ def _groups(blocks: list[Pattern], row_bytes: int, entry_bytes: int, max_memory:
 
 @dataclass
 class _Split:
-    """A block's rows with at most :data:`WOODBURY_ROWS` ratings (``short``; their entries'
-    positions in the block, padded, with ``short_valid`` marking the real ones) and the others
-    (``long``, with the CSR of their entries alone)."""
+    """A block's rows with at most :data:`WOODBURY_ROWS` ratings, by their count ``n``
+    (``buckets``: ``(n, rows, entries, cols)``, the rows' entries' positions in the block
+    and their columns, slot by slot: ``entries[a * len(rows) + j]`` is row ``rows[j]``'s
+    ``a``-th entry) and the others (``long``, with the CSR of their entries alone)."""
 
-    short: torch.Tensor
-    short_entries: torch.Tensor
-    short_valid: torch.Tensor
+    buckets: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]
     long: torch.Tensor
     long_entries: torch.Tensor
     long_crow: torch.Tensor
@@ -882,17 +892,19 @@ class _Split:
         n_short = int(is_short.sum())
         if n_short * 4 < len(counts) or pat.nnz == 0:
             return None
-        short = torch.nonzero(is_short)[:, 0]
+        buckets = []
+        for n in range(WOODBURY_ROWS + 1):
+            rows = torch.nonzero(counts == n)[:, 0]
+            if len(rows):
+                offsets = torch.arange(n, device=crow.device)
+                entries = (crow[rows][None, :] + offsets[:, None]).reshape(-1)
+                buckets.append((n, rows, entries, pat.col.long()[entries]))
         long = torch.nonzero(~is_short)[:, 0]
-        offsets = torch.arange(WOODBURY_ROWS, device=crow.device)
-        valid = offsets[None, :] < counts[short, None]
-        entries = torch.where(valid, crow[short, None] + offsets[None, :], 0)
         row_of = torch.repeat_interleave(torch.arange(len(counts), device=crow.device), counts)
         long_entries = torch.nonzero(~is_short[row_of])[:, 0]
         long_crow = torch.zeros(len(long) + 1, dtype=pat.crow.dtype, device=crow.device)
         torch.cumsum(counts[long], 0, out=long_crow[1:])
-        return cls(short, entries, valid, long, long_entries, long_crow,
-                   pat.col[long_entries], pat.n_cols)
+        return cls(buckets, long, long_entries, long_crow, pat.col[long_entries], pat.n_cols)
 
     def csr_long(self, values: torch.Tensor) -> Any:
         """The CSR of the long rows' entries of ``values`` (one value per entry of the block)."""
@@ -900,35 +912,33 @@ class _Split:
                           (len(self.long), self.n_cols))
 
 
-def _woodbury_solve(Y: torch.Tensor, w: torch.Tensor, valid: torch.Tensor, rh: torch.Tensor,
-                    g: torch.Tensor) -> torch.Tensor:
-    """``H^{-1} g`` for rows whose ``H = D + Y^T diag(w) Y`` has few ratings (issue 10).
+def _woodbury_solve(Y: torch.Tensor, w: torch.Tensor, rh: torch.Tensor, g: torch.Tensor
+                    ) -> torch.Tensor:
+    """``H^{-1} g`` for rows whose ``H = D + Y^T diag(w) Y`` has few ratings (issue 10), each
+    row's data laid out across the rows (the last dimension), so every operation runs along
+    them and sums over the ``K`` or ``n`` leading entries are additions of whole vectors.
 
-    ``Y``: ``(rows, n, K)``, each row's ``y_i`` (``n`` = :data:`WOODBURY_ROWS`, padded where
-    ``valid`` is false), ``w > 0`` their ``l''``, ``D = diag(rh + eps)`` with ``rh > 0`` and the
-    same ``eps`` as the ``K x K`` path. Woodbury's identity gives the same step as the ``K x K``
-    solve from an ``n x n`` one::
+    ``Y``: ``(K, n, rows)``, each row's ``n`` ratings' ``y_i`` (every row of a call has ``n``,
+    at most :data:`WOODBURY_ROWS`), ``w``: ``(n, rows)``, their ``l'' > 0``; ``rh``, ``g``:
+    ``(K, rows)``; ``D = diag(rh + eps)`` with ``rh > 0`` and the same ``eps`` as the ``K x K``
+    path. Woodbury's identity gives the same step as the ``K x K`` solve from an ``n x n``
+    one, returned as ``(K, rows)``::
 
         H^{-1} g = D^{-1} (g - Y^T z),    (diag(1/w) + Y D^{-1} Y^T) z = Y D^{-1} g
-
-    (a padded ``y`` is 0 with ``1/w = 1``: its ``z`` is 0). Written over the ``n`` slots, each
-    operation a ``(rows, K)`` or ``(rows,)`` vector one: no per-row or per-matrix calls."""
+    """
     n = Y.shape[1]
-    w = torch.where(valid, w, 1.0)
-    Ys = [torch.where(valid[:, a, None], Y[:, a], 0.0) for a in range(n)]
-    diag_h = rh.clone()  # the diagonal of H before eps
+    diag_h = rh + (Y * Y * w[None]).sum(1) if n else rh  # the diagonal of H before eps
+    d = rh + 1e-6 * diag_h.abs().mean(dim=0, keepdim=True).clamp_min(1.0)
+    if n == 0:
+        return g / d
+    Yd = Y / d[:, None, :]
+    Ys, Yds = Y.unbind(1), Yd.unbind(1)
+    M = [[(Yds[a] * Ys[b]).sum(0) for b in range(a + 1)] for a in range(n)]  # lower triangle
+    inverse = w.reciprocal()
     for a in range(n):
-        diag_h += Ys[a] * Ys[a] * w[:, a, None]
-    d = rh + 1e-6 * diag_h.abs().mean(dim=1, keepdim=True).clamp_min(1.0)
-    Yd = [y / d for y in Ys]
-    M = [[(Yd[a] * Ys[b]).sum(1) for b in range(a + 1)] for a in range(n)]  # lower triangle
-    for a in range(n):
-        M[a][a] = M[a][a] + 1.0 / w[:, a]
-    z = _small_spd_solve(M, [(y * g).sum(1) for y in Yd])
-    out = g.clone()
-    for a in range(n):
-        out -= Ys[a] * z[a][:, None]
-    return out / d
+        M[a][a] = M[a][a] + inverse[a]
+    z = _small_spd_solve(M, list((Yd * g[:, None, :]).sum(0).unbind(0)))
+    return (g - (Y * torch.stack(z, 0)[None]).sum(1)) / d
 
 
 def _small_spd_solve(M: list[list[torch.Tensor]], b: list[torch.Tensor]) -> list[torch.Tensor]:
