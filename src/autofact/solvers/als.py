@@ -85,6 +85,7 @@ import copy
 import dataclasses
 import math
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -169,6 +170,7 @@ class _AlternatingNewton:
         # the second derivatives kept from the first epoch where fixed, per-entry values
         # within an eighth of max_memory (issue 10)
         self.curv = _Curvatures(CACHE_CURVATURE, obj.max_memory // 8)
+        self._executor: ThreadPoolExecutor | None = None
         if self.shared:
             self._init_shared(max_rows)
             return
@@ -495,8 +497,7 @@ class _AlternatingNewton:
         # blocks, the blocks' l'' kept meanwhile (an eighth).
         n_other, item = Yf.shape[0], Yf.element_size()
         products = _Products(Yf, iu, ju, whole=_z_fits(n_other, K, item, obj.max_memory))
-        pool = ThreadPoolExecutor(min(self.workers, len(blocks))) \
-            if self.workers > 1 and len(blocks) > 1 else None
+        pool = self._pool() if self.workers > 1 and len(blocks) > 1 else None
 
         def each(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
             """``fn`` on each item, on the workers; the results in the items' order."""
@@ -516,33 +517,38 @@ class _AlternatingNewton:
             h, C, c0, c1, Zs = job  # a block's columns c0:c1 of C @ Z
             h[:, c0:c1] = C @ Zs
 
-        try:
-            if products.whole:
-                losses = each(lambda pat: finish((pat, prepare(pat), None)), blocks)
-            else:
-                T = len(iu)
-                width = max(1, min(obj.max_memory // 8, _slice_bytes(dev)) // (n_other * item))
-                losses = []
-                for group in _groups(blocks, T * item, 2 * item, obj.max_memory):
-                    preps = each(prepare, group)
-                    # the rows each block solves through K x K systems, their upper triangles
-                    hess = [None if p.C is None else
-                            torch.empty(p.kk_rows, T, dtype=dt, device=dev) for p in preps]
-                    todo = [i for i, h in enumerate(hess) if h is not None]
-                    for c0 in range(0, T if todo else 0, width):
-                        c1 = min(c0 + width, T)
-                        Zs = products.upper(c0, c1)
-                        each(fill, [(hess[i], preps[i].C, c0, c1, Zs) for i in todo])
-                        del Zs
-                    losses += each(finish, list(zip(group, preps, hess, strict=True)))
-                    del preps, hess
-        finally:
-            if pool is not None:
-                pool.shutdown()
+        if products.whole:
+            losses = each(lambda pat: finish((pat, prepare(pat), None)), blocks)
+        else:
+            T = len(iu)
+            width = max(1, min(obj.max_memory // 8, _slice_bytes(dev)) // (n_other * item))
+            losses = []
+            for group in _groups(blocks, T * item, 2 * item, obj.max_memory):
+                preps = each(prepare, group)
+                # the rows each block solves through K x K systems, their upper triangles
+                hess = [None if p.C is None else
+                        torch.empty(p.kk_rows, T, dtype=dt, device=dev) for p in preps]
+                todo = [i for i, h in enumerate(hess) if h is not None]
+                for c0 in range(0, T if todo else 0, width):
+                    c1 = min(c0 + width, T)
+                    Zs = products.upper(c0, c1)
+                    each(fill, [(hess[i], preps[i].C, c0, c1, Zs) for i in todo])
+                    del Zs
+                losses += each(finish, list(zip(group, preps, hess, strict=True)))
+                del preps, hess
         loss = torch.zeros((), dtype=dt, device=dev)
         for block_loss in losses:  # in block order: the same sum whichever worker ran which
             loss += block_loss
         return float(loss)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """The solver's :attr:`workers` threads, started once and kept between half-sweeps
+        (issue 10: on a busy machine a new thread can wait milliseconds to start, 60 times a
+        fit); shut down when the solver is collected."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="autofact-als")
+            weakref.finalize(self, self._executor.shutdown, wait=False)
+        return self._executor
 
     def _prepare(self, obj: Objective, pat: Pattern, X: torch.Tensor, bx: torch.Tensor | None,
                  Ya: torch.Tensor, Yf: torch.Tensor, K: int,
