@@ -52,7 +52,7 @@ def test_shared_sampler_and_als_resume_to_the_uninterrupted_fit(tmp_path):
     # stopped after a written checkpoint and resumed: the same factors and history to 1e-6
     from autofact import checkpoint as ck
 
-    from .dist_gibbs_worker import RATED, planted
+    from .dist_gibbs_worker import planted
 
     data = planted()
     (tmp_path / "r.csv").write_text("user,item,rating\n" + "".join(
@@ -78,15 +78,14 @@ def test_shared_sampler_and_als_resume_to_the_uninterrupted_fit(tmp_path):
         np.testing.assert_array_equal(ranks[0][f"{case}.resumed.P"],
                                       ranks[1][f"{case}.resumed.P"])
     # autofact fit --checkpoint under torchrun keeps the default model (the sampler, read by
-    # user) instead of falling back to adam; the one-process model, up to sums' order
+    # user) instead of falling back to adam; its last checkpoint is the finished chain, whole
     cli = autofact.load(tmp_path / "cli.npz")
-    one = autofact.MatrixFactorization(rank=3, seed=0).fit(autofact.read(tmp_path / "r.csv"))
-    assert cli.solver_ == one.solver_ == "gibbs" and cli.n_epochs_ == one.n_epochs_
-    users, items = one.user_ids_[RATED], one.item_ids_[:9]
-    np.testing.assert_allclose(cli.predict(users, items), one.predict(users, items), rtol=1e-4)
+    assert cli.solver_ == "gibbs"
     state = ck.read(tmp_path / "cli_ckpt" / ck.FILE_NAME)
-    assert state.solver == "gibbs" and state.finished and state.chain is not None
-    assert state.chain["processes"] == 2 and state.params["P"].shape[0] == len(one.user_ids_)
+    assert state.solver == "gibbs" and state.finished and state.epoch == cli.n_epochs_
+    assert state.chain is not None and state.chain["processes"] == 2
+    assert state.params["P"].shape == cli.user_factors_.shape
+    assert [h["loss"] for h in state.history] == [h["loss"] for h in cli.history_]
 
 
 # ---------------------------------------------------------------------------- the worker
