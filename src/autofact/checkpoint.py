@@ -292,20 +292,16 @@ class Checkpointer:
         self.written = state.epoch
         return state
 
-    def epoch_end(self, state: TrainingState | Callable[[], TrainingState], last: bool, *,
-                  epoch: int | None = None, collective: bool = False) -> None:
-        """After each epoch: write every ``every`` epochs and after the last; otherwise keep the
-        state for Ctrl-C. ``state`` may be a function that makes it (then ``epoch`` says which
-        epoch ended), called only when needed; with ``collective`` it takes part in a
-        collective (gathers the rows each process holds), so every process calls it on the
-        same epochs: only when writing, and no state is kept for Ctrl-C."""
-        done = state.epoch if isinstance(state, TrainingState) else epoch
-        if done is None:
-            raise TypeError("epoch_end needs epoch= when given a function that makes the state")
-        if last or done % self.every == 0:
-            self._write(state if isinstance(state, TrainingState) else state())
+    def epoch_end(self, epoch: int, state: Callable[[], TrainingState], last: bool, *,
+                  collective: bool = False) -> None:
+        """After epoch ``epoch``: write every ``every`` epochs and after the last; otherwise
+        keep the state for Ctrl-C. ``state()`` makes it, only when needed; with ``collective``
+        it takes part in a collective (gathers the rows each process holds), so every process
+        calls it on the same epochs: only when writing, and no state is kept for Ctrl-C."""
+        if last or epoch % self.every == 0:
+            self._write(state())
         elif not collective:
-            self.pending = state if isinstance(state, TrainingState) else state()
+            self.pending = state()
 
     def interrupted(self) -> bool:
         """Ctrl-C: write the last finished epoch's state if the file does not hold it yet;

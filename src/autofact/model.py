@@ -576,7 +576,7 @@ class MatrixFactorization:
                     best_params=whole(stopper.snapshot) if has_best else None,  # type: ignore
                 )
 
-            ckpt.epoch_end(make, last, epoch=epoch, collective=owned is not None)
+            ckpt.epoch_end(epoch, make, last, collective=owned is not None)
 
         # issue 10: threads by the size of one block's operations, set for the fit only
         work = min(obj.nnz, obj.max_nnz) * (self._resolved_rank() + 1)
@@ -1512,8 +1512,9 @@ class _ChainCheckpoint:
     def on_state(self, history: list[dict[str, Any]], sweep: int, state: Any, last: bool
                  ) -> None:
         """``gibbs_mf``'s ``on_state``: write (or keep for Ctrl-C) the state after ``sweep``."""
-        self.checkpointer.epoch_end(functools.partial(self._state, history, sweep, state, last),
-                                    last, epoch=sweep, collective=self.plan is not None)
+        self.checkpointer.epoch_end(
+            sweep, functools.partial(self._state, history, sweep, state, last), last,
+            collective=self.plan is not None)
 
     def _state(self, history: list[dict[str, Any]], sweep: int, make: Any, last: bool) -> Any:
         from .checkpoint import TrainingState, gather_to_main
