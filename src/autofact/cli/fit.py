@@ -80,8 +80,9 @@ def register(sub: Any) -> None:
     run = p.add_argument_group("checkpoints and faults (issue 11)")
     run.add_argument("--checkpoint", type=o.output_path, metavar="DIR",
                      help="write the training state to DIR/checkpoint.npz every "
-                     "--checkpoint-every epochs, at the end and on Ctrl-C; the same command "
-                     "again resumes from it (other data or settings are refused)")
+                     "--checkpoint-every epochs (sweeps of the default sampler), at the end and "
+                     "on Ctrl-C; the same command again resumes from it (other data or "
+                     "settings are refused)")
     run.add_argument("--checkpoint-every", type=o.positive_int, metavar="K",
                      help="epochs between checkpoints (default 1; needs --checkpoint)")
     run.add_argument("--timeout", type=o.positive_float, metavar="SECONDS",
