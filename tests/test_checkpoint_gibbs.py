@@ -124,6 +124,17 @@ def test_a_chain_from_other_data_or_settings_is_refused(tmp_path):
         model(epochs=6, solver="gibbs", loss="huber").fit(r, checkpoint=tmp_path / "other")
 
 
+def test_a_chain_checkpoint_missing_an_array_is_damaged(tmp_path):
+    model(epochs=4).fit(planted(), checkpoint=tmp_path)
+    path = tmp_path / ck.FILE_NAME
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files if k != "param.bu"}
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=r"checkpoint\.npz is damaged: its chain lacks 'bu'; "
+                                         "delete it to start over"):
+        model(epochs=4).fit(planted(), checkpoint=tmp_path)
+
+
 def test_cli_default_fit_killed_by_sigkill_resumes_to_the_uninterrupted_model(tmp_path):
     # issue 11, item 4: `autofact fit DATA --checkpoint DIR` with the default solver, killed
     # mid-fit (each write pauses before its rename: the kill often lands mid-write), then the
