@@ -30,7 +30,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 def model(**kw) -> autofact.MatrixFactorization:
     """The default model (solver 'auto', sweeps by the budget) at rank 3."""
-    return autofact.MatrixFactorization(rank=3, seed=0, **kw)
+    return autofact.MatrixFactorization(**{"rank": 3, "seed": 0, **kw})
 
 
 def assert_same_fit(got: autofact.MatrixFactorization, want: autofact.MatrixFactorization
@@ -72,6 +72,21 @@ def test_a_chain_stopped_by_ctrl_c_resumes_to_the_uninterrupted_fit(tmp_path, mo
     assert_same_fit(got, want)
     state = ck.read(tmp_path / ck.FILE_NAME)
     assert state.finished and state.epoch == want.n_epochs_
+
+
+def test_a_chain_without_a_seed_resumes_with_the_budgets_own_pairs(tmp_path, monkeypatch):
+    # issue 11, item 4: without a seed the sweep budget samples other pairs each fit; the
+    # resumed budget compares its predictions on the pairs it kept (scored on other pairs,
+    # the estimated gain was ~36 instead of ~0.002, and the chain never stopped)
+    r = planted()
+    calls = interrupt_at_call(monkeypatch, gibbs, "_sample_rows", 2 * 30 + 1)
+    with pytest.raises(KeyboardInterrupt):
+        model(seed=None).fit(r, checkpoint=tmp_path)
+    monkeypatch.setattr(gibbs, "_sample_rows", calls.original)
+    got = model(seed=None).fit(r, checkpoint=tmp_path)
+    gains = [h["gain"] for h in got.history_ if h["epoch"] > 30]
+    assert gains and max(gains) < 0.05
+    assert got.n_epochs_ < 130 and got.history_[-1]["stopped"].startswith("converged")
 
 
 def test_a_finished_chain_gives_back_the_model_without_sampling(tmp_path, monkeypatch):

@@ -1482,7 +1482,8 @@ class _ChainCheckpoint:
 
     In the file: ``param.P``/``bu``/``Q``/``bi`` the current draw, ``optim.rows.NAME`` the
     chain's other per-user arrays and ``optim.chain.NAME`` the rest, ``optim.budget.kept`` the
-    budget's predictions of its sample after each kept sweep (pairs x sweeps), and the JSON
+    budget's predictions of its sampled pairs after each kept sweep (pairs x sweeps), and the
+    pairs, ``optim.budget.users`` and ``.items`` (drawn anew without a ``seed``), and the JSON
     ``chain``: the chain's numbers and its generator's state (``values``), ``sweeps``,
     ``burn_in``, ``processes``, ``budget`` and ``stopper``. A chain shared by processes
     (``plan``) gathers its users' rows (and the budget's pairs, in rank order) onto rank 0,
@@ -1497,7 +1498,7 @@ class _ChainCheckpoint:
         self.sweeps, self.burn_in, self.budget, self.stopper = sweeps, burn_in, budget, stopper
         self.world = 1 if plan is None else plan.world_size
         self.own: np.ndarray | None = None  # this process's users (None: every user)
-        self.pairs: tuple[int, int] = (0, 0 if budget is None else len(budget.users))
+        self.sizes = [0 if budget is None else len(budget.users)]  # each process's pairs
         self.finished = False
         self.history: list[dict[str, Any]] = []
         if plan is not None:  # as the sampler finds them (gibbs_mf)
@@ -1507,7 +1508,7 @@ class _ChainCheckpoint:
                 sizes = torch.zeros(plan.world_size, dtype=torch.int64)
                 sizes[plan.rank] = len(budget.users)
                 plan.all_sum([sizes])
-                self.pairs = (int(sizes[: plan.rank].sum()), int(sizes.sum()))
+                self.sizes = [int(x) for x in sizes]
 
     def on_state(self, history: list[dict[str, Any]], sweep: int, state: Any, last: bool
                  ) -> None:
@@ -1532,11 +1533,13 @@ class _ChainCheckpoint:
             b = self.budget
             mine = (np.stack(b.kept, axis=1) if b.kept
                     else np.zeros((len(b.users), 0), dtype=np.float32))
-            first, total = self.pairs
+            first = sum(self.sizes[: plan.rank])
             optimizer.update({f"budget.{k}": a for k, a in gather_to_main(
-                plan, {"kept": mine}, None if self.plan is None else
-                np.arange(first, first + len(b.users)), total).items()})
-            budget = {"run": b.run, "gain": b.gain}
+                plan, {"kept": mine, "users": np.asarray(b.users, dtype=np.int64),
+                       "items": np.asarray(b.items, dtype=np.int64)},
+                None if self.plan is None else np.arange(first, first + len(b.users)),
+                sum(self.sizes)).items()})
+            budget = {"run": b.run, "gain": b.gain, "sizes": self.sizes}
         if self.stopper is not None:
             stopper = {"best": self.stopper.best, "best_epoch": self.stopper.best_epoch}
         return TrainingState(
@@ -1579,11 +1582,16 @@ class _ChainCheckpoint:
             arrays = {"Q": state.params["Q"], "bi": state.params["bi"],
                       **{k[6:]: a for k, a in state.optimizer.items()
                          if k.startswith("chain.")}}
-            if self.budget is not None:
-                first, _ = self.pairs
-                kept = state.optimizer["budget.kept"][first : first + len(self.budget.users)]
-                self.budget.kept = [np.ascontiguousarray(kept[:, j])
-                                    for j in range(kept.shape[1])]
+            if self.budget is not None:  # its pairs then (drawn anew without a seed)
+                sizes = [int(x) for x in meta["budget"]["sizes"]]
+                rank = 0 if self.plan is None else self.plan.rank
+                mine = slice(sum(sizes[:rank]), sum(sizes[: rank + 1]))
+                b, opt = self.budget, state.optimizer
+                kept = opt["budget.kept"][mine]
+                b.kept = [np.ascontiguousarray(kept[:, j]) for j in range(kept.shape[1])]
+                b.users = opt["budget.users"][mine].astype(b.users.dtype)
+                b.items = opt["budget.items"][mine].astype(b.items.dtype)
+                self.sizes = sizes
                 self.budget.run, self.budget.gain = int(meta["budget"]["run"]), \
                     meta["budget"]["gain"]
             if self.stopper is not None:
