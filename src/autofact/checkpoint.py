@@ -25,8 +25,9 @@ whole), read with ``allow_pickle=False``; nothing it names is imported or called
                     sums' ``alpha_sum`` and count ``n_avg``, each sweep's ``rmse``, the ``Y``
                     draw's ``cg_iterations``, and ``rng``, the numpy generator's
                     ``bit_generator.state``), ``sweeps`` and ``burn_in`` (the chain's length,
-                    which a resume must keep), ``processes``, the sweep budget's ``run`` and
-                    ``gain``, early stopping's ``best`` and ``best_epoch``
+                    which a resume must keep), ``processes``, the sweep budget's ``run``,
+                    ``gain`` and ``sizes`` (each process's pairs), early stopping's ``best`` and
+                    ``best_epoch``
 ``param.NAME``      the parameters after that epoch: ``P``, ``Q`` and, with biases, ``bu``, ``bi``;
                     for ``gibbs`` the chain's current draw (the model's factors are the running
                     means)
@@ -38,7 +39,8 @@ whole), read with ``allow_pickle=False``; nothing it names is imported or called
                     ``chain.NAME`` (the items' ``sum`` and ``tau``, the hyper-parameters
                     ``hyp_u.mean``/``.prec``, ``hyp_i``, ``hyp_y``, ``prior_u.sum``,
                     ``prior_i.sum``, ``Y``, ``Y.sum``), and ``budget.kept``: the sweep budget's
-                    predictions of its sampled pairs after each kept sweep (pairs x sweeps)
+                    predictions of its sampled pairs after each kept sweep (pairs x sweeps),
+                    with the pairs, ``budget.users`` and ``budget.items``
 ``generator``       uint8: the state of the generator that shuffles mini-batches
 ``best.NAME``       the best validation epoch's parameters (early stopping), when there is one
 ==================  ================================================================================
