@@ -55,9 +55,13 @@ def test_shared_sampler_and_als_resume_to_the_uninterrupted_fit(tmp_path):
     from .dist_gibbs_worker import planted
 
     data = planted()
-    (tmp_path / "r.csv").write_text("user,item,rating\n" + "".join(
-        f"u{u},i{i},{float(v)!r}\n" for u, i, v in zip(data.users, data.items, data.values,
-                                                       strict=True)))
+    # two part files, each with ratings of every user: the CLI must read them by user
+    lines = [f"u{u},i{i},{float(v)!r}\n" for u, i, v in zip(data.users, data.items, data.values,
+                                                            strict=True)]
+    (tmp_path / "parts").mkdir()
+    for k in (0, 1):
+        (tmp_path / "parts" / f"part{k}.csv").write_text("user,item,rating\n"
+                                                          + "".join(lines[k::2]))
     code, err = _launch(tmp_path)
     assert code == 0, err[-4000:]
     ranks = [dict(np.load(tmp_path / f"rank{r}.npz", allow_pickle=False)) for r in (0, 1)]
@@ -77,8 +81,8 @@ def test_shared_sampler_and_als_resume_to_the_uninterrupted_fit(tmp_path):
     for case in CASES:  # the shared chain's whole model is the same on both processes
         np.testing.assert_array_equal(ranks[0][f"{case}.resumed.P"],
                                       ranks[1][f"{case}.resumed.P"])
-    # autofact fit --checkpoint under torchrun keeps the default model (the sampler, read by
-    # user) instead of falling back to adam; its last checkpoint is the finished chain, whole
+    # autofact fit --checkpoint under torchrun keeps the default model (the sampler; the parts
+    # read by user) instead of falling back to adam; its last checkpoint is the finished chain
     cli = autofact.load(tmp_path / "cli.npz")
     assert cli.solver_ == "gibbs"
     state = ck.read(tmp_path / "cli_ckpt" / ck.FILE_NAME)
@@ -158,7 +162,7 @@ def _worker(out: Path) -> None:
     np.savez(out / f"rank{rank}.npz", **saved)
     torch.distributed.barrier()
     # last: autofact fit leaves the process group itself
-    code = main(["fit", str(out / "r.csv"), "--out", str(out / "cli.npz"), "--rank", "3",
+    code = main(["fit", str(out / "parts"), "--out", str(out / "cli.npz"), "--rank", "3",
                  "--seed", "0", "--quiet", "--checkpoint", str(out / "cli_ckpt")])
     if code:
         raise SystemExit(code)
