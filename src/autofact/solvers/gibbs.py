@@ -58,31 +58,43 @@ the column means ``m`` (the prior of an unknown user or item), i.e. one factoriz
 memory, whatever the number of sweeps. The means are Rao-Blackwellized: the mean of each draw's
 Gaussian conditional is averaged, not the draw (same expectation, less Monte Carlo noise).
 
-During burn-in the same sums hold a provisional mean, which is what ``callback``'s ``means()``
-(the model's validation RMSE, a fit stopped early) sees: restarted at every sweep up to
-``burn_in // 2`` and at every later burn-in sweep whose training RMSE fell by more than 2 % from
-the sweep before (the chain is still moving: leaving its small initial factors takes 5-14 sweeps
-on generated data at the ML-25M density, 1M-10M ratings), and restarted once more at the first
-kept sweep, so the result, the posterior mean of the kept sweeps, is bit for bit what it was
-without it (and the sweep budget, which looks only at kept sweeps, stops at the same sweep).
-Issue 10, item 4 (time to LIBMF k=32's held-out RMSE): on ml-100k u1 the last conditional mean
-hovers at 0.922-0.925 through burn-in and LIBMF's 0.919-0.921 was reached only at sweep 15, two
-sweeps into the kept mean; the provisional mean (from sweep 6 there) reaches 0.9194 at sweep 9
-and 0.9174 at 10 (test RMSE of ``u1.test``, seed 0). With validation data and
-``patience='auto'`` the fits of ml-100k u1 and u3, ml-latest-small and filmtrust stop at the same
-sweep with the same result as before (the kept mean overtakes the provisional one's best well
-within the patience).
+Where the chain starts (``init``, issue 10, item 4). ``'spectral'`` (the default): the item
+biases and user biases at their conditional means given the start's hyper-parameters
+(``sum t / (count + 1)``, ``t = r - mu``, items first), and the item factors from a truncated SVD
+of what the biases leave (unrated cells zero), by subspace iteration from ``k`` random columns
+(Cholesky QR between products; until the item subspace settles, at most 10 pairs of products:
+at 9M ratings ~1-1.5 s, about half a sweep). Unrated cells scale the singular values by the
+density ``rho``, so the balanced factors ``U diag(s / rho)^1/2``, ``V diag(s / rho)^1/2`` have
+mean squares ``s / (rho m)`` and ``s / (rho n)``: their inverses are the start's prior
+precisions of the user and item factor columns. Only the start changes: the first sweep
+draws every user from its exact conditional given these items, and every later draw is as
+before, so the chain (and its stationary distribution) is the same Gibbs sampler; it only
+spends fewer sweeps on leaving its start. ``'random'``: factors ``N(0, init_std^2)``, biases 0,
+unit precisions, the start before issue 10: the user factors are prior noise (``lambda_P`` ~ 1.4)
+while the item factors stay small (``lambda_Q`` ~ 40), and the signal grows a few per cent a
+sweep. Held-out RMSE by sweep (seed 0, the model's default fit; random -> spectral): ml-100k u1
+sweep 1 0.994 -> 0.944, sweep 5 0.936 -> 0.919 (LIBMF k=32: 0.920, reached at sweep 9 -> 5);
+ml-latest-small sweep 1 0.917 -> 0.879 (LIBMF 0.881: sweep 5 -> 1); 10M generated ratings at the
+ML-25M density sweep 1 1.022 -> 0.556 (LIBMF 0.632: sweep 6 -> 1); final RMSE 0.9033 -> 0.9031
+and 0.8305 -> 0.8300. At 1M generated ratings (28 a user) the centred ratings' top singular
+values are barely above those of the missing-data noise, and neither start leaves 1.0 quickly.
 
-Not adopted (measured, same day): a warm start by noise-free sweeps (conditional means: an ALS
-sweep at the initial hyper-parameters) does not leave the origin faster: with the initial prior
-precision 1 it overfits (ml-100k u1 held-out 1.04 after it, 1M generated 1.16) and with 10 or
-50 it collapses to the biases (1.013 and 1.010 after 7 sweeps on 1M generated, against 1.014
-without it); a larger ``init_std`` (0.3, 1.0) hardly (1M generated: 0.966 at sweep 10, against
-0.976).
-The slow start is the prior's: the user factors are prior noise (``lambda_P`` ~ 1.4) while the
-item factors stay small (``lambda_Q`` ~ 40; items have 2.75x the ratings of users there), and the
-signal grows a few per cent a sweep; a spectral start (a truncated SVD of the centred ratings)
-is the next thing to try.
+During burn-in the same sums hold a provisional mean, which is what ``callback``'s ``means()``
+(the model's validation RMSE, a fit stopped early) sees: restarted at the first sweep (from the
+random start: at every sweep up to ``burn_in // 2``, while the chain leaves its small initial
+factors) and at every later burn-in sweep whose training RMSE fell by more than 2 % from the
+sweep before (the chain is still moving), and restarted once more at the first kept sweep, so
+the result is the mean of the kept sweeps only (and the sweep budget, which looks only at kept
+sweeps, is not affected by it). With validation
+data and ``patience='auto'`` the fits of ml-100k u1 and u3, ml-latest-small and filmtrust stop
+where they stopped without the provisional mean (the kept mean overtakes the provisional one's
+best well within the patience).
+
+Not adopted (measured): a warm start by noise-free sweeps from the random start (conditional
+means: an ALS sweep at the initial hyper-parameters) does not leave the origin faster: with the
+initial prior precision 1 it overfits (ml-100k u1 held-out 1.04 after it, 1M generated 1.16)
+and with 10 or 50 it collapses to the biases; a larger ``init_std`` (0.3, 1.0) hardly (1M
+generated: 0.966 at sweep 10, against 0.976).
 
 Memory while sampling: per rating, the row and column indices (int32; the users' view reuses
 the caller's arrays when they are int32 and sorted, as a :class:`~autofact.Ratings`' are) and the
@@ -141,6 +153,7 @@ if TYPE_CHECKING:
 __all__ = ["ChainState", "GibbsResult", "gibbs_mf", "NOISE_MODELS"]
 
 NOISE_MODELS = ("both", "user", "item", "global")
+INITS = ("spectral", "random")
 # libFM's hyper-prior constants: alpha_lambda = beta_lambda = 1, gamma_0 = 1, mu_0 = 0, and a
 # Gamma(1, 1) prior on the noise precision.
 _A0, _B0, _GAMMA0 = 1.0, 1.0, 1.0
@@ -270,8 +283,9 @@ class _Side:
 
     def matmul(self, dense: np.ndarray, data: Callable[[int, int, np.ndarray], np.ndarray]
                ) -> np.ndarray:
-        """``W @ dense`` over all rows, ``W``'s entries given per block by ``data(a, b, rows)``."""
-        out = np.empty((self.n_rows, dense.shape[1]))
+        """``W @ dense`` over all rows, ``W``'s entries given per block by ``data(a, b, rows)``,
+        in ``dense``'s dtype."""
+        out = np.empty((self.n_rows, dense.shape[1]), dtype=dense.dtype)
         dt = torch.from_numpy(np.ascontiguousarray(dense))
         for blk in self.blocks:
             r0, r1, a, b, _ = blk
@@ -572,6 +586,7 @@ def gibbs_mf(
     implicit: bool = False,
     seed: int | None = 0,
     init_std: float = 0.1,
+    init: str = "spectral",
     cg_tol: float = 1e-6,
     cg_max_iter: int = 3,
     max_nnz: int = 1 << 19,
@@ -590,7 +605,9 @@ def gibbs_mf(
     of the noise-weighted squared residuals, ``sum tau_u kappa_i e_ui^2 / N``; ``means()``: the
     posterior means so far, as the result; during burn-in the provisional mean of the module
     docstring); returning ``True`` stops sampling (during burn-in the result is then that
-    provisional mean). ``n_threads``
+    provisional mean). ``init``: where the chain starts, ``'spectral'`` (a truncated SVD of the
+    centred ratings, see the module docstring) or ``'random'`` (factors ``N(0, init_std^2)``,
+    biases 0, unit prior precisions: the start before issue 10). ``n_threads``
     caps torch's threads (:mod:`autofact.threads`: one per 2**27 multiply-adds of the largest
     product, a row block's Gram product).
 
@@ -617,6 +634,8 @@ def gibbs_mf(
     t0 = time.perf_counter()
     users, items, values, shape = coo_arguments(users, items, values, shape, "gibbs_mf")
     burn_in = _check(rank, sweeps, burn_in, noise, noise_shape)
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if plan is not None and plan.world_size == 1:
         plan = None
     if plan is not None and implicit:
@@ -628,7 +647,8 @@ def gibbs_mf(
     with use_threads(min(len(values), max_nnz) * K * (K + 1) / 2, n_threads):
         return _gibbs(users, items, values, shape, rank=int(rank), sweeps=int(sweeps),
                       burn_in=burn_in, noise=noise, noise_shape=float(noise_shape),
-                      implicit=bool(implicit), seed=seed, init_std=init_std, cg_tol=cg_tol,
+                      implicit=bool(implicit), seed=seed, init_std=init_std, init=init,
+                      cg_tol=cg_tol,
                       cg_max_iter=cg_max_iter, max_nnz=max_nnz, callback=callback, t0=t0,
                       plan=plan, on_state=on_state, resume=resume)
 
@@ -679,6 +699,7 @@ def _gammas_of(rng: np.random.Generator, shape: np.ndarray, rate: np.ndarray,
 def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank: int,
            sweeps: int, burn_in: int, noise: str, noise_shape: float, implicit: bool,
            seed: int | None, init_std: float, cg_tol: float, cg_max_iter: int, max_nnz: int,
+           init: str = "random",
            callback: Callable[[int, float, Callable[..., GibbsResult]], bool | None] | None,
            t0: float, plan: ShardPlan | None = None,
            on_state: Callable[[int, Callable[[], ChainState], bool], None] | None = None,
@@ -733,6 +754,12 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
     mean_u, mean_i = np.zeros((m_own, K)), np.zeros((n, K))
     hyp_u = (np.zeros(K), np.ones(K))
     hyp_i = (np.zeros(K), np.ones(K))
+    if init == "spectral" and resume is None:  # issue 10, item 4
+        Q0, c0, lam_u, lam_i = _spectral_start(rng, u_side, i_side, k, nnz, m, reduce)
+        found = np.isfinite(lam_u)  # directions without spectrum keep the random start
+        Xi[:, :k][:, found] = Q0[:, found]
+        Xi[:, k] = c0
+        hyp_u[1][:k][found], hyp_i[1][:k][found] = lam_u[found], lam_i[found]
     alpha = 1.0
     by_u, by_i = noise in ("both", "user"), noise in ("both", "item")
     tau_u = np.ones(m_own) if by_u else None
@@ -816,6 +843,9 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
             seconds=time.perf_counter() - t0, cg_iterations=list(cg_iters), rows=rows,
         )
 
+    # the provisional mean's restarts (module docstring): a chain from the random start is still
+    # leaving it during the first half of the burn-in; one from the spectral start is not
+    early = max(1, burn_in // 2) if init == "random" else 1
     pm: np.ndarray
     for sweep in range(start + 1, sweeps + 1):
         if implicit:
@@ -861,8 +891,8 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
             hyp_y = _hyper(rng, Y)
         # issue 10, item 4: the mean restarts at the first kept sweep (the posterior mean is
         # that of the kept sweeps, as without this); during burn-in a provisional one, restarted
-        # at each sweep up to burn_in // 2 and whenever the training RMSE fell by more than 2 %
-        if (sweep == burn_in + 1 or sweep <= max(1, burn_in // 2)
+        # at each sweep up to ``early`` and whenever the training RMSE fell by more than 2 %
+        if (sweep == burn_in + 1 or sweep <= early
                 or (sweep <= burn_in and rmse[-1] < _SETTLED * rmse[-2])):
             for a in (Pm, Qm, mPm, mQm) + (() if Ym is None else (Ym,)):
                 a[...] = 0.0
@@ -899,3 +929,91 @@ def _hyper_rows(rng: np.random.Generator, x: np.ndarray,
     K = x.shape[1]
     return normal_gamma_sums(rng, int(round(stats[0])), stats[1 : K + 1], stats[K + 1 :])
 
+
+
+# The spectral start (issue 10, item 4): at most this many pairs of products with the centred
+# ratings, stopping once the item subspace has settled: the mean squared cosine of its principal
+# angles with the previous pair's above 1 - _START_TOL.
+_START_PAIRS = 10
+_START_TOL = 1e-2
+
+
+def _orthonormal(Y: np.ndarray, reduce: Callable[[list[np.ndarray]], None] | None = None
+                 ) -> np.ndarray:
+    """Columns spanning those of ``Y`` (rows x k), orthonormal (Cholesky QR: ``Y L^-T`` with
+    ``L L^T = Y^T Y``, the Gram matrix summed over the processes by ``reduce`` when each holds
+    some of the rows); a tiny ridge keeps dependent columns finite."""
+    G = Y.T @ Y
+    if reduce is not None:
+        reduce([G])
+    k = G.shape[0]
+    G[np.diag_indices(k)] += 1e-10 * float(np.trace(G)) / k + 1e-300
+    L = np.linalg.cholesky(G)
+    return np.linalg.solve(L, Y.T).T
+
+
+def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side, k: int,
+                    nnz: int, m: int, reduce: Callable[[list[np.ndarray]], None] | None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The chain's start (issue 10, item 4): item factors ``Q0`` (n, k) and biases ``c0`` (n,),
+    and the prior precisions of the user and item factor columns (k,) that go with them.
+
+    ``c0`` and the user biases ``b0`` are the biases' conditional means at the start's
+    hyper-parameters (``alpha = lambda = 1``: ``sum t / (count + 1)``, items first, ``t = r -
+    mu``). The factors come from a truncated SVD of the residual ``e = t - c0_i - b0_u`` (zero
+    where unrated) by subspace iteration from ``k`` random columns: ``Y = orth(A W)``, ``W =
+    A^T Y``, until the span of ``W`` settles (``_START_PAIRS``, ``_START_TOL``). With ratings
+    missing at rate ``1 - rho`` (``rho = nnz / (m n)``), ``A``'s singular values are about
+    ``rho`` times the full matrix's, so the balanced factors ``Y diag(s / rho)^1/2`` and ``W
+    diag(1 / (s rho))^1/2`` (``s`` the column norms of ``W``) have ``P0 Q0^T ~ Y W^T / rho``;
+    their mean squares ``s / (rho m)`` and ``s / (rho n)`` give the precisions. A column with no
+    spectrum (``s ~ 0``, e.g. constant ratings) gets ``nan`` (the caller keeps its random start).
+
+    Each process sharing the chain (``reduce``) holds some users' rows: item sums and the Gram
+    matrices of the user-side columns are summed, so every process computes the same item-side
+    numbers and stops at the same pair. Temporaries: ``max_nnz`` ratings at a time.
+    """
+    n = i_side.n_rows
+    off = u_side.offset
+
+    def t_u(a: int, b: int) -> np.ndarray:  # the centred ratings a:b, in float64
+        return u_side.vals[a:b].astype(np.float64) - off
+
+    def t_i(a: int, b: int) -> np.ndarray:
+        return i_side.vals[a:b].astype(np.float64) - off
+
+    def sums(side: _Side, t: Callable[[int, int], np.ndarray]) -> np.ndarray:
+        """Per row of ``side``, the sum of ``t(a, b)`` over its ratings, block by block."""
+        out = np.zeros(side.n_rows)
+        for r0, r1, a, b, _ in side.blocks:
+            out[r0:r1] = _row_sums(side, r0, r1, t(a, b))
+        return out
+
+    c0 = sums(i_side, t_i)
+    if reduce is not None:
+        reduce([c0])
+    c0 /= i_side.total + 1.0
+    b0 = sums(u_side, lambda a, b: t_u(a, b) - np.take(c0, u_side.cols[a:b]))
+    b0 /= u_side.counts + 1.0
+
+    def e_u(a: int, b: int, rows: np.ndarray) -> np.ndarray:
+        return t_u(a, b) - np.take(c0, u_side.cols[a:b]) - np.take(b0, rows)
+
+    def e_i(a: int, b: int, rows: np.ndarray) -> np.ndarray:
+        return t_i(a, b) - np.take(c0, rows) - np.take(b0, i_side.cols[a:b])
+
+    W = rng.standard_normal((n, k))
+    V = None
+    for _ in range(_START_PAIRS):
+        Y = _orthonormal(u_side.matmul(W, e_u), reduce)
+        W = i_side.matmul(Y, e_i)
+        if reduce is not None:
+            reduce([W])
+        V_new = _orthonormal(W)
+        if V is not None and float(np.sum((V.T @ V_new) ** 2)) / k > 1.0 - _START_TOL:
+            break
+        V = V_new
+    s = np.sqrt((W * W).sum(0))
+    s[~(s > 1e-8 * s.max(initial=0.0))] = np.nan  # no spectrum in that direction
+    rho = nnz / (float(m) * n)
+    return W / np.sqrt(s * rho), c0, rho * m / s, rho * n / s
