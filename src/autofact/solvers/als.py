@@ -235,10 +235,9 @@ class _AlternatingNewton:
         process's users' rows are current on their owner alone)."""
         p, obj = self.params, self.obj
         with torch.no_grad():
-            X, bu = self._users()
+            P, bu = self._users()
             bias = bu is not None
-            if bu is not None:
-                X = torch.cat([X, bu[:, None]], 1)
+            X = torch.cat([P, bu[:, None]], 1) if bu is not None else P
             Ya = self._augment(p["Q"], bias)
             if bias:
                 Ya = torch.cat([Ya, p["bi"][:, None]], 1)
@@ -252,16 +251,16 @@ class _AlternatingNewton:
                 total += self._row_objective(obj, pat, X[rows], Ya, bias, term).double().sum()
             if obj.plan.owns_regularizer:
                 total += self._item_regularization().double()
-            unobserved = self._unobserved_total() if obj.unobserved_weight else 0.0
+            unobserved = self._unobserved_total(P, bu) if obj.unobserved_weight else 0.0
         return obj.plan.all_sum_float(float(total)) + unobserved
 
-    def _unobserved_total(self) -> float:
+    def _unobserved_total(self, Pr: torch.Tensor, bu: torch.Tensor | None) -> float:
         """``w0`` times the sum of ``r_hat_ui^2`` over ALL pairs (:meth:`Objective.unobserved_total`'s
         Gram trick, in float64), the users' sums taken over the processes: ``P^T P``,
         ``a^T P``, ``1^T P``, ``|a|^2`` and ``1^T a`` of each process's users (``a = mu + b^u``),
-        ``k^2 + 2 k + 2`` floats all-reduced."""
+        ``k^2 + 2 k + 2`` floats all-reduced. ``Pr``, ``bu``: this process's users' rows
+        (:meth:`_users`)."""
         p, obj, f64 = self.params, self.obj, torch.float64
-        Pr, bu = self._users()
         P = Pr.to(f64)
         a = bu.to(f64) + obj.mu if bu is not None else P.new_full((len(P),), obj.mu)
         k = P.shape[1]
@@ -305,23 +304,26 @@ class _AlternatingNewton:
     def _shared_epoch(self) -> float:
         """One epoch shared by the processes; its value summed over them (module docstring)."""
         with torch.no_grad():
+            # issue 11: this process's user rows taken once an epoch (a copy where the
+            # parameters hold every user's rows), used by each step below and put back once
             P, bu = self._users()
             reg = self.obj.reg(P).reshape(()).double()
             if bu is not None:
                 reg += self.obj.reg(bu).reshape(()).double()
             if self.obj.plan.owns_regularizer:
                 reg += self._item_regularization().double()
-        # the sum over all pairs (the rated: in the loss), the same on every process
-        unobserved = self._unobserved_total() if self.obj.unobserved_weight else 0.0
-        loss = self.half_sweep(0)
-        with torch.no_grad():  # a user row gone non-finite: every process must stop alike
-            bad = sum(int((~torch.isfinite(t)).sum()) for t in self._users() if t is not None)
+            # the sum over all pairs (the rated: in the loss), the same on every process
+            unobserved = self._unobserved_total(P, bu) if self.obj.unobserved_weight else 0.0
+            loss = self._shared_users(P, bu)
+            # a user row gone non-finite: every process must stop alike
+            bad = sum(int((~torch.isfinite(t)).sum()) for t in (P, bu) if t is not None)
         total = torch.tensor([loss, float(reg), float(bad)], dtype=torch.float64)
         self.obj.plan.all_sum([total])  # the losses and the users' regularization: summed
         start = float(total[0] + total[1]) + unobserved
         if total[2] > 0:  # (item rows are the same on every process: so is their check)
             raise NonFinite(math.nan, start=start)
-        self.half_sweep(1)
+        with torch.no_grad():
+            self._shared_items(P, bu)
         return start
 
     def half_sweep(self, side: int) -> float:
@@ -334,18 +336,24 @@ class _AlternatingNewton:
                 if side == 1:
                     self._shared_items(P, bu)
                     return 0.0
-                obj, blocks = self.sides[0]
-                loss = self._side(obj, blocks, P, bu, p["Q"], p.get("bi"))
-                if not self.compact:  # a copy of them: put back
-                    p["P"][self.own] = P
-                    if bu is not None:
-                        p["bu"][self.own] = bu
-                return loss
+                return self._shared_users(P, bu)
         obj, blocks = self.sides[side]
         X, bx, Y, by = (p["P"], p.get("bu"), p["Q"], p.get("bi")) if side == 0 else \
             (p["Q"], p.get("bi"), p["P"], p.get("bu"))
         with torch.no_grad():
             return self._side(obj, blocks, X, bx, Y, by)
+
+    def _shared_users(self, P: torch.Tensor, bu: torch.Tensor | None) -> float:
+        """The user half-step on this process's users' rows ``P`` (and ``bu``), put back into
+        the parameters where those are a copy (:meth:`_users`); the loss before it."""
+        p = self.params
+        obj, blocks = self.sides[0]
+        loss = self._side(obj, blocks, P, bu, p["Q"], p.get("bi"))
+        if not self.compact:
+            p["P"][self.own] = P
+            if bu is not None:
+                p["bu"][self.own] = bu
+        return loss
 
     def _shared_items(self, Y: torch.Tensor, by: torch.Tensor | None) -> None:
         """The item half-step shared by the processes (module docstring), against this
