@@ -106,7 +106,8 @@ def choose_solver(
     and logistic on ml-100k validation splits the Laplace-MH sampler was more accurate than
     ``als`` but 5-26x slower; for Poisson less accurate: ``benchmarks/laplace_validation.py``),
     and there unless ``sampler`` is False (the caller's data or settings rule it out: weights,
-    no biases, a shared plan, checkpoints) or mini-batches or ``nonnegative`` are asked for.
+    no biases, a regularization strength set by hand) or mini-batches or ``nonnegative`` are
+    asked for.
     """
     if not isinstance(solver, str) or (solver != "auto" and solver not in SOLVERS):
         raise ValueError(f"solver must be 'auto' or one of {SOLVERS}, got {solver!r}"
