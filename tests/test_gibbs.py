@@ -242,30 +242,38 @@ def test_callback_sees_each_sweep_and_can_stop() -> None:
     assert not np.array_equal(snapshots[0].P, snapshots[1].P)
 
 
-def test_burn_in_means_are_provisional_and_the_kept_mean_unchanged() -> None:
+@pytest.mark.parametrize("init", ["spectral", "random"])
+def test_burn_in_means_are_provisional_and_the_kept_mean_unchanged(init: str) -> None:
     # issue 10, item 4: during burn-in the callback's means average the sweeps since the last
-    # restart (each sweep up to burn_in // 2, and a sweep whose training RMSE fell by > 2 %),
-    # which is the kept mean of a chain with that burn-in: the chain does not depend on burn_in
+    # restart (sweep 1, from the random start each sweep up to burn_in // 2, and a sweep whose
+    # training RMSE fell by > 2 %), which is the kept mean of a chain with that burn-in: the
+    # chain does not depend on burn_in
     (u, i, r), _ = planted(m=40, n=30, seed=3)
     snaps: list[GibbsResult] = []
 
     def cb(sweep: int, rmse: float, means) -> None:
         snaps.append(means())
 
-    res = gibbs_mf(u, i, r, (40, 30), rank=2, sweeps=30, burn_in=20, seed=0, callback=cb)
+    res = gibbs_mf(u, i, r, (40, 30), rank=2, sweeps=30, burn_in=20, seed=0, callback=cb,
+                   init=init)
     train = res.rmse_train
-    start = max([10] + [s for s in range(11, 21) if train[s - 1] < 0.98 * train[s - 2]])
+    early = 10 if init == "random" else 1
+    restarts = [s for s in range(1, 21) if s <= early or train[s - 1] < 0.98 * train[s - 2]]
+    start = restarts[-1]
     assert start < 20  # some sweep of the burn-in is averaged with others
-    for s in (start + 1, 20):
-        ref = gibbs_mf(u, i, r, (40, 30), rank=2, sweeps=s, burn_in=start - 1, seed=0)
+    # from the spectral start, burn-in sweeps before burn_in // 2 are averaged too
+    assert (init == "random") == (restarts[:10] == list(range(1, 11)))
+    for s in range(1, 21):  # each sweep's means: those of the sweeps since the last restart
+        last = max(x for x in restarts if x <= s)
+        ref = gibbs_mf(u, i, r, (40, 30), rank=2, sweeps=s, burn_in=last - 1, seed=0, init=init)
         for name in ("P", "Q", "bu", "bi", "prior_P", "prior_Q"):
             np.testing.assert_array_equal(getattr(snaps[s - 1], name), getattr(ref, name))
         assert snaps[s - 1].alpha == ref.alpha
     # the result averages the kept sweeps only, as the chain of the same length and burn-in
-    short = gibbs_mf(u, i, r, (40, 30), rank=2, sweeps=30, burn_in=20, seed=0)
+    short = gibbs_mf(u, i, r, (40, 30), rank=2, sweeps=30, burn_in=20, seed=0, init=init)
     np.testing.assert_array_equal(res.P, short.P)
     assert not np.allclose(res.P, snaps[19].P)  # not the burn-in's provisional mean
-    kept = gibbs_mf(u, i, r, (40, 30), rank=2, sweeps=30, burn_in=start - 1, seed=0)
+    kept = gibbs_mf(u, i, r, (40, 30), rank=2, sweeps=30, burn_in=start - 1, seed=0, init=init)
     assert not np.allclose(res.P, kept.P)
 
 @pytest.mark.parametrize(
@@ -275,6 +283,7 @@ def test_burn_in_means_are_provisional_and_the_kept_mean_unchanged() -> None:
         ({"sweeps": 2.5}, "sweeps must be a positive int, got 2.5"),
         ({"sweeps": 5, "burn_in": 5}, r"burn_in must be an int in \[0, sweeps\) = \[0, 5\)"),
         ({"noise": "student"}, "noise must be one of"),
+        ({"init": "svd"}, r"init must be one of \('spectral', 'random'\), got 'svd'"),
         ({"noise_shape": -1.0}, "noise_shape must be a positive number, got -1.0"),
     ],
 )
