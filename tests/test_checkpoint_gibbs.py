@@ -191,3 +191,18 @@ def test_cli_default_fit_killed_by_sigkill_resumes_to_the_uninterrupted_model(tm
     users, items = whole.user_ids_[RATED], whole.item_ids_[:9]
     np.testing.assert_allclose(resumed.predict(users, items), whole.predict(users, items),
                                rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["auto", "als"])
+def test_ctrl_c_during_a_checkpoint_write_writes_that_epoch_again(tmp_path, monkeypatch, solver):
+    # issue 11, item 4 (review): Ctrl-C while the write of epoch 6 was under way left the
+    # checkpoint of epoch 3 (the state of epoch 6 was dropped before its write finished), though
+    # the model kept epoch 6 and the CLI said the checkpoint held it
+    r = planted()
+    calls = interrupt_at_call(monkeypatch, ck, "write", 2)  # the write of epoch 6
+    with pytest.raises(KeyboardInterrupt):
+        model(epochs=12, solver=solver).fit(r, checkpoint=tmp_path, checkpoint_every=3)
+    assert calls.calls == 3  # the interrupted write, then Ctrl-C's own
+    monkeypatch.setattr(ck, "write", calls.original)
+    assert ck.read(tmp_path / ck.FILE_NAME).epoch == 6
+

@@ -54,7 +54,8 @@ shared file system, or one machine). Solvers that partition the users (shared ``
 (:func:`gather_to_main`; the budget's pairs too, in rank order), and each process takes its own
 back on resume; the sampler's generator is one stream every process draws alike, so rank 0's
 state is every process's. Their Ctrl-C writes nothing more (a gather is a collective, which an
-interrupt may have cut): the last checkpoint written stands.
+interrupt may have cut): the last checkpoint written stands, or the one whose write (after its
+gather) the interrupt cut.
 """
 
 from __future__ import annotations
@@ -301,7 +302,10 @@ class Checkpointer:
         it takes part in a collective (gathers the rows each process holds), so every process
         calls it on the same epochs: only when writing, and no state is kept for Ctrl-C."""
         if last or epoch % self.every == 0:
-            self._write(state())
+            # kept until written: Ctrl-C during the write writes it again (:meth:`interrupted`;
+            # with ``collective`` the gather is done by then, the write is rank 0's alone)
+            self.pending = state()
+            self._write(self.pending)
         elif not collective:
             self.pending = state()
 
@@ -313,11 +317,11 @@ class Checkpointer:
         return self.written > 0
 
     def _write(self, state: TrainingState) -> None:
-        self.pending = None
         if self.plan.is_main:
             self.folder.mkdir(parents=True, exist_ok=True)
             write(self.path, state)
         self.written = state.epoch
+        self.pending = None
 
 
 def gather_to_main(plan: ShardPlan, tables: dict[str, np.ndarray], own: np.ndarray | None,
