@@ -206,3 +206,27 @@ def test_ctrl_c_during_a_checkpoint_write_writes_that_epoch_again(tmp_path, monk
     monkeypatch.setattr(ck, "write", calls.original)
     assert ck.read(tmp_path / ck.FILE_NAME).epoch == 6
 
+
+def test_a_fixed_length_chain_is_not_resumed_by_the_sweep_budget(tmp_path):
+    # issue 11, item 4 (review): a chain checkpointed with epochs=130 (no sweep budget) and
+    # resumed with epochs=None (the budget, also 130 sweeps here) was called damaged, with the
+    # advice to delete it; the budget needs the predictions it keeps from the first kept sweep
+    r = planted()
+    model(epochs=130).fit(r, checkpoint=tmp_path, checkpoint_every=5)
+    with pytest.raises(ValueError, match=r"ran with epochs=130 \(no sweep budget\), got "
+                                         r"epochs=None now: .*pass epochs=130 to resume"):
+        model().fit(r, checkpoint=tmp_path)
+    assert ck.read(tmp_path / ck.FILE_NAME).epoch == 130  # kept
+
+
+def test_a_resumed_chain_does_not_redo_its_start(tmp_path, monkeypatch):
+    # issue 11, item 4 (review): the spectral start (issue 10) is the chain's first state; a
+    # resumed chain takes its draws from the checkpoint instead of computing a start again
+    r = planted()
+    calls = interrupt_at_call(monkeypatch, gibbs, "_sample_rows", 2 * 4 + 1)
+    with pytest.raises(KeyboardInterrupt):
+        model(epochs=8).fit(r, checkpoint=tmp_path)
+    monkeypatch.setattr(gibbs, "_sample_rows", calls.original)
+    monkeypatch.setattr(gibbs, "_spectral_start",
+                        lambda *a, **k: pytest.fail("the start was computed again"))
+    assert model(epochs=8).fit(r, checkpoint=tmp_path).n_epochs_ == 8

@@ -1567,6 +1567,14 @@ class _ChainCheckpoint:
                 f"tenth of the sweeps, so the chain cannot grow; ask for {meta.get('sweeps')!r} "
                 "to resume, or pass another checkpoint folder (or delete this one) to start over"
             )
+        if self.budget is not None and meta.get("budget", {}) is None:
+            raise ValueError(
+                f"checkpoint {where!r} holds a chain that ran with epochs={self.sweeps} (no "
+                "sweep budget), got epochs=None now: the sweep budget compares each sweep's "
+                "predictions with those it kept since the burn-in, which that chain did not "
+                f"keep; pass epochs={self.sweeps} to resume, or pass another checkpoint folder "
+                "(or delete this one) to start over"
+            )
         if meta.get("processes") != self.world:
             raise ValueError(
                 f"checkpoint {where!r} was written by {meta.get('processes')!r} process(es) "
