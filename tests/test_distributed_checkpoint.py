@@ -81,6 +81,7 @@ def test_shared_sampler_and_als_resume_to_the_uninterrupted_fit(tmp_path):
     for case in CASES:  # the shared chain's whole model is the same on both processes
         np.testing.assert_array_equal(ranks[0][f"{case}.resumed.P"],
                                       ranks[1][f"{case}.resumed.P"])
+    np.testing.assert_array_equal(ranks[0]["seedless.Q"], ranks[1]["seedless.Q"])
     # autofact fit --checkpoint under torchrun keeps the default model (the sampler; the parts
     # read by user) instead of falling back to adam; its last checkpoint is the finished chain
     cli = autofact.load(tmp_path / "cli.npz")
@@ -159,6 +160,10 @@ def _worker(out: Path) -> None:
         resumed = distributed.fit(make(), kw["X"], checkpoint=folder, checkpoint_every=2,
                                   **args)
         saved.update({f"{name}.resumed.{k}": v for k, v in _record(resumed).items()})
+    # issue 11 (review): an unseeded shared chain is one random stream on every process (each
+    # drew its own seed: the processes' item rows differed by ~3e-3 after 10 sweeps)
+    seedless = distributed.fit(autofact.MatrixFactorization(rank=3, seed=None, epochs=8), data)
+    saved["seedless.Q"] = seedless.item_factors_
     np.savez(out / f"rank{rank}.npz", **saved)
     torch.distributed.barrier()
     # last: autofact fit leaves the process group itself

@@ -690,6 +690,14 @@ class MatrixFactorization:
             mu = (float(np.mean(train.values, dtype=np.float64)) if exact
                   else best_constant(loss_fn, train.values))
         mine = train if plan is None else plan.share(train)  # every rating of its users
+        seed = self.seed
+        if plan is not None and seed is None:
+            # issue 11 (review): a shared chain is one random stream drawn alike on every
+            # process (and a checkpoint keeps rank 0's state for all): unseeded, rank 0's
+            # fresh seed everywhere (each process drew its own: different item rows)
+            drawn = torch.tensor([np.random.SeedSequence().entropy % (1 << 62)])
+            plan.broadcast([drawn])
+            seed = int(drawn[0])
 
         def make_index() -> ModelIndex:
             return ModelIndex.from_ratings(train, fallback=mu, clip=clips_to_range(self.loss),
@@ -733,7 +741,7 @@ class MatrixFactorization:
                 held = np.zeros(m, dtype=bool)
                 held[mine.users] = True
             budget = SweepBudget(train.users, train.items, burn_in=burn_in, max_sweeps=sweeps,
-                                 seed=self.seed, plan=plan, held=held,
+                                 seed=seed, plan=plan, held=held,
                                  **({} if sample_size is None else {"sample": sample_size}))
 
         chain = resumed = None
@@ -813,7 +821,7 @@ class MatrixFactorization:
             "on_state": functools.partial(chain.on_state, history), "resume": resumed}
         try:
             res = sample(mine, rank=self._resolved_rank(), sweeps=length,
-                         burn_in=min(burn_in, length - 1), seed=self.seed,
+                         burn_in=min(burn_in, length - 1), seed=seed,
                          implicit=bool(self.implicit),
                          init_std=float(self.init_std), n_threads=self.n_threads,
                          callback=on_sweep, **({} if plan is None else {"plan": plan}),
