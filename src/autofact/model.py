@@ -695,7 +695,7 @@ class MatrixFactorization:
             # issue 11 (review): a shared chain is one random stream drawn alike on every
             # process (and a checkpoint keeps rank 0's state for all): unseeded, rank 0's
             # fresh seed everywhere (each process drew its own: different item rows)
-            drawn = torch.tensor([np.random.SeedSequence().entropy % (1 << 62)])
+            drawn = torch.tensor([int(np.random.default_rng().integers(1 << 62))])
             plan.broadcast([drawn])
             seed = int(drawn[0])
 
