@@ -271,3 +271,31 @@ def test_follows_sees_data_flow_from_the_prediction_to_the_second_derivative(f, 
     if fixed:
         torch.testing.assert_close(g2, want[1], rtol=0, atol=0)
         torch.testing.assert_close(g1, want[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_ratings_by_item_are_the_objectives_transpose_without_the_sorted_item_ids(weighted):
+    # issue 11 (memory): the item half-step's ratings by item keep users and values (8 bytes a
+    # rating), the blocks cut from the sorted item ids, which are dropped; the same order,
+    # values and blocks as Objective.transposed
+    from autofact.objective import Objective
+    from autofact.sparse import build_patterns
+
+    obj = Objective(_weighted() if weighted else _data(), dtype="float64")
+    want = obj.transposed(max_rows=7)
+    got, blocks = als._by_item(obj, None, obj.shape[0], lambda rows, cols, shape: build_patterns(
+        rows, cols, shape, obj.max_nnz, keep_rows=obj.keep_rows, max_rows=7))
+    assert got.shape == want.shape and got.users.numel() == 0
+    assert torch.equal(got.items, want.items) and torch.equal(got.values, want.values)
+    assert (got.weights is None) == (not weighted)
+    if weighted:
+        assert torch.equal(got.weights, want.weights)
+    assert len(blocks) == len(want.patterns) > 1
+    for a, b in zip(blocks, want.patterns, strict=True):
+        assert (a.row0, a.row1, a.start) == (b.row0, b.row1, b.start)
+        assert torch.equal(a.crow, b.crow) and torch.equal(a.col, b.col)
+    # numbered by a map (a process's own users, sharded): the users mapped, the same order
+    lut = torch.arange(obj.shape[0], dtype=obj.users.dtype) * 2
+    mapped, _ = als._by_item(obj, lut, 2 * obj.shape[0], lambda rows, cols, shape: None)
+    assert torch.equal(mapped.items, want.items * 2) and mapped.shape == (obj.shape[1],
+                                                                            2 * obj.shape[0])

@@ -17,7 +17,8 @@ sparse @ dense product: ``vec(H) = C @ Z`` with ``C`` the CSR of ``l''`` and
 so the rank, not the number of ratings, bounds how large ``als`` can go. A row with ``n <= 4``
 ratings (most rows of sparse data), a positive ``l''`` on each and a positive regularizer
 curvature ``D`` solves the same system by Woodbury's identity instead, ``n x n`` rather than
-``K x K`` and without forming ``H_u``: ``H_u = D + Y^T W Y`` (issue 10)::
+``K x K`` and without forming ``H_u``: ``H_u = D + Y^T W Y`` (issue 10; rows grouped by their
+count of ratings, each group's systems solved at once, laid out across its rows)::
 
     H_u^{-1} g_u = D^{-1} (g_u - Y^T z),    (W^{-1} + Y D^{-1} Y^T) z = Y D^{-1} g_u
 
@@ -57,6 +58,11 @@ rate counts as a rating of 0 with weight ``w0``) the step stays exact, by the Gr
 per-entry derivatives (``l' - 2 w0 r_hat``, ``l'' - 2 w0``) through the same sparse products. The
 term is quadratic in ``x_u``: for the squared loss with L2 each step is still the exact row
 minimizer.
+
+**Ratings by item** (issue 11): the item half-step reads each item's ratings through a copy of
+the users and values in item order (:func:`_by_item`: 8 bytes a float32 rating, and the
+weights), its blocks' row pointers cut from the sorted item ids, which are not kept; building it
+needs a stable sort's 12 bytes a rating for a moment.
 
 **Sharded** (issue 11, an objective built with a plan shared by ``w`` processes,
 :mod:`autofact.sharding`): users are partitioned, every rating of a user on one process
