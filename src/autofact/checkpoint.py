@@ -7,8 +7,10 @@ last finished epoch). The same call again finds it and continues from the epoch 
 killed at any moment (even by SIGKILL) and resumed ends where an uninterrupted one would (the
 sampler, ``als``, ``gd`` and full-batch ``adam`` and ``lbfgs`` are deterministic on a CPU: the
 same factors, to rounding; the sampler draws the same numbers). A finished fit's checkpoint
-gives back the finished model without training. Every solver of ``task='rating'`` writes one,
-so ``solver='auto'`` picks the same model with or without ``checkpoint=`` (issue 8).
+gives back the finished model without training. Every solver that ``solver='auto'`` picks for
+``task='rating'`` writes one, so it picks the same model with or without ``checkpoint=`` (issue
+8); ``solver='gibbs'`` with a loss other than ``'squared'`` (Laplace-MH, never picked by
+``'auto'``) refuses ``checkpoint=``, and so does ``task='ranking'``.
 
 The file follows the model file's rules (:mod:`autofact.io`): one ``np.savez`` archive, written
 atomically (a temporary file renamed over the old one, so a kill leaves the previous checkpoint
