@@ -508,3 +508,17 @@ def test_loss_names_are_checked_not_imported(fitted, tmp_path, change, match):
     _resave(src, tmp_path / "bad.npz", change)
     with pytest.raises(ValueError, match=match):
         autofact.load(tmp_path / "bad.npz")
+
+
+def test_savez_plain_refuses_object_arrays_and_stores_only_the_given_names(tmp_path):
+    # np.savez's allow_pickle=False exists from numpy 2.1 only; on older numpy it would be stored
+    # as one more array named "allow_pickle" (review of issue 11's checkpoints)
+    from autofact.io import savez_plain
+
+    with open(tmp_path / "a.npz", "wb") as fh:
+        savez_plain(fh, {"x": np.arange(3.0)})
+    with np.load(tmp_path / "a.npz", allow_pickle=False) as z:
+        assert z.files == ["x"]
+    with open(tmp_path / "b.npz", "wb") as fh, \
+            pytest.raises(TypeError, match="array 'meta' holds Python objects"):
+        savez_plain(fh, {"meta": np.array([{"a": 1}], dtype=object)})

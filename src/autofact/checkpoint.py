@@ -213,7 +213,7 @@ def read(path: str | os.PathLike[str]) -> TrainingState:
 
 def write(path: str | os.PathLike[str], state: TrainingState) -> Path:
     """Write ``state`` to ``path`` atomically (:func:`autofact.io.atomic_write`)."""
-    from .io import atomic_write
+    from .io import atomic_write, savez_plain
 
     def finite(x: float | None) -> float | None:
         return x if x is None or math.isfinite(x) else None
@@ -235,7 +235,7 @@ def write(path: str | os.PathLike[str], state: TrainingState) -> Path:
     arrays.update({f"optim.{k}": v for k, v in state.optimizer.items()})
     if state.best_params is not None:
         arrays.update({f"best.{k}": v for k, v in state.best_params.items()})
-    return atomic_write(path, lambda fh: np.savez(fh, allow_pickle=False, **arrays))
+    return atomic_write(path, lambda fh: savez_plain(fh, arrays))
 
 
 class Checkpointer:

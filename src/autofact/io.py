@@ -116,7 +116,18 @@ _TMP_RANDOM = "[a-z0-9_]{8}"
 def _atomic_savez(target: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` to a temporary file in ``target``'s folder, flush, fsync, then rename
     it over ``target`` (which must not be a symbolic link: resolve it first)."""
-    atomic_write(target, lambda fh: np.savez(fh, allow_pickle=False, **arrays))
+    atomic_write(target, lambda fh: savez_plain(fh, arrays))
+
+
+def savez_plain(fh: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez(fh, **arrays)`` of arrays that need no pickle: an object array (which
+    ``np.savez`` would pickle) is refused first. ``np.savez``'s own ``allow_pickle=False`` exists
+    only from numpy 2.1; older ones would store it as one more array named ``allow_pickle``."""
+    for name, a in arrays.items():
+        if np.asarray(a).dtype.hasobject:
+            raise TypeError(f"array {name!r} holds Python objects ({np.asarray(a).dtype}); "
+                            "only numeric arrays are saved (no pickle)")
+    np.savez(fh, **arrays)
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any]) -> Path:
