@@ -274,13 +274,15 @@ def test_follows_sees_data_flow_from_the_prediction_to_the_second_derivative(f, 
 
 
 @pytest.mark.parametrize("weighted", [False, True])
-def test_ratings_by_item_are_the_objectives_transpose_without_the_sorted_item_ids(weighted):
+def test_ratings_by_item_are_the_objectives_transpose_without_the_sorted_item_ids(monkeypatch,
+                                                                                weighted):
     # issue 11 (memory): the item half-step's ratings by item keep users and values (8 bytes a
     # rating), the blocks cut from the sorted item ids, which are dropped; the same order,
     # values and blocks as Objective.transposed
     from autofact.objective import Objective
     from autofact.sparse import build_patterns
 
+    monkeypatch.setattr(als, "SORT_BYTES", 10**6)  # the order in chunks (_item_order)
     obj = Objective(_weighted() if weighted else _data(), dtype="float64")
     want = obj.transposed(max_rows=7)
     got, blocks = als._by_item(obj, None, obj.shape[0], lambda rows, cols, shape: build_patterns(
@@ -299,3 +301,14 @@ def test_ratings_by_item_are_the_objectives_transpose_without_the_sorted_item_id
     mapped, _ = als._by_item(obj, lut, 2 * obj.shape[0], lambda rows, cols, shape: None)
     assert torch.equal(mapped.items, want.items * 2) and mapped.shape == (obj.shape[1],
                                                                             2 * obj.shape[0])
+
+
+@pytest.mark.parametrize("budget", [7 * als.SORT_BYTES, 1024 * als.SORT_BYTES, 10**9])
+def test_item_order_in_chunks_is_the_stable_sort(budget):
+    # issue 11 (memory): a counting sort over chunks of entries within the budget (the first
+    # two: chunks of 1024 entries), not one sort of them all (the last)
+    items = torch.from_numpy(np.random.default_rng(5).integers(0, 9, 3000).astype(np.int32))
+    order, counts = als._item_order(items, 11, budget)  # two items never rated
+    assert order.dtype == torch.int32
+    assert torch.equal(order.long(), torch.sort(items, stable=True)[1])
+    assert torch.equal(counts, torch.bincount(items, minlength=11))

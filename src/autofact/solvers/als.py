@@ -766,21 +766,57 @@ def _by_item(obj: Objective, lut: torch.Tensor | None, n_users: int,
     sorted item ids, which are then dropped (issue 11: the blocks' row pointers replace them,
     4 bytes a rating). It keeps 8 bytes a rating (users and values by item, and the weights);
     the sort needs 12 more for a moment (a stable sort's int64 order), the gathers 4-8."""
-    rows, order = torch.sort(obj.items, stable=True)
-    if obj.nnz < 2**31 and order.device.type == "cpu":
-        order = order.to(torch.int32)  # the gathers take an int32 index as it is
+    n = obj.shape[1]
+    order, counts = _item_order(obj.items, n, obj.max_memory)
     cols = torch.index_select(obj.users, 0, order)
     if lut is not None:
         cols = torch.index_select(lut, 0, cols)
-    shape = (obj.shape[1], n_users)
-    blocks = cut(rows, cols, shape)
-    del rows
     t = copy.copy(obj)
-    t.users, t.items, t.shape = cols[:0], cols, shape  # (the sorted item ids: gone)
     t.values = torch.index_select(obj.values, 0, order)
     t.weights = None if obj.weights is None else torch.index_select(obj.weights, 0, order)
+    del order
+    shape = (n, n_users)
+    rows = torch.repeat_interleave(torch.arange(n, dtype=obj.items.dtype, device=cols.device),
+                                   counts)  # the sorted item ids, for the cut alone
+    blocks = cut(rows, cols, shape)
+    del rows
+    t.users, t.items, t.shape = cols[:0], cols, shape
     t.patterns = []
     return t, blocks
+
+
+#: Bytes a sorted entry takes at the peak of :func:`_item_order`'s chunks (torch's stable sort
+#: of int32: its outputs, 12 bytes, and as much inside; then the places, int64).
+SORT_BYTES = 48
+
+
+def _item_order(items: torch.Tensor, n: int, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stable order of ``items`` (``torch.sort(items, stable=True)``'s indices, int32 on the
+    CPU below 2^31 entries) and each item's count. One sort where its workspace (about 24 bytes
+    an entry) fits in ``budget`` bytes (``max_memory``); otherwise a counting sort over chunks
+    of ``budget / SORT_BYTES`` entries (issue 11: the workspace is a chunk's, not the
+    ratings'): the entries of a chunk, sorted, go to their items' first free places, so the
+    order is the stable one."""
+    N, dev = len(items), items.device
+    idx = torch.int32 if N < 2**31 and dev.type == "cpu" else torch.int64
+    if N * SORT_BYTES // 2 <= budget:  # the sort itself
+        _, order = torch.sort(items, stable=True)
+        return order.to(idx), torch.bincount(items, minlength=n)
+    chunk = max(1024, budget // SORT_BYTES)
+    counts = torch.zeros(n, dtype=torch.int64, device=dev)
+    order = torch.empty(N, dtype=idx, device=dev)
+    for s in range(0, N, chunk):
+        counts += torch.bincount(items[s : s + chunk], minlength=n)
+    free = torch.cumsum(counts, 0) - counts  # each item's first free place
+    for s in range(0, N, chunk):
+        part = items[s : s + chunk]
+        key, within = torch.sort(part, stable=True)
+        # each entry's place among its item's entries in the chunk, after the earlier chunks'
+        first = torch.searchsorted(key, key)
+        place = free[key.long()] + torch.arange(len(key), device=dev) - first
+        order.index_copy_(0, place, (within + s).to(idx))
+        free += torch.bincount(part, minlength=n)
+    return order, counts
 
 
 def _aligned_patterns(rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int],
