@@ -62,7 +62,7 @@ minimizer.
 **Ratings by item** (issue 11): the item half-step reads each item's ratings through a copy of
 the users and values in item order (:func:`_by_item`: 8 bytes a float32 rating, and the
 weights), its blocks' row pointers cut from the sorted item ids, which are not kept; building it
-needs a stable sort's 12 bytes a rating for a moment.
+needs 8 bytes a rating more for a moment, the order's sort within ``max_memory``.
 
 **Sharded** (issue 11, an objective built with a plan shared by ``w`` processes,
 :mod:`autofact.sharding`): users are partitioned, every rating of a user on one process
@@ -765,7 +765,8 @@ def _by_item(obj: Objective, lut: torch.Tensor | None, n_users: int,
     (``None``: as they are), and ``cut(rows, cols, shape)``, its row blocks, cut from the
     sorted item ids, which are then dropped (issue 11: the blocks' row pointers replace them,
     4 bytes a rating). It keeps 8 bytes a rating (users and values by item, and the weights);
-    the sort needs 12 more for a moment (a stable sort's int64 order), the gathers 4-8."""
+    on the way, the order (4 bytes a rating, its sort within ``max_memory``: :func:`_item_order`)
+    and the sorted item ids (4, for ``cut``)."""
     n = obj.shape[1]
     order, counts = _item_order(obj.items, n, obj.max_memory)
     cols = torch.index_select(obj.users, 0, order)
