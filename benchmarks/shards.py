@@ -14,9 +14,11 @@ ratings. Each world size runs ``torchrun --standalone --nproc-per-node W`` on th
 worker: ``distributed.init`` (gloo), ``distributed.read_local(DATA)`` (each rank reads
 ``parts / W`` files), then ``--epochs`` epochs through ``distributed.fit(..., local=True)`` of
 each solver of ``--solvers``: ``adam`` (full batch, ``SCALE_PARAMS``: every process holds every
-factor and Adam's state) or ``als`` (sharded: each process solves its own users; the item
-half-step's normal equations summed over the processes), ``max_memory`` 64 MiB, float32;
-rank 0 gathers the training pattern at the end (part of the fit's peak).
+factor and Adam's state), ``als`` (sharded: each process solves its own users; the item
+half-step's normal equations summed over the processes) or ``gibbs`` (the default sampler,
+sharded by user as ``als`` is; its state: the running posterior-mean sums), ``max_memory``
+64 MiB, float32; rank 0 gathers the training pattern at the end (``distributed.fit``'s
+``gather_seen``, part of the fit's peak; ``--gather-seen no`` leaves it out).
 
 Per process (MiB): ``base`` = VmRSS after ``import torch, autofact, pandas, pyarrow.parquet`` and
 joining the group; ``(warm)`` = VmRSS after the same process has then read a 2,000-rating Parquet
@@ -103,13 +105,15 @@ def write_parts(folder: Path, n_ratings: int, n_parts: int, seed: int = 0) -> di
 
 
 #: Each solver's settings (beside rank, epochs, seed, max_memory, float32 on the CPU).
-SOLVER_PARAMS = {"als": {"solver": "als", "beta": 25.0, "bias": True}}
-#: Copies of the parameters a solver keeps as optimizer state (for the bound).
-STATE_COPIES = {"adam": 3, "als": 0}
+SOLVER_PARAMS = {"als": {"solver": "als", "beta": 25.0, "bias": True},
+                 "gibbs": {"solver": "gibbs"}}
+#: Copies of the parameters a solver keeps as optimizer state (for the bound): Adam's gradient
+#: and two moments; the sampler's running posterior-mean sums.
+STATE_COPIES = {"adam": 3, "als": 0, "gibbs": 1}
 
 
 def worker(data: str, out: str, rank_k: int, epochs: int, solver: str = "adam",
-           values: str = "float32") -> None:
+           values: str = "float32", gather_seen: str = "yes") -> None:
     """One process of a world: read its share, fit, report its memory and times."""
     import numpy as np
     import torch
@@ -138,7 +142,7 @@ def worker(data: str, out: str, rank_k: int, epochs: int, solver: str = "adam",
                                          max_memory=64 * MiB, device="cpu", dtype="float32",
                                          **params)
     t0 = time.perf_counter()
-    distributed.fit(model, local, local=True)
+    distributed.fit(model, local, local=True, gather_seen=gather_seen == "yes")
     fit_s = time.perf_counter() - t0
     fit_peak = _status_kb("VmHWM") / 1024
     # the process's own peak, before this worker's bookkeeping below allocates anything
@@ -160,6 +164,7 @@ def worker(data: str, out: str, rank_k: int, epochs: int, solver: str = "adam",
         "base_mib": base, "warm_base_mib": warm, "read_peak_mib": read_peak,
         "after_read_mib": after_read, "fit_peak_mib": fit_peak, "peak_mib": peak,
         "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+        "gather_seen": gather_seen == "yes",
         "read_s": read_s, "fit_s": fit_s, "epoch_s": [float(x) for x in per_epoch],
         "sec_per_epoch": float(statistics.median(per_epoch[1:])) if len(per_epoch) > 1
         else float(per_epoch[0]),
@@ -226,7 +231,8 @@ def _base(r: dict) -> float:
 
 
 def run_world(data: Path, world: int, rank_k: int, epochs: int, timeout: float,
-              solver: str = "adam", values: str = "float32") -> list[dict]:
+              solver: str = "adam", values: str = "float32", gather_seen: str = "yes"
+              ) -> list[dict]:
     out = data.parent / f"{data.name}-w{world}-{solver}"
     out.mkdir(exist_ok=True)
     for f in out.glob("rank*.json"):
@@ -235,7 +241,7 @@ def run_world(data: Path, world: int, rank_k: int, epochs: int, timeout: float,
                                                         os.environ.get("PYTHONPATH", "")])}
     cmd = ["nice", "-n", "10", sys.executable, "-m", "torch.distributed.run", "--standalone",
            "--nproc-per-node", str(world), "-m", "benchmarks.shards", "--worker", str(data),
-           str(out), str(rank_k), str(epochs), solver, values]
+           str(out), str(rank_k), str(epochs), solver, values, gather_seen]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
     if proc.returncode != 0:
@@ -263,16 +269,18 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--worker":
-        worker(argv[1], argv[2], int(argv[3]), int(argv[4]), *argv[5:7])
+        worker(argv[1], argv[2], int(argv[3]), int(argv[4]), *argv[5:8])
         return 0
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ratings", type=float, default=5e6)
     ap.add_argument("--parts", type=int, default=8)
     ap.add_argument("--worlds", default="1,2,4")
-    ap.add_argument("--solvers", default="adam", help="comma-separated: adam, als")
+    ap.add_argument("--solvers", default="adam", help="comma-separated: adam, als, gibbs")
     ap.add_argument("--values", default="float32", choices=("float32", "float64"),
                     help="read_local(dtype=): the values as the Ratings hold them")
+    ap.add_argument("--gather-seen", default="yes", choices=("yes", "no"),
+                    help="distributed.fit(gather_seen=): rank 0 gathers every rating's pair")
     ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--data", type=Path, default=None)
@@ -296,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     for solver in solvers:
         for world in (int(w) for w in args.worlds.split(",")):
             got = run_world(data, world, args.rank, args.epochs, args.timeout, solver,
-                            args.values)
+                            args.values, args.gather_seen)
             rows.extend(got)
             print("\n".join(table(got).splitlines()[-world:]), file=sys.stderr)
     after = os.getloadavg()
@@ -304,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"# Rank-local data: per-process memory and epoch time (issue 11)\n\n"
               f"`python -m benchmarks.shards --ratings {args.ratings:g} --worlds {args.worlds} "
               f"--rank {args.rank} --epochs {args.epochs} --solvers {args.solvers} "
-              f"--values {args.values}` on "
+              f"--values {args.values} --gather-seen {args.gather_seen}` on "
               f"{platform.platform()}, {os.cpu_count()} CPUs, load average before "
               f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, after {after[0]:.1f} / "
               f"{after[1]:.1f} / {after[2]:.1f}; data {meta}; MALLOC_MMAP_THRESHOLD_="

@@ -189,3 +189,158 @@ def test_an_objective_without_max_memory_scales_its_workspace_with_its_share():
     assert Objective(r, max_memory=2**20).max_memory == 2**20
     with pytest.raises(ValueError, match="max_memory must be at least 65536 bytes, got 100"):
         Objective(r, max_memory=100)
+
+
+# ------------------------------------------------------------------ the fit's workspace
+def _many_runs(monkeypatch: pytest.MonkeyPatch, workers: int) -> tuple[Objective, Any]:
+    """An objective whose backward is cut into 8 runs of small blocks, shared by ``workers``
+    worker threads (what a fit decides on a larger set)."""
+    from autofact import threads
+    from autofact.sparse import build_patterns
+
+    monkeypatch.setenv("AUTOFACT_NUM_THREADS", str(workers))
+    monkeypatch.setattr(threads, "MIN_WORK_PER_WORKER", 1)
+    r = planted(6_000, m=300, n=200, seed=5)
+    obj = Objective(r, loss="huber", bias=True, dtype="float64")
+    obj.patterns = build_patterns(obj.users, obj.items, obj.shape, 300)
+    return obj, threads
+
+
+def test_the_column_gradients_take_one_buffer_a_worker_not_one_a_run(monkeypatch):
+    # issue 11, item 3: each further run of the backward added its column gradient (Q, bi: an
+    # items x rank table) into a buffer of its own, 7 at once whatever the workers (~53 MiB at
+    # 25M ratings); now at most one a worker, reused in run order, even when the worker that
+    # holds the first run is the slowest (the others wait for a buffer), and the gradient is
+    # the same bit for bit
+    import time
+
+    from autofact import objective as objective_module
+
+    made: list[int] = []
+    real = objective_module._ColumnSums.take
+
+    def counting(self, j):  # type: ignore[no-untyped-def]
+        out = real(self, j)
+        made.append(self.made)
+        return out
+
+    monkeypatch.setattr(objective_module._ColumnSums, "take", counting)
+    grads = {}
+    for workers, slow_first in ((2, False), (3, False), (2, True)):
+        obj, threads = _many_runs(monkeypatch, workers)
+        params = obj.init_params(rank=4, seed=0)
+        run_backward = obj._run_backward
+        if slow_first:  # the first run's worker is descheduled: the others run ahead of it
+            def slow(leaves, run, g, columns, first=obj.patterns[0],  # type: ignore[no-untyped-def]
+                     backward=run_backward):
+                if run[0] is first:
+                    time.sleep(0.2)
+                return backward(leaves, run, g, columns)
+
+            obj._run_backward = slow  # type: ignore[method-assign]
+        made.clear()
+        with threads.use_threads(1):
+            runs, n_workers = obj._runs(params, backward=True)
+            assert (len(runs), n_workers) == (8, workers)
+            obj.value_and_grad(params)
+        assert 1 <= max(made) <= workers + 1, made  # + 1: see _ColumnSums
+        grads[(workers, slow_first)] = {k: v.grad.clone() for k, v in params.items()}
+    for k, g in grads[(2, False)].items():
+        assert torch.equal(grads[(3, False)][k], g)
+        assert torch.equal(grads[(2, True)][k], g)
+
+
+def test_a_failed_run_releases_the_workers_waiting_for_a_buffer(monkeypatch):
+    # issue 11: a worker waiting for a column buffer must not wait for a run that failed
+    obj, threads = _many_runs(monkeypatch, 2)
+    params = obj.init_params(rank=4, seed=0)
+    calls: list[int] = []
+
+    def flaky(pred, target):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 2:  # the first run's second block, or the second run's first
+            raise RuntimeError("this block's loss failed")
+        return (pred - target) ** 2
+
+    obj.loss = flaky
+    with threads.use_threads(1), pytest.raises(RuntimeError, match="this block's loss failed"):
+        obj.value_and_grad(params)
+
+
+def test_the_workers_and_their_buffers_fit_in_max_memory(monkeypatch):
+    # issue 11, item 3: the workers' blocks in flight (96 bytes an entry) and one column buffer
+    # each stay within max_memory together (they could reach 1.5 x max_memory)
+    from autofact.objective import _BYTES_PER_ENTRY
+
+    obj, threads = _many_runs(monkeypatch, 8)
+    params = obj.init_params(rank=4, seed=0)
+    column = sum(params[k].numel() * params[k].element_size() for k in ("Q", "bi"))
+    block = max(p.nnz for p in obj.patterns) * _BYTES_PER_ENTRY
+    with threads.use_threads(1):
+        for budget in (3 * (block + column), 2 * (block + column) - 1, block + column):
+            obj.max_memory = budget
+            workers = obj._runs(params, backward=True)[1]
+            assert workers * (block + column) <= budget
+            assert workers == max(1, budget // (block + column))
+
+
+class _TwoProcesses(autofact.sharding.ShardPlan):
+    """A plan that says two processes share the fit but sums nothing (the other holds zeros)."""
+
+    world_size = 2
+
+
+def test_a_shared_gradient_goes_into_the_zeroed_grad_not_a_second_copy():
+    # issue 11, item 3: with several processes each call's gradient was summed in a fresh
+    # parameter-sized buffer and then added to .grad (two copies at once: ~28 MiB at 25M);
+    # a .grad an optimizer zeroed is now the buffer itself, and one that holds a gradient
+    # still gets this call's summed gradient added to it
+    r = planted(20_000)
+    alone = Objective(r, bias=True, dtype="float64")
+    shared = Objective(r, bias=True, dtype="float64", plan=_TwoProcesses())
+    want = alone.init_params(rank=4, seed=0)
+    alone.value_and_grad(want)
+    params = shared.init_params(rank=4, seed=0)
+    shared.value_and_grad(params)  # .grad was None: a new buffer
+    for p in params.values():
+        p.grad.zero_()
+    where = {k: p.grad.data_ptr() for k, p in params.items()}
+    shared.value_and_grad(params)
+    for k, p in params.items():
+        assert p.grad.data_ptr() == where[k]  # summed in place
+        torch.testing.assert_close(p.grad, want[k].grad, rtol=1e-12, atol=1e-12)
+    shared.value_and_grad(params)  # not zeroed: accumulates, as one process does
+    alone.value_and_grad(want)
+    for k, p in params.items():
+        torch.testing.assert_close(p.grad, want[k].grad, rtol=1e-12, atol=1e-12)
+
+
+def test_a_local_distributed_fit_gathers_the_seen_items_only_when_asked(tmp_path, monkeypatch):
+    # issue 11, item 3: rank 0 gathering every rating's (user, item) pair after a shared fit
+    # (4 bytes a rating of all the ratings, ~95 MiB at 25M) is the gather_seen option: on by
+    # default (the saved model knows every user's rated items), off for data larger than one
+    # process; the fit's last gradient is dropped before it either way
+    import torch.distributed as dist
+
+    from autofact import distributed
+
+    gathered: list[bool] = []
+    monkeypatch.setattr(distributed, "_gather_pattern", lambda *a: gathered.append(True))
+    monkeypatch.setattr(distributed, "TorchShardPlan",
+                        lambda group=None, local=False: _TwoProcesses())
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1),
+                            rank=0, world_size=1)
+    try:
+        def model() -> autofact.MatrixFactorization:
+            return autofact.MatrixFactorization(solver="adam", rank=3, epochs=2, seed=0,
+                                                verbose=False)
+
+        fitted = distributed.fit(model(), planted(5_000), local=True)
+        assert gathered == [True]
+        assert all(p.grad is None for p in fitted._params.values())
+        distributed.fit(model(), planted(5_000), local=True, gather_seen=False)
+        assert gathered == [True]
+        with pytest.raises(TypeError, match="gather_seen must be True or False, got 'no'"):
+            distributed.fit(model(), planted(5_000), local=True, gather_seen="no")
+    finally:
+        dist.destroy_process_group()

@@ -26,8 +26,9 @@ so every rating of a user lands on one process. The id maps are then agreed by e
 distinct ids (never the ratings): every process ends with the same user and item maps, the
 sorted union, which is what ``autofact.read`` of the whole data gives. ``fit(..., local=True)``
 keeps what each process was given; the ratings per user and item and their range are summed
-over the processes, and rank 0 gathers the training pattern (4 bytes a rating) after the fit,
-for the model it saves. Alternatively every process reads all the ratings
+over the processes, and rank 0 gathers the training pattern (4 bytes a rating of all the
+ratings) after the fit, for the model it saves (``fit(..., gather_seen=False)`` skips it: each
+process's model then knows its own users' seen items only). Alternatively every process reads all the ratings
 (``autofact.read``) and ``fit`` keeps about ``1/world_size`` of them, cut at user boundaries
 (:func:`~autofact.sharding.user_cuts`: every rating of a user on one process).
 
@@ -161,7 +162,8 @@ def is_main_process() -> bool:
 
 
 def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
-        group: Any = None, *, local: bool = False, **fit_kwargs: Any) -> MatrixFactorization:
+        group: Any = None, *, local: bool = False, gather_seen: bool = True,
+        **fit_kwargs: Any) -> MatrixFactorization:
     """``model.fit(ratings, validation=validation, plan=TorchShardPlan(group, local=local),
     **fit_kwargs)``: the work shared by the processes of ``group`` (default: all of them).
 
@@ -170,8 +172,14 @@ def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
     ``local=True``: each passes its own, from :func:`read_local` (the same id maps everywhere),
     and keeps them all; ``validation`` is then
     the same on every process (``validation_fraction`` is refused: each process would hold out
-    another share). Every process ends with the same factors; with ``local=True`` the model of
-    rank 0 (the one to save) holds every user's seen items, the others only their own users'.
+    another share). Every process ends with the same factors.
+
+    ``gather_seen`` (``local=True`` only): ``True`` (the default), rank 0's model (the one to
+    save) gets every user's seen items, gathered after the fit: 4 bytes a rating of *all* the
+    ratings on rank 0 (issue 11: ~95 MiB at 25M ratings), which is what lets the saved model
+    leave every user's rated items out of its recommendations. ``False``: nothing is gathered,
+    every process's model holds its own users' seen items only; for data larger than one
+    process can hold, with the recommendations made where the users live.
     ``fit_kwargs``: ``checkpoint=`` and ``checkpoint_every=`` (rank 0 writes; the folder must be
     one every process can read, to resume)."""
     if model.solver not in SOLVERS:
@@ -214,11 +222,17 @@ def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
                 "with local=False every process passes all of them; for each process's own "
                 "ratings (autofact.distributed.read_local) pass local=True"
             )
+    if not isinstance(gather_seen, bool):
+        raise TypeError(f"gather_seen must be True or False, got {gather_seen!r}")
     model.fit(train, validation=validation, plan=plan, **fit_kwargs)
-    # issue 11: the fit's freed workspace back to the system before the gather's arrays
+    # issue 11: the last gradient (a parameter-sized copy the model does not need) and the
+    # fit's freed workspace back to the system before the gather's arrays
+    for param in getattr(model, "_params", {}).values():
+        param.grad = None
     release_freed_memory()
-    if local and plan.world_size > 1:  # rank 0's model gets every process's training pattern
-        # (for the file it saves); one process's index already holds it (from_ratings)
+    if local and gather_seen and plan.world_size > 1:
+        # rank 0's model gets every process's training pattern (for the file it saves); one
+        # process's index already holds it (from_ratings)
         _gather_pattern(model, train, plan)
     return model
 

@@ -435,16 +435,19 @@ class Objective:
         with ``implicit=True`` also ``Y (n x k)``, the items' implicit factors."""
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         m, n = self.shape
-        P = torch.randn(m, rank, generator=g, dtype=torch.float64) * init_std
-        Q = torch.randn(n, rank, generator=g, dtype=torch.float64) * init_std
+        # scaled in place: the same numbers without a second float64 copy (issue 11)
+        P = torch.randn(m, rank, generator=g, dtype=torch.float64).mul_(init_std)
+        Q = torch.randn(n, rank, generator=g, dtype=torch.float64).mul_(init_std)
         params = {"P": P, "Q": Q}
         if self.bias:
             params["bu"] = torch.zeros(m, dtype=torch.float64)
             params["bi"] = torch.zeros(n, dtype=torch.float64)
         if self.implicit:
-            params["Y"] = torch.randn(n, rank, generator=g, dtype=torch.float64) * init_std
+            params["Y"] = torch.randn(n, rank, generator=g, dtype=torch.float64).mul_(init_std)
         out = {k: v.to(self.device, self.dtype) for k, v in params.items()}
+        del params, P, Q
         self.plan.broadcast(list(out.values()))  # rank 0's start everywhere, seeded or not
+        release_freed_memory()  # the float64 draws (issue 11)
         return {k: v.requires_grad_() for k, v in out.items()}
 
     def regularization(self, params: Params, scale: float = 1.0) -> torch.Tensor:
@@ -617,23 +620,35 @@ class Objective:
         if "Q" in params and params["Q"].requires_grad:
             prepare_transposes(self.patterns)
         # with several processes the sum must see this call's gradient alone: what .grad held
-        # would be summed over the processes too, so it is added after the sum
+        # would be summed over the processes too, so it is added after the sum; a .grad that
+        # holds zeros (an optimizer zeroed it) is the buffer itself (issue 11: no second
+        # parameter-sized gradient)
         shared = self.plan.world_size > 1
-        held = {k: v.grad for k, v in params.items()} if shared else {}
+        held = {k: v.grad for k, v in params.items()
+                if shared and v.grad is not None and bool(v.grad.any())}
         grads: dict[str, torch.Tensor] = {
-            k: torch.zeros_like(v) if v.grad is None or shared else v.grad
+            k: torch.zeros_like(v) if v.grad is None or k in held else v.grad
             for k, v in params.items()
         }
         leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
         # the column sides (Q, bi) are summed by every block: each further run adds into a
-        # buffer of its own, added to the first in run order (the same sum every call)
-        columns = [grads] + [{k: torch.zeros_like(grads[k]) for k in ("Q", "bi") if k in grads}
-                             for _ in runs[1:]]
-        total = self._sum_runs(
-            len(runs), workers, lambda j: self._run_backward(leaves, runs[j], grads, columns[j]))
-        for extra in columns[1:]:
-            for k, g in extra.items():
-                grads[k] += g
+        # buffer, added to the first run's in run order (the same sum every call), at most one
+        # buffer a worker at a time (issue 11: not one per run)
+        sums = _ColumnSums(grads, [k for k in ("Q", "bi") if k in grads], workers)
+
+        def work(j: int) -> torch.Tensor:
+            columns = sums.take(j)
+            if columns is None:  # another run failed: its error is raised
+                return torch.zeros((), dtype=self.dtype, device=self.device)
+            try:
+                value = self._run_backward(leaves, runs[j], grads, columns)
+            except BaseException:
+                sums.abort()
+                raise
+            sums.finish(j, columns)
+            return value
+
+        total = self._sum_runs(len(runs), workers, work)
         if self.plan.owns_regularizer:
             if regularize:
                 total += self._regularize_into(params, grads)
@@ -660,18 +675,23 @@ class Objective:
         from the load; only on the CPU and where torch's operations themselves run on one
         thread (no oversubscription). With several workers there are up to :data:`_RUNS` runs
         (one block at least each): the sizes alone decide them. Memory bounds both counts: the
-        blocks in flight at once hold at most ``max_memory``'s share of entries, and the
-        further runs' column buffers (``n x k`` each) stay within half of ``max_memory``.
+        workers' blocks in flight (:data:`_BYTES_PER_ENTRY` an entry) and their column buffers
+        (``n x k`` each, one a worker at most: :class:`_ColumnSums`) stay within
+        ``max_memory`` together, and the runs are at most one more than the column buffers
+        that fit in half of it (issue 11).
         """
         blocks = self.patterns
         n_runs = workers = 1
         if self.device.type == "cpu" and len(blocks) > 1 and torch.get_num_threads() == 1:
             k = params["P"].shape[-1] if "P" in params else 1
+            column_bytes = sum(v.numel() * v.element_size() for name, v in params.items()
+                               if name in ("Q", "bi")) if backward else 0
+            # issue 11: a worker holds one block's temporaries and, backward, at most one
+            # column buffer (_ColumnSums): together within max_memory
+            each = max(p.nnz for p in blocks) * _BYTES_PER_ENTRY + column_bytes
             workers = min(len(blocks), workers_for(self.nnz * k * (3 if backward else 1)),
-                          self.max_nnz // max(p.nnz for p in blocks))
+                          self.max_memory // each)
             if workers > 1:
-                column_bytes = sum(v.numel() * v.element_size() for name, v in params.items()
-                                   if name in ("Q", "bi")) if backward else 0
                 n_runs = min(len(blocks), max(_RUNS, workers),
                              1 + (self.max_memory // 2) // max(1, column_bytes))
                 workers = min(workers, n_runs)
@@ -824,6 +844,78 @@ class Objective:
         t.patterns = build_patterns(t.users, t.items, t.shape, self.max_nnz,
                                     keep_rows=self.keep_rows, max_rows=max_rows)
         return t
+
+
+class _ColumnSums:
+    """The column sides' gradients (``Q``, ``bi``) of a backward's runs (issue 10,
+    :meth:`Objective._runs`), added up in run order with at most ``limit`` buffers at once.
+
+    Run 0 adds into ``grads`` itself; each further run into a buffer (:meth:`take`), which is
+    added to ``grads`` once every earlier run has been (:meth:`finish`: by whichever worker
+    finds the next run in order done), then zeroed and handed to the next run. The additions
+    are those of one buffer a run added in run order, so the numbers never depend on which
+    worker took which run; the buffers are at most ``limit`` (the workers), not one a run
+    (issue 11: a worker that runs ahead of a slower one waits for a buffer instead), and one
+    more when the next run in order was overtaken before it got its buffer (it never waits:
+    every later run waits for it).
+    """
+
+    def __init__(self, grads: dict[str, torch.Tensor], names: list[str], limit: int) -> None:
+        self.grads, self.names, self.limit = grads, names, max(1, limit)
+        self.cond = threading.Condition()
+        self.free: list[dict[str, torch.Tensor]] = []
+        self.made = 0
+        self.done: dict[int, dict[str, torch.Tensor]] = {}
+        self.next = 0  # the next run whose column gradient is added to grads
+        self.adding = False  # whether a worker is adding (one at a time, in run order)
+        self.failed = False
+
+    def take(self, j: int) -> dict[str, torch.Tensor] | None:
+        """Where run ``j`` adds its column gradients; ``None`` when a run failed."""
+        if j == 0:
+            return self.grads
+        with self.cond:
+            # the next run to add never waits (the runs after it wait for it): overtaken
+            # between taking its index and its buffer, it gets one more than the limit
+            while not self.free and self.made >= self.limit and not self.failed \
+                    and j != self.next:
+                self.cond.wait()
+            if self.failed:
+                return None
+            if self.free:
+                return self.free.pop()
+            self.made += 1
+        return {k: torch.zeros_like(self.grads[k]) for k in self.names}
+
+    def finish(self, j: int, columns: dict[str, torch.Tensor]) -> None:
+        """Run ``j`` is done: add every run done in order so far (unless another worker is)."""
+        with self.cond:
+            self.done[j] = columns
+            if self.adding:
+                return
+            self.adding = True
+        while True:
+            with self.cond:
+                buf = self.done.pop(self.next, None)
+                if buf is None:
+                    self.adding = False
+                    return
+                first = self.next == 0
+                self.next += 1
+                self.cond.notify_all()  # the run now next may be waiting for a buffer
+            if not first:
+                for k, g in buf.items():
+                    self.grads[k] += g
+                    g.zero_()
+                with self.cond:
+                    self.free.append(buf)
+                    self.cond.notify_all()
+
+    def abort(self) -> None:
+        """A run failed: wake the workers waiting for a buffer (they take no more runs)."""
+        with self.cond:
+            self.failed = True
+            self.cond.notify_all()
 
 
 def _as_newton(gh: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
