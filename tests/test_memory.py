@@ -344,3 +344,45 @@ def test_a_local_distributed_fit_gathers_the_seen_items_only_when_asked(tmp_path
             distributed.fit(model(), planted(5_000), local=True, gather_seen="no")
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("where", ["gradient", "update"])
+def test_a_full_batch_fit_guards_its_parameters_with_one_copy(where, monkeypatch):
+    # issue 11, item 3: the divergence guard kept two copies of the parameters (the epoch's
+    # start and the previous one's; 56 MiB at 25M ratings, rank 32); a full-batch gd/adam
+    # epoch verifies its start before it moves, so one copy is kept; Ctrl-C inside an epoch,
+    # before or during the update, still leaves the last finished epoch's parameters
+    from autofact import solvers
+    from autofact.solvers import first_order
+
+    guards: list[Any] = []
+    made = solvers._Guard.__init__
+
+    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        made(self, *args, **kwargs)
+        guards.append(self)
+
+    r = planted(3_000, m=60, n=40)
+    settings = dict(rank=3, solver="adam", seed=1, beta=0.01, lr=0.01, verbose=False)
+    two = autofact.MatrixFactorization(epochs=2, **settings).fit(r)
+    monkeypatch.setattr(solvers._Guard, "__init__", spy)
+    owner, name = (Objective, "value_and_grad") if where == "gradient" else \
+        (first_order._Adam, "step")
+    calls = [0]
+    original = getattr(owner, name)
+
+    def interrupting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        if calls[0] == 3:  # inside epoch 3
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, interrupting)
+    model = autofact.MatrixFactorization(epochs=10, **settings)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(r)
+    (guard,) = guards
+    assert guard.verifies_start and guard.good is guard.trial  # one copy
+    assert model.n_epochs_ == 2
+    np.testing.assert_array_equal(model.user_factors_, two.user_factors_)
+    np.testing.assert_array_equal(model.item_factors_, two.item_factors_)

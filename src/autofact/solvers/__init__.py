@@ -107,25 +107,47 @@ class _Guard:
 
     def __init__(self, obj: Objective, params: Params, solver: str, lr: float,
                  at_start: bool, start: float | None = None,
-                 value: Callable[[], float] | None = None) -> None:
+                 value: Callable[[], float] | None = None, verifies_start: bool = False) -> None:
         self.obj, self.params, self.solver, self.lr = obj, params, solver, lr
         self.value = value  # the objective now (None: obj.value(params))
         self.at_start = at_start
         self.trial = {k: v.detach().clone() for k, v in params.items()}  # this epoch's start
-        # full batch: the parameters the previous epoch started from, verified by its value
-        self.good = {k: v.clone() for k, v in self.trial.items()} if at_start else self.trial
+        # full batch: the parameters the previous epoch started from, verified by its value;
+        # an epoch that verifies its start before moving (verified()) keeps that one copy only:
+        # its start, once verified, is the copy (issue 11: a parameter-sized copy less)
+        self.verifies_start = verifies_start and at_start
+        self.good = self.trial if not at_start or self.verifies_start else {
+            k: v.clone() for k, v in self.trial.items()}
         self.start: float | None = start  # J0: given when resuming a checkpointed fit
         self.running = False
+        self.moved = False  # (verifies_start) whether this epoch's parameters moved
+        self.epoch = 0
         if not at_start and start is None:  # a mini-batch epoch's value is no J: measure J0
             self.start = obj.value(params)
             if not math.isfinite(self.start):
                 self._fail(1, self.start, self.trial, 0, initial=True)
 
-    def begin(self) -> None:
+    def begin(self, epoch: int) -> None:
+        self.epoch = epoch
+        if not self.verifies_start:
+            with torch.no_grad():
+                for k, v in self.params.items():
+                    self.trial[k].copy_(v)
+        self.moved = False
+        self.running = True  # the parameters are mid-update until the epoch returns
+
+    def verified(self, value: float) -> None:
+        """(``verifies_start``) ``value``, the objective at the epoch's start, before the
+        parameters move: the check :meth:`check` makes of it, and the start becomes the copy
+        kept (the last verified parameters)."""
+        if self.start is None:
+            self.start = value
+        if self._bad(value):  # the parameters this epoch started from are bad
+            self._fail(self.epoch, value, self.good, self.epoch - 2, initial=self.epoch == 1)
         with torch.no_grad():
             for k, v in self.params.items():
-                self.trial[k].copy_(v)
-        self.running = True  # the parameters are mid-update until the epoch returns
+                self.good[k].copy_(v)
+        self.moved = True
 
     def ended(self) -> None:
         self.running = False
@@ -146,9 +168,10 @@ class _Guard:
         if self.at_start:
             if self._bad(value):  # the parameters this epoch started from are bad
                 self._fail(epoch, value, self.good, epoch - 2, initial=epoch == 1)
-            if not finite_params:
+            if not finite_params:  # (verifies_start: trial is good, this epoch's start)
                 self._fail(epoch, math.nan, self.trial, epoch - 1, midway=midway)
-            self.good, self.trial = self.trial, self.good  # the epoch's start is verified
+            if not self.verifies_start:
+                self.good, self.trial = self.trial, self.good  # the epoch's start is verified
         elif self._bad(value) or not finite_params:
             self._fail(epoch, value if finite_params else math.nan, self.trial, epoch - 1)
 
@@ -168,9 +191,9 @@ class _Guard:
     def interrupted(self) -> None:
         """Ctrl-C: inside an epoch, put back where it started (the last finished epoch's end);
         between epochs the parameters are already those of the last finished one."""
-        if self.running:
+        if self.running and (self.moved or not self.verifies_start):
             self._restore(self.trial)
-            self.running = False
+        self.running = False
 
     def _restore(self, snap: Params) -> None:
         with torch.no_grad():
@@ -253,7 +276,10 @@ def fit_params(
         step.load_state(resume["optimizer"])
         gen.set_state(resume["generator"])
     guard = _Guard(obj, params, solver, lr, at_start=step.at_start,
-                   start=None if resume is None else resume["start_value"], value=step.value)
+                   start=None if resume is None else resume["start_value"], value=step.value,
+                   verifies_start=step.verifies_start)
+    if guard.verifies_start:
+        step.on_start = guard.verified
 
     def state_now() -> dict[str, Any]:
         return {"epoch": epoch, "optimizer": step.state(), "generator": gen.get_state(),
@@ -262,7 +288,7 @@ def fit_params(
     epoch = first - 1
     try:
         for epoch in range(first, epochs + 1):
-            guard.begin()
+            guard.begin(epoch)
             try:
                 value = step.run()
             except NonFinite as exc:

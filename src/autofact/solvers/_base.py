@@ -32,6 +32,12 @@ class Epoch:
     #: ``Objective.value`` (a solver whose processes each hold only their own users' rows:
     #: sharded ``als``); ``None``: ``Objective.value``.
     value: Callable[[], float] | None = None
+    #: Whether ``run()`` calls :attr:`on_start` with the objective at the epoch's start before
+    #: the parameters move (the full-batch first-order steps): the divergence guard then
+    #: verifies the start there and keeps one copy of the parameters instead of two (issue 11).
+    verifies_start: bool = False
+    #: Set by the guard when ``verifies_start``; may raise to stop before the update.
+    on_start: Callable[[float], None] | None = None
 
 
 class NonFinite(Exception):

@@ -158,13 +158,16 @@ def make_first_order(obj: Objective, params: Params, solver: str, lr: float,
             opt.zero_grad()
             value = obj.value_and_grad(params)
             check_finite(value, params)  # before the update: the parameters stay as they were
+            if epoch.on_start is not None:  # the guard verifies the start before it moves
+                epoch.on_start(value)
             opt.step()
             # issue 11: the gradient's freed workspace back to the system between epochs, so
             # that the next one starts from what the fit holds (once an epoch: a few ms)
             release_freed_memory()
             return value
 
-        return Epoch(full_step, at_start=True, **_state_of(opt))
+        epoch = Epoch(full_step, at_start=True, verifies_start=True, **_state_of(opt))
+        return epoch
 
     bs = int(batch_size)  # type: ignore[arg-type]
     if _RowBatches.applies(obj, params):
