@@ -674,12 +674,51 @@ MINIBATCH_FITS: tuple[tuple[str, dict[str, Any], float | None], ...] = (
 )
 
 
+def minibatch_floor(data: dict, batch: int = 1024, rank: int = 10, repeats: int = 3
+                    ) -> float | None:
+    """The hardware's part (issue 10, item 6): seconds per epoch, best of ``repeats``, of what
+    any O(batch x rank) mini-batch step does with the tables, on plain torch tensors on one
+    thread (as the fit runs at these sizes): the batch's users and items, their distinct rows
+    (``torch.unique``), those rows gathered from ``P``, ``Q`` and the two biases
+    (``index_select``) and written back (``index_copy_``). No loss, no autograd: what stays of
+    the growth with users + items is random row access in bigger tables (cache misses)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    m, n = data["shape"]
+    users = torch.from_numpy(np.asarray(data["train"]["users"], dtype=np.int64))
+    items = torch.from_numpy(np.asarray(data["train"]["items"], dtype=np.int64))
+    tables = [(torch.randn(m, rank), 0), (torch.randn(n, rank), 1), (torch.randn(m), 0),
+              (torch.randn(n), 1)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        best = float("inf")
+        for r in range(repeats):
+            order = torch.randperm(len(users), generator=torch.Generator().manual_seed(r))
+            t0 = time.perf_counter()
+            for s in range(0, len(users), batch):
+                idx = order[s : s + batch]
+                side = (torch.unique(users.index_select(0, idx)),
+                        torch.unique(items.index_select(0, idx)))
+                for t, k in tables:
+                    t.index_copy_(0, side[k], t.index_select(0, side[k]).mul_(0.999))
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return best
+
+
 def case_minibatch(quick: bool, device: str) -> None:
     """Issue 10, item 6: seconds per epoch of mini-batch ``sgd`` and ``adam`` (batch 1024) at a
     fixed 100k ratings (20k with ``--quick``) as users + items grow 16x, and full-batch Adam
-    beside them. Each fit runs 6 epochs without validation data; its figure is the median epoch
-    after the first (which carries the set-up); the fits are interleaved over the sizes twice
-    and each size keeps its faster run. Ratio = largest size / smallest (target <= 1.5)."""
+    beside them. Each fit runs 6 epochs without validation data; the fits are interleaved over
+    the sizes twice and a size's figure is its fastest epoch after the first (which carries the
+    set-up), of the 10: on a shared machine the least disturbed epoch, as the gradient case takes
+    its best call (the medians, which swung 0.96-1.35 run to run on a loaded 2-core machine, are
+    in the accuracy column). Ratio = largest size / smallest (target <= 1.5). The note gives
+    :func:`minibatch_floor` at each size: the growth the hardware alone shows."""
     n = 20_000 if quick else 100_000
     datas = [ds.synthetic_lowrank(m=s, n=s, n_train=n, n_test=n // 10) for s in MINIBATCH_SIDES]
     best: dict[str, list[dict | None]] = {name: [None] * len(datas) for name, _, _ in
@@ -688,11 +727,15 @@ def case_minibatch(quick: bool, device: str) -> None:
         for name, params, _ in MINIBATCH_FITS:
             for k, d in enumerate(datas):
                 res = _try_af("minibatch", af.epoch_seconds, d, params, epochs=6, device=device)
+                if res is not None and "error" not in res:
+                    res["best_epoch_s"] = min(res["epochs_s"][1:] or res["epochs_s"])
                 prev = best[name][k]
                 if res is not None and (prev is None or "error" in prev or (
-                        "error" not in res and res["sec_per_epoch"] < prev["sec_per_epoch"])):
+                        "error" not in res and res["best_epoch_s"] < prev["best_epoch_s"])):
                     best[name][k] = res
     sizes = " / ".join(f"{2 * s:,}" for s in MINIBATCH_SIDES)
+    found = [minibatch_floor(d) for d in datas]
+    floors = [x for x in found if x is not None] if None not in found else []
     for name, _, target in MINIBATCH_FITS:
         got = best[name]
         err = next((r["error"] for r in got if r is not None and "error" in r), "")
@@ -702,16 +745,27 @@ def case_minibatch(quick: bool, device: str) -> None:
                     note=_af_na("minibatch") or err)
             continue
         done = [r for r in got if r is not None]
-        secs = [r["sec_per_epoch"] for r in done]
+        secs = [r["best_epoch_s"] for r in done]
+        medians = [r["sec_per_epoch"] for r in done]
         rmses = [r["test_rmse"] for r in done]
         cpus = [r["cpu_s_per_epoch"] for r in done]
-        acc = (f"s/epoch {' / '.join(f'{x:.3f}' for x in secs)} at users+items {sizes}; "
+        acc = (f"s/epoch {' / '.join(f'{x:.3f}' for x in secs)} at users+items {sizes} "
+               f"(median of that fit's epochs {' / '.join(f'{x:.3f}' for x in medians)}, "
+               f"x{medians[-1] / medians[0]:.2f}); "
                f"CPU s/epoch (whole fit / 6) {' / '.join(f'{x:.3f}' for x in cpus)} "
                f"(x{cpus[-1] / cpus[0]:.2f}); test RMSE {' / '.join(f'{x:.3f}' for x in rmses)}")
+        note = f"solver {done[-1]['solver']}"
+        if floors and target is not None:
+            # how much of the growth is the hardware's: the floor's own growth, in seconds
+            grow, fgrow = secs[-1] - secs[0], floors[-1] - floors[0]
+            note += (f"; hardware floor (unique + gather + index_copy_ of the touched rows on "
+                     f"plain tensors, 1 thread) {' / '.join(f'{x:.4f}' for x in floors)} s/epoch "
+                     f"(x{floors[-1] / floors[0]:.2f}, +{fgrow:.4f} s of the fit's "
+                     f"+{grow:.4f} s)")
         add_row(label, secs[-1], f"same at {2 * MINIBATCH_SIDES[0]:,} users+items", secs[0],
-                target, accuracy=acc, note=f"solver {done[-1]['solver']}")
+                target, accuracy=acc, note=note)
     details.setdefault("minibatch", []).append({"ratings": n, "sides": MINIBATCH_SIDES,
-                                                "fits": best})
+                                                "fits": best, "floor_s": floors})
 
 
 CASES = {

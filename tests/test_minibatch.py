@@ -140,3 +140,74 @@ def test_minibatch_fit_learns_and_leaves_unrated_rows_alone(solver):
     start = autofact.MatrixFactorization(rank=3, solver=solver, batch_size=64, epochs=1,
                                          lr=1e-12, beta=0.1, seed=0).fit(r)
     np.testing.assert_array_equal(model.user_factors_[55:], start.user_factors_[55:])
+
+
+def _wide_objective() -> tuple[Objective, dict[str, torch.Tensor]]:
+    """Tables far larger than a batch: 5,000 users and 4,000 items, 300 ratings."""
+    rng = np.random.default_rng(4)
+    m, n, nnz = 5000, 4000, 300
+    flat = rng.choice(m * n, size=nnz, replace=False)
+    r = autofact.Ratings.from_coo(flat // n, flat % n, rng.integers(1, 6, size=nnz).astype(float),
+                                  shape=(m, n))
+    obj = Objective(r, loss="squared", regularization="l2", beta=0.3, bias=True,
+                    dtype=torch.float64)
+    return obj, obj.init_params(3, seed=1)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_a_step_reaches_the_tables_only_through_the_rows_it_touches(solver):
+    # issue 10, item 6: per step, every operation that reads a (users + items)-sized table (or
+    # Adam's moments, or the nnz-sized ratings) gathers (index_select) or writes (index_copy_)
+    # the batch's rows, or is a view; no full-size zero, copy, gradient or unique. Advanced
+    # indexing (``p[rows]``) and ``index_add_`` on a 2-d table were also O(batch) but took 3-8x
+    # as long on a table of 51,200 rows as on one of 3,200 (row-by-row adds, cache misses), so
+    # they are not allowed here either
+    from torch.profiler import profile
+
+    obj, params = _wide_objective()
+    rows, names = _RowBatches(obj, params), list(params)
+    opt = (_Adam if solver == "adam" else _Descent)(list(params.values()), lr=0.1)
+
+    def step(idx):
+        loss, touched = rows.loss(params, idx)
+        loss.backward()
+        opt.step_rows([(names.index(k), r, leaf) for k, r, leaf in touched])
+
+    step(torch.arange(16))  # Adam's moments are allocated at its first step, once a fit
+    with profile(record_shapes=True) as prof:
+        step(torch.arange(16, 32))
+    large = {5000, 4000, obj.nnz}
+    allowed = {"aten::index_select", "aten::index_copy_", "aten::detach", "detach",
+               "aten::select", "aten::as_strided"}  # the last four are views
+    seen = set()
+    for e in prof.events():
+        if any(s and s[0] in large for s in e.input_shapes):
+            seen.add(e.name)
+            assert e.name in allowed, (e.name, e.input_shapes)
+    assert {"aten::index_select", "aten::index_copy_"} <= seen  # the check saw the tables
+
+
+def test_a_sgd_step_is_the_dense_step_on_the_batch_objective():
+    # issue 10: the touched rows are written whole (index_copy_ of the gathered values minus
+    # lr x gradient): equal to p - lr * grad of the batch objective written densely, on every row
+    obj, params = _objective()
+    dense = {k: p.detach().clone().requires_grad_() for k, p in params.items()}
+    rows, names = _RowBatches(obj, params), list(params)
+    idx = torch.tensor([0, 5, 9, 17, 33, 34, 35, 80, 149])
+    loss, touched = rows.loss(params, idx)
+    loss.backward()
+    _Descent(list(params.values()), lr=0.25).step_rows(
+        [(names.index(k), r, leaf) for k, r, leaf in touched])
+    # the same batch objective written densely, its gradient taken on the whole tables
+    u, i = obj.users[idx].long(), obj.items[idx].long()
+    pred = (dense["P"][u] * dense["Q"][i]).sum(1) + dense["bu"][u] + dense["bi"][i] + obj.mu
+    ref = ((pred - obj.values[idx]) ** 2).sum()
+    for name, side in (("P", u), ("bu", u), ("Q", i), ("bi", i)):
+        share = torch.bincount(side, minlength=len(dense[name])).double()
+        count = torch.bincount(getattr(obj, "users" if name in ("P", "bu") else "items").long(),
+                               minlength=len(dense[name])).double().clamp_min(1)
+        ref = ref + (0.15 * dense[name].reshape(len(dense[name]), -1).pow(2).sum(1)
+                     * share / count).sum()
+    ref.backward()
+    for name in params:
+        torch.testing.assert_close(params[name], (dense[name] - 0.25 * dense[name].grad).detach())
