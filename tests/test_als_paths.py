@@ -159,13 +159,16 @@ def test_z_whole_in_cache_sized_column_slices_gives_the_same_fit(monkeypatch):
 
 
 # ------------------------------------------------------- second derivatives kept (issue 10)
-def _kept(monkeypatch) -> list:
-    """Every ``_Curvatures`` the fits below build, to look into what they kept."""
+def _kept(monkeypatch, budget: int | None = None) -> list:
+    """Every ``_Curvatures`` the fits below build (with ``budget`` bytes for kept values, when
+    given), to look into what they kept."""
     made = []
     real = als._Curvatures.__init__
 
     def spy(self, *args, **kwargs):
         real(self, *args, **kwargs)
+        if budget is not None:
+            self.budget = budget
         made.append(self)
 
     monkeypatch.setattr(als._Curvatures, "__init__", spy)
@@ -196,14 +199,16 @@ def _assert_same(a, b) -> None:
                                [h["loss"] for h in b.history_], rtol=1e-13)
 
 
-@pytest.mark.parametrize("case", ["squared", "weighted", "unobserved", "two workers"])
+@pytest.mark.parametrize("case", ["squared", "weighted", "unobserved", "two workers",
+                                  "one number"])
 def test_kept_second_derivatives_give_the_factors_computed_each_epoch(monkeypatch, case):
     # issue 10: the squared loss's l'' (2, or 2 w with weights) and L2's curvature do not
-    # depend on the rows, which autograd's own operations show: kept from the first epoch,
-    # the fit is the one that computes them every epoch
+    # depend on the rows, which autograd's own operations show: kept from the first epoch (as
+    # values, or as one number where the values do not fit), the fit is the one that computes
+    # them every epoch
     from autofact import threads
 
-    made = _kept(monkeypatch)
+    made = _kept(monkeypatch, budget=0 if case == "one number" else None)
     data = _weighted() if case == "weighted" else _data()
     kw = {"unobserved_weight": 0.05} if case == "unobserved" else {}
     if case == "two workers":
@@ -213,10 +218,14 @@ def test_kept_second_derivatives_give_the_factors_computed_each_epoch(monkeypatc
     _assert_same(on, off)
     kept = made[0].kept
     loss_kept = [v for k, v in kept.items() if k[0] == "loss"]
-    assert loss_kept and all(
-        isinstance(v, torch.Tensor) if case == "weighted" else v == 2.0 for v in loss_kept)
-    assert [v for k, v in kept.items() if k[0] == "reg"] and \
-        all(isinstance(v, float) for k, v in kept.items() if k[0] == "reg")
+    reg_kept = [v for k, v in kept.items() if k[0] == "reg"]
+    assert loss_kept and reg_kept
+    if case == "one number":
+        assert all(v == 2.0 for v in loss_kept) and all(isinstance(v, float) for v in reg_kept)
+    else:
+        assert all(isinstance(v, torch.Tensor) for v in loss_kept + reg_kept)
+        if case != "weighted":
+            assert all(bool((v == 2.0).all()) for v in loss_kept)
     assert made[1].kept == {}  # forced off: nothing kept
 
 

@@ -597,7 +597,8 @@ class _AlternatingNewton:
         rg, rh = self.curv.reg(obj, id(pat), Xv)
         grad += rg
         split = self._split(pat, K) if term is None else None
-        if split is not None and bool((g2 > 0).all()) and bool((rh > 0).all()):
+        if split is not None and self.curv.positive(("loss", id(pat)), g2) \
+                and self.curv.positive(("reg", id(pat)), rh):
             # issue 10: rows with few ratings (most rows of sparse data) by Woodbury's identity,
             # only the others through their K x K Hessians
             C = split.csr_long(g2) if split.long.numel() else None
@@ -1240,9 +1241,10 @@ class _Curvatures:
     on a block's first call the computation runs under :func:`_follows`, and when no data
     flows from the prediction (the rows) to the second derivative it is a function of the
     targets, weights and constants alone, the same every epoch: later epochs take only the
-    first derivative from autograd and reuse it. Kept as one number where it is the same for
-    every entry (the squared loss without weights: 2), else as the block's values within
-    ``budget`` bytes in all (past that, computed every epoch). Where the second derivative
+    first derivative from autograd and reuse it. Kept as the block's values while they fit in
+    ``budget`` bytes in all, past that as one number where it is the same for every entry (the
+    squared loss without weights: 2; filled in each epoch), else computed every epoch; whether
+    its entries are all positive (Woodbury's condition) is found once. Where the second derivative
     depends on the prediction (Huber, logistic, Poisson) it is computed every epoch, as when
     ``enabled`` is false."""
 
@@ -1250,7 +1252,19 @@ class _Curvatures:
         self.enabled = enabled
         self.budget = budget
         self.kept: dict[tuple[str, Any], Any] = {}  # float | tensor | None (computed each epoch)
+        self._positive: dict[tuple[str, Any], bool] = {}
         self._lock = threading.Lock()
+
+    def positive(self, key: tuple[str, Any], t: torch.Tensor) -> bool:
+        """Whether every entry of ``t``, the second derivative of ``key`` (``("loss", id(pat))``
+        or ``("reg", id(pat))``), is positive: found once where it is kept."""
+        known = self._positive.get(key)
+        if known is not None:
+            return known
+        out = bool((t > 0).all())
+        if self.kept.get(key) is not None:
+            self._positive[key] = out
+        return out
 
     def entry(self, obj: Objective, pat: Pattern, pred: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -1285,15 +1299,15 @@ class _Curvatures:
     def _keep(self, key: tuple[str, Any], g2: torch.Tensor | None) -> None:
         kept: Any = None
         if g2 is not None and g2.numel() > 0:
-            first = g2.reshape(-1)[0]
-            if bool((g2 == first).all()):
-                kept = float(first)  # exact: a float holds any float32 or float64
-            elif g2.numel() * g2.element_size() <= self.budget:
-                kept = g2
-        with self._lock:
-            if isinstance(kept, torch.Tensor):
-                if kept.numel() * kept.element_size() > self.budget:
-                    kept = None
-                else:
-                    self.budget -= kept.numel() * kept.element_size()
-            self.kept[key] = kept
+            size = g2.numel() * g2.element_size()
+            with self._lock:
+                fits = size <= self.budget
+                if fits:
+                    self.budget -= size
+            if fits:
+                kept = g2  # (read only: no caller writes into a second derivative)
+            else:
+                first = g2.reshape(-1)[0]
+                if bool((g2 == first).all()):
+                    kept = float(first)  # exact: a float holds any float32 or float64
+        self.kept[key] = kept
