@@ -321,3 +321,17 @@ def test_item_order_in_chunks_is_the_stable_sort(budget):
     assert order.dtype == torch.int32
     assert torch.equal(order.long(), torch.sort(items, stable=True)[1])
     assert torch.equal(counts, torch.bincount(items, minlength=11))
+
+
+def test_z_column_slices_by_runs_are_the_gathered_products():
+    # issue 11: Z's column slices written run by run of the triangle's rows, bit for bit the
+    # products of the two column gathers they replace, for every cut of the columns
+    Y = torch.randn(40, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    iu, ju = torch.triu_indices(7, 7)
+    products = als._Products(Y, iu, ju)
+    for width in (1, 3, 8, 28):
+        for c0 in range(0, 28, width):
+            c1 = min(c0 + width, 28)
+            want = torch.index_select(Y, 1, iu[c0:c1]) * torch.index_select(Y, 1, ju[c0:c1])
+            assert torch.equal(products.upper(c0, c1), want)
+    assert torch.equal(products.upper(0, 28), Y[:, iu] * Y[:, ju])  # whole (_whole_upper)

@@ -861,6 +861,7 @@ class _Products:
         self.whole = whole
         self._kept: dict[str, torch.Tensor] = {}
         self._slices: list[tuple[int, int, torch.Tensor]] | None = None
+        self._pairs: tuple[list[int], list[int]] | None = None
         self._lock = threading.Lock()
 
     def _once(self, key: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -887,9 +888,23 @@ class _Products:
         return self._gathered(c0, c1)
 
     def _gathered(self, c0: int, c1: int) -> torch.Tensor:
-        """Columns ``c0:c1`` of the upper triangle, by two column gathers of ``Yf``."""
-        a, b = self.iu[c0:c1], self.ju[c0:c1]
-        return torch.index_select(self.Yf, 1, a) * torch.index_select(self.Yf, 1, b)
+        """Columns ``c0:c1`` of the upper triangle, run by run of the triangle's rows (``y_a``
+        times ``y_b..y_c``, written in place): the products of two column gathers of ``Yf``,
+        bit for bit, 2.5-3x faster at rank 32 (issue 11: the column slices are computed again
+        for each group of blocks or range of items when ``Z`` is larger than the budget)."""
+        Yf = self.Yf
+        if self._pairs is None:
+            self._pairs = (self.iu.tolist(), self.ju.tolist())
+        iu, ju = self._pairs
+        K = Yf.shape[1]
+        out = torch.empty(Yf.shape[0], c1 - c0, dtype=Yf.dtype, device=Yf.device)
+        c = c0
+        while c < c1:
+            a, b = iu[c], ju[c]
+            run = min(c1 - c, K - b)  # row a of the triangle goes on to column K - 1
+            torch.mul(Yf[:, a : a + 1], Yf[:, b : b + run], out=out[:, c - c0 : c - c0 + run])
+            c += run
+        return out
 
     def slices(self) -> list[tuple[int, int, torch.Tensor]]:
         """The whole upper triangle as contiguous column slices ``(c0, c1, Z[:, c0:c1])`` of
