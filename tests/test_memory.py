@@ -290,6 +290,20 @@ class _TwoProcesses(autofact.sharding.ShardPlan):
     world_size = 2
 
 
+def test_processes_on_one_machine_share_its_workers(monkeypatch):
+    # issue 11, item 3: under torchrun every process took the machine's cores as its workers
+    # (4 processes on 2 cores: 8 workers, each holding a block and a column buffer); each now
+    # takes its share (torchrun's LOCAL_WORLD_SIZE), one at least
+    obj, threads = _many_runs(monkeypatch, 2)
+    params = obj.init_params(rank=4, seed=0)
+    for local, want in ((1, 2), (2, 1), (4, 1)):
+        plan = _TwoProcesses()
+        plan.local_processes = local
+        obj.plan = plan
+        with threads.use_threads(1):
+            assert obj._runs(params, backward=True)[1] == want
+
+
 def test_a_shared_gradient_goes_into_the_zeroed_grad_not_a_second_copy():
     # issue 11, item 3: with several processes each call's gradient was summed in a fresh
     # parameter-sized buffer and then added to .grad (two copies at once: ~28 MiB at 25M);
@@ -342,6 +356,9 @@ def test_a_local_distributed_fit_gathers_the_seen_items_only_when_asked(tmp_path
         assert gathered == [True]
         with pytest.raises(TypeError, match="gather_seen must be True or False, got 'no'"):
             distributed.fit(model(), planted(5_000), local=True, gather_seen="no")
+        for value, local in (("4", 4), ("x", 1), ("0", 1)):  # torchrun's count, or one
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", value)
+            assert autofact.sharding.TorchShardPlan().local_processes == local
     finally:
         dist.destroy_process_group()
 

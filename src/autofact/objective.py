@@ -49,7 +49,7 @@ from .ranking import all_unobserved
 from .regularizers import Regularizer, get_regularizer
 from .sharding import ShardPlan
 from .sparse import build_patterns, csr_tensor, gather_dot, prepare_transposes
-from .threads import use_threads, workers_for
+from .threads import max_threads, use_threads, workers_for
 
 __all__ = ["Objective", "check_loss", "check_regularizer", "check_unobserved_weight",
            "default_max_memory", "diagonal_derivatives", "loss_probe", "resolve_device",
@@ -668,10 +668,11 @@ class Objective:
         rather than torch's threads splitting every operation (on a busy machine a descheduled
         thread stalls each of them). A worker takes the next run not yet taken, so a worker
         that the machine deschedules delays only the run it holds; each run sums its column
-        gradients (Q, bi) into a buffer of its own, added up in run order, so the numbers never
-        depend on which worker took which run. :func:`~autofact.threads.workers_for` decides
+        gradients (Q, bi) into a buffer (:class:`_ColumnSums`), added up in run order, so the
+        numbers never depend on which worker took which run. :func:`~autofact.threads.workers_for` decides
         the workers from the work's size (``k`` multiply-adds an entry for the predictions,
-        with ``backward`` another ``2 k`` for the two sparse products) and the thread cap, never
+        with ``backward`` another ``2 k`` for the two sparse products) and the thread cap
+        (shared by the plan's processes on this machine: ``plan.local_processes``), never
         from the load; only on the CPU and where torch's operations themselves run on one
         thread (no oversubscription). With several workers there are up to :data:`_RUNS` runs
         (one block at least each): the sizes alone decide them. Memory bounds both counts: the
@@ -689,8 +690,11 @@ class Objective:
             # issue 11: a worker holds one block's temporaries and, backward, at most one
             # column buffer (_ColumnSums): together within max_memory
             each = max(p.nnz for p in blocks) * _BYTES_PER_ENTRY + column_bytes
+            # processes on one machine share its cores: each its share of the workers
+            # (issue 11: 4 processes on 2 cores ran 8 workers, each holding a block)
+            share = max(1, max_threads() // max(1, self.plan.local_processes))
             workers = min(len(blocks), workers_for(self.nnz * k * (3 if backward else 1)),
-                          self.max_memory // each)
+                          self.max_memory // each, share)
             if workers > 1:
                 n_runs = min(len(blocks), max(_RUNS, workers),
                              1 + (self.max_memory // 2) // max(1, column_bytes))

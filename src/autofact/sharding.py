@@ -122,6 +122,9 @@ class ShardPlan:
 
     rank: int = 0
     world_size: int = 1
+    #: How many of the processes run on this machine (they share its cores: issue 11, each
+    #: one's coarse gradient workers are the cores' share, and so is their workspace).
+    local_processes: int = 1
     #: Whether each process was given only its own ratings (and holds all it was given), so
     #: that what is counted from them must be summed over the processes.
     local: bool = False
@@ -230,6 +233,10 @@ class TorchShardPlan(ShardPlan):
         self._src = dist.get_global_rank(group, 0) if group is not None else 0
         self._calls = 0
         self.local = bool(local)
+        try:  # torchrun's count of the processes it started on this machine
+            self.local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        except ValueError:
+            self.local_processes = 1
 
     def share(self, ratings: Ratings) -> Ratings:
         if self.local:
