@@ -760,8 +760,8 @@ def case_minibatch(quick: bool, device: str) -> None:
             grow, fgrow = secs[-1] - secs[0], floors[-1] - floors[0]
             note += (f"; hardware floor (unique + gather + index_copy_ of the touched rows on "
                      f"plain tensors, 1 thread) {' / '.join(f'{x:.4f}' for x in floors)} s/epoch "
-                     f"(x{floors[-1] / floors[0]:.2f}, +{fgrow:.4f} s of the fit's "
-                     f"+{grow:.4f} s)")
+                     f"(x{floors[-1] / floors[0]:.2f}, {fgrow:+.4f} s of the fit's "
+                     f"{grow:+.4f} s)")
         add_row(label, secs[-1], f"same at {2 * MINIBATCH_SIDES[0]:,} users+items", secs[0],
                 target, accuracy=acc, note=note)
     details.setdefault("minibatch", []).append({"ratings": n, "sides": MINIBATCH_SIDES,
