@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -240,3 +241,16 @@ def test_cli_fit_that_diverges_fails_and_saves_nothing(tmp_path, capsys):
     assert code != 0
     assert "the fit diverged" in err and "Try a smaller learning rate, e.g. --lr 100" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, None])
+def test_all_finite_is_isfinite_all_even_when_a_finite_sum_overflows(bad):
+    # issue 10: the epoch's finiteness check sums first (one reduction); it must still answer
+    # exactly as isfinite(t).all(), including finite entries whose sum overflows to inf
+    from autofact.solvers._base import all_finite
+
+    t = torch.full((1000, 4), 3e38, dtype=torch.float32)  # finite, but the sum is inf
+    if bad is not None:
+        t[7, 2] = bad
+    assert all_finite(t) == bool(torch.isfinite(t).all()) == (bad is None)
+    assert all_finite(torch.empty(0, 3))

@@ -38,7 +38,7 @@ import torch
 
 from ..errors import FitError
 from ..objective import Objective, Params
-from ._base import Epoch, NonFinite
+from ._base import Epoch, NonFinite, all_finite
 from .als import make_als
 from .contract import SOLVERS, choose_solver
 from .first_order import make_first_order
@@ -164,7 +164,7 @@ class _Guard:
         and the parameters are where a later point of the epoch failed (the message says so)."""
         if self.start is None:
             self.start = value
-        finite_params = all(bool(torch.isfinite(p).all()) for p in self.params.values())
+        finite_params = all(all_finite(p.detach()) for p in self.params.values())
         if self.at_start:
             if self._bad(value):  # the parameters this epoch started from are bad
                 self._fail(epoch, value, self.good, epoch - 2, initial=epoch == 1)
