@@ -93,8 +93,9 @@ SOLVERS = ("auto", "als", "gibbs", "gd", "adam", "lbfgs")
 DEFAULT_TIMEOUT = 300.0
 #: Seconds of the timeout kept back to find out which rank stopped answering.
 _DIAGNOSIS = 3.0
-#: Keys rank 0 places at a time when it gathers the training pattern (bounds its temporaries).
-_GATHER_STEP = 1 << 20
+#: Keys rank 0 places at a time when it gathers the training pattern (bounds its temporaries:
+#: ~50 bytes a key, so ~13 MiB; issue 11: 1 << 20 keys took ~50 MiB beside the pattern).
+_GATHER_STEP = 1 << 18
 #: Codes rewritten at a time when the id maps are agreed (bounds the temporaries).
 _REMAP_STEP = 1 << 20
 
@@ -246,8 +247,12 @@ def _gather_pattern(model: MatrixFactorization, train: Ratings, plan: ShardPlan)
     m, n = train.shape
     step = _GATHER_STEP
     main = plan.is_main
-    send = torch.empty(0, dtype=torch.int64) if main else torch.from_numpy(
-        train.users.astype(np.int64) * n + train.items)
+    keys = np.zeros(0, dtype=np.int64)
+    if not main:  # built in place: one int64 array (issue 11: was three at once)
+        keys = train.users.astype(np.int64)
+        keys *= n
+        keys += train.items
+    send = torch.from_numpy(keys)
     counts = model.index_.user_counts
     indptr = np.zeros(m + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
@@ -274,9 +279,10 @@ def _gather_pattern(model: MatrixFactorization, train: Ratings, plan: ShardPlan)
             sources += touched
             touched[:] = False
             current = r
-        keys = piece.numpy()
-        place(keys // n, keys % n)
-    del send
+        users, items = np.divmod(piece.numpy(), n)
+        place(users, items)
+        del users, items
+    del send, keys
     if not main:
         return
     sources += touched

@@ -127,12 +127,12 @@ class _Adam(_Descent):
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
             step_size, c2 = self.lr / (1 - b1**t), math.sqrt(1 - b2**t)
             if not (p.is_contiguous() and m.is_contiguous() and v.is_contiguous()):
-                p.addcdiv_(m, (v.sqrt() / c2).add_(self.eps), value=-step_size)
+                p.addcdiv_(m, v.sqrt().div_(c2).add_(self.eps), value=-step_size)
                 continue
             pf, mf, vf = p.view(-1), m.view(-1), v.view(-1)
             for s in range(0, pf.numel(), self.CHUNK):
                 sl = slice(s, s + self.CHUNK)
-                denom = (vf[sl].sqrt() / c2).add_(self.eps)
+                denom = vf[sl].sqrt().div_(c2).add_(self.eps)  # one temporary (issue 11)
                 pf[sl].addcdiv_(mf[sl], denom, value=-step_size)
 
 
