@@ -74,24 +74,25 @@ spends fewer sweeps on leaving its start. ``'random'``: factors ``N(0, init_std^
 unit precisions, the start before issue 10: the user factors are prior noise (``lambda_P`` ~ 1.4)
 while the item factors stay small (``lambda_Q`` ~ 40), and the signal grows a few per cent a
 sweep. Held-out RMSE by sweep (seed 0, the model's default fit; random -> spectral): ml-100k u1
-sweep 1 0.994 -> 0.944, sweep 5 0.936 -> 0.919 (LIBMF k=32: 0.920, reached at sweep 9 -> 5);
+sweep 1 0.994 -> 0.944, sweep 4 0.946 -> 0.920 (LIBMF k=32: 0.920-0.921 from run to run,
+reached at sweep 9 -> 4 or 5);
 ml-latest-small sweep 1 0.917 -> 0.879 (LIBMF 0.881: sweep 5 -> 1); 10M generated ratings at the
 ML-25M density sweep 1 1.022 -> 0.556 (LIBMF 0.632: sweep 6 -> 1); final RMSE 0.9033 -> 0.9031
 and 0.8305 -> 0.8300. At 1M generated ratings (28 a user) the centred ratings' top singular
 values are barely above those of the missing-data noise, and neither start leaves 1.0 quickly.
 
 During burn-in the same sums hold a provisional mean, which is what ``callback``'s ``means()``
-(the model's validation RMSE, a fit stopped early) sees: restarted at the first sweep (from the
-random start: at every sweep up to ``burn_in // 2``, while the chain leaves its small initial
-factors) and at every later burn-in sweep whose training RMSE fell by more than 2 % from the
-sweep before (the chain is still moving), and restarted once more at the first kept sweep, so
-the result is the mean of the kept sweeps only (and the sweep budget, which looks only at kept
-sweeps, is not affected by it). With validation
-data and ``patience='auto'`` (13 sweeps; any improvement counts) the spectral start's chain
-reaches its plateau sooner, and a wander of the kept mean can outlast the patience: ml-100k u3
-and ml-latest-small run all 130 sweeps as before, u1 stops at 100 (test RMSE 0.9035; the random
-start ran 130, 0.9033) and filmtrust at 33 (0.7651, against 123 and 0.7630; without patience
-0.7621 against 0.7632).
+(the model's validation RMSE, a fit stopped early) sees: restarted at the first two sweeps (the
+first draws users at the start's hyper-parameters, not sampled ones; from the random start: at
+every sweep up to ``burn_in // 2``, while the chain leaves its small initial factors) and at
+every later burn-in sweep whose training RMSE fell by more than 2 % from the sweep before (the
+chain is still moving), and restarted once more at the first kept sweep, so the result is the
+mean of the kept sweeps only (and the sweep budget, which looks only at kept sweeps, is not
+affected by it). With validation data and ``patience='auto'`` (13 sweeps; any improvement
+counts) the spectral start's chain reaches its plateau sooner, and a wander of the kept mean
+can outlast the patience: ml-100k u3 and ml-latest-small run all 130 sweeps as before, u1 stops
+at 100 (test RMSE 0.9035; the random start ran 130, 0.9033) and filmtrust at 33 (0.7651,
+against 123 and 0.7630; without patience 0.7621 against 0.7632).
 
 Not adopted (measured): a warm start by noise-free sweeps from the random start (conditional
 means: an ALS sweep at the initial hyper-parameters) does not leave the origin faster: with the
@@ -846,8 +847,9 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
         )
 
     # the provisional mean's restarts (module docstring): a chain from the random start is still
-    # leaving it during the first half of the burn-in; one from the spectral start is not
-    early = max(1, burn_in // 2) if init == "random" else 1
+    # leaving it during the first half of the burn-in; one from the spectral start is not, but
+    # its first sweep's users are drawn at the start's hyper-parameters, not sampled ones
+    early = max(1, burn_in // 2) if init == "random" else min(2, burn_in)
     pm: np.ndarray
     for sweep in range(start + 1, sweeps + 1):
         if implicit:
