@@ -78,8 +78,10 @@ sweep 1 0.994 -> 0.944, sweep 4 0.946 -> 0.920 (LIBMF k=32: 0.920-0.921 from run
 reached at sweep 9 -> 4 or 5);
 ml-latest-small sweep 1 0.917 -> 0.879 (LIBMF 0.881: sweep 5 -> 1); 10M generated ratings at the
 ML-25M density sweep 1 1.022 -> 0.556 (LIBMF 0.632: sweep 6 -> 1); final RMSE 0.9033 -> 0.9031
-and 0.8305 -> 0.8300. At 1M generated ratings (28 a user) the centred ratings' top singular
-values are barely above those of the missing-data noise, and neither start leaves 1.0 quickly.
+and 0.8305 -> 0.8300; 1M generated (28 ratings a user) sweep 1 1.046 -> 0.899, sweep 8 1.006 ->
+0.765. Filmtrust (1.1 % dense) is the exception: sweeps 1-5 0.802-0.788 -> 0.835-0.798, ahead
+from sweep 7 (0.7833 -> 0.7781), final 0.7632 -> 0.7621. ``init_std`` then only sets the
+directions without spectrum (and ``Y`` with ``implicit=True``).
 
 During burn-in the same sums hold a provisional mean, which is what ``callback``'s ``means()``
 (the model's validation RMSE, a fit stopped early) sees: restarted at the first two sweeps (the
