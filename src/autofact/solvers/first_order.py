@@ -161,9 +161,11 @@ def make_first_order(obj: Objective, params: Params, solver: str, lr: float,
             check_finite(value, params)  # before the update: the parameters stay as they were
             if epoch.on_start is not None:  # the guard verifies the start before it moves
                 epoch.on_start(value)
+            # issue 11: the gradient's freed workspace back to the system before the update
+            # (Adam's first step allocates its moments), the update's before the next gradient
+            # (a few ms each)
+            release_freed_memory()
             opt.step()
-            # issue 11: the gradient's freed workspace back to the system between epochs, so
-            # that the next one starts from what the fit holds (once an epoch: a few ms)
             release_freed_memory()
             return value
 
