@@ -247,12 +247,15 @@ def _gather_pattern(model: MatrixFactorization, train: Ratings, plan: ShardPlan)
     m, n = train.shape
     step = _GATHER_STEP
     main = plan.is_main
-    keys = np.zeros(0, dtype=np.int64)
-    if not main:  # built in place: one int64 array (issue 11: was three at once)
-        keys = train.users.astype(np.int64)
-        keys *= n
-        keys += train.items
-    send = torch.from_numpy(keys)
+
+    def keys(a: int, b: int) -> torch.Tensor:
+        """This process's pairs ``[a, b)`` as int64 keys, a piece at a time (issue 11: all of
+        them at once took 8 bytes a rating, three times over, on every sending process)."""
+        out = train.users[a:b].astype(np.int64)
+        out *= n
+        out += train.items[a:b]
+        return torch.from_numpy(out)
+
     counts = model.index_.user_counts
     indptr = np.zeros(m + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
@@ -274,7 +277,7 @@ def _gather_pattern(model: MatrixFactorization, train: Ratings, plan: ShardPlan)
         for s in range(0, len(train), step):
             place(train.users[s : s + step], train.items[s : s + step])
     current = 0
-    for r, piece in plan.gather_each(send, step):
+    for r, piece in plan.gather_pieces(0 if main else len(train), keys, step):
         if r != current:
             sources += touched
             touched[:] = False
@@ -282,7 +285,6 @@ def _gather_pattern(model: MatrixFactorization, train: Ratings, plan: ShardPlan)
         users, items = np.divmod(piece.numpy(), n)
         place(users, items)
         del users, items
-    del send, keys
     if not main:
         return
     sources += touched

@@ -185,8 +185,16 @@ class ShardPlan:
         asks for the next (so rank 0 holds one piece at a time); the other processes send
         theirs and yield nothing. Every process must run the iteration to its end."""
         flat = tensor.reshape(-1)
-        for s in range(0, flat.numel(), piece):
-            yield 0, flat[s : s + piece]
+        return self.gather_pieces(flat.numel(), lambda a, b: flat[a:b], piece, flat.dtype)
+
+    def gather_pieces(self, length: int, make: Callable[[int, int], torch.Tensor],
+                      piece: int = 1 << 20, dtype: torch.dtype = torch.int64
+                      ) -> Iterator[tuple[int, torch.Tensor]]:
+        """:meth:`gather_each` of ``length`` elements that this process makes a piece at a
+        time: ``make(start, stop)`` gives elements ``[start, stop)`` (1-D, ``dtype``, the same
+        on every process), so a sending process holds one piece at a time too (issue 11)."""
+        for s in range(0, length, piece):
+            yield 0, make(s, min(s + piece, length))
 
     def digest(self, hexdigest: str) -> str:
         """One fingerprint of the data of every process from this process's ``hexdigest``: the
@@ -308,8 +316,11 @@ class TorchShardPlan(ShardPlan):
         return r if self.group is None else int(self._dist.get_global_rank(self.group, r))
 
     def _lengths(self, tensor: torch.Tensor) -> list[int]:
+        return self._lengths_of(tensor.numel())
+
+    def _lengths_of(self, length: int) -> list[int]:
         n = torch.zeros(self.world_size, dtype=torch.int64)
-        n[self.rank] = tensor.numel()
+        n[self.rank] = length
         self.all_sum([n])
         return [int(x) for x in n]
 
@@ -322,23 +333,23 @@ class TorchShardPlan(ShardPlan):
                 self._collective([buf], functools.partial(dist.broadcast, src=src, group=self.group))
             yield buf
 
-    def gather_each(self, tensor: torch.Tensor, piece: int = 1 << 20
-                    ) -> Iterator[tuple[int, torch.Tensor]]:
+    def gather_pieces(self, length: int, make: Callable[[int, int], torch.Tensor],
+                      piece: int = 1 << 20, dtype: torch.dtype = torch.int64
+                      ) -> Iterator[tuple[int, torch.Tensor]]:
         dist = self._dist
-        lengths = self._lengths(tensor)
-        flat = tensor.reshape(-1)
+        lengths = self._lengths_of(length)
         if self.rank != 0:
-            for s in range(0, lengths[self.rank], piece):
-                self._collective([flat[s : s + piece]],
+            for s in range(0, length, piece):
+                self._collective([make(s, min(s + piece, length))],
                                  lambda x: dist.send(x, dst=self._src, group=self.group))
             return
         for r, n in enumerate(lengths):
             src = self._global(r)
             for s in range(0, n, piece):
                 if r == 0:
-                    yield 0, flat[s : s + piece]
+                    yield 0, make(s, min(s + piece, n))
                     continue
-                buf = torch.empty(min(piece, n - s), dtype=tensor.dtype)
+                buf = torch.empty(min(piece, n - s), dtype=dtype)
                 self._collective([buf], functools.partial(dist.recv, src=src, group=self.group))
                 yield r, buf
 
