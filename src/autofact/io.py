@@ -127,7 +127,8 @@ def savez_plain(fh: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
         if np.asarray(a).dtype.hasobject:
             raise TypeError(f"array {name!r} holds Python objects ({np.asarray(a).dtype}); "
                             "only numeric arrays are saved (no pickle)")
-    np.savez(fh, **arrays)
+    savez: Any = np.savez  # numpy's stubs read **arrays as if it could hold allow_pickle=
+    savez(fh, **arrays)
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any]) -> Path:
