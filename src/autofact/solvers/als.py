@@ -1207,9 +1207,13 @@ def _flow_mode() -> Any:
                 for r in results:
                     if isinstance(r, torch.Tensor):
                         self.mark(r)
-                for a, spec in zip(args, func._schema.arguments, strict=False):
-                    if isinstance(a, torch.Tensor) and spec.alias_info is not None \
-                            and spec.alias_info.is_write:
+                # which arguments the operation writes: its schema (OpOverload._schema, torch's
+                # private name, read with getattr); without one, every tensor argument counts
+                schema = getattr(func, "_schema", None)
+                specs = list(schema.arguments) if schema is not None else [None] * len(args)
+                for a, spec in zip(args, specs, strict=False):
+                    if isinstance(a, torch.Tensor) and (spec is None or (
+                            spec.alias_info is not None and spec.alias_info.is_write)):
                         self.mark(a)  # written in place from marked data
             return out
 
