@@ -32,7 +32,9 @@ code, an int32 item code and the value, float32 by default (``--values``: ``read
 dtype="float32")``, the fit's own dtype, which the objective then shares instead of copying): 12
 bytes, or 16 with ``--values float64`` (what ``autofact.read`` gives); factors and biases are
 float32; Adam's state is 3 copies of the parameters (gradient, first and second moments), ALS's
-none (its Hessian blocks are workspace, like the objective's blocks). Two bounds: ``bound held``
+none (its Hessian blocks are workspace, like the objective's blocks), the sampler's 1 (its
+running posterior-mean sums); the divergence guard's copy of the parameters (one, for full-batch
+gd/adam) is not counted: it comes out of the 1.5 x. Two bounds: ``bound held``
 counts the user factors each process holds (all users': Adam's factors are replicated, and sharded
 ALS gathers every user's rows at the end), ``bound own`` only its own users' (the issue's, for a
 solver that keeps user rows where they live). ``B/rating`` = (fit peak - base - factors - state) /
