@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from autofact.solvers import gibbs
 from autofact.solvers.gibbs import gibbs_mf
@@ -95,3 +96,25 @@ def test_ratings_without_spectrum_keep_the_random_start() -> None:
     res = gibbs_mf(u, i, np.full(12, 3.0), (3, 4), rank=2, sweeps=20, seed=0)
     assert np.all(np.isfinite(res.P)) and np.all(np.isfinite(res.Q))
     np.testing.assert_allclose(res.predict(u, i), 3.0, atol=0.2)  # 0.12 (random start: 0.09)
+
+
+@pytest.mark.parametrize(("init_std", "expected"), [(None, "spectral"), (0.3, "random")])
+def test_the_default_model_starts_spectral_unless_init_std_is_set(monkeypatch, init_std,
+                                                                   expected) -> None:
+    # issue 8 / issue 10: a setting the user gave is honoured, never ignored without a word: an
+    # init_std set by hand is the random start it sets, not the SVD start that ignores it
+    import autofact
+    from autofact.solvers import gibbs
+
+    seen: list[str] = []
+    real = gibbs.gibbs_mf
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(kwargs["init"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gibbs, "gibbs_mf", spy)
+    (u, i, y), _ = planted(m=30, n=20)
+    kw = {} if init_std is None else {"init_std": init_std}
+    m = autofact.MatrixFactorization(rank=2, epochs=3, seed=0, **kw).fit(np.column_stack([u, i]), y)
+    assert m.solver_ == "gibbs" and seen == [expected]
