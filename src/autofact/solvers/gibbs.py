@@ -105,7 +105,11 @@ generated: 0.966 at sweep 10, against 0.976).
 Memory while sampling: per rating, the row and column indices (int32; the users' view reuses
 the caller's arrays when they are int32 and sorted, as a :class:`~autofact.Ratings`' are) and the
 centred rating (float32) in both orientations: 12 to 24 bytes; per row the current draw and two
-running means; temporaries bounded by ``max_nnz`` ratings at a time.
+running means; temporaries bounded by a row block: ``max_nnz`` ratings (float64 weights and
+residuals, ~40 bytes each) and ``max_memory`` bytes of per-row conditionals (``8 (K+1)^2`` bytes
+a row, only one block's alive at a time); the triangle products ``z z^T`` of the other side's
+rows are formed one triangle row at a time (``4 K`` bytes an other-side row, not ``2 K (K+1)``:
+issue 11, item 3). The spectral start holds 8 bytes a rating while it runs.
 
 Defaults, chosen on validation splits carved from the training data (10% of ml-100k u1.base and
 u3.base, of the ml-latest-small and filmtrust 90% training parts): 130 sweeps (issue 9: against
@@ -248,11 +252,14 @@ class _Side:
 
     def __init__(self, rows: np.ndarray | None, cols: np.ndarray, vals: np.ndarray, n_rows: int,
                  n_cols: int, max_nnz: int, indptr: np.ndarray | None = None,
-                 offset: float = 0.0, total: np.ndarray | None = None) -> None:
+                 offset: float = 0.0, total: np.ndarray | None = None,
+                 max_rows: int | None = None) -> None:
         """``rows`` (sorted) or ``indptr``; ``cols`` (int32) grouped by row; ``vals`` the ratings
         (float32), whose mean ``offset`` is taken off where they are used. ``total``: each row's
         ratings over every process sharing the chain (``None``: these are all of them); the
-        row blocks are cut by it, so that every process cuts the same blocks."""
+        row blocks are cut by it, so that every process cuts the same blocks. ``max_rows``: at
+        most this many rows a block (``None``: no cap; issue 11: a block's conditionals take
+        ``8 (K+1)^2`` bytes a row, so :func:`gibbs_mf` caps the rows by ``max_memory``)."""
         if indptr is None:
             assert rows is not None
             self.counts = np.bincount(rows, minlength=n_rows)
@@ -272,12 +279,15 @@ class _Side:
         r0 = 0
         while r0 < n_rows:
             r1 = int(np.searchsorted(cut, cut[r0] + max_nnz, side="right")) - 1
+            if max_rows is not None:
+                r1 = min(r1, r0 + max_rows)
             r1 = min(max(r1, r0 + 1), n_rows)
             a, b = int(self.indptr[r0]), int(self.indptr[r1])
             crow = torch.from_numpy((self.indptr[r0 : r1 + 1] - a).astype(np.int32))
             self.blocks.append((r0, r1, a, b, crow))
             r0 = r1
         self.cols_t = torch.from_numpy(cols)
+        self.max_rows = max_rows
 
     def spmm(self, block: tuple[int, int, int, int, torch.Tensor], data: np.ndarray,
              dense: torch.Tensor) -> torch.Tensor:
@@ -305,7 +315,7 @@ class _Side:
 
     def transpose(self, max_nnz: int, total: np.ndarray | None = None) -> _Side:
         """The same ratings seen from the columns (a counting sort: no per-rating permutation);
-        ``total`` as in the constructor, for the columns."""
+        ``total`` as in the constructor, for the columns; the same ``max_rows``."""
         import scipy.sparse as sp  # only here: import autofact does not load scipy
 
         small = len(self.cols) < 2**31 - 1  # int32 indices all through: no int64 copies
@@ -313,7 +323,8 @@ class _Side:
         A = sp.csr_matrix((self.vals, self.cols, ptr), shape=(self.n_rows, self.n_cols),
                           copy=False).tocsc()
         return _Side(None, A.indices.astype(np.int32, copy=False), A.data, self.n_cols,
-                     self.n_rows, max_nnz, indptr=A.indptr, offset=self.offset, total=total)
+                     self.n_rows, max_nnz, indptr=A.indptr, offset=self.offset, total=total,
+                     max_rows=self.max_rows)
 
 
 def _gamma(rng: np.random.Generator, shape: Any, rate: Any) -> Any:
@@ -343,9 +354,10 @@ def _triangle(K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 class _Terms:
-    """The other side's state as the products need it: ``za = [f, 1]`` and the upper triangle of
-    ``za za^T`` per row (in float32: half the time of the sweep's largest product, and no change
-    in the draws' accuracy at four decimals on the validation splits)."""
+    """The other side's state as the products need it: ``za = [f, 1]``, and the upper triangle
+    of ``za za^T`` per row, one triangle row at a time (:meth:`gram`; in float32: half the time
+    of the sweep's largest product, and no change in the draws' accuracy at four decimals on the
+    validation splits)."""
 
     def __init__(self, other: np.ndarray, other_bias: np.ndarray) -> None:
         k = other.shape[1]
@@ -354,11 +366,29 @@ class _Terms:
         za = np.empty((other.shape[0], K))
         za[:, :k] = other
         za[:, k] = 1.0
-        # np.take: fancy column indexing is ten times slower; float32 before the products
-        z32 = za.astype(np.float32)
-        self.Z = torch.from_numpy(np.take(z32, self.iu, axis=1) * np.take(z32, self.ju, axis=1))
+        self.z32 = za.astype(np.float32)  # float32 before the products
         self.za = torch.from_numpy(za)
         self.bias = other_bias
+
+    def gram(self, side: _Side, blk: tuple[int, int, int, int, torch.Tensor], w: np.ndarray
+             ) -> np.ndarray:
+        """``G`` for the rows of ``blk``: per row the upper triangle (row-major) of ``sum_j w_j
+        z_j z_j^T`` over its ratings (rows x K(K+1)/2, float32). Triangle row ``a``'s products
+        ``z_a z_a:`` are formed for every column at a time (issue 11, item 3: all of them at
+        once were ``2 K (K+1)`` bytes a row of the other side, 163 MiB for 72,690 users at rank
+        32, three times that while they were built); each output is the same sum as from all of
+        them at once (the sparse product sums each output column on its own)."""
+        r0, r1, a, b, crow = blk
+        n, K = self.z32.shape
+        W = _csr(crow, side.cols_t[a:b], torch.from_numpy(w).to(torch.float32),
+                 (r1 - r0, side.n_cols))
+        out = np.empty((r1 - r0, len(self.iu)), dtype=np.float32)
+        buf = np.empty(n * K, dtype=np.float32)
+        for i in range(K):
+            za = buf[: n * (K - i)].reshape(n, K - i)
+            np.multiply(self.z32[:, i : i + 1], self.z32[:, i:], out=za)
+            out[:, self.full[i, i] : self.full[i, K - 1] + 1] = (W @ torch.from_numpy(za)).numpy()
+        return out
 
 
 def _block_conditional(
@@ -385,18 +415,18 @@ def _block_conditional(
     else:
         w = np.take(tau_col, cols)
         wt = w * t
-    CZ = side.spmm(blk, w, terms.Z).numpy()  # G = sum w z z^T, per row (float32)
+    CZ = terms.gram(side, blk, w)  # G = sum w z z^T, per row (float32)
     g = side.spmm(blk, wt, terms.za).numpy()  # g = sum w t z
     tt = _row_sums(side, r0, r1, wt * t)
     if reduce is not None:
         reduce([CZ, g, tt])
     s = np.full(mb, alpha) if tau_row is None else alpha * tau_row[r0:r1]
     M = np.empty((K + 1, K + 1, mb))
-    GT = np.empty((CZ.shape[1], mb))
-    GT[...] = CZ.T  # rows last, in float64
     full = terms.full
     for i in range(K):  # the triangle's row i is one contiguous slice of G's columns
-        np.multiply(GT[full[i, i] : full[i, K - 1] + 1], s, out=M[i, i:K])
+        # rows last, in float64 (exact), a triangle row at a time: no float64 copy of all of G
+        M[i, i:K] = CZ[:, full[i, i] : full[i, K - 1] + 1].T
+        M[i, i:K] *= s
         M[i, i] += prior_prec[i]
     h = M[:K, K]
     np.multiply(g.T, s, out=h)
@@ -480,13 +510,15 @@ def _sample_rows(
     sse = np.zeros(side.n_rows)
     for blk in side.blocks:
         r0, r1 = blk[0], blk[1]
-        M, s, _, _, tt = _block_conditional(side, blk, terms, prior_mean, prior_prec, alpha,
-                                            tau_row, tau_col, reduce)
+        M, s, CZ, g, tt = _block_conditional(side, blk, terms, prior_mean, prior_prec, alpha,
+                                             tau_row, tau_col, reduce)
+        del CZ, g
         h = M[:K, K].copy()
         # eps drawn row by row (rows x K), as before the rows-last layout: same seeded draws
         eps = (noise.standard_normal((r1 - r0, K)) if isinstance(noise, np.random.Generator)
                else noise(r0, r1)).T
         x, ve = _cholesky_draw(M, eps, out_mean is not None)
+        del M  # issue 11, item 3: not alive while the next block's is built
         xs = x[:, 0]
         out[r0:r1] = xs.T
         if out_mean is not None:
@@ -595,6 +627,7 @@ def gibbs_mf(
     cg_tol: float = 1e-6,
     cg_max_iter: int = 3,
     max_nnz: int = 1 << 19,
+    max_memory: int | None = 64 << 20,
     n_threads: int | None = None,
     callback: Callable[[int, float, Callable[..., GibbsResult]], bool | None] | None = None,
     plan: ShardPlan | None = None,
@@ -612,7 +645,10 @@ def gibbs_mf(
     docstring); returning ``True`` stops sampling (during burn-in the result is then that
     provisional mean). ``init``: where the chain starts, ``'spectral'`` (a truncated SVD of the
     centred ratings, see the module docstring) or ``'random'`` (factors ``N(0, init_std^2)``,
-    biases 0, unit prior precisions: the start before issue 10). ``n_threads``
+    biases 0, unit prior precisions: the start before issue 10). ``max_nnz`` ratings and
+    ``max_memory`` bytes of workspace (``None``: no cap; issue 11, item 3) bound a row block:
+    the rows drawn at once (each row's conditional takes ``8 (rank+2)^2`` bytes); the blocks do
+    not change the draws. ``n_threads``
     caps torch's threads (:mod:`autofact.threads`: one per 2**27 multiply-adds of the largest
     product, a row block's Gram product).
 
@@ -654,8 +690,22 @@ def gibbs_mf(
                       burn_in=burn_in, noise=noise, noise_shape=float(noise_shape),
                       implicit=bool(implicit), seed=seed, init_std=init_std, init=init,
                       cg_tol=cg_tol,
-                      cg_max_iter=cg_max_iter, max_nnz=max_nnz, callback=callback, t0=t0,
+                      cg_max_iter=cg_max_iter, max_nnz=max_nnz,
+                      max_rows=_block_rows(max_memory, K), callback=callback, t0=t0,
                       plan=plan, on_state=on_state, resume=resume)
+
+
+def _block_rows(max_memory: Any, K: int) -> int | None:
+    """Rows a block may hold so that its workspace stays within ``max_memory`` bytes (issue 11,
+    item 3): per row the augmented conditional ``M`` (``8 (K+1)^2`` bytes, float64), the Gram
+    sums (``2 K (K+1)``, float32) and ``8 K`` float64 vectors (linear term, noise, draw and
+    mean, ...). ``None``: no cap."""
+    if max_memory is None:
+        return None
+    if isinstance(max_memory, bool) or not isinstance(max_memory, int) or max_memory <= 0:
+        raise ValueError(f"max_memory must be a positive number of bytes or None, got "
+                         f"{max_memory!r}; e.g. 64 * 2**20 (64 MiB of row-block workspace)")
+    return max(1, max_memory // (8 * (K + 1) ** 2 + 2 * K * (K + 1) + 64 * K))
 
 
 # A burn-in sweep whose training RMSE is below this fraction of the previous sweep's restarts the
@@ -704,6 +754,7 @@ def _gammas_of(rng: np.random.Generator, shape: np.ndarray, rate: np.ndarray,
 def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank: int,
            sweeps: int, burn_in: int, noise: str, noise_shape: float, implicit: bool,
            seed: int | None, init_std: float, cg_tol: float, cg_max_iter: int, max_nnz: int,
+           max_rows: int | None = None,
            init: str = "random",
            callback: Callable[[int, float, Callable[..., GibbsResult]], bool | None] | None,
            t0: float, plan: ShardPlan | None = None,
@@ -749,7 +800,8 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
         raise ValueError("gibbs_mf needs at least one rating, got none")
     m_own = m if own is None else len(own)
     u_side = _Side(users.astype(np.int32, copy=False), items.astype(np.int32, copy=False),
-                   vals.astype(np.float32, copy=False), m_own, n, max_nnz, offset=mu)
+                   vals.astype(np.float32, copy=False), m_own, n, max_nnz, offset=mu,
+                   max_rows=max_rows)
     i_side = u_side.transpose(max_nnz, total=total_i)
     k, K = int(rank), int(rank) + 1
     Xu = init_std * _normals_of(rng, m, K, own)  # [P, bu]
