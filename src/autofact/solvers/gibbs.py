@@ -795,7 +795,9 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
         total_u, total_i = counts[:m].numpy(), counts[m:].numpy()
         nnz = int(sums[1])
         mu = float(sums[0]) / max(nnz, 1)
-        users = np.searchsorted(own, users)  # this process's users as rows 0..len(own)-1
+        # this process's users as rows 0..len(own)-1, int32 (issue 11, item 3: the int64 rows
+        # stayed alive beside the users' view's int32 copy of them, 12 bytes a rating)
+        users = np.searchsorted(own, users).astype(np.int32)
     if nnz == 0:
         raise ValueError("gibbs_mf needs at least one rating, got none")
     m_own = m if own is None else len(own)
