@@ -458,7 +458,7 @@ def test_a_sampler_sweep_holds_one_block_of_conditionals_and_no_copies_of_them()
     # 32): a row block's (K+1)^2 conditionals stayed alive while the next block's were built,
     # the block's Gram sums were copied whole to float64, and the triangle products of the
     # other side's rows were built from two gathered temporaries of their own size. Here two
-    # sweeps (the spectral start included) traced 234 bytes a rating before, 142 after.
+    # sweeps (the spectral start included) traced 234 bytes a rating before, 147 after.
     per_rating, _ = _planted_sweeps()
     assert per_rating < 180
 
@@ -468,7 +468,7 @@ def test_the_sampler_bounds_its_row_blocks_by_max_memory_and_draws_the_same_chai
     # row's conditional); the blocks do not change a draw
     capped, a = _planted_sweeps(max_memory=1 << 20)
     whole, b = _planted_sweeps(max_memory=None)
-    assert capped < whole - 10  # ~127 against ~142 bytes a rating
+    assert capped < 100 < whole  # ~70 against ~147 bytes a rating
     np.testing.assert_array_equal(a.P, b.P)
     np.testing.assert_array_equal(a.Q, b.Q)
     assert a.rmse_train == b.rmse_train
