@@ -82,6 +82,7 @@ def test_shared_sampler_and_als_resume_to_the_uninterrupted_fit(tmp_path):
         np.testing.assert_array_equal(ranks[0][f"{case}.resumed.P"],
                                       ranks[1][f"{case}.resumed.P"])
     np.testing.assert_array_equal(ranks[0]["seedless.Q"], ranks[1]["seedless.Q"])
+    np.testing.assert_array_equal(ranks[0]["seedless.direct.Q"], ranks[1]["seedless.direct.Q"])
     # autofact fit --checkpoint under torchrun keeps the default model (the sampler; the parts
     # read by user) instead of falling back to adam; its last checkpoint is the finished chain
     cli = autofact.load(tmp_path / "cli.npz")
@@ -164,6 +165,13 @@ def _worker(out: Path) -> None:
     # drew its own seed: the processes' item rows differed by ~3e-3 after 10 sweeps)
     seedless = distributed.fit(autofact.MatrixFactorization(rank=3, seed=None, epochs=8), data)
     saved["seedless.Q"] = seedless.item_factors_
+    # ... also when gibbs_mf itself is called with a plan and no seed
+    from autofact.sharding import TorchShardPlan
+    from autofact.solvers.gibbs import gibbs_mf
+
+    plan = TorchShardPlan()
+    direct = gibbs_mf(plan.share(data), rank=3, sweeps=4, seed=None, plan=plan)
+    saved["seedless.direct.Q"] = direct.Q
     np.savez(out / f"rank{rank}.npz", **saved)
     torch.distributed.barrier()
     # last: autofact fit leaves the process group itself

@@ -477,3 +477,21 @@ def test_the_sampler_bounds_its_row_blocks_by_max_memory_and_draws_the_same_chai
     with pytest.raises(ValueError, match=r"max_memory must be a positive number of bytes or "
                                          r"None, got 0"):
         gibbs_mf([0, 1], [1, 0], [3.0, 4.0], (2, 2), rank=1, sweeps=1, max_memory=0)
+
+
+@pytest.mark.parametrize("max_memory", [1 << 20, 256 << 20])
+def test_the_default_model_gives_the_sampler_its_max_memory(monkeypatch, max_memory):
+    # issue 11, item 3: MatrixFactorization(max_memory=) bounds the sampler's row blocks too
+    from autofact.solvers import gibbs
+
+    seen: list[int] = []
+    real = gibbs.gibbs_mf
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["max_memory"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gibbs, "gibbs_mf", spy)
+    r = planted(3_000)
+    m = autofact.MatrixFactorization(rank=2, epochs=3, seed=0, max_memory=max_memory).fit(r)
+    assert m.solver_ == "gibbs" and seen == [max_memory]

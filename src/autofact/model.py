@@ -145,7 +145,8 @@ class MatrixFactorization:
     seed : makes a CPU run repeatable.
     device : ``'auto'``, ``'cpu'`` or ``'cuda'``.
     dtype : ``'float32'`` or ``'float64'``.
-    max_memory : bound in bytes on the extra memory of one full-batch step.
+    max_memory : bound in bytes on the extra memory of one full-batch step (for the Bayesian
+        sampler: of the row conditionals it draws at once).
     strict : raise on unknown users/items in :meth:`predict` instead of falling back.
     verbose : show a progress bar with the loss and validation RMSE.
     patience : with validation data, stop when the validation RMSE has not improved for this
@@ -698,14 +699,10 @@ class MatrixFactorization:
             mu = (float(np.mean(train.values, dtype=np.float64)) if exact
                   else best_constant(loss_fn, train.values))
         mine = train if plan is None else plan.share(train)  # every rating of its users
-        seed = self.seed
-        if plan is not None and seed is None:
-            # issue 11 (review): a shared chain is one random stream drawn alike on every
-            # process (and a checkpoint keeps rank 0's state for all): unseeded, rank 0's
-            # fresh seed everywhere (each process drew its own: different item rows)
-            drawn = torch.tensor([int(np.random.default_rng().integers(1 << 62))])
-            plan.broadcast([drawn])
-            seed = int(drawn[0])
+        # issue 11 (review): a shared chain is one random stream drawn alike on every process
+        # (and a checkpoint keeps rank 0's state for all): unseeded, rank 0's fresh seed
+        # everywhere (each process drew its own: different item rows)
+        seed = self.seed if plan is None else plan.common_seed(self.seed)
 
         def make_index() -> ModelIndex:
             return ModelIndex.from_ratings(train, fallback=mu, clip=clips_to_range(self.loss),
@@ -833,6 +830,8 @@ class MatrixFactorization:
                          implicit=bool(self.implicit),
                          init_std=float(self.init_std), n_threads=self.n_threads,
                          callback=on_sweep, **({} if plan is None else {"plan": plan}),
+                         # issue 11, item 3: the exact sampler's row blocks within max_memory
+                         **({"max_memory": self.max_memory} if exact else {}),
                          **saving)
         except KeyboardInterrupt:
             # issue 8: Ctrl-C keeps a usable model, the posterior means of the last finished

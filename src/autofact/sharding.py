@@ -168,6 +168,16 @@ class ShardPlan:
     def broadcast(self, tensors: Sequence[torch.Tensor]) -> None:
         """Overwrite each tensor in place with rank 0's (a no-op with one process)."""
 
+    def common_seed(self, seed: int | None) -> int | None:
+        """``seed``, or for ``None`` under several processes rank 0's fresh seed on every process
+        (a collective: every process calls it alike), so a random stream that every process
+        must draw alike (the shared sampler's) is one stream even unseeded (issue 11 review)."""
+        if seed is not None or self.world_size == 1:
+            return seed
+        drawn = torch.tensor([int(np.random.default_rng().integers(1 << 62))])
+        self.broadcast([drawn])
+        return int(drawn[0])
+
     def all_max(self, tensors: Sequence[torch.Tensor]) -> None:
         """The elementwise maximum of each tensor over the processes, in place (a no-op with one
         process)."""

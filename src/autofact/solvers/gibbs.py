@@ -679,6 +679,8 @@ def gibbs_mf(
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if plan is not None and plan.world_size == 1:
         plan = None
+    if plan is not None:  # one random stream on every process, seeded or not (issue 11)
+        seed = plan.common_seed(seed)
     if plan is not None and implicit:
         raise ValueError(
             f"implicit=True samples in one process (its Y draw sums over every user); got a plan "
