@@ -305,3 +305,45 @@ def test_the_program_exits_cleanly_with_a_closed_stream(tmp_path, closed):
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     assert (tmp_path / "m.npz").exists()
+
+
+def test_held_out_scoring_of_integer_ids_imports_no_pandas(tmp_path):
+    # issue 10: the id lookup of integer ids is a binary search in numpy; pandas' import (1-2.5 s
+    # of a cold process) was the first sweep's cost of a default fit with validation data
+    data, test = tmp_path / "ratings.tsv", tmp_path / "test.tsv"
+    data.write_text("".join(f"{u}\t{i}\t{1 + (u * i) % 5}\n" for u in range(1, 30)
+                            for i in range(1, 20) if (u + i) % 3))
+    test.write_text("".join(f"{u}\t{i}\t{1 + (u * i) % 5}\n" for u in range(1, 32)
+                            for i in range(1, 20) if not (u + i) % 3))
+    code = (
+        "import sys\n"
+        "from autofact.cli import main\n"
+        f"main(['fit', {str(data)!r}, '--test', {str(test)!r}, '--out', "
+        f"{str(tmp_path / 'm.npz')!r}, '--epochs', '3', '--quiet'])\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == "False", proc.stdout
+    assert any(line.startswith("rmse") for line in lines), proc.stdout
+
+
+def test_the_integer_id_lookup_is_pandas_get_indexer():
+    # issue 10: the numpy lookup gives pandas' answer for sorted and unsorted id maps, absent,
+    # negative and huge ids, and other integer widths (every user rated: -1 only for absent)
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from autofact.index import ModelIndex
+
+    rng = np.random.default_rng(0)
+    for known in (np.arange(0, 300, 3), rng.permutation(1000)[:300],
+                  np.array([5, -2, 9, 10**12])):
+        seen = sp.csr_matrix(np.ones((len(known), 1), dtype=bool))
+        index = ModelIndex(known, np.array([0]), seen, rating_range=(1.0, 5.0), fallback=3.0)
+        for q in (rng.integers(-10, 1200, 500), np.array([10**12, -2, 7]),
+                  rng.integers(0, 10, 20).astype(np.int32), np.array([], dtype=np.int64)):
+            got = index.user_index(q, strict=False)
+            np.testing.assert_array_equal(got, pd.Index(known).get_indexer(q))
