@@ -37,6 +37,25 @@ def same_factors(a, b, tol: float = 1e-6) -> None:
                                    err_msg=name)
 
 
+def kill_after_first_checkpoint(proc: subprocess.Popen, folder: Path, then: float) -> None:
+    """Wait (at most 120 s) until ``proc`` (started with ``start_new_session=True`` and stderr
+    piped) has written ``folder``'s checkpoint, let it run ``then`` seconds more, SIGKILL its
+    process group and reap it; the process group is killed whatever fails."""
+    try:
+        deadline = time.monotonic() + 120
+        while not (folder / ck.FILE_NAME).exists():
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.02)
+        time.sleep(then)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+
+
 @pytest.mark.parametrize("solver", ["als", "adam"])
 def test_a_fit_killed_by_sigkill_resumes_to_the_uninterrupted_factors(tmp_path, solver):
     # issue 11, item 4: SIGKILL after a checkpoint is written (each write pauses before its
@@ -44,20 +63,9 @@ def test_a_fit_killed_by_sigkill_resumes_to_the_uninterrupted_factors(tmp_path, 
     folder, out = tmp_path / "ckpt", tmp_path / "out.npz"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, str(WORKER), solver, "12", str(folder), str(out)]
-    proc = subprocess.Popen([*cmd, "0.25"], env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (folder / ck.FILE_NAME).exists():
-            assert proc.poll() is None, "the worker ended before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.02)
-        time.sleep(0.4)  # into the next epochs' writes
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+    proc = subprocess.Popen([*cmd, "0.25"], env=env, start_new_session=True,
+                            stderr=subprocess.PIPE)
+    kill_after_first_checkpoint(proc, folder, 0.4)  # into the next epochs' writes
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
     state = ck.read(folder / ck.FILE_NAME)  # whole, whatever the kill interrupted

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from autofact.solvers import gibbs
 
 from .conftest import interrupt_at_call
 from .dist_gibbs_worker import RATED, planted
+from .test_checkpoint import kill_after_first_checkpoint
 
 WORKER = Path(__file__).with_name("checkpoint_worker.py")
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -164,19 +164,7 @@ def test_cli_default_fit_killed_by_sigkill_resumes_to_the_uninterrupted_model(tm
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, str(WORKER), "cli", "0.1", *args], env=env,
                             start_new_session=True, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while not (folder / ck.FILE_NAME).exists():
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.02)
-        time.sleep(0.3)  # into the next sweeps' writes
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate(timeout=30)
+    kill_after_first_checkpoint(proc, folder, 0.3)  # into the next sweeps' writes
     assert proc.returncode == -signal.SIGKILL and not out.exists()
     state = ck.read(folder / ck.FILE_NAME)
     assert state.solver == "gibbs" and 1 <= state.epoch and not state.finished

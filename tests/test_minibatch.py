@@ -65,6 +65,23 @@ def test_a_step_moves_only_the_rows_its_ratings_touch():
         assert params[name].grad is None  # no full-size gradient was formed
 
 
+def _dense_batch_objective(obj: Objective, dense: dict[str, torch.Tensor],
+                           idx: torch.Tensor) -> torch.Tensor:
+    """The batch ``idx``'s objective written out on the whole tables ``dense``: its ratings'
+    squared errors plus each row's l2 (beta 0.3) weighted by its share of its ratings in the
+    batch."""
+    u, i = obj.users[idx].long(), obj.items[idx].long()
+    pred = (dense["P"][u] * dense["Q"][i]).sum(1) + dense["bu"][u] + dense["bi"][i] + obj.mu
+    ref = ((pred - obj.values[idx]) ** 2).sum()
+    for name, side in (("P", u), ("bu", u), ("Q", i), ("bi", i)):
+        share = torch.bincount(side, minlength=len(dense[name])).double()
+        count = torch.bincount(getattr(obj, "users" if name in ("P", "bu") else "items").long(),
+                               minlength=len(dense[name])).double().clamp_min(1)
+        per_row = 0.15 * dense[name].reshape(len(dense[name]), -1).pow(2).sum(1)
+        ref = ref + (per_row * share / count).sum()
+    return ref
+
+
 def test_the_row_gradient_is_the_weighted_batch_objective_s():
     # the leaves' gradient equals autograd of the batch objective written densely
     obj, params = _objective()
@@ -73,16 +90,7 @@ def test_the_row_gradient_is_the_weighted_batch_objective_s():
     loss, touched = rows.loss(params, idx)
     loss.backward()
     dense = {k: p.detach().clone().requires_grad_() for k, p in params.items()}
-    u, i = obj.users[idx].long(), obj.items[idx].long()
-    pred = (dense["P"][u] * dense["Q"][i]).sum(1) + dense["bu"][u] + dense["bi"][i] + obj.mu
-    ref = ((pred - obj.values[idx]) ** 2).sum()
-    for name, side in (("P", u), ("bu", u), ("Q", i), ("bi", i)):
-        share = torch.bincount(side, minlength=len(dense[name])).double()
-        count = torch.bincount(getattr(obj, "users" if name in ("P", "bu") else "items").long(),
-                               minlength=len(dense[name])).double().clamp_min(1)
-        per_row = 0.15 * dense[name].reshape(len(dense[name]), -1).pow(2).sum(1)  # l2, beta 0.3
-        ref = ref + (per_row * share / count).sum()
-    ref.backward()
+    _dense_batch_objective(obj, dense, idx).backward()
     for name, r, leaf in touched:
         torch.testing.assert_close(leaf.grad, dense[name].grad[r])
         others = torch.ones(len(dense[name]), dtype=torch.bool)
@@ -199,16 +207,7 @@ def test_a_sgd_step_is_the_dense_step_on_the_batch_objective():
     _Descent(list(params.values()), lr=0.25).step_rows(
         [(names.index(k), r, leaf) for k, r, leaf in touched])
     # the same batch objective written densely, its gradient taken on the whole tables
-    u, i = obj.users[idx].long(), obj.items[idx].long()
-    pred = (dense["P"][u] * dense["Q"][i]).sum(1) + dense["bu"][u] + dense["bi"][i] + obj.mu
-    ref = ((pred - obj.values[idx]) ** 2).sum()
-    for name, side in (("P", u), ("bu", u), ("Q", i), ("bi", i)):
-        share = torch.bincount(side, minlength=len(dense[name])).double()
-        count = torch.bincount(getattr(obj, "users" if name in ("P", "bu") else "items").long(),
-                               minlength=len(dense[name])).double().clamp_min(1)
-        ref = ref + (0.15 * dense[name].reshape(len(dense[name]), -1).pow(2).sum(1)
-                     * share / count).sum()
-    ref.backward()
+    _dense_batch_objective(obj, dense, idx).backward()
     for name in params:
         torch.testing.assert_close(params[name], (dense[name] - 0.25 * dense[name].grad).detach())
 
