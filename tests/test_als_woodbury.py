@@ -84,3 +84,54 @@ def test_small_spd_solve_matches_a_dense_solve():
     lower = [[M[:, i, j] for j in range(i + 1)] for i in range(4)]
     x = torch.stack(als._small_spd_solve(lower, list(b.T)), 1)
     torch.testing.assert_close(x, torch.linalg.solve(M, b))
+
+
+def _asymmetric(pred, target):
+    """l'' of 4 above the target and 1 below: positive (the Woodbury path) and a function of
+    the prediction (not kept)."""
+    r = pred - target
+    return torch.where(r > 0, 2.0 * r * r, 0.5 * r * r)
+
+
+def _fit(loss, epochs: int = 5) -> autofact.MatrixFactorization:
+    return autofact.MatrixFactorization(rank=5, solver="als", loss=loss, epochs=epochs,
+                                        dtype="float64", seed=0).fit(_sparse())
+
+
+@pytest.mark.parametrize("loss", ["squared", _asymmetric])
+def test_forms_of_kept_curvatures_give_the_fit_computed_each_epoch(monkeypatch, loss):
+    # issue 10: the long rows' CSR of l'' and the short rows' l'' and regularizer curvature by
+    # bucket are made once while l'' and R'' are kept (squared loss, L2), made each epoch
+    # where l'' depends on the prediction: either way the fit of the solver that keeps nothing
+    made = []
+    csr_long = als._Split.csr_long
+    monkeypatch.setattr(als._Split, "csr_long", lambda s, v: made.append(1) or csr_long(s, v))
+    on = _fit(loss)
+    built = len(made)
+    monkeypatch.setattr(als, "CACHE_CURVATURE", False)
+    off = _fit(loss)
+    for attr in ("user_factors_", "item_factors_", "user_bias_", "item_bias_"):
+        np.testing.assert_array_equal(getattr(on, attr), getattr(off, attr), err_msg=attr)
+    per_epoch = (len(made) - built) / 5
+    assert per_epoch >= 1  # the long rows' CSR is used (the path this test is about)
+    if loss == "squared":
+        assert built == per_epoch  # made in the first epoch only
+    else:
+        assert built == len(made) - built  # made every epoch, as without keeping
+    # the test has teeth: forms kept whatever their sources (stale where l'' changes) change
+    # the asymmetric loss's fit
+    if loss is _asymmetric:
+        monkeypatch.setattr(als, "CACHE_CURVATURE", True)
+        monkeypatch.setattr(als._Curvatures, "holds", lambda self, key, t: True)
+        form = als._AlternatingNewton._form
+
+        def stale(self, name, pat, sources, make):
+            key = (name, id(pat))
+            if key not in self._forms:
+                self._forms[key] = (tuple(t for _, t in sources), make())
+            return self._forms[key][1]
+        monkeypatch.setattr(als._AlternatingNewton, "_form", stale)
+        wrong = _fit(loss)
+        monkeypatch.setattr(als._AlternatingNewton, "_form", form)
+        scale = float(np.abs(off.user_factors_).max())
+        assert float(np.abs(wrong.user_factors_ - off.user_factors_).max()) > 1e-6 * scale

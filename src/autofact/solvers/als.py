@@ -176,6 +176,9 @@ class _AlternatingNewton:
         # the second derivatives kept from the first epoch where fixed, per-entry values
         # within an eighth of max_memory (issue 10)
         self.curv = _Curvatures(CACHE_CURVATURE, obj.max_memory // 8)
+        # forms of the kept curvatures (the long rows' CSR of l'', the short rows' l'' and
+        # regularizer curvature by bucket), made once while their sources are kept (issue 10)
+        self._forms: dict[tuple[str, int], tuple[tuple[torch.Tensor, ...], Any]] = {}
         self._executor: ThreadPoolExecutor | None = None
         if self.shared:
             self._init_shared(max_rows)
@@ -601,7 +604,8 @@ class _AlternatingNewton:
                 and self.curv.positive(("reg", id(pat)), rh):
             # issue 10: rows with few ratings (most rows of sparse data) by Woodbury's identity,
             # only the others through their K x K Hessians
-            C = split.csr_long(g2) if split.long.numel() else None
+            C = self._form("long", pat, ((("loss", id(pat)), g2),),
+                           lambda: split.csr_long(g2)) if split.long.numel() else None
             return _Prep(Xv, g2, block_loss, grad, rh, split, C, len(split.long),
                          len(split.long_entries))
         return _Prep(Xv, g2, block_loss, grad, rh, None, pat.csr(g2), pat.row1 - pat.row0,
@@ -622,18 +626,25 @@ class _AlternatingNewton:
             # the short rows by Woodbury's identity, by their count of ratings, laid out
             # across the rows (index_select and index_copy_: 3-4x faster than indexing)
             stepT = torch.empty(K, len(grad), dtype=dt, device=dev)
-            gT, rhT, YT = grad.T.contiguous(), rh.T.contiguous(), products.transposed()
-            for n, rws, ents, cols in split.buckets:
+            gT, YT = grad.T.contiguous(), products.transposed()
+            sp = split
+
+            def fixed() -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+                rhT = rh.T.contiguous()
+                return ([(g2.index_select(0, ents).view(n, len(rws)), rhT.index_select(1, rws))
+                         for n, rws, ents, _ in sp.buckets], rh.index_select(0, sp.long))
+            # the same tensors every epoch while l'' and the regularizer's curvature are kept
+            by_bucket, rh_long = self._form("buckets", pat, ((("loss", id(pat)), g2),
+                                                             (("reg", id(pat)), rh)), fixed)
+            for (n, rws, _, cols), (w, rh_rows) in zip(split.buckets, by_bucket, strict=True):
                 stepT.index_copy_(1, rws, _woodbury_solve(
-                    YT.index_select(1, cols).view(K, n, len(rws)),
-                    g2.index_select(0, ents).view(n, len(rws)),
-                    rhT.index_select(1, rws), gT.index_select(1, rws)))
+                    YT.index_select(1, cols).view(K, n, len(rws)), w, rh_rows,
+                    gT.index_select(1, rws)))
             step = stepT.T.contiguous()
             if prep.C is not None:
                 step.index_copy_(0, split.long, self._newton_step(
                     obj, prep.C, prep.kk_rows, prep.kk_nnz, Ya, products, K,
-                    rh.index_select(0, split.long), grad.index_select(0, split.long), dt, dev,
-                    hess=hess))
+                    rh_long, grad.index_select(0, split.long), dt, dev, hess=hess))
         else:
             step = self._newton_step(obj, prep.C, prep.kk_rows, prep.kk_nnz, Ya, products, K,
                                      rh, grad, dt, dev, term=term, Xv=Xv, hess=hess)
@@ -686,6 +697,27 @@ class _AlternatingNewton:
             H = _mirror_upper(hess, iu, ju, K)
             del hess
         return _damped_solve(H, grad, rh, term, Xv)  # with term: its sum over every item
+
+    def _form(self, name: str, pat: Pattern,
+              sources: tuple[tuple[tuple[str, Any], torch.Tensor], ...],
+              make: Callable[[], Any]) -> Any:
+        """``make()``, a form of the block's second derivatives ``sources`` (``(key, tensor)``
+        pairs, as :class:`_Curvatures` keys them), kept while every one of them is the very
+        tensor :class:`_Curvatures` keeps (the same object each epoch, read only): made once,
+        not each half-sweep (issue 10). Where one is computed each epoch it is made each time
+        and not kept (at most the kept curvatures' size again)."""
+        key = (name, id(pat))
+        tensors = tuple(t for _, t in sources)
+        hit = self._forms.get(key)
+        if hit is not None and len(hit[0]) == len(tensors) \
+                and all(a is b for a, b in zip(hit[0], tensors, strict=True)):
+            return hit[1]
+        out = make()
+        if all(self.curv.holds(k, t) for k, t in sources):
+            self._forms[key] = (tensors, out)
+        else:
+            self._forms.pop(key, None)
+        return out
 
     def _split(self, pat: Pattern, K: int) -> _Split | None:
         """The block's rows with at most :data:`WOODBURY_ROWS` ratings and the others (built
@@ -1273,6 +1305,10 @@ class _Curvatures:
         self.kept: dict[tuple[str, Any], Any] = {}  # float | tensor | None (computed each epoch)
         self._positive: dict[tuple[str, Any], bool] = {}
         self._lock = threading.Lock()
+
+    def holds(self, key: tuple[str, Any], t: torch.Tensor) -> bool:
+        """Whether ``t`` is the tensor kept for ``key`` (returned as is every epoch)."""
+        return self.enabled and self.kept.get(key) is t
 
     def positive(self, key: tuple[str, Any], t: torch.Tensor) -> bool:
         """Whether every entry of ``t``, the second derivative of ``key`` (``("loss", id(pat))``
