@@ -284,6 +284,25 @@ def test_the_workers_and_their_buffers_fit_in_max_memory(monkeypatch):
             assert workers == max(1, budget // (block + column))
 
 
+def test_two_workers_fit_in_the_smallest_default_max_memory(monkeypatch):
+    # issue 10: at the default max_memory's floor (32 MiB, every set up to 8M ratings) a CPU
+    # block of 2**18 entries (25 MB at 96 bytes an entry) left room for one worker only, so the
+    # benchmark's 1M-rating gradient ran on one core; blocks of 2**17 leave room for two, each
+    # with its column buffer (here 3,706 x 32 floats, the benchmark's shape)
+    from autofact.objective import _BYTES_PER_ENTRY, default_max_memory
+
+    _, threads = _many_runs(monkeypatch, 2)  # a cap of 2 threads, workers from any size
+    r = planted(300_000, m=2_000, n=3_706)
+    obj = Objective(r, dtype="float32", max_memory=default_max_memory(1_000_000))
+    assert obj.max_memory == 32 * 2**20 and len(obj.patterns) >= 3
+    params = obj.init_params(rank=32, seed=0)
+    column = params["Q"].numel() * 4
+    with threads.use_threads(1):
+        runs, workers = obj._runs(params, backward=True)
+    assert workers == 2 and len(runs) == len(obj.patterns)
+    assert 2 * (max(p.nnz for p in obj.patterns) * _BYTES_PER_ENTRY + column) <= obj.max_memory
+
+
 class _TwoProcesses(autofact.sharding.ShardPlan):
     """A plan that says two processes share the fit but sums nothing (the other holds zeros)."""
 
