@@ -67,9 +67,10 @@ _BYTES_PER_ENTRY = 96
 #: (:meth:`Objective._runs`). 2**17 rather than 2**18: two workers' blocks (``_BYTES_PER_ENTRY``
 #: an entry, 12.6 MB each) and their column buffers (n x k floats, up to 4 MB) then fit in the
 #: smallest default ``max_memory`` (32 MiB, up to 8M ratings), where a 2**18 block (25 MB) left
-#: room for one worker only; measured on 1M ratings, rank 32, 2 cores: the gradient 11.5 ms with
-#: two workers against 14.8 ms with one, no slower beside a busy process, and the same time as
-#: 2**18 blocks where memory allowed two workers with either.
+#: room for one worker only. Measured on 1M ratings, rank 32, 2 cores (best of 20): the gradient
+#: 9-11.5 ms with two workers against 14-15.5 ms with one; beside one busy process about the
+#: same (15.2-16.9 ms against 15.0-15.7 ms); and the same time as 2**18 blocks where memory
+#: allowed two workers with either (256 MiB: 11.4 ms).
 _CPU_BLOCK_NNZ = 2**17
 #: Runs of blocks that several workers share out at most (:meth:`Objective._runs`): enough that
 #: a descheduled worker's share is taken over by the others, few enough that the runs' column
