@@ -441,7 +441,10 @@ class MatrixFactorization:
                 )
             from .evaluation import random_split
 
-            train, validation = random_split(train, self.validation_fraction, seed=self.seed)
+            # never silently wrong: unseeded, every process of a shared fit (local=False: each
+            # passes all the ratings) must hold out the same ratings, so rank 0's seed is used
+            split_seed = self.seed if plan is None else plan.common_seed(self.seed)
+            train, validation = random_split(train, self.validation_fraction, seed=split_seed)
         loss_fn = get_loss(self.loss)
         check_targets(loss_fn, train.values)
         if solver == "gibbs" and train.weights is not None:
