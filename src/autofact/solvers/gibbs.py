@@ -145,7 +145,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -278,16 +278,18 @@ class _Side:
         self.blocks: list[tuple[int, int, int, int, torch.Tensor]] = []
         r0 = 0
         while r0 < n_rows:
-            r1 = int(np.searchsorted(cut, cut[r0] + max_nnz, side="right")) - 1
-            if max_rows is not None:
-                r1 = min(r1, r0 + max_rows)
-            r1 = min(max(r1, r0 + 1), n_rows)
+            r1 = _next_cut(cut, r0, n_rows, max_nnz, max_rows)
             a, b = int(self.indptr[r0]), int(self.indptr[r1])
             crow = torch.from_numpy((self.indptr[r0 : r1 + 1] - a).astype(np.int32))
             self.blocks.append((r0, r1, a, b, crow))
             r0 = r1
         self.cols_t = torch.from_numpy(cols)
         self.max_rows = max_rows
+
+    def parts(self) -> Iterator[tuple[int, _Side]]:
+        """The side as ``(first row, side of consecutive rows)`` pieces: here one, itself
+        (:class:`_Columns` builds its pieces one at a time)."""
+        yield 0, self
 
     def spmm(self, block: tuple[int, int, int, int, torch.Tensor], data: np.ndarray,
              dense: torch.Tensor) -> torch.Tensor:
@@ -327,6 +329,111 @@ class _Side:
                      max_rows=self.max_rows)
 
 
+class _Columns:
+    """The ratings seen from the columns (rows = items), without a second copy of them (issue
+    11, item 3): the item rows come in slabs of consecutive rows, each built from the users'
+    view when it is needed and freed after (:meth:`parts`), as :meth:`_Side.transpose` would
+    build them (same arrays, same row blocks: the draws do not change). The item-major copy
+    took 8 bytes a rating for the whole fit (200 MB at 25M ratings); a slab takes 8 bytes a
+    rating of its items (``slab`` ratings at most, unless one block has more), and ~30 while it
+    is built. Building every slab reads each user's ratings once: a binary search per user for
+    where the slab's items end (a user's items are sorted), then a stable counting sort of the
+    slab's ratings by item."""
+
+    def __init__(self, users: _Side, n_rows: int, max_nnz: int, slab: int,
+                 total: np.ndarray | None = None) -> None:
+        """``users``: the users' view (its ``cols`` sorted within each user); ``n_rows``: the
+        items; ``max_nnz``, ``total`` and the users' ``max_rows`` as in :class:`_Side`;
+        ``slab``: the most ratings (of ``total``) a slab holds, whole row blocks."""
+        self.users = users
+        self.n_rows, self.n_cols = n_rows, users.n_rows
+        self.counts = np.bincount(users.cols, minlength=n_rows)
+        self.total = self.counts if total is None else total
+        self.offset = users.offset
+        self.max_nnz, self.max_rows = max_nnz, users.max_rows
+        cut = np.r_[0, np.cumsum(self.total)]
+        # the row blocks, as a _Side of every item row would cut them; slabs of whole blocks
+        self.slabs: list[tuple[int, int]] = []
+        r0 = s0 = 0
+        while r0 < n_rows:
+            r1 = _next_cut(cut, r0, n_rows, max_nnz, self.max_rows)
+            if r0 > s0 and cut[r1] - cut[s0] > slab:
+                self.slabs.append((s0, r0))
+                s0 = r0
+            r0 = r1
+        if n_rows:
+            self.slabs.append((s0, n_rows))
+
+    def parts(self) -> Iterator[tuple[int, _Side]]:
+        """Each slab ``(first item, its _Side)``, built in turn (the last one is freed by the
+        caller dropping it)."""
+        u = self.users
+        start = u.indptr[:-1].copy()  # per user: where its ratings of the next slab start
+        ends = u.indptr[1:]
+        for s0, s1 in self.slabs:
+            stop = _first_at_least(u.cols, start, ends, s1)
+            yield s0, self._slab(s0, s1, start, stop)
+            start = stop
+
+    def _slab(self, s0: int, s1: int, start: np.ndarray, stop: np.ndarray) -> _Side:
+        """Item rows ``s0:s1`` as a :class:`_Side`: the ratings ``start[u]:stop[u]`` of each
+        user ``u``, ordered by item and, within an item, by user (as ``tocsc`` orders them)."""
+        u = self.users
+        lens = stop - start
+        rows = np.flatnonzero(lens)
+        lens = lens[rows]
+        nnz = int(lens.sum())
+        # the positions of the slab's ratings in the users' view, user by user
+        pos = np.arange(nnz, dtype=np.int64)
+        pos += np.repeat(start[rows] - (np.cumsum(lens) - lens), lens)
+        user = np.repeat(rows.astype(np.int32), lens)
+        del rows, lens
+        key = u.cols[pos]
+        key -= s0
+        if s1 - s0 <= 1 << 16:  # a radix sort
+            key = key.astype(np.uint16)
+        order = np.argsort(key, kind="stable")
+        indptr = np.zeros(s1 - s0 + 1, dtype=np.int64)
+        np.cumsum(np.bincount(key, minlength=s1 - s0), out=indptr[1:])
+        del key
+        cols = user[order]
+        del user
+        pos = pos[order]
+        del order
+        vals = u.vals[pos]
+        del pos
+        return _Side(None, cols, vals, s1 - s0, self.n_cols, self.max_nnz, indptr=indptr,
+                     offset=self.offset, total=self.total[s0:s1], max_rows=self.max_rows)
+
+
+def _next_cut(cut: np.ndarray, r0: int, n_rows: int, max_nnz: int, max_rows: int | None
+              ) -> int:
+    """Where the row block starting at ``r0`` ends: at most ``max_nnz`` ratings (``cut``:
+    their cumulative counts by row) and ``max_rows`` rows, at least one row."""
+    r1 = int(np.searchsorted(cut, cut[r0] + max_nnz, side="right")) - 1
+    if max_rows is not None:
+        r1 = min(r1, r0 + max_rows)
+    return min(max(r1, r0 + 1), n_rows)
+
+
+def _first_at_least(cols: np.ndarray, lo: np.ndarray, hi: np.ndarray, value: int
+                    ) -> np.ndarray:
+    """Per row, the first position ``p`` in ``lo[row]:hi[row]`` with ``cols[p] >= value``
+    (``hi[row]`` if none), ``cols`` sorted within each row: a binary search of all rows at
+    once, on the rows still searching."""
+    lo, hi = lo.copy(), hi.copy()
+    act = np.flatnonzero(lo < hi)
+    while len(act):
+        a, b = lo[act], hi[act]
+        mid = (a + b) >> 1
+        go = cols[mid] < value
+        a[go] = mid[go] + 1
+        b[~go] = mid[~go]
+        lo[act], hi[act] = a, b
+        act = act[a < b]
+    return lo
+
+
 def _gamma(rng: np.random.Generator, shape: Any, rate: Any) -> Any:
     return rng.gamma(shape, 1.0 / np.asarray(rate, dtype=np.float64))
 
@@ -359,13 +466,18 @@ class _Terms:
     of the sweep's largest product, and no change in the draws' accuracy at four decimals on the
     validation splits)."""
 
-    def __init__(self, other: np.ndarray, other_bias: np.ndarray) -> None:
-        k = other.shape[1]
-        K = k + 1
+    def __init__(self, other: np.ndarray, other_bias: np.ndarray, whole: bool = False) -> None:
+        """``other`` (n, k) and ``other_bias`` (n,); or, with ``whole``, ``other`` is already
+        ``[f, 1]`` (n, k+1, float64, C order) and is used as it is (no copy)."""
+        K = other.shape[1] if whole else other.shape[1] + 1
+        k = K - 1
         self.iu, self.ju, self.full = _triangle(K)
-        za = np.empty((other.shape[0], K))
-        za[:, :k] = other
-        za[:, k] = 1.0
+        if whole:
+            za = other
+        else:
+            za = np.empty((other.shape[0], K))
+            za[:, :k] = other
+            za[:, k] = 1.0
         self.z32 = za.astype(np.float32)  # float32 before the products
         self.za = torch.from_numpy(za)
         self.bias = other_bias
@@ -479,9 +591,9 @@ def _cholesky_draw(M: np.ndarray, eps: np.ndarray, mean: bool) -> tuple[np.ndarr
 
 def _sample_rows(
     noise: np.random.Generator | Callable[[int, int], np.ndarray],
-    side: _Side,
+    side: _Side | _Columns,
     other: np.ndarray,
-    other_bias: np.ndarray,
+    other_bias: np.ndarray | None,
     prior_mean: np.ndarray,
     prior_prec: np.ndarray,
     alpha: float,
@@ -490,13 +602,19 @@ def _sample_rows(
     out: np.ndarray,
     out_mean: np.ndarray | None,
     reduce: Callable[[list[np.ndarray]], None] | None = None,
+    *,
+    add_mean: bool = False,
 ) -> np.ndarray:
     """Draw every row block ``x = [f, b]`` of one side from its Gaussian conditional, in place.
 
     ``other`` (n_cols, k) and ``other_bias`` (n_cols,) are the other side's factors and biases;
+    or ``other`` (n_cols, k+1) holds both, the biases last, and ``other_bias`` is ``None``
+    (issue 11, item 3: the products then use ``other`` itself, its last column set to 1 while
+    they run and put back after, instead of a float64 copy ``[f, 1]``);
     ``tau_row``/``tau_col`` the per-row and per-column noise precisions relative to ``alpha``
     (``None``: 1); ``prior_mean`` (n_rows, K) or (K,), ``prior_prec`` (K,). Writes the draw into
-    ``out`` (n_rows, K) and, if given, the conditional mean into ``out_mean``. ``noise``: a
+    ``out`` (n_rows, K) and, if given, the conditional mean into ``out_mean`` (``add_mean``:
+    adds it, for running sums kept without a copy of the means). ``noise``: a
     generator drawn a block at a time, or ``noise(r0, r1)``, the standard normals of rows
     ``r0:r1`` (rows x K), asked for block by block in order;
     ``reduce`` as in :func:`_block_conditional`. Returns each row's
@@ -505,31 +623,60 @@ def _sample_rows(
     lam m``, ``x^T G x - 2 x^T g + sum tau t^2`` is ``(|L^T x|^2 - x^T diag(lam) x - 2 x^T (h -
     lam m)) / s + sum tau t^2``, and ``L^T x = v + eps``.
     """
-    terms = _Terms(other, other_bias)
+    if other_bias is not None:
+        return _draw_rows(noise, side, _Terms(other, other_bias), prior_mean, prior_prec, alpha,
+                          tau_row, tau_col, out, out_mean, reduce, add_mean)
+    k = other.shape[1] - 1
+    bias = other[:, k].copy()
+    other[:, k] = 1.0
+    try:
+        return _draw_rows(noise, side, _Terms(other, bias, whole=True), prior_mean, prior_prec,
+                          alpha, tau_row, tau_col, out, out_mean, reduce, add_mean)
+    finally:
+        other[:, k] = bias
+
+
+def _draw_rows(
+    noise: np.random.Generator | Callable[[int, int], np.ndarray], side: _Side | _Columns,
+    terms: _Terms, prior_mean: np.ndarray, prior_prec: np.ndarray, alpha: float,
+    tau_row: np.ndarray | None, tau_col: np.ndarray | None, out: np.ndarray,
+    out_mean: np.ndarray | None, reduce: Callable[[list[np.ndarray]], None] | None,
+    add_mean: bool,
+) -> np.ndarray:
+    """:func:`_sample_rows` given the other side's :class:`_Terms`, a piece of rows at a time
+    (one piece, or the item slabs of a :class:`_Columns`)."""
     K = terms.za.shape[1]
     sse = np.zeros(side.n_rows)
-    for blk in side.blocks:
-        r0, r1 = blk[0], blk[1]
-        M, s, CZ, g, tt = _block_conditional(side, blk, terms, prior_mean, prior_prec, alpha,
-                                             tau_row, tau_col, reduce)
-        del CZ, g
-        h = M[:K, K].copy()
-        # eps drawn row by row (rows x K), as before the rows-last layout: same seeded draws
-        eps = (noise.standard_normal((r1 - r0, K)) if isinstance(noise, np.random.Generator)
-               else noise(r0, r1)).T
-        x, ve = _cholesky_draw(M, eps, out_mean is not None)
-        del M  # issue 11, item 3: not alive while the next block's is built
-        xs = x[:, 0]
-        out[r0:r1] = xs.T
-        if out_mean is not None:
-            out_mean[r0:r1] = x[:, 1].T
-        pm = prior_mean[r0:r1].T if prior_mean.ndim == 2 else prior_mean[:, None]
-        q = (ve * ve).sum(0) - (prior_prec[:, None] * xs * (xs - 2.0 * pm)).sum(0)
-        q -= 2.0 * (xs * h).sum(0)
-        q /= s
-        q += tt
-        q[side.total[r0:r1] == 0] = 0.0
-        sse[r0:r1] = np.maximum(q, 0.0)
+    for p0, piece in side.parts():
+        p1 = p0 + piece.n_rows
+        pmean = prior_mean[p0:p1] if prior_mean.ndim == 2 else prior_mean
+        ptau = None if tau_row is None else tau_row[p0:p1]
+        for blk in piece.blocks:
+            r0, r1 = blk[0], blk[1]
+            M, s, CZ, g, tt = _block_conditional(piece, blk, terms, pmean, prior_prec, alpha,
+                                                 ptau, tau_col, reduce)
+            del CZ, g
+            h = M[:K, K].copy()
+            # eps drawn row by row (rows x K), as before the rows-last layout: same seeded draws
+            eps = (noise.standard_normal((r1 - r0, K)) if isinstance(noise, np.random.Generator)
+                   else noise(p0 + r0, p0 + r1)).T
+            x, ve = _cholesky_draw(M, eps, out_mean is not None)
+            del M  # issue 11, item 3: not alive while the next block's is built
+            xs = x[:, 0]
+            out[p0 + r0 : p0 + r1] = xs.T
+            if out_mean is not None:
+                if add_mean:
+                    out_mean[p0 + r0 : p0 + r1] += x[:, 1].T
+                else:
+                    out_mean[p0 + r0 : p0 + r1] = x[:, 1].T
+            pm = pmean[r0:r1].T if pmean.ndim == 2 else pmean[:, None]
+            q = (ve * ve).sum(0) - (prior_prec[:, None] * xs * (xs - 2.0 * pm)).sum(0)
+            q -= 2.0 * (xs * h).sum(0)
+            q /= s
+            q += tt
+            q[piece.total[r0:r1] == 0] = 0.0
+            sse[p0 + r0 : p0 + r1] = np.maximum(q, 0.0)
+        del piece
     return sse
 
 
@@ -687,27 +834,39 @@ def gibbs_mf(
             f"shared by {plan.world_size} processes: fit without plan=, or with implicit=False"
         )
     K = int(rank) + 1
+    max_rows = _block_rows(max_memory, K)
     with use_threads(min(len(values), max_nnz) * K * (K + 1) / 2, n_threads):
         return _gibbs(users, items, values, shape, rank=int(rank), sweeps=int(sweeps),
                       burn_in=burn_in, noise=noise, noise_shape=float(noise_shape),
                       implicit=bool(implicit), seed=seed, init_std=init_std, init=init,
-                      cg_tol=cg_tol,
-                      cg_max_iter=cg_max_iter, max_nnz=max_nnz,
-                      max_rows=_block_rows(max_memory, K), callback=callback, t0=t0,
+                      cg_tol=cg_tol, cg_max_iter=cg_max_iter,
+                      max_nnz=max_nnz if max_memory is None else
+                      max(1, min(max_nnz, max_memory // _BLOCK_BYTES_A_RATING)),
+                      max_rows=max_rows, slab=None if max_memory is None else
+                      max(1, max_memory // _SLAB_BYTES_A_RATING), callback=callback, t0=t0,
                       plan=plan, on_state=on_state, resume=resume)
 
 
+# How ``max_memory`` is shared out (issue 11, item 3): half to a row block's per-row arrays
+# (:func:`_block_rows`), a quarter to its per-rating temporaries (float64 values, weights and
+# residuals, the float32 values of its sparse products: ~48 bytes a rating), and the items'
+# view, when it does not fit whole, is built in slabs that hold 8 bytes a rating (an eighth;
+# ~30 bytes a rating while a slab is built, when no block is alive)
+_BLOCK_BYTES_A_RATING = 4 * 48
+_SLAB_BYTES_A_RATING = 8 * 8
+
+
 def _block_rows(max_memory: Any, K: int) -> int | None:
-    """Rows a block may hold so that its workspace stays within ``max_memory`` bytes (issue 11,
-    item 3): per row the augmented conditional ``M`` (``8 (K+1)^2`` bytes, float64), the Gram
-    sums (``2 K (K+1)``, float32) and ``8 K`` float64 vectors (linear term, noise, draw and
-    mean, ...). ``None``: no cap."""
+    """Rows a block may hold so that its per-row workspace stays within half of ``max_memory``
+    bytes (issue 11, item 3): per row the augmented conditional ``M`` (``8 (K+1)^2`` bytes,
+    float64), the Gram sums (``2 K (K+1)``, float32) and ``8 K`` float64 vectors (linear term,
+    noise, draw and mean, ...). ``None``: no cap."""
     if max_memory is None:
         return None
     if isinstance(max_memory, bool) or not isinstance(max_memory, int) or max_memory <= 0:
         raise ValueError(f"max_memory must be a positive number of bytes or None, got "
                          f"{max_memory!r}; e.g. 64 * 2**20 (64 MiB of row-block workspace)")
-    return max(1, max_memory // (8 * (K + 1) ** 2 + 2 * K * (K + 1) + 64 * K))
+    return max(1, max_memory // 2 // (8 * (K + 1) ** 2 + 2 * K * (K + 1) + 64 * K))
 
 
 # A burn-in sweep whose training RMSE is below this fraction of the previous sweep's restarts the
@@ -756,7 +915,7 @@ def _gammas_of(rng: np.random.Generator, shape: np.ndarray, rate: np.ndarray,
 def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank: int,
            sweeps: int, burn_in: int, noise: str, noise_shape: float, implicit: bool,
            seed: int | None, init_std: float, cg_tol: float, cg_max_iter: int, max_nnz: int,
-           max_rows: int | None = None,
+           max_rows: int | None = None, slab: int | None = None,
            init: str = "random",
            callback: Callable[[int, float, Callable[..., GibbsResult]], bool | None] | None,
            t0: float, plan: ShardPlan | None = None,
@@ -767,8 +926,9 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
     items = np.asarray(items)
     vals = np.asarray(values)
     rng = np.random.default_rng(seed)
-    # users' view: sorted by user (a Ratings already is: its arrays are used as they are)
-    if len(vals) > 1 and not bool(np.all(users[1:] >= users[:-1])):
+    # users' view: sorted by user, then item (a Ratings already is: its arrays are used as
+    # they are; the item slabs (_Columns) search each user's items)
+    if not _sorted_pairs(users, items):
         o = np.lexsort((items, users))
         users, items, vals = users[o], items[o], vals[o]
         del o
@@ -787,26 +947,42 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
 
         # issue 11: the users whose ratings this process holds (rank 0 also those no process
         # holds, drawn from their prior as in one process); refuses a user split over processes
-        owned = plan.owned_rows(torch.from_numpy(users.astype(np.int64)), m).numpy()
+        # (given each user once: issue 11, item 3, not an int64 copy of every rating's user)
+        per_user = np.bincount(users, minlength=m)
+        owned = plan.owned_rows(torch.from_numpy(np.flatnonzero(per_user)), m).numpy()
         own = np.flatnonzero(owned)
-        counts = torch.from_numpy(np.concatenate([np.bincount(users, minlength=m),
-                                                  np.bincount(items, minlength=n)]))
+        counts = torch.from_numpy(np.concatenate([per_user, np.bincount(items, minlength=n)]))
         sums = torch.tensor([float(vals.sum(dtype=np.float64)), float(len(vals))],
                             dtype=torch.float64)
         plan.all_sum([counts, sums])
         total_u, total_i = counts[:m].numpy(), counts[m:].numpy()
         nnz = int(sums[1])
         mu = float(sums[0]) / max(nnz, 1)
-        # this process's users as rows 0..len(own)-1, int32 (issue 11, item 3: the int64 rows
-        # stayed alive beside the users' view's int32 copy of them, 12 bytes a rating)
-        users = np.searchsorted(own, users).astype(np.int32)
     if nnz == 0:
         raise ValueError("gibbs_mf needs at least one rating, got none")
     m_own = m if own is None else len(own)
-    u_side = _Side(users.astype(np.int32, copy=False), items.astype(np.int32, copy=False),
-                   vals.astype(np.float32, copy=False), m_own, n, max_nnz, offset=mu,
-                   max_rows=max_rows)
-    i_side = u_side.transpose(max_nnz, total=total_i)
+    items = items.astype(np.int32, copy=False)
+    vals = vals.astype(np.float32, copy=False)
+    if own is None:
+        u_side = _Side(users.astype(np.int32, copy=False), items, vals, m_own, n, max_nnz,
+                       offset=mu, max_rows=max_rows)
+    else:  # this process's users as rows 0..len(own)-1 (issue 11, item 3: by their row
+        # pointers, not a remapped copy of every rating's user, 4 bytes a rating and 8 while
+        # it was made)
+        indptr = np.zeros(m_own + 1, dtype=np.int64)
+        np.cumsum(per_user[own], out=indptr[1:])
+        del per_user
+        u_side = _Side(None, items, vals, m_own, n, max_nnz, indptr=indptr, offset=mu,
+                       max_rows=max_rows)
+    del users
+    # the items' view (issue 11, item 3): a second copy of the ratings (8 bytes a rating) when
+    # it fits a slab of ``max_memory`` (or implicit=True, whose design needs it whole), else
+    # built a slab of item rows at a time, every time it is used
+    columns = _Columns(u_side, n, max_nnz, slab or len(vals), total_i)
+    i_side: _Side | _Columns = columns
+    if implicit or len(columns.slabs) == 1:
+        i_side = whole = u_side.transpose(max_nnz, total=total_i)
+    del columns
     k, K = int(rank), int(rank) + 1
     Xu = init_std * _normals_of(rng, m, K, own)  # [P, bu]
     Xi = init_std * rng.standard_normal((n, K))  # [Q, bi]
@@ -829,7 +1005,7 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
     cnt_u, cnt_i = u_side.counts > 0, i_side.total > 0
     Y = Ym = None
     if implicit:
-        design = _Design(u_side, i_side)
+        design = _Design(u_side, whole)
         Y = init_std * rng.standard_normal((n, k))
         Ym = np.zeros((n, k))
         hyp_y = (np.zeros(k), np.ones(k))
@@ -924,8 +1100,8 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
         # sharing the chain: every user's noise, so that every process's stream stays the same
         user_noise = rng if own is None else functools.partial(
             _rows_of, _normals_of(rng, m, K, own))
-        sse_u = _sample_rows(user_noise, u_side, Xi[:, :k], Xi[:, k], pm, hyp_u[1], alpha, tau_u,
-                             tau_i, Xu, mean_u)
+        sse_u = _sample_rows(user_noise, u_side, Xi, None, pm, hyp_u[1], alpha, tau_u, tau_i,
+                             Xu, mean_u)
         # hyper-parameters from rated rows only (unrated rows are draws from the prior)
         if implicit:
             off = Xu[cnt_u].copy()
@@ -942,8 +1118,8 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
         if tau_u is not None:
             tau_u = _gammas_of(rng, noise_shape + n_user / 2, noise_shape + alpha * sse_u / 2,
                                own)
-        sse_i = _sample_rows(rng, i_side, Xu[:, :k], Xu[:, k], hyp_i[0], hyp_i[1], alpha,
-                             tau_i, tau_u, Xi, mean_i, reduce)
+        sse_i = _sample_rows(rng, i_side, Xu, None, hyp_i[0], hyp_i[1], alpha, tau_i, tau_u,
+                             Xi, mean_i, reduce)
         hyp_i = _hyper(rng, Xi[cnt_i])
         # ... and kappa_i given those at the items' draw
         if tau_i is not None:
@@ -973,6 +1149,16 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
         if stop:
             break
     return means(whole=True)
+
+
+def _sorted_pairs(users: np.ndarray, items: np.ndarray, chunk: int = 1 << 20) -> bool:
+    """Whether the pairs are sorted by user, then item (checked ``chunk`` at a time: no
+    temporaries the length of the ratings)."""
+    for a in range(0, max(len(users) - 1, 0), chunk):
+        u, i = users[a : a + chunk + 1], items[a : a + chunk + 1]
+        if not bool(np.all((u[1:] > u[:-1]) | ((u[1:] == u[:-1]) & (i[1:] >= i[:-1])))):
+            return False
+    return True
 
 
 def _rows_of(a: np.ndarray, r0: int, r1: int) -> np.ndarray:
@@ -1014,7 +1200,7 @@ def _orthonormal(Y: np.ndarray, reduce: Callable[[list[np.ndarray]], None] | Non
     return Y @ np.linalg.inv(L).T
 
 
-def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side, k: int,
+def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side | _Columns, k: int,
                     nnz: int, m: int, reduce: Callable[[list[np.ndarray]], None] | None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The chain's start (issue 10, item 4): item factors ``Q0`` (n, k) and biases ``c0`` (n,),
@@ -1033,52 +1219,55 @@ def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side, k: i
 
     Each process sharing the chain (``reduce``) holds some users' rows: item sums and the Gram
     matrices of the user-side columns are summed, so every process computes the same item-side
-    numbers and stops at the same pair. Memory: ``e`` in float32 in both orientations (8 bytes
-    a rating) while it runs; the products are in float32 (the start needs no more), the rest in
-    float64.
+    numbers and stops at the same pair. Memory: ``e`` is formed a row block at a time for each
+    product (issue 11, item 3: it was kept in float32 in both orientations, 8 bytes a rating);
+    the products are in float32 (the start needs no more), the rest in float64.
     """
     n = i_side.n_rows
     off = u_side.offset
 
-    def t_u(a: int, b: int) -> np.ndarray:  # the centred ratings a:b, in float64
-        return u_side.vals[a:b].astype(np.float64) - off
-
-    def t_i(a: int, b: int) -> np.ndarray:
-        return i_side.vals[a:b].astype(np.float64) - off
-
-    def sums(side: _Side, t: Callable[[int, int], np.ndarray]) -> np.ndarray:
-        """Per row of ``side``, the sum of ``t(a, b)`` over its ratings, block by block."""
+    def sums(side: _Side | _Columns, t: Callable[[_Side, int, int], np.ndarray]
+             ) -> np.ndarray:
+        """Per row of ``side``, the sum of ``t(piece, a, b)`` over its ratings, block by
+        block."""
         out = np.zeros(side.n_rows)
-        for r0, r1, a, b, _ in side.blocks:
-            out[r0:r1] = _row_sums(side, r0, r1, t(a, b))
+        for p0, piece in side.parts():
+            for r0, r1, a, b, _ in piece.blocks:
+                out[p0 + r0 : p0 + r1] = _row_sums(piece, r0, r1, t(piece, a, b))
         return out
 
-    c0 = sums(i_side, t_i)
+    def t_of(piece: _Side, a: int, b: int) -> np.ndarray:  # the centred ratings a:b, float64
+        return piece.vals[a:b].astype(np.float64) - off
+
+    c0 = sums(i_side, t_of)
     if reduce is not None:
         reduce([c0])
     c0 /= i_side.total + 1.0
-    b0 = sums(u_side, lambda a, b: t_u(a, b) - np.take(c0, u_side.cols[a:b]))
+    b0 = sums(u_side, lambda p, a, b: t_of(p, a, b) - np.take(c0, p.cols[a:b]))
     b0 /= u_side.counts + 1.0
 
-    def e_u(a: int, b: int, rows: np.ndarray) -> np.ndarray:
-        return t_u(a, b) - np.take(c0, u_side.cols[a:b]) - np.take(b0, rows)
+    def e_u(p: _Side, a: int, b: int, rows: np.ndarray) -> np.ndarray:
+        return t_of(p, a, b) - np.take(c0, p.cols[a:b]) - np.take(b0, rows)
 
-    def e_i(a: int, b: int, rows: np.ndarray) -> np.ndarray:
-        return t_i(a, b) - np.take(c0, rows) - np.take(b0, i_side.cols[a:b])
+    def e_i(p: _Side, a: int, b: int, rows: np.ndarray) -> np.ndarray:
+        return t_of(p, a, b) - np.take(c0, rows) - np.take(b0, p.cols[a:b])
 
-    def product(side: _Side, e: Callable[[int, int, np.ndarray], np.ndarray]
+    def product(side: _Side | _Columns, e: Callable[[_Side, int, int, np.ndarray], np.ndarray]
                 ) -> Callable[[np.ndarray], np.ndarray]:
-        """``dense -> A @ dense`` over ``side``'s rows, ``A``'s entries ``e(a, b, rows)``
-        (computed once, kept in float32)."""
-        blocks = [(r0, r1, _csr(crow, side.cols_t[a:b], torch.from_numpy(e(
-            a, b, side.row_index(r0, r1, a, b)).astype(np.float32)), (r1 - r0, side.n_cols)))
-            for r0, r1, a, b, crow in side.blocks]
+        """``dense -> A @ dense`` over ``side``'s rows, ``A``'s entries ``e(piece, a, b,
+        rows)``, in float32, formed block by block for each product (issue 11, item 3: not
+        kept, 8 bytes a rating for the two sides)."""
 
         def times(dense: np.ndarray) -> np.ndarray:
             out = np.empty((side.n_rows, dense.shape[1]))
             dt = torch.from_numpy(dense.astype(np.float32))
-            for r0, r1, A in blocks:
-                out[r0:r1] = (A @ dt).numpy()
+            for p0, piece in side.parts():
+                for r0, r1, a, b, crow in piece.blocks:
+                    rows = piece.row_index(r0, r1, a, b)  # of the piece: + p0 of the side
+                    vals = e(piece, a, b, rows + p0 if p0 else rows).astype(np.float32)
+                    A = _csr(crow, piece.cols_t[a:b], torch.from_numpy(vals),
+                             (r1 - r0, piece.n_cols))
+                    out[p0 + r0 : p0 + r1] = (A @ dt).numpy()
             return out
 
         return times
