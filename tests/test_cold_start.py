@@ -265,6 +265,45 @@ def test_the_training_rmse_is_scores(tmp_path, monkeypatch):
         assert fit_verb._training_rmse(carved, train) == expected
 
 
+def test_the_training_rmse_in_blocks_on_two_threads_is_the_same_number():
+    # issue 10: autofact fit computes the training RMSE's predictions block by block on a helper
+    # thread and its own while the model is saved; the number is that of one call, to the bit
+    from autofact import index as index_module
+
+    assert fit_verb._RMSE_BLOCK % index_module._STEP == 0  # blocks of the index's own blocks
+    rng = np.random.default_rng(1)
+    n = 2 * fit_verb._RMSE_BLOCK + 777  # three blocks, the last one short
+    users, items = rng.integers(0, 900, n), rng.integers(0, 700, n)
+    train = autofact.Ratings.from_coo(users, items, rng.integers(1, 6, n).astype(float),
+                                      shape=(900, 700), duplicates="mean")
+    for rank in (3, 8):  # rows of 24 and 64 bytes
+        model = autofact.MatrixFactorization(rank=rank, solver="als", epochs=1).fit(train)
+        whole = model.index_.response(model.predict_indices(train.users, train.items))
+        expected = float(np.sqrt(np.mean((whole - train.values) ** 2)))
+        assert expected == -model.score(train)
+        finish = fit_verb._start_training_rmse(model, train)
+        assert finish() == expected
+        assert fit_verb._training_rmse(model, train) == expected
+
+
+def test_an_error_on_the_rmse_helper_thread_is_raised_by_the_caller(monkeypatch):
+    train = autofact.Ratings.from_coo(np.arange(3 * fit_verb._RMSE_BLOCK) % 50,
+                                      np.arange(3 * fit_verb._RMSE_BLOCK) // 50,
+                                      np.ones(3 * fit_verb._RMSE_BLOCK))
+    model = autofact.MatrixFactorization(rank=2, solver="als", epochs=1).fit(train)
+    calls = []
+
+    def broken(users: object, items: object) -> object:
+        calls.append(1)
+        raise RuntimeError("no scores today")
+
+    monkeypatch.setattr(model, "predict_indices", broken)
+    finish = fit_verb._start_training_rmse(model, train)
+    with pytest.raises(RuntimeError, match="no scores today"):
+        finish()
+    assert 1 <= len(calls) <= 2  # the first error stops both threads
+
+
 def _program(tmp_path: Path, *args: str, prelude: str = "") -> subprocess.CompletedProcess:
     code = f"import sys\n{prelude}\nsys.argv = ['autofact', *sys.argv[1:]]\n" \
         "from autofact.cli import run\nrun()\n"

@@ -443,3 +443,32 @@ def test_cli_fits_a_folder_of_parts(tmp_path, capsys):
     assert main(["fit", str(tmp_path / "parts"), "--out", str(out), "--epochs", "2",
                  "--rank", "2", "--quiet"]) == 0
     assert autofact.load(out).user_ids_.size == 20
+
+
+# ------------------------------------------------------------------ the order of the ratings
+@pytest.mark.parametrize("bound", [1, 7, 2**16, 2**16 + 1, 6040 * 3706, 2**32, 2**32 + 1])
+def test_stable_order_is_numpys_stable_argsort(bound):
+    # issue 10 (cold start): Ratings sorts its (user, item) keys by two 16-bit radix passes;
+    # the very order of np.argsort(kind="stable"), equal keys in their input order
+    from autofact.data import stable_order
+
+    rng = np.random.default_rng(bound % 1000)
+    for n in (0, 1, 2, 1000, 100_000):
+        key = rng.integers(0, bound, n, dtype=np.int64)
+        key[: n // 3] = key[n // 3 : 2 * (n // 3)]  # many equal keys
+        np.testing.assert_array_equal(stable_order(key, bound), np.argsort(key, kind="stable"))
+
+
+def test_ratings_sorted_by_the_radix_passes_keep_duplicates_in_file_order():
+    # issue 10: the same Ratings as sorting by lexsort: user-major, items, then input order
+    rng = np.random.default_rng(3)
+    u = rng.integers(0, 60_000, 50_000)  # keys below 60,000 x 70,000 < 2**32: two passes
+    i = rng.integers(0, 70_000, 50_000)
+    u[:100], i[:100] = u[100:200], i[100:200]  # 100 pairs rated twice
+    v = np.arange(50_000, dtype=np.float64)
+    r = Ratings(u, i, v, shape=(60_000, 70_000), duplicates="last")
+    order = np.lexsort((i, u))
+    keep = np.r_[(u[order][1:] != u[order][:-1]) | (i[order][1:] != i[order][:-1]), True]
+    np.testing.assert_array_equal(r.values, v[order][keep])
+    np.testing.assert_array_equal(r.users, u[order][keep])
+    np.testing.assert_array_equal(r.items, i[order][keep])

@@ -5,6 +5,7 @@ load; torch's process-wide thread count put back after every fit."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,6 +81,37 @@ def test_cgroup_v1_quota_and_no_quota(tmp_path):
 
 def test_no_cgroup_files_is_no_quota(tmp_path):
     assert cgroup_cpu_limit(tmp_path / "absent", tmp_path / "absent-proc") is None
+
+
+def test_the_process_quota_is_read_once_and_is_the_files_answer(monkeypatch):
+    # issue 10 (cold start): cgroup_cpu_limit() read a dozen files each time a fit asked; the
+    # quota is a setting of the machine (never the load), so this process reads them once
+    monkeypatch.setattr(threads, "_OWN_LIMIT", {})
+    reads: list[Path] = []
+    real_read = threads._read
+
+    def counting_read(path: Path) -> str | None:
+        reads.append(path)
+        return real_read(path)
+
+    monkeypatch.setattr(threads, "_read", counting_read)
+    first = cgroup_cpu_limit()
+    n_reads = len(reads)
+    assert n_reads >= 1  # /proc/self/cgroup at least
+    assert cgroup_cpu_limit() == first and usable_cores() == usable_cores()
+    assert len(reads) == n_reads  # answered from what was read
+    assert cgroup_cpu_limit("/sys/fs/cgroup", "/proc/self/cgroup") == first  # the files' answer
+    assert len(reads) == 2 * n_reads  # given paths are always read
+    monkeypatch.setattr(os, "getpid", lambda: -1)  # another process (a forked child) ...
+    assert cgroup_cpu_limit() == first
+    assert len(reads) == 3 * n_reads  # ... reads its own
+
+
+def test_the_process_quota_is_kept_apart_from_other_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(threads, "_OWN_LIMIT", {os.getpid(): 0.5})
+    root, proc = _cgroup_v2(tmp_path, "150000 100000")
+    assert cgroup_cpu_limit(root, proc) == pytest.approx(1.5)  # not the kept answer
+    assert cgroup_cpu_limit() == 0.5
 
 
 # ------------------------------------------------------------------ usable cores and the cap

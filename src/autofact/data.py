@@ -64,6 +64,21 @@ def _check_finite(values: np.ndarray, name: str, where: Any = None) -> None:
         )
 
 
+def stable_order(key: np.ndarray, bound: int) -> np.ndarray:
+    """``np.argsort(key, kind="stable")`` for integer keys in ``[0, bound)``, the same order.
+
+    Issue 10 (cold start): below 2**32, by two stable passes over 16-bit digits, low then high
+    (numpy sorts 16-bit keys by radix: 1M keys in 0.05 s instead of 0.11 s); a stable sort by
+    the high digit keeps the low digit's order among equal high digits, so the result is the
+    stable sort by the whole key."""
+    if bound > 1 << 32:
+        return np.argsort(key, kind="stable")
+    order = np.argsort((key & 0xFFFF).astype(np.uint16), kind="stable")
+    if bound > 1 << 16:
+        order = order[np.argsort((key[order] >> 16).astype(np.uint16), kind="stable")]
+    return order
+
+
 class Ratings:
     """Observed entries of an ``n_users x n_items`` ratings matrix.
 
@@ -162,7 +177,7 @@ class Ratings:
             # the same order as np.lexsort((items, users)) in about half the time (issue 10)
             key = users.astype(np.int64) * max(n, 1) + items
             if len(key) > 1 and not bool((key[1:] >= key[:-1]).all()):
-                order = np.argsort(key, kind="stable")
+                order = stable_order(key, m * max(n, 1))
                 users, items, values = users[order], items[order], values[order]
                 weights = None if weights is None else weights[order]
                 timestamps = None if timestamps is None else timestamps[order]

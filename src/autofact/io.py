@@ -308,6 +308,8 @@ def _ids_to_json(ids: Any, what: str) -> list[Any]:
             f"cannot save {what} ids of dtype {arr.dtype}: ids must be ints, floats or strings"
         )
     out = arr.tolist()
+    if arr.dtype.kind != "O":  # numbers and str: tolist() gave Python ints, floats, bools, strs
+        return out
     for k, v in enumerate(out):
         if not isinstance(v, bool | int | float | str):
             try:

@@ -97,13 +97,28 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def cgroup_cpu_limit(root: str | Path = "/sys/fs/cgroup",
-                     proc_cgroup: str | Path = "/proc/self/cgroup") -> float | None:
+_OWN_LIMIT: dict[int, float | None] = {}  # process id -> its cgroup's quota, read once
+
+
+def cgroup_cpu_limit(root: str | Path | None = None,
+                     proc_cgroup: str | Path | None = None) -> float | None:
     """The CPU quota of this process's cgroup in cores (``1.5`` = 150 ms per 100 ms), or
     ``None`` when there is none (or no cgroup file system). The smallest quota from the
     process's cgroup up to the root of the mount counts, for cgroup v2 (``cpu.max``) and v1
-    (``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``)."""
-    root = Path(root)
+    (``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``).
+
+    ``root`` (default ``/sys/fs/cgroup``) and ``proc_cgroup`` (default ``/proc/self/cgroup``)
+    name other files (tests). With both left out, the files are read once per process (issue
+    10: a fit asked several times, a dozen files each time; the quota is the machine's setting,
+    not the momentary load) and the answer is kept; a forked child reads its own."""
+    if root is None and proc_cgroup is None:
+        pid = os.getpid()
+        if pid not in _OWN_LIMIT:
+            _OWN_LIMIT.clear()  # a forked child: its parent's answer goes
+            _OWN_LIMIT[pid] = cgroup_cpu_limit("/sys/fs/cgroup", "/proc/self/cgroup")
+        return _OWN_LIMIT[pid]
+    root = Path("/sys/fs/cgroup" if root is None else root)
+    proc_cgroup = "/proc/self/cgroup" if proc_cgroup is None else proc_cgroup
     limits: list[float] = []
     for line in (_read(Path(proc_cgroup)) or "").splitlines():
         # v2: "0::/path"; v1: "4:cpu,cpuacct:/path"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -231,14 +233,17 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         n_train = len(train)
     if not main_process:  # every process holds the same model; the first one reports it
         return ExitStatus.OK
+    # score() is higher-is-better: the negative RMSE; a ranking model predicts scores, so
+    # neither its RMSE nor its MAE means anything (issue 12). Issue 10 (cold start): its
+    # predictions start on another thread while the model is saved
+    rmse = _start_training_rmse(model, train) if not shared and model.task == "rating" \
+        else None
     _save(model, args.out)
     try:
         metrics = evaluate(model, test, k=args.k, threshold=args.threshold) if test is not None \
             else None
-        # score() is higher-is-better: the negative RMSE; a ranking model predicts scores, so
-        # neither its RMSE nor its MAE means anything (issue 12)
         if not shared:
-            train_rmse = _training_rmse(model, train) if model.task == "rating" else None
+            train_rmse = rmse() if rmse is not None else None
         if args.plot is not None:
             plot_history(model.history_, args.plot, f"autofact fit {Path(args.data).name}")
     except KeyboardInterrupt:
@@ -277,19 +282,70 @@ def fit(args: argparse.Namespace) -> ExitStatus:
     return ExitStatus.OK
 
 
+#: Ratings a block of the training RMSE's predictions: a multiple of the blocks in which the
+#: model's index computes scores (``autofact.index``, 2**16), so each score is computed as in
+#: one call over all the ratings, to the last bit
+_RMSE_BLOCK = 1 << 16
+
+
 def _training_rmse(model: Any, train: Any) -> float:
     """``-model.score(train)``: the RMSE of predict on the training ratings. When the model was
     fitted on these very ratings (its index holds their id maps and every one of them), their
     indices are the model's own, so no id is looked up (issue 10, cold start: the lookup costs
     a pandas import); the same predictions, the same number."""
+    return _start_training_rmse(model, train, helper=False)()
+
+
+def _start_training_rmse(model: Any, train: Any, *, helper: bool = True) -> Callable[[], float]:
+    """:func:`_training_rmse`, started: returns the function that finishes it and returns the
+    number (or raises the error).
+
+    Issue 10 (cold start): on the fast path the predictions are computed block by block
+    (:data:`_RMSE_BLOCK` ratings) by a helper thread, started here, and by the caller's thread
+    once it calls the function (``autofact fit`` saves the model meanwhile); numpy's gathers and
+    products run without the GIL. Each block's scores are those of one call over all the ratings,
+    and the RMSE is taken over them in one pass, as before: the same number, to the last bit.
+    Otherwise (the model was not fitted on these ratings) ``-model.score(train)`` runs when the
+    function is called, in the caller's thread (its warnings are the caller's)."""
     import numpy as np
 
     index = model.index_
     if not (index.user_ids is train.user_ids and index.item_ids is train.item_ids
             and int(index.user_counts.sum()) == len(train)):
-        return float(-model.score(train))
-    pred = index.response(model.predict_indices(train.users, train.items))
-    return float(np.sqrt(np.mean((pred - train.values) ** 2)))
+        return lambda: float(-model.score(train))
+    n = len(train)
+    raw = np.empty(n, dtype=np.float64)
+    blocks = iter(range(0, n, _RMSE_BLOCK))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            while True:
+                with lock:
+                    s = next(blocks, None)
+                if s is None or errors:
+                    return
+                e = s + _RMSE_BLOCK
+                raw[s:e] = model.predict_indices(train.users[s:e], train.items[s:e])
+        except Exception as exc:  # the helper's: raised by finish(), in the caller's thread
+            errors.append(exc)
+
+    thread = None
+    if helper and n > _RMSE_BLOCK:
+        thread = threading.Thread(target=work, name="autofact-rmse", daemon=True)
+        thread.start()
+
+    def finish() -> float:
+        work()
+        if thread is not None:
+            thread.join()
+        if errors:
+            raise errors[0]
+        pred = index.response(raw)
+        return float(np.sqrt(np.mean((pred - train.values) ** 2)))
+
+    return finish
 
 
 def _shared_totals(model: Any, train: Any) -> tuple[int, float | None]:
