@@ -665,8 +665,8 @@ def _draw_rows(
             xs = x[:, 0]
             out[p0 + r0 : p0 + r1] = xs.T
             if out_mean is not None:
-                if add_mean:
-                    out_mean[p0 + r0 : p0 + r1] += x[:, 1].T
+                if add_mean:  # in the sums' precision: the same sum whatever holds it
+                    out_mean[p0 + r0 : p0 + r1] += x[:, 1].T.astype(out_mean.dtype)
                 else:
                     out_mean[p0 + r0 : p0 + r1] = x[:, 1].T
             pm = pmean[r0:r1].T if pmean.ndim == 2 else pmean[:, None]
@@ -988,7 +988,6 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
     Xi = init_std * rng.standard_normal((n, K))  # [Q, bi]
     Xu[:, k] = 0.0
     Xi[:, k] = 0.0
-    mean_u, mean_i = np.zeros((m_own, K)), np.zeros((n, K))
     hyp_u = (np.zeros(K), np.ones(K))
     hyp_i = (np.zeros(K), np.ones(K))
     if init == "spectral" and resume is None:  # issue 10, item 4
@@ -1011,7 +1010,9 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
         hyp_y = (np.zeros(k), np.ones(k))
         implicit_mean = design.times(Y)  # X @ Y, kept up to date by the Y draw
     # running sums for the posterior means
-    Pm, Qm = np.zeros((m_own, K)), np.zeros((n, K))
+    # issue 11, item 3: float32, 4 bytes a parameter (the one copy of the parameters the
+    # bound allows the sampler); the conditional means are added as each block is drawn
+    Pm, Qm = np.zeros((m_own, K), dtype=np.float32), np.zeros((n, K), dtype=np.float32)
     mPm, mQm = np.zeros(K), np.zeros(K)
     alpha_sum = 0.0
     n_avg = 0
@@ -1039,8 +1040,9 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
 
     def chain_state(done: int) -> ChainState:
         """The chain after sweep ``done`` (copies)."""
-        rows = {"P": Xu[:, :k].copy(), "bu": Xu[:, k].copy(), "sum": Pm.copy()}
-        arrays = {"Q": Xi[:, :k].copy(), "bi": Xi[:, k].copy(), "sum": Qm.copy(),
+        rows: dict[str, np.ndarray] = {"P": Xu[:, :k].copy(), "bu": Xu[:, k].copy(),
+                                       "sum": Pm.copy()}
+        arrays: dict[str, np.ndarray] = {"Q": Xi[:, :k].copy(), "bi": Xi[:, k].copy(), "sum": Qm.copy(),
                   "prior_u.sum": mPm.copy(), "prior_i.sum": mQm.copy(),
                   "hyp_u.mean": hyp_u[0].copy(), "hyp_u.prec": hyp_u[1].copy(),
                   "hyp_i.mean": hyp_i[0].copy(), "hyp_i.prec": hyp_i[1].copy()}
@@ -1061,13 +1063,15 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
         """The posterior means so far: of the kept sweeps, or during burn-in the provisional
         mean (module docstring). Sharing a chain: this process's users' rows (``rows``), or with ``whole``
         every user's (gathered from the other processes: each of them must ask too)."""
+        P: np.ndarray
+        Q: np.ndarray
         if n_avg == 0:
-            P, Q, mP, mQ, Ya, c, al = mean_u, mean_i, hyp_u[0], hyp_i[0], Y, 1, alpha
+            P, Q, mP, mQ, Ya, c, al = Xu, Xi, hyp_u[0], hyp_i[0], Y, 1, alpha  # (no sweep)
         else:
             P, Q, mP, mQ, Ya, c, al = Pm, Qm, mPm, mQm, Ym, n_avg, alpha_sum
         rows = own
         if own is not None and whole:
-            full = np.zeros((m, K))
+            full = np.zeros((m, K), dtype=P.dtype)
             full[own] = P
             assert plan is not None
             plan.gather_rows([torch.from_numpy(full)], torch.from_numpy(owned))
@@ -1098,10 +1102,21 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
             pm = hyp_u[0]
         prior_u, prior_i = hyp_u[0], hyp_i[0]  # the priors the draws are conditioned on
         # sharing the chain: every user's noise, so that every process's stream stays the same
-        user_noise = rng if own is None else functools.partial(
-            _rows_of, _normals_of(rng, m, K, own))
+        user_noise = rng if own is None else _OwnNormals(rng, m, K, own)
+        # issue 10, item 4: the mean restarts at the first kept sweep (the posterior mean is
+        # that of the kept sweeps, as without this); during burn-in a provisional one, restarted
+        # at each sweep up to ``early`` and whenever the training RMSE fell by more than 2 %
+        # (known after the users' draw: only then are their conditional means kept apart)
+        restart: bool | None = sweep == burn_in + 1 or sweep <= early or None
+        if restart is None and sweep > burn_in:
+            restart = False
+        if restart:
+            Pm[...] = 0.0
+        mean_u = Pm if restart is not None else np.zeros_like(Pm)
         sse_u = _sample_rows(user_noise, u_side, Xi, None, pm, hyp_u[1], alpha, tau_u, tau_i,
-                             Xu, mean_u)
+                             Xu, mean_u, add_mean=True)
+        if isinstance(user_noise, _OwnNormals):
+            user_noise.finish()
         # hyper-parameters from rated rows only (unrated rows are draws from the prior)
         if implicit:
             off = Xu[cnt_u].copy()
@@ -1114,12 +1129,23 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
         if plan is not None:
             sse = plan.all_sum_float(sse)
         rmse.append(math.sqrt(sse / nnz))
+        if restart is None:
+            restart = rmse[-1] < _SETTLED * rmse[-2]
+            if restart:
+                Pm[...] = mean_u
+            else:
+                Pm += mean_u
+        del mean_u
+        if restart:
+            for a in (Qm, mPm, mQm) + (() if Ym is None else (Ym,)):
+                a[...] = 0.0
+            alpha_sum, n_avg = 0.0, 0
         alpha = float(_gamma(rng, _A0 + nnz / 2, _B0 + sse / 2))
         if tau_u is not None:
             tau_u = _gammas_of(rng, noise_shape + n_user / 2, noise_shape + alpha * sse_u / 2,
                                own)
         sse_i = _sample_rows(rng, i_side, Xu, None, hyp_i[0], hyp_i[1], alpha, tau_i, tau_u,
-                             Xi, mean_i, reduce)
+                             Xi, Qm, reduce, add_mean=True)
         hyp_i = _hyper(rng, Xi[cnt_i])
         # ... and kappa_i given those at the items' draw
         if tau_i is not None:
@@ -1127,18 +1153,8 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
         if implicit:
             assert Y is not None
             hyp_y = _hyper(rng, Y)
-        # issue 10, item 4: the mean restarts at the first kept sweep (the posterior mean is
-        # that of the kept sweeps, as without this); during burn-in a provisional one, restarted
-        # at each sweep up to ``early`` and whenever the training RMSE fell by more than 2 %
-        if (sweep == burn_in + 1 or sweep <= early
-                or (sweep <= burn_in and rmse[-1] < _SETTLED * rmse[-2])):
-            for a in (Pm, Qm, mPm, mQm) + (() if Ym is None else (Ym,)):
-                a[...] = 0.0
-            alpha_sum, n_avg = 0.0, 0
         mQm += prior_i
         mPm += prior_u
-        Pm += mean_u
-        Qm += mean_i
         if Ym is not None and Y is not None:
             Ym += Y
         alpha_sum += alpha
@@ -1161,8 +1177,34 @@ def _sorted_pairs(users: np.ndarray, items: np.ndarray, chunk: int = 1 << 20) ->
     return True
 
 
-def _rows_of(a: np.ndarray, r0: int, r1: int) -> np.ndarray:
-    return a[r0:r1]
+class _OwnNormals:
+    """``noise(r0, r1)`` for a process sharing the chain: the standard normals (rows x K) of
+    its users ``own[r0:r1]`` among every user's, drawn from ``rng`` in order as the row blocks
+    ask for them (``_DRAW_ROWS`` rows at a time; issue 11, item 3: not all of its users' at
+    once, 8 K bytes a user); :meth:`finish` draws the rest, so every process's stream moves
+    on by every user's numbers, as in one process."""
+
+    def __init__(self, rng: np.random.Generator, n_rows: int, K: int, own: np.ndarray) -> None:
+        self.rng, self.n_rows, self.K, self.own = rng, n_rows, K, own
+        self.done = 0  # rows drawn so far, of every user's
+
+    def __call__(self, r0: int, r1: int) -> np.ndarray:
+        out = np.empty((r1 - r0, self.K))
+        if r1 > r0:
+            self._draw(int(self.own[r1 - 1]) + 1, out, r0)
+        return out
+
+    def finish(self) -> None:
+        self._draw(self.n_rows)
+
+    def _draw(self, stop: int, out: np.ndarray | None = None, r0: int = 0) -> None:
+        while self.done < stop:
+            end = min(self.done + _DRAW_ROWS, stop)
+            z = self.rng.standard_normal((end - self.done, self.K))
+            if out is not None:
+                a, b = np.searchsorted(self.own, [self.done, end])
+                out[a - r0 : b - r0] = z[self.own[a:b] - self.done]
+            self.done = end
 
 
 def _hyper_rows(rng: np.random.Generator, x: np.ndarray,
