@@ -262,9 +262,10 @@ class _Side:
         ``8 (K+1)^2`` bytes a row, so :func:`gibbs_mf` caps the rows by ``max_memory``)."""
         if indptr is None:
             assert rows is not None
-            self.counts = np.bincount(rows, minlength=n_rows)
-            self.indptr = np.zeros(n_rows + 1, dtype=np.int64)
-            np.cumsum(self.counts, out=self.indptr[1:])
+            # rows sorted: where each row starts (issue 11, item 3: no int64 copy of them)
+            self.indptr = np.searchsorted(rows, np.arange(n_rows + 1).astype(
+                rows.dtype, copy=False), side="left").astype(np.int64)
+            self.counts = np.diff(self.indptr)
         else:
             self.indptr = indptr.astype(np.int64)
             self.counts = np.diff(self.indptr)
@@ -347,7 +348,7 @@ class _Columns:
         ``slab``: the most ratings (of ``total``) a slab holds, whole row blocks."""
         self.users = users
         self.n_rows, self.n_cols = n_rows, users.n_rows
-        self.counts = np.bincount(users.cols, minlength=n_rows)
+        self.counts = _bincount(users.cols, n_rows)
         self.total = self.counts if total is None else total
         self.offset = users.offset
         self.max_nnz, self.max_rows = max_nnz, users.max_rows
@@ -432,6 +433,15 @@ def _first_at_least(cols: np.ndarray, lo: np.ndarray, hi: np.ndarray, value: int
         lo[act], hi[act] = a, b
         act = act[a < b]
     return lo
+
+
+def _bincount(x: np.ndarray, n: int, chunk: int = 1 << 16) -> np.ndarray:
+    """``np.bincount(x, minlength=n)`` ``chunk`` entries at a time (issue 11, item 3: numpy
+    counts from an int64 copy of ``x``, 8 bytes a rating for int32 indices)."""
+    out = np.zeros(n, dtype=np.int64)
+    for a in range(0, len(x), chunk):
+        out += np.bincount(x[a : a + chunk], minlength=n)
+    return out
 
 
 def _gamma(rng: np.random.Generator, shape: Any, rate: Any) -> Any:
@@ -948,10 +958,10 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
         # issue 11: the users whose ratings this process holds (rank 0 also those no process
         # holds, drawn from their prior as in one process); refuses a user split over processes
         # (given each user once: issue 11, item 3, not an int64 copy of every rating's user)
-        per_user = np.bincount(users, minlength=m)
+        per_user = _bincount(users, m)
         owned = plan.owned_rows(torch.from_numpy(np.flatnonzero(per_user)), m).numpy()
         own = np.flatnonzero(owned)
-        counts = torch.from_numpy(np.concatenate([per_user, np.bincount(items, minlength=n)]))
+        counts = torch.from_numpy(np.concatenate([per_user, _bincount(items, n)]))
         sums = torch.tensor([float(vals.sum(dtype=np.float64)), float(len(vals))],
                             dtype=torch.float64)
         plan.all_sum([counts, sums])
@@ -1167,7 +1177,7 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
     return means(whole=True)
 
 
-def _sorted_pairs(users: np.ndarray, items: np.ndarray, chunk: int = 1 << 20) -> bool:
+def _sorted_pairs(users: np.ndarray, items: np.ndarray, chunk: int = 1 << 14) -> bool:
     """Whether the pairs are sorted by user, then item (checked ``chunk`` at a time: no
     temporaries the length of the ratings)."""
     for a in range(0, max(len(users) - 1, 0), chunk):
