@@ -227,7 +227,9 @@ def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
         raise TypeError(f"gather_seen must be True or False, got {gather_seen!r}")
     model.fit(train, validation=validation, plan=plan, **fit_kwargs)
     # issue 11: the last gradient (a parameter-sized copy the model does not need) and the
-    # fit's freed workspace back to the system before the gather's arrays
+    # fit's freed workspace back to the system before the gather's arrays; the objective (its
+    # transposes), the optimizer's state and the guard's copy are gone with the fit (no
+    # reference cycle holds them: tests/test_memory_adam.py)
     for param in getattr(model, "_params", {}).values():
         param.grad = None
     release_freed_memory()
@@ -295,6 +297,10 @@ def _gather_pattern(model: MatrixFactorization, train: Ratings, plan: ShardPlan)
                        counts[mixed]) + np.arange(len(rows))
         order = np.lexsort((indices[at], rows))
         indices[at] = indices[at][order]
+        del rows, at, order
+    # issue 11: the pieces' freed temporaries back to the system before with_pattern's checks
+    # allocate theirs beside the gathered pattern
+    release_freed_memory()
     model.index_ = model.index_.with_pattern(indptr, indices)
 
 

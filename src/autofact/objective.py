@@ -76,6 +76,12 @@ _CPU_BLOCK_NNZ = 2**17
 #: a descheduled worker's share is taken over by the others, few enough that the runs' column
 #: gradient buffers stay small.
 _RUNS = 8
+#: Entries of a parameter regularized at a time on the CPU at most (:meth:`Objective._reg_slices`):
+#: a slice's autograd temporaries (about four slice-sized tensors) then take ~4 MiB in float32;
+#: slices of ``max_memory``'s share (699,050 entries at 64 MiB) took 11 MiB, on the process that
+#: adds the regularizer only (issue 11: rank 0's peak above the others'), and were no faster
+#: (the 25M-rating tables at rank 32, one thread: 11 ms in slices of 2**18 against 14 ms).
+_CPU_REG_SLICE = 2**18
 _POOL_LOCK = threading.Lock()  # creates an objective's worker threads once (:meth:`Objective._pool`)
 
 
@@ -464,9 +470,11 @@ class Objective:
     def _reg_slices(self, p: torch.Tensor) -> list[slice]:
         """Row slices of ``p`` for the regularizer: several when it is separable (a sum over
         entries, as the built-ins declare with ``reg.separable = True``) and ``p`` is large, so
-        that its autograd temporaries stay within ``max_memory`` rather than ~3x ``p``."""
+        that its autograd temporaries stay within ``max_memory`` rather than ~3x ``p``; on the
+        CPU at most :data:`_CPU_REG_SLICE` entries a slice (issue 11)."""
         per_row = max(1, p[0].numel()) if p.dim() else 1
-        rows = max(1, self.max_nnz // per_row)
+        cap = self.max_nnz if self.device.type != "cpu" else min(self.max_nnz, _CPU_REG_SLICE)
+        rows = max(1, cap // per_row)
         if not getattr(self.reg, "separable", False) or p.dim() == 0 or p.shape[0] <= rows:
             return [slice(None)]
         return [slice(s, s + rows) for s in range(0, p.shape[0], rows)]

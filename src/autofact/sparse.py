@@ -28,6 +28,14 @@ def csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
 
 
 
+#: Entries of a block whose transpose order is kept in 17 bits (:meth:`Pattern.transpose`).
+_SHORT_PERM = 2**17
+#: ``_PERM_HIGH[b, j]``: what bit ``j`` of byte ``b`` adds to a short perm's entry (bit 16 of
+#: the position, and the 2**15 that its low 16 bits are stored less of, to fit an int16).
+_PERM_HIGH = torch.tensor([[2**15 + (((b >> j) & 1) << 16) for j in range(8)]
+                           for b in range(256)], dtype=torch.int32)
+
+
 @dataclass
 class Pattern:
     """A block of rows ``[row0, row1)`` of a row-sorted sparsity pattern.
@@ -48,6 +56,10 @@ class Pattern:
     _perm: torch.Tensor | None = field(default=None, repr=False)
     _tcrow: torch.Tensor | None = field(default=None, repr=False)
     _rows_t: torch.Tensor | None = field(default=None, repr=False)
+    # a short perm (issue 11): its low 16 bits less 2**15 (int16, padded to 8 entries) and,
+    # past 2**16 entries, bit 16 packed 8 entries a byte
+    _perm_low: torch.Tensor | None = field(default=None, repr=False)
+    _perm_high: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def nnz(self) -> int:
@@ -57,29 +69,51 @@ class Pattern:
     def stop(self) -> int:
         return self.start + self.nnz
 
+    @property
+    def short_perm(self) -> bool:
+        """Whether ``perm`` is kept in 17 bits (2.125 bytes an entry) rather than 4: on the CPU,
+        for a block of at most 2**17 entries whose transposes are not kept (``keep_rows``
+        off: memory is short); unpacked at each call (tens of microseconds a block)."""
+        return (not self.keep_rows and self.nnz <= _SHORT_PERM
+                and self.col.device.type == "cpu")
+
     def transpose(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(tcrow, trow, perm)`` of the block's transpose.
 
-        ``perm`` is built on first use and kept (4 bytes an entry). With ``keep_rows`` the column
-        pointers ``tcrow`` and ``trow``, the block-local row of each transposed entry, are kept
-        too (another 4 bytes an entry); without, both are recomputed at each call (a count and
-        a gather), which keeps the memory of a large matrix at 4 bytes a rating.
+        ``perm`` is built on first use and kept: 4 bytes an entry, or 2.125 (its low 16 bits
+        and, past 2**16 entries, its 17th bit, packed: :attr:`short_perm`). With ``keep_rows``
+        the column pointers ``tcrow`` and ``trow``, the block-local row of each transposed
+        entry, are kept too (another 4 bytes an entry); without, both are recomputed at each
+        call (a count and a gather), which keeps the memory of a large matrix at 2.125 bytes a
+        rating (issue 11).
         """
-        if self._perm is None:
+        if self._perm is None and self._perm_low is None:
             prepare_transposes([self])
-        assert self._perm is not None
+        perm = self._perm if self._perm is not None else self._unpacked_perm()
         if self._rows_t is not None and self._tcrow is not None:
-            return self._tcrow, self._rows_t, self._perm
-        tcrow = torch.zeros(self.n_cols + 1, dtype=torch.int64, device=self.col.device)
-        torch.cumsum(torch.bincount(self.col, minlength=self.n_cols), 0, out=tcrow[1:])
+            return self._tcrow, self._rows_t, perm
+        idx = self.col.dtype
+        tcrow = torch.zeros(self.n_cols + 1, dtype=idx, device=self.col.device)
+        torch.cumsum(torch.bincount(self.col, minlength=self.n_cols), 0, dtype=idx,
+                     out=tcrow[1:])
         rows = torch.repeat_interleave(
-            torch.arange(self.row1 - self.row0, dtype=self.col.dtype, device=self.col.device),
+            torch.arange(self.row1 - self.row0, dtype=idx, device=self.col.device),
             torch.diff(self.crow), output_size=self.nnz,
         )
-        tcrow_i, trow = tcrow.to(self.col.dtype), torch.index_select(rows, 0, self._perm)
+        trow = torch.index_select(rows, 0, perm)
         if self.keep_rows:
-            self._tcrow, self._rows_t = tcrow_i, trow
-        return tcrow_i, trow, self._perm
+            self._tcrow, self._rows_t = tcrow, trow
+        return tcrow, trow, perm
+
+    def _unpacked_perm(self) -> torch.Tensor:
+        """The short perm as int32 (:attr:`short_perm`)."""
+        assert self._perm_low is not None
+        out = self._perm_low.to(torch.int32)
+        if self._perm_high is None:
+            out += 2**15
+        else:
+            out.view(-1, 8).add_(_PERM_HIGH.index_select(0, self._perm_high.to(torch.int32)))
+        return out[: self.nnz]
 
     def csr(self, values: torch.Tensor) -> Any:
         return csr_tensor(self.crow, self.col, values, (self.row1 - self.row0, self.n_cols))
@@ -92,23 +126,49 @@ class Pattern:
 
 
 def prepare_transposes(patterns: list[Pattern]) -> None:
-    """Build every block's ``perm`` now, as slices of one buffer.
+    """Build every block's ``perm`` now, as slices of one buffer (of each kind: short perms'
+    low bits and high bits, and whole ones).
 
     Built lazily inside the first backward pass, each block's ``perm`` would land between that
     block's temporaries on the allocator's heap and keep it fragmented (on a 25M-rating fit,
     ~150 MB of free but resident heap); one buffer allocated before any temporaries avoids that.
     """
-    todo = [p for p in patterns if p._perm is None]
+    todo = [p for p in patterns if p._perm is None and p._perm_low is None]
     if not todo:
         return
     dev = todo[0].col.device
+    short = [p for p in todo if p.short_perm]
+    whole = [p for p in todo if not p.short_perm]
+
+    def padded(p: Pattern) -> int:
+        return -(-p.nnz // 8) * 8
+
+    low = torch.empty(sum(padded(p) for p in short), dtype=torch.int16, device=dev)
+    high = torch.empty(sum(padded(p) // 8 for p in short if p.nnz > 2**16), dtype=torch.uint8,
+                       device=dev)
     dtype = todo[0].col.dtype if dev.type == "cpu" else torch.int64
-    buf = torch.empty(sum(p.nnz for p in todo), dtype=dtype, device=dev)
-    at = 0
+    buf = torch.empty(sum(p.nnz for p in whole), dtype=dtype, device=dev)
+    at = at_low = at_high = 0
+    bits = torch.arange(8, dtype=torch.uint8, device=dev)
     for p in todo:
-        p._perm = buf[at : at + p.nnz]
-        p._perm.copy_(torch.sort(p.col, stable=True).indices)  # stable: rows stay sorted in a column
-        at += p.nnz
+        perm = torch.sort(p.col, stable=True).indices  # stable: rows stay sorted in a column
+        if not p.short_perm:
+            p._perm = buf[at : at + p.nnz]
+            p._perm.copy_(perm)
+            at += p.nnz
+            continue
+        size = padded(p)
+        p._perm_low = low[at_low : at_low + size]
+        p._perm_low[p.nnz :] = 0
+        p._perm_low[: p.nnz].copy_(perm.bitwise_and(2**16 - 1).sub_(2**15))
+        at_low += size
+        if p.nnz > 2**16:
+            top = torch.zeros(size, dtype=torch.uint8, device=dev)
+            top[: p.nnz] = perm.bitwise_right_shift(16)
+            p._perm_high = high[at_high : at_high + size // 8]
+            torch.sum(top.view(-1, 8).bitwise_left_shift(bits), 1, dtype=torch.uint8,
+                      out=p._perm_high)
+            at_high += size // 8
 
 
 def build_patterns(

@@ -17,6 +17,7 @@ falls back to the whole regularizer scaled by the batch's share of the ratings, 
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import torch
@@ -67,10 +68,12 @@ class _Adam(_Descent):
     Written out rather than called through ``torch.optim``: its ``step`` imports
     ``torch._dynamo`` on first use (1.6 s and 69 MB resident, per process), which is most of a
     large fit's first epoch and over the memory budget of a 25M-rating fit. The square-root
-    denominator is formed a slice at a time, so no parameter-sized temporary exists.
+    denominator is formed a slice at a time in one buffer, so no parameter-sized temporary
+    exists.
     """
 
-    CHUNK = 1 << 20
+    #: Entries of a parameter updated at a time (the denominator's buffer: 1 MiB in float32).
+    CHUNK = 1 << 18
 
     def __init__(self, params: list[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> None:
@@ -130,10 +133,14 @@ class _Adam(_Descent):
                 p.addcdiv_(m, v.sqrt().div_(c2).add_(self.eps), value=-step_size)
                 continue
             pf, mf, vf = p.view(-1), m.view(-1), v.view(-1)
-            for s in range(0, pf.numel(), self.CHUNK):
-                sl = slice(s, s + self.CHUNK)
-                denom = vf[sl].sqrt().div_(c2).add_(self.eps)  # one temporary (issue 11)
-                pf[sl].addcdiv_(mf[sl], denom, value=-step_size)
+            size = pf.numel()
+            # one slice-sized buffer a parameter, written in place (issue 11: a fresh
+            # denominator a slice held two at once, the next made before the last was freed)
+            buf = torch.empty(min(self.CHUNK, size), dtype=p.dtype, device=p.device)
+            for s in range(0, size, self.CHUNK):
+                e = min(s + self.CHUNK, size)
+                denom = torch.sqrt(vf[s:e], out=buf[: e - s]).div_(c2).add_(self.eps)
+                pf[s:e].addcdiv_(mf[s:e], denom, value=-step_size)
 
 
 def make_first_order(obj: Objective, params: Params, solver: str, lr: float,
@@ -159,8 +166,9 @@ def make_first_order(obj: Objective, params: Params, solver: str, lr: float,
             opt.zero_grad()
             value = obj.value_and_grad(params)
             check_finite(value, params)  # before the update: the parameters stay as they were
-            if epoch.on_start is not None:  # the guard verifies the start before it moves
-                epoch.on_start(value)
+            hooks = this()
+            if hooks is not None and hooks.on_start is not None:
+                hooks.on_start(value)  # the guard verifies the start before it moves
             # issue 11: the gradient's freed workspace back to the system before the update
             # (Adam's first step allocates its moments), the update's before the next gradient
             # (a few ms each)
@@ -170,6 +178,11 @@ def make_first_order(obj: Objective, params: Params, solver: str, lr: float,
             return value
 
         epoch = Epoch(full_step, at_start=True, verifies_start=True, **_state_of(opt))
+        # issue 11: the step reaches its Epoch (for the guard's hook) through a weak reference:
+        # a closure holding the Epoch that holds it is a reference cycle, which kept the
+        # objective (its transposes), Adam's moments and the guard's copy alive after the fit
+        # until the garbage collector ran (on rank 0, beside the gathered training pattern)
+        this = weakref.ref(epoch)
         return epoch
 
     bs = int(batch_size)  # type: ignore[arg-type]
