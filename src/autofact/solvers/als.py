@@ -59,10 +59,16 @@ per-entry derivatives (``l' - 2 w0 r_hat``, ``l'' - 2 w0``) through the same spa
 term is quadratic in ``x_u``: for the squared loss with L2 each step is still the exact row
 minimizer.
 
-**Ratings by item** (issue 11): the item half-step reads each item's ratings through a copy of
-the users and values in item order (:func:`_by_item`: 8 bytes a float32 rating, and the
-weights), its blocks' row pointers cut from the sorted item ids, which are not kept; building it
-needs 8 bytes a rating more for a moment, the order's sort within ``max_memory``.
+**Ratings by item** (issue 11): where it fits in half of ``max_memory``, the item half-step
+reads each item's ratings through a copy of the users and values in item order
+(:func:`_by_item`: 8 bytes a float32 rating, and the weights), its blocks' row pointers cut from
+the sorted item ids, which are not kept; building it needs 8 bytes a rating more for a moment,
+the order's sort within ``max_memory``. Where it does not fit (:func:`_tiled`; sharded: on any
+process), the item half-step takes its ratings from the ratings by user as they are, range by
+range of items (:class:`_ItemTiles`: the same sums, added in another order), and the solver
+keeps nothing a rating beyond its kept second derivatives (within an eighth of
+``max_memory``). The epoch then also measures its start before anything moves (one pass over
+the ratings), so the divergence guard keeps one copy of the parameters, not two.
 
 **Sharded** (issue 11, an objective built with a plan shared by ``w`` processes,
 :mod:`autofact.sharding`): users are partitioned, every rating of a user on one process
@@ -100,8 +106,9 @@ from typing import Any
 import torch
 
 from .. import threads
+from .._memory import release_freed_memory
 from ..objective import Objective, Params
-from ..sparse import Pattern, build_patterns, csr_tensor, gather_dot
+from ..sparse import Pattern, _unsupported, build_patterns, csr_tensor, gather_dot
 from ._base import Epoch, NonFinite
 
 __all__ = ["make_als"]
@@ -148,7 +155,14 @@ def make_als(obj: Objective, params: Params, nonnegative: bool = False) -> Epoch
     reg_name = getattr(obj.reg, "__qualname__", "")
     quadratic = obj.loss is squared and reg_name.startswith(("l2(", "none("))
     run = _AlternatingNewton(obj, params, exact_quadratic=quadratic, nonnegative=nonnegative)
-    return Epoch(run, at_start=True, value=run.value if run.shared else None)
+    # issue 11 (memory): where the ratings by item are taken by ranges (the data outgrows
+    # max_memory), the epoch first measures its start, which the divergence guard then
+    # verifies before anything moves, keeping one copy of the parameters instead of two (an
+    # objective's pass a epoch, about 1/K of a half-step's products)
+    epoch = Epoch(run, at_start=True, value=run.value if run.shared else None,
+                  verifies_start=run.tiles is not None)
+    run.hooks = epoch
+    return epoch
 
 
 class _AlternatingNewton:
@@ -173,6 +187,8 @@ class _AlternatingNewton:
         self.checked = False
         self.exact_quadratic = exact_quadratic
         self._splits: dict[int, _Split | None] = {}  # id(pattern) -> its short/long rows
+        self._split_budget = obj.max_memory // 16  # (issue 11: bytes of splits kept)
+        self._split_lock = threading.Lock()
         # the second derivatives kept from the first epoch where fixed, per-entry values
         # within an eighth of max_memory (issue 10)
         self.curv = _Curvatures(CACHE_CURVATURE, obj.max_memory // 8)
@@ -180,6 +196,15 @@ class _AlternatingNewton:
         # regularizer curvature by bucket), made once while their sources are kept (issue 10)
         self._forms: dict[tuple[str, int], tuple[tuple[torch.Tensor, ...], Any]] = {}
         self._executor: ThreadPoolExecutor | None = None
+        # issue 11 (memory): the item half-step's ratings taken from the ratings as they are,
+        # range by range of items, where their copy by item does not fit (:func:`_tiled`)
+        self.tiles: _ItemTiles | None = None
+        self.hooks: Epoch | None = None  # the epoch make_als returns (its guard's on_start)
+        # the item half-step's objective and ranges of item rows: by item (sharded) or by
+        # ranges of the ratings by user (tiles)
+        self.objT: Objective = obj
+        self.ranges: list[tuple[int, int, list[Pattern]]] = []
+        self.solve_rows = max_rows  # rows solved at once (H and its Cholesky factor)
         if self.shared:
             self._init_shared(max_rows)
             return
@@ -200,14 +225,17 @@ class _AlternatingNewton:
             if self.workers > 1:
                 cap = min(cap, math.ceil(rows / (self.workers * BLOCKS_PER_WORKER)))
             row_caps.append(cap)
+        self.sides = [(obj, build_patterns(obj.users, obj.items, obj.shape, obj.max_nnz,
+                                           max_rows=row_caps[0]))]
+        if _tiled(obj):  # issue 11 (memory): the ratings by item taken range by range
+            self.tiles = _ItemTiles(obj, obj.users, obj.shape[0], K, max_rows)
+            self.solve_rows = max(1, max_rows // 2)  # H and L in a sixth of max_memory
+            self.objT, self.ranges = obj, [(a, b, []) for a, b in self.tiles.spans]
+            return
         objT, blocks = _by_item(obj, None, obj.shape[0], lambda rows, cols, shape: build_patterns(
             rows, cols, shape, obj.max_nnz, keep_rows=obj.keep_rows, max_rows=row_caps[1]))
         objT.patterns = blocks
-        self.sides = [
-            (obj, build_patterns(obj.users, obj.items, obj.shape, obj.max_nnz,
-                                 max_rows=row_caps[0])),
-            (objT, blocks),
-        ]
+        self.sides.append((objT, blocks))
 
     def _init_shared(self, max_rows: int) -> None:
         """The sharded layout (module docstring): this process's users as a compact table, its
@@ -233,6 +261,12 @@ class _AlternatingNewton:
         # the sort by item (issue 11: 4 bytes a rating less at the set-up's peak)
         self.sides = [(obj, build_patterns(users, obj.items, (len(self.own), n), obj.max_nnz,
                                            max_rows=max(1, max_rows // 2)))]
+        K = self.params["P"].shape[1] + (1 if "bu" in self.params else 0)
+        if _tiled(obj):  # (every process alike: the item ranges' sums are collective)
+            self.tiles = _ItemTiles(obj, users, len(self.own), K, max_rows)
+            self.solve_rows = max(1, max_rows // 2)  # H and L in a sixth of max_memory
+            self.objT, self.ranges = obj, [(a, b, []) for a, b in self.tiles.spans]
+            return
         del users
         self.objT, self.ranges = _by_item(
             obj, lut, len(self.own),
@@ -300,6 +334,10 @@ class _AlternatingNewton:
     def __call__(self) -> float:
         """One epoch; returns the objective at its start (the loss comes from the first pass)."""
         p = self.params
+        hooks = self.hooks
+        if hooks is not None and hooks.verifies_start and hooks.on_start is not None:
+            # the objective at the start, before anything moves (make_als): the guard's check
+            hooks.on_start(self.value() if self.shared else self.obj.value(p))
         if self.shared:
             return self._shared_epoch()
         with torch.no_grad():
@@ -346,6 +384,9 @@ class _AlternatingNewton:
                     self._shared_items(P, bu)
                     return 0.0
                 return self._shared_users(P, bu)
+        if side == 1 and self.tiles is not None:  # issue 11: the ratings by user, by ranges
+            with torch.no_grad():
+                return self._shared_items(p["P"], p.get("bu"))
         obj, blocks = self.sides[side]
         X, bx, Y, by = (p["P"], p.get("bu"), p["Q"], p.get("bi")) if side == 0 else \
             (p["Q"], p.get("bi"), p["P"], p.get("bu"))
@@ -364,9 +405,11 @@ class _AlternatingNewton:
                 p["bu"][self.own] = bu
         return loss
 
-    def _shared_items(self, Y: torch.Tensor, by: torch.Tensor | None) -> None:
+    def _shared_items(self, Y: torch.Tensor, by: torch.Tensor | None) -> float:
         """The item half-step shared by the processes (module docstring), against this
-        process's users' rows ``Y`` (and ``by``), range by range of items."""
+        process's users' rows ``Y`` (and ``by``), range by range of items; with
+        :attr:`tiles`, also the one-process item half-step (a world of one). Returns this
+        process's loss before the step (its ratings')."""
         p, obj, plan = self.params, self.objT, self.obj.plan
         X, bx = p["Q"], p.get("bi")
         k = X.shape[1]
@@ -386,34 +429,36 @@ class _AlternatingNewton:
             gram = torch.cat([(Yf.T @ Yf).reshape(-1), Yf.T @ o])
             plan.all_sum([gram])
             term = (w0 * gram[: K * K].view(K, K), w0 * gram[K * K :])
+        tiles = self.tiles
+        if tiles is not None:
+            tiles.start()
+        loss = torch.zeros((), dtype=torch.float64, device=dev)
         for a, b, pats in self.ranges:
             mb = b - a
             Xv = torch.cat([X[a:b], bx[a:b, None]], 1) if bx is not None else X[a:b].clone()
             grad = torch.zeros(mb, K, dtype=dt, device=dev)
             upper = torch.zeros(mb, len(iu), dtype=dt, device=dev)
-            curv = []  # each block's rows and CSR of l'' (the range's l'': 4-8 bytes a rating)
-            for pat in pats:
-                if pat.nnz == 0:
-                    continue
-                r = slice(pat.row0 - a, pat.row1 - a)
-                pred = gather_dot(self._augment(Xv[r], bias), Ya, pat) + obj.mu
-                g1, g2, _ = self.curv.entry(obj, pat, pred)
-                if term is not None:  # the unobserved term's rated part (module docstring)
-                    g1 = g1 - 2 * w0 * pred
-                    g2 = g2 - 2 * w0
-                grad[r] += pat.csr(g1) @ Yf
-                curv.append((r, pat.csr(g2)))
-            # each column slice of Z computed once for the range's blocks (issue 10): cache-
-            # sized where Z fits in half of max_memory, else within the budget's slices
-            cols = max(1, min(obj.max_nnz * 8 // max(Ya.shape[0] + mb, 1),
-                              _slice_bytes(dev) // max(1, Ya.shape[0] * Ya.element_size())))
-            for c0 in range(0, len(iu) if curv else 0, cols):
-                c1 = min(c0 + cols, len(iu))
-                Zs = products.upper(c0, c1)
-                for r, C in curv:
-                    upper[r, c0:c1] += C @ Zs
-                del Zs
-            del curv
+            row_losses: Callable[[torch.Tensor], torch.Tensor]
+            if tiles is not None:  # issue 11: this range's ratings from the ratings by user
+                tiles.advance(a, b)
+                loss += tiles.sums(self, obj, a, b, Xv, Ya, Yf, iu, ju, term, grad, upper)
+
+                def row_losses(Xt: torch.Tensor, a: int = a, b: int = b) -> torch.Tensor:
+                    assert tiles is not None
+                    return tiles.row_losses(obj, a, b, Xt, Ya, bias, term)
+            else:
+                loss += self._range_sums(obj, pats, a, Xv, Ya, Yf, bias, term, products, grad,
+                                         upper)
+
+                def row_losses(Xt: torch.Tensor, a: int = a,
+                               pats: list[Pattern] = pats) -> torch.Tensor:
+                    out = torch.zeros(Xt.shape[0], dtype=Xt.dtype, device=Xt.device)
+                    for pat in pats:
+                        if pat.nnz == 0:
+                            continue
+                        r = slice(pat.row0 - a, pat.row1 - a)
+                        out[r] += self._row_losses(obj, pat, Xt[r], Ya, bias, term)
+                    return out
             plan.all_sum([grad, upper])  # every process's ratings of these items
             # each process solves its slice of the range's rows (the regularizer's derivatives
             # added there, once) and sends its steps to the others: every process then holds
@@ -423,42 +468,84 @@ class _AlternatingNewton:
             mine = slice(s0, s1)
             rg, rh = self.curv.reg(obj, (a, b), Xv[mine])
             g = grad[mine] + rg
-            # with term: its sum over every user (g gets its gradient part in place)
-            part = _damped_solve(_mirror_upper(upper[mine], iu, ju, K), g, rh, term, Xv[mine]) \
-                if s1 > s0 else torch.zeros(0, K, dtype=dt, device=dev)
+            del grad
+            part = torch.zeros(s1 - s0, K, dtype=dt, device=dev)
+            Xm, um = Xv[mine], upper[mine]
+            for c0 in range(0, s1 - s0, self.solve_rows):  # H within max_memory
+                c = slice(c0, min(c0 + self.solve_rows, s1 - s0))
+                # with term: its sum over every user (g gets its gradient part in place)
+                part[c] = _damped_solve(_mirror_upper(um[c], iu, ju, K), g[c], rh[c], term,
+                                        Xm[c])
+            del upper, um
             step = torch.empty(mb, K, dtype=dt, device=dev)
             for q, piece in enumerate(plan.each_rank(part.reshape(-1))):
                 step[mb * q // w : mb * (q + 1) // w] = piece.view(-1, K).to(dev)
             if not self.exact_quadratic:
                 slope = torch.zeros(mb, dtype=dt, device=dev)  # summed: each row from its solver
                 slope[mine] = (g * part).sum(1)
-                step = step * self._shared_backtrack(obj, pats, a, Xv, Ya, bias, step,
-                                                     slope, term)[:, None]
+                step = step * self._shared_backtrack(obj, row_losses, Xv, bias, step, slope,
+                                                     term)[:, None]
             X[a:b] -= step[:, :k]
             if self.nonnegative:
                 X[a:b] = X[a:b].clamp_min(0)
             if bx is not None:
                 bx[a:b] -= step[:, k]
+            if tiles is not None:  # (issue 11: as after each group of _side's blocks)
+                release_freed_memory()
+        return float(loss)
 
-    def _shared_backtrack(self, obj: Objective, pats: list[Pattern], a: int, Xv: torch.Tensor,
-                          Ya: torch.Tensor, bias: bool, step: torch.Tensor,
+    def _range_sums(self, obj: Objective, pats: list[Pattern], a: int, Xv: torch.Tensor,
+                    Ya: torch.Tensor, Yf: torch.Tensor, bias: bool,
+                    term: tuple[torch.Tensor, torch.Tensor] | None, products: _Products,
+                    grad: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+        """A range's gradient and Hessian upper triangles from its item blocks ``pats`` (the
+        ratings by item), added into ``grad`` and ``upper``; its loss before the step."""
+        w0 = obj.unobserved_weight
+        loss = torch.zeros((), dtype=torch.float64, device=Xv.device)
+        curv = []  # each block's rows and CSR of l'' (the range's l'': 4-8 bytes a rating)
+        for pat in pats:
+            if pat.nnz == 0:
+                continue
+            r = slice(pat.row0 - a, pat.row1 - a)
+            pred = gather_dot(self._augment(Xv[r], bias), Ya, pat) + obj.mu
+            g1, g2, block_loss = self.curv.entry(obj, pat, pred)
+            loss += block_loss.double()
+            if term is not None:  # the unobserved term's rated part (module docstring)
+                g1 = g1 - 2 * w0 * pred
+                g2 = g2 - 2 * w0
+                loss -= w0 * (pred * pred).sum().double()
+            grad[r] += pat.csr(g1) @ Yf
+            curv.append((r, pat.csr(g2)))
+        # each column slice of Z computed once for the range's blocks (issue 10): cache-
+        # sized where Z fits in half of max_memory, else within the budget's slices
+        dev = Xv.device
+        cols = max(1, min(obj.max_nnz * 8 // max(Ya.shape[0] + Xv.shape[0], 1),
+                          _slice_bytes(dev) // max(1, Ya.shape[0] * Ya.element_size())))
+        T = upper.shape[1]
+        for c0 in range(0, T if curv else 0, cols):
+            c1 = min(c0 + cols, T)
+            Zs = products.upper(c0, c1)
+            for r, C in curv:
+                upper[r, c0:c1] += C @ Zs
+            del Zs
+        return loss
+
+    def _shared_backtrack(self, obj: Objective,
+                          row_losses: Callable[[torch.Tensor], torch.Tensor],
+                          Xv: torch.Tensor, bias: bool, step: torch.Tensor,
                           slope: torch.Tensor,
                           term: tuple[torch.Tensor, torch.Tensor] | None = None,
                           halvings: int = 10) -> torch.Tensor:
         """:meth:`_backtrack` for a range of item rows shared by the processes: each row's
         objective summed over them (its regularization counted by rank 0), so every process
-        finds the same step sizes and leaves the loop on the same halving. ``slope``: this
+        finds the same step sizes and leaves the loop on the same halving. ``row_losses(X)``:
+        this process's ratings' loss sums of the range's rows at ``X``; ``slope``: this
         process's rows' ``grad . step`` (those it solved; zeros elsewhere)."""
         plan = obj.plan
         k = Xv.shape[1] - (1 if bias else 0)
 
         def local(Xt: torch.Tensor) -> torch.Tensor:
-            out = torch.zeros(Xt.shape[0], dtype=Xt.dtype, device=Xt.device)
-            for pat in pats:
-                if pat.nnz == 0:
-                    continue
-                r = slice(pat.row0 - a, pat.row1 - a)
-                out[r] += self._row_losses(obj, pat, Xt[r], Ya, bias, term)
+            out = row_losses(Xt)
             if plan.owns_regularizer:
                 out += self._row_regularization(obj, Xt, k, bias)
                 if term is not None:
@@ -557,6 +644,9 @@ class _AlternatingNewton:
                     del Zs
                 losses += each(finish, list(zip(group, preps, hess, strict=True)))
                 del preps, hess
+                # issue 11 (memory): the group's blocks freed, their pages go back to the
+                # system (glibc keeps freed blocks on its heaps, one a worker thread)
+                release_freed_memory()
         loss = torch.zeros((), dtype=dt, device=dev)
         for block_loss in losses:  # in block order: the same sum whichever worker ran which
             loss += block_loss
@@ -721,11 +811,21 @@ class _AlternatingNewton:
 
     def _split(self, pat: Pattern, K: int) -> _Split | None:
         """The block's rows with at most :data:`WOODBURY_ROWS` ratings and the others (built
-        once per block); ``None`` when too few rows are short to gain from it."""
+        once per block while the splits kept fit in a sixteenth of ``max_memory``, else each
+        half-sweep: issue 11, their entries' places are 8-16 bytes a rating); ``None`` when too
+        few rows are short to gain from it."""
         key = id(pat)
-        if key not in self._splits:
-            self._splits[key] = _Split.of(pat) if WOODBURY_ROWS < K else None
-        return self._splits[key]
+        if key in self._splits:
+            return self._splits[key]
+        split = _Split.of(pat) if WOODBURY_ROWS < K else None
+        size = 0 if split is None else split.nbytes()
+        with self._split_lock:
+            fits = size <= self._split_budget
+            if fits:
+                self._split_budget -= size
+        if fits:
+            self._splits[key] = split
+        return split
 
     def _row_objective(self, obj: Objective, pat: Pattern, Xv: torch.Tensor, Ya: torch.Tensor,
                        bias: bool, term: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -851,6 +951,194 @@ def _item_order(items: torch.Tensor, n: int, budget: int) -> tuple[torch.Tensor,
         order.index_copy_(0, place, (within + s).to(idx))
         free += torch.bincount(part, minlength=n)
     return order, counts
+
+
+#: issue 11 (memory): the item half-step's copy of the ratings by item (:func:`_by_item`: the
+#: users and values in item order, and the weights: 8 bytes a float32 rating or more) is made
+#: only where it takes at most this share of ``max_memory``. Otherwise the item half-step takes
+#: each range of items' ratings from the ratings by user as they are (:class:`_ItemTiles`) and
+#: the solver keeps nothing a rating.
+BY_ITEM_SHARE = 0.5
+
+
+def _tiled(obj: Objective) -> bool:
+    """Whether the item half-step takes its ratings range by range (:class:`_ItemTiles`): where
+    the copy by item would not fit in :data:`BY_ITEM_SHARE` of ``max_memory``; under several
+    processes, where it would not fit on any of them (every process takes the same ranges)."""
+    per = obj.users.element_size() + obj.values.element_size() + (
+        0 if obj.weights is None else obj.weights.element_size())
+    need = torch.tensor([float(obj.nnz * per > obj.max_memory * BY_ITEM_SHARE)],
+                        dtype=torch.float64)
+    obj.plan.all_max([need])
+    return bool(need[0] > 0)
+
+
+def _lower_bound(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bound: int
+                 ) -> torch.Tensor:
+    """In each segment ``[lo, hi)`` of ``values`` (sorted within each segment), the first
+    position whose value is at least ``bound`` (``hi`` where none is): a binary search in every
+    segment at once, ``log2`` of the longest segment's length steps."""
+    lo, hi = lo.clone(), hi.clone()
+    last = max(len(values) - 1, 0)
+    while True:
+        active = lo < hi
+        if not bool(active.any()):
+            return lo
+        mid = torch.div(lo + hi, 2, rounding_mode="floor")
+        below = torch.index_select(values, 0, mid.clamp(max=last)) < bound
+        right = active & below
+        lo = torch.where(right, mid + 1, lo)
+        hi = torch.where(active & ~below, mid, hi)
+
+
+def _t_product(pat: Pattern, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """``C^T @ dense`` for the CSR ``C`` of ``values`` on ``pat`` (rows: ``dense``'s rows):
+    each column's sum of its entries' values times their rows of ``dense``."""
+    C = pat.csr(values)
+    try:
+        return C.t() @ dense
+    except (NotImplementedError, RuntimeError) as exc:  # a build without the transposed kernel
+        if not _unsupported(exc):
+            raise
+    rows = torch.repeat_interleave(torch.arange(pat.row1 - pat.row0, device=dense.device),
+                                   torch.diff(pat.crow.long()), output_size=pat.nnz)
+    out = torch.zeros(pat.n_cols, dense.shape[1], dtype=dense.dtype, device=dense.device)
+    return out.index_add_(0, pat.col, values[:, None] * dense.index_select(0, rows))
+
+
+class _ItemTiles:
+    """The item half-step's ratings taken from the ratings by user as they are (issue 11,
+    memory: no copy of them by item, nothing kept a rating), where that copy would not fit in
+    ``max_memory`` (:func:`_tiled`).
+
+    The items are cut into ranges (:attr:`spans`, the same on every process: they depend on
+    the shapes and ``max_memory`` only) whose sums, each item row's gradient and Hessian upper
+    triangle (``K + K (K + 1) / 2`` floats), and a product's result as large, fit in a quarter
+    of ``max_memory``; the users into blocks (:attr:`blocks`) whose ``Z`` rows (``y_u y_u^T``'s
+    upper triangles) fit in an eighth, of at most ``max_nnz`` ratings. A user's ratings are
+    sorted by item, so a range's ratings of a block's users are a run in each user's row: a
+    binary search in every row at once finds where the range's run ends, after the previous
+    range's (a cursor a user while a half-step runs: 16 bytes a user). A tile (a block's
+    ratings of a range, gathered: within ``max_nnz``) gives its entries' ``l'`` and ``l''``,
+    and the range's sums through the transposed sparse products ``C^T @ Y`` and ``C^T @ Z``,
+    ``Z`` of the block's users only: all its columns at once, no column slices of every
+    user's ``Z``. The sums are those of the ratings by item added in another order (rounding
+    only); the item rows are solved as :meth:`_AlternatingNewton._shared_items` solves them.
+    """
+
+    def __init__(self, obj: Objective, users: torch.Tensor, n_rows: int, K: int,
+                 max_rows: int) -> None:
+        n = obj.shape[1]
+        f = obj.values.element_size()
+        T = K * (K + 1) // 2
+        span = max(1, obj.max_memory // 4 // (2 * (T + K) * f))
+        self.spans = [(a, min(n, a + span)) for a in range(0, n, span)]
+        rows = max(1, obj.max_memory // 8 // (T * f))
+        # (row pointers and views of the item ids: nothing a rating)
+        self.blocks = build_patterns(users, obj.items, (n_rows, n), obj.max_nnz,
+                                     keep_rows=False, max_rows=rows)
+        # every block's Z computed once a half-step where all of them fit in that eighth
+        self.keep_z = n_rows * T * f <= obj.max_memory // 8
+        self._z: dict[int, torch.Tensor] = {}
+        self._lo: list[torch.Tensor] = []
+        self._hi: list[torch.Tensor] = []
+
+    def start(self) -> None:
+        """A half-step begins: every user's cursor at its first rating."""
+        self._hi = [p.crow[:-1].long() for p in self.blocks]
+        self._z = {}
+
+    def advance(self, a: int, b: int) -> None:
+        """The next range, items ``[a, b)`` (ranges in order): in each user's row, its ratings
+        from the cursor up to its first of an item ``>= b``."""
+        self._lo = self._hi
+        self._hi = [_lower_bound(p.col, lo, p.crow[1:].long(), b)
+                    for p, lo in zip(self.blocks, self._lo, strict=True)]
+
+    def tile(self, j: int, a: int, b: int) -> tuple[Pattern, torch.Tensor] | None:
+        """Block ``j``'s ratings of the range ``[a, b)`` (:meth:`advance`'s): their pattern
+        (the block's rows, the range's items numbered from ``a``) and their places in the
+        block; ``None`` when it has none."""
+        p, lo, hi = self.blocks[j], self._lo[j], self._hi[j]
+        counts = hi - lo
+        total = int(counts.sum())
+        if total == 0:
+            return None
+        crow = torch.zeros(len(counts) + 1, dtype=torch.int64, device=lo.device)
+        torch.cumsum(counts, 0, out=crow[1:])
+        idx = torch.repeat_interleave(lo - crow[:-1], counts, output_size=total)
+        idx += torch.arange(total, device=lo.device)
+        col = torch.index_select(p.col, 0, idx)
+        col -= a
+        return Pattern(row0=p.row0, row1=p.row1, start=0, n_cols=b - a,
+                       crow=crow.to(col.dtype), col=col, keep_rows=False), idx
+
+    @staticmethod
+    def _view(obj: Objective, p: Pattern, idx: torch.Tensor) -> Objective:
+        """``obj`` on a tile's ratings alone (their values and weights, gathered)."""
+        view = copy.copy(obj)
+        view.values = torch.index_select(obj.values[p.start : p.stop], 0, idx)
+        view.weights = None if obj.weights is None else torch.index_select(
+            obj.weights[p.start : p.stop], 0, idx)
+        return view
+
+    def _z_rows(self, j: int, Yf: torch.Tensor, iu: torch.Tensor, ju: torch.Tensor
+                ) -> torch.Tensor:
+        """Block ``j``'s rows of ``Z`` (``Yf``: its users' rows)."""
+        z = self._z.get(j)
+        if z is None:
+            z = _Products(Yf, iu, ju).upper(0, len(iu))
+            if self.keep_z:
+                self._z[j] = z
+        return z
+
+    def sums(self, solver: _AlternatingNewton, obj: Objective, a: int, b: int,
+             Xv: torch.Tensor, Ya: torch.Tensor, Yf: torch.Tensor, iu: torch.Tensor,
+             ju: torch.Tensor, term: tuple[torch.Tensor, torch.Tensor] | None,
+             grad: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+        """The range's gradient and Hessian upper triangles from this process's ratings,
+        added into ``grad`` and ``upper``; their loss before the step."""
+        bias = Ya.shape[1] == Xv.shape[1] + 1
+        Xa = solver._augment(Xv, bias)
+        w0 = obj.unobserved_weight
+        loss = torch.zeros((), dtype=torch.float64, device=Xv.device)
+        for j, p in enumerate(self.blocks):
+            got = self.tile(j, a, b)
+            if got is None:
+                continue
+            pat, idx = got
+            r = slice(p.row0, p.row1)
+            view = self._view(obj, p, idx)
+            pred = gather_dot(Ya[r], Xa, pat) + obj.mu
+            g1, g2, tile_loss = solver.curv.entry(view, pat, pred, key=("tile", a, j))
+            loss += tile_loss.double()
+            if term is not None:  # the unobserved term's rated part (module docstring)
+                g1 = g1 - 2 * w0 * pred
+                g2 = g2 - 2 * w0
+                loss -= w0 * (pred * pred).sum().double()
+            del pred, view
+            grad += _t_product(pat, g1, Yf[r])
+            upper += _t_product(pat, g2, self._z_rows(j, Yf[r], iu, ju))
+        return loss
+
+    def row_losses(self, obj: Objective, a: int, b: int, Xt: torch.Tensor, Ya: torch.Tensor,
+                   bias: bool, term: tuple[torch.Tensor, torch.Tensor] | None
+                   ) -> torch.Tensor:
+        """Each item row's sum of this process's losses at the range's rows ``Xt`` (with
+        ``term``, less ``w0 r_hat^2`` on each rating)."""
+        Xa = _AlternatingNewton._augment(Xt, bias)
+        out = torch.zeros(b - a, dtype=Xt.dtype, device=Xt.device)
+        for j, p in enumerate(self.blocks):
+            got = self.tile(j, a, b)
+            if got is None:
+                continue
+            pat, idx = got
+            pred = gather_dot(Ya[p.row0 : p.row1], Xa, pat) + obj.mu
+            losses = self._view(obj, p, idx).entry_loss(pred, 0, pat.nnz)
+            if term is not None:
+                losses = losses - obj.unobserved_weight * pred * pred
+            out.index_add_(0, pat.col, losses)
+        return out
 
 
 def _aligned_patterns(rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int],
@@ -1040,6 +1328,12 @@ class _Split:
         long_crow = torch.zeros(len(long) + 1, dtype=pat.crow.dtype, device=crow.device)
         torch.cumsum(counts[long], 0, out=long_crow[1:])
         return cls(buckets, long, long_entries, long_crow, pat.col[long_entries], pat.n_cols)
+
+    def nbytes(self) -> int:
+        """The bytes its tensors hold."""
+        tensors = [t for _, rows, ents, cols in self.buckets for t in (rows, ents, cols)]
+        tensors += [self.long, self.long_entries, self.long_crow, self.long_col]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def csr_long(self, values: torch.Tensor) -> Any:
         """The CSR of the long rows' entries of ``values`` (one value per entry of the block)."""
@@ -1321,13 +1615,15 @@ class _Curvatures:
             self._positive[key] = out
         return out
 
-    def entry(self, obj: Objective, pat: Pattern, pred: torch.Tensor
+    def entry(self, obj: Objective, pat: Pattern, pred: torch.Tensor, key: Any = None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`Objective.entry_derivatives` of ``pat``'s entries at ``pred``."""
+        """:meth:`Objective.entry_derivatives` of ``pat``'s entries at ``pred``; ``key``: the
+        block's name in the cache (``None``: ``id(pat)``, for a block the solver keeps; a block
+        made anew each epoch, as :class:`_ItemTiles`' are, names itself)."""
         def first() -> tuple[torch.Tensor, torch.Tensor]:
             return _first_derivative(lambda z: obj.entry_loss(z, pat.start, pat.stop).sum(),
                                      pred)
-        return self._get(("loss", id(pat)),
+        return self._get(("loss", id(pat) if key is None else key),
                          lambda: obj.entry_derivatives(pred, pat.start, pat.stop), first, pred)
 
     def reg(self, obj: Objective, key: Any, Xv: torch.Tensor
