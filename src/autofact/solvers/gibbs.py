@@ -844,39 +844,40 @@ def gibbs_mf(
             f"shared by {plan.world_size} processes: fit without plan=, or with implicit=False"
         )
     K = int(rank) + 1
-    max_rows = _block_rows(max_memory, K)
+    block_nnz, max_rows = _block_sizes(max_memory, K, max_nnz)
     with use_threads(min(len(values), max_nnz) * K * (K + 1) / 2, n_threads):
         return _gibbs(users, items, values, shape, rank=int(rank), sweeps=int(sweeps),
                       burn_in=burn_in, noise=noise, noise_shape=float(noise_shape),
                       implicit=bool(implicit), seed=seed, init_std=init_std, init=init,
                       cg_tol=cg_tol, cg_max_iter=cg_max_iter,
-                      max_nnz=max_nnz if max_memory is None else
-                      max(1, min(max_nnz, max_memory // _BLOCK_BYTES_A_RATING)),
-                      max_rows=max_rows, slab=None if max_memory is None else
+                      max_nnz=block_nnz, max_rows=max_rows, slab=None if max_memory is None else
                       max(1, max_memory // _SLAB_BYTES_A_RATING), callback=callback, t0=t0,
                       plan=plan, on_state=on_state, resume=resume)
 
 
-# How ``max_memory`` is shared out (issue 11, item 3): half to a row block's per-row arrays
-# (:func:`_block_rows`), a quarter to its per-rating temporaries (float64 values, weights and
-# residuals, the float32 values of its sparse products: ~48 bytes a rating), and the items'
+# How ``max_memory`` is shared out (issue 11, item 3): a row block's per-rating temporaries
+# (float64 values, weights and residuals, the float32 values of its sparse products: ~48 bytes
+# a rating) take at most half, its per-row arrays the rest (:func:`_block_sizes`); the items'
 # view, when it does not fit whole, is built in slabs that hold 8 bytes a rating (an eighth;
 # ~30 bytes a rating while a slab is built, when no block is alive)
-_BLOCK_BYTES_A_RATING = 4 * 48
+_BLOCK_BYTES_A_RATING = 48
 _SLAB_BYTES_A_RATING = 8 * 8
 
 
-def _block_rows(max_memory: Any, K: int) -> int | None:
-    """Rows a block may hold so that its per-row workspace stays within half of ``max_memory``
-    bytes (issue 11, item 3): per row the augmented conditional ``M`` (``8 (K+1)^2`` bytes,
-    float64), the Gram sums (``2 K (K+1)``, float32) and ``8 K`` float64 vectors (linear term,
-    noise, draw and mean, ...). ``None``: no cap."""
+def _block_sizes(max_memory: Any, K: int, max_nnz: int) -> tuple[int, int | None]:
+    """The ratings and rows a row block may hold so that its workspace stays within
+    ``max_memory`` bytes (issue 11, item 3): ``_BLOCK_BYTES_A_RATING`` a rating (at most
+    ``max_nnz`` ratings and half of ``max_memory``), and per row the augmented conditional
+    ``M`` (``8 (K+1)^2`` bytes, float64), the Gram sums (``2 K (K+1)``, float32) and ``8 K``
+    float64 vectors (linear term, noise, draw and mean, ...). ``None``: no cap on the rows."""
     if max_memory is None:
-        return None
+        return max_nnz, None
     if isinstance(max_memory, bool) or not isinstance(max_memory, int) or max_memory <= 0:
         raise ValueError(f"max_memory must be a positive number of bytes or None, got "
                          f"{max_memory!r}; e.g. 64 * 2**20 (64 MiB of row-block workspace)")
-    return max(1, max_memory // 2 // (8 * (K + 1) ** 2 + 2 * K * (K + 1) + 64 * K))
+    nnz = max(1, min(max_nnz, max_memory // 2 // _BLOCK_BYTES_A_RATING))
+    per_row = 8 * (K + 1) ** 2 + 2 * K * (K + 1) + 64 * K
+    return nnz, max(1, (max_memory - nnz * _BLOCK_BYTES_A_RATING) // per_row)
 
 
 # A burn-in sweep whose training RMSE is below this fraction of the previous sweep's restarts the
@@ -1242,14 +1243,17 @@ def _orthonormal(Y: np.ndarray, reduce: Callable[[list[np.ndarray]], None] | Non
                  ) -> np.ndarray:
     """Columns spanning those of ``Y`` (rows x k), orthonormal (Cholesky QR: ``Y L^-T`` with
     ``L L^T = Y^T Y``, the Gram matrix summed over the processes by ``reduce`` when each holds
-    some of the rows); a tiny ridge keeps dependent columns finite."""
+    some of the rows), written over ``Y``; a tiny ridge keeps dependent columns finite."""
     G = Y.T @ Y
     if reduce is not None:
         reduce([G])
     k = G.shape[0]
     G[np.diag_indices(k)] += 1e-10 * float(np.trace(G)) / k + 1e-300
     L = np.linalg.cholesky(G)
-    return Y @ np.linalg.inv(L).T
+    Li = np.linalg.inv(L).T
+    for a in range(0, Y.shape[0], _DRAW_ROWS):  # in place (issue 11, item 3: no copy of Y)
+        Y[a : a + _DRAW_ROWS] = Y[a : a + _DRAW_ROWS] @ Li
+    return Y
 
 
 def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side | _Columns, k: int,
@@ -1324,15 +1328,36 @@ def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side | _Co
 
         return times
 
-    A_u, A_i = product(u_side, e_u), product(i_side, e_i)
+    try:  # ``Y += A @ X`` for a CSC ``A`` (scipy's kernel behind ``csc_matrix @ dense``)
+        from scipy.sparse._sparsetools import csc_matvecs as _csc_matvecs
+    except ImportError:  # pragma: no cover - then the item slabs are built for each product
+        _csc_matvecs = None
+
+    def scatter(dense: np.ndarray) -> np.ndarray:
+        """``A^T @ dense`` for the items from the users' view: each user block's ``A_b^T
+        dense_b`` added into one float32 output, every item's terms in user order as the items'
+        view sums them (the same numbers; issue 11, item 3: no item slabs built for each
+        product, and no float32 copy of all of ``dense``)."""
+        out = np.zeros((n, dense.shape[1]), dtype=np.float32)
+        flat = out.reshape(-1)
+        for r0, r1, a, b, crow in u_side.blocks:
+            vals = e_u(u_side, a, b, u_side.row_index(r0, r1, a, b)).astype(np.float32)
+            part = np.ascontiguousarray(dense[r0:r1], dtype=np.float32).reshape(-1)
+            _csc_matvecs(n, r1 - r0, dense.shape[1], crow.numpy(), u_side.cols[a:b], vals,
+                         part, flat)
+        return out.astype(np.float64)
+
+    A_u = product(u_side, e_u)
+    A_i = scatter if _csc_matvecs is not None else product(i_side, e_i)
     W = rng.standard_normal((n, k))
     V = None
     for _ in range(_START_PAIRS):
         Y = _orthonormal(A_u(W), reduce)
         W = A_i(Y)
+        del Y  # (issue 11, item 3: not alive while the next one is made)
         if reduce is not None:
             reduce([W])
-        V_new = _orthonormal(W)
+        V_new = _orthonormal(W.copy())  # (in place: W is used again)
         if V is not None and float(np.sum((V.T @ V_new) ** 2)) / k > 1.0 - _START_TOL:
             break
         V = V_new
