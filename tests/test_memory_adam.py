@@ -135,8 +135,8 @@ def test_the_transposes_hold_17_bits_a_rating_when_memory_is_short():
     # issue 11, item 3: with max_memory too small to keep the transposes' rows (keep_rows off),
     # each block's order of the transpose is kept in its low 16 bits and, past 2**16 entries,
     # its 17th bit packed: 2.125 bytes a rating, not 4 (95 MiB at 25M ratings, 48 MiB saved)
-    r = planted(1_200_000, m=8_000, n=3_000)
-    obj = Objective(r, bias=True, max_memory=2**24)  # blocks of 2**17 entries
+    r = planted(600_000, m=6_000, n=2_000)
+    obj = Objective(r, bias=True, max_memory=2**23)  # blocks of 87,381 entries
     assert not obj.keep_rows
     assert max(p.nnz for p in obj.patterns) > 2**16  # blocks that need the 17th bit
     obj.value_and_grad(obj.init_params(4, seed=0))
@@ -176,10 +176,10 @@ def test_a_row_longer_than_a_short_transpose_keeps_a_whole_one():
 
 
 def test_short_and_whole_transposes_give_the_same_gradient():
-    r = planted(1_200_000, m=8_000, n=3_000)
+    r = planted(600_000, m=6_000, n=2_000)
     grads = []
     for keep in (False, True):
-        obj = Objective(r, bias=True, max_memory=2**24)
+        obj = Objective(r, bias=True, max_memory=2**23)
         if keep:  # the same blocks, their transposes kept whole
             obj.patterns = build_patterns(obj.users, obj.items, obj.shape, obj._block_nnz(),
                                           keep_rows=True)
