@@ -45,7 +45,7 @@ import numpy as np
 
 from ._memory import release_freed_memory
 from ._optional import optional_import
-from .data import Duplicates, Ratings, factorize_ids, parse_timestamps, parse_weights
+from .data import Duplicates, Ratings, factorize_ids, parse_timestamps, parse_weights, stable_order
 
 __all__ = ["read", "read_in_background", "read_parts", "part_files"]
 
@@ -265,14 +265,23 @@ def _read_parts(folder: Path, kwargs: dict[str, Any], duplicates: Duplicates,
                 keep_users: Callable[[np.ndarray], np.ndarray] | None = None,
                 dtype: np.dtype[Any] | None = None) -> Ratings:
     """Every part file of ``folder`` (or ``files`` of it) read by :func:`read` and joined into
-    one :class:`Ratings` (ids by the one rule over all the parts; see :func:`read`)."""
+    one :class:`Ratings` (ids by the one rule over all the parts; see :func:`read`).
+
+    Parquet parts with int64 ids, a numeric rating and no weight or timestamp column are
+    streamed (:func:`_stream_parquet`: issue 11, no part is ever held whole); any other
+    folder, or one in which the stream meets anything to report, is read part by part below,
+    which gives the same Ratings and raises the error."""
     if duplicates == "mean":  # a mean of each part's means would weigh the parts wrongly
         raise ValueError(
             f"duplicates='mean' is not available for a folder of part files ({str(folder)!r}); "
             "pass duplicates='last' (the last part's rating wins) or combine them beforehand"
         )
+    paths = part_files(folder) if files is None else files
+    streamed = _stream_parquet(paths, kwargs, duplicates, keep_users, dtype)
+    if streamed is not None:
+        return streamed
     parts = []
-    for f in part_files(folder) if files is None else files:
+    for f in paths:
         r = read(f, duplicates=duplicates, **kwargs)
         if keep_users is not None:
             kept = np.asarray(keep_users(r.user_ids), dtype=bool)[r.users]
@@ -413,6 +422,296 @@ def _join(parts: list[Ratings | None], user_luts: list[np.ndarray],
     return Ratings(users, items, out["values"], shape=(m, len(item_ids)), user_ids=user_ids,
                    item_ids=item_ids, weights=out.get("weights"),
                    timestamps=out.get("timestamps"), duplicates=duplicates, _sorted=True)
+
+
+# ---------------------------------------------------------------------------- Parquet, streamed
+#: Rows of a Parquet part converted at a time (issue 11: what a batch costs beside the ratings
+#: held, ~100 bytes a row, stays a few MiB), and ratings sorted at a time within their users.
+_BATCH_ROWS = 1 << 16
+_SORT_STEP = 1 << 18
+
+
+def _stream_parquet(files: list[Path], kwargs: dict[str, Any], duplicates: Duplicates,
+                    keep_users: Callable[[np.ndarray], np.ndarray] | None,
+                    dtype: np.dtype[Any] | None) -> Ratings | None:
+    """The part files as :func:`_read_parts` joins them, read a batch of rows at a time and
+    never whole (issue 11, item 3: a process's peak while it reads stays near the 12 bytes a
+    rating it then holds), or None where the part-by-part reader must read them: a part that
+    is not Parquet, ids that are not int64, a rating that is not a number, a weight or a
+    timestamp column, or anything that reader reports (a missing id, a rating that is not
+    finite, a duplicate under ``duplicates='error'``, no ratings kept): it then raises its own
+    error, naming the part and the row.
+
+    Two passes over each part's batches. The first reads the id columns only: the sorted
+    distinct user ids kept (``keep_users`` is asked about each batch's distinct users) with
+    their numbers of ratings, and the distinct items they rated: the id maps, as the joined
+    parts have them. The second converts each batch straight to int32 codes and values of
+    ``dtype`` and places them where they go in the result (the ratings of each user in the
+    parts' order, then row order), so that nothing but the result is held; the ratings of each
+    user are then sorted by item, a few users at a time, stably (a pair rated twice keeps that
+    order: ``duplicates='last'`` keeps the last one)."""
+    plan = _parquet_plan(files, kwargs)
+    if plan is None:
+        return None
+    try:
+        return _streamed(plan, duplicates, keep_users,
+                         np.dtype(np.float64) if dtype is None else dtype)
+    finally:
+        for handle, _ in plan:
+            handle.close()
+        release_freed_memory()  # the batches' freed memory and pyarrow's pool
+
+
+def _parquet_plan(files: list[Path], kwargs: dict[str, Any]) -> list[tuple[Any, _Choice]] | None:
+    """Each part's open ``pyarrow.parquet.ParquetFile`` and the columns :func:`read` takes from
+    it, when every part is one that :func:`_stream_parquet` reads as :func:`read` does (the
+    columns pandas shows, their plain numpy types: int64 ids, an int or float rating, no
+    weight or timestamp column, rows); else None."""
+    fmt = kwargs.get("format")
+    given = [kwargs.get(k) for k in ("user", "item", "rating", "weight")]
+    timestamp = kwargs.get("timestamp")
+    if fmt not in (None, "parquet") or any(g is not None and not isinstance(g, str)
+                                           for g in given) \
+            or not (timestamp is None or timestamp is False or isinstance(timestamp, str)):
+        return None  # read() refuses these: its error, from the part-by-part reader
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:  # the part-by-part reader names the extra to install
+        return None
+    names = _Names(given[0], given[1], given[2], given[3], timestamp)
+    opened: list[Any] = []
+    plan: list[tuple[Any, _Choice]] = []
+    try:
+        for f in files:
+            if _format(f, fmt) != "parquet":
+                raise _NotStreamed
+            # read a page at a time (not a row group's column chunks at once)
+            opened.append(pq.ParquetFile(f, buffer_size=1 << 16, pre_buffer=False))
+            choice = _plain_columns(opened[-1], names, f.name, pa)
+            if choice is None or opened[-1].metadata.num_rows == 0:
+                raise _NotStreamed
+            plan.append((opened[-1], choice))
+    except (_NotStreamed, OSError, ValueError, pa.ArrowException):
+        for handle in opened:
+            handle.close()
+        return None
+    return plan
+
+
+class _NotStreamed(Exception):
+    """A part :func:`_stream_parquet` leaves to the part-by-part reader."""
+
+
+def _plain_columns(handle: Any, names: _Names, name: str, pa: Any) -> _Choice | None:
+    """The user, item and rating columns of a Parquet part, chosen from the columns pandas
+    would show (:func:`_read_parquet`), when they read as plain int64 ids and a plain numeric
+    rating and there is neither a weight nor a timestamp column; else None."""
+    schema = handle.schema_arrow
+    meta = schema.pandas_metadata or {}
+    if any(not isinstance(c, dict) for c in meta.get("index_columns", [])):
+        return None  # an index stored as columns: pandas would not show them as columns
+    columns = list(schema.names)
+    if len(set(columns)) != len(columns):
+        return None
+    choice = _choose(columns, names, name, headerless=False)  # its ValueError: not streamed
+    if choice.weight is not None or choice.timestamp is not None:
+        return None
+    stored = {c.get("field_name", c.get("name")): c.get("numpy_type")
+              for c in meta.get("columns", []) if isinstance(c, dict)}
+    for col, plain in ((choice.user, pa.types.is_int64), (choice.item, pa.types.is_int64),
+                       (choice.rating, _plain_number(pa))):
+        kind = schema.field(col).type
+        if not plain(kind):
+            return None
+        if col in stored and stored[col] != np.dtype(kind.to_pandas_dtype()).name:
+            return None  # pandas would restore another type (nullable, categorical...)
+    return choice
+
+
+def _plain_number(pa: Any) -> Callable[[Any], bool]:
+    def plain(kind: Any) -> bool:
+        return bool(pa.types.is_integer(kind) or pa.types.is_float32(kind)
+                    or pa.types.is_float64(kind))
+    return plain
+
+
+def _streamed(plan: list[tuple[Any, _Choice]], duplicates: Duplicates,
+              keep_users: Callable[[np.ndarray], np.ndarray] | None,
+              kind: np.dtype[Any]) -> Ratings | None:
+    """:func:`_stream_parquet`'s two passes over the open parts."""
+    import pandas as pd  # its hash tables: a batch's distinct ids without a sort
+
+    users_seen, items_seen = _Distinct(counted=True), _Distinct(counted=False)
+    for handle, c in plan:  # first pass: the ids only
+        for batch in handle.iter_batches(batch_size=_BATCH_ROWS, columns=[c.user, c.item],
+                                         use_threads=False):
+            user_col, item_col = batch.column(c.user), batch.column(c.item)
+            if user_col.null_count or item_col.null_count:
+                return None  # a missing id: the part-by-part reader names its row
+            users, items = user_col.to_numpy(), item_col.to_numpy()
+            where, ids = pd.factorize(users)
+            counts = np.bincount(where, minlength=len(ids))
+            if keep_users is not None:  # asked about the sorted ids, as of a part's
+                order = np.argsort(ids)
+                kept = np.empty(len(ids), dtype=bool)
+                kept[order] = np.asarray(keep_users(ids[order]), dtype=bool)
+                ids, counts, items = ids[kept], counts[kept], items[kept[where]]
+            users_seen.add(ids, counts)
+            items_seen.add(pd.unique(items))
+            del batch, user_col, item_col, users, items, where
+    user_ids, counts = users_seen.result()
+    item_ids, _ = items_seen.result()
+    m, n = len(user_ids), len(item_ids)
+    if m == 0:
+        return None  # no ratings kept: the part-by-part reader says so (or what it meets first)
+    release_freed_memory()
+    indptr = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    del counts
+    # the result's columns: np.empty's pages are only taken as they are written
+    items_out = np.empty(int(indptr[-1]), dtype=np.int32)
+    values_out = np.empty(int(indptr[-1]), dtype=kind)
+    fill = indptr[:-1].copy()  # where each user's next rating goes
+    user_code, item_code = _Codes(user_ids), _Codes(item_ids)
+    for handle, c in plan:  # second pass: each batch to codes and values, in place
+        for batch in handle.iter_batches(batch_size=_BATCH_ROWS,
+                                         columns=[c.user, c.item, c.rating], use_threads=False):
+            rating_col = batch.column(c.rating)
+            if rating_col.null_count:
+                return None  # a missing rating: the part-by-part reader names its row
+            users = batch.column(c.user).to_numpy()
+            items = batch.column(c.item).to_numpy()
+            # float64 first, as the part-by-part reader converts a rating, then ``kind``
+            values = np.asarray(rating_col.to_numpy(), dtype=np.float64)
+            if not np.isfinite(values).all():
+                return None
+            rows = user_code(users)
+            if keep_users is not None:
+                mine = rows >= 0
+                if not mine.all():
+                    rows, items, values = rows[mine], items[mine], values[mine]
+            _place(rows, item_code(items), values, fill, items_out, values_out)
+            del batch, rating_col, users, items, values, rows
+    if not np.array_equal(fill, indptr[1:]):
+        return None  # a part changed between the passes: read again, part by part
+    del fill, user_code, item_code
+    release_freed_memory()  # the batches' temporaries, kept on the heap otherwise
+    twice = _sort_within_users(indptr, items_out, values_out, n)
+    release_freed_memory()  # before the checks of Ratings allocate theirs
+    if twice and duplicates == "error":
+        return None  # the part-by-part reader names the first pair, in the part that has it
+    users_out = np.repeat(np.arange(m, dtype=np.int32), np.diff(indptr))
+    del indptr
+    return Ratings(users_out, items_out, values_out, shape=(m, n), user_ids=user_ids,
+                   item_ids=item_ids, duplicates=duplicates, _sorted=True)
+
+
+def _place(rows: np.ndarray, items: np.ndarray, values: np.ndarray, fill: np.ndarray,
+           items_out: np.ndarray, values_out: np.ndarray) -> None:
+    """A batch's ratings (``rows``: their users' codes, ``items``: their items' codes) written
+    at their users' next places ``fill`` (advanced), in the batch's order within each user."""
+    order = stable_order(rows, len(fill))
+    rows = rows[order]
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    lengths = np.diff(np.r_[starts, len(rows)])
+    at = fill[rows] + (np.arange(len(rows)) - np.repeat(starts, lengths))
+    fill[rows[starts]] += lengths
+    items_out[at] = items[order]
+    values_out[at] = values[order]
+
+
+def _sort_within_users(indptr: np.ndarray, items: np.ndarray, values: np.ndarray,
+                       n_items: int) -> bool:
+    """Each user's ratings (``indptr``'s rows) sorted by item in place, stably, the users of
+    about :data:`_SORT_STEP` ratings at a time; whether a (user, item) pair is rated twice."""
+    m = len(indptr) - 1
+    twice = False
+    a = 0
+    while a < m:
+        b = int(np.searchsorted(indptr, indptr[a] + _SORT_STEP, side="right")) - 1
+        b = min(max(b, a + 1), m)
+        lo, hi = int(indptr[a]), int(indptr[b])
+        key = np.repeat(np.arange(b - a, dtype=np.int64) * n_items, np.diff(indptr[a : b + 1]))
+        key += items[lo:hi]
+        if not bool((key[1:] >= key[:-1]).all()):
+            order = stable_order(key, (b - a) * n_items)
+            key = key[order]
+            items[lo:hi] = items[lo:hi][order]
+            values[lo:hi] = values[lo:hi][order]
+            del order
+        twice = twice or bool((key[1:] == key[:-1]).any())
+        a = b
+    return twice
+
+
+class _Codes:
+    """The codes of int64 ids into ``ids`` (sorted, distinct), -1 for an id not in them: by a
+    table over the ids' range where it is at most 4 times their number, else by pandas' hash
+    table (a binary search costs 5-10 times more)."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.low = int(ids[0])
+        span = int(ids[-1]) - self.low + 1
+        if span <= 4 * len(ids):
+            self.table: np.ndarray | None = np.full(span, -1, dtype=np.int64)
+            self.table[ids - self.low] = np.arange(len(ids))
+            self.index = None
+        else:
+            import pandas as pd
+
+            self.table, self.index = None, pd.Index(ids)
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        if self.table is None:
+            assert self.index is not None
+            return np.asarray(self.index.get_indexer(ids), dtype=np.int64)
+        at = ids - self.low
+        inside = (at >= 0) & (at < len(self.table))
+        if inside.all():
+            return self.table[at]
+        out = np.full(len(ids), -1, dtype=np.int64)
+        out[inside] = self.table[at[inside]]
+        return out
+
+
+class _Distinct:
+    """The sorted distinct int64 ids of the batches added (and how many ratings each has, when
+    ``counted``), merged whenever those waiting outnumber the merged ones (each id is then
+    hashed a logarithmic number of times, and the waiting ones take at most as much memory)."""
+
+    def __init__(self, counted: bool) -> None:
+        self.counted = counted
+        self.ids = np.zeros(0, dtype=np.int64)
+        self.counts = np.zeros(0, dtype=np.int64)
+        self.waiting: list[tuple[np.ndarray, np.ndarray | None]] = []
+        self.size = 0
+
+    def add(self, ids: np.ndarray, counts: np.ndarray | None = None) -> None:
+        self.waiting.append((ids, counts))
+        self.size += len(ids)
+        if self.size >= max(len(self.ids), 1 << 18):
+            self._merge()
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        self._merge()
+        return self.ids, self.counts
+
+    def _merge(self) -> None:
+        import pandas as pd  # hashing the ids, then sorting the distinct ones only
+
+        if not self.waiting:
+            return
+        ids = np.concatenate([self.ids, *(i for i, _ in self.waiting)])
+        where, distinct = pd.factorize(ids)
+        order = np.argsort(distinct)
+        self.ids = distinct[order]
+        if self.counted:
+            counts = np.concatenate([self.counts, *(c for _, c in self.waiting)])  # type: ignore[misc]
+            # float64 sums of counts: exact below 2**53
+            self.counts = np.bincount(where, weights=counts, minlength=len(distinct)
+                                      ).astype(np.int64)[order]
+        self.waiting, self.size = [], 0
 
 
 # ---------------------------------------------------------------------------------- columns
