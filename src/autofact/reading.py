@@ -426,9 +426,11 @@ def _join(parts: list[Ratings | None], user_luts: list[np.ndarray],
 
 # ---------------------------------------------------------------------------- Parquet, streamed
 #: Rows of a Parquet part converted at a time (issue 11: what a batch costs beside the ratings
-#: held, ~100 bytes a row, stays a few MiB), and ratings sorted at a time within their users.
+#: held, ~100 bytes a row, stays a few MiB), ratings sorted at a time within their users, and
+#: the distinct ids of batches (beyond the merged ones) merged at a time (~70 bytes each).
 _BATCH_ROWS = 1 << 16
 _SORT_STEP = 1 << 18
+_MERGE_IDS = 1 << 16
 
 
 def _stream_parquet(files: list[Path], kwargs: dict[str, Any], duplicates: Duplicates,
@@ -690,7 +692,7 @@ class _Distinct:
     def add(self, ids: np.ndarray, counts: np.ndarray | None = None) -> None:
         self.waiting.append((ids, counts))
         self.size += len(ids)
-        if self.size >= max(len(self.ids), 1 << 18):
+        if self.size >= max(len(self.ids), _MERGE_IDS):
             self._merge()
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
