@@ -16,6 +16,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,34 @@ def test_als_holds_no_copy_of_the_ratings_by_item_beyond_its_max_memory(loss):
     assert held_beyond_ratings(solver, obj, params) >= 8 * len(small)  # the count sees it
 
 
+@pytest.mark.parametrize("tiled", [False, True])
+def test_by_ranges_the_epoch_verifies_its_start_and_nothing_keeps_the_solver_alive(tiled):
+    # issue 11, item 3: by ranges (the data outgrows max_memory) the epoch measures its start
+    # first, so the divergence guard keeps one copy of the parameters, not two; and no
+    # reference cycle keeps the solver (its kept curvatures, its ranges) alive after the fit,
+    # beside what comes next (rank 0's gathered training pattern)
+    import gc
+    import weakref
+
+    r = planted(m=2_000, n=200) if tiled else planted(m=300, n=100)
+    obj = Objective(r, bias=True, max_memory=2**16 if tiled else 2**26, dtype="float32")
+    params = obj.init_params(8, seed=0)
+    epoch = als.make_als(obj, params)
+    assert (epoch.run.tiles is not None) == tiled and epoch.verifies_start == tiled
+    starts: list[float] = []
+    epoch.on_start = starts.append
+    with use_threads(1):
+        value = epoch.run()
+    assert starts == ([pytest.approx(value, rel=1e-5)] if tiled else [])
+    solver = weakref.ref(epoch.run)
+    gc.disable()
+    try:
+        del epoch
+        assert solver() is None
+    finally:
+        gc.enable()
+
+
 def test_the_item_ranges_and_tiles_keep_their_workspace_within_max_memory(monkeypatch):
     # issue 11, item 3: each range's sums (gradient and upper triangles: K + K(K+1)/2 floats
     # an item), and a product's result as large, within a quarter of max_memory; each block's
@@ -176,6 +205,30 @@ def test_items_by_ranges_give_the_fit_of_the_copy_by_item(monkeypatch, settings)
                                    atol=1e-12, err_msg=name)
     np.testing.assert_allclose([h["loss"] for h in ranges.history_],
                                [h["loss"] for h in by_item.history_], rtol=1e-12)
+
+
+def test_the_models_index_counts_users_and_items_without_an_int64_copy(monkeypatch):
+    # issue 11, item 3: np.bincount copies its input to int64 (8 bytes a rating: ~200 MB of a
+    # 25M-rating fit's peak, whatever the solver, before ALS even starts); the index counts
+    # users and items a slice at a time
+    from autofact import index as index_module
+    from autofact.index import ModelIndex
+
+    rng = np.random.default_rng(0)
+    keys = np.unique(rng.integers(0, 2_000 * 500, 300_000))
+    r = autofact.Ratings(keys // 500, keys % 500, rng.normal(3.0, 1.0, len(keys)),
+                         shape=(2_000, 500), _sorted=True)
+    assert r.users.dtype == np.int32
+    monkeypatch.setattr(index_module, "_COUNT_SLICE", 1 << 14)
+    tracemalloc.start()
+    try:
+        index = ModelIndex.from_ratings(r, fallback=3.0, clip=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * len(r), peak / len(r)  # was 8 bytes a rating (twice)
+    np.testing.assert_array_equal(index.user_counts, np.bincount(r.users, minlength=2_000))
+    np.testing.assert_array_equal(index.item_counts, np.bincount(r.items, minlength=500))
 
 
 def test_lower_bound_finds_each_rows_first_entry_at_or_past_the_bound():

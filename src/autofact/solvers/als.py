@@ -161,7 +161,7 @@ def make_als(obj: Objective, params: Params, nonnegative: bool = False) -> Epoch
     # objective's pass a epoch, about 1/K of a half-step's products)
     epoch = Epoch(run, at_start=True, value=run.value if run.shared else None,
                   verifies_start=run.tiles is not None)
-    run.hooks = epoch
+    run.hooks = weakref.ref(epoch)  # (no reference cycle: the solver is freed with the epoch)
     return epoch
 
 
@@ -199,7 +199,8 @@ class _AlternatingNewton:
         # issue 11 (memory): the item half-step's ratings taken from the ratings as they are,
         # range by range of items, where their copy by item does not fit (:func:`_tiled`)
         self.tiles: _ItemTiles | None = None
-        self.hooks: Epoch | None = None  # the epoch make_als returns (its guard's on_start)
+        # the epoch make_als returns (its guard's on_start), weakly
+        self.hooks: weakref.ref[Epoch] | None = None
         # the item half-step's objective and ranges of item rows: by item (sharded) or by
         # ranges of the ratings by user (tiles)
         self.objT: Objective = obj
@@ -334,7 +335,7 @@ class _AlternatingNewton:
     def __call__(self) -> float:
         """One epoch; returns the objective at its start (the loss comes from the first pass)."""
         p = self.params
-        hooks = self.hooks
+        hooks = self.hooks() if self.hooks is not None else None
         if hooks is not None and hooks.verifies_start and hooks.on_start is not None:
             # the objective at the start, before anything moves (make_als): the guard's check
             hooks.on_start(self.value() if self.shared else self.obj.value(p))
