@@ -36,7 +36,8 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -228,9 +229,12 @@ def read_parts(
     :class:`Ratings`, by the rules of a folder: the parts agree on their columns, the id rule
     spans them, and a pair rated in two parts is a duplicate.
 
-    ``keep_users`` (issue 11): given one part's distinct user ids, a boolean mask of the users
-    whose ratings are kept; each part is filtered as soon as it is read, so memory holds one
-    part and what was kept (:func:`autofact.distributed.read_local` keeps its own users).
+    ``keep_users`` (issue 11): given distinct user ids (sorted: a part's, or those of a batch
+    of a Parquet part's rows), a boolean mask of the users whose ratings are kept; each part
+    is filtered as it is read, so memory holds what was kept and one part (one batch of rows
+    of a Parquet part: :func:`autofact.distributed.read_local` keeps its own users). A pair
+    rated twice by a user not kept is not looked for in Parquet parts (the process that keeps
+    the user reports it).
 
     ``dtype`` (issue 11): ``"float32"`` keeps the values in 4 bytes instead of 8 (what a
     float32 fit uses: it then shares them rather than copying them); None or ``"float64"``: 8.
@@ -459,16 +463,15 @@ def _stream_parquet(files: list[Path], kwargs: dict[str, Any], duplicates: Dupli
         return _streamed(plan, duplicates, keep_users,
                          np.dtype(np.float64) if dtype is None else dtype)
     finally:
-        for handle, _ in plan:
-            handle.close()
         release_freed_memory()  # the batches' freed memory and pyarrow's pool
 
 
-def _parquet_plan(files: list[Path], kwargs: dict[str, Any]) -> list[tuple[Any, _Choice]] | None:
-    """Each part's open ``pyarrow.parquet.ParquetFile`` and the columns :func:`read` takes from
-    it, when every part is one that :func:`_stream_parquet` reads as :func:`read` does (the
-    columns pandas shows, their plain numpy types: int64 ids, an int or float rating, no
-    weight or timestamp column, rows); else None."""
+def _parquet_plan(files: list[Path], kwargs: dict[str, Any]
+                  ) -> list[tuple[Path, _Choice]] | None:
+    """Each part and the columns :func:`read` takes from it, when every part is one that
+    :func:`_stream_parquet` reads as :func:`read` does (the columns pandas shows, their plain
+    numpy types: int64 ids, an int or float rating, no weight or timestamp column, rows); else
+    None. Each part is opened only while it is looked at (a folder may hold thousands)."""
     fmt = kwargs.get("format")
     given = [kwargs.get(k) for k in ("user", "item", "rating", "weight")]
     timestamp = kwargs.get("timestamp")
@@ -478,31 +481,36 @@ def _parquet_plan(files: list[Path], kwargs: dict[str, Any]) -> list[tuple[Any, 
         return None  # read() refuses these: its error, from the part-by-part reader
     try:
         import pyarrow as pa
-        import pyarrow.parquet as pq
+        import pyarrow.parquet  # noqa: F401  (pa.parquet below)
     except ImportError:  # the part-by-part reader names the extra to install
         return None
     names = _Names(given[0], given[1], given[2], given[3], timestamp)
-    opened: list[Any] = []
-    plan: list[tuple[Any, _Choice]] = []
-    try:
-        for f in files:
+    plan: list[tuple[Path, _Choice]] = []
+    for f in files:
+        try:
             if _format(f, fmt) != "parquet":
-                raise _NotStreamed
-            # read a page at a time (not a row group's column chunks at once)
-            opened.append(pq.ParquetFile(f, buffer_size=1 << 16, pre_buffer=False))
-            choice = _plain_columns(opened[-1], names, f.name, pa)
-            if choice is None or opened[-1].metadata.num_rows == 0:
-                raise _NotStreamed
-            plan.append((opened[-1], choice))
-    except (_NotStreamed, OSError, ValueError, pa.ArrowException):
-        for handle in opened:
-            handle.close()
-        return None
+                return None
+            with _open_parquet(f) as handle:
+                choice = _plain_columns(handle, names, f.name, pa)
+                if choice is None or handle.metadata.num_rows == 0:
+                    return None
+        except (OSError, ValueError, pa.ArrowException):
+            return None
+        plan.append((f, choice))
     return plan
 
 
-class _NotStreamed(Exception):
-    """A part :func:`_stream_parquet` leaves to the part-by-part reader."""
+@contextmanager
+def _open_parquet(path: Path) -> Iterator[Any]:
+    """A part as a ``pyarrow.parquet.ParquetFile`` read a page at a time (not a row group's
+    column chunks at once: a few MiB less), closed after."""
+    import pyarrow.parquet as pq
+
+    handle = pq.ParquetFile(path, buffer_size=1 << 16, pre_buffer=False)
+    try:
+        yield handle
+    finally:
+        handle.close()
 
 
 def _plain_columns(handle: Any, names: _Names, name: str, pa: Any) -> _Choice | None:
@@ -538,30 +546,28 @@ def _plain_number(pa: Any) -> Callable[[Any], bool]:
     return plain
 
 
-def _streamed(plan: list[tuple[Any, _Choice]], duplicates: Duplicates,
+def _streamed(plan: list[tuple[Path, _Choice]], duplicates: Duplicates,
               keep_users: Callable[[np.ndarray], np.ndarray] | None,
               kind: np.dtype[Any]) -> Ratings | None:
-    """:func:`_stream_parquet`'s two passes over the open parts."""
+    """:func:`_stream_parquet`'s two passes over the parts."""
     import pandas as pd  # its hash tables: a batch's distinct ids without a sort
 
     users_seen, items_seen = _Distinct(counted=True), _Distinct(counted=False)
-    for handle, c in plan:  # first pass: the ids only
-        for batch in handle.iter_batches(batch_size=_BATCH_ROWS, columns=[c.user, c.item],
-                                         use_threads=False):
-            user_col, item_col = batch.column(c.user), batch.column(c.item)
-            if user_col.null_count or item_col.null_count:
-                return None  # a missing id: the part-by-part reader names its row
-            users, items = user_col.to_numpy(), item_col.to_numpy()
-            where, ids = pd.factorize(users)
-            counts = np.bincount(where, minlength=len(ids))
-            if keep_users is not None:  # asked about the sorted ids, as of a part's
-                order = np.argsort(ids)
-                kept = np.empty(len(ids), dtype=bool)
-                kept[order] = np.asarray(keep_users(ids[order]), dtype=bool)
-                ids, counts, items = ids[kept], counts[kept], items[kept[where]]
-            users_seen.add(ids, counts)
-            items_seen.add(pd.unique(items))
-            del batch, user_col, item_col, users, items, where
+    for c, batch in _batches(plan, rating=False):  # first pass: the ids only
+        user_col, item_col = batch.column(c.user), batch.column(c.item)
+        if user_col.null_count or item_col.null_count:
+            return None  # a missing id: the part-by-part reader names its row
+        users, items = user_col.to_numpy(), item_col.to_numpy()
+        where, ids = pd.factorize(users)
+        counts = np.bincount(where, minlength=len(ids))
+        if keep_users is not None:  # asked about the sorted ids, as of a part's
+            order = np.argsort(ids)
+            kept = np.empty(len(ids), dtype=bool)
+            kept[order] = np.asarray(keep_users(ids[order]), dtype=bool)
+            ids, counts, items = ids[kept], counts[kept], items[kept[where]]
+        users_seen.add(ids, counts)
+        items_seen.add(pd.unique(items))
+        del batch, user_col, item_col, users, items, where
     user_ids, counts = users_seen.result()
     item_ids, _ = items_seen.result()
     m, n = len(user_ids), len(item_ids)
@@ -576,25 +582,23 @@ def _streamed(plan: list[tuple[Any, _Choice]], duplicates: Duplicates,
     values_out = np.empty(int(indptr[-1]), dtype=kind)
     fill = indptr[:-1].copy()  # where each user's next rating goes
     user_code, item_code = _Codes(user_ids), _Codes(item_ids)
-    for handle, c in plan:  # second pass: each batch to codes and values, in place
-        for batch in handle.iter_batches(batch_size=_BATCH_ROWS,
-                                         columns=[c.user, c.item, c.rating], use_threads=False):
-            rating_col = batch.column(c.rating)
-            if rating_col.null_count:
-                return None  # a missing rating: the part-by-part reader names its row
-            users = batch.column(c.user).to_numpy()
-            items = batch.column(c.item).to_numpy()
-            # float64 first, as the part-by-part reader converts a rating, then ``kind``
-            values = np.asarray(rating_col.to_numpy(), dtype=np.float64)
-            if not np.isfinite(values).all():
-                return None
-            rows = user_code(users)
-            if keep_users is not None:
-                mine = rows >= 0
-                if not mine.all():
-                    rows, items, values = rows[mine], items[mine], values[mine]
-            _place(rows, item_code(items), values, fill, items_out, values_out)
-            del batch, rating_col, users, items, values, rows
+    for c, batch in _batches(plan, rating=True):  # second pass: to codes and values, placed
+        rating_col = batch.column(c.rating)
+        if rating_col.null_count:
+            return None  # a missing rating: the part-by-part reader names its row
+        users = batch.column(c.user).to_numpy()
+        items = batch.column(c.item).to_numpy()
+        # float64 first, as the part-by-part reader converts a rating, then ``kind``
+        values = np.asarray(rating_col.to_numpy(), dtype=np.float64)
+        if not np.isfinite(values).all():
+            return None
+        rows = user_code(users)
+        if keep_users is not None:
+            mine = rows >= 0
+            if not mine.all():
+                rows, items, values = rows[mine], items[mine], values[mine]
+        _place(rows, item_code(items), values, fill, items_out, values_out)
+        del batch, rating_col, users, items, values, rows
     if not np.array_equal(fill, indptr[1:]):
         return None  # a part changed between the passes: read again, part by part
     del fill, user_code, item_code
@@ -607,6 +611,17 @@ def _streamed(plan: list[tuple[Any, _Choice]], duplicates: Duplicates,
     del indptr
     return Ratings(users_out, items_out, values_out, shape=(m, n), user_ids=user_ids,
                    item_ids=item_ids, duplicates=duplicates, _sorted=True)
+
+
+def _batches(plan: list[tuple[Path, _Choice]], rating: bool) -> Iterator[tuple[_Choice, Any]]:
+    """The parts' record batches of :data:`_BATCH_ROWS` rows, their id columns (and their
+    rating column), each part open only while it is read."""
+    for path, c in plan:
+        with _open_parquet(path) as handle:
+            columns = [c.user, c.item, c.rating] if rating else [c.user, c.item]
+            for batch in handle.iter_batches(batch_size=_BATCH_ROWS, columns=columns,
+                                             use_threads=False):
+                yield c, batch
 
 
 def _place(rows: np.ndarray, items: np.ndarray, values: np.ndarray, fill: np.ndarray,
