@@ -27,10 +27,12 @@ pytest.importorskip("pyarrow")
 
 def write_parquet_parts(folder: Path, n_parts: int, n_ratings: int, *, seed: int = 0,
                         users: int = 2_000, items: int = 300, spread: bool = False,
-                        id_scale: int = 1, twice: int = 0) -> list[Path]:
+                        id_scale: int = 1, twice: int = 0, far_last: bool = False
+                        ) -> list[Path]:
     """``n_ratings`` distinct (user, item) pairs in random order, int64 ids (times
-    ``id_scale``: sparse ids), float64 ratings; a user's ratings in one part (``user mod
-    n_parts``), or in any part (``spread``); ``twice`` pairs rated again (in a random part)."""
+    ``id_scale``: sparse ids; the last part's far from the others with ``far_last``), float64
+    ratings; a user's ratings in one part (``user mod n_parts``), or in any part (``spread``);
+    ``twice`` pairs rated again (in a random part)."""
     rng = np.random.default_rng(seed)
     keys = rng.choice(users * items, n_ratings, replace=False)
     keys = np.r_[keys, rng.choice(keys, twice, replace=False)]
@@ -41,8 +43,9 @@ def write_parquet_parts(folder: Path, n_parts: int, n_ratings: int, *, seed: int
     files = []
     for k in range(n_parts):
         rows = part == k
-        frame = pd.DataFrame({"user": (u[rows] * id_scale - 5).astype(np.int64),
-                              "item": (i[rows] * id_scale + 7).astype(np.int64),
+        far = 10**15 if far_last and k == n_parts - 1 else 0
+        frame = pd.DataFrame({"user": (u[rows] * id_scale - 5 + far).astype(np.int64),
+                              "item": (i[rows] * id_scale + 7 - far).astype(np.int64),
                               "rating": np.round(rng.normal(3, 1, int(rows.sum())), 3)})
         files.append(folder / f"part-{k:05d}.parquet")
         frame.to_parquet(files[-1], index=False)
@@ -107,13 +110,17 @@ def test_parquet_parts_are_read_within_16_bytes_a_rating(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [None, "float32"])
-@pytest.mark.parametrize(("spread", "id_scale"), [(False, 1), (True, 1), (True, 10**12)])
+@pytest.mark.parametrize(("spread", "id_scale", "far_last"),
+                         [(False, 1, False), (True, 1, False), (True, 10**12, False),
+                          (False, 1, True)])
 def test_streamed_parts_are_the_part_by_part_readers_ratings(tmp_path, monkeypatch,
                                                              small_batches, dtype, spread,
-                                                             id_scale):
-    # issue 11: the same Ratings to the bit: codes, id maps (dense ids by a table, sparse ones
-    # by a hash), values (float64 first, then dtype), order; users rated in several parts
-    files = write_parquet_parts(tmp_path / "p", 4, 5_000, spread=spread, id_scale=id_scale)
+                                                             id_scale, far_last):
+    # issue 11: the same Ratings to the bit: codes, id maps (dense ids counted in a table,
+    # sparse ones hashed, dense ones then sparse ones both), values (float64 first, then
+    # dtype), order; users rated in several parts
+    files = write_parquet_parts(tmp_path / "p", 4, 5_000, spread=spread, id_scale=id_scale,
+                                far_last=far_last)
     streamed = reading._stream_parquet(files, {}, "error", None, reading.values_dtype(dtype))
     assert streamed is not None  # plain parts: the stream reads them
     assert_same(streamed, part_by_part(monkeypatch, lambda: reading.read_parts(files,

@@ -558,15 +558,17 @@ def _streamed(plan: list[tuple[Path, _Choice]], duplicates: Duplicates,
         if user_col.null_count or item_col.null_count:
             return None  # a missing id: the part-by-part reader names its row
         users, items = user_col.to_numpy(), item_col.to_numpy()
+        if keep_users is None:
+            users_seen.add_all(users)
+            items_seen.add_all(items)
+            continue
         where, ids = pd.factorize(users)
         counts = np.bincount(where, minlength=len(ids))
-        if keep_users is not None:  # asked about the sorted ids, as of a part's
-            order = np.argsort(ids)
-            kept = np.empty(len(ids), dtype=bool)
-            kept[order] = np.asarray(keep_users(ids[order]), dtype=bool)
-            ids, counts, items = ids[kept], counts[kept], items[kept[where]]
-        users_seen.add(ids, counts)
-        items_seen.add(pd.unique(items))
+        order = np.argsort(ids)  # keep_users is asked about sorted ids, as of a part's
+        kept = np.empty(len(ids), dtype=bool)
+        kept[order] = np.asarray(keep_users(ids[order]), dtype=bool)
+        users_seen.add(ids[kept], counts[kept])
+        items_seen.add(pd.unique(items[kept[where]]))
         del batch, user_col, item_col, users, items, where
     user_ids, counts = users_seen.result()
     item_ids, _ = items_seen.result()
@@ -622,6 +624,7 @@ def _batches(plan: list[tuple[Path, _Choice]], rating: bool) -> Iterator[tuple[_
             for batch in handle.iter_batches(batch_size=_BATCH_ROWS, columns=columns,
                                              use_threads=False):
                 yield c, batch
+        release_freed_memory()  # the part's batches: the heap keeps them otherwise
 
 
 def _place(rows: np.ndarray, items: np.ndarray, values: np.ndarray, fill: np.ndarray,
@@ -694,8 +697,13 @@ class _Codes:
 
 class _Distinct:
     """The sorted distinct int64 ids of the batches added (and how many ratings each has, when
-    ``counted``), merged whenever those waiting outnumber the merged ones (each id is then
-    hashed a logarithmic number of times, and the waiting ones take at most as much memory)."""
+    ``counted``).
+
+    A batch's every id (:meth:`add_all`) is counted in a table over the ids' range while that
+    range is at most twice the ids seen (4 bytes an id of it: no more than the id map); past
+    that, and for a batch's distinct ids (:meth:`add`), the ids wait and are merged whenever
+    they outnumber the merged ones (each id is then hashed a logarithmic number of times, and
+    the waiting ones take at most as much memory)."""
 
     def __init__(self, counted: bool) -> None:
         self.counted = counted
@@ -703,6 +711,36 @@ class _Distinct:
         self.counts = np.zeros(0, dtype=np.int64)
         self.waiting: list[tuple[np.ndarray, np.ndarray | None]] = []
         self.size = 0
+        self.low = 0
+        self.table: np.ndarray | None = np.zeros(0, dtype=np.int32)  # None: not dense
+
+    def add_all(self, values: np.ndarray) -> None:
+        """Every id of a batch (an id as often as it is rated)."""
+        if self.table is not None and len(values):
+            low, high = int(values.min()), int(values.max())
+            if len(self.table):
+                low, high = min(low, self.low), max(high, self.low + len(self.table) - 1)
+            span = high - low + 1
+            if span > len(self.table) and span > max(
+                    1 << 16, 2 * (int(np.count_nonzero(self.table)) + len(values))):
+                self._table_to_waiting()
+            else:
+                if span > len(self.table):
+                    grown = np.zeros(span, dtype=np.int32)
+                    grown[self.low - low : self.low - low + len(self.table)] = self.table
+                    self.table, self.low = grown, low
+                self.table += np.bincount(values - self.low, minlength=len(self.table))
+                return
+        import pandas as pd
+
+        where, ids = pd.factorize(values)
+        self.add(ids, np.bincount(where, minlength=len(ids)) if self.counted else None)
+
+    def _table_to_waiting(self) -> None:
+        if self.table is not None and len(self.table):
+            seen = np.flatnonzero(self.table)
+            self.add(seen + self.low, self.table[seen].astype(np.int64))
+        self.table = None
 
     def add(self, ids: np.ndarray, counts: np.ndarray | None = None) -> None:
         self.waiting.append((ids, counts))
@@ -711,6 +749,7 @@ class _Distinct:
             self._merge()
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
+        self._table_to_waiting()
         self._merge()
         return self.ids, self.counts
 
