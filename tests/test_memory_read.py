@@ -232,3 +232,33 @@ def test_a_pair_rated_twice_by_a_user_not_kept_is_left_to_the_process_that_keeps
     assert kept.values.tolist() == [3.0, 4.0] and list(kept.user_ids) == [2]
     with pytest.raises(ValueError, match=r"duplicate rating for \(user 1, item 5\)"):
         reading.read_parts([folder / "part-0.parquet"], keep_users=lambda ids: ids == 1)
+
+
+def test_read_local_streams_its_users_of_one_parquet_file(tmp_path, monkeypatch, small_batches):
+    # issue 11: read_local(split='users') of one Parquet file keeps this process's users'
+    # ratings batch by batch (it read the whole file, then filtered it): the same Ratings
+    import torch.distributed as dist
+
+    from autofact import distributed
+
+    files = write_parquet_parts(tmp_path / "p", 1, 3_000)
+    monkeypatch.setattr(distributed, "user_owner",  # two owners, in a group of one
+                        lambda ids, world: (np.asarray(ids) % 2).astype(np.int64))
+    calls: list[int] = []
+    stream = reading._stream_parquet
+
+    def counted(*args: Any) -> Any:
+        calls.append(1)
+        return stream(*args)
+
+    monkeypatch.setattr(reading, "_stream_parquet", counted)
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1),
+                            rank=0, world_size=1)
+    try:
+        got = distributed.read_local(files[0], dtype="float32")
+        assert calls and np.all(got.user_ids % 2 == 0)
+        want = part_by_part(monkeypatch, lambda: distributed.read_local(files[0],
+                                                                        dtype="float32"))
+    finally:
+        dist.destroy_process_group()
+    assert_same(got, want)

@@ -68,7 +68,7 @@ from __future__ import annotations
 import datetime
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -356,7 +356,8 @@ def read_local(path: str | os.PathLike[str], *,
     this rank; ``"users"`` (the default for one file): the ratings of the users
     :func:`user_owner` gives this rank, so all of a user's ratings are on one process (every
     process then reads every part, one at a time, keeping its users' ratings; from one file it
-    reads the whole file first). ``read_kwargs``: those of :func:`autofact.read`.
+    reads the whole file first, but for a Parquet file, which it streams as it does Parquet
+    parts). ``read_kwargs``: those of :func:`autofact.read`.
     ``dtype="float32"`` keeps the values in 4 bytes a rating instead of 8: what a float32 fit
     (the default) uses, so it shares them instead of copying them (issue 11: 12 bytes a rating
     held instead of 16, and no copy of 4 in the objective).
@@ -429,11 +430,13 @@ def read_local(path: str | os.PathLike[str], *,
                     except ValueError as exc:
                         if not str(exc).startswith("no ratings were kept"):
                             raise
-                else:
-                    whole = read(p, **read_kwargs)
-                    kept = mine(whole.user_ids)[whole.users]
-                    local = whole.subset(kept) if kept.any() else None
-                    del whole
+                else:  # a Parquet file streamed, its users' ratings only (issue 11)
+                    local = _own_users_of_one_file(p, read_kwargs, mine, kind)
+                    if local is None:  # any other file: read whole, then filtered
+                        whole = read(p, **read_kwargs)
+                        kept = mine(whole.user_ids)[whole.users]
+                        local = whole.subset(kept) if kept.any() else None
+                        del whole
         except Exception as exc:  # stop every process, not only this one (they would wait)
             error = exc
     status = torch.zeros(2, world, dtype=torch.int64)
@@ -476,6 +479,25 @@ def read_local(path: str | os.PathLike[str], *,
     del local, users, items, values
     release_freed_memory()  # reading's freed heap and pyarrow's pool (issue 11)
     return out
+
+
+def _own_users_of_one_file(path: Path, read_kwargs: dict[str, Any],
+                           mine: Callable[[np.ndarray], np.ndarray],
+                           kind: np.dtype[Any]) -> Ratings | None:
+    """The ratings of this process's users in one Parquet file, streamed a batch of rows at a
+    time (issue 11, item 3: never the whole file in memory), or None where :func:`read` must
+    read it whole (not Parquet, not plain, ``duplicates='mean'``, anything to report, no
+    ratings of this process's users). A pair rated twice by a user of another process is
+    that process's to report."""
+    from .reading import _stream_parquet
+
+    known = {"format", "sep", "header", "user", "item", "rating", "weight", "timestamp",
+             "duplicates", "encoding"}
+    duplicates = read_kwargs.get("duplicates", "error")
+    if not set(read_kwargs) <= known or duplicates not in ("error", "last"):
+        return None  # read() takes (or refuses) these
+    kwargs = {k: v for k, v in read_kwargs.items() if k != "duplicates"}
+    return _stream_parquet([path], kwargs, duplicates, mine, kind)
 
 
 def _agreed_codes(plan: ShardPlan, codes: np.ndarray, ids: np.ndarray
