@@ -162,6 +162,10 @@ def test_streamed_parts_keep_the_users_asked_for(tmp_path, monkeypatch, small_ba
     assert np.all(got.user_ids % 2 == 1)
     assert_same(got, part_by_part(monkeypatch, lambda: reading.read_parts(
         files, keep_users=lambda ids: ids % 2 == 1, dtype="float32")))
+    few = reading.read_parts(files, keep_users=lambda ids: ids < 3)  # most batches: none
+    assert 0 < len(few) < 100
+    assert_same(few, part_by_part(monkeypatch, lambda: reading.read_parts(
+        files, keep_users=lambda ids: ids < 3)))
     with pytest.raises(ValueError, match="no ratings were kept from the 3 part files"):
         reading.read_parts(files, keep_users=lambda ids: np.zeros(len(ids), dtype=bool))
 

@@ -529,21 +529,14 @@ def _plain_columns(handle: Any, names: _Names, name: str, pa: Any) -> _Choice | 
         return None
     stored = {c.get("field_name", c.get("name")): c.get("numpy_type")
               for c in meta.get("columns", []) if isinstance(c, dict)}
-    for col, plain in ((choice.user, pa.types.is_int64), (choice.item, pa.types.is_int64),
-                       (choice.rating, _plain_number(pa))):
+    for col, is_id in ((choice.user, True), (choice.item, True), (choice.rating, False)):
         kind = schema.field(col).type
-        if not plain(kind):
+        if not (pa.types.is_int64(kind) if is_id else pa.types.is_integer(kind)
+                or pa.types.is_float32(kind) or pa.types.is_float64(kind)):
             return None
         if col in stored and stored[col] != np.dtype(kind.to_pandas_dtype()).name:
             return None  # pandas would restore another type (nullable, categorical...)
     return choice
-
-
-def _plain_number(pa: Any) -> Callable[[Any], bool]:
-    def plain(kind: Any) -> bool:
-        return bool(pa.types.is_integer(kind) or pa.types.is_float32(kind)
-                    or pa.types.is_float64(kind))
-    return plain
 
 
 def _streamed(plan: list[tuple[Path, _Choice]], duplicates: Duplicates,
@@ -599,8 +592,13 @@ def _streamed(plan: list[tuple[Path, _Choice]], duplicates: Duplicates,
             mine = rows >= 0
             if not mine.all():
                 rows, items, values = rows[mine], items[mine], values[mine]
-        _place(rows, item_code(items), values, fill, items_out, values_out)
-        del batch, rating_col, users, items, values, rows
+        if not len(rows):
+            continue  # no user of this batch is kept
+        cols = item_code(items)
+        if rows.min() < 0 or cols.min() < 0:
+            return None  # a part changed between the passes: read again, part by part
+        _place(rows, cols, values, fill, items_out, values_out)
+        del batch, rating_col, users, items, values, rows, cols
     if not np.array_equal(fill, indptr[1:]):
         return None  # a part changed between the passes: read again, part by part
     del fill, user_code, item_code
