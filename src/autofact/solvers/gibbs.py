@@ -293,22 +293,11 @@ class _Side:
         yield 0, self
 
     def spmm(self, block: tuple[int, int, int, int, torch.Tensor], data: np.ndarray,
-             dense: torch.Tensor) -> torch.Tensor:
-        """``(W @ dense)`` for one row block, ``W`` the block's CSR with entries ``data``."""
+             dense: np.ndarray) -> np.ndarray:
+        """``(W @ dense)`` for one row block, ``W`` the block's CSR with entries ``data``, in
+        ``dense``'s dtype (:func:`_spmm`)."""
         r0, r1, a, b, crow = block
-        values = torch.from_numpy(data).to(dense.dtype)
-        W = _csr(crow, self.cols_t[a:b], values, (r1 - r0, self.n_cols))
-        return W @ dense
-
-    def matmul(self, dense: np.ndarray, data: Callable[[int, int, np.ndarray], np.ndarray]
-               ) -> np.ndarray:
-        """``W @ dense`` over all rows, ``W``'s entries given per block by ``data(a, b, rows)``."""
-        out = np.empty((self.n_rows, dense.shape[1]))
-        dt = torch.from_numpy(np.ascontiguousarray(dense))
-        for blk in self.blocks:
-            r0, r1, a, b, _ = blk
-            out[r0:r1] = self.spmm(blk, data(a, b, self.row_index(r0, r1, a, b)), dt).numpy()
-        return out
+        return _spmm(crow, self.cols[a:b], data, dense)
 
     def row_index(self, r0: int, r1: int, a: int, b: int) -> np.ndarray:
         """The row of each of the ratings ``a:b`` (those of rows ``r0:r1``)."""
@@ -435,6 +424,24 @@ def _first_at_least(cols: np.ndarray, lo: np.ndarray, hi: np.ndarray, value: int
     return lo
 
 
+def _spmm(crow: torch.Tensor, cols: np.ndarray, vals: np.ndarray, dense: np.ndarray
+          ) -> np.ndarray:
+    """``W @ dense`` for the CSR ``W`` (``crow``: its row pointers from 0, ``cols``, ``vals``)
+    and ``dense`` (columns of ``W`` x c, C order), in ``dense``'s dtype: each output the sum
+    of its row's terms in order, by scipy's CSR kernel. The same numbers as torch's CSR
+    product (checked bit for bit), without its fixed cost of ~10 ms a call, which at rank 32
+    cost more than the products themselves once a row block held fewer than ~5,000 rows
+    (issue 11, item 3: smaller blocks, less workspace)."""
+    from scipy.sparse._sparsetools import csr_matvecs
+
+    rows = len(crow) - 1
+    out = np.zeros((rows, dense.shape[1]), dtype=dense.dtype)
+    if rows and dense.shape[1]:
+        csr_matvecs(rows, dense.shape[0], dense.shape[1], crow.numpy(), cols,
+                    vals.astype(dense.dtype, copy=False), dense.reshape(-1), out.reshape(-1))
+    return out
+
+
 def _bincount(x: np.ndarray, n: int, chunk: int = 1 << 16) -> np.ndarray:
     """``np.bincount(x, minlength=n)`` ``chunk`` entries at a time (issue 11, item 3: numpy
     counts from an int64 copy of ``x``, 8 bytes a rating for int32 indices)."""
@@ -489,7 +496,7 @@ class _Terms:
             za[:, :k] = other
             za[:, k] = 1.0
         self.z32 = za.astype(np.float32)  # float32 before the products
-        self.za = torch.from_numpy(za)
+        self.za = za
         self.bias = other_bias
 
     def gram(self, side: _Side, blk: tuple[int, int, int, int, torch.Tensor], w: np.ndarray
@@ -502,14 +509,13 @@ class _Terms:
         them at once (the sparse product sums each output column on its own)."""
         r0, r1, a, b, crow = blk
         n, K = self.z32.shape
-        W = _csr(crow, side.cols_t[a:b], torch.from_numpy(w).to(torch.float32),
-                 (r1 - r0, side.n_cols))
+        w32, cols = w.astype(np.float32), side.cols[a:b]
         out = np.empty((r1 - r0, len(self.iu)), dtype=np.float32)
         buf = np.empty(n * K, dtype=np.float32)
         for i in range(K):
             za = buf[: n * (K - i)].reshape(n, K - i)
             np.multiply(self.z32[:, i : i + 1], self.z32[:, i:], out=za)
-            out[:, self.full[i, i] : self.full[i, K - 1] + 1] = (W @ torch.from_numpy(za)).numpy()
+            out[:, self.full[i, i] : self.full[i, K - 1] + 1] = _spmm(crow, cols, w32, za)
         return out
 
 
@@ -538,7 +544,7 @@ def _block_conditional(
         w = np.take(tau_col, cols)
         wt = w * t
     CZ = terms.gram(side, blk, w)  # G = sum w z z^T, per row (float32)
-    g = side.spmm(blk, wt, terms.za).numpy()  # g = sum w t z
+    g = side.spmm(blk, wt, terms.za)  # g = sum w t z
     tt = _row_sums(side, r0, r1, wt * t)
     if reduce is not None:
         reduce([CZ, g, tt])
@@ -1316,14 +1322,12 @@ def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side | _Co
 
         def times(dense: np.ndarray) -> np.ndarray:
             out = np.empty((side.n_rows, dense.shape[1]))
-            dt = torch.from_numpy(dense.astype(np.float32))
+            dt = dense.astype(np.float32)
             for p0, piece in side.parts():
                 for r0, r1, a, b, crow in piece.blocks:
                     rows = piece.row_index(r0, r1, a, b)  # of the piece: + p0 of the side
-                    vals = e(piece, a, b, rows + p0 if p0 else rows).astype(np.float32)
-                    A = _csr(crow, piece.cols_t[a:b], torch.from_numpy(vals),
-                             (r1 - r0, piece.n_cols))
-                    out[p0 + r0 : p0 + r1] = (A @ dt).numpy()
+                    vals = e(piece, a, b, rows + p0 if p0 else rows)
+                    out[p0 + r0 : p0 + r1] = _spmm(crow, piece.cols[a:b], vals, dt)
             return out
 
         return times
