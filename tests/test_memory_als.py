@@ -153,7 +153,8 @@ def test_by_ranges_the_epoch_verifies_its_start_and_nothing_keeps_the_solver_ali
 def test_the_item_ranges_and_tiles_keep_their_workspace_within_max_memory(monkeypatch):
     # issue 11, item 3: each range's sums (gradient and upper triangles: K + K(K+1)/2 floats
     # an item), and a product's result as large, within a quarter of max_memory; each block's
-    # Z rows within an eighth; each tile (a block's ratings of a range) within max_nnz
+    # Z rows within an eighth; each tile (a block's ratings of a range) within max_nnz; the
+    # rows solved in pieces whose H and Cholesky factor are within a sixth (float32)
     r = planted(m=2_000, n=200)
     max_memory = 2**16
     made: list[int] = []
@@ -174,6 +175,7 @@ def test_the_item_ranges_and_tiles_keep_their_workspace_within_max_memory(monkey
     assert len(spans) > 1 and max(spans) * 2 * (T + K) * f <= max_memory // 4
     assert len(tiles.blocks) > 1
     assert max(p.row1 - p.row0 for p in tiles.blocks) * T * f <= max_memory // 8
+    assert solver.solve_rows * 2 * K * K * f <= max_memory // 6
     assert len(made) > len(tiles.blocks) and max(made) <= obj.max_nnz
     assert sum(made) == len(r)  # one epoch's item half-step: every rating in one tile
 

@@ -213,7 +213,11 @@ class _AlternatingNewton:
         # descheduled thread on a busy machine stalls every operation; one thread a block
         work = obj.nnz * K * K
         self.workers = 1
-        if work >= 2 * threads.MIN_WORK_PER_WORKER:  # one process (shared: returned above)
+        tiled = _tiled(obj)
+        # issue 11 (memory): where the data outgrows max_memory (tiled) one worker, whose
+        # operations take the fit's threads: each worker thread's heap keeps its own freed
+        # blocks (25M ratings, rank 32, 64 MiB: the fit's peak 828 MiB with 2, 778 with 1)
+        if work >= 2 * threads.MIN_WORK_PER_WORKER and not tiled:  # (shared: returned above)
             self.workers = min(COARSE_BLOCKS, threads.workers_for(work))
         # each side's blocks: the rows whose workspace (H, its Cholesky factor, the upper
         # triangle's C @ Z: 3 K^2 floats a row) fits a worker's share of half of max_memory,
@@ -228,9 +232,9 @@ class _AlternatingNewton:
             row_caps.append(cap)
         self.sides = [(obj, build_patterns(obj.users, obj.items, obj.shape, obj.max_nnz,
                                            max_rows=row_caps[0]))]
-        if _tiled(obj):  # issue 11 (memory): the ratings by item taken range by range
+        if tiled:  # issue 11 (memory): the ratings by item taken range by range
             self.tiles = _ItemTiles(obj, obj.users, obj.shape[0], K, max_rows)
-            self.solve_rows = max(1, max_rows // 2)  # H and L in a sixth of max_memory
+            self.solve_rows = max(1, max_rows // 2)  # H and L: max_memory / 6 (float32)
             self.objT, self.ranges = obj, [(a, b, []) for a, b in self.tiles.spans]
             return
         objT, blocks = _by_item(obj, None, obj.shape[0], lambda rows, cols, shape: build_patterns(
@@ -265,7 +269,7 @@ class _AlternatingNewton:
         K = self.params["P"].shape[1] + (1 if "bu" in self.params else 0)
         if _tiled(obj):  # (every process alike: the item ranges' sums are collective)
             self.tiles = _ItemTiles(obj, users, len(self.own), K, max_rows)
-            self.solve_rows = max(1, max_rows // 2)  # H and L in a sixth of max_memory
+            self.solve_rows = max(1, max_rows // 2)  # H and L: max_memory / 6 (float32)
             self.objT, self.ranges = obj, [(a, b, []) for a, b in self.tiles.spans]
             return
         del users
@@ -1016,8 +1020,10 @@ class _ItemTiles:
     the shapes and ``max_memory`` only) whose sums, each item row's gradient and Hessian upper
     triangle (``K + K (K + 1) / 2`` floats), and a product's result as large, fit in a quarter
     of ``max_memory``; the users into blocks (:attr:`blocks`) whose ``Z`` rows (``y_u y_u^T``'s
-    upper triangles) fit in an eighth, of at most ``max_nnz`` ratings. A user's ratings are
-    sorted by item, so a range's ratings of a block's users are a run in each user's row: a
+    upper triangles) fit in an eighth, of at most ``max_nnz`` ratings; the rows are solved in
+    pieces whose ``H`` and Cholesky factor fit in a sixth (float32; a third in float64: the
+    solver's :attr:`~_AlternatingNewton.solve_rows`). A user's ratings are sorted by item, so a
+    range's ratings of a block's users are a run in each user's row: a
     binary search in every row at once finds where the range's run ends, after the previous
     range's (a cursor a user while a half-step runs: 16 bytes a user). A tile (a block's
     ratings of a range, gathered: within ``max_nnz``) gives its entries' ``l'`` and ``l''``,
