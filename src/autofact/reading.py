@@ -672,7 +672,7 @@ class _Codes:
         self.low = int(ids[0])
         span = int(ids[-1]) - self.low + 1
         if span <= 4 * len(ids):
-            self.table: np.ndarray | None = np.full(span, -1, dtype=np.int64)
+            self.table: np.ndarray | None = np.full(span, -1, dtype=np.int32)
             self.table[ids - self.low] = np.arange(len(ids))
             self.index = None
         else:
