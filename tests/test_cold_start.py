@@ -286,6 +286,29 @@ def test_the_training_rmse_in_blocks_on_two_threads_is_the_same_number():
         assert fit_verb._training_rmse(model, train) == expected
 
 
+def test_no_rmse_helper_thread_under_a_thread_cap_of_one(monkeypatch):
+    # issue 10: the helper is a second thread; AUTOFACT_NUM_THREADS=1 asks for one
+    import threading
+
+    n = 2 * fit_verb._RMSE_BLOCK
+    train = autofact.Ratings.from_coo(np.arange(n) % 50, np.arange(n) // 50, np.ones(n))
+    model = autofact.MatrixFactorization(rank=2, solver="als", epochs=1).fit(train)
+    expected = -model.score(train)
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def spy(self: threading.Thread) -> None:
+        started.append(self.name)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", spy)
+    for cap, helpers in (("1", []), ("2", ["autofact-rmse"])):
+        monkeypatch.setenv("AUTOFACT_NUM_THREADS", cap)
+        started.clear()
+        assert fit_verb._start_training_rmse(model, train)() == expected
+        assert started == helpers
+
+
 def test_an_error_on_the_rmse_helper_thread_is_raised_by_the_caller(monkeypatch):
     train = autofact.Ratings.from_coo(np.arange(3 * fit_verb._RMSE_BLOCK) % 50,
                                       np.arange(3 * fit_verb._RMSE_BLOCK) // 50,

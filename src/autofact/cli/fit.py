@@ -303,11 +303,15 @@ def _start_training_rmse(model: Any, train: Any, *, helper: bool = True) -> Call
     Issue 10 (cold start): on the fast path the predictions are computed block by block
     (:data:`_RMSE_BLOCK` ratings) by a helper thread, started here, and by the caller's thread
     once it calls the function (``autofact fit`` saves the model meanwhile); numpy's gathers and
-    products run without the GIL. Each block's scores are those of one call over all the ratings,
-    and the RMSE is taken over them in one pass, as before: the same number, to the last bit.
-    Otherwise (the model was not fitted on these ratings) ``-model.score(train)`` runs when the
-    function is called, in the caller's thread (its warnings are the caller's)."""
+    products run without the GIL. No helper where the thread cap is 1
+    (``AUTOFACT_NUM_THREADS=1``, one usable core: :func:`autofact.threads.max_threads`). Each
+    block's scores are those of one call over all the ratings, and the RMSE is taken over them
+    in one pass, as before: the same number, to the last bit. Otherwise (the model was not
+    fitted on these ratings) ``-model.score(train)`` runs when the function is called, in the
+    caller's thread (its warnings are the caller's)."""
     import numpy as np
+
+    from ..threads import max_threads
 
     index = model.index_
     if not (index.user_ids is train.user_ids and index.item_ids is train.item_ids
@@ -332,7 +336,7 @@ def _start_training_rmse(model: Any, train: Any, *, helper: bool = True) -> Call
             errors.append(exc)
 
     thread = None
-    if helper and n > _RMSE_BLOCK:
+    if helper and n > _RMSE_BLOCK and max_threads() > 1:  # the thread cap (autofact.threads)
         thread = threading.Thread(target=work, name="autofact-rmse", daemon=True)
         thread.start()
 
