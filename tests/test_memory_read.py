@@ -62,9 +62,9 @@ def part_by_part(monkeypatch: pytest.MonkeyPatch, read: Any) -> Any:
             return exc
 
 
-def streams(files: list[Path]) -> bool:
+def streams(files: list[Path], **kwargs: Any) -> bool:
     """Whether the stream takes these parts (it declines before reading any rows)."""
-    return reading._parquet_plan(files, {}) is not None
+    return reading._parquet_plan(files, kwargs) is not None
 
 
 def assert_same(a: autofact.Ratings, b: autofact.Ratings) -> None:
@@ -199,15 +199,18 @@ def test_what_the_stream_meets_is_reported_by_the_part_by_part_reader(tmp_path, 
     assert str(want).startswith(expected)
 
 
-@pytest.mark.parametrize("case", ["csv", "stored index", "timestamps", "float ids"])
+@pytest.mark.parametrize("case", ["csv", "stored index", "dates", "float ids", "weights"])
 def test_parts_the_stream_does_not_take_read_as_before(tmp_path, monkeypatch, case):
-    # issue 11: a CSV part, a stored index, timestamp columns or float ids: the part-by-part
-    # reader reads the folder (the stream declines before reading any rows)
+    # issue 11: a CSV part, a stored index, timestamps as dates, float ids or a weight column:
+    # the part-by-part reader reads the folder (the stream declines before reading any rows)
     files = write_parquet_parts(tmp_path / "p", 3, 900)
     for k, f in enumerate(files):
         frame = pd.read_parquet(f)
-        if case == "timestamps":
-            frame.assign(timestamp=1_000_000 + k).to_parquet(f, index=False)
+        if case == "dates":
+            frame.assign(timestamp=pd.Timestamp("2020-01-01") + pd.to_timedelta(
+                np.arange(len(frame)), unit="s")).to_parquet(f, index=False)
+        elif case == "weights":
+            frame.assign(w=0.5).to_parquet(f, index=False)
         elif k == 0 and case == "csv":
             f.unlink()
             frame.to_csv(f.with_suffix(".csv"), index=False)
@@ -215,9 +218,11 @@ def test_parts_the_stream_does_not_take_read_as_before(tmp_path, monkeypatch, ca
             frame.sample(frac=1.0, random_state=0).to_parquet(f)
         elif k == 0 and case == "float ids":
             frame.assign(user=frame["user"] + 0.5).to_parquet(f, index=False)
-    assert not streams(reading.part_files(tmp_path / "p"))
-    assert_same_or_equal(autofact.read(tmp_path / "p"),
-                         part_by_part(monkeypatch, lambda: autofact.read(tmp_path / "p")))
+    weight = "w" if case == "weights" else None
+    assert not streams(reading.part_files(tmp_path / "p"), weight=weight)
+    assert_same_or_equal(
+        autofact.read(tmp_path / "p", weight=weight),
+        part_by_part(monkeypatch, lambda: autofact.read(tmp_path / "p", weight=weight)))
 
 
 def assert_same_or_equal(a: autofact.Ratings, b: autofact.Ratings) -> None:
@@ -266,3 +271,25 @@ def test_read_local_streams_its_users_of_one_parquet_file(tmp_path, monkeypatch,
     finally:
         dist.destroy_process_group()
     assert_same(got, want)
+
+
+@pytest.mark.parametrize("seconds", ["int64", "int32", "uint32"])
+def test_streamed_parts_carry_their_timestamps(tmp_path, monkeypatch, small_batches, seconds):
+    # issue 11: int timestamps (MovieLens's) are streamed too, 8 bytes a rating beside the 12,
+    # placed and sorted with their ratings; the same Ratings as the part-by-part reader's,
+    # duplicates='last' included; timestamps in some parts only: its error
+    files = write_parquet_parts(tmp_path / "p", 3, 3_000, spread=True, twice=40)
+    for k, f in enumerate(files):
+        frame = pd.read_parquet(f)
+        frame.assign(timestamp=(1_000_000 + 7 * np.arange(len(frame)) + k).astype(seconds)
+                     ).to_parquet(f, index=False)
+    assert streams(files)
+    got = reading.read_parts(files, duplicates="last", dtype="float32")
+    want = part_by_part(monkeypatch, lambda: reading.read_parts(files, duplicates="last",
+                                                                dtype="float32"))
+    assert got.timestamps is not None and got.timestamps.dtype == np.int64
+    assert_same_or_equal(got, want)
+    pd.read_parquet(files[1]).drop(columns="timestamp").to_parquet(files[1], index=False)
+    assert not streams(files)
+    with pytest.raises(ValueError, match="some part files have timestamps and some do not"):
+        autofact.read(tmp_path / "p", duplicates="last")

@@ -271,8 +271,8 @@ def _read_parts(folder: Path, kwargs: dict[str, Any], duplicates: Duplicates,
     """Every part file of ``folder`` (or ``files`` of it) read by :func:`read` and joined into
     one :class:`Ratings` (ids by the one rule over all the parts; see :func:`read`).
 
-    Parquet parts with int64 ids, a numeric rating and no weight or timestamp column are
-    streamed (:func:`_stream_parquet`: issue 11, no part is ever held whole); any other
+    Parquet parts with int64 ids, a numeric rating, int timestamps or none and no weight
+    column are streamed (:func:`_stream_parquet`: issue 11, no part is ever held whole); any other
     folder, or one in which the stream meets anything to report, is read part by part below,
     which gives the same Ratings and raises the error."""
     if duplicates == "mean":  # a mean of each part's means would weigh the parts wrongly
@@ -443,10 +443,11 @@ def _stream_parquet(files: list[Path], kwargs: dict[str, Any], duplicates: Dupli
     """The part files as :func:`_read_parts` joins them, read a batch of rows at a time and
     never whole (issue 11, item 3: a process's peak while it reads stays near the 12 bytes a
     rating it then holds), or None where the part-by-part reader must read them: a part that
-    is not Parquet, ids that are not int64, a rating that is not a number, a weight or a
-    timestamp column, or anything that reader reports (a missing id, a rating that is not
-    finite, a duplicate under ``duplicates='error'``, no ratings kept): it then raises its own
-    error, naming the part and the row.
+    is not Parquet, ids that are not int64, a rating that is not a number, timestamps that
+    are not ints (or in some parts only), a weight column, or anything that reader reports (a
+    missing id, rating or timestamp, a rating that is not finite, a duplicate under
+    ``duplicates='error'``, no ratings kept): it then raises its own error, naming the part
+    and the row.
 
     Two passes over each part's batches. The first reads the id columns only: the sorted
     distinct user ids kept (``keep_users`` is asked about each batch's distinct users) with
@@ -470,8 +471,9 @@ def _parquet_plan(files: list[Path], kwargs: dict[str, Any]
                   ) -> list[tuple[Path, _Choice]] | None:
     """Each part and the columns :func:`read` takes from it, when every part is one that
     :func:`_stream_parquet` reads as :func:`read` does (the columns pandas shows, their plain
-    numpy types: int64 ids, an int or float rating, no weight or timestamp column, rows); else
-    None. Each part is opened only while it is looked at (a folder may hold thousands)."""
+    numpy types: int64 ids, an int or float rating, int timestamps in every part or in none,
+    no weight column, rows); else None. Each part is opened only while it is looked at (a
+    folder may hold thousands)."""
     fmt = kwargs.get("format")
     given = [kwargs.get(k) for k in ("user", "item", "rating", "weight")]
     timestamp = kwargs.get("timestamp")
@@ -497,6 +499,8 @@ def _parquet_plan(files: list[Path], kwargs: dict[str, Any]
         except (OSError, ValueError, pa.ArrowException):
             return None
         plan.append((f, choice))
+    if len({c.timestamp is None for _, c in plan}) > 1:
+        return None  # some parts have timestamps, some not: the part-by-part reader says so
     return plan
 
 
@@ -514,9 +518,10 @@ def _open_parquet(path: Path) -> Iterator[Any]:
 
 
 def _plain_columns(handle: Any, names: _Names, name: str, pa: Any) -> _Choice | None:
-    """The user, item and rating columns of a Parquet part, chosen from the columns pandas
-    would show (:func:`_read_parquet`), when they read as plain int64 ids and a plain numeric
-    rating and there is neither a weight nor a timestamp column; else None."""
+    """The user, item, rating (and timestamp) columns of a Parquet part, chosen from the
+    columns pandas would show (:func:`_read_parquet`), when they read as plain int64 ids, a
+    plain numeric rating and int seconds (int64 at most) and there is no weight column; else
+    None."""
     schema = handle.schema_arrow
     meta = schema.pandas_metadata or {}
     if any(not isinstance(c, dict) for c in meta.get("index_columns", [])):
@@ -525,18 +530,33 @@ def _plain_columns(handle: Any, names: _Names, name: str, pa: Any) -> _Choice | 
     if len(set(columns)) != len(columns):
         return None
     choice = _choose(columns, names, name, headerless=False)  # its ValueError: not streamed
-    if choice.weight is not None or choice.timestamp is not None:
+    if choice.weight is not None:
         return None
     stored = {c.get("field_name", c.get("name")): c.get("numpy_type")
               for c in meta.get("columns", []) if isinstance(c, dict)}
-    for col, is_id in ((choice.user, True), (choice.item, True), (choice.rating, False)):
+    for col, what in ((choice.user, "id"), (choice.item, "id"), (choice.rating, "rating"),
+                      (choice.timestamp, "seconds")):
+        if col is None:
+            continue
         kind = schema.field(col).type
-        if not (pa.types.is_int64(kind) if is_id else pa.types.is_integer(kind)
-                or pa.types.is_float32(kind) or pa.types.is_float64(kind)):
+        if not _plain_type(pa, kind, what):
             return None
         if col in stored and stored[col] != np.dtype(kind.to_pandas_dtype()).name:
             return None  # pandas would restore another type (nullable, categorical...)
     return choice
+
+
+def _plain_type(pa: Any, kind: Any, what: str) -> bool:
+    """Whether a Parquet column of Arrow type ``kind`` reads as ``what`` without a check the
+    stream does not make: an ``"id"`` is int64, ``"seconds"`` any int within int64, a
+    ``"rating"`` any int or a float32/float64."""
+    if what == "id":
+        return bool(pa.types.is_int64(kind))
+    if what == "seconds":
+        return bool(pa.types.is_signed_integer(kind)
+                    or kind in (pa.uint8(), pa.uint16(), pa.uint32()))
+    return bool(pa.types.is_integer(kind) or pa.types.is_float32(kind)
+                or pa.types.is_float64(kind))
 
 
 def _streamed(plan: list[tuple[Path, _Choice]], duplicates: Duplicates,
@@ -575,6 +595,8 @@ def _streamed(plan: list[tuple[Path, _Choice]], duplicates: Duplicates,
     # the result's columns: np.empty's pages are only taken as they are written
     items_out = np.empty(int(indptr[-1]), dtype=np.int32)
     values_out = np.empty(int(indptr[-1]), dtype=kind)
+    timed = plan[0][1].timestamp is not None  # every part, or none (_parquet_plan)
+    times_out = np.empty(int(indptr[-1]), dtype=np.int64) if timed else None
     fill = indptr[:-1].copy()  # where each user's next rating goes
     user_code, item_code = _Codes(user_ids), _Codes(item_ids)
     for c, batch in _batches(plan, rating=True):  # second pass: to codes and values, placed
@@ -587,30 +609,41 @@ def _streamed(plan: list[tuple[Path, _Choice]], duplicates: Duplicates,
         values = np.asarray(rating_col.to_numpy(), dtype=np.float64)
         if not np.isfinite(values).all():
             return None
+        columns = [(values, values_out)]
+        if times_out is not None:
+            assert c.timestamp is not None
+            time_col = batch.column(c.timestamp)
+            if time_col.null_count:
+                return None  # a missing timestamp: the part-by-part reader names its row
+            columns.append((np.asarray(time_col.to_numpy(), dtype=np.int64), times_out))
         rows = user_code(users)
         if keep_users is not None:
             mine = rows >= 0
             if not mine.all():
-                rows, items, values = rows[mine], items[mine], values[mine]
+                rows, items = rows[mine], items[mine]
+                columns = [(col[mine], out) for col, out in columns]
         if not len(rows):
             continue  # no user of this batch is kept
         cols = item_code(items)
         if rows.min() < 0 or cols.min() < 0:
             return None  # a part changed between the passes: read again, part by part
-        _place(rows, cols, values, fill, items_out, values_out)
-        del batch, rating_col, users, items, values, rows, cols
+        _place(rows, fill, [(cols, items_out), *columns])
+        del batch, rating_col, users, items, values, rows, cols, columns
     if not np.array_equal(fill, indptr[1:]):
         return None  # a part changed between the passes: read again, part by part
     del fill, user_code, item_code
     release_freed_memory()  # the batches' temporaries, kept on the heap otherwise
-    twice = _sort_within_users(indptr, items_out, values_out, n)
+    twice = _sort_within_users(indptr, items_out,
+                               [values_out] if times_out is None else [values_out, times_out],
+                               n)
     release_freed_memory()  # before the checks of Ratings allocate theirs
     if twice and duplicates == "error":
         return None  # the part-by-part reader names the first pair, in the part that has it
     users_out = np.repeat(np.arange(m, dtype=np.int32), np.diff(indptr))
     del indptr
     return Ratings(users_out, items_out, values_out, shape=(m, n), user_ids=user_ids,
-                   item_ids=item_ids, duplicates=duplicates, _sorted=True)
+                   item_ids=item_ids, timestamps=times_out, duplicates=duplicates,
+                   _sorted=True)
 
 
 def _batches(plan: list[tuple[Path, _Choice]], rating: bool) -> Iterator[tuple[_Choice, Any]]:
@@ -618,31 +651,35 @@ def _batches(plan: list[tuple[Path, _Choice]], rating: bool) -> Iterator[tuple[_
     rating column), each part open only while it is read."""
     for path, c in plan:
         with _open_parquet(path) as handle:
-            columns = [c.user, c.item, c.rating] if rating else [c.user, c.item]
+            columns = [c.user, c.item]
+            if rating:
+                columns += [c.rating] if c.timestamp is None else [c.rating, c.timestamp]
             for batch in handle.iter_batches(batch_size=_BATCH_ROWS, columns=columns,
                                              use_threads=False):
                 yield c, batch
         release_freed_memory()  # the part's batches: the heap keeps them otherwise
 
 
-def _place(rows: np.ndarray, items: np.ndarray, values: np.ndarray, fill: np.ndarray,
-           items_out: np.ndarray, values_out: np.ndarray) -> None:
-    """A batch's ratings (``rows``: their users' codes, ``items``: their items' codes) written
-    at their users' next places ``fill`` (advanced), in the batch's order within each user."""
+def _place(rows: np.ndarray, fill: np.ndarray,
+           columns: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """A batch's ratings (``rows``: their users' codes) written at their users' next places
+    ``fill`` (advanced), in the batch's order within each user: each of ``columns`` (the
+    batch's column, the result's) in its place."""
     order = stable_order(rows, len(fill))
     rows = rows[order]
     starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
     lengths = np.diff(np.r_[starts, len(rows)])
     at = fill[rows] + (np.arange(len(rows)) - np.repeat(starts, lengths))
     fill[rows[starts]] += lengths
-    items_out[at] = items[order]
-    values_out[at] = values[order]
+    for col, out in columns:
+        out[at] = col[order]
 
 
-def _sort_within_users(indptr: np.ndarray, items: np.ndarray, values: np.ndarray,
+def _sort_within_users(indptr: np.ndarray, items: np.ndarray, others: list[np.ndarray],
                        n_items: int) -> bool:
-    """Each user's ratings (``indptr``'s rows) sorted by item in place, stably, the users of
-    about :data:`_SORT_STEP` ratings at a time; whether a (user, item) pair is rated twice."""
+    """Each user's ratings (``indptr``'s rows) sorted by item in place, stably, ``others``
+    (their values, timestamps) alike, the users of about :data:`_SORT_STEP` ratings at a
+    time; whether a (user, item) pair is rated twice."""
     m = len(indptr) - 1
     twice = False
     a = 0
@@ -655,8 +692,8 @@ def _sort_within_users(indptr: np.ndarray, items: np.ndarray, values: np.ndarray
         if not bool((key[1:] >= key[:-1]).all()):
             order = stable_order(key, (b - a) * n_items)
             key = key[order]
-            items[lo:hi] = items[lo:hi][order]
-            values[lo:hi] = values[lo:hi][order]
+            for col in (items, *others):
+                col[lo:hi] = col[lo:hi][order]
             del order
         twice = twice or bool((key[1:] == key[:-1]).any())
         a = b
