@@ -264,8 +264,9 @@ class TorchShardPlan(ShardPlan):
 
     def owned_rows(self, rows: torch.Tensor, n: int) -> torch.Tensor:
         held = torch.zeros(n, dtype=torch.int32)
-        if rows.numel():
-            held[rows.detach().cpu().long()] = 1
+        flat = rows.detach().cpu().reshape(-1)
+        for s in range(0, flat.numel(), 1 << 20):  # (issue 11: an int64 copy of a slice, not
+            held[flat[s : s + (1 << 20)].long()] = 1  # of every rating: 100 MB at 12.5M)
         holders = held.clone()
         self.all_sum([holders])  # how many processes hold ratings of each row: 4 n bytes
         several = torch.nonzero(holders > 1).flatten()
