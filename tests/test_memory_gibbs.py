@@ -73,11 +73,13 @@ def test_the_item_slabs_are_the_transposed_ratings_a_slab_at_a_time():
     assert seen == 200
 
 
-def test_slabs_and_small_blocks_draw_the_same_chain():
-    # issue 11, item 3: max_memory sets the slabs and row blocks; the chain does not change
+def test_slabs_small_blocks_and_few_gram_columns_draw_the_same_chain(monkeypatch):
+    # issue 11, item 3: max_memory sets the slabs and row blocks, _GRAM_BUFFER the columns of
+    # the other side's products formed at once; the chain does not change
     u, i, v = _dense_rows(m=400, n=150, per=30, seed=2)
-    runs = [gibbs_mf(u, i, v, (400, 150), rank=3, sweeps=4, seed=0, max_memory=mm)
-            for mm in (None, 1 << 16)]
+    runs = [gibbs_mf(u, i, v, (400, 150), rank=3, sweeps=4, seed=0, max_memory=None)]
+    monkeypatch.setattr(gibbs, "_GRAM_BUFFER", 4 * 400 * 2)  # two columns of the users' rows
+    runs.append(gibbs_mf(u, i, v, (400, 150), rank=3, sweeps=4, seed=0, max_memory=1 << 16))
     assert runs[0].rmse_train == runs[1].rmse_train
     for name in ("P", "Q", "bu", "bi"):
         np.testing.assert_array_equal(getattr(runs[0], name), getattr(runs[1], name))
@@ -95,9 +97,9 @@ def test_the_products_use_the_draw_itself_and_put_its_biases_back():
     seen: list[np.ndarray] = []
     real = gibbs._Terms
 
-    def spy(za, bias, whole=False):
+    def spy(za, bias, whole=False, **kwargs):
         seen.append(za)
-        return real(za, bias, whole)
+        return real(za, bias, whole, **kwargs)
 
     pm, lam = np.zeros(4), np.ones(4)
     try:

@@ -477,15 +477,25 @@ def _triangle(K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return iu, ju, full
 
 
+# The most bytes the Gram products' float32 columns of the other side's rows take at once
+# (:meth:`_Terms.gram`; issue 11, item 3)
+_GRAM_BUFFER = 4 << 20
+# ... and the augmented conditionals of a block's rows (8 (K+1)^2 bytes a row) made at once
+_CONDITIONAL_BYTES = 4 << 20
+
+
 class _Terms:
     """The other side's state as the products need it: ``za = [f, 1]``, and the upper triangle
     of ``za za^T`` per row, one triangle row at a time (:meth:`gram`; in float32: half the time
     of the sweep's largest product, and no change in the draws' accuracy at four decimals on the
     validation splits)."""
 
-    def __init__(self, other: np.ndarray, other_bias: np.ndarray, whole: bool = False) -> None:
+    def __init__(self, other: np.ndarray, other_bias: np.ndarray, whole: bool = False,
+                 buffer: int = 0) -> None:
         """``other`` (n, k) and ``other_bias`` (n,); or, with ``whole``, ``other`` is already
-        ``[f, 1]`` (n, k+1, float64, C order) and is used as it is (no copy)."""
+        ``[f, 1]`` (n, k+1, float64, C order) and is used as it is (no copy). ``buffer``: the
+        bytes of the Gram products' columns formed at once (0: ``_GRAM_BUFFER``)."""
+        self.buffer = buffer or _GRAM_BUFFER
         K = other.shape[1] if whole else other.shape[1] + 1
         k = K - 1
         self.iu, self.ju, self.full = _triangle(K)
@@ -503,19 +513,25 @@ class _Terms:
              ) -> np.ndarray:
         """``G`` for the rows of ``blk``: per row the upper triangle (row-major) of ``sum_j w_j
         z_j z_j^T`` over its ratings (rows x K(K+1)/2, float32). Triangle row ``a``'s products
-        ``z_a z_a:`` are formed for every column at a time (issue 11, item 3: all of them at
-        once were ``2 K (K+1)`` bytes a row of the other side, 163 MiB for 72,690 users at rank
-        32, three times that while they were built); each output is the same sum as from all of
-        them at once (the sparse product sums each output column on its own)."""
+        ``z_a z_b`` are formed for every row of the other side, a few columns ``b`` at a time
+        (issue 11, item 3: all of them at once were ``2 K (K+1)`` bytes a row of the other
+        side, 163 MiB for 72,690 users at rank 32, three times that while they were built; a
+        triangle row at a time 4 K bytes, 21 MB for 162,541 users; now at most
+        ``buffer`` bytes); each output is the same sum whatever the columns formed with
+        it (the sparse product sums each output column on its own)."""
         r0, r1, a, b, crow = blk
         n, K = self.z32.shape
         w32, cols = w.astype(np.float32), side.cols[a:b]
         out = np.empty((r1 - r0, len(self.iu)), dtype=np.float32)
-        buf = np.empty(n * K, dtype=np.float32)
+        step = max(1, min(K, self.buffer // (4 * max(n, 1))))
+        buf = np.empty(n * step, dtype=np.float32)
+        full = self.full
         for i in range(K):
-            za = buf[: n * (K - i)].reshape(n, K - i)
-            np.multiply(self.z32[:, i : i + 1], self.z32[:, i:], out=za)
-            out[:, self.full[i, i] : self.full[i, K - 1] + 1] = _spmm(crow, cols, w32, za)
+            for j0 in range(i, K, step):
+                j1 = min(K, j0 + step)
+                za = buf[: n * (j1 - j0)].reshape(n, j1 - j0)
+                np.multiply(self.z32[:, i : i + 1], self.z32[:, j0:j1], out=za)
+                out[:, full[i, j0] : full[i, j1 - 1] + 1] = _spmm(crow, cols, w32, za)
         return out
 
 
@@ -533,9 +549,21 @@ def _block_conditional(
     ``t = r - mu - other bias``, which give each row's residual sum at any ``x``. ``reduce``
     sums the data sums over the processes that share the chain, in place (each holds some of
     every row's ratings: the item side of a sharded chain)."""
+    r0, r1 = blk[0], blk[1]
+    CZ, g, tt = _block_sums(side, blk, terms, tau_col, reduce)
+    s = np.full(r1 - r0, alpha) if tau_row is None else alpha * tau_row[r0:r1]
+    M = _augmented(CZ, g, s, prior_mean[r0:r1] if prior_mean.ndim == 2 else prior_mean,
+                   prior_prec, terms.full)
+    return M, s, CZ, g, tt
+
+
+def _block_sums(side: _Side, blk: tuple[int, int, int, int, torch.Tensor], terms: _Terms,
+                tau_col: np.ndarray | None,
+                reduce: Callable[[list[np.ndarray]], None] | None = None,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The data sums ``G``, ``g`` and ``sum tau_col t^2`` of one block's rows (see
+    :func:`_block_conditional`), summed over the processes by ``reduce``."""
     r0, r1, a, b, _ = blk
-    mb = r1 - r0
-    K = terms.za.shape[1]
     cols = side.cols[a:b]
     t = side.vals[a:b] - np.take(terms.bias + side.offset, cols)  # float64
     if tau_col is None:
@@ -548,9 +576,15 @@ def _block_conditional(
     tt = _row_sums(side, r0, r1, wt * t)
     if reduce is not None:
         reduce([CZ, g, tt])
-    s = np.full(mb, alpha) if tau_row is None else alpha * tau_row[r0:r1]
-    M = np.empty((K + 1, K + 1, mb))
-    full = terms.full
+    return CZ, g, tt
+
+
+def _augmented(CZ: np.ndarray, g: np.ndarray, s: np.ndarray, prior_mean: np.ndarray,
+               prior_prec: np.ndarray, full: np.ndarray) -> np.ndarray:
+    """The augmented conditional ``M`` (K+1, K+1, rows) of :func:`_block_conditional` from its
+    rows' data sums, row scales and prior means ((rows, K) or (K,))."""
+    K = g.shape[1]
+    M = np.empty((K + 1, K + 1, len(s)))
     for i in range(K):  # the triangle's row i is one contiguous slice of G's columns
         # rows last, in float64 (exact), a triangle row at a time: no float64 copy of all of G
         M[i, i:K] = CZ[:, full[i, i] : full[i, K - 1] + 1].T
@@ -559,10 +593,10 @@ def _block_conditional(
     h = M[:K, K]
     np.multiply(g.T, s, out=h)
     if prior_mean.ndim == 2:
-        h += (prior_prec * prior_mean[r0:r1]).T
+        h += (prior_prec * prior_mean).T
     else:
         h += (prior_prec * prior_mean)[:, None]
-    return M, s, CZ, g, tt
+    return M
 
 
 def _cholesky_draw(M: np.ndarray, eps: np.ndarray, mean: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -620,6 +654,7 @@ def _sample_rows(
     reduce: Callable[[list[np.ndarray]], None] | None = None,
     *,
     add_mean: bool = False,
+    work: tuple[int, int] = (0, 0),
 ) -> np.ndarray:
     """Draw every row block ``x = [f, b]`` of one side from its Gaussian conditional, in place.
 
@@ -630,7 +665,9 @@ def _sample_rows(
     ``tau_row``/``tau_col`` the per-row and per-column noise precisions relative to ``alpha``
     (``None``: 1); ``prior_mean`` (n_rows, K) or (K,), ``prior_prec`` (K,). Writes the draw into
     ``out`` (n_rows, K) and, if given, the conditional mean into ``out_mean`` (``add_mean``:
-    adds it, for running sums kept without a copy of the means). ``noise``: a
+    adds it, for running sums kept without a copy of the means). ``work``: the bytes of the
+    Gram products formed at once and of the conditionals made at once (0: ``_GRAM_BUFFER``,
+    ``_CONDITIONAL_BYTES``). ``noise``: a
     generator drawn a block at a time, or ``noise(r0, r1)``, the standard normals of rows
     ``r0:r1`` (rows x K), asked for block by block in order;
     ``reduce`` as in :func:`_block_conditional`. Returns each row's
@@ -640,14 +677,16 @@ def _sample_rows(
     lam m)) / s + sum tau t^2``, and ``L^T x = v + eps``.
     """
     if other_bias is not None:
-        return _draw_rows(noise, side, _Terms(other, other_bias), prior_mean, prior_prec, alpha,
-                          tau_row, tau_col, out, out_mean, reduce, add_mean)
+        return _draw_rows(noise, side, _Terms(other, other_bias, buffer=work[0]), prior_mean,
+                          prior_prec, alpha, tau_row, tau_col, out, out_mean, reduce, add_mean,
+                          work[1])
     k = other.shape[1] - 1
     bias = other[:, k].copy()
     other[:, k] = 1.0
     try:
-        return _draw_rows(noise, side, _Terms(other, bias, whole=True), prior_mean, prior_prec,
-                          alpha, tau_row, tau_col, out, out_mean, reduce, add_mean)
+        return _draw_rows(noise, side, _Terms(other, bias, whole=True, buffer=work[0]),
+                          prior_mean, prior_prec, alpha, tau_row, tau_col, out, out_mean, reduce,
+                          add_mean, work[1])
     finally:
         other[:, k] = bias
 
@@ -657,41 +696,50 @@ def _draw_rows(
     terms: _Terms, prior_mean: np.ndarray, prior_prec: np.ndarray, alpha: float,
     tau_row: np.ndarray | None, tau_col: np.ndarray | None, out: np.ndarray,
     out_mean: np.ndarray | None, reduce: Callable[[list[np.ndarray]], None] | None,
-    add_mean: bool,
+    add_mean: bool, conditional_bytes: int = 0,
 ) -> np.ndarray:
     """:func:`_sample_rows` given the other side's :class:`_Terms`, a piece of rows at a time
     (one piece, or the item slabs of a :class:`_Columns`)."""
     K = terms.za.shape[1]
+    sub = max(1, (conditional_bytes or _CONDITIONAL_BYTES) // (8 * (K + 1) ** 2))
     sse = np.zeros(side.n_rows)
     for p0, piece in side.parts():
         p1 = p0 + piece.n_rows
         pmean = prior_mean[p0:p1] if prior_mean.ndim == 2 else prior_mean
         ptau = None if tau_row is None else tau_row[p0:p1]
         for blk in piece.blocks:
-            r0, r1 = blk[0], blk[1]
-            M, s, CZ, g, tt = _block_conditional(piece, blk, terms, pmean, prior_prec, alpha,
-                                                 ptau, tau_col, reduce)
+            b0, b1 = blk[0], blk[1]
+            CZ, g, tt_b = _block_sums(piece, blk, terms, tau_col, reduce)
+            s_b = np.full(b1 - b0, alpha) if ptau is None else alpha * ptau[b0:b1]
+            # the conditionals (8 (K+1)^2 bytes a row) a few rows at a time (issue 11, item 3)
+            for r0 in range(b0, b1, sub):
+                r1 = min(b1, r0 + sub)
+                s, tt = s_b[r0 - b0 : r1 - b0], tt_b[r0 - b0 : r1 - b0]
+                M = _augmented(CZ[r0 - b0 : r1 - b0], g[r0 - b0 : r1 - b0], s,
+                               pmean[r0:r1] if pmean.ndim == 2 else pmean, prior_prec,
+                               terms.full)
+                h = M[:K, K].copy()
+                # eps drawn row by row (rows x K), as before the rows-last layout: same draws
+                eps = (noise.standard_normal((r1 - r0, K))
+                       if isinstance(noise, np.random.Generator)
+                       else noise(p0 + r0, p0 + r1)).T
+                x, ve = _cholesky_draw(M, eps, out_mean is not None)
+                del M  # issue 11, item 3: not alive while the next rows' is built
+                xs = x[:, 0]
+                out[p0 + r0 : p0 + r1] = xs.T
+                if out_mean is not None:
+                    if add_mean:  # in the sums' precision: the same sum whatever holds it
+                        out_mean[p0 + r0 : p0 + r1] += x[:, 1].T.astype(out_mean.dtype)
+                    else:
+                        out_mean[p0 + r0 : p0 + r1] = x[:, 1].T
+                pm = pmean[r0:r1].T if pmean.ndim == 2 else pmean[:, None]
+                q = (ve * ve).sum(0) - (prior_prec[:, None] * xs * (xs - 2.0 * pm)).sum(0)
+                q -= 2.0 * (xs * h).sum(0)
+                q /= s
+                q += tt
+                q[piece.total[r0:r1] == 0] = 0.0
+                sse[p0 + r0 : p0 + r1] = np.maximum(q, 0.0)
             del CZ, g
-            h = M[:K, K].copy()
-            # eps drawn row by row (rows x K), as before the rows-last layout: same seeded draws
-            eps = (noise.standard_normal((r1 - r0, K)) if isinstance(noise, np.random.Generator)
-                   else noise(p0 + r0, p0 + r1)).T
-            x, ve = _cholesky_draw(M, eps, out_mean is not None)
-            del M  # issue 11, item 3: not alive while the next block's is built
-            xs = x[:, 0]
-            out[p0 + r0 : p0 + r1] = xs.T
-            if out_mean is not None:
-                if add_mean:  # in the sums' precision: the same sum whatever holds it
-                    out_mean[p0 + r0 : p0 + r1] += x[:, 1].T.astype(out_mean.dtype)
-                else:
-                    out_mean[p0 + r0 : p0 + r1] = x[:, 1].T
-            pm = pmean[r0:r1].T if pmean.ndim == 2 else pmean[:, None]
-            q = (ve * ve).sum(0) - (prior_prec[:, None] * xs * (xs - 2.0 * pm)).sum(0)
-            q -= 2.0 * (xs * h).sum(0)
-            q /= s
-            q += tt
-            q[piece.total[r0:r1] == 0] = 0.0
-            sse[p0 + r0 : p0 + r1] = np.maximum(q, 0.0)
         del piece
     return sse
 
@@ -850,13 +898,13 @@ def gibbs_mf(
             f"shared by {plan.world_size} processes: fit without plan=, or with implicit=False"
         )
     K = int(rank) + 1
-    block_nnz, max_rows = _block_sizes(max_memory, K, max_nnz)
+    block_nnz, max_rows, work = _block_sizes(max_memory, K, max_nnz)
     with use_threads(min(len(values), max_nnz) * K * (K + 1) / 2, n_threads):
         return _gibbs(users, items, values, shape, rank=int(rank), sweeps=int(sweeps),
                       burn_in=burn_in, noise=noise, noise_shape=float(noise_shape),
                       implicit=bool(implicit), seed=seed, init_std=init_std, init=init,
                       cg_tol=cg_tol, cg_max_iter=cg_max_iter,
-                      max_nnz=block_nnz, max_rows=max_rows, slab=None if max_memory is None else
+                      max_nnz=block_nnz, max_rows=max_rows, work=work, slab=None if max_memory is None else
                       max(1, max_memory // _SLAB_BYTES_A_RATING), callback=callback, t0=t0,
                       plan=plan, on_state=on_state, resume=resume)
 
@@ -870,20 +918,27 @@ _BLOCK_BYTES_A_RATING = 48
 _SLAB_BYTES_A_RATING = 8 * 8
 
 
-def _block_sizes(max_memory: Any, K: int, max_nnz: int) -> tuple[int, int | None]:
+def _block_sizes(max_memory: Any, K: int, max_nnz: int
+                 ) -> tuple[int, int | None, tuple[int, int]]:
     """The ratings and rows a row block may hold so that its workspace stays within
     ``max_memory`` bytes (issue 11, item 3): ``_BLOCK_BYTES_A_RATING`` a rating (at most
-    ``max_nnz`` ratings and half of ``max_memory``), and per row the augmented conditional
-    ``M`` (``8 (K+1)^2`` bytes, float64), the Gram sums (``2 K (K+1)``, float32) and ``8 K``
-    float64 vectors (linear term, noise, draw and mean, ...). ``None``: no cap on the rows."""
+    ``max_nnz`` ratings and half of ``max_memory``), ``_GRAM_BUFFER`` and
+    ``_CONDITIONAL_BYTES`` (the augmented conditionals, ``8 (K+1)^2`` bytes a row, made a few
+    rows at a time; each at most an eighth of ``max_memory``: returned as the third value, for
+    :func:`_sample_rows`' ``work``), and per row the Gram sums (``2 K (K+1)``, float32) and
+    ``8 K`` float64 vectors (linear term, noise, draw and mean, ...). ``None``: no cap on the
+    rows."""
     if max_memory is None:
-        return max_nnz, None
+        return max_nnz, None, (0, 0)
     if isinstance(max_memory, bool) or not isinstance(max_memory, int) or max_memory <= 0:
         raise ValueError(f"max_memory must be a positive number of bytes or None, got "
                          f"{max_memory!r}; e.g. 64 * 2**20 (64 MiB of row-block workspace)")
     nnz = max(1, min(max_nnz, max_memory // 2 // _BLOCK_BYTES_A_RATING))
-    per_row = 8 * (K + 1) ** 2 + 2 * K * (K + 1) + 64 * K
-    return nnz, max(1, (max_memory - nnz * _BLOCK_BYTES_A_RATING) // per_row)
+    per_row = 2 * K * (K + 1) + 64 * K
+    work = (max(1, min(_GRAM_BUFFER, max_memory // 8)),
+            max(1, min(_CONDITIONAL_BYTES, max_memory // 8)))
+    rest = max_memory - nnz * _BLOCK_BYTES_A_RATING - sum(work)
+    return nnz, max(1, rest // per_row), work
 
 
 # A burn-in sweep whose training RMSE is below this fraction of the previous sweep's restarts the
@@ -933,6 +988,7 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
            sweeps: int, burn_in: int, noise: str, noise_shape: float, implicit: bool,
            seed: int | None, init_std: float, cg_tol: float, cg_max_iter: int, max_nnz: int,
            max_rows: int | None = None, slab: int | None = None,
+           work: tuple[int, int] = (0, 0),
            init: str = "random",
            callback: Callable[[int, float, Callable[..., GibbsResult]], bool | None] | None,
            t0: float, plan: ShardPlan | None = None,
@@ -1131,7 +1187,7 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
             Pm[...] = 0.0
         mean_u = Pm if restart is not None else np.zeros_like(Pm)
         sse_u = _sample_rows(user_noise, u_side, Xi, None, pm, hyp_u[1], alpha, tau_u, tau_i,
-                             Xu, mean_u, add_mean=True)
+                             Xu, mean_u, add_mean=True, work=work)
         if isinstance(user_noise, _OwnNormals):
             user_noise.finish()
         # hyper-parameters from rated rows only (unrated rows are draws from the prior)
@@ -1162,7 +1218,7 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
             tau_u = _gammas_of(rng, noise_shape + n_user / 2, noise_shape + alpha * sse_u / 2,
                                own)
         sse_i = _sample_rows(rng, i_side, Xu, None, hyp_i[0], hyp_i[1], alpha, tau_i, tau_u,
-                             Xi, Qm, reduce, add_mean=True)
+                             Xi, Qm, reduce, add_mean=True, work=work)
         hyp_i = _hyper(rng, Xi[cnt_i])
         # ... and kappa_i given those at the items' draw
         if tau_i is not None:
