@@ -1057,8 +1057,10 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
         i_side = whole = u_side.transpose(max_nnz, total=total_i)
     del columns
     k, K = int(rank), int(rank) + 1
-    Xu = init_std * _normals_of(rng, m, K, own)  # [P, bu]
-    Xi = init_std * rng.standard_normal((n, K))  # [Q, bi]
+    Xu = _normals_of(rng, m, K, own)  # [P, bu]
+    Xu *= init_std  # (in place: issue 11, item 3)
+    Xi = rng.standard_normal((n, K))  # [Q, bi]
+    Xi *= init_std
     Xu[:, k] = 0.0
     Xi[:, k] = 0.0
     hyp_u = (np.zeros(K), np.ones(K))
@@ -1196,7 +1198,7 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
             off[:, :k] -= implicit_mean[cnt_u]
             hyp_u = _hyper(rng, off)
         else:
-            hyp_u = _hyper_rows(rng, Xu[cnt_u], reduce)
+            hyp_u = _hyper_rows(rng, Xu, cnt_u, reduce)
         # the noise: alpha and tau_u given the residuals at the users' draw, ...
         sse = float(sse_u.sum() if tau_u is None else np.dot(tau_u, sse_u))
         if plan is not None:
@@ -1219,7 +1221,7 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
                                own)
         sse_i = _sample_rows(rng, i_side, Xu, None, hyp_i[0], hyp_i[1], alpha, tau_i, tau_u,
                              Xi, Qm, reduce, add_mean=True, work=work)
-        hyp_i = _hyper(rng, Xi[cnt_i])
+        hyp_i = _hyper_rows(rng, Xi, cnt_i, None)
         # ... and kappa_i given those at the items' draw
         if tau_i is not None:
             tau_i = _gamma(rng, noise_shape + i_side.total / 2, noise_shape + alpha * sse_i / 2)
@@ -1280,17 +1282,43 @@ class _OwnNormals:
             self.done = end
 
 
-def _hyper_rows(rng: np.random.Generator, x: np.ndarray,
+def _hyper_rows(rng: np.random.Generator, x: np.ndarray, rated: np.ndarray,
                 reduce: Callable[[list[np.ndarray]], None] | None
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`.priors.normal_gamma` of the rows ``x``, which the processes sharing the chain
-    (``reduce``: their sum) hold between them: from their summed column sums."""
+    """:func:`.priors.normal_gamma` of the rows ``x[rated]``, which the processes sharing the
+    chain (``reduce``: their sum) hold between them: from their summed column sums."""
+    n, total, squares = _rated_sums(x, rated)
     if reduce is None:
-        return _hyper(rng, x)
-    stats = np.concatenate([[float(x.shape[0])], x.sum(0), (x * x).sum(0)])
+        return normal_gamma_sums(rng, n, total, squares)
+    stats = np.concatenate([[float(n)], total, squares])
     reduce([stats])
     K = x.shape[1]
     return normal_gamma_sums(rng, int(round(stats[0])), stats[1 : K + 1], stats[K + 1 :])
+
+
+def _rated_sums(x: np.ndarray, rated: np.ndarray, chunk: int = 1 << 14
+                ) -> tuple[int, np.ndarray, np.ndarray]:
+    """The rows ``x[rated]``: how many, their column sums and the sums of their squares, the
+    same numbers as ``x[rated].sum(0)`` and ``(x[rated] ** 2).sum(0)`` (numpy sums a column
+    row after row: each chunk is summed after the sum so far), ``chunk`` rows at a time
+    (issue 11, item 3: not a copy of the rows and one of their squares, 16 bytes a
+    parameter)."""
+    K = x.shape[1]
+    total, squares = np.zeros(K), np.zeros(K)
+    n = 0
+    for a in range(0, x.shape[0], chunk):
+        c = x[a : a + chunk][rated[a : a + chunk]]
+        if n == 0:
+            total, squares = c.sum(0), (c * c).sum(0)
+        elif len(c):
+            buf = np.empty((len(c) + 1, K))
+            buf[0], buf[1:] = total, c
+            total = buf.sum(0)
+            buf[0] = squares
+            np.multiply(c, c, out=buf[1:])
+            squares = buf.sum(0)
+        n += len(c)
+    return n, total, squares
 
 
 
