@@ -427,19 +427,13 @@ def _first_at_least(cols: np.ndarray, lo: np.ndarray, hi: np.ndarray, value: int
 def _spmm(crow: torch.Tensor, cols: np.ndarray, vals: np.ndarray, dense: np.ndarray
           ) -> np.ndarray:
     """``W @ dense`` for the CSR ``W`` (``crow``: its row pointers from 0, ``cols``, ``vals``)
-    and ``dense`` (columns of ``W`` x c, C order), in ``dense``'s dtype: each output the sum
-    of its row's terms in order, by scipy's CSR kernel. The same numbers as torch's CSR
-    product (checked bit for bit), without its fixed cost of ~10 ms a call, which at rank 32
-    cost more than the products themselves once a row block held fewer than ~5,000 rows
-    (issue 11, item 3: smaller blocks, less workspace)."""
-    from scipy.sparse._sparsetools import csr_matvecs
-
-    rows = len(crow) - 1
-    out = np.zeros((rows, dense.shape[1]), dtype=dense.dtype)
-    if rows and dense.shape[1]:
-        csr_matvecs(rows, dense.shape[0], dense.shape[1], crow.numpy(), cols,
-                    vals.astype(dense.dtype, copy=False), dense.reshape(-1), out.reshape(-1))
-    return out
+    and ``dense`` (columns of ``W`` x c, C order), in ``dense``'s dtype, by torch's CSR
+    product: each output the sum of its row's terms in order (scipy's CSR kernel gives the
+    same numbers bit for bit, at twice the CPU on one thread; torch's parallel product pays a
+    fixed cost a call on a busy machine, ~10 ms at 2 threads beside other processes)."""
+    W = _csr(crow, torch.from_numpy(cols), torch.from_numpy(vals.astype(dense.dtype, copy=False)),
+             (len(crow) - 1, dense.shape[0]))
+    return (W @ torch.from_numpy(dense)).numpy()
 
 
 def _bincount(x: np.ndarray, n: int, chunk: int = 1 << 16) -> np.ndarray:
