@@ -102,14 +102,22 @@ initial prior precision 1 it overfits (ml-100k u1 held-out 1.04 after it, 1M gen
 and with 10 or 50 it collapses to the biases; a larger ``init_std`` (0.3, 1.0) hardly (1M
 generated: 0.966 at sweep 10, against 0.976).
 
-Memory while sampling: per rating, the row and column indices (int32; the users' view reuses
-the caller's arrays when they are int32 and sorted, as a :class:`~autofact.Ratings`' are) and the
-centred rating (float32) in both orientations: 12 to 24 bytes; per row the current draw and two
-running means; temporaries bounded by a row block: ``max_nnz`` ratings (float64 weights and
-residuals, ~40 bytes each) and ``max_memory`` bytes of per-row conditionals (``8 (K+1)^2`` bytes
-a row, only one block's alive at a time); the triangle products ``z z^T`` of the other side's
-rows are formed one triangle row at a time (``4 K`` bytes an other-side row, not ``2 K (K+1)``:
-issue 11, item 3). The spectral start holds 8 bytes a rating while it runs.
+Memory while sampling (issue 11, item 3: a process's peak within 1.5x its ratings at 12 bytes,
+its factors and one copy of them at 4 bytes a parameter, plus the torch baseline, at 25M ratings
+and rank 32 with one and two processes): the caller's ratings, used as they are (int32 indices,
+float32 values, sorted by user and item, as a :class:`~autofact.Ratings` holds them; a shared
+chain's users by row pointers, not a remapped copy); the items' view is a second copy (8 bytes a
+rating) only when it fits an eighth of ``max_memory``, else it is built a slab of item rows at a
+time from the users' view whenever it is used (:class:`_Columns`: a binary search per user, a
+counting sort by item; ~2 % of a sweep at 25M). Per row: the current draw (float64: the chain's
+numbers) and the running sums of the conditional means (float32, added as each block is drawn;
+the users' kept apart only in the burn-in sweeps whose restart is not known before the draw).
+Everything else is workspace within ``max_memory`` (:func:`_block_sizes`): a row block's
+per-rating temporaries (~48 bytes a rating, float64 weights and residuals), its float32 Gram
+sums, its conditionals (``8 (K+1)^2`` bytes a row) made a few rows at a time, and the products
+``z_a z_b`` of the other side's rows a few columns at a time, besides one float32 copy of the
+other side's rows (4 K bytes a row). The spectral start forms its residuals per block for each
+product (its item products scattered from the users' view) and orthonormalizes in place.
 
 Defaults, chosen on validation splits carved from the training data (10% of ml-100k u1.base and
 u3.base, of the ml-latest-small and filmtrust 90% training parts): 130 sweeps (issue 9: against
@@ -851,9 +859,9 @@ def gibbs_mf(
     provisional mean). ``init``: where the chain starts, ``'spectral'`` (a truncated SVD of the
     centred ratings, see the module docstring) or ``'random'`` (factors ``N(0, init_std^2)``,
     biases 0, unit prior precisions: the start before issue 10). ``max_nnz`` ratings and
-    ``max_memory`` bytes of workspace (``None``: no cap; issue 11, item 3) bound a row block:
-    the rows drawn at once (each row's conditional takes ``8 (rank+2)^2`` bytes); the blocks do
-    not change the draws. ``n_threads``
+    ``max_memory`` bytes of workspace (``None``: no cap; issue 11, item 3) bound a row block
+    and the items' view (see the module docstring's memory paragraph); neither changes a draw.
+    ``n_threads``
     caps torch's threads (:mod:`autofact.threads`: one per 2**27 multiply-adds of the largest
     product, a row block's Gram product).
 
