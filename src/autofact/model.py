@@ -146,7 +146,8 @@ class MatrixFactorization:
     device : ``'auto'``, ``'cpu'`` or ``'cuda'``.
     dtype : ``'float32'`` or ``'float64'``.
     max_memory : bound in bytes on the extra memory of one full-batch step (for the Bayesian
-        sampler: of the row conditionals it draws at once).
+        sampler: of the row conditionals it draws at once). Under torchrun it is the machine's:
+        the processes started on one machine (``LOCAL_WORLD_SIZE``) split it evenly.
     strict : raise on unknown users/items in :meth:`predict` instead of falling back.
     verbose : show a progress bar with the loss and validation RMSE.
     patience : with validation data, stop when the validation RMSE has not improved for this
@@ -372,6 +373,14 @@ class MatrixFactorization:
         return solver, float(lr), int(epochs)
 
     # ------------------------------------------------------------------ fitting
+    def _workspace(self, plan: ShardPlan | None) -> int:
+        """``max_memory`` for this process: the machine's, split between the processes torchrun
+        started on it (``plan.local_processes``), as they split its cores (issue 11, item 3:
+        each process's memory is its share)."""
+        if plan is None:
+            return int(self.max_memory)
+        return max(2**16, int(self.max_memory) // max(1, plan.local_processes))
+
     def fit(self, X: Any, y: Any = None, *, validation: Any = None,
             plan: ShardPlan | None = None, checkpoint: str | os.PathLike[str] | None = None,
             checkpoint_every: int = 1) -> MatrixFactorization:
@@ -456,11 +465,13 @@ class MatrixFactorization:
             solver, lr, epochs = self._validate(sampler=False)  # auto: the next choice
         if solver == "gibbs":
             return self._fit_gibbs(train, validation, epochs, loss_fn, start,
-                                   plan if shared else None, checkpoint, checkpoint_every)
+                                   plan if shared else None, checkpoint, checkpoint_every,
+                                   workspace=self._workspace(plan))
         obj = Objective(
             train, loss=loss_fn, regularization=self.regularization, beta=self.beta,
-            bias=self.bias, device=self.device, dtype=self.dtype, max_memory=self.max_memory,
-            plan=plan, unobserved_weight=self.unobserved_weight, implicit=bool(self.implicit),
+            bias=self.bias, device=self.device, dtype=self.dtype,
+            max_memory=self._workspace(plan), plan=plan,
+            unobserved_weight=self.unobserved_weight, implicit=bool(self.implicit),
         )
         params = obj.init_params(self._resolved_rank(), seed=self.seed, init_std=self.init_std)
         # issue 11: shared ALS partitions the users: each process keeps only its users' rows
@@ -639,8 +650,8 @@ class MatrixFactorization:
 
     def _fit_gibbs(self, train: Ratings, validation: Any, sweeps: int, loss_fn: Loss,
                    start: float, plan: ShardPlan | None = None,
-                   checkpoint: str | os.PathLike[str] | None = None, checkpoint_every: int = 1
-                   ) -> MatrixFactorization:
+                   checkpoint: str | os.PathLike[str] | None = None, checkpoint_every: int = 1,
+                   workspace: int | None = None) -> MatrixFactorization:
         """``fit`` for ``solver='gibbs'`` (issue 9): Bayesian MF by Gibbs sampling
         (:mod:`autofact.solvers.gibbs`); the posterior means become the factors and biases, so
         everything a fitted model does works as for any other solver. ``beta`` is not used: the
@@ -834,7 +845,7 @@ class MatrixFactorization:
                          init_std=float(self.init_std), n_threads=self.n_threads,
                          callback=on_sweep, **({} if plan is None else {"plan": plan}),
                          # issue 11, item 3: the exact sampler's row blocks within max_memory
-                         **({"max_memory": self.max_memory} if exact else {}),
+                         **({"max_memory": workspace or self.max_memory} if exact else {}),
                          **saving)
         except KeyboardInterrupt:
             # issue 8: Ctrl-C keeps a usable model, the posterior means of the last finished
