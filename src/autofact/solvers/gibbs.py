@@ -1152,10 +1152,13 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
             full[own] = P
             assert plan is not None
             plan.gather_rows([torch.from_numpy(full)], torch.from_numpy(owned))
-            P, rows = full, None
+            full /= c  # in place, the same numbers (issue 11, item 3: no second m x K table)
+            Pk, Pb, rows = full[:, :k], full[:, k], None
+        else:
+            Pk, Pb = P[:, :k] / c, P[:, k] / c
         return GibbsResult(
-            mu=mu, P=P[:, :k] / c, Q=Q[:, :k] / c, Y=None if Ya is None else Ya / c,
-            bu=P[:, k] / c, bi=Q[:, k] / c, prior_P=mP[:k] / c, prior_Q=mQ[:k] / c,
+            mu=mu, P=Pk, Q=Q[:, :k] / c, Y=None if Ya is None else Ya / c,
+            bu=Pb, bi=Q[:, k] / c, prior_P=mP[:k] / c, prior_Q=mQ[:k] / c,
             prior_bu=float(mP[k] / c), prior_bi=float(mQ[k] / c), alpha=al / c,
             n_user_ratings=n_user, n_item_ratings=i_side.total, rmse_train=list(rmse),
             seconds=time.perf_counter() - t0, cg_iterations=list(cg_iters), rows=rows,
