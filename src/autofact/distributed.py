@@ -78,6 +78,7 @@ import torch.distributed as dist
 
 from ._memory import release_freed_memory
 from .data import Ratings, as_ratings
+from .index import pattern_dtype
 from .sharding import PeerLostError, ShardPlan, TorchShardPlan
 
 if TYPE_CHECKING:
@@ -243,9 +244,9 @@ def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
 def _gather_pattern(model: MatrixFactorization, train: Ratings, plan: ShardPlan) -> None:
     """Every process's (user, item) pairs onto rank 0, into rank 0's ``model.index_``: each
     other process sends one int64 key a rating, in pieces; rank 0 places its own pairs and then
-    each piece it receives straight into the CSR indices (it holds 4 bytes a rating of all the
-    ratings and one piece: issue 11, memory), and sorts within a row only the users whose
-    ratings came from several processes."""
+    each piece it receives straight into the CSR indices (it holds 2 bytes a rating of all the
+    ratings, uint16, up to 65536 items, else 4, and one piece: issue 11, memory), and sorts
+    within a row only the users whose ratings came from several processes."""
     m, n = train.shape
     step = _GATHER_STEP
     main = plan.is_main
@@ -261,7 +262,8 @@ def _gather_pattern(model: MatrixFactorization, train: Ratings, plan: ShardPlan)
     counts = model.index_.user_counts
     indptr = np.zeros(m + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
-    indices = np.empty(int(indptr[-1]) if main else 0, dtype=np.int32)
+    # issue 11, item 3: the compact dtype from the start, never an int32 copy of all of them
+    indices = np.empty(int(indptr[-1]) if main else 0, dtype=pattern_dtype(n))
     fill = indptr[:-1].copy()  # where each user's next item goes
     sources = np.zeros(m if main else 0, dtype=np.int32)  # processes that sent each user
     touched = np.zeros(m if main else 0, dtype=bool)

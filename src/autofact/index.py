@@ -48,14 +48,21 @@ if TYPE_CHECKING:
 from .data import Ratings, py_scalar
 from .errors import UnknownIdError
 
-__all__ = ["ModelIndex"]
+__all__ = ["ModelIndex", "pattern_dtype"]
 
 # pairs scored at once: the gathered factor rows stay small whatever the number of pairs
 _STEP = 1 << 16
 
 
-#: Codes counted at once by :func:`_bincount`.
-_COUNT_SLICE = 1 << 22
+#: Codes counted at once by :func:`_bincount` (its int64 copy of a slice: 8 MB).
+_COUNT_SLICE = 1 << 20
+
+
+def pattern_dtype(n_items: int) -> np.dtype:
+    """The dtype of a training pattern's column (item) indices for ``n_items`` items: uint16
+    when every index fits (``n_items <= 65536``: 2 bytes a rating), int32 otherwise (issue 11,
+    item 3: rank 0 holds every process's pattern after a rank-local fit)."""
+    return np.dtype(np.uint16) if n_items <= 1 << 16 else np.dtype(np.int32)
 
 
 def _bincount(codes: np.ndarray, n: int) -> np.ndarray:
@@ -160,10 +167,21 @@ class ModelIndex:
     def with_pattern(self, indptr: np.ndarray, indices: np.ndarray) -> ModelIndex:
         """This index with the training pattern ``(indptr, indices)`` (CSR arrays, sorted
         indices: every process's, gathered after a fit on rank-local ratings: issue 11); it must
-        give the index's counts."""
+        give the index's counts. ``indices`` is kept as given, uint16 or int32 (see
+        :func:`pattern_dtype`; no copy: issue 11, item 3)."""
         m, n = self.n_users, self.n_items
         indptr = np.asarray(indptr, dtype=np.int64)
-        cols = np.asarray(indices, dtype=np.int32)
+        cols = np.asarray(indices)
+        if cols.dtype not in (np.uint16, np.int32) or cols.ndim != 1:
+            raise TypeError(
+                f"indices must be a 1-D uint16 or int32 array, got {cols.dtype} with shape "
+                f"{cols.shape}; convert it with .astype(autofact.index.pattern_dtype(n_items))"
+            )
+        if len(cols) and (int(cols.min()) < 0 or int(cols.max()) >= n):
+            raise ValueError(
+                f"indices must lie in [0, {n}) (the index's items), got "
+                f"{int(cols.min())}..{int(cols.max())}"
+            )
         per_item = _bincount(cols, n)
         if not (indptr.shape == (m + 1,) and np.array_equal(np.diff(indptr), self.user_counts)
                 and np.array_equal(per_item, self.item_counts)):
@@ -183,8 +201,11 @@ class ModelIndex:
 
     def seen_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The training pattern's CSR arrays ``(indptr, indices)``, without building the scipy
-        matrix when it is not built yet (saving a model needs no scipy: issue 10, cold start)."""
-        if self._seen is None and self._pattern is not None:
+        matrix when it is not built yet (saving a model needs no scipy: issue 10, cold start);
+        the arrays the index was built from when it has them, even once the scipy matrix is built
+        (that one's indices are int32: a model saves its compact uint16 pattern as it is,
+        issue 11, item 3)."""
+        if self._pattern is not None:
             return self._pattern
         return self.seen.indptr, self.seen.indices
 

@@ -12,7 +12,8 @@ The file is a zip archive written by :func:`numpy.savez` holding plain arrays:
 ``user_bias``    ``m`` float
 ``item_bias``    ``n`` float
 ``seen_indptr``  ``m + 1`` int64: the training pattern (which items each user rated), CSR
-``seen_indices`` int32
+``seen_indices`` int32, or uint16 (a pattern gathered after a rank-local fit, up to 65536
+                items); any integer dtype is read
 ``implicit_factors`` ``n x k`` float, only for a model fitted with ``implicit=True``: the items'
                 implicit factors ``y_j`` (the metadata's ``implicit_factors`` says whether it is
                 there)
@@ -88,7 +89,9 @@ def save(model: Any, path: str | os.PathLike[str]) -> Path:
         "user_bias": np.ascontiguousarray(model.user_bias_),
         "item_bias": np.ascontiguousarray(model.item_bias_),
         "seen_indptr": np.asarray(indptr, dtype=np.int64),
-        "seen_indices": np.asarray(indices, dtype=np.int32),
+        # issue 11, item 3: a compact (uint16) pattern is written as it is, without a copy
+        "seen_indices": indices if indices.dtype in (np.uint16, np.int32)
+        else np.asarray(indices, dtype=np.int32),
     }
     implicit = getattr(model, "implicit_factors_", None)
     if implicit is not None:

@@ -1,0 +1,199 @@
+"""Issue 11, item 3: the training pattern's column (item) indices are compact, uint16 up to
+65536 items (int32 beyond), from rank 0's gather after a rank-local fit through
+:meth:`ModelIndex.with_pattern` to the model file, with no int32 copy of all the ratings on the
+way (rank 0's peak RSS was 1.11-1.20x the bound with the gathered int32 pattern).
+
+Run by pytest; its ``__main__`` is the worker two gloo processes run under torchrun:
+
+    torchrun --standalone --nproc-per-node 2 tests/test_memory_pattern.py OUT
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import autofact
+from autofact import distributed, io
+from autofact.index import ModelIndex, pattern_dtype
+
+HERE = Path(__file__)
+SRC = HERE.parent.parent / "src"
+
+
+def planted(n_ratings: int, m: int = 300, n: int = 200, seed: int = 0) -> autofact.Ratings:
+    rng = np.random.default_rng(seed)
+    keys = np.unique(rng.integers(0, m * n, n_ratings))
+    return autofact.Ratings(keys // n, keys % n, rng.normal(3.0, 1.0, len(keys)).astype(np.float32),
+                            shape=(m, n), _sorted=True)
+
+
+def adam() -> autofact.MatrixFactorization:
+    return autofact.MatrixFactorization(rank=4, solver="adam", epochs=3, seed=0, bias=True,
+                                        beta=0.5, verbose=False)
+
+
+def compact(model: autofact.MatrixFactorization) -> autofact.MatrixFactorization:
+    """``model`` with its pattern in uint16, as rank 0's gather leaves it."""
+    indptr, indices = model.index_.seen_arrays()
+    model.index_ = model.index_.with_pattern(indptr, indices.astype(np.uint16))
+    return model
+
+
+def tops(model: autofact.MatrixFactorization, users: np.ndarray, n: int) -> list[list]:
+    return [list(t.items) for t in model.recommend_batch(users, n=n)]
+
+
+def test_pattern_dtype_is_uint16_up_to_65536_items():
+    # issue 11, item 3
+    assert pattern_dtype(1) == np.uint16
+    assert pattern_dtype(65536) == np.uint16
+    assert pattern_dtype(65537) == np.int32
+
+
+def test_a_saved_uint16_pattern_loads_and_recommends_as_before(tmp_path):
+    # issue 11, item 3: the file keeps the uint16 pattern; the loaded model recommends the same
+    # items as the fitted one (and as the int32 one) and leaves every seen item out
+    r = planted(6_000)
+    plain = adam().fit(r)
+    model = compact(adam().fit(r))
+    assert model.index_.seen_arrays()[1].dtype == np.uint16
+    model.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as f:
+        assert f["seen_indices"].dtype == np.uint16
+        np.testing.assert_array_equal(f["seen_indices"], r.items)
+    loaded = autofact.load(tmp_path / "m.npz")
+    users = r.user_ids[:40]
+    want = tops(plain, users, 150)
+    assert tops(model, users, 150) == want
+    assert tops(loaded, users, 150) == want
+    for u, items in zip(users, want, strict=True):
+        assert not set(items) & set(r.item_ids[r.items[r.users == u]])
+
+
+def test_an_old_int32_file_still_loads(tmp_path):
+    # issue 11, item 3: a file written before (int32 indices) loads and recommends the same
+    r = planted(6_000)
+    model = compact(adam().fit(r))
+    model.save(tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz", allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["seen_indices"] = arrays["seen_indices"].astype(np.int32)
+    io.atomic_write(tmp_path / "old.npz", lambda fh: io.savez_plain(fh, arrays))
+    with np.load(tmp_path / "old.npz", allow_pickle=False) as f:
+        assert f["seen_indices"].dtype == np.int32
+    old = autofact.load(tmp_path / "old.npz")
+    new = autofact.load(tmp_path / "new.npz")
+    users = r.user_ids[:40]
+    assert tops(old, users, 150) == tops(new, users, 150) == tops(model, users, 150)
+    # a model fitted in one process keeps its ratings' int32 items and saves them as int32
+    adam().fit(r).save(tmp_path / "plain.npz")
+    with np.load(tmp_path / "plain.npz", allow_pickle=False) as f:
+        assert f["seen_indices"].dtype == np.int32
+
+
+def test_with_pattern_keeps_uint16_without_an_int32_copy(monkeypatch):
+    # issue 11, item 3: with_pattern keeps the dtype it is given and allocates well under 4
+    # bytes a rating (an int32 copy of the indices alone would be 4)
+    monkeypatch.setattr("autofact.index._COUNT_SLICE", 1 << 14)  # small count temporaries
+    m, n, per_user = 500, 60_000, 2_000
+    rng = np.random.default_rng(1)
+    indices = np.concatenate([np.sort(rng.choice(n, per_user, replace=False))
+                              for _ in range(m)]).astype(np.uint16)
+    indptr = np.arange(m + 1, dtype=np.int64) * per_user
+    counts = (np.full(m, per_user, dtype=np.int64), np.bincount(indices, minlength=n))
+    index = ModelIndex(np.arange(m), np.arange(n), lambda: None,  # type: ignore[arg-type, return-value]
+                       rating_range=(1.0, 5.0), fallback=3.0, counts=counts)
+    tracemalloc.start()
+    try:
+        out = index.with_pattern(indptr, indices)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    got = out.seen_arrays()[1]
+    assert got.dtype == np.uint16 and np.shares_memory(got, indices)
+    assert peak < 4 * len(indices), peak
+    seen = out.seen  # scipy's matrix, built on demand, answers the same
+    np.testing.assert_array_equal(seen.indices, indices)
+    np.testing.assert_array_equal(seen.indptr, indptr)
+
+
+def test_with_pattern_uses_int32_beyond_65536_items(tmp_path):
+    # issue 11, item 3: more items than uint16 holds: int32, kept as given, saved as int32
+    n = 70_000
+    r = autofact.Ratings(np.array([0, 0, 1, 2]), np.array([3, 69_999, 65_536, 5]),
+                         np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32), shape=(3, n),
+                         _sorted=True)
+    index = ModelIndex.from_ratings(r, fallback=2.5, clip=False)
+    indptr, indices = index.seen_arrays()
+    cols = indices.astype(pattern_dtype(n))
+    assert cols.dtype == np.int32
+    out = index.with_pattern(indptr, cols)
+    assert out.seen_arrays()[1] is cols
+    np.testing.assert_array_equal(out.seen.indices, [3, 69_999, 65_536, 5])
+
+
+def test_with_pattern_refuses_other_dtypes_and_indices_out_of_range():
+    # issue 11, item 3
+    r = planted(500, m=20, n=10)
+    index = ModelIndex.from_ratings(r, fallback=3.0, clip=False)
+    indptr, indices = index.seen_arrays()
+    with pytest.raises(TypeError, match=r"indices must be a 1-D uint16 or int32 array, got int64"):
+        index.with_pattern(indptr, indices.astype(np.int64))
+    bad = indices.copy()
+    bad[0] = 10
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 10\) \(the index's items\), "
+                                         r"got 0\.\.10"):
+        index.with_pattern(indptr, bad)
+    bad[0] = -1
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 10\).*got -1\.\."):
+        index.with_pattern(indptr, bad)
+
+
+def test_rank_0_gathers_a_uint16_pattern_of_every_process(tmp_path):
+    # issue 11, item 3: after a 2-process rank-local fit (each process every other rating, so
+    # users' ratings come from both), rank 0's model holds every process's pairs in uint16,
+    # leaves all of them out of its recommendations, and its saved file keeps uint16
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH",
+                                                                                    "")])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(HERE), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = planted(20_000)
+    with np.load(tmp_path / "seen.npz", allow_pickle=False) as f:
+        indptr, indices, top = f["indptr"], f["indices"], f["top"]
+    assert indices.dtype == np.uint16
+    np.testing.assert_array_equal(np.diff(indptr), np.bincount(r.users, minlength=r.shape[0]))
+    np.testing.assert_array_equal(indices, r.items)  # every process's pairs, by (user, item)
+    for u, items in enumerate(top):
+        assert not set(items) & set(r.items[r.users == u])
+    with np.load(tmp_path / "model.npz", allow_pickle=False) as f:
+        assert f["seen_indices"].dtype == np.uint16
+    loaded = autofact.load(tmp_path / "model.npz")
+    assert [list(t.items) for t in loaded.recommend_batch(np.arange(len(top)), n=100)] \
+        == top.tolist()
+
+
+def _worker(out: str) -> None:
+    rank, world = distributed.init(timeout=120)
+    r = planted(20_000)
+    local = r.subset(np.arange(len(r)) % world == rank)  # users on both processes
+    fitted = distributed.fit(adam(), local, local=True)
+    if rank == 0:
+        indptr, indices = fitted.index_.seen_arrays()
+        top = fitted.recommend_batch(np.arange(8), n=100)
+        np.savez(Path(out, "seen.npz"), indptr=indptr, indices=indices,
+                 top=np.asarray([list(t.items) for t in top]))
+        fitted.save(Path(out, "model.npz"))
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1])
