@@ -792,7 +792,9 @@ class MatrixFactorization:
 
         def on_sweep(sweep: int, rmse: float, means: Any = None) -> bool:
             now = means() if means is not None else None
-            last[:] = [sweep, now]
+            # kept for Ctrl-C in one process only (a shared chain keeps none: issue 11, item 3,
+            # a copy of the means less on each process)
+            last[:] = [sweep, now if plan is None else None]
             rec: dict[str, Any] = {"epoch": sweep, "loss": rmse,
                                    "time": time.perf_counter() - start}
             history.append(rec)
