@@ -373,6 +373,11 @@ class MatrixFactorization:
         return solver, float(lr), int(epochs)
 
     # ------------------------------------------------------------------ fitting
+    def _at_default(self, name: str) -> bool:
+        """Whether the setting ``name`` is at its constructor default (left as it came)."""
+        default = inspect.signature(type(self).__init__).parameters[name].default
+        return bool(getattr(self, name) == default)
+
     def _workspace(self, plan: ShardPlan | None) -> int:
         """``max_memory`` for this process: the machine's, split between the processes torchrun
         started on it (``plan.local_processes``), as they split its cores (issue 11, item 3:
@@ -434,10 +439,9 @@ class MatrixFactorization:
         # issue 8 (never silently wrong): the sampler draws the regularization strength itself,
         # so 'auto' samples only while beta is left at its default; a beta the user set is
         # honoured (by ALS), never ignored without a word
-        beta_default = inspect.signature(type(self).__init__).parameters["beta"].default
         # issue 11: a checkpointed fit is the same model as one without (every solver writes one)
         solver, lr, epochs = self._validate(
-            sampler=bool(self.bias) and not self.nonnegative and self.beta == beta_default)
+            sampler=bool(self.bias) and not self.nonnegative and self._at_default("beta"))
         for what in ("loss", "regularization"):
             if isinstance(getattr(self, what), NotLoaded):
                 raise ValueError(getattr(self, what).message)
@@ -700,9 +704,8 @@ class MatrixFactorization:
         # issue 10: the exact sampler starts from a truncated SVD of the centred ratings; an
         # init_std the user set is honoured (issue 8: never ignored without a word): the random
         # start N(0, init_std^2) it sets
-        std_default = inspect.signature(type(self).__init__).parameters["init_std"].default
         sample: Any = functools.partial(
-            gibbs_mf, init="spectral" if self.init_std == std_default else "random") if exact \
+            gibbs_mf, init="spectral" if self._at_default("init_std") else "random") if exact \
             else functools.partial(laplace_mf, loss=loss_fn)
         if not exact and self.epochs is None:  # the sampler's own default, as validated
             sweeps = LAPLACE_SWEEPS
