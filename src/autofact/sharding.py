@@ -326,10 +326,7 @@ class TorchShardPlan(ShardPlan):
         """The global rank of rank ``r`` of the group."""
         return r if self.group is None else int(self._dist.get_global_rank(self.group, r))
 
-    def _lengths(self, tensor: torch.Tensor) -> list[int]:
-        return self._lengths_of(tensor.numel())
-
-    def _lengths_of(self, length: int) -> list[int]:
+    def _lengths(self, length: int) -> list[int]:
         n = torch.zeros(self.world_size, dtype=torch.int64)
         n[self.rank] = length
         self.all_sum([n])
@@ -337,7 +334,7 @@ class TorchShardPlan(ShardPlan):
 
     def each_rank(self, tensor: torch.Tensor) -> Iterator[torch.Tensor]:
         dist = self._dist
-        for r, n in enumerate(self._lengths(tensor)):
+        for r, n in enumerate(self._lengths(tensor.numel())):
             buf = tensor.reshape(-1) if r == self.rank else torch.empty(n, dtype=tensor.dtype)
             if n:  # nothing to send from a process with an empty tensor
                 src = self._global(r)
@@ -348,7 +345,7 @@ class TorchShardPlan(ShardPlan):
                       piece: int = 1 << 20, dtype: torch.dtype = torch.int64
                       ) -> Iterator[tuple[int, torch.Tensor]]:
         dist = self._dist
-        lengths = self._lengths_of(length)
+        lengths = self._lengths(length)
         if self.rank != 0:
             for s in range(0, length, piece):
                 self._collective([make(s, min(s + piece, length))],
