@@ -207,7 +207,7 @@ class _AlternatingNewton:
         self.ranges: list[tuple[int, int, list[Pattern]]] = []
         self.solve_rows = max_rows  # rows solved at once (H and its Cholesky factor)
         if self.shared:
-            self._init_shared(max_rows)
+            self._init_shared(max_rows, K)
             return
         # issue 10: threads over whole row blocks rather than inside each operation, where a
         # descheduled thread on a busy machine stalls every operation; one thread a block
@@ -233,16 +233,14 @@ class _AlternatingNewton:
         self.sides = [(obj, build_patterns(obj.users, obj.items, obj.shape, obj.max_nnz,
                                            max_rows=row_caps[0]))]
         if tiled:  # issue 11 (memory): the ratings by item taken range by range
-            self.tiles = _ItemTiles(obj, obj.users, obj.shape[0], K, max_rows)
-            self.solve_rows = max(1, max_rows // 2)  # H and L: max_memory / 6 (float32)
-            self.objT, self.ranges = obj, [(a, b, []) for a, b in self.tiles.spans]
+            self._use_tiles(obj.users, obj.shape[0], K, max_rows)
             return
         objT, blocks = _by_item(obj, None, obj.shape[0], lambda rows, cols, shape: build_patterns(
             rows, cols, shape, obj.max_nnz, keep_rows=obj.keep_rows, max_rows=row_caps[1]))
         objT.patterns = blocks
         self.sides.append((objT, blocks))
 
-    def _init_shared(self, max_rows: int) -> None:
+    def _init_shared(self, max_rows: int, K: int) -> None:
         """The sharded layout (module docstring): this process's users as a compact table, its
         ratings by item in row ranges of items that every process cuts alike."""
         obj = self.obj
@@ -266,17 +264,23 @@ class _AlternatingNewton:
         # the sort by item (issue 11: 4 bytes a rating less at the set-up's peak)
         self.sides = [(obj, build_patterns(users, obj.items, (len(self.own), n), obj.max_nnz,
                                            max_rows=max(1, max_rows // 2)))]
-        K = self.params["P"].shape[1] + (1 if "bu" in self.params else 0)
         if _tiled(obj):  # (every process alike: the item ranges' sums are collective)
-            self.tiles = _ItemTiles(obj, users, len(self.own), K, max_rows)
-            self.solve_rows = max(1, max_rows // 2)  # H and L: max_memory / 6 (float32)
-            self.objT, self.ranges = obj, [(a, b, []) for a, b in self.tiles.spans]
+            self._use_tiles(users, len(self.own), K, max_rows)
             return
         del users
         self.objT, self.ranges = _by_item(
             obj, lut, len(self.own),
             lambda rows, cols, shape: _aligned_patterns(rows, cols, shape, obj.max_nnz,
                                                         max_rows))
+
+    def _use_tiles(self, users: torch.Tensor, n_rows: int, K: int, max_rows: int) -> None:
+        """The item half-step takes its ratings range by range from the ratings by user
+        (:class:`_ItemTiles`; ``users``: their rows, ``n_rows`` of them), against
+        :attr:`objT` = ``obj`` as it is; rows solved in pieces whose ``H`` and ``L`` take
+        ``max_memory / 6`` (float32)."""
+        self.tiles = _ItemTiles(self.obj, users, n_rows, K, max_rows)
+        self.solve_rows = max(1, max_rows // 2)
+        self.ranges = [(a, b, []) for a, b in self.tiles.spans]
 
     def value(self) -> float:
         """The objective at the parameters now, summed over the processes (sharded only: each
