@@ -25,8 +25,10 @@ def planted(n_ratings: int, m: int = 2_000, n: int = 500, seed: int = 0) -> auto
                             _sorted=True)
 
 
-def _storages(x: Any, seen: set[int], out: dict[int, int]) -> None:
-    """The tensor storages reachable from ``x`` (attributes, containers, dataclasses)."""
+def _storages(x: Any, seen: set[int], out: dict[int, int], *, objects: bool = False) -> None:
+    """The tensor storages reachable from ``x`` (attributes, containers, dataclasses), by data
+    pointer; with ``objects`` also through dict keys and the attributes of autofact's objects
+    (what a solver holds: tests/test_memory_als.py)."""
     if id(x) in seen:
         return
     seen.add(id(x))
@@ -38,17 +40,20 @@ def _storages(x: Any, seen: set[int], out: dict[int, int]) -> None:
             parts = (x.crow_indices(), x.col_indices(), x.values()) if x.layout == \
                 torch.sparse_csr else (x._indices(), x._values())
             for t in parts:
-                _storages(t, seen, out)
+                _storages(t, seen, out, objects=objects)
         return
     if isinstance(x, dict):
-        for v in x.values():
-            _storages(v, seen, out)
+        for k, v in x.items():
+            if objects:
+                _storages(k, seen, out, objects=objects)
+            _storages(v, seen, out, objects=objects)
     elif isinstance(x, list | tuple):
         for v in x:
-            _storages(v, seen, out)
-    elif dataclasses.is_dataclass(x) and not isinstance(x, type):
+            _storages(v, seen, out, objects=objects)
+    elif (dataclasses.is_dataclass(x) and not isinstance(x, type)) or (
+            objects and type(x).__module__.startswith("autofact") and hasattr(x, "__dict__")):
         for v in vars(x).values():
-            _storages(v, seen, out)
+            _storages(v, seen, out, objects=objects)
 
 
 def held_bytes(obj: Objective, ratings: autofact.Ratings) -> int:

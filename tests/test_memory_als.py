@@ -12,7 +12,6 @@ Its ``__main__`` is the worker the 2-process test runs under torchrun::
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import autofact
 from autofact.objective import Objective
 from autofact.solvers import als
 from autofact.threads import use_threads
+from tests.test_memory import _storages
 
 HERE = Path(__file__)
 SRC = HERE.parent.parent / "src"
@@ -48,40 +48,11 @@ def planted(m: int = 400, n: int = 150, seed: int = 0, weighted: bool = False
     return autofact.Ratings.from_coo(users, items, values, shape=(m, n), weights=weights)
 
 
-def _storages(x: Any, seen: set[int], out: dict[int, int]) -> None:
-    """The tensor storages reachable from ``x`` (attributes of autofact's objects, containers,
-    dataclasses), by data pointer."""
-    if id(x) in seen:
-        return
-    seen.add(id(x))
-    if isinstance(x, torch.Tensor):
-        if x.layout == torch.strided:
-            s = x.untyped_storage()
-            out[s.data_ptr()] = s.nbytes()
-        else:  # a sparse tensor: its index and value tensors
-            for t in (x.crow_indices(), x.col_indices(), x.values()):
-                _storages(t, seen, out)
-        return
-    if isinstance(x, dict):
-        for k, v in x.items():
-            _storages(k, seen, out)
-            _storages(v, seen, out)
-    elif isinstance(x, list | tuple):
-        for v in x:
-            _storages(v, seen, out)
-    elif dataclasses.is_dataclass(x) and not isinstance(x, type):
-        for v in vars(x).values():
-            _storages(v, seen, out)
-    elif type(x).__module__.startswith("autofact") and hasattr(x, "__dict__"):
-        for v in vars(x).values():
-            _storages(v, seen, out)
-
-
 def held_beyond_ratings(solver: Any, obj: Objective, params: dict[str, torch.Tensor]) -> int:
     """Bytes of the tensors ``solver`` holds, less the objective's ratings (users, items,
     values, weights: shared with the caller's) and the parameters."""
     out: dict[int, int] = {}
-    _storages(vars(solver), set(), out)
+    _storages(vars(solver), set(), out, objects=True)
     shared = {t.untyped_storage().data_ptr() for t in (obj.users, obj.items, obj.values,
                                                        obj.weights, *params.values())
               if t is not None}
@@ -247,8 +218,8 @@ def test_two_processes_by_ranges_give_the_one_process_fit(tmp_path, monkeypatch)
     # issue 11, items 2 and 3: sharded, each process's item ranges from its own ratings by
     # user; their sums over the processes give the one-process fit (to 1e-4 in float32, the
     # issue's rule), squared and huber (the backtracking's sums over processes)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH",
-                                                                                    "")]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+               [str(SRC), str(SRC.parent), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc-per-node", "2", str(HERE), str(tmp_path)],

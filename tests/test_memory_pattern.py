@@ -10,6 +10,7 @@ Run by pytest; its ``__main__`` is the worker two gloo processes run under torch
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -22,21 +23,15 @@ import pytest
 import autofact
 from autofact import distributed, io
 from autofact.index import ModelIndex, pattern_dtype
+from tests import test_memory_adam as memory_adam
 
 HERE = Path(__file__)
 SRC = HERE.parent.parent / "src"
 
 
-def planted(n_ratings: int, m: int = 300, n: int = 200, seed: int = 0) -> autofact.Ratings:
-    rng = np.random.default_rng(seed)
-    keys = np.unique(rng.integers(0, m * n, n_ratings))
-    return autofact.Ratings(keys // n, keys % n, rng.normal(3.0, 1.0, len(keys)).astype(np.float32),
-                            shape=(m, n), _sorted=True)
-
-
-def adam() -> autofact.MatrixFactorization:
-    return autofact.MatrixFactorization(rank=4, solver="adam", epochs=3, seed=0, bias=True,
-                                        beta=0.5, verbose=False)
+#: The Adam tests' ratings and model, on a smaller table (300 x 200 by default)
+planted = functools.partial(memory_adam.planted, m=300, n=200)
+adam = memory_adam.adam
 
 
 def compact(model: autofact.MatrixFactorization) -> autofact.MatrixFactorization:
@@ -160,8 +155,8 @@ def test_rank_0_gathers_a_uint16_pattern_of_every_process(tmp_path):
     # issue 11, item 3: after a 2-process rank-local fit (each process every other rating, so
     # users' ratings come from both), rank 0's model holds every process's pairs in uint16,
     # leaves all of them out of its recommendations, and its saved file keeps uint16
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH",
-                                                                                    "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+               [str(SRC), str(SRC.parent), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          str(HERE), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
