@@ -901,13 +901,13 @@ def gibbs_mf(
         )
     K = int(rank) + 1
     block_nnz, max_rows, work = _block_sizes(max_memory, K, max_nnz)
+    slab = None if max_memory is None else max(1, max_memory // _SLAB_BYTES_A_RATING)
     with use_threads(min(len(values), max_nnz) * K * (K + 1) / 2, n_threads):
         return _gibbs(users, items, values, shape, rank=int(rank), sweeps=int(sweeps),
                       burn_in=burn_in, noise=noise, noise_shape=float(noise_shape),
                       implicit=bool(implicit), seed=seed, init_std=init_std, init=init,
-                      cg_tol=cg_tol, cg_max_iter=cg_max_iter,
-                      max_nnz=block_nnz, max_rows=max_rows, work=work, slab=None if max_memory is None else
-                      max(1, max_memory // _SLAB_BYTES_A_RATING), callback=callback, t0=t0,
+                      cg_tol=cg_tol, cg_max_iter=cg_max_iter, max_nnz=block_nnz,
+                      max_rows=max_rows, work=work, slab=slab, callback=callback, t0=t0,
                       plan=plan, on_state=on_state, resume=resume)
 
 
@@ -1119,10 +1119,11 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
         """The chain after sweep ``done`` (copies)."""
         rows: dict[str, np.ndarray] = {"P": Xu[:, :k].copy(), "bu": Xu[:, k].copy(),
                                        "sum": Pm.copy()}
-        arrays: dict[str, np.ndarray] = {"Q": Xi[:, :k].copy(), "bi": Xi[:, k].copy(), "sum": Qm.copy(),
-                  "prior_u.sum": mPm.copy(), "prior_i.sum": mQm.copy(),
-                  "hyp_u.mean": hyp_u[0].copy(), "hyp_u.prec": hyp_u[1].copy(),
-                  "hyp_i.mean": hyp_i[0].copy(), "hyp_i.prec": hyp_i[1].copy()}
+        arrays: dict[str, np.ndarray] = {
+            "Q": Xi[:, :k].copy(), "bi": Xi[:, k].copy(), "sum": Qm.copy(),
+            "prior_u.sum": mPm.copy(), "prior_i.sum": mQm.copy(),
+            "hyp_u.mean": hyp_u[0].copy(), "hyp_u.prec": hyp_u[1].copy(),
+            "hyp_i.mean": hyp_i[0].copy(), "hyp_i.prec": hyp_i[1].copy()}
         if tau_u is not None:
             rows["tau"] = np.array(tau_u, dtype=np.float64)
         if tau_i is not None:
