@@ -11,7 +11,19 @@ from __future__ import annotations
 import ctypes
 import sys
 
-__all__ = ["release_freed_memory"]
+import numpy as np
+
+__all__ = ["bincount_sliced", "release_freed_memory"]
+
+
+def bincount_sliced(codes: np.ndarray, n: int, chunk: int = 1 << 16) -> np.ndarray:
+    """``np.bincount(codes, minlength=n)`` (int64), ``chunk`` entries at a time: numpy counts
+    from an int64 copy of its input, 8 bytes a rating for int32 codes (issue 11, item 3: ~200 MB
+    of a 25M-rating fit's peak for each count made at once)."""
+    out = np.zeros(n, dtype=np.int64)
+    for s in range(0, len(codes), chunk):
+        out += np.bincount(codes[s : s + chunk], minlength=n)
+    return out
 
 
 def release_freed_memory() -> None:

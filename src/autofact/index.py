@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
     from .sharding import ShardPlan
 
+from ._memory import bincount_sliced
 from .data import Ratings, py_scalar
 from .errors import UnknownIdError
 
@@ -54,7 +55,7 @@ __all__ = ["ModelIndex", "pattern_dtype"]
 _STEP = 1 << 16
 
 
-#: Codes counted at once by :func:`_bincount` (its int64 copy of a slice: 8 MB).
+#: Codes counted at once (:func:`~autofact._memory.bincount_sliced`: its int64 copy of a slice, 8 MB).
 _COUNT_SLICE = 1 << 20
 
 
@@ -63,16 +64,6 @@ def pattern_dtype(n_items: int) -> np.dtype:
     when every index fits (``n_items <= 65536``: 2 bytes a rating), int32 otherwise (issue 11,
     item 3: rank 0 holds every process's pattern after a rank-local fit)."""
     return np.dtype(np.uint16) if n_items <= 1 << 16 else np.dtype(np.int32)
-
-
-def _bincount(codes: np.ndarray, n: int) -> np.ndarray:
-    """``np.bincount(codes, minlength=n)`` (int64) a slice at a time: ``np.bincount`` copies
-    its input to int64 first, 8 bytes a rating (issue 11: ~200 MB of the fit's peak at 25M
-    ratings for each count)."""
-    out = np.zeros(n, dtype=np.int64)
-    for s in range(0, len(codes), _COUNT_SLICE):
-        out += np.bincount(codes[s : s + _COUNT_SLICE], minlength=n)
-    return out
 
 
 class ModelIndex:
@@ -142,7 +133,7 @@ class ModelIndex:
         m, n = ratings.shape
         users, items = ratings.users, ratings.items  # sorted by (user, item)
         indptr = np.zeros(m + 1, dtype=np.int64)
-        np.cumsum(_bincount(users, m), out=indptr[1:])
+        np.cumsum(bincount_sliced(users, m, _COUNT_SLICE), out=indptr[1:])
 
         def make_seen() -> sp.csr_matrix:  # built on first use: recommendation, save
             import scipy.sparse as sp  # issue 10: not on import autofact
@@ -150,7 +141,7 @@ class ModelIndex:
             return sp.csr_matrix((np.ones(len(items), dtype=bool), items, indptr), shape=(m, n))
 
         rating_range = (float(ratings.values.min()), float(ratings.values.max()))
-        counts = (np.diff(indptr), _bincount(items, n))
+        counts = (np.diff(indptr), bincount_sliced(items, n, _COUNT_SLICE))
         if plan is not None and plan.local:
             totals = [torch.from_numpy(counts[0].copy()), torch.from_numpy(counts[1].copy())]
             plan.all_sum(totals)
@@ -182,7 +173,7 @@ class ModelIndex:
                 f"indices must lie in [0, {n}) (the index's items), got "
                 f"{int(cols.min())}..{int(cols.max())}"
             )
-        per_item = _bincount(cols, n)
+        per_item = bincount_sliced(cols, n, _COUNT_SLICE)
         if not (indptr.shape == (m + 1,) and np.array_equal(np.diff(indptr), self.user_counts)
                 and np.array_equal(per_item, self.item_counts)):
             raise ValueError("the pattern's ratings per user and item differ from the index's")

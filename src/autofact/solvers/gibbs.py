@@ -160,6 +160,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .._memory import bincount_sliced
 from ..sparse import csr_tensor as _csr
 from ..threads import use_threads
 from .priors import check_chain, coo_arguments, normal_gamma_sums
@@ -345,7 +346,7 @@ class _Columns:
         ``slab``: the most ratings (of ``total``) a slab holds, whole row blocks."""
         self.users = users
         self.n_rows, self.n_cols = n_rows, users.n_rows
-        self.counts = _bincount(users.cols, n_rows)
+        self.counts = bincount_sliced(users.cols, n_rows)
         self.total = self.counts if total is None else total
         self.offset = users.offset
         self.max_nnz, self.max_rows = max_nnz, users.max_rows
@@ -442,15 +443,6 @@ def _spmm(crow: torch.Tensor, cols: np.ndarray, vals: np.ndarray, dense: np.ndar
     W = _csr(crow, torch.from_numpy(cols), torch.from_numpy(vals.astype(dense.dtype, copy=False)),
              (len(crow) - 1, dense.shape[0]))
     return (W @ torch.from_numpy(dense)).numpy()
-
-
-def _bincount(x: np.ndarray, n: int, chunk: int = 1 << 16) -> np.ndarray:
-    """``np.bincount(x, minlength=n)`` ``chunk`` entries at a time (issue 11, item 3: numpy
-    counts from an int64 copy of ``x``, 8 bytes a rating for int32 indices)."""
-    out = np.zeros(n, dtype=np.int64)
-    for a in range(0, len(x), chunk):
-        out += np.bincount(x[a : a + chunk], minlength=n)
-    return out
 
 
 def _gamma(rng: np.random.Generator, shape: Any, rate: Any) -> Any:
@@ -1023,10 +1015,10 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
         # issue 11: the users whose ratings this process holds (rank 0 also those no process
         # holds, drawn from their prior as in one process); refuses a user split over processes
         # (given each user once: issue 11, item 3, not an int64 copy of every rating's user)
-        per_user = _bincount(users, m)
+        per_user = bincount_sliced(users, m)
         owned = plan.owned_rows(torch.from_numpy(np.flatnonzero(per_user)), m).numpy()
         own = np.flatnonzero(owned)
-        counts = torch.from_numpy(np.concatenate([per_user, _bincount(items, n)]))
+        counts = torch.from_numpy(np.concatenate([per_user, bincount_sliced(items, n)]))
         sums = torch.tensor([float(vals.sum(dtype=np.float64)), float(len(vals))],
                             dtype=torch.float64)
         plan.all_sum([counts, sums])
