@@ -4,7 +4,8 @@
                              [--device cpu|cuda]
 
 ``--cases netflix`` adds the 100M-rating Netflix-shape scale case (heavy; never in the default set);
-``--cases budget`` the default fit at the 25M shape against 15 ALS epochs (issue 9; ~10 minutes).
+``--cases budget`` the default fit at the 25M shape against 15 ALS epochs (issue 9; ~10 minutes);
+``--cases threads`` each of a few fits with the default thread count against ``n_threads=1``.
 Results go to ``benchmarks/results/<date>_<machine>.{md,json}``.
 """
 
@@ -35,7 +36,8 @@ DEFAULT_CASES = ["gradient", "post", "surprise", "movielens", "scale", "ttareal"
 #: Both sides of the gradient case report their best of this many calls (2-core cloud machines
 #: are noisy; the best is the least disturbed).
 GRADIENT_REPEATS = 20
-ALL_CASES = DEFAULT_CASES + ["netflix", "accuracy", "sparse", "coldstart", "budget", "tta10m"]
+ALL_CASES = DEFAULT_CASES + ["netflix", "accuracy", "sparse", "coldstart", "budget", "tta10m",
+                             "threads"]
 
 
 class Timer:
@@ -801,7 +803,72 @@ def case_minibatch(quick: bool, device: str) -> None:
                                                 "fits": best, "floor_s": floors})
 
 
+#: (label, data maker, MatrixFactorization arguments) of the threads case (issue 10, item 2).
+THREAD_FITS: list[tuple[str, Any, dict[str, Any]]] = [
+    ("sparse review-site shape, 15 ALS epochs", lambda q: ds.sparse_reviews(),
+     {"solver": "als", "epochs": 15}),
+    ("1M ratings, 15 ALS epochs", lambda q: ds.synthetic_lowrank(
+        n_train=100_000 if q else 1_000_000, n_test=1000), {"solver": "als", "epochs": 15}),
+    ("1M ratings, full-batch adam, 30 epochs", lambda q: ds.synthetic_lowrank(
+        n_train=100_000 if q else 1_000_000, n_test=1000),
+     {"solver": "adam", "epochs": 30, "rank": 32}),
+    ("ml-100k u1, default fit", lambda q: ds.movielens_100k(1), {}),
+    ("100k ratings, sgd batch 1024, 3 epochs", lambda q: ds.synthetic_lowrank(
+        n_train=100_000, n_test=1000), {"solver": "sgd", "epochs": 3, "batch_size": 1024}),
+]
+#: Fits of each side in the threads case, alternating; each side's median is reported.
+THREAD_REPEATS = 3
+
+
+def case_threads(quick: bool, device: str) -> None:
+    """Issue 10, item 2: two threads are never slower than one. Each fit of :data:`THREAD_FITS`
+    runs with ``n_threads=1`` (the baseline column) and with the default thread count (this
+    machine's cores), :data:`THREAD_REPEATS` times each, alternately, seeded; ratio = default /
+    one thread (target <= 1). The note says whether the default's repeated fits gave the same
+    factors bit for bit (the policy depends on sizes and cores, never on the load)."""
+    if not af.AVAILABLE:
+        for label, _, _ in THREAD_FITS:
+            add_row(f"threads: {label}", None, "n_threads=1", None, 1.0, note=_af_na("threads"))
+        return
+    import torch
+
+    from autofact import MatrixFactorization
+    for label, make, params in THREAD_FITS:
+        data = make(quick)
+        train = af._ratings(data["train"], data["shape"])
+        times: dict[str | int, list[float]] = {1: [], "default": []}
+        factors: list[np.ndarray] = []
+        note = ""
+        try:
+            for _ in range(1 if quick else THREAD_REPEATS):
+                for n in (1, "default"):
+                    model = MatrixFactorization(**{"seed": 0, **params},
+                                                n_threads=1 if n == 1 else None)
+                    t0 = time.perf_counter()
+                    model.fit(train)
+                    times[n].append(time.perf_counter() - t0)
+                    if n == "default":
+                        factors.append(np.asarray(model.user_factors_, dtype=np.float64))
+        except Exception as exc:
+            details.setdefault("errors", {})["threads"] = traceback.format_exc()
+            add_row(f"threads: {label}", None, "n_threads=1", None, 1.0,
+                    note=f"{type(exc).__name__}: {exc}")
+            continue
+        same = all(np.array_equal(factors[0], f) for f in factors[1:])
+        note = (f"default = {torch.get_num_threads()} torch threads available; fits "
+                f"{' / '.join(f'{t:.3f}' for t in times['default'])} s vs one thread "
+                f"{' / '.join(f'{t:.3f}' for t in times[1])} s; repeated default fits "
+                + ("identical" if same else "DIFFER"))
+        add_row(f"threads: {label}", float(np.median(times["default"])),
+                "same fit, n_threads=1", float(np.median(times[1])), 1.0, note=note)
+        details.setdefault("threads", []).append({"case": label, "params": params,
+                                                  "default_s": times["default"],
+                                                  "one_thread_s": times[1],
+                                                  "identical": same})
+
+
 CASES = {
+    "threads": case_threads,
     "gradient": case_gradient,
     "post": case_post,
     "surprise": case_surprise,
