@@ -1,5 +1,6 @@
-"""The two ways ALS assembles its Hessians (issue 10): all K^2 products at once on short rows,
-the upper triangle mirrored on long ones; both give the same fit."""
+"""The ways ALS assembles and solves its Hessians (issue 10): the K x K systems factored laid
+out across the rows or by LAPACK, Z whole or in column slices, row blocks on workers; all give
+the same fit."""
 
 from __future__ import annotations
 
@@ -14,16 +15,23 @@ from autofact.solvers import als
 
 
 @pytest.mark.parametrize("loss", ["squared", "huber"])
-def test_short_and_long_row_hessians_give_the_same_fit(monkeypatch, loss):
+def test_systems_solved_across_the_rows_give_the_fit_of_lapack(monkeypatch, loss):
+    # issue 10: K x K systems factored laid out across the rows (K <= ROWS_SOLVE_K), the fit
+    # of LAPACK's one-matrix-at-a-time solve
     rng = np.random.default_rng(0)
     dense = rng.integers(1, 6, size=(40, 30)).astype(float)
     dense[rng.random(dense.shape) < 0.6] = np.nan
     data = autofact.Ratings.from_dense(dense)
     fits = []
-    for short_rows in (10**9, 0):  # every block "short", then every block "long"
-        monkeypatch.setattr(als, "SHORT_ROWS", short_rows)
+    calls = []
+    real = als._rows_damped_solve
+    monkeypatch.setattr(als, "_rows_damped_solve", lambda *a: calls.append(1) or real(*a))
+    for rows_k in (als.ROWS_SOLVE_K, 0):  # across the rows, then LAPACK
+        monkeypatch.setattr(als, "ROWS_SOLVE_K", rows_k)
         fits.append(autofact.MatrixFactorization(rank=4, solver="als", loss=loss, epochs=5,
                                                  dtype="float64", seed=0).fit(data))
+        assert bool(calls) == (rows_k > 0)
+        calls.clear()
     np.testing.assert_allclose(fits[0].user_factors_, fits[1].user_factors_, rtol=1e-10,
                                atol=1e-12)
     np.testing.assert_allclose(fits[0].item_factors_, fits[1].item_factors_, rtol=1e-10,
@@ -142,19 +150,14 @@ def test_z_in_column_slices_shared_by_a_group_of_blocks_gives_the_fit_of_z_whole
 
 def test_z_whole_in_cache_sized_column_slices_gives_the_same_fit(monkeypatch):
     # issue 10: Z whole is used in contiguous column slices (Z_SLICE_BYTES) so that C @ Z's
-    # gathers stay in cache; each entry of C @ Z is the same sum whatever the slices, and the
-    # fit is the one of the all-K^2 products (the short rows' path)
+    # gathers stay in cache; each entry of C @ Z is the same sum whatever the slices
     fits = []
-    for short_rows, slice_bytes in ((10**9, als.Z_SLICE_BYTES), (0, als.Z_SLICE_BYTES), (0, 1)):
-        # all K^2 at once; the upper triangle in one slice; in slices of 8 of its 10 columns
-        monkeypatch.setattr(als, "SHORT_ROWS", short_rows)
+    for slice_bytes in (als.Z_SLICE_BYTES, 1):  # the upper triangle in one slice; in 8s
         monkeypatch.setattr(als, "Z_SLICE_BYTES", slice_bytes)
         fits.append(autofact.MatrixFactorization(rank=3, solver="als", loss="huber", epochs=4,
                                                  seed=0, dtype="float64").fit(_data()))
     for name in ("user_factors_", "item_factors_", "user_bias_", "item_bias_"):
-        np.testing.assert_allclose(getattr(fits[1], name), getattr(fits[0], name), rtol=1e-10,
-                                   atol=1e-12)
-        np.testing.assert_allclose(getattr(fits[2], name), getattr(fits[1], name), rtol=1e-12,
+        np.testing.assert_allclose(getattr(fits[1], name), getattr(fits[0], name), rtol=1e-12,
                                    atol=1e-14)
 
 

@@ -101,9 +101,10 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from .. import threads
 from .._memory import release_freed_memory
@@ -122,12 +123,14 @@ COARSE_BLOCKS = 8
 #: Woodbury's identity or the ``K x K`` solve by the block's share of short rows), and the
 #: epoch's loss only in its summation order.
 BLOCKS_PER_WORKER = 4
-#: Blocks with at most this many ratings per row (of either side) build the Hessians from all
-#: ``K^2`` products; denser ones from the upper triangle, then mirrored (issue 10).
-SHORT_ROWS = 16
 #: Rows with at most this many ratings solve their step through Woodbury's identity, an
 #: ``n x n`` system instead of the ``K x K`` one (issue 10; see :func:`_woodbury_solve`).
 WOODBURY_ROWS = 4
+#: Up to this ``K`` (the rank, plus one with biases) the ``K x K`` systems are factored and
+#: solved laid out across the rows (:func:`_rows_damped_solve`: about ``6 K`` vector
+#: operations whatever the number of rows) rather than by LAPACK, one small matrix at a time
+#: (issue 10: at ``K = 11``, 2,600-15,000 rows, 2-3x faster, its ``tril`` included).
+ROWS_SOLVE_K = 16
 #: ``Z`` is used in contiguous column slices of about this many bytes, so that the rows of ``Z``
 #: a sparse product ``C @ Z`` gathers stay in a core's cache (issue 10: on the item side of 1M
 #: ratings, 6,040 x 561 floats, 2.5-4x faster than one product with all columns). The cut is
@@ -632,7 +635,7 @@ class _AlternatingNewton:
 
         def fill(job: tuple[torch.Tensor, Any, int, int, torch.Tensor]) -> None:
             h, C, c0, c1, Zs = job  # a block's columns c0:c1 of C @ Z
-            h[:, c0:c1] = C @ Zs
+            h[:, c0:c1] = _spmm(C, Zs)
 
         if products.whole:
             losses = each(lambda pat: finish((pat, prepare(pat), None)), blocks)
@@ -695,7 +698,7 @@ class _AlternatingNewton:
             g2 = g2 - 2 * w0
             block_loss = block_loss - w0 * (pred * pred).sum()
         del pred
-        grad = pat.csr(g1) @ Yf
+        grad = _spmm(_Csr(pat.crow, pat.col, g1), Yf)
         rg, rh = self.curv.reg(obj, id(pat), Xv)
         grad += rg
         split = self._split(pat, K) if term is None else None
@@ -705,10 +708,9 @@ class _AlternatingNewton:
             # only the others through their K x K Hessians
             C = self._form("long", pat, ((("loss", id(pat)), g2),),
                            lambda: split.csr_long(g2)) if split.long.numel() else None
-            return _Prep(Xv, g2, block_loss, grad, rh, split, C, len(split.long),
-                         len(split.long_entries))
-        return _Prep(Xv, g2, block_loss, grad, rh, None, pat.csr(g2), pat.row1 - pat.row0,
-                     pat.nnz)
+            return _Prep(Xv, g2, block_loss, grad, rh, split, C, len(split.long))
+        return _Prep(Xv, g2, block_loss, grad, rh, None, _Csr(pat.crow, pat.col, g2),
+                     pat.row1 - pat.row0)
 
     def _finish(self, obj: Objective, pat: Pattern, prep: _Prep, X: torch.Tensor,
                 bx: torch.Tensor | None, Ya: torch.Tensor, Yf: torch.Tensor, k: int, K: int,
@@ -731,71 +733,67 @@ class _AlternatingNewton:
             def fixed() -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
                 rhT = rh.T.contiguous()
                 return ([(g2.index_select(0, ents).view(n, len(rws)), rhT.index_select(1, rws))
-                         for n, rws, ents, _ in sp.buckets], rh.index_select(0, sp.long))
+                         for n, rws, ents, _ in sp.buckets], rhT.index_select(1, sp.long))
             # the same tensors every epoch while l'' and the regularizer's curvature are kept
-            by_bucket, rh_long = self._form("buckets", pat, ((("loss", id(pat)), g2),
-                                                             (("reg", id(pat)), rh)), fixed)
+            by_bucket, rhT_long = self._form("buckets", pat, ((("loss", id(pat)), g2),
+                                                              (("reg", id(pat)), rh)), fixed)
             for (n, rws, _, cols), (w, rh_rows) in zip(split.buckets, by_bucket, strict=True):
                 stepT.index_copy_(1, rws, _woodbury_solve(
                     YT.index_select(1, cols).view(K, n, len(rws)), w, rh_rows,
                     gT.index_select(1, rws)))
-            step = stepT.T.contiguous()
             if prep.C is not None:
-                step.index_copy_(0, split.long, self._newton_step(
-                    obj, prep.C, prep.kk_rows, prep.kk_nnz, Ya, products, K,
-                    rh_long, grad.index_select(0, split.long), dt, dev, hess=hess))
+                stepT.index_copy_(1, split.long, self._newton_step(
+                    obj, prep.C, Ya, products, K, rhT_long, gT.index_select(1, split.long),
+                    hess=hess))
         else:
-            step = self._newton_step(obj, prep.C, prep.kk_rows, prep.kk_nnz, Ya, products, K,
-                                     rh, grad, dt, dev, term=term, Xv=Xv, hess=hess)
+            assert prep.C is not None
+            # (grad.T, a view: the unobserved term's gradient part is added to grad in place)
+            stepT = self._newton_step(obj, prep.C, Ya, products, K, rh.T, grad.T, term=term,
+                                      Xv=Xv, hess=hess)
         if not self.exact_quadratic:
-            step = step * self._backtrack(obj, pat, Xv, Ya, bias, step, grad, term)[:, None]
-        X[rows] -= step[:, :k]
+            stepT = stepT * self._backtrack(obj, pat, Xv, Ya, bias, stepT.T, grad, term)
+        X[rows] -= stepT[:k].T
         if self.nonnegative:  # project now, so the other side is solved against it
             X[rows] = X[rows].clamp_min(0)
         if bias:
-            bx[rows] -= step[:, k]  # type: ignore[index]
+            bx[rows] -= stepT[k]  # type: ignore[index]
         return prep.loss
 
     @staticmethod
-    def _newton_step(obj: Objective, C: torch.Tensor, mb: int, nnz: int, Ya: torch.Tensor,
-                     products: _Products, K: int,
-                     rh: torch.Tensor, grad: torch.Tensor, dt: torch.dtype, dev: torch.device,
+    def _newton_step(obj: Objective, C: _Csr, Ya: torch.Tensor, products: _Products, K: int,
+                     rhT: torch.Tensor, gT: torch.Tensor,
                      term: tuple[torch.Tensor, torch.Tensor] | None = None,
                      Xv: torch.Tensor | None = None,
                      hess: torch.Tensor | None = None) -> torch.Tensor:
-        """``H^{-1} grad`` for ``mb`` rows, ``H`` built from the CSR ``C`` of ``l''`` (``nnz``
-        entries), ``rh`` (the regularizer's Hessian diagonal) and with ``term`` the unobserved
-        term, whose gradient part it adds to ``grad`` in place. ``hess``: ``C @ Z``'s upper
-        triangle when computed already (:meth:`_side`'s groups)."""
-        # vec(H) = C @ Z with Z[i] = vec(y_i y_i^T) (upper triangle): Z whole, computed once a
+        """``H^{-1} g`` for ``C``'s rows, laid out across them (``K x rows``, as ``rhT`` and
+        ``gT``), ``H`` built from ``C``, the CSR of their ``l''``, ``rhT`` (the regularizer's
+        Hessian diagonal) and with ``term`` the unobserved term (at ``Xv``, the rows), whose
+        gradient part it adds to ``gT`` in place. ``hess``: ``C @ Z``'s upper triangle when
+        computed already (:meth:`_side`'s groups)."""
+        # upper(H) = C @ Z with Z[i] the upper triangle of y_i y_i^T: Z whole, computed once a
         # half-sweep, when it fits in half of max_memory (C @ Z, the block's rows, is in the
-        # block's share of the other half); else in column slices that keep Z and C @ Z within
-        # the memory budget, computed again for each block
-        max_cols = max(1, obj.max_nnz * 8 // max(Ya.shape[0] + mb, 1))
-        if products.whole:
-            max_cols = K * K if _z_fits(Ya.shape[0], K, Ya.element_size(), obj.max_memory,
-                                        columns=K * K) else len(products.iu)
-        if hess is None and max_cols >= K * K and nnz <= SHORT_ROWS * (Ya.shape[0] + mb):
-            # short rows (sparse data): all K^2 columns at once, twice the products of the
-            # upper triangle but no column gathers or scatters, which cost more there than
-            # the products (issue 10: 1.6x faster on a review site's shape)
-            H = (C @ products.all()).view(mb, K, K)
-        else:
-            # index_select and index_copy_ rather than Yf[:, a] and H[:, iu, ju] = ...: the
-            # same values, 2-5x faster on the CPU (issue 10)
-            iu, ju = products.iu, products.ju
-            if hess is None and products.whole:
-                hess = torch.empty(mb, len(iu), dtype=dt, device=dev)
-                for c0, c1, Zs in products.slices():
-                    hess[:, c0:c1] = C @ Zs
-            elif hess is None:
-                hess = torch.empty(mb, len(iu), dtype=dt, device=dev)
-                for c0 in range(0, len(iu), max_cols):
-                    c1 = min(c0 + max_cols, len(iu))
-                    hess[:, c0:c1] = C @ products.upper(c0, c1)
-            H = _mirror_upper(hess, iu, ju, K)
-            del hess
-        return _damped_solve(H, grad, rh, term, Xv)  # with term: its sum over every item
+        # block's share of the other half), used in cache-sized column slices; else in column
+        # slices that keep Z and C @ Z within the memory budget, computed again for each block
+        iu, ju = products.iu, products.ju
+        if hess is None:
+            T, mb = len(iu), len(C.crow) - 1
+            slices: list[tuple[int, int, torch.Tensor | None]]
+            if products.whole:
+                slices = list(products.slices())
+            else:
+                width = max(1, obj.max_nnz * 8 // max(Ya.shape[0] + mb, 1))
+                slices = [(c0, min(c0 + width, T), None) for c0 in range(0, T, width)]
+            if len(slices) == 1 and slices[0][2] is not None:
+                hess = _spmm(C, slices[0][2])  # (one slice: no copy)
+            else:
+                hess = torch.empty(mb, T, dtype=Ya.dtype, device=Ya.device)
+                for c0, c1, Zs in slices:
+                    hess[:, c0:c1] = _spmm(C, products.upper(c0, c1) if Zs is None else Zs)
+        if K <= ROWS_SOLVE_K:
+            return _rows_damped_solve(hess.T.contiguous(), rhT, gT, iu, ju, term, Xv)
+        H = _mirror_upper(hess, iu, ju, K)
+        del hess
+        return _damped_solve(H, gT.T, rhT.T, term, Xv).T  # with term: its sum over all items
 
     def _form(self, name: str, pat: Pattern,
               sources: tuple[tuple[tuple[str, Any], torch.Tensor], ...],
@@ -859,7 +857,7 @@ class _AlternatingNewton:
         if term is not None:
             losses = losses - obj.unobserved_weight * pred * pred
         ones = torch.ones(Ya.shape[0], 1, dtype=Xv.dtype, device=Xv.device)
-        return (pat.csr(losses) @ ones)[:, 0]  # row sums
+        return _spmm(_Csr(pat.crow, pat.col, losses), ones)[:, 0]  # row sums
 
     @staticmethod
     def _row_regularization(obj: Objective, Xv: torch.Tensor, k: int, bias: bool
@@ -1180,6 +1178,29 @@ def _z_fits(n_other: int, K: int, item: int, max_memory: int, columns: int | Non
     return n_other * cols * item <= max_memory // 2
 
 
+class _Csr(NamedTuple):
+    """A CSR matrix as its row pointers, column indices (one integer dtype) and values, for
+    :func:`_spmm`."""
+
+    crow: torch.Tensor
+    col: torch.Tensor
+    values: torch.Tensor
+
+
+def _spmm(C: _Csr, dense: torch.Tensor) -> torch.Tensor:
+    """``C @ dense``: each row's sum of its entries' values times their rows of ``dense``, by
+    ``embedding_bag`` (issue 10: on the CPU the same sums as torch's CSR product, each row's
+    entries added in order, and 2x faster at 11 to 66 columns, 3-4x at several hundred in
+    cache-sized slices); torch's CSR product where a build lacks it."""
+    try:
+        return F.embedding_bag(C.col, dense, C.crow, mode="sum", per_sample_weights=C.values,
+                               include_last_offset=True)
+    except (NotImplementedError, RuntimeError) as exc:
+        if not _unsupported(exc):
+            raise
+    return csr_tensor(C.crow, C.col, C.values, (len(C.crow) - 1, dense.shape[0])) @ dense
+
+
 class _Products:
     """The columns of ``Z`` (``Z[i] = vec(y_i y_i^T)``) for one half-sweep, computed once and
     shared by its row blocks (issue 10) when they fit in one slice (``whole``: in half of the
@@ -1204,12 +1225,6 @@ class _Products:
     def transposed(self) -> torch.Tensor:
         """``Yf^T``, contiguous (``K x n_other``: Woodbury's rows gather its columns)."""
         return self._once("transposed", lambda: self.Yf.T.contiguous())
-
-    def all(self) -> torch.Tensor:
-        """All ``K^2`` columns."""
-        Yf = self.Yf
-        return self._once("all", lambda: (Yf[:, :, None] * Yf[:, None, :]).reshape(
-            Yf.shape[0], -1))
 
     def upper(self, c0: int, c1: int) -> torch.Tensor:
         """Columns ``c0:c1`` of the upper triangle (index_select: the same values as
@@ -1270,8 +1285,7 @@ class _Prep:
     """A block between :meth:`_AlternatingNewton._prepare` and ``_finish``: its rows (``Xv``),
     per-entry ``l''`` (``g2``), loss, gradient, the regularizer's curvature ``rh``, the Woodbury
     split it takes (``None``: every row by its ``K x K`` system) and the CSR ``C`` of ``l''``
-    of the ``kk_rows`` rows (``kk_nnz`` entries) that take the ``K x K`` system (``None``:
-    none)."""
+    of the ``kk_rows`` rows that take the ``K x K`` system (``None``: none)."""
 
     Xv: torch.Tensor
     g2: torch.Tensor
@@ -1279,9 +1293,8 @@ class _Prep:
     grad: torch.Tensor
     rh: torch.Tensor
     split: _Split | None
-    C: Any
+    C: _Csr | None
     kk_rows: int
-    kk_nnz: int
 
 
 def _groups(blocks: list[Pattern], row_bytes: int, entry_bytes: int, max_memory: int
@@ -1346,10 +1359,9 @@ class _Split:
         tensors += [self.long, self.long_entries, self.long_crow, self.long_col]
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    def csr_long(self, values: torch.Tensor) -> Any:
+    def csr_long(self, values: torch.Tensor) -> _Csr:
         """The CSR of the long rows' entries of ``values`` (one value per entry of the block)."""
-        return csr_tensor(self.long_crow, self.long_col, values[self.long_entries],
-                          (len(self.long), self.n_cols))
+        return _Csr(self.long_crow, self.long_col, values.index_select(0, self.long_entries))
 
 
 def _woodbury_solve(Y: torch.Tensor, w: torch.Tensor, rh: torch.Tensor, g: torch.Tensor
@@ -1412,14 +1424,13 @@ def _small_spd_solve(M: list[list[torch.Tensor]], b: list[torch.Tensor]) -> list
 def _mirror_upper(hess: torch.Tensor, iu: torch.Tensor, ju: torch.Tensor, K: int
                   ) -> torch.Tensor:
     """The ``(rows, K, K)`` symmetric matrices whose upper triangles (``iu``, ``ju``) are the
-    rows of ``hess`` (index_copy_ rather than ``H[:, iu, ju] = ...``: the same values, 2-5x
-    faster on the CPU, issue 10)."""
-    mb = hess.shape[0]
-    H = torch.empty(mb, K, K, dtype=hess.dtype, device=hess.device)
-    flat = H.view(mb, K * K)
-    flat.index_copy_(1, iu * K + ju, hess)
-    flat.index_copy_(1, ju * K + iu, hess)
-    return H
+    rows of ``hess``: one gather of its columns (index_select rather than ``H[:, iu, ju] =
+    ...`` twice: the same values, 3-5x faster on the CPU, issue 10)."""
+    at = torch.arange(len(iu), device=hess.device)
+    place = torch.empty(K * K, dtype=torch.long, device=hess.device)
+    place[iu * K + ju] = at  # each entry of H: its column of hess
+    place[ju * K + iu] = at
+    return hess.index_select(1, place).view(hess.shape[0], K, K)
 
 
 def _damped_solve(H: torch.Tensor, grad: torch.Tensor, rh: torch.Tensor,
@@ -1441,6 +1452,55 @@ def _damped_solve(H: torch.Tensor, grad: torch.Tensor, rh: torch.Tensor,
     if not bool(torch.isfinite(step.sum())):  # one reduction in the usual case
         step = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
     return step
+
+
+def _rows_damped_solve(hT: torch.Tensor, rhT: torch.Tensor, gT: torch.Tensor,
+                       iu: torch.Tensor, ju: torch.Tensor,
+                       term: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       Xv: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`_damped_solve` with the rows' data laid out across them, as
+    :func:`_woodbury_solve`'s: ``hT`` the upper triangles of ``H``'s data part (``T x rows``,
+    ``T = K (K + 1) / 2`` in ``iu``, ``ju``'s order, row by row of the triangle; overwritten),
+    ``rhT`` and ``gT`` (``K x rows``; with ``term``, its gradient part is added to ``gT`` in
+    place); returns the steps, ``K x rows``. The same damping; a Cholesky factorization written
+    over the rows, column by column (issue 10: ``K`` vector operations a column, none a row).
+    A row whose step comes out non-finite (its ``H`` not positive definite, or not finite)
+    takes :func:`_spd_solve` as :func:`_damped_solve` does (an eigenvalue shift, or no step)."""
+    K, R = gT.shape
+    first = [0]  # where each row of the triangle starts (its diagonal entry)
+    for a in range(K - 1):
+        first.append(first[-1] + K - a)
+    at_diag = torch.tensor(first, device=hT.device)
+    if term is not None:
+        assert Xv is not None
+        Gw, hw = term
+        gT += 2 * (Xv @ Gw + hw).T
+        hT += 2 * Gw[iu, ju][:, None]
+    diag = hT.index_select(0, at_diag)
+    diag += rhT
+    diag += 1e-6 * diag.abs().mean(dim=0, keepdim=True).clamp_min(1.0)
+    hT.index_copy_(0, at_diag, diag)
+    L = hT.new_zeros(K, K, R)  # L[j, i]: the factor's entry (i, j), i >= j (column j of it)
+    for j in range(K):
+        v = hT[first[j] : first[j] + K - j]  # column j of H from the diagonal down
+        if j:
+            v = v - (L[:j, j:] * L[:j, j : j + 1]).sum(0)
+        L[j, j:] = v
+        L[j, j].sqrt_()
+        L[j, j + 1 :] /= L[j, j]
+    x = gT.clone()  # L y = g, then L^T x = y
+    for i in range(K):
+        x[i] /= L[i, i]
+        x[i + 1 :] -= L[i, i + 1 :] * x[i]
+    for i in reversed(range(K)):
+        x[i] /= L[i, i]
+        x[:i] -= L[:i, i] * x[i]
+    if not bool(torch.isfinite(x.sum())):  # one reduction in the usual case
+        bad = torch.nonzero(~torch.isfinite(x).all(0))[:, 0]
+        H = _mirror_upper(hT.index_select(1, bad).T, iu, ju, K)
+        fixed = _spd_solve(H, gT.index_select(1, bad).T.contiguous())
+        x.index_copy_(1, bad, torch.nan_to_num(fixed, nan=0.0, posinf=0.0, neginf=0.0).T)
+    return x
 
 
 def _spd_solve(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

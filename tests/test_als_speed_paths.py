@@ -1,0 +1,83 @@
+"""The pieces of ALS's faster half-step (issue 10): the sparse products by ``embedding_bag``,
+the Hessians' mirror by one gather, and the ``K x K`` systems solved laid out across the rows;
+each against the plain computation it replaces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autofact.solvers import als
+from autofact.sparse import csr_tensor
+
+
+def _csr(rows: int, cols: int, dtype: torch.dtype, seed: int = 0) -> als._Csr:
+    gen = torch.Generator().manual_seed(seed)
+    counts = torch.randint(0, 6, (rows,), generator=gen)
+    counts[1] = 0  # an empty row
+    crow = torch.zeros(rows + 1, dtype=torch.int32)
+    crow[1:] = torch.cumsum(counts, 0)
+    col = torch.cat([torch.randperm(cols, generator=gen)[: int(c)].sort().values
+                     for c in counts]).to(torch.int32)
+    return als._Csr(crow, col, torch.randn(len(col), generator=gen, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spmm_is_the_csr_product(dtype):
+    # issue 10: C @ Z by embedding_bag, each row's entries added in order as the CSR product's
+    C = _csr(30, 12, dtype)
+    dense = torch.randn(12, 7, dtype=dtype)
+    want = csr_tensor(C.crow, C.col, C.values, (30, 12)) @ dense
+    got = als._spmm(C, dense)
+    tol = 1e-6 if dtype == torch.float32 else 1e-14
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    assert torch.equal(got[1], torch.zeros(7, dtype=dtype))
+    # a column view of a wider matrix (as the solver passes Ya[:, :K])
+    wide = torch.randn(12, 9, dtype=dtype)
+    torch.testing.assert_close(als._spmm(C, wide[:, :7]), als._spmm(C, wide[:, :7].contiguous()),
+                               rtol=0, atol=0)
+
+
+def test_mirror_upper_fills_both_triangles():
+    K = 5
+    iu, ju = torch.triu_indices(K, K)
+    hess = torch.randn(3, len(iu))
+    want = torch.empty(3, K, K)
+    want[:, iu, ju] = hess
+    want[:, ju, iu] = hess
+    assert torch.equal(als._mirror_upper(hess, iu, ju, K), want)
+
+
+def _systems(R: int, K: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    A = torch.randn(R, K, 2 * K, generator=gen, dtype=torch.float64)
+    H = A @ A.mT
+    rh = torch.rand(R, K, generator=gen, dtype=torch.float64) + 0.1
+    g = torch.randn(R, K, generator=gen, dtype=torch.float64)
+    return H, rh, g
+
+
+@pytest.mark.parametrize("with_term", [False, True])
+def test_rows_damped_solve_matches_the_lapack_solve(with_term):
+    # issue 10: the K x K systems factored across the rows give _damped_solve's steps, its
+    # damping, the unobserved term's parts (gradient added in place) and its fallbacks: an
+    # indefinite row (eigenvalue shift) and a non-finite one (no step)
+    R, K = 40, 6
+    H, rh, g = _systems(R, K)
+    H[3] = -torch.eye(K, dtype=torch.float64) * 5  # not positive definite, even with rh
+    H[7, 1, 2] = H[7, 2, 1] = float("nan")
+    term = None
+    Xv = torch.randn(R, K, dtype=torch.float64)
+    if with_term:
+        B = torch.randn(K, K, dtype=torch.float64)
+        term = (B @ B.T, torch.randn(K, dtype=torch.float64))
+    iu, ju = torch.triu_indices(K, K)
+    g_lapack, g_rows = g.clone(), g.clone()
+    want = als._damped_solve(H.clone(), g_lapack, rh, term, Xv)
+    gT = g_rows.T  # a view: the term's gradient part lands in g_rows
+    got = als._rows_damped_solve(H[:, iu, ju].T.contiguous(), rh.T.contiguous(), gT, iu, ju,
+                                 term, Xv)
+    torch.testing.assert_close(got.T, want, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(g_rows, g_lapack, rtol=0, atol=1e-12)
+    assert torch.equal(got[:, 7], torch.zeros(K, dtype=torch.float64))
+    assert bool(torch.isfinite(got[:, 3]).all()) and bool((got[:, 3] != 0).any())
