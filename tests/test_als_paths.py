@@ -16,8 +16,8 @@ from autofact.solvers import als
 
 @pytest.mark.parametrize("loss", ["squared", "huber"])
 def test_systems_solved_across_the_rows_give_the_fit_of_lapack(monkeypatch, loss):
-    # issue 10: K x K systems factored laid out across the rows (K <= ROWS_SOLVE_K), the fit
-    # of LAPACK's one-matrix-at-a-time solve
+    # issue 10: K x K systems factored laid out across the rows (K <= ROWS_SOLVE_K, blocks of
+    # at least ROWS_SOLVE_MIN rows), the fit of LAPACK's one-matrix-at-a-time solve
     rng = np.random.default_rng(0)
     dense = rng.integers(1, 6, size=(40, 30)).astype(float)
     dense[rng.random(dense.shape) < 0.6] = np.nan
@@ -26,6 +26,7 @@ def test_systems_solved_across_the_rows_give_the_fit_of_lapack(monkeypatch, loss
     calls = []
     real = als._rows_damped_solve
     monkeypatch.setattr(als, "_rows_damped_solve", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(als, "ROWS_SOLVE_MIN", 1)  # (a block of 40 rows: LAPACK's by default)
     for rows_k in (als.ROWS_SOLVE_K, 0):  # across the rows, then LAPACK
         monkeypatch.setattr(als, "ROWS_SOLVE_K", rows_k)
         fits.append(autofact.MatrixFactorization(rank=4, solver="als", loss=loss, epochs=5,

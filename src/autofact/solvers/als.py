@@ -126,11 +126,13 @@ BLOCKS_PER_WORKER = 4
 #: Rows with at most this many ratings solve their step through Woodbury's identity, an
 #: ``n x n`` system instead of the ``K x K`` one (issue 10; see :func:`_woodbury_solve`).
 WOODBURY_ROWS = 4
-#: Up to this ``K`` (the rank, plus one with biases) the ``K x K`` systems are factored and
-#: solved laid out across the rows (:func:`_rows_damped_solve`: about ``6 K`` vector
-#: operations whatever the number of rows) rather than by LAPACK, one small matrix at a time
-#: (issue 10: at ``K = 11``, 2,600-15,000 rows, 2-3x faster, its ``tril`` included).
+#: Up to this ``K`` (the rank, plus one with biases), a block's ``K x K`` systems, when at
+#: least :data:`ROWS_SOLVE_MIN` of them, are factored and solved laid out across the rows
+#: (:func:`_rows_damped_solve`: about ``12 K`` vector operations whatever the number of rows)
+#: rather than by LAPACK, one small matrix at a time (issue 10, CPU time at ``K = 11``: the
+#: same at 1,000 rows, 2x faster at 2,600, 3x at 6,000; at 500 rows 1.8x slower).
 ROWS_SOLVE_K = 16
+ROWS_SOLVE_MIN = 1024
 #: ``Z`` is used in contiguous column slices of about this many bytes, so that the rows of ``Z``
 #: a sparse product ``C @ Z`` gathers stay in a core's cache (issue 10: on the item side of 1M
 #: ratings, 6,040 x 561 floats, 2.5-4x faster than one product with all columns). The cut is
@@ -775,8 +777,9 @@ class _AlternatingNewton:
         # block's share of the other half), used in cache-sized column slices; else in column
         # slices that keep Z and C @ Z within the memory budget, computed again for each block
         iu, ju = products.iu, products.ju
+        mb = len(C.crow) - 1
         if hess is None:
-            T, mb = len(iu), len(C.crow) - 1
+            T = len(iu)
             slices: list[tuple[int, int, torch.Tensor | None]]
             if products.whole:
                 slices = list(products.slices())
@@ -789,7 +792,7 @@ class _AlternatingNewton:
                 hess = torch.empty(mb, T, dtype=Ya.dtype, device=Ya.device)
                 for c0, c1, Zs in slices:
                     hess[:, c0:c1] = _spmm(C, products.upper(c0, c1) if Zs is None else Zs)
-        if K <= ROWS_SOLVE_K:
+        if K <= ROWS_SOLVE_K and mb >= ROWS_SOLVE_MIN:
             return _rows_damped_solve(hess.T.contiguous(), rhT, gT, iu, ju, term, Xv)
         H = _mirror_upper(hess, iu, ju, K)
         del hess
@@ -1480,7 +1483,8 @@ def _rows_damped_solve(hT: torch.Tensor, rhT: torch.Tensor, gT: torch.Tensor,
     diag += rhT
     diag += 1e-6 * diag.abs().mean(dim=0, keepdim=True).clamp_min(1.0)
     hT.index_copy_(0, at_diag, diag)
-    L = hT.new_zeros(K, K, R)  # L[j, i]: the factor's entry (i, j), i >= j (column j of it)
+    # L[j, i]: the factor's entry (i, j), i >= j (column j of it); nothing reads L[j, i < j]
+    L = hT.new_empty(K, K, R)
     for j in range(K):
         v = hT[first[j] : first[j] + K - j]  # column j of H from the diagonal down
         if j:
