@@ -409,3 +409,72 @@ def test_the_integer_id_lookup_is_pandas_get_indexer():
                   rng.integers(0, 10, 20).astype(np.int32), np.array([], dtype=np.int64)):
             got = index.user_index(q, strict=False)
             np.testing.assert_array_equal(got, pd.Index(known).get_indexer(q))
+
+
+# issue 10: the program (run()) keeps Python's garbage collector off while a verb imports its
+# modules (torch's ~170,000 objects were traversed 3-4 times: 0.1-0.5 s of a cold fit), then
+# freezes what was imported and collects again before the work
+_RECORDER = '''
+import gc
+
+AT_IMPORT = (gc.isenabled(), gc.get_freeze_count() > 0)
+
+
+def squared(pred, target):
+    with open("gc_state.txt", "w") as fh:
+        fh.write(f"{AT_IMPORT} {(gc.isenabled(), gc.get_freeze_count() > 0)}")
+    return (pred - target) ** 2
+'''
+
+
+def test_the_program_collects_garbage_again_before_it_trains(tmp_path):
+    (tmp_path / "gc_recorder.py").write_text(_RECORDER)
+    data = tmp_path / "ratings.tsv"
+    data.write_text("".join(f"{u}\t{i}\t{1 + (u * i) % 5}\n" for u in range(1, 12)
+                            for i in range(1, 9)))
+    # --loss module:function is imported while the arguments are parsed (paused), and called
+    # during the fit (collecting again, the imported objects frozen)
+    proc = _program(tmp_path, "fit", str(data), "--out", "m.npz", "--loss", "gc_recorder:squared",
+                    "--epochs", "1", "--rank", "2", "--quiet", prelude="sys.path.insert(0, '')")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "gc_state.txt").read_text() == "(False, False) (True, True)"
+
+
+def test_main_called_from_python_leaves_the_collector_alone(tmp_path, monkeypatch):
+    import gc
+
+    from autofact.cli import main
+
+    data = tmp_path / "ratings.tsv"
+    data.write_text("".join(f"{u}\t{i}\t{1 + (u * i) % 5}\n" for u in range(1, 12)
+                            for i in range(1, 9)))
+    frozen = gc.get_freeze_count()
+    assert main(["fit", str(data), "--out", str(tmp_path / "m.npz"), "--epochs", "1", "--rank",
+                 "2", "--quiet"]) == 0
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
+
+
+def test_the_pause_ends_before_a_verb_that_does_not_end_it_itself(tmp_path, capsys):
+    # `autofact demo` (like tune) runs long: main() resumes collection before calling it
+    import gc
+
+    from autofact.cli import common, main
+
+    frozen = gc.get_freeze_count()
+    common.pause_collection()
+    try:
+        assert not gc.isenabled()
+        assert main(["demo", "--out", str(tmp_path / "missing")]) == 2
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= frozen
+    finally:
+        gc.unfreeze()
+        gc.enable()
+    assert "--out" in capsys.readouterr().err
+    gc.disable()  # an already disabled collector is no pause of ours: left as it is
+    try:
+        common.pause_collection()
+        common.imports_done()
+        assert not gc.isenabled() and gc.get_freeze_count() == 0
+    finally:
+        gc.enable()

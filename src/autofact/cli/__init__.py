@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from .common import PROG, ExitStatus, UsageError, say
+from .common import PROG, ExitStatus, UsageError, imports_done, pause_collection, say
 
 __all__ = ["main", "run", "build_parser", "cli_words", "ExitStatus", "UsageError"]
 
@@ -134,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command is None:
                 parser.print_help(sys.stderr)
                 return ExitStatus.USAGE
+            if not getattr(args, "imports_done_by_verb", False):
+                imports_done()  # the start-up pause ends here, unless the verb ends it
             return int(args.func(args))
     except KeyboardInterrupt:
         print(file=sys.stderr)
@@ -158,8 +160,10 @@ def run() -> NoReturn:
     collections over torch's objects, then every module's) took 0.3-1 s of a 2-3 s
     ``autofact fit``. So, with the output flushed and the ``atexit`` functions run, the process
     ends there (``os._exit``), unless a thread that Python's exit would wait for is still
-    running (then Python exits as usual).
+    running (then Python exits as usual). Likewise at the start: Python's garbage collector
+    stays off until the verb's modules are imported (:func:`.common.pause_collection`).
     """
+    pause_collection()  # until the verb's modules are imported (issue 10)
     status = main()
     if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
         raise SystemExit(status)

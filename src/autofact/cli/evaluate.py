@@ -20,7 +20,8 @@ def register(sub: Any) -> None:
     o.add_ratings_options(p)
     o.add_function_options(p)
     o.add_common(p)
-    p.set_defaults(func=evaluate)
+    # load_model ends the start-up pause once torch is imported (issue 10)
+    p.set_defaults(func=evaluate, imports_done_by_verb=True)
 
 
 def evaluate(args: argparse.Namespace) -> ExitStatus:

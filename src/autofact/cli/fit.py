@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from . import options as o
-from .common import ExitStatus, UsageError, metrics_table, plot_history, print_json, say
+from .common import (
+    ExitStatus,
+    UsageError,
+    imports_done,
+    metrics_table,
+    plot_history,
+    print_json,
+    say,
+)
 from .paths import check_distinct, check_output
 
 #: --solver's choices: 'auto', autofact.solvers.SOLVERS and the ranking task's 'cg', written
@@ -99,7 +107,7 @@ def register(sub: Any) -> None:
                    "or .svg")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     o.add_common(p)
-    p.set_defaults(func=fit)
+    p.set_defaults(func=fit, imports_done_by_verb=True)  # issue 10: see fit()
 
 
 def fit(args: argparse.Namespace) -> ExitStatus:
@@ -135,6 +143,8 @@ def fit(args: argparse.Namespace) -> ExitStatus:
     from ..evaluation import evaluate, random_split
     from ..model import MatrixFactorization
     from ..sharding import PeerLostError
+
+    imports_done()  # torch's import is over: collect garbage again (issue 10)
 
     @functools.cache
     def file_params() -> dict[str, Any]:

@@ -29,7 +29,8 @@ def register(sub: Any) -> None:
                    f"only if it starts with {PREDICTIONS_HEADER})")
     o.add_function_options(p)
     o.add_common(p)
-    p.set_defaults(func=predict)
+    # load_model ends the start-up pause once torch is imported (issue 10)
+    p.set_defaults(func=predict, imports_done_by_verb=True)
 
 
 def predict(args: argparse.Namespace) -> ExitStatus:

@@ -37,7 +37,8 @@ def register(sub: Any) -> None:
                    help="for a user not in the training data, show the most popular items")
     o.add_function_options(p)
     o.add_common(p)
-    p.set_defaults(func=recommend)
+    # load_model ends the start-up pause once torch is imported (issue 10)
+    p.set_defaults(func=recommend, imports_done_by_verb=True)
 
 
 def recommend(args: argparse.Namespace) -> ExitStatus:
