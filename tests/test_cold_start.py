@@ -438,6 +438,14 @@ def test_the_program_collects_garbage_again_before_it_trains(tmp_path):
                     "--epochs", "1", "--rank", "2", "--quiet", prelude="sys.path.insert(0, '')")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "gc_state.txt").read_text() == "(False, False) (True, True)"
+    # a verb that loads a model (here recommend, whose fold-in calls the loss) too
+    (tmp_path / "gc_state.txt").unlink()
+    (tmp_path / "new.csv").write_text("1,5\n2,3\n")
+    proc = _program(tmp_path, "recommend", "m.npz", "--ratings", "new.csv", "--loss",
+                    "gc_recorder:squared", "-n", "3", prelude="sys.path.insert(0, '')")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 ratings folded in" in proc.stdout
+    assert (tmp_path / "gc_state.txt").read_text() == "(False, False) (True, True)"
 
 
 def test_main_called_from_python_leaves_the_collector_alone(tmp_path, monkeypatch):
