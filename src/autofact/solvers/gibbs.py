@@ -116,8 +116,10 @@ Everything else is workspace within ``max_memory`` (:func:`_block_sizes`): a row
 per-rating temporaries (~48 bytes a rating, float64 weights and residuals), its float32 Gram
 sums, its conditionals (``8 (K+1)^2`` bytes a row) made a few rows at a time, and the products
 ``z_a z_b`` of the other side's rows a few columns at a time, besides one float32 copy of the
-other side's rows (4 K bytes a row). The spectral start forms its residuals per block for each
-product (its item products scattered from the users' view) and orthonormalizes in place.
+other side's rows (4 K bytes a row). The spectral start keeps the users' view's residuals in
+float32 (4 bytes a rating) when they fit a quarter of ``max_memory`` (no block or slab is alive
+then), else forms them per block for each product (its item products scattered from the users'
+view), and orthonormalizes in place.
 
 Defaults, chosen on validation splits carved from the training data (10% of ml-100k u1.base and
 u3.base, of the ml-latest-small and filmtrust 90% training parts): 130 sweeps (issue 9: against
@@ -376,33 +378,34 @@ class _Columns:
 
     def _slab(self, s0: int, s1: int, start: np.ndarray, stop: np.ndarray) -> _Side:
         """Item rows ``s0:s1`` as a :class:`_Side`: the ratings ``start[u]:stop[u]`` of each
-        user ``u``, ordered by item and, within an item, by user (as ``tocsc`` orders them)."""
+        user ``u``, ordered by item and, within an item, by user (as ``tocsc`` orders them):
+        the slab's ratings gathered user by user (a CSR of users x the slab's items), then
+        scipy's CSR-to-CSC counting sort, as :meth:`_Side.transpose` does for all of them (issue
+        10, item 4: a stable argsort by item and three permuting gathers took 3x the time at 9M
+        ratings, and ~30 bytes a rating of the slab against 16)."""
+        import scipy.sparse as sp  # only here: import autofact does not load scipy
+
         u = self.users
         lens = stop - start
-        rows = np.flatnonzero(lens)
-        lens = lens[rows]
-        nnz = int(lens.sum())
+        ptr = np.zeros(len(lens) + 1, dtype=np.int64)
+        np.cumsum(lens, out=ptr[1:])
+        small = len(u.cols) < 2**31 - 1  # int32 indices all through: no int64 copies
+        itype = np.int32 if small else np.int64
         # the positions of the slab's ratings in the users' view, user by user
-        pos = np.arange(nnz, dtype=np.int64)
-        pos += np.repeat(start[rows] - (np.cumsum(lens) - lens), lens)
-        user = np.repeat(rows.astype(np.int32), lens)
-        del rows, lens
+        rows = np.flatnonzero(lens)
+        pos: np.ndarray = np.arange(int(ptr[-1]), dtype=itype)
+        pos += np.repeat((start[rows] - ptr[rows]).astype(itype), lens[rows])
+        del rows
         key = u.cols[pos]
         key -= s0
-        if s1 - s0 <= 1 << 16:  # a radix sort
-            key = key.astype(np.uint16)
-        order = np.argsort(key, kind="stable")
-        indptr = np.zeros(s1 - s0 + 1, dtype=np.int64)
-        np.cumsum(np.bincount(key, minlength=s1 - s0), out=indptr[1:])
-        del key
-        cols = user[order]
-        del user
-        pos = pos[order]
-        del order
         vals = u.vals[pos]
         del pos
-        return _Side(None, cols, vals, s1 - s0, self.n_cols, self.max_nnz, indptr=indptr,
-                     offset=self.offset, total=self.total[s0:s1], max_rows=self.max_rows)
+        A = sp.csr_matrix((vals, key, ptr.astype(itype)), shape=(len(lens), s1 - s0),
+                          copy=False).tocsc()
+        del key, vals
+        return _Side(None, A.indices.astype(np.int32, copy=False), A.data, s1 - s0,
+                     self.n_cols, self.max_nnz, indptr=A.indptr, offset=self.offset,
+                     total=self.total[s0:s1], max_rows=self.max_rows)
 
 
 def _next_cut(cut: np.ndarray, r0: int, n_rows: int, max_nnz: int, max_rows: int | None
@@ -894,12 +897,14 @@ def gibbs_mf(
     K = int(rank) + 1
     block_nnz, max_rows, work = _block_sizes(max_memory, K, max_nnz)
     slab = None if max_memory is None else max(1, max_memory // _SLAB_BYTES_A_RATING)
+    start_bytes = None if max_memory is None else max_memory // _START_SHARE
     with use_threads(min(len(values), max_nnz) * K * (K + 1) / 2, n_threads):
         return _gibbs(users, items, values, shape, rank=int(rank), sweeps=int(sweeps),
                       burn_in=burn_in, noise=noise, noise_shape=float(noise_shape),
                       implicit=bool(implicit), seed=seed, init_std=init_std, init=init,
                       cg_tol=cg_tol, cg_max_iter=cg_max_iter, max_nnz=block_nnz,
-                      max_rows=max_rows, work=work, slab=slab, callback=callback, t0=t0,
+                      max_rows=max_rows, work=work, slab=slab, start_bytes=start_bytes,
+                      callback=callback, t0=t0,
                       plan=plan, on_state=on_state, resume=resume)
 
 
@@ -910,6 +915,9 @@ def gibbs_mf(
 # ~30 bytes a rating while a slab is built, when no block is alive)
 _BLOCK_BYTES_A_RATING = 48
 _SLAB_BYTES_A_RATING = 8 * 8
+# ... and the spectral start keeps its residuals (4 bytes a rating, issue 10, item 4) when they
+# fit this fraction of it (no row block or slab is alive then)
+_START_SHARE = 4
 
 
 def _block_sizes(max_memory: Any, K: int, max_nnz: int
@@ -982,6 +990,7 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
            sweeps: int, burn_in: int, noise: str, noise_shape: float, implicit: bool,
            seed: int | None, init_std: float, cg_tol: float, cg_max_iter: int, max_nnz: int,
            max_rows: int | None = None, slab: int | None = None,
+           start_bytes: int | None = None,
            work: tuple[int, int] = (0, 0),
            init: str = "random",
            callback: Callable[[int, float, Callable[..., GibbsResult]], bool | None] | None,
@@ -1060,7 +1069,8 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
     hyp_u = (np.zeros(K), np.ones(K))
     hyp_i = (np.zeros(K), np.ones(K))
     if init == "spectral" and resume is None:  # issue 10, item 4
-        Q0, c0, lam_u, lam_i = _spectral_start(rng, u_side, i_side, k, nnz, m, reduce)
+        Q0, c0, lam_u, lam_i = _spectral_start(rng, u_side, i_side, k, nnz, m, reduce,
+                                               cache_bytes=start_bytes)
         found = np.isfinite(lam_u)  # directions without spectrum keep the random start
         Xi[:, :k][:, found] = Q0[:, found]
         Xi[:, k] = c0
@@ -1345,7 +1355,8 @@ def _orthonormal(Y: np.ndarray, reduce: Callable[[list[np.ndarray]], None] | Non
 
 
 def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side | _Columns, k: int,
-                    nnz: int, m: int, reduce: Callable[[list[np.ndarray]], None] | None
+                    nnz: int, m: int, reduce: Callable[[list[np.ndarray]], None] | None,
+                    cache_bytes: int | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The chain's start (issue 10, item 4): item factors ``Q0`` (n, k) and biases ``c0`` (n,),
     and the prior precisions of the user and item factor columns (k,) that go with them.
@@ -1363,9 +1374,11 @@ def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side | _Co
 
     Each process sharing the chain (``reduce``) holds some users' rows: item sums and the Gram
     matrices of the user-side columns are summed, so every process computes the same item-side
-    numbers and stops at the same pair. Memory: ``e`` is formed a row block at a time for each
-    product (issue 11, item 3: it was kept in float32 in both orientations, 8 bytes a rating);
-    the products are in float32 (the start needs no more), the rest in float64.
+    numbers and stops at the same pair. Memory: ``e`` is kept in float32 for the users' view
+    only (4 bytes a rating) when that fits ``cache_bytes`` (``None``: always), else formed a
+    row block at a time for each product (issue 11, item 3: it was kept in both orientations,
+    8 bytes a rating); the products are in float32 (the start needs no more), the rest in
+    float64.
     """
     n = i_side.n_rows
     off = u_side.offset
@@ -1392,6 +1405,29 @@ def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side | _Co
 
     def e_u(p: _Side, a: int, b: int, rows: np.ndarray) -> np.ndarray:
         return t_of(p, a, b) - np.take(c0, p.cols[a:b]) - np.take(b0, rows)
+
+    # issue 10, item 4: the users' view's residuals in float32 (the products' precision: the
+    # same numbers), formed once, not for each of the up to 20 products (at 9M ratings 1.3 s
+    # of the start's 2.0), when their 4 bytes a rating fit ``cache_bytes``
+    E = None
+    if cache_bytes is None or 4 * len(u_side.cols) <= cache_bytes:
+        E = np.empty(len(u_side.cols), dtype=np.float32)
+        for r0, r1, a, b, _ in u_side.blocks:
+            E[a:b] = e_u(u_side, a, b, u_side.row_index(r0, r1, a, b))
+
+    def e_block(r0: int, r1: int, a: int, b: int) -> np.ndarray:
+        """The residuals of the users' view's block ``r0:r1`` (ratings ``a:b``), float32."""
+        if E is not None:
+            return E[a:b]
+        return e_u(u_side, a, b, u_side.row_index(r0, r1, a, b)).astype(np.float32)
+
+    def A_u(dense: np.ndarray) -> np.ndarray:
+        """``A @ dense`` over the users' rows, in float32, block by block."""
+        out = np.empty((u_side.n_rows, dense.shape[1]))
+        dt = dense.astype(np.float32)
+        for r0, r1, a, b, crow in u_side.blocks:
+            out[r0:r1] = _spmm(crow, u_side.cols[a:b], e_block(r0, r1, a, b), dt)
+        return out
 
     def e_i(p: _Side, a: int, b: int, rows: np.ndarray) -> np.ndarray:
         return t_of(p, a, b) - np.take(c0, rows) - np.take(b0, p.cols[a:b])
@@ -1427,13 +1463,12 @@ def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side | _Co
         out = np.zeros((n, dense.shape[1]), dtype=np.float32)
         flat = out.reshape(-1)
         for r0, r1, a, b, crow in u_side.blocks:
-            vals = e_u(u_side, a, b, u_side.row_index(r0, r1, a, b)).astype(np.float32)
+            vals = e_block(r0, r1, a, b)
             part = np.ascontiguousarray(dense[r0:r1], dtype=np.float32).reshape(-1)
             _csc_matvecs(n, r1 - r0, dense.shape[1], crow.numpy(), u_side.cols[a:b], vals,
                          part, flat)
         return out.astype(np.float64)
 
-    A_u = product(u_side, e_u)
     A_i = scatter if _csc_matvecs is not None else product(i_side, e_i)
     W = rng.standard_normal((n, k))
     V = None

@@ -1,0 +1,89 @@
+"""The time to the sampler's first sweep (issue 10, item 4): what was made faster draws the same.
+
+At 9M ratings the default fit's first sweep cost twice the CPU it did before the memory changes
+of issue 11 (the spectral start formed its residuals anew for each of its products, the items'
+view was rebuilt a slab at a time by an argsort); these tests pin that the faster paths give the
+same numbers as the ones they replace."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from autofact.solvers import gibbs
+from autofact.solvers.gibbs import gibbs_mf
+
+from .test_gibbs import planted
+
+
+def _users(m: int = 90, n: int = 70, max_nnz: int = 300) -> gibbs._Side:
+    (u, i, r), _ = planted(m=m, n=n, rank=3, frac=0.5, seed=7)
+    o = np.lexsort((i, u))
+    return gibbs._Side(u[o].astype(np.int32), i[o].astype(np.int32), r[o].astype(np.float32),
+                       m, n, max_nnz, offset=float(r.astype(np.float32).mean(dtype=np.float64)))
+
+
+@pytest.mark.parametrize("slabs", [False, True])
+def test_the_start_keeps_its_residuals_only_when_they_fit_and_gets_the_same_start(
+        slabs: bool) -> None:
+    # issue 10, item 4: the users' residuals kept in float32 for all the start's products are
+    # the numbers each product formed for itself (many row blocks; the items' view whole or
+    # in slabs)
+    u_side = _users()
+    assert len(u_side.blocks) > 4
+    i_side = (gibbs._Columns(u_side, 70, 300, slab=600) if slabs
+              else u_side.transpose(300))
+    starts = [gibbs._spectral_start(np.random.default_rng(3), u_side, i_side, 3,
+                                    len(u_side.vals), 90, None, cache_bytes=cache)
+              for cache in (None, 4 * len(u_side.vals), 4 * len(u_side.vals) - 1, 0)]
+    for other in starts[1:]:
+        for a, b in zip(starts[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_the_kept_residuals_are_4_bytes_a_rating_and_only_when_they_fit() -> None:
+    # issue 10, item 4 and issue 11, item 3: the start's extra memory is the kept residuals
+    # (float32) when they fit cache_bytes, and less than a byte a rating when they do not
+    u_side = _users(m=600, n=400)
+    nnz = len(u_side.vals)
+    i_side = u_side.transpose(300)
+    peaks = []
+    for cache in (4 * nnz, 4 * nnz - 1):
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            gibbs._spectral_start(np.random.default_rng(3), u_side, i_side, 3, nnz, 600, None,
+                                  cache_bytes=cache)
+            peaks.append(tracemalloc.get_traced_memory()[1] - before)
+        finally:
+            tracemalloc.stop()
+    assert peaks[1] < nnz, peaks[1] / nnz
+    assert 3.5 * nnz < peaks[0] - peaks[1] < 4.5 * nnz, (peaks[0] - peaks[1]) / nnz
+
+
+def test_slabs_built_by_a_counting_sort_keep_int32_users_in_user_order() -> None:
+    # issue 10, item 4: a slab is scipy's CSR-to-CSC sort of the slab's ratings; its users are
+    # int32 (the products' index type) and, within an item, ascending, as the whole view's
+    u_side = _users(max_nnz=250)
+    whole = u_side.transpose(250)
+    for p0, piece in gibbs._Columns(u_side, 70, 250, slab=500).parts():
+        assert piece.cols.dtype == np.int32 and piece.vals.dtype == np.float32
+        a = int(whole.indptr[p0])
+        np.testing.assert_array_equal(piece.cols, whole.cols[a : a + len(piece.cols)])
+        for r in range(piece.n_rows):
+            users = piece.cols[piece.indptr[r] : piece.indptr[r + 1]]
+            assert np.all(np.diff(users) > 0)
+
+
+def test_a_fit_with_and_without_the_kept_residuals_draws_the_same_chain() -> None:
+    # issue 10, item 4: max_memory decides whether the start keeps its residuals (a quarter of
+    # it) and whether the items' view is whole; the chain is the same either way
+    (u, i, r), _ = planted(m=120, n=80, rank=3, frac=0.5, seed=8)
+    runs = [gibbs_mf(u, i, r, (120, 80), rank=3, sweeps=3, seed=0, max_memory=mm)
+            for mm in (None, 1 << 20, 4 * len(r) * 4 - 1)]
+    for other in runs[1:]:
+        assert other.rmse_train == runs[0].rmse_train
+        for name in ("P", "Q", "bu", "bi"):
+            np.testing.assert_array_equal(getattr(other, name), getattr(runs[0], name))
