@@ -244,8 +244,11 @@ _SHARED = {"dtype": "float32", "epochs": 3}
 def _worker(out: str) -> None:
     from autofact import distributed
 
+    from autofact import sharding
+
     rank, _ = distributed.init(backend="gloo", timeout=120)
     als.BY_ITEM_SHARE = 0.0  # every process takes the ranges (the agreed choice)
+    sharding.GATHER_PIECE = 64  # the user rows gathered in pieces of 3 rows (issue 11, item 3)
     tiled = []
     real = als._ItemTiles.__init__
 

@@ -95,8 +95,9 @@ DEFAULT_TIMEOUT = 300.0
 #: Seconds of the timeout kept back to find out which rank stopped answering.
 _DIAGNOSIS = 3.0
 #: Keys rank 0 places at a time when it gathers the training pattern (bounds its temporaries:
-#: ~50 bytes a key, so ~13 MiB; issue 11: 1 << 20 keys took ~50 MiB beside the pattern).
-_GATHER_STEP = 1 << 18
+#: ~50 bytes a key, so ~3 MiB; issue 11: 1 << 20 keys took ~50 MiB beside the pattern, 1 << 18
+#: ~13 MiB, over a 4-process share's bound at 25M ratings).
+_GATHER_STEP = 1 << 16
 #: Codes rewritten at a time when the id maps are agreed (bounds the temporaries).
 _REMAP_STEP = 1 << 20
 
@@ -304,6 +305,7 @@ def _gather_pattern(model: MatrixFactorization, train: Ratings, plan: ShardPlan)
     # allocate theirs beside the gathered pattern
     release_freed_memory()
     model.index_ = model.index_.with_pattern(indptr, indices)
+    release_freed_memory()  # (with_pattern's checks)
 
 
 def _summary(r: Ratings) -> int:

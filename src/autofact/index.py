@@ -57,6 +57,9 @@ _STEP = 1 << 16
 
 #: Codes counted at once (:func:`~autofact._memory.bincount_sliced`: its int64 copy of a slice, 8 MB).
 _COUNT_SLICE = 1 << 20
+#: The same for the gathered pattern's check (:meth:`ModelIndex.with_pattern`), beside every
+#: process's ratings' pattern on rank 0 (issue 11, item 3: a 0.5 MB copy, not 8).
+_PATTERN_COUNT_SLICE = 1 << 16
 
 
 def pattern_dtype(n_items: int) -> np.dtype:
@@ -173,7 +176,7 @@ class ModelIndex:
                 f"indices must lie in [0, {n}) (the index's items), got "
                 f"{int(cols.min())}..{int(cols.max())}"
             )
-        per_item = bincount_sliced(cols, n, _COUNT_SLICE)
+        per_item = bincount_sliced(cols, n, _PATTERN_COUNT_SLICE)
         if not (indptr.shape == (m + 1,) and np.array_equal(np.diff(indptr), self.user_counts)
                 and np.array_equal(per_item, self.item_counts)):
             raise ValueError("the pattern's ratings per user and item differ from the index's")

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._memory import release_freed_memory
+from ._memory import randn_sliced, release_freed_memory
 from ._newton import damped_newton
 from .data import Ratings
 from .losses import Loss, get_loss
@@ -448,19 +448,18 @@ class Objective:
         with ``implicit=True`` also ``Y (n x k)``, the items' implicit factors."""
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         m, n = self.shape
-        # scaled in place: the same numbers without a second float64 copy (issue 11)
-        P = torch.randn(m, rank, generator=g, dtype=torch.float64).mul_(init_std)
-        Q = torch.randn(n, rank, generator=g, dtype=torch.float64).mul_(init_std)
-        params = {"P": P, "Q": Q}
+        # the float64 draws, scaled, a slice at a time into the tables (issue 11: the same
+        # numbers without a float64 table of every entry)
+        def draw(rows: int) -> torch.Tensor:
+            return randn_sliced((rows, rank), g, init_std, self.dtype, self.device)
+
+        out = {"P": draw(m), "Q": draw(n)}
         if self.bias:
-            params["bu"] = torch.zeros(m, dtype=torch.float64)
-            params["bi"] = torch.zeros(n, dtype=torch.float64)
+            out["bu"] = torch.zeros(m, dtype=self.dtype, device=self.device)
+            out["bi"] = torch.zeros(n, dtype=self.dtype, device=self.device)
         if self.implicit:
-            params["Y"] = torch.randn(n, rank, generator=g, dtype=torch.float64).mul_(init_std)
-        out = {k: v.to(self.device, self.dtype) for k, v in params.items()}
-        del params, P, Q
+            out["Y"] = draw(n)
         self.plan.broadcast(list(out.values()))  # rank 0's start everywhere, seeded or not
-        release_freed_memory()  # the float64 draws (issue 11)
         return {k: v.requires_grad_() for k, v in out.items()}
 
     def regularization(self, params: Params, scale: float = 1.0) -> torch.Tensor:

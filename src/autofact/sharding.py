@@ -57,6 +57,9 @@ from .data import Ratings
 
 __all__ = ["ShardPlan", "TorchShardPlan", "PeerLostError", "user_cuts"]
 
+#: Bytes of rows :meth:`TorchShardPlan.gather_rows` broadcasts at a time (issue 11, item 3).
+GATHER_PIECE = 1 << 20
+
 
 class PeerLostError(RuntimeError):
     """A process sharing the fit stopped responding (killed, frozen past the timeout, or its
@@ -265,8 +268,10 @@ class TorchShardPlan(ShardPlan):
     def owned_rows(self, rows: torch.Tensor, n: int) -> torch.Tensor:
         held = torch.zeros(n, dtype=torch.int32)
         flat = rows.detach().cpu().reshape(-1)
-        for s in range(0, flat.numel(), 1 << 20):  # (issue 11: an int64 copy of a slice, not
-            held[flat[s : s + (1 << 20)].long()] = 1  # of every rating: 100 MB at 12.5M)
+        # (issue 11: an int64 copy of a slice, not of every rating: 100 MB at 12.5M; of 2**16
+        # entries, not 2**20, whose 8 MiB glibc kept on the heap after the last)
+        for s in range(0, flat.numel(), 1 << 16):
+            held[flat[s : s + (1 << 16)].long()] = 1
         holders = held.clone()
         self.all_sum([holders])  # how many processes hold ratings of each row: 4 n bytes
         several = torch.nonzero(holders > 1).flatten()
@@ -282,15 +287,25 @@ class TorchShardPlan(ShardPlan):
 
     def gather_rows(self, tensors: Sequence[torch.Tensor], owned: torch.Tensor) -> None:
         # each process broadcasts the indices of its rows (8 bytes a row), then each tensor's
-        # rows: every process receives the m rows once, one process's at a time
+        # rows: every process receives the m rows once, one process's at a time, in pieces of
+        # at most GATHER_PIECE bytes (issue 11, item 3: a process's rows at once took two
+        # copies of them beside the whole tables, ~10 MiB at 4 x 40k users, rank 32)
+        dist = self._dist
         index = torch.nonzero(owned.cpu()).flatten()
         where = list(self.each_rank(index))
         with torch.no_grad():
             for t in tensors:
-                mine = t.detach().cpu()[index].reshape(-1)
-                for r, rows in enumerate(self.each_rank(mine)):
-                    if r != self.rank and len(where[r]):
-                        t[where[r].to(t.device)] = rows.view(-1, *t.shape[1:]).to(t.device)
+                row = max(1, t[0].numel()) if t.dim() > 1 else 1
+                step = max(1, GATHER_PIECE // (row * t.element_size()))
+                for r, rows in enumerate(where):
+                    for s in range(0, len(rows), step):
+                        at = rows[s : s + step]
+                        buf = (t.detach()[at.to(t.device)].cpu().reshape(-1) if r == self.rank
+                               else torch.empty(len(at) * row, dtype=t.dtype))
+                        self._collective([buf], functools.partial(
+                            dist.broadcast, src=self._global(r), group=self.group))
+                        if r != self.rank:
+                            t[at.to(t.device)] = buf.view(-1, *t.shape[1:]).to(t.device)
 
     def _collective(self, tensors: Sequence[torch.Tensor],
                     op: Callable[[torch.Tensor], Any]) -> None:

@@ -179,17 +179,26 @@ def build_patterns(
     max_nnz: int,
     keep_rows: bool = True,
     max_rows: int | None = None,
+    row_ids: torch.Tensor | None = None,
 ) -> list[Pattern]:
     """Split a (row, col)-sorted pattern into row blocks of at most ``max_nnz`` entries each.
 
     A single row with more entries than ``max_nnz`` gets a block of its own. The blocks' column
     indices are views of ``cols`` (no copy when ``cols`` is int32). ``keep_rows``: see
-    :meth:`Pattern.transpose`. ``max_rows`` also caps the rows of a block.
+    :meth:`Pattern.transpose`. ``max_rows`` also caps the rows of a block. ``row_ids``: the
+    value row ``r`` of the blocks has in ``rows`` (sorted, ``shape[0]`` of them, every entry's
+    among them; default ``r``): rows numbered ``0..m-1`` in that order without a renumbered
+    copy of ``rows`` (issue 11: a process's users by their index among all users).
     """
     m, n = shape
     device = rows.device
     # row pointers by binary search on the sorted rows: no int64 copy of the whole array
-    crow_full = torch.searchsorted(rows, torch.arange(m + 1, dtype=rows.dtype, device=device))
+    if row_ids is None:
+        crow_full = torch.searchsorted(rows, torch.arange(m + 1, dtype=rows.dtype,
+                                                          device=device))
+    else:
+        crow_full = torch.full((m + 1,), len(rows), dtype=torch.int64, device=device)
+        crow_full[:m] = torch.searchsorted(rows, row_ids.to(rows))
     crow_cpu = crow_full.cpu()
     blocks: list[Pattern] = []
     r0 = 0

@@ -110,7 +110,7 @@ from .. import threads
 from .._memory import release_freed_memory
 from ..objective import Objective, Params
 from ..sparse import Pattern, _unsupported, build_patterns, csr_tensor, gather_dot
-from ._base import Epoch, NonFinite
+from ._base import Epoch, NonFinite, all_finite
 
 __all__ = ["make_als"]
 
@@ -238,7 +238,7 @@ class _AlternatingNewton:
         self.sides = [(obj, build_patterns(obj.users, obj.items, obj.shape, obj.max_nnz,
                                            max_rows=row_caps[0]))]
         if tiled:  # issue 11 (memory): the ratings by item taken range by range
-            self._use_tiles(obj.users, obj.shape[0], K, max_rows)
+            self._use_tiles(obj.shape[0], K, max_rows)
             return
         objT, blocks = _by_item(obj, None, obj.shape[0], lambda rows, cols, shape: build_patterns(
             rows, cols, shape, obj.max_nnz, keep_rows=obj.keep_rows, max_rows=row_caps[1]))
@@ -258,32 +258,33 @@ class _AlternatingNewton:
         # params["P"] (and "bu") hold either every user's rows or only this process's, in
         # order (MatrixFactorization.fit passes those: a process's memory is its users')
         self.compact = self.params["P"].shape[0] != m
+        # the user blocks' workspace in half of max_memory, Z's in the other (see _side); the
+        # blocks keep row pointers (found from the users' indices: the compact row r is user
+        # own[r], every rating's user among them) and views of obj.items (issue 11: no
+        # renumbered copy of the users, 4 bytes a rating at the set-up's peak)
+        self.sides = [(obj, build_patterns(obj.users, obj.items, (len(self.own), n),
+                                           obj.max_nnz, max_rows=max(1, max_rows // 2),
+                                           row_ids=self.own))]
+        if _tiled(obj):  # (every process alike: the item ranges' sums are collective)
+            self._use_tiles(len(self.own), K, max_rows, row_ids=self.own)
+            return
         # issue 11 (memory): the map in the ratings' index dtype, looked up with index_select
         # (an int32 index as it is): 4 bytes a rating, where lut[users.long()] made two int64
         # copies (16 bytes a rating) on the way
         lut = torch.full((m,), -1, dtype=obj.users.dtype, device=dev)
         lut[self.own] = torch.arange(len(self.own), dtype=obj.users.dtype, device=dev)
-        users = torch.index_select(lut, 0, obj.users)  # sorted still: the map is monotone
-        # the user blocks' workspace in half of max_memory, Z's in the other (see _side); the
-        # blocks keep row pointers and views of obj.items, so the numbering goes now, before
-        # the sort by item (issue 11: 4 bytes a rating less at the set-up's peak)
-        self.sides = [(obj, build_patterns(users, obj.items, (len(self.own), n), obj.max_nnz,
-                                           max_rows=max(1, max_rows // 2)))]
-        if _tiled(obj):  # (every process alike: the item ranges' sums are collective)
-            self._use_tiles(users, len(self.own), K, max_rows)
-            return
-        del users
         self.objT, self.ranges = _by_item(
             obj, lut, len(self.own),
             lambda rows, cols, shape: _aligned_patterns(rows, cols, shape, obj.max_nnz,
                                                         max_rows))
 
-    def _use_tiles(self, users: torch.Tensor, n_rows: int, K: int, max_rows: int) -> None:
+    def _use_tiles(self, n_rows: int, K: int, max_rows: int,
+                   row_ids: torch.Tensor | None = None) -> None:
         """The item half-step takes its ratings range by range from the ratings by user
-        (:class:`_ItemTiles`; ``users``: their rows, ``n_rows`` of them), against
-        :attr:`objT` = ``obj`` as it is; rows solved in pieces whose ``H`` and ``L`` take
-        ``max_memory / 6`` (float32)."""
-        self.tiles = _ItemTiles(self.obj, users, n_rows, K, max_rows)
+        (:class:`_ItemTiles`: ``n_rows`` rows, ``row_ids`` their users as in
+        :func:`~autofact.sparse.build_patterns`), against :attr:`objT` = ``obj`` as it is;
+        rows solved in pieces whose ``H`` and ``L`` take ``max_memory / 6`` (float32)."""
+        self.tiles = _ItemTiles(self.obj, n_rows, K, max_rows, row_ids)
         self.solve_rows = max(1, max_rows // 2)
         self.ranges = [(a, b, []) for a, b in self.tiles.spans]
 
@@ -295,9 +296,9 @@ class _AlternatingNewton:
             P, bu = self._users()
             bias = bu is not None
             X = torch.cat([P, bu[:, None]], 1) if bu is not None else P
-            Ya = self._augment(p["Q"], bias)
-            if bias:
-                Ya = torch.cat([Ya, p["bi"][:, None]], 1)
+            Q = p["Q"]
+            Ya = torch.cat([Q, torch.ones(Q.shape[0], 1, dtype=Q.dtype, device=Q.device),
+                            p["bi"][:, None]], 1) if bias else Q  # (issue 11: one copy)
             total = torch.zeros((), dtype=torch.float64, device=X.device)
             K = X.shape[1]
             # with the unobserved term, its rated entries' correction -w0 r_hat^2 (a zero Gram
@@ -309,6 +310,10 @@ class _AlternatingNewton:
             if obj.plan.owns_regularizer:
                 total += self._item_regularization().double()
             unobserved = self._unobserved_total(P, bu) if obj.unobserved_weight else 0.0
+            del X, Ya
+        # issue 11 (memory): its tables and blocks' temporaries freed, their pages back to the
+        # system before the guard's check and the epoch (glibc kept ~16 MiB at 4 x 6M ratings)
+        release_freed_memory()
         return obj.plan.all_sum_float(float(total)) + unobserved
 
     def _unobserved_total(self, Pr: torch.Tensor, bu: torch.Tensor | None) -> float:
@@ -375,9 +380,13 @@ class _AlternatingNewton:
                 reg += self._item_regularization().double()
             # the sum over all pairs (the rated: in the loss), the same on every process
             unobserved = self._unobserved_total(P, bu) if self.obj.unobserved_weight else 0.0
+            # issue 11 (memory): the regularizers' temporaries (a table's size each) back to
+            # the system before the user half-step's workspace
+            release_freed_memory()
             loss = self._shared_users(P, bu)
-            # a user row gone non-finite: every process must stop alike
-            bad = sum(int((~torch.isfinite(t)).sum()) for t in (P, bu) if t is not None)
+            # a user row gone non-finite: every process must stop alike (all_finite: one sum,
+            # where isfinite's mask and its int64 count took 12 bytes an entry, issue 11)
+            bad = sum(not all_finite(t) for t in (P, bu) if t is not None)
         total = torch.tensor([loss, float(reg), float(bad)], dtype=torch.float64)
         self.obj.plan.all_sum([total])  # the losses and the users' regularization: summed
         start = float(total[0] + total[1]) + unobserved
@@ -1038,8 +1047,8 @@ class _ItemTiles:
     only); the item rows are solved as :meth:`_AlternatingNewton._shared_items` solves them.
     """
 
-    def __init__(self, obj: Objective, users: torch.Tensor, n_rows: int, K: int,
-                 max_rows: int) -> None:
+    def __init__(self, obj: Objective, n_rows: int, K: int, max_rows: int,
+                 row_ids: torch.Tensor | None = None) -> None:
         n = obj.shape[1]
         f = obj.values.element_size()
         T = K * (K + 1) // 2
@@ -1047,8 +1056,8 @@ class _ItemTiles:
         self.spans = [(a, min(n, a + span)) for a in range(0, n, span)]
         rows = max(1, obj.max_memory // 8 // (T * f))
         # (row pointers and views of the item ids: nothing a rating)
-        self.blocks = build_patterns(users, obj.items, (n_rows, n), obj.max_nnz,
-                                     keep_rows=False, max_rows=rows)
+        self.blocks = build_patterns(obj.users, obj.items, (n_rows, n), obj.max_nnz,
+                                     keep_rows=False, max_rows=rows, row_ids=row_ids)
         # every block's Z computed once a half-step where all of them fit in that eighth
         self.keep_z = n_rows * T * f <= obj.max_memory // 8
         self._z: dict[int, torch.Tensor] = {}
