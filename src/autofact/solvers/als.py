@@ -11,10 +11,13 @@ where ``l'`` and ``l''`` are per-entry derivatives of the user's loss, taken by 
 ``R'``/``R''`` those of the regularizer. This is Newton's method only where its assumptions hold:
 the loss is elementwise (its Hessian is diagonal) and the regularizer is a sum over entries (its
 Hessian diagonal); :mod:`autofact.solvers.contract` refuses ``als`` otherwise. For the squared
-loss and L2 this is exactly alternating least squares. ``H_u`` for every user at once is a
-sparse @ dense product: ``vec(H) = C @ Z`` with ``C`` the CSR of ``l''`` and
-``Z[i] = vec(y_i y_i^T)``. Each row costs ``O(K^3)`` for its solve (``K`` = rank + 1 with biases),
-so the rank, not the number of ratings, bounds how large ``als`` can go. A row with ``n <= 4``
+loss and L2 this is exactly alternating least squares. The upper triangles of ``H_u`` for
+every user at once are a sparse @ dense product, ``C @ Z`` with ``C`` the CSR of ``l''`` and
+``Z[i]`` the upper triangle of ``y_i y_i^T``, each user's weighted sum of rows of ``Z`` (taken by
+``embedding_bag``, issue 10). Each row costs ``O(K^3)`` for its solve (``K`` = rank + 1 with
+biases), so the rank, not the number of ratings, bounds how large ``als`` can go; at
+``K <= 16`` a block's systems, when at least :data:`ROWS_SOLVE_MIN`, are factored laid out
+across its rows (:func:`_rows_damped_solve`), not by a LAPACK call a matrix. A row with ``n <= 4``
 ratings (most rows of sparse data), a positive ``l''`` on each and a positive regularizer
 curvature ``D`` solves the same system by Woodbury's identity instead, ``n x n`` rather than
 ``K x K`` and without forming ``H_u``: ``H_u = D + Y^T W Y`` (issue 10; rows grouped by their
