@@ -93,3 +93,33 @@ def test_rows_cholesky_solve_matches_a_dense_solve(n):
     lower = torch.tril(M).permute(1, 2, 0)  # (n, n, rows), zeros above the diagonal
     x = als._rows_cholesky_solve(lambda j: lower[j:, j], b.T.contiguous())
     torch.testing.assert_close(x.T, torch.linalg.solve(M, b))
+
+
+def test_z_slices_kept_between_half_sweeps_give_the_same_fit(monkeypatch):
+    # issue 10: Z's slices written into one buffer the solver keeps (within max_memory / 16)
+    # rather than fresh memory each half-sweep: the same products, the same factors
+    import numpy as np
+
+    import autofact
+
+    rng = np.random.default_rng(0)
+    dense = rng.integers(1, 6, size=(60, 45)).astype(float)
+    dense[rng.random(dense.shape) < 0.5] = np.nan
+    data = autofact.Ratings.from_dense(dense)
+    seen = []
+    real = als._AlternatingNewton._z_buffer
+
+    def spy(self, numel, like):
+        out = real(self, numel, like)
+        seen.append(None if out is None else out.data_ptr())
+        return out
+
+    monkeypatch.setattr(als._AlternatingNewton, "_z_buffer", spy)
+    kept = autofact.MatrixFactorization(rank=4, solver="als", epochs=4, seed=0,
+                                        dtype="float64").fit(data)
+    assert len(seen) == 8 and None not in seen and len(set(seen[2:])) == 1  # one, reused
+    monkeypatch.setattr(als._AlternatingNewton, "_z_buffer", lambda self, numel, like: None)
+    fresh = autofact.MatrixFactorization(rank=4, solver="als", epochs=4, seed=0,
+                                         dtype="float64").fit(data)
+    for name in ("user_factors_", "item_factors_", "user_bias_", "item_bias_"):
+        np.testing.assert_array_equal(getattr(kept, name), getattr(fresh, name), err_msg=name)

@@ -41,7 +41,8 @@ the same either way (:data:`CACHE_CURVATURE` turns it off).
 sizes and cores, never the load), and into :data:`BLOCKS_PER_WORKER` blocks a worker when
 ``w > 1``: the ``w`` blocks in flight hold their ``H``, its Cholesky factor and ``C @ Z``'s
 rows within ``M / 2``. ``Z``'s upper triangle (``n_other x T``) is computed once a half-sweep and
-shared by the blocks when it fits in the other ``M / 2``. Otherwise consecutive blocks go in
+shared by the blocks when it fits in the other ``M / 2`` (into a buffer the solver keeps between
+half-sweeps where it takes at most ``M / 16``). Otherwise consecutive blocks go in
 groups: each column slice of ``Z`` (within ``M / 8``) is computed once a group and multiplied
 by each block's ``C``, accumulating the group's upper triangles (within ``M / 4``) while its
 ``l''`` is kept (within ``M / 8``); then its blocks solve. Either way ``Z`` is used in
@@ -204,6 +205,7 @@ class _AlternatingNewton:
         # regularizer curvature by bucket), made once while their sources are kept (issue 10)
         self._forms: dict[tuple[str, int], tuple[tuple[torch.Tensor, ...], Any]] = {}
         self._executor: ThreadPoolExecutor | None = None
+        self._zbuf: torch.Tensor | None = None  # Z's slices, kept between half-sweeps
         # issue 11 (memory): the item half-step's ratings taken from the ratings as they are,
         # range by range of items, where their copy by item does not fit (:func:`_tiled`)
         self.tiles: _ItemTiles | None = None
@@ -630,7 +632,9 @@ class _AlternatingNewton:
         # column slices (an eighth), each slice computed once a group and used by all its
         # blocks, the blocks' l'' kept meanwhile (an eighth).
         n_other, item = Yf.shape[0], Yf.element_size()
-        products = _Products(Yf, iu, ju, whole=_z_fits(n_other, K, item, obj.max_memory))
+        whole = _z_fits(n_other, K, item, obj.max_memory)
+        products = _Products(Yf, iu, ju, whole=whole,
+                             buffer=self._z_buffer(n_other * len(iu), Yf) if whole else None)
         pool = self._pool() if self.workers > 1 and len(blocks) > 1 else None
 
         def each(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
@@ -677,6 +681,20 @@ class _AlternatingNewton:
         for block_loss in losses:  # in block order: the same sum whichever worker ran which
             loss += block_loss
         return float(loss)
+
+    def _z_buffer(self, numel: int, like: torch.Tensor) -> torch.Tensor | None:
+        """A flat buffer of at least ``numel`` entries for ``Z``'s slices, kept between
+        half-sweeps (one, for the larger side) where it takes at most ``max_memory / 16``;
+        else ``None`` (issue 10: fresh pages for ``Z`` each half-sweep, the system's zeroing of
+        them included, cost 15-20% of a sparse fit's CPU time)."""
+        if numel * like.element_size() > self.obj.max_memory // 16:
+            return None
+        buf = self._zbuf
+        if buf is None or buf.numel() < numel or buf.dtype != like.dtype \
+                or buf.device != like.device:
+            self._zbuf = buf = None  # (the old one freed first)
+            buf = self._zbuf = torch.empty(numel, dtype=like.dtype, device=like.device)
+        return buf
 
     def _pool(self) -> ThreadPoolExecutor:
         """The solver's :attr:`workers` threads, started once and kept between half-sweeps
@@ -1217,15 +1235,17 @@ def _spmm(C: _Csr, dense: torch.Tensor) -> torch.Tensor:
 
 
 class _Products:
-    """The columns of ``Z`` (``Z[i] = vec(y_i y_i^T)``) for one half-sweep, computed once and
-    shared by its row blocks (issue 10) when they fit in one slice (``whole``: in half of the
-    memory budget); a slice of the upper triangle (the memory budget's column slices) is
-    computed on each request."""
+    """The columns of ``Z`` (``Z[i]``: the upper triangle of ``y_i y_i^T``) for one half-sweep,
+    computed once and shared by its row blocks (issue 10) when they fit in one slice
+    (``whole``: in half of the memory budget), written into ``buffer`` when given (flat, at
+    least ``n_other x T``: the solver's, kept between half-sweeps); a slice of the upper
+    triangle (the memory budget's column slices) is computed on each request."""
 
     def __init__(self, Yf: torch.Tensor, iu: torch.Tensor, ju: torch.Tensor,
-                 whole: bool = False) -> None:
+                 whole: bool = False, buffer: torch.Tensor | None = None) -> None:
         self.Yf, self.iu, self.ju = Yf, iu, ju
         self.whole = whole
+        self._buffer = buffer
         self._kept: dict[str, torch.Tensor] = {}
         self._slices: list[tuple[int, int, torch.Tensor]] | None = None
         self._pairs: tuple[list[int], list[int]] | None = None
@@ -1248,17 +1268,19 @@ class _Products:
             return self._once("upper", self._whole_upper)
         return self._gathered(c0, c1)
 
-    def _gathered(self, c0: int, c1: int) -> torch.Tensor:
+    def _gathered(self, c0: int, c1: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """Columns ``c0:c1`` of the upper triangle, run by run of the triangle's rows (``y_a``
-        times ``y_b..y_c``, written in place): the products of two column gathers of ``Yf``,
-        bit for bit, 2.5-3x faster at rank 32 (issue 11: the column slices are computed again
-        for each group of blocks or range of items when ``Z`` is larger than the budget)."""
+        times ``y_b..y_c``, written in place, into ``out`` when given): the products of two
+        column gathers of ``Yf``, bit for bit, 2.5-3x faster at rank 32 (issue 11: the column
+        slices are computed again for each group of blocks or range of items when ``Z`` is
+        larger than the budget)."""
         Yf = self.Yf
         if self._pairs is None:
             self._pairs = (self.iu.tolist(), self.ju.tolist())
         iu, ju = self._pairs
         K = Yf.shape[1]
-        out = torch.empty(Yf.shape[0], c1 - c0, dtype=Yf.dtype, device=Yf.device)
+        if out is None:
+            out = torch.empty(Yf.shape[0], c1 - c0, dtype=Yf.dtype, device=Yf.device)
         c = c0
         while c < c1:
             a, b = iu[c], ju[c]
@@ -1272,13 +1294,14 @@ class _Products:
         about :data:`Z_SLICE_BYTES` each, computed once."""
         with self._lock:
             if self._slices is None:
-                Yf, T = self.Yf, len(self.iu)
-                width = max(8, _slice_bytes(Yf.device)
-                            // max(1, Yf.shape[0] * Yf.element_size()))
+                Yf, T, buf = self.Yf, len(self.iu), self._buffer
+                n = Yf.shape[0]
+                width = max(8, _slice_bytes(Yf.device) // max(1, n * Yf.element_size()))
                 out = []
                 for c0 in range(0, T, width):
                     c1 = min(c0 + width, T)
-                    out.append((c0, c1, self._gathered(c0, c1)))
+                    at = None if buf is None else buf[c0 * n : c1 * n].view(n, c1 - c0)
+                    out.append((c0, c1, self._gathered(c0, c1, at)))
                 self._slices = out
             return self._slices
 
