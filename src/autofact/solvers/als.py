@@ -1416,9 +1416,13 @@ def _woodbury_solve(Y: torch.Tensor, w: torch.Tensor, rh: torch.Tensor, g: torch
 
         H^{-1} g = D^{-1} (g - Y^T z),    (diag(1/w) + Y D^{-1} Y^T) z = Y D^{-1} g
     """
-    n = Y.shape[1]
-    diag_h = rh + (Y * Y * w[None]).sum(1) if n else rh  # the diagonal of H before eps
-    d = rh + 1e-6 * diag_h.abs().mean(dim=0, keepdim=True).clamp_min(1.0)
+    K, n = Y.shape[:2]
+    # the mean of H's diagonal before eps (positive: rh > 0, w > 0): rh's, and each rating's
+    # w |y|^2 spread over the K entries (issue 10: one pass over Y, not three)
+    mean = rh.mean(dim=0, keepdim=True)
+    if n:
+        mean = mean + (w * (Y * Y).sum(0)).sum(0, keepdim=True) / K
+    d = rh + 1e-6 * mean.clamp_min(1.0)
     if n == 0:
         return g / d
     Yd = Y / d[:, None, :]
