@@ -713,9 +713,17 @@ class _AlternatingNewton:
         bias = bx is not None
         rows = slice(pat.row0, pat.row1)
         # a copy, never a view of X: other workers update X's rows in place meanwhile, which
-        # would bump the version autograd checks in reg_derivatives
-        Xv = torch.cat([X[rows], bx[rows, None]], 1) if bias else X[rows].clone()  # type: ignore[index]
-        pred = gather_dot(self._augment(Xv, bias), Ya, pat) + obj.mu
+        # would bump the version autograd checks in reg_derivatives. With biases Xv is the
+        # first K columns of [x, b, 1] (one copy for both)
+        if bias:
+            assert bx is not None
+            Xa = torch.cat([X[rows], bx[rows, None],
+                            torch.ones(pat.row1 - pat.row0, 1, dtype=X.dtype, device=X.device)], 1)
+            Xv = Xa[:, :K]
+        else:
+            Xv = Xa = X[rows].clone()
+        pred = gather_dot(Xa, Ya, pat)
+        pred += obj.mu
         g1, g2, block_loss = self.curv.entry(obj, pat, pred)
         if not self.checked:
             if not bool((g2 != 0).any()):
