@@ -46,7 +46,7 @@ def test_the_start_keeps_its_residuals_only_when_they_fit_and_gets_the_same_star
 def test_the_kept_residuals_are_4_bytes_a_rating_and_only_when_they_fit() -> None:
     # issue 10, item 4 and issue 11, item 3: the start's extra memory is the kept residuals
     # (float32) when they fit cache_bytes, and less than a byte a rating when they do not
-    u_side = _users(m=600, n=400)
+    u_side = _users(m=400, n=250)
     nnz = len(u_side.vals)
     i_side = u_side.transpose(300)
     peaks = []
@@ -54,7 +54,7 @@ def test_the_kept_residuals_are_4_bytes_a_rating_and_only_when_they_fit() -> Non
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
-            gibbs._spectral_start(np.random.default_rng(3), u_side, i_side, 3, nnz, 600, None,
+            gibbs._spectral_start(np.random.default_rng(3), u_side, i_side, 3, nnz, 400, None,
                                   cache_bytes=cache)
             peaks.append(tracemalloc.get_traced_memory()[1] - before)
         finally:
@@ -87,3 +87,59 @@ def test_a_fit_with_and_without_the_kept_residuals_draws_the_same_chain() -> Non
         assert other.rmse_train == runs[0].rmse_train
         for name in ("P", "Q", "bu", "bi"):
             np.testing.assert_array_equal(getattr(other, name), getattr(runs[0], name))
+
+
+def test_row_blocks_summed_ahead_by_threads_draw_the_same_chain(monkeypatch) -> None:
+    # issue 10, item 4: with two threads the row blocks' data sums are formed ahead of the draws
+    # (autofact.threads.workers_for: here every size gets them), in blocks and slabs made
+    # smaller so that two in flight share max_memory; the chain is the one-thread chain
+    from autofact import threads
+
+    (u, i, r), _ = planted(m=150, n=90, rank=3, frac=0.5, seed=9)
+    monkeypatch.setattr(threads, "MIN_WORK_PER_WORKER", 1)
+    pools: list[int] = []
+    original = gibbs._BlockPool.in_order
+
+    def in_order(self, fn, items):  # type: ignore[no-untyped-def]
+        pools.append(self.workers)
+        return original(self, fn, items)
+
+    monkeypatch.setattr(gibbs._BlockPool, "in_order", in_order)
+    runs = {nt: gibbs_mf(u, i, r, (150, 90), rank=3, sweeps=3, seed=0, max_memory=1 << 17,
+                         n_threads=nt) for nt in (1, 2)}
+    assert pools and set(pools) == {2}  # the two-thread fit used them, the other did not
+    assert runs[2].rmse_train == runs[1].rmse_train
+    for name in ("P", "Q", "bu", "bi"):
+        np.testing.assert_array_equal(getattr(runs[2], name), getattr(runs[1], name))
+
+
+def test_the_block_pool_gives_results_in_order_and_stops_on_an_error() -> None:
+    # issue 10, item 4: results in the items' order whatever finishes first; an error in one
+    # block reaches the caller and no block after the ones already started is begun
+    import threading
+    import time
+
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def work(x: int) -> int:
+        with lock:
+            started.append(x)
+        time.sleep(0.02 if x % 2 == 0 else 0.0)
+        if x == 5:
+            raise ArithmeticError(f"block {x}")
+        return x * x
+
+    pool = gibbs._BlockPool(2)
+    try:
+        assert list(pool.in_order(work, range(5))) == [0, 1, 4, 9, 16]
+        started.clear()
+        got = []
+        with pytest.raises(ArithmeticError, match="block 5"):
+            for v in pool.in_order(work, range(50)):
+                got.append(v)
+        pool.executor.shutdown(wait=True)
+        assert got == [0, 1, 4, 9, 16]
+        assert max(started) <= 5 + 2  # at most two submitted ahead of the failing one
+    finally:
+        pool.executor.shutdown(cancel_futures=True)
