@@ -26,11 +26,12 @@ so every rating of a user lands on one process. The id maps are then agreed by e
 distinct ids (never the ratings): every process ends with the same user and item maps, the
 sorted union, which is what ``autofact.read`` of the whole data gives. ``fit(..., local=True)``
 keeps what each process was given; the ratings per user and item and their range are summed
-over the processes, and rank 0 gathers the training pattern (4 bytes a rating of all the
-ratings) after the fit, for the model it saves (``fit(..., gather_seen=False)`` skips it: each
-process's model then knows its own users' seen items only). Alternatively every process reads all the ratings
-(``autofact.read``) and ``fit`` keeps about ``1/world_size`` of them, cut at user boundaries
-(:func:`~autofact.sharding.user_cuts`: every rating of a user on one process).
+over the processes, and rank 0 gathers the training pattern (2 bytes a rating of all the
+ratings up to 65,536 items, else 4) after the fit, for the model it saves (``fit(...,
+gather_seen=False)`` skips it: each process's model then knows its own users' seen items
+only). Alternatively every process reads all the ratings (``autofact.read``) and ``fit``
+keeps about ``1/world_size`` of them, cut at user boundaries (:func:`~autofact.sharding.user_cuts`:
+every rating of a user on one process).
 
 The full-batch solvers are supported: ``gd``, ``adam`` and ``lbfgs`` (``batch_size=None``),
 and ``als`` and ``gibbs`` (issue 11); ``solver='auto'`` picks what one process would (the
@@ -178,8 +179,10 @@ def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
     another share). Every process ends with the same factors.
 
     ``gather_seen`` (``local=True`` only): ``True`` (the default), rank 0's model (the one to
-    save) gets every user's seen items, gathered after the fit: 4 bytes a rating of *all* the
-    ratings on rank 0 (issue 11: ~95 MiB at 25M ratings), which is what lets the saved model
+    save) gets every user's seen items, gathered after the fit: 2 bytes a rating of *all* the
+    ratings on rank 0 up to 65,536 items, else 4 (issue 11: ~48 MiB at 25M ratings and 59,047
+    items; beside a 4-process share of ALS that is over the bound's slack: pass ``False``
+    where that matters), which is what lets the saved model
     leave every user's rated items out of its recommendations. ``False``: nothing is gathered,
     every process's model holds its own users' seen items only; for data larger than one
     process can hold, with the recommendations made where the users live.
