@@ -10,6 +10,7 @@ and, on CUDA, synchronise before reading the clock.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -193,14 +194,16 @@ def time_to_accuracy(
     """Fit ``MatrixFactorization(**params)`` (seed 0 unless given) with the test part as
     validation; seconds = ``history_[k]['time']`` at the first epoch whose ``val_rmse`` <=
     ``target_rmse`` (None if never reached). The history is returned, so further targets can be
-    read from the same fit with :func:`reached_at`."""
+    read from the same fit with :func:`reached_at`. Also the fit's CPU seconds and the load
+    average before and after it."""
     train = _ratings(data["train"], data["shape"])
     test = _ratings(data["test"], data["shape"])
     model = MatrixFactorization(**{"seed": 0, **params}, **_dev(device))
-    t0 = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    c0, t0 = time.process_time(), time.perf_counter()
     model.fit(train, validation=test)
     _sync(device)
-    fit_wall = time.perf_counter() - t0
+    fit_wall, fit_cpu = time.perf_counter() - t0, time.process_time() - c0
     hist = [dict(h) for h in model.history_]
     reached = reached_at(hist, target_rmse)
     pred = np.asarray(model.predict_indices(data["test"]["users"], data["test"]["items"]))
@@ -209,6 +212,11 @@ def time_to_accuracy(
         "seconds": float(reached["time"]) if reached else None,
         "epoch": int(reached["epoch"]) if reached else None,
         "fit_wall_s": fit_wall,
+        # issue 10, item 4: on a shared machine the wall time of a fit follows the others'
+        # load (1.2-4x its CPU at load 3-8 on 2 cores): its CPU seconds (all threads) and the
+        # 1-minute load average before and after say how much
+        "fit_cpu_s": fit_cpu,
+        "load_before_after": [load_before, os.getloadavg()[0]],
         "final_rmse": rmse,
         "best_val_rmse": min(
             (h["val_rmse"] for h in hist if h.get("val_rmse") is not None), default=None
