@@ -14,10 +14,13 @@ import autofact
 from autofact.solvers import als
 
 
-@pytest.mark.parametrize("loss", ["squared", "huber"])
-def test_systems_solved_across_the_rows_give_the_fit_of_lapack(monkeypatch, loss):
+@pytest.mark.parametrize("case", ["squared", "huber", "unobserved"])
+def test_systems_solved_across_the_rows_give_the_fit_of_lapack(monkeypatch, case):
     # issue 10: K x K systems factored laid out across the rows (K <= ROWS_SOLVE_K, blocks of
-    # at least ROWS_SOLVE_MIN rows), the fit of LAPACK's one-matrix-at-a-time solve
+    # at least ROWS_SOLVE_MIN rows), the fit of LAPACK's one-matrix-at-a-time solve; with the
+    # unobserved term (its Gram parts added to H and the gradient)
+    loss = "huber" if case == "huber" else "squared"
+    kw = {"unobserved_weight": 0.05} if case == "unobserved" else {}
     rng = np.random.default_rng(0)
     dense = rng.integers(1, 6, size=(40, 30)).astype(float)
     dense[rng.random(dense.shape) < 0.6] = np.nan
@@ -30,7 +33,7 @@ def test_systems_solved_across_the_rows_give_the_fit_of_lapack(monkeypatch, loss
     for rows_k in (als.ROWS_SOLVE_K, 0):  # across the rows, then LAPACK
         monkeypatch.setattr(als, "ROWS_SOLVE_K", rows_k)
         fits.append(autofact.MatrixFactorization(rank=4, solver="als", loss=loss, epochs=5,
-                                                 dtype="float64", seed=0).fit(data))
+                                                 dtype="float64", seed=0, **kw).fit(data))
         assert bool(calls) == (rows_k > 0)
         calls.clear()
     np.testing.assert_allclose(fits[0].user_factors_, fits[1].user_factors_, rtol=1e-10,
