@@ -143,3 +143,22 @@ def test_the_block_pool_gives_results_in_order_and_stops_on_an_error() -> None:
         assert max(started) <= 5 + 2  # at most two submitted ahead of the failing one
     finally:
         pool.executor.shutdown(cancel_futures=True)
+
+
+def test_the_gram_products_formed_once_give_each_blocks_sums_and_only_when_they_fit() -> None:
+    # issue 10, item 4: the other side's products z_a z_b formed once for all of a side's
+    # blocks (when 2 K (K+1) bytes a row of it fit ``table``) give the sums the blocks formed
+    # them for themselves; a few columns at a time (a small buffer) as well
+    u_side = _users()
+    rng = np.random.default_rng(4)
+    other, bias = rng.normal(size=(70, 3)), rng.normal(size=70)
+    w = rng.gamma(8.0, 1 / 8.0, size=len(u_side.vals))
+    K, fits = 4, 2 * 4 * 5 * 70
+    per_block = gibbs._Terms(other, bias, table=fits - 1, buffer=4 * 70 * 2)
+    once = gibbs._Terms(other, bias, table=fits, buffer=4 * 70 * 2)
+    assert per_block.products is None and once.products is not None
+    assert len(once.products) == sum(len(range(i, K, 2)) for i in range(K))
+    for blk in u_side.blocks:
+        a, b = blk[2], blk[3]
+        np.testing.assert_array_equal(once.gram(u_side, blk, w[a:b]),
+                                      per_block.gram(u_side, blk, w[a:b]))

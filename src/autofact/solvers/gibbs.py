@@ -490,10 +490,13 @@ class _Terms:
     validation splits)."""
 
     def __init__(self, other: np.ndarray, other_bias: np.ndarray, whole: bool = False,
-                 buffer: int = 0) -> None:
+                 buffer: int = 0, table: int | None = 0) -> None:
         """``other`` (n, k) and ``other_bias`` (n,); or, with ``whole``, ``other`` is already
         ``[f, 1]`` (n, k+1, float64, C order) and is used as it is (no copy). ``buffer``: the
-        bytes of the Gram products' columns formed at once (0: ``_GRAM_BUFFER``)."""
+        bytes of the Gram products' columns formed at once (0: ``_GRAM_BUFFER``); ``table``:
+        the products of every triangle entry are formed once, for all of a side's blocks, when
+        they fit this many bytes (``2 K (K+1)`` a row; ``None``: always; issue 10, item 4: at
+        9M ratings forming them again for each block was 12 % of a sweep's CPU)."""
         self.buffer = buffer or _GRAM_BUFFER
         K = other.shape[1] if whole else other.shape[1] + 1
         k = K - 1
@@ -507,6 +510,12 @@ class _Terms:
         self.z32 = za.astype(np.float32)  # float32 before the products
         self.za = za
         self.bias = other_bias
+        n = za.shape[0]
+        self.step = max(1, min(K, self.buffer // (4 * max(n, 1))))  # columns formed at once
+        self.products: dict[tuple[int, int], np.ndarray] | None = None
+        if table is None or 2 * K * (K + 1) * n <= table:
+            self.products = {(i, j0): self.z32[:, i : i + 1] * self.z32[:, j0 : j0 + self.step]
+                             for i in range(K) for j0 in range(i, K, self.step)}
 
     def gram(self, side: _Side, blk: tuple[int, int, int, int, torch.Tensor], w: np.ndarray
              ) -> np.ndarray:
@@ -522,14 +531,17 @@ class _Terms:
         n, K = self.z32.shape
         w32, cols = w.astype(np.float32), side.cols[a:b]
         out = np.empty((r1 - r0, len(self.iu)), dtype=np.float32)
-        step = max(1, min(K, self.buffer // (4 * max(n, 1))))
-        buf = np.empty(n * step, dtype=np.float32)
+        step = self.step
+        buf = np.empty(n * step if self.products is None else 0, dtype=np.float32)
         full = self.full
         for i in range(K):
             for j0 in range(i, K, step):
                 j1 = min(K, j0 + step)
-                za = buf[: n * (j1 - j0)].reshape(n, j1 - j0)
-                np.multiply(self.z32[:, i : i + 1], self.z32[:, j0:j1], out=za)
+                if self.products is not None:  # formed once for every block
+                    za = self.products[i, j0]
+                else:
+                    za = buf[: n * (j1 - j0)].reshape(n, j1 - j0)
+                    np.multiply(self.z32[:, i : i + 1], self.z32[:, j0:j1], out=za)
                 out[:, full[i, j0] : full[i, j1 - 1] + 1] = _spmm(crow, cols, w32, za)
         return out
 
@@ -655,6 +667,7 @@ def _sample_rows(
     add_mean: bool = False,
     work: tuple[int, int] = (0, 0),
     pool: _BlockPool | None = None,
+    table: int | None = 0,
 ) -> np.ndarray:
     """Draw every row block ``x = [f, b]`` of one side from its Gaussian conditional, in place.
 
@@ -671,7 +684,8 @@ def _sample_rows(
     generator drawn a block at a time, or ``noise(r0, r1)``, the standard normals of rows
     ``r0:r1`` (rows x K), asked for block by block in order;
     ``reduce`` as in :func:`_block_conditional`; ``pool``: threads that form the blocks' data
-    sums ahead of the draws (:class:`_BlockPool`; ``None``: here, one block at a time).
+    sums ahead of the draws (:class:`_BlockPool`; ``None``: here, one block at a time);
+    ``table``: as in :class:`_Terms`.
     Returns each row's
     ``sum_j tau_col_j e_j^2`` at the drawn ``x``, from the same sums, so no residual is formed
     rating by rating: with ``s = alpha tau_row``, ``Lam = diag(lam) + s G`` and ``h = s g +
@@ -679,14 +693,16 @@ def _sample_rows(
     lam m)) / s + sum tau t^2``, and ``L^T x = v + eps``.
     """
     if other_bias is not None:
-        return _draw_rows(noise, side, _Terms(other, other_bias, buffer=work[0]), prior_mean,
+        return _draw_rows(noise, side, _Terms(other, other_bias, buffer=work[0], table=table),
+                          prior_mean,
                           prior_prec, alpha, tau_row, tau_col, out, out_mean, reduce, add_mean,
                           work[1], pool)
     k = other.shape[1] - 1
     bias = other[:, k].copy()
     other[:, k] = 1.0
     try:
-        return _draw_rows(noise, side, _Terms(other, bias, whole=True, buffer=work[0]),
+        return _draw_rows(noise, side, _Terms(other, bias, whole=True, buffer=work[0],
+                                                  table=table),
                           prior_mean, prior_prec, alpha, tau_row, tau_col, out, out_mean, reduce,
                           add_mean, work[1], pool)
     finally:
@@ -945,8 +961,13 @@ def gibbs_mf(
         # sums are collectives, made in order), each block in flight within its share of
         # max_memory
         workers = 1 if plan is not None else workers_for(len(values) * K * (K + 1) / 2)
-        if workers > 1 and max_memory is not None:
-            block_nnz, max_rows, work = _block_sizes(max(1, max_memory // workers), K, max_nnz)
+        # ... and the other side's Gram products formed once a side when they fit an eighth of
+        # max_memory (shared by the threads; the blocks share the rest)
+        table: int | None = None
+        if max_memory is not None:
+            table = max_memory // _TABLE_SHARE
+            block_nnz, max_rows, work = _block_sizes(
+                max(1, (max_memory - table) // workers), K, max_nnz)
         pool = _BlockPool(workers) if workers > 1 else None
         try:
             return _gibbs(users, items, values, shape, rank=int(rank), sweeps=int(sweeps),
@@ -954,7 +975,7 @@ def gibbs_mf(
                           implicit=bool(implicit), seed=seed, init_std=init_std, init=init,
                           cg_tol=cg_tol, cg_max_iter=cg_max_iter, max_nnz=block_nnz,
                           max_rows=max_rows, work=work, slab=slab, start_bytes=start_bytes,
-                          callback=callback, t0=t0, pool=pool,
+                          callback=callback, t0=t0, pool=pool, table=table,
                           plan=plan, on_state=on_state, resume=resume)
         finally:
             if pool is not None:
@@ -971,6 +992,9 @@ _SLAB_BYTES_A_RATING = 8 * 8
 # ... and the spectral start keeps its residuals (4 bytes a rating, issue 10, item 4) when they
 # fit this fraction of it (no row block or slab is alive then)
 _START_SHARE = 4
+# ... and the other side's Gram products are formed once a side (2 K (K+1) bytes a row of it,
+# issue 10, item 4) when they fit this fraction of it
+_TABLE_SHARE = 8
 
 
 def _block_sizes(max_memory: Any, K: int, max_nnz: int
@@ -1044,6 +1068,7 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
            seed: int | None, init_std: float, cg_tol: float, cg_max_iter: int, max_nnz: int,
            max_rows: int | None = None, slab: int | None = None,
            start_bytes: int | None = None, pool: _BlockPool | None = None,
+           table: int | None = 0,
            work: tuple[int, int] = (0, 0),
            init: str = "random",
            callback: Callable[[int, float, Callable[..., GibbsResult]], bool | None] | None,
@@ -1250,7 +1275,7 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
             Pm[...] = 0.0
         mean_u = Pm if restart is not None else np.zeros_like(Pm)
         sse_u = _sample_rows(user_noise, u_side, Xi, None, pm, hyp_u[1], alpha, tau_u, tau_i,
-                             Xu, mean_u, add_mean=True, work=work, pool=pool)
+                             Xu, mean_u, add_mean=True, work=work, pool=pool, table=table)
         if isinstance(user_noise, _OwnNormals):
             user_noise.finish()
         # hyper-parameters from rated rows only (unrated rows are draws from the prior)
@@ -1281,7 +1306,8 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
             tau_u = _gammas_of(rng, noise_shape + n_user / 2, noise_shape + alpha * sse_u / 2,
                                own)
         sse_i = _sample_rows(rng, i_side, Xu, None, hyp_i[0], hyp_i[1], alpha, tau_i, tau_u,
-                             Xi, Qm, reduce, add_mean=True, work=work, pool=pool)
+                             Xi, Qm, reduce, add_mean=True, work=work, pool=pool,
+                             table=table)
         hyp_i = _hyper_rows(rng, Xi, cnt_i, None)
         # ... and kappa_i given those at the items' draw
         if tau_i is not None:
