@@ -501,7 +501,7 @@ def case_sparse(quick: bool, device: str) -> None:
 
 
 #: Timed runs of each program in the cold-start case (the medians are reported).
-COLDSTART_REPEATS = 3
+COLDSTART_REPEATS = 5
 
 
 def case_coldstart(quick: bool, device: str) -> None:
@@ -519,17 +519,25 @@ def case_coldstart(quick: bool, device: str) -> None:
         m=3000, n=1800, n_train=n, n_test=1000)
     tmp = Path(tempfile.mkdtemp(prefix="coldstart-"))
 
+    cpu: dict[str, float] = {}
+
     def run(cmd: list[str]) -> tuple[float, float | None]:
-        """Wall seconds and peak RSS (MiB) of one child process. The RSS comes from GNU time
+        """Wall seconds and peak RSS (MiB) of one child process; its CPU seconds (user + system,
+        from the children's rusage) in ``cpu['last']``. The RSS comes from GNU time
         (``/usr/bin/time -f %M``): a child forked from this process would report this process's
         RSS as its own peak."""
+        import resource
+
         gnu_time = shutil.which("time")
         wrap = [gnu_time, "-f", "%M", "-o", str(tmp / "rss.txt")] if gnu_time else []
         with open(tmp / "stderr.txt", "w+b") as err:
+            r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             proc = subprocess.run([*wrap, *cmd],
                                   cwd=tmp, stdout=subprocess.DEVNULL, stderr=err, check=False)
             seconds = time.perf_counter() - t0
+            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu["last"] = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
             err.seek(0)
             if proc.returncode != 0:
                 tail = err.read().decode(errors="replace")[-300:]
@@ -567,14 +575,18 @@ def case_coldstart(quick: bool, device: str) -> None:
             run([sys.executable, "-c", "import torch, autofact.model"])
         af_runs: list[tuple[float, float | None]] = []
         lib_runs: list[tuple[float, float | None]] = []
+        af_cpu: list[float] = []
+        lib_cpu: list[float] = []
         for _ in range(1 if quick else COLDSTART_REPEATS):
             if af.AVAILABLE:
                 try:
                     af_runs.append(run(autofact_cli))
+                    af_cpu.append(cpu["last"])
                 except Exception as exc:
                     note = f"{type(exc).__name__}: {exc}"
             if libmf_cmd is not None:
                 lib_runs.append(run(libmf_cmd))
+                lib_cpu.append(cpu["last"])
         if af_runs:
             af_s = float(np.median([t for t, _ in af_runs]))
             af_mem = max((r for _, r in af_runs if r is not None), default=None)
@@ -592,13 +604,17 @@ def case_coldstart(quick: bool, device: str) -> None:
            else "")
     note = (f"{note} new process: python {bare:.2f} s, import torch {imports['torch']:.2f} s, "
             f"import autofact.model {imports['autofact']:.2f} s").strip()
+    if af_cpu and lib_cpu:  # CPU seconds move less with the load than wall time
+        a, b = float(np.median(af_cpu)), float(np.median(lib_cpu))
+        note += f"; CPU (user+sys) medians {a:.2f} s vs {b:.2f} s, ratio {a / b:.2f}"
     add_row(f"cold start: autofact fit {n:,} ratings --solver als --epochs 15", af_s,
             "LIBMF mf-train k32 t20 s2", lib_s, 3.0, peak_mem=mem, note=note)
     details.setdefault("coldstart", []).append({"autofact_s": af_s, "autofact_rss_mib": af_mem,
                                                 "libmf_s": lib_s, "libmf_rss_mib": lib_mem,
                                                 "imports_s": imports, "python_s": bare,
                                                 "autofact_runs_s": [t for t, _ in af_runs],
-                                                "libmf_runs_s": [t for t, _ in lib_runs]})
+                                                "libmf_runs_s": [t for t, _ in lib_runs],
+                                                "autofact_cpu_s": af_cpu, "libmf_cpu_s": lib_cpu})
 
 
 #: Issue 10, item 4: autofact's default fit's time to a peer's held-out RMSE over the peer's
