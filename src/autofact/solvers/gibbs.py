@@ -962,12 +962,13 @@ def gibbs_mf(
         # max_memory
         workers = 1 if plan is not None else workers_for(len(values) * K * (K + 1) / 2)
         # ... and the other side's Gram products formed once a side when they fit an eighth of
-        # max_memory (shared by the threads; the blocks share the rest)
+        # max_memory (shared by the threads; the blocks share the rest, and hold max_nnz
+        # between them: the blocks in flight hold no more than one block did)
         table: int | None = None
         if max_memory is not None:
             table = max_memory // _TABLE_SHARE
             block_nnz, max_rows, work = _block_sizes(
-                max(1, (max_memory - table) // workers), K, max_nnz)
+                max(1, (max_memory - table) // workers), K, max(1, max_nnz // workers))
         pool = _BlockPool(workers) if workers > 1 else None
         try:
             return _gibbs(users, items, values, shape, rank=int(rank), sweeps=int(sweeps),
