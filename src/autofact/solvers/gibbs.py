@@ -115,8 +115,10 @@ the users' kept apart only in the burn-in sweeps whose restart is not known befo
 Everything else is workspace within ``max_memory`` (:func:`_block_sizes`): a row block's
 per-rating temporaries (~48 bytes a rating, float64 weights and residuals), its float32 Gram
 sums, its conditionals (``8 (K+1)^2`` bytes a row) made a few rows at a time, and the products
-``z_a z_b`` of the other side's rows a few columns at a time, besides one float32 copy of the
-other side's rows (4 K bytes a row). The spectral start keeps the users' view's residuals in
+``z_a z_b`` of the other side's rows a few columns at a time (all of them once a side when
+they fit an eighth of ``max_memory``: issue 10, item 4), besides one float32 copy of the
+other side's rows (4 K bytes a row); with threads forming blocks ahead (:func:`gibbs_mf`'s
+``n_threads``) the blocks in flight share the rest and ``max_nnz``. The spectral start keeps the users' view's residuals in
 float32 (4 bytes a rating) when they fit a quarter of ``max_memory`` (no block or slab is alive
 then), else forms them per block for each product (its item products scattered from the users'
 view), and orthonormalizes in place.
