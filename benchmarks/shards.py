@@ -41,7 +41,9 @@ solver that keeps user rows where they live). ``B/rating`` = (fit peak - base - 
 ratings held: what a held rating costs during the fit, workspace and allocator slack included (the
 bound allows 1.5 x 12 = 18 on this budget, plus half of the factors and state). ``allreduce`` times
 one all-reduce of a tensor the size of the gradient (what one epoch of full-batch Adam sends),
-after the fit.
+after the fit. ``fit CPU s (system)``: the process's CPU seconds in the fit, and the system's
+part of them (page faults; the JSON has their count), steadier than seconds on a shared
+machine.
 
 Writes ``benchmarks/results/<date>_shards_<ratings>.md`` and ``.json``; every process runs
 under ``nice``.
@@ -144,8 +146,10 @@ def worker(data: str, out: str, rank_k: int, epochs: int, solver: str = "adam",
                                          max_memory=64 * MiB, device="cpu", dtype="float32",
                                          **params)
     t0 = time.perf_counter()
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
     distributed.fit(model, local, local=True, gather_seen=gather_seen == "yes")
     fit_s = time.perf_counter() - t0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     fit_peak = _status_kb("VmHWM") / 1024
     # the process's own peak, before this worker's bookkeeping below allocates anything
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -168,6 +172,9 @@ def worker(data: str, out: str, rank_k: int, epochs: int, solver: str = "adam",
         "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
         "gather_seen": gather_seen == "yes",
         "read_s": read_s, "fit_s": fit_s, "epoch_s": [float(x) for x in per_epoch],
+        "fit_user_s": usage.ru_utime - usage0.ru_utime,
+        "fit_sys_s": usage.ru_stime - usage0.ru_stime,
+        "fit_minor_faults": usage.ru_minflt - usage0.ru_minflt,
         "sec_per_epoch": float(statistics.median(per_epoch[1:])) if len(per_epoch) > 1
         else float(per_epoch[0]),
         "allreduce_s": allreduce_s, "threads": torch.get_num_threads(),
@@ -254,8 +261,8 @@ def run_world(data: Path, world: int, rank_k: int, epochs: int, timeout: float,
 def table(rows: list[dict]) -> str:
     head = ("| solver | processes | rank | ratings held | base (warm) | read peak | fit peak | peak "
             "| bound held | peak / bound held | bound own | B/rating (fit) | s / epoch "
-            "| all-reduce s |")
-    lines = [head, "|" + "---|" * 14]
+            "| all-reduce s | fit CPU s (system) |")
+    lines = [head, "|" + "---|" * 15]
     for r in rows:
         held, own = bounds(r)
         # resetting VmHWM after reading resets ru_maxrss too: the process's peak is the larger
@@ -264,8 +271,16 @@ def table(rows: list[dict]) -> str:
             f"| {r.get('solver', 'adam')} | {r['world']} | {r['rank']} | {r['ratings']:,} | "
             f"{r['base_mib']:.0f} ({_base(r):.0f}) | {r['read_peak_mib']:.0f} | {r['fit_peak_mib']:.0f} | "
             f"{peak:.0f} | {held:.0f} | {peak / held:.2f} | {own:.0f} | {per_rating(r):.1f} | "
-            f"{r['sec_per_epoch']:.2f} | {r['allreduce_s']:.3f} |")
+            f"{r['sec_per_epoch']:.2f} | {r['allreduce_s']:.3f} | {_cpu(r)} |")
     return "\n".join(lines)
+
+
+def _cpu(r: dict) -> str:
+    """The fit's CPU seconds, user + system, and the system's share (page faults: a fit whose
+    temporaries are mapped afresh each time spends it there), or ``-`` (older results)."""
+    if "fit_user_s" not in r:
+        return "-"
+    return f"{r['fit_user_s'] + r['fit_sys_s']:.1f} ({r['fit_sys_s']:.1f})"
 
 
 def main(argv: list[str] | None = None) -> int:
