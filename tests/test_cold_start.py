@@ -486,3 +486,29 @@ def test_the_pause_ends_before_a_verb_that_does_not_end_it_itself(tmp_path, caps
         assert not gc.isenabled() and gc.get_freeze_count() == 0
     finally:
         gc.enable()
+
+
+_EXIT_PROBE = '''
+import gc, sys, threading, time
+if sys.argv[1] == "thread":  # main() returns 2 (no verb) while a thread runs: SystemExit
+    threading.Thread(target=time.sleep, args=(1,)).start()
+    sys.argv = ["autofact"]
+else:  # argparse's SystemExit out of main()
+    sys.argv = ["autofact", "--version"]
+from autofact.cli import run
+try:
+    run()
+except SystemExit as exc:
+    print("exit", exc.code, gc.isenabled(), gc.get_freeze_count())
+'''
+
+
+@pytest.mark.parametrize("case", ["thread", "version"])
+def test_the_start_up_pause_never_outlives_run(case):
+    # issue 10 (review): run() raised SystemExit (--version, --help; or main()'s status while
+    # a thread still ran) with the collector still paused, to a caller that catches it; now
+    # the pause ends, nothing frozen
+    proc = subprocess.run([sys.executable, "-c", _EXIT_PROBE, case], capture_output=True,
+                          text=True, timeout=300, check=False)
+    code = 2 if case == "thread" else 0
+    assert proc.stdout.splitlines()[-1] == f"exit {code} True 0", proc.stderr

@@ -34,7 +34,15 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from .common import PROG, ExitStatus, UsageError, imports_done, pause_collection, say
+from .common import (
+    PROG,
+    ExitStatus,
+    UsageError,
+    imports_done,
+    pause_collection,
+    resume_collection,
+    say,
+)
 
 __all__ = ["main", "run", "build_parser", "cli_words", "ExitStatus", "UsageError"]
 
@@ -164,16 +172,21 @@ def run() -> NoReturn:
     stays off until the verb's modules are imported (:func:`.common.pause_collection`).
     """
     pause_collection()  # until the verb's modules are imported (issue 10)
-    status = main()
-    if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
-        raise SystemExit(status)
-    atexit._run_exitfuncs()
     try:
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:  # None: started with the stream closed (`>&-`)
-                stream.flush()
-    except (OSError, ValueError):  # a closed pipe: let Python deal with it as usual
-        raise SystemExit(status) from None
+        status = main()
+        if any(t is not threading.main_thread() and not t.daemon
+               for t in threading.enumerate()):
+            raise SystemExit(status)
+        atexit._run_exitfuncs()
+        try:
+            for stream in (sys.stdout, sys.stderr):
+                if stream is not None:  # None: started with the stream closed (`>&-`)
+                    stream.flush()
+        except (OSError, ValueError):  # a closed pipe: let Python deal with it as usual
+            raise SystemExit(status) from None
+    except BaseException:  # also argparse's SystemExit (--help, --version) out of main()
+        resume_collection()  # the pause never outlives run(), whatever ends it
+        raise
     os._exit(status)
 
 

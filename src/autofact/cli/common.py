@@ -61,8 +61,16 @@ def imports_done() -> None:
     objects only. A verb calls it once its modules (torch's among them) are imported, before
     its work; :func:`autofact.cli.main` calls it before any other verb runs."""
     if _PAUSED:
-        _PAUSED.clear()
         gc.freeze()
+        resume_collection()
+
+
+def resume_collection() -> None:
+    """End the pause of :func:`pause_collection`, if there is one, freezing nothing: for the
+    program's exits that come before a verb ends it (``--help``, ``--version``, a usage error
+    while a thread still runs), so that the pause never outlives :func:`autofact.cli.run`."""
+    if _PAUSED:
+        _PAUSED.clear()
         gc.enable()
 
 
