@@ -474,8 +474,9 @@ def test_the_pause_ends_before_a_verb_that_does_not_end_it_itself(tmp_path, caps
         assert not gc.isenabled()
         assert main(["demo", "--out", str(tmp_path / "missing")]) == 2
         assert gc.isenabled()
-        assert gc.get_freeze_count() >= frozen
+        assert gc.get_freeze_count() > frozen  # what was imported: frozen
     finally:
+        common.resume_collection()  # (a failure above leaves no pause to later tests)
         gc.unfreeze()
         gc.enable()
     assert "--out" in capsys.readouterr().err
