@@ -123,3 +123,36 @@ def test_z_slices_kept_between_half_sweeps_give_the_same_fit(monkeypatch):
                                          dtype="float64").fit(data)
     for name in ("user_factors_", "item_factors_", "user_bias_", "item_bias_"):
         np.testing.assert_array_equal(getattr(kept, name), getattr(fresh, name), err_msg=name)
+
+
+def test_the_kept_z_buffer_is_dropped_by_a_half_sweep_that_does_not_use_it(monkeypatch):
+    # issue 10 (review): the buffer the solver keeps for Z's slices (within max_memory / 16)
+    # stayed alive through the other side's half-sweep when that side's Z does not fit whole
+    # (column slices in groups, whose budget takes all of max_memory): now dropped there
+    import autofact
+    from autofact.objective import Objective
+
+    gen = torch.Generator().manual_seed(0)
+    m, n = 2000, 20  # 5 ratings a user: the copy by item fits, Z by user (the items') not
+    users = torch.arange(m).repeat_interleave(5)
+    items = torch.stack([torch.randperm(n, generator=gen)[:5].sort().values for _ in range(m)])
+    values = torch.randint(1, 6, (5 * m,), generator=gen).double()
+    r = autofact.Ratings.from_coo(users.numpy(), items.reshape(-1).numpy(), values.numpy(),
+                                  shape=(m, n))
+    obj = Objective(r, bias=True, max_memory=2**18, dtype="float64")
+    params = obj.init_params(4, seed=0)  # K = 5, 15 products: Z 2,400 B by item, 240,000 by user
+    kept = []
+    real = als._AlternatingNewton._z_buffer
+
+    def spy(self, numel, like):
+        out = real(self, numel, like)
+        kept.append(out is not None)
+        return out
+
+    monkeypatch.setattr(als._AlternatingNewton, "_z_buffer", spy)
+    epoch = als.make_als(obj, params)
+    solver = epoch.run
+    assert solver.tiles is None  # (the in-memory path, both sides by _side)
+    epoch.run()
+    assert kept == [True]  # the users' half-sweep used one; the items' Z went in groups
+    assert solver._zbuf is None

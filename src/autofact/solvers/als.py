@@ -635,6 +635,8 @@ class _AlternatingNewton:
         # blocks, the blocks' l'' kept meanwhile (an eighth).
         n_other, item = Yf.shape[0], Yf.element_size()
         whole = _z_fits(n_other, K, item, obj.max_memory)
+        if not whole:
+            self._zbuf = None  # (the groups' budget has no room for the other side's buffer)
         products = _Products(Yf, iu, ju, whole=whole,
                              buffer=self._z_buffer(n_other * len(iu), Yf) if whole else None)
         pool = self._pool() if self.workers > 1 and len(blocks) > 1 else None
@@ -687,9 +689,12 @@ class _AlternatingNewton:
     def _z_buffer(self, numel: int, like: torch.Tensor) -> torch.Tensor | None:
         """A flat buffer of at least ``numel`` entries for ``Z``'s slices, kept between
         half-sweeps (one, for the larger side) where it takes at most ``max_memory / 16``;
-        else ``None`` (issue 10: fresh pages for ``Z`` each half-sweep, the system's zeroing of
-        them included, cost 15-20% of a sparse fit's CPU time)."""
+        else ``None``, the kept one dropped, as :meth:`_side` drops it for a side whose ``Z``
+        is not whole: no half-sweep holds it beside its own budget (issue 10: fresh pages for
+        ``Z`` each half-sweep, the system's zeroing of them included, cost 15-20% of a sparse
+        fit's CPU time)."""
         if numel * like.element_size() > self.obj.max_memory // 16:
+            self._zbuf = None  # (not kept beside this half-sweep's own Z)
             return None
         buf = self._zbuf
         if buf is None or buf.numel() < numel or buf.dtype != like.dtype \
