@@ -39,7 +39,8 @@ from . import datasets as ds
 def _load(path: str) -> Any:
     spec = importlib.util.spec_from_file_location("autofact.solvers._als_against", path)
     if spec is None or spec.loader is None:
-        raise SystemExit(f"--against: cannot load {path!r} as a module")
+        raise SystemExit(f"--against: cannot load {path!r} as a module; give a .py file, e.g. "
+                         "from git show REV:src/autofact/solvers/als.py > /tmp/als_before.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -66,6 +67,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--busy", action="store_true", help="beside one busy process")
     args = parser.parse_args()
+    if args.repeats < 1:  # (the factors' comparison needs a timed fit of each version)
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     other = _load(args.against)
     current = solvers.make_als
     data = ds.sparse_reviews() if args.case == "sparse" else ds.synthetic_lowrank(
