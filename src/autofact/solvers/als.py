@@ -1381,7 +1381,6 @@ class _Split:
     long_entries: torch.Tensor
     long_crow: torch.Tensor
     long_col: torch.Tensor
-    n_cols: int
 
     @classmethod
     def of(cls, pat: Pattern) -> _Split | None:
@@ -1404,7 +1403,7 @@ class _Split:
         long_entries = torch.nonzero(~is_short[row_of])[:, 0]
         long_crow = torch.zeros(len(long) + 1, dtype=pat.crow.dtype, device=crow.device)
         torch.cumsum(counts[long], 0, out=long_crow[1:])
-        return cls(buckets, long, long_entries, long_crow, pat.col[long_entries], pat.n_cols)
+        return cls(buckets, long, long_entries, long_crow, pat.col[long_entries])
 
     def nbytes(self) -> int:
         """The bytes its tensors hold."""
