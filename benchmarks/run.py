@@ -870,11 +870,12 @@ def case_threads(quick: bool, device: str) -> None:
             add_row(f"threads: {label}", None, "n_threads=1", None, 1.0,
                     note=f"{type(exc).__name__}: {exc}")
             continue
-        same = all(np.array_equal(factors[0], f) for f in factors[1:])
+        same = (None if len(factors) < 2
+                else all(np.array_equal(factors[0], f) for f in factors[1:]))
         note = (f"default = {torch.get_num_threads()} torch threads available; fits "
                 f"{' / '.join(f'{t:.3f}' for t in times['default'])} s vs one thread "
                 f"{' / '.join(f'{t:.3f}' for t in times[1])} s; repeated default fits "
-                + ("identical" if same else "DIFFER"))
+                + ("n/a (one fit)" if same is None else "identical" if same else "DIFFER"))
         add_row(f"threads: {label}", float(np.median(times["default"])),
                 "same fit, n_threads=1", float(np.median(times[1])), 1.0, note=note)
         details.setdefault("threads", []).append({"case": label, "params": params,
