@@ -118,10 +118,10 @@ sums, its conditionals (``8 (K+1)^2`` bytes a row) made a few rows at a time, an
 ``z_a z_b`` of the other side's rows a few columns at a time (all of them once a side when
 they fit an eighth of ``max_memory``: issue 10, item 4), besides one float32 copy of the
 other side's rows (4 K bytes a row); with threads forming blocks ahead (:func:`gibbs_mf`'s
-``n_threads``) the blocks in flight share the rest and ``max_nnz``. The spectral start keeps the users' view's residuals in
-float32 (4 bytes a rating) when they fit a quarter of ``max_memory`` (no block or slab is alive
-then), else forms them per block for each product (its item products scattered from the users'
-view), and orthonormalizes in place.
+``n_threads``) the blocks in flight share the rest and ``max_nnz``. The spectral start keeps
+the users' view's residuals in float32 (4 bytes a rating) when they fit a quarter of
+``max_memory`` (no block or slab is alive then), else forms them per block for each product
+(its item products scattered from the users' view), and orthonormalizes in place.
 
 Defaults, chosen on validation splits carved from the training data (10% of ml-100k u1.base and
 u3.base, of the ml-latest-small and filmtrust 90% training parts): 130 sweeps (issue 9: against
