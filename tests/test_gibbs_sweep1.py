@@ -97,6 +97,7 @@ def test_row_blocks_summed_ahead_by_threads_draw_the_same_chain(monkeypatch) -> 
 
     (u, i, r), _ = planted(m=150, n=90, rank=3, frac=0.5, seed=9)
     monkeypatch.setattr(threads, "MIN_WORK_PER_WORKER", 1)
+    monkeypatch.setattr(gibbs, "_POOL_MIN_CORES", 2)  # (from 4 cores by default)
     pools: list[int] = []
     original = gibbs._BlockPool.in_order
 

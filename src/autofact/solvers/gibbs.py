@@ -168,7 +168,7 @@ import torch
 
 from .._memory import bincount_sliced
 from ..sparse import csr_tensor as _csr
-from ..threads import use_threads, workers_for
+from ..threads import max_threads, use_threads, workers_for
 from .priors import check_chain, coo_arguments, normal_gamma_sums
 from .priors import normal_gamma as _hyper
 
@@ -915,9 +915,10 @@ def gibbs_mf(
     caps torch's threads (:mod:`autofact.threads`: one per 2**27 multiply-adds of the largest
     product, a row block's Gram product) and the threads that form the row blocks' data sums
     ahead of the draws (:func:`~autofact.threads.workers_for`: one per 2**24 multiply-adds of a
-    side's Gram products, one process only; issue 10, item 4: at 9M ratings on 2 cores a sweep
-    took 0.9-1.1 s against 1.5-1.7 with one thread when a core was free, and 3 sweeps beside a
-    busy process 27-28 s against 31-32, for ~10 % more CPU). Neither changes a draw.
+    side's Gram products, one process only, from 4 usable cores; issue 10, item 4: at 9M
+    ratings on this 2-core machine they made a sweep 0.9-1.1 s against 1.5-1.7 when a core
+    was free, but cost 10-35 % more CPU for no shorter sweep beside other load). Neither
+    changes a draw.
 
     ``plan`` (:mod:`autofact.sharding`, issue 11): the processes that share the chain. Each
     passes its own ratings (every rating of a user on one process: ``plan.share`` of all the
@@ -962,15 +963,24 @@ def gibbs_mf(
         # the sweep's Gram work, the cores and the quota; one process only: a shared chain's
         # sums are collectives, made in order), each block in flight within its share of
         # max_memory
-        workers = 1 if plan is not None else workers_for(len(values) * K * (K + 1) / 2)
+        # (from _POOL_MIN_CORES usable cores: with two, the draws' thread takes one of them,
+        # and at 9M ratings beside other load the threads cost 10-35 % more CPU for no
+        # shorter sweep; issue 10, item 4)
+        workers = 1
+        if plan is None and max_threads(n_threads) >= _POOL_MIN_CORES:
+            workers = workers_for(len(values) * K * (K + 1) / 2)
         # ... and the other side's Gram products formed once a side when they fit an eighth of
-        # max_memory (shared by the threads; the blocks share the rest, and hold max_nnz
-        # between them: the blocks in flight hold no more than one block did)
+        # max_memory (shared by the threads). The blocks share the rest and max_nnz: the
+        # ``workers`` blocks in flight and the one being drawn (whose sums are alive), each
+        # with its own Gram buffer, hold no more than one block did (issue 11's 25M peak rose
+        # 4 % with the blocks in flight split in two only: record 1000)
         table: int | None = None
         if max_memory is not None:
             table = max_memory // _TABLE_SHARE
+            alive = workers + 1 if workers > 1 else 1
             block_nnz, max_rows, work = _block_sizes(
-                max(1, (max_memory - table) // workers), K, max(1, max_nnz // workers))
+                max(1, (max_memory - table) // alive), K, max(1, max_nnz // alive))
+            work = (max(1, work[0] // workers), work[1])
         pool = _BlockPool(workers) if workers > 1 else None
         try:
             return _gibbs(users, items, values, shape, rank=int(rank), sweeps=int(sweeps),
@@ -998,6 +1008,9 @@ _START_SHARE = 4
 # ... and the other side's Gram products are formed once a side (2 K (K+1) bytes a row of it,
 # issue 10, item 4) when they fit this fraction of it
 _TABLE_SHARE = 8
+# Threads form row blocks ahead of the draws (:class:`_BlockPool`) only from this many usable
+# cores (:func:`autofact.threads.max_threads`: n_threads, the environment, affinity and quota)
+_POOL_MIN_CORES = 4
 
 
 def _block_sizes(max_memory: Any, K: int, max_nnz: int
