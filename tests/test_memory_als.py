@@ -242,9 +242,7 @@ _SHARED = {"dtype": "float32", "epochs": 3}
 
 
 def _worker(out: str) -> None:
-    from autofact import distributed
-
-    from autofact import sharding
+    from autofact import distributed, sharding
 
     rank, _ = distributed.init(backend="gloo", timeout=120)
     als.BY_ITEM_SHARE = 0.0  # every process takes the ranges (the agreed choice)
