@@ -1461,7 +1461,8 @@ def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side | _Co
     mu``). The factors come from a truncated SVD of the residual ``e = t - c0_i - b0_u`` (zero
     where unrated) by subspace iteration from ``k`` random columns: ``Y = orth(A W)``, ``W =
     A^T Y``, until the span of ``W`` settles (``_START_PAIRS``, ``_START_TOL``). With ratings
-    missing at rate ``1 - rho`` (``rho = nnz / (m n)``), ``A``'s singular values are about
+    missing at rate ``1 - rho`` (``rho = nnz / (m n)``, ``m`` and ``n`` the users and items
+    with a rating, whatever the shape), ``A``'s singular values are about
     ``rho`` times the full matrix's, so the balanced factors ``Y diag(s / rho)^1/2`` and ``W
     diag(1 / (s rho))^1/2`` (``s`` the column norms of ``W``) have ``P0 Q0^T ~ Y W^T / rho``;
     their mean squares ``s / (rho m)`` and ``s / (rho n)`` give the precisions. A column with no
@@ -1586,5 +1587,13 @@ def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side | _Co
         V = V_new
     s = np.sqrt((W * W).sum(0))
     s[~(s > 1e-8 * s.max(initial=0.0))] = np.nan  # no spectrum in that direction
-    rho = nnz / (float(m) * n)
-    return W / np.sqrt(s * rho), c0, rho * m / s, rho * n / s
+    # the density among the rated users and items: rows without a rating have no part in A, and
+    # a shape far larger than the rated part (1,000 ratings in a 102,799 x 37,344 shape: rho
+    # 2.6e-7 over the whole) scaled the factors by 1/sqrt(rho) until the draws' float32 Gram
+    # sums lost positive definiteness (LinAlgError at sweep 1). Every row rated: the same rho.
+    rated = np.array([float(np.count_nonzero(u_side.counts))])
+    if reduce is not None:
+        reduce([rated])
+    m_r, n_r = max(float(rated[0]), 1.0), max(float(np.count_nonzero(i_side.total)), 1.0)
+    rho = nnz / (m_r * n_r)
+    return W / np.sqrt(s * rho), c0, rho * m_r / s, rho * n_r / s
