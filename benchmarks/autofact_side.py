@@ -319,6 +319,18 @@ def als_fit(data: dict, epochs: int = 15, device: str = "cpu") -> dict:
     return _fit_and_score(data, {"solver": "als", "epochs": epochs}, device)
 
 
+def threads_fit(data: dict, params: dict[str, Any], n_threads: int | None) -> dict:
+    """``MatrixFactorization(seed=0, **params, n_threads=n_threads)`` fitted on the train part
+    (issue 10, item 2: the threads case): wall seconds of ``fit`` and the user factors (float64
+    NumPy), to check that repeated fits give the same numbers."""
+    train = _ratings(data["train"], data["shape"])
+    model = MatrixFactorization(**{"seed": 0, **params}, n_threads=n_threads)
+    t0 = time.perf_counter()
+    model.fit(train)
+    return {"fit_s": time.perf_counter() - t0,
+            "user_factors": np.asarray(model.user_factors_, dtype=np.float64)}
+
+
 # ---------------------------------------------------------------------------------------------
 # mini-batch epochs (issue 10, item 6): seconds per epoch as users + items grow
 # ---------------------------------------------------------------------------------------------

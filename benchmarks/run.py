@@ -850,23 +850,18 @@ def case_threads(quick: bool, device: str) -> None:
         return
     import torch
 
-    from autofact import MatrixFactorization
     for label, make, params in THREAD_FITS:
         data = make(quick)
-        train = af._ratings(data["train"], data["shape"])
         times: dict[str | int, list[float]] = {1: [], "default": []}
         factors: list[np.ndarray] = []
         note = ""
         try:
             for _ in range(1 if quick else THREAD_REPEATS):
                 for n in (1, "default"):
-                    model = MatrixFactorization(**{"seed": 0, **params},
-                                                n_threads=1 if n == 1 else None)
-                    t0 = time.perf_counter()
-                    model.fit(train)
-                    times[n].append(time.perf_counter() - t0)
+                    res = af.threads_fit(data, params, n_threads=1 if n == 1 else None)
+                    times[n].append(res["fit_s"])
                     if n == "default":
-                        factors.append(np.asarray(model.user_factors_, dtype=np.float64))
+                        factors.append(res["user_factors"])
         except Exception as exc:
             details.setdefault("errors", {})["threads"] = traceback.format_exc()
             add_row(f"threads: {label}", None, "n_threads=1", None, 1.0,
