@@ -125,8 +125,10 @@ def worker(data: str, out: str, rank_k: int, epochs: int, solver: str = "adam",
 
     import autofact
     from autofact import distributed
+    from autofact._memory import pin_heap_thresholds
     from benchmarks.autofact_side import SCALE_PARAMS
 
+    pin_heap_thresholds()  # as the autofact program does (the library leaves it to the process)
     rank, world = distributed.init(timeout=3600)
     import pandas  # noqa: F401  (the readers' libraries belong to the baseline: a constant)
     import pyarrow.parquet  # noqa: F401

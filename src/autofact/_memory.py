@@ -74,8 +74,11 @@ def pin_heap_thresholds() -> None:
     7 s of system time instead of 1.0M and 2.4 s (5M ratings, 2 processes), from one run of
     the same code to the next. Freed blocks then stay on the heap until
     :func:`release_freed_memory` (called between phases) or the next allocation reuses them,
-    as they do once the dynamic rule has raised the thresholds. Process-wide; a no-op where
-    the C library is not glibc."""
+    as they do once the dynamic rule has raised the thresholds. Process-wide, so the library
+    never calls it (issue 10, item 2: nothing process-global changed behind the user's back):
+    the ``autofact`` program does, at its start, and a user's own script may (or set
+    ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=67108864``); a no-op where the C
+    library is not glibc."""
     if not sys.platform.startswith("linux"):
         return
     try:

@@ -170,8 +170,15 @@ def run() -> NoReturn:
     ends there (``os._exit``), unless a thread that Python's exit would wait for is still
     running (then Python exits as usual). Likewise at the start: Python's garbage collector
     stays off until the verb's modules are imported (:func:`.common.pause_collection`).
+
+    The program also fixes glibc's heap thresholds (:func:`autofact._memory.pin_heap_thresholds`:
+    sharded and tiled ALS then reuse their temporaries instead of mapping them afresh, issue 11).
+    Both are the process's settings, so only the program changes them; the library never does.
     """
     pause_collection()  # until the verb's modules are imported (issue 10)
+    from .._memory import pin_heap_thresholds
+
+    pin_heap_thresholds()  # the program's process (issue 11)
     try:
         status = main()
         if any(t is not threading.main_thread() and not t.daemon

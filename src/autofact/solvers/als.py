@@ -111,7 +111,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import threads
-from .._memory import pin_heap_thresholds, release_freed_memory
+from .._memory import release_freed_memory
 from ..objective import Objective, Params
 from ..sparse import Pattern, _unsupported, build_patterns, csr_tensor, gather_dot
 from ._base import Epoch, NonFinite, all_finite
@@ -254,7 +254,6 @@ class _AlternatingNewton:
         """The sharded layout (module docstring): this process's users as a compact table, its
         ratings by item in row ranges of items that every process cuts alike."""
         obj = self.obj
-        pin_heap_thresholds()  # (issue 11: the temporaries reused on the heap, not re-mapped)
         self.workers = 1  # each process is one worker; the machine's cores are the processes'
         self.checked = True  # the contract's probe checked the curvature (no per-process test)
         m, n = obj.shape
@@ -290,7 +289,6 @@ class _AlternatingNewton:
         (:class:`_ItemTiles`: ``n_rows`` rows, ``row_ids`` their users as in
         :func:`~autofact.sparse.build_patterns`), against :attr:`objT` = ``obj`` as it is;
         rows solved in pieces whose ``H`` and ``L`` take ``max_memory / 6`` (float32)."""
-        pin_heap_thresholds()  # (issue 11: the ranges' temporaries reused, not re-mapped)
         self.tiles = _ItemTiles(self.obj, n_rows, K, max_rows, row_ids)
         self.solve_rows = max(1, max_rows // 2)
         self.ranges = [(a, b, []) for a, b in self.tiles.spans]
