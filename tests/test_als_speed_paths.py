@@ -156,3 +156,22 @@ def test_the_kept_z_buffer_is_dropped_by_a_half_sweep_that_does_not_use_it(monke
     epoch.run()
     assert kept == [True]  # the users' half-sweep used one; the items' Z went in groups
     assert solver._zbuf is None
+
+
+def test_the_ranges_half_sweep_drops_the_user_sides_z_buffer(monkeypatch):
+    # issue 10 (review): with the item half-step by ranges (tiled, or sharded), the Z buffer
+    # the user half-sweep keeps sat beside the ranges' budget, which takes all of max_memory
+    from autofact.objective import Objective
+    from tests.test_memory_als import planted
+
+    monkeypatch.setattr(als, "BY_ITEM_SHARE", 0.0)
+    obj = Objective(planted(), bias=True, beta=0.5, dtype="float32", max_memory=2**22)
+    epoch = als.make_als(obj, obj.init_params(3, seed=0))
+    solver = epoch.run
+    assert solver.tiles is not None  # (the item half-step by ranges)
+    with torch.no_grad():
+        solver.half_sweep(0)
+    assert solver._zbuf is not None  # the user side kept one (it fits max_memory / 16)
+    with torch.no_grad():
+        solver.half_sweep(1)
+    assert solver._zbuf is None

@@ -409,10 +409,12 @@ class _AlternatingNewton:
             with torch.no_grad():
                 P, bu = self._users()
                 if side == 1:
+                    self._zbuf = None  # (the ranges' budget has no room for the user side's Z)
                     self._shared_items(P, bu)
                     return 0.0
                 return self._shared_users(P, bu)
         if side == 1 and self.tiles is not None:  # issue 11: the ratings by user, by ranges
+            self._zbuf = None  # (the ranges' budget has no room for the user side's Z)
             with torch.no_grad():
                 return self._shared_items(p["P"], p.get("bu"))
         obj, blocks = self.sides[side]
