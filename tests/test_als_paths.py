@@ -71,6 +71,7 @@ def test_row_blocks_on_two_workers_give_the_factors_of_one(monkeypatch, loss):
     whole = autofact.MatrixFactorization(rank=3, solver="als", loss=loss, epochs=4, seed=0,
                                          dtype="float64").fit(data)
     monkeypatch.setattr(threads, "MIN_WORK_PER_WORKER", 1)  # every side worth splitting
+    monkeypatch.setattr(als, "MIN_WORK_PER_WORKER", 1)
     seen = []
     real = als._AlternatingNewton._finish
 
@@ -101,6 +102,7 @@ def test_an_error_in_a_worker_reaches_the_caller(monkeypatch):
     from autofact import threads
 
     monkeypatch.setattr(threads, "MIN_WORK_PER_WORKER", 1)
+    monkeypatch.setattr(als, "MIN_WORK_PER_WORKER", 1)
     with pytest.raises(ValueError, match="needs a loss with a non-zero second derivative"):
         autofact.MatrixFactorization(rank=3, solver="als", loss="absolute", epochs=2,
                                      n_threads=2).fit(_data())
@@ -122,6 +124,7 @@ def test_z_in_column_slices_shared_by_a_group_of_blocks_gives_the_fit_of_z_whole
     data = autofact.Ratings.from_coo(users, items, rng.integers(1, 6, size=len(users)),
                                      shape=(m, n))
     monkeypatch.setattr(threads, "MIN_WORK_PER_WORKER", 1)  # blocks cut for 2 workers
+    monkeypatch.setattr(als, "MIN_WORK_PER_WORKER", 1)
     groups = []
     real = als._groups
 
@@ -220,6 +223,7 @@ def test_kept_second_derivatives_give_the_factors_computed_each_epoch(monkeypatc
     kw = {"unobserved_weight": 0.05} if case == "unobserved" else {}
     if case == "two workers":
         monkeypatch.setattr(threads, "MIN_WORK_PER_WORKER", 1)
+        monkeypatch.setattr(als, "MIN_WORK_PER_WORKER", 1)
         kw["n_threads"] = 2
     on, off = _fit_both(monkeypatch, data, **kw)
     _assert_same(on, off)
@@ -342,3 +346,24 @@ def test_z_column_slices_by_runs_are_the_gathered_products():
             want = torch.index_select(Y, 1, iu[c0:c1]) * torch.index_select(Y, 1, ju[c0:c1])
             assert torch.equal(products.upper(c0, c1), want)
     assert torch.equal(products.upper(0, 28), Y[:, iu] * Y[:, ju])  # whole (_whole_upper)
+
+
+def test_an_in_memory_fit_takes_a_second_worker_only_from_als_own_threshold(monkeypatch):
+    # issue 10, item 2: 1M ratings at rank 10 (1.2e8 multiply-adds an epoch) took two workers
+    # by the threads' coarse rule (2^24 each) and ran 1.2-1.5x slower beside a busy process
+    # than on one; ALS asks 2^28 of each worker, from the sizes only
+    from autofact import threads
+    from autofact.objective import Objective
+    from tests.test_memory_als import planted
+
+    monkeypatch.setattr(threads, "max_threads", lambda n_threads=None: 4)
+    monkeypatch.setattr(threads, "MIN_WORK_PER_WORKER", 1)  # (the threads' rule: any size)
+    obj = Objective(planted(), bias=True, beta=0.5, dtype="float64")
+    work = obj.nnz * 4 * 4  # rank 3 with biases: K = 4
+    got = {}
+    for per_worker in (work // 2 + 1, work // 2, work // 4):
+        monkeypatch.setattr(als, "MIN_WORK_PER_WORKER", per_worker)
+        got[per_worker] = als.make_als(obj, obj.init_params(3, seed=0)).run.workers
+    assert list(got.values()) == [1, 2, 4]
+    monkeypatch.undo()
+    assert 121 * 10**6 < 2 * als.MIN_WORK_PER_WORKER < 1089 * 10**6  # 1M: rank 10 one, 32 two

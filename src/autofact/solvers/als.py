@@ -121,6 +121,12 @@ __all__ = ["make_als"]
 #: At most this many worker threads run a side's row blocks (:func:`autofact.threads.workers_for`
 #: decides how many, from the sizes and the cores, never the load).
 COARSE_BLOCKS = 8
+#: Multiply-adds (ratings x K^2 an epoch) a worker of an in-memory fit must have (issue 10, item
+#: 2): the threads' coarse rule (:data:`autofact.threads.MIN_WORK_PER_WORKER`, 2^24) gave 1M
+#: ratings at rank 10 (1.2e8) two workers, 7 % faster than one quiet but 1.2-1.5x slower beside a
+#: busy process (each half-sweep's many small operations hand the GIL between the workers);
+#: at rank 32 (1.1e9) two workers stay faster beside it too (0.8x).
+MIN_WORK_PER_WORKER = 2**28
 #: With several workers each side is cut into this many row blocks a worker, so that a worker
 #: descheduled on a busy machine delays only its last, small block (issue 10). Each row is solved
 #: on its own, so the cut changes the factors at most by rounding (a block's rows take
@@ -227,8 +233,9 @@ class _AlternatingNewton:
         # issue 11 (memory): where the data outgrows max_memory (tiled) one worker, whose
         # operations take the fit's threads: each worker thread's heap keeps its own freed
         # blocks (25M ratings, rank 32, 64 MiB: the fit's peak 828 MiB with 2, 778 with 1)
-        if work >= 2 * threads.MIN_WORK_PER_WORKER and not tiled:  # (shared: returned above)
-            self.workers = min(COARSE_BLOCKS, threads.workers_for(work))
+        if work >= 2 * MIN_WORK_PER_WORKER and not tiled:  # (shared: returned above)
+            self.workers = min(COARSE_BLOCKS, threads.workers_for(work),
+                               work // MIN_WORK_PER_WORKER)
         # each side's blocks: the rows whose workspace (H, its Cholesky factor, the upper
         # triangle's C @ Z: 3 K^2 floats a row) fits a worker's share of half of max_memory,
         # and BLOCKS_PER_WORKER blocks a worker (see _side for the other half)
