@@ -254,7 +254,7 @@ def test_sparse_fallback_catches_only_missing_kernels(monkeypatch, exc, falls_ba
         out = gather_dot(P, Q, pats[0], into=(gP, None, None, None))
         with pytest.raises(type(exc), match=str(exc)[:20]):
             out.sum().backward()
-    assert sparse._unsupported(exc) is falls_back
+    assert sparse.is_unsupported(exc) is falls_back
 
 
 # ------------------------------------------------------------------ coarse workers (issue 10)

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["Pattern", "gather_dot", "build_patterns", "prepare_transposes", "csr_tensor"]
+__all__ = ["Pattern", "gather_dot", "build_patterns", "prepare_transposes", "csr_tensor",
+           "is_unsupported"]
 
 
 def csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
@@ -233,7 +234,7 @@ _UNSUPPORTED = ("not implemented", "could not run", "not supported", "unsupporte
                 "does not support", "only supports")
 
 
-def _unsupported(exc: BaseException) -> bool:
+def is_unsupported(exc: BaseException) -> bool:
     """Whether ``exc`` says a sparse kernel is missing (never for an out-of-memory error)."""
     if isinstance(exc, NotImplementedError):
         return True
@@ -256,7 +257,7 @@ def _product(A: Any, B: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor 
         else:
             out.addmv_(A, B)
     except (NotImplementedError, RuntimeError) as exc:  # a build without the in-place kernel
-        if not _unsupported(exc):
+        if not is_unsupported(exc):
             raise
         out += A @ B if B.dim() == 2 else torch.mv(A, B)
     return None
@@ -285,7 +286,7 @@ class _GatherDot(torch.autograd.Function):
             try:
                 torch.sparse.sampled_addmm(S, P, Q.t(), beta=0.0, out=S)
             except (NotImplementedError, RuntimeError) as exc:  # no in-place form in the build
-                if not _unsupported(exc):
+                if not is_unsupported(exc):
                     raise
                 out = torch.sparse.sampled_addmm(S, P, Q.t(), beta=0.0).values()
         if bu is not None:

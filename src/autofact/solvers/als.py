@@ -113,7 +113,7 @@ import torch.nn.functional as F
 from .. import threads
 from .._memory import release_freed_memory
 from ..objective import Objective, Params
-from ..sparse import Pattern, _unsupported, build_patterns, csr_tensor, gather_dot
+from ..sparse import Pattern, build_patterns, csr_tensor, gather_dot, is_unsupported
 from ._base import Epoch, NonFinite, all_finite
 
 __all__ = ["make_als"]
@@ -1060,7 +1060,7 @@ def _t_product(pat: Pattern, values: torch.Tensor, dense: torch.Tensor) -> torch
     try:
         return C.t() @ dense
     except (NotImplementedError, RuntimeError) as exc:  # a build without the transposed kernel
-        if not _unsupported(exc):
+        if not is_unsupported(exc):
             raise
     rows = torch.repeat_interleave(torch.arange(pat.row1 - pat.row0, device=dense.device),
                                    torch.diff(pat.crow.long()), output_size=pat.nnz)
@@ -1251,7 +1251,7 @@ def _spmm(C: _Csr, dense: torch.Tensor) -> torch.Tensor:
         return F.embedding_bag(C.col, dense, C.crow, mode="sum", per_sample_weights=C.values,
                                include_last_offset=True)
     except (NotImplementedError, RuntimeError) as exc:
-        if not _unsupported(exc):
+        if not is_unsupported(exc):
             raise
     return csr_tensor(C.crow, C.col, C.values, (len(C.crow) - 1, dense.shape[0])) @ dense
 
