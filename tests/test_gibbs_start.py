@@ -29,7 +29,7 @@ def test_spectral_start_is_the_top_singular_subspace_of_what_the_biases_leave() 
     for max_nnz in (1 << 19, 50):  # one block a side, and many
         u_side, i_side = _sides(u, i, r, m, n, max_nnz)
         Q0, c0, lam_u, lam_i = gibbs._spectral_start(np.random.default_rng(0), u_side, i_side,
-                                                     k, len(r), m, None)
+                                                     k, len(r), None)
         t = np.zeros((m, n))
         t[u, i] = r.astype(np.float32).astype(np.float64) - u_side.offset
         c = t.sum(0) / (m + 1)  # the biases' conditional means at alpha = lambda = 1
@@ -90,7 +90,7 @@ def test_ratings_without_spectrum_keep_the_random_start() -> None:
     u, i = np.divmod(np.arange(12), 4)
     u_side, i_side = _sides(u, i, np.full(12, 3.0), 3, 4)
     Q0, c0, lam_u, lam_i = gibbs._spectral_start(np.random.default_rng(0), u_side, i_side, 2,
-                                                 12, 3, None)
+                                                 12, None)
     assert np.isnan(lam_u).all() and np.isnan(lam_i).all()
     np.testing.assert_array_equal(c0, 0.0)
     res = gibbs_mf(u, i, np.full(12, 3.0), (3, 4), rank=2, sweeps=20, seed=0)

@@ -36,7 +36,7 @@ def test_the_start_keeps_its_residuals_only_when_they_fit_and_gets_the_same_star
     i_side = (gibbs._Columns(u_side, 70, 300, slab=600) if slabs
               else u_side.transpose(300))
     starts = [gibbs._spectral_start(np.random.default_rng(3), u_side, i_side, 3,
-                                    len(u_side.vals), 90, None, cache_bytes=cache)
+                                    len(u_side.vals), None, cache_bytes=cache)
               for cache in (None, 4 * len(u_side.vals), 4 * len(u_side.vals) - 1, 0)]
     for other in starts[1:]:
         for a, b in zip(starts[0], other, strict=True):
@@ -54,7 +54,7 @@ def test_the_kept_residuals_are_4_bytes_a_rating_and_only_when_they_fit() -> Non
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
-            gibbs._spectral_start(np.random.default_rng(3), u_side, i_side, 3, nnz, 400, None,
+            gibbs._spectral_start(np.random.default_rng(3), u_side, i_side, 3, nnz, None,
                                   cache_bytes=cache)
             peaks.append(tracemalloc.get_traced_memory()[1] - before)
         finally:

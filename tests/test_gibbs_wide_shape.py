@@ -43,7 +43,7 @@ def test_spectral_start_density_counts_rated_rows_only() -> None:
     for m, n in ((300, 200), (3000, 2000)):
         u_side, i_side = _sides(u, i, r, m, n)
         starts.append(gibbs._spectral_start(np.random.default_rng(0), u_side, i_side, 3, len(r),
-                                            m, None))
+                                            None))
     (Q_a, c_a, lu_a, li_a), (Q_b, c_b, lu_b, li_b) = starts
     rated = np.unique(i)
     np.testing.assert_allclose(lu_b, lu_a, rtol=1e-6)

@@ -1163,7 +1163,7 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
     hyp_u = (np.zeros(K), np.ones(K))
     hyp_i = (np.zeros(K), np.ones(K))
     if init == "spectral" and resume is None:  # issue 10, item 4
-        Q0, c0, lam_u, lam_i = _spectral_start(rng, u_side, i_side, k, nnz, m, reduce,
+        Q0, c0, lam_u, lam_i = _spectral_start(rng, u_side, i_side, k, nnz, reduce,
                                                cache_bytes=start_bytes, pool=pool)
         found = np.isfinite(lam_u)  # directions without spectrum keep the random start
         Xi[:, :k][:, found] = Q0[:, found]
@@ -1450,7 +1450,7 @@ def _orthonormal(Y: np.ndarray, reduce: Callable[[list[np.ndarray]], None] | Non
 
 
 def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side | _Columns, k: int,
-                    nnz: int, m: int, reduce: Callable[[list[np.ndarray]], None] | None,
+                    nnz: int, reduce: Callable[[list[np.ndarray]], None] | None,
                     cache_bytes: int | None = None, pool: _BlockPool | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The chain's start (issue 10, item 4): item factors ``Q0`` (n, k) and biases ``c0`` (n,),
