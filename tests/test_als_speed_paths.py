@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from autofact.solvers import als
-from autofact.sparse import csr_tensor
+from autofact.sparse import Csr, csr_tensor, spmm
 
 
-def _csr(rows: int, cols: int, dtype: torch.dtype, seed: int = 0) -> als._Csr:
+def _csr(rows: int, cols: int, dtype: torch.dtype, seed: int = 0) -> Csr:
     gen = torch.Generator().manual_seed(seed)
     counts = torch.randint(0, 6, (rows,), generator=gen)
     counts[1] = 0  # an empty row
@@ -19,7 +19,7 @@ def _csr(rows: int, cols: int, dtype: torch.dtype, seed: int = 0) -> als._Csr:
     crow[1:] = torch.cumsum(counts, 0)
     col = torch.cat([torch.randperm(cols, generator=gen)[: int(c)].sort().values
                      for c in counts]).to(torch.int32)
-    return als._Csr(crow, col, torch.randn(len(col), generator=gen, dtype=dtype))
+    return Csr(crow, col, torch.randn(len(col), generator=gen, dtype=dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -28,13 +28,13 @@ def test_spmm_is_the_csr_product(dtype):
     C = _csr(30, 12, dtype)
     dense = torch.randn(12, 7, dtype=dtype)
     want = csr_tensor(C.crow, C.col, C.values, (30, 12)) @ dense
-    got = als._spmm(C, dense)
+    got = spmm(C, dense)
     tol = 1e-6 if dtype == torch.float32 else 1e-14
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
     assert torch.equal(got[1], torch.zeros(7, dtype=dtype))
     # a column view of a wider matrix (as the solver passes Ya[:, :K])
     wide = torch.randn(12, 9, dtype=dtype)
-    torch.testing.assert_close(als._spmm(C, wide[:, :7]), als._spmm(C, wide[:, :7].contiguous()),
+    torch.testing.assert_close(spmm(C, wide[:, :7]), spmm(C, wide[:, :7].contiguous()),
                                rtol=0, atol=0)
 
 

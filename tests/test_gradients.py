@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import autofact
+from autofact import sparse
 from autofact.objective import Objective
 from autofact.sparse import build_patterns, gather_dot
 
@@ -57,6 +58,38 @@ def test_gather_dot_gradcheck(max_nnz, bias):
     u, i = torch.from_numpy(r.users).long(), torch.from_numpy(r.items).long()
     expected = (P[u] * Q[i]).sum(1) + ((bu[u] + bi[i]) if bias else 0.0)
     torch.testing.assert_close(f(P, Q, bu, bi), expected)
+
+
+@pytest.mark.parametrize("chunk", [2**18, 5])
+@pytest.mark.parametrize("k", [3, 40])
+def test_gather_dot_into_buffers_is_the_same_gradient(monkeypatch, chunk, k):
+    # issue 10: with buffers to add into, the backward's factor products go by embedding_bag
+    # where that is faster (a result of at most 8 rows x columns an entry: here k = 3), in
+    # slices of rows (chunk), else by torch's CSR product (k = 40); the same gradient as the
+    # plain backward (gradchecked above) either way
+    monkeypatch.setattr(sparse, "_SPMM_CHUNK", chunk)
+    r = _random_ratings()
+    pats = build_patterns(torch.from_numpy(r.users), torch.from_numpy(r.items), r.shape, 1000)
+    m, n = r.shape
+    gen = torch.Generator().manual_seed(1)
+    P = torch.randn(m, k, dtype=torch.float64, generator=gen, requires_grad=True)
+    Q = torch.randn(n, k, dtype=torch.float64, generator=gen, requires_grad=True)
+    weights = torch.randn(len(r), dtype=torch.float64, generator=gen)
+    (gather_dot(P, Q, pats[0]) * weights).sum().backward()
+    gP, gQ = torch.full_like(P, 0.5), torch.full_like(Q, -0.25)
+    calls = []
+    original = torch.nn.functional.embedding_bag
+    monkeypatch.setattr(torch.nn.functional, "embedding_bag",
+                        lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    out = gather_dot(P.detach().requires_grad_(), Q.detach().requires_grad_(), pats[0],
+                     into=(gP, gQ, None, None))
+    (out * weights).sum().backward()
+    torch.testing.assert_close(gP - 0.5, P.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gQ + 0.25, Q.grad, rtol=1e-12, atol=1e-12)
+    # 7 users x 6 items, 18 ratings: at k = 3 one product a side, or one a row (chunk 5 is one
+    # row of 3 columns at a time); at k = 40 none
+    assert len(pats) == 1 and pats[0].nnz == 18
+    assert len(calls) == {(3, 2**18): 2, (3, 5): m + n, (40, 2**18): 0, (40, 5): 0}[k, chunk]
 
 
 LOSSES = ["squared", "absolute", "huber", "logistic", "poisson"]
@@ -239,6 +272,8 @@ def test_sparse_fallback_catches_only_missing_kernels(monkeypatch, exc, falls_ba
         raise exc
 
     monkeypatch.setattr(torch.Tensor, "addmm_", addmm_)
+    # and the product by embedding_bag that the backward takes where it is faster (issue 10)
+    monkeypatch.setattr(torch.nn.functional, "embedding_bag", addmm_)
     gP = torch.zeros_like(P)
     P.grad = Q.grad = None
     if falls_back:

@@ -105,15 +105,14 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .. import threads
 from .._memory import release_freed_memory
 from ..objective import Objective, Params
-from ..sparse import Pattern, build_patterns, csr_tensor, gather_dot, is_unsupported
+from ..sparse import Csr, Pattern, build_patterns, gather_dot, is_unsupported, spmm
 from ._base import Epoch, NonFinite, all_finite
 
 __all__ = ["make_als"]
@@ -664,7 +663,7 @@ class _AlternatingNewton:
 
         def fill(job: tuple[torch.Tensor, Any, int, int, torch.Tensor]) -> None:
             h, C, c0, c1, Zs = job  # a block's columns c0:c1 of C @ Z
-            h[:, c0:c1] = _spmm(C, Zs)
+            h[:, c0:c1] = spmm(C, Zs)
 
         if products.whole:
             losses = each(lambda pat: finish((pat, prepare(pat), None)), blocks)
@@ -752,7 +751,7 @@ class _AlternatingNewton:
             g2 = g2 - 2 * w0
             block_loss = block_loss - w0 * (pred * pred).sum()
         del pred
-        grad = _spmm(_Csr(pat.crow, pat.col, g1), Yf)
+        grad = spmm(Csr(pat.crow, pat.col, g1), Yf)
         rg, rh = self.curv.reg(obj, id(pat), Xv)
         grad += rg
         split = self._split(pat, K) if term is None else None
@@ -763,7 +762,7 @@ class _AlternatingNewton:
             C = self._form("long", pat, ((("loss", id(pat)), g2),),
                            lambda: split.csr_long(g2)) if split.long.numel() else None
             return _Prep(Xv, g2, block_loss, grad, rh, split, C, len(split.long))
-        return _Prep(Xv, g2, block_loss, grad, rh, None, _Csr(pat.crow, pat.col, g2),
+        return _Prep(Xv, g2, block_loss, grad, rh, None, Csr(pat.crow, pat.col, g2),
                      pat.row1 - pat.row0)
 
     def _finish(self, obj: Objective, pat: Pattern, prep: _Prep, X: torch.Tensor,
@@ -814,7 +813,7 @@ class _AlternatingNewton:
         return prep.loss
 
     @staticmethod
-    def _newton_step(obj: Objective, C: _Csr, Ya: torch.Tensor, products: _Products, K: int,
+    def _newton_step(obj: Objective, C: Csr, Ya: torch.Tensor, products: _Products, K: int,
                      rhT: torch.Tensor, gT: torch.Tensor,
                      term: tuple[torch.Tensor, torch.Tensor] | None = None,
                      Xv: torch.Tensor | None = None,
@@ -839,11 +838,11 @@ class _AlternatingNewton:
                 width = max(1, obj.max_nnz * 8 // max(Ya.shape[0] + mb, 1))
                 slices = [(c0, min(c0 + width, T), None) for c0 in range(0, T, width)]
             if len(slices) == 1 and slices[0][2] is not None:
-                hess = _spmm(C, slices[0][2])  # (one slice: no copy)
+                hess = spmm(C, slices[0][2])  # (one slice: no copy)
             else:
                 hess = torch.empty(mb, T, dtype=Ya.dtype, device=Ya.device)
                 for c0, c1, Zs in slices:
-                    hess[:, c0:c1] = _spmm(C, products.upper(c0, c1) if Zs is None else Zs)
+                    hess[:, c0:c1] = spmm(C, products.upper(c0, c1) if Zs is None else Zs)
         if K <= ROWS_SOLVE_K and mb >= ROWS_SOLVE_MIN:
             return _rows_damped_solve(hess.T.contiguous(), rhT, gT, iu, ju, term, Xv)
         H = _mirror_upper(hess, iu, ju, K)
@@ -912,7 +911,7 @@ class _AlternatingNewton:
         if term is not None:
             losses = losses - obj.unobserved_weight * pred * pred
         ones = torch.ones(Ya.shape[0], 1, dtype=Xv.dtype, device=Xv.device)
-        return _spmm(_Csr(pat.crow, pat.col, losses), ones)[:, 0]  # row sums
+        return spmm(Csr(pat.crow, pat.col, losses), ones)[:, 0]  # row sums
 
     @staticmethod
     def _row_regularization(obj: Objective, Xv: torch.Tensor, k: int, bias: bool
@@ -1233,29 +1232,6 @@ def _z_fits(n_other: int, K: int, item: int, max_memory: int, columns: int | Non
     return n_other * cols * item <= max_memory // 2
 
 
-class _Csr(NamedTuple):
-    """A CSR matrix as its row pointers, column indices (one integer dtype) and values, for
-    :func:`_spmm`."""
-
-    crow: torch.Tensor
-    col: torch.Tensor
-    values: torch.Tensor
-
-
-def _spmm(C: _Csr, dense: torch.Tensor) -> torch.Tensor:
-    """``C @ dense``: each row's sum of its entries' values times their rows of ``dense``, by
-    ``embedding_bag`` (issue 10: on the CPU the same sums as torch's CSR product, each row's
-    entries added in order, and 2x faster at 11 to 66 columns, 3-4x at several hundred in
-    cache-sized slices); torch's CSR product where a build lacks it."""
-    try:
-        return F.embedding_bag(C.col, dense, C.crow, mode="sum", per_sample_weights=C.values,
-                               include_last_offset=True)
-    except (NotImplementedError, RuntimeError) as exc:
-        if not is_unsupported(exc):
-            raise
-    return csr_tensor(C.crow, C.col, C.values, (len(C.crow) - 1, dense.shape[0])) @ dense
-
-
 class _Products:
     """The columns of ``Z`` (``Z[i]``: the upper triangle of ``y_i y_i^T``) for one half-sweep,
     computed once and shared by its row blocks (issue 10) when they fit in one slice
@@ -1353,7 +1329,7 @@ class _Prep:
     grad: torch.Tensor
     rh: torch.Tensor
     split: _Split | None
-    C: _Csr | None
+    C: Csr | None
     kk_rows: int
 
 
@@ -1418,9 +1394,9 @@ class _Split:
         tensors += [self.long, self.long_entries, self.long_crow, self.long_col]
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    def csr_long(self, values: torch.Tensor) -> _Csr:
+    def csr_long(self, values: torch.Tensor) -> Csr:
         """The CSR of the long rows' entries of ``values`` (one value per entry of the block)."""
-        return _Csr(self.long_crow, self.long_col, values.index_select(0, self.long_entries))
+        return Csr(self.long_crow, self.long_col, values.index_select(0, self.long_entries))
 
 
 def _woodbury_solve(Y: torch.Tensor, w: torch.Tensor, rh: torch.Tensor, g: torch.Tensor
