@@ -83,15 +83,16 @@ def test_rows_damped_solve_matches_the_lapack_solve(with_term):
     assert bool(torch.isfinite(got[:, 3]).all()) and bool((got[:, 3] != 0).any())
 
 
-@pytest.mark.parametrize("n", [1, 2, 11])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 11])
 def test_rows_cholesky_solve_matches_a_dense_solve(n):
     # issue 10: systems factored laid out across the rows, reading the lower triangle alone
+    # (Woodbury's n <= 4 systems and the K x K ones, one function)
     gen = torch.Generator().manual_seed(1)
     A = torch.randn(30, n, n + 2, generator=gen, dtype=torch.float64)
     M = A @ A.transpose(1, 2) + 0.1 * torch.eye(n, dtype=torch.float64)
     b = torch.randn(30, n, generator=gen, dtype=torch.float64)
     lower = torch.tril(M).permute(1, 2, 0)  # (n, n, rows), zeros above the diagonal
-    x = als._rows_cholesky_solve(lambda j: lower[j:, j], b.T.contiguous())
+    x = als._rows_cholesky_solve(lambda j: lower[j:, j].clone(), b.T.contiguous())
     torch.testing.assert_close(x.T, torch.linalg.solve(M, b))
 
 

@@ -76,16 +76,6 @@ def test_split_buckets_rows_by_their_count_of_ratings():
     assert split.long.tolist() == [3] and split.long_entries.tolist() == [7, 8, 9, 10, 11]
 
 
-def test_small_spd_solve_matches_a_dense_solve():
-    gen = torch.Generator().manual_seed(1)
-    A = torch.randn(30, 4, 6, generator=gen, dtype=torch.float64)
-    M = A @ A.transpose(1, 2) + 0.1 * torch.eye(4, dtype=torch.float64)
-    b = torch.randn(30, 4, generator=gen, dtype=torch.float64)
-    lower = [[M[:, i, j] for j in range(i + 1)] for i in range(4)]
-    x = torch.stack(als._small_spd_solve(lower, list(b.T)), 1)
-    torch.testing.assert_close(x, torch.linalg.solve(M, b))
-
-
 def _asymmetric(pred, target):
     """l'' of 4 above the target and 1 below: positive (the Woodbury path) and a function of
     the prediction (not kept)."""

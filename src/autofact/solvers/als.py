@@ -1423,71 +1423,51 @@ def _woodbury_solve(Y: torch.Tensor, w: torch.Tensor, rh: torch.Tensor, g: torch
     if n == 0:
         return g / d
     Yd = Y / d[:, None, :]
-    Ys, Yds = Y.unbind(1), Yd.unbind(1)
-    M = [[(Yds[a] * Ys[b]).sum(0) for b in range(a + 1)] for a in range(n)]  # lower triangle
     inverse = w.reciprocal()
-    for a in range(n):
-        M[a][a] = M[a][a] + inverse[a]
-    z = _small_spd_solve(M, list((Yd * g[:, None, :]).sum(0).unbind(0)))
-    return (g - (Y * torch.stack(z, 0)[None]).sum(1)) / d
 
+    def column(j: int) -> torch.Tensor:
+        """Column ``j`` of ``diag(1/w) + Y D^{-1} Y^T`` from the diagonal down."""
+        c = (Yd[:, j:] * Y[:, j : j + 1]).sum(0)
+        c[0].add_(inverse[j])
+        return c
 
-def _small_spd_solve(M: list[list[torch.Tensor]], b: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``M^{-1} b`` for a batch of small positive definite ``n x n`` systems, given as the lower
-    triangle ``M[i][j]`` (``j <= i``) and ``b[i]``, each a vector over the batch: a Cholesky
-    factorization written over the batch, ``n^2`` vector operations and no per-matrix call
-    (which costs more than the arithmetic at ``n <= 4``)."""
-    n = len(b)
-    L: list[list[torch.Tensor]] = [[] for _ in range(n)]
-    for j in range(n):
-        for i in range(j, n):
-            v = M[i][j]
-            for m in range(j):
-                v = v - L[i][m] * L[j][m]
-            L[i].append(v.sqrt() if i == j else v / L[j][j])
-    y: list[torch.Tensor] = []
-    for i in range(n):
-        v = b[i]
-        for m in range(i):
-            v = v - L[i][m] * y[m]
-        y.append(v / L[i][i])
-    x: list[torch.Tensor] = list(y)
-    for i in reversed(range(n)):
-        v = y[i]
-        for m in range(i + 1, n):
-            v = v - L[m][i] * x[m]
-        x[i] = v / L[i][i]
-    return x
+    z = _rows_cholesky_solve(column, (Yd * g[:, None, :]).sum(0))
+    return (g - (Y * z[None]).sum(1)) / d
 
 
 def _rows_cholesky_solve(column: Callable[[int], torch.Tensor], b: torch.Tensor
                          ) -> torch.Tensor:
     """``A^{-1} b`` for a batch of positive definite ``n x n`` systems laid out across the rows
-    (the last dimension): ``column(j)`` gives column ``j`` of ``A`` from the diagonal down
-    (``(n - j, rows)``), ``b`` is ``(n, rows)``. A Cholesky factorization written over the rows,
-    column by column, then the two triangular solves: about ``9 n`` vector operations and no
-    per-matrix call (issue 10: LAPACK's call a matrix costs more than the arithmetic at
-    ``n <= 16``). A system that is not positive definite gets non-finite entries."""
+    (the last dimension), both the ``K x K`` systems (:func:`_rows_damped_solve`) and Woodbury's
+    ``n x n`` ones (:func:`_woodbury_solve`). ``column(j)`` gives column ``j`` of ``A`` from
+    the diagonal down, ``(n - j, rows)``, called once each in order, and becomes column ``j``
+    of the factor in place (a tensor the caller gives up); ``b`` is ``(n, rows)``, not
+    modified. A Cholesky factorization written over the rows, column by column, then the two
+    triangular solves: about ``n^2`` vector operations and no per-matrix call (issue 10:
+    LAPACK's call a matrix costs more than the arithmetic at ``n <= 16``; in-place operations
+    on views throughout, since at ``n <= 4`` each operation's overhead is the cost). A system
+    that is not positive definite gets non-finite entries."""
     n = b.shape[0]
-    L = b.new_empty(n, n, b.shape[1])  # L[j, i]: the factor's entry (i, j), i >= j; nothing
-    for j in range(n):  # reads L[j, i < j]
-        c = L[j, j:]
-        if j:
-            torch.sub(column(j), (L[:j, j:] * L[:j, j : j + 1]).sum(0), out=c)
-        else:
-            c.copy_(column(0))
-        c[0].sqrt_()
+    L: list[torch.Tensor] = []  # L[j]: the factor's column j from the diagonal down
+    for j in range(n):
+        c = column(j)
+        for m in range(j):  # less L[j:, m] L[j, m]
+            c.addcmul_(L[m][j - m :], L[m][j - m], value=-1)
+        diag = c[0]
+        diag.sqrt_()
         if j + 1 < n:
-            c[1:] /= c[0]
+            c[1:].div_(diag)
+        L.append(c)
     x = b.clone()  # L y = b, then L^T x = y
+    xs = x.unbind(0)
     for i in range(n):
-        x[i] /= L[i, i]
+        xs[i].div_(L[i][0])
         if i + 1 < n:
-            x[i + 1 :].addcmul_(L[i, i + 1 :], x[i], value=-1)
+            x[i + 1 :].addcmul_(L[i][1:], xs[i], value=-1)
     for i in reversed(range(n)):
-        x[i] /= L[i, i]
-        if i:
-            x[:i].addcmul_(L[:i, i], x[i], value=-1)
+        if i + 1 < n:
+            xs[i].sub_((L[i][1:] * x[i + 1 :]).sum(0))
+        xs[i].div_(L[i][0])
     return x
 
 
@@ -1551,7 +1531,8 @@ def _rows_damped_solve(hT: torch.Tensor, rhT: torch.Tensor, gT: torch.Tensor,
     diag += 1e-6 * diag.abs().mean(dim=0, keepdim=True).clamp_min(1.0)
     hT.index_copy_(0, at_diag, diag)
     # column j of H from the diagonal down: row j of the triangle
-    x = _rows_cholesky_solve(lambda j: hT[first[j] : first[j] + K - j], gT)
+    # (copies: the fallback below reads hT's rows that come out non-finite)
+    x = _rows_cholesky_solve(lambda j: hT[first[j] : first[j] + K - j].clone(), gT)
     if not bool(torch.isfinite(x.sum())):  # one reduction in the usual case
         bad = torch.nonzero(~torch.isfinite(x).all(0))[:, 0]
         H = _mirror_upper(hT.index_select(1, bad).T, iu, ju, K)
