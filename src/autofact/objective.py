@@ -704,7 +704,8 @@ class Objective:
             # issue 11: a worker holds one block's temporaries and, backward, at most one
             # column buffer (_ColumnSums): together within max_memory
             each = max(p.nnz for p in blocks) * _BYTES_PER_ENTRY + column_bytes
-            workers = min(len(blocks), workers_for(self.nnz * k * (3 if backward else 1)),
+            workers = min(len(blocks),
+                          workers_for(self.nnz * k * (3 if backward else 1), spare_core=True),
                           self.max_memory // each)
             if workers > 1:
                 # processes on one machine share its cores: each its share of the workers
