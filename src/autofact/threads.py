@@ -18,7 +18,10 @@ So autofact decides the number of threads from things that do not change while a
    row blocks): :func:`workers_for` gives one worker per :data:`MIN_WORK_PER_WORKER`, at most
    the cap, each worker running whole blocks on one thread, so a descheduled worker delays only
    the end of its own block. The cut into blocks depends on the sizes only, so the factors are
-   the same whatever the number of workers.
+   the same whatever the number of workers. Workers that run many short operations each (the
+   full-batch gradient's blocks) leave one core to the rest of the machine where the cap is the
+   machine's own (``workers_for(..., spare_core=True)``): on 2 cores, beside one busy process,
+   two of them were slower than one.
 
 Never the momentary load: a seeded fit gives the same factors every time on the same machine (the
 thread count changes the order of floating-point sums, so 1 and 2 threads differ in the last
