@@ -37,7 +37,10 @@ def test_the_start_keeps_its_residuals_only_when_they_fit_and_gets_the_same_star
               else u_side.transpose(300))
     starts = [gibbs._spectral_start(np.random.default_rng(3), u_side, i_side, 3,
                                     len(u_side.vals), None, cache_bytes=cache)
-              for cache in (None, 4 * len(u_side.vals), 4 * len(u_side.vals) - 1, 0)]
+              for cache in (None, 8 * len(u_side.vals), 8 * len(u_side.vals) - 1,
+                            4 * len(u_side.vals), 4 * len(u_side.vals) - 1, 0)]
+    # (issue 10: with 8 bytes a rating and the items' view whole, its residuals are kept too and
+    # its products are torch's CSR products over the items' rows, the scatter's sums)
     for other in starts[1:]:
         for a, b in zip(starts[0], other, strict=True):
             np.testing.assert_array_equal(a, b)
@@ -50,7 +53,7 @@ def test_the_kept_residuals_are_4_bytes_a_rating_and_only_when_they_fit() -> Non
     nnz = len(u_side.vals)
     i_side = u_side.transpose(300)
     peaks = []
-    for cache in (4 * nnz, 4 * nnz - 1):
+    for cache in (4 * nnz, 4 * nnz - 1, 8 * nnz):
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
@@ -61,6 +64,8 @@ def test_the_kept_residuals_are_4_bytes_a_rating_and_only_when_they_fit() -> Non
             tracemalloc.stop()
     assert peaks[1] < nnz, peaks[1] / nnz
     assert 3.5 * nnz < peaks[0] - peaks[1] < 4.5 * nnz, (peaks[0] - peaks[1]) / nnz
+    # issue 10: the items' view's residuals too (4 more bytes a rating) when both fit
+    assert 3.5 * nnz < peaks[2] - peaks[0] < 4.5 * nnz, (peaks[2] - peaks[0]) / nnz
 
 
 def test_slabs_built_by_a_counting_sort_keep_int32_users_in_user_order() -> None:
@@ -154,12 +159,45 @@ def test_the_gram_products_formed_once_give_each_blocks_sums_and_only_when_they_
     rng = np.random.default_rng(4)
     other, bias = rng.normal(size=(70, 3)), rng.normal(size=70)
     w = rng.gamma(8.0, 1 / 8.0, size=len(u_side.vals))
-    K, fits = 4, 2 * 4 * 5 * 70
+    fits = 2 * 4 * 5 * 70  # 2 K (K+1) bytes a row of the other side, K = 4
     per_block = gibbs._Terms(other, bias, table=fits - 1, buffer=4 * 70 * 2)
     once = gibbs._Terms(other, bias, table=fits, buffer=4 * 70 * 2)
     assert per_block.products is None and once.products is not None
-    assert len(once.products) == sum(len(range(i, K, 2)) for i in range(K))
+    # (issue 10: in equal chunks of the triangle's 10 columns, each within the buffer)
+    assert once.chunks == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+    assert len(once.products) == len(once.chunks)
     for blk in u_side.blocks:
         a, b = blk[2], blk[3]
         np.testing.assert_array_equal(once.gram(u_side, blk, w[a:b]),
                                       per_block.gram(u_side, blk, w[a:b]))
+
+
+@pytest.mark.parametrize("table", [0, None])
+def test_the_gram_sums_are_the_same_whatever_the_chunks_of_the_triangle(
+        table: int | None) -> None:
+    # issue 10, item 4: the triangle's columns in chunks that cross its rows (one sparse product
+    # a chunk, not one a triangle row) give each entry z_a z_b's sum, bit for bit the one of
+    # that column alone; the products kept (table None) or formed for each block (table 0)
+    u_side = _users()
+    rng = np.random.default_rng(5)
+    other, bias = rng.normal(size=(70, 4)), rng.normal(size=70)
+    w = rng.gamma(8.0, 1 / 8.0, size=len(u_side.vals))
+    K = 5
+    iu, ju, _ = gibbs._triangle(K)
+    ref = gibbs._Terms(other, bias, table=table)
+    pairs = ref.z32[:, iu] * ref.z32[:, ju]  # column c: z_iu[c] z_ju[c], float32
+    seen = set()
+    for width in range(1, 16):
+        terms = gibbs._Terms(other, bias, table=table, buffer=4 * 70 * width)
+        widths = [c1 - c0 for c0, c1 in terms.chunks]
+        assert max(widths) <= width and max(widths) - min(widths) <= 1
+        assert terms.chunks[0][0] == 0 and terms.chunks[-1][1] == 15
+        seen.add(len(terms.chunks))
+        for blk in u_side.blocks:
+            a, b = blk[2], blk[3]
+            got = terms.gram(u_side, blk, w[a:b])
+            for c in range(len(iu)):
+                np.testing.assert_array_equal(
+                    got[:, c], u_side.spmm(blk, w[a:b].astype(np.float32),
+                                           np.ascontiguousarray(pairs[:, c : c + 1]))[:, 0])
+    assert seen == {15, 8, 5, 4, 3, 2, 1}

@@ -483,13 +483,18 @@ def _triangle(K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 _GRAM_BUFFER = 4 << 20
 # ... and the augmented conditionals of a block's rows (8 (K+1)^2 bytes a row) made at once
 _CONDITIONAL_BYTES = 4 << 20
+# ... and the most triangle entries one sparse product forms (issue 10, item 4): one product a
+# triangle row paid torch's fixed cost a call K times a block (ml-100k, rank 10: 1.3 ms a block
+# against 0.55 in two products of 33 columns); much wider ones lose the other side's rows from
+# the cache (rank 32, 3,000 rows: all 561 columns at once 1.5x the time of chunks of 48)
+_GRAM_COLUMNS = 48
 
 
 class _Terms:
     """The other side's state as the products need it: ``za = [f, 1]``, and the upper triangle
-    of ``za za^T`` per row, one triangle row at a time (:meth:`gram`; in float32: half the time
-    of the sweep's largest product, and no change in the draws' accuracy at four decimals on the
-    validation splits)."""
+    of ``za za^T`` per row, a few of its columns at a time (:meth:`gram`; in float32: half the
+    time of the sweep's largest product, and no change in the draws' accuracy at four decimals
+    on the validation splits)."""
 
     def __init__(self, other: np.ndarray, other_bias: np.ndarray, whole: bool = False,
                  buffer: int = 0, table: int | None = 0) -> None:
@@ -513,38 +518,55 @@ class _Terms:
         self.za = za
         self.bias = other_bias
         n = za.shape[0]
-        self.step = max(1, min(K, self.buffer // (4 * max(n, 1))))  # columns formed at once
-        self.products: dict[tuple[int, int], np.ndarray] | None = None
+        # the triangle's columns in equal chunks, each one sparse product (issue 10, item 4: a
+        # triangle row at a time took 2.3x the time of 2 chunks at rank 10 on ml-100k, the
+        # fixed cost of 11 products; see _GRAM_COLUMNS), of at most ``buffer`` bytes
+        T = len(self.iu)
+        width = max(1, min(_GRAM_COLUMNS, T, self.buffer // (4 * max(n, 1))))
+        step = -(-T // -(-T // width))  # T in equal chunks of at most ``width``
+        self.chunks = [(c0, min(T, c0 + step)) for c0 in range(0, T, step)]
+        self.products: list[np.ndarray] | None = None
         if table is None or 2 * K * (K + 1) * n <= table:
-            self.products = {(i, j0): self.z32[:, i : i + 1] * self.z32[:, j0 : j0 + self.step]
-                             for i in range(K) for j0 in range(i, K, self.step)}
+            self.products = [self._form(c0, c1, np.empty((n, c1 - c0), dtype=np.float32))
+                             for c0, c1 in self.chunks]
+
+    def _form(self, c0: int, c1: int, out: np.ndarray) -> np.ndarray:
+        """The products ``z_a z_b`` of the triangle's columns ``c0:c1`` (row-major, as
+        :func:`_triangle`) for every row of the other side, into ``out`` (n, c1 - c0): the
+        same float32 products whatever the chunk."""
+        K = self.z32.shape[1]
+        full = self.full
+        for i in range(int(self.iu[c0]), int(self.iu[c1 - 1]) + 1):  # triangle rows met
+            lo, hi = max(c0, int(full[i, i])), min(c1, int(full[i, K - 1]) + 1)
+            j0 = i + lo - int(full[i, i])
+            np.multiply(self.z32[:, i : i + 1], self.z32[:, j0 : j0 + hi - lo],
+                        out=out[:, lo - c0 : hi - c0])
+        return out
 
     def gram(self, side: _Side, blk: tuple[int, int, int, int, torch.Tensor], w: np.ndarray
              ) -> np.ndarray:
         """``G`` for the rows of ``blk``: per row the upper triangle (row-major) of ``sum_j w_j
-        z_j z_j^T`` over its ratings (rows x K(K+1)/2, float32). Triangle row ``a``'s products
-        ``z_a z_b`` are formed for every row of the other side, a few columns ``b`` at a time
-        (issue 11, item 3: all of them at once were ``2 K (K+1)`` bytes a row of the other
-        side, 163 MiB for 72,690 users at rank 32, three times that while they were built; a
-        triangle row at a time 4 K bytes, 21 MB for 162,541 users; now at most
-        ``buffer`` bytes); each output is the same sum whatever the columns formed with
-        it (the sparse product sums each output column on its own)."""
+        z_j z_j^T`` over its ratings (rows x K(K+1)/2, float32). The triangle's products
+        ``z_a z_b`` are formed for every row of the other side, a chunk of its columns at a
+        time (issue 11, item 3: all of them at once were ``2 K (K+1)`` bytes a row of the other
+        side, 163 MiB for 72,690 users at rank 32, three times that while they were built; now
+        at most ``buffer`` bytes, unless the table of all of them, formed once a side, fits);
+        each output is the same sum whatever the columns formed with it (the sparse product
+        sums each output column on its own)."""
         r0, r1, a, b, crow = blk
-        n, K = self.z32.shape
+        n = self.z32.shape[0]
         w32, cols = w.astype(np.float32), side.cols[a:b]
+        if self.products is not None and len(self.chunks) == 1:
+            return _spmm(crow, cols, w32, self.products[0])
         out = np.empty((r1 - r0, len(self.iu)), dtype=np.float32)
-        step = self.step
-        buf = np.empty(n * step if self.products is None else 0, dtype=np.float32)
-        full = self.full
-        for i in range(K):
-            for j0 in range(i, K, step):
-                j1 = min(K, j0 + step)
-                if self.products is not None:  # formed once for every block
-                    za = self.products[i, j0]
-                else:
-                    za = buf[: n * (j1 - j0)].reshape(n, j1 - j0)
-                    np.multiply(self.z32[:, i : i + 1], self.z32[:, j0:j1], out=za)
-                out[:, full[i, j0] : full[i, j1 - 1] + 1] = _spmm(crow, cols, w32, za)
+        width = max(c1 - c0 for c0, c1 in self.chunks)
+        buf = np.empty(n * width if self.products is None else 0, dtype=np.float32)
+        for c, (c0, c1) in enumerate(self.chunks):
+            if self.products is not None:  # formed once for every block
+                za = self.products[c]
+            else:
+                za = self._form(c0, c1, buf[: n * (c1 - c0)].reshape(n, c1 - c0))
+            out[:, c0:c1] = _spmm(crow, cols, w32, za)
         return out
 
 
@@ -1506,11 +1528,17 @@ def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side | _Co
     # issue 10, item 4: the users' view's residuals in float32 (the products' precision: the
     # same numbers), formed once, not for each of the up to 20 products (at 9M ratings 1.3 s
     # of the start's 2.0), when their 4 bytes a rating fit ``cache_bytes``
+    def cached(side: _Side, e: Callable[[_Side, int, int, np.ndarray], np.ndarray]
+               ) -> np.ndarray:
+        """The residuals ``e`` of every rating of ``side``, in float32, block by block."""
+        out = np.empty(len(side.cols), dtype=np.float32)
+        for r0, r1, a, b, _ in side.blocks:
+            out[a:b] = e(side, a, b, side.row_index(r0, r1, a, b))
+        return out
+
     E = None
     if cache_bytes is None or 4 * len(u_side.cols) <= cache_bytes:
-        E = np.empty(len(u_side.cols), dtype=np.float32)
-        for r0, r1, a, b, _ in u_side.blocks:
-            E[a:b] = e_u(u_side, a, b, u_side.row_index(r0, r1, a, b))
+        E = cached(u_side, e_u)
 
     def e_block(r0: int, r1: int, a: int, b: int) -> np.ndarray:
         """The residuals of the users' view's block ``r0:r1`` (ratings ``a:b``), float32."""
@@ -1518,19 +1546,27 @@ def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side | _Co
             return E[a:b]
         return e_u(u_side, a, b, u_side.row_index(r0, r1, a, b)).astype(np.float32)
 
-    def A_u(dense: np.ndarray) -> np.ndarray:
-        """``A @ dense`` over the users' rows, in float32, block by block."""
-        out = np.empty((u_side.n_rows, dense.shape[1]))
-        dt = dense.astype(np.float32)
+    def by_rows(side: _Side, residuals: Callable[[int, int, int, int], np.ndarray]
+                ) -> Callable[[np.ndarray], np.ndarray]:
+        """``dense -> A @ dense`` over the rows of ``side`` (a whole view), ``A``'s entries
+        ``residuals(r0, r1, a, b)`` (float32) for each row block, in float32."""
 
-        def block(blk: tuple[int, int, int, int, torch.Tensor]) -> None:
-            r0, r1, a, b, crow = blk
-            out[r0:r1] = _spmm(crow, u_side.cols[a:b], e_block(r0, r1, a, b), dt)
+        def times(dense: np.ndarray) -> np.ndarray:
+            out = np.empty((side.n_rows, dense.shape[1]))
+            dt = dense.astype(np.float32)
 
-        for _ in (map(block, u_side.blocks) if pool is None
-                  else pool.in_order(block, u_side.blocks)):
-            pass
-        return out
+            def block(blk: tuple[int, int, int, int, torch.Tensor]) -> None:
+                r0, r1, a, b, crow = blk
+                out[r0:r1] = _spmm(crow, side.cols[a:b], residuals(r0, r1, a, b), dt)
+
+            for _ in (map(block, side.blocks) if pool is None
+                      else pool.in_order(block, side.blocks)):
+                pass
+            return out
+
+        return times
+
+    A_u = by_rows(u_side, e_block)
 
     def e_i(p: _Side, a: int, b: int, rows: np.ndarray) -> np.ndarray:
         return t_of(p, a, b) - np.take(c0, rows) - np.take(b0, p.cols[a:b])
@@ -1572,7 +1608,17 @@ def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side | _Co
                          part, flat)
         return out.astype(np.float64)
 
-    A_i = scatter if _csc_matvecs is not None else product(i_side, e_i)
+    # issue 10, item 4: with the items' view whole and its residuals fitting ``cache_bytes``
+    # beside the users' (4 more bytes a rating), they are formed once too, and ``A^T @ dense``
+    # is torch's CSR product over the items' rows: the same sums (each item's terms in user
+    # order), half the time of the scatter on ml-100k (0.11 ms a product against 0.22)
+    A_i: Callable[[np.ndarray], np.ndarray]
+    if isinstance(i_side, _Side) and E is not None and (
+            cache_bytes is None or 4 * (len(u_side.cols) + len(i_side.cols)) <= cache_bytes):
+        E_i = cached(i_side, e_i)
+        A_i = by_rows(i_side, lambda r0, r1, a, b: E_i[a:b])
+    else:
+        A_i = scatter if _csc_matvecs is not None else product(i_side, e_i)
     W = rng.standard_normal((n, k))
     V = None
     for _ in range(_START_PAIRS):
