@@ -529,7 +529,8 @@ class _Terms:
         if table is None or 2 * K * (K + 1) * n <= table:
             # the same products formed with the rows of the other side last (contiguous rows
             # ``z_a``, ``z_b``; issue 10, item 4: 0.07 ms against 0.26 by :meth:`_form`'s short
-            # strided rows at rank 10 and 1,682 rows), then put rows first
+            # strided rows at rank 10 and 1,682 rows), then put rows first (while no block is
+            # alive: two chunks' temporaries, at most the table's bytes again)
             zt = np.ascontiguousarray(self.z32.T)
             self.products = []
             for c0, c1 in self.chunks:
