@@ -550,7 +550,8 @@ class _AlternatingNewton:
                 g1 = g1 - 2 * w0 * pred
                 g2 = g2 - 2 * w0
                 loss -= w0 * (pred * pred).sum().double()
-            # issue 10: sparse @ dense by embedding_bag (spmm), 2-4x torch's CSR product
+            # issue 10: sparse @ dense by embedding_bag (spmm): 1.6-2x torch's CSR product at
+            # a range's shapes (2,568 items x 23,000 users, 154k ratings, 22-33 columns)
             grad[r] += spmm(Csr(pat.crow, pat.col, g1), Yf)
             curv.append((r, Csr(pat.crow, pat.col, g2)))
         # each column slice of Z computed once for the range's blocks (issue 10): cache-
