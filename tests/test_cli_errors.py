@@ -133,7 +133,7 @@ MATRIX = [
     ("solver", ["fit", "{ratings}", "--solver", "newton", "--out", "{dir}/m.npz"], USAGE,
      "argument --solver: invalid choice: 'newton'"),
     ("loss-name", ["fit", "{ratings}", "--loss", "cubic", "--out", "{dir}/m.npz"], USAGE,
-     "argument --loss: must be one of absolute, huber"),
+     "argument --loss: must be one of absolute, bpr, huber"),
     ("loss-module", ["fit", "{ratings}", "--loss", "nosuchmodule:f", "--out", "{dir}/m.npz"],
      USAGE, "cannot import module 'nosuchmodule'"),
     ("reg-name", ["fit", "{ratings}", "--reg", "l3", "--out", "{dir}/m.npz"], USAGE,

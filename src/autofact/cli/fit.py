@@ -16,12 +16,13 @@ from .common import (
     ExitStatus,
     UsageError,
     imports_done,
+    match_ids,
     metrics_table,
     plot_history,
     print_json,
     say,
 )
-from .paths import check_distinct, check_output
+from .paths import check_checkpoint_folder, check_distinct, check_output, same_file
 
 #: --solver's choices: 'auto', autofact.solvers.SOLVERS and the ranking task's 'cg', written
 #: out so that parsing the command line imports no torch (issue 10; a test holds them equal)
@@ -87,7 +88,7 @@ def register(sub: Any) -> None:
                       help="epochs without a better validation RMSE before stopping (default "
                       "max(5, epochs / 10) with --validation-fraction; without it, a given "
                       "--patience stops on --test)")
-    run = p.add_argument_group("checkpoints and faults (issue 11)")
+    run = p.add_argument_group("checkpoints and faults")
     run.add_argument("--checkpoint", type=o.output_path, metavar="DIR",
                      help="write the training state to DIR/checkpoint.npz every "
                      "--checkpoint-every epochs (sweeps of the default sampler), at the end and "
@@ -120,8 +121,8 @@ def fit(args: argparse.Namespace) -> ExitStatus:
 
     if args.checkpoint_every is not None and args.checkpoint is None:
         raise UsageError("--checkpoint-every needs --checkpoint DIR (where to write them)")
-    if args.checkpoint is not None and args.checkpoint.exists() and not args.checkpoint.is_dir():
-        raise UsageError(f"--checkpoint {str(args.checkpoint)!r} is a file; give a folder")
+    if args.checkpoint is not None:  # trust: one that cannot be written fails now, not later
+        check_checkpoint_folder(args.checkpoint)
     if args.checkpoint is not None:  # issue 8: the model never replaces the checkpoint, ...
         from ..checkpoint import FILE_NAME
 
@@ -135,6 +136,10 @@ def fit(args: argparse.Namespace) -> ExitStatus:
                     f"files are all read as ratings: give another folder for {FILE_NAME}"
                 )
 
+    if args.test is not None and same_file(Path(os.path.realpath(args.test)), args.data):
+        # trust: the metrics of a model on its own training ratings read as held-out ones
+        say(f"warning: --test {str(args.test)!r} is DATA itself: the metrics below are on the "
+            "training ratings, not held-out ones; pass a separate test file or --test-fraction")
     shared = int(os.environ.get("WORLD_SIZE", "1")) > 1  # started by torchrun
     # issue 10 (cold start): a plain DATA file is parsed on another thread (pyarrow, without
     # the GIL) while torch is imported below
@@ -189,7 +194,8 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         train = pending()
     test = None
     if args.test is not None:
-        test = o.read_ratings(args.test, args)
+        # trust: the test file's ids matched to the training data's by their text
+        test = match_ids(o.read_ratings(args.test, args), train.user_ids, train.item_ids)
     elif args.test_fraction is not None:
         seed = 0 if args.seed is None else args.seed
         train, test = random_split(train, args.test_fraction, seed=seed)
@@ -212,6 +218,14 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         params["validation_fraction"] = args.validation_fraction
     if args.patience is not None:
         params["patience"] = args.patience
+    from ..ranking import PAIRWISE_LOSSES
+
+    if params.get("loss") in PAIRWISE_LOSSES and params.get("task") != "ranking":
+        # trust: the library's message named the rating losses only, not --task ranking
+        raise UsageError(
+            f"--loss {params['loss']} is a pairwise ranking loss: add --task ranking, or choose "
+            "a rating loss (squared, absolute, huber, logistic, poisson)"
+        )
     if "patience" not in params and params.get("validation_fraction") is None:
         params["patience"] = None
     validation = test if params.get("validation_fraction") is None else None

@@ -81,9 +81,9 @@ def loss(text: str) -> str:
     from ..losses import LOSSES
     from ..ranking import PAIRWISE_LOSSES
 
-    if text in PAIRWISE_LOSSES:  # the ranking task's pairwise losses (--task ranking, issue 12)
-        return text
-    return _name_or_path(text, LOSSES, "loss")
+    # the ranking task's pairwise losses are names too (--task ranking, issue 12), and listed
+    # among the choices (trust: the message named every choice but those two)
+    return _name_or_path(text, [*LOSSES, *PAIRWISE_LOSSES], "loss")
 
 
 def regularization(text: str) -> str:

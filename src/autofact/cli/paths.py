@@ -8,6 +8,7 @@ model, an image, a predictions CSV, a tuned settings file) or is empty. A symbol
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -72,7 +73,7 @@ def check_output(
                 f"; give a file name ending in {', '.join('.' + f for f in formats)}"
             )
     for name, other in inputs.items():
-        if other is not None and _same_file(real, other):
+        if other is not None and same_file(real, other):
             raise UsageError(
                 f"{option} {shown!r} is the input {name} ({str(other)!r}); writing it would "
                 "destroy the input: choose another name"
@@ -85,6 +86,7 @@ def check_output(
                 f"{option} {shown!r} is inside the input folder {name} ({str(other)!r}), whose "
                 "files are all read as ratings: choose a file outside it"
             )
+    check_writable(real.parent, option, shown)
     if real.exists() and real.stat().st_size > 0 and not _replaceable(real, kind, path.suffix):
         what = {"model": "an autofact model", "plot": f"a {path.suffix.lstrip('.')} image",
                 "csv": f"a predictions file (first line {PREDICTIONS_HEADER})",
@@ -94,6 +96,42 @@ def check_output(
             "first or choose another name"
         )
     return path
+
+
+def check_writable(folder: Path, option: str, shown: str) -> None:
+    """Refuse ``option`` (given as ``shown``) when ``folder`` exists but no file can be created
+    in it (read-only, no permission). Trust: the write used to fail only after the work, a
+    fit's result lost with it; a probe file (created and removed at once) asks the file system
+    itself, which also holds for root and for read-only mounts, where permission bits do not
+    tell."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".autofact-probe-", dir=folder)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write {option} {shown!r}: folder {str(folder)!r} is not writable "
+            f"({exc.strerror or exc}); choose another folder"
+        ) from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+def check_checkpoint_folder(path: Path, option: str = "--checkpoint") -> None:
+    """A checkpoint folder (created by the fit when missing): refuse, before any work, a path
+    that is a file, lies under a file, or whose nearest existing folder cannot be written."""
+    shown = str(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {shown!r} is a file; give a folder")
+    folder = Path(os.path.realpath(path))
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(
+            f"{option} {shown!r}: {str(folder)!r} is a file, not a folder; give a folder path"
+        )
+    check_writable(folder, option, shown)
 
 
 def check_distinct(outputs: Mapping[str, Path | None]) -> None:
@@ -110,7 +148,8 @@ def check_distinct(outputs: Mapping[str, Path | None]) -> None:
         seen[real] = option
 
 
-def _same_file(real: Path, other: Path) -> bool:
+def same_file(real: Path, other: Path) -> bool:
+    """Whether the resolved path ``real`` is ``other`` (also through a link, or a hard link)."""
     if real == Path(os.path.realpath(other)):
         return True
     try:

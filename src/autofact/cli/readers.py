@@ -128,6 +128,7 @@ def read_titles(path: Path) -> dict[Any, str]:
                 id_col = lowered.index(name)
                 break
         nonblank = nonblank[1:]
+    first_line: dict[Any, int] = {}
     for number, line in nonblank:
         fields = _split(line, sep)
         if len(fields) <= max(id_col, title_col):
@@ -135,5 +136,15 @@ def read_titles(path: Path) -> dict[Any, str]:
                 f"line {number} of {path}: expected at least {max(id_col, title_col) + 1} "
                 f"fields (id, title), got {len(fields)}"
             )
-        titles[parse_id(fields[id_col])] = fields[title_col]
+        key = parse_id(fields[id_col])
+        if key in first_line:
+            # trust: a ratings file given as --items (u1.base) was read as id,title lines, its
+            # user ids as item ids and its item ids as titles: wrong titles, no error
+            raise UsageError(
+                f"line {number} of {path}: item {fields[id_col]!r} is listed again (first on "
+                f"line {first_line[key]}); a titles file lists each item once: is it a ratings "
+                "file? give MovieLens u.item, movies.csv or id,title lines"
+            )
+        first_line[key] = number
+        titles[key] = fields[title_col]
     return titles

@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from . import options as o
-from .common import ExitStatus, UsageError, load_model, print_json, resolve_ids, table
+from .common import (
+    ExitStatus,
+    UsageError,
+    load_model,
+    print_json,
+    resolve_ids,
+    say,
+    table,
+)
 from .readers import read_item_ratings, read_titles
 
 
@@ -24,7 +32,7 @@ def register(sub: Any) -> None:
     who.add_argument("--ratings", type=o.existing_file, metavar="FILE",
                      help="a new user's ratings, item,rating per line (folded in, no refit)")
     who.add_argument("--all", action="store_true",
-                     help="every user of the training data, written to --out (issue 12)")
+                     help="every user of the training data, written to --out")
     p.add_argument("--out", "-o", type=o.output_path, metavar="FILE",
                    help="with --all: write user,rank,item,score rows to this .csv or .parquet "
                    "(a block of users at a time)")
@@ -85,6 +93,10 @@ def recommend(args: argparse.Namespace) -> ExitStatus:
         if titles is not None:
             row["title"] = titles.get(item, titles.get(str(item), ""))
         rows_out.append(row)
+    if titles is not None and rows_out and not any(r["title"] for r in rows_out):
+        # trust: an items file of another data set showed an empty title column, silently
+        say(f"warning: none of the {len(rows_out)} recommended items has a title in --items "
+            f"{args.items}; is it the items file of the data this model was fitted on?")
     if args.json:
         print_json({"user": recs.user, "fallback": recs.fallback, "items": rows_out})
         return ExitStatus.OK
@@ -189,9 +201,10 @@ def _check_recommendations_out(out: Path, fmt: str, model: Path) -> None:
     """Refuse a folder, a missing folder, the model itself, or an existing file that is not a
     recommendations file of this format (a Parquet file only with exactly the columns --all
     writes: a user's Parquet ratings are never replaced; issue 8)."""
-    from .paths import check_output
+    from .paths import check_output, check_writable
 
     if out.exists() and out.stat().st_size > 0 and not out.is_dir():
+        check_writable(Path(os.path.realpath(out)).parent, "--out", str(out))
         if os.path.realpath(out) == os.path.realpath(model) or os.path.samefile(out, model):
             raise UsageError(f"--out {str(out)!r} is the input MODEL; choose another name")
         if not _is_recommendations_file(out, fmt):

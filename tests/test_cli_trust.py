@@ -1,0 +1,165 @@
+"""The command line as a new user meets it (issue area "trust": never a silently wrong answer,
+never lost work): each test here failed before its fix. In-process, on small generated files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autofact import cli
+
+USAGE = cli.ExitStatus.USAGE
+
+
+def call(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_ratings(path: Path, rows: list[tuple[str, int, float]]) -> Path:
+    path.write_text("user,item,rating\n" + "".join(f"{u},{i},{r}\n" for u, i, r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Training and test ratings with plain integer ids, the same training ratings plus one
+    rating by user ``007`` (which makes every training user id a string), and a model."""
+    d = tmp_path_factory.mktemp("cli-trust")
+    rng = np.random.default_rng(0)
+    pairs = sorted({(int(u), int(i)) for u, i in zip(rng.integers(1, 31, 500),
+                                                     rng.integers(100, 121, 500), strict=True)})
+    rows = [(str(u), i, float(rng.integers(1, 6))) for u, i in pairs]
+    train, test = [r for k, r in enumerate(rows) if k % 8], rows[::8][:40]
+    f = {"dir": d, "train": write_ratings(d / "train.csv", train),
+         "test": write_ratings(d / "test.csv", test),
+         "train007": write_ratings(d / "train007.csv", train + [("007", 100, 3.0)]),
+         "test007": write_ratings(d / "test007.csv", test + [("007", 100, 3.0)]),
+         "model": d / "model.npz"}
+    assert cli.main(["fit", str(f["train"]), "--out", str(f["model"]), "--epochs", "3",
+                     "--rank", "2", "--quiet"]) == 0
+    return f
+
+
+# ------------------------------------------------------------------------------ ids by text
+def test_fit_test_ids_match_training_ids_of_another_type(data, capsys, tmp_path):
+    # trust: one training id '007' made every training id a string; the test file's plain ints
+    # then matched none of them: every pair "unknown", metrics of the global mean, exit 0
+    code, out, err = call(capsys, "fit", data["train007"], "--test", data["test"], "--out",
+                          tmp_path / "m.npz", "--epochs", "3", "--rank", "2", "-q", "--json")
+    assert code == 0, err
+    assert "not in the training data" not in err
+    metrics = json.loads(out)["metrics"]
+    assert metrics["n_users"] > 0 and metrics["n_ratings"] == 40
+
+
+def test_evaluate_ids_match_the_models_ids_of_another_type(data, capsys):
+    # trust: a test file with one id '007' read every id as a string, none matching the model's
+    # ints; now only the pair of '007' is unknown (007 is not user 7)
+    code, out, err = call(capsys, "evaluate", data["model"], data["test007"], "--json")
+    assert code == 0, err
+    assert "1 of 41 pairs have a user or item that is not in the training data" in err
+    _, plain, _ = call(capsys, "evaluate", data["model"], data["test"], "--json")
+    assert json.loads(out)["n_users"] == json.loads(plain)["n_users"] > 0
+
+
+def test_a_test_file_that_is_data_itself_warns(data, capsys, tmp_path):
+    # trust: training-set metrics were printed as if held out
+    link = tmp_path / "same.csv"
+    link.symlink_to(data["train"])
+    code, _, err = call(capsys, "fit", data["train"], "--test", link, "--out",
+                        tmp_path / "m.npz", "--epochs", "2", "--rank", "2", "-q")
+    assert code == 0
+    assert "is DATA itself: the metrics below are on the training ratings" in err
+
+
+# ------------------------------------------------------------------------------ outputs
+def test_a_checkpoint_under_a_file_is_refused_before_the_fit(data, capsys, tmp_path):
+    # trust: the fit ran, then the first checkpoint write failed (exit 1, "Not a directory"),
+    # the work lost and no --out written
+    out = tmp_path / "m.npz"
+    code, stdout, err = call(capsys, "fit", data["train"], "--out", out, "--checkpoint",
+                             data["train"] / "ck", "--epochs", "2", "-q")
+    assert code == USAGE
+    assert err.startswith("autofact: error: --checkpoint ") and "is a file, not a folder" in err
+    assert stdout == "" and not out.exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_unwritable_out_folder_is_refused_before_the_fit(data, capsys, tmp_path):
+    # trust: /proc/<pid> exists, but no file can be created there: the fit ran, then its save
+    # failed (exit 1), the work lost
+    code, stdout, err = call(capsys, "fit", data["train"], "--out", "/proc/self/m.npz",
+                             "--epochs", "2", "-q")
+    assert code == USAGE and stdout == ""
+    assert "cannot write --out '/proc/self/m.npz'" in err and "is not writable" in err
+    code, stdout, err = call(capsys, "fit", data["train"], "--out", tmp_path / "m.npz",
+                             "--checkpoint", "/proc/self/ck", "--epochs", "2", "-q")
+    assert code == USAGE and stdout == ""
+    assert "cannot write --checkpoint '/proc/self/ck'" in err
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                    reason="root writes into read-only folders")
+def test_a_read_only_checkpoint_folder_is_refused_before_the_fit(data, capsys, tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        code, stdout, err = call(capsys, "fit", data["train"], "--out", tmp_path / "m.npz",
+                                 "--checkpoint", folder, "--epochs", "2", "-q")
+    finally:
+        folder.chmod(0o755)
+    assert code == USAGE and stdout == ""
+    assert "cannot write --checkpoint" in err and "is not writable" in err
+
+
+# ------------------------------------------------------------------------------ messages
+def test_a_pairwise_loss_without_the_ranking_task_names_the_fix(data, capsys, tmp_path):
+    # trust: "loss must be one of ['absolute', ...]; got 'bpr'", with no word of --task ranking
+    code, _, err = call(capsys, "fit", data["train"], "--out", tmp_path / "m.npz",
+                        "--loss", "bpr", "-q")
+    assert code == USAGE
+    assert "--loss bpr is a pairwise ranking loss: add --task ranking" in err
+
+
+def test_the_loss_choices_name_the_pairwise_losses(data, capsys, tmp_path):
+    code, _, err = call(capsys, "fit", data["train"], "--out", tmp_path / "m.npz",
+                        "--loss", "nope")
+    assert code == USAGE
+    assert "must be one of absolute, bpr, huber, logistic, poisson, squared, warp" in err
+
+
+@pytest.mark.parametrize("verb", ["fit", "evaluate", "predict", "recommend", "tune", "demo"])
+def test_help_names_no_internal_issue_numbers(verb, capsys):
+    # trust: "(issue 11)" in a group title and "(issue 12)" in --all's help meant nothing to
+    # a user
+    with pytest.raises(SystemExit):
+        cli.main([verb, "--help"])
+    out, _ = capsys.readouterr()
+    assert "usage: autofact" in out and "issue" not in out.lower()
+
+
+# ------------------------------------------------------------------------------ titles
+def test_a_ratings_file_given_as_items_is_refused(data, capsys):
+    # trust: train.csv as --items read user ids as item ids and item ids as titles
+    code, out, err = call(capsys, "recommend", data["model"], "--user", "1", "--items",
+                          data["train"])
+    assert code == USAGE and out == ""
+    assert "is listed again (first on line" in err and "is it a ratings file?" in err
+
+
+def test_titles_of_another_data_set_warn(data, capsys, tmp_path):
+    # trust: an empty title column, silently
+    titles = tmp_path / "titles.txt"
+    titles.write_text("1|Toy Story (1995)\n2|GoldenEye (1995)\n")
+    code, out, err = call(capsys, "recommend", data["model"], "--user", "1", "-n", "2",
+                          "--items", titles)
+    assert code == 0 and out.startswith("top 2 for user 1")
+    assert "warning: none of the 2 recommended items has a title in --items" in err
