@@ -163,3 +163,21 @@ def test_titles_of_another_data_set_warn(data, capsys, tmp_path):
                           "--items", titles)
     assert code == 0 and out.startswith("top 2 for user 1")
     assert "warning: none of the 2 recommended items has a title in --items" in err
+
+
+# ------------------------------------------------------------------------------ damaged state
+def test_a_model_with_non_finite_factors_is_not_saved(data, capsys, tmp_path):
+    # trust: a checkpoint with a nan in the sampler's running sums was resumed to exit 0,
+    # "training RMSE nan", and a model file that autofact.load refused as damaged
+    ck, out = tmp_path / "ck", tmp_path / "m.npz"
+    argv = ("fit", data["train"], "--out", out, "--epochs", "4", "--rank", "2",
+            "--checkpoint", ck, "-q")
+    assert call(capsys, *argv)[0] == 0
+    arrays = dict(np.load(ck / "checkpoint.npz", allow_pickle=False))
+    arrays["optim.chain.sum"] = arrays["optim.chain.sum"].copy()
+    arrays["optim.chain.sum"].flat[0] = np.nan
+    np.savez(ck / "checkpoint.npz", **arrays)
+    out.unlink()
+    code, stdout, err = call(capsys, *argv)
+    assert code == cli.ExitStatus.ERROR and stdout == "" and not out.exists()
+    assert "holds non-finite values" in err and f"delete {ck} to start over" in err

@@ -262,7 +262,7 @@ def fit(args: argparse.Namespace) -> ExitStatus:
     # predictions start on another thread while the model is saved
     rmse = _start_training_rmse(model, train) if not shared and model.task == "rating" \
         else None
-    _save(model, args.out)
+    _save(model, args.out, args.checkpoint)
     try:
         metrics = evaluate(model, test, k=args.k, threshold=args.threshold) if test is not None \
             else None
@@ -413,15 +413,37 @@ def _save_interrupted(model: Any, out: Path, checkpoint: Path | None = None) -> 
     if done < 1:
         say(f"interrupted before the first epoch finished; nothing saved to {out}")
         return ExitStatus.INTERRUPTED
-    _save(model, out)
+    _save(model, out, checkpoint)
     say(f"interrupted during epoch {done + 1}; saved the model of epoch {done} to {out}")
     return ExitStatus.INTERRUPTED
 
 
-def _save(model: Any, out: Path) -> None:
+def _save(model: Any, out: Path, checkpoint: Path | None = None) -> None:
+    _check_finite(model, out, checkpoint)
     model.set_params(verbose=False)  # a loaded model stays quiet unless asked
     try:
         model.save(out)
     except OSError as exc:  # disk full, read-only folder: name --out, not the temporary file
         raise OSError(exc.errno, f"cannot write the model to --out ({exc.strerror or exc})",
                       str(out)) from exc
+
+
+def _check_finite(model: Any, out: Path, checkpoint: Path | None) -> None:
+    """Refuse to save a model whose factors or biases are not all finite (trust): the fit
+    itself stops on a non-finite objective, but a damaged checkpoint resumed from (a nan in its
+    running sums) ended with exit 0, "training RMSE nan", and a model file that
+    ``autofact.load`` then refused as damaged."""
+    import numpy as np
+
+    from ..errors import FitError
+
+    for name in ("user_factors_", "item_factors_", "user_bias_", "item_bias_"):
+        values = np.asarray(getattr(model, name, np.zeros(0)))
+        if not np.isfinite(values).all():
+            where = tuple(int(k) for k in np.argwhere(~np.isfinite(values))[0])
+            hint = (f"; the checkpoint it resumed from may be damaged: delete {checkpoint} to "
+                    "start over" if checkpoint is not None else "")
+            raise FitError(
+                f"the fitted model's {name.rstrip('_')} holds non-finite values (first at "
+                f"{where}); it was not saved to {out}{hint}"
+            )
