@@ -181,3 +181,19 @@ def test_a_model_with_non_finite_factors_is_not_saved(data, capsys, tmp_path):
     code, stdout, err = call(capsys, *argv)
     assert code == cli.ExitStatus.ERROR and stdout == "" and not out.exists()
     assert "holds non-finite values" in err and f"delete {ck} to start over" in err
+
+
+def test_ctrl_c_during_tune_prints_no_traceback(data, capfd, monkeypatch):
+    # trust: Optuna logged the interrupted trial with the whole traceback of the fit before
+    # "autofact: interrupted" (a traceback only with --traceback, says the README)
+    pytest.importorskip("optuna")
+    from autofact.model import MatrixFactorization
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(MatrixFactorization, "fit", interrupted)
+    code = cli.main(["tune", str(data["train"]), "--trials", "3", "-q"])
+    out, err = capfd.readouterr()
+    assert code == cli.ExitStatus.INTERRUPTED and out == ""
+    assert err.strip() == "autofact: interrupted"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 from . import options as o
@@ -36,6 +39,33 @@ def register(sub: Any) -> None:
     p.set_defaults(func=tune)
 
 
+@contextlib.contextmanager
+def _optuna_quiet(quiet: bool) -> Iterator[None]:
+    """Optuna's own log lines off while the search runs (unless ``--traceback``).
+
+    Trust: Ctrl-C during a trial printed Optuna's warning with the whole traceback of the
+    interrupted fit (30 lines) before ``autofact: interrupted``. At the level autofact.tune
+    leaves Optuna (warnings), Optuna logs only a trial that raised an error it was not asked
+    to catch: Ctrl-C, or an error that ends the command anyway and is reported as its one
+    line. Failed settings are pruned by autofact.tune and listed with their reasons in the
+    trials."""
+    if not quiet:
+        yield
+        return
+    from .._optional import optional_import
+
+    optuna = optional_import("optuna", extra="tune", purpose="autofact tune")
+    logger = logging.getLogger("optuna")
+    sink = logging.NullHandler()  # without a handler, Python's last resort would print them
+    optuna.logging.disable_default_handler()
+    logger.addHandler(sink)
+    try:
+        yield
+    finally:
+        logger.removeHandler(sink)
+        optuna.logging.enable_default_handler()
+
+
 def tune(args: argparse.Namespace) -> ExitStatus:
     """Search settings on DATA and report (and save) the best."""
     if args.out is not None:
@@ -43,9 +73,11 @@ def tune(args: argparse.Namespace) -> ExitStatus:
     from ..tuning import tune as run_tune
 
     ratings = o.read_ratings(args.data, args)  # read once, shared by every trial
-    result = run_tune(ratings, n_trials=args.trials, validation_fraction=args.validation_fraction,
-                      metric=args.metric, seed=args.seed, timeout=args.timeout,
-                      show_progress=not args.quiet and not args.json)
+    with _optuna_quiet(not getattr(args, "traceback", False)):
+        result = run_tune(ratings, n_trials=args.trials,
+                          validation_fraction=args.validation_fraction, metric=args.metric,
+                          seed=args.seed, timeout=args.timeout,
+                          show_progress=not args.quiet and not args.json)
     if args.out is not None:
         result.save(args.out)
     if args.json:
