@@ -197,3 +197,19 @@ def test_ctrl_c_during_tune_prints_no_traceback(data, capfd, monkeypatch):
     out, err = capfd.readouterr()
     assert code == cli.ExitStatus.INTERRUPTED and out == ""
     assert err.strip() == "autofact: interrupted"
+
+
+def test_a_numerical_failure_of_the_fit_exits_1_with_a_hint(data, capsys, monkeypatch, tmp_path):
+    # trust: numpy's LinAlgError (a ValueError) from the sampler, e.g. on ratings of 1e30,
+    # was a usage error (exit 2) that said only "a row's conditional precision is not
+    # positive definite"
+    from autofact.model import MatrixFactorization
+
+    def failed(self, *args, **kwargs):
+        raise np.linalg.LinAlgError("a row's conditional precision is not positive definite")
+
+    monkeypatch.setattr(MatrixFactorization, "fit", failed)
+    code, out, err = call(capsys, "fit", data["train"], "--out", tmp_path / "m.npz", "-q")
+    assert code == cli.ExitStatus.ERROR and out == ""
+    assert err.startswith("autofact: error: the fit failed numerically (a row's conditional")
+    assert "check DATA for ratings of extreme size" in err

@@ -203,6 +203,14 @@ def _describe(exc: Exception) -> tuple[ExitStatus, str]:
 
     if isinstance(exc, UsageError):
         return ExitStatus.USAGE, f"error: {_one_line(exc)}"
+    if type(exc).__name__ == "LinAlgError":
+        # trust: numpy's LinAlgError is a ValueError, so a fit that failed numerically (ratings
+        # such as 1e30 made a sampler's precision matrix indefinite) read as a usage error
+        # (exit 2) with no word of what to change
+        return ExitStatus.ERROR, (
+            f"error: the fit failed numerically ({_one_line(exc)}); check DATA for ratings of "
+            "extreme size (rescale them), or try --dtype float64 or another --solver"
+        )
     if isinstance(exc, ValueError | TypeError) and _checked(exc):
         # bad input (a file, an id, a value, a user's function) that a check of ours or the
         # user's own code refused, with a message written for it
