@@ -163,8 +163,10 @@ def test_the_gram_products_formed_once_give_each_blocks_sums_and_only_when_they_
     per_block = gibbs._Terms(other, bias, table=fits - 1, buffer=4 * 70 * 2)
     once = gibbs._Terms(other, bias, table=fits, buffer=4 * 70 * 2)
     assert per_block.products is None and once.products is not None
-    # (issue 10: in equal chunks of the triangle's 10 columns, each within the buffer)
+    # (issue 10: kept in equal chunks of the triangle's 10 columns, each within the buffer;
+    # formed for each block within a triangle row each)
     assert once.chunks == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+    assert per_block.chunks == [(0, 2), (2, 4), (4, 6), (6, 7), (7, 9), (9, 10)]
     assert len(once.products) == len(once.chunks)
     for blk in u_side.blocks:
         a, b = blk[2], blk[3]
@@ -175,9 +177,10 @@ def test_the_gram_products_formed_once_give_each_blocks_sums_and_only_when_they_
 @pytest.mark.parametrize("table", [0, None])
 def test_the_gram_sums_are_the_same_whatever_the_chunks_of_the_triangle(
         table: int | None) -> None:
-    # issue 10, item 4: the triangle's columns in chunks that cross its rows (one sparse product
-    # a chunk, not one a triangle row) give each entry z_a z_b's sum, bit for bit the one of
-    # that column alone; the products kept (table None) or formed for each block (table 0)
+    # issue 10, item 4: the products kept (table None), the triangle's columns in equal chunks
+    # that cross its rows (one sparse product a chunk, not one a triangle row), or formed for
+    # each block (table 0), a triangle row or part of one at a time: each entry z_a z_b's sum,
+    # bit for bit the one of that column alone
     u_side = _users()
     rng = np.random.default_rng(5)
     other, bias = rng.normal(size=(70, 4)), rng.normal(size=70)
@@ -190,8 +193,12 @@ def test_the_gram_sums_are_the_same_whatever_the_chunks_of_the_triangle(
     for width in range(1, 16):
         terms = gibbs._Terms(other, bias, table=table, buffer=4 * 70 * width)
         widths = [c1 - c0 for c0, c1 in terms.chunks]
-        assert max(widths) <= width and max(widths) - min(widths) <= 1
-        assert terms.chunks[0][0] == 0 and terms.chunks[-1][1] == 15
+        assert max(widths) <= width and terms.chunks[0][0] == 0 and terms.chunks[-1][1] == 15
+        assert all(a[1] == b[0] for a, b in zip(terms.chunks[:-1], terms.chunks[1:], strict=True))
+        if table is None:  # equal chunks
+            assert max(widths) - min(widths) <= 1
+        else:  # within a triangle row each
+            assert all(iu[c0] == iu[c1 - 1] for c0, c1 in terms.chunks)
         seen.add(len(terms.chunks))
         for blk in u_side.blocks:
             a, b = blk[2], blk[3]
@@ -200,4 +207,4 @@ def test_the_gram_sums_are_the_same_whatever_the_chunks_of_the_triangle(
                 np.testing.assert_array_equal(
                     got[:, c], u_side.spmm(blk, w[a:b].astype(np.float32),
                                            np.ascontiguousarray(pairs[:, c : c + 1]))[:, 0])
-    assert seen == {15, 8, 5, 4, 3, 2, 1}
+    assert seen == ({15, 8, 5, 4, 3, 2, 1} if table is None else {15, 9, 7, 6, 5})

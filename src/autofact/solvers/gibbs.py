@@ -518,19 +518,19 @@ class _Terms:
         self.za = za
         self.bias = other_bias
         n = za.shape[0]
-        # the triangle's columns in equal chunks, each one sparse product (issue 10, item 4: a
-        # triangle row at a time took 2.3x the time of 2 chunks at rank 10 on ml-100k, the
-        # fixed cost of 11 products; see _GRAM_COLUMNS), of at most ``buffer`` bytes
         T = len(self.iu)
-        width = max(1, min(_GRAM_COLUMNS, T, self.buffer // (4 * max(n, 1))))
-        step = -(-T // -(-T // width))  # T in equal chunks of at most ``width``
-        self.chunks = [(c0, min(T, c0 + step)) for c0 in range(0, T, step)]
         self.products: list[np.ndarray] | None = None
         if table is None or 2 * K * (K + 1) * n <= table:
-            # the same products formed with the rows of the other side last (contiguous rows
-            # ``z_a``, ``z_b``; issue 10, item 4: 0.07 ms against 0.26 by :meth:`_form`'s short
-            # strided rows at rank 10 and 1,682 rows), then put rows first (while no block is
-            # alive: two chunks' temporaries, at most the table's bytes again)
+            # kept: the triangle's columns in equal chunks, each one sparse product a block
+            # (issue 10, item 4: a triangle row at a time took 2.3x the time of 2 chunks at
+            # rank 10 on ml-100k, the fixed cost of 11 products; see _GRAM_COLUMNS), of at most
+            # ``buffer`` bytes; formed with the rows of the other side last (contiguous rows
+            # ``z_a``, ``z_b``: 0.07 ms against 0.26 by :meth:`_form`'s short strided rows at
+            # rank 10 and 1,682 rows), then put rows first (while no block is alive: two
+            # chunks' temporaries, at most the table's bytes again)
+            width = max(1, min(_GRAM_COLUMNS, T, self.buffer // (4 * max(n, 1))))
+            step = -(-T // -(-T // width))  # T in equal chunks of at most ``width``
+            self.chunks = [(c0, min(T, c0 + step)) for c0 in range(0, T, step)]
             zt = np.ascontiguousarray(self.z32.T)
             self.products = []
             for c0, c1 in self.chunks:
@@ -538,19 +538,22 @@ class _Terms:
                 pt *= np.take(zt, self.ju[c0:c1], axis=0)
                 self.products.append(np.ascontiguousarray(pt.T))
             del zt
+        else:
+            # formed for each block: a triangle row (or a few columns of it) at a time, each
+            # chunk one contiguous product of two columns of ``z`` (issue 10, item 4: chunks
+            # across triangle rows took 1.7x the time to form at rank 32 and 37,000 rows, for
+            # the few % their wider products save)
+            step = max(1, min(K, self.buffer // (4 * max(n, 1))))
+            full = self.full
+            self.chunks = [(int(full[i, j0]), int(full[i, min(K, j0 + step) - 1]) + 1)
+                           for i in range(K) for j0 in range(i, K, step)]
 
     def _form(self, c0: int, c1: int, out: np.ndarray) -> np.ndarray:
         """The products ``z_a z_b`` of the triangle's columns ``c0:c1`` (row-major, as
-        :func:`_triangle`) for every row of the other side, into ``out`` (n, c1 - c0): the
-        same float32 products whatever the chunk."""
-        K = self.z32.shape[1]
-        full = self.full
-        for i in range(int(self.iu[c0]), int(self.iu[c1 - 1]) + 1):  # triangle rows met
-            lo, hi = max(c0, int(full[i, i])), min(c1, int(full[i, K - 1]) + 1)
-            j0 = i + lo - int(full[i, i])
-            np.multiply(self.z32[:, i : i + 1], self.z32[:, j0 : j0 + hi - lo],
-                        out=out[:, lo - c0 : hi - c0])
-        return out
+        :func:`_triangle`; within one triangle row ``a``) for every row of the other side, into
+        ``out`` (n, c1 - c0)."""
+        i, j0 = int(self.iu[c0]), int(self.ju[c0])
+        return np.multiply(self.z32[:, i : i + 1], self.z32[:, j0 : j0 + c1 - c0], out=out)
 
     def gram(self, side: _Side, blk: tuple[int, int, int, int, torch.Tensor], w: np.ndarray
              ) -> np.ndarray:
