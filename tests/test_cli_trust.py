@@ -213,3 +213,13 @@ def test_a_numerical_failure_of_the_fit_exits_1_with_a_hint(data, capsys, monkey
     assert code == cli.ExitStatus.ERROR and out == ""
     assert err.startswith("autofact: error: the fit failed numerically (a row's conditional")
     assert "check DATA for ratings of extreme size" in err
+
+
+@pytest.mark.parametrize("typed", ["1_0", "010", "+10", " 10"])
+def test_an_id_on_the_command_line_is_read_as_written(data, capsys, typed):
+    # trust: int() read '1_0', '010', '+10' and ' 10' as user 10, who was then scored; a
+    # file's '010' is another user than 10 (autofact.read's rule), so here too
+    assert call(capsys, "predict", data["model"], "--user", "10", "--item", "100")[0] == 0
+    code, out, err = call(capsys, "predict", data["model"], "--user", typed, "--item", "100")
+    assert code == USAGE and out == ""
+    assert f"user {typed!r} is not in the training data" in err

@@ -76,11 +76,20 @@ def resume_collection() -> None:
 
 # ------------------------------------------------------------------------------ ids
 def parse_id(text: str) -> int | str:
-    """A command-line id: an int when it reads as one (MovieLens ``196``), else the string."""
+    """A command-line id: an int when it is written as one, canonically, in int64's range
+    (MovieLens ``196``, ``-3``), else the string: the rule by which files are read
+    (``autofact.read``).
+
+    Trust: Python's ``int()`` also reads ``007``, ``+7``, `` 7`` and ``1_96``, so ``--user 1_96
+    --item 2_42`` predicted for user 196 and item 242, and ``--user 007`` answered for user 7,
+    whereas a file's ``007`` is another user than ``7``."""
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         return text
+    if str(value) != text or not -(2**63) <= value < 2**63:
+        return text
+    return value
 
 
 def resolve_ids(lookup: Callable[..., Any], texts: Sequence[str]) -> list[Any]:
