@@ -223,3 +223,42 @@ def test_an_id_on_the_command_line_is_read_as_written(data, capsys, typed):
     code, out, err = call(capsys, "predict", data["model"], "--user", typed, "--item", "100")
     assert code == USAGE and out == ""
     assert f"user {typed!r} is not in the training data" in err
+
+
+# ------------------------------------------------------------------------------ silent options
+@pytest.mark.parametrize("argv, line", [
+    (["--alpha", "3"], "--alpha 3 is the ranking task's confidence (1 + alpha * rating) and "
+     "changes nothing in a rating model: add --task ranking"),
+    (["--patience", "3"], "--patience 3 stops on held-out ratings, and this fit has none: "
+     "pass --validation-fraction F (or --test FILE)"),
+    (["--patience", "3", "--task", "ranking", "--test", "{test}"],
+     "--patience 3 stops on a validation RMSE, which a ranking model (--task ranking) has none"),
+])
+def test_an_option_that_would_change_nothing_is_refused(data, capsys, tmp_path, argv, line):
+    # trust: --alpha without --task ranking, and --patience without held-out ratings, were
+    # accepted and changed nothing
+    argv = [a.format(test=data["test"]) for a in argv]
+    code, out, err = call(capsys, "fit", data["train"], "--out", tmp_path / "m.npz",
+                          "--epochs", "2", "-q", *argv)
+    assert code == USAGE and out == "" and not (tmp_path / "m.npz").exists()
+    assert line in err
+
+
+def test_timeout_outside_torchrun_warns(data, capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    code, _, err = call(capsys, "fit", data["train"], "--out", tmp_path / "m.npz",
+                        "--epochs", "2", "--rank", "2", "-q", "--timeout", "5")
+    assert code == 0
+    assert "warning: --timeout 5 applies under torchrun only" in err
+
+
+def test_a_none_in_a_library_message_is_an_option_left_out():
+    # trust: "leave --lr None or pick a first-order solver" asked for a value the command
+    # line refuses
+    assert cli.cli_words("leave lr=None or pick a first-order solver") == (
+        "leave out --lr or pick a first-order solver")
+    assert cli.cli_words("full batch: set batch_size=None, got 64") == (
+        "full batch: leave out --batch-size, got 64")
+    assert cli.cli_words("for mini-batches, or batch_size=None") == (
+        "for mini-batches, or no --batch-size")
+    assert cli.cli_words("leave the_lr=None alone") == "leave the_lr=None alone"

@@ -94,6 +94,7 @@ _KEYWORD = re.compile(
                                      reverse=True))
     + r")=(?:'([^']*)'|\"([^\"]*)\"|([\w.+:-]*\w))?"
 )
+_LEAVE_NONE = re.compile(r"\b(leave|set|use) (\w+)=None\b")
 _LOAD_CALL = re.compile(
     r"autofact\.load\([^()]*?,\s*(loss|regularization)=([\w.]+)\.(\w+)\)"
 )
@@ -104,6 +105,10 @@ def cli_words(text: str) -> str:
     ``pass --duplicates mean``, ``lr=0.001`` becomes ``--lr 0.001``, and
     ``autofact.load('m.npz', loss=mymod.cauchy)`` becomes ``--loss mymod:cauchy``."""
     text = _LOAD_CALL.sub(lambda m: f"{_OPTIONS[m.group(1)]} {m.group(2)}:{m.group(3)}", text)
+    # trust: Python's None is no value on the command line: "leave lr=None" read "leave --lr
+    # None", an option value the command line refuses; it is the option left out
+    text = _LEAVE_NONE.sub(lambda m: f"leave out {_OPTIONS[m.group(2)]}"
+                           if m.group(2) in _OPTIONS else m.group(0), text)
 
     def option(m: re.Match[str]) -> str:
         name = m.group(1)
@@ -112,6 +117,8 @@ def cli_words(text: str) -> str:
             return _FLAGS[(name, value)]
         if name not in _OPTIONS:
             return m.group(0)
+        if value == "None":
+            return f"no {_OPTIONS[name]}"
         return _OPTIONS[name] if not value else f"{_OPTIONS[name]} {value}"
 
     return _KEYWORD.sub(option, text)

@@ -226,6 +226,25 @@ def fit(args: argparse.Namespace) -> ExitStatus:
             f"--loss {params['loss']} is a pairwise ranking loss: add --task ranking, or choose "
             "a rating loss (squared, absolute, huber, logistic, poisson)"
         )
+    # trust: options that change nothing here were taken in silence
+    if args.alpha is not None and params.get("task") != "ranking":
+        raise UsageError(
+            f"--alpha {args.alpha:g} is the ranking task's confidence (1 + alpha * rating) and "
+            "changes nothing in a rating model: add --task ranking, or leave out --alpha"
+        )
+    if args.patience is not None and params.get("task") == "ranking":
+        raise UsageError(
+            f"--patience {args.patience} stops on a validation RMSE, which a ranking model "
+            "(--task ranking) has none of: leave out --patience"
+        )
+    if args.patience is not None and params.get("validation_fraction") is None and test is None:
+        raise UsageError(
+            f"--patience {args.patience} stops on held-out ratings, and this fit has none: "
+            "pass --validation-fraction F (or --test FILE), or leave out --patience"
+        )
+    if args.timeout is not None and not shared:
+        say(f"warning: --timeout {args.timeout:g} applies under torchrun only (how long a "
+            "process waits for a silent peer); this fit runs in one process")
     if "patience" not in params and params.get("validation_fraction") is None:
         params["patience"] = None
     validation = test if params.get("validation_fraction") is None else None
