@@ -262,3 +262,13 @@ def test_a_none_in_a_library_message_is_an_option_left_out():
     assert cli.cli_words("for mini-batches, or batch_size=None") == (
         "for mini-batches, or no --batch-size")
     assert cli.cli_words("leave the_lr=None alone") == "leave the_lr=None alone"
+
+
+def test_fold_in_ratings_on_another_scale_warn(data, capsys, tmp_path):
+    # trust: ratings of 50 and -20 for a model fitted on 1-5 were folded in without a word
+    mine = tmp_path / "mine.csv"
+    mine.write_text("item,rating\n100,50\n101,-20\n102,4\n")
+    code, out, err = call(capsys, "recommend", data["model"], "--ratings", mine, "-n", "2")
+    assert code == 0 and out.startswith("top 2 for the new user in mine.csv")
+    assert "warning: 2 of the 3 ratings in" in err
+    assert "lie outside the training ratings' range [1, 5] (first: 50 on line 2)" in err

@@ -66,6 +66,15 @@ def recommend(args: argparse.Namespace) -> ExitStatus:
                     f"(first on line {seen[item]}); give each item once"
                 )
             seen[item] = number
+        low, high = model.rating_range_
+        outside = [(value, number) for _, value, number in rows if not low <= value <= high]
+        if outside and model.task == "rating":
+            # trust: ratings on another scale (50 for a 1-5 model) were folded in silently,
+            # every score then clipped to the top of the range
+            value, number = outside[0]
+            say(f"warning: {len(outside)} of the {len(rows)} ratings in {args.ratings} lie "
+                f"outside the training ratings' range [{low:g}, {high:g}] (first: {value:g} on "
+                f"line {number}); give them on the scale the model was fitted on")
         label = args.ratings.name
         who: Any = model.fold_in([(it, r[1]) for it, r in zip(items, rows, strict=True)],
                                  user=label)
