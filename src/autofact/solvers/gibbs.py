@@ -1448,7 +1448,9 @@ def _rated_sums(x: np.ndarray, rated: np.ndarray, chunk: int = 1 << 14
     total, squares = np.zeros(K), np.zeros(K)
     n = 0
     for a in range(0, x.shape[0], chunk):
-        c = x[a : a + chunk][rated[a : a + chunk]]
+        c, keep = x[a : a + chunk], rated[a : a + chunk]
+        if not keep.all():  # (every row rated: the rows themselves, no copy; issue 10)
+            c = c[keep]
         if n == 0:
             total, squares = c.sum(0), (c * c).sum(0)
         elif len(c):
