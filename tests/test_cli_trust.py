@@ -272,3 +272,21 @@ def test_fold_in_ratings_on_another_scale_warn(data, capsys, tmp_path):
     assert code == 0 and out.startswith("top 2 for the new user in mine.csv")
     assert "warning: 2 of the 3 ratings in" in err
     assert "lie outside the training ratings' range [1, 5] (first: 50 on line 2)" in err
+
+
+def test_evaluate_and_fit_test_read_a_folder_of_parts_as_fit_does(data, capsys, tmp_path):
+    # trust: `autofact fit DIR` read a folder of parts, but `evaluate MODEL DIR` and
+    # `fit --test DIR` refused it ("is a directory; give a file")
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    lines = data["test"].read_text().splitlines()
+    (parts / "a.csv").write_text("\n".join(lines[:20]) + "\n")
+    (parts / "b.csv").write_text("\n".join(lines[:1] + lines[20:]) + "\n")
+    code, out, err = call(capsys, "evaluate", data["model"], parts, "--json")
+    assert code == 0, err
+    _, whole, _ = call(capsys, "evaluate", data["model"], data["test"], "--json")
+    assert json.loads(out) == json.loads(whole)
+    code, out, err = call(capsys, "fit", data["train"], "--test", parts, "--out",
+                          tmp_path / "m.npz", "--epochs", "2", "--rank", "2", "-q", "--json")
+    assert code == 0, err
+    assert json.loads(out)["metrics"]["n_ratings"] == 40

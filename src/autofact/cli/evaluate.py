@@ -13,7 +13,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="metrics of a saved model on a ratings file",
                        description="RMSE, MAE and precision/recall/nDCG/MAP@k of MODEL on DATA.")
     p.add_argument("model", metavar="MODEL", type=o.existing_file, help="a saved model")
-    p.add_argument("data", metavar="DATA", type=o.existing_file, help="ratings file to score")
+    p.add_argument("data", metavar="DATA", type=o.existing_data,
+                   help="ratings to score: a file, or a folder of part files")
     p.add_argument("--k", type=o.positive_int, default=10, help="k of the @k metrics (10)")
     p.add_argument("--threshold", type=o.finite, default=4.0,
                    help="a rating >= this is relevant for the @k metrics (4)")

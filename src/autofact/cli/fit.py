@@ -34,12 +34,13 @@ def register(sub: Any) -> None:
                        description="Fit a model on DATA and save it to --out; with a test set, "
                        "report RMSE, MAE and top-k ranking metrics. Ctrl-C saves the model of "
                        "the last finished epoch.")
-    p.add_argument("data", metavar="DATA", type=_existing_data,
+    p.add_argument("data", metavar="DATA", type=o.existing_data,
                    help="ratings file: CSV/TSV/Parquet/MovieLens (user, item, rating[, time]), "
                    "or a folder of such part files")
     test = p.add_mutually_exclusive_group()
-    test.add_argument("--test", type=o.existing_file, metavar="FILE",
-                      help="held-out ratings: validation RMSE per epoch and final metrics")
+    test.add_argument("--test", type=o.existing_data, metavar="FILE",
+                      help="held-out ratings (a file or a folder of part files): validation "
+                      "RMSE per epoch and final metrics")
     test.add_argument("--test-fraction", type=o.fraction, metavar="F",
                       help="hold out this fraction of DATA (seeded by --seed) as the test set")
     p.add_argument("--out", "-o", type=o.output_path, required=True, metavar="MODEL",
@@ -412,14 +413,6 @@ def _shared_totals(model: Any, train: Any) -> tuple[int, float | None]:
     n = int(totals[1])
     # float() first: np.sqrt of a torch tensor warned (NumPy 2's __array_wrap__ deprecation)
     return n, (float(np.sqrt(float(totals[0]) / n)) if model.task == "rating" else None)
-
-
-def _existing_data(text: str) -> Path:
-    """DATA: a ratings file, or a folder of part files (issue 11)."""
-    p = Path(text)
-    if p.is_dir():
-        return p
-    return o.existing_file(text)
 
 
 def _save_interrupted(model: Any, out: Path, checkpoint: Path | None = None) -> ExitStatus:

@@ -53,6 +53,15 @@ def existing_file(text: str) -> Path:
     return p
 
 
+def existing_data(text: str) -> Path:
+    """Ratings: a file, or a folder of part files (read by ``autofact.read``, issue 11).
+    Trust: ``evaluate``, ``fit --test`` and ``tune`` refused the folder ``fit`` reads."""
+    p = Path(text)
+    if p.is_dir():
+        return p
+    return existing_file(text)
+
+
 def output_path(text: str) -> Path:
     """An output path; checked against the inputs and the disk by :mod:`.paths`."""
     if not text:

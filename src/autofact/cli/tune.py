@@ -19,8 +19,9 @@ def register(sub: Any) -> None:
         description="Search rank, regularization, loss and solver with Optuna on a validation "
         "split carved from DATA (pass training data only), print the best trials and write the "
         "best settings as JSON for 'autofact fit --params FILE'. Needs autofact[tune].")
-    p.add_argument("data", metavar="DATA", type=o.existing_file,
-                   help="training ratings: CSV/TSV/Parquet/MovieLens (user, item, rating[, time])")
+    p.add_argument("data", metavar="DATA", type=o.existing_data,
+                   help="training ratings: CSV/TSV/Parquet/MovieLens (user, item, rating[, time]), "
+                   "or a folder of such part files")
     p.add_argument("--trials", type=o.positive_int, default=30, help="settings to try (30)")
     p.add_argument("--out", "-o", type=o.output_path, metavar="JSON",
                    help="write the best settings here (e.g. best.json)")
