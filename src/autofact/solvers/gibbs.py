@@ -120,8 +120,10 @@ they fit an eighth of ``max_memory``: issue 10, item 4), besides one float32 cop
 other side's rows (4 K bytes a row); with threads forming blocks ahead (:func:`gibbs_mf`'s
 ``n_threads``) the blocks in flight share the rest and ``max_nnz``. The spectral start keeps
 the users' view's residuals in float32 (4 bytes a rating) when they fit a quarter of
-``max_memory`` (no block or slab is alive then), else forms them per block for each product
-(its item products scattered from the users' view), and orthonormalizes in place.
+``max_memory`` (no block or slab is alive then), and the whole items' view's too when both fit
+(8 bytes a rating: its item products are then CSR products over the items' rows), else forms
+them per block for each product (its item products scattered from the users' view), and
+orthonormalizes in place.
 
 Defaults, chosen on validation splits carved from the training data (10% of ml-100k u1.base and
 u3.base, of the ml-latest-small and filmtrust 90% training parts): 130 sweeps (issue 9: against
@@ -483,10 +485,11 @@ def _triangle(K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 _GRAM_BUFFER = 4 << 20
 # ... and the augmented conditionals of a block's rows (8 (K+1)^2 bytes a row) made at once
 _CONDITIONAL_BYTES = 4 << 20
-# ... and the most triangle entries one sparse product forms (issue 10, item 4): one product a
-# triangle row paid torch's fixed cost a call K times a block (ml-100k, rank 10: 1.3 ms a block
-# against 0.55 in two products of 33 columns); much wider ones lose the other side's rows from
-# the cache (rank 32, 3,000 rows: all 561 columns at once 1.5x the time of chunks of 48)
+# ... and the most triangle entries one sparse product of the kept products forms (issue 10,
+# item 4): one product a triangle row paid torch's fixed cost a call K times a block (ml-100k,
+# rank 10: 1.3 ms a block against 0.55 in two products of 33 columns); much wider ones lose the
+# other side's rows from the cache (rank 32, 3,000 rows: all 561 columns at once 1.5x the time
+# of chunks of 48)
 _GRAM_COLUMNS = 48
 
 
