@@ -73,6 +73,32 @@ def test_interrupted_fit_keeps_the_last_finished_epoch(solver, batch_size, where
     assert not np.array_equal(model.user_factors_, references[3].user_factors_)
 
 
+def test_cli_ctrl_c_leaves_an_earlier_model_at_out_as_it_was(monkeypatch, tmp_path, capsys):
+    # trust (never lost data): Ctrl-C used to replace the model an earlier run left at --out
+    # with the part-trained one; it now goes beside it, and --out is left as it was
+    from autofact import cli
+
+    data = tmp_path / "r.csv"
+    r = ratings()
+    data.write_text("".join(f"{u},{i},{v}\n" for u, i, v in zip(r.users, r.items, r.values,
+                                                                 strict=True)))
+    out = tmp_path / "m.npz"
+    assert cli.main(["fit", str(data), "--out", str(out), "--solver", "als", "--epochs", "5",
+                     "--quiet"]) == 0
+    before = out.read_bytes()
+    interrupt_at_call(monkeypatch, solvers, "_project", 3)
+    code = cli.main(["fit", str(data), "--out", str(out), "--solver", "als", "--epochs", "10",
+                     "--quiet"])
+    err = capsys.readouterr().err
+    beside = tmp_path / "m.interrupted.npz"
+    assert code == cli.ExitStatus.INTERRUPTED
+    assert err.strip().splitlines()[-1] == (
+        f"autofact: interrupted during epoch 3; saved the model of epoch 2 to {beside} "
+        f"({out}, from an earlier run, is left as it was)")
+    assert out.read_bytes() == before
+    assert autofact.load(beside).n_epochs_ == 2 and autofact.load(out).n_epochs_ == 5
+
+
 def test_interrupt_before_the_first_epoch_leaves_no_epochs(monkeypatch):
     def interrupting(*args, **kwargs):
         raise KeyboardInterrupt

@@ -425,6 +425,14 @@ def _save_interrupted(model: Any, out: Path, checkpoint: Path | None = None) -> 
     if done < 1:
         say(f"interrupted before the first epoch finished; nothing saved to {out}")
         return ExitStatus.INTERRUPTED
+    if out.exists():
+        # trust (never lost data): a part-trained model does not replace the one --out holds
+        # from an earlier run; it goes beside it
+        beside = out.with_name(f"{out.stem}.interrupted{out.suffix}")
+        _save(model, beside, checkpoint)
+        say(f"interrupted during epoch {done + 1}; saved the model of epoch {done} to {beside} "
+            f"({out}, from an earlier run, is left as it was)")
+        return ExitStatus.INTERRUPTED
     _save(model, out, checkpoint)
     say(f"interrupted during epoch {done + 1}; saved the model of epoch {done} to {out}")
     return ExitStatus.INTERRUPTED
