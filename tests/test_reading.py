@@ -472,3 +472,18 @@ def test_ratings_sorted_by_the_radix_passes_keep_duplicates_in_file_order():
     np.testing.assert_array_equal(r.values, v[order][keep])
     np.testing.assert_array_equal(r.users, u[order][keep])
     np.testing.assert_array_equal(r.items, i[order][keep])
+
+
+# ------------------------------------------------------------------------------ separators
+@pytest.mark.parametrize(("text", "name", "said"), [
+    ("1 2 3 4 5\n6 7 8 9 10\n", "r.txt", "whitespace"),
+    ("1\t2\t3\t4\t5\n6\t7\t8\t9\t10\n", "r.tsv", "tabs"),
+    ("1;2;3;4;5\n6;7;8;9;10\n", "r.txt", "';'"),
+])
+def test_the_separator_is_named_in_words(tmp_path, text, name, said):
+    # trust: a whitespace-separated file with 5 fields was "separated by '\\s+'"
+    p = _write(tmp_path, text, name)
+    with pytest.raises(ValueError, match=re.escape(
+            f"line 1 of {name}: expected 3 or 4 fields (user, item, rating[, timestamp]) "
+            f"separated by {said}, got 5; pass sep= if the separator is another")):
+        autofact.read(p)

@@ -943,6 +943,12 @@ def _is_number(s: str) -> bool:
     return True
 
 
+def _sep_name(sep: str) -> str:
+    """The separator as a message names it: ``whitespace`` for the sniffed ``\\s+`` (trust: a
+    message said "separated by '\\\\s+'"), ``tabs``, else its repr (``';'``)."""
+    return {r"\s+": "whitespace", "\t": "tabs"}.get(sep, repr(sep))
+
+
 def _split(line: str, sep: str) -> list[str]:
     """One line's fields, for error messages."""
     if sep == r"\s+":
@@ -1027,7 +1033,8 @@ def _read_text(p: Path, names: _Names, *, sep: str, header: bool, encoding: str)
         if not 3 <= len(columns) <= 4:
             raise ValueError(
                 f"line 1 of {p.name}: expected 3 or 4 fields (user, item, rating[, timestamp]) "
-                f"separated by {sep!r}, got {len(columns)}; pass sep= if the separator is another"
+                f"separated by {_sep_name(sep)}, got {len(columns)}; pass sep= if the separator "
+                "is another"
             )
         columns = list(_HEADERLESS[: len(columns)])
     choice = _choose(columns, names, p.name, headerless=not header)
