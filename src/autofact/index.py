@@ -69,6 +69,25 @@ def pattern_dtype(n_items: int) -> np.dtype:
     return np.dtype(np.uint16) if n_items <= 1 << 16 else np.dtype(np.int32)
 
 
+_INT64 = np.iinfo(np.int64)
+
+
+def _is_int(v: Any) -> bool:
+    """Whether ``v`` is an int id (a Python or NumPy integer, not a bool)."""
+    return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
+
+
+def _int_of_text(word: str) -> int | str:
+    """The int whose canonical text (``str(int(word)) == word``) is ``word``, else ``word``."""
+    try:
+        value = int(word)
+    except ValueError:
+        return word
+    if str(value) != word or not _INT64.min <= value <= _INT64.max:
+        return word
+    return value
+
+
 class ModelIndex:
     """Id maps, seen items, counts, clipping range, inverse link and the unknown-id rule.
 
@@ -240,6 +259,7 @@ class ModelIndex:
         if seq.ndim != 1:
             raise ValueError(f"{what} ids must be a scalar or a 1-D sequence, got shape {seq.shape}")
         known = self.user_ids if what == "user" else self.item_ids
+        given, seq = seq, self._as_kind_of(known, seq, what)
         if known.dtype.kind in "iu" and seq.dtype.kind in "iu" \
                 and np.can_cast(seq.dtype, known.dtype, "safe"):
             out = self._integer_index(known, seq, what)
@@ -256,9 +276,50 @@ class ModelIndex:
             k = int(np.flatnonzero((out < 0) | no_rating)[0])
             extra = (" (it is in the id map but has no training rating)" if no_rating[k]
                      else "")
-            raise UnknownIdError(f"{what} {py_scalar(seq[k])!r} is not in the training data{extra}")
+            raise UnknownIdError(f"{what} {py_scalar(given[k])!r} is not in the training data{extra}")
         out[no_rating] = -1
         return out
+
+    def _as_kind_of(self, known: np.ndarray, seq: np.ndarray, what: str) -> np.ndarray:
+        """``seq`` with each id of the other kind than the id map's (an int where the map holds
+        strings, a string where it holds ints) replaced by the id of the map's kind with the same
+        canonical text: ``'60'`` becomes ``60`` for an int map, ``60`` becomes ``'60'`` for a
+        string map, and ``'007'`` stays ``'007'`` (``str(int('007'))`` is ``'7'``), so it matches
+        only ``'007'``, never ``7``.
+
+        Trust: a file's ids are ints only when every one is a canonical integer, so one id such
+        as ``007`` in the training file made every training id a string, and a test file of
+        plain ``1, 2, 3`` then matched none of them: every pair was "unknown" and the score that
+        of the global mean, with only a warning. The text of an id is what the user wrote, and a
+        canonical integer's text and its int determine each other, so the match is never
+        ambiguous (the CLI matches ids the same way, ``cli.common.match_ids``). A map that mixes
+        ints and strings (which :meth:`Ratings.from_frame` refuses) is left as it is."""
+        kind = self._lookups.get(what + ".kind")
+        if kind is None:
+            if known.dtype.kind in "iu":
+                kind = "int"
+            elif known.dtype.kind == "U" or (
+                    known.dtype.kind == "O" and all(isinstance(k, str) for k in known.tolist())):
+                kind = "str"
+            else:
+                kind = "other"
+            self._lookups[what + ".kind"] = kind
+        if kind == "int" and seq.dtype.kind in "UO":
+            words = seq.tolist()
+            if not any(isinstance(w, str) for w in words):
+                return seq
+            out = np.empty(len(words), dtype=object)
+            out[:] = [_int_of_text(w) if isinstance(w, str) else w for w in words]
+            if all(isinstance(v, int) for v in out.tolist()):
+                return out.astype(np.int64)
+            return out
+        if kind == "str" and seq.dtype.kind in "iu":
+            return seq.astype(str).astype(object)
+        if kind == "str" and seq.dtype.kind == "O":
+            out = np.empty(len(seq), dtype=object)
+            out[:] = [str(int(v)) if _is_int(v) else v for v in seq.tolist()]
+            return out
+        return seq
 
     def _integer_index(self, known: np.ndarray, seq: np.ndarray, what: str) -> np.ndarray:
         """Positions of integer ids in the (distinct) integer id map ``known``, ``-1`` where
