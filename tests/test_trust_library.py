@@ -69,3 +69,125 @@ def test_string_test_ids_match_int_model_ids_but_007_is_not_7():
     np.testing.assert_array_equal(model.user_index(["7", "007", "x"], strict=False), [7, -1, -1])
     with pytest.raises(autofact.UnknownIdError, match="user '007' is not in the training data"):
         model.predict(["007"], [3])
+
+
+# ------------------------------------------------------------------ 2: damaged checkpoints
+def _coo() -> Ratings:
+    dense, mask = _dense()
+    u, i = np.nonzero(mask)
+    return Ratings.from_coo(u, i, dense[u, i], shape=dense.shape)
+
+
+def _edit_checkpoint(folder: Path, arrays: dict | None = None, meta: dict | None = None) -> None:
+    """Rewrite ``folder``'s checkpoint with ``arrays`` replaced and ``meta`` keys set."""
+    import json
+
+    path = folder / "checkpoint.npz"
+    with np.load(path, allow_pickle=False) as npz:
+        raw = {k: npz[k] for k in npz.files}
+    raw.update(arrays or {})
+    if meta:
+        doc = json.loads(raw["meta"].tobytes().decode())
+        doc.update(meta)
+        raw["meta"] = np.frombuffer(json.dumps(doc).encode(), dtype=np.uint8)
+    with open(path, "wb") as fh:
+        np.savez(fh, **raw)
+
+
+def _array(folder: Path, key: str) -> np.ndarray:
+    with np.load(folder / "checkpoint.npz", allow_pickle=False) as npz:
+        return npz[key].copy()
+
+
+def _gibbs() -> MatrixFactorization:
+    return MatrixFactorization(rank=2, solver="gibbs", epochs=4, seed=0)
+
+
+@pytest.mark.parametrize("key", ["optim.chain.sum", "optim.rows.tau", "optim.chain.tau"])
+def test_a_checkpoint_with_nan_is_refused_as_damaged(tmp_path, key):
+    # trust: NaN in the chain's sums resumed to NaN factors (the fit "succeeded"); NaN in a
+    # noise precision ended in LinAlgError. Now: "<path> is damaged: ...; delete it"
+    _gibbs().fit(_coo(), checkpoint=tmp_path)
+    bad = _array(tmp_path, key)
+    bad.flat[0] = np.nan
+    _edit_checkpoint(tmp_path, {key: bad})
+    with pytest.raises(ValueError, match=rf"checkpoint\.npz is damaged: its array '{key}' "
+                       r"holds NaN or infinite values; delete it to start over"):
+        _gibbs().fit(_coo(), checkpoint=tmp_path)
+
+
+def test_a_checkpoint_with_a_negative_noise_precision_is_refused(tmp_path):
+    # trust: a noise precision that is not positive ended in LinAlgError
+    _gibbs().fit(_coo(), checkpoint=tmp_path)
+    bad = _array(tmp_path, "optim.rows.tau")
+    bad[0] = -1.0
+    _edit_checkpoint(tmp_path, {"optim.rows.tau": bad})
+    with pytest.raises(ValueError, match=r"is damaged: its optim\.rows\.tau holds a precision "
+                       "that is not positive; delete it to start over"):
+        _gibbs().fit(_coo(), checkpoint=tmp_path)
+
+
+@pytest.mark.parametrize("solver", ["gibbs", "als", "adam"])
+def test_a_checkpoint_whose_factors_have_another_shape_is_refused(tmp_path, solver):
+    # trust: param.P of the wrong shape ended in "internal error: could not broadcast ...
+    # please report it"
+    model = MatrixFactorization(rank=2, solver=solver, epochs=2, seed=0)
+    model.fit(_coo(), checkpoint=tmp_path)
+    _edit_checkpoint(tmp_path, {"param.P": np.zeros((30, 3), np.float32)})
+    with pytest.raises(ValueError, match=r"is damaged: its param\.P has shape \(30, 3\), the "
+                       r"model's is \(30, 2\); delete it to start over"):
+        MatrixFactorization(rank=2, solver=solver, epochs=2, seed=0).fit(
+            _coo(), checkpoint=tmp_path)
+
+
+def test_a_checkpoint_whose_adam_moments_have_another_shape_is_refused(tmp_path):
+    # trust: the same for the optimizer's state
+    MatrixFactorization(rank=2, solver="adam", epochs=2, seed=0).fit(_coo(), checkpoint=tmp_path)
+    _edit_checkpoint(tmp_path, {"optim.adam.0.m": np.zeros((2, 2), np.float32)})
+    with pytest.raises(ValueError, match=r"is damaged: its optim\.adam\.0\.m has shape \(2, 2\)"):
+        MatrixFactorization(rank=2, solver="adam", epochs=3, seed=0).fit(
+            _coo(), checkpoint=tmp_path)
+
+
+@pytest.mark.parametrize("solver", ["gibbs", "als"])
+@pytest.mark.parametrize(("meta", "message"), [
+    ({"history": "x"}, r"its 'history' is 'x', not a list of epochs"),
+    ({"epoch": -3}, r"its 'epoch' is -3, not a non-negative int"),
+    ({"history": [{"epoch": 1, "time": "soon"}]}, r"its history's entry 0 has time 'soon', not a number"),
+    ({"best": "high"}, r"its 'best' is 'high', not a finite number or null"),
+])
+def test_a_checkpoint_with_damaged_metadata_is_refused(tmp_path, solver, meta, message):
+    # trust: history "x" ended in "internal error: AttributeError", epoch -3 in "sweeps must
+    # be a positive int"
+    model = MatrixFactorization(rank=2, solver=solver, epochs=2, seed=0)
+    model.fit(_coo(), checkpoint=tmp_path)
+    _edit_checkpoint(tmp_path, meta=meta)
+    with pytest.raises(ValueError, match=r"checkpoint\.npz is damaged: " + message
+                       + "; delete it to start over"):
+        MatrixFactorization(rank=2, solver=solver, epochs=2, seed=0).fit(
+            _coo(), checkpoint=tmp_path)
+
+
+def test_a_checkpoint_with_damaged_chain_numbers_is_refused(tmp_path):
+    # trust: the chain's numbers are taken by float()/int() deep in the sampler
+    _gibbs().fit(_coo(), checkpoint=tmp_path)
+    import json
+
+    doc = json.loads(_array(tmp_path, "meta").tobytes().decode())
+    doc["chain"]["values"]["alpha"] = "one"
+    _edit_checkpoint(tmp_path, meta={"chain": doc["chain"]})
+    with pytest.raises(ValueError, match=r"is damaged: its chain's 'alpha' is 'one', not a "
+                       "finite number; delete it to start over"):
+        _gibbs().fit(_coo(), checkpoint=tmp_path)
+
+
+def test_an_undamaged_checkpoint_still_resumes(tmp_path):
+    # the checks refuse nothing a fit writes: a finished checkpoint gives the same model
+    for solver in ("gibbs", "als", "adam", "lbfgs"):
+        folder = tmp_path / solver
+        a = MatrixFactorization(rank=2, solver=solver, epochs=2, seed=0)
+        a.fit(_coo(), checkpoint=folder)
+        b = MatrixFactorization(rank=2, solver=solver, epochs=3 if solver != "gibbs" else 2,
+                                seed=0)
+        b.fit(_coo(), checkpoint=folder)
+        assert np.isfinite(b.user_factors_).all()

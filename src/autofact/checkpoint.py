@@ -198,6 +198,8 @@ def read(path: str | os.PathLike[str]) -> TrainingState:
         if not params or "P" not in params or "Q" not in params:
             raise ValueError("it holds no factors")
         best_params = group("best.") or None
+        _check_meta(meta)  # trust: each value of the type the resume takes it as
+        _check_finite(raw)  # trust: a NaN resumed to NaN factors, or a LinAlgError
         return TrainingState(
             epoch=int(meta["epoch"]), finished=bool(meta["finished"]), solver=str(meta["solver"]),
             settings=dict(meta["settings"]), data=str(meta["data"]),
@@ -209,6 +211,101 @@ def read(path: str | os.PathLike[str]) -> TrainingState:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{name} is damaged: {exc}; delete it to start over") from None
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_meta(meta: dict[str, Any]) -> None:
+    """Raise ``ValueError(what is wrong)`` when a metadata value is not of the type a resume
+    takes it as (trust: an edited or damaged ``history`` of ``"x"`` ended in "internal error:
+    AttributeError", an ``epoch`` of -3 in "sweeps must be a positive int")."""
+    def bad(key: str, want: str) -> ValueError:
+        return ValueError(f"its {key!r} is {meta.get(key)!r}, not {want}")
+
+    if not (_is_int(meta.get("epoch")) and meta["epoch"] >= 0):
+        raise bad("epoch", "a non-negative int")
+    for key, kind, want in (("finished", bool, "true or false"), ("solver", str, "a string"),
+                            ("settings", dict, "an object"), ("data", str, "a string"),
+                            ("history", list, "a list of epochs")):
+        if not isinstance(meta.get(key), kind):
+            raise bad(key, want)
+    for j, rec in enumerate(meta["history"]):
+        if not isinstance(rec, dict):
+            raise ValueError(f"its history's entry {j} is {rec!r}, not an object")
+        if "epoch" in rec and not _is_int(rec["epoch"]):
+            raise ValueError(f"its history's entry {j} has epoch {rec['epoch']!r}, not an int")
+        if "time" in rec and not _is_number(rec["time"]):
+            raise ValueError(f"its history's entry {j} has time {rec['time']!r}, not a number")
+    for key in ("start_value", "best"):
+        if meta.get(key) is not None and not _is_number(meta[key]):
+            raise bad(key, "a finite number or null")
+    if meta.get("best_epoch") is not None and not _is_int(meta["best_epoch"]):
+        raise bad("best_epoch", "an int or null")
+    if meta.get("chain") is not None and not isinstance(meta["chain"], dict):
+        raise bad("chain", "an object")
+
+
+def _check_finite(raw: dict[str, np.ndarray]) -> None:
+    """Raise ``ValueError(what is wrong)`` when an array of the state holds NaN or infinity
+    (nothing a fit writes does: its divergence rule stops first)."""
+    for key, a in raw.items():
+        if key.startswith(("param.", "optim.", "best.")):
+            if a.dtype.kind not in "biuf":
+                raise ValueError(f"its array {key!r} has dtype {a.dtype}, not a number type")
+            if a.dtype.kind == "f" and not bool(np.isfinite(a).all()):
+                raise ValueError(f"its array {key!r} holds NaN or infinite values")
+
+
+def check_shapes(state: TrainingState, path: str, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Check that ``state`` (read from ``path``) fits the model being resumed, whose parameters
+    have ``shapes`` (the whole tables, in the solver's order): its parameters, the best epoch's,
+    Adam's moments, L-BFGS's history and the shuffling generator. Raises ``ValueError`` "PATH is
+    damaged: ...; delete it to start over" (trust: a ``P`` of the wrong shape ended in "internal
+    error: could not broadcast ... please report it")."""
+    def damaged(what: str) -> ValueError:
+        return ValueError(f"{path} is damaged: {what}; delete it to start over")
+
+    for group, arrays in (("param", state.params), ("best", state.best_params)):
+        if arrays is None:
+            continue
+        if set(arrays) != set(shapes):
+            raise damaged(f"it holds the parameters {sorted(arrays)} under {group!r}, the model "
+                          f"has {sorted(shapes)}")
+        for k, shape in shapes.items():
+            if tuple(arrays[k].shape) != tuple(shape):
+                raise damaged(f"its {group}.{k} has shape {tuple(arrays[k].shape)}, the model's "
+                              f"is {tuple(shape)}")
+    order = list(shapes.values())
+    flat = (sum(math.prod(s) for s in order),)
+    for key, a in state.optimizer.items():
+        parts = key.split(".")
+        want: tuple[int, ...] | None = None
+        if parts[0] == "adam" and len(parts) == 3:
+            if not (parts[1].isdigit() and int(parts[1]) < len(order)):
+                raise damaged(f"its optimizer state names a parameter {parts[1]!r} the model "
+                              "does not have")
+            want = () if parts[2] == "t" else tuple(order[int(parts[1])])
+            if parts[2] == "t" and a.shape == () and int(a) < 0:
+                raise damaged(f"its optim.{key} is {int(a)}, not a count of steps")
+        elif parts[0] == "lbfgs":
+            name = key[len("lbfgs."):]
+            if name in ("d", "prev_flat_grad"):
+                want = flat
+            elif name in ("old_dirs[]", "old_stps[]"):
+                want = (a.shape[0] if a.ndim else 0, *flat)
+            elif name.endswith("#") or name == "H_diag":
+                want = ()
+        if want is not None and tuple(a.shape) != want:
+            raise damaged(f"its optim.{key} has shape {tuple(a.shape)}, the model's is {want}")
+    size = torch.Generator().get_state().numel()
+    if state.generator.shape != (size,):
+        raise damaged(f"its generator state has {state.generator.size} bytes, not {size}")
 
 
 def write(path: str | os.PathLike[str], state: TrainingState) -> Path:
