@@ -191,3 +191,51 @@ def test_an_undamaged_checkpoint_still_resumes(tmp_path):
                                 seed=0)
         b.fit(_coo(), checkpoint=folder)
         assert np.isfinite(b.user_factors_).all()
+
+
+# ------------------------------------------------------------------ 3: save and read
+def test_save_refuses_non_finite_factors_and_writes_nothing(tmp_path):
+    # trust: save wrote a file that read refuses ("array 'user_factors' holds non-finite
+    # values"); now save refuses, naming the array and that the fit diverged, and the file
+    # there before is left whole
+    model = MatrixFactorization(rank=2, solver="als", epochs=2, seed=0).fit(_coo())
+    path = tmp_path / "m.npz"
+    model.save(path)
+    before = path.read_bytes()
+    for name in ("user_factors_", "item_bias_"):
+        diverged = MatrixFactorization(rank=2, solver="als", epochs=2, seed=0).fit(_coo())
+        arr = getattr(diverged, name).copy()
+        arr.flat[1] = np.inf
+        setattr(diverged, name, arr)
+        with pytest.raises(ValueError, match=rf"cannot save: {name} holds non-finite values "
+                           r"\(first inf at index \(.*\)\): the fit diverged; refit"):
+            diverged.save(path)
+        assert path.read_bytes() == before
+    autofact.load(path)  # still loads
+
+
+def _edit_model(path: Path, **params: object) -> None:
+    import json
+
+    with np.load(path, allow_pickle=False) as npz:
+        raw = {k: npz[k] for k in npz.files}
+    doc = json.loads(raw["meta"].tobytes().decode())
+    doc["params"].update(params)
+    raw["meta"] = np.frombuffer(json.dumps(doc).encode(), dtype=np.uint8)
+    with open(path, "wb") as fh:
+        np.savez(fh, **raw)
+
+
+def test_an_edited_task_is_named_when_a_model_is_read(tmp_path):
+    # trust: an edited 'task' read as "rank is 'auto' but the factors have 10 columns",
+    # which named a field that was not edited
+    path = tmp_path / "m.npz"
+    MatrixFactorization(solver="als", epochs=1, seed=0).fit(_coo()).save(path)
+    _edit_model(path, task="ranking")
+    with pytest.raises(ValueError, match=r"is damaged: its hyper-parameter 'task' is 'ranking', "
+                       r"whose rank 'auto' means 64 factors, but the factors have 10 columns"):
+        autofact.load(path)
+    _edit_model(path, task="regression")
+    with pytest.raises(ValueError, match=r"is damaged: its hyper-parameter 'task' is "
+                       r"'regression', expected one of 'rating', 'ranking'"):
+        autofact.load(path)

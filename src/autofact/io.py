@@ -81,6 +81,7 @@ def save(model: Any, path: str | os.PathLike[str]) -> Path:
             "create it first"
         )
     meta = _metadata(model)
+    _check_finite_to_save(model, meta)
     indptr, indices = model.index_.seen_arrays()  # no scipy needed (issue 10)
     arrays: dict[str, np.ndarray] = {
         "meta": np.frombuffer(json.dumps(meta, allow_nan=True).encode("utf-8"), dtype=np.uint8),
@@ -98,6 +99,30 @@ def save(model: Any, path: str | os.PathLike[str]) -> Path:
         arrays["implicit_factors"] = np.ascontiguousarray(implicit)
     _atomic_savez(real, arrays)
     return target
+
+
+def _check_finite_to_save(model: Any, meta: dict[str, Any]) -> None:
+    """Trust: a model whose factors, biases or means are not finite is refused before anything
+    is written (:func:`read` refuses such a file: save wrote files that could not be loaded)."""
+    for name in ("user_factors", "item_factors", "user_bias", "item_bias", "implicit_factors"):
+        arr = getattr(model, name + "_", None)
+        if arr is None:
+            continue
+        arr = np.asarray(arr)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            where = tuple(int(x) for x in np.argwhere(~np.isfinite(arr))[0])
+            raise ValueError(
+                f"cannot save: {name}_ holds non-finite values (first {float(arr[where])!r} at "
+                f"index {where}): the fit diverged; refit (a smaller learning rate, more "
+                "regularization or solver='als') before saving"
+            )
+    for key in ("global_mean", "fallback_mean"):
+        value = meta.get(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(
+                f"cannot save: the model's {key} is {value!r}: the fit diverged; refit before "
+                "saving"
+            )
 
 
 def is_model_file(path: str | os.PathLike[str]) -> bool:
@@ -579,11 +604,24 @@ def _check(meta: dict[str, Any], arrays: dict[str, np.ndarray], name: str) -> Sa
         or (len(indices) and (indices.min() < 0 or indices.max() >= n))
     ):
         raise ValueError(f"{name} is damaged: the seen-items pattern is not a valid CSR")
-    rank = meta["params"].get("rank")
-    if rank == "auto":  # the task's own number of factors (issue 12)
-        from .solvers import RANK_DEFAULTS
+    from .solvers import RANK_DEFAULTS
 
-        rank = RANK_DEFAULTS.get(meta["params"].get("task", "rating"))
+    rank = meta["params"].get("rank")
+    task = meta["params"].get("task", "rating")
+    if not (isinstance(task, str) and task in RANK_DEFAULTS):
+        raise ValueError(
+            f"{name} is damaged: its hyper-parameter 'task' is {task!r}, expected one of "
+            f"{', '.join(map(repr, RANK_DEFAULTS))}; restore the file or refit"
+        )
+    if rank == "auto":  # the task's own number of factors (issue 12)
+        rank = RANK_DEFAULTS[task]
+        # trust: an edited task read as "rank is 'auto' but the factors have 10 columns"
+        if rank != k:
+            raise ValueError(
+                f"{name} is damaged: its hyper-parameter 'task' is {task!r}, whose rank 'auto' "
+                f"means {rank} factors, but the factors have {k} columns (was 'task' edited?); "
+                "restore the file or refit"
+            )
     if rank != k:
         raise ValueError(
             f"{name} is damaged: rank is {meta['params'].get('rank')!r} but the factors have "
