@@ -3,6 +3,7 @@ the user met it, on generated data. Every test here failed before its fix."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -239,3 +240,40 @@ def test_an_edited_task_is_named_when_a_model_is_read(tmp_path):
     with pytest.raises(ValueError, match=r"is damaged: its hyper-parameter 'task' is "
                        r"'regression', expected one of 'rating', 'ranking'"):
         autofact.load(path)
+
+
+# ------------------------------------------------------------------ 4: extreme ratings
+@pytest.mark.parametrize(("solver", "dtype", "big"), [
+    ("gibbs", "float32", 1e30), ("auto", "float32", 1e30), ("als", "float32", 1e30),
+    ("adam", "float32", 1e30), ("als", "float64", 1e200), ("gibbs", "float64", 1e200),
+])
+def test_ratings_too_large_for_the_fit_are_refused_naming_the_largest(solver, dtype, big):
+    # trust: a rating of 1e30 (float32) or 1e200 (float64) ended in "LinAlgError: a row's
+    # conditional precision is not positive definite" (the sampler) or a message blaming the
+    # loss (ALS, Adam)
+    r = _coo()
+    values = r.values.astype(np.float64)
+    values[3] = big
+    r = Ratings.from_coo(r.users, r.items, values, shape=r.shape)
+    with pytest.raises(ValueError, match=re.escape(f"the ratings reach {big:g} in magnitude")
+                       + r", too large for a float(32|64) fit of \d+ ratings: .* rescale "
+                       r"them \(for example divide by 1e\+\d+\)"):
+        MatrixFactorization(rank=2, solver=solver, dtype=dtype, epochs=2, seed=0).fit(r)
+
+
+def test_large_but_safe_ratings_still_fit():
+    # the limit refuses only what would overflow: ratings of 1e6 fit in float32
+    r = _coo()
+    r = Ratings.from_coo(r.users, r.items, r.values * 1e6, shape=r.shape)
+    model = MatrixFactorization(rank=2, solver="als", epochs=2, seed=0).fit(r)
+    assert np.isfinite(model.user_factors_).all()
+
+
+def test_validation_ratings_too_large_are_refused():
+    # trust: the same for the validation ratings (their RMSE overflowed)
+    r = _coo()
+    values = r.values.astype(np.float64)
+    values[0] = 1e200
+    v = Ratings.from_coo(r.users, r.items, values, shape=r.shape)
+    with pytest.raises(ValueError, match=r"the validation ratings reach 1e\+200 in magnitude"):
+        MatrixFactorization(rank=2, solver="als", epochs=2, seed=0).fit(r, validation=v)

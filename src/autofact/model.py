@@ -467,6 +467,10 @@ class MatrixFactorization:
                     "use solver='als' (or drop the weights)"
                 )
             solver, lr, epochs = self._validate(sampler=False)  # auto: the next choice
+        # trust: a rating whose square overflows the fit's numbers ended in a LinAlgError (the
+        # sampler, whose ratings are float32 whatever the dtype) or a message blaming the loss
+        _check_magnitude(train.values, torch.float32 if solver == "gibbs"
+                         else resolve_dtype(self.dtype), "ratings", plan if shared else None)
         if solver == "gibbs":
             return self._fit_gibbs(train, validation, epochs, loss_fn, start,
                                    plan if shared else None, checkpoint, checkpoint_every,
@@ -510,6 +514,7 @@ class MatrixFactorization:
             vx, vy = validation if isinstance(validation, tuple) else (validation, None)
             v = _as_ratings(vx, vy, "validation")
             check_targets(loss_fn, v.values, "validation ratings")
+            _check_magnitude(v.values, resolve_dtype(self.dtype), "validation ratings", None)
             val = _Validation(index, v, owned, obj.plan)
         ckpt = resumed = None
         if checkpoint is not None:  # issue 11: find (and check) the state to resume from
@@ -739,6 +744,7 @@ class MatrixFactorization:
             vx, vy = validation if isinstance(validation, tuple) else (validation, None)
             v = _as_ratings(vx, vy, "validation")
             check_targets(loss_fn, v.values, "validation ratings")
+            _check_magnitude(v.values, torch.float32, "validation ratings", None)
             val = _Validation(index, v)
         # (after the validation data is checked, as in the other solvers' fit)
         m, n = train.shape
@@ -1511,6 +1517,37 @@ class _EarlyStopping:
         with torch.no_grad():
             for k, v in params.items():
                 v.copy_(self.snapshot[k])
+
+
+def _check_magnitude(values: np.ndarray, dtype: torch.dtype, what: str,
+                     plan: ShardPlan | None) -> None:
+    """Refuse ratings too large for a fit in ``dtype``: the largest magnitude ``v`` must keep
+    the sum of the squared errors of the ``n`` ratings finite, ``16 n v^2 < max`` of the
+    dtype (the errors may start at twice the ratings). ``plan``: the processes of a fit on
+    rank-local ratings, which all refuse, or none (trust: a rating of 1e30 in float32, or 1e200
+    in float64, ended in "a row's conditional precision is not positive definite", or a message
+    blaming the loss)."""
+    vals = np.asarray(values)
+    if vals.size == 0 or vals.dtype.kind not in "fiu":
+        return
+    top = float(np.max(np.abs(vals)))
+    n = float(vals.size)
+    if plan is not None and plan.local:  # every process's largest and count
+        largest = torch.tensor([top], dtype=torch.float64)
+        plan.all_max([largest])
+        top, n = float(largest[0]), plan.all_sum_float(n)
+    limit = math.sqrt(torch.finfo(dtype).max / (16.0 * n))
+    if math.isfinite(top) and top < limit:
+        return
+    name = str(dtype).replace("torch.", "")
+    scale = 10.0 ** math.floor(math.log10(top)) if math.isfinite(top) else math.inf
+    raise ValueError(
+        f"the {what} reach {top:g} in magnitude, too large for a {name} fit of {n:.0f} "
+        f"ratings: their squared errors would overflow (the largest allowed is about "
+        f"{limit:.3g}); rescale them (for example divide by {scale:g})"
+        + ("" if name == "float64" else " or pass dtype='float64' (not with the sampler, "
+           "whose ratings are float32)")
+    )
 
 
 class _ChainCheckpoint:
