@@ -142,6 +142,18 @@ def _loss_name(loss: Loss) -> str:
     return getattr(loss, "__qualname__", None) or repr(loss)
 
 
+#: :func:`loss_probe`'s answers for the built-in losses (:mod:`autofact.losses`: pure functions
+#: of their arguments), by loss and dtype: the probe's autograd Jacobian took 1.2 ms of every
+#: fit (issue 10: a third of a 100k-rating default fit's time to its first sweeps). A user's
+#: loss is probed every time (its code may change between fits).
+_BUILTIN_PROBES: weakref.WeakKeyDictionary[Any, dict[torch.dtype, tuple[bool, bool]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _builtin(loss: Loss) -> bool:
+    return getattr(loss, "__module__", None) == "autofact.losses"
+
+
 def check_loss(loss: Loss, dtype: torch.dtype) -> None:
     """Call the loss on tiny inputs; a clear error if it is not elementwise torch code.
 
@@ -151,6 +163,8 @@ def check_loss(loss: Loss, dtype: torch.dtype) -> None:
     that mixes entries (a mean, a sort, a softmax over ``pred``) would give a fit that depends
     on ``max_memory`` and ``batch_size``.
     """
+    if _builtin(loss) and _BUILTIN_PROBES.get(loss, {}).get(dtype, (False,))[0]:
+        return  # a built-in loss already probed, and found elementwise, in this dtype
     pred = torch.tensor([0.5, -0.25, 1.0], dtype=dtype, requires_grad=True)
     target = torch.tensor([1.0, 0.0, 1.0], dtype=dtype)
     name = _loss_name(loss)
@@ -189,7 +203,18 @@ def loss_probe(loss: Loss, dtype: torch.dtype = torch.float64) -> tuple[bool, bo
     off-diagonal NaN, which an elementwise loss can produce as ``0 * inf``, counts as zero).
     ``curved``: some entry has a non-zero second derivative (``absolute`` has none, so Newton
     steps are undefined for it). Run in float64, or ``dtype`` if the loss fails in float64.
+    A built-in loss's answer is kept (:data:`_BUILTIN_PROBES`).
     """
+    kept = _BUILTIN_PROBES.get(loss) if _builtin(loss) else None
+    if kept is not None and dtype in kept:
+        return kept[dtype]
+    answer = _probe(loss, dtype)
+    if _builtin(loss):
+        _BUILTIN_PROBES.setdefault(loss, {})[dtype] = answer
+    return answer
+
+
+def _probe(loss: Loss, dtype: torch.dtype) -> tuple[bool, bool]:
     for dt in dict.fromkeys((torch.float64, dtype)):
         target = torch.tensor(_PROBE_TARGET, dtype=dt)
         pred = target + torch.tensor(_PROBE_OFFSET, dtype=dt)
