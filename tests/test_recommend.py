@@ -336,7 +336,7 @@ def test_folded_user_from_another_model(planted):
         (pd.DataFrame({"movie": [100], "rating": [5.0]}), ValueError,
          r"needs columns 'item' and 'rating'; it lacks \['item'\]"),
         ({100: float("nan")}, ValueError, "the rating of item 100 must be finite, got nan"),
-        ({100: "good"}, ValueError, "ratings must be numbers"),
+        ({100: "good"}, TypeError, "ratings must be numbers"),  # trust: a string
         ([(100, 5.0), (100, 4.0)], ValueError, "item 100 is rated more than once"),
         (5, TypeError, "ratings must be a dict item -> rating, .* got int"),
         ("100:5", TypeError, "got str"),

@@ -277,3 +277,87 @@ def test_validation_ratings_too_large_are_refused():
     v = Ratings.from_coo(r.users, r.items, values, shape=r.shape)
     with pytest.raises(ValueError, match=r"the validation ratings reach 1e\+200 in magnitude"):
         MatrixFactorization(rank=2, solver="als", epochs=2, seed=0).fit(r, validation=v)
+
+
+# ------------------------------------------------------------------ 5-7: settings
+def test_a_negative_seed_is_refused_naming_seed():
+    # trust: seed=-1 ended in numpy's "expected non-negative integer", which names no argument
+    with pytest.raises(ValueError, match=r"seed must be a non-negative int below 2\*\*63 or "
+                       r"None, got -1; pass a seed such as 1"):
+        MatrixFactorization(seed=-1).fit(_coo())
+    with pytest.raises(ValueError, match=r"seed must be a non-negative int below 2\*\*63"):
+        MatrixFactorization(seed=2**64, solver="als").fit(_coo())
+
+
+def test_alpha_with_the_rating_task_is_refused():
+    # trust: alpha (the ranking task's confidence) was ignored by a rating fit without a word,
+    # while unobserved_weight with task='ranking' raises
+    with pytest.raises(ValueError, match=r"alpha=2\.0 is the ranking task's confidence slope "
+                       r".* pass task='ranking', or leave alpha at its default 0\.5"):
+        MatrixFactorization(alpha=2.0, solver="als", epochs=1).fit(_coo())
+    MatrixFactorization(alpha=0.5, solver="als", epochs=1).fit(_coo())  # the default: fine
+
+
+def test_patience_without_validation_data_is_refused():
+    # trust: patience=3 without validation data was ignored without a word
+    with pytest.raises(ValueError, match=r"patience=3 stops on the validation RMSE, and this fit "
+                       r"has no validation data: pass validation= \(or validation_fraction=\)"):
+        MatrixFactorization(patience=3, solver="als", epochs=2).fit(_coo())
+    with pytest.raises(ValueError, match=r"patience=3 stops on a validation RMSE, which "
+                       r"task='ranking' has none of"):
+        MatrixFactorization(task="ranking", patience=3, epochs=1).fit(_coo())
+    # with validation data, or at 'auto' / None, it is used (or harmless)
+    MatrixFactorization(patience=3, solver="als", epochs=2).fit(_coo(), validation=_coo())
+    MatrixFactorization(patience=3, solver="als", epochs=2, validation_fraction=0.2).fit(_coo())
+    MatrixFactorization(patience=None, solver="als", epochs=2).fit(_coo())
+
+
+@pytest.mark.parametrize("solver", ["auto", "als", "adam"])
+@pytest.mark.parametrize("loss", ["bpr", "warp"])
+def test_a_pairwise_loss_with_the_rating_task_names_task_ranking(loss, solver):
+    # trust: the message listed only the rating losses, not task='ranking'
+    with pytest.raises(ValueError, match=rf"loss='{loss}' is a pairwise loss of the ranking "
+                       rf"task: pass task='ranking' \(with loss='{loss}'\), or choose a rating "
+                       r"loss: one of \['absolute'"):
+        MatrixFactorization(loss=loss, solver=solver).fit(_coo())
+
+
+# ------------------------------------------------------------------ 8: fold_in
+@pytest.fixture(scope="module")
+def fitted() -> MatrixFactorization:
+    return MatrixFactorization(rank=2, solver="als", epochs=2, seed=0).fit(_coo())
+
+
+def test_fold_in_refuses_ratings_given_as_strings(fitted):
+    # trust: {100: "5"} was folded in as 5.0 without a word
+    with pytest.raises(TypeError, match=r"the rating of item 3 is the string '5'; ratings must "
+                       r"be numbers: convert them first \(for example \{3: float\('5'\)\}\)"):
+        fitted.fold_in({1: 4.0, 3: "5"})
+
+
+def test_fold_in_warns_for_ratings_outside_the_training_range(fitted):
+    # trust: a rating of 50 for a 1-5 model was folded in silently, every score then clipped
+    with pytest.warns(UserWarning, match=r"2 of the 3 ratings lie outside the training "
+                      r"ratings' range \[1, 5\] \(first: 50 for item 2\); give them on the "
+                      "scale the model was fitted on"):
+        fitted.fold_in({1: 4.0, 2: 50.0, 3: 0.0})
+    fitted.fold_in({1: 1.0, 2: 5.0})  # the ends of the range: no warning
+    fitted.fold_in({1: 0.7, 2: 5.3})  # nor within a tenth of its width (continuous ratings)
+
+
+# ------------------------------------------------------------------ 9: mixed id columns
+def test_from_frame_refuses_an_id_column_mixing_ints_and_strings():
+    # trust: a user column holding 1 and "1" made two users without a word
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"user": [1, "1", 2], "item": [1, 2, 3], "rating": [4.0, 5.0, 3.0]})
+    with pytest.raises(ValueError, match=r"column 'user' mixes numbers and strings as user ids "
+                       r"\(for example 1 and '1'\), which would be different users; cast the "
+                       r"column to one type first, e.g. df\['user'\] = df\['user'\]\.astype\(str\)"):
+        Ratings.from_frame(df)
+    df = pd.DataFrame({"u": [1, 2], "i": ["a", 7], "r": [4.0, 5.0]})
+    with pytest.raises(ValueError, match=r"column 'i' mixes numbers and strings as item ids "
+                       r"\(for example 7 and 'a'\)"):
+        Ratings.from_frame(df, user="u", item="i", rating="r")
+    # one kind per column is fine, strings in one and ints in the other too
+    df = pd.DataFrame({"user": ["a", "b"], "item": [1, 2], "rating": [4.0, 5.0]})
+    assert Ratings.from_frame(df).shape == (2, 2)

@@ -228,14 +228,15 @@ def _check_meta(meta: dict[str, Any]) -> None:
     def bad(key: str, want: str) -> ValueError:
         return ValueError(f"its {key!r} is {meta.get(key)!r}, not {want}")
 
-    if not (_is_int(meta.get("epoch")) and meta["epoch"] >= 0):
+    # (a missing key is named by the KeyError of read's caller: "is damaged: 'settings'")
+    if "epoch" in meta and not (_is_int(meta["epoch"]) and meta["epoch"] >= 0):
         raise bad("epoch", "a non-negative int")
     for key, kind, want in (("finished", bool, "true or false"), ("solver", str, "a string"),
                             ("settings", dict, "an object"), ("data", str, "a string"),
                             ("history", list, "a list of epochs")):
-        if not isinstance(meta.get(key), kind):
+        if key in meta and not isinstance(meta[key], kind):
             raise bad(key, want)
-    for j, rec in enumerate(meta["history"]):
+    for j, rec in enumerate(meta.get("history") or []):
         if not isinstance(rec, dict):
             raise ValueError(f"its history's entry {j} is {rec!r}, not an object")
         if "epoch" in rec and not _is_int(rec["epoch"]):

@@ -325,6 +325,8 @@ class Ratings:
 
         uidx, uids = factorize_ids(df[user], "user", where)
         iidx, iids = factorize_ids(df[item], "item", where)
+        for what, col, ids in (("user", user, uids), ("item", item, iids)):
+            _check_one_kind(ids, what, col)
         vals = _as_float(df[rating].to_numpy(), f"column {rating!r}")
         _check_finite(
             vals, f"column {rating!r}",
@@ -469,6 +471,26 @@ def _lookup(index: Any, ids: Any, what: str, strict: bool) -> np.ndarray:
 # ------------------------------------------------------------------ columns (shared with reading.py)
 Where = Callable[[int], str]
 """Says where entry ``k`` of a column came from: ``"line 17 of ratings.csv"``, ``"row 'a'"``."""
+
+
+def _check_one_kind(ids: np.ndarray, what: str, col: str) -> None:
+    """Refuse a column of ids that mixes numbers and strings (trust: ``1`` and ``"1"`` made
+    two users without a word; a file's ids are all ints or all strings, so a model fitted on
+    one matches them by their text, but one column holding both is ambiguous)."""
+    if ids.dtype.kind != "O":
+        return
+    number = text = None
+    for v in ids.tolist():
+        if isinstance(v, str | bytes):
+            text = v if text is None else text
+        elif isinstance(v, int | float | np.number) and not isinstance(v, bool | np.bool_):
+            number = v if number is None else number
+        if number is not None and text is not None:
+            raise ValueError(
+                f"column {col!r} mixes numbers and strings as {what} ids (for example "
+                f"{py_scalar(number)!r} and {text!r}), which would be different {what}s; cast "
+                f"the column to one type first, e.g. df[{col!r}] = df[{col!r}].astype(str)"
+            )
 
 
 def factorize_ids(

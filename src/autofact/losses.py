@@ -226,6 +226,14 @@ def get_loss(loss: str | Loss) -> Loss:
 
             # a factory such as huber is called with its defaults
             return call_if_factory(import_object(loss, what="loss"), 2)  # type: ignore[no-any-return]
+    if isinstance(loss, str):
+        from .ranking import PAIRWISE_LOSSES
+
+        if loss in PAIRWISE_LOSSES:  # trust: the message listed only the rating losses
+            raise ValueError(
+                f"loss={loss!r} is a pairwise loss of the ranking task: pass task='ranking' "
+                f"(with loss={loss!r}), or choose a rating loss: one of {sorted(LOSSES)}"
+            )
     raise ValueError(
         f"loss must be one of {sorted(LOSSES)}, a 'module:function' path, or a callable "
         f"loss(pred, target); got {loss!r}"

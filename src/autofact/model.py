@@ -277,6 +277,12 @@ class MatrixFactorization:
             isinstance(self.seed, int | np.integer) and not isinstance(self.seed, bool)
         ):
             raise ValueError(f"seed must be an int or None, got {self.seed!r}")
+        if self.seed is not None and not 0 <= int(self.seed) < 2**63:
+            # trust: numpy's "expected non-negative integer" did not name seed
+            raise ValueError(
+                f"seed must be a non-negative int below 2**63 or None, got {self.seed!r}; pass "
+                f"a seed such as {abs(int(self.seed)) % 2**63}"
+            )
         if not (isinstance(self.beta, int | float | np.floating) and math.isfinite(self.beta)
                 and self.beta >= 0):
             raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
@@ -362,6 +368,7 @@ class MatrixFactorization:
                 f"or a callable, got {self.regularization!r}"
             )
         if isinstance(self.loss, str) and self.loss not in LOSSES and ":" not in self.loss:
+            get_loss(self.loss)  # trust: names task='ranking' for its pairwise losses
             raise ValueError(
                 f"loss must be one of {sorted(LOSSES)}, a 'module:function' path or a callable, "
                 f"got {self.loss!r}"
@@ -446,6 +453,20 @@ class MatrixFactorization:
             if isinstance(getattr(self, what), NotLoaded):
                 raise ValueError(getattr(self, what).message)
         train = _as_ratings(X, y, "ratings")
+        # trust: settings with no effect on a rating fit raise, as unobserved_weight does for
+        # the ranking task, rather than being ignored without a word
+        if self.alpha != 0.5:
+            raise ValueError(
+                f"alpha={self.alpha!r} is the ranking task's confidence slope (1 + alpha * "
+                "rating) and changes nothing in a rating model: pass task='ranking', or leave "
+                "alpha at its default 0.5"
+            )
+        if validation is None and self.validation_fraction is None and _is_count(self.patience):
+            raise ValueError(
+                f"patience={self.patience!r} stops on the validation RMSE, and this fit has no "
+                "validation data: pass validation= (or validation_fraction=), or leave patience "
+                "at its default 'auto' (None: no early stopping)"
+            )
         if self.validation_fraction is not None:
             if validation is not None:
                 raise ValueError(
@@ -930,6 +951,11 @@ class MatrixFactorization:
                                             and not isinstance(self.epochs, bool)
                                             and self.epochs >= 1):
             raise ValueError(f"epochs must be a positive int or None, got {self.epochs!r}")
+        if _is_count(self.patience):  # trust: as for validation below
+            raise ValueError(
+                f"patience={self.patience!r} stops on a validation RMSE, which task='ranking' "
+                "has none of: leave patience at its default 'auto'"
+            )
         if validation is not None or self.validation_fraction is not None:
             raise ValueError(
                 "validation has no meaning for task='ranking' (it is scored by RMSE); leave "
@@ -1517,6 +1543,11 @@ class _EarlyStopping:
         with torch.no_grad():
             for k, v in params.items():
                 v.copy_(self.snapshot[k])
+
+
+def _is_count(x: Any) -> bool:
+    """Whether ``x`` is an int (not a bool): a ``patience`` that asks for early stopping."""
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
 
 
 def _check_magnitude(values: np.ndarray, dtype: torch.dtype, what: str,

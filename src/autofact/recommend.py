@@ -491,6 +491,13 @@ def _parse_ratings(ratings: Any) -> tuple[list[Any], np.ndarray]:
         )
     if not items:
         raise ValueError("ratings is empty: fold_in needs at least one (item, rating)")
+    for item, v in zip(items, vals, strict=True):
+        if isinstance(v, str | bytes):  # trust: "5" was read as 5.0 without a word
+            raise TypeError(
+                f"the rating of item {py_scalar(item)!r} is the string {v!r}; ratings must be "
+                f"numbers: convert them first (for example {{{py_scalar(item)!r}: "
+                f"float({v!r})}})"
+            )
     try:
         values = np.asarray(vals, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -544,7 +551,22 @@ def fold_in(
             UserWarning,
             stacklevel=3,
         )
+    kept_items = [it for it, u in zip(items, unknown.tolist(), strict=True) if not u]
     idx, values = idx[~unknown], values[~unknown]
+    low, high = index.rating_range
+    slack = 0.1 * (high - low)  # a 5 for continuous training ratings up to 4.99 is no alarm
+    outside = np.flatnonzero((values < low - slack) | (values > high + slack))
+    if len(outside) and getattr(model, "task", "rating") == "rating":
+        # trust: ratings on another scale (50 for a 1-5 model) were folded in silently, and
+        # every score of that user then clipped to the top of the range
+        j = int(outside[0])
+        warnings.warn(
+            f"{len(outside)} of the {len(values)} ratings lie outside the training ratings' "
+            f"range [{low:g}, {high:g}] (first: {values[j]:g} for item "
+            f"{py_scalar(kept_items[j])!r}); give them on the scale the model was fitted on",
+            UserWarning,
+            stacklevel=3,
+        )
     uniq, counts = np.unique(idx, return_counts=True)
     if (counts > 1).any():
         dup = index.item_ids[uniq[np.flatnonzero(counts > 1)[0]]]
