@@ -21,6 +21,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -345,42 +346,61 @@ def read_params(path: str | os.PathLike[str]) -> dict[str, Any]:
     return dict(doc)
 
 
+def _count(value: Any) -> bool:
+    """A positive int (a boolean is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _number(value: Any) -> bool:
+    """A finite int or float (a boolean is not one)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# what a settings file's value must be, for the parameters checked on their own (the model
+# checks them again at fit, with the others); the message reads "{key} must be {what}"
+_VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "rank": (lambda v: v == "auto" or _count(v), "a positive int or 'auto'"),
+    "beta": (lambda v: _number(v) and v >= 0, "a finite number >= 0"),
+    "alpha": (lambda v: _number(v) and v >= 0, "a finite number >= 0"),
+    "init_std": (lambda v: _number(v) and v >= 0, "a finite number >= 0"),
+    "lr": (lambda v: v is None or (_number(v) and v > 0), "a positive number or null"),
+    "epochs": (lambda v: v is None or _count(v), "a positive int or null"),
+    "batch_size": (lambda v: v is None or _count(v), "a positive int or null"),
+    "seed": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+             "an int or None"),
+    "patience": (lambda v: v is None or v == "auto" or _count(v),
+                 "a positive int, 'auto' or None"),
+    "validation_fraction": (lambda v: v is None or (_number(v) and 0 < v < 1),
+                            "a number strictly between 0 and 1 or None"),
+    "max_memory": (lambda v: _count(v) and v >= 2**16, "an int of at least 65536 bytes"),
+    "task": (lambda v: v in ("rating", "ranking"), "'rating' or 'ranking'"),
+    "device": (lambda v: isinstance(v, str), "'auto', 'cpu' or 'cuda[:N]'"),
+    "loss": (lambda v: isinstance(v, str), "a built-in name"),
+    "regularization": (lambda v: v is None or isinstance(v, str), "a built-in name or null"),
+}
+
+
 def _check_value(key: str, value: Any) -> None:
     """Check one parameter of a settings file on its own (``ValueError`` naming it): what does
     not depend on the others, which the command line may still override."""
     from .model import MatrixFactorization
     from .objective import check_unobserved_weight, resolve_dtype
     from .solvers import SOLVERS
+    from .threads import check_n_threads
 
     default = MatrixFactorization().get_params()[key]
-    if isinstance(value, bool) != isinstance(default, bool) and value is not None:
-        want = "true or false" if isinstance(default, bool) else "a number or a name, not a boolean"
-        raise ValueError(f"{key} must be {want}, got {value!r}")
-    number = isinstance(value, int | float) and not isinstance(value, bool) \
-        and math.isfinite(value)
-    optional_count = ("epochs", "batch_size")
-    if key in optional_count and not (value is None or (isinstance(value, int) and value >= 1)):
-        raise ValueError(f"{key} must be a positive int or null, got {value!r}")
-    if key == "lr" and not (value is None or (number and value > 0)):
-        raise ValueError(f"lr must be a positive number or null, got {value!r}")
-    if key in ("init_std", "alpha") and not (number and value >= 0):
-        raise ValueError(f"{key} must be a finite number >= 0, got {value!r}")
-    if key == "max_memory" and not (isinstance(value, int) and value >= 2**16):
-        raise ValueError(f"max_memory must be an int of at least 65536 bytes, got {value!r}")
+    if isinstance(default, bool) and not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    if isinstance(value, bool) and not isinstance(default, bool):
+        raise ValueError(f"{key} must be a number or a name, not a boolean, got {value!r}")
+    ok, what = _VALUE_RULES.get(key, (lambda v: True, ""))
+    if not ok(value):
+        raise ValueError(f"{key} must be {what}, got {value!r}")
+    if key == "solver" and not (value == "auto" or value in SOLVERS):
+        raise ValueError(f"solver must be 'auto' or one of {SOLVERS}, got {value!r}")
     if key == "unobserved_weight":
         check_unobserved_weight(value)
-    if key == "dtype":
+    elif key == "dtype":
         resolve_dtype(value)
-    if key == "task" and value not in ("rating", "ranking"):
-        raise ValueError(f"task must be 'rating' or 'ranking', got {value!r}")
-    if key == "solver" and not (isinstance(value, str)
-                                and (value == "auto" or value in SOLVERS)):
-        raise ValueError(f"solver must be 'auto' or one of {SOLVERS}, got {value!r}")
-    if key == "device" and not isinstance(value, str):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {value!r}")
-    if key in ("loss", "regularization") and not (isinstance(value, str)
-                                                  or (key == "regularization" and value is None)):
-        raise ValueError(f"{key} must be a built-in name, got {value!r}")
-    # the checks the model makes of each value on its own (rank, beta, seed, patience, ...)
-    MatrixFactorization(**{key: value})._validate_common()
-
+    elif key == "n_threads":
+        check_n_threads(value)
