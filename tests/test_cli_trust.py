@@ -199,6 +199,26 @@ def test_ctrl_c_during_tune_prints_no_traceback(data, capfd, monkeypatch):
     assert err.strip() == "autofact: interrupted"
 
 
+def test_ctrl_c_during_tune_keeps_the_finished_trials(data, capsys, monkeypatch, tmp_path):
+    # trust (never lost work): Ctrl-C after two trials finished threw them away; now the best
+    # so far is shown and written to --out, and the exit status still says interrupted
+    pytest.importorskip("optuna")
+    from autofact.model import MatrixFactorization
+    from autofact.tuning import read_params
+
+    from .conftest import interrupt_at_call
+
+    interrupt_at_call(monkeypatch, MatrixFactorization, "fit", 3)
+    best = tmp_path / "best.json"
+    code = cli.main(["tune", str(data["train"]), "--trials", "5", "-q", "--out", str(best)])
+    out, err = capsys.readouterr()
+    assert code == cli.ExitStatus.INTERRUPTED
+    assert "defaults" in out and f"wrote the best settings so far to {best}" in out
+    assert err.strip().splitlines()[-1] == (
+        "autofact: interrupted after 2 finished trials; the best so far is above")
+    assert isinstance(read_params(best), dict)
+
+
 def test_a_numerical_failure_of_the_fit_exits_1_with_a_hint(data, capsys, monkeypatch, tmp_path):
     # trust: numpy's LinAlgError (a ValueError) from the sampler, e.g. on ratings of 1e30,
     # was a usage error (exit 2) that said only "a row's conditional precision is not

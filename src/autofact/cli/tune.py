@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import options as o
-from .common import ExitStatus, print_json
+from .common import ExitStatus, print_json, say
 from .paths import check_output
 
 
@@ -71,25 +71,36 @@ def tune(args: argparse.Namespace) -> ExitStatus:
     """Search settings on DATA and report (and save) the best."""
     if args.out is not None:
         check_output(args.out, "--out", "params", {"DATA": args.data})
+    from ..tuning import TuneInterrupted
     from ..tuning import tune as run_tune
 
     ratings = o.read_ratings(args.data, args)  # read once, shared by every trial
+    interrupted = False
     with _optuna_quiet(not getattr(args, "traceback", False)):
-        result = run_tune(ratings, n_trials=args.trials,
-                          validation_fraction=args.validation_fraction, metric=args.metric,
-                          seed=args.seed, timeout=args.timeout,
-                          show_progress=not args.quiet and not args.json)
+        try:
+            result = run_tune(ratings, n_trials=args.trials,
+                              validation_fraction=args.validation_fraction, metric=args.metric,
+                              seed=args.seed, timeout=args.timeout,
+                              show_progress=not args.quiet and not args.json)
+        except TuneInterrupted as stop:
+            # trust (never lost work): Ctrl-C after some trials finished keeps them, as fit
+            # keeps its last finished epoch: the best so far is reported and saved
+            result, interrupted = stop.result, True
+    done = ExitStatus.INTERRUPTED if interrupted else ExitStatus.OK
     if args.out is not None:
         result.save(args.out)
     if args.json:
-        print_json(result.to_dict() | {"trials": result.trials,
+        print_json(result.to_dict() | {"trials": result.trials, "interrupted": interrupted,
                                        "out": None if args.out is None else str(args.out)})
-        return ExitStatus.OK
+        return done
     print(result.table(n=args.top))
     print()
     print(f"best validation {result.metric} {result.best_value:.4f} with "
           + ", ".join(f"{k}={v}" for k, v in sorted(result.best_params.items())))
     if args.out is not None:
-        print(f"wrote the best settings to {args.out}; use them with: autofact fit DATA "
-              f"--params {args.out} --out model.npz")
-    return ExitStatus.OK
+        print(f"wrote the best settings{' so far' if interrupted else ''} to {args.out}; use "
+              f"them with: autofact fit DATA --params {args.out} --out model.npz")
+    if interrupted:
+        finished = sum(t["state"] == "complete" for t in result.trials)
+        say(f"interrupted after {finished} finished trials; the best so far is above")
+    return done
