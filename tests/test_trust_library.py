@@ -113,7 +113,7 @@ def test_a_checkpoint_with_nan_is_refused_as_damaged(tmp_path, key):
     bad.flat[0] = np.nan
     _edit_checkpoint(tmp_path, {key: bad})
     with pytest.raises(ValueError, match=rf"checkpoint\.npz is damaged: its array '{key}' "
-                       r"holds NaN or infinite values; delete it to start over"):
+                       r"holds non-finite values \(NaN or infinity\); delete it to start over"):
         _gibbs().fit(_coo(), checkpoint=tmp_path)
 
 
@@ -298,10 +298,14 @@ def test_alpha_with_the_rating_task_is_refused():
     MatrixFactorization(alpha=0.5, solver="als", epochs=1).fit(_coo())  # the default: fine
 
 
-def test_patience_without_validation_data_is_refused():
-    # trust: patience=3 without validation data was ignored without a word
-    with pytest.raises(ValueError, match=r"patience=3 stops on the validation RMSE, and this fit "
-                       r"has no validation data: pass validation= \(or validation_fraction=\)"):
+def test_patience_without_validation_data_warns():
+    # trust: patience=3 without validation data was ignored without a word; it warns (a
+    # refusal would stop fits that share one settings dict with fits that have validation
+    # data, as tests/test_distributed_als.py does), and raises for task='ranking', which
+    # refuses validation data altogether
+    with pytest.warns(UserWarning, match=r"patience=3 stops on the validation RMSE, and this "
+                      r"fit has no validation data, so every epoch runs: pass validation= "
+                      r"\(or validation_fraction=\)"):
         MatrixFactorization(patience=3, solver="als", epochs=2).fit(_coo())
     with pytest.raises(ValueError, match=r"patience=3 stops on a validation RMSE, which "
                        r"task='ranking' has none of"):

@@ -260,7 +260,7 @@ def _check_finite(raw: dict[str, np.ndarray]) -> None:
             if a.dtype.kind not in "biuf":
                 raise ValueError(f"its array {key!r} has dtype {a.dtype}, not a number type")
             if a.dtype.kind == "f" and not bool(np.isfinite(a).all()):
-                raise ValueError(f"its array {key!r} holds NaN or infinite values")
+                raise ValueError(f"its array {key!r} holds non-finite values (NaN or infinity)")
 
 
 def check_shapes(state: TrainingState, path: str, shapes: dict[str, tuple[int, ...]]) -> None:

@@ -453,8 +453,10 @@ class MatrixFactorization:
             if isinstance(getattr(self, what), NotLoaded):
                 raise ValueError(getattr(self, what).message)
         train = _as_ratings(X, y, "ratings")
-        # trust: settings with no effect on a rating fit raise, as unobserved_weight does for
-        # the ranking task, rather than being ignored without a word
+        # trust: settings with no effect on a rating fit are no longer ignored without a word:
+        # alpha raises, as unobserved_weight does for the ranking task; patience warns (one
+        # settings dict is used for fits with and without validation data, e.g.
+        # tests/test_distributed_als.py, where a refusal would stop the fit)
         if self.alpha != 0.5:
             raise ValueError(
                 f"alpha={self.alpha!r} is the ranking task's confidence slope (1 + alpha * "
@@ -462,10 +464,13 @@ class MatrixFactorization:
                 "alpha at its default 0.5"
             )
         if validation is None and self.validation_fraction is None and _is_count(self.patience):
-            raise ValueError(
+            warnings.warn(
                 f"patience={self.patience!r} stops on the validation RMSE, and this fit has no "
-                "validation data: pass validation= (or validation_fraction=), or leave patience "
-                "at its default 'auto' (None: no early stopping)"
+                "validation data, so every epoch runs: pass validation= (or "
+                "validation_fraction=), or leave patience at its default 'auto' (None: no early "
+                "stopping)",
+                UserWarning,
+                stacklevel=3,
             )
         if self.validation_fraction is not None:
             if validation is not None:
