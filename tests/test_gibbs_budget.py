@@ -133,3 +133,25 @@ def test_ml100k_keeps_every_sweep(ml100k) -> None:
     assert model.n_epochs_ == MAX  # 130 since issue 9's faster sweep
     assert model.history_[-1]["stopped"].startswith(f"all {MAX} sweeps (the most epochs=None")
     assert model.history_[-1]["gain"] > 1e-3
+
+
+def test_the_scored_pairs_are_drawn_at_the_first_kept_sweep_and_are_the_seeded_ones():
+    # issue 10: the sample's permutation of every training pair (0.33-0.45 s at 9M ratings) is
+    # drawn when the burn-in ends, not before the first sweep; the same pairs as drawn at once
+    rng = np.random.default_rng(5)
+    users, items = rng.integers(0, 50, 10_000), rng.integers(0, 40, 10_000)
+    b = SweepBudget(users, items, burn_in=2, max_sweeps=20, sample=300, seed=7)
+    calls = []
+
+    def predict(u, i):
+        calls.append(len(u))
+        return np.zeros(len(u))
+
+    for sweep in (1, 2):
+        assert b.update(sweep, predict, 1.0) is None
+    assert b._sample is None and calls == []  # nothing drawn during the burn-in
+    b.update(3, predict, 1.0)
+    pick = np.sort(np.random.default_rng(7).permutation(10_000)[:300])
+    np.testing.assert_array_equal(b.users, users[pick])
+    np.testing.assert_array_equal(b.items, items[pick])
+    assert calls == [300]
