@@ -365,3 +365,33 @@ def test_from_frame_refuses_an_id_column_mixing_ints_and_strings():
     # one kind per column is fine, strings in one and ints in the other too
     df = pd.DataFrame({"user": ["a", "b"], "item": [1, 2], "rating": [4.0, 5.0]})
     assert Ratings.from_frame(df).shape == (2, 2)
+
+
+def test_ranking_ratings_too_large_are_refused():
+    # trust: task='ranking' with a rating of 1e30 ended with NaN factors and no word
+    r = _coo()
+    values = r.values.astype(np.float64)
+    values[3] = 1e30
+    r = Ratings.from_coo(r.users, r.items, values, shape=r.shape)
+    with pytest.raises(ValueError, match=r"the ratings reach 1e\+30 in magnitude, too large for "
+                       "a float32 fit"):
+        MatrixFactorization(task="ranking", epochs=2).fit(r)
+
+
+def test_a_ranking_fit_whose_factors_turn_non_finite_raises(monkeypatch):
+    # trust: a ranking fit that went NaN returned the NaN factors as a fitted model
+    import autofact.ranking
+
+    real = autofact.ranking.fit_ranking
+
+    def nan_fit(*args, **kwargs):
+        P, Q, b = real(*args, **kwargs)
+        P = P.clone()
+        P[0, 0] = float("nan")
+        return P, Q, b
+
+    monkeypatch.setattr(autofact.ranking, "fit_ranking", nan_fit)
+    with pytest.raises(autofact.FitError, match=r"the ranking fit's user factors turned "
+                       r"non-finite \(NaN or infinity\); rescale the ratings \(their largest is "
+                       r"5\), lower alpha \(now 0\.5\) or beta, or pass dtype='float64'"):
+        MatrixFactorization(task="ranking", epochs=2).fit(_coo())

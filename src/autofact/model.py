@@ -975,6 +975,8 @@ class MatrixFactorization:
             self.history_.append({"epoch": epoch + 1, "loss": value,
                                   "time": time.perf_counter() - start})
 
+        if not pairwise:  # trust: ratings of 1e30 gave NaN factors without a word
+            _check_magnitude(train.values, resolve_dtype(self.dtype), "ratings", None)
         P, Q, b = fit_ranking(
             train, self._resolved_rank(), loss=self.loss, alpha=float(self.alpha),
             beta=float(self.beta), epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
@@ -982,6 +984,13 @@ class MatrixFactorization:
             device=resolve_device(self.device), cg_steps=3 if solver == "cg" else 0,
             callback=on_epoch,
         )
+        for name, t in (("user factors", P), ("item factors", Q), ("item biases", b)):
+            if t is not None and not bool(torch.isfinite(t).all()):  # trust: never NaN silently
+                raise FitError(
+                    f"the ranking fit's {name} turned non-finite (NaN or infinity); rescale the "
+                    f"ratings (their largest is {float(np.max(np.abs(train.values))):g}), lower "
+                    f"alpha (now {self.alpha!r}) or beta, or pass dtype='float64'"
+                )
         self.index_ = index
         self.global_mean_ = 0.0
         self.solver_ = solver
