@@ -178,9 +178,32 @@ def test_a_model_with_non_finite_factors_is_not_saved(data, capsys, tmp_path):
     arrays["optim.chain.sum"].flat[0] = np.nan
     np.savez(ck / "checkpoint.npz", **arrays)
     out.unlink()
+    # the library now refuses the damaged checkpoint when it reads it, before any sweep
     code, stdout, err = call(capsys, *argv)
+    assert code == cli.ExitStatus.USAGE and stdout == "" and not out.exists()
+    assert "checkpoint.npz is damaged" in err and "holds non-finite values" in err
+    assert "delete it to start over" in err
+
+
+def test_a_fit_that_ends_with_non_finite_factors_saves_nothing(data, capsys, tmp_path,
+                                                               monkeypatch):
+    # trust: whatever made the factors non-finite, the model is not saved (exit 1, naming
+    # --out and the checkpoint to delete)
+    from autofact.model import MatrixFactorization
+
+    fit = MatrixFactorization.fit
+
+    def diverged(self, *args, **kwargs):
+        fit(self, *args, **kwargs)
+        self.user_factors_ = np.full_like(self.user_factors_, np.nan)
+        return self
+
+    monkeypatch.setattr(MatrixFactorization, "fit", diverged)
+    ck, out = tmp_path / "ck", tmp_path / "m.npz"
+    code, stdout, err = call(capsys, "fit", data["train"], "--out", out, "--epochs", "4",
+                             "--rank", "2", "--checkpoint", ck, "-q")
     assert code == cli.ExitStatus.ERROR and stdout == "" and not out.exists()
-    assert "holds non-finite values" in err and f"delete {ck} to start over" in err
+    assert "user_factors holds non-finite values" in err and f"delete {ck} to start over" in err
 
 
 def test_ctrl_c_during_tune_prints_no_traceback(data, capfd, monkeypatch):
@@ -292,6 +315,7 @@ def test_fold_in_ratings_on_another_scale_warn(data, capsys, tmp_path):
     assert code == 0 and out.startswith("top 2 for the new user in mine.csv")
     assert "warning: 2 of the 3 ratings in" in err
     assert "lie outside the training ratings' range [1, 5] (first: 50 on line 2)" in err
+    assert err.count("outside the training ratings' range") == 1  # not again from the library
 
 
 def test_evaluate_and_fit_test_read_a_folder_of_parts_as_fit_does(data, capsys, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,11 @@ def recommend(args: argparse.Namespace) -> ExitStatus:
                 f"outside the training ratings' range [{low:g}, {high:g}] (first: {value:g} on "
                 f"line {number}); give them on the scale the model was fitted on")
         label = args.ratings.name
-        who: Any = model.fold_in([(it, r[1]) for it, r in zip(items, rows, strict=True)],
-                                 user=label)
+        with warnings.catch_warnings():
+            # said above, with the line number: not again in the library's words
+            warnings.filterwarnings("ignore", message=r".*lie outside the training ratings' range")
+            who: Any = model.fold_in([(it, r[1]) for it, r in zip(items, rows, strict=True)],
+                                     user=label)
         heading = f"top {args.n} for the new user in {label} ({len(rows)} ratings folded in)"
     else:
         user = resolve_ids(model.user_index, [args.user])[0]
