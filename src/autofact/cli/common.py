@@ -112,55 +112,6 @@ def resolve_ids(lookup: Callable[..., Any], texts: Sequence[str]) -> list[Any]:
     return out
 
 
-def match_ids(ratings: Any, user_ids: Any, item_ids: Any) -> Any:
-    """``ratings`` (read from a file) with its ids in the form of the model's (or the training
-    data's) ``user_ids``/``item_ids`` where the two were read as different types: an id is
-    matched by its text, as on the command line (:func:`resolve_ids`).
-
-    Trust: a file's ids are ints only when every one is a canonical integer, so one id such as
-    ``007`` in the training file made every training id a string, and a test file of plain
-    ``1, 2, 3`` then matched none of them (or the other way round): every test pair was
-    "unknown" and the metrics were those of the global mean, with only a warning. Here the test
-    id ``'60'`` matches the model's ``60`` and ``60`` matches ``'60'``; ``'007'`` still matches
-    only ``'007'``. Returns ``ratings`` itself when nothing changes."""
-    new = [_as_known(ids, known) for ids, known in ((ratings.user_ids, user_ids),
-                                                    (ratings.item_ids, item_ids))]
-    if new[0] is None and new[1] is None:
-        return ratings
-    from ..data import Ratings
-
-    return Ratings(
-        ratings.users, ratings.items, ratings.values, shape=ratings.shape,
-        user_ids=ratings.user_ids if new[0] is None else new[0],
-        item_ids=ratings.item_ids if new[1] is None else new[1],
-        weights=ratings.weights, timestamps=ratings.timestamps,
-    )
-
-
-def _as_known(ids: Any, known: Any) -> Any:
-    """``ids`` with each id whose text is that of a ``known`` id of another type replaced by
-    that id; None when no id changes (same types, or no text in common)."""
-    import numpy as np
-
-    ids, known = np.asarray(ids), np.asarray(known)
-
-    def is_int(a: Any) -> bool:
-        return bool(a.dtype.kind in "iu")
-
-    if is_int(ids) == is_int(known) or len(ids) == 0 or len(known) == 0:
-        return None
-    if is_int(known):  # the file's ids are strings, the model's ints
-        by_text = {str(k): k for k in known.tolist()}
-    else:  # the file's ids are ints, the model's strings (or another kind)
-        by_text = {k: k for k in known.tolist() if isinstance(k, str)}
-    out = [by_text.get(str(v), v) for v in ids.tolist()]
-    if not any(type(a) is not type(b) for a, b in zip(out, ids.tolist(), strict=True)):
-        return None
-    arr = np.empty(len(out), dtype=object)
-    arr[:] = out
-    return arr
-
-
 def load_model(path: Path, args: Any) -> Any:
     """``autofact.load(path)``, given the loss and regularization the user typed (``--loss``,
     ``--reg``) when they did: a model file's own functions are never imported from the file."""

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from . import options as o
-from .common import ExitStatus, load_model, match_ids, metrics_table, print_json
+from .common import ExitStatus, load_model, metrics_table, print_json
 
 
 def register(sub: Any) -> None:
@@ -30,9 +30,9 @@ def evaluate(args: argparse.Namespace) -> ExitStatus:
     from ..evaluation import evaluate as evaluate_model
 
     model = load_model(args.model, args)
-    # trust: DATA's ids matched to the model's by their text (see common.match_ids)
-    test = match_ids(o.read_ratings(args.data, args), model.index_.user_ids,
-                     model.index_.item_ids)
+    # trust: DATA's ids are matched to the model's by their text by the model itself
+    # (ModelIndex: an int 60 matches a model's '60', '007' only '007')
+    test = o.read_ratings(args.data, args)
     metrics = evaluate_model(model, test, k=args.k, threshold=args.threshold)
     if args.json:
         print_json(metrics)

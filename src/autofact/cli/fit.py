@@ -16,7 +16,6 @@ from .common import (
     ExitStatus,
     UsageError,
     imports_done,
-    match_ids,
     metrics_table,
     plot_history,
     print_json,
@@ -195,8 +194,8 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         train = pending()
     test = None
     if args.test is not None:
-        # trust: the test file's ids matched to the training data's by their text
-        test = match_ids(o.read_ratings(args.test, args), train.user_ids, train.item_ids)
+        # (its ids are matched to the training data's by their text by the model's index)
+        test = o.read_ratings(args.test, args)
     elif args.test_fraction is not None:
         seed = 0 if args.seed is None else args.seed
         train, test = random_split(train, args.test_fraction, seed=seed)
