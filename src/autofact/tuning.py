@@ -81,7 +81,8 @@ class TuneResult:
             lines.append(f"({failed} of {len(self.trials)} trials did not finish: invalid "
                          "combination or training diverged)")
         if self.interrupted:
-            lines.append(f"(interrupted (Ctrl-C) after {len(self.trials)} trials; the best "
+            finished = sum(t["state"] == "complete" for t in self.trials)
+            lines.append(f"(interrupted (Ctrl-C) after {finished} finished trials; the best "
                          "so far is shown)")
         return "\n".join(lines)
 
@@ -366,8 +367,9 @@ _VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lr": (lambda v: v is None or (_number(v) and v > 0), "a positive number or null"),
     "epochs": (lambda v: v is None or _count(v), "a positive int or null"),
     "batch_size": (lambda v: v is None or _count(v), "a positive int or null"),
-    "seed": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
-             "an int or None"),
+    "seed": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)
+                                     and 0 <= v < 2**63),
+             "a non-negative int below 2**63 or null"),
     "patience": (lambda v: v is None or v == "auto" or _count(v),
                  "a positive int, 'auto' or None"),
     "validation_fraction": (lambda v: v is None or (_number(v) and 0 < v < 1),
