@@ -708,10 +708,12 @@ class Objective:
         thread stalls each of them). A worker takes the next run not yet taken, so a worker
         that the machine deschedules delays only the run it holds; each run sums its column
         gradients (Q, bi) into a buffer (:class:`_ColumnSums`), added up in run order, so the
-        numbers never depend on which worker took which run. :func:`~autofact.threads.workers_for` decides
-        the workers from the work's size (``k`` multiply-adds an entry for the predictions,
-        with ``backward`` another ``2 k`` for the two sparse products) and the thread cap
-        (shared by the plan's processes on this machine: ``plan.local_processes``), never
+        numbers never depend on which worker took which run.
+        :func:`~autofact.threads.workers_for` decides the workers from the work's size (``k``
+        multiply-adds an entry for the predictions, with ``backward`` another ``2 k`` for the
+        two sparse products) and the thread cap, less one core left to the rest of the machine
+        where the cap is the machine's own (``spare_core=True``: on 2 cores, one worker), and
+        shared by the plan's processes on this machine (``plan.local_processes``), never
         from the load; only on the CPU and where torch's operations themselves run on one
         thread (no oversubscription). With several workers there are up to :data:`_RUNS` runs
         (one block at least each): the sizes alone decide them. Memory bounds both counts: the
