@@ -167,6 +167,13 @@ def test_read_params_accepts_every_default_and_the_nulls(tmp_path):
              "seed": None, "patience": None, "validation_fraction": None, "n_threads": None}
     path.write_text(json.dumps(nulls | {"rank": 5, "lr": 0.1, "epochs": 3, "solver": "adam"}))
     assert read_params(path)["solver"] == "adam"
+    # review: the ranking task's solver='cg' (which fit --solver takes) was refused
+    ranking = {"task": "ranking", "solver": "cg"}
+    path.write_text(json.dumps(ranking))
+    assert read_params(path) == ranking
+    r = planted(m=20, n=15, rank=2)
+    implicit = Ratings.from_coo(r.users, r.items, np.abs(r.values) + 1.0, shape=r.shape)
+    MatrixFactorization(**ranking, epochs=2).fit(implicit)  # the model takes it
 
 
 def test_read_params_accepts_a_hand_written_object(tmp_path):

@@ -398,8 +398,11 @@ def _check_value(key: str, value: Any) -> None:
     ok, what = _VALUE_RULES.get(key, (lambda v: True, ""))
     if not ok(value):
         raise ValueError(f"{key} must be {what}, got {value!r}")
-    if key == "solver" and not (value == "auto" or value in SOLVERS):
-        raise ValueError(f"solver must be 'auto' or one of {SOLVERS}, got {value!r}")
+    # 'cg': the ranking task's conjugate-gradient solve (MatrixFactorization(task='ranking',
+    # solver='cg'), as the command line's --solver takes it)
+    if key == "solver" and not (value in ("auto", "cg") or value in SOLVERS):
+        raise ValueError(f"solver must be 'auto', one of {SOLVERS} or 'cg' (task 'ranking'), "
+                         f"got {value!r}")
     if key == "unobserved_weight":
         check_unobserved_weight(value)
     elif key == "dtype":
