@@ -171,6 +171,10 @@ def test_read_params_accepts_every_default_and_the_nulls(tmp_path):
     ranking = {"task": "ranking", "solver": "cg"}
     path.write_text(json.dumps(ranking))
     assert read_params(path) == ranking
+    # review: and its pairwise losses (fit --loss bpr takes them) were "not a built-in loss"
+    pairwise = {"task": "ranking", "loss": "bpr"}
+    path.write_text(json.dumps(pairwise))
+    assert read_params(path) == pairwise
     r = planted(m=20, n=15, rank=2)
     implicit = Ratings.from_coo(r.users, r.items, np.abs(r.values) + 1.0, shape=r.shape)
     MatrixFactorization(**ranking, epochs=2).fit(implicit)  # the model takes it

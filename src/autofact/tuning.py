@@ -302,6 +302,7 @@ def read_params(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     from .losses import LOSSES
     from .model import MatrixFactorization
+    from .ranking import PAIRWISE_LOSSES
     from .regularizers import REGULARIZERS
 
     p = Path(path)
@@ -328,7 +329,8 @@ def read_params(path: str | os.PathLike[str]) -> dict[str, Any]:
     for key, value in doc.items():
         if not (value is None or isinstance(value, bool | int | float | str)):
             raise ValueError(f"{name}: {key}={value!r} must be a number, string, boolean or null")
-    for key, names in (("loss", LOSSES), ("regularization", REGULARIZERS)):
+    # the ranking task's pairwise losses ('bpr', 'warp') are built-in names too
+    for key, names in (("loss", [*LOSSES, *PAIRWISE_LOSSES]), ("regularization", REGULARIZERS)):
         value = doc.get(key)
         if isinstance(value, str) and value not in names:
             raise ValueError(
