@@ -121,10 +121,6 @@ class Pattern:
     def csr(self, values: torch.Tensor) -> Any:
         return csr_tensor(self.crow, self.col, values, (self.row1 - self.row0, self.n_cols))
 
-    def csr_t(self, values: torch.Tensor) -> Any:
-        C = self.transposed(values)
-        return csr_tensor(C.crow, C.col, C.values, (self.n_cols, self.row1 - self.row0))
-
     def transposed(self, values: torch.Tensor) -> Csr:
         """The block's transpose with ``values`` (in the block's order) as a :class:`Csr`."""
         tcrow, trow, perm = self.transpose()
