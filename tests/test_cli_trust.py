@@ -242,14 +242,21 @@ def test_ctrl_c_during_tune_keeps_the_finished_trials(data, capsys, monkeypatch,
     assert isinstance(read_params(best), dict)
 
 
-def test_a_numerical_failure_of_the_fit_exits_1_with_a_hint(data, capsys, monkeypatch, tmp_path):
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+def test_a_numerical_failure_of_the_fit_exits_1_with_a_hint(data, capsys, monkeypatch, tmp_path,
+                                                            library):
     # trust: numpy's LinAlgError (a ValueError) from the sampler, e.g. on ratings of 1e30,
     # was a usage error (exit 2) that said only "a row's conditional precision is not
-    # positive definite"
+    # positive definite"; review: torch's (a RuntimeError named _LinAlgError) was an
+    # "internal error ... please report it"
+    import torch
+
     from autofact.model import MatrixFactorization
 
+    error = np.linalg.LinAlgError if library == "numpy" else torch.linalg.LinAlgError
+
     def failed(self, *args, **kwargs):
-        raise np.linalg.LinAlgError("a row's conditional precision is not positive definite")
+        raise error("a row's conditional precision is not positive definite")
 
     monkeypatch.setattr(MatrixFactorization, "fit", failed)
     code, out, err = call(capsys, "fit", data["train"], "--out", tmp_path / "m.npz", "-q")

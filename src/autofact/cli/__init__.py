@@ -210,10 +210,11 @@ def _describe(exc: Exception) -> tuple[ExitStatus, str]:
 
     if isinstance(exc, UsageError):
         return ExitStatus.USAGE, f"error: {_one_line(exc)}"
-    if type(exc).__name__ == "LinAlgError":
+    if type(exc).__name__ in ("LinAlgError", "_LinAlgError"):
         # trust: numpy's LinAlgError is a ValueError, so a fit that failed numerically (ratings
         # such as 1e30 made a sampler's precision matrix indefinite) read as a usage error
-        # (exit 2) with no word of what to change
+        # (exit 2) with no word of what to change; torch's (torch.linalg.LinAlgError, named
+        # _LinAlgError, a RuntimeError) read as an internal error
         return ExitStatus.ERROR, (
             f"error: the fit failed numerically ({_one_line(exc)}); check DATA for ratings of "
             "extreme size (rescale them), or try --dtype float64 or another --solver"
