@@ -204,6 +204,12 @@ def test_a_fit_that_ends_with_non_finite_factors_saves_nothing(data, capsys, tmp
                              "--rank", "2", "--checkpoint", ck, "-q")
     assert code == cli.ExitStatus.ERROR and stdout == "" and not out.exists()
     assert "user_factors holds non-finite values" in err and f"delete {ck} to start over" in err
+    # review: without a checkpoint the message named no fix at all
+    code, stdout, err = call(capsys, "fit", data["train"], "--out", out, "--epochs", "4",
+                             "--rank", "2", "-q")
+    assert code == cli.ExitStatus.ERROR and stdout == "" and not out.exists()
+    assert err.strip().endswith(f"it was not saved to {out}; the fit diverged: try a smaller "
+                                "--lr, a larger --beta, --solver als or --dtype float64")
 
 
 def test_ctrl_c_during_tune_prints_no_traceback(data, capfd, monkeypatch):

@@ -461,8 +461,9 @@ def _check_finite(model: Any, out: Path, checkpoint: Path | None) -> None:
         if not np.isfinite(values).all():
             where = tuple(int(k) for k in np.argwhere(~np.isfinite(values))[0])
             hint = (f"; the checkpoint it resumed from may be damaged: delete {checkpoint} to "
-                    "start over" if checkpoint is not None else "")
+                    "start over, or" if checkpoint is not None else "; the fit diverged:")
             raise FitError(
                 f"the fitted model's {name.rstrip('_')} holds non-finite values (first at "
-                f"{where}); it was not saved to {out}{hint}"
+                f"{where}); it was not saved to {out}{hint} try a smaller --lr, a larger "
+                "--beta, --solver als or --dtype float64"
             )
