@@ -395,3 +395,22 @@ def test_a_ranking_fit_whose_factors_turn_non_finite_raises(monkeypatch):
                        r"non-finite \(NaN or infinity\); rescale the ratings \(their largest is "
                        r"5\), lower alpha \(now 0\.5\) or beta, or pass dtype='float64'"):
         MatrixFactorization(task="ranking", epochs=2).fit(_coo())
+
+
+def test_partial_fit_matches_ids_of_the_other_kind_by_their_text():
+    # trust (review): partial_fit looked ids up as they came, so user 5 joined a model whose
+    # ids are strings ('007' among them) beside its '5': the map then mixed ints and strings
+    rng = np.random.default_rng(1)
+    users = np.array(["007"] + [str(u) for u in range(1, 30)], dtype=object)
+    items = np.arange(12)
+    u, i = rng.integers(0, 30, 400), rng.integers(0, 12, 400)
+    keep = np.unique(u * 12 + i, return_index=True)[1]
+    r = Ratings(u[keep], i[keep], np.ones(len(keep)), shape=(30, 12), user_ids=users,
+                item_ids=items)
+    model = MatrixFactorization(task="ranking", rank=2, epochs=2, seed=0).fit(r)
+    n_users, n_items = len(model.user_ids_), len(model.item_ids_)
+    model.partial_fit(Ratings(np.array([0, 0]), np.array([0, 1]), [1.0, 1.0], shape=(1, 2),
+                              user_ids=np.array([5]), item_ids=np.array([3, 4])))
+    assert (len(model.user_ids_), len(model.item_ids_)) == (n_users, n_items)
+    assert all(isinstance(x, str) for x in model.user_ids_.tolist())
+    assert set(model.index_.seen[int(np.flatnonzero(model.user_ids_ == "5")[0])].indices) == {3, 4}

@@ -259,7 +259,7 @@ class ModelIndex:
         if seq.ndim != 1:
             raise ValueError(f"{what} ids must be a scalar or a 1-D sequence, got shape {seq.shape}")
         known = self.user_ids if what == "user" else self.item_ids
-        given, seq = seq, self._as_kind_of(known, seq, what)
+        given, seq = seq, self.as_kind_of(seq, what)
         if known.dtype.kind in "iu" and seq.dtype.kind in "iu" \
                 and np.can_cast(seq.dtype, known.dtype, "safe"):
             out = self._integer_index(known, seq, what)
@@ -280,7 +280,7 @@ class ModelIndex:
         out[no_rating] = -1
         return out
 
-    def _as_kind_of(self, known: np.ndarray, seq: np.ndarray, what: str) -> np.ndarray:
+    def as_kind_of(self, seq: np.ndarray, what: str) -> np.ndarray:
         """``seq`` with each id of the other kind than the id map's (an int where the map holds
         strings, a string where it holds ints) replaced by the id of the map's kind with the same
         canonical text: ``'60'`` becomes ``60`` for an int map, ``60`` becomes ``'60'`` for a
@@ -292,8 +292,11 @@ class ModelIndex:
         plain ``1, 2, 3`` then matched none of them: every pair was "unknown" and the score that
         of the global mean, with only a warning. The text of an id is what the user wrote, and a
         canonical integer's text and its int determine each other, so the match is never
-        ambiguous (the CLI matches ids the same way, ``cli.common.match_ids``). A map that mixes
-        ints and strings (which :meth:`Ratings.from_frame` refuses) is left as it is."""
+        ambiguous (the CLI's ids reach the model through this too). A map that mixes
+        ints and strings (which :meth:`Ratings.from_frame` refuses) is left as it is.
+        ``what``: ``'user'`` or ``'item'``, the id map to match."""
+        seq = np.asarray(seq)
+        known = self.user_ids if what == "user" else self.item_ids
         kind = self._lookups.get(what + ".kind")
         if kind is None:
             if known.dtype.kind in "iu":

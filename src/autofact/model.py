@@ -1185,14 +1185,18 @@ class MatrixFactorization:
         index = self.index_
         uid, iid = new.user_ids[new.users], new.item_ids[new.items]
 
-        def rows_of(ids: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        def rows_of(ids: np.ndarray, known: np.ndarray, what: str
+                    ) -> tuple[np.ndarray, np.ndarray]:
+            # trust: ids of the other kind (7 for a model's '7') are the model's by their text,
+            # as predict matches them; new ids join the map in the map's kind
+            ids = index.as_kind_of(ids, what)
             row = np.asarray(pd.Index(known).get_indexer(ids), dtype=np.int64)
             fresh = np.asarray(pd.unique(ids[row < 0]))
             row[row < 0] = len(known) + np.asarray(pd.Index(fresh).get_indexer(ids[row < 0]))
             return row, fresh
 
-        urow, new_users = rows_of(uid, index.user_ids)
-        irow, new_items = rows_of(iid, index.item_ids)
+        urow, new_users = rows_of(uid, index.user_ids, "user")
+        irow, new_items = rows_of(iid, index.item_ids, "item")
         m, n = index.n_users + len(new_users), index.n_items + len(new_items)
         k = self.user_factors_.shape[1]
         dt = self.user_factors_.dtype
@@ -1575,7 +1579,7 @@ def _check_magnitude(values: np.ndarray, dtype: torch.dtype, what: str,
     vals = np.asarray(values)
     if vals.size == 0 or vals.dtype.kind not in "fiu":
         return
-    top = float(np.max(np.abs(vals)))
+    top = float(max(vals.max(), -vals.min()))  # no copy of every rating (np.abs's)
     n = float(vals.size)
     if plan is not None and plan.local:  # every process's largest and count
         largest = torch.tensor([top], dtype=torch.float64)
