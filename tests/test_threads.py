@@ -399,28 +399,3 @@ def test_two_fits_at_once_in_two_threads_leave_torch_as_it_was():
         t.join()
     assert all(hasattr(m, "user_factors_") for m in models)
     assert torch.get_num_threads() == before
-
-
-def test_gradient_blocks_are_larger_where_one_worker_runs_them_alone(monkeypatch):
-    # issue 10: the spare core leaves one gradient worker on 2 cores; its blocks then take
-    # max_memory's share up to 2**19 entries (fewer operations: 11.1 ms against 12.3 a 1M-rating
-    # gradient), where two workers share out blocks of 2**17, and a sharded process keeps 2**17
-    from autofact import objective
-    from autofact.sharding import ShardPlan
-
-    for var in threads.ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-    r = _ratings(m=400, n=300, density=0.5)
-    for cores, n_threads, want in ((2, None, objective._CPU_BLOCK_NNZ_ALONE),
-                                   (4, None, objective._CPU_BLOCK_NNZ),
-                                   (2, 2, objective._CPU_BLOCK_NNZ)):
-        monkeypatch.setattr(threads, "usable_cores", lambda c=cores: c)
-        with threads.use_threads(1, n_threads):  # as a fit builds its objective
-            obj = objective.Objective(r, max_memory=2**30)
-            assert obj._block_nnz() == want
-    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
-    class Sharded(ShardPlan):
-        world_size = 2
-
-    obj.plan = Sharded()
-    assert obj._block_nnz() == objective._CPU_BLOCK_NNZ

@@ -72,12 +72,6 @@ _BYTES_PER_ENTRY = 96
 #: same (15.2-16.9 ms against 15.0-15.7 ms); and the same time as 2**18 blocks where memory
 #: allowed two workers with either (256 MiB: 11.4 ms).
 _CPU_BLOCK_NNZ = 2**17
-#: Entries in one block on the CPU at most where the gradient runs on one worker in a process of
-#: its own (:meth:`Objective._block_nnz`): then no second worker's block shares ``max_memory``,
-#: and fewer, larger blocks cost fewer operations (issue 10: 1M ratings, rank 32, one thread,
-#: CPU a gradient 12.3 ms in blocks of 2**17, 11.7 in 2**18, 11.1 in 2**19; 15.8 / 14.3 / 14.3
-#: with biases). Sharded processes keep :data:`_CPU_BLOCK_NNZ` (issue 11: their memory share).
-_CPU_BLOCK_NNZ_ALONE = 2**19
 #: Runs of blocks that several workers share out at most (:meth:`Objective._runs`): enough that
 #: a descheduled worker's share is taken over by the others, few enough that the runs' column
 #: gradient buffers stay small.
@@ -544,14 +538,8 @@ class Objective:
 
     def _block_nnz(self) -> int:
         """Entries in one block of :attr:`patterns` at most: ``max_memory``'s share, and on the
-        CPU :data:`_CPU_BLOCK_NNZ` (blocks that coarse workers share out; issue 10), or
-        :data:`_CPU_BLOCK_NNZ_ALONE` where one worker will run them (the thread policy's
-        spare core: :func:`~autofact.threads.workers_for`) in a process of its own."""
-        if self.device.type != "cpu":
-            return self.max_nnz
-        alone = (self.plan.world_size == 1
-                 and workers_for(2.0**62, spare_core=True) == 1)
-        return min(self.max_nnz, _CPU_BLOCK_NNZ_ALONE if alone else _CPU_BLOCK_NNZ)
+        CPU :data:`_CPU_BLOCK_NNZ` (cache-sized blocks; issue 10)."""
+        return self.max_nnz if self.device.type != "cpu" else min(self.max_nnz, _CPU_BLOCK_NNZ)
 
     def _work(self, params: Params) -> int:
         """Multiply-adds of one block's operations, for the thread policy when called outside a
