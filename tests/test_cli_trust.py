@@ -331,6 +331,23 @@ def test_fold_in_ratings_on_another_scale_warn(data, capsys, tmp_path):
     assert err.count("outside the training ratings' range") == 1  # not again from the library
 
 
+def test_fold_in_warns_by_the_librarys_rule(data, capsys, tmp_path):
+    # trust (review): the CLI warned about any rating outside [low, high] while fold_in allows a
+    # tenth of the range's width: both now use recommend.off_scale (5.2 for a 1-5 model is
+    # within it, 5.5 is not)
+    from autofact.recommend import off_scale
+
+    assert off_scale([5.2, 5.5, 0.7, 0.5, 3.0], (1.0, 5.0)).tolist() == [
+        False, True, False, True, False]
+    mine = tmp_path / "near.csv"
+    mine.write_text("item,rating\n100,5.2\n101,4\n")
+    code, out, err = call(capsys, "recommend", data["model"], "--ratings", mine, "-n", "2")
+    assert code == 0 and "outside" not in err
+    mine.write_text("item,rating\n100,5.5\n101,4\n")
+    code, out, err = call(capsys, "recommend", data["model"], "--ratings", mine, "-n", "2")
+    assert code == 0 and "(first: 5.5 on line 2)" in err
+
+
 def test_evaluate_and_fit_test_read_a_folder_of_parts_as_fit_does(data, capsys, tmp_path):
     # trust: `autofact fit DIR` read a folder of parts, but `evaluate MODEL DIR` and
     # `fit --test DIR` refused it ("is a directory; give a file")

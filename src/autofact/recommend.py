@@ -50,6 +50,7 @@ from .losses import get_loss
 from .regularizers import get_regularizer
 
 __all__ = [
+    "off_scale",
     "Recommendations",
     "SimilarItems",
     "FoldedUser",
@@ -509,6 +510,17 @@ def _parse_ratings(ratings: Any) -> tuple[list[Any], np.ndarray]:
     return items, values
 
 
+def off_scale(values: Any, rating_range: tuple[float, float]) -> np.ndarray:
+    """Which of ``values`` are off the scale of a model's training ratings ``rating_range``
+    (``(low, high)``): beyond it by more than a tenth of its width (a 5 for continuous training
+    ratings up to 4.99 is no alarm, a 50 for a 1-5 model is), or by any amount where every
+    training rating had one value. Fold-in warns about these (trust), and so does the CLI."""
+    low, high = float(rating_range[0]), float(rating_range[1])
+    slack = 0.1 * (high - low)
+    v = np.asarray(values, dtype=np.float64)
+    return (v < low - slack) | (v > high + slack)
+
+
 def fold_in(
     model: FittedModel,
     ratings: Any,
@@ -554,8 +566,7 @@ def fold_in(
     kept_items = [it for it, u in zip(items, unknown.tolist(), strict=True) if not u]
     idx, values = idx[~unknown], values[~unknown]
     low, high = index.rating_range
-    slack = 0.1 * (high - low)  # a 5 for continuous training ratings up to 4.99 is no alarm
-    outside = np.flatnonzero((values < low - slack) | (values > high + slack))
+    outside = np.flatnonzero(off_scale(values, (low, high)))
     if len(outside) and getattr(model, "task", "rating") == "rating":
         # trust: ratings on another scale (50 for a 1-5 model) were folded in silently, and
         # every score of that user then clipped to the top of the range

@@ -67,8 +67,11 @@ def recommend(args: argparse.Namespace) -> ExitStatus:
                     f"(first on line {seen[item]}); give each item once"
                 )
             seen[item] = number
+        from ..recommend import off_scale
+
         low, high = model.rating_range_
-        outside = [(value, number) for _, value, number in rows if not low <= value <= high]
+        off = off_scale([value for _, value, _ in rows], (low, high)).tolist()
+        outside = [(value, number) for (_, value, number), o in zip(rows, off, strict=True) if o]
         if outside and model.task == "rating":
             # trust: ratings on another scale (50 for a 1-5 model) were folded in silently,
             # every score then clipped to the top of the range
