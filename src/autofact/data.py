@@ -550,6 +550,20 @@ def factorize_ids(
 _CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")
 
 
+def canonical_int(text: str) -> int | str:
+    """``text`` as an int when it is one written canonically (``str(int(text)) == text``) within
+    int64's range, else ``text`` itself: the rule by which files' ids are read (``196`` and
+    ``-3`` are ints; ``007``, ``+7``, `` 7`` and ``1_96``, which Python's ``int()`` also reads,
+    stay strings, so ``007`` is never user 7)."""
+    try:
+        value = int(text)
+    except ValueError:
+        return text
+    if str(value) != text or not -(2**63) <= value < 2**63:
+        return text
+    return value
+
+
 def _canonical_ints(ids: np.ndarray) -> np.ndarray | None:
     """The string ids as int64 when every one reads ``str(int(id))`` within int64, else None."""
     import pandas as pd

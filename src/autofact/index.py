@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from .sharding import ShardPlan
 
 from ._memory import bincount_sliced
-from .data import Ratings, py_scalar
+from .data import Ratings, canonical_int, py_scalar
 from .errors import UnknownIdError
 
 __all__ = ["ModelIndex", "pattern_dtype"]
@@ -69,23 +69,9 @@ def pattern_dtype(n_items: int) -> np.dtype:
     return np.dtype(np.uint16) if n_items <= 1 << 16 else np.dtype(np.int32)
 
 
-_INT64 = np.iinfo(np.int64)
-
-
 def _is_int(v: Any) -> bool:
     """Whether ``v`` is an int id (a Python or NumPy integer, not a bool)."""
     return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
-
-
-def _int_of_text(word: str) -> int | str:
-    """The int whose canonical text (``str(int(word)) == word``) is ``word``, else ``word``."""
-    try:
-        value = int(word)
-    except ValueError:
-        return word
-    if str(value) != word or not _INT64.min <= value <= _INT64.max:
-        return word
-    return value
 
 
 class ModelIndex:
@@ -312,7 +298,7 @@ class ModelIndex:
             if not any(isinstance(w, str) for w in words):
                 return seq
             out = np.empty(len(words), dtype=object)
-            out[:] = [_int_of_text(w) if isinstance(w, str) else w for w in words]
+            out[:] = [canonical_int(w) if isinstance(w, str) else w for w in words]
             if all(isinstance(v, int) for v in out.tolist()):
                 return out.astype(np.int64)
             return out

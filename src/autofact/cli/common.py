@@ -82,14 +82,11 @@ def parse_id(text: str) -> int | str:
 
     Trust: Python's ``int()`` also reads ``007``, ``+7``, `` 7`` and ``1_96``, so ``--user 1_96
     --item 2_42`` predicted for user 196 and item 242, and ``--user 007`` answered for user 7,
-    whereas a file's ``007`` is another user than ``7``."""
-    try:
-        value = int(text)
-    except ValueError:
-        return text
-    if str(value) != text or not -(2**63) <= value < 2**63:
-        return text
-    return value
+    whereas a file's ``007`` is another user than ``7``. The library's own rule:
+    :func:`autofact.data.canonical_int`."""
+    from ..data import canonical_int
+
+    return canonical_int(text)
 
 
 def resolve_ids(lookup: Callable[..., Any], texts: Sequence[str]) -> list[Any]:
