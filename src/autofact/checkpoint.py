@@ -210,7 +210,7 @@ def read(path: str | os.PathLike[str]) -> TrainingState:
             chain=meta.get("chain"),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{name} is damaged: {exc}; delete it to start over") from None
+        raise _damaged(name, str(exc)) from None
 
 
 def _is_int(x: Any) -> bool:
@@ -263,6 +263,11 @@ def _check_finite(raw: dict[str, np.ndarray]) -> None:
                 raise ValueError(f"its array {key!r} holds non-finite values (NaN or infinity)")
 
 
+def _damaged(path: str, what: str) -> ValueError:
+    """The error for a checkpoint at ``path`` that does not fit the model resumed."""
+    return ValueError(f"{path} is damaged: {what}; delete it to start over")
+
+
 def check_shapes(state: TrainingState, path: str, shapes: dict[str, tuple[int, ...]]) -> None:
     """Check that ``state`` (read from ``path``) fits the model being resumed, whose parameters
     have ``shapes`` (the whole tables, in the solver's order): its parameters, the best epoch's,
@@ -270,7 +275,7 @@ def check_shapes(state: TrainingState, path: str, shapes: dict[str, tuple[int, .
     damaged: ...; delete it to start over" (trust: a ``P`` of the wrong shape ended in "internal
     error: could not broadcast ... please report it")."""
     def damaged(what: str) -> ValueError:
-        return ValueError(f"{path} is damaged: {what}; delete it to start over")
+        return _damaged(path, what)
 
     for group, arrays in (("param", state.params), ("best", state.best_params)):
         if arrays is None:
@@ -307,6 +312,73 @@ def check_shapes(state: TrainingState, path: str, shapes: dict[str, tuple[int, .
     size = torch.Generator().get_state().numel()
     if state.generator.shape != (size,):
         raise damaged(f"its generator state has {state.generator.size} bytes, not {size}")
+
+
+def check_chain(state: TrainingState, where: str, sweeps: int,
+                shape: tuple[int, int, int, bool] | None) -> None:
+    """Check that a Gibbs chain's state (read from ``where``) fits the model being resumed:
+    ``sweeps`` the chain's length, ``shape`` its ``(users, items, rank, implicit)`` (``None``:
+    unchecked). Trust: the chain's arrays and numbers fit this model (a NaN in a running sum gave
+    NaN factors, a NaN noise precision a LinAlgError, an epoch of -3 "sweeps must be a
+    positive int"); raises ``ValueError`` "PATH is damaged: ...; delete it to start over"."""
+    def damaged(what: str) -> ValueError:
+        return _damaged(where, what)
+
+    if not 0 <= state.epoch <= sweeps:
+        raise damaged(f"its epoch {state.epoch} is not within the chain's "
+                      f"{sweeps} sweeps")
+    if shape is not None:
+        m, n, k, implicit = shape
+        want = {"param.P": (m, k), "param.bu": (m,), "param.Q": (n, k), "param.bi": (n,),
+                "optim.rows.sum": (m, k + 1), "optim.rows.tau": (m,),
+                "optim.chain.sum": (n, k + 1), "optim.chain.tau": (n,),
+                **{f"optim.chain.{x}": (k + 1,) for x in (
+                    "prior_u.sum", "prior_i.sum", "hyp_u.mean", "hyp_u.prec", "hyp_i.mean",
+                    "hyp_i.prec")}}
+        if implicit:
+            want.update({"optim.rows.implicit_mean": (m, k), "optim.chain.Y": (n, k),
+                         "optim.chain.Y.sum": (n, k), "optim.chain.hyp_y.mean": (k,),
+                         "optim.chain.hyp_y.prec": (k,)})
+        held = {**{f"param.{a}": v for a, v in state.params.items()},
+                **{f"optim.{a}": v for a, v in state.optimizer.items()}}
+        for key, expected in want.items():
+            if key not in held:
+                name = key[len("param."):] if key.startswith("param.") else key
+                raise damaged(f"its chain lacks {name!r}")
+            if tuple(held[key].shape) != expected:
+                raise damaged(f"its {key} has shape {tuple(held[key].shape)}, the model's "
+                              f"is {expected}")
+        for key in ("optim.rows.tau", "optim.chain.tau", "optim.chain.hyp_u.prec",
+                    "optim.chain.hyp_i.prec", "optim.chain.hyp_y.prec"):
+            if key in held and not bool((held[key] > 0).all()):
+                raise damaged(f"its {key} holds a precision that is not positive")
+        for key, size in (("optim.budget.users", m), ("optim.budget.items", n)):
+            a = held.get(key)
+            if a is not None and len(a) and not (a.min() >= 0 and a.max() < size):
+                raise damaged(f"its {key} holds indices outside [0, {size})")
+    values = (state.chain or {}).get("values")
+    if not isinstance(values, dict):
+        raise damaged("its chain has no 'values'")
+
+    def count(x: Any) -> bool:
+        return _is_int(x) and x >= 0
+
+    for key, ok, what in (
+        ("alpha", _is_number, "a finite number"),
+        ("alpha_sum", _is_number, "a finite number"),
+        ("n_avg", count, "a non-negative int"),
+        ("rmse", lambda x: isinstance(x, list) and all(map(_is_number, x)),
+         "a list of numbers"),
+        ("cg_iterations", lambda x: isinstance(x, list) and all(map(count, x)),
+         "a list of counts"),
+    ):
+        if not ok(values.get(key)):
+            raise damaged(f"its chain's {key!r} is {values.get(key)!r}, not {what}")
+    try:
+        rng: Any = values.get("rng")
+        np.random.default_rng(0).bit_generator.state = rng
+    except (TypeError, ValueError, KeyError) as exc:
+        raise damaged(f"its chain's generator state is not one ({exc})") from None
 
 
 def write(path: str | os.PathLike[str], state: TrainingState) -> Path:

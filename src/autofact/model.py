@@ -1708,7 +1708,9 @@ class _ChainCheckpoint:
                 f"{meta.get('processes')!r}, or pass another checkpoint folder (or delete this "
                 "one) to start over"
             )
-        self._check(state, where)
+        from . import checkpoint as ck
+
+        ck.check_chain(state, where, self.sweeps, self.shape)
         own = slice(None) if self.own is None else self.own
         try:
             rows = {"P": state.params["P"][own], "bu": state.params["bu"][own],
@@ -1738,71 +1740,6 @@ class _ChainCheckpoint:
                              "over") from None
         self.finished, self.history = state.finished, state.history
         return resumed
-
-    def _check(self, state: Any, where: str) -> None:
-        """Trust: the chain's arrays and numbers fit this model (a NaN in a running sum gave
-        NaN factors, a NaN noise precision a LinAlgError, an epoch of -3 "sweeps must be a
-        positive int"); raises ``ValueError`` "PATH is damaged: ...; delete it to start over"."""
-        def damaged(what: str) -> ValueError:
-            return ValueError(f"{where} is damaged: {what}; delete it to start over")
-
-        if not 0 <= state.epoch <= self.sweeps:
-            raise damaged(f"its epoch {state.epoch} is not within the chain's "
-                          f"{self.sweeps} sweeps")
-        if self.shape is not None:
-            m, n, k, implicit = self.shape
-            want = {"param.P": (m, k), "param.bu": (m,), "param.Q": (n, k), "param.bi": (n,),
-                    "optim.rows.sum": (m, k + 1), "optim.rows.tau": (m,),
-                    "optim.chain.sum": (n, k + 1), "optim.chain.tau": (n,),
-                    **{f"optim.chain.{x}": (k + 1,) for x in (
-                        "prior_u.sum", "prior_i.sum", "hyp_u.mean", "hyp_u.prec", "hyp_i.mean",
-                        "hyp_i.prec")}}
-            if implicit:
-                want.update({"optim.rows.implicit_mean": (m, k), "optim.chain.Y": (n, k),
-                             "optim.chain.Y.sum": (n, k), "optim.chain.hyp_y.mean": (k,),
-                             "optim.chain.hyp_y.prec": (k,)})
-            held = {**{f"param.{a}": v for a, v in state.params.items()},
-                    **{f"optim.{a}": v for a, v in state.optimizer.items()}}
-            for key, shape in want.items():
-                if key not in held:
-                    name = key[len("param."):] if key.startswith("param.") else key
-                    raise damaged(f"its chain lacks {name!r}")
-                if tuple(held[key].shape) != shape:
-                    raise damaged(f"its {key} has shape {tuple(held[key].shape)}, the model's "
-                                  f"is {shape}")
-            for key in ("optim.rows.tau", "optim.chain.tau", "optim.chain.hyp_u.prec",
-                        "optim.chain.hyp_i.prec", "optim.chain.hyp_y.prec"):
-                if key in held and not bool((held[key] > 0).all()):
-                    raise damaged(f"its {key} holds a precision that is not positive")
-            for key, size in (("optim.budget.users", m), ("optim.budget.items", n)):
-                a = held.get(key)
-                if a is not None and len(a) and not (a.min() >= 0 and a.max() < size):
-                    raise damaged(f"its {key} holds indices outside [0, {size})")
-        values = (state.chain or {}).get("values")
-        if not isinstance(values, dict):
-            raise damaged("its chain has no 'values'")
-
-        def number(x: Any) -> bool:
-            return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-        def count(x: Any) -> bool:
-            return isinstance(x, int) and not isinstance(x, bool) and x >= 0
-
-        for key, ok, what in (
-            ("alpha", number, "a finite number"), ("alpha_sum", number, "a finite number"),
-            ("n_avg", count, "a non-negative int"),
-            ("rmse", lambda x: isinstance(x, list) and all(map(number, x)),
-             "a list of numbers"),
-            ("cg_iterations", lambda x: isinstance(x, list) and all(map(count, x)),
-             "a list of counts"),
-        ):
-            if not ok(values.get(key)):
-                raise damaged(f"its chain's {key!r} is {values.get(key)!r}, not {what}")
-        try:
-            rng: Any = values.get("rng")
-            np.random.default_rng(0).bit_generator.state = rng
-        except (TypeError, ValueError, KeyError) as exc:
-            raise damaged(f"its chain's generator state is not one ({exc})") from None
 
 
 def _progress(total: int) -> Any:
