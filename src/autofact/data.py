@@ -479,6 +479,10 @@ def _check_one_kind(ids: np.ndarray, what: str, col: str) -> None:
     one matches them by their text, but one column holding both is ambiguous)."""
     if ids.dtype.kind != "O":
         return
+    import pandas as pd
+
+    if "mixed" not in pd.api.types.infer_dtype(ids, skipna=True):
+        return  # all strings, or all numbers: pandas' scan in C, not one in Python an id
     number = text = None
     for v in ids.tolist():
         if isinstance(v, str | bytes):
