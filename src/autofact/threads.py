@@ -201,17 +201,11 @@ def env_threads(environ: Mapping[str, str] | None = None) -> int | None:
 def max_threads(n_threads: int | None = None, *, environ: Mapping[str, str] | None = None) -> int:
     """The cap: ``n_threads`` if given, else the environment (:func:`env_threads`), else
     :func:`usable_cores`."""
-    return _cap(n_threads, environ)[0]
-
-
-def _cap(n_threads: int | None = None, environ: Mapping[str, str] | None = None
-         ) -> tuple[int, bool]:
-    """:func:`max_threads`, and whether ``n_threads`` or the environment set it (``False``:
-    the machine's usable cores)."""
     n = check_n_threads(n_threads)
-    if n is None:
-        n = env_threads(environ)
-    return (n, True) if n is not None else (usable_cores(), False)
+    if n is not None:
+        return n
+    n = env_threads(environ)
+    return n if n is not None else usable_cores()
 
 
 def threads_for(work: float, cap: int) -> int:
@@ -337,7 +331,8 @@ def use_threads(work: float, n_threads: int | None = None, *,
 
         yield torch.get_num_threads()
         return
-    cap, explicit = _cap(n_threads)
+    cap = max_threads(n_threads)
+    explicit = check_n_threads(n_threads) is not None or env_threads() is not None
     caps = getattr(_ACTIVE, "caps", [])
     _ACTIVE.caps = [*caps, (cap, explicit)]
     try:
@@ -361,7 +356,7 @@ def workers_for(work: float, *, spare_core: bool = False) -> int:
     a fair share gives; ALS's few long operations a block gain from their second worker
     there (0.80x), so they do not spare one."""
     caps = getattr(_ACTIVE, "caps", [])
-    cap, explicit = caps[-1] if caps else _cap()
+    cap, explicit = caps[-1] if caps else (max_threads(), env_threads() is not None)
     if spare_core and not explicit:
         cap = max(1, cap - 1)
     return max(1, min(cap, int(work // MIN_WORK_PER_WORKER)))
