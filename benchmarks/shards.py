@@ -17,8 +17,10 @@ each solver of ``--solvers``: ``adam`` (full batch, ``SCALE_PARAMS``: every proc
 factor and Adam's state), ``als`` (sharded: each process solves its own users; the item
 half-step's normal equations summed over the processes) or ``gibbs`` (the default sampler,
 sharded by user as ``als`` is; its state: the running posterior-mean sums), ``max_memory``
-64 MiB, float32; rank 0 gathers the training pattern at the end (``distributed.fit``'s
-``gather_seen``, part of the fit's peak; ``--gather-seen no`` leaves it out).
+64 MiB, float32; then the model is saved as ``autofact fit`` saves it, part of the fit's peak
+(``--gather-seen save``, the default: ``distributed.save``, every process, rank 0 writing every
+user's seen items a range of users at a time; ``yes``: ``distributed.fit(gather_seen=True)``, rank
+0 gathering every rating's pair, then the same save; ``no``: no save).
 
 Per process (MiB): ``base`` = VmRSS after ``import torch, autofact, pandas, pyarrow.parquet`` and
 joining the group; ``(warm)`` = VmRSS after the same process has then read a 2,000-rating Parquet
@@ -117,7 +119,7 @@ STATE_COPIES = {"adam": 3, "als": 0, "gibbs": 1}
 
 
 def worker(data: str, out: str, rank_k: int, epochs: int, solver: str = "adam",
-           values: str = "float32", gather_seen: str = "yes") -> None:
+           values: str = "float32", gather_seen: str = "save") -> None:
     """One process of a world: read its share, fit, report its memory and times."""
     import numpy as np
     import torch
@@ -150,6 +152,8 @@ def worker(data: str, out: str, rank_k: int, epochs: int, solver: str = "adam",
     t0 = time.perf_counter()
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     distributed.fit(model, local, local=True, gather_seen=gather_seen == "yes")
+    if gather_seen != "no":  # as autofact fit does: every process, rank 0 writes
+        distributed.save(model, Path(out, "model.npz"))
     fit_s = time.perf_counter() - t0
     usage = resource.getrusage(resource.RUSAGE_SELF)
     fit_peak = _status_kb("VmHWM") / 1024
@@ -172,7 +176,7 @@ def worker(data: str, out: str, rank_k: int, epochs: int, solver: str = "adam",
         "base_mib": base, "warm_base_mib": warm, "read_peak_mib": read_peak,
         "after_read_mib": after_read, "fit_peak_mib": fit_peak, "peak_mib": peak,
         "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
-        "gather_seen": gather_seen == "yes",
+        "gather_seen": gather_seen,
         "read_s": read_s, "fit_s": fit_s, "epoch_s": [float(x) for x in per_epoch],
         "fit_user_s": usage.ru_utime - usage0.ru_utime,
         "fit_sys_s": usage.ru_stime - usage0.ru_stime,
@@ -242,7 +246,7 @@ def _base(r: dict) -> float:
 
 
 def run_world(data: Path, world: int, rank_k: int, epochs: int, timeout: float,
-              solver: str = "adam", values: str = "float32", gather_seen: str = "yes"
+              solver: str = "adam", values: str = "float32", gather_seen: str = "save"
               ) -> list[dict]:
     out = data.parent / f"{data.name}-w{world}-{solver}"
     out.mkdir(exist_ok=True)
@@ -298,8 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--solvers", default="adam", help="comma-separated: adam, als, gibbs")
     ap.add_argument("--values", default="float32", choices=("float32", "float64"),
                     help="read_local(dtype=): the values as the Ratings hold them")
-    ap.add_argument("--gather-seen", default="yes", choices=("yes", "no"),
-                    help="distributed.fit(gather_seen=): rank 0 gathers every rating's pair")
+    ap.add_argument("--gather-seen", default="save", choices=("save", "yes", "no"),
+                    help="save: distributed.save after the fit (autofact fit's way); yes: "
+                    "distributed.fit(gather_seen=True) then the save; no: no save")
     ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--data", type=Path, default=None)

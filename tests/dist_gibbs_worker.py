@@ -82,10 +82,9 @@ if __name__ == "__main__":
         else:
             fitted = model(**case["kw"]).fit(data, plan=TorchShardPlan())
         out.update({f"{name}.{k}": v for k, v in record(fitted).items()})
-    if not names or "saved" in names:  # distributed.fit, rank-local users; rank 0 saves
+    if not names or "saved" in names:  # distributed.fit, rank-local users; distributed.save
         fitted = distributed.fit(model(), own_users(data, rank, world), local=True)
-        if distributed.is_main_process():
-            fitted.save(f"{prefix}.model.npz")
+        distributed.save(fitted, f"{prefix}.model.npz")  # every process: rank 0 writes
     try:  # ratings not split by user: a user's ratings on several processes
         model().fit(data.subset(np.arange(len(data)) % world == rank),
                     plan=TorchShardPlan(local=True))

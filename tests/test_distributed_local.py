@@ -373,8 +373,7 @@ def _worker(mode: str, data: str, out: str) -> None:
                  user_ids=local.user_ids.astype(str) if mode == "parts" else local.user_ids,
                  item_ids=local.item_ids.astype(str), read=json.dumps(seen),
                  P=fitted.user_factors_, user_counts=fitted.index_.user_counts)
-        if distributed.is_main_process():
-            fitted.save(folder / "model.npz")
+        distributed.save(fitted, folder / "model.npz")  # every process: rank 0 writes
         distributed.shutdown()
         return
     # mode "errors": each case must end in a ValueError on both ranks (none left waiting)

@@ -355,9 +355,10 @@ def test_a_shared_gradient_goes_into_the_zeroed_grad_not_a_second_copy():
 
 def test_a_local_distributed_fit_gathers_the_seen_items_only_when_asked(tmp_path, monkeypatch):
     # issue 11, item 3: rank 0 gathering every rating's (user, item) pair after a shared fit
-    # (4 bytes a rating of all the ratings, ~95 MiB at 25M) is the gather_seen option: on by
-    # default (the saved model knows every user's rated items), off for data larger than one
-    # process; the fit's last gradient is dropped before it either way
+    # (2 bytes a rating of all the ratings, ~48 MiB at 25M: over a 4-process share's bound) is
+    # the gather_seen option: off by default (distributed.save writes every user's seen items
+    # a range of users at a time), True for every user, or some users' ids; the fit's last
+    # gradient is dropped before it either way
     import torch.distributed as dist
 
     from autofact import distributed
@@ -374,12 +375,16 @@ def test_a_local_distributed_fit_gathers_the_seen_items_only_when_asked(tmp_path
                                                 verbose=False)
 
         fitted = distributed.fit(model(), planted(5_000), local=True)
-        assert gathered == [True]
+        assert gathered == []
         assert all(p.grad is None for p in fitted._params.values())
-        distributed.fit(model(), planted(5_000), local=True, gather_seen=False)
+        distributed.fit(model(), planted(5_000), local=True, gather_seen=True)
         assert gathered == [True]
-        with pytest.raises(TypeError, match="gather_seen must be True or False, got 'no'"):
-            distributed.fit(model(), planted(5_000), local=True, gather_seen="no")
+        distributed.fit(model(), planted(5_000), local=True, gather_seen=[0, 1])
+        assert gathered == [True, True]
+        for bad in ("no", 1, None):
+            with pytest.raises(TypeError, match=f"gather_seen must be True, False or a sequence "
+                               f"of user ids, got {bad!r}"):
+                distributed.fit(model(), planted(5_000), local=True, gather_seen=bad)
         for value, local in (("4", 4), ("x", 1), ("0", 1)):  # torchrun's count, or one
             monkeypatch.setenv("LOCAL_WORLD_SIZE", value)
             assert autofact.sharding.TorchShardPlan().local_processes == local

@@ -269,6 +269,25 @@ def test_rank_0_gathers_the_seen_items_with_the_fit_state_freed(tmp_path):
     np.testing.assert_array_equal(indices, r.items)  # every process's pairs, by (user, item)
     for u, items in enumerate(top):  # users of both processes: none of their rated items
         assert not set(items) & set(r.items[r.users == u])
+    # issue 11, item 3: the default (gather_seen=False) leaves rank 0 its own users' seen items;
+    # distributed.save's file has every user's, exactly; nothing answers as if rank 1's users
+    # had rated nothing
+    saved = autofact.load(tmp_path / "model.npz")
+    np.testing.assert_array_equal(saved.index_.seen.indptr[1:] - saved.index_.seen.indptr[:-1],
+                                  np.bincount(r.users, minlength=r.shape[0]))
+    np.testing.assert_array_equal(saved.index_.seen.indices, r.items)
+    refused = found[0]["refused"]
+    assert found[0]["complete"] == [False, False]
+    assert "cannot save the model with model.save: this model holds the seen items of" in \
+        refused["save"] and "autofact.distributed.save(model, path)" in refused["save"]
+    assert "cannot leave out the users' rated items" in refused["recommend"]
+    assert "user 1 and 0 more rated items that live on another process" in refused["recommend"]
+    assert "user 5 and 0 more" in refused["subset"]  # rank 1's, not asked for
+    with np.load(tmp_path / "seen.npz", allow_pickle=False) as f:
+        top_subset = f["top_subset"]
+    for u, items in enumerate(top_subset):  # the users asked for: none of their rated items
+        assert not set(items) & set(r.items[r.users == u])
+    assert not (tmp_path / "refused.npz").exists()
 
 
 def _worker(out: str) -> None:
@@ -279,19 +298,39 @@ def _worker(out: str) -> None:
     seen: dict[str, Any] = {}
     original = distributed._gather_pattern
 
-    def spying(model: Any, train: Any, plan: Any) -> None:
+    def spying(model: Any, plan: Any, wanted: Any) -> None:
         seen["objectives"], seen["optimizers"] = alive(Objective), alive(_Adam)
         seen["grads"] = [k for k, p in model._params.items() if p.grad is not None]
-        original(model, train, plan)
+        original(model, plan, wanted)
 
     distributed._gather_pattern = spying  # type: ignore[assignment]
-    fitted = distributed.fit(adam(), local, local=True)
-    Path(out, f"rank{rank}.json").write_text(json.dumps(seen))
+    fitted = distributed.fit(adam(), local, local=True, gather_seen=True)
+    distributed._gather_pattern = original  # type: ignore[assignment]
+    # issue 11, item 3: by default rank 0 holds its own users' seen items only; the file
+    # distributed.save writes (a range of users at a time: several here, in small pieces) has
+    # every user's; gather_seen=<ids> gathers those users'
+    distributed._SAVE_STEP, distributed._GATHER_STEP = 3_000, 500  # type: ignore[attr-defined]
+    partial = distributed.fit(adam(), local, local=True)
+    distributed.save(partial, Path(out, "model.npz"))
+    subset = distributed.fit(adam(), local, local=True, gather_seen=list(local.user_ids[:4]))
     if rank == 0:
+        refused = {}
+        for what, call in (("save", lambda: partial.save(Path(out, "refused.npz"))),
+                           ("recommend", lambda: partial.recommend(local.user_ids[1], n=5)),
+                           ("subset", lambda: subset.recommend(local.user_ids[5], n=5))):
+            try:
+                call()
+            except ValueError as exc:
+                refused[what] = str(exc)
+        seen["refused"] = refused
+        seen["complete"] = [partial.index_.pattern_complete, subset.index_.pattern_complete]
         indptr, indices = fitted.index_.seen_arrays()
         top = fitted.recommend_batch(np.arange(4), n=400)
+        top_subset = subset.recommend_batch(local.user_ids[:4], n=400)
         np.savez(Path(out, "seen.npz"), indptr=indptr, indices=indices,
-                 top=np.asarray([list(t.items) for t in top]))
+                 top=np.asarray([list(t.items) for t in top]),
+                 top_subset=np.asarray([list(t.items) for t in top_subset]))
+    Path(out, f"rank{rank}.json").write_text(json.dumps(seen))
     distributed.shutdown()
 
 

@@ -22,6 +22,7 @@ import pytest
 
 import autofact
 from autofact import distributed, io
+from autofact.evaluation import evaluate
 from autofact.index import ModelIndex, pattern_dtype
 from tests import test_memory_adam as memory_adam
 
@@ -154,7 +155,8 @@ def test_with_pattern_refuses_other_dtypes_and_indices_out_of_range():
 def test_rank_0_gathers_a_uint16_pattern_of_every_process(tmp_path):
     # issue 11, item 3: after a 2-process rank-local fit (each process every other rating, so
     # users' ratings come from both), rank 0's model holds every process's pairs in uint16,
-    # leaves all of them out of its recommendations, and its saved file keeps uint16
+    # leaves all of them out of its recommendations (gather_seen=True), and the file
+    # distributed.save writes of the default fit (nothing gathered) keeps uint16, the same
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
                [str(SRC), str(SRC.parent), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
@@ -171,22 +173,127 @@ def test_rank_0_gathers_a_uint16_pattern_of_every_process(tmp_path):
         assert not set(items) & set(r.items[r.users == u])
     with np.load(tmp_path / "model.npz", allow_pickle=False) as f:
         assert f["seen_indices"].dtype == np.uint16
+        np.testing.assert_array_equal(f["seen_indices"], r.items)
     loaded = autofact.load(tmp_path / "model.npz")
     assert [list(t.items) for t in loaded.recommend_batch(np.arange(len(top)), n=100)] \
         == top.tolist()
+
+
+def partial(model: autofact.MatrixFactorization, users: np.ndarray
+            ) -> autofact.MatrixFactorization:
+    """``model`` holding only ``users``' seen items, as a process's model after a rank-local
+    fit (``gather_seen=False``)."""
+    indptr, indices = model.index_.seen_arrays()
+    held = np.zeros(model.index_.n_users, dtype=bool)
+    held[users] = True
+    counts = np.diff(indptr) * held
+    keep = np.repeat(held, np.diff(indptr))
+    mine = np.r_[0, np.cumsum(counts)]
+    model.index_ = model.index_.with_pattern(mine, indices[keep], partial=True)
+    return model
+
+
+def test_a_model_missing_some_users_seen_items_never_answers_as_if_they_rated_nothing(
+        tmp_path):
+    # issue 11, item 3 (trust): after a rank-local fit a process's model holds its own users'
+    # seen items only; model.save would write a file whose other users had rated nothing, and
+    # recommend would offer those users what they rated: both refuse, naming the way out
+    r = planted(6_000)
+    model = partial(adam().fit(r), np.arange(0, 300, 2))
+    assert not model.index_.pattern_complete
+    with pytest.raises(ValueError, match=r"cannot save the model with model.save: this model "
+                       rf"holds the seen items of \d+ of its {len(r)} training ratings .*user 1 and "
+                       r"149 more .*autofact.distributed.save\(model, path\)"):
+        model.save(tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
+    with pytest.raises(ValueError, match="cannot leave out the users' rated items: .*user 3 "
+                       "and 0 more"):
+        model.recommend(3, n=5)
+    assert len(model.recommend(2, n=5).items) == 5  # a user it holds
+    assert len(model.recommend(3, n=5, exclude_seen=False).items) == 5
+    with pytest.raises(ValueError, match="cannot leave out the users' rated items"):
+        evaluate(model, r, k=5)  # top-k metrics leave out the rated items
+    with pytest.raises(ValueError, match="the pattern's ratings per user and item differ"):
+        indptr, indices = model.index_.seen_arrays()
+        model.index_.with_pattern(indptr, indices)  # partial, but not said to be
+
+
+def test_partial_fit_refuses_a_model_missing_some_users_seen_items():
+    # issue 11 (trust): partial_fit rebuilds the pattern from the one it holds, so the other
+    # processes' users would lose their seen items
+    r = planted(6_000)
+    r = autofact.Ratings.from_coo(r.users, r.items, np.abs(r.values))  # plays, say
+    model = autofact.MatrixFactorization(task="ranking", rank=4, epochs=2, seed=0,
+                                         verbose=False).fit(r)
+    model = partial(model, np.arange(0, 300, 2))
+    with pytest.raises(ValueError, match="cannot update the model with partial_fit"):
+        model.partial_fit(r.subset(np.arange(10)))
+
+
+def test_a_streamed_pattern_is_written_as_it_comes_and_checked(tmp_path):
+    # issue 11, item 3: io.save(seen=(indptr, chunks)) writes the pattern a chunk at a time
+    # (distributed.save's rank 0); the file is np.savez's, and loads as the plain save's
+    r = planted(6_000)
+    model = adam().fit(r)
+    indptr, indices = model.index_.seen_arrays()
+    model.save(tmp_path / "plain.npz")
+    chunks = (indices[a : a + 1000].astype(np.uint16) for a in range(0, len(indices), 1000))
+    io.save(partial(adam().fit(r), np.arange(0, 300, 2)), tmp_path / "streamed.npz",
+            seen=(indptr, chunks))
+    with np.load(tmp_path / "plain.npz") as a, np.load(tmp_path / "streamed.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        assert b["seen_indices"].dtype == np.uint16
+        for key in a.files:  # (the metadata differs in the history's times only)
+            if key != "meta":
+                np.testing.assert_array_equal(a[key], b[key])
+    users = np.arange(10)
+    assert tops(autofact.load(tmp_path / "streamed.npz"), users, 50) == tops(model, users, 50)
+    starts = range(0, len(indices) - 1000, 1000)
+    held = sum(len(indices[a : a + 1000]) for a in starts)
+    short = (indices[a : a + 1000] for a in starts)
+    with pytest.raises(ValueError, match=f"seen_indices: the chunks held {held} values, "
+                       f"expected {len(r)}"):
+        io.save(model, tmp_path / "short.npz", seen=(indptr, short))
+    with pytest.raises(TypeError, match="a chunk of float64"):
+        io.save(model, tmp_path / "short.npz", seen=(indptr, iter([indices * 1.0])))
+    with pytest.raises(ValueError, match="seen's indptr must give the model's ratings per user"):
+        io.save(model, tmp_path / "short.npz", seen=(indptr[:-1], iter([indices])))
+    assert not (tmp_path / "short.npz").exists()  # atomic: nothing half-written
+
+
+def test_distributed_save_of_one_process_is_a_plain_save(tmp_path):
+    # issue 11: distributed.save on one process (its model holds every seen item) is
+    # model.save; a path rank 0 cannot write is refused before any pattern moves
+    import torch.distributed as dist
+
+    r = planted(6_000)
+    model = adam().fit(r)
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1),
+                            rank=0, world_size=1)
+    try:
+        assert distributed.save(model, tmp_path / "m.npz") == tmp_path / "m.npz"
+        with pytest.raises(ValueError, match="folder .*nowhere.* does not exist"):
+            distributed.save(model, tmp_path / "nowhere" / "m.npz")
+    finally:
+        dist.destroy_process_group()
+    users = np.arange(10)
+    assert tops(autofact.load(tmp_path / "m.npz"), users, 50) == tops(model, users, 50)
 
 
 def _worker(out: str) -> None:
     rank, world = distributed.init(timeout=120)
     r = planted(20_000)
     local = r.subset(np.arange(len(r)) % world == rank)  # users on both processes
-    fitted = distributed.fit(adam(), local, local=True)
+    fitted = distributed.fit(adam(), local, local=True, gather_seen=True)
     if rank == 0:
         indptr, indices = fitted.index_.seen_arrays()
         top = fitted.recommend_batch(np.arange(8), n=100)
         np.savez(Path(out, "seen.npz"), indptr=indptr, indices=indices,
                  top=np.asarray([list(t.items) for t in top]))
-        fitted.save(Path(out, "model.npz"))
+    # the default gathers nothing: distributed.save assembles the file's pattern a range of
+    # users at a time (several ranges here, in small pieces), rows from both processes sorted
+    distributed._SAVE_STEP, distributed._GATHER_STEP = 3_000, 500  # type: ignore[attr-defined]
+    distributed.save(distributed.fit(adam(), local, local=True), Path(out, "model.npz"))
     distributed.shutdown()
 
 

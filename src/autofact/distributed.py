@@ -14,8 +14,7 @@ up to the order of floating-point sums::
     ratings = distributed.read_local("ratings/")      # this process's part files only
     model = autofact.MatrixFactorization(solver="adam", epochs=100, seed=0)
     distributed.fit(model, ratings, local=True)
-    if distributed.is_main_process():
-        model.save("model.npz")
+    distributed.save(model, "model.npz")              # on every process: rank 0 writes
     distributed.shutdown()
 
 **Rank-local data** (issue 11). :func:`read_local` reads only this process's share: from a
@@ -26,10 +25,12 @@ so every rating of a user lands on one process. The id maps are then agreed by e
 distinct ids (never the ratings): every process ends with the same user and item maps, the
 sorted union, which is what ``autofact.read`` of the whole data gives. ``fit(..., local=True)``
 keeps what each process was given; the ratings per user and item and their range are summed
-over the processes, and rank 0 gathers the training pattern (2 bytes a rating of all the
-ratings up to 65,536 items, else 4) after the fit, for the model it saves (``fit(...,
-gather_seen=False)`` skips it: each process's model then knows its own users' seen items
-only). Alternatively every process reads all the ratings (``autofact.read``) and ``fit``
+over the processes. Each process's model knows its own users' seen items (the items left out
+of their recommendations): :func:`save`, on every process, writes one file with every user's,
+rank 0 taking them a range of users at a time, so no process holds all of them (``fit(...,
+gather_seen=True)`` gathers them all onto rank 0 instead: 2 bytes a rating of all the ratings;
+``gather_seen=<user ids>``: those users', e.g. a test set's, for top-k metrics on rank 0).
+Alternatively every process reads all the ratings (``autofact.read``) and ``fit``
 keeps about ``1/world_size`` of them, cut at user boundaries (:func:`~autofact.sharding.user_cuts`:
 every rating of a user on one process).
 
@@ -67,9 +68,10 @@ naming it.
 from __future__ import annotations
 
 import datetime
+import errno
 import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -85,7 +87,7 @@ from .sharding import PeerLostError, ShardPlan, TorchShardPlan
 if TYPE_CHECKING:
     from .model import MatrixFactorization
 
-__all__ = ["init", "fit", "read_local", "assign_parts", "user_owner", "is_main_process",
+__all__ = ["init", "fit", "save", "read_local", "assign_parts", "user_owner", "is_main_process",
            "shutdown", "DEFAULT_TIMEOUT"]
 
 #: What ``fit`` runs shared: the full-batch gradient solvers, ``als`` and ``gibbs`` (users
@@ -99,6 +101,9 @@ _DIAGNOSIS = 3.0
 #: ~50 bytes a key, so ~3 MiB; issue 11: 1 << 20 keys took ~50 MiB beside the pattern, 1 << 18
 #: ~13 MiB, over a 4-process share's bound at 25M ratings).
 _GATHER_STEP = 1 << 16
+#: Ratings in a range of users whose seen items rank 0 assembles at a time when it saves a model
+#: fitted on rank-local ratings (:func:`save`): 8 MiB of uint16 (issue 11, item 3).
+_SAVE_STEP = 1 << 22
 #: Codes rewritten at a time when the id maps are agreed (bounds the temporaries).
 _REMAP_STEP = 1 << 20
 
@@ -166,7 +171,7 @@ def is_main_process() -> bool:
 
 
 def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
-        group: Any = None, *, local: bool = False, gather_seen: bool = True,
+        group: Any = None, *, local: bool = False, gather_seen: bool | Sequence[Any] = False,
         **fit_kwargs: Any) -> MatrixFactorization:
     """``model.fit(ratings, validation=validation, plan=TorchShardPlan(group, local=local),
     **fit_kwargs)``: the work shared by the processes of ``group`` (default: all of them).
@@ -178,14 +183,17 @@ def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
     the same on every process (``validation_fraction`` is refused: each process would hold out
     another share). Every process ends with the same factors.
 
-    ``gather_seen`` (``local=True`` only): ``True`` (the default), rank 0's model (the one to
-    save) gets every user's seen items, gathered after the fit: 2 bytes a rating of *all* the
-    ratings on rank 0 up to 65,536 items, else 4 (issue 11: ~48 MiB at 25M ratings and 59,047
-    items; beside a 4-process share of ALS that is over the bound's slack: pass ``False``
-    where that matters), which is what lets the saved model
-    leave every user's rated items out of its recommendations. ``False``: nothing is gathered,
-    every process's model holds its own users' seen items only; for data larger than one
-    process can hold, with the recommendations made where the users live.
+    ``gather_seen`` (``local=True`` only) says which users' seen items rank 0's model gets from
+    the other processes after the fit (recommendations leave a user's rated items out, so a
+    model can recommend only for users whose seen items it holds). ``False`` (the default):
+    none; every process's model holds its own users' seen items only, which is its share of the
+    memory (issue 11, item 3), and :func:`save` (called on every process) writes a file with
+    every user's, a range of users at a time. A sequence of user ids (e.g. a test set's users,
+    to evaluate top-k metrics on rank 0): those users' too. ``True``: every user's, 2 bytes a
+    rating of *all* the ratings on rank 0 up to 65,536 items, else 4 (~48 MiB at 25M ratings
+    and 59,047 items: more than a 4-process share's bound allows). A model missing a user's
+    seen items refuses to recommend for that user, and ``model.save`` refuses it (use
+    :func:`save`): it never answers as if that user's rated items were unrated.
     ``fit_kwargs``: ``checkpoint=`` and ``checkpoint_every=`` (rank 0 writes; the folder must be
     one every process can read, to resume)."""
     if model.solver not in SOLVERS:
@@ -228,8 +236,9 @@ def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
                 "with local=False every process passes all of them; for each process's own "
                 "ratings (autofact.distributed.read_local) pass local=True"
             )
-    if not isinstance(gather_seen, bool):
-        raise TypeError(f"gather_seen must be True or False, got {gather_seen!r}")
+    if isinstance(gather_seen, str) or not isinstance(gather_seen, bool | Sequence | np.ndarray):
+        raise TypeError(
+            f"gather_seen must be True, False or a sequence of user ids, got {gather_seen!r}")
     model.fit(train, validation=validation, plan=plan, **fit_kwargs)
     # issue 11: the last gradient (a parameter-sized copy the model does not need) and the
     # fit's freed workspace back to the system before the gather's arrays; the objective (its
@@ -238,77 +247,191 @@ def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
     for param in getattr(model, "_params", {}).values():
         param.grad = None
     release_freed_memory()
-    if local and gather_seen and plan.world_size > 1:
-        # rank 0's model gets every process's training pattern (for the file it saves); one
-        # process's index already holds it (from_ratings)
-        _gather_pattern(model, train, plan)
+    if local and gather_seen is not False and plan.world_size > 1:
+        # rank 0's model gets the other processes' seen items of the users asked for; one
+        # process's index already holds them all (from_ratings)
+        _gather_pattern(model, plan, _wanted_rows(model, gather_seen))
     return model
 
 
-def _gather_pattern(model: MatrixFactorization, train: Ratings, plan: ShardPlan) -> None:
-    """Every process's (user, item) pairs onto rank 0, into rank 0's ``model.index_``: each
-    other process sends one int64 key a rating, in pieces; rank 0 places its own pairs and then
-    each piece it receives straight into the CSR indices (it holds 2 bytes a rating of all the
-    ratings, uint16, up to 65536 items, else 4, and one piece: issue 11, memory), and sorts
-    within a row only the users whose ratings came from several processes."""
-    m, n = train.shape
-    step = _GATHER_STEP
-    main = plan.is_main
+def _wanted_rows(model: MatrixFactorization, gather_seen: Any) -> np.ndarray | None:
+    """``distributed.fit``'s ``gather_seen`` as a boolean mask over the model's users (``None``:
+    every user), or ``False`` for nothing."""
+    if gather_seen is True:
+        return None
+    ids = np.asarray(gather_seen)
+    if ids.ndim != 1 or ids.dtype == bool:
+        raise TypeError(
+            f"gather_seen must be True, False or a sequence of user ids, got {gather_seen!r}"
+        )
+    mask = np.zeros(model.index_.n_users, dtype=bool)
+    rows = model.index_.user_index(ids, strict=False)
+    mask[rows[rows >= 0]] = True
+    return mask
 
-    def keys(a: int, b: int) -> torch.Tensor:
-        """This process's pairs ``[a, b)`` as int64 keys, a piece at a time (issue 11: all of
-        them at once took 8 bytes a rating, three times over, on every sending process)."""
-        out = train.users[a:b].astype(np.int64)
-        out *= n
-        out += train.items[a:b]
-        return torch.from_numpy(out)
 
-    counts = model.index_.user_counts
-    indptr = np.zeros(m + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    # issue 11, item 3: the compact dtype from the start, never an int32 copy of all of them
-    indices = np.empty(int(indptr[-1]) if main else 0, dtype=pattern_dtype(n))
-    fill = indptr[:-1].copy()  # where each user's next item goes
-    sources = np.zeros(m if main else 0, dtype=np.int32)  # processes that sent each user
-    touched = np.zeros(m if main else 0, dtype=bool)
-
-    def place(users: np.ndarray, items: np.ndarray) -> None:
-        """A piece of one process's pairs, sorted by (user, item), into ``indices``."""
-        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-        runs = np.diff(np.r_[starts, len(users)])
-        first = users[starts]
-        indices[np.repeat(fill[first] - starts, runs) + np.arange(len(users))] = items
-        fill[first] += runs
-        touched[first] = True
-
-    if main:  # its own pairs, from its ratings
-        for s in range(0, len(train), step):
-            place(train.users[s : s + step], train.items[s : s + step])
-    current = 0
-    for r, piece in plan.gather_pieces(0 if main else len(train), keys, step):
-        if r != current:
-            sources += touched
-            touched[:] = False
-            current = r
-        users, items = np.divmod(piece.numpy(), n)
-        place(users, items)
-        del users, items
-    if not main:
+def _gather_pattern(model: MatrixFactorization, plan: ShardPlan,
+                    wanted: np.ndarray | None = None) -> None:
+    """Every process's (user, item) pairs of the users in ``wanted`` (a boolean mask; ``None``:
+    every user) onto rank 0, into rank 0's ``model.index_`` beside its own users' (issue 11:
+    it holds 2 bytes a rating of the ratings it gathers, uint16, up to 65536 items, else 4, and
+    one piece: :func:`_pattern_ranges`)."""
+    index = model.index_
+    target = _target_indptr(index, plan, wanted)
+    indices = np.empty(int(target[-1]) if plan.is_main else 0, dtype=pattern_dtype(index.n_items))
+    for _ in _pattern_ranges(index, plan, target, wanted, lambda lo, hi: indices[lo:hi]):
+        pass
+    if not plan.is_main:
         return
-    sources += touched
-    mixed = np.flatnonzero(sources > 1)  # parts not split by user: sort those rows' items
-    if len(mixed):
-        rows = np.repeat(mixed, counts[mixed])
-        at = np.repeat(indptr[mixed] - np.r_[0, np.cumsum(counts[mixed])[:-1]],
-                       counts[mixed]) + np.arange(len(rows))
-        order = np.lexsort((indices[at], rows))
-        indices[at] = indices[at][order]
-        del rows, at, order
     # issue 11: the pieces' freed temporaries back to the system before with_pattern's checks
     # allocate theirs beside the gathered pattern
     release_freed_memory()
-    model.index_ = model.index_.with_pattern(indptr, indices)
+    model.index_ = index.with_pattern(target, indices, partial=wanted is not None)
     release_freed_memory()  # (with_pattern's checks)
+
+
+def _target_indptr(index: Any, plan: ShardPlan, wanted: np.ndarray | None) -> np.ndarray:
+    """Rank 0's CSR row pointer once it holds its own users' seen items and every wanted
+    user's (on other processes: zeros, unused)."""
+    counts = index.user_counts
+    if wanted is not None and plan.is_main:
+        own = np.diff(np.asarray(index.seen_arrays()[0], dtype=np.int64))
+        counts = np.where(wanted, counts, own)
+    indptr = np.zeros(index.n_users + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return indptr
+
+
+def _pattern_ranges(index: Any, plan: ShardPlan, target: np.ndarray, wanted: np.ndarray | None,
+                    buffer: Callable[[int, int], np.ndarray]) -> Iterator[np.ndarray]:
+    """Gather the training pattern onto rank 0 a range of users at a time (a collective: every
+    process iterates it to the end). For each range of users holding at most
+    :data:`_SAVE_STEP` ratings of ``target`` (rank 0's row pointer, :func:`_target_indptr`),
+    every other process sends its pairs of the range's ``wanted`` users, as int64 keys ``user *
+    n_items + item``, :data:`_GATHER_STEP` at a time; rank 0 places its own pairs and the ones
+    it receives into ``buffer(target[first user], target[end user])`` and yields it, complete
+    and sorted within each row (a row whose ratings came from several processes is sorted
+    there). Other processes yield nothing."""
+    m, n = index.n_users, index.n_items
+    main = plan.is_main
+    mine_ptr, mine_cols = index.seen_arrays()
+    mine_ptr = np.asarray(mine_ptr, dtype=np.int64)
+    if wanted is not None and not main:  # only the wanted users' pairs are sent
+        keep = np.repeat(wanted, np.diff(mine_ptr))
+        mine_cols = mine_cols[keep]
+        counts = np.diff(mine_ptr) * wanted
+        mine_ptr = np.zeros(m + 1, dtype=np.int64)
+        np.cumsum(counts, out=mine_ptr[1:])
+        del keep, counts
+    total = int(index.user_counts.sum())
+    cuts = np.unique(np.r_[0, np.searchsorted(np.cumsum(index.user_counts),
+                                              np.arange(_SAVE_STEP, total, _SAVE_STEP),
+                                              side="right"), m])
+    for u0, u1 in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+        a = int(mine_ptr[u0])
+
+        def keys(s: int, e: int, a: int = a, u0: int = u0) -> torch.Tensor:
+            pos = np.arange(a + s, a + e, dtype=np.int64)
+            out = np.searchsorted(mine_ptr, pos, side="right") - 1
+            out *= n
+            out += mine_cols[pos]
+            return torch.from_numpy(out)
+
+        length = 0 if main else int(mine_ptr[u1]) - a
+        pieces = plan.gather_pieces(length, keys, _GATHER_STEP)
+        if not main:
+            for _ in pieces:
+                pass
+            continue
+        base = int(target[u0])
+        out = buffer(base, int(target[u1]))
+        fill = target[u0:u1] - base  # where each user's next item goes
+        sources = np.zeros(u1 - u0, dtype=np.int32)  # processes that sent each user
+
+        touched = np.zeros(u1 - u0, dtype=bool)
+        for s in range(a, int(mine_ptr[u1]), _GATHER_STEP):  # rank 0's own pairs
+            e = min(s + _GATHER_STEP, int(mine_ptr[u1]))
+            users = np.searchsorted(mine_ptr, np.arange(s, e), side="right") - 1 - u0
+            touched[_place(out, fill, users, mine_cols[s:e])] = True
+        current = 0
+        for r, piece in pieces:
+            if r != current:
+                sources += touched
+                touched[:] = False
+                current = r
+            users, items = np.divmod(piece.numpy(), n)
+            touched[_place(out, fill, users - u0, items)] = True
+        sources += touched
+        if not np.array_equal(fill, target[u0 + 1 : u1 + 1] - base):
+            bad = u0 + int(np.flatnonzero(fill != target[u0 + 1 : u1 + 1] - base)[0])
+            raise RuntimeError(
+                f"the processes' training patterns do not add up to the ratings counted for "
+                f"user {bad} ({int(fill[bad - u0])} of {int(target[bad + 1] - target[bad])}): "
+                "were they all given their share of the same data?"
+            )
+        mixed = np.flatnonzero(sources > 1)  # parts not split by user: sort those rows' items
+        if len(mixed):
+            lens = fill[mixed] - (target[u0:u1][mixed] - base)
+            rows = np.repeat(mixed, lens)
+            at = np.repeat(target[u0:u1][mixed] - base - np.r_[0, np.cumsum(lens)[:-1]],
+                           lens) + np.arange(len(rows))
+            order = np.lexsort((out[at], rows))
+            out[at] = out[at][order]
+            del rows, at, order
+        yield out
+
+
+def _place(out: np.ndarray, fill: np.ndarray, users: np.ndarray, items: np.ndarray
+           ) -> np.ndarray:
+    """A piece of one process's pairs, sorted by (user, item), into the CSR indices ``out``,
+    user ``u``'s next at ``fill[u]`` (advanced); returns the users it touched."""
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    runs = np.diff(np.r_[starts, len(users)])
+    first = users[starts]
+    out[np.repeat(fill[first] - starts, runs) + np.arange(len(users))] = items
+    fill[first] += runs
+    return first
+
+
+def save(model: MatrixFactorization, path: str | os.PathLike[str], group: Any = None) -> Path:
+    """Save a model fitted by :func:`fit` to ``path``, on every process of ``group`` at once (a
+    collective: call it on each; rank 0 writes the file, atomically, as :meth:`model.save
+    <autofact.MatrixFactorization.save>` does). The file holds every user's seen items: rank 0
+    writes the training pattern a range of users at a time, as the other processes send their
+    users' pairs, so no process holds more than a few MiB of it beyond its own (issue 11, item
+    3: rank 0 otherwise held 2 bytes a rating of *all* the ratings). A model rank 0 already holds
+    whole (``gather_seen=True``, or one process) is saved as it is. Returns ``path``; a save
+    that fails on rank 0 raises there, and an ``OSError`` on the other processes."""
+    from . import io
+
+    plan = TorchShardPlan(group, local=True)
+    index = model.index_
+    ready = torch.zeros(2, dtype=torch.float64)
+    if plan.is_main:
+        try:
+            io.check_savable(model, path)
+            ready[0] = 1.0
+        except BaseException:
+            plan.all_max([ready])  # the others learn of it, then rank 0 raises
+            raise
+        ready[1] = 1.0 if index.pattern_complete else 0.0
+    plan.all_max([ready])
+    if ready[0] < 1:
+        raise OSError(errno.EIO, "rank 0 could not save the model (its error says why)",
+                      str(path))
+    if ready[1] > 0:  # rank 0 holds every seen item: a plain save
+        if plan.is_main:
+            io.save(model, path)
+        return Path(path)
+    target = _target_indptr(index, plan, None)
+    chunks = _pattern_ranges(index, plan, target, None,
+                             lambda lo, hi: np.empty(hi - lo, dtype=pattern_dtype(index.n_items)))
+    if plan.is_main:
+        io.save(model, path, seen=(target, chunks))
+    else:
+        for _ in chunks:
+            pass
+    return Path(path)
 
 
 def _summary(r: Ratings) -> int:

@@ -163,11 +163,13 @@ class ModelIndex:
         index._pattern = (indptr, items)
         return index
 
-    def with_pattern(self, indptr: np.ndarray, indices: np.ndarray) -> ModelIndex:
+    def with_pattern(self, indptr: np.ndarray, indices: np.ndarray, *,
+                     partial: bool = False) -> ModelIndex:
         """This index with the training pattern ``(indptr, indices)`` (CSR arrays, sorted
         indices: every process's, gathered after a fit on rank-local ratings: issue 11); it must
-        give the index's counts. ``indices`` is kept as given, uint16 or int32 (see
-        :func:`pattern_dtype`; no copy: issue 11, item 3)."""
+        give the index's counts (``partial=True``: at most them, per user and per item: some
+        users' seen items only, :meth:`require_seen`). ``indices`` is kept as given, uint16 or
+        int32 (see :func:`pattern_dtype`; no copy: issue 11, item 3)."""
         m, n = self.n_users, self.n_items
         indptr = np.asarray(indptr, dtype=np.int64)
         cols = np.asarray(indices)
@@ -182,8 +184,16 @@ class ModelIndex:
                 f"{int(cols.min())}..{int(cols.max())}"
             )
         per_item = bincount_sliced(cols, n, _PATTERN_COUNT_SLICE)
-        if not (indptr.shape == (m + 1,) and np.array_equal(np.diff(indptr), self.user_counts)
-                and np.array_equal(per_item, self.item_counts)):
+        if indptr.shape != (m + 1,):
+            raise ValueError(f"indptr must have {m + 1} entries, got shape {indptr.shape}")
+        per_user = np.diff(indptr)
+        if partial:
+            fits = bool((per_user <= self.user_counts).all() and (per_user >= 0).all()
+                        and (per_item <= self.item_counts).all())
+        else:
+            fits = (np.array_equal(per_user, self.user_counts)
+                    and np.array_equal(per_item, self.item_counts))
+        if not fits:
             raise ValueError("the pattern's ratings per user and item differ from the index's")
 
         def make_seen() -> sp.csr_matrix:
@@ -207,6 +217,40 @@ class ModelIndex:
         if self._pattern is not None:
             return self._pattern
         return self.seen.indptr, self.seen.indices
+
+    @property
+    def pattern_complete(self) -> bool:
+        """Whether this index holds every training rating's (user, item) pair. It holds only
+        some after a fit on rank-local ratings (:func:`autofact.distributed.fit`: each process
+        knows its own users' seen items; issue 11, item 3): such a model is saved with
+        :func:`autofact.distributed.save`, and recommends only for the users it holds."""
+        indptr, _ = self.seen_arrays()
+        return int(indptr[-1]) == int(self.user_counts.sum())
+
+    def require_seen(self, users: np.ndarray | None = None, *, action: str) -> None:
+        """Raise ``ValueError`` (naming ``action``) unless this index holds every seen item of
+        the user indices ``users`` (default: of every user). Trust, issue 11: a model fitted on
+        rank-local ratings holds only its own users' seen items; recommending for another
+        process's user, or saving or updating such a model, would silently treat that user's
+        rated items as unrated."""
+        if self.pattern_complete:
+            return
+        indptr, _ = self.seen_arrays()
+        held = np.diff(np.asarray(indptr, dtype=np.int64))
+        rows = np.arange(self.n_users) if users is None else np.asarray(users, dtype=np.int64)
+        rows = rows[(rows >= 0) & (rows < self.n_users)]
+        short = rows[held[rows] < self.user_counts[rows]]
+        if len(short) == 0:
+            return
+        first = py_scalar(self.user_ids[short[0]])
+        raise ValueError(
+            f"cannot {action}: this model holds the seen items of {int(indptr[-1])} of its "
+            f"{int(self.user_counts.sum())} training ratings (it was fitted on rank-local ratings "
+            f"with autofact.distributed.fit(..., gather_seen=False)); user {first!r} and "
+            f"{len(short) - 1} more rated items that live on another process. Save it with "
+            "autofact.distributed.save(model, path), called on every process, or pass "
+            "gather_seen=True (every user) or gather_seen=<user ids> to distributed.fit"
+        )
 
     @property
     def seen(self) -> sp.csr_matrix:

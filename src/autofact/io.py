@@ -40,7 +40,7 @@ import math
 import os
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -62,27 +62,31 @@ _ID_DTYPE_KINDS = "iubfUO"
 
 
 # ------------------------------------------------------------------------------------ save
-def save(model: Any, path: str | os.PathLike[str]) -> Path:
+def save(model: Any, path: str | os.PathLike[str], *,
+         seen: tuple[np.ndarray, Iterable[np.ndarray]] | None = None) -> Path:
     """Write a fitted ``model`` to ``path`` (one file; the name is used as given).
 
     A symbolic link is written through: the link stays, the file it points to gets the model.
-    Raises ``ValueError`` for a loss or regularization that cannot be re-imported and for ids
-    that JSON cannot hold; ``RuntimeError`` when the model is not fitted.
+    Raises ``ValueError`` for a loss or regularization that cannot be re-imported, for ids
+    that JSON cannot hold and for a model that holds only some users' seen items (fitted on
+    rank-local ratings: save it with :func:`autofact.distributed.save`); ``RuntimeError`` when
+    the model is not fitted.
+
+    ``seen``: the training pattern to write instead of the model's own, as ``(indptr,
+    chunks)``: the CSR row pointer (``n_users + 1``, the index's counts) and an iterable of the
+    column indices in order, a chunk at a time, all of one dtype (uint16 or int32), written as
+    they come (:func:`autofact.distributed.save`: no process holds all of them, issue 11).
     """
-    _check_fitted(model)
-    target = Path(path)
-    if target.is_dir():
-        raise ValueError(f"path {str(path)!r} is a directory; give a file name such as model.npz")
-    real = Path(os.path.realpath(target))  # issue 8: replace the link's target, not the link
-    if not real.parent.is_dir():
-        folder = target.parent if real.name == target.name else real.parent
-        raise ValueError(
-            f"cannot save to {str(path)!r}: folder {str(folder)!r} does not exist; "
-            "create it first"
-        )
-    meta = _metadata(model)
-    _check_finite_to_save(model, meta)
-    indptr, indices = model.index_.seen_arrays()  # no scipy needed (issue 10)
+    real, meta = _prepare(model, path)
+    if seen is None:
+        model.index_.require_seen(action="save the model with model.save")
+        indptr, indices = model.index_.seen_arrays()  # no scipy needed (issue 10)
+    else:
+        indptr = np.asarray(seen[0], dtype=np.int64)
+        if not (indptr.shape == (model.index_.n_users + 1,)
+                and np.array_equal(np.diff(indptr), model.index_.user_counts)):
+            raise ValueError("seen's indptr must give the model's ratings per user")
+        indices = np.empty(0, dtype=np.int32)  # (written from seen's chunks)
     arrays: dict[str, np.ndarray] = {
         "meta": np.frombuffer(json.dumps(meta, allow_nan=True).encode("utf-8"), dtype=np.uint8),
         "user_factors": np.ascontiguousarray(model.user_factors_),
@@ -97,8 +101,36 @@ def save(model: Any, path: str | os.PathLike[str]) -> Path:
     implicit = getattr(model, "implicit_factors_", None)
     if implicit is not None:
         arrays["implicit_factors"] = np.ascontiguousarray(implicit)
-    _atomic_savez(real, arrays)
-    return target
+    if seen is None:
+        _atomic_savez(real, arrays)
+    else:
+        streamed = ("seen_indices", int(indptr[-1]), seen[1])
+        atomic_write(real, lambda fh: savez_plain(fh, arrays, streamed))
+    return Path(path)
+
+
+def check_savable(model: Any, path: str | os.PathLike[str]) -> None:
+    """Raise what :func:`save` would raise before writing anything (not fitted, a folder, a
+    missing folder, non-finite factors, settings JSON cannot hold), without writing."""
+    _prepare(model, path)
+
+
+def _prepare(model: Any, path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """:func:`save`'s checks; returns the real path to write and the metadata."""
+    _check_fitted(model)
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"path {str(path)!r} is a directory; give a file name such as model.npz")
+    real = Path(os.path.realpath(target))  # issue 8: replace the link's target, not the link
+    if not real.parent.is_dir():
+        folder = target.parent if real.name == target.name else real.parent
+        raise ValueError(
+            f"cannot save to {str(path)!r}: folder {str(folder)!r} does not exist; "
+            "create it first"
+        )
+    meta = _metadata(model)
+    _check_finite_to_save(model, meta)
+    return real, meta
 
 
 def _check_finite_to_save(model: Any, meta: dict[str, Any]) -> None:
@@ -147,16 +179,47 @@ def _atomic_savez(target: Path, arrays: dict[str, np.ndarray]) -> None:
     atomic_write(target, lambda fh: savez_plain(fh, arrays))
 
 
-def savez_plain(fh: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
+def savez_plain(fh: BinaryIO, arrays: dict[str, np.ndarray],
+                streamed: tuple[str, int, Iterable[np.ndarray]] | None = None) -> None:
     """``np.savez(fh, **arrays)`` of arrays that need no pickle: an object array (which
     ``np.savez`` would pickle) is refused first. ``np.savez``'s own ``allow_pickle=False`` exists
-    only from numpy 2.1; older ones would store it as one more array named ``allow_pickle``."""
+    only from numpy 2.1; older ones would store it as one more array named ``allow_pickle``.
+
+    ``streamed``: ``(name, length, chunks)``, one more 1-D array (in place of ``arrays[name]``)
+    written a chunk at a time as ``chunks`` yields them, all of the first one's integer dtype:
+    the archive is what ``np.savez`` writes (uncompressed ``NAME.npy`` members), which
+    ``np.load`` reads as usual."""
     for name, a in arrays.items():
         if np.asarray(a).dtype.hasobject:
             raise TypeError(f"array {name!r} holds Python objects ({np.asarray(a).dtype}); "
                             "only numeric arrays are saved (no pickle)")
-    savez: Any = np.savez  # numpy's stubs read **arrays as if it could hold allow_pickle=
-    savez(fh, **arrays)
+    if streamed is None:
+        savez: Any = np.savez  # numpy's stubs read **arrays as if it could hold allow_pickle=
+        savez(fh, **arrays)
+        return
+    name, length, chunks = streamed
+    with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, a in arrays.items():
+            if key != name:
+                with zf.open(key + ".npy", "w", force_zip64=True) as out:
+                    np.lib.format.write_array(out, np.asanyarray(a), allow_pickle=False)
+        written, dtype = 0, None
+        with zf.open(name + ".npy", "w", force_zip64=True) as out:
+            for chunk in chunks:
+                if dtype is None:
+                    dtype = chunk.dtype
+                    np.lib.format.write_array_header_1_0(
+                        out, {"descr": np.lib.format.dtype_to_descr(dtype),
+                              "fortran_order": False, "shape": (length,)})
+                if chunk.dtype != dtype or chunk.ndim != 1 or dtype.kind not in "iu":
+                    raise TypeError(f"{name}: a chunk of {chunk.dtype} with shape {chunk.shape}; "
+                                    f"expected 1-D integers of one dtype ({dtype})")
+                written += len(chunk)
+                out.write(np.ascontiguousarray(chunk).data)
+            if dtype is None:
+                np.lib.format.write_array(out, np.empty(0, dtype=np.int32), allow_pickle=False)
+        if written != length:
+            raise ValueError(f"{name}: the chunks held {written} values, expected {length}")
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any]) -> Path:

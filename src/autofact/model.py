@@ -1183,6 +1183,8 @@ class MatrixFactorization:
         new = _as_ratings(X, y, "ratings")
         confidence(new.values, float(self.alpha))  # values >= 0, before anything changes
         index = self.index_
+        # issue 11: the updated pattern would drop other processes' users' seen items
+        index.require_seen(action="update the model with partial_fit")
         uid, iid = new.user_ids[new.users], new.item_ids[new.items]
 
         def rows_of(ids: np.ndarray, known: np.ndarray, what: str

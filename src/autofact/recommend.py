@@ -285,6 +285,8 @@ def top_items(
     index = _index(model)
     users = np.asarray(users, dtype=np.int64)
     n_items = index.n_items
+    if exclude_seen:  # trust (issue 11): never as if another process's user rated nothing
+        index.require_seen(users, action="leave out the users' rated items")
     seen = index.seen if exclude_seen else None
     extra_csr = None
     if extra is not None and len(extra[0]):

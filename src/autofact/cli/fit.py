@@ -254,9 +254,14 @@ def fit(args: argparse.Namespace) -> ExitStatus:
     start = time.perf_counter()
     if shared:
         try:
-            distributed.fit(model, train, validation=validation, local=True, **saving)
+            # issue 11, item 3: rank 0 gets the seen items of the test set's users only (for
+            # its top-k metrics); the model file gets every user's from distributed.save
+            distributed.fit(model, train, validation=validation, local=True,
+                            gather_seen=False if test is None else test.user_ids, **saving)
             seconds = time.perf_counter() - start
             n_train, train_rmse = _shared_totals(model, train)  # over every process's share
+            _save(model, args.out, args.checkpoint,
+                  saver=functools.partial(distributed.save, model))  # on every process
         except PeerLostError as exc:  # issue 11: a peer was killed or froze: name it, exit 1
             distributed.shutdown(wait=False)
             where = f" (checkpoints: {args.checkpoint})" if saving else ""
@@ -281,7 +286,8 @@ def fit(args: argparse.Namespace) -> ExitStatus:
     # predictions start on another thread while the model is saved
     rmse = _start_training_rmse(model, train) if not shared and model.task == "rating" \
         else None
-    _save(model, args.out, args.checkpoint)
+    if not shared:
+        _save(model, args.out, args.checkpoint)
     try:
         metrics = evaluate(model, test, k=args.k, threshold=args.threshold) if test is not None \
             else None
@@ -437,11 +443,14 @@ def _save_interrupted(model: Any, out: Path, checkpoint: Path | None = None) -> 
     return ExitStatus.INTERRUPTED
 
 
-def _save(model: Any, out: Path, checkpoint: Path | None = None) -> None:
+def _save(model: Any, out: Path, checkpoint: Path | None = None,
+          saver: Callable[[Path], Any] | None = None) -> None:
+    """Save ``model`` to ``out`` (``saver``: instead of ``model.save``, e.g.
+    ``distributed.save``, which every process calls)."""
     _check_finite(model, out, checkpoint)
     model.set_params(verbose=False)  # a loaded model stays quiet unless asked
     try:
-        model.save(out)
+        (model.save if saver is None else saver)(out)
     except OSError as exc:  # disk full, read-only folder: name --out, not the temporary file
         raise OSError(exc.errno, f"cannot write the model to --out ({exc.strerror or exc})",
                       str(out)) from exc
