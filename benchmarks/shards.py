@@ -152,6 +152,7 @@ def worker(data: str, out: str, rank_k: int, epochs: int, solver: str = "adam",
     t0 = time.perf_counter()
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     distributed.fit(model, local, local=True, gather_seen=gather_seen == "yes")
+    before_save = _status_kb("VmHWM") / 1024
     if gather_seen != "no":  # as autofact fit does: every process, rank 0 writes
         distributed.save(model, Path(out, "model.npz"))
     fit_s = time.perf_counter() - t0
@@ -175,6 +176,7 @@ def worker(data: str, out: str, rank_k: int, epochs: int, solver: str = "adam",
         "own_users": own_users, "rank_k": rank_k, "epochs": epochs,
         "base_mib": base, "warm_base_mib": warm, "read_peak_mib": read_peak,
         "after_read_mib": after_read, "fit_peak_mib": fit_peak, "peak_mib": peak,
+        "peak_before_save_mib": before_save,
         "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
         "gather_seen": gather_seen,
         "read_s": read_s, "fit_s": fit_s, "epoch_s": [float(x) for x in per_epoch],

@@ -189,7 +189,9 @@ def test_failed_save_leaves_the_old_file_intact(fitted, tmp_path, monkeypatch, w
     before = path.read_bytes()
     calls = {"n": 0}
     if where == "write_array":
-        real = np.lib.format.write_array
+        from autofact import io
+
+        real = io._write_bytes
 
         def flaky(*args, **kwargs):
             calls["n"] += 1
@@ -197,7 +199,7 @@ def test_failed_save_leaves_the_old_file_intact(fitted, tmp_path, monkeypatch, w
                 raise OSError("disk full")
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(np.lib.format, "write_array", flaky)
+        monkeypatch.setattr(io, "_write_bytes", flaky)
     else:
         def failing_fsync(fd: int) -> None:
             raise OSError("I/O error")

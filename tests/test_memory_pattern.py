@@ -280,6 +280,30 @@ def test_distributed_save_of_one_process_is_a_plain_save(tmp_path):
     assert tops(autofact.load(tmp_path / "m.npz"), users, 50) == tops(model, users, 50)
 
 
+def test_saving_copies_no_array_and_checks_finiteness_a_slice_at_a_time(tmp_path):
+    # issue 11, item 3: numpy's writer copied 16 MiB pieces into bytes objects for each array
+    # of a zip member, and the finiteness check made a mask of each whole table (rank 0's save
+    # of 25M ratings added 18 MiB to its peak); views and slices now, the same archive
+    big = np.arange(6_000_000, dtype=np.float32).reshape(-1, 6)  # 24 MB
+    arrays = {"big": big, "scalar": np.array(2.5), "ints": np.arange(7)}
+    tracemalloc.start()
+    try:
+        with open(tmp_path / "a.npz", "wb") as fh:
+            io.savez_plain(fh, arrays)
+        assert io.first_non_finite(big) is None
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * 2**20, peak
+    with np.load(tmp_path / "a.npz", allow_pickle=False) as f:
+        for key, value in arrays.items():
+            assert f[key].shape == value.shape and f[key].dtype == value.dtype
+            np.testing.assert_array_equal(f[key], value)
+    big[700_000, 3] = np.inf
+    big[900_000, 1] = np.nan
+    assert io.first_non_finite(big) == (700_000, 3)
+
+
 def _worker(out: str) -> None:
     rank, world = distributed.init(timeout=120)
     r = planted(20_000)

@@ -141,8 +141,8 @@ def _check_finite_to_save(model: Any, meta: dict[str, Any]) -> None:
         if arr is None:
             continue
         arr = np.asarray(arr)
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            where = tuple(int(x) for x in np.argwhere(~np.isfinite(arr))[0])
+        where = first_non_finite(arr)
+        if where is not None:
             raise ValueError(
                 f"cannot save: {name}_ holds non-finite values (first {float(arr[where])!r} at "
                 f"index {where}): the fit diverged; refit (a smaller learning rate, more "
@@ -155,6 +155,21 @@ def _check_finite_to_save(model: Any, meta: dict[str, Any]) -> None:
                 f"cannot save: the model's {key} is {value!r}: the fit diverged; refit before "
                 "saving"
             )
+
+
+def first_non_finite(arr: np.ndarray) -> tuple[int, ...] | None:
+    """The index of ``arr``'s first value that is not finite, or ``None`` (a float array checked
+    a slice at a time: no mask of the whole array, issue 11, item 3; other kinds: ``None``)."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind not in "fc":
+        return None
+    flat = arr.reshape(-1)
+    step = _WRITE_PIECE
+    for s in range(0, flat.size, step):
+        bad = np.flatnonzero(~np.isfinite(flat[s : s + step]))
+        if len(bad):
+            return tuple(int(x) for x in np.unravel_index(s + int(bad[0]), arr.shape))
+    return None
 
 
 def is_model_file(path: str | os.PathLike[str]) -> bool:
@@ -179,30 +194,38 @@ def _atomic_savez(target: Path, arrays: dict[str, np.ndarray]) -> None:
     atomic_write(target, lambda fh: savez_plain(fh, arrays))
 
 
+#: Bytes handed to the archive at a time (a view, never a copy: numpy's own writer copies 16 MiB
+#: pieces into bytes objects when the file is a zip member; issue 11, item 3: rank 0's save).
+_WRITE_PIECE = 1 << 20
+
+
 def savez_plain(fh: BinaryIO, arrays: dict[str, np.ndarray],
                 streamed: tuple[str, int, Iterable[np.ndarray]] | None = None) -> None:
-    """``np.savez(fh, **arrays)`` of arrays that need no pickle: an object array (which
-    ``np.savez`` would pickle) is refused first. ``np.savez``'s own ``allow_pickle=False`` exists
-    only from numpy 2.1; older ones would store it as one more array named ``allow_pickle``.
+    """What ``np.savez(fh, **arrays)`` writes (uncompressed ``NAME.npy`` members, which
+    ``np.load`` reads as usual), for arrays that need no pickle: an object array (which
+    ``np.savez`` would pickle) is refused first. Each array's bytes go to the archive as views,
+    1 MiB at a time, with no copy of a C-ordered array.
 
     ``streamed``: ``(name, length, chunks)``, one more 1-D array (in place of ``arrays[name]``)
-    written a chunk at a time as ``chunks`` yields them, all of the first one's integer dtype:
-    the archive is what ``np.savez`` writes (uncompressed ``NAME.npy`` members), which
-    ``np.load`` reads as usual."""
+    written a chunk at a time as ``chunks`` yields them, all of the first one's integer dtype."""
     for name, a in arrays.items():
         if np.asarray(a).dtype.hasobject:
             raise TypeError(f"array {name!r} holds Python objects ({np.asarray(a).dtype}); "
                             "only numeric arrays are saved (no pickle)")
-    if streamed is None:
-        savez: Any = np.savez  # numpy's stubs read **arrays as if it could hold allow_pickle=
-        savez(fh, **arrays)
-        return
-    name, length, chunks = streamed
+    skip = None if streamed is None else streamed[0]
     with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for key, a in arrays.items():
-            if key != name:
+            if key != skip:
+                arr = np.asarray(a)
+                if not arr.flags.c_contiguous:  # (ascontiguousarray would make 0-d 1-d)
+                    arr = arr.copy(order="C")
                 with zf.open(key + ".npy", "w", force_zip64=True) as out:
-                    np.lib.format.write_array(out, np.asanyarray(a), allow_pickle=False)
+                    np.lib.format.write_array_header_1_0(
+                        out, np.lib.format.header_data_from_array_1_0(arr))
+                    _write_bytes(out, arr)
+        if streamed is None:
+            return
+        name, length, chunks = streamed
         written, dtype = 0, None
         with zf.open(name + ".npy", "w", force_zip64=True) as out:
             for chunk in chunks:
@@ -215,11 +238,20 @@ def savez_plain(fh: BinaryIO, arrays: dict[str, np.ndarray],
                     raise TypeError(f"{name}: a chunk of {chunk.dtype} with shape {chunk.shape}; "
                                     f"expected 1-D integers of one dtype ({dtype})")
                 written += len(chunk)
-                out.write(np.ascontiguousarray(chunk).data)
+                _write_bytes(out, np.ascontiguousarray(chunk))
             if dtype is None:
-                np.lib.format.write_array(out, np.empty(0, dtype=np.int32), allow_pickle=False)
+                empty = np.empty(0, dtype=np.int32)
+                np.lib.format.write_array_header_1_0(
+                    out, np.lib.format.header_data_from_array_1_0(empty))
         if written != length:
             raise ValueError(f"{name}: the chunks held {written} values, expected {length}")
+
+
+def _write_bytes(out: Any, arr: np.ndarray) -> None:
+    """A C-contiguous array's bytes to ``out``, :data:`_WRITE_PIECE` at a time, as views."""
+    flat = arr.reshape(-1).view(np.uint8).data if arr.size else memoryview(b"")
+    for s in range(0, len(flat), _WRITE_PIECE):
+        out.write(flat[s : s + _WRITE_PIECE])
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any]) -> Path:

@@ -464,11 +464,11 @@ def _check_finite(model: Any, out: Path, checkpoint: Path | None) -> None:
     import numpy as np
 
     from ..errors import FitError
+    from ..io import first_non_finite
 
     for name in ("user_factors_", "item_factors_", "user_bias_", "item_bias_"):
-        values = np.asarray(getattr(model, name, np.zeros(0)))
-        if not np.isfinite(values).all():
-            where = tuple(int(k) for k in np.argwhere(~np.isfinite(values))[0])
+        where = first_non_finite(np.asarray(getattr(model, name, np.zeros(0))))
+        if where is not None:
             hint = (f"; the checkpoint it resumed from may be damaged: delete {checkpoint} to "
                     "start over, or" if checkpoint is not None else "; the fit diverged:")
             raise FitError(
