@@ -24,8 +24,10 @@ user's seen items a range of users at a time; ``yes``: ``distributed.fit(gather_
 
 Per process (MiB): ``base`` = VmRSS after ``import torch, autofact, pandas, pyarrow.parquet`` and
 joining the group; ``(warm)`` = VmRSS after the same process has then read a 2,000-rating Parquet
-part and fitted it alone (same solver and rank) and freed them: the torch baseline the bound adds,
-the libraries once used (code paged in, thread pools, allocator arenas), whatever the data; ``read
+part and fitted it (same solver and rank, shared by the processes as the measured fit is: each
+process its users' ratings, then ``distributed.save``) and freed them: the torch baseline the bound
+adds, the libraries once used (code paged in, thread pools, allocator arenas), whatever the data
+(a fit alone, as before, left 13 MiB of the sharded paths' code out of it); ``read
 peak`` = VmHWM after reading (pandas' frames included); ``fit peak`` = VmHWM during the fit (reset
 after reading: ``/proc/self/clear_refs``); ``peak`` = the larger of the two (and of ``ru_maxrss``).
 The bound is the issue's: ``1.5 x (its ratings + user factors + item factors + optimizer state) +
@@ -45,7 +47,8 @@ bound allows 1.5 x 12 = 18 on this budget, plus half of the factors and state). 
 one all-reduce of a tensor the size of the gradient (what one epoch of full-batch Adam sends),
 after the fit. ``fit CPU s (system)``: the process's CPU seconds in the fit, and the system's
 part of them (page faults; the JSON has their count), steadier than seconds on a shared
-machine.
+machine. ``file-backed +``: the file-backed RSS (libraries' code pages) the fit added beyond the
+warm-up's.
 
 Writes ``benchmarks/results/<date>_shards_<ratings>.md`` and ``.json``; every process runs
 under ``nice``.
@@ -138,6 +141,7 @@ def worker(data: str, out: str, rank_k: int, epochs: int, solver: str = "adam",
     base = _status_kb("VmRSS") / 1024
     params = SOLVER_PARAMS.get(solver, SCALE_PARAMS)
     warm = _warm_up(Path(out) / f"warm{rank}", rank_k, params, values)
+    warm_file = _status_kb("RssFile") / 1024
     t0 = time.perf_counter()
     local = distributed.read_local(data, dtype=values)
     read_s = time.perf_counter() - t0
@@ -158,6 +162,7 @@ def worker(data: str, out: str, rank_k: int, epochs: int, solver: str = "adam",
     fit_s = time.perf_counter() - t0
     usage = resource.getrusage(resource.RUSAGE_SELF)
     fit_peak = _status_kb("VmHWM") / 1024
+    fit_file = _status_kb("RssFile") / 1024
     # the process's own peak, before this worker's bookkeeping below allocates anything
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     times = [float(h["time"]) for h in model.history_]
@@ -176,7 +181,8 @@ def worker(data: str, out: str, rank_k: int, epochs: int, solver: str = "adam",
         "own_users": own_users, "rank_k": rank_k, "epochs": epochs,
         "base_mib": base, "warm_base_mib": warm, "read_peak_mib": read_peak,
         "after_read_mib": after_read, "fit_peak_mib": fit_peak, "peak_mib": peak,
-        "peak_before_save_mib": before_save,
+        "peak_before_save_mib": before_save, "file_after_warm_mib": warm_file,
+        "file_after_fit_mib": fit_file,
         "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
         "gather_seen": gather_seen,
         "read_s": read_s, "fit_s": fit_s, "epoch_s": [float(x) for x in per_epoch],
@@ -198,12 +204,15 @@ def _state(r: dict) -> int:
 
 def _warm_up(folder: Path, rank_k: int, params: dict, values: str) -> float:
     """The libraries once used (the torch baseline): read a tiny Parquet part and fit it in
-    this process alone (same solver and rank, 2,000 ratings), free what that held, and return
+    this process (same solver and rank, 2,000 ratings, shared by the processes as the measured
+    fit is), free what that held, and return
     the RSS (MiB) then: code paged in, thread pools, allocator arenas, whatever the data."""
     import numpy as np
     import pandas as pd
+    import torch.distributed as dist
 
     import autofact
+    from autofact import distributed
     from autofact._memory import release_freed_memory
     from autofact.reading import read_parts
 
@@ -213,9 +222,17 @@ def _warm_up(folder: Path, rank_k: int, params: dict, values: str) -> float:
     pd.DataFrame({"user": keys // 100, "item": keys % 100, "rating": rng.normal(3, 1, len(keys))}
                  ).to_parquet(folder / "part-00000.parquet", index=False)
     tiny = read_parts([folder / "part-00000.parquet"], dtype=values)
-    autofact.MatrixFactorization(rank=rank_k, epochs=2, seed=0, verbose=False, device="cpu",
-                                 dtype="float32", max_memory=64 * MiB, **params).fit(tiny)
-    del tiny
+    model = autofact.MatrixFactorization(rank=rank_k, epochs=2, seed=0, verbose=False,
+                                         device="cpu", dtype="float32", max_memory=64 * MiB,
+                                         **params)
+    # shared as the measured fit is (its collectives', sharded solvers' and save's code paged
+    # in: 13 MiB of file-backed pages that a fit alone left out of the baseline), each process
+    # its users' ratings, the same id maps
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mine = tiny.subset(tiny.users % world == rank)
+    distributed.fit(model, mine, local=True)
+    distributed.save(model, folder / "warm.npz")
+    del tiny, mine, model
     gc.collect()
     release_freed_memory()
     _reset_hwm()
@@ -269,8 +286,8 @@ def run_world(data: Path, world: int, rank_k: int, epochs: int, timeout: float,
 def table(rows: list[dict]) -> str:
     head = ("| solver | processes | rank | ratings held | base (warm) | read peak | fit peak | peak "
             "| bound held | peak / bound held | bound own | B/rating (fit) | s / epoch "
-            "| all-reduce s | fit CPU s (system) |")
-    lines = [head, "|" + "---|" * 15]
+            "| all-reduce s | fit CPU s (system) | file-backed + |")
+    lines = [head, "|" + "---|" * 16]
     for r in rows:
         held, own = bounds(r)
         # resetting VmHWM after reading resets ru_maxrss too: the process's peak is the larger
@@ -279,8 +296,15 @@ def table(rows: list[dict]) -> str:
             f"| {r.get('solver', 'adam')} | {r['world']} | {r['rank']} | {r['ratings']:,} | "
             f"{r['base_mib']:.0f} ({_base(r):.0f}) | {r['read_peak_mib']:.0f} | {r['fit_peak_mib']:.0f} | "
             f"{peak:.0f} | {held:.0f} | {peak / held:.2f} | {own:.0f} | {per_rating(r):.1f} | "
-            f"{r['sec_per_epoch']:.2f} | {r['allreduce_s']:.3f} | {_cpu(r)} |")
+            f"{r['sec_per_epoch']:.2f} | {r['allreduce_s']:.3f} | {_cpu(r)} | {_file(r)} |")
     return "\n".join(lines)
+
+
+def _file(r: dict) -> str:
+    """File-backed RSS (code pages) the fit added beyond the warm-up's, MiB, or ``-``."""
+    if "file_after_fit_mib" not in r:
+        return "-"
+    return f"{r['file_after_fit_mib'] - r['file_after_warm_mib']:.0f}"
 
 
 def _cpu(r: dict) -> str:

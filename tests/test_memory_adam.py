@@ -246,6 +246,22 @@ def test_the_regularizer_is_taken_in_slices_of_at_most_2_18_entries():
         torch.testing.assert_close(fresh[k], v.grad, rtol=1e-6, atol=0)
 
 
+def test_the_regularization_value_takes_a_slice_at_a_time():
+    # issue 11, item 3: sharded ALS's rank 0 took the items' regularizer on the whole table at
+    # every epoch (a table-sized temporary: its peak above the other processes'); the value
+    # is the same sum, taken a row slice at a time for a separable regularizer
+    r = planted(50_000, m=30_000, n=500)
+    obj = Objective(r, bias=True, beta=0.5, max_memory=64 * 2**20)
+    P = obj.init_params(32, seed=0)["P"].detach()
+    assert len(obj._reg_slices(P)) > 1
+    sizes = new_tensors(lambda: obj.regularization_value(P))
+    assert max(sizes) <= 2**18 * 4
+    torch.testing.assert_close(obj.regularization_value(P), obj.reg(P).reshape(()),
+                               rtol=1e-5, atol=0)
+    whole = Objective(r, bias=True, beta=0.5, regularization=lambda x: 0.25 * (x * x).sum())
+    assert max(new_tensors(lambda: whole.regularization_value(P))) == P.numel() * 4  # kept whole
+
+
 # ------------------------------------------------------------------ rank 0's gather
 def test_rank_0_gathers_the_seen_items_with_the_fit_state_freed(tmp_path):
     # issue 11, item 3: rank 0 gathers every process's (user, item) pairs after the fit (4

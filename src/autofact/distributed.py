@@ -102,8 +102,8 @@ _DIAGNOSIS = 3.0
 #: ~13 MiB, over a 4-process share's bound at 25M ratings).
 _GATHER_STEP = 1 << 16
 #: Ratings in a range of users whose seen items rank 0 assembles at a time when it saves a model
-#: fitted on rank-local ratings (:func:`save`): 8 MiB of uint16 (issue 11, item 3).
-_SAVE_STEP = 1 << 22
+#: fitted on rank-local ratings (:func:`save`): 2 MiB of uint16 (issue 11, item 3).
+_SAVE_STEP = 1 << 20
 #: Codes rewritten at a time when the id maps are agreed (bounds the temporaries).
 _REMAP_STEP = 1 << 20
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ._imports import NotLoaded
+from ._memory import release_freed_memory
 from .data import Ratings, as_ratings
 from .errors import FitError
 from .index import ModelIndex
@@ -662,6 +663,9 @@ class MatrixFactorization:
                 best = stopper.best_epoch
                 stopper.restore(params)  # the best validation epoch's parameters (issue 9)
             if owned is not None:  # every process's users' rows onto every process, once
+                # issue 11, item 3: the solver's freed workspace back to the system first (the
+                # gather's tables came on top of it: every process's peak)
+                release_freed_memory()
                 gather()
         finally:
             if bar is not None:

@@ -357,9 +357,9 @@ class _AlternatingNewton:
         return p["P"][self.own], p["bu"][self.own] if "bu" in p else None
 
     def _item_regularization(self) -> torch.Tensor:
-        p = self.params
-        total = self.obj.reg(p["Q"]).reshape(())
-        return total + self.obj.reg(p["bi"]).reshape(()) if "bi" in p else total
+        p = self.params  # (a slice at a time: no table-sized temporary, issue 11, item 3)
+        total = self.obj.regularization_value(p["Q"])
+        return total + self.obj.regularization_value(p["bi"]) if "bi" in p else total
 
     def __call__(self) -> float:
         """One epoch; returns the objective at its start (the loss comes from the first pass)."""
@@ -384,9 +384,9 @@ class _AlternatingNewton:
             # issue 11: this process's user rows taken once an epoch (a copy where the
             # parameters hold every user's rows), used by each step below and put back once
             P, bu = self._users()
-            reg = self.obj.reg(P).reshape(()).double()
+            reg = self.obj.regularization_value(P).double()
             if bu is not None:
-                reg += self.obj.reg(bu).reshape(()).double()
+                reg += self.obj.regularization_value(bu).double()
             if self.obj.plan.owns_regularizer:
                 reg += self._item_regularization().double()
             # the sum over all pairs (the rated: in the loss), the same on every process
