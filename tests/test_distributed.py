@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch.distributed as dist
 
 import autofact
 from autofact import distributed
+from autofact.evaluation import evaluate
 from autofact.objective import Objective
 from autofact.sharding import ShardPlan
 
@@ -86,8 +88,16 @@ def test_cli_fit_under_torchrun_saves_the_single_process_model(tmp_path):
     out = tmp_path / "model.npz"
     # issue 11: sharded ALS through the CLI (users partitioned, so the parts are read by user:
     # split by part, each user's ratings would be on both processes and ALS would refuse)
+    # issue 11, item 3: --test's users' seen items are gathered for the top-k metrics (rank 0
+    # holds no others'); the file has every user's, from distributed.save
+    single = autofact.MatrixFactorization(rank=3, solver="als", epochs=5, seed=0,
+                                          dtype="float64", device="cpu").fit(autofact.read(data))
+    test = tmp_path / "test.csv"  # each test user's held-out item: its unseen 2nd choice
+    test.write_text("user,item,rating\n" + "".join(
+        f"u{u},{single.recommend(f'u{u}', n=2).items[1]},5.0\n" for u in range(0, 40, 3)))
     args = ["fit", str(data), "--out", str(out), "--epochs", "5", "--rank", "3", "--solver",
-            "als", "--seed", "0", "--dtype", "float64", "--device", "cpu"]
+            "als", "--seed", "0", "--dtype", "float64", "--device", "cpu", "--test", str(test),
+            "--json", "--k", "5"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(WORKER.parent.parent / "src"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
@@ -96,13 +106,16 @@ def test_cli_fit_under_torchrun_saves_the_single_process_model(tmp_path):
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("saved model to") == 1, proc.stdout  # one process reports and saves
+    summary = json.loads(proc.stdout)  # one process reports (and saves)
     shared = autofact.load(out)
     assert shared.solver_ == "als"
-    single = autofact.MatrixFactorization(rank=3, solver="als", epochs=5, seed=0,
-                                          dtype="float64", device="cpu").fit(autofact.read(data))
     np.testing.assert_allclose(shared.user_factors_, single.user_factors_, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(shared.item_factors_, single.item_factors_, rtol=1e-7, atol=1e-9)
+    assert (shared.index_.seen != single.index_.seen).nnz == 0
+    want = evaluate(single, autofact.read(test), k=5)
+    assert want["precision@5"] == pytest.approx(0.2)  # every 2nd choice in the top 5
+    for key, value in want.items():
+        assert summary["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
 
 
 class _TwoProcessPlan(ShardPlan):

@@ -307,11 +307,12 @@ def _pattern_ranges(index: Any, plan: ShardPlan, target: np.ndarray, wanted: np.
     """Gather the training pattern onto rank 0 a range of users at a time (a collective: every
     process iterates it to the end). For each range of users holding at most
     :data:`_SAVE_STEP` ratings of ``target`` (rank 0's row pointer, :func:`_target_indptr`),
-    every other process sends its pairs of the range's ``wanted`` users, as int64 keys ``user *
-    n_items + item``, :data:`_GATHER_STEP` at a time; rank 0 places its own pairs and the ones
-    it receives into ``buffer(target[first user], target[end user])`` and yields it, complete
-    and sorted within each row (a row whose ratings came from several processes is sorted
-    there). Other processes yield nothing."""
+    every other process sends its pairs of the range's ``wanted`` users (``None``: every user;
+    rank 0 must then hold only its own ratings' pairs of the others), as int64 keys ``user *
+    n_items + item``, :data:`_GATHER_STEP` at a time; rank 0 places every pair it holds and the
+    ones it receives into ``buffer(target[first user], target[end user])`` and yields it,
+    complete and sorted within each row (a row whose ratings came from several processes is
+    sorted there). Other processes yield nothing."""
     m, n = index.n_users, index.n_items
     main = plan.is_main
     mine_ptr, mine_cols = index.seen_arrays()
@@ -423,8 +424,18 @@ def save(model: MatrixFactorization, path: str | os.PathLike[str], group: Any = 
         if plan.is_main:
             io.save(model, path)
         return Path(path)
+    # the users whose seen items rank 0 lacks (its own users' it has, and any it gathered):
+    # only theirs are sent, one bit a user from rank 0
+    m = index.n_users
+    bits = torch.zeros((m + 7) // 8, dtype=torch.uint8)
+    if plan.is_main:
+        held = np.diff(np.asarray(index.seen_arrays()[0], dtype=np.int64))
+        bits = torch.from_numpy(np.packbits(held < index.user_counts))
+    plan.broadcast([bits])
+    lacking = np.unpackbits(bits.numpy(), count=m).astype(bool)
+    del bits
     target = _target_indptr(index, plan, None)
-    chunks = _pattern_ranges(index, plan, target, None,
+    chunks = _pattern_ranges(index, plan, target, lacking,
                              lambda lo, hi: np.empty(hi - lo, dtype=pattern_dtype(index.n_items)))
     if plan.is_main:
         io.save(model, path, seen=(target, chunks))
