@@ -140,3 +140,86 @@ def test_a_shared_chains_user_noise_is_drawn_block_by_block_in_the_same_stream()
     after = np.random.default_rng(5)
     after.standard_normal((100_000, 3))
     assert rng.standard_normal() == after.standard_normal()  # the stream moved on alike
+
+
+def _many_items(m: int = 300, n: int = 8000, per: int = 30, seed: int = 4
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Few ratings over many rows: the rows' tables, not the ratings, set the peak."""
+    rng = np.random.default_rng(seed)
+    u = np.repeat(np.arange(m, dtype=np.int32), per)
+    i = np.concatenate([np.sort(rng.choice(n, per, replace=False)) for _ in range(m)]
+                       ).astype(np.int32)
+    v = (rng.normal(size=len(u)) + 3).astype(np.float32)
+    return u, i, v
+
+
+@pytest.mark.parametrize("cache_bytes", [None, 0], ids=["kept", "scattered"])
+def test_the_spectral_start_holds_three_item_tables_at_its_peak(cache_bytes):
+    # issue 11, item 3 (the start was a sharded fit's peak at 25M ratings over 4 processes):
+    # traced bytes while the start runs, in item tables (n x k, float64). It held the last W
+    # while making the next, a copy of W and a product's temporary beside V while
+    # orthonormalizing it, and V and V_new beside W and W * W at its end: 4.1 tables; now V,
+    # W and V_new at most (3.1; the residuals a slice at a time)
+    m, n, k = 300, 8000, 24
+    u, i, v = _many_items(m, n)
+    users = gibbs._Side(u, i, v, m, n, max_nnz=1 << 19, offset=float(v.mean()))
+    items = users.transpose(1 << 19)
+    gibbs._spectral_start(np.random.default_rng(0), users, items, k, len(v), None)  # imports
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        Q0, *_ = gibbs._spectral_start(np.random.default_rng(0), users, items, k, len(v), None,
+                                       cache_bytes=cache_bytes)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    table = 8 * n * k
+    assert peak < 3.5 * table, peak / table
+    assert Q0.shape == (n, k) and np.isfinite(Q0).all()
+
+
+def test_the_initial_draws_are_not_alive_during_the_spectral_start(monkeypatch):
+    # issue 11, item 3: the first draws of the stream (every user's and item's normals, the
+    # random start) are made after the spectral start, from a copy of the generator; they
+    # were alive through it, (m + n) (k + 1) float64s
+    m, n, k = 6000, 3000, 16
+    u, i, v = _many_items(m, n, per=4)
+    seen: list[int] = []
+    real = gibbs._spectral_start
+
+    def spy(*args, **kwargs):
+        seen.append(tracemalloc.get_traced_memory()[0])
+        return real(*args, **kwargs)
+
+    gibbs_mf(u[:50], i[:50], v[:50], (m, n), rank=2, sweeps=1)  # imports first
+    monkeypatch.setattr(gibbs, "_spectral_start", spy)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        gibbs_mf(u, i, v, (m, n), rank=k, sweeps=1, seed=0)
+    finally:
+        tracemalloc.stop()
+    draws = 8 * (m + n) * (k + 1)
+    assert seen[0] - before < 0.8 * draws, (seen[0] - before) / draws  # was 1.31, now 0.31
+
+
+def test_skipping_normals_moves_the_stream_on_as_drawing_them():
+    # issue 11, item 3: the stream past the initial draws, which come from a copy of it
+    for count in (0, 5, (1 << 16) + 3):
+        a, b = np.random.default_rng(9), np.random.default_rng(9)
+        a.standard_normal(count)
+        gibbs._skip_normals(b, count)
+        assert a.standard_normal(4).tolist() == b.standard_normal(4).tolist()
+
+
+def test_the_gathered_factors_are_c_ordered_in_the_tables_own_memory():
+    # issue 11, item 3: every user's rows of a shared chain, gathered into one (m, k + 1)
+    # table, give the factors as a C-ordered (m, k) array in the same memory, so the model's
+    # C-ordered copy (20 MiB at 162,540 users, rank 32) is not made
+    rng = np.random.default_rng(3)
+    full = rng.normal(size=(10_000, 7)).astype(np.float32)  # more rows than one move
+    want = np.ascontiguousarray(full[:, :6])
+    got = gibbs._factors_first(full)
+    np.testing.assert_array_equal(got, want)
+    assert got.flags.c_contiguous and np.shares_memory(got, full)
+    assert np.ascontiguousarray(got) is got

@@ -122,8 +122,13 @@ other side's rows (4 K bytes a row); with threads forming blocks ahead (:func:`g
 the users' view's residuals in float32 (4 bytes a rating) when they fit a quarter of
 ``max_memory`` (no block or slab is alive then), and the whole items' view's too when both fit
 (8 bytes a rating: its item products are then CSR products over the items' rows), else forms
-them per block for each product (its item products scattered from the users' view), and
-orthonormalizes in place.
+them per block for each product (its item products scattered from the users' view, a slice
+of ratings at a time), and holds three item-sized tables at its peak (the subspace before and
+after a pair of products, and the next one's orthonormal basis); the random start's draws,
+the first of the stream, are made after it from a copy of the generator. At the end the draws
+and the views are freed before a shared chain gathers every user's rows, into one table that
+then holds the factors C-ordered (what the model keeps, without a copy). Issue 11's 25M
+ratings over 4 processes: 477-479 MiB a process against a bound of 516 (was 515-524).
 
 Defaults, chosen on validation splits carved from the training data (10% of ml-100k u1.base and
 u3.base, of the ml-latest-small and filmtrust 90% training parts): 130 sweeps (issue 9: against
@@ -168,7 +173,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .._memory import bincount_sliced
+from .._memory import bincount_sliced, release_freed_memory
 from ..sparse import csr_tensor as _csr
 from ..threads import max_threads, use_threads, workers_for
 from .priors import check_chain, coo_arguments, normal_gamma_sums
@@ -1187,38 +1192,55 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
     # built a slab of item rows at a time, every time it is used
     i_side: _Side | _Columns
     if implicit or nnz <= (slab or len(vals)):  # one slab, surely (issue 10: not cut to see)
-        i_side = whole = u_side.transpose(max_nnz, total=total_i)
+        i_side = u_side.transpose(max_nnz, total=total_i)
     else:
         columns = _Columns(u_side, n, max_nnz, slab or len(vals), total_i)
         i_side = columns
         if len(columns.slabs) == 1:
-            i_side = whole = u_side.transpose(max_nnz, total=total_i)
+            i_side = u_side.transpose(max_nnz, total=total_i)
         del columns
     k, K = int(rank), int(rank) + 1
-    Xu = _normals_of(rng, m, K, own)  # [P, bu]
-    Xu *= init_std  # (in place: issue 11, item 3)
-    Xi = rng.standard_normal((n, K))  # [Q, bi]
-    Xi *= init_std
-    Xu[:, k] = 0.0
-    Xi[:, k] = 0.0
+    # the first draws of the stream, every user's normals and then every item's, are the
+    # initial factors; issue 11, item 3: they are drawn after the spectral start, which does
+    # not use them, from a copy of the generator (the stream moves on past them here), so they
+    # are not alive at the start's peak (25 MiB at 25M ratings over 4 processes)
+    first = np.random.Generator(type(rng.bit_generator)())
+    first.bit_generator.state = rng.bit_generator.state
+    _skip_normals(rng, (m + n) * K)
     hyp_u = (np.zeros(K), np.ones(K))
     hyp_i = (np.zeros(K), np.ones(K))
+    start_of = None
     if init == "spectral" and resume is None:  # issue 10, item 4
-        Q0, c0, lam_u, lam_i = _spectral_start(rng, u_side, i_side, k, nnz, reduce,
-                                               cache_bytes=start_bytes, pool=pool)
+        start_of = _spectral_start(rng, u_side, i_side, k, nnz, reduce,
+                                   cache_bytes=start_bytes, pool=pool)
+        release_freed_memory()  # the start's workspace, before the sweeps' (issue 11, item 3)
+    Xu = _normals_of(first, m, K, own)  # [P, bu]
+    Xu *= init_std  # (in place: issue 11, item 3)
+    Xi = first.standard_normal((n, K))  # [Q, bi]
+    Xi *= init_std
+    del first
+    Xu[:, k] = 0.0
+    Xi[:, k] = 0.0
+    if start_of is not None:
+        Q0, c0, lam_u, lam_i = start_of
+        del start_of
         found = np.isfinite(lam_u)  # directions without spectrum keep the random start
-        Xi[:, :k][:, found] = Q0[:, found]
+        for j in np.flatnonzero(found):  # (a column at a time: no copy of Q0's)
+            Xi[:, j] = Q0[:, j]
         Xi[:, k] = c0
         hyp_u[1][:k][found], hyp_i[1][:k][found] = lam_u[found], lam_i[found]
+        del Q0, c0
     alpha = 1.0
     by_u, by_i = noise in ("both", "user"), noise in ("both", "item")
     tau_u = np.ones(m_own) if by_u else None
     tau_i = np.ones(n) if by_i else None
     n_user = u_side.counts if total_u is None else total_u
+    n_item = i_side.total
     cnt_u, cnt_i = u_side.counts > 0, i_side.total > 0
     Y = Ym = None
     if implicit:
-        design = _Design(u_side, whole)
+        assert isinstance(i_side, _Side)  # (implicit=True: the items' view whole)
+        design = _Design(u_side, i_side)
         Y = init_std * rng.standard_normal((n, k))
         Ym = np.zeros((n, k))
         hyp_y = (np.zeros(k), np.ones(k))
@@ -1291,14 +1313,15 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
             assert plan is not None
             plan.gather_rows([torch.from_numpy(full)], torch.from_numpy(owned))
             full /= c  # in place, the same numbers (issue 11, item 3: no second m x K table)
-            Pk, Pb, rows = full[:, :k], full[:, k], None
+            Pb, rows = full[:, k].copy(), None
+            Pk = _factors_first(full)  # (over the biases: taken first)
         else:
             Pk, Pb = P[:, :k] / c, P[:, k] / c
         return GibbsResult(
             mu=mu, P=Pk, Q=Q[:, :k] / c, Y=None if Ya is None else Ya / c,
             bu=Pb, bi=Q[:, k] / c, prior_P=mP[:k] / c, prior_Q=mQ[:k] / c,
             prior_bu=float(mP[k] / c), prior_bi=float(mQ[k] / c), alpha=al / c,
-            n_user_ratings=n_user, n_item_ratings=i_side.total, rmse_train=list(rmse),
+            n_user_ratings=n_user, n_item_ratings=n_item, rmse_train=list(rmse),
             seconds=time.perf_counter() - t0, cg_iterations=list(cg_iters), rows=rows,
         )
 
@@ -1383,7 +1406,29 @@ def _gibbs(users: Any, items: Any, values: Any, shape: tuple[int, int], *, rank:
             on_state(sweep, functools.partial(chain_state, sweep), stop or sweep == sweeps)
         if stop:
             break
+    if n_avg:  # (no sweep kept: the means are the draws)
+        # issue 11, item 3: the posterior means need neither the draws nor the views, freed
+        # before every user's rows are gathered (the draws: 25 MiB at 25M ratings over 4
+        # processes; the items' view, when held whole, 8 bytes a rating)
+        del Xu, Xi, u_side, i_side
+        release_freed_memory()
     return means(whole=True)
+
+
+def _factors_first(full: np.ndarray) -> np.ndarray:
+    """The factor columns ``full[:, :k]`` of ``full`` (m, k+1) as a C-ordered (m, k) array in
+    ``full``'s own memory (each row moved down over the biases, 4,096 rows at a time;
+    ``full[:, k]`` is overwritten, so take the biases first): the same numbers as
+    ``np.ascontiguousarray(full[:, :k])`` without a second m x k table (issue 11, item 3: the
+    model copies the factors into a C-ordered tensor, 20 MiB at 162,540 users, rank 32, at a
+    sharded fit's peak)."""
+    m, K = full.shape
+    k = K - 1
+    flat = full.reshape(-1)
+    for r0 in range(0, m, 1 << 12):  # each row lands at or before where it starts
+        r1 = min(m, r0 + (1 << 12))
+        flat[r0 * k : r1 * k] = full[r0:r1, :k].reshape(-1)  # (a copy of the rows first)
+    return flat[: m * k].reshape(m, k)
 
 
 def _sorted_pairs(users: np.ndarray, items: np.ndarray, chunk: int = 1 << 14) -> bool:
@@ -1394,6 +1439,13 @@ def _sorted_pairs(users: np.ndarray, items: np.ndarray, chunk: int = 1 << 14) ->
         if not bool(np.all((u[1:] > u[:-1]) | ((u[1:] == u[:-1]) & (i[1:] >= i[:-1])))):
             return False
     return True
+
+
+def _skip_normals(rng: np.random.Generator, count: int, chunk: int = 1 << 16) -> None:
+    """Move ``rng`` on past ``count`` standard normals, as drawing them in one call (each
+    value is drawn in turn, whatever the calls), ``chunk`` at a time."""
+    for a in range(0, count, chunk):
+        rng.standard_normal(min(chunk, count - a))
 
 
 class _OwnNormals:
@@ -1468,6 +1520,10 @@ def _rated_sums(x: np.ndarray, rated: np.ndarray, chunk: int = 1 << 14
 
 
 
+# The spectral start's residuals are formed in float64 this many ratings at a time (issue 11,
+# item 3)
+_RESIDUAL_SLICE = 1 << 16
+
 # The spectral start (issue 10, item 4): at most this many pairs of products with the centred
 # ratings, stopping once the item subspace has settled: the mean squared cosine of its principal
 # angles with the previous pair's above 1 - _START_TOL.
@@ -1475,11 +1531,13 @@ _START_PAIRS = 10
 _START_TOL = 1e-2
 
 
-def _orthonormal(Y: np.ndarray, reduce: Callable[[list[np.ndarray]], None] | None = None
-                 ) -> np.ndarray:
+def _orthonormal(Y: np.ndarray, reduce: Callable[[list[np.ndarray]], None] | None = None,
+                 out: np.ndarray | None = None) -> np.ndarray:
     """Columns spanning those of ``Y`` (rows x k), orthonormal (Cholesky QR: ``Y L^-T`` with
     ``L L^T = Y^T Y``, the Gram matrix summed over the processes by ``reduce`` when each holds
-    some of the rows), written over ``Y``; a tiny ridge keeps dependent columns finite."""
+    some of the rows), written over ``Y`` or into ``out`` (the same numbers: issue 11, item 3,
+    no copy of ``Y`` and no product temporaries); a tiny ridge keeps dependent columns
+    finite."""
     G = Y.T @ Y
     if reduce is not None:
         reduce([G])
@@ -1487,6 +1545,10 @@ def _orthonormal(Y: np.ndarray, reduce: Callable[[list[np.ndarray]], None] | Non
     G[np.diag_indices(k)] += 1e-10 * float(np.trace(G)) / k + 1e-300
     L = np.linalg.cholesky(G)
     Li = np.linalg.inv(L).T
+    if out is not None:
+        for a in range(0, Y.shape[0], _DRAW_ROWS):
+            np.matmul(Y[a : a + _DRAW_ROWS], Li, out=out[a : a + _DRAW_ROWS])
+        return out
     for a in range(0, Y.shape[0], _DRAW_ROWS):  # in place (issue 11, item 3: no copy of Y)
         Y[a : a + _DRAW_ROWS] = Y[a : a + _DRAW_ROWS] @ Li
     return Y
@@ -1543,8 +1605,23 @@ def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side | _Co
     b0 = sums(u_side, lambda p, a, b: t_of(p, a, b) - np.take(c0, p.cols[a:b]))
     b0 /= u_side.counts + 1.0
 
+    def residual(p: _Side, a: int, b: int, item: np.ndarray, user: np.ndarray) -> np.ndarray:
+        """``t - c0_i - b0_u`` of the ratings ``a:b`` of ``p`` (``item``, ``user``: each one's),
+        in float32, formed in float64 ``_RESIDUAL_SLICE`` ratings at a time, in place (issue
+        11, item 3: a row block's at once took four float64 temporaries, 16 MiB at 25M ratings
+        over 4 processes, at the start's peak; the same numbers)."""
+        out = np.empty(b - a, dtype=np.float32)
+        for s in range(0, b - a, _RESIDUAL_SLICE):
+            e = min(b - a, s + _RESIDUAL_SLICE)
+            t = p.vals[a + s : a + e].astype(np.float64)
+            t -= off
+            t -= np.take(c0, item[s:e])
+            t -= np.take(b0, user[s:e])
+            out[s:e] = t
+        return out
+
     def e_u(p: _Side, a: int, b: int, rows: np.ndarray) -> np.ndarray:
-        return t_of(p, a, b) - np.take(c0, p.cols[a:b]) - np.take(b0, rows)
+        return residual(p, a, b, p.cols[a:b], rows)
 
     # issue 10, item 4: the users' view's residuals in float32 (the products' precision: the
     # same numbers), formed once, not for each of the up to 20 products (at 9M ratings 1.3 s
@@ -1565,7 +1642,7 @@ def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side | _Co
         """The residuals of the users' view's block ``r0:r1`` (ratings ``a:b``), float32."""
         if E is not None:
             return E[a:b]
-        return e_u(u_side, a, b, u_side.row_index(r0, r1, a, b)).astype(np.float32)
+        return e_u(u_side, a, b, u_side.row_index(r0, r1, a, b))
 
     def by_rows(side: _Side, residuals: Callable[[int, int, int, int], np.ndarray]
                 ) -> Callable[[np.ndarray], np.ndarray]:
@@ -1590,7 +1667,7 @@ def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side | _Co
     A_u = by_rows(u_side, e_block)
 
     def e_i(p: _Side, a: int, b: int, rows: np.ndarray) -> np.ndarray:
-        return t_of(p, a, b) - np.take(c0, rows) - np.take(b0, p.cols[a:b])
+        return residual(p, a, b, rows, p.cols[a:b])
 
     def product(side: _Side | _Columns, e: Callable[[_Side, int, int, np.ndarray], np.ndarray]
                 ) -> Callable[[np.ndarray], np.ndarray]:
@@ -1619,7 +1696,8 @@ def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side | _Co
         """``A^T @ dense`` for the items from the users' view: each user block's ``A_b^T
         dense_b`` added into one float32 output, every item's terms in user order as the items'
         view sums them (the same numbers; issue 11, item 3: no item slabs built for each
-        product, and no float32 copy of all of ``dense``)."""
+        product, and no float32 copy of all of ``dense``); in float32 (the caller makes it
+        float64 once ``dense`` is freed)."""
         out = np.zeros((n, dense.shape[1]), dtype=np.float32)
         flat = out.reshape(-1)
         for r0, r1, a, b, crow in u_side.blocks:
@@ -1627,7 +1705,7 @@ def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side | _Co
             part = np.ascontiguousarray(dense[r0:r1], dtype=np.float32).reshape(-1)
             _csc_matvecs(n, r1 - r0, dense.shape[1], crow.numpy(), u_side.cols[a:b], vals,
                          part, flat)
-        return out.astype(np.float64)
+        return out
 
     # issue 10, item 4: with the items' view whole and its residuals fitting ``cache_bytes``
     # beside the users' (4 more bytes a rating), they are formed once too, and ``A^T @ dense``
@@ -1644,14 +1722,20 @@ def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side | _Co
     V = None
     for _ in range(_START_PAIRS):
         Y = _orthonormal(A_u(W), reduce)
+        # issue 11, item 3: the last W is not alive while the next one is made (14 MiB at 25M
+        # ratings over 4 processes), nor Y while it is made float64 (10 MiB), nor a copy of W
+        # and a product's temporary while V_new is made (29 MiB): the start was the peak
+        del W
         W = A_i(Y)
-        del Y  # (issue 11, item 3: not alive while the next one is made)
+        del Y
+        W = W.astype(np.float64, copy=False)
         if reduce is not None:
             reduce([W])
-        V_new = _orthonormal(W.copy())  # (in place: W is used again)
+        V_new = _orthonormal(W, out=np.empty_like(W))  # (not in place: W is used again)
         if V is not None and float(np.sum((V.T @ V_new) ** 2)) / k > 1.0 - _START_TOL:
             break
         V = V_new
+    del V, V_new  # (issue 11, item 3: not alive beside W and W * W)
     s = np.sqrt((W * W).sum(0))
     s[~(s > 1e-8 * s.max(initial=0.0))] = np.nan  # no spectrum in that direction
     # the density among the rated users and items: rows without a rating have no part in A, and
@@ -1663,4 +1747,5 @@ def _spectral_start(rng: np.random.Generator, u_side: _Side, i_side: _Side | _Co
         reduce([rated])
     m_r, n_r = max(float(rated[0]), 1.0), max(float(np.count_nonzero(i_side.total)), 1.0)
     rho = nnz / (m_r * n_r)
-    return W / np.sqrt(s * rho), c0, rho * m_r / s, rho * n_r / s
+    W /= np.sqrt(s * rho)  # (in place: issue 11, item 3)
+    return W, c0, rho * m_r / s, rho * n_r / s
