@@ -10,12 +10,16 @@ Run by pytest; its ``__main__`` is the worker two gloo processes run under torch
 
 from __future__ import annotations
 
+import errno
 import functools
+import json
 import os
 import subprocess
 import sys
+import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -174,6 +178,13 @@ def test_rank_0_gathers_a_uint16_pattern_of_every_process(tmp_path):
     with np.load(tmp_path / "model.npz", allow_pickle=False) as f:
         assert f["seen_indices"].dtype == np.uint16
         np.testing.assert_array_equal(f["seen_indices"], r.items)
+    found = [json.loads((tmp_path / f"rank{r}.txt").read_text()) for r in range(2)]
+    assert found[0]["outcome"].startswith("[Errno 28] No space left on device"), found
+    assert "rank 0 could not gather or write the training pattern" in found[1]["outcome"], found
+    assert max(f["seconds"] for f in found) < 60, found  # the worker's timeout is 120 s
+    assert not (tmp_path / "failed.npz").exists()
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    assert found[0]["asked"] == [5, 5]
     loaded = autofact.load(tmp_path / "model.npz")
     assert [list(t.items) for t in loaded.recommend_batch(np.arange(len(top)), n=100)] \
         == top.tolist()
@@ -272,6 +283,8 @@ def test_distributed_save_of_one_process_is_a_plain_save(tmp_path):
                             rank=0, world_size=1)
     try:
         assert distributed.save(model, tmp_path / "m.npz") == tmp_path / "m.npz"
+        with pytest.raises(RuntimeError, match="not fitted yet; call autofact.distributed.fit"):
+            distributed.save(adam(), tmp_path / "unfitted.npz")
         with pytest.raises(ValueError, match="folder .*nowhere.* does not exist"):
             distributed.save(model, tmp_path / "nowhere" / "m.npz")
     finally:
@@ -317,7 +330,33 @@ def _worker(out: str) -> None:
     # the default gathers nothing: distributed.save assembles the file's pattern a range of
     # users at a time (several ranges here, in small pieces), rows from both processes sorted
     distributed._SAVE_STEP, distributed._GATHER_STEP = 3_000, 500  # type: ignore[attr-defined]
-    distributed.save(distributed.fit(adam(), local, local=True), Path(out, "model.npz"))
+    fitted = distributed.fit(adam(), local, local=True)
+    distributed.save(fitted, Path(out, "model.npz"))
+    # a write that fails on rank 0 while the pattern moves: rank 0 raises its error, the other
+    # process an OSError naming rank 0, at once (not after the timeout); nothing is left behind
+    original, calls = io._write_bytes, [0]
+
+    def failing(stream: Any, arr: np.ndarray) -> None:
+        calls[0] += 1
+        if calls[0] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(stream, arr)
+
+    if rank == 0:
+        io._write_bytes = failing  # type: ignore[assignment]
+    start = time.monotonic()
+    try:
+        distributed.save(fitted, Path(out, "failed.npz"))
+        outcome = "saved"
+    except OSError as exc:
+        outcome = str(exc)
+    io._write_bytes = original  # type: ignore[assignment]
+    # the processes asking for different users: rank 0's list is the one used
+    asked = distributed.fit(adam(), local, local=True, gather_seen=[0, 1] if rank == 0 else [5])
+    Path(out, f"rank{rank}.txt").write_text(json.dumps({
+        "outcome": outcome, "seconds": time.monotonic() - start,
+        "asked": [len(t.items) for t in asked.recommend_batch([0, 1], n=5)] if rank == 0
+        else None}))
     distributed.shutdown()
 
 

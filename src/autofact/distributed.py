@@ -236,9 +236,7 @@ def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
                 "with local=False every process passes all of them; for each process's own "
                 "ratings (autofact.distributed.read_local) pass local=True"
             )
-    if isinstance(gather_seen, str) or not isinstance(gather_seen, bool | Sequence | np.ndarray):
-        raise TypeError(
-            f"gather_seen must be True, False or a sequence of user ids, got {gather_seen!r}")
+    _check_gather_seen(gather_seen)
     model.fit(train, validation=validation, plan=plan, **fit_kwargs)
     # issue 11: the last gradient (a parameter-sized copy the model does not need) and the
     # fit's freed workspace back to the system before the gather's arrays; the objective (its
@@ -254,29 +252,46 @@ def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
     return model
 
 
-def _wanted_rows(model: MatrixFactorization, gather_seen: Any) -> np.ndarray | None:
-    """``distributed.fit``'s ``gather_seen`` as a boolean mask over the model's users (``None``:
-    every user), or ``False`` for nothing."""
-    if gather_seen is True:
-        return None
-    ids = np.asarray(gather_seen)
-    if ids.ndim != 1 or ids.dtype == bool:
+def _check_gather_seen(gather_seen: Any) -> None:
+    """``distributed.fit``'s ``gather_seen``: ``True``, ``False`` or a 1-D sequence of user ids
+    (checked before the fit, not after it)."""
+    if isinstance(gather_seen, bool):
+        return
+    ids = None
+    if not isinstance(gather_seen, str) and isinstance(gather_seen, Sequence | np.ndarray):
+        ids = np.asarray(gather_seen)
+    if ids is None or ids.ndim != 1 or ids.dtype == bool:
         raise TypeError(
-            f"gather_seen must be True, False or a sequence of user ids, got {gather_seen!r}"
-        )
-    mask = np.zeros(model.index_.n_users, dtype=bool)
-    rows = model.index_.user_index(ids, strict=False)
-    mask[rows[rows >= 0]] = True
+            f"gather_seen must be True, False or a sequence of user ids, got {gather_seen!r}")
+
+
+def _wanted_rows(model: MatrixFactorization, gather_seen: Any) -> np.ndarray:
+    """``distributed.fit``'s ``gather_seen`` (``True`` or user ids) as a boolean mask over the
+    model's users."""
+    mask = np.ones(model.index_.n_users, dtype=bool)
+    if gather_seen is not True:
+        mask[:] = False
+        rows = model.index_.user_index(np.asarray(gather_seen), strict=False)
+        mask[rows[rows >= 0]] = True
     return mask
 
 
-def _gather_pattern(model: MatrixFactorization, plan: ShardPlan,
-                    wanted: np.ndarray | None = None) -> None:
-    """Every process's (user, item) pairs of the users in ``wanted`` (a boolean mask; ``None``:
-    every user) onto rank 0, into rank 0's ``model.index_`` beside its own users' (issue 11:
-    it holds 2 bytes a rating of the ratings it gathers, uint16, up to 65536 items, else 4, and
-    one piece: :func:`_pattern_ranges`)."""
+def _rank_0_mask(plan: ShardPlan, mask: np.ndarray) -> np.ndarray:
+    """Rank 0's boolean ``mask`` on every process (one bit a user, broadcast): the processes
+    then agree on whose pairs move, whatever each was given."""
+    bits = torch.from_numpy(np.packbits(mask)) if plan.is_main \
+        else torch.zeros((len(mask) + 7) // 8, dtype=torch.uint8)
+    plan.broadcast([bits])
+    return np.unpackbits(bits.numpy(), count=len(mask)).astype(bool)
+
+
+def _gather_pattern(model: MatrixFactorization, plan: ShardPlan, wanted: np.ndarray) -> None:
+    """Every process's (user, item) pairs of the users in ``wanted`` (a boolean mask; rank 0's
+    is used) onto rank 0, into rank 0's ``model.index_`` beside its own users' (issue 11: it
+    holds 2 bytes a rating of the ratings it gathers, uint16, up to 65536 items, else 4, and one
+    piece: :func:`_pattern_ranges`)."""
     index = model.index_
+    wanted = _rank_0_mask(plan, wanted)
     target = _target_indptr(index, plan, wanted)
     indices = np.empty(int(target[-1]) if plan.is_main else 0, dtype=pattern_dtype(index.n_items))
     for _ in _pattern_ranges(index, plan, target, wanted, lambda lo, hi: indices[lo:hi]):
@@ -286,15 +301,17 @@ def _gather_pattern(model: MatrixFactorization, plan: ShardPlan,
     # issue 11: the pieces' freed temporaries back to the system before with_pattern's checks
     # allocate theirs beside the gathered pattern
     release_freed_memory()
-    model.index_ = index.with_pattern(target, indices, partial=wanted is not None)
+    model.index_ = index.with_pattern(target, indices, partial=not wanted.all())
     release_freed_memory()  # (with_pattern's checks)
 
 
 def _target_indptr(index: Any, plan: ShardPlan, wanted: np.ndarray | None) -> np.ndarray:
     """Rank 0's CSR row pointer once it holds its own users' seen items and every wanted
-    user's (on other processes: zeros, unused)."""
+    user's (``None``: every user's); on the other processes an empty array (unused)."""
+    if not plan.is_main:
+        return np.zeros(0, dtype=np.int64)
     counts = index.user_counts
-    if wanted is not None and plan.is_main:
+    if wanted is not None and not wanted.all():
         own = np.diff(np.asarray(index.seen_arrays()[0], dtype=np.int64))
         counts = np.where(wanted, counts, own)
     indptr = np.zeros(index.n_users + 1, dtype=np.int64)
@@ -303,16 +320,22 @@ def _target_indptr(index: Any, plan: ShardPlan, wanted: np.ndarray | None) -> np
 
 
 def _pattern_ranges(index: Any, plan: ShardPlan, target: np.ndarray, wanted: np.ndarray | None,
-                    buffer: Callable[[int, int], np.ndarray]) -> Iterator[np.ndarray]:
+                    buffer: Callable[[int, int], np.ndarray],
+                    failed: Callable[[], bool] = lambda: False) -> Iterator[np.ndarray]:
     """Gather the training pattern onto rank 0 a range of users at a time (a collective: every
     process iterates it to the end). For each range of users holding at most
     :data:`_SAVE_STEP` ratings of ``target`` (rank 0's row pointer, :func:`_target_indptr`),
-    every other process sends its pairs of the range's ``wanted`` users (``None``: every user;
-    rank 0 must then hold only its own ratings' pairs of the others), as int64 keys ``user *
-    n_items + item``, :data:`_GATHER_STEP` at a time; rank 0 places every pair it holds and the
-    ones it receives into ``buffer(target[first user], target[end user])`` and yields it,
-    complete and sorted within each row (a row whose ratings came from several processes is
-    sorted there). Other processes yield nothing."""
+    every other process sends its pairs of the range's ``wanted`` users (the same mask on every
+    process; ``None``: every user; rank 0 must hold only its own ratings' pairs of the others),
+    as int64 keys ``user * n_items + item``, :data:`_GATHER_STEP` at a time; rank 0 places every
+    pair it holds and the ones it receives into ``buffer(target[first user], target[end user])``
+    and yields it, complete and sorted within each row (a row whose ratings came from several
+    processes is sorted there). Other processes yield nothing.
+
+    A failure on rank 0 (pairs that do not add up; ``failed()``: its caller's, e.g. the file
+    it writes) stops the placing, not the receiving: every range is still taken, so no process
+    is left waiting, and at the end the processes agree on the outcome (one ``all_max``): rank 0
+    raises its error, the others ``OSError`` (EIO) naming rank 0."""
     m, n = index.n_users, index.n_items
     main = plan.is_main
     mine_ptr, mine_cols = index.seen_arrays()
@@ -328,10 +351,11 @@ def _pattern_ranges(index: Any, plan: ShardPlan, target: np.ndarray, wanted: np.
     cuts = np.unique(np.r_[0, np.searchsorted(np.cumsum(index.user_counts),
                                               np.arange(_SAVE_STEP, total, _SAVE_STEP),
                                               side="right"), m])
+    error: BaseException | None = None
     for u0, u1 in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
         a = int(mine_ptr[u0])
 
-        def keys(s: int, e: int, a: int = a, u0: int = u0) -> torch.Tensor:
+        def keys(s: int, e: int, a: int = a) -> torch.Tensor:
             pos = np.arange(a + s, a + e, dtype=np.int64)
             out = np.searchsorted(mine_ptr, pos, side="right") - 1
             out *= n
@@ -344,51 +368,89 @@ def _pattern_ranges(index: Any, plan: ShardPlan, target: np.ndarray, wanted: np.
             for _ in pieces:
                 pass
             continue
-        base = int(target[u0])
-        out = buffer(base, int(target[u1]))
-        fill = target[u0:u1] - base  # where each user's next item goes
-        sources = np.zeros(u1 - u0, dtype=np.int32)  # processes that sent each user
-
-        touched = np.zeros(u1 - u0, dtype=bool)
-        for s in range(a, int(mine_ptr[u1]), _GATHER_STEP):  # rank 0's own pairs
-            e = min(s + _GATHER_STEP, int(mine_ptr[u1]))
-            users = np.searchsorted(mine_ptr, np.arange(s, e), side="right") - 1 - u0
-            touched[_place(out, fill, users, mine_cols[s:e])] = True
-        current = 0
-        for r, piece in pieces:
-            if r != current:
-                sources += touched
-                touched[:] = False
-                current = r
-            users, items = np.divmod(piece.numpy(), n)
-            touched[_place(out, fill, users - u0, items)] = True
-        sources += touched
-        if not np.array_equal(fill, target[u0 + 1 : u1 + 1] - base):
-            bad = u0 + int(np.flatnonzero(fill != target[u0 + 1 : u1 + 1] - base)[0])
-            raise RuntimeError(
-                f"the processes' training patterns do not add up to the ratings counted for "
-                f"user {bad} ({int(fill[bad - u0])} of {int(target[bad + 1] - target[bad])}): "
-                "were they all given their share of the same data?"
-            )
-        mixed = np.flatnonzero(sources > 1)  # parts not split by user: sort those rows' items
-        if len(mixed):
-            lens = fill[mixed] - (target[u0:u1][mixed] - base)
-            rows = np.repeat(mixed, lens)
-            at = np.repeat(target[u0:u1][mixed] - base - np.r_[0, np.cumsum(lens)[:-1]],
-                           lens) + np.arange(len(rows))
-            order = np.lexsort((out[at], rows))
-            out[at] = out[at][order]
-            del rows, at, order
-        yield out
+        if error is None and failed():
+            error = OSError(errno.EIO, "the caller stopped")  # (its own error is raised)
+        out = None
+        try:
+            if error is None:
+                out = _place_range(mine_ptr, mine_cols, target, u0, u1, pieces, n, buffer)
+        except PeerLostError:
+            raise
+        except Exception as exc:  # (every range is still received below)
+            error = exc
+        for _ in pieces:  # what was not taken, after a failure
+            pass
+        if out is not None:
+            yield out
+    flag = torch.tensor([1.0 if main and (error is not None or failed()) else 0.0])
+    plan.all_max([flag])
+    if error is not None and not failed():
+        raise error
+    if flag[0] > 0 and not main:
+        raise OSError(errno.EIO, "rank 0 could not gather or write the training pattern (its "
+                      "error says why)")
 
 
-def _place(out: np.ndarray, fill: np.ndarray, users: np.ndarray, items: np.ndarray
-           ) -> np.ndarray:
+def _place_range(mine_ptr: np.ndarray, mine_cols: np.ndarray, target: np.ndarray, u0: int,
+                 u1: int, pieces: Iterator[tuple[int, torch.Tensor]], n: int,
+                 buffer: Callable[[int, int], np.ndarray]) -> np.ndarray:
+    """Rank 0's part of :func:`_pattern_ranges` for users ``[u0, u1)``: its own pairs, then the
+    other processes' ``pieces``, into ``buffer``; checked and sorted within rows."""
+    base = int(target[u0])
+    out = buffer(base, int(target[u1]))
+    fill = target[u0:u1] - base  # where each user's next item goes
+    sources = np.zeros(u1 - u0, dtype=np.int32)  # processes that sent each user
+    touched = np.zeros(u1 - u0, dtype=bool)
+    a, b = int(mine_ptr[u0]), int(mine_ptr[u1])
+    for s in range(a, b, _GATHER_STEP):  # rank 0's own pairs
+        e = min(s + _GATHER_STEP, b)
+        users = np.searchsorted(mine_ptr, np.arange(s, e), side="right") - 1 - u0
+        touched[_place(out, fill, target[u0 + 1 : u1 + 1] - base, users, mine_cols[s:e])] = True
+    current = 0
+    for r, piece in pieces:
+        if r != current:
+            sources += touched
+            touched[:] = False
+            current = r
+        users, items = np.divmod(piece.numpy(), n)
+        touched[_place(out, fill, target[u0 + 1 : u1 + 1] - base, users - u0, items)] = True
+    sources += touched
+    ends = target[u0 + 1 : u1 + 1] - base
+    if not np.array_equal(fill, ends):
+        k = int(np.flatnonzero(fill != ends)[0])
+        raise RuntimeError(
+            f"the processes' training patterns do not add up to the ratings counted for user "
+            f"index {u0 + k}: {int(fill[k] - (target[u0 + k] - base))} pairs, expected "
+            f"{int(target[u0 + k + 1] - target[u0 + k])}; were they all given their share of "
+            "the same data?"
+        )
+    mixed = np.flatnonzero(sources > 1)  # parts not split by user: sort those rows' items
+    if len(mixed):
+        lens = fill[mixed] - (target[u0:u1][mixed] - base)
+        rows = np.repeat(mixed, lens)
+        at = np.repeat(target[u0:u1][mixed] - base - np.r_[0, np.cumsum(lens)[:-1]],
+                       lens) + np.arange(len(rows))
+        order = np.lexsort((out[at], rows))
+        out[at] = out[at][order]
+    return out
+
+
+def _place(out: np.ndarray, fill: np.ndarray, ends: np.ndarray, users: np.ndarray,
+           items: np.ndarray) -> np.ndarray:
     """A piece of one process's pairs, sorted by (user, item), into the CSR indices ``out``,
-    user ``u``'s next at ``fill[u]`` (advanced); returns the users it touched."""
+    user ``u``'s next at ``fill[u]`` (advanced), its slot ending at ``ends[u]``; returns the
+    users it touched. More pairs than a user's slot raise (never written into the next's)."""
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
     runs = np.diff(np.r_[starts, len(users)])
     first = users[starts]
+    over = fill[first] + runs > ends[first]
+    if over.any():
+        u = int(first[np.flatnonzero(over)[0]])
+        raise RuntimeError(
+            f"the processes' training patterns hold more pairs than the ratings counted for a "
+            f"user ({int(fill[u] + runs[np.flatnonzero(over)[0]])} > its slot): were they all "
+            "given their share of the same data?"
+        )
     out[np.repeat(fill[first] - starts, runs) + np.arange(len(users))] = items
     fill[first] += runs
     return first
@@ -398,13 +460,19 @@ def save(model: MatrixFactorization, path: str | os.PathLike[str], group: Any = 
     """Save a model fitted by :func:`fit` to ``path``, on every process of ``group`` at once (a
     collective: call it on each; rank 0 writes the file, atomically, as :meth:`model.save
     <autofact.MatrixFactorization.save>` does). The file holds every user's seen items: rank 0
-    writes the training pattern a range of users at a time, as the other processes send their
-    users' pairs, so no process holds more than a few MiB of it beyond its own (issue 11, item
-    3: rank 0 otherwise held 2 bytes a rating of *all* the ratings). A model rank 0 already holds
-    whole (``gather_seen=True``, or one process) is saved as it is. Returns ``path``; a save
-    that fails on rank 0 raises there, and an ``OSError`` on the other processes."""
+    writes the training pattern first, a range of users at a time, as the other processes send
+    their users' pairs, so no process holds more than a few MiB of it beyond its own (issue 11,
+    item 3: rank 0 otherwise held 2 bytes a rating of *all* the ratings); the other processes
+    return once the pattern is written, and rank 0 then writes the factor tables. A model rank
+    0 already holds whole (``gather_seen=True``, or one process) is saved as it is. Returns
+    ``path``. A save that fails on rank 0 raises there; while the pattern moves (or before:
+    a folder that does not exist, an unfitted model), the other processes raise ``OSError``
+    (EIO) naming rank 0, never wait for it past the pattern."""
     from . import io
 
+    if not hasattr(model, "index_"):  # (the same on every process)
+        raise RuntimeError("this MatrixFactorization is not fitted yet; call "
+                           "autofact.distributed.fit first")
     plan = TorchShardPlan(group, local=True)
     index = model.index_
     ready = torch.zeros(2, dtype=torch.float64)
@@ -424,24 +492,27 @@ def save(model: MatrixFactorization, path: str | os.PathLike[str], group: Any = 
         if plan.is_main:
             io.save(model, path)
         return Path(path)
-    # the users whose seen items rank 0 lacks (its own users' it has, and any it gathered):
-    # only theirs are sent, one bit a user from rank 0
-    m = index.n_users
-    bits = torch.zeros((m + 7) // 8, dtype=torch.uint8)
-    if plan.is_main:
-        held = np.diff(np.asarray(index.seen_arrays()[0], dtype=np.int64))
-        bits = torch.from_numpy(np.packbits(held < index.user_counts))
-    plan.broadcast([bits])
-    lacking = np.unpackbits(bits.numpy(), count=m).astype(bool)
-    del bits
+    # the users whose seen items rank 0 lacks (it has its own users', and any it gathered):
+    # only theirs are sent
+    held = np.diff(np.asarray(index.seen_arrays()[0], dtype=np.int64))
+    lacking = _rank_0_mask(plan, held < index.user_counts)
+    del held
     target = _target_indptr(index, plan, None)
+    stopped = [False]
     chunks = _pattern_ranges(index, plan, target, lacking,
-                             lambda lo, hi: np.empty(hi - lo, dtype=pattern_dtype(index.n_items)))
-    if plan.is_main:
-        io.save(model, path, seen=(target, chunks))
-    else:
+                             lambda lo, hi: np.empty(hi - lo, dtype=pattern_dtype(index.n_items)),
+                             failed=lambda: stopped[0])
+    if not plan.is_main:
         for _ in chunks:
             pass
+        return Path(path)
+    try:
+        io.save(model, path, seen=(target, chunks))
+    except Exception:
+        stopped[0] = True
+        for _ in chunks:  # the others finish sending and learn of it; then rank 0 raises
+            pass
+        raise
     return Path(path)
 
 

@@ -245,9 +245,10 @@ class ModelIndex:
         first = py_scalar(self.user_ids[short[0]])
         raise ValueError(
             f"cannot {action}: this model holds the seen items of {int(indptr[-1])} of its "
-            f"{int(self.user_counts.sum())} training ratings (it was fitted on rank-local ratings "
-            f"with autofact.distributed.fit(..., gather_seen=False)); user {first!r} and "
-            f"{len(short) - 1} more rated items that live on another process. Save it with "
+            f"{int(self.user_counts.sum())} training ratings (fitted on rank-local ratings by "
+            f"autofact.distributed.fit, it holds its own users' and those gathered with "
+            f"gather_seen=); user {first!r} and {len(short) - 1} more rated items that live on "
+            "another process. Save it with "
             "autofact.distributed.save(model, path), called on every process, or pass "
             "gather_seen=True (every user) or gather_seen=<user ids> to distributed.fit"
         )

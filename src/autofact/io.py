@@ -212,10 +212,11 @@ def savez_plain(fh: BinaryIO, arrays: dict[str, np.ndarray],
         if np.asarray(a).dtype.hasobject:
             raise TypeError(f"array {name!r} holds Python objects ({np.asarray(a).dtype}); "
                             "only numeric arrays are saved (no pickle)")
-    skip = None if streamed is None else streamed[0]
     with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        if streamed is not None:  # first: its source may be waiting on it (distributed.save)
+            _write_streamed(zf, *streamed)
         for key, a in arrays.items():
-            if key != skip:
+            if streamed is None or key != streamed[0]:
                 arr = np.asarray(a)
                 if not arr.flags.c_contiguous:  # (ascontiguousarray would make 0-d 1-d)
                     arr = arr.copy(order="C")
@@ -223,28 +224,31 @@ def savez_plain(fh: BinaryIO, arrays: dict[str, np.ndarray],
                     np.lib.format.write_array_header_1_0(
                         out, np.lib.format.header_data_from_array_1_0(arr))
                     _write_bytes(out, arr)
-        if streamed is None:
-            return
-        name, length, chunks = streamed
-        written, dtype = 0, None
-        with zf.open(name + ".npy", "w", force_zip64=True) as out:
-            for chunk in chunks:
-                if dtype is None:
-                    dtype = chunk.dtype
-                    np.lib.format.write_array_header_1_0(
-                        out, {"descr": np.lib.format.dtype_to_descr(dtype),
-                              "fortran_order": False, "shape": (length,)})
-                if chunk.dtype != dtype or chunk.ndim != 1 or dtype.kind not in "iu":
-                    raise TypeError(f"{name}: a chunk of {chunk.dtype} with shape {chunk.shape}; "
-                                    f"expected 1-D integers of one dtype ({dtype})")
-                written += len(chunk)
-                _write_bytes(out, np.ascontiguousarray(chunk))
+
+
+def _write_streamed(zf: zipfile.ZipFile, name: str, length: int,
+                    chunks: Iterable[np.ndarray]) -> None:
+    """:func:`savez_plain`'s streamed member ``NAME.npy``: 1-D, ``length`` values, the first
+    chunk's integer dtype."""
+    written, dtype = 0, None
+    with zf.open(name + ".npy", "w", force_zip64=True) as out:
+        for chunk in chunks:
             if dtype is None:
-                empty = np.empty(0, dtype=np.int32)
+                dtype = chunk.dtype
                 np.lib.format.write_array_header_1_0(
-                    out, np.lib.format.header_data_from_array_1_0(empty))
-        if written != length:
-            raise ValueError(f"{name}: the chunks held {written} values, expected {length}")
+                    out, {"descr": np.lib.format.dtype_to_descr(dtype),
+                          "fortran_order": False, "shape": (length,)})
+            if chunk.dtype != dtype or chunk.ndim != 1 or dtype.kind not in "iu":
+                raise TypeError(f"{name}: a chunk of {chunk.dtype} with shape {chunk.shape}; "
+                                f"expected 1-D integers of one dtype ({dtype})")
+            written += len(chunk)
+            _write_bytes(out, np.ascontiguousarray(chunk))
+        if dtype is None:
+            empty = np.empty(0, dtype=np.int32)
+            np.lib.format.write_array_header_1_0(
+                out, np.lib.format.header_data_from_array_1_0(empty))
+    if written != length:
+        raise ValueError(f"{name}: the chunks held {written} values, expected {length}")
 
 
 def _write_bytes(out: Any, arr: np.ndarray) -> None:
