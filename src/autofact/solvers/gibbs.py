@@ -128,7 +128,8 @@ after a pair of products, and the next one's orthonormal basis); the random star
 the first of the stream, are made after it from a copy of the generator. At the end the draws
 and the views are freed before a shared chain gathers every user's rows, into one table that
 then holds the factors C-ordered (what the model keeps, without a copy). Issue 11's 25M
-ratings over 4 processes: 477-479 MiB a process against a bound of 516 (was 515-524).
+ratings over 4 processes (``benchmarks/shards.py``): 474-481 MiB a process, 0.91-0.93 of the
+bound held (516-519 MiB), where it was 515-524 (1.00-1.01).
 
 Defaults, chosen on validation splits carved from the training data (10% of ml-100k u1.base and
 u3.base, of the ml-latest-small and filmtrust 90% training parts): 130 sweeps (issue 9: against
