@@ -52,14 +52,11 @@ def test_two_processes_give_the_single_process_fit(tmp_path, solver):
                                                          rel=1e-12)
 
 
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [({"solver": "sgd"}, "the full-batch solvers: set solver to one of .*got solver='sgd'"),
-     ({"solver": "adam", "batch_size": 64}, "set batch_size=None, got 64")],
-)
-def test_unsupported_settings_are_refused(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        distributed.fit(autofact.MatrixFactorization(**kwargs), planted())
+def test_unsupported_settings_are_refused():
+    # (issue 11, item 2: sgd and mini-batch adam are shared now: tests/test_distributed_minibatch)
+    with pytest.raises(ValueError, match="distributed training runs these solvers: .*got "
+                       "solver='newton'"):
+        distributed.fit(autofact.MatrixFactorization(solver="newton"), planted())
 
 
 def test_fit_without_a_process_group_says_how_to_start_one():

@@ -34,8 +34,11 @@ Alternatively every process reads all the ratings (``autofact.read``) and ``fit`
 keeps about ``1/world_size`` of them, cut at user boundaries (:func:`~autofact.sharding.user_cuts`:
 every rating of a user on one process).
 
-The full-batch solvers are supported: ``gd``, ``adam`` and ``lbfgs`` (``batch_size=None``),
-and ``als`` and ``gibbs`` (issue 11); ``solver='auto'`` picks what one process would (the
+Every solver runs shared: ``gd``, ``adam`` and ``lbfgs`` full batch (every process holds every
+row), mini-batch ``sgd`` and ``adam`` (users partitioned as for ``als``: each process's batches are
+its users' ratings, its users' rows move on its batch alone, the items' rows by the gradient summed
+over the processes each step, :mod:`autofact.solvers.first_order`), and ``als`` and ``gibbs``
+(issue 11); ``solver='auto'`` picks what one process would (the
 sampler for the default model: :func:`autofact.solvers.gibbs.gibbs_mf`, sharded by user as
 ``als`` is). ``als`` partitions the users instead of copying them: every rating of
 a user must be on one process (``local=False`` cuts the ratings at user boundaries;
@@ -92,7 +95,7 @@ __all__ = ["init", "fit", "save", "read_local", "assign_parts", "user_owner", "i
 
 #: What ``fit`` runs shared: the full-batch gradient solvers, ``als`` and ``gibbs`` (users
 #: partitioned), and ``auto`` (what one process would pick).
-SOLVERS = ("auto", "als", "gibbs", "gd", "adam", "lbfgs")
+SOLVERS = ("auto", "als", "gibbs", "gd", "adam", "lbfgs", "sgd")
 #: Seconds a collective waits for the other processes before the fit gives up on them.
 DEFAULT_TIMEOUT = 300.0
 #: Seconds of the timeout kept back to find out which rank stopped answering.
@@ -198,12 +201,8 @@ def fit(model: MatrixFactorization, ratings: Any, validation: Any = None,
     one every process can read, to resume)."""
     if model.solver not in SOLVERS:
         raise ValueError(
-            f"distributed training runs the full-batch solvers: set solver to one of "
+            f"distributed training runs these solvers: set solver to one of "
             f"{SOLVERS}, got solver={model.solver!r}"
-        )
-    if model.batch_size is not None:
-        raise ValueError(
-            f"distributed training is full batch: set batch_size=None, got {model.batch_size!r}"
         )
     if local and model.validation_fraction is not None:
         raise ValueError(

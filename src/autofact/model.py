@@ -511,8 +511,16 @@ class MatrixFactorization:
         params = obj.init_params(self._resolved_rank(), seed=self.seed, init_std=self.init_std)
         # issue 11: shared ALS partitions the users: each process keeps only its users' rows
         # (and biases) while it trains, gathered onto every process after the fit
+        # (and shared mini-batches, issue 11, item 2: each process's batches are its users')
+        minibatch = solver == "sgd" or (solver == "adam" and self.batch_size is not None)
+        if shared and minibatch and checkpoint is not None:
+            raise ValueError(
+                f"checkpoint= is not available for mini-batches shared by processes "
+                f"(solver={solver!r}, batch_size={self.batch_size!r}) yet; fit without it, or "
+                "use batch_size=None or solver='als'"
+            )
         owned = obj.plan.owned_rows(obj.users, obj.shape[0]) \
-            if shared and solver == "als" else None
+            if shared and (solver == "als" or minibatch) else None
         gathered = [owned is None]
         if owned is not None:
             own_idx = torch.nonzero(owned).flatten()

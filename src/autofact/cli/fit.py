@@ -175,7 +175,12 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         # issue 11: als and the sampler (what auto picks here, as in one process) need every
         # rating of a user on one process: a folder of parts is then read by user (each
         # process reads every part, keeps its users); checkpointed or not (issue 11)
-        by_user = args.solver in (None, "auto", "als", "gibbs")
+        # (and mini-batches, issue 11, item 2: each process's batches are its users' ratings)
+        chosen = {**(file_params() if args.params is not None else {}),
+                  **{k: v for k, v in (("solver", args.solver),
+                                       ("batch_size", args.batch_size)) if v is not None}}
+        by_user = chosen.get("solver") in (None, "auto", "als", "gibbs", "sgd") \
+            or chosen.get("batch_size") is not None
         # issue 11 (memory): a float32 fit (the default) shares float32 values read as such:
         # 12 bytes a rating held instead of 16, and no float32 copy in the objective
         fit_dtype = args.dtype

@@ -123,7 +123,7 @@ class _Guard:
         self.moved = False  # (verifies_start) whether this epoch's parameters moved
         self.epoch = 0
         if not at_start and start is None:  # a mini-batch epoch's value is no J: measure J0
-            self.start = obj.value(params)
+            self.start = obj.value(params) if value is None else value()
             if not math.isfinite(self.start):
                 self._fail(1, self.start, self.trial, 0, initial=True)
 

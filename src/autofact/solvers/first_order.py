@@ -161,6 +161,8 @@ def make_first_order(obj: Objective, params: Params, solver: str, lr: float,
     else:
         raise ValueError(f"solver must be 'gd', 'sgd' or 'adam', got {solver!r}")
 
+    if full and obj.plan.world_size > 1 and solver != "gd" and batch_size is not None:
+        full = False  # (a shared mini-batch fit stays one, whatever this process's share)
     if full:
         def full_step() -> float:
             opt.zero_grad()
@@ -186,6 +188,8 @@ def make_first_order(obj: Objective, params: Params, solver: str, lr: float,
         return epoch
 
     bs = int(batch_size)  # type: ignore[arg-type]
+    if obj.plan.world_size > 1:
+        return _shared_row_epoch(obj, params, opt, bs, gen)
     if _RowBatches.applies(obj, params):
         rows = _RowBatches(obj, params)
         names = list(params)
@@ -222,6 +226,85 @@ def make_first_order(obj: Objective, params: Params, solver: str, lr: float,
     return Epoch(minibatch_epoch, at_start=False, **_state_of(opt))
 
 
+def _shared_row_epoch(obj: Objective, params: Params, opt: _Descent, bs: int,
+                      gen: torch.Generator) -> Epoch:
+    """Mini-batches shared by ``w`` processes (issue 11, item 2), users partitioned (every
+    rating of a user on one process, its rows on that process only: ``params["P"]`` and ``bu``
+    hold every user's rows or only this process's, in order). Each step every process takes
+    ``ceil(bs / w)`` of its own ratings (an empty batch once its own are used up: the steps of
+    an epoch are the largest share's, the same on every process), updates its users' rows from
+    its batch alone, and the items' rows from the gradient summed over the processes (one
+    all-reduce of ``n (k' + 1)`` values a step: the touched items' rows, a dense table, so that
+    every process holds the same item rows and Adam moments). Together the processes' batches
+    of a step are one batch of about ``bs`` ratings of the whole data, regularized as in one
+    process (:class:`_RowBatches`: each row's share of its ratings, counted over every
+    process). The epoch's value is summed over the processes."""
+    if not _RowBatches.separable(obj, params):
+        raise ValueError(
+            "mini-batches shared by processes need a regularizer that is a sum over entries "
+            "and no unobserved_weight; use batch_size=None (full batch) or solver='als'"
+        )
+    plan = obj.plan
+    rows = _RowBatches(obj, params)
+    names = list(params)
+    w = plan.world_size
+    local_bs = max(1, -(-bs // w))
+    sizes = torch.tensor([float(obj.nnz)], dtype=torch.float64)
+    plan.all_max([sizes])
+    steps = -(-int(sizes[0]) // local_bs)
+    item_names = [k for k in ("Q", "bi") if k in params]
+    k1 = params["Q"].shape[1]
+    n = obj.shape[1]
+
+    def sum_items(touched: list[tuple[str, torch.Tensor, torch.Tensor]]
+                  ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """The items' touched rows and gradients, summed over the processes."""
+        dense = torch.zeros(n, k1 + 2, dtype=params["Q"].dtype, device=params["Q"].device)
+        mine = [t for t in touched if t[0] not in item_names]
+        for name, r, leaf in touched:
+            if name in item_names and leaf.grad is not None:
+                g = leaf.grad if leaf.grad.dim() == 2 else leaf.grad[:, None]
+                at = slice(0, k1) if name == "Q" else slice(k1, k1 + 1)
+                dense[r, at] = g
+                dense[r, k1 + 1] = 1.0
+        plan.all_sum([dense])
+        hit = torch.nonzero(dense[:, k1 + 1] > 0).flatten()
+        out = []
+        for name in item_names:
+            leaf = params[name].detach().index_select(0, hit).requires_grad_()
+            g = dense.index_select(0, hit)
+            leaf.grad = g[:, :k1].contiguous() if name == "Q" else g[:, k1].contiguous()
+            out.append((name, hit, leaf))
+        return mine + out
+
+    def epoch() -> float:
+        order = torch.randperm(obj.nnz, generator=gen).to(obj.device)
+        total = rows.idle
+        for step in range(steps):
+            idx = order[step * local_bs : (step + 1) * local_bs]
+            touched: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+            if len(idx):
+                loss, touched = rows.loss(params, idx)
+                loss.backward()
+                total += float(loss.detach())
+            opt.step_rows([(names.index(name), r, leaf)
+                           for name, r, leaf in sum_items(touched) if len(r)])
+        return plan.all_sum_float(total)
+
+    @torch.no_grad()
+    def value() -> float:
+        """``J`` at the parameters as they are: this process's ratings' batches' objectives
+        (their regularizer shares add up to its users' rows' and its share of the items'),
+        summed over the processes (the divergence guard's measure)."""
+        total = rows.idle
+        for s in range(0, obj.nnz, 1 << 16):
+            idx = torch.arange(s, min(s + (1 << 16), obj.nnz), device=obj.device)
+            total += float(rows.loss(params, idx)[0])
+        return plan.all_sum_float(total)
+
+    return Epoch(epoch, at_start=False, value=value, **_state_of(opt))
+
+
 def _state_of(opt: _Descent) -> dict[str, Any]:
     """The checkpoint hooks of :class:`Epoch` for ``opt`` (only Adam keeps a state)."""
     if isinstance(opt, _Adam):
@@ -243,12 +326,16 @@ class _RowBatches:
 
     @staticmethod
     def applies(obj: Objective, params: Params) -> bool:
-        """One process, the usual parameters, no unobserved term (issue 12), and a regularizer
-        that is a sum over entries whose value on single entries adds up to its value on a
-        matrix."""
+        """One process, and :meth:`separable`."""
+        return getattr(obj.plan, "world_size", 1) == 1 and _RowBatches.separable(obj, params)
+
+    @staticmethod
+    def separable(obj: Objective, params: Params) -> bool:
+        """The usual parameters, no unobserved term (issue 12), and a regularizer that is a sum
+        over entries whose value on single entries adds up to its value on a matrix."""
         from ..regularizers import separability
 
-        if not (getattr(obj.plan, "world_size", 1) == 1 and not obj.unobserved_weight
+        if not (not obj.unobserved_weight
                 and set(params) <= {"P", "Q", "bu", "bi"} and separability(obj.reg)[0]):
             return False  # the unobserved term couples every row: Objective.batch_loss has it
         x = (torch.arange(12, dtype=torch.float64).reshape(3, 4) * 0.37).sin()
@@ -265,12 +352,30 @@ class _RowBatches:
         dt = params["P"].dtype
         counts_u = torch.bincount(obj.users.long(), minlength=m)
         counts_i = torch.bincount(obj.items.long(), minlength=n)
+        plan = obj.plan
+        #: Shared (issue 11): the users' row of each user code in ``P`` (``None``: the code).
+        self.user_rows: torch.Tensor | None = None
+        unrated_u = counts_u == 0
+        if plan.world_size > 1:
+            # every process's counts (a row's share of its ratings over all of them); users
+            # partitioned, so a user's count is its owner's; the rows no process rates are
+            # rank 0's (owned_rows), their constant regularizer counted there once
+            owned = plan.owned_rows(obj.users, m)
+            plan.all_sum([counts_i])
+            unrated_u = (counts_u == 0) & owned
+            if params["P"].shape[0] != m:  # this process's users' rows only, in order
+                own = torch.nonzero(owned).flatten()
+                self.user_rows = torch.full((m,), -1, dtype=torch.long, device=own.device)
+                self.user_rows[own] = torch.arange(len(own), device=own.device)
+                unrated_u = unrated_u[own]
         self.inv_u = 1.0 / counts_u.clamp_min(1).to(dt)
         self.inv_i = 1.0 / counts_i.clamp_min(1).to(dt)
         idle = 0.0
         with torch.no_grad():
             for name, p in params.items():
-                unrated = (counts_u if name in ("P", "bu") else counts_i) == 0
+                unrated = unrated_u if name in ("P", "bu") else counts_i == 0
+                if name not in ("P", "bu") and not plan.is_main:
+                    continue  # (the items' constant once, on rank 0)
                 if bool(unrated.any()):
                     idle += float(self.entry_reg(p[unrated].reshape(-1)).sum())
         self.idle = idle
@@ -285,7 +390,9 @@ class _RowBatches:
         u, i = obj.users.index_select(0, idx).long(), obj.items.index_select(0, idx).long()
         ru, iu = torch.unique(u, return_inverse=True)
         ri, ii = torch.unique(i, return_inverse=True)
-        leaves = {name: p.detach().index_select(0, ru if name in ("P", "bu") else ri)
+        # (shared, issue 11: the users' rows in this process's table of its own users)
+        pu = ru if self.user_rows is None else self.user_rows.index_select(0, ru)
+        leaves = {name: p.detach().index_select(0, pu if name in ("P", "bu") else ri)
                   .requires_grad_() for name, p in params.items()}
         pred = (leaves["P"][iu] * leaves["Q"][ii]).sum(1) + obj.mu
         if "bu" in leaves:
@@ -304,6 +411,6 @@ class _RowBatches:
             weights.append(share[:, None].expand_as(leaf).reshape(-1) if leaf.dim() == 2
                            else share)
         reg = (self.entry_reg(torch.cat(entries)) * torch.cat(weights)).sum()
-        touched = [(name, ru if name in ("P", "bu") else ri, leaf)
+        touched = [(name, pu if name in ("P", "bu") else ri, leaf)
                    for name, leaf in leaves.items()]
         return out.sum() + reg, touched
