@@ -25,7 +25,7 @@ import torch
 from .._memory import release_freed_memory
 from ..objective import Objective, Params
 from ..threads import limit_threads, threads_for
-from ._base import Epoch, check_finite
+from ._base import Epoch, all_finite, check_finite
 
 __all__ = ["make_first_order"]
 
@@ -147,6 +147,7 @@ def make_first_order(obj: Objective, params: Params, solver: str, lr: float,
                      batch_size: int | None, gen: torch.Generator) -> Epoch:
     """The epoch of ``gd``, ``sgd`` or ``adam`` on ``params``."""
     plist = list(params.values())
+    requested = batch_size
     full = batch_size is None or batch_size >= obj.nnz
     opt: _Descent
     if solver == "gd":
@@ -161,8 +162,11 @@ def make_first_order(obj: Objective, params: Params, solver: str, lr: float,
     else:
         raise ValueError(f"solver must be 'gd', 'sgd' or 'adam', got {solver!r}")
 
-    if full and obj.plan.world_size > 1 and solver != "gd" and batch_size is not None:
-        full = False  # (a shared mini-batch fit stays one, whatever this process's share)
+    if obj.plan.world_size > 1 and solver != "gd" and (requested is not None or solver == "sgd"):
+        # (decided on the settings alone, never on this process's count of ratings: every
+        # process must take the same steps)
+        return _shared_row_epoch(obj, params, opt, 1024 if requested is None else int(requested),
+                                 gen)
     if full:
         def full_step() -> float:
             opt.zero_grad()
@@ -188,8 +192,6 @@ def make_first_order(obj: Objective, params: Params, solver: str, lr: float,
         return epoch
 
     bs = int(batch_size)  # type: ignore[arg-type]
-    if obj.plan.world_size > 1:
-        return _shared_row_epoch(obj, params, opt, bs, gen)
     if _RowBatches.applies(obj, params):
         rows = _RowBatches(obj, params)
         names = list(params)
@@ -230,9 +232,12 @@ def _shared_row_epoch(obj: Objective, params: Params, opt: _Descent, bs: int,
                       gen: torch.Generator) -> Epoch:
     """Mini-batches shared by ``w`` processes (issue 11, item 2), users partitioned (every
     rating of a user on one process, its rows on that process only: ``params["P"]`` and ``bu``
-    hold every user's rows or only this process's, in order). Each step every process takes
-    ``ceil(bs / w)`` of its own ratings (an empty batch once its own are used up: the steps of
-    an epoch are the largest share's, the same on every process), updates its users' rows from
+    hold every user's rows or only this process's, in order). Each step every process takes its
+    share of ``bs`` in proportion to its share of the ratings, ``ceil(bs N_r / N)`` (the epoch's
+    steps: the most any process needs, the same on every process; a process whose ratings are
+    used up takes an empty batch), so that a step's batches together are about ``bs`` ratings
+    drawn evenly from all the data, however unevenly they are shared; it updates its users' rows
+    from
     its batch alone, and the items' rows from the gradient summed over the processes (one
     all-reduce of ``n (k' + 1)`` values a step: the touched items' rows, a dense table, so that
     every process holds the same item rows and Adam moments). Together the processes' batches
@@ -247,11 +252,12 @@ def _shared_row_epoch(obj: Objective, params: Params, opt: _Descent, bs: int,
     plan = obj.plan
     rows = _RowBatches(obj, params)
     names = list(params)
-    w = plan.world_size
-    local_bs = max(1, -(-bs // w))
-    sizes = torch.tensor([float(obj.nnz)], dtype=torch.float64)
+    total_nnz = int(plan.all_sum_float(float(obj.nnz)))
+    local_bs = max(1, -(-bs * obj.nnz // total_nnz))
+    sizes = torch.tensor([float(-(-obj.nnz // local_bs))], dtype=torch.float64)
     plan.all_max([sizes])
-    steps = -(-int(sizes[0]) // local_bs)
+    steps = int(sizes[0])
+    batch_work = min(local_bs, obj.nnz) * (params["P"].shape[1] + 1)
     item_names = [k for k in ("Q", "bi") if k in params]
     k1 = params["Q"].shape[1]
     n = obj.shape[1]
@@ -280,15 +286,21 @@ def _shared_row_epoch(obj: Objective, params: Params, opt: _Descent, bs: int,
     def epoch() -> float:
         order = torch.randperm(obj.nnz, generator=gen).to(obj.device)
         total = rows.idle
-        for step in range(steps):
-            idx = order[step * local_bs : (step + 1) * local_bs]
-            touched: list[tuple[str, torch.Tensor, torch.Tensor]] = []
-            if len(idx):
-                loss, touched = rows.loss(params, idx)
-                loss.backward()
-                total += float(loss.detach())
-            opt.step_rows([(names.index(name), r, leaf)
-                           for name, r, leaf in sum_items(touched) if len(r)])
+        # (a step's threads by a batch's work, as in one process: issue 10)
+        with limit_threads(threads_for(batch_work, torch.get_num_threads())):
+            for step in range(steps):
+                idx = order[step * local_bs : (step + 1) * local_bs]
+                touched: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+                if len(idx):
+                    loss, touched = rows.loss(params, idx)
+                    loss.backward()
+                    total += float(loss.detach())
+                opt.step_rows([(names.index(name), r, leaf)
+                               for name, r, leaf in sum_items(touched) if len(r)])
+        # this process's rows gone non-finite on its last step: every process must fail alike
+        # (the value is summed), never this one alone while the others wait in a collective
+        if not all(all_finite(params[k]) for k in ("P", "bu") if k in params):
+            total = math.nan
         return plan.all_sum_float(total)
 
     @torch.no_grad()
