@@ -135,12 +135,14 @@ def test_distributed_fit_without_a_process_group():
         distributed.fit(MatrixFactorization(solver="adam", lr=0.01), tiny())
 
 
-def test_distributed_fit_refuses_mini_batches():
+def test_distributed_fit_of_mini_batches_needs_a_process_group():
+    # issue 11, item 2: mini-batches are shared now (tests/test_distributed_minibatch.py);
+    # without a process group the fit says how to start one
     from autofact import distributed
 
     model = MatrixFactorization(solver="adam", lr=0.01, batch_size=4)
-    with pytest.raises(ValueError, match=r"distributed training is full batch: set "
-                                         r"batch_size=None, got 4"):
+    with pytest.raises(RuntimeError, match="no torch.distributed process group: call "
+                       "autofact.distributed.init"):
         distributed.fit(model, tiny())
 
 
