@@ -537,6 +537,10 @@ class MatrixFactorization:
                     t = params[k].detach()
                     whole[k] = t.new_zeros((obj.shape[0], *t.shape[1:]))
                     whole[k][own_idx] = t
+                    # issue 11, item 3: the compact table goes before the gather, not after
+                    # it (its rows are in the whole one: the processes' peak was there)
+                    params[k] = whole[k]
+                    del t
             obj.plan.gather_rows(list(whole.values()), owned)
             params.update({k: t.requires_grad_() for k, t in whole.items()})
             gathered[0] = True
