@@ -239,7 +239,7 @@ def _shared_row_epoch(obj: Objective, params: Params, opt: _Descent, bs: int,
     drawn evenly from all the data, however unevenly they are shared; it updates its users' rows
     from
     its batch alone, and the items' rows from the gradient summed over the processes (one
-    all-reduce of ``n (k' + 1)`` values a step: the touched items' rows, a dense table, so that
+    all-reduce of ``n (k + 2)`` values a step: the touched items' rows, a dense table, so that
     every process holds the same item rows and Adam moments). Together the processes' batches
     of a step are one batch of about ``bs`` ratings of the whole data, regularized as in one
     process (:class:`_RowBatches`: each row's share of its ratings, counted over every
