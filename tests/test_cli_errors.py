@@ -566,7 +566,7 @@ def test_a_failed_save_names_out_and_exits_1(files, capsys, monkeypatch, tmp_pat
     # a disk-full save is a failed run (1), named by --out, not by the temporary file
     from autofact import io as afio
 
-    def full(target, arrays):
+    def full(target, arrays, streamed=None):
         raise OSError(28, "No space left on device", str(target.parent / ".m.npz.1.abcdefgh.tmp"))
 
     monkeypatch.setattr(afio, "_atomic_savez", full)

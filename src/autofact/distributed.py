@@ -267,11 +267,11 @@ def _check_gather_seen(gather_seen: Any) -> None:
 def _wanted_rows(model: MatrixFactorization, gather_seen: Any) -> np.ndarray:
     """``distributed.fit``'s ``gather_seen`` (``True`` or user ids) as a boolean mask over the
     model's users."""
-    mask = np.ones(model.index_.n_users, dtype=bool)
-    if gather_seen is not True:
-        mask[:] = False
-        rows = model.index_.user_index(np.asarray(gather_seen), strict=False)
-        mask[rows[rows >= 0]] = True
+    if gather_seen is True:
+        return np.ones(model.index_.n_users, dtype=bool)
+    mask = np.zeros(model.index_.n_users, dtype=bool)
+    rows = model.index_.user_index(np.asarray(gather_seen), strict=False)
+    mask[rows[rows >= 0]] = True
     return mask
 
 
@@ -397,14 +397,16 @@ def _place_range(mine_ptr: np.ndarray, mine_cols: np.ndarray, target: np.ndarray
     other processes' ``pieces``, into ``buffer``; checked and sorted within rows."""
     base = int(target[u0])
     out = buffer(base, int(target[u1]))
-    fill = target[u0:u1] - base  # where each user's next item goes
+    starts = target[u0:u1] - base  # each user's slot in out
+    ends = target[u0 + 1 : u1 + 1] - base
+    fill = starts.copy()  # where each user's next item goes
     sources = np.zeros(u1 - u0, dtype=np.int32)  # processes that sent each user
     touched = np.zeros(u1 - u0, dtype=bool)
     a, b = int(mine_ptr[u0]), int(mine_ptr[u1])
     for s in range(a, b, _GATHER_STEP):  # rank 0's own pairs
         e = min(s + _GATHER_STEP, b)
         users = np.searchsorted(mine_ptr, np.arange(s, e), side="right") - 1 - u0
-        touched[_place(out, fill, target[u0 + 1 : u1 + 1] - base, users, mine_cols[s:e])] = True
+        touched[_place(out, fill, ends, users, mine_cols[s:e])] = True
     current = 0
     for r, piece in pieces:
         if r != current:
@@ -412,23 +414,21 @@ def _place_range(mine_ptr: np.ndarray, mine_cols: np.ndarray, target: np.ndarray
             touched[:] = False
             current = r
         users, items = np.divmod(piece.numpy(), n)
-        touched[_place(out, fill, target[u0 + 1 : u1 + 1] - base, users - u0, items)] = True
+        touched[_place(out, fill, ends, users - u0, items)] = True
     sources += touched
-    ends = target[u0 + 1 : u1 + 1] - base
     if not np.array_equal(fill, ends):
         k = int(np.flatnonzero(fill != ends)[0])
         raise RuntimeError(
             f"the processes' training patterns do not add up to the ratings counted for user "
-            f"index {u0 + k}: {int(fill[k] - (target[u0 + k] - base))} pairs, expected "
-            f"{int(target[u0 + k + 1] - target[u0 + k])}; were they all given their share of "
-            "the same data?"
+            f"index {u0 + k}: {int(fill[k] - starts[k])} pairs, expected "
+            f"{int(ends[k] - starts[k])}; were they all given their share of the same data?"
         )
     mixed = np.flatnonzero(sources > 1)  # parts not split by user: sort those rows' items
     if len(mixed):
-        lens = fill[mixed] - (target[u0:u1][mixed] - base)
+        lens = ends[mixed] - starts[mixed]
         rows = np.repeat(mixed, lens)
-        at = np.repeat(target[u0:u1][mixed] - base - np.r_[0, np.cumsum(lens)[:-1]],
-                       lens) + np.arange(len(rows))
+        at = np.repeat(starts[mixed] - np.r_[0, np.cumsum(lens)[:-1]], lens) \
+            + np.arange(len(rows))
         order = np.lexsort((out[at], rows))
         out[at] = out[at][order]
     return out

@@ -225,7 +225,15 @@ class ModelIndex:
         knows its own users' seen items; issue 11, item 3): such a model is saved with
         :func:`autofact.distributed.save`, and recommends only for the users it holds."""
         indptr, _ = self.seen_arrays()
-        return int(indptr[-1]) == int(self.user_counts.sum())
+        return int(indptr[-1]) == self._n_ratings()
+
+    def _n_ratings(self) -> int:
+        """The training ratings (summed once: :meth:`require_seen` runs at every
+        recommendation)."""
+        total = self._lookups.get("n_ratings")
+        if total is None:
+            total = self._lookups["n_ratings"] = int(self.user_counts.sum())
+        return int(total)
 
     def require_seen(self, users: np.ndarray | None = None, *, action: str) -> None:
         """Raise ``ValueError`` (naming ``action``) unless this index holds every seen item of
@@ -245,7 +253,7 @@ class ModelIndex:
         first = py_scalar(self.user_ids[short[0]])
         raise ValueError(
             f"cannot {action}: this model holds the seen items of {int(indptr[-1])} of its "
-            f"{int(self.user_counts.sum())} training ratings (fitted on rank-local ratings by "
+            f"{self._n_ratings()} training ratings (fitted on rank-local ratings by "
             f"autofact.distributed.fit, it holds its own users' and those gathered with "
             f"gather_seen=); user {first!r} and {len(short) - 1} more rated items that live on "
             "another process. Save it with "

@@ -101,11 +101,8 @@ def save(model: Any, path: str | os.PathLike[str], *,
     implicit = getattr(model, "implicit_factors_", None)
     if implicit is not None:
         arrays["implicit_factors"] = np.ascontiguousarray(implicit)
-    if seen is None:
-        _atomic_savez(real, arrays)
-    else:
-        streamed = ("seen_indices", int(indptr[-1]), seen[1])
-        atomic_write(real, lambda fh: savez_plain(fh, arrays, streamed))
+    streamed = None if seen is None else ("seen_indices", int(indptr[-1]), seen[1])
+    _atomic_savez(real, arrays, streamed)
     return Path(path)
 
 
@@ -188,10 +185,12 @@ def is_model_file(path: str | os.PathLike[str]) -> bool:
 _TMP_RANDOM = "[a-z0-9_]{8}"
 
 
-def _atomic_savez(target: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to a temporary file in ``target``'s folder, flush, fsync, then rename
-    it over ``target`` (which must not be a symbolic link: resolve it first)."""
-    atomic_write(target, lambda fh: savez_plain(fh, arrays))
+def _atomic_savez(target: Path, arrays: dict[str, np.ndarray],
+                  streamed: tuple[str, int, Iterable[np.ndarray]] | None = None) -> None:
+    """Write ``arrays`` (and ``streamed``: :func:`savez_plain`) to a temporary file in
+    ``target``'s folder, flush, fsync, then rename it over ``target`` (which must not be a
+    symbolic link: resolve it first)."""
+    atomic_write(target, lambda fh: savez_plain(fh, arrays, streamed))
 
 
 #: Bytes handed to the archive at a time (a view, never a copy: numpy's own writer copies 16 MiB

@@ -176,17 +176,16 @@ def fit(args: argparse.Namespace) -> ExitStatus:
         # rating of a user on one process: a folder of parts is then read by user (each
         # process reads every part, keeps its users); checkpointed or not (issue 11)
         # (and mini-batches, issue 11, item 2: each process's batches are its users' ratings)
-        chosen = {**(file_params() if args.params is not None else {}),
-                  **{k: v for k, v in (("solver", args.solver),
-                                       ("batch_size", args.batch_size)) if v is not None}}
-        by_user = chosen.get("solver") in (None, "auto", "als", "gibbs", "sgd") \
-            or chosen.get("batch_size") is not None
+        def setting(name: str) -> Any:
+            """A setting as the fit will take it: the command line's, else --params'."""
+            given = getattr(args, name)
+            return file_params().get(name) if given is None else given
+
+        by_user = setting("solver") in (None, "auto", "als", "gibbs", "sgd") \
+            or setting("batch_size") is not None
         # issue 11 (memory): a float32 fit (the default) shares float32 values read as such:
         # 12 bytes a rating held instead of 16, and no float32 copy in the objective
-        fit_dtype = args.dtype
-        if fit_dtype is None and args.params is not None:
-            fit_dtype = file_params().get("dtype")
-        values = "float32" if fit_dtype in (None, "float32") else None
+        values = "float32" if setting("dtype") in (None, "float32") else None
         reader = functools.partial(distributed.read_local, dtype=values,
                                    split="users" if by_user else "auto")
         try:

@@ -236,14 +236,12 @@ def _shared_row_epoch(obj: Objective, params: Params, opt: _Descent, bs: int,
     share of ``bs`` in proportion to its share of the ratings, ``ceil(bs N_r / N)`` (the epoch's
     steps: the most any process needs, the same on every process; a process whose ratings are
     used up takes an empty batch), so that a step's batches together are about ``bs`` ratings
-    drawn evenly from all the data, however unevenly they are shared; it updates its users' rows
-    from
-    its batch alone, and the items' rows from the gradient summed over the processes (one
-    all-reduce of ``n (k + 2)`` values a step: the touched items' rows, a dense table, so that
-    every process holds the same item rows and Adam moments). Together the processes' batches
-    of a step are one batch of about ``bs`` ratings of the whole data, regularized as in one
+    drawn evenly from all the data, however unevenly they are shared, and regularized as in one
     process (:class:`_RowBatches`: each row's share of its ratings, counted over every
-    process). The epoch's value is summed over the processes."""
+    process). It updates its users' rows from its batch alone, and the items' rows from the
+    gradient summed over the processes (one all-reduce of ``n (k + 2)`` values a step: the
+    touched items' rows, a dense table, so that every process holds the same item rows and Adam
+    moments). The epoch's value is summed over the processes."""
     if not _RowBatches.separable(obj, params):
         raise ValueError(
             "mini-batches shared by processes need a regularizer that is a sum over entries "
