@@ -8,6 +8,9 @@ run has exercised every real-data test (issue 8, item 15).
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +18,27 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("AUTOFACT_DATASETS", ROOT.parent / "shared" / "datasets"))
+
+
+def torchrun_bounded(world: int, *args: str, timeout: float = 300) -> str:
+    """``torchrun --standalone --nproc-per-node WORLD ARGS`` (gloo on loopback, ``src`` and the
+    repository on the path), every process ended even past ``timeout`` (its session killed);
+    fails the test unless it exits 0; returns its standard error."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+         str(world), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:  # timed out: end torchrun and the workers it started
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-3000:]
+    return err
 
 
 def in_ci() -> bool:

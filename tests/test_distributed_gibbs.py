@@ -4,10 +4,6 @@ chain, up to the order of floating-point sums."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +13,7 @@ import autofact
 from autofact.sharding import ShardPlan
 from autofact.solvers.gibbs import gibbs_mf
 
+from .conftest import torchrun_bounded
 from .dist_gibbs_worker import RATED, cases, model, planted, record
 
 WORKER = Path(__file__).with_name("dist_gibbs_worker.py")
@@ -25,21 +22,8 @@ WORKER = Path(__file__).with_name("dist_gibbs_worker.py")
 def _launch(tmp_path: Path, world: int, names: tuple[str, ...] = ()) -> list[dict]:
     """Run the worker on ``world`` gloo processes (loopback, bounded time, every process
     ended); every rank's results."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(WORKER.parent.parent / "src"), os.environ.get("PYTHONPATH", "")])}
     prefix = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-         str(world), str(WORKER), str(prefix), *names],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:  # timed out: end torchrun and the workers it started
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate(timeout=30)
-    assert proc.returncode == 0, err[-3000:]
+    torchrun_bounded(world, str(WORKER), str(prefix), *names, timeout=240)
     return [dict(np.load(f"{prefix}.{r}.npz")) for r in range(world)]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import warnings
@@ -24,7 +23,7 @@ import torch
 import autofact
 from autofact import distributed
 from autofact.sharding import ShardPlan, TorchShardPlan
-from tests.conftest import dataset
+from tests.conftest import dataset, torchrun_bounded
 
 HERE = Path(__file__)
 
@@ -49,21 +48,8 @@ def rmse(fitted: autofact.MatrixFactorization, held: autofact.Ratings) -> float:
 
 
 def _launch(tmp_path: Path, world: int, base: Path, test: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(HERE.parent.parent / "src"), str(HERE.parent.parent),
-         os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / f"w{world}.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-         str(world), str(HERE), str(out), str(base), str(test)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:  # timed out: end torchrun and the workers it started
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, err[-3000:]
+    torchrun_bounded(world, str(HERE), str(out), str(base), str(test))
     return json.loads(out.read_text())
 
 
