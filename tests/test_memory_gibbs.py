@@ -145,12 +145,7 @@ def test_a_shared_chains_user_noise_is_drawn_block_by_block_in_the_same_stream()
 def _many_items(m: int = 300, n: int = 8000, per: int = 30, seed: int = 4
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Few ratings over many rows: the rows' tables, not the ratings, set the peak."""
-    rng = np.random.default_rng(seed)
-    u = np.repeat(np.arange(m, dtype=np.int32), per)
-    i = np.concatenate([np.sort(rng.choice(n, per, replace=False)) for _ in range(m)]
-                       ).astype(np.int32)
-    v = (rng.normal(size=len(u)) + 3).astype(np.float32)
-    return u, i, v
+    return _dense_rows(m, n, per, seed)
 
 
 @pytest.mark.parametrize("cache_bytes", [None, 0], ids=["kept", "scattered"])
