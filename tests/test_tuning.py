@@ -110,18 +110,8 @@ def test_bad_arguments_are_named(ratings, kwargs, match):
         ('{"loss": "os:abort"}', r"loss='os:abort' is not a built-in loss"),
         ('{"regularization": "tempfile:mkdtemp"}', r"regularization='tempfile:mkdtemp' is not a"),
         ('{"format": "other", "params": {}}', r"format is 'other', expected 'autofact.params'"),
-    ],
-)
-def test_read_params_refuses_bad_files(tmp_path, content, match):
-    path = tmp_path / "p.json"
-    path.write_text(content)
-    with pytest.raises(ValueError, match=match):
-        read_params(path)
-
-
-@pytest.mark.parametrize(
-    ("content", "match"),
-    [
+        # trust: {"rank": "ten"} in --params failed at fit as "rank must be a positive int or
+        # 'auto', got 'ten'", naming neither the file nor that the value came from it
         ('{"rank": "ten"}', r"p\.json: rank='ten' is refused: rank must be a positive int or "
                             r"'auto', got 'ten'; fix it in the file"),
         ('{"params": {"beta": -1}}', r"p\.json: beta=-1 is refused: beta must be a finite"),
@@ -148,9 +138,7 @@ def test_read_params_refuses_bad_files(tmp_path, content, match):
         ('{"n_threads": "many"}', r"p\.json: n_threads='many' is refused: n_threads"),
     ],
 )
-def test_read_params_names_the_file_and_the_key_of_a_bad_value(tmp_path, content, match):
-    # trust: {"rank": "ten"} in --params failed at fit as "rank must be a positive int or
-    # 'auto', got 'ten'", naming neither the file nor that the value came from it
+def test_read_params_refuses_bad_files_naming_the_file_and_the_key(tmp_path, content, match):
     path = tmp_path / "p.json"
     path.write_text(content)
     with pytest.raises(ValueError, match=match):
